@@ -1,0 +1,138 @@
+// A copy-on-write overlay over a read-only byte source (a browser File/Blob, or any reader):
+// writes land in fixed-size in-memory pages, reads merge the pages over the source. Used where no
+// writable handle exists (drag-and-drop, file input, browsers without File System Access); the
+// result is saved by streaming `segments()` (source slices + patched pages), never by
+// materialising the whole image.
+import { checkRange, type ImageStore } from './store.ts';
+
+/** What an overlay reads from: only random-access reads are needed. */
+export interface ByteSource {
+  readonly size: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+}
+
+export type Segment =
+  | { kind: 'source'; offset: number; length: number }
+  | { kind: 'patch'; offset: number; data: Uint8Array }
+  | { kind: 'zeros'; offset: number; length: number };
+
+/** Overlay page size: small enough that a metadata write copies little, large enough to keep the map small. */
+export const OVERLAY_PAGE_SIZE = 64 * 1024;
+
+export class OverlayStore implements ImageStore {
+  readonly name: string;
+  readonly writable = true;
+  private readonly source: ByteSource;
+  private readonly pages = new Map<number, Uint8Array>();
+  private length: number;
+  /** Source bytes beyond this offset are treated as cut off by a truncate. */
+  private sourceLimit: number;
+
+  constructor(source: ByteSource, name = 'image') {
+    this.source = source;
+    this.name = name;
+    this.length = source.size;
+    this.sourceLimit = source.size;
+  }
+
+  size(): number {
+    return this.length;
+  }
+
+  /** True when nothing has been written since the source was opened. */
+  get pristine(): boolean {
+    return this.pages.size === 0 && this.length === this.source.size;
+  }
+
+  /** Bytes held in memory by the overlay. */
+  get overlayBytes(): number {
+    return this.pages.size * OVERLAY_PAGE_SIZE;
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    checkRange(this, offset, length);
+    const end = Math.min(offset + length, this.length);
+    const out = new Uint8Array(length);
+    if (offset >= end) return out;
+    // Read the source part in one call (cheap in browsers only when few and large), then patch.
+    const srcEnd = Math.min(end, this.sourceLimit);
+    if (offset < srcEnd) out.set(await this.source.read(offset, srcEnd - offset), 0);
+    const first = Math.floor(offset / OVERLAY_PAGE_SIZE);
+    const last = Math.floor((end - 1) / OVERLAY_PAGE_SIZE);
+    if (this.pages.size > 0) {
+      for (let p = first; p <= last; p++) {
+        const page = this.pages.get(p);
+        if (!page) continue;
+        const pageStart = p * OVERLAY_PAGE_SIZE;
+        const a = Math.max(offset, pageStart);
+        const b = Math.min(end, pageStart + OVERLAY_PAGE_SIZE);
+        out.set(page.subarray(a - pageStart, b - pageStart), a - offset);
+      }
+    }
+    return out;
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    checkRange(this, offset, data.length);
+    const end = offset + data.length;
+    let pos = offset;
+    while (pos < end) {
+      const p = Math.floor(pos / OVERLAY_PAGE_SIZE);
+      const pageStart = p * OVERLAY_PAGE_SIZE;
+      let page = this.pages.get(p);
+      if (!page) {
+        page = await this.read(pageStart, OVERLAY_PAGE_SIZE);
+        // read() returns a fresh array, safe to keep as the page
+        this.pages.set(p, page);
+      }
+      const n = Math.min(end, pageStart + OVERLAY_PAGE_SIZE) - pos;
+      page.set(data.subarray(pos - offset, pos - offset + n), pos - pageStart);
+      pos += n;
+    }
+    if (end > this.length) this.length = end;
+  }
+
+  async flush(): Promise<void> {}
+
+  async truncate(size: number): Promise<void> {
+    checkRange(this, size, 0);
+    if (size < this.length) {
+      this.sourceLimit = Math.min(this.sourceLimit, size);
+      for (const [p, page] of this.pages) {
+        const pageStart = p * OVERLAY_PAGE_SIZE;
+        if (pageStart >= size) this.pages.delete(p);
+        else if (pageStart + OVERLAY_PAGE_SIZE > size) page.fill(0, size - pageStart);
+      }
+    }
+    this.length = size;
+  }
+
+  async close(): Promise<void> {}
+
+  /**
+   * The image as it now is, as an ordered list of segments covering [0, size): untouched source
+   * ranges, patched pages, and zero-filled gaps. A browser turns this into a Blob of File slices.
+   */
+  segments(): Segment[] {
+    const out: Segment[] = [];
+    const pageIdx = [...this.pages.keys()].sort((a, b) => a - b);
+    let pos = 0;
+    const pushPlain = (from: number, to: number): void => {
+      if (from >= to) return;
+      const srcTo = Math.min(to, this.sourceLimit);
+      if (from < srcTo) out.push({ kind: 'source', offset: from, length: srcTo - from });
+      const z = Math.max(from, srcTo);
+      if (z < to) out.push({ kind: 'zeros', offset: z, length: to - z });
+    };
+    for (const p of pageIdx) {
+      const pageStart = p * OVERLAY_PAGE_SIZE;
+      if (pageStart >= this.length) break;
+      pushPlain(pos, pageStart);
+      const n = Math.min(OVERLAY_PAGE_SIZE, this.length - pageStart);
+      out.push({ kind: 'patch', offset: pageStart, data: this.pages.get(p)!.subarray(0, n) });
+      pos = pageStart + n;
+    }
+    pushPlain(pos, this.length);
+    return out;
+  }
+}

@@ -1,0 +1,38 @@
+// The storage contract every backend implements (DESIGN.md "The storage contract"): a random-
+// access byte store with an ordering barrier. The engine never touches a file, a Blob or a
+// handle directly, only this interface.
+
+export interface ImageStore {
+  /** A label for messages (file name, "demo image", ...). */
+  readonly name: string;
+  /** False for stores that must never be written (read-only opens, plain Files without overlay). */
+  readonly writable: boolean;
+  /** Current size in bytes. Grows with writes past the end. */
+  size(): number;
+  /**
+   * Read `length` bytes at `offset`. Bytes past the end read as zeros (as QEMU's do), so the
+   * result always has exactly `length` bytes. The returned array may be a view the caller must
+   * not keep across later writes; copy if you need to keep it.
+   */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** Write bytes at `offset`, growing the store if needed. Throws QcowError('READ_ONLY') if not writable. */
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * Ordering barrier: nothing written after flush() resolves may reach the medium before what was
+   * written before it. The crash-safety rules in DESIGN.md are expressed with this call.
+   */
+  flush(): Promise<void>;
+  /** Set the size (grow with zeros or cut). */
+  truncate(size: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Largest offset a store accepts: beyond 2^53 numbers stop being exact. */
+export const MAX_STORE_OFFSET = Number.MAX_SAFE_INTEGER;
+
+export function checkRange(store: { name: string }, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+      offset + length > MAX_STORE_OFFSET) {
+    throw new RangeError(`${store.name}: invalid range offset=${offset} length=${length}`);
+  }
+}
