@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `npm test`: everything, in order, failing fast.
+#   1. system tools: qemu-img + qemu-io (the oracle, apt package qemu-utils) and Chromium
+#      (Playwright's browser, apt package chromium). Installed with apt when running as root on
+#      Debian; otherwise the script says exactly what to install and stops.
+#   2. node_modules (npm ci) if missing.
+#   3. vitest: unit, interop, crash and bounded fuzz tests (vitest.config.ts).
+#   4. npm run build (dist/web + dist/cli/qcowscope.mjs).
+#   5. Playwright end-to-end tests against the production build, if playwright.config.ts exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-img)
+command -v qemu-io >/dev/null 2>&1 || missing+=(qemu-io)
+[ -x /usr/bin/chromium ] || missing+=(/usr/bin/chromium)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing system packages for tests (missing: ${missing[*]}): qemu-utils chromium"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-utils chromium
+  else
+    echo "Missing: ${missing[*]}. Install with: sudo apt-get install qemu-utils chromium" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -d node_modules ]; then
+  npm ci
+fi
+
+npx vitest run
+npm run build
+if [ -f playwright.config.ts ]; then
+  npx playwright test
+fi

@@ -1,0 +1,24 @@
+// Vitest for `npm test` / `npx vitest run`: unit, interop (qemu-img/qemu-io as the oracle), crash
+// and bounded fuzz tests, all in Node. Kept apart from vite.config.ts (the web app's build): when
+// both exist, `vitest` picks this file. Playwright's e2e tests (tests/e2e) are not Vitest's.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    environment: 'node',
+    include: [
+      'tests/unit/**/*.test.ts',
+      'tests/interop/**/*.test.ts',
+      'tests/crash/**/*.test.ts',
+      'tests/fuzz/**/*.test.ts',
+    ],
+    exclude: ['**/node_modules/**', 'dist/**', 'tests/e2e/**'],
+    // Interop tests shell out to qemu-img/qemu-io many times per test; on a 2-core machine
+    // running files in parallel that adds up. Timing is never a pass/fail criterion here.
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    fileParallelism: true,
+    // Fuzz tests read FUZZ_ITERATIONS; under `npm test` they stay bounded (their own default).
+    reporters: ['default'],
+  },
+});

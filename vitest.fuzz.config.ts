@@ -1,0 +1,19 @@
+// Vitest for `npm run fuzz` (vitest run tests/fuzz --config vitest.fuzz.config.ts): the same fuzz
+// tests as in `npm test`, run long. FUZZ_ITERATIONS sets the iteration count (default here 5000;
+// under `npm test` the fuzz tests use their own small bound), FUZZ_SEED a fixed seed to replay.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    environment: 'node',
+    include: ['tests/fuzz/**/*.test.ts'],
+    exclude: ['**/node_modules/**', 'dist/**'],
+    env: {
+      FUZZ_ITERATIONS: process.env.FUZZ_ITERATIONS ?? '5000',
+      ...(process.env.FUZZ_SEED !== undefined ? { FUZZ_SEED: process.env.FUZZ_SEED } : {}),
+    },
+    // Long runs: no per-test timeout (0 disables it).
+    testTimeout: 0,
+    hookTimeout: 300_000,
+  },
+});
