@@ -1,0 +1,54 @@
+// The one bridge to the engine worker: it owns the Worker (started lazily, on first use), wraps
+// the typed Comlink remote, and turns the worker's job protocol (job ids + cancel) into the
+// ordinary AbortSignal the UI already knows. Components never touch a Worker.
+import * as Comlink from 'comlink';
+import '../../worker/transfer.ts';
+import type { EngineApi, ImageId, JobOptions, Progress } from '../../worker/api.ts';
+
+export type { Progress };
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: Progress) => void;
+}
+
+let worker: Worker | undefined;
+let remote: Comlink.Remote<EngineApi> | undefined;
+let jobCounter = 0;
+
+/** The remote engine, started on first use. */
+export function engine(): Comlink.Remote<EngineApi> {
+  if (!remote) {
+    worker = new Worker(new URL('../../worker/engine.worker.ts', import.meta.url), { type: 'module', name: 'qcowscope-engine' });
+    remote = Comlink.wrap<EngineApi>(worker);
+  }
+  return remote;
+}
+
+/** Stop the worker (all open images are dropped). */
+export function terminateEngine(): void {
+  worker?.terminate();
+  worker = undefined;
+  remote = undefined;
+}
+
+/** Turn CallOptions into the worker's JobOptions: a proxied progress callback and a job id for cancel(). */
+export async function withJob<T>(opts: CallOptions | undefined, call: (job: JobOptions) => Promise<T>): Promise<T> {
+  const job: JobOptions = {};
+  if (opts?.onProgress) job.onProgress = Comlink.proxy(opts.onProgress);
+  let onAbort: (() => void) | undefined;
+  if (opts?.signal) {
+    opts.signal.throwIfAborted();
+    const jobId = `job${++jobCounter}`;
+    job.jobId = jobId;
+    onAbort = () => void engine().cancel(jobId);
+    opts.signal.addEventListener('abort', onAbort, { once: true });
+  }
+  try {
+    return await call(job);
+  } finally {
+    if (onAbort) opts?.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+export type { ImageId };

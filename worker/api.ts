@@ -1,0 +1,246 @@
+// The engine API as the UI sees it, declared once, as types only. worker/engine.worker.ts
+// implements it (checked with `satisfies`), web/lib/engine.ts wraps it with Comlink. Every DTO is
+// plain and structured-clone safe; offsets are numbers (the engine converts u64 fields once);
+// big arrays (cluster map kinds, raw bytes) are transferred, not copied.
+import type { QcowErrorCode } from '../core/errors.ts';
+
+export type { QcowErrorCode };
+
+/** Opaque handle of an image opened in the worker. */
+export type ImageId = string;
+
+/**
+ * Where an image's bytes live, which decides how changes are saved:
+ * - `handle`: a File System Access handle; each engine operation is committed to the person's
+ *   file in one atomic `createWritable` session.
+ * - `file`: a File (drop, file input, browsers without the picker) under an in-memory overlay;
+ *   changes are saved with "Download image".
+ * - `opfs`: a working copy in the origin private file system (in-place writes).
+ * - `memory`: the demo image, built in memory.
+ */
+export type StoreKind = 'handle' | 'file' | 'opfs' | 'memory';
+
+export interface ImageState {
+  id: ImageId;
+  /** The file name (downloads are offered under this name). */
+  name: string;
+  kind: StoreKind;
+  /** File size in bytes, as it now is. */
+  fileSize: number;
+  /** Writes are possible in principle (a handle may still need permission, see `needsPermission`). */
+  writable: boolean;
+  /** Why the image is read-only, when it is. */
+  readOnlyReason?: string;
+  /** A handle whose write permission has not been granted yet: the page must ask on a user gesture. */
+  needsPermission: boolean;
+  /** Changes exist that only "Download image" can save (overlay and memory stores). */
+  unsaved: boolean;
+}
+
+/** Decoded header (qcow2-reference.md §1.2), spec names camel-cased. */
+export interface HeaderDTO {
+  magic: number;
+  version: number;
+  backingFileOffset: number;
+  backingFileSize: number;
+  clusterBits: number;
+  clusterSize: number;
+  /** Virtual disk size in bytes. */
+  size: number;
+  cryptMethod: number;
+  l1Size: number;
+  l1TableOffset: number;
+  refcountTableOffset: number;
+  refcountTableClusters: number;
+  nbSnapshots: number;
+  snapshotsOffset: number;
+  /** Feature bit masks as numbers (only low bits are defined; unknown high bits are reported separately). */
+  incompatibleFeatures: number;
+  compatibleFeatures: number;
+  autoclearFeatures: number;
+  /** Unknown feature bits, as hex strings (they can sit above bit 31). */
+  unknownIncompatible: string;
+  unknownCompatible: string;
+  unknownAutoclear: string;
+  refcountOrder: number;
+  refcountBits: number;
+  headerLength: number;
+  compressionType: number;
+  backingFile?: string;
+  backingFormat?: string;
+  extensions: HeaderExtensionDTO[];
+}
+
+export interface HeaderExtensionDTO {
+  type: number;
+  /** Byte offset of the extension's type field in the file. */
+  offset: number;
+  length: number;
+  /** Short name ("backing file format", "feature name table", ..., "unknown"). */
+  name: string;
+}
+
+export interface SnapshotDTO {
+  id: string;
+  name: string;
+  l1TableOffset: number;
+  l1Size: number;
+  vmStateSize: number;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: number;
+  /** Virtual disk size when the snapshot was taken (extra data), when recorded. */
+  diskSize?: number;
+  icount?: number;
+  extraDataSize: number;
+}
+
+/** What the top bar and the Header/Snapshots views need right after opening. */
+export interface ImageSummary {
+  state: ImageState;
+  header: HeaderDTO;
+  snapshots: SnapshotDTO[];
+  /** qemu-img's `info --output=json` object, as the engine's analysis/info.ts builds it. */
+  info: Record<string, unknown>;
+}
+
+export interface L1EntryDTO {
+  index: number;
+  /** The raw 64-bit entry as 16 hex digits. */
+  raw: string;
+  l2Offset: number;
+  copied: boolean;
+  /** Reserved bits set (L1E_RESERVED_MASK), hex; empty when clean. */
+  reserved: string;
+}
+
+export interface L2EntryDTO {
+  index: number;
+  raw: string;
+  /** NORMAL, ZERO_ALLOC, ZERO_PLAIN, COMPRESSED, UNALLOCATED (QEMU's cluster types). */
+  type: 'normal' | 'zero-alloc' | 'zero-plain' | 'compressed' | 'unallocated';
+  hostOffset: number;
+  copied: boolean;
+  compressedSize?: number;
+  /** Extended L2: the subcluster bitmap as 16 hex digits. */
+  bitmap?: string;
+}
+
+export interface RefcountTableEntryDTO {
+  index: number;
+  raw: string;
+  refblockOffset: number;
+}
+
+export interface TablePage<T> {
+  /** Total entries in the table. */
+  total: number;
+  start: number;
+  entries: T[];
+}
+
+/** What owns a host cluster (DESIGN.md: one colour per kind, the same in every view). */
+export type ClusterKindName =
+  | 'free' | 'header' | 'l1' | 'snapshot-l1' | 'l2' | 'l2-shared' | 'refcount-table' | 'refcount-block'
+  | 'snapshot-table' | 'vm-state' | 'data' | 'data-shared' | 'compressed' | 'leaked' | 'corrupt' | 'other';
+
+export interface ClusterMapDTO {
+  clusterSize: number;
+  clusterCount: number;
+  /** One byte per host cluster, an index into `legend` (transferred, not copied). */
+  kinds: Uint8Array;
+  legend: ClusterKindName[];
+}
+
+export interface CheckFindingDTO {
+  severity: 'corruption' | 'leak' | 'error' | 'info';
+  /** A stable code from the engine. */
+  code: string;
+  message: string;
+  hostOffset?: number;
+  details?: Record<string, unknown>;
+}
+
+/** qemu-img check's JSON names where the two overlap. */
+export interface CheckReportDTO {
+  filename: string;
+  format: 'qcow2';
+  'check-errors': number;
+  corruptions: number;
+  leaks: number;
+  'corruptions-fixed'?: number;
+  'leaks-fixed'?: number;
+  'image-end-offset'?: number;
+  'total-clusters'?: number;
+  'allocated-clusters'?: number;
+  'fragmented-clusters'?: number;
+  'compressed-clusters'?: number;
+  findings: CheckFindingDTO[];
+}
+
+export interface Progress {
+  /** What is being done ("Reading refcount blocks", ...). */
+  phase: string;
+  done: number;
+  total: number;
+}
+
+/** Progress callback (passed through Comlink.proxy by the client; throttled in the worker). */
+export type ProgressFn = (p: Progress) => void;
+
+/** Long jobs take a job id; `cancel(jobId)` aborts the job, which then rejects with code CANCELLED. */
+export interface JobOptions {
+  jobId?: string;
+  onProgress?: ProgressFn;
+}
+
+/** A download built from the image's store: File slices + patch pages, never one big copy. */
+export interface ImageDownload {
+  name: string;
+  blob: Blob;
+}
+
+/** Capabilities of the engine build loaded in the worker (features land one by one). */
+export interface EngineFeatures {
+  info: boolean;
+  snapshots: boolean;
+  snapshotWrite: boolean;
+  check: boolean;
+  repair: boolean;
+  l1: boolean;
+  refcounts: boolean;
+  clusterMap: boolean;
+  demo: boolean;
+}
+
+export interface EngineApi {
+  features(): Promise<EngineFeatures>;
+  /** Open a File (drop, file input): read-only source under a copy-on-write overlay. */
+  openFile(file: File): Promise<ImageSummary>;
+  /** Open a File System Access handle; writes are committed to the file (after permission). */
+  openHandle(handle: FileSystemFileHandle): Promise<ImageSummary>;
+  /** Build and open the demo image in memory. */
+  openDemo(): Promise<ImageSummary>;
+  close(id: ImageId): Promise<void>;
+  summary(id: ImageId): Promise<ImageSummary>;
+  l1Page(id: ImageId, start: number, count: number): Promise<TablePage<L1EntryDTO>>;
+  l2Table(id: ImageId, l2Offset: number): Promise<L2EntryDTO[]>;
+  refcountTablePage(id: ImageId, start: number, count: number): Promise<TablePage<RefcountTableEntryDTO>>;
+  refcountBlock(id: ImageId, refblockIndex: number): Promise<number[]>;
+  clusterMap(id: ImageId, opts?: JobOptions): Promise<ClusterMapDTO>;
+  check(id: ImageId, opts?: JobOptions & { repair?: 'leaks' | 'all' }): Promise<CheckReportDTO>;
+  createSnapshot(id: ImageId, name: string, opts?: JobOptions): Promise<ImageSummary>;
+  revertSnapshot(id: ImageId, idOrName: string, opts?: JobOptions): Promise<ImageSummary>;
+  deleteSnapshot(id: ImageId, idOrName: string, opts?: JobOptions): Promise<ImageSummary>;
+  readBytes(id: ImageId, hostOffset: number, length: number): Promise<Uint8Array>;
+  download(id: ImageId): Promise<ImageDownload>;
+  cancel(jobId: string): Promise<void>;
+}
+
+/** The plain form of a QcowError on the wire (core/errors.ts toJSON). */
+export interface WireQcowError {
+  name: 'QcowError';
+  code: QcowErrorCode;
+  message: string;
+  details: Record<string, unknown>;
+}

@@ -1,0 +1,280 @@
+// The engine's home in the browser: a module Web Worker exposing EngineApi (worker/api.ts) with
+// Comlink. It owns every open image (its store and its engine object), runs long jobs with
+// throttled progress and cancellation, and commits each write operation to its store (one
+// atomic createWritable session for File System Access handles).
+import * as Comlink from 'comlink';
+import './transfer.ts';
+import { QcowError } from '../core/errors.ts';
+import type { ImageStore } from '../core/io/store.ts';
+import type {
+  EngineApi,
+  ImageDownload,
+  ImageId,
+  ImageState,
+  ImageSummary,
+  JobOptions,
+  Progress,
+  StoreKind,
+} from './api.ts';
+import { buildDemoStore, engineFeatures, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
+import { FileStore } from './stores/file-store.ts';
+import { HandleStore } from './stores/handle-store.ts';
+import { OpfsStore } from './stores/opfs-store.ts';
+import { MemoryStore } from '../core/io/memory-store.ts';
+
+interface OpenImage {
+  id: ImageId;
+  name: string;
+  kind: StoreKind;
+  store: ImageStore;
+  engine: EngineImage;
+  readOnlyReason?: string;
+  /** A write operation is running: operations on one image are serialised. */
+  queue: Promise<unknown>;
+}
+
+const images = new Map<ImageId, OpenImage>();
+const jobs = new Map<string, AbortController>();
+let nextId = 1;
+
+/** Progress reports at most this often (plus the last one), so the page is never flooded. */
+const PROGRESS_INTERVAL_MS = 100;
+
+function get(id: ImageId): OpenImage {
+  const img = images.get(id);
+  if (!img) throw new QcowError('INVALID_ARGUMENT', `No open image with id ${id}`);
+  return img;
+}
+
+/** Yield to the event loop (not just the microtask queue) so a cancel() message can arrive. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => {
+    const ch = new MessageChannel();
+    ch.port1.onmessage = () => {
+      ch.port1.close();
+      resolve();
+    };
+    ch.port2.postMessage(null);
+  });
+}
+
+async function runJob<T>(opts: JobOptions | undefined, body: (job: JobContext) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const jobId = opts?.jobId;
+  if (jobId) jobs.set(jobId, controller);
+  let last = 0;
+  let pending: Progress | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const send = (p: Progress): void => {
+    last = performance.now();
+    pending = undefined;
+    // A proxied callback returns a promise; a page gone away must not fail the job.
+    Promise.resolve(opts?.onProgress?.(p)).catch(() => {});
+  };
+  const job: JobContext = {
+    signal: controller.signal,
+    progress(p) {
+      if (!opts?.onProgress) return;
+      const now = performance.now();
+      if (now - last >= PROGRESS_INTERVAL_MS || p.done >= p.total) {
+        if (timer) clearTimeout(timer);
+        timer = undefined;
+        send(p);
+      } else {
+        pending = p;
+        timer ??= setTimeout(() => {
+          timer = undefined;
+          if (pending) send(pending);
+        }, PROGRESS_INTERVAL_MS);
+      }
+    },
+  };
+  try {
+    await yieldToEventLoop();
+    return await body(job);
+  } catch (e) {
+    if (controller.signal.aborted) throw new QcowError('CANCELLED', 'The operation was cancelled');
+    throw e;
+  } finally {
+    if (timer) clearTimeout(timer);
+    if (pending) send(pending);
+    if (jobId) jobs.delete(jobId);
+    // The page's callback arrives as a Comlink proxy: release its port.
+    const cb = opts?.onProgress as { [Comlink.releaseProxy]?: () => void } | undefined;
+    cb?.[Comlink.releaseProxy]?.();
+  }
+}
+
+function state(img: OpenImage): ImageState {
+  const s: ImageState = {
+    id: img.id,
+    name: img.name,
+    kind: img.kind,
+    fileSize: img.store.size(),
+    writable: img.store.writable && !img.readOnlyReason,
+    needsPermission: false,
+    unsaved: img.store instanceof FileStore && !img.store.pristine,
+  };
+  if (img.readOnlyReason) s.readOnlyReason = img.readOnlyReason;
+  return s;
+}
+
+async function summaryOf(img: OpenImage): Promise<ImageSummary> {
+  const s = state(img);
+  if (img.store instanceof HandleStore) s.needsPermission = !(await img.store.canWrite());
+  return {
+    state: s,
+    header: img.engine.header(),
+    snapshots: img.engine.snapshots(),
+    info: img.engine.info(img.store.size(), img.name),
+  };
+}
+
+async function register(name: string, kind: StoreKind, store: ImageStore): Promise<ImageSummary> {
+  let engine: EngineImage;
+  try {
+    engine = await openImage(store);
+  } catch (e) {
+    await store.close().catch(() => {});
+    throw e;
+  }
+  const img: OpenImage = { id: `img${nextId++}`, name, kind, store, engine, queue: Promise.resolve() };
+  const h = engine.header();
+  if (h.incompatibleFeatures & 2) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
+  images.set(img.id, img);
+  return summaryOf(img);
+}
+
+/**
+ * Run a write operation on one image, serialised with its other writes. For a handle store the
+ * operation's writes are committed in one atomic session; if it fails nothing is committed and the
+ * engine is reopened from the unchanged file.
+ */
+function writeOp(img: OpenImage, body: () => Promise<void>): Promise<ImageSummary> {
+  const run = async (): Promise<ImageSummary> => {
+    if (img.readOnlyReason) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
+    const store = img.store;
+    if (store instanceof HandleStore) await store.beginWrite();
+    try {
+      await body();
+      await store.flush();
+      if (store instanceof HandleStore) await store.commit();
+    } catch (e) {
+      if (store instanceof HandleStore) store.discard();
+      // The engine's caches may hold state that never reached the file: start again from it.
+      await img.engine.close().catch(() => {});
+      img.engine = await openImage(store);
+      throw e;
+    }
+    // Reopen so header, snapshots and caches describe the committed image.
+    await img.engine.close().catch(() => {});
+    img.engine = await openImage(store);
+    return summaryOf(img);
+  };
+  const p = img.queue.then(run, run);
+  img.queue = p.catch(() => {});
+  return p;
+}
+
+const api = {
+  async features() {
+    return engineFeatures;
+  },
+
+  async openFile(file: File) {
+    return register(file.name, 'file', new FileStore(file));
+  },
+
+  async openHandle(handle: FileSystemFileHandle) {
+    return register(handle.name, 'handle', await HandleStore.open(handle));
+  },
+
+  async openDemo() {
+    return register('demo.qcow2', 'memory', await buildDemoStore());
+  },
+
+  async close(id: ImageId) {
+    const img = images.get(id);
+    if (!img) return;
+    images.delete(id);
+    await img.engine.close().catch(() => {});
+    await img.store.close();
+  },
+
+  async summary(id: ImageId) {
+    return summaryOf(get(id));
+  },
+
+  async l1Page(id: ImageId, start: number, count: number) {
+    const img = get(id);
+    const total = img.engine.header().l1Size;
+    return { total, start, entries: await img.engine.l1Page(start, Math.min(count, 4096)) };
+  },
+
+  async l2Table(id: ImageId, l2Offset: number) {
+    return get(id).engine.l2Table(l2Offset);
+  },
+
+  async refcountTablePage(id: ImageId, start: number, count: number) {
+    const img = get(id);
+    return { total: img.engine.refcountTableSize(), start, entries: await img.engine.refcountTablePage(start, Math.min(count, 4096)) };
+  },
+
+  async refcountBlock(id: ImageId, refblockIndex: number) {
+    return get(id).engine.refcountBlock(refblockIndex);
+  },
+
+  async clusterMap(id: ImageId, opts?: JobOptions) {
+    const img = get(id);
+    const map = await runJob(opts, (job) => img.engine.clusterMap(job));
+    return Comlink.transfer(map, [map.kinds.buffer as ArrayBuffer]);
+  },
+
+  async check(id: ImageId, opts?: JobOptions & { repair?: 'leaks' | 'all' }) {
+    const img = get(id);
+    if (!opts?.repair) return runJob(opts, (job) => img.engine.check(job));
+    let report: Awaited<ReturnType<EngineImage['check']>> | undefined;
+    await writeOp(img, () => runJob(opts, async (job) => void (report = await img.engine.check(job, opts.repair))));
+    return report!;
+  },
+
+  async createSnapshot(id: ImageId, name: string, opts?: JobOptions) {
+    const img = get(id);
+    return writeOp(img, () => runJob(opts, (job) => img.engine.createSnapshot(name, job)));
+  },
+
+  async revertSnapshot(id: ImageId, idOrName: string, opts?: JobOptions) {
+    const img = get(id);
+    return writeOp(img, () => runJob(opts, (job) => img.engine.revertSnapshot(idOrName, job)));
+  },
+
+  async deleteSnapshot(id: ImageId, idOrName: string, opts?: JobOptions) {
+    const img = get(id);
+    return writeOp(img, () => runJob(opts, (job) => img.engine.deleteSnapshot(idOrName, job)));
+  },
+
+  async readBytes(id: ImageId, hostOffset: number, length: number) {
+    if (length > 16 << 20) throw new QcowError('INVALID_ARGUMENT', 'Read at most 16 MiB at a time');
+    const bytes = await get(id).store.read(hostOffset, length);
+    const copy = bytes.slice();
+    return Comlink.transfer(copy, [copy.buffer]);
+  },
+
+  async download(id: ImageId): Promise<ImageDownload> {
+    const img = get(id);
+    const s = img.store;
+    let blob: Blob;
+    if (s instanceof FileStore) blob = s.toBlob();
+    else if (s instanceof HandleStore) blob = await s.handle.getFile();
+    else if (s instanceof OpfsStore) blob = await s.toBlob();
+    else if (s instanceof MemoryStore) blob = new Blob([s.bytes().slice()], { type: 'application/octet-stream' });
+    else throw new QcowError('NOT_SUPPORTED', 'This image cannot be downloaded');
+    return { name: img.name, blob };
+  },
+
+  async cancel(jobId: string) {
+    jobs.get(jobId)?.abort();
+  },
+} satisfies EngineApi;
+
+Comlink.expose(api);

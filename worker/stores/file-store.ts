@@ -1,0 +1,55 @@
+// A browser File (drop, file input, browsers without File System Access) as an ImageStore: the
+// File is read through an aligned block cache and never written; writes land in the core
+// OverlayStore's pages, and "Download image" turns the overlay's segments into a Blob of File
+// slices + patch pages, so a 100 GiB image is saved without ever being held in memory.
+import { QcowError } from '../../core/errors.ts';
+import { OverlayStore, type Segment } from '../../core/io/overlay-store.ts';
+import { BlockCache, type RawReader } from './block-cache.ts';
+
+export function fileReader(file: Blob): RawReader {
+  return async (offset, length) => {
+    try {
+      return new Uint8Array(await file.slice(offset, offset + length).arrayBuffer());
+    } catch (e) {
+      // NotReadableError: the file changed on disk after it was picked (STACK.md).
+      throw new QcowError('IO_ERROR', `Cannot read ${(file as File).name ?? 'the file'} at offset ${offset}: ${(e as Error).message}`, {
+        offset,
+        length,
+      });
+    }
+  };
+}
+
+export class FileStore extends OverlayStore {
+  readonly file: File;
+  readonly cache: BlockCache;
+
+  constructor(file: File) {
+    const cache = new BlockCache(fileReader(file), file.size);
+    super(cache, file.name);
+    this.file = file;
+    this.cache = cache;
+  }
+
+  /** The image as it now is, as a Blob: untouched ranges are slices of the original File. */
+  toBlob(): Blob {
+    return blobFromSegments(this.segments(), this.file);
+  }
+}
+
+const ZERO_CHUNK = 1 << 20;
+
+/** Build a Blob from overlay segments over `source`. Zero runs share one zero buffer. */
+export function blobFromSegments(segments: Segment[], source: Blob, type = 'application/octet-stream'): Blob {
+  const parts: BlobPart[] = [];
+  let zeros: Uint8Array<ArrayBuffer> | undefined;
+  for (const s of segments) {
+    if (s.kind === 'source') parts.push(source.slice(s.offset, s.offset + s.length));
+    else if (s.kind === 'patch') parts.push(new Uint8Array(s.data) as Uint8Array<ArrayBuffer>); // a copy: later writes must not change the download
+    else {
+      zeros ??= new Uint8Array(ZERO_CHUNK);
+      for (let left = s.length; left > 0; left -= ZERO_CHUNK) parts.push(left >= ZERO_CHUNK ? zeros : zeros.subarray(0, left));
+    }
+  }
+  return new Blob(parts, { type });
+}
