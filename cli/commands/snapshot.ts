@@ -1,0 +1,39 @@
+// `qcowscope snapshot -l [--json] IMAGE`, and -c/-a/-d NAME IMAGE... (group operations).
+import { formatSnapshotList, snapshotInfo } from '../../core/analysis/info.ts';
+import { openImage } from '../open.ts';
+import type { Command } from '../command.ts';
+import { isJson, usageError } from './info.ts';
+import { snapshotOps } from './snapshot-ops.ts';
+
+export const snapshot: Command = {
+  name: 'snapshot',
+  usage: 'snapshot -l [--json] IMAGE | -c NAME IMAGE... | -a ID_OR_NAME IMAGE... | -d ID_OR_NAME IMAGE...',
+  options: {
+    list: { type: 'boolean', short: 'l' },
+    create: { type: 'string', short: 'c' },
+    apply: { type: 'string', short: 'a' },
+    delete: { type: 'string', short: 'd' },
+    json: { type: 'boolean' },
+    output: { type: 'string' },
+    quiet: { type: 'boolean', short: 'q' },
+  },
+  async run(ctx) {
+    const { values, positionals, out } = ctx;
+    const modes = ['list', 'create', 'apply', 'delete'].filter((k) => values[k] !== undefined && values[k] !== false);
+    if (modes.length > 1) throw usageError("Cannot mix '-l', '-a', '-c', '-d'");
+    if (positionals.length === 0) throw usageError('snapshot: expecting an image file name');
+    if (modes.length === 0 || modes[0] === 'list') {
+      if (positionals.length !== 1) throw usageError('snapshot -l: expecting one image file name');
+      const img = await openImage(positionals[0]!, { noBacking: true });
+      try {
+        const list = img.snapshots.map(snapshotInfo);
+        if (isJson(values)) out(JSON.stringify(list, null, 4));
+        else if (list.length > 0) out(formatSnapshotList(list));
+      } finally {
+        await img.close();
+      }
+      return 0;
+    }
+    return snapshotOps(modes[0] as 'create' | 'apply' | 'delete', String(values[modes[0]!]), positionals, ctx);
+  },
+};

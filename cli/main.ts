@@ -1,0 +1,45 @@
+// The `qcowscope` command line: verbs that mirror qemu-img, one file each in cli/commands/.
+// Errors print one line, `qcowscope: <message>`, never a stack trace unless QCOWSCOPE_DEBUG=1.
+import { parseArgs } from 'node:util';
+import { isQcowError } from '../core/errors.ts';
+import type { Command } from './command.ts';
+import { info } from './commands/info.ts';
+import { map } from './commands/map.ts';
+import { snapshot } from './commands/snapshot.ts';
+import { exportCmd } from './commands/export.ts';
+import { extraCommands } from './commands/registry.ts';
+
+const COMMANDS: Command[] = [info, map, snapshot, exportCmd, ...extraCommands];
+
+function usage(): string {
+  return ['usage: qcowscope COMMAND [options]', '', ...COMMANDS.map((c) => `  qcowscope ${c.usage}`)].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
+    process.stdout.write(usage() + '\n');
+    return verb ? 0 : 1;
+  }
+  const cmd = COMMANDS.find((c) => c.name === verb);
+  if (!cmd) {
+    process.stderr.write(`qcowscope: unknown command '${verb}'\n${usage()}\n`);
+    return 1;
+  }
+  try {
+    const { values, positionals } = parseArgs({ args: rest, options: cmd.options, allowPositionals: true, strict: true });
+    return await cmd.run({
+      values: values as Record<string, string | boolean | undefined>,
+      positionals,
+      out: (t) => process.stdout.write(t + '\n'),
+      err: (t) => process.stderr.write(t + '\n'),
+    });
+  } catch (e) {
+    if (process.env.QCOWSCOPE_DEBUG === '1') process.stderr.write(((e as Error).stack ?? String(e)) + '\n');
+    const msg = isQcowError(e) || (e instanceof Error && (e.name === 'UsageError' || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')))
+      ? (e as Error).message
+      : `internal error: ${(e as Error).message ?? String(e)}`;
+    process.stderr.write(`qcowscope: ${msg.split('\n')[0]}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,72 @@
+// Opening images from the command line: the Node file store, and the backing chain resolved as
+// QEMU does (a relative backing file name is relative to the directory of the image naming it).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { QcowError } from '../core/errors.ts';
+import { MAX_BACKING_CHAIN_DEPTH, QCOW_MAGIC } from '../core/format/constants.ts';
+import { be32 } from '../core/format/bytes.ts';
+import { RawLayer, type Layer } from '../core/image/layer.ts';
+import { Qcow2Image, type OpenOptions } from '../core/image/qcow2-image.ts';
+import { NodeFileStore } from './node-file-store.ts';
+
+/** The path QEMU resolves a backing file name to, relative to the image that names it. */
+export function resolveBackingPath(imagePath: string, backing: string): string {
+  if (path.isAbsolute(backing)) return backing;
+  const dir = path.dirname(imagePath);
+  return dir === '.' && !imagePath.startsWith('./') ? backing : path.join(dir, backing);
+}
+
+export interface CliOpenOptions extends Omit<OpenOptions, 'backing' | 'dataFile'> {
+  /** Don't open the backing chain (info, check and snapshot work without it). */
+  noBacking?: boolean;
+}
+
+export async function openImage(file: string, opts: CliOpenOptions = {}, depth = 0): Promise<Qcow2Image> {
+  const store = NodeFileStore.open(file, { writable: !!opts.writable });
+  try {
+    const header = await Qcow2Image.readHeader(store);
+    let backing: Layer | null = null;
+    if (header.backingFile !== undefined && !opts.noBacking) {
+      backing = await openBacking(file, header.backingFile, header.backingFormat, depth + 1);
+    }
+    let dataFile = null;
+    if (header.dataFile !== undefined) {
+      const p = resolveBackingPath(file, header.dataFile);
+      if (fs.existsSync(p)) dataFile = NodeFileStore.open(p, { writable: !!opts.writable });
+    }
+    return await Qcow2Image.open(store, { ...opts, backing, dataFile });
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+}
+
+async function openBacking(imagePath: string, name: string, format: string | undefined, depth: number): Promise<Layer> {
+  if (depth > MAX_BACKING_CHAIN_DEPTH) {
+    throw new QcowError('BACKING_CHAIN_TOO_DEEP', `Backing chain of '${imagePath}' is deeper than ${MAX_BACKING_CHAIN_DEPTH} images`, { structure: 'backing file name' });
+  }
+  const p = resolveBackingPath(imagePath, name);
+  if (!fs.existsSync(p)) {
+    throw new QcowError('BACKING_MISSING', `Could not open backing file '${p}': No such file or directory`, { structure: 'backing file name', backingFile: name, path: p });
+  }
+  let fmt = format;
+  if (fmt === undefined) {
+    const probe = NodeFileStore.open(p);
+    const head = await probe.read(0, 4);
+    await probe.close();
+    fmt = be32(head, 0) === QCOW_MAGIC ? 'qcow2' : 'raw';
+  }
+  if (fmt === 'qcow2') return openImage(p, {}, depth);
+  if (fmt === 'raw') return new RawLayer(NodeFileStore.open(p));
+  throw new QcowError('NOT_SUPPORTED', `Backing file format '${fmt}' is not supported`, { structure: 'backing format extension', format: fmt });
+}
+
+/** Bytes the file occupies on disk, as qemu-img's actual-size. */
+export function actualSize(file: string): number | undefined {
+  try {
+    const st = fs.statSync(file);
+    return st.blocks * 512;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,177 @@
+// `info`: what qemu-img info reports, with its JSON field names (qcow2-reference.md §5.2, as
+// printed by the qemu-img on this machine), built from an opened image. Also the human form.
+import * as C from '../format/constants.ts';
+import type { Snapshot } from '../format/snapshot-table.ts';
+import type { Qcow2Image } from '../image/qcow2-image.ts';
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  'vm-state-size': number;
+  'date-sec': number;
+  'date-nsec': number;
+  'vm-clock-sec': number;
+  'vm-clock-nsec': number;
+  icount?: number;
+}
+
+export interface Qcow2SpecificInfo {
+  compat: '0.10' | '1.1';
+  'compression-type': 'zlib' | 'zstd';
+  'lazy-refcounts'?: boolean;
+  'refcount-bits': number;
+  corrupt?: boolean;
+  'extended-l2'?: boolean;
+  'data-file'?: string;
+  'data-file-raw'?: boolean;
+  bitmaps?: Array<{ name: string; granularity: number; flags: string[] }>;
+}
+
+export interface ImageInfo {
+  filename: string;
+  format: 'qcow2';
+  'virtual-size': number;
+  'actual-size'?: number;
+  'dirty-flag': boolean;
+  'cluster-size': number;
+  encrypted?: boolean;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  snapshots?: SnapshotInfo[];
+  'format-specific': { type: 'qcow2'; data: Qcow2SpecificInfo };
+}
+
+export function snapshotInfo(sn: Snapshot): SnapshotInfo {
+  const s: SnapshotInfo = {
+    id: sn.idStr,
+    name: sn.name,
+    'vm-state-size': sn.vmStateSize,
+    'date-sec': sn.dateSec,
+    'date-nsec': sn.dateNsec,
+    'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
+    'vm-clock-nsec': sn.vmClockNsec % 1e9,
+  };
+  if (sn.icount !== -1) s.icount = sn.icount;
+  return s;
+}
+
+export interface InfoContext {
+  filename: string;
+  /** Bytes the file occupies on its medium (st_blocks·512 in Node); omitted when unknown. */
+  actualSize?: number;
+  /** The backing file name resolved as QEMU does (relative to the image's directory). */
+  fullBackingFilename?: string;
+  bitmaps?: Array<{ name: string; granularity: number; flags: string[] }>;
+}
+
+export function buildInfo(img: Qcow2Image, ctx: InfoContext): ImageInfo {
+  const h = img.header;
+  const data: Qcow2SpecificInfo = h.version >= 3
+    ? {
+        compat: '1.1',
+        'compression-type': h.compressionType === C.COMPRESSION_ZSTD ? 'zstd' : 'zlib',
+        'lazy-refcounts': (h.compatibleFeatures & C.COMPAT_LAZY_REFCOUNTS) !== 0n,
+        'refcount-bits': 2 ** h.refcountOrder,
+        corrupt: (h.incompatibleFeatures & C.INCOMPAT_CORRUPT) !== 0n,
+        'extended-l2': (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n,
+      }
+    : { compat: '0.10', 'compression-type': 'zlib', 'refcount-bits': 2 ** h.refcountOrder };
+  if (ctx.bitmaps && ctx.bitmaps.length > 0) data.bitmaps = ctx.bitmaps;
+  if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
+  if ((h.incompatibleFeatures & C.INCOMPAT_DATA_FILE) !== 0n) data['data-file-raw'] = (h.autoclearFeatures & C.AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+  const info: ImageInfo = {
+    filename: ctx.filename,
+    format: 'qcow2',
+    'virtual-size': img.virtualSize,
+    'dirty-flag': img.isDirty,
+    'cluster-size': img.clusterSize,
+    'format-specific': { type: 'qcow2', data },
+  };
+  if (ctx.actualSize !== undefined) info['actual-size'] = ctx.actualSize;
+  if (h.cryptMethod !== 0) info.encrypted = true;
+  if (h.backingFile !== undefined) {
+    info['backing-filename'] = h.backingFile;
+    info['full-backing-filename'] = ctx.fullBackingFilename ?? h.backingFile;
+    if (h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
+  }
+  if (img.snapshots.length > 0) info.snapshots = img.snapshots.map(snapshotInfo);
+  return info;
+}
+
+/** IEC size as qemu-img prints it ("64 MiB", "336 KiB", "1.5 GiB"). */
+export function sizeToStr(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  // QEMU's size_to_str: "%0.3g" of the value in the chosen unit
+  return `${formatG3(v)} ${units[i]}`;
+}
+
+function formatG3(v: number): string {
+  if (v === 0) return '0';
+  const p = Number(v.toPrecision(3));
+  return String(p);
+}
+
+function pad2(n: number): string {
+  return String(n).padStart(2, '0');
+}
+
+export function formatDate(sec: number): string {
+  const d = new Date(sec * 1000);
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+}
+
+export function formatVmClock(nsec: number): string {
+  const ms = Math.floor(nsec / 1e6);
+  const secs = Math.floor(ms / 1000);
+  return `${pad2(Math.floor(secs / 3600))}:${pad2(Math.floor(secs / 60) % 60)}:${pad2(secs % 60)}.${String(ms % 1000).padStart(3, '0')}`;
+}
+
+/** The snapshot list as qemu-img 7.2 prints it (header `%-10s%-17s%8s%20s%13s%11s`). */
+export function formatSnapshotList(list: SnapshotInfo[]): string {
+  const rows = ['Snapshot list:', `${'ID'.padEnd(10)}${'TAG'.padEnd(17)}${'VM SIZE'.padStart(8)}${'DATE'.padStart(20)}${'VM CLOCK'.padStart(13)}${'ICOUNT'.padStart(11)}`];
+  for (const s of list) {
+    const clock = formatVmClock(s['vm-clock-sec'] * 1e9 + s['vm-clock-nsec']);
+    rows.push(`${s.id.padEnd(9)} ${s.name.padEnd(16)} ${sizeToStr(s['vm-state-size']).padStart(8)}${formatDate(s['date-sec']).padStart(20)}${clock.padStart(13)}${(s.icount === undefined ? '' : String(s.icount)).padStart(11)}`);
+  }
+  return rows.join('\n');
+}
+
+export function formatInfo(info: ImageInfo): string {
+  const lines = [
+    `image: ${info.filename}`,
+    `file format: ${info.format}`,
+    `virtual size: ${sizeToStr(info['virtual-size'])} (${info['virtual-size']} bytes)`,
+  ];
+  if (info['actual-size'] !== undefined) lines.push(`disk size: ${sizeToStr(info['actual-size'])}`);
+  lines.push(`cluster_size: ${info['cluster-size']}`);
+  if (info['backing-filename']) {
+    const full = info['full-backing-filename'];
+    lines.push(`backing file: ${info['backing-filename']}${full && full !== info['backing-filename'] ? ` (actual path: ${full})` : ''}`);
+    if (info['backing-filename-format']) lines.push(`backing file format: ${info['backing-filename-format']}`);
+  }
+  if (info.encrypted) lines.push('encrypted: yes');
+  if (info['dirty-flag']) lines.push('cleanly shut down: no');
+  if (info.snapshots) lines.push(formatSnapshotList(info.snapshots));
+  const d = info['format-specific'].data;
+  lines.push('Format specific information:');
+  lines.push(`    compat: ${d.compat}`);
+  lines.push(`    compression type: ${d['compression-type']}`);
+  if (d['lazy-refcounts'] !== undefined) lines.push(`    lazy refcounts: ${d['lazy-refcounts']}`);
+  if (d.bitmaps) {
+    lines.push('    bitmaps:');
+    for (const b of d.bitmaps) lines.push(`        [${d.bitmaps.indexOf(b)}]:`, `            flags:`, ...b.flags.map((f, i) => `                [${i}]: ${f}`), `            name: ${b.name}`, `            granularity: ${b.granularity}`);
+  }
+  lines.push(`    refcount bits: ${d['refcount-bits']}`);
+  if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
+  if (d['data-file']) lines.push(`    data file: ${d['data-file']}`);
+  if (d['data-file-raw'] !== undefined) lines.push(`    data file raw: ${d['data-file-raw']}`);
+  if (d['extended-l2'] !== undefined) lines.push(`    extended l2: ${d['extended-l2']}`);
+  return lines.join('\n');
+}

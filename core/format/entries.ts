@@ -1,0 +1,197 @@
+// L1 and L2 entries (qcow2-reference.md §1.6–1.7): decoding into cluster types and host offsets,
+// and encoding. Entries are handled as two u32 halves (hi, lo) read from the table bytes, never
+// as 64-bit bitwise operations (those would silently truncate to 32 bits) and never as bigint on
+// hot paths. QEMU's mask names are kept so a search finds the spec and QEMU too.
+import { be32, put32 } from './bytes.ts';
+
+const TWO32 = 4294967296;
+
+// hi word masks
+const HI_COPIED = 0x80000000; // QCOW_OFLAG_COPIED, bit 63
+const HI_COMPRESSED = 0x40000000; // QCOW_OFLAG_COMPRESSED, bit 62
+const HI_OFFSET = 0x00ffffff; // bits 32..55 of L1E/L2E_OFFSET_MASK
+const LO_OFFSET = 0xfffffe00; // bits 9..31
+/** L1E_RESERVED_MASK 0x7F000000000001FF as (hi, lo). */
+const L1E_RESERVED_HI = 0x7f000000;
+const L1E_RESERVED_LO = 0x1ff;
+/** L2E_STD_RESERVED_MASK 0x3F000000000001FE as (hi, lo). */
+const L2E_STD_RESERVED_HI = 0x3f000000;
+const L2E_STD_RESERVED_LO = 0x1fe;
+const LO_ZERO = 1; // QCOW_OFLAG_ZERO, bit 0
+
+export const QCOW_OFLAG_COPIED_HI = HI_COPIED;
+export const QCOW_OFLAG_COMPRESSED_HI = HI_COMPRESSED;
+
+export function offsetOf(hi: number, lo: number): number {
+  return (hi & HI_OFFSET) * TWO32 + ((lo & LO_OFFSET) >>> 0);
+}
+
+// ---- L1 --------------------------------------------------------------------------------------
+
+export interface L1Entry {
+  /** L2 table host offset, 0 ⇒ unallocated. */
+  l2Offset: number;
+  copied: boolean;
+  reservedBits: boolean;
+  /** The raw u64 as a hex string (for display). */
+  raw: string;
+}
+
+export function l1Hi(table: Uint8Array, index: number): number {
+  return be32(table, index * 8);
+}
+export function l1Lo(table: Uint8Array, index: number): number {
+  return be32(table, index * 8 + 4);
+}
+
+/** The L2 offset in L1 entry `index` of `table` (0 ⇒ unallocated). */
+export function l1L2Offset(table: Uint8Array, index: number): number {
+  return offsetOf(be32(table, index * 8), be32(table, index * 8 + 4));
+}
+
+export function decodeL1Entry(table: Uint8Array, index: number): L1Entry {
+  const hi = l1Hi(table, index);
+  const lo = l1Lo(table, index);
+  return {
+    l2Offset: offsetOf(hi, lo),
+    copied: (hi & HI_COPIED) !== 0,
+    reservedBits: (hi & L1E_RESERVED_HI) !== 0 || (lo & L1E_RESERVED_LO) !== 0,
+    raw: rawHex(hi, lo),
+  };
+}
+
+export function l1ReservedBits(hi: number, lo: number): boolean {
+  return (hi & L1E_RESERVED_HI) !== 0 || (lo & L1E_RESERVED_LO) !== 0;
+}
+
+/** Unaligned L2 offsets in an L1 entry: bits 0..8 inside the offset field region are reserved. */
+export function encodeL1Entry(l2Offset: number, copied: boolean): [number, number] {
+  const hi = (Math.floor(l2Offset / TWO32) & HI_OFFSET) | (copied ? HI_COPIED : 0);
+  const lo = (l2Offset % TWO32) >>> 0;
+  return [hi >>> 0, lo];
+}
+
+export function putEntry(table: Uint8Array, byteOffset: number, hi: number, lo: number): void {
+  put32(table, byteOffset, hi >>> 0);
+  put32(table, byteOffset + 4, lo >>> 0);
+}
+
+export function rawHex(hi: number, lo: number): string {
+  return (hi >>> 0).toString(16).padStart(8, '0') + (lo >>> 0).toString(16).padStart(8, '0');
+}
+
+// ---- L2 --------------------------------------------------------------------------------------
+
+/** QEMU's QCow2ClusterType. */
+export const ClusterType = {
+  Unallocated: 0,
+  ZeroPlain: 1,
+  ZeroAlloc: 2,
+  Normal: 3,
+  Compressed: 4,
+} as const;
+export type ClusterType = (typeof ClusterType)[keyof typeof ClusterType];
+
+export const CLUSTER_TYPE_NAMES = ['unallocated', 'zero (plain)', 'zero (allocated)', 'normal', 'compressed'] as const;
+
+export interface L2Geometry {
+  clusterBits: number;
+  extendedL2: boolean;
+  /** External data file: offset 0 + COPIED is a valid normal cluster. */
+  dataFile: boolean;
+}
+
+/** Bytes per L2 entry. */
+export function l2EntrySize(g: L2Geometry): number {
+  return g.extendedL2 ? 16 : 8;
+}
+
+/** qcow2_get_cluster_type on the first u64 of an L2 entry. */
+export function clusterType(hi: number, lo: number, g: L2Geometry): ClusterType {
+  if ((hi & HI_COMPRESSED) !== 0) return ClusterType.Compressed;
+  const off = (hi & HI_OFFSET) !== 0 || (lo & LO_OFFSET) !== 0;
+  if ((lo & LO_ZERO) !== 0 && !g.extendedL2) return off ? ClusterType.ZeroAlloc : ClusterType.ZeroPlain;
+  if (!off) {
+    if (g.dataFile && (hi & HI_COPIED) !== 0) return ClusterType.Normal;
+    return ClusterType.Unallocated;
+  }
+  return ClusterType.Normal;
+}
+
+/** Compressed cluster descriptor: where its bytes are and how many (QEMU's qcow2_parse_compressed_l2_entry). */
+export interface CompressedDescriptor {
+  hostOffset: number;
+  /** Bytes that may hold compressed data: nb_sectors·512 − (offset mod 512). */
+  compressedSize: number;
+  nbSectors: number;
+}
+
+export function compressedDescriptor(hi: number, lo: number, clusterBits: number): CompressedDescriptor {
+  const x = 62 - (clusterBits - 8); // first bit of the sector count
+  const hiOffBits = x - 32; // offset bits held in hi
+  const hiOffMask = hiOffBits >= 32 ? 0xffffffff : 2 ** hiOffBits - 1;
+  const hostOffset = (hi & hiOffMask) * TWO32 + (lo >>> 0);
+  const countMask = 2 ** (clusterBits - 8) - 1;
+  const nbSectors = (Math.floor((hi >>> 0) / 2 ** hiOffBits) & countMask) + 1;
+  const compressedSize = nbSectors * 512 - (hostOffset % 512);
+  return { hostOffset, compressedSize, nbSectors };
+}
+
+export function encodeCompressedEntry(hostOffset: number, nbSectors: number, clusterBits: number): [number, number] {
+  const x = 62 - (clusterBits - 8);
+  const hiOffBits = x - 32;
+  const hi = Math.floor(hostOffset / TWO32) + (nbSectors - 1) * 2 ** hiOffBits + HI_COMPRESSED;
+  return [hi >>> 0, (hostOffset % TWO32) >>> 0];
+}
+
+export interface L2Entry {
+  type: ClusterType;
+  /** Host cluster offset for normal / zero-alloc clusters, 0 otherwise. */
+  hostOffset: number;
+  copied: boolean;
+  zeroFlag: boolean;
+  reservedBits: boolean;
+  compressed?: CompressedDescriptor;
+  /** Extended L2 only: the subcluster allocation and zero bitmaps (32 bits each). */
+  allocBitmap?: number;
+  zeroBitmap?: number;
+  raw: string;
+  rawBitmap?: string;
+}
+
+export function decodeL2Entry(table: Uint8Array, index: number, g: L2Geometry): L2Entry {
+  const at = index * l2EntrySize(g);
+  const hi = be32(table, at);
+  const lo = be32(table, at + 4);
+  const type = clusterType(hi, lo, g);
+  const e: L2Entry = {
+    type,
+    hostOffset: type === ClusterType.Normal || type === ClusterType.ZeroAlloc ? offsetOf(hi, lo) : 0,
+    copied: (hi & HI_COPIED) !== 0,
+    zeroFlag: (lo & LO_ZERO) !== 0,
+    reservedBits: type !== ClusterType.Compressed && ((hi & L2E_STD_RESERVED_HI) !== 0 || (lo & L2E_STD_RESERVED_LO) !== 0),
+    raw: rawHex(hi, lo),
+  };
+  if (type === ClusterType.Compressed) e.compressed = compressedDescriptor(hi, lo, g.clusterBits);
+  if (g.extendedL2) {
+    e.zeroBitmap = be32(table, at + 8);
+    e.allocBitmap = be32(table, at + 12);
+    e.rawBitmap = rawHex(e.zeroBitmap, e.allocBitmap);
+  }
+  return e;
+}
+
+export function l2StdReservedBits(hi: number, lo: number): boolean {
+  return (hi & L2E_STD_RESERVED_HI) !== 0 || (lo & L2E_STD_RESERVED_LO) !== 0;
+}
+
+/** Whether the host offset field of an entry is cluster aligned (bits 9.. below the cluster size). */
+export function isClusterAligned(offset: number, clusterSize: number): boolean {
+  return offset % clusterSize === 0;
+}
+
+export function encodeL2Entry(hostOffset: number, flags: { copied?: boolean; zero?: boolean }): [number, number] {
+  const hi = (Math.floor(hostOffset / TWO32) & HI_OFFSET) | (flags.copied ? HI_COPIED : 0);
+  const lo = ((hostOffset % TWO32) >>> 0) | (flags.zero ? LO_ZERO : 0);
+  return [hi >>> 0, lo >>> 0];
+}

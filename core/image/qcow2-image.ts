@@ -1,0 +1,536 @@
+// Qcow2Image: opening and validating an image as QEMU's qcow2_do_open does (qcow2-reference.md
+// §2.1), the table caches, guest→host mapping, guest reads (active layer, snapshots read-only,
+// backing chains) and block status for `map`. Writes, allocation and snapshots live in their own
+// modules and act on this object.
+import { QcowError, hex } from '../errors.ts';
+import type { ImageStore } from '../io/store.ts';
+import { alignUp } from '../format/bytes.ts';
+import * as C from '../format/constants.ts';
+import {
+  ClusterType, clusterType, compressedDescriptor, offsetOf, type L2Geometry,
+} from '../format/entries.ts';
+import { be32 } from '../format/bytes.ts';
+import { parseHeader, sizeToL1, validateTable, l2EntriesOf, type Qcow2Header } from '../format/header.ts';
+import { parseSnapshotTable, type Snapshot } from '../format/snapshot-table.ts';
+import { TableCache } from './table-cache.ts';
+import { decompressCluster } from './compression.ts';
+import { pushExtent, type Extent, type Layer } from './layer.ts';
+
+export interface OpenOptions {
+  /** Open for writing (refused for corrupt images unless `checkMode`). */
+  writable?: boolean;
+  /** qemu-img check's BDRV_O_CHECK: tolerate what only a repair can fix. */
+  checkMode?: boolean;
+  /** Repair mode while reading the snapshot table (truncate extra data, drop overhanging entries). */
+  repairSnapshotTable?: boolean;
+  /** The backing layer, already opened by the caller (the engine never resolves file names). */
+  backing?: Layer | null;
+  /** The external data file store, for images with one. */
+  dataFile?: ImageStore | null;
+  /** L2 table cache size (QEMU's default is 32 MiB). */
+  l2CacheBytes?: number;
+  /** Refcount block cache size. */
+  refblockCacheBytes?: number;
+  /** Collects non-fatal notes (repair messages, warnings). */
+  onMessage?: (message: string) => void;
+}
+
+export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
+export const DEFAULT_REFBLOCK_CACHE_BYTES = 4 * 1024 * 1024;
+
+/** Which L1 table a read goes through: the active one, or a snapshot's (read-only). */
+export interface L1View {
+  table: Uint8Array;
+  size: number;
+  /** Host offset of the table (for messages). */
+  offset: number;
+  /** Virtual size seen through this view. */
+  virtualSize: number;
+}
+
+export class Qcow2Image implements Layer {
+  readonly store: ImageStore;
+  header: Qcow2Header;
+  readonly clusterBits: number;
+  readonly clusterSize: number;
+  /** Entries per L2 table. */
+  readonly l2Entries: number;
+  readonly l2EntrySize: number;
+  readonly geometry: L2Geometry;
+  /** Active L1 table bytes (l1Size · 8, exactly). */
+  l1Table: Uint8Array;
+  /** Refcount table bytes (refcount_table_clusters · CS). */
+  reftable: Uint8Array;
+  snapshots: Snapshot[] = [];
+  /** Bytes of the snapshot table as stored (QEMU's snapshots_size). */
+  snapshotsSize = 0;
+  /** Error met while reading the snapshot table in check mode (open refuses it otherwise). */
+  snapshotTableError?: QcowError;
+  backing: Layer | null;
+  dataFile: ImageStore | null;
+  readonly l2Cache: TableCache;
+  readonly refblockCache: TableCache;
+  writable: boolean;
+  readonly checkMode: boolean;
+  readonly messages: string[] = [];
+  private readonly onMessage?: (m: string) => void;
+
+  private constructor(store: ImageStore, header: Qcow2Header, opts: OpenOptions) {
+    this.store = store;
+    this.header = header;
+    this.clusterBits = header.clusterBits;
+    this.clusterSize = 2 ** header.clusterBits;
+    this.l2Entries = l2EntriesOf(header);
+    this.geometry = {
+      clusterBits: header.clusterBits,
+      extendedL2: (header.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n,
+      dataFile: (header.incompatibleFeatures & C.INCOMPAT_DATA_FILE) !== 0n,
+    };
+    this.l2EntrySize = this.geometry.extendedL2 ? 16 : 8;
+    this.l1Table = new Uint8Array(0);
+    this.reftable = new Uint8Array(0);
+    this.backing = opts.backing ?? null;
+    this.dataFile = opts.dataFile ?? null;
+    this.l2Cache = new TableCache(opts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES);
+    this.refblockCache = new TableCache(opts.refblockCacheBytes ?? DEFAULT_REFBLOCK_CACHE_BYTES);
+    this.writable = !!opts.writable;
+    this.checkMode = !!opts.checkMode;
+    this.onMessage = opts.onMessage;
+  }
+
+  /** Read and validate the header only (for callers that must resolve a backing file first). */
+  static async readHeader(store: ImageStore): Promise<Qcow2Header> {
+    const first = await store.read(0, 4096);
+    if (be32(first, 0) !== C.QCOW_MAGIC) {
+      throw new QcowError('NOT_QCOW2', 'Image is not in qcow2 format', { structure: 'header', offset: 0 });
+    }
+    const bits = be32(first, 20);
+    const cs = bits >= C.MIN_CLUSTER_BITS && bits <= C.MAX_CLUSTER_BITS ? 2 ** bits : 4096;
+    const b = cs <= first.length ? first.subarray(0, cs) : await store.read(0, cs);
+    return parseHeader(b, store.name);
+  }
+
+  static async open(store: ImageStore, opts: OpenOptions = {}): Promise<Qcow2Image> {
+    const header = await Qcow2Image.readHeader(store);
+    const img = new Qcow2Image(store, header, opts);
+    await img.load(opts);
+    return img;
+  }
+
+  private async load(opts: OpenOptions): Promise<void> {
+    const h = this.header;
+    const cs = this.clusterSize;
+    if ((h.incompatibleFeatures & C.INCOMPAT_CORRUPT) !== 0n && this.writable && !this.checkMode) {
+      throw new QcowError('IMAGE_CORRUPT', 'qcow2: Image is corrupt; cannot be opened read/write', { structure: 'header', offset: 72 });
+    }
+    if (this.writable && !this.store.writable) {
+      throw new QcowError('READ_ONLY', `${this.store.name} cannot be written`, {});
+    }
+    if (h.refcountTableClusters === 0 && !this.checkMode) {
+      throw new QcowError('NO_REFCOUNT_TABLE', 'Image does not contain a reference count table', { structure: 'header', offset: 56 });
+    }
+    validateTable(h.refcountTableOffset, h.refcountTableClusters, cs, C.MAX_REFTABLE_SIZE_BYTES, cs, 'Reference count table', 48);
+    if (!this.checkMode) {
+      validateTable(h.snapshotsOffset, h.nbSnapshots, C.SNAPSHOT_HEADER_SIZE, C.SNAPSHOT_HEADER_SIZE * C.MAX_SNAPSHOTS, cs, 'Snapshot table', 64);
+    }
+    validateTable(h.l1TableOffset, h.l1Size, 8, C.MAX_L1_SIZE_BYTES, cs, 'Active L1 table', 40);
+    const l1VmStateIndex = sizeToL1(h, h.size);
+    if (l1VmStateIndex > C.INT_MAX) {
+      throw new QcowError('IMAGE_TOO_BIG', 'Image is too big', { structure: 'header', offset: 24, size: h.size });
+    }
+    if (h.l1Size < l1VmStateIndex) {
+      throw new QcowError('L1_TABLE_TOO_SMALL', 'L1 table is too small', { structure: 'Active L1 table', offset: h.l1TableOffset, l1Size: h.l1Size, needed: l1VmStateIndex });
+    }
+    if (h.size > Number.MAX_SAFE_INTEGER) {
+      throw new QcowError('IMAGE_TOO_BIG', 'Image is too big', { structure: 'header', offset: 24, size: h.size });
+    }
+    if (this.geometry.dataFile && (h.autoclearFeatures & C.AUTOCLEAR_DATA_FILE_RAW) !== 0n && h.backingFile !== undefined) {
+      // allowed by QEMU only without a backing file
+      this.note('data-file-raw with a backing file is inconsistent');
+    }
+    if ((h.autoclearFeatures & C.AUTOCLEAR_DATA_FILE_RAW) !== 0n && !this.geometry.dataFile) {
+      throw new QcowError('DATA_FILE_REQUIRED', 'data-file-raw requires a data file', { structure: 'header', offset: 88 });
+    }
+    this.l1Table = h.l1Size > 0 ? (await this.store.read(h.l1TableOffset, h.l1Size * 8)).slice() : new Uint8Array(0);
+    this.reftable = h.refcountTableClusters > 0
+      ? (await this.store.read(h.refcountTableOffset, h.refcountTableClusters * cs)).slice()
+      : new Uint8Array(0);
+    if (this.checkMode) {
+      try {
+        await this.loadSnapshots(!!opts.repairSnapshotTable);
+      } catch (e) {
+        if (!(e instanceof QcowError)) throw e;
+        this.snapshotTableError = e;
+        this.snapshots = [];
+      }
+    } else {
+      await this.loadSnapshots(false);
+    }
+  }
+
+  /** (Re)read the snapshot table from the header's nb_snapshots / snapshots_offset. */
+  async loadSnapshots(repair: boolean): Promise<void> {
+    const h = this.header;
+    if (this.checkMode) {
+      validateTable(h.snapshotsOffset, h.nbSnapshots, C.SNAPSHOT_HEADER_SIZE, C.SNAPSHOT_HEADER_SIZE * C.MAX_SNAPSHOTS, this.clusterSize, 'Snapshot table', 64);
+    }
+    if (h.nbSnapshots === 0) {
+      this.snapshots = [];
+      this.snapshotsSize = 0;
+      return;
+    }
+    // Load a window of the table and grow it while the parser asks for bytes beyond it. The
+    // table is bounded (64 MiB plus one entry's overhang); bytes past EOF read as zeros.
+    const fileSize = this.store.size();
+    const maxSpan = C.MAX_SNAPSHOTS_SIZE + C.SNAPSHOT_HEADER_SIZE + C.MAX_SNAPSHOT_EXTRA_DATA + 2 * 65535 + 8;
+    let span = Math.min(maxSpan, Math.max(65536, h.nbSnapshots * 64));
+    for (;;) {
+      const avail = Math.max(0, Math.min(span, fileSize - h.snapshotsOffset));
+      const buf = avail > 0 ? await this.store.read(h.snapshotsOffset, avail) : new Uint8Array(0);
+      let needMore = false;
+      const base = h.snapshotsOffset;
+      const read = (offset: number, length: number): Uint8Array => {
+        const rel = offset - base;
+        const out = new Uint8Array(length);
+        if (rel + length > span && offset + length <= fileSize) needMore = true;
+        if (rel < buf.length) out.set(buf.subarray(rel, Math.min(buf.length, rel + length)));
+        return out;
+      };
+      const res = parseSnapshotTable(read, base, h.nbSnapshots, {
+        virtualSize: this.virtualSize,
+        repair,
+        onRepair: (m) => this.note(m),
+      });
+      if (needMore && span < maxSpan) {
+        span = Math.min(maxSpan, span * 4);
+        continue;
+      }
+      this.snapshots = res.snapshots;
+      this.snapshotsSize = res.size;
+      return;
+    }
+  }
+
+  note(message: string): void {
+    this.messages.push(message);
+    this.onMessage?.(message);
+  }
+
+  // ---- geometry -----------------------------------------------------------------------------
+
+  /** Virtual size as QEMU sees it (floored to 512-byte sectors). */
+  get virtualSize(): number {
+    return Math.floor(this.header.size / 512) * 512;
+  }
+
+  get version(): number {
+    return this.header.version;
+  }
+
+  get refcountOrder(): number {
+    return this.header.refcountOrder;
+  }
+
+  get l1Size(): number {
+    return this.header.l1Size;
+  }
+
+  get isDirty(): boolean {
+    return (this.header.incompatibleFeatures & C.INCOMPAT_DIRTY) !== 0n;
+  }
+
+  get isCorrupt(): boolean {
+    return (this.header.incompatibleFeatures & C.INCOMPAT_CORRUPT) !== 0n;
+  }
+
+  get hasDataFile(): boolean {
+    return this.geometry.dataFile;
+  }
+
+  get subclusterSize(): number {
+    return this.geometry.extendedL2 ? this.clusterSize / C.SUBCLUSTERS_PER_CLUSTER : this.clusterSize;
+  }
+
+  /** Guest bytes mapped by one L2 table. */
+  get l2Span(): number {
+    return this.clusterSize * this.l2Entries;
+  }
+
+  activeView(): L1View {
+    return { table: this.l1Table, size: this.header.l1Size, offset: this.header.l1TableOffset, virtualSize: this.virtualSize };
+  }
+
+  // ---- tables -------------------------------------------------------------------------------
+
+  /** An L2 table through the cache. `l2Offset` must be cluster aligned. */
+  async readL2(l2Offset: number): Promise<Uint8Array> {
+    let t = this.l2Cache.get(l2Offset);
+    if (!t) {
+      t = (await this.store.read(l2Offset, this.clusterSize)).slice();
+      this.l2Cache.set(l2Offset, t);
+    }
+    return t;
+  }
+
+  /** L2 offset for an L1 index of a view, validated (QEMU's fatal "L2 table offset unaligned"). */
+  l2OffsetAt(view: L1View, l1Index: number): number {
+    if (l1Index >= view.size) return 0;
+    const off = offsetOf(be32(view.table, l1Index * 8), be32(view.table, l1Index * 8 + 4));
+    if (off !== 0 && off % this.clusterSize !== 0) {
+      throw new QcowError('METADATA_CORRUPT', `L2 table offset ${hex(off)} unaligned (L1 index: ${hex(l1Index)})`, {
+        structure: 'L1 table', offset: view.offset + l1Index * 8, l1Index, l2Offset: off,
+      });
+    }
+    return off;
+  }
+
+  /** Find a snapshot by ID first, then by name (QEMU's find_snapshot_by_id_or_name). */
+  findSnapshot(idOrName: string): Snapshot | undefined {
+    return this.snapshots.find((s) => s.idStr === idOrName) ?? this.snapshots.find((s) => s.name === idOrName);
+  }
+
+  /** Validate a snapshot's L1 (QEMU's checks before goto/delete/load_tmp). */
+  validateSnapshotL1(sn: Snapshot): void {
+    validateTable(sn.l1TableOffset, sn.l1Size, 8, C.MAX_L1_SIZE_BYTES, this.clusterSize, 'Snapshot L1 table', sn.entryOffset);
+  }
+
+  /** A read-only view of a snapshot (QEMU's load_tmp: the snapshot's own l1_size). */
+  async snapshotView(sn: Snapshot): Promise<L1View> {
+    this.validateSnapshotL1(sn);
+    const table = sn.l1Size > 0 ? (await this.store.read(sn.l1TableOffset, sn.l1Size * 8)).slice() : new Uint8Array(0);
+    return { table, size: sn.l1Size, offset: sn.l1TableOffset, virtualSize: Math.floor(sn.diskSize / 512) * 512 };
+  }
+
+  // ---- guest reads --------------------------------------------------------------------------
+
+  read(guestOffset: number, length: number): Promise<Uint8Array> {
+    return this.readView(this.activeView(), guestOffset, length);
+  }
+
+  /** Guest bytes through a view. Contiguous host runs are read in one call. */
+  async readView(view: L1View, guestOffset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    const end = Math.min(guestOffset + length, view.virtualSize);
+    let pos = guestOffset;
+    // pending contiguous host run
+    let runHost = -1;
+    let runOut = 0;
+    let runLen = 0;
+    let runStore: ImageStore = this.store;
+    const flushRun = async (): Promise<void> => {
+      if (runLen > 0) {
+        out.set(await runStore.read(runHost, runLen), runOut);
+        runLen = 0;
+        runHost = -1;
+      }
+    };
+    const sc = this.subclusterSize;
+    while (pos < end) {
+      const m = await this.mapAt(view, pos, end - pos);
+      const n = m.length;
+      if (m.kind === 'data') {
+        const store = this.dataFile && this.geometry.dataFile ? this.dataFile : this.store;
+        if (this.header.cryptMethod !== 0) {
+          throw new QcowError('ENCRYPTED', 'Reading encrypted guest data is not supported', { structure: 'header', offset: 32 });
+        }
+        if (this.geometry.dataFile && !this.dataFile) {
+          throw new QcowError('DATA_FILE_REQUIRED', "'data-file' is required for this image", { structure: 'data file' });
+        }
+        if (runLen > 0 && runHost + runLen === m.hostOffset && runStore === store) {
+          runLen += n;
+        } else {
+          await flushRun();
+          runHost = m.hostOffset;
+          runOut = pos - guestOffset;
+          runLen = n;
+          runStore = store;
+        }
+      } else {
+        await flushRun();
+        if (m.kind === 'compressed') {
+          const cluster = await this.readCompressed(m.l2Hi, m.l2Lo);
+          const inCluster = pos % this.clusterSize;
+          out.set(cluster.subarray(inCluster, inCluster + n), pos - guestOffset);
+        } else if (m.kind === 'backing' && this.backing) {
+          const bEnd = Math.min(pos + n, this.backing.virtualSize);
+          if (bEnd > pos) out.set(await this.backing.read(pos, bEnd - pos), pos - guestOffset);
+        }
+        // zero / unallocated without backing: already zeros
+      }
+      pos += n;
+      void sc;
+    }
+    await flushRun();
+    return out;
+  }
+
+  async readCompressed(hi: number, lo: number): Promise<Uint8Array> {
+    if (this.geometry.dataFile) {
+      throw new QcowError('METADATA_CORRUPT', 'Compressed cluster entry found in image with external data file', { structure: 'L2 table' });
+    }
+    const d = compressedDescriptor(hi, lo, this.clusterBits);
+    const key = -(d.hostOffset + 1); // compressed clusters share the cache under negative keys
+    const cached = this.l2Cache.get(key);
+    if (cached) return cached;
+    const fileSize = this.store.size();
+    if (d.hostOffset >= fileSize) {
+      throw new QcowError('COMPRESSED_DATA_INVALID', `Compressed cluster at host offset ${hex(d.hostOffset)} is past the end of the file`, { structure: 'compressed cluster', offset: d.hostOffset });
+    }
+    const len = Math.min(d.compressedSize, fileSize - d.hostOffset);
+    const data = await this.store.read(d.hostOffset, len);
+    const cluster = decompressCluster(data, this.clusterSize, this.header.compressionType, d.hostOffset);
+    this.l2Cache.set(key, cluster.slice());
+    return cluster;
+  }
+
+  /**
+   * What the guest range starting at `pos` (up to `maxLen` bytes, never crossing a cluster, or a
+   * subcluster with extended L2) maps to. The caller does the I/O.
+   */
+  async mapAt(view: L1View, pos: number, maxLen: number): Promise<GuestMapping> {
+    const cs = this.clusterSize;
+    const inCluster = pos % cs;
+    const clusterIndex = Math.floor(pos / cs);
+    const l1Index = Math.floor(clusterIndex / this.l2Entries);
+    const l2Index = clusterIndex % this.l2Entries;
+    let len = Math.min(maxLen, cs - inCluster);
+    const l2Offset = this.l2OffsetAt(view, l1Index);
+    if (l2Offset === 0) return { kind: 'backing', length: len, l1Index, l2Index, l2Offset, hostOffset: 0, l2Hi: 0, l2Lo: 0 };
+    const l2 = await this.readL2(l2Offset);
+    const at = l2Index * this.l2EntrySize;
+    const hi = be32(l2, at);
+    const lo = be32(l2, at + 4);
+    const type = clusterType(hi, lo, this.geometry);
+    const base = { l1Index, l2Index, l2Offset, l2Hi: hi, l2Lo: lo };
+    if (type === ClusterType.Compressed) return { kind: 'compressed', length: len, hostOffset: 0, ...base };
+    const host = offsetOf(hi, lo);
+    if (this.geometry.extendedL2) {
+      const zeroBm = be32(l2, at + 8);
+      const allocBm = be32(l2, at + 12);
+      const scs = this.subclusterSize;
+      const sc = Math.floor(inCluster / scs);
+      len = Math.min(len, scs - (inCluster % scs));
+      const invalid = type === ClusterType.Normal ? (zeroBm & allocBm) !== 0 : allocBm !== 0;
+      if (invalid) {
+        throw new QcowError('METADATA_CORRUPT', `Invalid cluster entry found  (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
+          structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
+        });
+      }
+      const bit = 2 ** sc;
+      if (Math.floor(zeroBm / bit) % 2 === 1) return { kind: 'zero', length: len, hostOffset: host ? host + sc * scs : 0, ...base };
+      if (type === ClusterType.Normal && Math.floor(allocBm / bit) % 2 === 1) {
+        this.checkDataAligned(host, l2Offset, l2Index, at);
+        return { kind: 'data', length: len, hostOffset: host + inCluster, ...base };
+      }
+      return { kind: 'backing', length: len, hostOffset: 0, ...base };
+    }
+    if (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc) {
+      if (this.header.version < 3) {
+        throw new QcowError('METADATA_CORRUPT', `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
+          structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
+        });
+      }
+      if (type === ClusterType.ZeroAlloc && host % cs !== 0) {
+        throw new QcowError('METADATA_CORRUPT', `Preallocated zero cluster offset ${hex(host)} unaligned (guest offset: ${hex(pos - inCluster)})`, {
+          structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
+        });
+      }
+      return { kind: 'zero', length: len, hostOffset: type === ClusterType.ZeroAlloc ? host + inCluster : 0, ...base };
+    }
+    if (type === ClusterType.Unallocated) return { kind: 'backing', length: len, hostOffset: 0, ...base };
+    this.checkDataAligned(host, l2Offset, l2Index, at);
+    return { kind: 'data', length: len, hostOffset: host + inCluster, ...base };
+  }
+
+  private checkDataAligned(host: number, l2Offset: number, l2Index: number, at: number): void {
+    if (host % this.clusterSize !== 0) {
+      throw new QcowError('METADATA_CORRUPT', `Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
+        structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index, hostOffset: host,
+      });
+    }
+  }
+
+  // ---- block status (qemu-img map) -----------------------------------------------------------
+
+  extents(start: number, length: number): Promise<Extent[]> {
+    return this.extentsView(this.activeView(), start, length);
+  }
+
+  /**
+   * Block status like qemu-img map: per cluster (or subcluster) of this layer, falling through to
+   * the backing chain for unallocated ranges. `preallocZero` (metadata-preallocated images, where
+   * QEMU asks the file system for holes) marks data ranges that are holes in the file as zero.
+   */
+  async extentsView(view: L1View, start: number, length: number, holes?: HoleQuery): Promise<Extent[]> {
+    const out: Extent[] = [];
+    const end = Math.min(start + length, view.virtualSize);
+    let pos = start;
+    while (pos < end) {
+      // Gather a run of same-kind mappings first (fast path for whole unallocated L2 spans).
+      const m = await this.mapAt(view, pos, end - pos);
+      let n = m.length;
+      if (m.l2Offset === 0 && m.kind === 'backing') {
+        // whole L1 entry unallocated: skip to the end of its span
+        n = Math.min(end, (m.l1Index + 1) * this.l2Span) - pos;
+      }
+      if (m.kind === 'data') {
+        let zero = false;
+        if (holes) zero = await holes(m.hostOffset, n);
+        pushExtent(out, { start: pos, length: n, depth: 0, present: true, zero, data: true, compressed: false, offset: m.hostOffset });
+      } else if (m.kind === 'compressed') {
+        pushExtent(out, { start: pos, length: n, depth: 0, present: true, zero: false, data: true, compressed: true });
+      } else if (m.kind === 'zero') {
+        const e: Extent = { start: pos, length: n, depth: 0, present: true, zero: true, data: false, compressed: false };
+        if (m.hostOffset) e.offset = m.hostOffset;
+        pushExtent(out, e);
+      } else {
+        await this.backingExtents(out, pos, n);
+      }
+      pos += n;
+    }
+    return out;
+  }
+
+  private async backingExtents(out: Extent[], pos: number, n: number): Promise<void> {
+    const b = this.backing;
+    if (!b) {
+      pushExtent(out, { start: pos, length: n, depth: 0, present: false, zero: true, data: false, compressed: false });
+      return;
+    }
+    const bEnd = Math.min(pos + n, b.virtualSize);
+    if (bEnd > pos) {
+      for (const e of await b.extents(pos, bEnd - pos)) pushExtent(out, { ...e, depth: e.depth + 1 });
+    }
+    if (bEnd < pos + n) {
+      const s = Math.max(pos, bEnd);
+      pushExtent(out, { start: s, length: pos + n - s, depth: 0, present: false, zero: true, data: false, compressed: false });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.backing?.close();
+    await this.dataFile?.close();
+    await this.store.close();
+  }
+
+  /** Round a byte count up to whole clusters. */
+  clusterAlign(n: number): number {
+    return alignUp(n, this.clusterSize);
+  }
+}
+
+/** Answers whether the host range is a hole in the file (metadata-preallocated images). */
+export type HoleQuery = (hostOffset: number, length: number) => Promise<boolean>;
+
+export interface GuestMapping {
+  kind: 'data' | 'zero' | 'compressed' | 'backing';
+  /** Bytes from the queried position this mapping covers (within one cluster/subcluster). */
+  length: number;
+  /** Host offset of the queried position for 'data' (and allocated zero). */
+  hostOffset: number;
+  l1Index: number;
+  l2Index: number;
+  l2Offset: number;
+  l2Hi: number;
+  l2Lo: number;
+}
