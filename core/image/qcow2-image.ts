@@ -15,6 +15,7 @@ import { parseSnapshotTable, type Snapshot } from '../format/snapshot-table.ts';
 import { TableCache } from './table-cache.ts';
 import { decompressCluster } from './compression.ts';
 import { pushExtent, type Extent, type Layer } from './layer.ts';
+import type { Journal } from './journal.ts';
 
 export interface OpenOptions {
   /** Open for writing (refused for corrupt images unless `checkMode`). */
@@ -505,6 +506,35 @@ export class Qcow2Image implements Layer {
       const s = Math.max(pos, bEnd);
       pushExtent(out, { start: s, length: pos + n - s, depth: 0, present: false, zero: true, data: false, compressed: false });
     }
+  }
+
+  // ---- writing: every write of every operation goes through these three ------------------
+
+  /** The journal of the operation in progress, if the caller asked for one. */
+  journal: Journal | null = null;
+
+  private assertWritable(): void {
+    if (!this.writable) throw new QcowError('READ_ONLY', `${this.store.name} is opened read-only`, {});
+  }
+
+  /** Write bytes at a host offset, recording the purpose (and whether this is the commit point). */
+  async pwrite(hostOffset: number, data: Uint8Array, purpose: string, commit = false): Promise<void> {
+    this.assertWritable();
+    this.journal?.write(hostOffset, data.length, purpose, commit);
+    await this.store.write(hostOffset, data);
+  }
+
+  /** Ordering barrier (DESIGN.md): nothing written after may reach the medium before what was written before. */
+  async flush(purpose = 'barrier'): Promise<void> {
+    this.assertWritable();
+    this.journal?.flush(purpose);
+    await this.store.flush();
+  }
+
+  async truncate(size: number, purpose: string): Promise<void> {
+    this.assertWritable();
+    this.journal?.truncate(size, purpose);
+    await this.store.truncate(size);
   }
 
   async close(): Promise<void> {
