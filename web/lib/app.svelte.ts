@@ -1,0 +1,308 @@
+// The app's state: open images (tabs), the current view, the one shared selection, the running
+// job and the last message. Views read it from context (web/lib/context.ts) and call its
+// methods; only this class and web/lib/engine.ts talk to the worker.
+import { QcowError } from '../../core/errors.ts';
+import type {
+  CheckFindingDTO,
+  CheckReportDTO,
+  ClusterMapDTO,
+  EngineFeatures,
+  ImageSummary,
+  L1EntryDTO,
+  Progress,
+  RefcountTableEntryDTO,
+  SnapshotDTO,
+} from '../../worker/api.ts';
+import { engine, withJob } from './engine.ts';
+
+export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'check';
+
+export const VIEWS: { id: ViewName; title: string }[] = [
+  { id: 'header', title: 'Header' },
+  { id: 'snapshots', title: 'Snapshots' },
+  { id: 'l1', title: 'L1 table' },
+  { id: 'refcounts', title: 'Refcount table' },
+  { id: 'map', title: 'Cluster map' },
+  { id: 'check', title: 'Check' },
+];
+
+/** What the inspector decodes; shared by every view. */
+export type Selection =
+  | { kind: 'field'; spec: string; value: string; explain: string; offset: number; size: number }
+  | { kind: 'l1'; entry: L1EntryDTO }
+  | { kind: 'refcount-table'; entry: RefcountTableEntryDTO }
+  | { kind: 'snapshot'; snapshot: SnapshotDTO }
+  | { kind: 'finding'; finding: CheckFindingDTO }
+  | { kind: 'cluster'; hostOffset: number };
+
+export interface Message {
+  kind: 'error' | 'info';
+  text: string;
+  code?: string;
+}
+
+export interface Busy {
+  label: string;
+  progress?: Progress;
+  controller: AbortController;
+}
+
+/** One open image. Big results are $state.raw: they are replaced whole, never mutated. */
+export class ImageTab {
+  readonly id: string;
+  /** The File System Access handle, kept on the page to ask for write permission. */
+  readonly handle: FileSystemFileHandle | undefined;
+  summary = $state.raw<ImageSummary>() as ImageSummary;
+  check = $state.raw<CheckReportDTO | null>(null);
+  clusterMap = $state.raw<ClusterMapDTO | null>(null);
+  /** Bumped after every change, so views reload what they fetched. */
+  revision = $state(0);
+
+  constructor(summary: ImageSummary, handle?: FileSystemFileHandle) {
+    this.id = summary.state.id;
+    this.summary = summary;
+    this.handle = handle;
+  }
+
+  get name(): string {
+    return this.summary.state.name;
+  }
+
+  update(summary: ImageSummary): void {
+    this.summary = summary;
+    this.check = null;
+    this.clusterMap = null;
+    this.revision++;
+  }
+}
+
+function describe(e: unknown): Message {
+  if (e instanceof QcowError) return { kind: 'error', text: e.message, code: e.code };
+  if (e instanceof DOMException && e.name === 'AbortError') return { kind: 'info', text: 'Cancelled.' };
+  const err = e as Error;
+  return { kind: 'error', text: `Internal error: ${err?.message ?? String(e)}`, code: 'INTERNAL' };
+}
+
+export class AppState {
+  tabs = $state<ImageTab[]>([]);
+  activeId = $state<string | null>(null);
+  view = $state<ViewName>('header');
+  selection = $state.raw<Selection | null>(null);
+  busy = $state.raw<Busy | null>(null);
+  message = $state.raw<Message | null>(null);
+  features = $state.raw<EngineFeatures | null>(null);
+
+  active = $derived(this.tabs.find((t) => t.id === this.activeId) ?? null);
+
+  /** The File System Access picker exists (Chromium); elsewhere "Open image" uses the file input. */
+  readonly hasPicker = typeof window !== 'undefined' && 'showOpenFilePicker' in window;
+
+  async loadFeatures(): Promise<void> {
+    try {
+      this.features = await engine().features();
+    } catch (e) {
+      this.message = describe(e);
+    }
+  }
+
+  /** Run one engine call with the busy indicator, cancellation and error reporting. */
+  private async run<T>(label: string, body: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<T>): Promise<T | undefined> {
+    const controller = new AbortController();
+    this.busy = { label, controller };
+    this.message = null;
+    try {
+      return await body({
+        signal: controller.signal,
+        onProgress: (p) => {
+          if (this.busy?.controller === controller) this.busy = { label, controller, progress: p };
+        },
+      });
+    } catch (e) {
+      this.message = describe(e);
+      return undefined;
+    } finally {
+      if (this.busy?.controller === controller) this.busy = null;
+    }
+  }
+
+  cancel(): void {
+    this.busy?.controller.abort();
+  }
+
+  private add(summary: ImageSummary, handle?: FileSystemFileHandle): void {
+    const tab = new ImageTab(summary, handle);
+    this.tabs.push(tab);
+    this.activeId = tab.id;
+    this.selection = null;
+  }
+
+  async openFiles(files: File[]): Promise<void> {
+    for (const file of files) {
+      const s = await this.run(`Opening ${file.name}`, () => engine().openFile(file));
+      if (s) this.add(s);
+    }
+  }
+
+  async openHandles(handles: FileSystemFileHandle[]): Promise<void> {
+    for (const handle of handles) {
+      const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle));
+      if (s) this.add(s, handle);
+    }
+  }
+
+  /** "Open image": the File System Access picker where it exists. Returns false when there is none. */
+  async pick(): Promise<boolean> {
+    const w = window as unknown as { showOpenFilePicker?: (o: object) => Promise<FileSystemFileHandle[]> };
+    if (!w.showOpenFilePicker) return false;
+    let handles: FileSystemFileHandle[];
+    try {
+      handles = await w.showOpenFilePicker({
+        multiple: true,
+        id: 'qcowscope-open',
+        types: [{ description: 'qcow2 disk images', accept: { 'application/octet-stream': ['.qcow2', '.qcow', '.img'] } }],
+        excludeAcceptAllOption: false,
+      });
+    } catch (e) {
+      if ((e as DOMException).name !== 'AbortError') this.message = describe(e);
+      return true;
+    }
+    await this.openHandles(handles);
+    return true;
+  }
+
+  /** Items of a drop: handles where the browser gives them (writable in place), Files otherwise. */
+  async openDropped(dt: DataTransfer): Promise<void> {
+    // getAsFileSystemHandle must be called for every item before the first await (the list empties).
+    const entries: { handle: Promise<FileSystemHandle | null> | null; file: File | null }[] = [];
+    for (const item of Array.from(dt.items)) {
+      if (item.kind !== 'file') continue;
+      const getHandle = (item as DataTransferItem & { getAsFileSystemHandle?: () => Promise<FileSystemHandle | null> }).getAsFileSystemHandle;
+      entries.push({ handle: getHandle ? getHandle.call(item).catch(() => null) : null, file: item.getAsFile() });
+    }
+    if (entries.length === 0 && dt.files.length) {
+      await this.openFiles(Array.from(dt.files));
+      return;
+    }
+    for (const e of entries) {
+      const h = e.handle ? await e.handle : null;
+      if (h && h.kind === 'file') await this.openHandles([h as FileSystemFileHandle]);
+      else if (e.file) await this.openFiles([e.file]);
+    }
+  }
+
+  async openDemo(): Promise<void> {
+    const s = await this.run('Building the demo image', () => engine().openDemo());
+    if (s) this.add(s);
+  }
+
+  async close(id: string): Promise<void> {
+    const i = this.tabs.findIndex((t) => t.id === id);
+    if (i < 0) return;
+    this.tabs.splice(i, 1);
+    if (this.activeId === id) this.activeId = this.tabs[Math.min(i, this.tabs.length - 1)]?.id ?? null;
+    this.selection = null;
+    await engine().close(id).catch(() => {});
+  }
+
+  activate(id: string): void {
+    this.activeId = id;
+    this.selection = null;
+  }
+
+  show(view: ViewName): void {
+    this.view = view;
+    if (location.hash !== `#/${view}`) history.pushState(null, '', `#/${view}`);
+  }
+
+  /** Follow the URL's #/view (rail links, Back and Forward). */
+  syncFromHash(): void {
+    const v = location.hash.replace(/^#\/?/, '');
+    if (VIEWS.some((x) => x.id === v)) this.view = v as ViewName;
+  }
+
+  select(s: Selection | null): void {
+    this.selection = s;
+  }
+
+  /**
+   * Before a write to a person's own file: ask for write permission. Must run on the user's
+   * gesture (the click that confirmed the operation), before any other await.
+   */
+  private async ensureWritable(tab: ImageTab): Promise<boolean> {
+    const st = tab.summary.state;
+    if (!st.writable) {
+      this.message = { kind: 'error', text: `${st.name} is read-only${st.readOnlyReason ? `: ${st.readOnlyReason}` : ''}`, code: 'READ_ONLY' };
+      return false;
+    }
+    if (!tab.handle) return true;
+    const h = tab.handle as FileSystemFileHandle & {
+      queryPermission?: (d: object) => Promise<PermissionState>;
+      requestPermission?: (d: object) => Promise<PermissionState>;
+    };
+    if (!h.requestPermission) return true;
+    const granted = (await h.requestPermission({ mode: 'readwrite' })) === 'granted';
+    if (!granted) this.message = { kind: 'error', text: `Permission to write ${st.name} was not granted; nothing was changed.`, code: 'READ_ONLY' };
+    return granted;
+  }
+
+  private async write(tab: ImageTab, label: string, op: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<ImageSummary>): Promise<boolean> {
+    if (!(await this.ensureWritable(tab))) return false;
+    const s = await this.run(label, op);
+    if (!s) {
+      // The operation failed: show the image as it now is.
+      const fresh = await engine().summary(tab.id).catch(() => undefined);
+      if (fresh) tab.update(fresh);
+      return false;
+    }
+    tab.update(s);
+    this.selection = null;
+    return true;
+  }
+
+  createSnapshot(tab: ImageTab, name: string): Promise<boolean> {
+    return this.write(tab, `Creating snapshot ${name}`, (o) => withJob(o, (job) => engine().createSnapshot(tab.id, name, job)));
+  }
+
+  revertSnapshot(tab: ImageTab, idOrName: string): Promise<boolean> {
+    return this.write(tab, `Reverting to ${idOrName}`, (o) => withJob(o, (job) => engine().revertSnapshot(tab.id, idOrName, job)));
+  }
+
+  deleteSnapshot(tab: ImageTab, idOrName: string): Promise<boolean> {
+    return this.write(tab, `Deleting ${idOrName}`, (o) => withJob(o, (job) => engine().deleteSnapshot(tab.id, idOrName, job)));
+  }
+
+  async runCheck(tab: ImageTab, repair?: 'leaks' | 'all'): Promise<void> {
+    this.show('check');
+    if (repair && !(await this.ensureWritable(tab))) return;
+    const report = await this.run(repair ? 'Repairing' : 'Checking', (o) =>
+      withJob(o, (job) => engine().check(tab.id, repair ? { ...job, repair } : job)),
+    );
+    if (!report) return;
+    if (repair) {
+      const fresh = await engine().summary(tab.id).catch(() => undefined);
+      if (fresh) tab.update(fresh);
+    }
+    tab.check = report;
+  }
+
+  async loadClusterMap(tab: ImageTab): Promise<void> {
+    const map = await this.run('Mapping clusters', (o) => withJob(o, (job) => engine().clusterMap(tab.id, job)));
+    if (map) tab.clusterMap = map;
+  }
+
+  /** "Download image": the image as it now is, as an ordinary browser download under its name. */
+  async download(tab: ImageTab): Promise<void> {
+    const d = await this.run('Preparing the download', () => engine().download(tab.id));
+    if (!d) return;
+    const url = URL.createObjectURL(d.blob);
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = d.name;
+    a.rel = 'noopener';
+    document.body.append(a);
+    a.click();
+    a.remove();
+    // Revoke later: the download reads the Blob after click() returns.
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  }
+}
