@@ -1,12 +1,18 @@
 // The one module of the worker that talks to the engine (core/). Everything the worker needs from
 // an open image goes through the EngineImage interface below, so wiring a new engine capability
-// is a change here only.
-//
-// TODAY: reading is served by worker/interim-decoder.ts (header, snapshot table, L1 and refcount
-// table pages) until core/image/qcow2-image.ts lands; writes, check, cluster map and the demo
-// image report NOT_SUPPORTED until core provides them.
+// is a change here only. DTOs are built here: plain numbers and strings, no bigint, no class.
 import { QcowError } from '../core/errors.ts';
 import type { ImageStore } from '../core/io/store.ts';
+import * as C from '../core/format/constants.ts';
+import { decodeL1Entry, decodeL2Entry, ClusterType } from '../core/format/entries.ts';
+import { decodeRefblock, reftableEntry } from '../core/format/refcount.ts';
+import { rawHex } from '../core/format/entries.ts';
+import { be32 } from '../core/format/bytes.ts';
+import type { Qcow2Header } from '../core/format/header.ts';
+import type { Snapshot } from '../core/format/snapshot-table.ts';
+import { Qcow2Image } from '../core/image/qcow2-image.ts';
+import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
+import { buildInfo } from '../core/analysis/info.ts';
 import type {
   CheckReportDTO,
   ClusterMapDTO,
@@ -18,7 +24,6 @@ import type {
   RefcountTableEntryDTO,
   SnapshotDTO,
 } from './api.ts';
-import { readHeader, readL1Page, readRefcountTablePage, readSnapshots } from './interim-decoder.ts';
 
 /** Passed to long engine jobs. */
 export interface JobContext {
@@ -42,6 +47,9 @@ export interface EngineImage {
   createSnapshot(name: string, job: JobContext): Promise<void>;
   revertSnapshot(idOrName: string, job: JobContext): Promise<void>;
   deleteSnapshot(idOrName: string, job: JobContext): Promise<void>;
+  /** Forget this engine object without closing the store (the worker reopens after writes). */
+  release(): void;
+  /** Close the engine object and its store. */
   close(): Promise<void>;
 }
 
@@ -61,62 +69,155 @@ function notYet(what: string): never {
   throw new QcowError('NOT_SUPPORTED', `${what} is not available in this build of the engine yet`);
 }
 
-export async function openImage(store: ImageStore): Promise<EngineImage> {
-  const h = await readHeader(store);
-  const snaps = await readSnapshots(store, h);
+const EXT_NAMES: Record<number, string> = {
+  [C.EXT_BACKING_FORMAT]: 'backing file format name',
+  [C.EXT_FEATURE_TABLE]: 'feature name table',
+  [C.EXT_BITMAPS]: 'bitmaps',
+  [C.EXT_CRYPTO]: 'full disk encryption header pointer',
+  [C.EXT_DATA_FILE]: 'external data file name',
+};
+
+function unknownBits(v: bigint, known: bigint): string {
+  const u = v & ~known;
+  return u === 0n ? '' : '0x' + u.toString(16);
+}
+
+export function headerDTO(h: Qcow2Header): HeaderDTO {
+  const d: HeaderDTO = {
+    magic: h.magic,
+    version: h.version,
+    backingFileOffset: h.backingFileOffset,
+    backingFileSize: h.backingFileSize,
+    clusterBits: h.clusterBits,
+    clusterSize: 2 ** h.clusterBits,
+    size: h.size,
+    cryptMethod: h.cryptMethod,
+    l1Size: h.l1Size,
+    l1TableOffset: h.l1TableOffset,
+    refcountTableOffset: h.refcountTableOffset,
+    refcountTableClusters: h.refcountTableClusters,
+    nbSnapshots: h.nbSnapshots,
+    snapshotsOffset: h.snapshotsOffset,
+    incompatibleFeatures: Number(h.incompatibleFeatures & 0xffffffffn),
+    compatibleFeatures: Number(h.compatibleFeatures & 0xffffffffn),
+    autoclearFeatures: Number(h.autoclearFeatures & 0xffffffffn),
+    unknownIncompatible: unknownBits(h.incompatibleFeatures, C.INCOMPAT_MASK),
+    unknownCompatible: unknownBits(h.compatibleFeatures, C.COMPAT_MASK),
+    unknownAutoclear: unknownBits(h.autoclearFeatures, C.AUTOCLEAR_MASK),
+    refcountOrder: h.refcountOrder,
+    refcountBits: 2 ** h.refcountOrder,
+    headerLength: h.headerLength,
+    compressionType: h.compressionType,
+    extensions: h.extensions.map((x) => ({ type: x.type, offset: x.offset, length: x.data.length, name: EXT_NAMES[x.type] ?? 'unknown' })),
+  };
+  if (h.backingFile !== undefined) d.backingFile = h.backingFile;
+  if (h.backingFormat !== undefined) d.backingFormat = h.backingFormat;
+  return d;
+}
+
+export function snapshotDTO(s: Snapshot): SnapshotDTO {
+  const d: SnapshotDTO = {
+    id: s.idStr,
+    name: s.name,
+    l1TableOffset: s.l1TableOffset,
+    l1Size: s.l1Size,
+    vmStateSize: s.vmStateSize,
+    dateSec: s.dateSec,
+    dateNsec: s.dateNsec,
+    vmClockNsec: s.vmClockNsec,
+    diskSize: s.diskSize,
+    extraDataSize: s.extraDataSize,
+  };
+  if (s.icount !== -1) d.icount = s.icount;
+  return d;
+}
+
+const L2_TYPES: Record<number, L2EntryDTO['type']> = {
+  [ClusterType.Unallocated]: 'unallocated',
+  [ClusterType.ZeroPlain]: 'zero-plain',
+  [ClusterType.ZeroAlloc]: 'zero-alloc',
+  [ClusterType.Normal]: 'normal',
+  [ClusterType.Compressed]: 'compressed',
+};
+
+/** Wrap an opened Qcow2Image as the worker's EngineImage. */
+function wrap(img: Qcow2Image): EngineImage {
+  const header = headerDTO(img.header);
+  const snapshots = img.snapshots.map(snapshotDTO);
   return {
-    header: () => h,
-    snapshots: () => snaps,
-    info: (fileSize, filename) => interimInfo(h, snaps, fileSize, filename),
-    l1Page: (start, count) => readL1Page(store, h, start, count),
-    l2Table: () => notYet('Reading L2 tables'),
-    refcountTableSize: () => (h.refcountTableClusters * h.clusterSize) / 8,
-    refcountTablePage: (start, count) => readRefcountTablePage(store, h, start, count),
-    refcountBlock: () => notYet('Reading refcount blocks'),
+    header: () => header,
+    snapshots: () => snapshots,
+    // actual-size (blocks on the medium) is unknown in a browser, so it is left out.
+    info: (_fileSize, filename) => ({ ...buildInfo(img, { filename }) }) as Record<string, unknown>,
+    async l1Page(start, count) {
+      const end = Math.min(img.header.l1Size, start + count);
+      const out: L1EntryDTO[] = [];
+      for (let i = start; i < end; i++) {
+        const e = decodeL1Entry(img.l1Table, i);
+        const hi = be32(img.l1Table, i * 8);
+        const lo = be32(img.l1Table, i * 8 + 4);
+        const resHi = hi & 0x7f000000;
+        const resLo = lo & 0x1ff;
+        out.push({
+          index: i,
+          raw: e.raw,
+          l2Offset: e.l2Offset,
+          copied: e.copied,
+          reserved: e.reservedBits ? '0x' + rawHex(resHi, resLo).replace(/^0+(?=.)/, '') : '',
+        });
+      }
+      return out;
+    },
+    async l2Table(l2Offset) {
+      if (l2Offset === 0 || l2Offset % img.clusterSize !== 0) {
+        throw new QcowError('INVALID_ARGUMENT', `No L2 table at offset 0x${l2Offset.toString(16)}`);
+      }
+      const t = await img.readL2(l2Offset);
+      const out: L2EntryDTO[] = [];
+      for (let i = 0; i < img.l2Entries; i++) {
+        const e = decodeL2Entry(t, i, img.geometry);
+        const d: L2EntryDTO = { index: i, raw: e.raw, type: L2_TYPES[e.type]!, hostOffset: e.compressed?.hostOffset ?? e.hostOffset, copied: e.copied };
+        if (e.compressed) d.compressedSize = e.compressed.compressedSize;
+        if (e.rawBitmap !== undefined) d.bitmap = e.rawBitmap;
+        out.push(d);
+      }
+      return out;
+    },
+    refcountTableSize: () => reftableSize(img),
+    async refcountTablePage(start, count) {
+      const end = Math.min(reftableSize(img), start + count);
+      const out: RefcountTableEntryDTO[] = [];
+      for (let i = start; i < end; i++) {
+        out.push({
+          index: i,
+          raw: rawHex(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4)),
+          refblockOffset: reftableEntry(img.reftable, i),
+        });
+      }
+      return out;
+    },
+    async refcountBlock(refblockIndex) {
+      const b = await loadRefblock(img, refblockIndex);
+      if (!b) return [];
+      return Array.from(decodeRefblock(b, img.refcountOrder));
+    },
     clusterMap: () => notYet('The cluster map'),
     check: () => notYet('The check'),
     createSnapshot: () => notYet('Creating snapshots'),
     revertSnapshot: () => notYet('Reverting snapshots'),
     deleteSnapshot: () => notYet('Deleting snapshots'),
-    close: async () => {},
+    release() {},
+    close: () => img.close(),
   };
+}
+
+export async function openImage(store: ImageStore): Promise<EngineImage> {
+  // Read-only until the write operations land; a backing file is not resolved (reads of
+  // unallocated clusters are not needed by the views).
+  const img = await Qcow2Image.open(store, { writable: false, backing: null });
+  return wrap(img);
 }
 
 export async function buildDemoStore(): Promise<ImageStore> {
   notYet('The demo image');
-}
-
-function interimInfo(h: HeaderDTO, snaps: SnapshotDTO[], fileSize: number, filename: string): Record<string, unknown> {
-  const info: Record<string, unknown> = {
-    'virtual-size': h.size,
-    filename,
-    'cluster-size': h.clusterSize,
-    format: 'qcow2',
-    'actual-size': fileSize,
-    'dirty-flag': (h.incompatibleFeatures & 1) !== 0,
-  };
-  if (h.backingFile !== undefined) info['backing-filename'] = h.backingFile;
-  if (h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
-  if (snaps.length) {
-    info.snapshots = snaps.map((s) => ({
-      'icount': s.icount,
-      'vm-state-size': s.vmStateSize,
-      'date-sec': s.dateSec,
-      'date-nsec': s.dateNsec,
-      'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9),
-      'vm-clock-nsec': s.vmClockNsec % 1e9,
-      id: s.id,
-      name: s.name,
-    }));
-  }
-  const data: Record<string, unknown> = {
-    compat: h.version >= 3 ? '1.1' : '0.10',
-    'refcount-bits': h.refcountBits,
-    'lazy-refcounts': (h.compatibleFeatures & 1) !== 0,
-    corrupt: (h.incompatibleFeatures & 2) !== 0,
-    'extended-l2': (h.incompatibleFeatures & 16) !== 0,
-  };
-  if (h.version >= 3) data['compression-type'] = h.compressionType === 1 ? 'zstd' : 'zlib';
-  info['format-specific'] = { type: 'qcow2', data };
-  return info;
 }

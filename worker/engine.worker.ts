@@ -162,12 +162,12 @@ function writeOp(img: OpenImage, body: () => Promise<void>): Promise<ImageSummar
     } catch (e) {
       if (store instanceof HandleStore) store.discard();
       // The engine's caches may hold state that never reached the file: start again from it.
-      await img.engine.close().catch(() => {});
+      img.engine.release();
       img.engine = await openImage(store);
       throw e;
     }
     // Reopen so header, snapshots and caches describe the committed image.
-    await img.engine.close().catch(() => {});
+    img.engine.release();
     img.engine = await openImage(store);
     return summaryOf(img);
   };
@@ -197,8 +197,8 @@ const api = {
     const img = images.get(id);
     if (!img) return;
     images.delete(id);
-    await img.engine.close().catch(() => {});
-    await img.store.close();
+    // Closing the engine object closes its store too.
+    await img.engine.close().catch(() => img.store.close());
   },
 
   async summary(id: ImageId) {
