@@ -1,7 +1,7 @@
 // Reading refcounts through the refcount table and the refblock cache (qcow2-reference.md §1.5).
 // Updates, allocation and refcount-table growth are built on these in image/allocator.ts.
 import { QcowError, hex } from '../errors.ts';
-import { getRefcount, refblockEntries, reftableEntry } from '../format/refcount.ts';
+import { getRefcount, refblockEntries, refcountMax, reftableEntry } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 
 /** Refcount entries per refcount block of this image. */
@@ -37,4 +37,56 @@ export async function getClusterRefcount(img: Qcow2Image, clusterIndex: number):
   const per = refblockEntriesOf(img);
   const block = await loadRefblock(img, Math.floor(clusterIndex / per));
   return block ? getRefcount(block, clusterIndex % per, img.refcountOrder) : 0;
+}
+
+// ---- checks before an update (nothing is written) ----------------------------------------------
+
+/** Largest refcount this image's width can hold (2^refcount_bits − 1). */
+export function refcountMaxOf(img: Qcow2Image): number {
+  return refcountMax(img.refcountOrder);
+}
+
+/** Refcount changes keyed by host cluster index (cluster offset / cluster size). */
+export type RefcountDeltas = Map<number, number>;
+
+/**
+ * Throw QcowError('REFCOUNT_OVERFLOW') if applying `deltas` would take any refcount below 0 or
+ * above the width's maximum (QEMU's update_refcount returns EINVAL in both cases). Reads only,
+ * so a caller can refuse an operation before it allocates anything (DESIGN.md: refuse what
+ * cannot succeed, e.g. a snapshot on refcount_bits=1).
+ */
+export async function checkRefcountDeltas(img: Qcow2Image, deltas: RefcountDeltas): Promise<void> {
+  const max = refcountMaxOf(img);
+  for (const [cluster, addend] of deltas) {
+    if (addend === 0) continue;
+    const old = await getClusterRefcount(img, cluster);
+    const next = old + addend;
+    if (next < 0 || next > max) {
+      const offset = cluster * img.clusterSize;
+      throw new QcowError('REFCOUNT_OVERFLOW',
+        `Refcount of cluster ${cluster} (host offset ${hex(offset)}) would ${next < 0 ? 'drop below 0' : `exceed ${max}`}: refcount=${old} addend=${addend} (refcount_bits=${2 ** img.refcountOrder})`,
+        { structure: 'refcount block', cluster, offset, refcount: old, addend, refcountBits: 2 ** img.refcountOrder });
+    }
+  }
+}
+
+/**
+ * Whether every host cluster in `hostOffsets` (byte offsets, any alignment; a cluster listed k
+ * times counts k times) can take `addend` more references without overflowing the refcount
+ * width. For the snapshot engine: call it on the clusters a snapshot would share before
+ * allocating anything.
+ */
+export async function canIncrement(img: Qcow2Image, hostOffsets: Iterable<number>, addend = 1): Promise<boolean> {
+  const deltas: RefcountDeltas = new Map();
+  for (const off of hostOffsets) {
+    const c = Math.floor(off / img.clusterSize);
+    deltas.set(c, (deltas.get(c) ?? 0) + addend);
+  }
+  try {
+    await checkRefcountDeltas(img, deltas);
+    return true;
+  } catch (e) {
+    if (e instanceof QcowError && e.code === 'REFCOUNT_OVERFLOW') return false;
+    throw e;
+  }
 }

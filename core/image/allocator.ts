@@ -1,0 +1,409 @@
+// Host cluster management (QEMU's qcow2-refcount.c, qcow2-reference.md §1.5, §3.8): refcount
+// updates over byte ranges, batched per refcount block, all-or-nothing; refcount blocks allocated
+// where they describe themselves; growth of the refcount table; first-fit cluster allocation from
+// a free-cluster index; freeing. Every write goes through img.pwrite/flush (the journal).
+//
+// Crash-safety contract of this module (DESIGN.md):
+// - A new refcount block is written (and flushed) before the reftable entry that publishes it.
+// - Reftable growth builds a new table and the refblocks describing it past everything the old
+//   table covers, flushes, then commits with one 12-byte header write at offset 48, and only then
+//   frees the old table. A crash before the commit leaves unreferenced, unrefcounted bytes.
+// - updateRefcount validates the whole range before changing anything, so an overflow or an
+//   underflow leaves no partial change behind (better than QEMU, which rolls back per call).
+// Callers keep the rest of the order: increment before they publish a reference, flush, publish,
+// flush, and decrement only after the old reference is gone.
+import { QcowError, hex } from '../errors.ts';
+import { put32, put64 } from '../format/bytes.ts';
+import { MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE_BYTES } from '../format/constants.ts';
+import { encodeL1Entry, l1L2Offset, putEntry } from '../format/entries.ts';
+import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
+import type { Qcow2Image } from './qcow2-image.ts';
+import {
+  checkRefcountDeltas, loadRefblock, refblockEntriesOf, reftableSize, type RefcountDeltas,
+} from './refcount.ts';
+
+// ---- per-image allocator state ------------------------------------------------------------------
+
+interface AllocState {
+  /** QEMU's free_cluster_index: no free cluster below it (0 on open). */
+  freeClusterIndex: number;
+  /** Host clusters holding metadata, for the "Preventing invalid allocation" guard; null = rebuild. */
+  metadata: Map<number, string> | null;
+}
+
+const states = new WeakMap<Qcow2Image, AllocState>();
+
+function stateOf(img: Qcow2Image): AllocState {
+  let s = states.get(img);
+  if (!s) {
+    s = { freeClusterIndex: 0, metadata: null };
+    states.set(img, s);
+  }
+  return s;
+}
+
+/**
+ * Forget cached knowledge of where metadata lives (the allocation guard rebuilds it). Call after
+ * changing structures by other means than this module (snapshot table, L1 moves, repair).
+ */
+export function invalidateAllocatorState(img: Qcow2Image): void {
+  const s = stateOf(img);
+  s.metadata = null;
+  s.freeClusterIndex = 0;
+}
+
+/** A half-open range of host cluster indices that must not be handed out (being allocated). */
+type Reserved = Array<readonly [number, number]>;
+
+function inReserved(reserved: Reserved, c: number): boolean {
+  for (const [a, b] of reserved) if (c >= a && c < b) return true;
+  return false;
+}
+
+// ---- refcount updates ---------------------------------------------------------------------------
+
+/**
+ * Add `addend` to the refcount of every host cluster touched by [hostOffset, hostOffset+length)
+ * (QEMU's update_refcount). Validates the whole range first: an overflow or underflow throws
+ * QcowError('REFCOUNT_OVERFLOW') and changes nothing. Missing refcount blocks are allocated (and
+ * the refcount table grown) for increments. Each refcount block is written once.
+ */
+export async function updateRefcount(img: Qcow2Image, hostOffset: number, length: number, addend: number): Promise<void> {
+  if (length <= 0 || addend === 0) return;
+  const cs = img.clusterSize;
+  const first = Math.floor(hostOffset / cs);
+  const last = Math.floor((hostOffset + length - 1) / cs);
+  const deltas: RefcountDeltas = new Map();
+  for (let c = first; c <= last; c++) deltas.set(c, addend);
+  await updateClusterRefcounts(img, deltas);
+}
+
+/**
+ * Apply many refcount changes at once (cluster index → addend), all-or-nothing as to validation,
+ * each refcount block read-modified-written once. The batch form of updateRefcount, for walks
+ * that touch many clusters (snapshots, repair).
+ */
+export async function updateClusterRefcounts(img: Qcow2Image, deltas: RefcountDeltas): Promise<void> {
+  await applyDeltas(img, deltas, []);
+}
+
+async function applyDeltas(img: Qcow2Image, deltas: RefcountDeltas, reserved: Reserved): Promise<void> {
+  const entries = [...deltas].filter(([, a]) => a !== 0).sort((x, y) => x[0] - y[0]);
+  if (entries.length === 0) return;
+  await checkRefcountDeltas(img, new Map(entries));
+  const per = refblockEntriesOf(img);
+  // Clusters about to get their first reference must not be handed out as refcount blocks.
+  const ownReserved: Reserved = [...reserved];
+  for (const [c, a] of entries) if (a > 0) ownReserved.push([c, c + 1]);
+  // Make sure every refcount block an increment needs exists (publishing new ones first).
+  let lastRegion = -1;
+  for (const [c, a] of entries) {
+    const r = Math.floor(c / per);
+    if (r === lastRegion || a <= 0) continue;
+    lastRegion = r;
+    await ensureRefblock(img, r, ownReserved);
+  }
+  // Apply, one write per refcount block (the changed byte span).
+  const order = img.refcountOrder;
+  const entryBits = 2 ** order;
+  const s = stateOf(img);
+  let i = 0;
+  while (i < entries.length) {
+    const r = Math.floor(entries[i]![0] / per);
+    const block = await loadRefblock(img, r);
+    if (!block) throw new QcowError('INTERNAL', `refcount block ${r} missing after allocation`, { reftableIndex: r });
+    let lo = Infinity;
+    let hi = -1;
+    for (; i < entries.length && Math.floor(entries[i]![0] / per) === r; i++) {
+      const [c, a] = entries[i]!;
+      const idx = c - r * per;
+      const next = getRefcount(block, idx, order) + a;
+      setRefcount(block, idx, order, next);
+      lo = Math.min(lo, idx);
+      hi = Math.max(hi, idx);
+      if (next === 0) {
+        if (c < s.freeClusterIndex) s.freeClusterIndex = c;
+        dropCached(img, c * img.clusterSize);
+      }
+    }
+    const byteLo = Math.floor((lo * entryBits) / 8);
+    const byteHi = Math.ceil(((hi + 1) * entryBits) / 8);
+    const blockOffset = reftableEntry(img.reftable, r);
+    await img.pwrite(blockOffset + byteLo, block.slice(byteLo, byteHi), `refcount block ${r}`);
+  }
+  if (entries.some(([, a]) => a < 0)) s.metadata = null;
+}
+
+/** A freed cluster may come back as anything: drop every cached copy of it (QEMU does too). */
+function dropCached(img: Qcow2Image, offset: number): void {
+  img.l2Cache.delete(offset);
+  img.refblockCache.delete(offset);
+}
+
+// ---- refcount blocks and the refcount table ------------------------------------------------------
+
+function regionPresent(img: Qcow2Image, r: number): boolean {
+  return r < reftableSize(img) && reftableEntry(img.reftable, r) !== 0;
+}
+
+/**
+ * Make sure refcount block `r` exists (QEMU's alloc_refcount_block). It goes to the first free
+ * cluster (not in `reserved`); if that cluster lies in the region the block describes, the block
+ * describes itself; otherwise its refcount is set in the block covering it first. The block is
+ * written and flushed before the reftable entry publishing it (written and flushed too). Grows
+ * the reftable when `r` is beyond it.
+ */
+async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved): Promise<void> {
+  const per = refblockEntriesOf(img);
+  for (let guard = 0; !regionPresent(img, r); guard++) {
+    if (guard > 64) throw new QcowError('INTERNAL', `could not place refcount block ${r}`, { reftableIndex: r });
+    if (r >= reftableSize(img)) {
+      await growReftable(img, r, reserved);
+      continue;
+    }
+    const x = await findFree(img, 1, reserved);
+    const rx = Math.floor(x / per);
+    if (rx >= reftableSize(img)) {
+      await growReftable(img, Math.max(r, rx), reserved);
+      continue;
+    }
+    if (rx !== r && !regionPresent(img, rx)) {
+      // The first free cluster is in another region without a block: give that region its
+      // (self-describing) block first, then look again.
+      await ensureRefblock(img, rx, reserved);
+      continue;
+    }
+    assertNotMetadata(img, x, 1, 'refcount block');
+    const block = new Uint8Array(img.clusterSize);
+    if (rx === r) {
+      setRefcount(block, x - r * per, img.refcountOrder, 1);
+    } else {
+      await applyDeltas(img, new Map([[x, 1]]), reserved);
+    }
+    const offset = x * img.clusterSize;
+    await img.pwrite(offset, block, `refcount block ${r} (new)`);
+    await img.flush(`refcount block ${r} before its reftable entry`);
+    const entry = new Uint8Array(8);
+    putEntry(entry, 0, ...encodeL1Entry(offset, false));
+    await img.pwrite(img.header.refcountTableOffset + r * 8, entry, `refcount table entry ${r}`);
+    await img.flush(`refcount table entry ${r}`);
+    img.reftable.set(entry, r * 8);
+    img.refblockCache.set(offset, block);
+    stateOf(img).metadata?.set(x, 'refcount block');
+  }
+}
+
+/**
+ * Grow the refcount table so that it covers region `needRegion` (QEMU's qcow2_refcount_area).
+ * New refcount blocks and a new, larger table are placed right after everything the old table
+ * covers (so nothing there can have a refcount yet) and after `reserved`; the new blocks describe
+ * the new area itself. Order: blocks, table, flush, 12-byte header update at offset 48 (the
+ * commit point), flush, then the old table is freed.
+ */
+async function growReftable(img: Qcow2Image, needRegion: number, reserved: Reserved): Promise<void> {
+  const cs = img.clusterSize;
+  const per = refblockEntriesOf(img);
+  const oldEntries = reftableSize(img);
+  const oldOffset = img.header.refcountTableOffset;
+  const oldClusters = img.header.refcountTableClusters;
+  let start = oldEntries * per;
+  for (const [, b] of reserved) start = Math.max(start, b);
+  const entriesPerCluster = cs / 8;
+  let tableClusters = Math.max(1, Math.ceil(Math.max(needRegion + 1, Math.ceil(oldEntries * 1.5)) / entriesPerCluster));
+  let regions: number[] = [];
+  for (let iter = 0; ; iter++) {
+    if (iter > 100) throw new QcowError('INTERNAL', 'refcount table growth did not converge', {});
+    const areaEnd = start + regions.length + tableClusters;
+    const need = new Set<number>([needRegion]);
+    for (let q = Math.floor(start / per); q <= Math.floor((areaEnd - 1) / per); q++) need.add(q);
+    for (const q of [...need]) if (regionPresent(img, q)) need.delete(q);
+    const sorted = [...need].sort((a, b) => a - b);
+    const maxRegion = sorted.length ? sorted[sorted.length - 1]! : needRegion;
+    const clustersNeeded = Math.ceil((maxRegion + 1) / entriesPerCluster);
+    if (sorted.length === regions.length && clustersNeeded <= tableClusters) {
+      regions = sorted;
+      break;
+    }
+    regions = sorted;
+    tableClusters = Math.max(tableClusters, clustersNeeded);
+  }
+  if (tableClusters * cs > MAX_REFTABLE_SIZE_BYTES) {
+    throw new QcowError('TABLE_TOO_LARGE', `Reference count table too large: ${tableClusters} clusters needed`, {
+      structure: 'Reference count table', clusters: tableClusters,
+    });
+  }
+  const areaEnd = start + regions.length + tableClusters;
+  if (areaEnd * cs > MAX_CLUSTER_OFFSET) {
+    throw new QcowError('IMAGE_TOO_BIG', 'Image is too big: the refcount table cannot grow past the largest host offset', { structure: 'Reference count table' });
+  }
+  const newTable = new Uint8Array(tableClusters * cs);
+  newTable.set(img.reftable);
+  const blocks: Array<[number, number, Uint8Array]> = []; // region, host cluster, bytes
+  regions.forEach((q, k) => {
+    const block = new Uint8Array(cs);
+    for (let c = Math.max(start, q * per); c < Math.min(areaEnd, (q + 1) * per); c++) {
+      setRefcount(block, c - q * per, img.refcountOrder, 1);
+    }
+    const host = start + k;
+    blocks.push([q, host, block]);
+    putEntry(newTable, q * 8, ...encodeL1Entry(host * cs, false));
+  });
+  const tableOffset = (start + regions.length) * cs;
+  for (const [q, host, block] of blocks) await img.pwrite(host * cs, block, `refcount block ${q} (new, for the grown refcount table)`);
+  await img.pwrite(tableOffset, newTable, 'refcount table (new)');
+  await img.flush('new refcount structures before the header points at them');
+  const hdr = new Uint8Array(12);
+  put64(hdr, 0, tableOffset);
+  put32(hdr, 8, tableClusters);
+  await img.pwrite(48, hdr, 'header: refcount_table_offset and refcount_table_clusters', true);
+  await img.flush('header update');
+  img.reftable = newTable;
+  img.header.refcountTableOffset = tableOffset;
+  img.header.refcountTableClusters = tableClusters;
+  for (const [, host, block] of blocks) img.refblockCache.set(host * cs, block);
+  const meta = stateOf(img).metadata;
+  if (meta) {
+    for (const [, host] of blocks) meta.set(host, 'refcount block');
+    for (let c = 0; c < tableClusters; c++) meta.set(start + regions.length + c, 'refcount table');
+  }
+  // The old table is garbage now; a crash before this leaks it, nothing worse.
+  if (oldClusters > 0) await updateRefcount(img, oldOffset, oldClusters * cs, -1);
+}
+
+// ---- allocation ---------------------------------------------------------------------------------
+
+/**
+ * First `n` contiguous free clusters from the free-cluster index (QEMU's alloc_clusters_noref):
+ * refcount 0, not reserved. Clusters beyond what the reftable covers count as free.
+ */
+async function findFree(img: Qcow2Image, n: number, reserved: Reserved): Promise<number> {
+  const per = refblockEntriesOf(img);
+  const order = img.refcountOrder;
+  const maxCluster = Math.floor(MAX_CLUSTER_OFFSET / img.clusterSize);
+  let c = stateOf(img).freeClusterIndex;
+  let runStart = c;
+  let runLen = 0;
+  for (;;) {
+    const r = Math.floor(c / per);
+    const block = await loadRefblock(img, r);
+    const end = (r + 1) * per;
+    if (!block && reserved.length === 0) {
+      if (runLen === 0) runStart = c;
+      const take = Math.min(end - c, n - runLen);
+      runLen += take;
+      c += take;
+      if (runLen === n) return runStart;
+    } else {
+      for (; c < end; c++) {
+        const free = (!block || getRefcount(block, c - r * per, order) === 0) && !inReserved(reserved, c);
+        if (free) {
+          if (runLen === 0) runStart = c;
+          if (++runLen === n) return runStart;
+        } else {
+          runLen = 0;
+        }
+      }
+    }
+    if (c > maxCluster) {
+      throw new QcowError('IMAGE_TOO_BIG', `No room for ${n} clusters below the largest host offset`, { clusters: n });
+    }
+  }
+}
+
+/**
+ * Allocate `n` contiguous host clusters, first fit (QEMU's qcow2_alloc_clusters): their refcounts
+ * are set to 1 (and written) before the offset is returned. `what` names the use in errors
+ * ("L2 table", "data cluster", ...). Refuses to hand out cluster 0 or a cluster known to hold
+ * metadata (a corrupt refcount): QcowError('METADATA_CORRUPT'), "Preventing invalid allocation".
+ */
+export async function allocClusters(img: Qcow2Image, n: number, what = 'cluster'): Promise<number> {
+  if (!Number.isSafeInteger(n) || n <= 0) throw new QcowError('INVALID_ARGUMENT', `Cannot allocate ${n} clusters`, { clusters: n });
+  const per = refblockEntriesOf(img);
+  for (let attempt = 0; ; attempt++) {
+    if (attempt > 1000) throw new QcowError('INTERNAL', 'cluster allocation did not converge', { clusters: n });
+    const start = await findFree(img, n, []);
+    assertNotMetadata(img, start, n, what);
+    // QEMU allocates a missing refcount block and then retries (EAGAIN); so do we: the new block
+    // takes the first free cluster, which is usually where this run was about to start.
+    let missing = -1;
+    for (let r = Math.floor(start / per); r <= Math.floor((start + n - 1) / per); r++) {
+      if (!regionPresent(img, r)) { missing = r; break; }
+    }
+    if (missing >= 0) {
+      await ensureRefblock(img, missing, []);
+      continue;
+    }
+    const deltas: RefcountDeltas = new Map();
+    for (let c = start; c < start + n; c++) deltas.set(c, 1);
+    await applyDeltas(img, deltas, []);
+    stateOf(img).freeClusterIndex = start + n;
+    return start * img.clusterSize;
+  }
+}
+
+/** Drop one reference from every cluster touched by the byte range (QEMU's qcow2_free_clusters). */
+export async function freeClusters(img: Qcow2Image, hostOffset: number, length: number): Promise<void> {
+  await updateRefcount(img, hostOffset, length, -1);
+}
+
+// ---- the allocation guard -----------------------------------------------------------------------
+
+/**
+ * QEMU signals corruption rather than allocate over the header or live metadata (a refcount of 0
+ * on a metadata cluster means the refcounts are wrong). We refuse the same way, without writing.
+ */
+function assertNotMetadata(img: Qcow2Image, start: number, n: number, what: string): void {
+  if (start === 0) {
+    throw new QcowError('METADATA_CORRUPT', `Preventing invalid allocation of ${what} at offset 0`, { structure: what, offset: 0 });
+  }
+  const meta = metadataClusters(img);
+  for (let c = start; c < start + n; c++) {
+    const owner = meta.get(c);
+    if (owner !== undefined) {
+      throw new QcowError('METADATA_CORRUPT',
+        `Preventing invalid allocation of ${what} at offset ${hex(c * img.clusterSize)} (overlaps with ${owner}); the refcounts are corrupt, run a check with repair`,
+        { structure: what, offset: c * img.clusterSize, overlapsWith: owner });
+    }
+  }
+}
+
+function metadataClusters(img: Qcow2Image): Map<number, string> {
+  const s = stateOf(img);
+  if (s.metadata) return s.metadata;
+  const cs = img.clusterSize;
+  const m = new Map<number, string>();
+  const addRange = (offset: number, bytes: number, name: string): void => {
+    if (bytes <= 0) return;
+    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) if (!m.has(c)) m.set(c, name);
+  };
+  m.set(0, 'qcow2_header');
+  const h = img.header;
+  addRange(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
+  addRange(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
+  for (let r = 0; r < reftableSize(img); r++) {
+    const off = reftableEntry(img.reftable, r);
+    if (off !== 0) addRange(off, 1, 'refcount block');
+  }
+  addRange(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
+  for (const sn of img.snapshots) addRange(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
+  for (let i = 0; i < h.l1Size; i++) {
+    const off = l1L2Offset(img.l1Table, i);
+    if (off !== 0) addRange(off, 1, 'active L2 table');
+  }
+  if (h.bitmaps) addRange(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
+  s.metadata = m;
+  return m;
+}
+
+/** Record a newly allocated metadata cluster for the guard (L2 tables, L1 copies, tables). */
+export function noteMetadata(img: Qcow2Image, hostOffset: number, length: number, name: string): void {
+  const m = stateOf(img).metadata;
+  if (!m) return;
+  const cs = img.clusterSize;
+  for (let c = Math.floor(hostOffset / cs); c <= Math.floor((hostOffset + Math.max(1, length) - 1) / cs); c++) m.set(c, name);
+}
+
+/** The refcount width's maximum, re-exported for callers that only import the allocator. */
+export function maxRefcount(img: Qcow2Image): number {
+  return refcountMax(img.refcountOrder);
+}
