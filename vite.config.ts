@@ -38,6 +38,9 @@ export default defineConfig({
         // The engine chunk can be large; precache it anyway so the app works offline.
         maximumFileSizeToCacheInBytes: 8 * 1024 * 1024,
         cleanupOutdatedCaches: true,
+        // Take control of the open page at once, so it works offline from its first visit.
+        clientsClaim: true,
+        skipWaiting: true,
       },
     }),
   ],

@@ -1,0 +1,131 @@
+// Shared pieces of the end-to-end tests: images made with qemu-img at test time in the OS temp
+// dir (Playwright empties its own output folder), a page fixture that records every request, and
+// ways to hand an image to the app (file input, synthetic drop, a stubbed picker returning a real
+// OPFS handle, STACK.md).
+import { test as base, expect, type Page } from '@playwright/test';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createImage, makeTempDir, qemuImgOk, qemuIoOk, removeDir, type CreateOptions } from '../helpers/qemu.ts';
+
+export { expect };
+
+export interface Fixture {
+  path: string;
+  name: string;
+}
+
+/** A 64 MiB image with data in two clusters and snapshots snapA and snapB (made by QEMU). */
+export function makeImage(dir: string, name = 'disk.qcow2', opts: CreateOptions = {}, snapshots = ['snapA', 'snapB']): Fixture {
+  const file = path.join(dir, name);
+  createImage(file, '64M', opts);
+  qemuIoOk(file, 'write -P 0xab 0 128k');
+  snapshots.forEach((s, i) => {
+    qemuImgOk(['snapshot', '-c', s, file]);
+    qemuIoOk(file, `write -P 0x${(0xc0 + i).toString(16)} ${64 * (i + 1)}k 64k`);
+  });
+  return { path: file, name };
+}
+
+type Fixtures = {
+  tmp: string;
+  /** Every URL the page requested, for the "no foreign request" checks. */
+  requests: string[];
+};
+
+export const test = base.extend<Fixtures>({
+  tmp: async ({}, use) => {
+    const dir = makeTempDir('qcowscope-e2e-');
+    await use(dir);
+    removeDir(dir);
+  },
+  requests: async ({ page }, use) => {
+    const urls: string[] = [];
+    page.on('request', (r) => urls.push(r.url()));
+    await use(urls);
+  },
+});
+
+/** Open through the always-present "Image file" input. */
+export async function openViaInput(page: Page, f: Fixture): Promise<void> {
+  await page.getByLabel('Image file').setInputFiles(f.path);
+  await expect(page.getByRole('tab', { name: f.name })).toBeVisible();
+}
+
+/** Open by a synthetic drop on the page (a DataTransfer holding a File, as a real drop gives). */
+export async function openViaDrop(page: Page, f: Fixture): Promise<void> {
+  const b64 = fs.readFileSync(f.path).toString('base64');
+  const dt = await page.evaluateHandle(
+    ({ b64, name }) => {
+      const bin = atob(b64);
+      const bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      const d = new DataTransfer();
+      d.items.add(new File([bytes], name, { type: 'application/octet-stream' }));
+      return d;
+    },
+    { b64, name: f.name },
+  );
+  for (const type of ['dragenter', 'dragover', 'drop']) {
+    await page.dispatchEvent('main', type, { dataTransfer: dt });
+  }
+  await expect(page.getByRole('tab', { name: f.name })).toBeVisible();
+}
+
+/**
+ * Make `window.showOpenFilePicker` return a real handle: the fixture is copied into the origin
+ * private file system and the stub hands out its handle (Playwright cannot drive the real picker).
+ */
+export async function installPickerStub(page: Page): Promise<void> {
+  await page.addInitScript(() => {
+    (window as unknown as { showOpenFilePicker: () => Promise<FileSystemFileHandle[]> }).showOpenFilePicker = async () => {
+      const name = localStorage.getItem('e2e-picker-file');
+      if (!name) throw new DOMException('No file staged', 'AbortError');
+      const root = await navigator.storage.getDirectory();
+      return [await root.getFileHandle(name)];
+    };
+  });
+}
+
+/** Put a fixture into OPFS under its name and make the stubbed picker return it. */
+export async function stageInOpfs(page: Page, f: Fixture): Promise<void> {
+  const b64 = fs.readFileSync(f.path).toString('base64');
+  await page.evaluate(
+    async ({ b64, name }) => {
+      const bin = atob(b64);
+      const bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      const root = await navigator.storage.getDirectory();
+      const h = await root.getFileHandle(name, { create: true });
+      const w = await h.createWritable();
+      await w.write(bytes);
+      await w.close();
+      localStorage.setItem('e2e-picker-file', name);
+    },
+    { b64, name: f.name },
+  );
+}
+
+/** Read a file back out of OPFS (to judge what a write through a handle did, with qemu-img). */
+export async function readFromOpfs(page: Page, name: string, to: string): Promise<void> {
+  const b64 = await page.evaluate(async (name) => {
+    const root = await navigator.storage.getDirectory();
+    const file = await (await root.getFileHandle(name)).getFile();
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let s = '';
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(s);
+  }, name);
+  fs.writeFileSync(to, Buffer.from(b64, 'base64'));
+}
+
+/** Show a view through the rail. */
+export async function showView(page: Page, name: string): Promise<void> {
+  await page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name, exact: true }).click();
+  await expect(page.getByRole('heading', { name, exact: true, level: 2 })).toBeVisible();
+}
+
+/** Requests that left the app's own origin (blob: and data: URLs stay on the machine). */
+export function foreign(requests: string[], baseURL: string): string[] {
+  const origin = new URL(baseURL).origin;
+  return requests.filter((u) => !u.startsWith('blob:') && !u.startsWith('data:') && new URL(u).origin !== origin);
+}
