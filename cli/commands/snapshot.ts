@@ -7,7 +7,7 @@ import { snapshotOps } from './snapshot-ops.ts';
 
 export const snapshot: Command = {
   name: 'snapshot',
-  usage: 'snapshot -l [--json] IMAGE | -c NAME IMAGE... | -a ID_OR_NAME IMAGE... | -d ID_OR_NAME IMAGE...',
+  usage: 'snapshot -l [--json] IMAGE | [--journal] -c NAME IMAGE... | -a ID_OR_NAME IMAGE... | -d ID_OR_NAME IMAGE...',
   options: {
     list: { type: 'boolean', short: 'l' },
     create: { type: 'string', short: 'c' },
@@ -16,6 +16,7 @@ export const snapshot: Command = {
     json: { type: 'boolean' },
     output: { type: 'string' },
     quiet: { type: 'boolean', short: 'q' },
+    journal: { type: 'boolean' },
   },
   async run(ctx) {
     const { values, positionals, out } = ctx;
