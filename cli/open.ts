@@ -9,11 +9,16 @@ import { RawLayer, type Layer } from '../core/image/layer.ts';
 import { Qcow2Image, type OpenOptions } from '../core/image/qcow2-image.ts';
 import { NodeFileStore } from './node-file-store.ts';
 
-/** The path QEMU resolves a backing file name to, relative to the image that names it. */
+/**
+ * The path QEMU resolves a backing file name to, relative to the image that names it: QEMU's
+ * path_combine, i.e. the image path up to its last '/' followed by the name, not normalised
+ * ("./sub/../top.qcow2" + "base.qcow2" → "./sub/../base.qcow2"), which qemu-img info prints as
+ * full-backing-filename. The OS resolves the result as QEMU's open does (".." after a symlink).
+ */
 export function resolveBackingPath(imagePath: string, backing: string): string {
   if (path.isAbsolute(backing)) return backing;
-  const dir = path.dirname(imagePath);
-  return dir === '.' && !imagePath.startsWith('./') ? backing : path.join(dir, backing);
+  const slash = imagePath.lastIndexOf('/');
+  return slash < 0 ? backing : imagePath.slice(0, slash + 1) + backing;
 }
 
 export interface CliOpenOptions extends Omit<OpenOptions, 'backing' | 'dataFile'> {
