@@ -169,7 +169,7 @@ export class DroppingStore implements ImageStore {
 
   /** Every epoch: the durable bytes at its start and the operations issued in it (the last one may be unflushed). */
   *epochs(): Generator<{ index: number; durable: Uint8Array; ops: readonly PendingOp[]; flushed: boolean }> {
-    let durable = this.initial.slice();
+    let durable: Uint8Array = this.initial.slice();
     const all = [...this.closedEpochs, ...(this.pending.length ? [this.pending] : [])];
     for (let i = 0; i < all.length; i++) {
       const ops = all[i]!;
