@@ -25,7 +25,11 @@ export const exportCmd: Command = {
         if (!sn) throw new QcowError('SNAPSHOT_NOT_FOUND', `Snapshot '${values.snapshot}' not found`, { snapshot: values.snapshot });
         view = await img.snapshotView(sn);
       }
-      const size = view.virtualSize;
+      // qemu-img convert -l (QEMU's load_tmp) swaps in the snapshot's L1 but keeps the image's
+      // current virtual size: a snapshot taken before a resize is exported at today's size,
+      // cut short or padded (with zeros, or the backing file) past its own disk size.
+      const size = img.virtualSize;
+      view = { ...view, virtualSize: size };
       const fd = fs.openSync(output, 'w');
       try {
         fs.ftruncateSync(fd, size);
