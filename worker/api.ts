@@ -3,8 +3,10 @@
 // plain and structured-clone safe; offsets are numbers (the engine converts u64 fields once);
 // big arrays (cluster map kinds, raw bytes) are transferred, not copied.
 import type { QcowErrorCode } from '../core/errors.ts';
+import type { Translation, TranslationStep, TranslationResult } from '../core/analysis/translate.ts';
+import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 
-export type { QcowErrorCode };
+export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace };
 
 /** Opaque handle of an image opened in the worker. */
 export type ImageId = string;
@@ -209,6 +211,8 @@ export interface EngineFeatures {
   repair: boolean;
   l1: boolean;
   refcounts: boolean;
+  translate: boolean;
+  snapshotSpace: boolean;
   clusterMap: boolean;
   demo: boolean;
 }
@@ -226,7 +230,12 @@ export interface EngineApi {
   l1Page(id: ImageId, start: number, count: number): Promise<TablePage<L1EntryDTO>>;
   l2Table(id: ImageId, l2Offset: number): Promise<L2EntryDTO[]>;
   refcountTablePage(id: ImageId, start: number, count: number): Promise<TablePage<RefcountTableEntryDTO>>;
-  refcountBlock(id: ImageId, refblockIndex: number): Promise<number[]>;
+  /** Refcounts of one refcount block (empty when the reftable entry is 0), transferred. */
+  refcountBlock(id: ImageId, refblockIndex: number): Promise<Float64Array>;
+  /** Follow a guest offset through L1 and L2, each step explained (the active disk, or a snapshot by ID). */
+  translate(id: ImageId, guestOffset: number, snapshotId?: string): Promise<Translation>;
+  /** What a snapshot holds alone (freed by deleting it) and what it shares. */
+  snapshotSpace(id: ImageId, snapshotId: string, opts?: JobOptions): Promise<SnapshotSpace>;
   clusterMap(id: ImageId, opts?: JobOptions): Promise<ClusterMapDTO>;
   check(id: ImageId, opts?: JobOptions & { repair?: 'leaks' | 'all' }): Promise<CheckReportDTO>;
   createSnapshot(id: ImageId, name: string, opts?: JobOptions): Promise<ImageSummary>;

@@ -13,6 +13,8 @@ import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo } from '../core/analysis/info.ts';
+import { translate, type Translation } from '../core/analysis/translate.ts';
+import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import type {
   CheckReportDTO,
   ClusterMapDTO,
@@ -41,7 +43,9 @@ export interface EngineImage {
   l2Table(l2Offset: number): Promise<L2EntryDTO[]>;
   refcountTableSize(): number;
   refcountTablePage(start: number, count: number): Promise<RefcountTableEntryDTO[]>;
-  refcountBlock(refblockIndex: number): Promise<number[]>;
+  refcountBlock(refblockIndex: number): Promise<Float64Array>;
+  translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
+  snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
   check(job: JobContext, repair?: 'leaks' | 'all'): Promise<CheckReportDTO>;
   createSnapshot(name: string, job: JobContext): Promise<void>;
@@ -61,6 +65,8 @@ export const engineFeatures: EngineFeatures = {
   repair: false,
   l1: true,
   refcounts: true,
+  translate: true,
+  snapshotSpace: true,
   clusterMap: false,
   demo: false,
 };
@@ -143,6 +149,11 @@ const L2_TYPES: Record<number, L2EntryDTO['type']> = {
 /** Wrap an opened Qcow2Image as the worker's EngineImage. */
 function wrap(img: Qcow2Image): EngineImage {
   const header = headerDTO(img.header);
+  const findById = (id: string): Snapshot => {
+    const sn = img.snapshots.find((x) => x.idStr === id);
+    if (!sn) throw new QcowError('SNAPSHOT_NOT_FOUND', `Snapshot with ID ${id} not found`, { id });
+    return sn;
+  };
   const snapshots = img.snapshots.map(snapshotDTO);
   return {
     header: () => header,
@@ -198,8 +209,14 @@ function wrap(img: Qcow2Image): EngineImage {
     },
     async refcountBlock(refblockIndex) {
       const b = await loadRefblock(img, refblockIndex);
-      if (!b) return [];
-      return Array.from(decodeRefblock(b, img.refcountOrder));
+      return b ? decodeRefblock(b, img.refcountOrder) : new Float64Array(0);
+    },
+    async translate(guestOffset, snapshotId) {
+      const view = snapshotId === undefined ? img.activeView() : await img.snapshotView(findById(snapshotId));
+      return translate(img, view, guestOffset);
+    },
+    async snapshotSpace(snapshotId) {
+      return snapshotSpace(img, findById(snapshotId));
     },
     clusterMap: () => notYet('The cluster map'),
     check: () => notYet('The check'),

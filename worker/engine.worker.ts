@@ -221,7 +221,17 @@ const api = {
   },
 
   async refcountBlock(id: ImageId, refblockIndex: number) {
-    return get(id).engine.refcountBlock(refblockIndex);
+    const counts = await get(id).engine.refcountBlock(refblockIndex);
+    return Comlink.transfer(counts, [counts.buffer as ArrayBuffer]);
+  },
+
+  async translate(id: ImageId, guestOffset: number, snapshotId?: string) {
+    return get(id).engine.translate(guestOffset, snapshotId);
+  },
+
+  async snapshotSpace(id: ImageId, snapshotId: string, opts?: JobOptions) {
+    const img = get(id);
+    return runJob(opts, (job) => img.engine.snapshotSpace(snapshotId, job));
   },
 
   async clusterMap(id: ImageId, opts?: JobOptions) {

@@ -9,13 +9,14 @@ import type {
   EngineFeatures,
   ImageSummary,
   L1EntryDTO,
+  L2EntryDTO,
   Progress,
   RefcountTableEntryDTO,
   SnapshotDTO,
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
 
-export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'check';
+export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'check';
 
 export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'header', title: 'Header' },
@@ -23,6 +24,7 @@ export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'l1', title: 'L1 table' },
   { id: 'refcounts', title: 'Refcount table' },
   { id: 'map', title: 'Cluster map' },
+  { id: 'translate', title: 'Translation' },
   { id: 'check', title: 'Check' },
 ];
 
@@ -30,6 +32,8 @@ export const VIEWS: { id: ViewName; title: string }[] = [
 export type Selection =
   | { kind: 'field'; spec: string; value: string; explain: string; offset: number; size: number }
   | { kind: 'l1'; entry: L1EntryDTO }
+  | { kind: 'l2'; entry: L2EntryDTO; l1Index: number; l2Offset: number; guestOffset: number }
+  | { kind: 'refcount'; clusterIndex: number; refcount: number; refcountBits: number }
   | { kind: 'refcount-table'; entry: RefcountTableEntryDTO }
   | { kind: 'snapshot'; snapshot: SnapshotDTO }
   | { kind: 'finding'; finding: CheckFindingDTO }
