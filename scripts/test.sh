@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-img)
 command -v qemu-io >/dev/null 2>&1 || missing+=(qemu-io)
-[ -x /usr/bin/chromium ] || missing+=(/usr/bin/chromium)
+# Playwright launches Debian's Chromium (playwright.config.ts; CHROMIUM_PATH overrides the path).
+[ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=("${CHROMIUM_PATH:-/usr/bin/chromium}")
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
