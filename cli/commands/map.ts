@@ -1,9 +1,10 @@
 // `qcowscope map [--json] IMAGE`: qemu-img map's extents (start, length, depth, present, zero,
-// data, offset), through the backing chain.
+// data, offset), through the backing chain. Extents are printed as the walk finds them, so
+// memory stays bounded whatever the number of extents.
 import { QcowError } from '../../core/errors.ts';
 import type { Extent } from '../../core/image/layer.ts';
 import { openImage } from '../open.ts';
-import { holeQueryFor } from '../holes.ts';
+import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
 
@@ -14,6 +15,14 @@ export function extentJson(e: Extent): string {
   return s + '}';
 }
 
+/**
+ * Output held back until this many characters: a map that fails part-way (a corrupt entry, a
+ * compressed cluster in human form) prints nothing, as before streaming; bigger maps stream.
+ */
+const HOLD_BACK_CHARS = 1 << 20;
+/** Once streaming, write in chunks of about this size. */
+const CHUNK_CHARS = 1 << 16;
+
 export const map: Command = {
   name: 'map',
   usage: 'map [--json] IMAGE',
@@ -21,24 +30,52 @@ export const map: Command = {
   async run({ values, positionals, out }) {
     const file = positionals[0];
     if (!file) throw usageError('map: expecting an image file name');
-    const img = await openImage(file);
+    // python3 lists the file's data segments on the other core while we read the metadata
+    const scan = startSegmentScan(file);
+    let img;
     try {
-      const holes = await holeQueryFor(img, file);
-      const extents = await img.extentsView(img.activeView(), 0, img.virtualSize, holes);
+      img = await openImage(file);
+    } catch (e) {
+      scan.cancel();
+      throw e;
+    }
+    try {
+      const holes = await holeMapFor(img, file, scan);
+      // `out` ends each call with a newline: `buf` holds whole lines minus the last newline.
+      let buf = '';
+      let streaming = false;
+      // Written out only when another line follows, so the last line keeps its closing text.
+      const add = (line: string, sep: string): void => {
+        if (buf.length >= (streaming ? CHUNK_CHARS : HOLD_BACK_CHARS)) {
+          streaming = true;
+          out(buf + sep.slice(0, -1));
+          buf = line;
+        } else {
+          buf = buf.length === 0 ? line : buf + sep + line;
+        }
+      };
       if (isJson(values)) {
-        out('[' + extents.map(extentJson).join(',\n') + ']');
+        // qemu-img's form: `[` line `,\n` line ... `]`
+        let first = true;
+        await img.walkExtents(img.activeView(), 0, img.virtualSize, (e) => {
+          add((first ? '[' : '') + extentJson(e), ',\n');
+          first = false;
+        }, holes);
+        if (first) out('[]');
+        else out(buf + ']');
       } else {
-        const lines = [`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File`];
-        for (const e of extents) {
-          if (!e.data) continue;
+        add(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File`, '\n');
+        await img.walkExtents(img.activeView(), 0, img.virtualSize, (e) => {
+          if (!e.data) return;
           if (e.offset === undefined) {
             throw new QcowError('NOT_SUPPORTED', 'File contains external, encrypted or compressed clusters.', {});
           }
-          lines.push(`${hx(e.start).padEnd(16)}${hx(e.length).padEnd(16)}${hx(e.offset).padEnd(16)}${file}`);
-        }
-        out(lines.join('\n'));
+          add(`${hx(e.start).padEnd(16)}${hx(e.length).padEnd(16)}${hx(e.offset).padEnd(16)}${file}`, '\n');
+        }, holes);
+        if (buf.length > 0) out(buf);
       }
     } finally {
+      scan.cancel();
       await img.close();
     }
     return 0;

@@ -52,13 +52,18 @@ export class RawLayer implements Layer {
   }
 }
 
+/** Whether `e` continues `p` as one qemu-img map extent. */
+export function canMergeExtents(p: Extent, e: Extent): boolean {
+  return p.start + p.length === e.start && p.depth === e.depth && p.present === e.present && p.zero === e.zero &&
+    p.data === e.data && p.compressed === e.compressed &&
+    ((p.offset === undefined && e.offset === undefined) ||
+     (p.offset !== undefined && e.offset !== undefined && p.offset + p.length === e.offset));
+}
+
 /** Append an extent, merging with the previous one when qemu-img map would. */
 export function pushExtent(out: Extent[], e: Extent): void {
   const p = out[out.length - 1];
-  if (p && p.start + p.length === e.start && p.depth === e.depth && p.present === e.present && p.zero === e.zero &&
-      p.data === e.data && p.compressed === e.compressed &&
-      ((p.offset === undefined && e.offset === undefined) ||
-       (p.offset !== undefined && e.offset !== undefined && p.offset + p.length === e.offset))) {
+  if (p && canMergeExtents(p, e)) {
     p.length += e.length;
     return;
   }

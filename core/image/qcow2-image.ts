@@ -7,14 +7,14 @@ import type { ImageStore } from '../io/store.ts';
 import { alignUp } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
-  ClusterType, clusterType, compressedDescriptor, offsetOf, type L2Geometry,
+  ClusterType, clusterType, compressedDescriptor, offsetOf, QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_COPIED_HI, type L2Geometry,
 } from '../format/entries.ts';
 import { be32 } from '../format/bytes.ts';
 import { parseHeader, sizeToL1, validateTable, l2EntriesOf, type Qcow2Header } from '../format/header.ts';
 import { parseSnapshotTable, type Snapshot } from '../format/snapshot-table.ts';
 import { TableCache } from './table-cache.ts';
 import { decompressCluster } from './compression.ts';
-import { pushExtent, type Extent, type Layer } from './layer.ts';
+import { canMergeExtents, type Extent, type Layer } from './layer.ts';
 import type { Journal } from './journal.ts';
 
 export interface OpenOptions {
@@ -308,58 +308,86 @@ export class Qcow2Image implements Layer {
     return this.readView(this.activeView(), guestOffset, length);
   }
 
-  /** Guest bytes through a view. Contiguous host runs are read in one call. */
+  /**
+   * Guest bytes through a view. Each L2 table is fetched once and walked without awaiting;
+   * contiguous host runs (and runs that fall through to the backing chain) are read in one call.
+   */
   async readView(view: L1View, guestOffset: number, length: number): Promise<Uint8Array> {
     const out = new Uint8Array(length);
     const end = Math.min(guestOffset + length, view.virtualSize);
-    let pos = guestOffset;
-    // pending contiguous host run
-    let runHost = -1;
-    let runOut = 0;
+    // pending run: RUN_DATA (host bytes of runStore) or RUN_BACKING (guest bytes of the backing chain)
+    let runKind = RUN_NONE;
+    let runHost = 0;
+    let runPos = 0;
     let runLen = 0;
     let runStore: ImageStore = this.store;
     const flushRun = async (): Promise<void> => {
-      if (runLen > 0) {
-        out.set(await runStore.read(runHost, runLen), runOut);
-        runLen = 0;
-        runHost = -1;
+      if (runKind === RUN_DATA) {
+        out.set(await runStore.read(runHost, runLen), runPos - guestOffset);
+      } else if (runKind === RUN_BACKING && this.backing) {
+        const bEnd = Math.min(runPos + runLen, this.backing.virtualSize);
+        if (bEnd > runPos) out.set(await this.backing.read(runPos, bEnd - runPos), runPos - guestOffset);
       }
+      runKind = RUN_NONE;
     };
-    const sc = this.subclusterSize;
+    const cs = this.clusterSize;
+    let pos = guestOffset;
     while (pos < end) {
-      const m = await this.mapAt(view, pos, end - pos);
-      const n = m.length;
-      if (m.kind === 'data') {
-        const store = this.dataFile && this.geometry.dataFile ? this.dataFile : this.store;
-        if (this.header.cryptMethod !== 0) {
-          throw new QcowError('ENCRYPTED', 'Reading encrypted guest data is not supported', { structure: 'header', offset: 32 });
+      const l1Index = Math.floor(Math.floor(pos / cs) / this.l2Entries);
+      const spanEnd = Math.min(end, (l1Index + 1) * this.l2Span);
+      const l2Offset = this.l2OffsetAt(view, l1Index);
+      if (l2Offset === 0) {
+        if (runKind !== RUN_BACKING) {
+          await flushRun();
+          runKind = RUN_BACKING;
+          runPos = pos;
+          runLen = 0;
         }
-        if (this.geometry.dataFile && !this.dataFile) {
-          throw new QcowError('DATA_FILE_REQUIRED', "'data-file' is required for this image", { structure: 'data file' });
-        }
-        if (runLen > 0 && runHost + runLen === m.hostOffset && runStore === store) {
+        runLen += spanEnd - pos;
+        pos = spanEnd;
+        continue;
+      }
+      const l2 = await this.readL2(l2Offset);
+      while (pos < spanEnd) {
+        const m = this.mapInTable(l2, l2Offset, l1Index, pos, spanEnd - pos);
+        const n = m.length;
+        if (m.kind === 'data') {
+          const store = this.dataFile && this.geometry.dataFile ? this.dataFile : this.store;
+          if (this.header.cryptMethod !== 0) {
+            throw new QcowError('ENCRYPTED', 'Reading encrypted guest data is not supported', { structure: 'header', offset: 32 });
+          }
+          if (this.geometry.dataFile && !this.dataFile) {
+            throw new QcowError('DATA_FILE_REQUIRED', "'data-file' is required for this image", { structure: 'data file' });
+          }
+          if (runKind === RUN_DATA && runHost + runLen === m.hostOffset && runStore === store) {
+            runLen += n;
+          } else {
+            await flushRun();
+            runKind = RUN_DATA;
+            runHost = m.hostOffset;
+            runPos = pos;
+            runLen = n;
+            runStore = store;
+          }
+        } else if (m.kind === 'backing') {
+          if (runKind !== RUN_BACKING) {
+            await flushRun();
+            runKind = RUN_BACKING;
+            runPos = pos;
+            runLen = 0;
+          }
           runLen += n;
         } else {
           await flushRun();
-          runHost = m.hostOffset;
-          runOut = pos - guestOffset;
-          runLen = n;
-          runStore = store;
+          if (m.kind === 'compressed') {
+            const cluster = await this.readCompressed(m.l2Hi, m.l2Lo);
+            const inCluster = pos % cs;
+            out.set(cluster.subarray(inCluster, inCluster + n), pos - guestOffset);
+          }
+          // zero: already zeros
         }
-      } else {
-        await flushRun();
-        if (m.kind === 'compressed') {
-          const cluster = await this.readCompressed(m.l2Hi, m.l2Lo);
-          const inCluster = pos % this.clusterSize;
-          out.set(cluster.subarray(inCluster, inCluster + n), pos - guestOffset);
-        } else if (m.kind === 'backing' && this.backing) {
-          const bEnd = Math.min(pos + n, this.backing.virtualSize);
-          if (bEnd > pos) out.set(await this.backing.read(pos, bEnd - pos), pos - guestOffset);
-        }
-        // zero / unallocated without backing: already zeros
+        pos += n;
       }
-      pos += n;
-      void sc;
     }
     await flushRun();
     return out;
@@ -390,14 +418,22 @@ export class Qcow2Image implements Layer {
    */
   async mapAt(view: L1View, pos: number, maxLen: number): Promise<GuestMapping> {
     const cs = this.clusterSize;
-    const inCluster = pos % cs;
     const clusterIndex = Math.floor(pos / cs);
     const l1Index = Math.floor(clusterIndex / this.l2Entries);
-    const l2Index = clusterIndex % this.l2Entries;
-    let len = Math.min(maxLen, cs - inCluster);
     const l2Offset = this.l2OffsetAt(view, l1Index);
-    if (l2Offset === 0) return { kind: 'backing', length: len, l1Index, l2Index, l2Offset, hostOffset: 0, l2Hi: 0, l2Lo: 0 };
-    const l2 = await this.readL2(l2Offset);
+    if (l2Offset === 0) {
+      const len = Math.min(maxLen, cs - (pos % cs));
+      return { kind: 'backing', length: len, l1Index, l2Index: clusterIndex % this.l2Entries, l2Offset, hostOffset: 0, l2Hi: 0, l2Lo: 0 };
+    }
+    return this.mapInTable(await this.readL2(l2Offset), l2Offset, l1Index, pos, maxLen);
+  }
+
+  /** `mapAt` once the L2 table (at `l2Offset`, for L1 entry `l1Index`) is loaded: never awaits. */
+  mapInTable(l2: Uint8Array, l2Offset: number, l1Index: number, pos: number, maxLen: number): GuestMapping {
+    const cs = this.clusterSize;
+    const inCluster = pos % cs;
+    const l2Index = Math.floor(pos / cs) % this.l2Entries;
+    let len = Math.min(maxLen, cs - inCluster);
     const at = l2Index * this.l2EntrySize;
     const hi = be32(l2, at);
     const lo = be32(l2, at + 4);
@@ -426,21 +462,25 @@ export class Qcow2Image implements Layer {
       return { kind: 'backing', length: len, hostOffset: 0, ...base };
     }
     if (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc) {
-      if (this.header.version < 3) {
-        throw new QcowError('METADATA_CORRUPT', `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
-          structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
-        });
-      }
-      if (type === ClusterType.ZeroAlloc && host % cs !== 0) {
-        throw new QcowError('METADATA_CORRUPT', `Preallocated zero cluster offset ${hex(host)} unaligned (guest offset: ${hex(pos - inCluster)})`, {
-          structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
-        });
-      }
+      if (this.header.version < 3) throw this.zeroInV2Error(l2Offset, l2Index, at);
+      if (type === ClusterType.ZeroAlloc && host % cs !== 0) throw this.preallocUnalignedError(host, pos - inCluster, l2Offset, l2Index, at);
       return { kind: 'zero', length: len, hostOffset: type === ClusterType.ZeroAlloc ? host + inCluster : 0, ...base };
     }
     if (type === ClusterType.Unallocated) return { kind: 'backing', length: len, hostOffset: 0, ...base };
     this.checkDataAligned(host, l2Offset, l2Index, at);
     return { kind: 'data', length: len, hostOffset: host + inCluster, ...base };
+  }
+
+  private zeroInV2Error(l2Offset: number, l2Index: number, at: number): QcowError {
+    return new QcowError('METADATA_CORRUPT', `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
+      structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
+    });
+  }
+
+  private preallocUnalignedError(host: number, guestCluster: number, l2Offset: number, l2Index: number, at: number): QcowError {
+    return new QcowError('METADATA_CORRUPT', `Preallocated zero cluster offset ${hex(host)} unaligned (guest offset: ${hex(guestCluster)})`, {
+      structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
+    });
   }
 
   private checkDataAligned(host: number, l2Offset: number, l2Index: number, at: number): void {
@@ -459,52 +499,176 @@ export class Qcow2Image implements Layer {
 
   /**
    * Block status like qemu-img map: per cluster (or subcluster) of this layer, falling through to
-   * the backing chain for unallocated ranges. `preallocZero` (metadata-preallocated images, where
-   * QEMU asks the file system for holes) marks data ranges that are holes in the file as zero.
+   * the backing chain for unallocated ranges. `holes` (metadata-preallocated images, where QEMU
+   * asks the file system for holes) marks data ranges that are holes in the file as zero.
    */
-  async extentsView(view: L1View, start: number, length: number, holes?: HoleQuery): Promise<Extent[]> {
+  async extentsView(view: L1View, start: number, length: number, holes?: HoleMap): Promise<Extent[]> {
     const out: Extent[] = [];
-    const end = Math.min(start + length, view.virtualSize);
-    let pos = start;
-    while (pos < end) {
-      // Gather a run of same-kind mappings first (fast path for whole unallocated L2 spans).
-      const m = await this.mapAt(view, pos, end - pos);
-      let n = m.length;
-      if (m.l2Offset === 0 && m.kind === 'backing') {
-        // whole L1 entry unallocated: skip to the end of its span
-        n = Math.min(end, (m.l1Index + 1) * this.l2Span) - pos;
-      }
-      if (m.kind === 'data') {
-        let zero = false;
-        if (holes) zero = await holes(m.hostOffset, n);
-        pushExtent(out, { start: pos, length: n, depth: 0, present: true, zero, data: true, compressed: false, offset: m.hostOffset });
-      } else if (m.kind === 'compressed') {
-        pushExtent(out, { start: pos, length: n, depth: 0, present: true, zero: false, data: true, compressed: true });
-      } else if (m.kind === 'zero') {
-        const e: Extent = { start: pos, length: n, depth: 0, present: true, zero: true, data: false, compressed: false };
-        if (m.hostOffset) e.offset = m.hostOffset;
-        pushExtent(out, e);
-      } else {
-        await this.backingExtents(out, pos, n);
-      }
-      pos += n;
-    }
+    await this.walkExtents(view, start, length, (e) => { out.push(e); }, holes);
     return out;
   }
 
-  private async backingExtents(out: Extent[], pos: number, n: number): Promise<void> {
+  /**
+   * The extents of `extentsView`, handed to `onExtent` in guest order as soon as each is final, so
+   * memory stays bounded by one L2 table whatever the image size. Each L2 table is walked as bytes
+   * in one synchronous loop (no promise and no object per cluster): clusters of the same kind with
+   * contiguous host offsets become one piece first, and only pieces become extents.
+   */
+  async walkExtents(view: L1View, start: number, length: number, onExtent: (e: Extent) => void, holes?: HoleMap): Promise<void> {
+    const merger = new ExtentMerger(onExtent);
+    const end = Math.min(start + length, view.virtualSize);
+    const cs = this.clusterSize;
+    const pieces: number[] = [];
+    let pos = start;
+    while (pos < end) {
+      const l1Index = Math.floor(Math.floor(pos / cs) / this.l2Entries);
+      const spanEnd = Math.min(end, (l1Index + 1) * this.l2Span);
+      const l2Offset = this.l2OffsetAt(view, l1Index);
+      if (l2Offset === 0) {
+        // whole L1 entry unallocated: one piece for its span
+        await this.backingExtents(merger, pos, spanEnd - pos);
+      } else {
+        const l2 = await this.readL2(l2Offset);
+        pieces.length = 0;
+        if (this.geometry.extendedL2) this.piecesByMapping(l2, l2Offset, l1Index, pos, spanEnd, holes, pieces);
+        else this.piecesStandard(l2, l2Offset, pos, spanEnd, holes, pieces);
+        for (let k = 0; k < pieces.length; k += 4) {
+          const kind = pieces[k]!;
+          if (kind === P_BACKING) await this.backingExtents(merger, pieces[k + 1]!, pieces[k + 2]!);
+          else merger.push(pieceExtent(kind, pieces[k + 1]!, pieces[k + 2]!, pieces[k + 3]!));
+        }
+      }
+      pos = spanEnd;
+    }
+    merger.end();
+  }
+
+  /**
+   * Pieces of [pos, spanEnd) inside one standard L2 table: (kind, start, length, host) quadruples.
+   * The same decisions (and errors) as `mapInTable`, decoded inline from the entry bytes.
+   */
+  private piecesStandard(l2: Uint8Array, l2Offset: number, pos: number, spanEnd: number, holes: HoleMap | undefined, out: number[]): void {
+    const cs = this.clusterSize;
+    const v3 = this.header.version >= 3;
+    const dataFile = this.geometry.dataFile;
+    // The loop runs on int32 entry indices and int32 words only: offsets above 2^31 are doubles,
+    // slower to compare and (with `%`) a libm call each. The low word `lo` is kept signed; host
+    // offsets are compared as (hiOff, loOff) pairs. Alignment needs the low word only.
+    const lowMask = (cs - 1) & 0xfffffe00;
+    const clusterIndex = Math.floor(pos / cs);
+    const i0 = (clusterIndex % this.l2Entries) | 0;
+    const tableBase = (clusterIndex - i0) * cs; // guest offset of entry 0
+    const i1 = Math.ceil((spanEnd - tableBase) / cs) | 0;
+    const inFirst = pos - clusterIndex * cs;
+    const dv = new DataView(l2.buffer, l2.byteOffset, l2.byteLength);
+    let rKind = -1;
+    let rI = 0; // first entry of the run
+    let rHi = 0; // host offset of that entry, as words
+    let rLo = 0;
+    let expHi = 0; // host offset the next entry needs to continue the run
+    let expLo = 0;
+    for (let i = i0; i < i1; i++) {
+      const hi = dv.getInt32(i * 8);
+      const lo = dv.getInt32(i * 8 + 4);
+      const hiOff = hi & 0x00ffffff;
+      const loOff = lo & 0xfffffe00;
+      let kind: number;
+      if ((hi & QCOW_OFLAG_COMPRESSED_HI) !== 0) {
+        kind = P_COMPRESSED;
+      } else if ((lo & 1) !== 0) {
+        if (!v3) throw this.zeroInV2Error(l2Offset, i, i * 8);
+        if (hiOff !== 0 || loOff !== 0) {
+          if ((lo & lowMask) !== 0) throw this.preallocUnalignedError(hiOff * 4294967296 + (loOff >>> 0), tableBase + i * cs, l2Offset, i, i * 8);
+          kind = P_ZERO_AT;
+        } else {
+          kind = P_ZERO;
+        }
+      } else if (hiOff === 0 && loOff === 0 && !(dataFile && hi < 0)) {
+        kind = P_BACKING; // (hi < 0: QCOW_OFLAG_COPIED, a data-file cluster at offset 0)
+      } else {
+        if ((lo & lowMask) !== 0) this.checkDataAligned(hiOff * 4294967296 + (loOff >>> 0), l2Offset, i, i * 8);
+        kind = P_DATA;
+        if (holes !== undefined) {
+          const inCluster = i === i0 ? inFirst : 0;
+          const n = Math.min(spanEnd - tableBase - i * cs, cs) - inCluster;
+          if (holes.isHole(hiOff * 4294967296 + (loOff >>> 0) + inCluster, n)) kind = P_DATA_HOLE;
+        }
+      }
+      if (kind !== rKind || (kind !== P_BACKING && kind !== P_ZERO && kind !== P_COMPRESSED && (hiOff !== expHi || loOff !== expLo))) {
+        if (rKind >= 0) this.pushPiece(out, rKind, rI, i, rHi, rLo, i0, pos, tableBase, spanEnd);
+        rKind = kind;
+        rI = i;
+        rHi = hiOff;
+        rLo = loOff;
+      }
+      // the next entry continues the run at this one's host offset + one cluster (with carry)
+      const next = (loOff + cs) | 0;
+      expHi = loOff < 0 && next >= 0 ? hiOff + 1 : hiOff;
+      expLo = next;
+    }
+    if (rKind >= 0) this.pushPiece(out, rKind, rI, i1, rHi, rLo, i0, pos, tableBase, spanEnd);
+  }
+
+  /** One piece of `piecesStandard`: entries [iStart, iEnd) of kind `kind`, clipped to [pos, spanEnd). */
+  private pushPiece(out: number[], kind: number, iStart: number, iEnd: number, hiOff: number, loOff: number,
+    i0: number, pos: number, tableBase: number, spanEnd: number): void {
+    const cs = this.clusterSize;
+    const s0 = tableBase + iStart * cs;
+    const start = iStart === i0 ? pos : s0;
+    const end = Math.min(spanEnd, tableBase + iEnd * cs);
+    const host = kind === P_DATA || kind === P_DATA_HOLE || kind === P_ZERO_AT ? hiOff * 4294967296 + (loOff >>> 0) + (start - s0) : 0;
+    out.push(kind, start, end - start, host);
+  }
+
+  /** Pieces through `mapInTable` (extended L2: subcluster granularity). */
+  private piecesByMapping(l2: Uint8Array, l2Offset: number, l1Index: number, pos: number, spanEnd: number, holes: HoleMap | undefined, out: number[]): void {
+    let rKind = -1;
+    let rStart = 0;
+    let rLen = 0;
+    let rHost = 0;
+    while (pos < spanEnd) {
+      const m = this.mapInTable(l2, l2Offset, l1Index, pos, spanEnd - pos);
+      const n = m.length;
+      let kind: number;
+      let host = 0;
+      if (m.kind === 'data') {
+        host = m.hostOffset;
+        kind = holes !== undefined && holes.isHole(host, n) ? P_DATA_HOLE : P_DATA;
+      } else if (m.kind === 'compressed') {
+        kind = P_COMPRESSED;
+      } else if (m.kind === 'zero') {
+        host = m.hostOffset;
+        kind = host ? P_ZERO_AT : P_ZERO;
+      } else {
+        kind = P_BACKING;
+      }
+      if (kind === rKind && (kind === P_BACKING || kind === P_ZERO || kind === P_COMPRESSED || rHost + rLen === host)) {
+        rLen += n;
+      } else {
+        if (rKind >= 0) out.push(rKind, rStart, rLen, rHost);
+        rKind = kind;
+        rStart = pos;
+        rLen = n;
+        rHost = host;
+      }
+      pos += n;
+    }
+    if (rKind >= 0) out.push(rKind, rStart, rLen, rHost);
+  }
+
+  private async backingExtents(out: ExtentMerger, pos: number, n: number): Promise<void> {
     const b = this.backing;
     if (!b) {
-      pushExtent(out, { start: pos, length: n, depth: 0, present: false, zero: true, data: false, compressed: false });
+      out.push({ start: pos, length: n, depth: 0, present: false, zero: true, data: false, compressed: false });
       return;
     }
     const bEnd = Math.min(pos + n, b.virtualSize);
     if (bEnd > pos) {
-      for (const e of await b.extents(pos, bEnd - pos)) pushExtent(out, { ...e, depth: e.depth + 1 });
+      for (const e of await b.extents(pos, bEnd - pos)) out.push({ ...e, depth: e.depth + 1 });
     }
     if (bEnd < pos + n) {
       const s = Math.max(pos, bEnd);
-      pushExtent(out, { start: s, length: pos + n - s, depth: 0, present: false, zero: true, data: false, compressed: false });
+      out.push({ start: s, length: pos + n - s, depth: 0, present: false, zero: true, data: false, compressed: false });
     }
   }
 
@@ -549,8 +713,99 @@ export class Qcow2Image implements Layer {
   }
 }
 
-/** Answers whether the host range is a hole in the file (metadata-preallocated images). */
-export type HoleQuery = (hostOffset: number, length: number) => Promise<boolean>;
+/**
+ * The holes of an image file (metadata-preallocated images: qemu-img map asks the file system
+ * which data clusters are holes and reports them as zero). Built from the file's data segments;
+ * asked once per data cluster in (mostly) increasing host order, so a cursor makes each question
+ * O(1), and a question behind the cursor falls back to binary search.
+ */
+export class HoleMap {
+  private readonly starts: Float64Array;
+  private readonly ends: Float64Array;
+  private cur = 0; // first segment whose end is beyond the last queried offset
+  private last = 0;
+
+  /** `segments`: sorted, disjoint [start, end) host ranges that hold data. */
+  constructor(segments: ReadonlyArray<readonly [number, number]>) {
+    this.starts = new Float64Array(segments.length);
+    this.ends = new Float64Array(segments.length);
+    segments.forEach(([s, e], i) => {
+      this.starts[i] = s;
+      this.ends[i] = e;
+    });
+  }
+
+  /** Whether no data segment intersects [hostOffset, hostOffset + length). */
+  isHole(hostOffset: number, length: number): boolean {
+    const ends = this.ends;
+    const count = ends.length;
+    let cur = this.cur;
+    if (hostOffset < this.last) {
+      let lo = 0;
+      let hi = count;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (ends[mid]! <= hostOffset) lo = mid + 1;
+        else hi = mid;
+      }
+      cur = lo;
+    } else {
+      while (cur < count && ends[cur]! <= hostOffset) cur++;
+    }
+    this.cur = cur;
+    this.last = hostOffset;
+    return cur >= count || this.starts[cur]! >= hostOffset + length;
+  }
+}
+
+// Pending run kinds of readView.
+const RUN_NONE = 0;
+const RUN_DATA = 1;
+const RUN_BACKING = 2;
+
+// Piece kinds of the extents walk: each is one combination of qemu-img map's flags.
+const P_BACKING = 0; // unallocated here: the backing chain decides (or present: false, zero: true)
+const P_ZERO = 1; // zero, no host offset
+const P_ZERO_AT = 2; // zero with a preallocated host cluster
+const P_DATA = 3;
+const P_DATA_HOLE = 4; // data cluster that is a hole in the file (reads as zeros)
+const P_COMPRESSED = 5;
+
+function pieceExtent(kind: number, start: number, length: number, host: number): Extent {
+  switch (kind) {
+    case P_ZERO: return { start, length, depth: 0, present: true, zero: true, data: false, compressed: false };
+    case P_ZERO_AT: return { start, length, depth: 0, present: true, zero: true, data: false, compressed: false, offset: host };
+    case P_DATA: return { start, length, depth: 0, present: true, zero: false, data: true, compressed: false, offset: host };
+    case P_DATA_HOLE: return { start, length, depth: 0, present: true, zero: true, data: true, compressed: false, offset: host };
+    default: return { start, length, depth: 0, present: true, zero: false, data: true, compressed: true };
+  }
+}
+
+/** Merges adjacent extents as qemu-img map does and hands each on once nothing more can join it. */
+class ExtentMerger {
+  private pending: Extent | null = null;
+  private readonly emit: (e: Extent) => void;
+
+  constructor(emit: (e: Extent) => void) {
+    this.emit = emit;
+  }
+
+  /** Takes ownership of `e`. */
+  push(e: Extent): void {
+    const p = this.pending;
+    if (p !== null && canMergeExtents(p, e)) {
+      p.length += e.length;
+      return;
+    }
+    if (p !== null) this.emit(p);
+    this.pending = e;
+  }
+
+  end(): void {
+    if (this.pending !== null) this.emit(this.pending);
+    this.pending = null;
+  }
+}
 
 export interface GuestMapping {
   kind: 'data' | 'zero' | 'compressed' | 'backing';
