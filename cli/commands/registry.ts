@@ -1,4 +1,11 @@
 // Verbs added beside the reading ones (check, create, layout): each module registers here.
 import type { Command } from '../command.ts';
+import { check } from './check.ts';
+import { create } from './create.ts';
+import { write } from './write.ts';
 
-export const extraCommands: Command[] = [];
+export const extraCommands: Command[] = [
+  check,
+  create,
+  write,
+];

@@ -1,0 +1,80 @@
+// `qcowscope check [--json] [--repair leaks|all] IMAGE`: qemu-img check's output, JSON fields and
+// exit codes (qcow2-reference.md §4.3): per-item diagnostics on stderr as they are found, the
+// summary on stdout, 0 clean / 1 check not completed / 2 corruptions / 3 leaks only.
+import { checkExitCode, runCheck, type CheckResult, type RepairMode } from '../../core/analysis/check.ts';
+import { openImage } from '../open.ts';
+import type { Command } from '../command.ts';
+import { isJson, usageError } from './info.ts';
+
+/** qemu-img check --output=json (QAPI ImageCheck): optional counters only when non-zero. */
+export function checkJson(filename: string, r: CheckResult): Record<string, string | number> {
+  const o: Record<string, string | number> = { filename, format: 'qcow2', 'check-errors': r.checkErrors };
+  const opt: Array<[string, number]> = [
+    ['image-end-offset', r.imageEndOffset], ['corruptions', r.corruptions], ['leaks', r.leaks],
+    ['corruptions-fixed', r.corruptionsFixed], ['leaks-fixed', r.leaksFixed], ['total-clusters', r.totalClusters],
+    ['allocated-clusters', r.allocatedClusters], ['fragmented-clusters', r.fragmentedClusters], ['compressed-clusters', r.compressedClusters],
+  ];
+  for (const [k, v] of opt) if (v !== 0) o[k] = v;
+  return o;
+}
+
+/** qemu-img's dump_human_image_check. */
+export function checkHuman(r: CheckResult): string {
+  const lines: string[] = [];
+  if (r.corruptions === 0 && r.leaks === 0 && r.checkErrors === 0) {
+    lines.push('No errors were found on the image.');
+  } else {
+    if (r.corruptions) lines.push('', `${r.corruptions} errors were found on the image.`, 'Data may be corrupted, or further writes to the image may corrupt it.');
+    if (r.leaks) lines.push('', `${r.leaks} leaked clusters were found on the image.`, 'This means waste of disk space, but no harm to data.');
+    if (r.checkErrors) lines.push('', `${r.checkErrors} internal errors have occurred during the check.`);
+  }
+  if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
+    lines.push(`${r.allocatedClusters}/${r.totalClusters} = ${(r.allocatedClusters * 100 / r.totalClusters).toFixed(2)}% allocated, ` +
+      `${(r.fragmentedClusters * 100 / r.allocatedClusters).toFixed(2)}% fragmented, ${(r.compressedClusters * 100 / r.allocatedClusters).toFixed(2)}% compressed clusters`);
+  }
+  if (r.imageEndOffset) lines.push(`Image end offset: ${r.imageEndOffset}`);
+  return lines.join('\n');
+}
+
+export const check: Command = {
+  name: 'check',
+  usage: 'check [--json] [--repair leaks|all] IMAGE',
+  options: {
+    json: { type: 'boolean' },
+    output: { type: 'string' },
+    repair: { type: 'string', short: 'r' },
+    quiet: { type: 'boolean', short: 'q' },
+    format: { type: 'string', short: 'f' },
+  },
+  async run({ values, positionals, out, err }) {
+    if (positionals.length !== 1) throw usageError('check: expecting one image file name');
+    const file = positionals[0]!;
+    const repairArg = values.repair as string | undefined;
+    if (repairArg !== undefined && repairArg !== 'leaks' && repairArg !== 'all') {
+      throw usageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${repairArg}`);
+    }
+    if (values.output !== undefined && values.output !== 'json' && values.output !== 'human') {
+      throw usageError('--output must be used with human or json as argument.');
+    }
+    const repair = repairArg as RepairMode | undefined;
+    const json = isJson(values);
+    const quiet = values.quiet === true;
+    const img = await openImage(file, { checkMode: true, writable: repair !== undefined, noBacking: true });
+    try {
+      const r = await runCheck(img, {
+        repair,
+        onFinding: (f) => err(f.reported ? `qcowscope: ${f.message}` : f.message),
+      });
+      if (r.repairFindings && !json && !quiet) {
+        out(`The following inconsistencies were found and repaired:\n\n    ${r.leaksFixed} leaked clusters\n    ${r.corruptionsFixed} corruptions\n\nDouble checking the fixed image now...`);
+      }
+      if (r.failure === undefined && !quiet) out(json ? JSON.stringify(checkJson(file, r), null, 4) : checkHuman(r));
+      if (r.failure !== undefined || r.checkErrors > 0) {
+        err(r.failure !== undefined ? `qcowscope: Check failed: ${r.failure}` : 'qcowscope: Check failed');
+      }
+      return checkExitCode(r);
+    } finally {
+      await img.close();
+    }
+  },
+};

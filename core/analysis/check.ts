@@ -1,0 +1,515 @@
+// The check: everything `qemu-img check` checks on a qcow2 image, in QEMU's order and wording
+// (qcow2-reference.md §4; QEMU's qcow2_co_check_locked, qcow2_check_refcounts, check_oflag_copied,
+// qcow2_check_read_snapshot_table), with the repairs QEMU makes while checking (`-r leaks`,
+// `-r all`). Problems inside a readable image are findings and counters, never exceptions; a
+// check that cannot complete says why in `failure` (QEMU's -errno, printed as "Check failed: …").
+import { QcowError } from '../errors.ts';
+import { be32, put32 } from '../format/bytes.ts';
+import * as C from '../format/constants.ts';
+import { ClusterType, clusterType, offsetOf } from '../format/entries.ts';
+import { validateTable } from '../format/header.ts';
+import { encodeSnapshotTable, snapshotTableSize } from '../format/snapshot-table.ts';
+import { Qcow2Image } from '../image/qcow2-image.ts';
+import {
+  allocClustersOnDisk, freeClustersOnDisk, markCleanAndConsistent, preWriteOverlapCheck, rebuildRefcountStructure,
+  RefcountWriter, writeL1Entry, writeL2Entry,
+} from './rebuild.ts';
+import {
+  CheckAbort, FindingSink, Imrt, MAX_IMRT_BYTES, ReferenceWalk, hex64, readDiskRefcounts, strerror, tablesInOrder,
+  zeroCounters, type CheckCounters, type Finding, type FragStats, type WalkRepairHooks,
+} from './refcount-walk.ts';
+import { hex } from '../errors.ts';
+
+export type { Finding, FindingKind } from './refcount-walk.ts';
+
+export type RepairMode = 'leaks' | 'all';
+
+export interface CheckOptions {
+  /** Repair while checking: 'leaks' (qemu-img check -r leaks) or 'all' (-r all). Needs a writable image. */
+  repair?: RepairMode;
+  /** Every finding as it is made, in qemu-img's order (the CLI prints them to stderr). */
+  onFinding?: (f: Finding) => void;
+  onProgress?: (phase: string, done: number, total: number) => void;
+  isCancelled?: () => boolean;
+}
+
+export interface CheckResult extends CheckCounters, FragStats {
+  /** (highest cluster with a refcount or a reference + 1) · cluster size. */
+  imageEndOffset: number;
+  /** The findings of this pass (capped at MAX_KEPT_FINDINGS; `droppedFindings` says how many more). */
+  findings: Finding[];
+  droppedFindings: number;
+  /** Set when the check could not complete (QEMU's strerror of its -errno). */
+  failure?: string;
+  /** True when the refcount structure was rebuilt. */
+  rebuilt?: boolean;
+}
+
+/** qemu-img's exit code for a result: 0 clean, 1 not completed, 2 corruptions, 3 leaks only. */
+export function checkExitCode(r: CheckResult): 0 | 1 | 2 | 3 {
+  if (r.failure !== undefined || r.checkErrors > 0) return 1;
+  if (r.corruptions > 0) return 2;
+  if (r.leaks > 0) return 3;
+  return 0;
+}
+
+function addCounters(out: CheckCounters, src: CheckCounters): void {
+  out.corruptions += src.corruptions;
+  out.leaks += src.leaks;
+  out.checkErrors += src.checkErrors;
+  out.corruptionsFixed += src.corruptionsFixed;
+  out.leaksFixed += src.leaksFixed;
+}
+
+/**
+ * One pass of QEMU's qcow2_co_check_locked: the snapshot table, the refcounts (with in-place
+ * repairs or a rebuild), the snapshot table rewrite, and — after a clean repair — the dirty and
+ * corrupt bits cleared. The image must be opened with checkMode (and writable to repair).
+ */
+export async function checkImage(img: Qcow2Image, opts: CheckOptions = {}): Promise<CheckResult> {
+  const fixLeaks = opts.repair !== undefined;
+  const fixErrors = opts.repair === 'all';
+  if (fixLeaks && !img.writable) throw new QcowError('READ_ONLY', `${img.store.name} is opened read-only; a repair needs write access`, {});
+  const sink = new FindingSink(opts.onFinding);
+  const result: CheckResult = {
+    ...zeroCounters(), imageEndOffset: 0, totalClusters: 0, allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0,
+    findings: sink.findings, droppedFindings: 0,
+  };
+  const snapRes = zeroCounters();
+  const done = (failure?: string): CheckResult => {
+    result.droppedFindings = sink.dropped;
+    if (failure !== undefined) result.failure = failure;
+    return result;
+  };
+  try {
+    await checkReadSnapshotTable(img, snapRes, fixErrors, sink);
+  } catch (e) {
+    if (!(e instanceof CheckAbort)) throw e;
+    addCounters(result, snapRes);
+    return done(e.message);
+  }
+  const refRes = zeroCounters();
+  try {
+    const r = await checkRefcounts(img, refRes, fixLeaks, fixErrors, sink, opts);
+    Object.assign(result, r.frag);
+    result.imageEndOffset = r.imageEndOffset;
+    result.rebuilt = r.rebuilt;
+    addCounters(result, refRes);
+  } catch (e) {
+    if (!(e instanceof CheckAbort)) throw e;
+    addCounters(result, refRes);
+    addCounters(result, snapRes);
+    return done(e.message);
+  }
+  if (snapRes.corruptions > 0 && fixErrors) {
+    try {
+      await rewriteSnapshotTable(img, (m) => sink.add({ kind: 'info', message: m }));
+      snapRes.corruptionsFixed += snapRes.corruptions;
+      snapRes.corruptions = 0;
+    } catch (e) {
+      if (!(e instanceof QcowError)) throw e;
+      snapRes.checkErrors++;
+      sink.add({ kind: 'check-error', message: `ERROR failed to update snapshot table: ${e.message}`, structure: 'snapshot table' });
+      addCounters(result, snapRes);
+      return done(e.message);
+    }
+  }
+  addCounters(result, snapRes);
+  if (fixLeaks && result.checkErrors === 0 && result.corruptions === 0) await markCleanAndConsistent(img);
+  return done();
+}
+
+/**
+ * What qemu-img check does with one image: a pass with the requested repair and, if anything
+ * was repaired, a second pass without repair whose result is reported (with the first pass's
+ * fixed counters). `repairFindings` holds the first pass's findings in that case.
+ */
+export async function runCheck(img: Qcow2Image, opts: CheckOptions = {}): Promise<CheckResult & { repairFindings?: Finding[] }> {
+  const first = await checkImage(img, opts);
+  if (first.failure !== undefined || (first.corruptionsFixed === 0 && first.leaksFixed === 0)) return first;
+  await reloadImageState(img);
+  const second = await checkImage(img, { ...opts, repair: undefined });
+  return { ...second, corruptionsFixed: first.corruptionsFixed, leaksFixed: first.leaksFixed, repairFindings: first.findings, rebuilt: first.rebuilt };
+}
+
+/** Re-read the header, the active L1, the refcount table and the snapshot table after repairs. */
+export async function reloadImageState(img: Qcow2Image): Promise<void> {
+  const h = await Qcow2Image.readHeader(img.store);
+  img.header = h;
+  img.l1Table = h.l1Size > 0 ? (await img.store.read(h.l1TableOffset, h.l1Size * 8)).slice() : new Uint8Array(0);
+  img.reftable = h.refcountTableClusters > 0 ? (await img.store.read(h.refcountTableOffset, h.refcountTableClusters * img.clusterSize)).slice() : new Uint8Array(0);
+  img.l2Cache.clear();
+  img.refblockCache.clear();
+  try {
+    await img.loadSnapshots(false);
+    img.snapshotTableError = undefined;
+  } catch (e) {
+    if (!(e instanceof QcowError)) throw e;
+    img.snapshotTableError = e;
+    img.snapshots = [];
+  }
+}
+
+// ---- step 1: the snapshot table ------------------------------------------------------------------
+
+async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixErrors: boolean, sink: FindingSink): Promise<void> {
+  const h = img.header;
+  let nb = h.nbSnapshots;
+  const off = h.snapshotsOffset;
+  let reduced = 0;
+  if (nb > C.MAX_SNAPSHOTS && fixErrors) {
+    sink.add({ kind: 'info', message: `Discarding ${nb - C.MAX_SNAPSHOTS} overhanging snapshots`, structure: 'snapshot table' });
+    reduced += nb - C.MAX_SNAPSHOTS;
+    nb = C.MAX_SNAPSHOTS;
+  }
+  try {
+    validateTable(off, nb, C.SNAPSHOT_HEADER_SIZE, C.SNAPSHOT_HEADER_SIZE * C.MAX_SNAPSHOTS, img.clusterSize, 'snapshot table', 64);
+  } catch (e) {
+    if (!(e instanceof QcowError)) throw e;
+    res.checkErrors++;
+    sink.add({ kind: 'check-error', message: `ERROR ${e.message}`, structure: 'snapshot table', hostOffset: off, reported: true });
+    if (nb > C.MAX_SNAPSHOTS) sink.add({ kind: 'info', message: `You can force-remove all ${nb - C.MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all` });
+    img.snapshots = [];
+    img.snapshotsSize = 0;
+    img.header.nbSnapshots = 0;
+    img.header.snapshotsOffset = 0;
+    throw new CheckAbort(e.code === 'TABLE_TOO_LARGE' ? 'EFBIG' : 'EINVAL');
+  }
+  h.nbSnapshots = nb;
+  const before = img.messages.length;
+  try {
+    await img.loadSnapshots(fixErrors);
+  } catch (e) {
+    if (!(e instanceof QcowError)) throw e;
+    res.checkErrors++;
+    sink.add({ kind: 'check-error', message: `ERROR failed to read the snapshot table: ${e.message}`, structure: 'snapshot table', hostOffset: off, reported: true });
+    if (typeof e.details.hint === 'string') sink.add({ kind: 'info', message: e.details.hint });
+    img.snapshots = [];
+    img.snapshotsSize = 0;
+    img.header.nbSnapshots = 0;
+    img.header.snapshotsOffset = 0;
+    throw new CheckAbort('EFBIG');
+  }
+  let extraDropped = 0;
+  for (const m of img.messages.slice(before)) {
+    sink.add({ kind: 'info', message: m, structure: 'snapshot table' });
+    if (m.startsWith('Discarding too much extra metadata')) extraDropped++;
+  }
+  reduced += nb - img.snapshots.length;
+  res.corruptions += reduced + extraDropped;
+  if (reduced > 0) {
+    // The header must agree with the table before the refcounts are checked (QEMU writes it now).
+    const b = new Uint8Array(4);
+    put32(b, 0, img.snapshots.length);
+    await img.pwrite(60, b, 'header: nb_snapshots (overhanging snapshots discarded)', true);
+    await img.flush('header commit');
+    h.nbSnapshots = img.snapshots.length;
+    res.corruptionsFixed += reduced;
+    res.corruptions -= reduced;
+  }
+  if (h.version >= 3) {
+    img.snapshots.forEach((sn, i) => {
+      if (sn.extraDataSize < 16) {
+        res.corruptions++;
+        sink.add({ kind: 'corruption', message: `${fixErrors ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`, structure: 'snapshot table', hostOffset: sn.entryOffset });
+      }
+    });
+  }
+}
+
+/** QEMU's qcow2_write_snapshots as the check uses it: a new table, committed by the header. */
+async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => void): Promise<void> {
+  const writer = new RefcountWriter(img);
+  const size = snapshotTableSize(img.snapshots);
+  if (size > C.MAX_SNAPSHOTS_SIZE) throw new QcowError('TABLE_TOO_LARGE', strerror('EFBIG'), {});
+  const oldOffset = img.header.snapshotsOffset;
+  const oldSize = img.snapshotsSize;
+  let offset = 0;
+  if (size > 0) {
+    offset = await allocClustersOnDisk(img, writer, Math.ceil(size / img.clusterSize));
+    const overlap = await preWriteOverlapCheck(img, offset, size);
+    if (overlap) {
+      onOverlap(overlap);
+      throw new QcowError('IO_ERROR', strerror('EIO'), { errno: 'EIO' });
+    }
+    await img.pwrite(offset, encodeSnapshotTable(img.snapshots), 'snapshot table (rewritten)');
+    await img.flush('snapshot table before the header points at it');
+  }
+  const b = new Uint8Array(12);
+  put32(b, 0, img.snapshots.length);
+  put32(b, 4, Math.floor(offset / 4294967296));
+  put32(b, 8, offset % 4294967296);
+  await img.pwrite(60, b, 'header: nb_snapshots and snapshots_offset', true);
+  await img.flush('header commit');
+  img.header.snapshotsOffset = offset;
+  img.snapshotsSize = size;
+  await freeClustersOnDisk(img, writer, oldOffset, oldSize);
+}
+
+// ---- step 2: refcounts -----------------------------------------------------------------------------
+
+interface RefcountPass {
+  frag: FragStats;
+  imageEndOffset: number;
+  rebuilt: boolean;
+}
+
+async function checkRefcounts(
+  img: Qcow2Image, res: CheckCounters, fixLeaks: boolean, fixErrors: boolean, sink: FindingSink, opts: CheckOptions,
+): Promise<RefcountPass> {
+  const cs = img.clusterSize;
+  const fileSize = img.store.size();
+  const nb = Math.ceil(fileSize / cs);
+  if (nb > C.INT_MAX || nb * Imrt.bytesPerEntry(img.refcountOrder) > MAX_IMRT_BYTES) {
+    res.checkErrors++;
+    sink.add({ kind: 'check-error', message: `ERROR the image file is too large to check (${nb} clusters)`, structure: 'image file' });
+    throw new CheckAbort('EFBIG');
+  }
+  const hooks: WalkRepairHooks = {
+    async fixL2EntryByZero(l2Offset, table, l2Index, active) {
+      const step = img.l2EntrySize;
+      const at = l2Index * step;
+      const overlap = await preWriteOverlapCheck(img, l2Offset + at, step, active ? ['active L2 table'] : []);
+      if (overlap) {
+        sink.add({ kind: 'info', message: overlap });
+        sink.add({ kind: 'check-error', message: 'ERROR: Overlap check failed' });
+        res.checkErrors++;
+        throw new CheckAbort('EIO');
+      }
+      if (img.geometry.extendedL2) {
+        const zero = be32(table, at + 8);
+        const alloc = be32(table, at + 12);
+        put32(table, at + 8, (zero | alloc) >>> 0);
+        put32(table, at + 12, 0);
+        put32(table, at, 0);
+        put32(table, at + 4, 0);
+      } else {
+        put32(table, at, 0);
+        put32(table, at + 4, 1); // QCOW_OFLAG_ZERO
+      }
+      try {
+        await writeL2Entry(img, l2Offset, l2Index, table.slice(at, at + step), 'L2 entry: unaligned preallocated cluster made zero');
+        return true;
+      } catch (e) {
+        if (!(e instanceof QcowError)) throw e;
+        res.checkErrors++;
+        sink.add({ kind: 'check-error', message: `ERROR: Failed to overwrite L2 table entry: ${e.message}` });
+        return false;
+      }
+    },
+    async growFile(size) {
+      await img.truncate(size, 'grow the file to hold a refcount block past its end');
+    },
+  };
+  const walkOpts = { fixErrors, repair: fixErrors ? hooks : undefined, onProgress: opts.onProgress, isCancelled: opts.isCancelled };
+  const walk = new ReferenceWalk(img, nb, res, sink, walkOpts);
+  await walk.calculate();
+  let imrt = walk.imrt;
+  let rebuild = walk.rebuild;
+  const frag = { ...walk.frag };
+  const preCompare = { ...res };
+  const writer = new RefcountWriter(img);
+  opts.onProgress?.('Refcount blocks', 0, 1);
+  let disk = await readDiskRefcounts(img, imrt.size);
+  let cmp = await compareRefcounts(img, imrt, disk, res, { leaks: false, errors: false }, writer, sink);
+  rebuild ||= cmp.rebuild;
+  let rebuilt = false;
+  if (rebuild && fixErrors) {
+    const old = { ...res };
+    sink.add({ kind: 'info', message: 'Rebuilding refcount structure', structure: 'refcount table' });
+    try {
+      await rebuildRefcountStructure(img, imrt);
+    } catch (e) {
+      if (!(e instanceof QcowError)) throw e;
+      res.checkErrors++;
+      sink.add({ kind: 'check-error', message: e.message, reported: true });
+      throw new CheckAbort('EIO');
+    }
+    rebuilt = true;
+    writer.reset();
+    res.corruptions = 0;
+    res.leaks = 0;
+    const walk2 = new ReferenceWalk(img, imrt.size, res, sink, { onProgress: opts.onProgress, isCancelled: opts.isCancelled });
+    await walk2.calculate();
+    imrt = walk2.imrt;
+    let freshLeaks = 0;
+    disk = await readDiskRefcounts(img, imrt.size);
+    if (fixLeaks) {
+      const tmp = zeroCounters();
+      const c2 = await compareRefcounts(img, imrt, disk, tmp, { leaks: true, errors: false }, writer, sink);
+      if (c2.rebuild) sink.add({ kind: 'info', message: 'ERROR rebuilt refcount structure is still broken' });
+      freshLeaks = tmp.leaks;
+      cmp = c2;
+    } else {
+      cmp = await compareRefcounts(img, imrt, disk, zeroCounters(), { leaks: false, errors: false }, writer, new FindingSink());
+    }
+    if (res.corruptions < old.corruptions) res.corruptionsFixed += old.corruptions - res.corruptions;
+    if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;
+    res.leaks += freshLeaks;
+  } else if (fixLeaks) {
+    if (rebuild) {
+      res.checkErrors++;
+      sink.add({ kind: 'check-error', message: 'ERROR need to rebuild refcount structures', structure: 'refcount table' });
+      throw new CheckAbort('EIO');
+    }
+    if (res.leaks > 0 || res.corruptions > 0) {
+      Object.assign(res, preCompare);
+      cmp = await compareRefcounts(img, imrt, disk, res, { leaks: fixLeaks, errors: fixErrors }, writer, sink);
+    }
+  }
+  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink);
+  return { frag, imageEndOffset: (cmp.highest + 1) * cs, rebuilt };
+}
+
+/**
+ * QEMU's compare_refcounts: on-disk refcount (refcount1) against references (refcount2) for every
+ * cluster of the file. Higher on disk is a leak, lower a corruption; zero on disk with references
+ * asks for a rebuild. With fixes, the refcount is set to the reference count in place.
+ */
+async function compareRefcounts(
+  img: Qcow2Image, imrt: Imrt, disk: { counts: ArrayLike<number> & { [i: number]: number }; unreadable: Set<number> },
+  res: CheckCounters, fix: { leaks: boolean; errors: boolean }, writer: RefcountWriter, sink: FindingSink,
+): Promise<{ highest: number; rebuild: boolean }> {
+  const n = imrt.size;
+  const ref = imrt.counts;
+  const dc = disk.counts;
+  const per = writer.per;
+  const bad = disk.unreadable;
+  let highest = 0;
+  let rebuild = false;
+  let signalled = false;
+  let wrote = false;
+  for (let i = 0; i < n; i++) {
+    if (bad.size > 0 && bad.has(Math.floor(i / per))) {
+      if (!signalled) {
+        const r = Math.floor(i / per);
+        const off = be32(img.reftable, r * 8) * 4294967296 + ((be32(img.reftable, r * 8 + 4) & 0xfffffe00) >>> 0);
+        sink.add({ kind: 'info', message: `qcow2: Image is corrupt: Refblock offset ${hex(off)} unaligned (reftable index: ${hex(r)}); further non-fatal corruption events will be suppressed` });
+        signalled = true;
+      }
+      res.checkErrors++;
+      sink.add({ kind: 'check-error', message: `Can't get refcount for cluster ${i}: ${strerror('EIO')}`, cluster: i, hostOffset: i * img.clusterSize });
+      continue;
+    }
+    const r1 = dc[i]!;
+    const r2 = ref[i]!;
+    if (r1 > 0 || r2 > 0) highest = i;
+    if (r1 === r2) continue;
+    let fixKind: 'leak' | 'corruption' | null = null;
+    if (r1 === 0) rebuild = true;
+    else if (r1 > r2 && fix.leaks) fixKind = 'leak';
+    else if (r1 < r2 && fix.errors) fixKind = 'corruption';
+    const word = fixKind ? 'Repairing' : r1 < r2 ? 'ERROR' : 'Leaked';
+    sink.add({ kind: r1 < r2 ? 'corruption' : 'leak', message: `${word} cluster ${i} refcount=${r1} reference=${r2}`, cluster: i, hostOffset: i * img.clusterSize });
+    if (fixKind && await writer.set(i, r2)) {
+      dc[i] = r2;
+      wrote = true;
+      if (fixKind === 'leak') res.leaksFixed++;
+      else res.corruptionsFixed++;
+      continue;
+    }
+    if (r1 < r2) res.corruptions++;
+    else res.leaks++;
+  }
+  if (wrote) await writer.flush('repair');
+  return { highest, rebuild };
+}
+
+/** QEMU's check_oflag_copied over the active tree: COPIED ⇔ refcount 1, both directions. */
+async function checkOflagCopied(
+  img: Qcow2Image, res: CheckCounters, fixLeaks: boolean, fixErrors: boolean,
+  disk: { counts: ArrayLike<number>; unreadable: Set<number> }, writer: RefcountWriter, sink: FindingSink,
+): Promise<void> {
+  const repair = fixErrors ? true : fixLeaks ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
+  const cs = img.clusterSize;
+  const per = writer.per;
+  const refcountOf = async (cluster: number): Promise<number | undefined> => {
+    if (cluster < disk.counts.length) {
+      if (disk.unreadable.size > 0 && disk.unreadable.has(Math.floor(cluster / per))) return undefined;
+      return disk.counts[cluster]!;
+    }
+    return writer.get(cluster);
+  };
+  const l1 = img.l1Table;
+  const indices: number[] = [];
+  const offsets: number[] = [];
+  for (let i = 0; i < img.header.l1Size; i++) {
+    const off = offsetOf(be32(l1, i * 8), be32(l1, i * 8 + 4));
+    if (off === 0) continue;
+    indices.push(i);
+    offsets.push(off);
+  }
+  const g = img.geometry;
+  const step = img.l2EntrySize;
+  for await (const [k, table] of tablesInOrder(img, offsets, cs)) {
+    const i = indices[k]!;
+    const l2Offset = offsets[k]!;
+    const hi = be32(l1, i * 8);
+    const lo = be32(l1, i * 8 + 4);
+    const rc = await refcountOf(Math.floor(l2Offset / cs));
+    if (rc !== undefined && (rc === 1) !== ((hi & 0x80000000) !== 0)) {
+      res.corruptions++;
+      sink.add({ kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${rc}`, structure: 'active L1 table', l1Index: i, hostOffset: img.header.l1TableOffset + i * 8 });
+      if (repair) {
+        put32(l1, i * 8, rc === 1 ? (hi | 0x80000000) >>> 0 : (hi & 0x7fffffff) >>> 0);
+        const overlap = await preWriteOverlapCheck(img, img.header.l1TableOffset + i * 8, 8, ['active L1 table']);
+        if (overlap) {
+          sink.add({ kind: 'info', message: overlap });
+          res.checkErrors++;
+          throw new CheckAbort('EIO');
+        }
+        try {
+          await writeL1Entry(img, i, 'active L1 entry: OFLAG_COPIED repaired');
+        } catch (e) {
+          if (!(e instanceof QcowError)) throw e;
+          res.checkErrors++;
+          throw new CheckAbort('EIO');
+        }
+        res.corruptions--;
+        res.corruptionsFixed++;
+      }
+    }
+    let dirty = 0;
+    let copy: Uint8Array | null = null;
+    for (let j = 0; j < img.l2Entries; j++) {
+      const at = j * step;
+      const eh = be32(table, at);
+      const el = be32(table, at + 4);
+      if (eh === 0 && el === 0) continue;
+      const t = clusterType(eh, el, g);
+      if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue;
+      const drc = g.dataFile ? 1 : await refcountOf(Math.floor(offsetOf(eh, el) / cs));
+      if (drc === undefined) continue;
+      if ((drc === 1) !== ((eh & 0x80000000) !== 0)) {
+        res.corruptions++;
+        sink.add({ kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${drc}`, structure: 'L2 table', l1Index: i, l2Index: j, hostOffset: l2Offset + at });
+        if (repair) {
+          copy ??= table.slice();
+          put32(copy, at, drc === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0);
+          dirty++;
+        }
+      }
+    }
+    if (dirty > 0 && copy) {
+      const overlap = await preWriteOverlapCheck(img, l2Offset, cs, ['active L2 table']);
+      if (overlap) {
+        sink.add({ kind: 'info', message: overlap });
+        sink.add({ kind: 'check-error', message: `ERROR: Could not write L2 table; metadata overlap check failed: ${strerror('EIO')}` });
+        res.checkErrors++;
+        throw new CheckAbort('EIO');
+      }
+      try {
+        await img.pwrite(l2Offset, copy, `L2 table ${hex(l2Offset)}: OFLAG_COPIED repaired`);
+        await img.flush('L2 table');
+        img.l2Cache.delete(l2Offset);
+      } catch (e) {
+        if (!(e instanceof QcowError)) throw e;
+        res.checkErrors++;
+        sink.add({ kind: 'check-error', message: `ERROR: Could not write L2 table: ${e.message}` });
+        throw new CheckAbort('EIO');
+      }
+      res.corruptions -= dirty;
+      res.corruptionsFixed += dirty;
+    }
+  }
+}

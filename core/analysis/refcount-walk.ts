@@ -1,0 +1,664 @@
+// The reference walk shared by the check, the repair and the layout map: it visits every
+// structure that owns host clusters (header, active and snapshot L1/L2 trees, data, compressed
+// byte ranges, snapshot table, reftable, crypto header, bitmaps, refblocks) exactly as QEMU's
+// calculate_refcounts does (qcow2-reference.md §4.1), counting references per host cluster in an
+// in-memory refcount table (IMRT) and, for the layout, recording who owns each cluster.
+//
+// Speed matters (a 256 GiB metadata-preallocated image has 4 Mi data clusters): tables are read
+// in large coalesced reads (up to 4 MiB), entries are decoded from bytes in tight synchronous loops
+// with no objects per entry, and counts live in typed arrays.
+import { QcowError, hex } from '../errors.ts';
+import { be32, be64 } from '../format/bytes.ts';
+import * as C from '../format/constants.ts';
+import { ClusterType, clusterType, compressedDescriptor, l1ReservedBits, l2StdReservedBits, offsetOf } from '../format/entries.ts';
+import { refcountMax } from '../format/refcount.ts';
+import type { Qcow2Image } from '../image/qcow2-image.ts';
+
+// ---- owners (the layout's kinds) ---------------------------------------------------------------
+
+/** What owns a host cluster. Codes index LAYOUT_KIND_NAMES; the layout map stores one per cluster. */
+export const Kind = {
+  Free: 0,
+  Header: 1,
+  ActiveL1: 2,
+  SnapshotL1: 3,
+  L2Active: 4,
+  L2Shared: 5,
+  L2Snapshot: 6,
+  Reftable: 7,
+  Refblock: 8,
+  SnapshotTable: 9,
+  VmState: 10,
+  DataExclusive: 11,
+  DataShared: 12,
+  DataSnapshot: 13,
+  Compressed: 14,
+  Bitmap: 15,
+  Crypto: 16,
+  Leaked: 17,
+  Corrupt: 18,
+} as const;
+export type Kind = (typeof Kind)[keyof typeof Kind];
+
+/** Stable names of the kinds, by code (the web app's ClusterKindName where the two overlap). */
+export const LAYOUT_KIND_NAMES = [
+  'free', 'header', 'l1', 'snapshot-l1', 'l2', 'l2-shared', 'l2-snapshot', 'refcount-table', 'refcount-block',
+  'snapshot-table', 'vm-state', 'data', 'data-shared', 'data-snapshot', 'compressed', 'bitmap', 'crypto',
+  'leaked', 'corrupt',
+] as const;
+export type LayoutKindName = (typeof LAYOUT_KIND_NAMES)[number];
+
+/** A second owner of a cluster: shared variants where sharing is legal, else an overlap. */
+function mergeOwner(prev: number, next: number): number {
+  if (prev === Kind.Free) return next;
+  const l2 = (k: number) => k === Kind.L2Active || k === Kind.L2Shared || k === Kind.L2Snapshot;
+  const data = (k: number) => k === Kind.DataExclusive || k === Kind.DataShared || k === Kind.DataSnapshot || k === Kind.VmState;
+  if (l2(prev) && l2(next)) return Kind.L2Shared;
+  if (data(prev) && data(next)) return prev === Kind.VmState && next === Kind.VmState ? Kind.VmState : Kind.DataShared;
+  if (prev === Kind.Compressed && next === Kind.Compressed) return Kind.Compressed;
+  if (prev === Kind.SnapshotL1 && next === Kind.SnapshotL1) return Kind.Corrupt;
+  return Kind.Corrupt;
+}
+
+// ---- findings ----------------------------------------------------------------------------------
+
+export type FindingKind = 'corruption' | 'leak' | 'check-error' | 'info';
+
+export interface Finding {
+  kind: FindingKind;
+  /** qemu-img check's own wording. */
+  message: string;
+  /** Which structure it is about (the spec's names). */
+  structure?: string;
+  hostOffset?: number;
+  cluster?: number;
+  table?: string;
+  l1Index?: number;
+  l2Index?: number;
+  /** Printed by qemu-img through error_report (with its "qemu-img: " prefix). */
+  reported?: boolean;
+}
+
+/** Findings kept in memory at most (counters stay exact; hostile images can have millions). */
+export const MAX_KEPT_FINDINGS = 20000;
+
+export interface CheckCounters {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+}
+
+export function zeroCounters(): CheckCounters {
+  return { corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0 };
+}
+
+export class FindingSink {
+  readonly findings: Finding[] = [];
+  dropped = 0;
+  constructor(private readonly onFinding?: (f: Finding) => void) {}
+  add(f: Finding): void {
+    if (this.findings.length < MAX_KEPT_FINDINGS) this.findings.push(f);
+    else this.dropped++;
+    this.onFinding?.(f);
+  }
+}
+
+// ---- the in-memory refcount table ----------------------------------------------------------------
+
+/** Largest IMRT we build: beyond this the image is refused with a check error (memory bound). */
+export const MAX_IMRT_BYTES = 1024 * 1024 * 1024;
+
+type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
+
+/** One counter per host cluster, as wide as the image's refcounts (overflow is a finding, as in QEMU). */
+export class Imrt {
+  counts: Counts;
+  /** Clusters covered (QEMU's nb_clusters, grows for references just past EOF and allocations). */
+  size: number;
+  readonly max: number;
+  readonly order: number;
+
+  constructor(order: number, size: number) {
+    this.order = order;
+    this.max = refcountMax(order);
+    this.size = size;
+    this.counts = Imrt.alloc(order, Imrt.capacityFor(size));
+  }
+
+  static bytesPerEntry(order: number): number {
+    return order <= 3 ? 1 : order === 4 ? 2 : order === 5 ? 4 : 8;
+  }
+
+  private static capacityFor(n: number): number {
+    return Math.max(64, Math.ceil(n / 64) * 64);
+  }
+
+  private static alloc(order: number, n: number): Counts {
+    return order <= 3 ? new Uint8Array(n) : order === 4 ? new Uint16Array(n) : order === 5 ? new Uint32Array(n) : new Float64Array(n);
+  }
+
+  /** Make clusters [0, n) addressable (zero-filled). */
+  ensure(n: number): void {
+    if (n <= this.size) return;
+    if (n > this.counts.length) {
+      const next = Imrt.alloc(this.order, Imrt.capacityFor(Math.max(n, this.counts.length * 1.25)));
+      next.set(this.counts as never);
+      this.counts = next;
+    }
+    this.size = n;
+  }
+
+  get(i: number): number {
+    return i < this.size ? this.counts[i]! : 0;
+  }
+
+  clear(): void {
+    this.counts.fill(0);
+  }
+}
+
+// ---- batched table reads ---------------------------------------------------------------------------
+
+/** Largest single read when loading many tables: 4 MiB (STACK.md: big reads are what browsers do well). */
+export const BATCH_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Yield the tables at `offsets` (each `tableSize` bytes, any alignment), in the given order, after
+ * reading them in coalesced batches of at most BATCH_BYTES. Offsets at or past the end of the file
+ * (or beyond what a number holds exactly) read as zeros without I/O, as QEMU's reads past EOF do.
+ */
+export async function* tablesInOrder(
+  img: Qcow2Image, offsets: readonly number[], tableSize: number,
+): AsyncGenerator<[number, Uint8Array]> {
+  const fileSize = img.store.size();
+  const zero = new Uint8Array(tableSize);
+  const perBatch = Math.max(1, Math.floor(BATCH_BYTES / tableSize));
+  for (let start = 0; start < offsets.length; start += perBatch) {
+    const end = Math.min(offsets.length, start + perBatch);
+    const uniq = Array.from(new Set(offsets.slice(start, end))).filter((o) => o < fileSize && o + tableSize <= Number.MAX_SAFE_INTEGER).sort((a, b) => a - b);
+    const got = new Map<number, Uint8Array>();
+    let i = 0;
+    while (i < uniq.length) {
+      let j = i + 1;
+      while (j < uniq.length && uniq[j] === uniq[j - 1]! + tableSize && (j - i + 1) * tableSize <= BATCH_BYTES) j++;
+      const runStart = uniq[i]!;
+      const buf = await img.store.read(runStart, (j - i) * tableSize);
+      for (let k = i; k < j; k++) got.set(uniq[k]!, buf.subarray((k - i) * tableSize, (k - i + 1) * tableSize));
+      i = j;
+    }
+    for (let k = start; k < end; k++) yield [k, got.get(offsets[k]!) ?? zero];
+  }
+}
+
+// ---- the walk -----------------------------------------------------------------------------------
+
+/** Hex of a u64 given as two u32 halves, like C's PRIx64 (no leading zeros, no 0x). */
+export function hex64(hi: number, lo: number): string {
+  hi >>>= 0;
+  lo >>>= 0;
+  return hi === 0 ? lo.toString(16) : hi.toString(16) + lo.toString(16).padStart(8, '0');
+}
+
+export interface FragStats {
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+}
+
+/** Hooks through which the walk repairs what QEMU repairs while counting (check -r all). */
+export interface WalkRepairHooks {
+  /** Rewrite an unaligned preallocated-zero L2 entry as zero (QEMU's fix_l2_entry_by_zero). True if written. */
+  fixL2EntryByZero(l2Offset: number, l2Table: Uint8Array, l2Index: number, active: boolean): Promise<boolean>;
+  /** Grow the file to `size` bytes (a refblock past the end of the file). Throws on failure. */
+  growFile(size: number): Promise<void>;
+}
+
+export interface WalkOptions {
+  /** Repair what can be repaired during the walk (only with -r all). */
+  fixErrors?: boolean;
+  repair?: WalkRepairHooks;
+  /** Record the owner of every cluster (for the layout). */
+  trackOwners?: boolean;
+  onProgress?: (phase: string, done: number, total: number) => void;
+  isCancelled?: () => boolean;
+}
+
+/**
+ * The state of one reference walk: counts per host cluster, owners (optional), the fragmentation
+ * statistics of the active tree, and the findings with their counters.
+ */
+export class ReferenceWalk {
+  readonly img: Qcow2Image;
+  readonly cs: number;
+  readonly clusterBits: number;
+  readonly imrt: Imrt;
+  owners: Uint8Array | null;
+  readonly frag: FragStats;
+  readonly res: CheckCounters;
+  readonly sink: FindingSink;
+  /** Set when the refcount structures need rebuilding (QEMU's `rebuild`). */
+  rebuild = false;
+  private readonly opts: WalkOptions;
+  private fileSize: number;
+
+  constructor(img: Qcow2Image, nbClusters: number, res: CheckCounters, sink: FindingSink, opts: WalkOptions = {}) {
+    this.img = img;
+    this.cs = img.clusterSize;
+    this.clusterBits = img.clusterBits;
+    this.imrt = new Imrt(img.refcountOrder, nbClusters);
+    this.owners = opts.trackOwners ? new Uint8Array(Math.max(nbClusters, 1)) : null;
+    this.frag = { totalClusters: Math.ceil(img.virtualSize / img.clusterSize), allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0 };
+    this.res = res;
+    this.sink = sink;
+    this.opts = opts;
+    this.fileSize = img.store.size();
+  }
+
+  private corruption(message: string, extra: Partial<Finding> = {}): void {
+    this.res.corruptions++;
+    this.sink.add({ kind: 'corruption', message, ...extra });
+  }
+
+  private cancelled(): void {
+    if (this.opts.isCancelled?.()) throw new QcowError('CANCELLED', 'The check was cancelled', {});
+  }
+
+  /**
+   * QEMU's qcow2_inc_refcounts_imrt: +1 for every cluster touched by [offset, offset+size).
+   * A range ending a cluster or more past the end of the file is a corruption and is not counted.
+   */
+  inc(offset: number, size: number, kind: number): void {
+    if (size <= 0) return;
+    const cs = this.cs;
+    if (offset + size - this.fileSize >= cs) {
+      this.corruption(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset ${hex(offset)} size ${hex(size)}`,
+        { hostOffset: offset, structure: LAYOUT_KIND_NAMES[kind] });
+      return;
+    }
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + size - 1) / cs);
+    const imrt = this.imrt;
+    if (last >= imrt.size) this.growTo(last + 1);
+    const counts = imrt.counts;
+    const owners = this.owners;
+    for (let k = first; k <= last; k++) {
+      const r = counts[k]!;
+      if (r === imrt.max) {
+        this.corruption(`ERROR: overflow cluster offset=${hex(k * cs)}`, { cluster: k, hostOffset: k * cs });
+        this.sink.add({ kind: 'info', message: 'Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing' });
+        continue;
+      }
+      counts[k] = r + 1;
+      if (owners) owners[k] = r === 0 && owners[k] === Kind.Free ? kind : mergeOwner(owners[k]!, kind);
+    }
+  }
+
+  /** Walk everything QEMU's calculate_refcounts walks. `reftable` is the in-memory refcount table. */
+  async calculate(): Promise<void> {
+    const img = this.img;
+    const h = img.header;
+    const cs = this.cs;
+    this.fileSize = img.store.size();
+    // header
+    this.inc(0, cs, Kind.Header);
+    // active L1
+    await this.walkL1(h.l1TableOffset, h.l1Size, true, img.l1Table);
+    // snapshots
+    if (img.hasDataFile && img.snapshots.length > 0) {
+      this.corruption(`ERROR ${img.snapshots.length} snapshots in image with data file`, { structure: 'snapshot table' });
+    }
+    for (let i = 0; i < img.snapshots.length; i++) {
+      const sn = img.snapshots[i]!;
+      if (sn.l1TableOffset % cs !== 0) {
+        this.corruption(`ERROR snapshot ${sn.idStr} (${sn.name}) l1_offset=${hex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
+          { structure: 'snapshot table', hostOffset: sn.entryOffset, table: `snapshot ${sn.idStr}` });
+        continue;
+      }
+      if (sn.l1Size > C.MAX_L1_SIZE_BYTES / 8) {
+        this.corruption(`ERROR snapshot ${sn.idStr} (${sn.name}) l1_size=${hex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
+          { structure: 'snapshot table', hostOffset: sn.entryOffset, table: `snapshot ${sn.idStr}` });
+        continue;
+      }
+      await this.walkL1(sn.l1TableOffset, sn.l1Size, false);
+    }
+    this.inc(h.snapshotsOffset, img.snapshotsSize, Kind.SnapshotTable);
+    // refcount table
+    this.inc(h.refcountTableOffset, img.reftable.length, Kind.Reftable);
+    // encryption header
+    if (h.crypto && h.crypto.length > 0) this.inc(h.crypto.offset, h.crypto.length, Kind.Crypto);
+    // bitmaps
+    await this.walkBitmaps();
+    // refcount blocks
+    await this.checkRefblocks();
+  }
+
+  /** QEMU's check_refcounts_l1 (+ check_refcounts_l2 for every L2 table). */
+  private async walkL1(l1Offset: number, l1Size: number, active: boolean, inMemory?: Uint8Array): Promise<void> {
+    if (l1Size === 0) return;
+    const img = this.img;
+    const cs = this.cs;
+    const bytes = l1Size * 8;
+    this.inc(l1Offset, bytes, active ? Kind.ActiveL1 : Kind.SnapshotL1);
+    const l1 = inMemory && inMemory.length >= bytes ? inMemory : (l1Offset < this.fileSize ? await img.store.read(l1Offset, bytes) : new Uint8Array(bytes));
+    const vmIndex = Math.ceil(img.virtualSize / (cs * img.l2Entries));
+    const indices: number[] = [];
+    const offsets: number[] = [];
+    for (let i = 0; i < l1Size; i++) {
+      const hi = be32(l1, i * 8);
+      const lo = be32(l1, i * 8 + 4);
+      if (hi === 0 && lo === 0) continue;
+      if (l1ReservedBits(hi, lo)) {
+        this.corruption(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`, { structure: active ? 'active L1 table' : 'snapshot L1 table', table: active ? 'active L1' : hex(l1Offset), l1Index: i, hostOffset: l1Offset + i * 8 });
+      }
+      const l2Offset = offsetOf(hi, lo);
+      this.inc(l2Offset, cs, active ? Kind.L2Active : Kind.L2Snapshot);
+      if (l2Offset % cs !== 0) {
+        this.corruption(`ERROR l2_offset=${l2Offset.toString(16)}: Table is not cluster aligned; L1 entry corrupted`, { structure: 'L1 table', l1Index: i, hostOffset: l2Offset });
+      }
+      indices.push(i);
+      offsets.push(l2Offset);
+    }
+    const tableBytes = cs;
+    let done = 0;
+    for await (const [k, table] of tablesInOrder(img, offsets, tableBytes)) {
+      this.cancelled();
+      await this.walkL2(offsets[k]!, table, active, indices[k]! >= vmIndex);
+      if ((++done & 63) === 0) this.opts.onProgress?.(active ? 'Active L2 tables' : 'Snapshot L2 tables', done, offsets.length);
+    }
+  }
+
+  /** QEMU's check_refcounts_l2 on one table already in memory. */
+  private async walkL2(l2Offset: number, table: Uint8Array, active: boolean, vmState: boolean): Promise<void> {
+    const img = this.img;
+    const cs = this.cs;
+    const g = img.geometry;
+    const ext = g.extendedL2;
+    const dataFile = g.dataFile;
+    const step = ext ? 16 : 8;
+    const n = img.l2Entries;
+    const frag = active ? this.frag : null;
+    const dataKind = vmState ? Kind.VmState : active ? Kind.DataExclusive : Kind.DataSnapshot;
+    const clusterBits = this.clusterBits;
+    const x = 62 - (clusterBits - 8);
+    const hiOffMask = 2 ** (x - 32) - 1;
+    let nextContiguous = 0;
+    for (let i = 0; i < n; i++) {
+      const at = i * step;
+      let hi = be32(table, at);
+      const lo = be32(table, at + 4);
+      if (hi === 0 && lo === 0 && (!ext || (be32(table, at + 8) === 0 && be32(table, at + 12) === 0))) continue;
+      const bmZero = ext ? be32(table, at + 8) : 0;
+      const bmAlloc = ext ? be32(table, at + 12) : 0;
+      const type = clusterType(hi, lo, g);
+      if (type !== ClusterType.Compressed && l2StdReservedBits(hi, lo)) {
+        this.corruption(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
+      }
+      switch (type) {
+        case ClusterType.Compressed: {
+          if ((hi & 0x80000000) !== 0) {
+            const coff = (hi & hiOffMask) * 4294967296 + lo;
+            this.corruption(`ERROR: coffset=${hex(coff)}: copied flag must never be set for compressed clusters`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
+            hi = (hi & 0x7fffffff) >>> 0;
+          }
+          if (dataFile) {
+            this.corruption(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
+            break;
+          }
+          if (bmZero !== 0 || bmAlloc !== 0) {
+            this.corruption(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
+            break;
+          }
+          const d = compressedDescriptor(hi, lo, clusterBits);
+          this.inc(d.hostOffset, d.compressedSize, Kind.Compressed);
+          if (frag) {
+            frag.allocatedClusters++;
+            frag.compressedClusters++;
+            frag.fragmentedClusters++;
+          }
+          break;
+        }
+        case ClusterType.ZeroAlloc:
+        case ClusterType.Normal: {
+          const offset = offsetOf(hi, lo);
+          if ((bmZero & bmAlloc) !== 0) {
+            this.corruption(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`, { structure: 'L2 table', hostOffset: offset, l2Index: i });
+          }
+          if (offset % cs !== 0) {
+            this.res.corruptions++;
+            const containsData = ext ? bmAlloc !== 0 : (lo & 1) === 0;
+            if (!containsData) {
+              const fix = !!this.opts.fixErrors;
+              this.sink.add({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
+              if (fix && this.opts.repair && await this.opts.repair.fixL2EntryByZero(l2Offset, table, i, active)) {
+                this.res.corruptions--;
+                this.res.corruptionsFixed++;
+                continue;
+              }
+            } else {
+              this.sink.add({ kind: 'corruption', message: `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
+            }
+          }
+          if (frag) {
+            frag.allocatedClusters++;
+            if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters++;
+            nextContiguous = offset + cs;
+          }
+          if (!dataFile) this.inc(offset, cs, dataKind);
+          break;
+        }
+        case ClusterType.ZeroPlain:
+          break;
+        default: // unallocated
+          if (bmAlloc !== 0) this.corruption('ERROR: Unallocated cluster has non-zero subcluster allocation map', { structure: 'L2 table', l2Index: i, hostOffset: l2Offset + at });
+      }
+    }
+  }
+
+  /** Bitmap directory, tables and data clusters (QEMU's qcow2_check_bitmaps_refcounts). */
+  private async walkBitmaps(): Promise<void> {
+    const img = this.img;
+    const h = img.header;
+    const bm = h.bitmaps;
+    if (!bm || (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) === 0n || bm.nbBitmaps === 0) return;
+    const cs = this.cs;
+    this.inc(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize, Kind.Bitmap);
+    const dir = bm.bitmapDirectoryOffset < this.fileSize && bm.bitmapDirectorySize <= C.MAX_BITMAP_DIRECTORY_SIZE
+      ? await img.store.read(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize)
+      : null;
+    const tables: Array<{ offset: number; size: number }> = [];
+    let ok = dir !== null;
+    if (dir) {
+      let pos = 0;
+      let count = 0;
+      while (pos < dir.length) {
+        if (pos + 24 > dir.length || ++count > bm.nbBitmaps) { ok = false; break; }
+        const tableOffset = be64(dir, pos);
+        const tableSize = be32(dir, pos + 8);
+        const flags = be32(dir, pos + 12);
+        const granularity = dir[pos + 17]!;
+        const nameSize = (dir[pos + 18]! << 8) | dir[pos + 19]!;
+        const extra = be32(dir, pos + 20);
+        const next = pos + Math.ceil((24 + extra + nameSize) / 8) * 8;
+        if (next > dir.length || extra !== 0 || tableSize > 0x8000000 || granularity < 9 || granularity > 31 ||
+            (flags & ~0x7) !== 0 || nameSize === 0 || nameSize > 1023 || tableOffset % cs !== 0 || tableOffset === 0) { ok = false; break; }
+        tables.push({ offset: tableOffset, size: tableSize });
+        pos = next;
+      }
+      if (ok && count !== bm.nbBitmaps) ok = false;
+    }
+    if (!ok) {
+      this.res.corruptions++;
+      this.sink.add({ kind: 'corruption', message: 'ERROR bitmap directory is corrupted', structure: 'bitmap directory', hostOffset: bm.bitmapDirectoryOffset });
+      throw new CheckAbort('EINVAL');
+    }
+    for (const t of tables) {
+      this.inc(t.offset, t.size * 8, Kind.Bitmap);
+      const bytes = t.size * 8;
+      const table = t.offset < this.fileSize ? await img.store.read(t.offset, bytes) : new Uint8Array(bytes);
+      for (let i = 0; i < t.size; i++) {
+        const hi = be32(table, i * 8);
+        const lo = be32(table, i * 8 + 4);
+        // BME_TABLE_ENTRY_RESERVED_MASK 0xff000000000001fe; bit 0 only without an offset
+        const off = offsetOf(hi, lo);
+        if ((hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 || (off !== 0 && ((lo & 1) !== 0 || off % cs !== 0))) {
+          this.res.corruptions++;
+          continue;
+        }
+        if (off !== 0) this.inc(off, cs, Kind.Bitmap);
+      }
+    }
+  }
+
+  /** QEMU's check_refblocks: every refblock is referenced once, aligned and inside the file. */
+  private async checkRefblocks(): Promise<void> {
+    const img = this.img;
+    const cs = this.cs;
+    const rt = img.reftable;
+    const n = rt.length / 8;
+    const fix = !!this.opts.fixErrors;
+    for (let i = 0; i < n; i++) {
+      const hi = be32(rt, i * 8);
+      const lo = be32(rt, i * 8 + 4);
+      if (hi === 0 && lo === 0) continue;
+      const at = img.header.refcountTableOffset + i * 8;
+      if ((lo & 0x1ff) !== 0) {
+        this.corruption(`ERROR refcount table entry ${i} has reserved bits set`, { structure: 'refcount table', hostOffset: at });
+        this.rebuild = true;
+        continue;
+      }
+      const offset = refblockOffsetFromEntry(hi, lo);
+      if (offset % cs !== 0) {
+        this.corruption(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`, { structure: 'refcount table', hostOffset: at });
+        this.rebuild = true;
+        continue;
+      }
+      const cluster = Math.floor(offset / cs);
+      if (cluster >= this.imrt.size) {
+        this.res.corruptions++;
+        this.sink.add({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`, structure: 'refcount table', hostOffset: offset });
+        if (fix && this.opts.repair) {
+          let why = '';
+          if (offset + cs > Number.MAX_SAFE_INTEGER) {
+            why = strerror('EINVAL');
+          } else {
+            try {
+              await this.opts.repair.growFile(offset + cs);
+            } catch (e) {
+              why = e instanceof QcowError && e.details.errno === 'EFBIG' ? strerror('EFBIG') : strerror('EINVAL');
+            }
+          }
+          if (!why) {
+            this.fileSize = img.store.size();
+            this.growTo(Math.ceil(this.fileSize / cs));
+            if (cluster < this.imrt.size) {
+              this.res.corruptions--;
+              this.res.corruptionsFixed++;
+              this.inc(offset, cs, Kind.Refblock);
+              continue;
+            }
+            why = strerror('EINVAL');
+          }
+          this.rebuild = true;
+          this.sink.add({ kind: 'info', message: `ERROR could not resize image: ${why}`, structure: 'refcount table', reported: false });
+        }
+        continue;
+      }
+      if (offset !== 0) {
+        this.inc(offset, cs, Kind.Refblock);
+        const r = this.imrt.get(cluster);
+        if (r !== 1) {
+          this.corruption(`ERROR refcount block ${i} refcount=${r}`, { structure: 'refcount block', hostOffset: offset, cluster });
+          this.rebuild = true;
+        }
+      }
+    }
+  }
+
+  /** Grow the IMRT (and the owners) to `n` clusters. */
+  growTo(n: number): void {
+    this.imrt.ensure(n);
+    if (this.owners && this.owners.length < this.imrt.size) {
+      const o = new Uint8Array(this.imrt.counts.length);
+      o.set(this.owners);
+      this.owners = o;
+    }
+  }
+
+}
+
+/** Refblock offset of a reftable entry: REFT_OFFSET_MASK keeps bits 9..63. */
+export function refblockOffsetFromEntry(hi: number, lo: number): number {
+  return (hi >>> 0) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
+}
+
+/** The check cannot go on: QEMU returns -errno from qcow2_check_refcounts. */
+export class CheckAbort extends Error {
+  constructor(readonly errno: 'EFBIG' | 'EINVAL' | 'EIO' | 'ENOMEM' | 'ENOSPC') {
+    super(strerror(errno));
+  }
+}
+
+export function strerror(errno: string): string {
+  switch (errno) {
+    case 'EFBIG': return 'File too large';
+    case 'EINVAL': return 'Invalid argument';
+    case 'EIO': return 'Input/output error';
+    case 'ENOMEM': return 'Cannot allocate memory';
+    case 'ENOSPC': return 'No space left on device';
+    default: return errno;
+  }
+}
+
+// ---- on-disk refcounts --------------------------------------------------------------------------
+
+/**
+ * The on-disk refcounts of clusters [0, n), read through the in-memory refcount table in batched
+ * refblock reads. Reftable entries whose refblock is unaligned cannot be read (QEMU: -EIO); their
+ * indices are returned in `unreadable`.
+ */
+export async function readDiskRefcounts(img: Qcow2Image, n: number): Promise<{ counts: Counts; unreadable: Set<number> }> {
+  const order = img.refcountOrder;
+  const bpe = Imrt.bytesPerEntry(order);
+  const counts: Counts = bpe === 1 ? new Uint8Array(n) : bpe === 2 ? new Uint16Array(n) : bpe === 4 ? new Uint32Array(n) : new Float64Array(n);
+  const unreadable = new Set<number>();
+  const cs = img.clusterSize;
+  const per = 2 ** (img.clusterBits + 3 - order);
+  const rt = img.reftable;
+  const rtEntries = rt.length / 8;
+  const needed = Math.min(rtEntries, Math.ceil(n / per));
+  const idx: number[] = [];
+  const offs: number[] = [];
+  for (let r = 0; r < needed; r++) {
+    const off = refblockOffsetFromEntry(be32(rt, r * 8), be32(rt, r * 8 + 4));
+    if (off === 0) continue;
+    if (off % cs !== 0) {
+      unreadable.add(r);
+      continue;
+    }
+    idx.push(r);
+    offs.push(off);
+  }
+  for await (const [k, block] of tablesInOrder(img, offs, cs)) {
+    const r = idx[k]!;
+    const base = r * per;
+    const count = Math.min(per, n - base);
+    decodeInto(block, order, counts, base, count);
+  }
+  return { counts, unreadable };
+}
+
+/** Decode `count` refcounts of a refblock into `out` at `base`. */
+export function decodeInto(block: Uint8Array, order: number, out: Counts, base: number, count: number): void {
+  switch (order) {
+    case 0: for (let i = 0; i < count; i++) out[base + i] = (block[i >>> 3]! >>> (i & 7)) & 1; break;
+    case 1: for (let i = 0; i < count; i++) out[base + i] = (block[i >>> 2]! >>> ((i & 3) * 2)) & 3; break;
+    case 2: for (let i = 0; i < count; i++) out[base + i] = (block[i >>> 1]! >>> ((i & 1) * 4)) & 15; break;
+    case 3: for (let i = 0; i < count; i++) out[base + i] = block[i]!; break;
+    case 4: for (let i = 0; i < count; i++) out[base + i] = (block[2 * i]! << 8) | block[2 * i + 1]!; break;
+    case 5: for (let i = 0; i < count; i++) out[base + i] = be32(block, 4 * i); break;
+    default: for (let i = 0; i < count; i++) out[base + i] = be32(block, 8 * i) * 4294967296 + be32(block, 8 * i + 4);
+  }
+}
