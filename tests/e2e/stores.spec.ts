@@ -1,0 +1,198 @@
+// The browser stores (worker/stores) and the Comlink error transfer, run in Chromium itself on
+// real Files, real OPFS handles, real createWritable sessions, Web Locks and a real worker. The
+// modules are bundled with esbuild at test time and loaded into a page of the app's origin.
+import { build } from 'esbuild';
+import type { Page } from '@playwright/test';
+import { test, expect } from './fixtures.ts';
+
+test.use({ bypassCSP: true });
+
+let pageBundle = '';
+let workerBundle = '';
+
+test.beforeAll(async () => {
+  const bundle = async (contents: string) =>
+    (
+      await build({
+        stdin: { contents, resolveDir: process.cwd(), loader: 'ts', sourcefile: 'entry.ts' },
+        bundle: true,
+        format: 'iife',
+        write: false,
+        target: 'es2022',
+        logLevel: 'silent',
+      })
+    ).outputFiles[0]!.text;
+  pageBundle = await bundle(`
+    import * as Comlink from 'comlink';
+    import { QcowError } from './core/errors.ts';
+    import { installTransferHandlers } from './worker/transfer.ts';
+    import { BlockCache } from './worker/stores/block-cache.ts';
+    import { FileStore, blobFromSegments, fileReader } from './worker/stores/file-store.ts';
+    import { HandleStore } from './worker/stores/handle-store.ts';
+    installTransferHandlers();
+    (globalThis as any).qs = { Comlink, QcowError, BlockCache, FileStore, blobFromSegments, fileReader, HandleStore };
+  `);
+  workerBundle = await bundle(`
+    import * as Comlink from 'comlink';
+    import { QcowError } from './core/errors.ts';
+    import './worker/transfer.ts';
+    import { OpfsStore } from './worker/stores/opfs-store.ts';
+    Comlink.expose({
+      fail(code: string, details: Record<string, unknown>) { throw new QcowError(code as any, 'failed on purpose at 0x30000', details); },
+      echo(e: unknown) { return { isQcow: e instanceof QcowError, code: (e as QcowError).code, details: (e as QcowError).details }; },
+      // Transfer handlers apply to a whole argument or return value (Comlink does not walk into objects).
+      back(e: unknown) { return e; },
+      async opfs() {
+        const root = await navigator.storage.getDirectory();
+        const fh = await root.getFileHandle('opfs-store-test.bin', { create: true });
+        const s = await OpfsStore.open(fh);
+        await s.truncate(0);
+        await s.write(100, new Uint8Array([1, 2, 3]));
+        const size1 = s.size();
+        const r = Array.from(await s.read(98, 8));
+        await s.flush();
+        await s.truncate(101);
+        const size2 = s.size();
+        const past = Array.from(await s.read(99, 4));
+        await s.close();
+        const again = await OpfsStore.open(fh, { writable: false });
+        const persisted = Array.from(await again.read(99, 2));
+        await again.close();
+        return { size1, r, size2, past, persisted };
+      },
+    });
+  `);
+});
+
+async function load(page: Page): Promise<void> {
+  await page.goto('/');
+  await page.addScriptTag({ content: pageBundle });
+}
+
+test('FileStore: aligned block reads, copy-on-write overlay, download Blob of slices + patches', async ({ page }) => {
+  await load(page);
+  const r = await page.evaluate(async () => {
+    const { FileStore } = (globalThis as any).qs;
+    const size = 3 * 1024 * 1024 + 12345;
+    const bytes = new Uint8Array(size);
+    for (let i = 0; i < size; i++) bytes[i] = (i * 7 + (i >> 11)) & 0xff;
+    const file = new File([bytes], 'img.qcow2');
+    const s = new FileStore(file);
+    const same = (a: Uint8Array, off: number) => a.every((v, i) => v === (off + i < size ? bytes[off + i] : 0));
+    const checks: boolean[] = [];
+    for (const [off, len] of [[0, 512], [1048576 - 10, 20], [2 * 1048576 + 5, 1048576], [size - 3, 10], [size + 100, 5]]) {
+      checks.push(same(await s.read(off, len), off));
+    }
+    const rawReads = s.cache.rawReads;
+    await s.write(1048576 - 2, new Uint8Array([9, 9, 9, 9]));
+    await s.write(size, new Uint8Array([7])); // grows the image
+    const patched = await s.read(1048576 - 3, 6);
+    const blob: Blob = s.toBlob();
+    const out = new Uint8Array(await blob.arrayBuffer());
+    const expected = new Uint8Array(size + 1);
+    expected.set(bytes);
+    expected.set([9, 9, 9, 9], 1048576 - 2);
+    expected[size] = 7;
+    const original = new Uint8Array(await file.slice(1048576 - 2, 1048576 + 2).arrayBuffer());
+    return {
+      checks,
+      rawReads,
+      patched: Array.from(patched),
+      expect3: [bytes[1048576 - 3], 9, 9, 9, 9, bytes[1048576 + 2]],
+      blobSize: blob.size,
+      blobOk: out.length === expected.length && out.every((v, i) => v === expected[i]),
+      originalUntouched: Array.from(original).join() === Array.from(bytes.subarray(1048576 - 2, 1048576 + 2)).join(),
+      pristine: s.pristine,
+    };
+  });
+  expect(r.checks).toEqual([true, true, true, true, true]);
+  expect(r.rawReads).toBeLessThanOrEqual(4); // four 1 MiB blocks cover the file, each read once
+  expect(r.patched).toEqual(r.expect3);
+  expect(r.blobSize).toBe(3 * 1024 * 1024 + 12345 + 1);
+  expect(r.blobOk).toBe(true);
+  expect(r.originalUntouched).toBe(true);
+  expect(r.pristine).toBe(false);
+});
+
+test('HandleStore: one atomic commit per operation, fresh File after, discard, Web Lock', async ({ page }) => {
+  await load(page);
+  const r = await page.evaluate(async () => {
+    const { HandleStore, QcowError } = (globalThis as any).qs;
+    const root = await navigator.storage.getDirectory();
+    const fh = await root.getFileHandle('handle-store-test.qcow2', { create: true });
+    const w = await fh.createWritable();
+    await w.write(new Uint8Array(200_000).fill(1));
+    await w.close();
+    const disk = async () => new Uint8Array(await (await fh.getFile()).arrayBuffer());
+
+    const s = await HandleStore.open(fh);
+    await s.beginWrite();
+    await s.write(10, new Uint8Array([5, 5]));
+    await s.write(150_000, new Uint8Array([6]));
+    const beforeCommit = Array.from((await disk()).subarray(10, 12));
+    const readsOwnWrite = Array.from(await s.read(9, 4));
+    await s.commit();
+    const afterCommit = await disk();
+    const committed = [afterCommit[10], afterCommit[11], afterCommit[150_000], afterCommit.length];
+    const readAfter = Array.from(await s.read(10, 2)); // from a fresh File
+
+    // A failed operation: its writes are dropped, the file is untouched.
+    await s.write(20, new Uint8Array([8]));
+    s.discard();
+    await s.commit();
+    const afterDiscard = (await disk())[20];
+
+    // Grow and shrink inside one operation.
+    await s.truncate(100);
+    await s.truncate(300);
+    await s.commit();
+    const resized = await disk();
+    const tail = [resized.length, resized[99], resized[100], resized[299]];
+
+    // A second writer of the same image (another tab) is refused while the first holds the lock.
+    const other = await HandleStore.open(fh);
+    let lockError = '';
+    try { await other.beginWrite(); } catch (e: any) { lockError = e instanceof QcowError ? e.code + ': ' + e.message : String(e); }
+    await s.close();
+    await other.beginWrite(); // free after the first closed
+    await other.close();
+    return { beforeCommit, readsOwnWrite, committed, readAfter, afterDiscard, tail, lockError, commits: s.commits };
+  });
+  expect(r.beforeCommit).toEqual([1, 1]);
+  expect(r.readsOwnWrite).toEqual([1, 5, 5, 1]);
+  expect(r.committed).toEqual([5, 5, 6, 200_000]);
+  expect(r.readAfter).toEqual([5, 5]);
+  expect(r.afterDiscard).toBe(1);
+  expect(r.tail).toEqual([300, 1, 0, 0]);
+  expect(r.lockError).toMatch(/^READ_ONLY: .*another tab/);
+  expect(r.commits).toBe(2);
+});
+
+test('OpfsStore (sync access handle) and QcowError across the worker boundary, both ways', async ({ page }) => {
+  await load(page);
+  const r = await page.evaluate(async (workerSrc) => {
+    const { Comlink, QcowError } = (globalThis as any).qs;
+    const url = URL.createObjectURL(new Blob([workerSrc], { type: 'text/javascript' }));
+    const remote = Comlink.wrap(new Worker(url));
+    let thrown: any;
+    try { await remote.fail('TABLE_TOO_LARGE', { structure: 'L1 table', offset: 0x30000, big: 2n ** 60n }); } catch (e) { thrown = e; }
+    const sent = new QcowError('SNAPSHOT_NOT_FOUND', 'no such snapshot', { id: '7' });
+    const echoed = await remote.echo(sent);
+    const back = await remote.back(sent);
+    const opfs = await remote.opfs();
+    return {
+      isQcow: thrown instanceof QcowError,
+      code: thrown?.code,
+      message: thrown?.message,
+      details: { ...thrown?.details, big: String(thrown?.details?.big) },
+      echoed: { isQcow: echoed.isQcow, code: echoed.code, details: echoed.details, backIsQcow: back instanceof QcowError && back.code === 'SNAPSHOT_NOT_FOUND' },
+      opfs,
+    };
+  }, workerBundle);
+  expect(r.isQcow).toBe(true);
+  expect(r.code).toBe('TABLE_TOO_LARGE');
+  expect(r.message).toBe('failed on purpose at 0x30000');
+  expect(r.details).toEqual({ structure: 'L1 table', offset: 0x30000, big: String(2n ** 60n) });
+  expect(r.echoed).toEqual({ isQcow: true, code: 'SNAPSHOT_NOT_FOUND', details: { id: '7' }, backIsQcow: true });
+  expect(r.opfs).toEqual({ size1: 103, r: [0, 0, 1, 2, 3, 0, 0, 0], size2: 101, past: [0, 1, 0, 0], persisted: [0, 1] });
+});
