@@ -149,28 +149,35 @@ function regionPresent(img: Qcow2Image, r: number): boolean {
 /**
  * Make sure refcount block `r` exists (QEMU's alloc_refcount_block). It goes to the first free
  * cluster (not in `reserved`); if that cluster lies in the region the block describes, the block
- * describes itself; otherwise its refcount is set in the block covering it first. The block is
- * written and flushed before the reftable entry publishing it (written and flushed too). Grows
- * the reftable when `r` is beyond it.
+ * describes itself; otherwise its refcount is set in the block covering it first (and if that
+ * region has no block either, that one is made first, at the next free cluster, and the search
+ * starts over, like QEMU's -EAGAIN). The block is written and flushed before the reftable entry
+ * publishing it (written and flushed too). Grows the reftable when `r` is beyond it. With
+ * `oneStep`, returns after one block was placed (allocClusters retries like QEMU).
  */
-async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved): Promise<void> {
+async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, oneStep = false): Promise<void> {
   const per = refblockEntriesOf(img);
+  const s = stateOf(img);
   for (let guard = 0; !regionPresent(img, r); guard++) {
     if (guard > 64) throw new QcowError('INTERNAL', `could not place refcount block ${r}`, { reftableIndex: r });
     if (r >= reftableSize(img)) {
       await growReftable(img, r, reserved);
+      if (oneStep) return;
       continue;
     }
     const x = await findFree(img, 1, reserved);
+    s.freeClusterIndex = x + 1;
     const rx = Math.floor(x / per);
     if (rx >= reftableSize(img)) {
       await growReftable(img, Math.max(r, rx), reserved);
+      if (oneStep) return;
       continue;
     }
     if (rx !== r && !regionPresent(img, rx)) {
-      // The first free cluster is in another region without a block: give that region its
-      // (self-describing) block first, then look again.
-      await ensureRefblock(img, rx, reserved);
+      // The first free cluster is in another region without a block: that region gets its
+      // block first (at the next free cluster), then the search starts over.
+      await ensureRefblock(img, rx, reserved, true);
+      if (oneStep) return;
       continue;
     }
     assertNotMetadata(img, x, 1, 'refcount block');
@@ -189,7 +196,8 @@ async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved): P
     await img.flush(`refcount table entry ${r}`);
     img.reftable.set(entry, r * 8);
     img.refblockCache.set(offset, block);
-    stateOf(img).metadata?.set(x, 'refcount block');
+    s.metadata?.set(x, 'refcount block');
+    return;
   }
 }
 
@@ -323,14 +331,19 @@ export async function allocClusters(img: Qcow2Image, n: number, what = 'cluster'
     if (attempt > 1000) throw new QcowError('INTERNAL', 'cluster allocation did not converge', { clusters: n });
     const start = await findFree(img, n, []);
     assertNotMetadata(img, start, n, what);
-    // QEMU allocates a missing refcount block and then retries (EAGAIN); so do we: the new block
-    // takes the first free cluster, which is usually where this run was about to start.
+    // QEMU finds the run, then meets the missing refcount block while counting it: the block goes
+    // to the first free cluster after the run, the counts already made are rolled back and the
+    // search starts over from the run (-EAGAIN). Doing the same gives QEMU's layout (checked
+    // byte for byte against qemu-img create -o preallocation=metadata with 512-byte clusters).
     let missing = -1;
     for (let r = Math.floor(start / per); r <= Math.floor((start + n - 1) / per); r++) {
       if (!regionPresent(img, r)) { missing = r; break; }
     }
     if (missing >= 0) {
-      await ensureRefblock(img, missing, []);
+      const s = stateOf(img);
+      s.freeClusterIndex = start + n;
+      await ensureRefblock(img, missing, [], true);
+      s.freeClusterIndex = Math.min(s.freeClusterIndex, start);
       continue;
     }
     const deltas: RefcountDeltas = new Map();
