@@ -1,0 +1,94 @@
+// A store wrapper that turns the fuzzer's resource rules into failures the harness can see:
+//  - no single read, write or truncate may ask for more than MAX_REQUEST_BYTES (hostile sizes must
+//    be refused before anything is allocated for them);
+//  - total bytes read are bounded (no read amplification that would hang a browser tab);
+//  - a store opened for reading must never see a write (read-only commands never write), and a
+//    writable one records every write so "no write to a file that failed validation" can be
+//    asserted after the fact.
+import type { ImageStore } from '../../core/io/store.ts';
+
+/** No request to the store may exceed this (256 MiB): the engine must refuse larger sizes first. */
+export const MAX_REQUEST_BYTES = 256 * 1024 * 1024;
+/** Total bytes one case may read through one store. */
+export const MAX_TOTAL_READ_BYTES = 2 * 1024 * 1024 * 1024;
+/** Largest size a fuzz case may grow the file to. */
+export const MAX_TRUNCATE_BYTES = 1024 * 1024 * 1024;
+
+export type ViolationKind = 'oversized-request' | 'read-amplification' | 'write-on-read-only' | 'deadline' | 'huge-truncate';
+
+/** A broken harness rule (never a QcowError: the engine must not be able to swallow it as one). */
+export class FuzzViolation extends Error {
+  override readonly name = 'FuzzViolation';
+  constructor(readonly kind: ViolationKind, message: string) {
+    super(message);
+  }
+}
+
+export class GuardStore implements ImageStore {
+  readonly name: string;
+  readonly writable: boolean;
+  reads = 0;
+  bytesRead = 0;
+  writes = 0;
+  bytesWritten = 0;
+  truncates = 0;
+  flushes = 0;
+  /** First violation seen (kept even if the engine catches and rethrows something else). */
+  violation: FuzzViolation | null = null;
+
+  constructor(readonly inner: ImageStore, opts: { writable: boolean; deadline?: number }) {
+    this.name = inner.name;
+    this.writable = opts.writable;
+    this.deadline = opts.deadline ?? Infinity;
+  }
+  private readonly deadline: number;
+
+  private fail(kind: ViolationKind, message: string): never {
+    const v = new FuzzViolation(kind, message);
+    this.violation ??= v;
+    throw v;
+  }
+
+  private tick(): void {
+    if (Date.now() > this.deadline) this.fail('deadline', 'case ran past its deadline');
+  }
+
+  size(): number {
+    return this.inner.size();
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    this.tick();
+    if (length > MAX_REQUEST_BYTES) this.fail('oversized-request', `read of ${length} bytes at ${offset}`);
+    this.reads++;
+    this.bytesRead += length;
+    if (this.bytesRead > MAX_TOTAL_READ_BYTES) this.fail('read-amplification', `more than ${MAX_TOTAL_READ_BYTES} bytes read`);
+    return this.inner.read(offset, length);
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    this.tick();
+    if (!this.writable) this.fail('write-on-read-only', `write of ${data.length} bytes at ${offset} to a read-only store`);
+    if (data.length > MAX_REQUEST_BYTES) this.fail('oversized-request', `write of ${data.length} bytes at ${offset}`);
+    this.writes++;
+    this.bytesWritten += data.length;
+    return this.inner.write(offset, data);
+  }
+
+  flush(): Promise<void> {
+    this.flushes++;
+    return this.inner.flush();
+  }
+
+  truncate(size: number): Promise<void> {
+    this.tick();
+    if (!this.writable) this.fail('write-on-read-only', `truncate to ${size} on a read-only store`);
+    if (size > MAX_TRUNCATE_BYTES) this.fail('huge-truncate', `truncate to ${size} bytes`);
+    this.truncates++;
+    return this.inner.truncate(size);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
