@@ -3,7 +3,7 @@
 // flush() is fdatasync. Honours QCOWSCOPE_CRASH_AFTER_WRITES for crash testing (DESIGN.md).
 import * as fs from 'node:fs';
 import { QcowError } from '../core/errors.ts';
-import { checkRange, type ImageStore } from '../core/io/store.ts';
+import { checkRange, checkReadRange, type ImageStore } from '../core/io/store.ts';
 
 /** Exit code the crash hook ends the process with. */
 export const CRASH_EXIT_CODE = 75;
@@ -59,7 +59,7 @@ export class NodeFileStore implements ImageStore {
   }
 
   readSync(offset: number, length: number): Uint8Array {
-    checkRange(this, offset, length);
+    checkReadRange(this, offset, length);
     const out = new Uint8Array(length);
     const avail = Math.min(length, Math.max(0, this.length - offset));
     let done = 0;

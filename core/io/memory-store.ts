@@ -1,6 +1,6 @@
 // An ImageStore held in memory: tests, the demo image, and the fallback for small images.
 import { QcowError } from '../errors.ts';
-import { checkRange, type ImageStore } from './store.ts';
+import { checkRange, checkReadRange, type ImageStore } from './store.ts';
 
 export class MemoryStore implements ImageStore {
   readonly name: string;
@@ -25,7 +25,7 @@ export class MemoryStore implements ImageStore {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    checkRange(this, offset, length);
+    checkReadRange(this, offset, length);
     const out = new Uint8Array(length);
     if (offset < this.length) out.set(this.buf.subarray(offset, Math.min(this.length, offset + length)));
     return out;

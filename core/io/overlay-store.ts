@@ -3,7 +3,7 @@
 // writable handle exists (drag-and-drop, file input, browsers without File System Access); the
 // result is saved by streaming `segments()` (source slices + patched pages), never by
 // materialising the whole image.
-import { checkRange, type ImageStore } from './store.ts';
+import { checkRange, checkReadRange, type ImageStore } from './store.ts';
 
 /** What an overlay reads from: only random-access reads are needed. */
 export interface ByteSource {
@@ -50,7 +50,7 @@ export class OverlayStore implements ImageStore {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    checkRange(this, offset, length);
+    checkReadRange(this, offset, length);
     const end = Math.min(offset + length, this.length);
     const out = new Uint8Array(length);
     if (offset >= end) return out;

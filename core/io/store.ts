@@ -30,6 +30,17 @@ export interface ImageStore {
 /** Largest offset a store accepts: beyond 2^53 numbers stop being exact. */
 export const MAX_STORE_OFFSET = Number.MAX_SAFE_INTEGER;
 
+/**
+ * Reads accept any offset a qcow2 entry can hold (host offsets reach 2^56): a read past the end
+ * returns zeros, as QEMU's do, so a hostile L2 or refblock offset above 2^53 reads as an empty
+ * table instead of failing deep inside the store. Only the length must be a safe count.
+ */
+export function checkReadRange(store: { name: string }, offset: number, length: number): void {
+  if (!Number.isInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw new RangeError(`${store.name}: invalid range offset=${offset} length=${length}`);
+  }
+}
+
 export function checkRange(store: { name: string }, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
       offset + length > MAX_STORE_OFFSET) {

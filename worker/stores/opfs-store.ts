@@ -2,7 +2,7 @@
 // workers only): in-place positioned writes at memory-like speed, the place for a working copy of
 // an image too big to rewrite on every save. One read-write handle per file at a time (STACK.md).
 import { QcowError } from '../../core/errors.ts';
-import { checkRange, type ImageStore } from '../../core/io/store.ts';
+import { checkRange, checkReadRange, type ImageStore } from '../../core/io/store.ts';
 
 /** The parts of FileSystemSyncAccessHandle this store uses (typed here: lib.dom lags behind). */
 interface SyncHandle {
@@ -68,7 +68,7 @@ export class OpfsStore implements ImageStore {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    checkRange(this, offset, length);
+    checkReadRange(this, offset, length);
     const out = new Uint8Array(length);
     const size = this.handle.getSize();
     if (offset < size) this.handle.read(out.subarray(0, Math.min(length, size - offset)), { at: offset });
