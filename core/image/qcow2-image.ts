@@ -298,6 +298,13 @@ export class Qcow2Image implements Layer {
   /** A read-only view of a snapshot (QEMU's load_tmp: the snapshot's own l1_size). */
   async snapshotView(sn: Snapshot): Promise<L1View> {
     this.validateSnapshotL1(sn);
+    // disk_size comes from the snapshot's extra data: no qcow2 disk is larger than the biggest
+    // L1 table maps (what QEMU's revert would refuse as "Active L1 table too large").
+    if (sizeToL1(this.header, sn.diskSize) * 8 > C.MAX_L1_SIZE_BYTES) {
+      throw new QcowError('IMAGE_TOO_BIG', `Snapshot ${sn.idStr} has a disk size of ${sn.diskSize} bytes, more than a qcow2 image can map`, {
+        structure: 'snapshot table', offset: sn.entryOffset, diskSize: sn.diskSize,
+      });
+    }
     const table = sn.l1Size > 0 ? (await this.store.read(sn.l1TableOffset, sn.l1Size * 8)).slice() : new Uint8Array(0);
     return { table, size: sn.l1Size, offset: sn.l1TableOffset, virtualSize: Math.floor(sn.diskSize / 512) * 512 };
   }
@@ -525,8 +532,15 @@ export class Qcow2Image implements Layer {
       const spanEnd = Math.min(end, (l1Index + 1) * this.l2Span);
       const l2Offset = this.l2OffsetAt(view, l1Index);
       if (l2Offset === 0) {
-        // whole L1 entry unallocated: one piece for its span
-        await this.backingExtents(merger, pos, spanEnd - pos);
+        // whole L1 entries unallocated (and everything past the end of the table, which a
+        // snapshot's disk size may reach far beyond): one piece for the whole run, so the loop
+        // never steps through a hostile virtual size one L2 span at a time
+        let next = l1Index + 1;
+        while (next < view.size && next * this.l2Span < end && offsetOf(be32(view.table, next * 8), be32(view.table, next * 8 + 4)) === 0) next++;
+        const runEnd = next >= view.size ? end : Math.min(end, next * this.l2Span);
+        await this.backingExtents(merger, pos, runEnd - pos);
+        pos = runEnd;
+        continue;
       } else {
         const l2 = await this.readL2(l2Offset);
         pieces.length = 0;
