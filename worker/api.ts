@@ -104,6 +104,25 @@ export interface ImageSummary {
   snapshots: SnapshotDTO[];
   /** qemu-img's `info --output=json` object, as the engine's analysis/info.ts builds it. */
   info: Record<string, unknown>;
+  /** After a write operation: every write it made, in order (DESIGN.md "A journal of writes"). */
+  journal?: JournalDTO;
+}
+
+export interface JournalEntryDTO {
+  kind: 'write' | 'flush' | 'truncate';
+  /** Host offset (write) or new size (truncate). */
+  offset: number;
+  length: number;
+  purpose: string;
+  /** The one write that makes the operation visible. */
+  commit?: boolean;
+}
+
+export interface JournalDTO {
+  operation: string;
+  entries: JournalEntryDTO[];
+  /** When the operation ran (ms since the epoch). */
+  at: number;
 }
 
 export interface L1EntryDTO {
@@ -155,12 +174,16 @@ export interface ClusterMapDTO {
 }
 
 export interface CheckFindingDTO {
-  severity: 'corruption' | 'leak' | 'error' | 'info';
-  /** A stable code from the engine. */
-  code: string;
+  /** qemu-img check's classes: corruption, leak, check-error (the check's own failed read), info. */
+  kind: 'corruption' | 'leak' | 'check-error' | 'info';
+  /** qemu-img check's own wording. */
   message: string;
+  /** Which structure it is about (the spec's names). */
+  structure?: string;
   hostOffset?: number;
-  details?: Record<string, unknown>;
+  cluster?: number;
+  l1Index?: number;
+  l2Index?: number;
 }
 
 /** qemu-img check's JSON names where the two overlap. */
@@ -178,6 +201,14 @@ export interface CheckReportDTO {
   'fragmented-clusters'?: number;
   'compressed-clusters'?: number;
   findings: CheckFindingDTO[];
+  /** Findings beyond those kept. */
+  droppedFindings: number;
+  /** Findings of the repair pass, when a repair ran (the report itself is the re-check after it). */
+  repairFindings?: CheckFindingDTO[];
+  /** Why the check could not complete (qemu-img: "Check failed: …"). */
+  failure?: string;
+  /** The refcount structure was rebuilt by the repair. */
+  rebuilt?: boolean;
 }
 
 export interface Progress {
@@ -190,11 +221,12 @@ export interface Progress {
 /** Progress callback (passed through Comlink.proxy by the client; throttled in the worker). */
 export type ProgressFn = (p: Progress) => void;
 
-/** Long jobs take a job id; `cancel(jobId)` aborts the job, which then rejects with code CANCELLED. */
-export interface JobOptions {
-  jobId?: string;
-  onProgress?: ProgressFn;
-}
+/**
+ * Long jobs take a job id (`cancel(jobId)` aborts the job, which then rejects with code CANCELLED)
+ * and a progress callback. Both are separate, top-level arguments: Comlink proxies a callback only
+ * when it is an argument itself, never inside an object.
+ */
+export type JobId = string | undefined;
 
 /** A download built from the image's store: File slices + patch pages, never one big copy. */
 export interface ImageDownload {
@@ -235,12 +267,12 @@ export interface EngineApi {
   /** Follow a guest offset through L1 and L2, each step explained (the active disk, or a snapshot by ID). */
   translate(id: ImageId, guestOffset: number, snapshotId?: string): Promise<Translation>;
   /** What a snapshot holds alone (freed by deleting it) and what it shares. */
-  snapshotSpace(id: ImageId, snapshotId: string, opts?: JobOptions): Promise<SnapshotSpace>;
-  clusterMap(id: ImageId, opts?: JobOptions): Promise<ClusterMapDTO>;
-  check(id: ImageId, opts?: JobOptions & { repair?: 'leaks' | 'all' }): Promise<CheckReportDTO>;
-  createSnapshot(id: ImageId, name: string, opts?: JobOptions): Promise<ImageSummary>;
-  revertSnapshot(id: ImageId, idOrName: string, opts?: JobOptions): Promise<ImageSummary>;
-  deleteSnapshot(id: ImageId, idOrName: string, opts?: JobOptions): Promise<ImageSummary>;
+  snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn): Promise<SnapshotSpace>;
+  clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterMapDTO>;
+  check(id: ImageId, repair?: 'leaks' | 'all', jobId?: JobId, onProgress?: ProgressFn): Promise<CheckReportDTO>;
+  createSnapshot(id: ImageId, name: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;
+  revertSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;
+  deleteSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;
   readBytes(id: ImageId, hostOffset: number, length: number): Promise<Uint8Array>;
   download(id: ImageId): Promise<ImageDownload>;
   cancel(jobId: string): Promise<void>;

@@ -15,9 +15,15 @@ import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
+import { createSnapshot, deleteSnapshot, revertSnapshot, type SnapshotOpResult } from '../core/image/snapshot.ts';
+import type { Journal } from '../core/image/journal.ts';
+import { buildDemoImage } from './demo.ts';
 import type {
+  CheckFindingDTO,
   CheckReportDTO,
   ClusterMapDTO,
+  JournalDTO,
   EngineFeatures,
   HeaderDTO,
   L1EntryDTO,
@@ -47,10 +53,10 @@ export interface EngineImage {
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
   snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
-  check(job: JobContext, repair?: 'leaks' | 'all'): Promise<CheckReportDTO>;
-  createSnapshot(name: string, job: JobContext): Promise<void>;
-  revertSnapshot(idOrName: string, job: JobContext): Promise<void>;
-  deleteSnapshot(idOrName: string, job: JobContext): Promise<void>;
+  check(job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO>;
+  createSnapshot(name: string, job: JobContext): Promise<JournalDTO>;
+  revertSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
+  deleteSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
   /** Forget this engine object without closing the store (the worker reopens after writes). */
   release(): void;
   /** Close the engine object and its store. */
@@ -60,15 +66,15 @@ export interface EngineImage {
 export const engineFeatures: EngineFeatures = {
   info: true,
   snapshots: true,
-  snapshotWrite: false,
-  check: false,
-  repair: false,
+  snapshotWrite: true,
+  check: true,
+  repair: true,
   l1: true,
   refcounts: true,
   translate: true,
   snapshotSpace: true,
   clusterMap: false,
-  demo: false,
+  demo: true,
 };
 
 function notYet(what: string): never {
@@ -219,10 +225,10 @@ function wrap(img: Qcow2Image): EngineImage {
       return snapshotSpace(img, findById(snapshotId));
     },
     clusterMap: () => notYet('The cluster map'),
-    check: () => notYet('The check'),
-    createSnapshot: () => notYet('Creating snapshots'),
-    revertSnapshot: () => notYet('Reverting snapshots'),
-    deleteSnapshot: () => notYet('Deleting snapshots'),
+    check: (job, filename, repair) => check(img.store, job, filename, repair),
+    createSnapshot: (name) => snapshotOp(img.store, (w) => createSnapshot(w, name)),
+    revertSnapshot: (ref) => snapshotOp(img.store, (w) => revertSnapshot(w, ref)),
+    deleteSnapshot: (ref) => snapshotOp(img.store, (w) => deleteSnapshot(w, ref)),
     release() {},
     close: () => img.close(),
   };
@@ -236,5 +242,60 @@ export async function openImage(store: ImageStore): Promise<EngineImage> {
 }
 
 export async function buildDemoStore(): Promise<ImageStore> {
-  notYet('The demo image');
+  return buildDemoImage();
+}
+
+function journalDTO(j: Journal): JournalDTO {
+  return { operation: j.operation, entries: j.entries.map((e) => ({ ...e })), at: Date.now() };
+}
+
+/**
+ * A write operation runs on its own writable Qcow2Image over the same store (fresh caches); the
+ * worker then reopens the read-only view. Closing is left to the worker: Qcow2Image.close()
+ * would close the store.
+ */
+async function snapshotOp(store: ImageStore, op: (img: Qcow2Image) => Promise<SnapshotOpResult>): Promise<JournalDTO> {
+  const w = await Qcow2Image.open(store, { writable: true, backing: null });
+  return journalDTO((await op(w)).journal);
+}
+
+function findingDTO(f: Finding): CheckFindingDTO {
+  const d: CheckFindingDTO = { kind: f.kind, message: f.message };
+  if (f.structure !== undefined) d.structure = f.structure;
+  if (f.hostOffset !== undefined) d.hostOffset = f.hostOffset;
+  if (f.cluster !== undefined) d.cluster = f.cluster;
+  if (f.l1Index !== undefined) d.l1Index = f.l1Index;
+  if (f.l2Index !== undefined) d.l2Index = f.l2Index;
+  return d;
+}
+
+/** qemu-img check, in check mode (tolerates what only a repair can fix); writable only to repair. */
+async function check(store: ImageStore, job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO> {
+  const img = await Qcow2Image.open(store, { checkMode: true, writable: repair !== undefined, backing: null });
+  const r: CheckResult & { repairFindings?: Finding[] } = await runCheck(img, {
+    ...(repair ? { repair } : {}),
+    onProgress: (phase, done, total) => job.progress({ phase, done, total }),
+    isCancelled: () => job.signal.aborted,
+  });
+  if (job.signal.aborted) throw new QcowError('CANCELLED', 'The check was cancelled');
+  const out: CheckReportDTO = {
+    filename,
+    format: 'qcow2',
+    'check-errors': r.checkErrors,
+    corruptions: r.corruptions,
+    leaks: r.leaks,
+    findings: r.findings.map(findingDTO),
+    droppedFindings: r.droppedFindings,
+  };
+  // qemu-img prints the optional counters only when non-zero.
+  const opt: Array<[keyof CheckReportDTO, number]> = [
+    ['image-end-offset', r.imageEndOffset], ['corruptions-fixed', r.corruptionsFixed], ['leaks-fixed', r.leaksFixed],
+    ['total-clusters', r.totalClusters], ['allocated-clusters', r.allocatedClusters],
+    ['fragmented-clusters', r.fragmentedClusters], ['compressed-clusters', r.compressedClusters],
+  ];
+  for (const [k, v] of opt) if (v !== 0) (out as unknown as Record<string, number>)[k] = v;
+  if (r.repairFindings) out.repairFindings = r.repairFindings.map(findingDTO);
+  if (r.failure !== undefined) out.failure = r.failure;
+  if (r.rebuilt) out.rebuilt = true;
+  return out;
 }

@@ -12,7 +12,9 @@ import type {
   ImageId,
   ImageState,
   ImageSummary,
-  JobOptions,
+  JobId,
+  ProgressFn,
+  JournalDTO,
   Progress,
   StoreKind,
 } from './api.ts';
@@ -29,6 +31,8 @@ interface OpenImage {
   store: ImageStore;
   engine: EngineImage;
   readOnlyReason?: string;
+  /** The corrupt bit is set: only a repair may write. */
+  corrupt: boolean;
   /** A write operation is running: operations on one image are serialised. */
   queue: Promise<unknown>;
 }
@@ -58,9 +62,8 @@ function yieldToEventLoop(): Promise<void> {
   });
 }
 
-async function runJob<T>(opts: JobOptions | undefined, body: (job: JobContext) => Promise<T>): Promise<T> {
+async function runJob<T>(jobId: JobId, onProgress: ProgressFn | undefined, body: (job: JobContext) => Promise<T>): Promise<T> {
   const controller = new AbortController();
-  const jobId = opts?.jobId;
   if (jobId) jobs.set(jobId, controller);
   let last = 0;
   let pending: Progress | undefined;
@@ -69,12 +72,12 @@ async function runJob<T>(opts: JobOptions | undefined, body: (job: JobContext) =
     last = performance.now();
     pending = undefined;
     // A proxied callback returns a promise; a page gone away must not fail the job.
-    Promise.resolve(opts?.onProgress?.(p)).catch(() => {});
+    Promise.resolve(onProgress?.(p)).catch(() => {});
   };
   const job: JobContext = {
     signal: controller.signal,
     progress(p) {
-      if (!opts?.onProgress) return;
+      if (!onProgress) return;
       const now = performance.now();
       if (now - last >= PROGRESS_INTERVAL_MS || p.done >= p.total) {
         if (timer) clearTimeout(timer);
@@ -100,7 +103,7 @@ async function runJob<T>(opts: JobOptions | undefined, body: (job: JobContext) =
     if (pending) send(pending);
     if (jobId) jobs.delete(jobId);
     // The page's callback arrives as a Comlink proxy: release its port.
-    const cb = opts?.onProgress as { [Comlink.releaseProxy]?: () => void } | undefined;
+    const cb = onProgress as { [Comlink.releaseProxy]?: () => void } | undefined;
     cb?.[Comlink.releaseProxy]?.();
   }
 }
@@ -138,9 +141,10 @@ async function register(name: string, kind: StoreKind, store: ImageStore): Promi
     await store.close().catch(() => {});
     throw e;
   }
-  const img: OpenImage = { id: `img${nextId++}`, name, kind, store, engine, queue: Promise.resolve() };
   const h = engine.header();
-  if (h.incompatibleFeatures & 2) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
+  const corrupt = (h.incompatibleFeatures & 2) !== 0;
+  const img: OpenImage = { id: `img${nextId++}`, name, kind, store, engine, corrupt, queue: Promise.resolve() };
+  if (corrupt) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
   images.set(img.id, img);
   return summaryOf(img);
 }
@@ -150,13 +154,14 @@ async function register(name: string, kind: StoreKind, store: ImageStore): Promi
  * operation's writes are committed in one atomic session; if it fails nothing is committed and the
  * engine is reopened from the unchanged file.
  */
-function writeOp(img: OpenImage, body: () => Promise<void>): Promise<ImageSummary> {
+function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairing = false): Promise<ImageSummary> {
   const run = async (): Promise<ImageSummary> => {
-    if (img.readOnlyReason) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
+    if (img.readOnlyReason && !(repairing && img.corrupt)) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
     const store = img.store;
     if (store instanceof HandleStore) await store.beginWrite();
+    let journal: JournalDTO | void;
     try {
-      await body();
+      journal = await body();
       await store.flush();
       if (store instanceof HandleStore) await store.commit();
     } catch (e) {
@@ -169,7 +174,9 @@ function writeOp(img: OpenImage, body: () => Promise<void>): Promise<ImageSummar
     // Reopen so header, snapshots and caches describe the committed image.
     img.engine.release();
     img.engine = await openImage(store);
-    return summaryOf(img);
+    const summary = await summaryOf(img);
+    if (journal) summary.journal = journal;
+    return summary;
   };
   const p = img.queue.then(run, run);
   img.queue = p.catch(() => {});
@@ -229,38 +236,40 @@ const api = {
     return get(id).engine.translate(guestOffset, snapshotId);
   },
 
-  async snapshotSpace(id: ImageId, snapshotId: string, opts?: JobOptions) {
+  async snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
-    return runJob(opts, (job) => img.engine.snapshotSpace(snapshotId, job));
+    return runJob(jobId, onProgress, (job) => img.engine.snapshotSpace(snapshotId, job));
   },
 
-  async clusterMap(id: ImageId, opts?: JobOptions) {
+  async clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
-    const map = await runJob(opts, (job) => img.engine.clusterMap(job));
+    const map = await runJob(jobId, onProgress, (job) => img.engine.clusterMap(job));
     return Comlink.transfer(map, [map.kinds.buffer as ArrayBuffer]);
   },
 
-  async check(id: ImageId, opts?: JobOptions & { repair?: 'leaks' | 'all' }) {
+  async check(id: ImageId, repair?: 'leaks' | 'all', jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
-    if (!opts?.repair) return runJob(opts, (job) => img.engine.check(job));
+    if (!repair) return runJob(jobId, onProgress, (job) => img.engine.check(job, img.name));
     let report: Awaited<ReturnType<EngineImage['check']>> | undefined;
-    await writeOp(img, () => runJob(opts, async (job) => void (report = await img.engine.check(job, opts.repair))));
+    // A repair writes: serialised with other writes and committed like them. The corrupt-bit
+    // read-only rule does not apply: repairing is what such an image is for.
+    await writeOp(img, () => runJob(jobId, onProgress, async (job) => void (report = await img.engine.check(job, img.name, repair))), true);
     return report!;
   },
 
-  async createSnapshot(id: ImageId, name: string, opts?: JobOptions) {
+  async createSnapshot(id: ImageId, name: string, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
-    return writeOp(img, () => runJob(opts, (job) => img.engine.createSnapshot(name, job)));
+    return writeOp(img, () => runJob(jobId, onProgress, (job) => img.engine.createSnapshot(name, job)));
   },
 
-  async revertSnapshot(id: ImageId, idOrName: string, opts?: JobOptions) {
+  async revertSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
-    return writeOp(img, () => runJob(opts, (job) => img.engine.revertSnapshot(idOrName, job)));
+    return writeOp(img, () => runJob(jobId, onProgress, (job) => img.engine.revertSnapshot(idOrName, job)));
   },
 
-  async deleteSnapshot(id: ImageId, idOrName: string, opts?: JobOptions) {
+  async deleteSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
-    return writeOp(img, () => runJob(opts, (job) => img.engine.deleteSnapshot(idOrName, job)));
+    return writeOp(img, () => runJob(jobId, onProgress, (job) => img.engine.deleteSnapshot(idOrName, job)));
   },
 
   async readBytes(id: ImageId, hostOffset: number, length: number) {

@@ -8,6 +8,7 @@ import type {
   ClusterMapDTO,
   EngineFeatures,
   ImageSummary,
+  JournalDTO,
   L1EntryDTO,
   L2EntryDTO,
   Progress,
@@ -16,7 +17,7 @@ import type {
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
 
-export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'check';
+export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'journal' | 'check';
 
 export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'header', title: 'Header' },
@@ -25,6 +26,7 @@ export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'refcounts', title: 'Refcount table' },
   { id: 'map', title: 'Cluster map' },
   { id: 'translate', title: 'Translation' },
+  { id: 'journal', title: 'Journal' },
   { id: 'check', title: 'Check' },
 ];
 
@@ -59,6 +61,8 @@ export class ImageTab {
   summary = $state.raw<ImageSummary>() as ImageSummary;
   check = $state.raw<CheckReportDTO | null>(null);
   clusterMap = $state.raw<ClusterMapDTO | null>(null);
+  /** The journal of every write operation made in this session, newest last. */
+  journals = $state.raw<JournalDTO[]>([]);
   /** Bumped after every change, so views reload what they fetched. */
   revision = $state(0);
 
@@ -74,6 +78,7 @@ export class ImageTab {
 
   update(summary: ImageSummary): void {
     this.summary = summary;
+    if (summary.journal) this.journals = [...this.journals, summary.journal];
     this.check = null;
     this.clusterMap = null;
     this.revision++;
@@ -264,22 +269,22 @@ export class AppState {
   }
 
   createSnapshot(tab: ImageTab, name: string): Promise<boolean> {
-    return this.write(tab, `Creating snapshot ${name}`, (o) => withJob(o, (job) => engine().createSnapshot(tab.id, name, job)));
+    return this.write(tab, `Creating snapshot ${name}`, (o) => withJob(o, (j, p) => engine().createSnapshot(tab.id, name, j, p)));
   }
 
   revertSnapshot(tab: ImageTab, idOrName: string): Promise<boolean> {
-    return this.write(tab, `Reverting to ${idOrName}`, (o) => withJob(o, (job) => engine().revertSnapshot(tab.id, idOrName, job)));
+    return this.write(tab, `Reverting to ${idOrName}`, (o) => withJob(o, (j, p) => engine().revertSnapshot(tab.id, idOrName, j, p)));
   }
 
   deleteSnapshot(tab: ImageTab, idOrName: string): Promise<boolean> {
-    return this.write(tab, `Deleting ${idOrName}`, (o) => withJob(o, (job) => engine().deleteSnapshot(tab.id, idOrName, job)));
+    return this.write(tab, `Deleting ${idOrName}`, (o) => withJob(o, (j, p) => engine().deleteSnapshot(tab.id, idOrName, j, p)));
   }
 
   async runCheck(tab: ImageTab, repair?: 'leaks' | 'all'): Promise<void> {
     this.show('check');
     if (repair && !(await this.ensureWritable(tab))) return;
     const report = await this.run(repair ? 'Repairing' : 'Checking', (o) =>
-      withJob(o, (job) => engine().check(tab.id, repair ? { ...job, repair } : job)),
+      withJob(o, (j, p) => engine().check(tab.id, repair, j, p)),
     );
     if (!report) return;
     if (repair) {
@@ -290,7 +295,7 @@ export class AppState {
   }
 
   async loadClusterMap(tab: ImageTab): Promise<void> {
-    const map = await this.run('Mapping clusters', (o) => withJob(o, (job) => engine().clusterMap(tab.id, job)));
+    const map = await this.run('Mapping clusters', (o) => withJob(o, (j, p) => engine().clusterMap(tab.id, j, p)));
     if (map) tab.clusterMap = map;
   }
 

@@ -3,7 +3,7 @@
 // ordinary AbortSignal the UI already knows. Components never touch a Worker.
 import * as Comlink from 'comlink';
 import '../../worker/transfer.ts';
-import type { EngineApi, ImageId, JobOptions, Progress } from '../../worker/api.ts';
+import type { EngineApi, ImageId, JobId, Progress, ProgressFn } from '../../worker/api.ts';
 
 export type { Progress };
 
@@ -32,20 +32,23 @@ export function terminateEngine(): void {
   remote = undefined;
 }
 
-/** Turn CallOptions into the worker's JobOptions: a proxied progress callback and a job id for cancel(). */
-export async function withJob<T>(opts: CallOptions | undefined, call: (job: JobOptions) => Promise<T>): Promise<T> {
-  const job: JobOptions = {};
-  if (opts?.onProgress) job.onProgress = Comlink.proxy(opts.onProgress);
+/**
+ * Turn CallOptions into the worker's job arguments: a job id for cancel() and a proxied progress
+ * callback (both top-level arguments: Comlink proxies only those).
+ */
+export async function withJob<T>(opts: CallOptions | undefined, call: (jobId: JobId, onProgress: ProgressFn | undefined) => Promise<T>): Promise<T> {
+  const onProgress = opts?.onProgress ? Comlink.proxy(opts.onProgress) : undefined;
+  let jobId: JobId;
   let onAbort: (() => void) | undefined;
   if (opts?.signal) {
     opts.signal.throwIfAborted();
-    const jobId = `job${++jobCounter}`;
-    job.jobId = jobId;
-    onAbort = () => void engine().cancel(jobId);
+    const id = `job${++jobCounter}`;
+    jobId = id;
+    onAbort = () => void engine().cancel(id);
     opts.signal.addEventListener('abort', onAbort, { once: true });
   }
   try {
-    return await call(job);
+    return await call(jobId, onProgress);
   } finally {
     if (onAbort) opts?.signal?.removeEventListener('abort', onAbort);
   }
