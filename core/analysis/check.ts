@@ -24,6 +24,9 @@ export type { Finding, FindingKind } from './refcount-walk.ts';
 
 export type RepairMode = 'leaks' | 'all';
 
+/** How far past its end a repair may grow the file to keep a refcount block that lies there. */
+export const MAX_REPAIR_FILE_GROWTH = 64 * 1024 * 1024;
+
 export interface CheckOptions {
   /** Repair while checking: 'leaks' (qemu-img check -r leaks) or 'all' (-r all). Needs a writable image. */
   repair?: RepairMode;
@@ -298,6 +301,13 @@ async function checkRefcounts(
       }
     },
     async growFile(size) {
+      // A refcount block left past the end by a crash sits a few clusters after it; one far
+      // beyond is a hostile offset, and growing the file there would allocate for nothing (a
+      // MemoryStore, a browser tab). Refuse as a file system would (EFBIG): the walk then falls
+      // back to rebuilding the refcount structures, as QEMU's does when its resize fails.
+      if (size - img.store.size() > MAX_REPAIR_FILE_GROWTH) {
+        throw new QcowError('IO_ERROR', `Refusing to grow ${img.store.name} to ${size} bytes for a refcount block past its end`, { errno: 'EFBIG', size });
+      }
       await img.truncate(size, 'grow the file to hold a refcount block past its end');
     },
   };
