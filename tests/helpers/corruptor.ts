@@ -105,12 +105,24 @@ export interface DamageExpect {
   checkMessages?: string[];
   /** When qemu-img refuses to open the image normally (`qemu-img info`): a substring of its error. */
   openError?: string;
-  /**
-   * `qemu-img check -r all --output=json`: exit code (the state after repair: 0 means the image is
-   * now clean) and the fixed counters. Omitted where qemu-img prints no JSON (it cannot open the
-   * image even in check mode, or the check aborts).
-   */
-  repairAll?: { exitCode: 0 | 1 | 2 | 3; corruptionsFixed: number; leaksFixed: number };
+  /** `qemu-img check -r leaks --output=json` on a fresh copy of the damaged image. */
+  repairLeaks: RepairExpect;
+  /** `qemu-img check -r all --output=json` on a fresh copy of the damaged image. */
+  repairAll: RepairExpect;
+}
+
+/**
+ * A repair run: its exit code (the state AFTER the repair: 0 clean, 2 corruptions remain, 3 leaks
+ * remain, 1 the check or repair could not complete) and the fixed counters from its JSON.
+ * `noJson` marks runs where qemu-img printed no JSON at all (it could not open the image even in
+ * check mode, or aborted, e.g. `-r leaks` when the refcount structures need a rebuild:
+ * "ERROR need to rebuild refcount structures", `Check failed: Input/output error`).
+ */
+export interface RepairExpect {
+  exitCode: 0 | 1 | 2 | 3;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  noJson?: true;
 }
 
 export interface Damage {
@@ -161,6 +173,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 1, checkErrors: 0 },
       checkMessages: ['Leaked cluster 5 refcount=2 reference=1', 'ERROR OFLAG_COPIED data cluster'],
+      repairLeaks: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 1 },
       repairAll: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 1 },
     },
   },
@@ -176,6 +189,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 3, corruptions: 0, leaks: 1, checkErrors: 0 },
       checkMessages: ['Leaked cluster 5 refcount=2 reference=1'],
+      repairLeaks: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 1 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 1 },
     },
   },
@@ -189,6 +203,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR cluster 5 refcount=0 reference=1'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -202,6 +217,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR cluster 5 refcount=1 reference=2'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -215,6 +231,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR cluster 4 refcount=0 reference=1'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -231,6 +248,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 3, corruptions: 0, leaks: 1, checkErrors: 0 },
       checkMessages: ['Leaked cluster 6 refcount=1 reference=0'],
+      repairLeaks: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 1 },
       repairAll: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 1 },
     },
   },
@@ -245,6 +263,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR: overflow cluster offset=0x50000'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
     },
   },
@@ -260,6 +279,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR OFLAG_COPIED data cluster: l2_entry=50000 refcount=1'],
+      repairLeaks: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -273,6 +293,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR OFLAG_COPIED data cluster: l2_entry=8000000000050000 refcount=2'],
+      repairLeaks: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -286,6 +307,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR OFLAG_COPIED L2 cluster: l1_index=0 l1_entry=40000 refcount=1'],
+      repairLeaks: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -299,6 +321,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR OFLAG_COPIED L2 cluster: l1_index=0 l1_entry=8000000000040000 refcount=2'],
+      repairLeaks: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -314,6 +337,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 1, checkErrors: 0 },
       checkMessages: ['ERROR: counting reference for region exceeding the end of the file by one cluster or more'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 1 },
       repairAll: { exitCode: 2, corruptionsFixed: 1, leaksFixed: 1 },
     },
   },
@@ -327,6 +351,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 1, checkErrors: 0 },
       checkMessages: ['ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x80000000000000 size 0x200'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 1 },
       repairAll: { exitCode: 2, corruptionsFixed: 1, leaksFixed: 1 },
     },
   },
@@ -346,6 +371,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR l2_offset=42a00: Table is not cluster aligned; L1 entry corrupted'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
     },
   },
@@ -359,6 +385,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR offset=52a00: Data cluster is not properly aligned; L2 entry corrupted.'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 2, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -372,6 +399,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 3, leaks: 1, checkErrors: 0 },
       checkMessages: ['ERROR offset=2a00: Preallocated cluster is not properly aligned; L2 entry corrupted.'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 1 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 1 },
     },
   },
@@ -386,6 +414,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 1, leaks: 0, checkErrors: 6 },
       checkMessages: ['ERROR refcount block 0 is not cluster aligned; refcount table entry corrupted'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'l1-offset-unaligned': {
@@ -398,6 +428,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Active L1 table offset invalid',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'reftable-offset-unaligned': {
@@ -410,6 +442,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Reference count table offset invalid',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
 
@@ -424,6 +458,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 8, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR cluster 0 refcount=0 reference=1'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 6, leaksFixed: 0 },
     },
   },
@@ -437,6 +472,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 7, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR cluster 0 refcount=0 reference=1'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 5, leaksFixed: 0 },
     },
   },
@@ -450,6 +486,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 6, leaks: 0, checkErrors: 0 },
       openError: 'Image does not contain a reference count table',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 4, leaksFixed: 0 },
     },
   },
@@ -463,6 +500,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 6, leaks: 0, checkErrors: 0 },
       openError: 'Image does not contain a reference count table',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 4, leaksFixed: 0 },
     },
   },
@@ -476,6 +514,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR refcount block 1 is outside image'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 2, leaksFixed: 0 },
     },
   },
@@ -489,6 +528,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 1, checkErrors: 0 },
       checkMessages: ['ERROR refcount table entry 0 has reserved bits set'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
 
@@ -504,6 +545,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR cluster 3 refcount=1 reference=3'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'data-points-at-refblock': {
@@ -522,6 +565,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR refcount block 0 refcount=2', 'ERROR cluster 2 refcount=1 reference=2'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 2, leaksFixed: 0 },
     },
   },
@@ -538,6 +582,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 1, checkErrors: 0 },
       checkMessages: ['ERROR cluster 4 refcount=1 reference=2', 'Leaked cluster 9 refcount=1 reference=0'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 1 },
       repairAll: { exitCode: 0, corruptionsFixed: 2, leaksFixed: 1 },
     },
   },
@@ -553,6 +598,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'qcow2 header exceeds cluster size',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'backing-file-offset-invalid': {
@@ -565,6 +612,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Invalid backing file offset',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'header-extension-too-large': {
@@ -579,6 +628,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Header extension too large',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'l1-size-huge': {
@@ -591,6 +642,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Active L1 table too large',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'l1-size-too-small': {
@@ -603,6 +656,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'L1 table is too small',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'reftable-too-large': {
@@ -615,6 +670,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Reference count table too large',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
 
@@ -629,6 +686,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 3, checkErrors: 0 },
       checkMessages: ['ERROR snapshot 1 (test) l1_offset=0x400200: L1 table is not cluster aligned; snapshot table entry corrupted'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 3 },
       repairAll: { exitCode: 2, corruptionsFixed: 2, leaksFixed: 3 },
     },
   },
@@ -642,6 +700,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 3, checkErrors: 0 },
       checkMessages: ['ERROR snapshot 1 (test) l1_size=0x10000000: L1 table is too large; snapshot table entry corrupted'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 3 },
       repairAll: { exitCode: 2, corruptionsFixed: 2, leaksFixed: 3 },
     },
   },
@@ -656,6 +715,7 @@ export const DAMAGES: Record<string, Damage> = {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Too much extra metadata in snapshot table entry 0',
       checkMessages: ['ERROR failed to read the snapshot table'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 2, leaksFixed: 0 },
     },
   },
@@ -675,6 +735,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR snapshot table entry 0 is incomplete'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -689,6 +750,8 @@ export const DAMAGES: Record<string, Damage> = {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Snapshot table too large',
       checkMessages: ['ERROR snapshot table too large'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'snapshot-table-offset-unaligned': {
@@ -703,6 +766,8 @@ export const DAMAGES: Record<string, Damage> = {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Snapshot table offset invalid',
       checkMessages: ['ERROR snapshot table offset invalid'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
 
@@ -717,6 +782,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Unsupported qcow2 feature(s): Unknown incompatible feature: 8000000000000000',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'unknown-incompatible-bit-named': {
@@ -742,6 +809,8 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0 },
       openError: 'Unsupported qcow2 feature(s): Test feature',
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
+      repairAll: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
     },
   },
   'corrupt-bit': {
@@ -753,6 +822,7 @@ export const DAMAGES: Record<string, Damage> = {
     },
     expect: {
       check: { exitCode: 0, corruptions: 0, leaks: 0, checkErrors: 0 },
+      repairLeaks: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 0 },
     },
   },
@@ -765,6 +835,7 @@ export const DAMAGES: Record<string, Damage> = {
     },
     expect: {
       check: { exitCode: 0, corruptions: 0, leaks: 0, checkErrors: 0 },
+      repairLeaks: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 0, corruptionsFixed: 0, leaksFixed: 0 },
     },
   },
@@ -778,6 +849,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 2, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR cluster 5 refcount=0 reference=1', 'ERROR OFLAG_COPIED data cluster: l2_entry=8000000000050000 refcount=0'],
+      repairLeaks: { exitCode: 1, corruptionsFixed: 0, leaksFixed: 0, noJson: true },
       repairAll: { exitCode: 0, corruptionsFixed: 1, leaksFixed: 0 },
     },
   },
@@ -793,6 +865,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR found L1 entry with reserved bits set'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
     },
   },
@@ -806,6 +879,7 @@ export const DAMAGES: Record<string, Damage> = {
     expect: {
       check: { exitCode: 2, corruptions: 1, leaks: 0, checkErrors: 0 },
       checkMessages: ['ERROR found l2 entry with reserved bits set'],
+      repairLeaks: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
       repairAll: { exitCode: 2, corruptionsFixed: 0, leaksFixed: 0 },
     },
   },
