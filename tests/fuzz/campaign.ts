@@ -33,7 +33,9 @@ export class CaseGenerator {
   /** Case `index` of this run: the same (runSeed, index) always gives the same case. */
   make(index: number): FuzzCase {
     const r = rng(caseSeed(this.runSeed, index));
-    const seed = this.seeds[index % this.seeds.length]!;
+    const total = this.seeds.reduce((n, s) => n + s.weight, 0);
+    let w = r() * total;
+    const seed = this.seeds.find((s) => (w -= s.weight) < 0) ?? this.seeds[0]!;
     return { name: `case-${this.runSeed}-${index}`, seed: seed.name, mutations: generateMutations(r, seed.image, this.layouts.get(seed.name)!) };
   }
 }

@@ -12,9 +12,9 @@ export const MAX_REQUEST_BYTES = 256 * 1024 * 1024;
 /** Total bytes one case may read through one store. */
 export const MAX_TOTAL_READ_BYTES = 2 * 1024 * 1024 * 1024;
 /** Largest size a fuzz case may grow the file to. */
-export const MAX_TRUNCATE_BYTES = 1024 * 1024 * 1024;
+export const MAX_TRUNCATE_BYTES = MAX_REQUEST_BYTES;
 
-export type ViolationKind = 'oversized-request' | 'read-amplification' | 'write-on-read-only' | 'deadline' | 'huge-truncate';
+export type ViolationKind = 'oversized-request' | 'oversized-allocation' | 'read-amplification' | 'write-on-read-only' | 'deadline' | 'huge-truncate';
 
 /** A broken harness rule (never a QcowError: the engine must not be able to swallow it as one). */
 export class FuzzViolation extends Error {
@@ -90,5 +90,38 @@ export class GuardStore implements ImageStore {
 
   close(): Promise<void> {
     return this.inner.close();
+  }
+}
+
+/** Allocation violations seen since the last reset (the engine may wrap the thrown error). */
+export const allocationViolations: FuzzViolation[] = [];
+
+/**
+ * Make every typed-array and ArrayBuffer construction above MAX_REQUEST_BYTES throw a
+ * FuzzViolation (and record it, in case the engine catches and rewraps it): an allocation sized
+ * from an image field without a bound fails the case even when it never reaches a store. For
+ * worker threads that run only fuzz cases.
+ */
+export function installAllocationGuard(): void {
+  const g = globalThis as unknown as Record<string, unknown>;
+  if (g.__qcowscopeAllocGuard) return;
+  g.__qcowscopeAllocGuard = true;
+  const names = ['ArrayBuffer', 'SharedArrayBuffer', 'Uint8Array', 'Uint8ClampedArray', 'Int8Array', 'Uint16Array', 'Int16Array',
+    'Uint32Array', 'Int32Array', 'Float32Array', 'Float64Array', 'BigUint64Array', 'BigInt64Array'];
+  for (const name of names) {
+    const Ctor = g[name] as (new (...a: unknown[]) => unknown) & { BYTES_PER_ELEMENT?: number };
+    if (!Ctor) continue;
+    const per = Ctor.BYTES_PER_ELEMENT ?? 1;
+    g[name] = new Proxy(Ctor, {
+      construct(target, args, newTarget) {
+        const n = args[0];
+        if (typeof n === 'number' && n * per > MAX_REQUEST_BYTES) {
+          const v = new FuzzViolation('oversized-allocation', `new ${name}(${n}) (${n * per} bytes)`);
+          allocationViolations.push(v);
+          throw v;
+        }
+        return Reflect.construct(target, args, newTarget);
+      },
+    });
   }
 }

@@ -12,9 +12,9 @@ import { buildInfo } from '../../core/analysis/info.ts';
 import { translate } from '../../core/analysis/translate.ts';
 import { diffViews } from '../../core/analysis/diff.ts';
 import { snapshotSpace } from '../../core/analysis/snapshot-space.ts';
-import { FuzzViolation, GuardStore } from './guard-store.ts';
+import { FuzzViolation, GuardStore, allocationViolations } from './guard-store.ts';
 import { applyMutations, type FuzzCase } from './mutator.ts';
-import { writeOps, checkOp } from './ops.ts';
+import { checkStore, writeOps } from './ops.ts';
 
 export interface SeedBytes {
   image: Uint8Array;
@@ -61,6 +61,7 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
   const bytes = applyMutations(seed.image, c.mutations);
   const res: CaseResult = { name: c.name, steps: [], failures: [], bytesRead: 0, ms: 0 };
   const stores: GuardStore[] = [];
+  allocationViolations.length = 0;
 
   const guard = (b: Uint8Array, writable: boolean, name = 'image'): GuardStore => {
     const g = new GuardStore(new MemoryStore(b, { name, writable: true }), { writable, deadline });
@@ -74,6 +75,8 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
 
   /** Run a step; returns its value, or undefined if it threw (recorded). */
   async function step<T>(name: string, fn: () => Promise<T>): Promise<T | undefined> {
+    const seen = new Set(stores.map((g) => g.violation));
+    const allocs = allocationViolations.length;
     try {
       const v = await fn();
       res.steps.push({ step: name, outcome: 'ok' });
@@ -81,6 +84,16 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
     } catch (e) {
       recordError(res, name, e, stores);
       return undefined;
+    } finally {
+      // a violation the engine caught and turned into something else still fails the case, here
+      for (const g of stores) {
+        if (g.violation && !seen.has(g.violation) && !res.failures.some((f) => f.message.endsWith(g.violation!.message))) {
+          res.failures.push({ step: name, kind: 'violation', message: `${g.violation.kind}: ${g.violation.message}`, stack: g.violation.stack });
+        }
+      }
+      for (const v of allocationViolations.slice(allocs)) {
+        if (!res.failures.some((f) => f.message.endsWith(v.message))) res.failures.push({ step: name, kind: 'violation', message: `${v.kind}: ${v.message}`, stack: v.stack });
+      }
     }
   }
 
@@ -107,10 +120,7 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
     await step('close', () => img.close());
   }
   // check opens in check mode itself: it must answer even where a normal open refuses
-  if (checkOp) {
-    const cs = guard(bytes.slice(), false);
-    await step('check', () => checkOp!(cs, seed.backing ? backingLayer : null));
-  }
+  const initialCheck = await step('check', () => checkStore(guard(bytes.slice(), false)));
 
   // ---- writing paths, each on its own copy ----------------------------------------------------
   if (!opts.readOnly) {
@@ -118,7 +128,7 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
       const store = guard(bytes.slice(), true);
       let opened: Qcow2Image | undefined;
       try {
-        opened = await Qcow2Image.open(store, { writable: true, backing: await backingLayer() });
+        opened = await Qcow2Image.open(store, { writable: true, ...op.open, backing: await backingLayer() });
       } catch (e) {
         recordError(res, `${op.name}: open`, e, stores);
         if (store.writes > 0 || store.truncates > 0) {
@@ -127,28 +137,36 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
         continue;
       }
       const writesBefore = store.writes + store.truncates;
-      await step(op.name, () => op.run(opened!, store));
+      const done = await step(op.name, async () => {
+        await op.run(opened!, store);
+        return true;
+      });
       const last = res.steps[res.steps.length - 1]!;
       // A refused operation should leave the file as it was (tallied, see README: leaks are allowed
       // by the crash-safety rules, a write the engine could have refused before starting is not good)
-      if (last.outcome !== 'ok' && store.writes + store.truncates > writesBefore) last.outcome += ' after writes';
+      if (!done && store.writes + store.truncates > writesBefore) last.outcome += ' after writes';
       await step(`${op.name}: close`, () => opened!.close());
+      // An operation that succeeded on a consistent image leaves it consistent.
+      if (done && initialCheck === 0) {
+        const after = (store.inner as MemoryStore).bytes().slice();
+        const code = await step(`${op.name}: recheck`, () => checkStore(guard(after, false)));
+        if (code === 1 || code === 2) {
+          res.failures.push({ step: `${op.name}: recheck`, kind: 'made-inconsistent', message: `check exit ${code} after '${op.name}' on an image that checked clean` });
+        } else if (code === 3) {
+          last.outcome += ' leaked';
+        }
+      }
     }
   }
 
   res.bytesRead = stores.reduce((s, g) => s + g.bytesRead, 0);
-  for (const g of stores) {
-    if (g.violation && !res.failures.some((f) => f.kind === 'violation')) {
-      res.failures.push({ step: '(store)', kind: 'violation', message: `${g.violation.kind}: ${g.violation.message} (swallowed by the engine)` });
-    }
-  }
   res.ms = Date.now() - t0;
   return res;
 }
 
 function recordError(res: CaseResult, step: string, e: unknown, _stores: GuardStore[]): void {
   if (e instanceof FuzzViolation) {
-    res.failures.push({ step, kind: 'violation', message: `${e.kind}: ${e.message}`, stack: e.stack });
+    if (!res.failures.some((f) => f.message === `${e.kind}: ${e.message}`)) res.failures.push({ step, kind: 'violation', message: `${e.kind}: ${e.message}`, stack: e.stack });
     res.steps.push({ step, outcome: 'VIOLATION' });
     return;
   }

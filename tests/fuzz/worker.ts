@@ -3,6 +3,9 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { runCase, type SeedBytes } from './run-case.ts';
 import type { FuzzCase } from './mutator.ts';
+import { installAllocationGuard } from './guard-store.ts';
+
+installAllocationGuard();
 
 const seeds = workerData.seeds as Record<string, SeedBytes>;
 
