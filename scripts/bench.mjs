@@ -1,0 +1,368 @@
+#!/usr/bin/env node
+// `npm run bench`: qcowscope's CLI against qemu-img on the same images, in one run, timed
+// alternately (whole process, Node start-up included). Prints median wall time, the ratio,
+// CPU time (user+sys) and peak RSS of both. See BENCHMARKS.md for what the figures mean.
+//
+//   node scripts/bench.mjs [--sizes 64G,256G,1T] [--reps 5] [--ops info,map,check,export,snapshot]
+//                          [--dir DIR] [--json FILE] [--no-warmup] [--rebuild] [--browser]
+//
+// Images: made once with qemu-img (`-o preallocation=metadata`, sparse, plus one internal snapshot
+// named `base`) in DIR (default: <os tmpdir>/qcowscope-bench) and reused by later runs.
+// Snapshot create / revert / delete act on fresh sparse copies (`cp --sparse=always`, synced
+// before timing), one per timed run.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { runBrowserBench } from './bench/browser.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = path.join(ROOT, 'dist/cli/qcowscope.mjs');
+const ALL_OPS = ['info', 'map', 'check', 'export', 'snapshot-create', 'snapshot-revert', 'snapshot-delete'];
+const OP_ALIASES = { snapshot: ['snapshot-create', 'snapshot-revert', 'snapshot-delete'], create: ['snapshot-create'], revert: ['snapshot-revert'], delete: ['snapshot-delete'] };
+/** A run that takes longer than this is stopped and the operation is reported as too slow. */
+const RUN_TIMEOUT_MS = 10 * 60 * 1000;
+
+const { values: args } = parseArgs({
+  options: {
+    sizes: { type: 'string', default: '64G,256G,1T' },
+    reps: { type: 'string', default: '5' },
+    ops: { type: 'string', default: ALL_OPS.join(',') },
+    dir: { type: 'string', default: path.join(os.tmpdir(), 'qcowscope-bench') },
+    json: { type: 'string' },
+    'no-warmup': { type: 'boolean', default: false },
+    rebuild: { type: 'boolean', default: false },
+    browser: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
+
+if (args.help) {
+  process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 12).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n');
+  process.exit(0);
+}
+
+const reps = Math.max(1, Number(args.reps) | 0);
+const sizes = args.sizes.split(',').map((s) => s.trim()).filter(Boolean);
+const ops = [...new Set(args.ops.split(',').map((s) => s.trim()).filter(Boolean).flatMap((o) => OP_ALIASES[o] ?? [o]))];
+for (const o of ops) if (!ALL_OPS.includes(o) && o !== 'browser') die(`unknown operation '${o}' (known: ${ALL_OPS.join(', ')}, snapshot, browser)`);
+const dir = args.dir;
+fs.mkdirSync(dir, { recursive: true });
+
+function die(msg) {
+  process.stderr.write(`bench: ${msg}\n`);
+  process.exit(2);
+}
+
+function sh(cmd, argv, opts = {}) {
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 30, ...opts });
+  if (r.error) throw r.error;
+  return r;
+}
+
+function must(cmd, argv, opts) {
+  const r = sh(cmd, argv, opts);
+  if (r.status !== 0) die(`${cmd} ${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+// ---- the machine ------------------------------------------------------------------------------
+
+function machine() {
+  const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? '?';
+  const mem = /MemTotal:\s*(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1];
+  return {
+    cpu: model.trim(),
+    nproc: os.availableParallelism?.() ?? os.cpus().length,
+    memGiB: mem ? Math.round((Number(mem) / 1024 / 1024) * 10) / 10 : undefined,
+    node: process.version,
+    qemuImg: sh('qemu-img', ['--version']).stdout.split('\n')[0],
+    kernel: os.release(),
+    loadavg: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+  };
+}
+
+// ---- images -----------------------------------------------------------------------------------
+
+function sizeBytes(s) {
+  const m = /^(\d+(?:\.\d+)?)([KMGT]?)$/i.exec(s);
+  if (!m) die(`bad size '${s}' (use e.g. 64G, 256G, 1T)`);
+  return Math.round(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
+}
+
+/** meta-<size>.qcow2: preallocation=metadata + snapshot `base`; `.ready` marks a finished one. */
+function ensureImage(size) {
+  const file = path.join(dir, `meta-${size}.qcow2`);
+  const ready = file + '.ready';
+  if (fs.existsSync(file) && fs.existsSync(ready)) return file;
+  process.stderr.write(`bench: making ${file} (qemu-img create -o preallocation=metadata, snapshot -c base)...\n`);
+  const tmp = file + '.tmp';
+  fs.rmSync(tmp, { force: true });
+  must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', tmp, String(sizeBytes(size))]);
+  must('qemu-img', ['snapshot', '-c', 'base', tmp]);
+  fs.renameSync(tmp, file);
+  fs.writeFileSync(ready, new Date().toISOString() + '\n');
+  return file;
+}
+
+/** A fresh sparse copy, flushed so that its write-back is not charged to the timed command. */
+function freshCopy(src, dst) {
+  fs.rmSync(dst, { force: true });
+  must('cp', ['--sparse=always', src, dst]);
+  const fd = fs.openSync(dst, 'r+');
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+}
+
+// ---- our CLI ------------------------------------------------------------------------------------
+
+function ensureCli() {
+  if (args.rebuild || !fs.existsSync(CLI)) {
+    process.stderr.write('bench: building the CLI (node scripts/build-cli.mjs)...\n');
+    must(process.execPath, [path.join(ROOT, 'scripts/build-cli.mjs')], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
+  }
+}
+
+/** Which verbs our CLI has now (the engine lands piece by piece). */
+function probeSupport() {
+  const help = sh(process.execPath, [CLI, '--help']).stdout;
+  const verbs = new Set([...help.matchAll(/qcowscope (\w+)/g)].map((m) => m[1]));
+  const support = {
+    info: verbs.has('info'),
+    map: verbs.has('map'),
+    check: verbs.has('check'),
+    export: verbs.has('export'),
+  };
+  // snapshot -c/-a/-d: try them on a tiny image and ask qemu-img whether they worked
+  const tiny = path.join(dir, 'probe.qcow2');
+  fs.rmSync(tiny, { force: true });
+  must('qemu-img', ['create', '-q', '-f', 'qcow2', tiny, '1M']);
+  const list = () => sh('qemu-img', ['snapshot', '-l', tiny]).stdout;
+  const ok = (flag, name) => sh(process.execPath, [CLI, 'snapshot', flag, name, tiny]).status === 0;
+  support['snapshot-create'] = verbs.has('snapshot') && ok('-c', 'probe') && /\bprobe\b/.test(list());
+  if (!support['snapshot-create']) must('qemu-img', ['snapshot', '-c', 'probe', tiny]);
+  support['snapshot-revert'] = verbs.has('snapshot') && ok('-a', 'probe');
+  support['snapshot-delete'] = verbs.has('snapshot') && ok('-d', 'probe') && !/\bprobe\b/.test(list());
+  for (const op of ['snapshot-create', 'snapshot-revert', 'snapshot-delete']) {
+    if (support[op] && sh('qemu-img', ['check', tiny]).status !== 0) support[op] = false;
+  }
+  fs.rmSync(tiny, { force: true });
+  return support;
+}
+
+// ---- one timed run ------------------------------------------------------------------------------
+
+const TIME = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : null;
+
+/**
+ * Run a command to completion: wall time (ms, measured here), CPU time (user+sys, s) and peak
+ * RSS (KiB) from GNU time, or by polling /proc/<pid>/status (VmHWM) when it is missing.
+ */
+function timed(argv, stdoutFile) {
+  const out = stdoutFile ? fs.openSync(stdoutFile, 'w') : 'ignore';
+  const errFile = path.join(dir, 'stderr.txt');
+  const err = fs.openSync(errFile, 'w');
+  try {
+    if (TIME) {
+      const tf = path.join(dir, 'time.txt');
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync(TIME, ['-f', '%U %S %M', '-o', tf, ...argv], { stdio: ['ignore', out, err], timeout: RUN_TIMEOUT_MS });
+      const wall = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (r.error) throw r.error;
+      const [u, s, m] = fs.readFileSync(tf, 'utf8').trim().split('\n').pop().split(' ').map(Number);
+      // GNU time exits with the command's status (or reports a signal)
+      return { wall, cpu: u + s, rssKiB: m, status: r.status, timedOut: r.signal === 'SIGTERM' };
+    }
+    return timedByPolling(argv, out, err);
+  } finally {
+    if (typeof out === 'number') fs.closeSync(out);
+    fs.closeSync(err);
+  }
+}
+
+function timedByPolling(argv, out, err) {
+  // Synchronous polling from a helper process keeps this script free of event-loop timing noise.
+  const helper = `
+    const { spawn } = require('node:child_process'); const fs = require('node:fs');
+    const argv = JSON.parse(process.argv[1]); const t0 = process.hrtime.bigint();
+    const c = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 3, 4] }); let hwm = 0; let cpu = 0;
+    const tick = () => { try { const s = fs.readFileSync('/proc/' + c.pid + '/status', 'utf8'); hwm = Math.max(hwm, Number(/VmHWM:\\s*(\\d+)/.exec(s)?.[1] ?? 0));
+      const st = fs.readFileSync('/proc/' + c.pid + '/stat', 'utf8').split(') ')[1].split(' '); cpu = (Number(st[11]) + Number(st[12])) / 100; } catch {} };
+    const iv = setInterval(tick, 2); tick();
+    c.on('exit', (code) => { clearInterval(iv); process.stdout.write(JSON.stringify({ wall: Number(process.hrtime.bigint() - t0) / 1e6, cpu, rssKiB: hwm, status: code })); });`;
+  const r = spawnSync(process.execPath, ['-e', helper, JSON.stringify(argv)], { stdio: ['ignore', 'pipe', 'inherit', out, err], encoding: 'utf8', timeout: RUN_TIMEOUT_MS });
+  return { ...JSON.parse(r.stdout), timedOut: r.signal === 'SIGTERM' };
+}
+
+// ---- operations ---------------------------------------------------------------------------------
+
+const ours = (...a) => [process.execPath, CLI, ...a];
+
+/**
+ * Each operation: the two command lines on an image, an optional per-run setup (not timed),
+ * and what to compare between the two outputs (once, on the first timed run).
+ */
+function operation(op, image, size) {
+  const work = path.join(dir, `work-${size}.qcow2`);
+  const raw = path.join(dir, `export-${size}.raw`);
+  switch (op) {
+    case 'info': return { ours: ours('info', image), qemu: ['qemu-img', 'info', image] };
+    case 'map': return { ours: ours('map', '--json', image), qemu: ['qemu-img', 'map', '--output=json', image], compare: 'stdout' };
+    case 'check': return { ours: ours('check', image), qemu: ['qemu-img', 'check', image], compare: 'stdout+status' };
+    case 'export': return {
+      ours: ours('export', image, raw), qemu: ['qemu-img', 'convert', '-O', 'raw', image, raw],
+      setup: () => fs.rmSync(raw, { force: true }), cleanup: () => fs.rmSync(raw, { force: true }), compare: 'size', output: raw,
+    };
+    case 'snapshot-create': return {
+      ours: ours('snapshot', '-c', 'bench', work), qemu: ['qemu-img', 'snapshot', '-c', 'bench', work],
+      setup: () => freshCopy(image, work), cleanup: () => fs.rmSync(work, { force: true }), verify: work,
+    };
+    case 'snapshot-revert': return {
+      ours: ours('snapshot', '-a', 'base', work), qemu: ['qemu-img', 'snapshot', '-a', 'base', work],
+      setup: () => freshCopy(image, work), cleanup: () => fs.rmSync(work, { force: true }), verify: work,
+    };
+    case 'snapshot-delete': return {
+      ours: ours('snapshot', '-d', 'base', work), qemu: ['qemu-img', 'snapshot', '-d', 'base', work],
+      setup: () => freshCopy(image, work), cleanup: () => fs.rmSync(work, { force: true }), verify: work,
+    };
+  }
+  throw new Error(op);
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/** Time one operation on one image: warm-up, then `reps` alternating pairs. */
+function bench(op, size, image) {
+  const spec = operation(op, image, size);
+  const outOurs = path.join(dir, 'out-ours.txt');
+  const outQemu = path.join(dir, 'out-qemu.txt');
+  const res = { op, size, ours: [], qemu: [], notes: [] };
+  const runOne = (who, record) => {
+    spec.setup?.();
+    const r = timed(who === 'ours' ? spec.ours : spec.qemu, who === 'ours' ? outOurs : outQemu);
+    let extra = {};
+    if (record && spec.verify) {
+      // judge the result of the write with qemu-img check (not timed)
+      const c = sh('qemu-img', ['check', spec.verify]);
+      extra = { clean: c.status === 0 };
+      if (c.status !== 0) res.notes.push(`${who}: qemu-img check after the run exited ${c.status}`);
+    }
+    if (record && spec.output && fs.existsSync(spec.output)) extra.outputSize = fs.statSync(spec.output).size;
+    spec.cleanup?.();
+    if (r.timedOut) throw Object.assign(new Error(`${who} ${op} ${size}: over ${RUN_TIMEOUT_MS / 1000} s, stopped`), { timedOut: true });
+    if (r.status !== 0 && !(op === 'check' && r.status <= 3)) {
+      const msg = fs.readFileSync(path.join(dir, 'stderr.txt'), 'utf8').trim().split('\n').pop();
+      throw new Error(`${who} ${op} ${size} exited ${r.status}: ${msg}`);
+    }
+    if (record) res[who].push({ ...r, ...extra });
+    return r;
+  };
+  if (!args['no-warmup']) {
+    runOne('ours', false);
+    runOne('qemu', false);
+  }
+  for (let i = 0; i < reps; i++) {
+    // alternate who goes first, so neither always runs on a warmer or cooler machine
+    const order = i % 2 === 0 ? ['ours', 'qemu'] : ['qemu', 'ours'];
+    for (const who of order) {
+      runOne(who, true);
+      if (i === 0 && who === order[1]) compareOutputs(spec, res, outOurs, outQemu);
+    }
+  }
+  return res;
+}
+
+function compareOutputs(spec, res, outOurs, outQemu) {
+  if (spec.compare === 'stdout' || spec.compare === 'stdout+status') {
+    const same = fs.readFileSync(outOurs).equals(fs.readFileSync(outQemu));
+    res.notes.push(same ? 'output identical' : 'OUTPUT DIFFERS');
+    if (spec.compare === 'stdout+status' && res.ours[0].status !== res.qemu[0].status) {
+      res.notes.push(`exit ${res.ours[0].status} vs ${res.qemu[0].status}`);
+    }
+  } else if (spec.compare === 'size') {
+    const a = res.ours[0].outputSize;
+    const b = res.qemu[0].outputSize;
+    if (a !== b) res.notes.push(`OUTPUT SIZE DIFFERS (${a} vs ${b})`);
+  }
+  if (res.ours[0]?.clean === true && res.qemu[0]?.clean === true) res.notes.push('both results check clean');
+}
+
+// ---- report -------------------------------------------------------------------------------------
+
+function summarize(r) {
+  const m = (who, k) => median(r[who].map((x) => x[k]));
+  return {
+    op: r.op, size: r.size,
+    oursWallMs: m('ours', 'wall'), qemuWallMs: m('qemu', 'wall'),
+    ratio: m('ours', 'wall') / m('qemu', 'wall'),
+    oursCpuS: m('ours', 'cpu'), qemuCpuS: m('qemu', 'cpu'),
+    oursRssMiB: Math.max(...r.ours.map((x) => x.rssKiB)) / 1024, qemuRssMiB: Math.max(...r.qemu.map((x) => x.rssKiB)) / 1024,
+    notes: r.notes,
+  };
+}
+
+function table(rows) {
+  const head = ['operation', 'size', 'ours (s)', 'qemu-img (s)', 'ratio', 'ours cpu (s)', 'qemu cpu (s)', 'ours RSS (MiB)', 'qemu RSS (MiB)', 'notes'];
+  const body = rows.map((s) => s.skipped
+    ? [s.op, s.size, '—', '—', '—', '—', '—', '—', '—', s.skipped]
+    : [s.op, s.size, (s.oursWallMs / 1000).toFixed(3), (s.qemuWallMs / 1000).toFixed(3), s.ratio.toFixed(2),
+      s.oursCpuS.toFixed(2), s.qemuCpuS.toFixed(2), s.oursRssMiB.toFixed(0), s.qemuRssMiB.toFixed(0), s.notes.join('; ')]);
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((r) => String(r[i]).length)));
+  const line = (r) => '| ' + r.map((c, i) => String(c).padEnd(w[i])).join(' | ') + ' |';
+  return [line(head), '|' + w.map((x) => '-'.repeat(x + 2)).join('|') + '|', ...body.map(line)].join('\n');
+}
+
+// ---- main ---------------------------------------------------------------------------------------
+
+const started = new Date();
+ensureCli();
+const mach = machine();
+process.stderr.write(`bench: ${mach.cpu}, ${mach.nproc} CPUs, ${mach.memGiB} GiB, Node ${mach.node}, ${mach.qemuImg}; load ${mach.loadavg}\n`);
+process.stderr.write(`bench: sizes ${sizes.join(', ')}; ${reps} timed runs each, alternating${args['no-warmup'] ? '' : ', after one warm-up each'}; dir ${dir}\n`);
+if (!TIME) process.stderr.write('bench: /usr/bin/time not found (apt package `time`): peak RSS by polling /proc, CPU time approximate\n');
+const support = probeSupport();
+const images = Object.fromEntries(sizes.map((s) => [s, ensureImage(s)]));
+const rows = [];
+const raw = [];
+for (const op of ops.filter((o) => o !== 'browser')) {
+  for (const size of sizes) {
+    if (!support[op]) {
+      rows.push({ op, size, skipped: `our CLI has no ${op.replace('-', ' ')} yet` });
+      continue;
+    }
+    process.stderr.write(`bench: ${op} ${size}...\n`);
+    try {
+      const r = bench(op, size, images[size]);
+      raw.push(r);
+      rows.push(summarize(r));
+    } catch (e) {
+      rows.push({ op, size, skipped: `failed: ${e.message}` });
+    }
+  }
+}
+let browser;
+if (args.browser || ops.includes('browser')) {
+  try {
+    browser = await runBrowserBench({ root: ROOT, dir, sizes, images, reps });
+  } catch (e) {
+    browser = { error: e.message };
+  }
+}
+const finished = new Date();
+mach.loadavgEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+const ratioNote = 'ratio = our median wall time / qemu-img median wall time (whole process; below 1 is faster)';
+process.stdout.write(`\nqcowscope vs qemu-img — ${finished.toISOString()}\n${mach.cpu}, ${mach.nproc} CPUs, ${mach.memGiB} GiB; Node ${mach.node}; ${mach.qemuImg}\n`);
+process.stdout.write(`load average ${mach.loadavg} at start, ${mach.loadavgEnd} at end; ${reps} runs each\n\n`);
+process.stdout.write(table(rows) + '\n\n' + ratioNote + '\n');
+if (browser) process.stdout.write('\nbrowser: ' + JSON.stringify(browser, null, 2) + '\n');
+const result = { started: started.toISOString(), finished: finished.toISOString(), machine: mach, reps, sizes, rows, runs: raw, browser };
+const jsonFile = args.json ?? path.join(dir, `results-${finished.toISOString().replace(/[:.]/g, '-')}.json`);
+fs.writeFileSync(jsonFile, JSON.stringify(result, null, 2) + '\n');
+process.stderr.write(`bench: results in ${jsonFile}\n`);
