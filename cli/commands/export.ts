@@ -38,7 +38,11 @@ export const exportCmd: Command = {
         view = await img.snapshotView(sn);
       }
       const holes = await holeMapFor(img, file, scan);
-      const size = view.virtualSize;
+      // qemu-img convert -l (QEMU's load_tmp) swaps in the snapshot's L1 but keeps the image's
+      // current virtual size: a snapshot taken before a resize is exported at today's size,
+      // cut short or padded (with zeros, or the backing file) past its own disk size.
+      const size = img.virtualSize;
+      view = { ...view, virtualSize: size };
       const fd = fs.openSync(output, 'w');
       try {
         fs.ftruncateSync(fd, size);
