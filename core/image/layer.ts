@@ -25,11 +25,25 @@ export interface Layer {
   close(): Promise<void>;
 }
 
-/** A raw file as a backing layer: every byte is data at the same offset. */
+/**
+ * The data segments of a file: sorted, disjoint [start, end) ranges that may hold data; the rest
+ * is holes (reads as zeros). Resolved lazily, and only when block status is asked for.
+ */
+export type DataSegments = () => Promise<ReadonlyArray<readonly [number, number]> | null>;
+
+/**
+ * A raw file as a backing layer: every byte is at the same offset in the file. With the file's
+ * data segments (`segments`, from the platform), holes are reported as QEMU's file-posix does
+ * (SEEK_DATA/SEEK_HOLE): `present: true, zero: true, data: false` with their offset; without
+ * them, everything is data.
+ */
 export class RawLayer implements Layer {
   readonly store: ImageStore;
-  constructor(store: ImageStore) {
+  private readonly segmentsSource?: DataSegments;
+  private segments?: Promise<ReadonlyArray<readonly [number, number]> | null>;
+  constructor(store: ImageStore, segments?: DataSegments) {
     this.store = store;
+    this.segmentsSource = segments;
   }
   get virtualSize(): number {
     return this.store.size();
@@ -40,7 +54,33 @@ export class RawLayer implements Layer {
   async extents(start: number, length: number): Promise<Extent[]> {
     const end = Math.min(start + length, this.virtualSize);
     const out: Extent[] = [];
-    if (start < end) out.push({ start, length: end - start, depth: 0, present: true, zero: false, data: true, compressed: false, offset: start });
+    const segs = this.segmentsSource ? await (this.segments ??= this.segmentsSource()) : null;
+    const push = (s: number, e: number, data: boolean): void => {
+      if (e > s) pushExtent(out, { start: s, length: e - s, depth: 0, present: true, zero: !data, data, compressed: false, offset: s });
+    };
+    if (start < end) {
+      if (!segs) {
+        push(start, end, true);
+      } else {
+        // first segment ending after `start`
+        let lo = 0;
+        let hi = segs.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >>> 1;
+          if (segs[mid]![1] <= start) lo = mid + 1;
+          else hi = mid;
+        }
+        let pos = start;
+        for (let i = lo; i < segs.length && pos < end; i++) {
+          const [s, e] = segs[i]!;
+          push(pos, Math.min(s, end), false);
+          pos = Math.max(pos, Math.min(s, end));
+          push(pos, Math.min(e, end), true);
+          pos = Math.max(pos, Math.min(e, end));
+        }
+        push(pos, end, false);
+      }
+    }
     if (end < start + length) {
       const s = Math.max(start, end);
       out.push({ start: s, length: start + length - s, depth: 0, present: false, zero: true, data: false, compressed: false });

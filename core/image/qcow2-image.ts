@@ -461,12 +461,14 @@ export class Qcow2Image implements Layer {
         });
       }
       const bit = 2 ** sc;
-      if (Math.floor(zeroBm / bit) % 2 === 1) return { kind: 'zero', length: len, hostOffset: host ? host + sc * scs : 0, ...base };
+      if (Math.floor(zeroBm / bit) % 2 === 1) return { kind: 'zero', length: len, hostOffset: host ? host + inCluster : 0, ...base };
       if (type === ClusterType.Normal && Math.floor(allocBm / bit) % 2 === 1) {
         this.checkDataAligned(host, l2Offset, l2Index, at);
         return { kind: 'data', length: len, hostOffset: host + inCluster, ...base };
       }
-      return { kind: 'backing', length: len, hostOffset: 0, ...base };
+      // an unallocated subcluster: of an allocated cluster, it still has a host offset (QEMU's
+      // QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC, which qemu-img map prints when nothing backs it)
+      return { kind: 'backing', length: len, hostOffset: host ? host + inCluster : 0, ...base };
     }
     if (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc) {
       if (this.header.version < 3) throw this.zeroInV2Error(l2Offset, l2Index, at);
@@ -544,12 +546,22 @@ export class Qcow2Image implements Layer {
       } else {
         const l2 = await this.readL2(l2Offset);
         pieces.length = 0;
-        if (this.geometry.extendedL2) this.piecesByMapping(l2, l2Offset, l1Index, pos, spanEnd, holes, pieces);
-        else this.piecesStandard(l2, l2Offset, pos, spanEnd, holes, pieces);
+        if (this.geometry.extendedL2) this.piecesByMapping(l2, l2Offset, l1Index, pos, spanEnd, pieces);
+        else this.piecesStandard(l2, l2Offset, pos, spanEnd, pieces);
         for (let k = 0; k < pieces.length; k += 4) {
           const kind = pieces[k]!;
-          if (kind === P_BACKING) await this.backingExtents(merger, pieces[k + 1]!, pieces[k + 2]!);
-          else merger.push(pieceExtent(kind, pieces[k + 1]!, pieces[k + 2]!, pieces[k + 3]!));
+          const pStart = pieces[k + 1]!;
+          const pLen = pieces[k + 2]!;
+          const pHost = pieces[k + 3]!;
+          if (kind === P_BACKING) await this.backingExtents(merger, pStart, pLen);
+          else if (kind === P_BACKING_AT) await this.backingExtents(merger, pStart, pLen, pHost);
+          else if (kind === P_DATA && holes !== undefined) {
+            // QEMU limits the status to the file's own data or hole extent (file-posix's
+            // SEEK_DATA/SEEK_HOLE), so a data run splits exactly where the file's holes begin and end
+            holes.split(pHost, pLen, (host, n, hole) => {
+              merger.push({ start: pStart + (host - pHost), length: n, depth: 0, present: true, zero: hole, data: true, compressed: false, offset: host });
+            });
+          } else merger.push(pieceExtent(kind, pStart, pLen, pHost));
         }
       }
       pos = spanEnd;
@@ -561,7 +573,7 @@ export class Qcow2Image implements Layer {
    * Pieces of [pos, spanEnd) inside one standard L2 table: (kind, start, length, host) quadruples.
    * The same decisions (and errors) as `mapInTable`, decoded inline from the entry bytes.
    */
-  private piecesStandard(l2: Uint8Array, l2Offset: number, pos: number, spanEnd: number, holes: HoleMap | undefined, out: number[]): void {
+  private piecesStandard(l2: Uint8Array, l2Offset: number, pos: number, spanEnd: number, out: number[]): void {
     const cs = this.clusterSize;
     const v3 = this.header.version >= 3;
     const dataFile = this.geometry.dataFile;
@@ -573,7 +585,6 @@ export class Qcow2Image implements Layer {
     const i0 = (clusterIndex % this.l2Entries) | 0;
     const tableBase = (clusterIndex - i0) * cs; // guest offset of entry 0
     const i1 = Math.ceil((spanEnd - tableBase) / cs) | 0;
-    const inFirst = pos - clusterIndex * cs;
     const dv = new DataView(l2.buffer, l2.byteOffset, l2.byteLength);
     let rKind = -1;
     let rI = 0; // first entry of the run
@@ -602,11 +613,6 @@ export class Qcow2Image implements Layer {
       } else {
         if ((lo & lowMask) !== 0) this.checkDataAligned(hiOff * 4294967296 + (loOff >>> 0), l2Offset, i, i * 8);
         kind = P_DATA;
-        if (holes !== undefined) {
-          const inCluster = i === i0 ? inFirst : 0;
-          const n = Math.min(spanEnd - tableBase - i * cs, cs) - inCluster;
-          if (holes.isHole(hiOff * 4294967296 + (loOff >>> 0) + inCluster, n)) kind = P_DATA_HOLE;
-        }
       }
       if (kind !== rKind || (kind !== P_BACKING && kind !== P_ZERO && kind !== P_COMPRESSED && (hiOff !== expHi || loOff !== expLo))) {
         if (rKind >= 0) this.pushPiece(out, rKind, rI, i, rHi, rLo, i0, pos, tableBase, spanEnd);
@@ -630,12 +636,12 @@ export class Qcow2Image implements Layer {
     const s0 = tableBase + iStart * cs;
     const start = iStart === i0 ? pos : s0;
     const end = Math.min(spanEnd, tableBase + iEnd * cs);
-    const host = kind === P_DATA || kind === P_DATA_HOLE || kind === P_ZERO_AT ? hiOff * 4294967296 + (loOff >>> 0) + (start - s0) : 0;
+    const host = kind === P_DATA || kind === P_ZERO_AT ? hiOff * 4294967296 + (loOff >>> 0) + (start - s0) : 0;
     out.push(kind, start, end - start, host);
   }
 
   /** Pieces through `mapInTable` (extended L2: subcluster granularity). */
-  private piecesByMapping(l2: Uint8Array, l2Offset: number, l1Index: number, pos: number, spanEnd: number, holes: HoleMap | undefined, out: number[]): void {
+  private piecesByMapping(l2: Uint8Array, l2Offset: number, l1Index: number, pos: number, spanEnd: number, out: number[]): void {
     let rKind = -1;
     let rStart = 0;
     let rLen = 0;
@@ -647,14 +653,15 @@ export class Qcow2Image implements Layer {
       let host = 0;
       if (m.kind === 'data') {
         host = m.hostOffset;
-        kind = holes !== undefined && holes.isHole(host, n) ? P_DATA_HOLE : P_DATA;
+        kind = P_DATA;
       } else if (m.kind === 'compressed') {
         kind = P_COMPRESSED;
       } else if (m.kind === 'zero') {
         host = m.hostOffset;
         kind = host ? P_ZERO_AT : P_ZERO;
       } else {
-        kind = P_BACKING;
+        host = m.hostOffset;
+        kind = host ? P_BACKING_AT : P_BACKING;
       }
       if (kind === rKind && (kind === P_BACKING || kind === P_ZERO || kind === P_COMPRESSED || rHost + rLen === host)) {
         rLen += n;
@@ -670,10 +677,21 @@ export class Qcow2Image implements Layer {
     if (rKind >= 0) out.push(rKind, rStart, rLen, rHost);
   }
 
-  private async backingExtents(out: ExtentMerger, pos: number, n: number): Promise<void> {
+  /**
+   * A range unallocated in this layer: the backing chain's status, or (no backing file, or past
+   * its end) unallocated zeros here. `host`: the host offset of `pos` when the range is an
+   * unallocated subcluster of an allocated cluster (extended L2), which QEMU reports as the
+   * offset of those zeros (QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC keeps BDRV_BLOCK_OFFSET_VALID).
+   */
+  private async backingExtents(out: ExtentMerger, pos: number, n: number, host?: number): Promise<void> {
     const b = this.backing;
+    const zeros = (s: number, len: number): void => {
+      const e: Extent = { start: s, length: len, depth: 0, present: false, zero: true, data: false, compressed: false };
+      if (host !== undefined) e.offset = host + (s - pos);
+      out.push(e);
+    };
     if (!b) {
-      out.push({ start: pos, length: n, depth: 0, present: false, zero: true, data: false, compressed: false });
+      zeros(pos, n);
       return;
     }
     const bEnd = Math.min(pos + n, b.virtualSize);
@@ -682,7 +700,7 @@ export class Qcow2Image implements Layer {
     }
     if (bEnd < pos + n) {
       const s = Math.max(pos, bEnd);
-      out.push({ start: s, length: pos + n - s, depth: 0, present: false, zero: true, data: false, compressed: false });
+      zeros(s, pos + n - s);
     }
   }
 
@@ -749,6 +767,36 @@ export class HoleMap {
     });
   }
 
+  /**
+   * Split [hostOffset, hostOffset + length) where the file's data and holes begin and end, calling
+   * `each(offset, length, hole)` in order.
+   */
+  split(hostOffset: number, length: number, each: (offset: number, length: number, hole: boolean) => void): void {
+    const starts = this.starts;
+    const ends = this.ends;
+    const count = ends.length;
+    const end = hostOffset + length;
+    this.isHole(hostOffset, length); // positions the cursor on the first segment ending after hostOffset
+    let cur = this.cur;
+    let pos = hostOffset;
+    while (pos < end) {
+      if (cur >= count || starts[cur]! >= end) {
+        each(pos, end - pos, true);
+        break;
+      }
+      if (starts[cur]! > pos) {
+        each(pos, starts[cur]! - pos, true);
+        pos = starts[cur]!;
+      }
+      const dataEnd = Math.min(ends[cur]!, end);
+      each(pos, dataEnd - pos, false);
+      pos = dataEnd;
+      if (ends[cur]! <= end) cur++;
+    }
+    this.cur = cur;
+    this.last = end; // a later question below `end` repositions by binary search
+  }
+
   /** Whether no data segment intersects [hostOffset, hostOffset + length). */
   isHole(hostOffset: number, length: number): boolean {
     const ends = this.ends;
@@ -782,15 +830,14 @@ const P_BACKING = 0; // unallocated here: the backing chain decides (or present:
 const P_ZERO = 1; // zero, no host offset
 const P_ZERO_AT = 2; // zero with a preallocated host cluster
 const P_DATA = 3;
-const P_DATA_HOLE = 4; // data cluster that is a hole in the file (reads as zeros)
 const P_COMPRESSED = 5;
+const P_BACKING_AT = 6; // extended L2: unallocated subclusters of an allocated cluster (host offset known)
 
 function pieceExtent(kind: number, start: number, length: number, host: number): Extent {
   switch (kind) {
     case P_ZERO: return { start, length, depth: 0, present: true, zero: true, data: false, compressed: false };
     case P_ZERO_AT: return { start, length, depth: 0, present: true, zero: true, data: false, compressed: false, offset: host };
     case P_DATA: return { start, length, depth: 0, present: true, zero: false, data: true, compressed: false, offset: host };
-    case P_DATA_HOLE: return { start, length, depth: 0, present: true, zero: true, data: true, compressed: false, offset: host };
     default: return { start, length, depth: 0, present: true, zero: false, data: true, compressed: true };
   }
 }
