@@ -1,11 +1,13 @@
 // Verbs added beside the reading ones (check, create, layout): each module registers here.
 import type { Command } from '../command.ts';
 import { check } from './check.ts';
+import { layout } from './layout.ts';
 import { create } from './create.ts';
 import { write } from './write.ts';
 
 export const extraCommands: Command[] = [
   check,
+  layout,
   create,
   write,
 ];

@@ -1,0 +1,100 @@
+// The layout map: who owns every host cluster (header, L1/L2 tables, refcount structures,
+// snapshot table, data shared or not, compressed, bitmaps, crypto header, free, leaked, corrupt),
+// computed by the check's own reference walk (refcount-walk.ts) and compared with the on-disk
+// refcounts. The result is one byte per cluster (a typed array the web app's cluster map draws and
+// that crosses the worker boundary by transfer), a summary by kind and a range list.
+import type { Qcow2Image } from '../image/qcow2-image.ts';
+import {
+  FindingSink, Imrt, Kind, LAYOUT_KIND_NAMES, MAX_IMRT_BYTES, ReferenceWalk, readDiskRefcounts, zeroCounters,
+  CheckAbort, type LayoutKindName,
+} from './refcount-walk.ts';
+import { QcowError } from '../errors.ts';
+
+export { Kind, LAYOUT_KIND_NAMES, type LayoutKindName } from './refcount-walk.ts';
+
+export interface Layout {
+  clusterSize: number;
+  /** Host clusters in the file (the last one may be partial). */
+  clusterCount: number;
+  /** One Kind code per host cluster; LAYOUT_KIND_NAMES[code] names it. */
+  kinds: Uint8Array;
+  legend: readonly LayoutKindName[];
+  /** Clusters per kind (every kind present, zeros included). */
+  summary: Record<LayoutKindName, number>;
+}
+
+export interface LayoutRanges {
+  /** Runs of equal kind: start cluster, length in clusters, kind code (parallel typed arrays). */
+  starts: Float64Array;
+  counts: Float64Array;
+  kinds: Uint8Array;
+  length: number;
+}
+
+export interface LayoutOptions {
+  onProgress?: (phase: string, done: number, total: number) => void;
+  isCancelled?: () => boolean;
+}
+
+/**
+ * Walk the image as the check does and classify every host cluster. Clusters with references get
+ * their owner's kind (a cluster with owners of different kinds, or with a refcount below its
+ * references, is Corrupt); clusters without references are Leaked when their refcount is
+ * non-zero, else Free.
+ */
+export async function buildLayout(img: Qcow2Image, opts: LayoutOptions = {}): Promise<Layout> {
+  const cs = img.clusterSize;
+  const clusterCount = Math.ceil(img.store.size() / cs);
+  if (clusterCount * (Imrt.bytesPerEntry(img.refcountOrder) + 1) > MAX_IMRT_BYTES) {
+    throw new QcowError('TABLE_TOO_LARGE', `The image file is too large for a layout map (${clusterCount} clusters)`, { clusterCount });
+  }
+  const walk = new ReferenceWalk(img, clusterCount, zeroCounters(), new FindingSink(), {
+    trackOwners: true, onProgress: opts.onProgress, isCancelled: opts.isCancelled,
+  });
+  try {
+    await walk.calculate();
+  } catch (e) {
+    // A bitmap directory that cannot be parsed stops QEMU's check; the map still shows the rest.
+    if (!(e instanceof CheckAbort)) throw e;
+  }
+  const disk = await readDiskRefcounts(img, clusterCount);
+  const per = 2 ** (img.clusterBits + 3 - img.refcountOrder);
+  const owners = walk.owners!;
+  const refs = walk.imrt.counts;
+  const kinds = new Uint8Array(clusterCount);
+  const summary = Object.fromEntries(LAYOUT_KIND_NAMES.map((n) => [n, 0])) as Record<LayoutKindName, number>;
+  const tally = new Float64Array(LAYOUT_KIND_NAMES.length);
+  const bad = disk.unreadable;
+  for (let i = 0; i < clusterCount; i++) {
+    const r2 = i < walk.imrt.size ? refs[i]! : 0;
+    const known = bad.size === 0 || !bad.has(Math.floor(i / per));
+    const r1 = known ? disk.counts[i]! : r2;
+    let k: number;
+    if (r2 === 0) k = r1 > 0 ? Kind.Leaked : Kind.Free;
+    else if (r1 < r2) k = Kind.Corrupt;
+    else k = owners[i]!;
+    kinds[i] = k;
+    tally[k]!++;
+  }
+  LAYOUT_KIND_NAMES.forEach((n, code) => { summary[n] = tally[code]!; });
+  return { clusterSize: cs, clusterCount, kinds, legend: LAYOUT_KIND_NAMES, summary };
+}
+
+/** Runs of equal kind in a layout. */
+export function layoutRanges(kinds: Uint8Array): LayoutRanges {
+  let n = 0;
+  for (let i = 0; i < kinds.length; i++) if (i === 0 || kinds[i] !== kinds[i - 1]) n++;
+  const starts = new Float64Array(n);
+  const counts = new Float64Array(n);
+  const ks = new Uint8Array(n);
+  let r = -1;
+  for (let i = 0; i < kinds.length; i++) {
+    if (i === 0 || kinds[i] !== kinds[i - 1]) {
+      r++;
+      starts[r] = i;
+      ks[r] = kinds[i]!;
+    }
+    counts[r]!++;
+  }
+  return { starts, counts, kinds: ks, length: n };
+}
