@@ -109,6 +109,40 @@ export class RefcountOverlay {
   }
 
   /**
+   * addRef on a block already at hand (the hot path of the tree walks): `orig` and `blk` are the
+   * original and modified block of the cluster's reftable index, `idx` its index in them.
+   */
+  addRefIn(orig: Uint8Array | null, blk: Uint8Array, idx: number, ci: number, d: number, what: string): void {
+    let o: number;
+    let cur: number;
+    if (this.order === 4) {
+      o = orig ? (orig[2 * idx]! << 8) | orig[2 * idx + 1]! : 0;
+      cur = (blk[2 * idx]! << 8) | blk[2 * idx + 1]!;
+    } else {
+      o = orig ? getRefcount(orig, idx, this.order) : 0;
+      cur = getRefcount(blk, idx, this.order);
+    }
+    const next = cur + d;
+    if (o === 0 || next < 0 || next > this.max) {
+      this.addRef(ci, d, what); // throws the precise error
+      return;
+    }
+    if (this.order === 4) {
+      blk[2 * idx] = next >>> 8;
+      blk[2 * idx + 1] = next & 0xff;
+    } else {
+      setRefcount(blk, idx, this.order, next);
+    }
+  }
+
+  /** Refcount afterwards of entry `idx` of a block pair (modified block if any, else original). */
+  curIn(orig: Uint8Array | null, blk: Uint8Array | undefined, idx: number): number {
+    const b = blk ?? orig;
+    if (!b) return 0;
+    return this.order === 4 ? (b[2 * idx]! << 8) | b[2 * idx + 1]! : getRefcount(b, idx, this.order);
+  }
+
+  /**
    * Add `d` to the refcount of a cluster that a tree references. Refcount 0 on disk for a
    * referenced cluster, a result below 0 or above the width's maximum: the operation is refused.
    */
@@ -192,10 +226,27 @@ export class ShadowCommit {
     header: Qcow2Image['header']; l1Table: Uint8Array; reftable: Uint8Array; snapshots: Snapshot[]; snapshotsSize: number;
   } | null = null;
 
+  /**
+   * Integer-only cluster → (refcount block, index) arithmetic for the hot loops, valid when
+   * cluster_bits + log2(entries per block) ≤ 31 (e.g. 64 KiB clusters with 16-bit refcounts:
+   * 16 + 15); other geometries take the floating-point path.
+   */
+  private readonly geo: { fast: boolean; cb: number; alignMask: number; rbHiMul: number; rbShift: number; idxMask: number };
+
   private constructor(img: Qcow2Image, request: CommitRequest) {
     this.img = img;
     this.request = request;
     this.overlay = new RefcountOverlay(img);
+    const cb = img.clusterBits;
+    const lp = Math.log2(this.overlay.per);
+    this.geo = {
+      fast: cb + lp <= 31,
+      cb,
+      alignMask: (img.clusterSize - 1) & 0xfffffe00,
+      rbHiMul: cb + lp <= 31 ? 2 ** (32 - cb - lp) : 0,
+      rbShift: cb + lp,
+      idxMask: this.overlay.per - 1,
+    };
   }
 
   /** Plan the operation: every check and every allocation, no write. */
@@ -346,24 +397,37 @@ export class ShadowCommit {
 
   /** ±d on an L2 table and on every cluster its entries reach. */
   private async applyL2Ref(l2Offset: number, d: number): Promise<void> {
+    const ov = this.overlay;
+    const l2ci = l2Offset / this.cs;
+    await ov.load(Math.floor(l2ci / ov.per));
+    ov.addRef(l2ci, d, 'L2 table');
+    const t = await this.img.readL2(l2Offset);
+    // One synchronous pass; clusters whose refcount block is not loaded yet come back for a
+    // second, short one.
+    const pending = this.applyEntries(t, l2Offset, d);
+    if (pending.length > 0) {
+      for (const ci of pending) await ov.load(Math.floor(ci / ov.per));
+      for (const ci of pending) ov.addRef(ci, d, 'Data or compressed cluster');
+    }
+  }
+
+  /** Refcount blocks the clusters of an L2 table need that are not loaded yet (synchronous). */
+  private missingBlocks(t: Uint8Array): Set<number> {
     const img = this.img;
     const ov = this.overlay;
     const cs = this.cs;
     const per = ov.per;
-    const l2ci = l2Offset / cs;
-    await ov.load(Math.floor(l2ci / per));
-    ov.addRef(l2ci, d, 'L2 table');
-    const t = await img.readL2(l2Offset);
-    // Pass 1: load the refcount blocks this table's clusters need (the only awaits).
-    const missing = new Set<number>();
     const es = img.l2EntrySize;
     const n = img.l2Entries;
+    const { fast, rbHiMul, rbShift } = this.geo;
+    const missing = new Set<number>();
+    let lastRb = -1;
     for (let j = 0; j < n; j++) {
       const at = j * es;
-      const hi = be32(t, at);
-      const lo = be32(t, at + 4);
+      const hi = (t[at]! << 24) | (t[at + 1]! << 16) | (t[at + 2]! << 8) | t[at + 3]!;
+      const lo = (t[at + 4]! << 24) | (t[at + 5]! << 16) | (t[at + 6]! << 8) | t[at + 7]!;
       if ((hi & HI_COMPRESSED) !== 0) {
-        const dsc = compressedDescriptor(hi, lo, img.clusterBits);
+        const dsc = compressedDescriptor(hi >>> 0, lo >>> 0, img.clusterBits);
         const first = Math.floor(dsc.hostOffset / cs);
         const last = Math.floor((dsc.hostOffset + dsc.compressedSize - 1) / cs);
         for (let c = first; c <= last; c++) {
@@ -372,33 +436,77 @@ export class ShadowCommit {
         }
         continue;
       }
-      const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
-      if (off === 0) continue;
-      const rb = Math.floor(off / cs / per);
+      const hiO = hi & 0x00ffffff;
+      if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+      const rb = fast ? hiO * rbHiMul + (lo >>> rbShift) : Math.floor((hiO * TWO32 + ((lo & 0xfffffe00) >>> 0)) / cs / per);
+      if (rb === lastRb) continue;
+      lastRb = rb;
       if (!ov.isLoaded(rb)) missing.add(rb);
     }
-    if (missing.size > 0) await ov.loadAll(missing);
-    // Pass 2: apply, synchronously.
+    return missing;
+  }
+
+  private unaligned(l2Offset: number, j: number, hi: number, lo: number): never {
+    const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+    throw new QcowError('METADATA_CORRUPT', `Cluster allocation offset ${hex(off)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(j)})`, {
+      structure: 'L2 table', offset: l2Offset + j * this.img.l2EntrySize, l2Offset, l2Index: j, hostOffset: off,
+    });
+  }
+
+  /**
+   * The ±d walk over one L2 table's entries (synchronous, the hot loop). Returns the clusters it
+   * could not update because their refcount block is not loaded yet.
+   */
+  private applyEntries(t: Uint8Array, l2Offset: number, d: number): number[] {
+    const pending: number[] = [];
+    const img = this.img;
+    const ov = this.overlay;
+    const cs = this.cs;
+    const per = ov.per;
+    const es = img.l2EntrySize;
+    const n = img.l2Entries;
+    const { fast, cb, alignMask, rbHiMul, rbShift, idxMask } = this.geo;
+    let lastRb = -1;
+    let orig: Uint8Array | null = null;
+    let blk: Uint8Array | null = null;
     for (let j = 0; j < n; j++) {
       const at = j * es;
-      const hi = be32(t, at);
-      const lo = be32(t, at + 4);
+      const hi = (t[at]! << 24) | (t[at + 1]! << 16) | (t[at + 2]! << 8) | t[at + 3]!;
+      const lo = (t[at + 4]! << 24) | (t[at + 5]! << 16) | (t[at + 6]! << 8) | t[at + 7]!;
       if ((hi & HI_COMPRESSED) !== 0) {
-        const dsc = compressedDescriptor(hi, lo, img.clusterBits);
+        const dsc = compressedDescriptor(hi >>> 0, lo >>> 0, img.clusterBits);
         const first = Math.floor(dsc.hostOffset / cs);
         const last = Math.floor((dsc.hostOffset + dsc.compressedSize - 1) / cs);
-        for (let c = first; c <= last; c++) ov.addRef(c, d, 'Compressed cluster');
+        for (let c = first; c <= last; c++) pending.push(c);
         continue;
       }
-      const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
-      if (off === 0) continue;
-      if (off % cs !== 0) {
-        throw new QcowError('METADATA_CORRUPT', `Cluster allocation offset ${hex(off)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(j)})`, {
-          structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index: j, hostOffset: off,
-        });
+      const hiO = hi & 0x00ffffff;
+      if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+      let rb: number;
+      let idx: number;
+      if (fast) {
+        if ((lo & alignMask) !== 0) this.unaligned(l2Offset, j, hi, lo);
+        rb = hiO * rbHiMul + (lo >>> rbShift);
+        idx = (lo >>> cb) & idxMask;
+      } else {
+        const off = hiO * TWO32 + ((lo & 0xfffffe00) >>> 0);
+        if (off % cs !== 0) this.unaligned(l2Offset, j, hi, lo);
+        const ci = off / cs;
+        rb = Math.floor(ci / per);
+        idx = ci - rb * per;
       }
-      ov.addRef(off / cs, d, 'Data cluster');
+      if (rb !== lastRb) {
+        if (!ov.isLoaded(rb)) {
+          pending.push(rb * per + idx);
+          continue;
+        }
+        lastRb = rb;
+        orig = ov.origBlock(rb) ?? null;
+        blk = ov.block(rb);
+      }
+      ov.addRefIn(orig, blk!, idx, rb * per + idx, d, 'Data cluster');
     }
+    return pending;
   }
 
   /** ±d on every cluster touched by a byte range of metadata (tables being freed). */
@@ -414,62 +522,90 @@ export class ShadowCommit {
     }
   }
 
-  /** Whether an L2 table of the new active tree has a COPIED bit that disagrees with the refcounts afterwards. */
-  private async l2NeedsCopy(l2Offset: number): Promise<boolean> {
+  /**
+   * Walk an L2 table of the new active tree with the refcounts afterwards: `fix` rewrites each
+   * COPIED bit (set exactly where the refcount is 1, never on compressed entries) and reports
+   * whether anything changed; without `fix`, stops at the first wrong bit.
+   */
+  private async copiedPass(t: Uint8Array, fix: boolean): Promise<boolean> {
+    // Usually every block is loaded by the refcount walk; otherwise load them and go again. A
+    // fix pass must not stop half-way: load first.
+    if (fix) {
+      const missing = this.missingBlocks(t);
+      if (missing.size > 0) await this.overlay.loadAll(missing);
+    }
+    for (;;) {
+      const r = this.copiedEntries(t, fix);
+      if (typeof r === 'boolean') return r;
+      await this.overlay.loadAll(this.missingBlocks(t));
+    }
+  }
+
+  /** COPIED check/fix over an L2 table; 'missing' when a refcount block it needs is not loaded (nothing changed then). */
+  private copiedEntries(t: Uint8Array, fix: boolean): boolean | 'missing' {
     const img = this.img;
     const ov = this.overlay;
     const cs = this.cs;
     const per = ov.per;
-    const t = await img.readL2(l2Offset);
     const es = img.l2EntrySize;
     const n = img.l2Entries;
-    const missing = new Set<number>();
+    const { fast, cb, rbHiMul, rbShift, idxMask } = this.geo;
+    let changed = false;
+    let lastRb = -1;
+    let orig: Uint8Array | null = null;
+    let blk: Uint8Array | undefined;
     for (let j = 0; j < n; j++) {
       const at = j * es;
-      const hi = be32(t, at);
+      const hi = (t[at]! << 24) | (t[at + 1]! << 16) | (t[at + 2]! << 8) | t[at + 3]!;
+      let want: boolean;
       if ((hi & HI_COMPRESSED) !== 0) {
-        if ((hi & HI_COPIED) !== 0) return true;
-        continue;
+        want = false;
+      } else {
+        const lo = (t[at + 4]! << 24) | (t[at + 5]! << 16) | (t[at + 6]! << 8) | t[at + 7]!;
+        const hiO = hi & 0x00ffffff;
+        if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+        let rb: number;
+        let idx: number;
+        if (fast) {
+          rb = hiO * rbHiMul + (lo >>> rbShift);
+          idx = (lo >>> cb) & idxMask;
+        } else {
+          const ci = (hiO * TWO32 + ((lo & 0xfffffe00) >>> 0)) / cs;
+          rb = Math.floor(ci / per);
+          idx = Math.floor(ci) - rb * per;
+        }
+        if (rb !== lastRb) {
+          if (!ov.isLoaded(rb)) {
+            if (changed) {
+              // undo nothing: a fix pass only runs after a check pass loaded everything it needs
+              throw new QcowError('INTERNAL', `refcount block ${rb} not loaded during the COPIED fix`, {});
+            }
+            return 'missing';
+          }
+          lastRb = rb;
+          orig = ov.origBlock(rb) ?? null;
+          blk = ov.dirty.get(rb);
+        }
+        want = ov.curIn(orig, blk, idx) === 1;
       }
-      const off = (hi & 0x00ffffff) * TWO32 + ((be32(t, at + 4) & 0xfffffe00) >>> 0);
-      if (off === 0) continue;
-      const rb = Math.floor(off / cs / per);
-      if (!ov.isLoaded(rb)) missing.add(rb);
+      if (((hi & HI_COPIED) !== 0) !== want) {
+        if (!fix) return true;
+        changed = true;
+        t[at] = want ? t[at]! | 0x80 : t[at]! & 0x7f;
+      }
     }
-    if (missing.size > 0) await ov.loadAll(missing);
-    for (let j = 0; j < n; j++) {
-      const at = j * es;
-      const hi = be32(t, at);
-      if ((hi & HI_COMPRESSED) !== 0) continue;
-      const off = (hi & 0x00ffffff) * TWO32 + ((be32(t, at + 4) & 0xfffffe00) >>> 0);
-      if (off === 0) continue;
-      const copied = (hi & HI_COPIED) !== 0;
-      if (copied !== (ov.get(off / cs) === 1)) return true;
-    }
-    return false;
+    return changed;
+  }
+
+  /** Whether an L2 table of the new active tree has a COPIED bit that disagrees with the refcounts afterwards. */
+  private async l2NeedsCopy(l2Offset: number): Promise<boolean> {
+    return this.copiedPass(await this.img.readL2(l2Offset), false);
   }
 
   /** The L2 table copy: COPIED set exactly where the refcount afterwards is 1, cleared on compressed entries. */
   private async l2CopyBytes(l2Offset: number): Promise<Uint8Array> {
-    const img = this.img;
-    const ov = this.overlay;
-    const cs = this.cs;
-    const t = (await img.readL2(l2Offset)).slice();
-    const es = img.l2EntrySize;
-    const n = img.l2Entries;
-    for (let j = 0; j < n; j++) {
-      const at = j * es;
-      const hi = be32(t, at);
-      if ((hi & HI_COMPRESSED) !== 0) {
-        if ((hi & HI_COPIED) !== 0) put32(t, at, (hi & 0x7fffffff) >>> 0);
-        continue;
-      }
-      const off = (hi & 0x00ffffff) * TWO32 + ((be32(t, at + 4) & 0xfffffe00) >>> 0);
-      if (off === 0) continue;
-      const want = ov.get(off / cs) === 1;
-      const nhi = want ? (hi | HI_COPIED) >>> 0 : (hi & 0x7fffffff) >>> 0;
-      if (nhi !== hi) put32(t, at, nhi);
-    }
+    const t = (await this.img.readL2(l2Offset)).slice();
+    await this.copiedPass(t, true);
     return t;
   }
 
@@ -500,7 +636,18 @@ export class ShadowCommit {
       const d = ov.dirty.get(rb);
       const base = rb * per;
       const end = base + per;
-      for (; c < end; c++) {
+      const wo = order === 4 && o ? new Uint16Array(o.buffer, o.byteOffset, per) : null;
+      const wd = order === 4 && d ? new Uint16Array(d.buffer, d.byteOffset, per) : null;
+      while (c < end) {
+        if (runLen === 0 && wo) {
+          // Fast skip over used entries (16-bit refcounts, the default): a word zero in both.
+          let i = c - base;
+          if (wd) while (i < per && (wo[i] !== 0 || wd[i] !== 0)) i++;
+          else while (i < per && wo[i] !== 0) i++;
+          if (c === this.cursor) this.cursor = base + i;
+          c = base + i;
+          if (c >= end) break;
+        }
         const free = (!o || getRefcount(o, c - base, order) === 0) && (!d || getRefcount(d, c - base, order) === 0);
         if (free && this.metadata.has(c)) {
           throw new QcowError('METADATA_CORRUPT',
@@ -521,6 +668,7 @@ export class ShadowCommit {
           runLen = 0;
           if (c === this.cursor) this.cursor = c + 1;
         }
+        c++;
       }
     }
   }
