@@ -273,6 +273,12 @@ export interface EngineApi {
   createSnapshot(id: ImageId, name: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;
   revertSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;
   deleteSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;
+  /**
+   * One snapshot operation over several images as a group: all or none (core/image/group.ts).
+   * `arg` is the new name (create) or the snapshot's tag (revert, delete: looked up by name in
+   * each image, since IDs differ between images).
+   */
+  groupSnapshot(ids: ImageId[], op: 'create' | 'revert' | 'delete', arg: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
   readBytes(id: ImageId, hostOffset: number, length: number): Promise<Uint8Array>;
   download(id: ImageId): Promise<ImageDownload>;
   cancel(jobId: string): Promise<void>;

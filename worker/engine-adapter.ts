@@ -17,6 +17,7 @@ import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
 import { createSnapshot, deleteSnapshot, revertSnapshot, type SnapshotOpResult } from '../core/image/snapshot.ts';
+import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
 import type { Journal } from '../core/image/journal.ts';
 import { buildDemoImage } from './demo.ts';
 import type {
@@ -257,6 +258,15 @@ function journalDTO(j: Journal): JournalDTO {
 async function snapshotOp(store: ImageStore, op: (img: Qcow2Image) => Promise<SnapshotOpResult>): Promise<JournalDTO> {
   const w = await Qcow2Image.open(store, { writable: true, backing: null });
   return journalDTO((await op(w)).journal);
+}
+
+/** A group operation over several stores, all or none; one journal per store, in order. */
+export async function groupSnapshotOp(stores: ImageStore[], op: 'create' | 'revert' | 'delete', arg: string): Promise<JournalDTO[]> {
+  const imgs: Qcow2Image[] = [];
+  for (const s of stores) imgs.push(await Qcow2Image.open(s, { writable: true, backing: null }));
+  const results =
+    op === 'create' ? await groupCreate(imgs, arg) : op === 'revert' ? await groupRevert(imgs, { name: arg }) : await groupDelete(imgs, { name: arg });
+  return results.map((r) => journalDTO(r.journal));
 }
 
 function findingDTO(f: Finding): CheckFindingDTO {

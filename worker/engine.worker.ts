@@ -18,7 +18,7 @@ import type {
   Progress,
   StoreKind,
 } from './api.ts';
-import { buildDemoStore, engineFeatures, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
+import { buildDemoStore, engineFeatures, groupSnapshotOp, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
 import { FileStore } from './stores/file-store.ts';
 import { HandleStore } from './stores/handle-store.ts';
 import { OpfsStore } from './stores/opfs-store.ts';
@@ -270,6 +270,44 @@ const api = {
   async deleteSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
     return writeOp(img, () => runJob(jobId, onProgress, (job) => img.engine.deleteSnapshot(idOrName, job)));
+  },
+
+  async groupSnapshot(ids: ImageId[], op: 'create' | 'revert' | 'delete', arg: string, jobId?: JobId, onProgress?: ProgressFn) {
+    const group = ids.map(get);
+    if (new Set(ids).size !== ids.length) throw new QcowError('INVALID_ARGUMENT', 'The same image appears twice in the group');
+    // Wait for each image's pending writes, then hold them all for the group's duration.
+    const run = async (): Promise<ImageSummary[]> => {
+      for (const img of group) {
+        if (img.readOnlyReason) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
+      }
+      const handles = group.map((g) => g.store).filter((s): s is HandleStore => s instanceof HandleStore);
+      for (const h of handles) await h.beginWrite();
+      let journals: JournalDTO[];
+      try {
+        journals = await runJob(jobId, onProgress, () => groupSnapshotOp(group.map((g) => g.store), op, arg));
+        // Each file commits atomically; the group is all-or-none up to here (core/image/group.ts).
+        for (const h of handles) await h.commit();
+      } catch (e) {
+        for (const h of handles) h.discard();
+        for (const img of group) {
+          img.engine.release();
+          img.engine = await openImage(img.store);
+        }
+        throw e;
+      }
+      const out: ImageSummary[] = [];
+      for (const [i, img] of group.entries()) {
+        img.engine.release();
+        img.engine = await openImage(img.store);
+        const s = await summaryOf(img);
+        s.journal = journals[i]!;
+        out.push(s);
+      }
+      return out;
+    };
+    const p = Promise.all(group.map((g) => g.queue)).then(run, run);
+    for (const g of group) g.queue = p.catch(() => {});
+    return p;
   },
 
   async readBytes(id: ImageId, hostOffset: number, length: number) {

@@ -280,6 +280,24 @@ export class AppState {
     return this.write(tab, `Deleting ${idOrName}`, (o) => withJob(o, (j, p) => engine().deleteSnapshot(tab.id, idOrName, j, p)));
   }
 
+  /** One snapshot operation on every open image, as a group: all or none. */
+  async groupSnapshot(op: 'create' | 'revert' | 'delete', arg: string): Promise<boolean> {
+    const tabs = [...this.tabs];
+    for (const t of tabs) if (!(await this.ensureWritable(t))) return false;
+    const label = op === 'create' ? `Creating ${arg} on ${tabs.length} images` : op === 'revert' ? `Reverting ${tabs.length} images to ${arg}` : `Deleting ${arg} from ${tabs.length} images`;
+    const res = await this.run(label, (o) => withJob(o, (j, p) => engine().groupSnapshot(tabs.map((t) => t.id), op, arg, j, p)));
+    if (!res) {
+      for (const t of tabs) {
+        const fresh = await engine().summary(t.id).catch(() => undefined);
+        if (fresh) t.update(fresh);
+      }
+      return false;
+    }
+    res.forEach((s, i) => tabs[i]!.update(s));
+    this.selection = null;
+    return true;
+  }
+
   async runCheck(tab: ImageTab, repair?: 'leaks' | 'all'): Promise<void> {
     this.show('check');
     if (repair && !(await this.ensureWritable(tab))) return;
