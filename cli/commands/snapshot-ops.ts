@@ -2,12 +2,18 @@
 // create / revert / delete on one image or a group (all or none, core/image/group.ts).
 // `-a` and `-d` take an ID or a name, the ID first (DESIGN.md). `--journal` prints every write
 // the operation made, with its purpose, the flushes and the commit point.
+// `--external OVERLAY` (once per image, in order): an external snapshot, i.e. a new overlay
+// image whose backing file is the image (core/image/external-snapshot.ts), all or none.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { QcowError } from '../../core/errors.ts';
+import type { ImageStore } from '../../core/io/store.ts';
+import { createExternalSnapshots, type OverlayTarget } from '../../core/image/external-snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../../core/image/group.ts';
 import type { Journal } from '../../core/image/journal.ts';
 import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import type { SnapshotOpResult } from '../../core/image/snapshot.ts';
+import { NodeFileStore } from '../node-file-store.ts';
 import { openImage } from '../open.ts';
 import type { CommandContext } from '../command.ts';
 
@@ -70,4 +76,90 @@ export async function snapshotOps(mode: 'create' | 'apply' | 'delete', arg: stri
   }
   if (ctx.values.journal) results.forEach((r, i) => ctx.out(formatJournal(r.journal, files[i]!)));
   return 0;
+}
+
+// ---- external snapshots -------------------------------------------------------------------------
+
+/**
+ * An overlay file written under a temporary name in the target directory, then linked into place
+ * (link() fails instead of replacing an existing file) and the directory synced.
+ */
+class FileOverlayTarget implements OverlayTarget {
+  readonly name: string;
+  private readonly temp: string;
+  private published = false;
+
+  constructor(file: string) {
+    this.name = file;
+    const abs = path.resolve(file);
+    this.temp = path.join(path.dirname(abs), `.${path.basename(abs)}.qcowscope-${process.pid}-${Date.now().toString(36)}.tmp`);
+  }
+
+  async open(): Promise<ImageStore> {
+    return NodeFileStore.create(this.temp);
+  }
+
+  async publish(): Promise<void> {
+    try {
+      fs.linkSync(this.temp, this.name);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new QcowError(code === 'EEXIST' ? 'INVALID_ARGUMENT' : 'IO_ERROR',
+        code === 'EEXIST' ? `'${this.name}' already exists` : `Could not create '${this.name}': ${(e as Error).message}`, { path: this.name });
+    }
+    this.published = true;
+    fs.rmSync(this.temp, { force: true });
+    syncDir(path.dirname(path.resolve(this.name)));
+  }
+
+  async discard(): Promise<void> {
+    if (this.published) fs.rmSync(this.name, { force: true });
+    this.published = false;
+    fs.rmSync(this.temp, { force: true });
+  }
+}
+
+function syncDir(dir: string): void {
+  try {
+    const fd = fs.openSync(dir, 'r');
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    // not every platform can sync a directory
+  }
+}
+
+/**
+ * `qcowscope snapshot --external OVERLAY [--external OVERLAY...] IMAGE...`: one new overlay per
+ * image (in order), whose backing file is that image; all or none.
+ */
+export async function externalSnapshots(overlays: string[], files: string[], _ctx: CommandContext): Promise<number> {
+  if (overlays.length !== files.length) {
+    throw usage(`snapshot --external: give one overlay per image (${overlays.length} overlay(s) for ${files.length} image(s))`);
+  }
+  assertDistinctFiles(files);
+  for (const o of overlays) {
+    if (fs.existsSync(o)) throw new QcowError('INVALID_ARGUMENT', `'${o}' already exists`, { path: o });
+  }
+  const imgs: Qcow2Image[] = [];
+  try {
+    for (const f of files) imgs.push(await openImage(f, { noBacking: true }));
+    await createExternalSnapshots(imgs.map((base, i) => {
+      const overlay = overlays[i]!;
+      const backingFile = path.relative(path.dirname(path.resolve(overlay)), path.resolve(files[i]!)) || path.basename(files[i]!);
+      return { base, backingFile, target: new FileOverlayTarget(overlay) };
+    }));
+  } finally {
+    for (const i of imgs) await i.close();
+  }
+  return 0;
+}
+
+function usage(message: string): Error {
+  const e = new Error(message);
+  e.name = 'UsageError';
+  return e;
 }

@@ -3,11 +3,11 @@ import { formatSnapshotList, snapshotInfo } from '../../core/analysis/info.ts';
 import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
-import { snapshotOps } from './snapshot-ops.ts';
+import { externalSnapshots, snapshotOps } from './snapshot-ops.ts';
 
 export const snapshot: Command = {
   name: 'snapshot',
-  usage: 'snapshot -l [--json] IMAGE | [--journal] -c NAME IMAGE... | -a ID_OR_NAME IMAGE... | -d ID_OR_NAME IMAGE...',
+  usage: 'snapshot -l [--json] IMAGE | [--journal] -c NAME IMAGE... | -a ID_OR_NAME IMAGE... | -d ID_OR_NAME IMAGE... | --external OVERLAY [--external OVERLAY...] IMAGE...',
   options: {
     list: { type: 'boolean', short: 'l' },
     create: { type: 'string', short: 'c' },
@@ -17,12 +17,14 @@ export const snapshot: Command = {
     output: { type: 'string' },
     quiet: { type: 'boolean', short: 'q' },
     journal: { type: 'boolean' },
+    external: { type: 'string', short: 'e', multiple: true },
   },
   async run(ctx) {
     const { values, positionals, out } = ctx;
-    const modes = ['list', 'create', 'apply', 'delete'].filter((k) => values[k] !== undefined && values[k] !== false);
-    if (modes.length > 1) throw usageError("Cannot mix '-l', '-a', '-c', '-d'");
+    const modes = ['list', 'create', 'apply', 'delete', 'external'].filter((k) => values[k] !== undefined && values[k] !== false);
+    if (modes.length > 1) throw usageError("Cannot mix '-l', '-a', '-c', '-d', '--external'");
     if (positionals.length === 0) throw usageError('snapshot: expecting an image file name');
+    if (modes[0] === 'external') return externalSnapshots(values.external as string[], positionals, ctx);
     if (modes.length === 0 || modes[0] === 'list') {
       if (positionals.length !== 1) throw usageError('snapshot -l: expecting one image file name');
       const img = await openImage(positionals[0]!, { noBacking: true });
