@@ -5,6 +5,7 @@
 import type { QcowErrorCode } from '../core/errors.ts';
 import type { Translation, TranslationStep, TranslationResult } from '../core/analysis/translate.ts';
 import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import type { LayoutKindName } from '../core/analysis/layout.ts';
 
 export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace };
 
@@ -160,10 +161,8 @@ export interface TablePage<T> {
   entries: T[];
 }
 
-/** What owns a host cluster (DESIGN.md: one colour per kind, the same in every view). */
-export type ClusterKindName =
-  | 'free' | 'header' | 'l1' | 'snapshot-l1' | 'l2' | 'l2-shared' | 'refcount-table' | 'refcount-block'
-  | 'snapshot-table' | 'vm-state' | 'data' | 'data-shared' | 'compressed' | 'leaked' | 'corrupt' | 'other';
+/** What owns a host cluster: the engine's layout kinds (core/analysis/layout.ts); one colour each. */
+export type ClusterKindName = LayoutKindName;
 
 export interface ClusterMapDTO {
   clusterSize: number;
@@ -171,6 +170,8 @@ export interface ClusterMapDTO {
   /** One byte per host cluster, an index into `legend` (transferred, not copied). */
   kinds: Uint8Array;
   legend: ClusterKindName[];
+  /** Clusters per kind. */
+  summary: Record<ClusterKindName, number>;
 }
 
 export interface CheckFindingDTO {

@@ -18,6 +18,7 @@ import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-spa
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
 import { createSnapshot, deleteSnapshot, revertSnapshot, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
+import { buildLayout } from '../core/analysis/layout.ts';
 import type { Journal } from '../core/image/journal.ts';
 import { buildDemoImage } from './demo.ts';
 import type {
@@ -74,7 +75,7 @@ export const engineFeatures: EngineFeatures = {
   refcounts: true,
   translate: true,
   snapshotSpace: true,
-  clusterMap: false,
+  clusterMap: true,
   demo: true,
 };
 
@@ -225,7 +226,15 @@ function wrap(img: Qcow2Image): EngineImage {
     async snapshotSpace(snapshotId) {
       return snapshotSpace(img, findById(snapshotId));
     },
-    clusterMap: () => notYet('The cluster map'),
+    async clusterMap(job) {
+      // Check mode: the map must also draw images only a repair could open for writing.
+      const c = await Qcow2Image.open(img.store, { checkMode: true, backing: null });
+      const l = await buildLayout(c, {
+        onProgress: (phase, done, total) => job.progress({ phase, done, total }),
+        isCancelled: () => job.signal.aborted,
+      });
+      return { clusterSize: l.clusterSize, clusterCount: l.clusterCount, kinds: l.kinds, legend: [...l.legend], summary: { ...l.summary } };
+    },
     check: (job, filename, repair) => check(img.store, job, filename, repair),
     createSnapshot: (name) => snapshotOp(img.store, (w) => createSnapshot(w, name)),
     revertSnapshot: (ref) => snapshotOp(img.store, (w) => revertSnapshot(w, ref)),
