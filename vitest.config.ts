@@ -18,6 +18,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     fileParallelism: true,
+    // Workers: Vitest's default (cores - 1, so one file at a time on 2 cores). The fuzz tests run
+    // their own worker pool with hang deadlines; more Vitest workers beside it only add contention.
     // Fuzz tests read FUZZ_ITERATIONS; under `npm test` they stay bounded (their own default).
     reporters: ['default'],
   },
