@@ -15,7 +15,7 @@ import {
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
-  CheckAbort, FindingSink, Imrt, MAX_IMRT_BYTES, ReferenceWalk, hex64, readDiskRefcounts, strerror, tablesInOrder,
+  CheckAbort, FindingSink, Imrt, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, readDiskRefcounts, strerror, tablesInOrder,
   zeroCounters, type CheckCounters, type Finding, type FragStats, type WalkRepairHooks,
 } from './refcount-walk.ts';
 import { hex } from '../errors.ts';
@@ -394,7 +394,7 @@ async function compareRefcounts(
       if (!signalled) {
         const r = Math.floor(i / per);
         const off = be32(img.reftable, r * 8) * 4294967296 + ((be32(img.reftable, r * 8 + 4) & 0xfffffe00) >>> 0);
-        sink.add({ kind: 'info', message: `qcow2: Image is corrupt: Refblock offset ${hex(off)} unaligned (reftable index: ${hex(r)}); further non-fatal corruption events will be suppressed` });
+        sink.add({ kind: 'info', message: `qcow2: Image is corrupt: Refblock offset ${altHex(off)} unaligned (reftable index: ${altHex(r)}); further non-fatal corruption events will be suppressed` });
         signalled = true;
       }
       res.checkErrors++;

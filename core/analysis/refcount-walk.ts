@@ -194,6 +194,11 @@ export async function* tablesInOrder(
 
 // ---- the walk -----------------------------------------------------------------------------------
 
+/** C's "%#x": like 0x… but a plain "0" for zero. */
+export function altHex(n: number): string {
+  return n === 0 ? '0' : hex(n);
+}
+
 /** Hex of a u64 given as two u32 halves, like C's PRIx64 (no leading zeros, no 0x). */
 export function hex64(hi: number, lo: number): string {
   hi >>>= 0;
@@ -313,12 +318,12 @@ export class ReferenceWalk {
     for (let i = 0; i < img.snapshots.length; i++) {
       const sn = img.snapshots[i]!;
       if (sn.l1TableOffset % cs !== 0) {
-        this.corruption(`ERROR snapshot ${sn.idStr} (${sn.name}) l1_offset=${hex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
+        this.corruption(`ERROR snapshot ${sn.idStr} (${sn.name}) l1_offset=${altHex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
           { structure: 'snapshot table', hostOffset: sn.entryOffset, table: `snapshot ${sn.idStr}` });
         continue;
       }
       if (sn.l1Size > C.MAX_L1_SIZE_BYTES / 8) {
-        this.corruption(`ERROR snapshot ${sn.idStr} (${sn.name}) l1_size=${hex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
+        this.corruption(`ERROR snapshot ${sn.idStr} (${sn.name}) l1_size=${altHex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
           { structure: 'snapshot table', hostOffset: sn.entryOffset, table: `snapshot ${sn.idStr}` });
         continue;
       }
