@@ -50,6 +50,11 @@ export function isSafe(v: bigint): boolean {
   return v <= BigInt(Number.MAX_SAFE_INTEGER);
 }
 
+/** C's `%#x`, as QEMU prints offsets and indices in its messages: "0" for zero, else "0x…". */
+export function qemuHex(n: number | bigint): string {
+  return n === 0 || n === 0n ? '0' : '0x' + n.toString(16);
+}
+
 /** Round up to a multiple of `a` (any positive integer), exact for offsets above 2^32. */
 export function alignUp(x: number, a: number): number {
   return Math.ceil(x / a) * a;

@@ -4,7 +4,7 @@
 // modules and act on this object.
 import { QcowError, hex } from '../errors.ts';
 import type { ImageStore } from '../io/store.ts';
-import { alignUp } from '../format/bytes.ts';
+import { alignUp, qemuHex } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
   ClusterType, clusterType, compressedDescriptor, offsetOf, QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_COPIED_HI, type L2Geometry,
@@ -278,7 +278,7 @@ export class Qcow2Image implements Layer {
     if (l1Index >= view.size) return 0;
     const off = offsetOf(be32(view.table, l1Index * 8), be32(view.table, l1Index * 8 + 4));
     if (off !== 0 && off % this.clusterSize !== 0) {
-      throw new QcowError('METADATA_CORRUPT', `L2 table offset ${hex(off)} unaligned (L1 index: ${hex(l1Index)})`, {
+      throw new QcowError('METADATA_CORRUPT', `L2 table offset ${qemuHex(off)} unaligned (L1 index: ${qemuHex(l1Index)})`, {
         structure: 'L1 table', offset: view.offset + l1Index * 8, l1Index, l2Offset: off,
       });
     }
@@ -456,14 +456,16 @@ export class Qcow2Image implements Layer {
       len = Math.min(len, scs - (inCluster % scs));
       const invalid = type === ClusterType.Normal ? (zeroBm & allocBm) !== 0 : allocBm !== 0;
       if (invalid) {
-        throw new QcowError('METADATA_CORRUPT', `Invalid cluster entry found  (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
+        throw new QcowError('METADATA_CORRUPT', `Invalid cluster entry found  (L2 offset: ${qemuHex(l2Offset)}, L2 index: ${qemuHex(l2Index)})`, {
           structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
         });
       }
+      // QEMU checks the cluster's alignment for every subcluster type that has a host offset
+      // (normal, zero and unallocated subclusters of an allocated cluster)
+      if (host !== 0) this.checkDataAligned(host, l2Offset, l2Index, at);
       const bit = 2 ** sc;
       if (Math.floor(zeroBm / bit) % 2 === 1) return { kind: 'zero', length: len, hostOffset: host ? host + inCluster : 0, ...base };
       if (type === ClusterType.Normal && Math.floor(allocBm / bit) % 2 === 1) {
-        this.checkDataAligned(host, l2Offset, l2Index, at);
         return { kind: 'data', length: len, hostOffset: host + inCluster, ...base };
       }
       // an unallocated subcluster: of an allocated cluster, it still has a host offset (QEMU's
@@ -472,7 +474,9 @@ export class Qcow2Image implements Layer {
     }
     if (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc) {
       if (this.header.version < 3) throw this.zeroInV2Error(l2Offset, l2Index, at);
-      if (type === ClusterType.ZeroAlloc && host % cs !== 0) throw this.preallocUnalignedError(host, pos - inCluster, l2Offset, l2Index, at);
+      // reads report an unaligned preallocated zero cluster as any unaligned cluster (QEMU's
+      // qcow2_get_host_offset); "Preallocated zero cluster offset … unaligned" is a write-path message
+      if (type === ClusterType.ZeroAlloc) this.checkDataAligned(host, l2Offset, l2Index, at);
       return { kind: 'zero', length: len, hostOffset: type === ClusterType.ZeroAlloc ? host + inCluster : 0, ...base };
     }
     if (type === ClusterType.Unallocated) return { kind: 'backing', length: len, hostOffset: 0, ...base };
@@ -481,20 +485,14 @@ export class Qcow2Image implements Layer {
   }
 
   private zeroInV2Error(l2Offset: number, l2Index: number, at: number): QcowError {
-    return new QcowError('METADATA_CORRUPT', `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
-      structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
-    });
-  }
-
-  private preallocUnalignedError(host: number, guestCluster: number, l2Offset: number, l2Index: number, at: number): QcowError {
-    return new QcowError('METADATA_CORRUPT', `Preallocated zero cluster offset ${hex(host)} unaligned (guest offset: ${hex(guestCluster)})`, {
+    return new QcowError('METADATA_CORRUPT', `Zero cluster entry found in pre-v3 image (L2 offset: ${qemuHex(l2Offset)}, L2 index: ${qemuHex(l2Index)})`, {
       structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index,
     });
   }
 
   private checkDataAligned(host: number, l2Offset: number, l2Index: number, at: number): void {
     if (host % this.clusterSize !== 0) {
-      throw new QcowError('METADATA_CORRUPT', `Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(l2Index)})`, {
+      throw new QcowError('METADATA_CORRUPT', `Cluster allocation offset ${qemuHex(host)} unaligned (L2 offset: ${qemuHex(l2Offset)}, L2 index: ${qemuHex(l2Index)})`, {
         structure: 'L2 table', offset: l2Offset + at, l2Offset, l2Index, hostOffset: host,
       });
     }
@@ -603,7 +601,7 @@ export class Qcow2Image implements Layer {
       } else if ((lo & 1) !== 0) {
         if (!v3) throw this.zeroInV2Error(l2Offset, i, i * 8);
         if (hiOff !== 0 || loOff !== 0) {
-          if ((lo & lowMask) !== 0) throw this.preallocUnalignedError(hiOff * 4294967296 + (loOff >>> 0), tableBase + i * cs, l2Offset, i, i * 8);
+          if ((lo & lowMask) !== 0) this.checkDataAligned(hiOff * 4294967296 + (loOff >>> 0), l2Offset, i, i * 8);
           kind = P_ZERO_AT;
         } else {
           kind = P_ZERO;
