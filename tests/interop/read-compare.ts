@@ -1,0 +1,83 @@
+// The comparison every reading interop test makes on an image QEMU made: our `info --json`,
+// `map --json`, `export` (active disk and every snapshot) and `snapshot -l --json` against
+// `qemu-img info --output=json`, `qemu-img map --output=json` and `qemu-img convert -O raw
+// [-l snapshot.id=N]` on the same file, from the same working directory.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, removeDir } from '../helpers/qemu.ts';
+import { buildCli, compareFiles, qemuExport, qemuInfoJson, qemuMapJson, runCliOk } from './read-support.ts';
+
+export interface Variety {
+  name: string;
+  /**
+   * Make the image(s) in `dir` (the working directory of every command); returns the image
+   * argument as both tools will be given it (relative to `dir`, or absolute).
+   */
+  make(dir: string): string;
+}
+
+let cliPromise: Promise<string> | undefined;
+/** The CLI bundled once per test file. */
+export function cli(): Promise<string> {
+  cliPromise ??= buildCli();
+  return cliPromise;
+}
+
+/** One describe block per variety: info, map, export of the active disk and every snapshot, snapshot -l. */
+export function compareVarieties(varieties: Variety[]): void {
+  for (const v of varieties) {
+    describe(v.name, () => {
+      let dir = '';
+      let image = '';
+      let bin = '';
+      beforeAll(async () => {
+        bin = await cli();
+        dir = makeTempDir('qcowscope-read-');
+        image = v.make(dir);
+        return () => {
+          if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
+        };
+      });
+
+      it('info --json equals qemu-img info --output=json', () => {
+        const ours = JSON.parse(runCliOk(bin, ['info', '--json', image], { cwd: dir })) as unknown;
+        expect(ours).toEqual(qemuInfoJson(image, dir));
+      });
+
+      it('map --json equals qemu-img map --output=json', () => {
+        const ours = JSON.parse(runCliOk(bin, ['map', '--json', image], { cwd: dir })) as unknown;
+        expect(ours).toEqual(qemuMapJson(image, dir));
+      });
+
+      it('export of the active disk equals qemu-img convert -O raw', () => {
+        const a = path.join(dir, 'ours.raw');
+        const b = path.join(dir, 'qemu.raw');
+        runCliOk(bin, ['export', image, a], { cwd: dir });
+        qemuExport(path.resolve(dir, image), b);
+        expect(compareFiles(a, b)).toBeNull();
+        fs.rmSync(a);
+        fs.rmSync(b);
+      });
+
+      // one qemu-img and one qcowscope process per snapshot: allow for many snapshots on a busy machine
+      it('export --snapshot ID of every snapshot equals qemu-img convert -l snapshot.id=ID', { timeout: 600_000 }, () => {
+        const snaps = (qemuInfoJson(image, dir).snapshots ?? []) as Array<{ id: string }>;
+        for (const sn of snaps) {
+          const a = path.join(dir, `ours-${sn.id}.raw`);
+          const b = path.join(dir, `qemu-${sn.id}.raw`);
+          runCliOk(bin, ['export', '--snapshot', sn.id, image, a], { cwd: dir });
+          qemuExport(path.resolve(dir, image), b, sn.id);
+          expect(compareFiles(a, b), `snapshot ${sn.id}`).toBeNull();
+          fs.rmSync(a);
+          fs.rmSync(b);
+        }
+      });
+
+      it('snapshot -l --json lists what qemu-img info lists', () => {
+        const ours = JSON.parse(runCliOk(bin, ['snapshot', '-l', '--json', image], { cwd: dir })) as unknown;
+        expect(ours).toEqual(qemuInfoJson(image, dir).snapshots ?? []);
+      });
+    });
+  }
+}
