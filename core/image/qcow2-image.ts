@@ -273,6 +273,15 @@ export class Qcow2Image implements Layer {
     return t;
   }
 
+  /**
+   * An L2 table for a one-pass scan (map, export): the cached copy if there is one, else the
+   * store's bytes, neither copied nor cached — a walk over every table of a big image would only
+   * evict the tables in use, and memory stays at one table. Valid until the next write.
+   */
+  async scanL2(l2Offset: number): Promise<Uint8Array> {
+    return this.l2Cache.get(l2Offset) ?? await this.store.read(l2Offset, this.clusterSize);
+  }
+
   /** L2 offset for an L1 index of a view, validated (QEMU's fatal "L2 table offset unaligned"). */
   l2OffsetAt(view: L1View, l1Index: number): number {
     if (l1Index >= view.size) return 0;
@@ -542,7 +551,7 @@ export class Qcow2Image implements Layer {
         pos = runEnd;
         continue;
       } else {
-        const l2 = await this.readL2(l2Offset);
+        const l2 = await this.scanL2(l2Offset);
         pieces.length = 0;
         if (this.geometry.extendedL2) this.piecesByMapping(l2, l2Offset, l1Index, pos, spanEnd, pieces);
         else this.piecesStandard(l2, l2Offset, pos, spanEnd, pieces);
