@@ -529,11 +529,8 @@ export class ShadowCommit {
    */
   private async copiedPass(t: Uint8Array, fix: boolean): Promise<boolean> {
     // Usually every block is loaded by the refcount walk; otherwise load them and go again. A
-    // fix pass must not stop half-way: load first.
-    if (fix) {
-      const missing = this.missingBlocks(t);
-      if (missing.size > 0) await this.overlay.loadAll(missing);
-    }
+    // fix pass that stops half-way has changed nothing it cannot redo: it only sets bits to
+    // their final value.
     for (;;) {
       const r = this.copiedEntries(t, fix);
       if (typeof r === 'boolean') return r;
@@ -575,13 +572,7 @@ export class ShadowCommit {
           idx = Math.floor(ci) - rb * per;
         }
         if (rb !== lastRb) {
-          if (!ov.isLoaded(rb)) {
-            if (changed) {
-              // undo nothing: a fix pass only runs after a check pass loaded everything it needs
-              throw new QcowError('INTERNAL', `refcount block ${rb} not loaded during the COPIED fix`, {});
-            }
-            return 'missing';
-          }
+          if (!ov.isLoaded(rb)) return 'missing';
           lastRb = rb;
           orig = ov.origBlock(rb) ?? null;
           blk = ov.dirty.get(rb);
