@@ -367,7 +367,10 @@ async function checkRefcounts(
       cmp = await compareRefcounts(img, imrt, disk, res, { leaks: fixLeaks, errors: fixErrors }, writer, sink);
     }
   }
-  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink);
+  // The walk's copies of the active L2 tables are still what is on disk unless the rebuild ran
+  // (it rewrites no L2 table, but keep it simple and exact: reuse only the first walk's copies).
+  for (const off of writer.written) walk.activeL2.delete(off); // an "L2 table" that is a refblock
+  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, rebuilt ? undefined : walk.activeL2);
   return { frag, imageEndOffset: (cmp.highest + 1) * cs, rebuilt };
 }
 
@@ -429,6 +432,7 @@ async function compareRefcounts(
 async function checkOflagCopied(
   img: Qcow2Image, res: CheckCounters, fixLeaks: boolean, fixErrors: boolean,
   disk: { counts: ArrayLike<number>; unreadable: Set<number> }, writer: RefcountWriter, sink: FindingSink,
+  l2Cache?: ReadonlyMap<number, Uint8Array>,
 ): Promise<void> {
   const repair = fixErrors ? true : fixLeaks ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
   const cs = img.clusterSize;
@@ -440,6 +444,8 @@ async function checkOflagCopied(
     }
     return writer.get(cluster);
   };
+  const dcounts = disk.counts;
+  const hasBad = disk.unreadable.size > 0;
   const l1 = img.l1Table;
   const indices: number[] = [];
   const offsets: number[] = [];
@@ -451,7 +457,7 @@ async function checkOflagCopied(
   }
   const g = img.geometry;
   const step = img.l2EntrySize;
-  for await (const [k, table] of tablesInOrder(img, offsets, cs)) {
+  for await (const [k, table] of tablesInOrder(img, offsets, cs, l2Cache)) {
     const i = indices[k]!;
     const l2Offset = offsets[k]!;
     const hi = be32(l1, i * 8);
@@ -479,27 +485,15 @@ async function checkOflagCopied(
         res.corruptionsFixed++;
       }
     }
-    let dirty = 0;
-    let copy: Uint8Array | null = null;
-    for (let j = 0; j < img.l2Entries; j++) {
-      const at = j * step;
-      const eh = be32(table, at);
-      const el = be32(table, at + 4);
-      if (eh === 0 && el === 0) continue;
-      const t = clusterType(eh, el, g);
-      if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue;
-      const drc = g.dataFile ? 1 : await refcountOf(Math.floor(offsetOf(eh, el) / cs));
-      if (drc === undefined) continue;
-      if ((drc === 1) !== ((eh & 0x80000000) !== 0)) {
-        res.corruptions++;
-        sink.add({ kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${drc}`, structure: 'L2 table', l1Index: i, l2Index: j, hostOffset: l2Offset + at });
-        if (repair) {
-          copy ??= table.slice();
-          put32(copy, at, drc === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0);
-          dirty++;
-        }
-      }
+    const st: CopiedScan = { dirty: 0, copy: null, need: -1 };
+    let j = scanCopied(img, table, 0, -1, 0, st, dcounts, hasBad, repair, res, sink, i, l2Offset);
+    while (j >= 0) {
+      // An entry whose refcount is past the in-memory array (beyond the end of the file).
+      const rc2 = await refcountOf(st.need);
+      j = scanCopied(img, table, j, rc2 === undefined ? -2 : rc2, j, st, dcounts, hasBad, repair, res, sink, i, l2Offset);
     }
+    const dirty = st.dirty;
+    const copy = st.copy;
     if (dirty > 0 && copy) {
       const overlap = await preWriteOverlapCheck(img, l2Offset, cs, ['active L2 table']);
       if (overlap) {
@@ -522,4 +516,66 @@ async function checkOflagCopied(
       res.corruptionsFixed += dirty;
     }
   }
+}
+
+interface CopiedScan {
+  dirty: number;
+  copy: Uint8Array | null;
+  /** The cluster whose refcount the caller must look up before resuming. */
+  need: number;
+}
+
+/**
+ * check_oflag_copied's loop over one L2 table, synchronous so no 64-bit value is boxed per entry.
+ * Returns -1 at the end, or the index of an entry whose refcount must be looked up on disk (its
+ * cluster in `st.need`); the caller resumes with that refcount as `knownRc` for entry `knownAt`
+ * (-2: unreadable, skip it).
+ */
+function scanCopied(
+  img: Qcow2Image, table: Uint8Array, start: number, knownRc: number, knownAt: number, st: CopiedScan,
+  dcounts: ArrayLike<number>, hasBad: boolean, repair: boolean, res: CheckCounters, sink: FindingSink, l1Index: number, l2Offset: number,
+): number {
+  const g = img.geometry;
+  const step = img.l2EntrySize;
+  const cs = img.clusterSize;
+  const dn = dcounts.length;
+  const clusterBits = img.clusterBits;
+  const hiScale = 2 ** (32 - clusterBits);
+  void cs;
+  for (let j = start; j < img.l2Entries; j++) {
+    const at = j * step;
+    const eh = ((table[at]! << 24) | (table[at + 1]! << 16) | (table[at + 2]! << 8) | table[at + 3]!) >>> 0;
+    const el = ((table[at + 4]! << 24) | (table[at + 5]! << 16) | (table[at + 6]! << 8) | table[at + 7]!) >>> 0;
+    if (eh === 0 && el === 0) continue;
+    if (g.dataFile) {
+      const t = clusterType(eh, el, g);
+      if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue;
+    } else if ((eh & 0x40000000) !== 0 || ((eh & 0x00ffffff) === 0 && (el & 0xfffffe00) === 0)) {
+      continue; // compressed, or no host cluster (unallocated / zero plain)
+    }
+    let drc: number;
+    if (g.dataFile) {
+      drc = 1;
+    } else if (j === knownAt && knownRc !== -1) {
+      if (knownRc === -2) continue;
+      drc = knownRc;
+    } else {
+      const c = (eh & 0x00ffffff) * hiScale + (((el & 0xfffffe00) >>> 0) >>> clusterBits);
+      if (c >= dn || hasBad) {
+        st.need = c;
+        return j;
+      }
+      drc = dcounts[c]!;
+    }
+    if ((drc === 1) !== ((eh & 0x80000000) !== 0)) {
+      res.corruptions++;
+      sink.add({ kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${drc}`, structure: 'L2 table', l1Index, l2Index: j, hostOffset: l2Offset + at });
+      if (repair) {
+        st.copy ??= table.slice();
+        put32(st.copy, at, drc === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0);
+        st.dirty++;
+      }
+    }
+  }
+  return -1;
 }

@@ -18,6 +18,8 @@ import { Imrt, refblockOffsetFromEntry } from './refcount-walk.ts';
 export class RefcountWriter {
   private readonly blocks = new Map<number, { offset: number; bytes: Uint8Array; dirty: boolean }>();
   readonly per: number;
+  /** Host offsets of every refblock written so far. */
+  readonly written = new Set<number>();
 
   constructor(private readonly img: Qcow2Image) {
     this.per = refblockEntries(img.clusterBits, img.refcountOrder);
@@ -62,6 +64,7 @@ export class RefcountWriter {
     for (const [r, b] of this.blocks) {
       if (!b.dirty) continue;
       await this.img.pwrite(b.offset, b.bytes, `refcount block ${r} (${purpose})`);
+      this.written.add(b.offset);
       this.img.refblockCache.delete(b.offset);
       b.dirty = false;
       wrote = true;

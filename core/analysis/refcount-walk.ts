@@ -161,6 +161,9 @@ export class Imrt {
 
 // ---- batched table reads ---------------------------------------------------------------------------
 
+/** Active L2 tables the walk keeps for the COPIED pass instead of reading them twice. */
+export const MAX_KEPT_L2_BYTES = 64 * 1024 * 1024;
+
 /** Largest single read when loading many tables: 4 MiB (STACK.md: big reads are what browsers do well). */
 export const BATCH_BYTES = 4 * 1024 * 1024;
 
@@ -170,8 +173,12 @@ export const BATCH_BYTES = 4 * 1024 * 1024;
  * (or beyond what a number holds exactly) read as zeros without I/O, as QEMU's reads past EOF do.
  */
 export async function* tablesInOrder(
-  img: Qcow2Image, offsets: readonly number[], tableSize: number,
+  img: Qcow2Image, offsets: readonly number[], tableSize: number, cache?: ReadonlyMap<number, Uint8Array>,
 ): AsyncGenerator<[number, Uint8Array]> {
+  if (cache && offsets.every((o) => cache.has(o))) {
+    for (let k = 0; k < offsets.length; k++) yield [k, cache.get(offsets[k]!)!];
+    return;
+  }
   const fileSize = img.store.size();
   const zero = new Uint8Array(tableSize);
   const perBatch = Math.max(1, Math.floor(BATCH_BYTES / tableSize));
@@ -246,6 +253,8 @@ export class ReferenceWalk {
   readonly sink: FindingSink;
   /** Set when the refcount structures need rebuilding (QEMU's `rebuild`). */
   rebuild = false;
+  /** The active L2 tables as read by the walk (kept when they fit MAX_KEPT_L2_BYTES), by offset. */
+  readonly activeL2 = new Map<number, Uint8Array>();
   private readonly opts: WalkOptions;
   private fileSize: number;
 
@@ -368,8 +377,10 @@ export class ReferenceWalk {
     }
     const tableBytes = cs;
     let done = 0;
+    const keep = active && offsets.length * tableBytes <= MAX_KEPT_L2_BYTES;
     for await (const [k, table] of tablesInOrder(img, offsets, tableBytes)) {
       this.cancelled();
+      if (keep) this.activeL2.set(offsets[k]!, table);
       await this.walkL2(offsets[k]!, table, active, indices[k]! >= vmIndex);
       if ((++done & 63) === 0) this.opts.onProgress?.(active ? 'Active L2 tables' : 'Snapshot L2 tables', done, offsets.length);
     }
@@ -377,6 +388,33 @@ export class ReferenceWalk {
 
   /** QEMU's check_refcounts_l2 on one table already in memory. */
   private async walkL2(l2Offset: number, table: Uint8Array, active: boolean, vmState: boolean): Promise<void> {
+    // The scan is synchronous (an async loop would box every 64-bit offset it keeps across
+    // iterations); it stops only at an entry the repair rewrites, and resumes after it.
+    const state = { next: 0 };
+    let i = this.scanL2(l2Offset, table, active, vmState, 0, state);
+    while (i >= 0) {
+      const fixed = await this.opts.repair!.fixL2EntryByZero(l2Offset, table, i, active);
+      if (fixed) {
+        this.res.corruptions--;
+        this.res.corruptionsFixed++;
+      } else {
+        // Not fixed: count the entry as QEMU does after a failed fix.
+        const hi = be32(table, i * (this.img.geometry.extendedL2 ? 16 : 8));
+        const lo = be32(table, i * (this.img.geometry.extendedL2 ? 16 : 8) + 4);
+        const offset = offsetOf(hi, lo);
+        if (active) {
+          this.frag.allocatedClusters++;
+          if (state.next !== 0 && offset !== state.next) this.frag.fragmentedClusters++;
+          state.next = offset + this.cs;
+        }
+        if (!this.img.geometry.dataFile) this.inc(offset, this.cs, vmState ? Kind.VmState : active ? Kind.DataExclusive : Kind.DataSnapshot);
+      }
+      i = this.scanL2(l2Offset, table, active, vmState, i + 1, state);
+    }
+  }
+
+  /** Scan entries from `start`; returns the index of an entry waiting for a repair, or -1 at the end. */
+  private scanL2(l2Offset: number, table: Uint8Array, active: boolean, vmState: boolean, start: number, state: { next: number }): number {
     const img = this.img;
     const cs = this.cs;
     const g = img.geometry;
@@ -389,11 +427,38 @@ export class ReferenceWalk {
     const clusterBits = this.clusterBits;
     const x = 62 - (clusterBits - 8);
     const hiOffMask = 2 ** (x - 32) - 1;
-    let nextContiguous = 0;
-    for (let i = 0; i < n; i++) {
+    let nextContiguous = state.next;
+    // Fast path for the common entry (standard L2, normal or preallocated-zero cluster, aligned,
+    // inside the file, no reserved bits, no owners to track): one typed-array increment.
+    const imrt = this.imrt;
+    const counts = imrt.counts;
+    const max = imrt.max;
+    const fastOk = !ext && !dataFile && this.owners === null;
+    const csMask = cs - 1;
+    const hiScale = 2 ** (32 - clusterBits);
+    const fileSize = this.fileSize;
+    for (let i = start; i < n; i++) {
       const at = i * step;
-      let hi = be32(table, at);
-      const lo = be32(table, at + 4);
+      let hi = ((table[at]! << 24) | (table[at + 1]! << 16) | (table[at + 2]! << 8) | table[at + 3]!) >>> 0;
+      const lo = ((table[at + 4]! << 24) | (table[at + 5]! << 16) | (table[at + 6]! << 8) | table[at + 7]!) >>> 0;
+      if (fastOk && (hi & 0x7f000000) === 0 && (lo & 0x1fe) === 0 && (hi !== 0 || lo !== 0)) {
+        // bits 56..62 clear (not compressed, no reserved bits), offset aligned to 512 at least
+        const offset = (hi & 0x00ffffff) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
+        // cluster sizes are at most 2 MiB: alignment and the cluster index come from the low word
+        if (offset !== 0 && (lo & csMask) === 0 && offset < fileSize) {
+          const k = (hi & 0x00ffffff) * hiScale + (lo >>> clusterBits);
+          const r = counts[k]!;
+          if (k < imrt.size && r !== max && ((lo & 1) === 0 || img.version >= 3)) {
+            counts[k] = r + 1;
+            if (frag) {
+              frag.allocatedClusters++;
+              if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters++;
+              nextContiguous = offset + cs;
+            }
+            continue;
+          }
+        }
+      }
       if (hi === 0 && lo === 0 && (!ext || (be32(table, at + 8) === 0 && be32(table, at + 12) === 0))) continue;
       const bmZero = ext ? be32(table, at + 8) : 0;
       const bmAlloc = ext ? be32(table, at + 12) : 0;
@@ -437,10 +502,9 @@ export class ReferenceWalk {
             if (!containsData) {
               const fix = !!this.opts.fixErrors;
               this.sink.add({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
-              if (fix && this.opts.repair && await this.opts.repair.fixL2EntryByZero(l2Offset, table, i, active)) {
-                this.res.corruptions--;
-                this.res.corruptionsFixed++;
-                continue;
+              if (fix && this.opts.repair) {
+                state.next = nextContiguous;
+                return i;
               }
             } else {
               this.sink.add({ kind: 'corruption', message: `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
@@ -460,6 +524,8 @@ export class ReferenceWalk {
           if (bmAlloc !== 0) this.corruption('ERROR: Unallocated cluster has non-zero subcluster allocation map', { structure: 'L2 table', l2Index: i, hostOffset: l2Offset + at });
       }
     }
+    state.next = nextContiguous;
+    return -1;
   }
 
   /** Bitmap directory, tables and data clusters (QEMU's qcow2_check_bitmaps_refcounts). */
