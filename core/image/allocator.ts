@@ -90,7 +90,7 @@ export async function updateClusterRefcounts(img: Qcow2Image, deltas: RefcountDe
 async function applyDeltas(img: Qcow2Image, deltas: RefcountDeltas, reserved: Reserved): Promise<void> {
   const entries = [...deltas].filter(([, a]) => a !== 0).sort((x, y) => x[0] - y[0]);
   if (entries.length === 0) return;
-  await checkRefcountDeltas(img, new Map(entries));
+  await checkRefcountDeltas(img, entries);
   const per = refblockEntriesOf(img);
   // Clusters about to get their first reference must not be handed out as refcount blocks.
   const ownReserved: Reserved = [...reserved];
@@ -378,6 +378,82 @@ function assertNotMetadata(img: Qcow2Image, start: number, n: number, what: stri
         { structure: what, offset: c * img.clusterSize, overlapsWith: owner });
     }
   }
+}
+
+/** Snapshot L1 bytes the write guard reads at most to learn the inactive L2 tables (hostile tables are bounded). */
+const MAX_INACTIVE_L1_BYTES = 64 * 1024 * 1024;
+
+/**
+ * QEMU's qcow2_pre_write_overlap_check (mode "all"), made before anything is written: guest data
+ * or an L2 table written in place whose host cluster holds other metadata (an L2 entry pointing
+ * at the L1 table, a refcount block, a snapshot's L2 table...) is refused. QEMU detects it at
+ * write time, marks the image corrupt and fails; we refuse and leave the file as it was.
+ * `targets`: host offset → what would be written there; `l2Targets` may be active L2 tables.
+ * Computed from the structures as they are now (not from the allocation guard's cache, which
+ * keeps clusters that have since been freed).
+ */
+export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<number, string>, l2Targets: ReadonlySet<number> = new Set()): Promise<void> {
+  if (targets.size === 0) return;
+  const cs = img.clusterSize;
+  const want = new Map<number, string>();
+  for (const [off, what] of targets) want.set(Math.floor(off / cs), what);
+  const fail = (c: number, owner: string): never => {
+    const what = want.get(c)!;
+    throw new QcowError('METADATA_CORRUPT',
+      `Preventing invalid write of ${what} at offset ${hex(c * cs)} (overlaps with ${owner}); the image is corrupt, run a check with repair`,
+      { structure: what, offset: c * cs, overlapsWith: owner });
+  };
+  const range = (offset: number, bytes: number, owner: string): void => {
+    if (bytes <= 0) return;
+    for (const c of want.keys()) if (c * cs < offset + bytes && offset < (c + 1) * cs) fail(c, owner);
+  };
+  const h = img.header;
+  if (want.has(0)) fail(0, 'qcow2_header');
+  range(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
+  range(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
+  range(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
+  for (const sn of img.snapshots) range(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
+  if (h.bitmaps && h.bitmaps.bitmapDirectorySize > 0) range(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
+  for (let r = 0; r < reftableSize(img); r++) {
+    const off = reftableEntry(img.reftable, r);
+    if (off !== 0 && want.has(off / cs)) fail(off / cs, 'refcount block');
+  }
+  for (let i = 0; i < h.l1Size; i++) {
+    const off = l1L2Offset(img.l1Table, i);
+    if (off !== 0 && want.has(off / cs) && !l2Targets.has(off)) fail(off / cs, 'active L2 table');
+  }
+  if (img.snapshots.length > 0) {
+    const inactive = await inactiveL2Clusters(img);
+    for (const c of want.keys()) if (inactive.has(c)) fail(c, 'inactive L2 table');
+  }
+}
+
+/** The snapshots' L2 tables, per snapshot list (a new list after every snapshot operation). */
+const inactiveCache = new WeakMap<object, Set<number>>();
+
+async function inactiveL2Clusters(img: Qcow2Image): Promise<Set<number>> {
+  const hit = inactiveCache.get(img.snapshots);
+  if (hit) return hit;
+  const set = new Set<number>();
+  let budget = MAX_INACTIVE_L1_BYTES;
+  for (const sn of img.snapshots) {
+    try {
+      img.validateSnapshotL1(sn);
+    } catch (e) {
+      if (e instanceof QcowError) continue; // an invalid snapshot L1 is the check's to report
+      throw e;
+    }
+    const bytes = sn.l1Size * 8;
+    if (bytes === 0 || bytes > budget) continue;
+    budget -= bytes;
+    const table = await img.store.read(sn.l1TableOffset, bytes);
+    for (let i = 0; i < sn.l1Size; i++) {
+      const off = l1L2Offset(table, i);
+      if (off !== 0 && off % img.clusterSize === 0) set.add(off / img.clusterSize);
+    }
+  }
+  inactiveCache.set(img.snapshots, set);
+  return set;
 }
 
 function metadataClusters(img: Qcow2Image): Map<number, string> {

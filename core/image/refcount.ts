@@ -55,17 +55,27 @@ export type RefcountDeltas = Map<number, number>;
  * so a caller can refuse an operation before it allocates anything (DESIGN.md: refuse what
  * cannot succeed, e.g. a snapshot on refcount_bits=1).
  */
-export async function checkRefcountDeltas(img: Qcow2Image, deltas: RefcountDeltas): Promise<void> {
+export async function checkRefcountDeltas(img: Qcow2Image, deltas: RefcountDeltas | ReadonlyArray<readonly [number, number]>): Promise<void> {
   const max = refcountMaxOf(img);
-  for (const [cluster, addend] of deltas) {
+  const per = refblockEntriesOf(img);
+  const order = img.refcountOrder;
+  const entries = (Array.isArray(deltas) ? [...deltas] : [...(deltas as RefcountDeltas)]).sort((a, b) => a[0] - b[0]);
+  let region = -1;
+  let block: Uint8Array | null = null;
+  for (const [cluster, addend] of entries) {
     if (addend === 0) continue;
-    const old = await getClusterRefcount(img, cluster);
+    const r = Math.floor(cluster / per);
+    if (r !== region) {
+      region = r;
+      block = await loadRefblock(img, r);
+    }
+    const old = block ? getRefcount(block, cluster - r * per, order) : 0;
     const next = old + addend;
     if (next < 0 || next > max) {
       const offset = cluster * img.clusterSize;
       throw new QcowError('REFCOUNT_OVERFLOW',
-        `Refcount of cluster ${cluster} (host offset ${hex(offset)}) would ${next < 0 ? 'drop below 0' : `exceed ${max}`}: refcount=${old} addend=${addend} (refcount_bits=${2 ** img.refcountOrder})`,
-        { structure: 'refcount block', cluster, offset, refcount: old, addend, refcountBits: 2 ** img.refcountOrder });
+        `Refcount of cluster ${cluster} (host offset ${hex(offset)}) would ${next < 0 ? 'drop below 0' : `exceed ${max}`}: refcount=${old} addend=${addend} (refcount_bits=${2 ** order})`,
+        { structure: 'refcount block', cluster, offset, refcount: old, addend, refcountBits: 2 ** order });
     }
   }
 }
