@@ -205,11 +205,15 @@ function extOffset(h: Qcow2Header, type: number): number {
   return h.extensions.find((e) => e.type === type)?.offset ?? 0;
 }
 
-/** QEMU's report_unsupported_feature: names from the feature table, then the unnamed rest in hex. */
+/**
+ * QEMU's report_unsupported_feature: names from the feature table (in table order, up to the
+ * first entry with an empty name, where QEMU stops reading the table), then the unnamed rest in hex.
+ */
 export function unsupportedFeatureMessage(names: FeatureName[], mask: bigint): string {
   const parts: string[] = [];
   let rest = mask;
   for (const f of names) {
+    if (f.name === '') break;
     if (f.type !== C.FEATURE_TYPE_INCOMPAT || f.bit > 63) continue;
     const bit = 1n << BigInt(f.bit);
     if ((rest & bit) !== 0n) {

@@ -263,6 +263,15 @@ const OPEN_CASES: OpenCase[] = [
     },
     message: 'Unsupported qcow2 feature(s): Test feature 61, Test feature 63, Unknown incompatible feature: 4000000000000000',
   },
+  {
+    name: 'feature-name table with an empty name before a named bit (QEMU stops reading at it)',
+    base: 'data',
+    damage: (f) => {
+      addFeatureNames(f, featureEntry(0, 62, ''), featureEntry(0, 63, 'Test feature'));
+      setIncompat(f, 3n << 62n);
+    },
+    message: 'Unsupported qcow2 feature(s): Unknown incompatible feature: c000000000000000',
+  },
   { name: 'compression type zstd without the incompatible bit', base: 'empty', damage: (f) => poke(f, HDR.compressionType, [1]), message: 'qcow2: Compression type incompatible feature bit must be set' },
   { name: 'compression incompatible bit with zlib', base: 'empty', damage: (f) => setIncompat(f, 1n << 3n), message: 'qcow2: Compression type incompatible feature bit must not be set' },
   {
