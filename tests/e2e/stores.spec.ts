@@ -106,7 +106,7 @@ test('FileStore: aligned block reads, copy-on-write overlay, download Blob of sl
     };
   });
   expect(r.checks).toEqual([true, true, true, true, true]);
-  expect(r.rawReads).toBeLessThanOrEqual(4); // four 1 MiB blocks cover the file, each read once
+  expect(r.rawReads).toBeLessThanOrEqual(4); // one raw read per request: contiguous missing blocks are fetched together
   expect(r.patched).toEqual(r.expect3);
   expect(r.blobSize).toBe(3 * 1024 * 1024 + 12345 + 1);
   expect(r.blobOk).toBe(true);

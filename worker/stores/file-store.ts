@@ -24,11 +24,16 @@ export class FileStore extends OverlayStore {
   readonly file: File;
   readonly cache: BlockCache;
 
-  constructor(file: File) {
-    const cache = new BlockCache(fileReader(file), file.size);
+  constructor(file: File, blockSize?: number) {
+    const cache = new BlockCache(fileReader(file), file.size, blockSize ? { blockSize } : {});
     super(cache, file.name);
     this.file = file;
     this.cache = cache;
+  }
+
+  /** Warm the block cache with ranges a walk will read (see BlockCache.prefetch). */
+  prefetch(ranges: Array<[number, number]>, signal?: AbortSignal): Promise<void> {
+    return this.cache.prefetch(ranges, signal);
   }
 
   /** The image as it now is, as a Blob: untouched ranges are slices of the original File. */

@@ -51,6 +51,11 @@ export class HandleStore implements ImageStore {
     return (await h.queryPermission({ mode: 'readwrite' })) === 'granted';
   }
 
+  /** Warm the block cache with ranges a walk will read (see BlockCache.prefetch). */
+  prefetch(ranges: Array<[number, number]>, signal?: AbortSignal): Promise<void> {
+    return this.cache.prefetch(ranges, signal);
+  }
+
   /** Uncommitted changes exist. */
   get hasPending(): boolean {
     return !this.pending.pristine;
