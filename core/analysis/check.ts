@@ -11,7 +11,7 @@ import { validateTable } from '../format/header.ts';
 import { encodeSnapshotTable, snapshotTableSize } from '../format/snapshot-table.ts';
 import { Qcow2Image } from '../image/qcow2-image.ts';
 import {
-  allocClustersOnDisk, freeClustersOnDisk, markCleanAndConsistent, preWriteOverlapCheck, rebuildRefcountStructure,
+  allocClustersOnDisk, freeClustersOnDisk, markCleanAndConsistent, markCorrupt, preWriteOverlapCheck, rebuildRefcountStructure,
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
@@ -397,7 +397,14 @@ async function compareRefcounts(
       if (!signalled) {
         const r = Math.floor(i / per);
         const off = be32(img.reftable, r * 8) * 4294967296 + ((be32(img.reftable, r * 8 + 4) & 0xfffffe00) >>> 0);
-        sink.add({ kind: 'info', message: `qcow2: Image is corrupt: Refblock offset ${altHex(off)} unaligned (reftable index: ${altHex(r)}); further non-fatal corruption events will be suppressed` });
+        const what = `Refblock offset ${altHex(off)} unaligned (reftable index: ${altHex(r)})`;
+        if (img.writable) {
+          // A fatal corruption event on a writable image marks it corrupt, as QEMU does.
+          sink.add({ kind: 'info', message: `qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed` });
+          await markCorrupt(img);
+        } else {
+          sink.add({ kind: 'info', message: `qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed` });
+        }
         signalled = true;
       }
       res.checkErrors++;

@@ -336,15 +336,19 @@ export function metadataOverlap(img: Qcow2Image, offset: number, size: number, i
 export async function preWriteOverlapCheck(img: Qcow2Image, offset: number, size: number, ignore: OverlapSection[] = []): Promise<string | null> {
   const hit = metadataOverlap(img, offset, size, ignore);
   if (!hit) return null;
-  const h = img.header;
-  if (h.version >= 3 && (h.incompatibleFeatures & C.INCOMPAT_CORRUPT) === 0n) {
-    const next = h.incompatibleFeatures | C.INCOMPAT_CORRUPT;
-    const b = new Uint8Array(8);
-    put32(b, 0, Number((next >> 32n) & 0xffffffffn));
-    put32(b, 4, Number(next & 0xffffffffn));
-    await img.pwrite(72, b, 'header: incompatible_features (mark corrupt)', true);
-    await img.flush('header commit');
-    h.incompatibleFeatures = next;
-  }
+  await markCorrupt(img);
   return `qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with ${hit}); further corruption events will be suppressed`;
+}
+
+/** Set the corrupt bit (QEMU's qcow2_mark_corrupt, as a fatal corruption event does on a writable image). */
+export async function markCorrupt(img: Qcow2Image): Promise<void> {
+  const h = img.header;
+  if (h.version < 3 || (h.incompatibleFeatures & C.INCOMPAT_CORRUPT) !== 0n) return;
+  const next = h.incompatibleFeatures | C.INCOMPAT_CORRUPT;
+  const b = new Uint8Array(8);
+  put32(b, 0, Number((next >> 32n) & 0xffffffffn));
+  put32(b, 4, Number(next & 0xffffffffn));
+  await img.pwrite(72, b, 'header: incompatible_features (mark corrupt)', true);
+  await img.flush('header commit');
+  h.incompatibleFeatures = next;
 }
