@@ -2,6 +2,7 @@
 // printed by the qemu-img on this machine), built from an opened image. Also the human form.
 import * as C from '../format/constants.ts';
 import type { Snapshot } from '../format/snapshot-table.ts';
+import { bitmapInfoFlags } from '../format/bitmaps.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 
 export interface SnapshotInfo {
@@ -77,7 +78,11 @@ export function buildInfo(img: Qcow2Image, ctx: InfoContext): ImageInfo {
         'extended-l2': (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n,
       }
     : { compat: '0.10', 'compression-type': 'zlib', 'refcount-bits': 2 ** h.refcountOrder };
-  if (ctx.bitmaps && ctx.bitmaps.length > 0) data.bitmaps = ctx.bitmaps;
+  // qemu-img info lists persistent bitmaps for v3 images (QEMU's qcow2_get_bitmap_info_list)
+  const bitmaps = ctx.bitmaps ?? (h.version >= 3
+    ? img.bitmaps.map((b) => ({ name: b.name, granularity: 2 ** b.granularityBits, flags: bitmapInfoFlags(b.flags) }))
+    : []);
+  if (bitmaps.length > 0) data.bitmaps = bitmaps;
   if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
   if ((h.incompatibleFeatures & C.INCOMPAT_DATA_FILE) !== 0n) data['data-file-raw'] = (h.autoclearFeatures & C.AUTOCLEAR_DATA_FILE_RAW) !== 0n;
   const info: ImageInfo = {

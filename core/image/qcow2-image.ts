@@ -12,6 +12,7 @@ import {
 import { be32 } from '../format/bytes.ts';
 import { parseHeader, sizeToL1, validateTable, l2EntriesOf, type Qcow2Header } from '../format/header.ts';
 import { parseSnapshotTable, type Snapshot } from '../format/snapshot-table.ts';
+import { parseBitmapDirectory, type BitmapEntry } from '../format/bitmaps.ts';
 import { TableCache } from './table-cache.ts';
 import { decompressCluster } from './compression.ts';
 import { canMergeExtents, type Extent, type Layer } from './layer.ts';
@@ -63,6 +64,8 @@ export class Qcow2Image implements Layer {
   /** Refcount table bytes (refcount_table_clusters · CS). */
   reftable: Uint8Array;
   snapshots: Snapshot[] = [];
+  /** Persistent bitmaps (directory entries), when the image has a consistent bitmaps extension. */
+  bitmaps: BitmapEntry[] = [];
   /** Bytes of the snapshot table as stored (QEMU's snapshots_size). */
   snapshotsSize = 0;
   /** Error met while reading the snapshot table in check mode (open refuses it otherwise). */
@@ -167,6 +170,24 @@ export class Qcow2Image implements Layer {
     } else {
       await this.loadSnapshots(false);
     }
+    // QEMU loads the bitmap directory on every open, check mode included: a broken one is refused
+    await this.loadBitmaps();
+  }
+
+  /**
+   * The persistent-bitmap directory, decoded and checked as QEMU does when it opens an image with
+   * bitmaps (qcow2_load_dirty_bitmaps → bitmap_list_load): only when the bitmaps autoclear bit
+   * says the extension is consistent; a directory QEMU refuses makes the open fail here too.
+   */
+  async loadBitmaps(): Promise<void> {
+    const h = this.header;
+    const bm = h.bitmaps;
+    this.bitmaps = [];
+    if (!bm || (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) === 0n || bm.nbBitmaps === 0) return;
+    // the size was checked against QCOW2_MAX_BITMAP_DIRECTORY_SIZE when the header was parsed
+    const size = Math.min(bm.bitmapDirectorySize, C.MAX_BITMAP_DIRECTORY_SIZE);
+    const dir = size > 0 ? await this.store.read(bm.bitmapDirectoryOffset, size) : new Uint8Array(0);
+    this.bitmaps = parseBitmapDirectory(dir, bm.nbBitmaps, this.clusterSize, this.virtualSize, bm.bitmapDirectoryOffset);
   }
 
   /** (Re)read the snapshot table from the header's nb_snapshots / snapshots_offset. */

@@ -33,7 +33,17 @@ afterAll(() => {
   console.log(timings.map(([n, ms]) => `${ms.toFixed(0).padStart(5)} ms  ${n}`).join('\n'));
 });
 
-type Base = 'empty' | 'data' | 'data-v2' | 'snapshot' | 'data-4k' | 'extl2-data';
+type Base = 'empty' | 'data' | 'data-v2' | 'snapshot' | 'data-4k' | 'extl2-data' | 'bitmaps';
+
+/** Position of the bitmaps header extension (its 8-byte type/length header). */
+function bitmapsExtension(file: string): number {
+  const e = readExtensions(file).find((x) => x.type === 0x23852875);
+  if (!e) throw new Error('no bitmaps extension');
+  return e.pos;
+}
+function bitmapDirectoryOffset(file: string): number {
+  return Number(fs.readFileSync(file).readBigUInt64BE(bitmapsExtension(file) + 8 + 16));
+}
 
 let counter = 0;
 function makeBase(base: Base): string {
@@ -58,6 +68,11 @@ function makeBase(base: Base): string {
     case 'data-4k': // no feature-name table (QEMU writes one only for clusters > 4 KiB)
       createImage(f, 64 * MiB, { clusterSize: 4096 });
       qemuIoOk(f, 'write -P 0x11 0 4k');
+      break;
+    case 'bitmaps': // two persistent bitmaps
+      createImage(f, 64 * MiB);
+      qemuImgOk(['bitmap', '--add', f, 'b0']);
+      qemuImgOk(['bitmap', '--add', '-g', '1M', f, 'b1']);
       break;
     case 'extl2-data':
       createImage(f, 64 * MiB, { extendedL2: true });
@@ -337,6 +352,24 @@ const OPEN_CASES: OpenCase[] = [
       pokeU64(f, HDR.autoclearFeatures, 1n);
     },
     message: 'found bitmaps extension with zero bitmaps',
+  },
+  {
+    name: 'bitmap directory entry with granularity 2^40',
+    base: 'bitmaps',
+    damage: (f) => poke(f, bitmapDirectoryOffset(f) + 17, [40]),
+    message: "Bitmap 'b0' doesn't satisfy the constraints",
+  },
+  {
+    name: 'bitmaps extension counting more bitmaps than the directory holds',
+    base: 'bitmaps',
+    damage: (f) => pokeU32(f, bitmapsExtension(f) + 8, 3),
+    message: 'Less bitmaps found than specified in header extension',
+  },
+  {
+    name: 'bitmap directory entry with extra data',
+    base: 'bitmaps',
+    damage: (f) => pokeU32(f, bitmapDirectoryOffset(f) + 20, 8),
+    message: 'Bitmap extra data is not supported',
   },
   {
     name: 'crypto header extension without LUKS',

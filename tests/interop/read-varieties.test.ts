@@ -188,6 +188,19 @@ for (const [label, opts, size] of [
   });
 }
 
+// ---- persistent bitmaps (format-specific "bitmaps" in qemu-img info) ----------------------------------
+varieties.push({
+  name: 'persistent bitmaps: auto, disabled, 1 MiB granularity',
+  make(dir) {
+    const f = create(dir, 'img.qcow2', 64 * MiB);
+    qemuImgOk(['bitmap', '--add', f, 'b0']);
+    qemuImgOk(['bitmap', '--add', '-g', '1M', f, 'second bitmap']);
+    qemuImgOk(['bitmap', '--add', '--disable', f, 'b2']);
+    qemuIoOk(f, 'write -P 0x22 0 3M');
+    return 'img.qcow2';
+  },
+});
+
 // ---- large virtual sizes ---------------------------------------------------------------------------------
 varieties.push({
   name: '6 GiB, 512-byte clusters (L2 tables far above 4 GiB of guest space), absolute path',
