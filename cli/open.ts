@@ -8,7 +8,7 @@ import { be32 } from '../core/format/bytes.ts';
 import { RawLayer, type Layer } from '../core/image/layer.ts';
 import { Qcow2Image, type OpenOptions } from '../core/image/qcow2-image.ts';
 import { NodeFileStore } from './node-file-store.ts';
-import { dataSegments } from './holes.ts';
+import { dataSegments, holeMapFor } from './holes.ts';
 
 /**
  * The path QEMU resolves a backing file name to, relative to the image that names it: QEMU's
@@ -62,7 +62,12 @@ async function openBacking(imagePath: string, name: string, format: string | und
     await probe.close();
     fmt = be32(head, 0) === QCOW_MAGIC ? 'qcow2' : 'raw';
   }
-  if (fmt === 'qcow2') return openImage(p, {}, depth);
+  if (fmt === 'qcow2') {
+    const img = await openImage(p, {}, depth);
+    // a metadata-preallocated backing file's holes read as zeros in qemu-img map, as on top
+    img.holesForLayer = () => holeMapFor(img, p);
+    return img;
+  }
   // holes of a sparse raw file are zeros to qemu-img map (file-posix's SEEK_DATA/SEEK_HOLE)
   if (fmt === 'raw') return new RawLayer(NodeFileStore.open(p), () => dataSegments(p));
   throw new QcowError('NOT_SUPPORTED', `Backing file format '${fmt}' is not supported`, { structure: 'backing format extension', format: fmt });

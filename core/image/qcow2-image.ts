@@ -530,8 +530,16 @@ export class Qcow2Image implements Layer {
 
   // ---- block status (qemu-img map) -----------------------------------------------------------
 
-  extents(start: number, length: number): Promise<Extent[]> {
-    return this.extentsView(this.activeView(), start, length);
+  /**
+   * Where this image's file has holes, asked for lazily when the image serves as a backing layer
+   * (set by the platform: QEMU looks for holes in every metadata-preallocated qcow2 of a chain).
+   */
+  holesForLayer?: () => Promise<HoleMap | undefined>;
+  private layerHoles?: Promise<HoleMap | undefined>;
+
+  async extents(start: number, length: number): Promise<Extent[]> {
+    const holes = this.holesForLayer ? await (this.layerHoles ??= this.holesForLayer()) : undefined;
+    return this.extentsView(this.activeView(), start, length, holes);
   }
 
   /**

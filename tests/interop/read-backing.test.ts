@@ -84,6 +84,17 @@ const varieties: Variety[] = [
     },
   },
   {
+    name: 'metadata-preallocated qcow2 backing file: its holes read as zero data through the overlay',
+    make(dir) {
+      const base = path.join(dir, 'base.qcow2');
+      createImage(base, 64 * MiB, { preallocation: 'metadata' });
+      qemuIoOk(base, 'write -P 0x11 0 100k', 'write -P 0x12 10M 4k');
+      createImage(path.join(dir, 'top.qcow2'), 64 * MiB, { backing: 'base.qcow2' });
+      qemuIoOk(path.join(dir, 'top.qcow2'), 'write -P 0x21 1M 64k', 'write -P 0x22 10M 2k');
+      return 'top.qcow2';
+    },
+  },
+  {
     name: 'compressed backing file under an overlay with writes',
     make(dir) {
       const src = path.join(dir, 'src.qcow2');
