@@ -29,17 +29,35 @@ interface AllocState {
   freeClusterIndex: number;
   /** Host clusters holding metadata, for the "Preventing invalid allocation" guard; null = rebuild. */
   metadata: Map<number, string> | null;
+  /** The in-memory structures this state was built from: if another module replaces them (a
+   *  repair reloading the image, a snapshot revert), the state is rebuilt. */
+  seen: readonly unknown[];
 }
 
 const states = new WeakMap<Qcow2Image, AllocState>();
 
+function identity(img: Qcow2Image): unknown[] {
+  return [img.header, img.l1Table, img.reftable, img.snapshots];
+}
+
 function stateOf(img: Qcow2Image): AllocState {
   let s = states.get(img);
+  const now = identity(img);
   if (!s) {
-    s = { freeClusterIndex: 0, metadata: null };
+    s = { freeClusterIndex: 0, metadata: null, seen: now };
     states.set(img, s);
+  } else if (s.seen.some((v, i) => v !== now[i])) {
+    s.freeClusterIndex = 0;
+    s.metadata = null;
+    s.seen = now;
   }
   return s;
+}
+
+/** After this module replaced one of the structures itself: keep the state. */
+function resync(img: Qcow2Image): void {
+  const s = states.get(img);
+  if (s) s.seen = identity(img);
 }
 
 /**
@@ -268,6 +286,7 @@ async function growReftable(img: Qcow2Image, needRegion: number, reserved: Reser
   img.reftable = newTable;
   img.header.refcountTableOffset = tableOffset;
   img.header.refcountTableClusters = tableClusters;
+  resync(img);
   for (const [, host, block] of blocks) img.refblockCache.set(host * cs, block);
   const meta = stateOf(img).metadata;
   if (meta) {
