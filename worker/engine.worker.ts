@@ -22,6 +22,7 @@ import { buildDemoStore, engineFeatures, groupSnapshotOp, openImage, type Engine
 import { FileStore } from './stores/file-store.ts';
 import { HandleStore } from './stores/handle-store.ts';
 import { OpfsStore } from './stores/opfs-store.ts';
+import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 
 interface OpenImage {
@@ -163,9 +164,10 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
     try {
       journal = await body();
       await store.flush();
-      if (store instanceof HandleStore) await store.commit();
+      if (isTransactional(store)) await store.commit();
     } catch (e) {
-      if (store instanceof HandleStore) store.discard();
+      // Nothing of a failed, refused or cancelled operation reaches the image.
+      if (isTransactional(store)) store.discard();
       // The engine's caches may hold state that never reached the file: start again from it.
       img.engine.release();
       img.engine = await openImage(store);
@@ -197,7 +199,7 @@ const api = {
   },
 
   async openDemo() {
-    return register('demo.qcow2', 'memory', await buildDemoStore());
+    return register('demo.qcow2', 'memory', new TxStore(await buildDemoStore()));
   },
 
   async close(id: ImageId) {
@@ -281,14 +283,15 @@ const api = {
         if (img.readOnlyReason) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
       }
       const handles = group.map((g) => g.store).filter((s): s is HandleStore => s instanceof HandleStore);
+      const tx = group.map((g) => g.store).filter(isTransactional);
       for (const h of handles) await h.beginWrite();
       let journals: JournalDTO[];
       try {
         journals = await runJob(jobId, onProgress, () => groupSnapshotOp(group.map((g) => g.store), op, arg));
-        // Each file commits atomically; the group is all-or-none up to here (core/image/group.ts).
-        for (const h of handles) await h.commit();
+        // Each store commits atomically; the group is all-or-none up to here (core/image/group.ts).
+        for (const t of tx) await t.commit();
       } catch (e) {
-        for (const h of handles) h.discard();
+        for (const t of tx) t.discard();
         for (const img of group) {
           img.engine.release();
           img.engine = await openImage(img.store);
@@ -324,6 +327,7 @@ const api = {
     if (s instanceof FileStore) blob = s.toBlob();
     else if (s instanceof HandleStore) blob = await s.handle.getFile();
     else if (s instanceof OpfsStore) blob = await s.toBlob();
+    else if (s instanceof TxStore && s.base instanceof MemoryStore) blob = new Blob([s.base.bytes().slice()], { type: 'application/octet-stream' });
     else if (s instanceof MemoryStore) blob = new Blob([s.bytes().slice()], { type: 'application/octet-stream' });
     else throw new QcowError('NOT_SUPPORTED', 'This image cannot be downloaded');
     return { name: img.name, blob };

@@ -69,7 +69,7 @@ async function load(page: Page): Promise<void> {
   await page.addScriptTag({ content: pageBundle });
 }
 
-test('FileStore: aligned block reads, copy-on-write overlay, download Blob of slices + patches', async ({ page }) => {
+test('FileStore: aligned block reads, copy-on-write overlay, commit/discard, download Blob of slices + patches', async ({ page }) => {
   await load(page);
   const r = await page.evaluate(async () => {
     const { FileStore } = (globalThis as any).qs;
@@ -87,6 +87,12 @@ test('FileStore: aligned block reads, copy-on-write overlay, download Blob of sl
     await s.write(1048576 - 2, new Uint8Array([9, 9, 9, 9]));
     await s.write(size, new Uint8Array([7])); // grows the image
     const patched = await s.read(1048576 - 3, 6);
+    // An operation's writes are pending until commit; a failed one is discarded whole.
+    const blobBeforeCommit: Blob = s.toBlob();
+    await s.commit();
+    await s.write(5, new Uint8Array([1, 2, 3]));
+    s.discard();
+    const discarded = Array.from(await s.read(5, 3)).join() === Array.from(bytes.subarray(5, 8)).join();
     const blob: Blob = s.toBlob();
     const out = new Uint8Array(await blob.arrayBuffer());
     const expected = new Uint8Array(size + 1);
@@ -103,6 +109,8 @@ test('FileStore: aligned block reads, copy-on-write overlay, download Blob of sl
       blobOk: out.length === expected.length && out.every((v, i) => v === expected[i]),
       originalUntouched: Array.from(original).join() === Array.from(bytes.subarray(1048576 - 2, 1048576 + 2)).join(),
       pristine: s.pristine,
+      beforeCommitSize: blobBeforeCommit.size,
+      discarded,
     };
   });
   expect(r.checks).toEqual([true, true, true, true, true]);
@@ -112,6 +120,8 @@ test('FileStore: aligned block reads, copy-on-write overlay, download Blob of sl
   expect(r.blobOk).toBe(true);
   expect(r.originalUntouched).toBe(true);
   expect(r.pristine).toBe(false);
+  expect(r.beforeCommitSize).toBe(3 * 1024 * 1024 + 12345);
+  expect(r.discarded).toBe(true);
 });
 
 test('HandleStore: one atomic commit per operation, fresh File after, discard, Web Lock', async ({ page }) => {

@@ -86,6 +86,7 @@ export class ImageTab {
 }
 
 function describe(e: unknown): Message {
+  if (e instanceof QcowError && e.code === 'CANCELLED') return { kind: 'info', text: 'Cancelled: nothing was changed.' };
   if (e instanceof QcowError) return { kind: 'error', text: e.message, code: e.code };
   if (e instanceof DOMException && e.name === 'AbortError') return { kind: 'info', text: 'Cancelled.' };
   const err = e as Error;

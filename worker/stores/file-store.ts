@@ -5,6 +5,7 @@
 import { QcowError } from '../../core/errors.ts';
 import { OverlayStore, type Segment } from '../../core/io/overlay-store.ts';
 import { BlockCache, type RawReader } from './block-cache.ts';
+import { TxStore } from './tx-store.ts';
 
 export function fileReader(file: Blob): RawReader {
   return async (offset, length) => {
@@ -20,15 +21,27 @@ export function fileReader(file: Blob): RawReader {
   };
 }
 
-export class FileStore extends OverlayStore {
+/**
+ * The File under a copy-on-write overlay (the committed image), itself under a TxStore so that an
+ * engine operation is all-or-nothing (worker/stores/tx-store.ts).
+ */
+export class FileStore extends TxStore {
   readonly file: File;
   readonly cache: BlockCache;
+  readonly overlay: OverlayStore;
 
   constructor(file: File, blockSize?: number) {
     const cache = new BlockCache(fileReader(file), file.size, blockSize ? { blockSize } : {});
-    super(cache, file.name);
+    const overlay = new OverlayStore(cache, file.name);
+    super(overlay);
     this.file = file;
     this.cache = cache;
+    this.overlay = overlay;
+  }
+
+  /** Nothing was changed since the file was opened. */
+  get pristine(): boolean {
+    return this.overlay.pristine && !this.hasPending;
   }
 
   /** Warm the block cache with ranges a walk will read (see BlockCache.prefetch). */
@@ -38,7 +51,7 @@ export class FileStore extends OverlayStore {
 
   /** The image as it now is, as a Blob: untouched ranges are slices of the original File. */
   toBlob(): Blob {
-    return blobFromSegments(this.segments(), this.file);
+    return blobFromSegments(this.overlay.segments(), this.file);
   }
 }
 

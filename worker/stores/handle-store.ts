@@ -13,6 +13,7 @@ import { OverlayStore } from '../../core/io/overlay-store.ts';
 import { checkRange, type ImageStore } from '../../core/io/store.ts';
 import { BlockCache } from './block-cache.ts';
 import { fileReader } from './file-store.ts';
+import type { Transactional } from './tx-store.ts';
 
 interface PermissionHandle {
   queryPermission?(d: { mode: 'read' | 'readwrite' }): Promise<PermissionState>;
@@ -20,7 +21,7 @@ interface PermissionHandle {
 
 const ZERO_CHUNK = 1 << 20;
 
-export class HandleStore implements ImageStore {
+export class HandleStore implements ImageStore, Transactional {
   readonly name: string;
   readonly writable = true;
   readonly handle: FileSystemFileHandle;

@@ -1,0 +1,84 @@
+// All-or-nothing engine operations on stores that cannot roll back by themselves (a File under a
+// copy-on-write overlay, the in-memory demo): the operation's writes go to a pending overlay over
+// the committed store; `commit()` applies them in order, `discard()` drops them, so a refused,
+// failed or cancelled operation leaves the image exactly as it was. (The FS Access handle store
+// does the same with an atomic createWritable session.)
+import { OverlayStore } from '../../core/io/overlay-store.ts';
+import { checkRange, type ImageStore } from '../../core/io/store.ts';
+
+export interface Transactional {
+  /** Make the pending writes part of the image. */
+  commit(): Promise<void>;
+  /** Drop the pending writes. */
+  discard(): void;
+  readonly hasPending: boolean;
+}
+
+export function isTransactional<T>(s: T): s is T & Transactional {
+  return typeof (s as Transactional).commit === 'function' && typeof (s as Transactional).discard === 'function';
+}
+
+export class TxStore implements ImageStore, Transactional {
+  readonly name: string;
+  readonly writable = true;
+  /** The committed image. */
+  readonly base: ImageStore;
+  private pending: OverlayStore;
+
+  constructor(base: ImageStore) {
+    this.base = base;
+    this.name = base.name;
+    this.pending = this.fresh();
+  }
+
+  private fresh(): OverlayStore {
+    const base = this.base;
+    return new OverlayStore({ size: base.size(), read: (o, l) => base.read(o, l) }, base.name);
+  }
+
+  get hasPending(): boolean {
+    return !this.pending.pristine;
+  }
+
+  size(): number {
+    return this.pending.size();
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.pending.read(offset, length);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    checkRange(this, offset, data.length);
+    await this.pending.write(offset, data);
+  }
+
+  truncate(size: number): Promise<void> {
+    return this.pending.truncate(size);
+  }
+
+  /** Ordering within an operation needs nothing: it becomes visible whole, at commit. */
+  async flush(): Promise<void> {}
+
+  async commit(): Promise<void> {
+    if (!this.hasPending) return;
+    const size = this.pending.size();
+    const baseSize = this.base.size();
+    // A cut below the committed size: cut first, so regrown bytes read as zeros.
+    const segs = this.pending.segments();
+    const firstZero = segs.find((s) => s.kind === 'zeros' && s.offset < baseSize);
+    if (firstZero) await this.base.truncate(firstZero.offset);
+    for (const s of segs) if (s.kind === 'patch') await this.base.write(s.offset, s.data);
+    if (this.base.size() !== size) await this.base.truncate(size);
+    await this.base.flush();
+    this.pending = this.fresh();
+  }
+
+  discard(): void {
+    this.pending = this.fresh();
+  }
+
+  close(): Promise<void> {
+    return this.base.close();
+  }
+}
