@@ -2,7 +2,7 @@
 // is, with the same JSON (image end offset, cluster statistics), and `layout` agrees with it.
 import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { createImage, qemuCheck, qemuImgOk, qemuIoOk, type CreateOptions } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuImg, qemuImgOk, qemuIo, qemuIoOk, type CreateOptions } from '../helpers/qemu.ts';
 import { openImage } from '../../cli/open.ts';
 import { checkExitCode, runCheck } from '../../core/analysis/check.ts';
 import { checkJson } from '../../cli/commands/check.ts';
@@ -72,6 +72,30 @@ describe('check on clean images agrees with qemu-img check', () => {
     const o = await ourCheck(top);
     expect(o.exitCode).toBe(q.exitCode);
     expect(o.json).toEqual({ ...q.json, filename: top });
+  });
+
+  it('with an external data file (data clusters are not refcounted)', async () => {
+    const file = tmp.file('df.qcow2');
+    createImage(file, '64M', { extra: [`data_file=${tmp.file('df.raw')}`] });
+    qemuIoOk(file, 'write -P 0x11 0 128k', 'write -P 0x22 5M 64k');
+    const q = qemuCheck(file);
+    const o = await ourCheck(file);
+    expect(o.exitCode).toBe(q.exitCode);
+    expect(o.json).toEqual({ ...q.json, filename: file });
+  });
+
+  it('LUKS-encrypted (the crypto header area is refcounted)', async () => {
+    const file = tmp.file('luks.qcow2');
+    const secret = ['--object', 'secret,id=s0,data=abc'];
+    const c = qemuImg(['create', '-f', 'qcow2', ...secret, '-o', 'encrypt.format=luks,encrypt.key-secret=s0', file, '64M']);
+    expect(c.status, c.stderr + c.stdout).toBe(0);
+    const opts = `driver=qcow2,file.filename=${file},encrypt.key-secret=s0`;
+    const w = qemuIo([...secret, '--image-opts', opts, '-c', 'write -P 0x11 0 128k']);
+    expect(w.status).toBe(0);
+    const q = JSON.parse(qemuImgOk(['check', ...secret, '--image-opts', opts, '--output=json'])) as Record<string, unknown>;
+    const o = await ourCheck(file);
+    expect(o.exitCode).toBe(0);
+    expect(o.json).toEqual({ ...q, filename: file });
   });
 
   it('with a persistent bitmap', async () => {
