@@ -104,23 +104,48 @@ export function buildInfo(img: Qcow2Image, ctx: InfoContext): ImageInfo {
   return info;
 }
 
-/** IEC size as qemu-img prints it ("64 MiB", "336 KiB", "1.5 GiB"). */
+/**
+ * IEC size as qemu-img prints it ("64 MiB", "336 KiB", "0.977 MiB"): QEMU's size_to_str, which
+ * moves to the next unit once the value reaches 1000 of the current one, then printf's "%0.3g".
+ */
 export function sizeToStr(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  // QEMU's size_to_str: "%0.3g" of the value in the chosen unit
-  return `${formatG3(v)} ${units[i]}`;
+  // frexp(val / (1000 / 1024), &e); i = (e - 1) / 10 (C division: truncates toward zero)
+  const x = n / (1000 / 1024);
+  let e = 0;
+  while (e < 1100 && 2 ** e <= x) e++;
+  const i = Math.min(units.length - 1, Math.trunc((e - 1) / 10));
+  return `${formatG3(n / 2 ** (10 * i))} ${units[i]}`;
 }
 
-function formatG3(v: number): string {
+/**
+ * printf("%0.3g", v) for v ≥ 0: three significant digits rounded on the exact binary value (ties
+ * to even, as glibc does), trailing zeros dropped, exponent form outside [1e-4, 1e3).
+ */
+export function formatG3(v: number): string {
   if (v === 0) return '0';
-  const p = Number(v.toPrecision(3));
-  return String(p);
+  // the exact decimal expansion of the double (100 significant digits cover every double ≥ 1e-40)
+  const exact = v.toPrecision(100);
+  const [mant = '', e] = exact.split('e');
+  const [intPart = '', fracPart = ''] = mant.split('.');
+  const all = intPart + fracPart;
+  const first = all.search(/[1-9]/);
+  const digits = all.slice(first);
+  // decimal exponent of the first significant digit
+  let exp = intPart.length - 1 - first + (e !== undefined ? Number(e) : 0);
+  let head = Number(digits.slice(0, 3).padEnd(3, '0'));
+  const rest = digits.slice(3).replace(/0+$/, '');
+  if (rest !== '' && (rest[0]! > '5' || (rest[0] === '5' && (rest.length > 1 || head % 2 === 1)))) head++;
+  if (head === 1000) {
+    head = 100;
+    exp++;
+  }
+  if (exp < -4 || exp >= 3) {
+    const mant = String(head / 100).replace(/\.?0+$/, '');
+    return `${mant}e${exp < 0 ? '-' : '+'}${String(Math.abs(exp)).padStart(2, '0')}`;
+  }
+  const value = head * 10 ** (exp - 2);
+  return value.toFixed(Math.max(0, 2 - exp)).replace(/\.0+$/, '').replace(/(\.\d*?)0+$/, '$1');
 }
 
 function pad2(n: number): string {
@@ -138,12 +163,19 @@ export function formatVmClock(nsec: number): string {
   return `${pad2(Math.floor(secs / 3600))}:${pad2(Math.floor(secs / 60) % 60)}:${pad2(secs % 60)}.${String(ms % 1000).padStart(3, '0')}`;
 }
 
+const utf8 = new TextEncoder();
+
+/** printf's `%-Ns`: pads to N bytes (a name with non-ASCII characters gets fewer spaces than characters suggest). */
+function padEndBytes(s: string, n: number): string {
+  return s + ' '.repeat(Math.max(0, n - utf8.encode(s).length));
+}
+
 /** The snapshot list as qemu-img 7.2 prints it (header `%-10s%-17s%8s%20s%13s%11s`). */
 export function formatSnapshotList(list: SnapshotInfo[]): string {
   const rows = ['Snapshot list:', `${'ID'.padEnd(10)}${'TAG'.padEnd(17)}${'VM SIZE'.padStart(8)}${'DATE'.padStart(20)}${'VM CLOCK'.padStart(13)}${'ICOUNT'.padStart(11)}`];
   for (const s of list) {
     const clock = formatVmClock(s['vm-clock-sec'] * 1e9 + s['vm-clock-nsec']);
-    rows.push(`${s.id.padEnd(9)} ${s.name.padEnd(16)} ${sizeToStr(s['vm-state-size']).padStart(8)}${formatDate(s['date-sec']).padStart(20)}${clock.padStart(13)}${(s.icount === undefined ? '' : String(s.icount)).padStart(11)}`);
+    rows.push(`${padEndBytes(s.id, 9)} ${padEndBytes(s.name, 16)} ${sizeToStr(s['vm-state-size']).padStart(8)}${formatDate(s['date-sec']).padStart(20)}${clock.padStart(13)}${(s.icount === undefined ? '' : String(s.icount)).padStart(11)}`);
   }
   return rows.join('\n');
 }

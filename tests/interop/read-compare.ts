@@ -2,11 +2,19 @@
 // `map --json`, `export` (active disk and every snapshot) and `snapshot -l --json` against
 // `qemu-img info --output=json`, `qemu-img map --output=json` and `qemu-img convert -O raw
 // [-l snapshot.id=N]` on the same file, from the same working directory.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../helpers/qemu.ts';
 import { buildCli, compareFiles, qemuExport, qemuInfoJson, qemuMapJson, runCliOk } from './read-support.ts';
+
+/** qemu-img's stdout, run from `cwd` (it must succeed). */
+function qemuImgText(args: string[], cwd: string): string {
+  const r = spawnSync('qemu-img', args, { encoding: 'utf8', cwd });
+  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
 
 export interface Variety {
   name: string;
@@ -72,6 +80,11 @@ export function compareVarieties(varieties: Variety[]): void {
           fs.rmSync(a);
           fs.rmSync(b);
         }
+      });
+
+      it('info and snapshot -l (human forms) print what qemu-img 7.2 prints', () => {
+        expect(runCliOk(bin, ['info', image], { cwd: dir })).toBe(qemuImgText(['info', image], dir));
+        expect(runCliOk(bin, ['snapshot', '-l', image], { cwd: dir })).toBe(qemuImgText(['snapshot', '-l', image], dir));
       });
 
       it('snapshot -l --json lists what qemu-img info lists', () => {
