@@ -4,7 +4,7 @@
 // CPU time (user+sys) and peak RSS of both. See BENCHMARKS.md for what the figures mean.
 //
 //   node scripts/bench.mjs [--sizes 64G,256G,1T] [--reps 5] [--ops info,map,check,export,snapshot]
-//                          [--dir DIR] [--json FILE] [--no-warmup] [--rebuild] [--browser]
+//                          [--dir DIR] [--json FILE] [--no-warmup] [--rebuild] [--cli FILE] [--browser]
 //
 // Images: made once with qemu-img (`-o preallocation=metadata`, sparse, plus one internal snapshot
 // named `base`) in DIR (default: <os tmpdir>/qcowscope-bench) and reused by later runs.
@@ -19,7 +19,6 @@ import { parseArgs } from 'node:util';
 import { runBrowserBench } from './bench/browser.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CLI = path.join(ROOT, 'dist/cli/qcowscope.mjs');
 const ALL_OPS = ['info', 'map', 'check', 'export', 'snapshot-create', 'snapshot-revert', 'snapshot-delete'];
 const OP_ALIASES = { snapshot: ['snapshot-create', 'snapshot-revert', 'snapshot-delete'], create: ['snapshot-create'], revert: ['snapshot-revert'], delete: ['snapshot-delete'] };
 /** A run that takes longer than this is stopped and the operation is reported as too slow. */
@@ -34,6 +33,7 @@ const { values: args } = parseArgs({
     json: { type: 'string' },
     'no-warmup': { type: 'boolean', default: false },
     rebuild: { type: 'boolean', default: false },
+    cli: { type: 'string' },
     browser: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -44,6 +44,8 @@ if (args.help) {
   process.exit(0);
 }
 
+/** The CLI under test: dist/cli/qcowscope.mjs, or a copy given with --cli (a build that others' rebuilds cannot change mid-run). */
+const CLI = path.resolve(args.cli ?? path.join(ROOT, 'dist/cli/qcowscope.mjs'));
 const reps = Math.max(1, Number(args.reps) | 0);
 const sizes = args.sizes.split(',').map((s) => s.trim()).filter(Boolean);
 const ops = [...new Set(args.ops.split(',').map((s) => s.trim()).filter(Boolean).flatMap((o) => OP_ALIASES[o] ?? [o]))];
@@ -121,8 +123,8 @@ function freshCopy(src, dst) {
 
 function ensureCli() {
   if (args.rebuild || !fs.existsSync(CLI)) {
-    process.stderr.write('bench: building the CLI (node scripts/build-cli.mjs)...\n');
-    must(process.execPath, [path.join(ROOT, 'scripts/build-cli.mjs')], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
+    process.stderr.write(`bench: building the CLI (node scripts/build-cli.mjs --outfile ${CLI})...\n`);
+    must(process.execPath, [path.join(ROOT, 'scripts/build-cli.mjs'), '--outfile', CLI], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
   }
 }
 
@@ -302,6 +304,7 @@ function summarize(r) {
     op: r.op, size: r.size,
     oursWallMs: m('ours', 'wall'), qemuWallMs: m('qemu', 'wall'),
     ratio: m('ours', 'wall') / m('qemu', 'wall'),
+    cpuRatio: m('ours', 'cpu') / Math.max(m('qemu', 'cpu'), 0.005),
     oursCpuS: m('ours', 'cpu'), qemuCpuS: m('qemu', 'cpu'),
     oursRssMiB: Math.max(...r.ours.map((x) => x.rssKiB)) / 1024, qemuRssMiB: Math.max(...r.qemu.map((x) => x.rssKiB)) / 1024,
     notes: r.notes,
@@ -309,11 +312,11 @@ function summarize(r) {
 }
 
 function table(rows) {
-  const head = ['operation', 'size', 'ours (s)', 'qemu-img (s)', 'ratio', 'ours cpu (s)', 'qemu cpu (s)', 'ours RSS (MiB)', 'qemu RSS (MiB)', 'notes'];
+  const head = ['operation', 'size', 'ours (s)', 'qemu-img (s)', 'ratio', 'ours cpu (s)', 'qemu cpu (s)', 'cpu ratio', 'ours RSS (MiB)', 'qemu RSS (MiB)', 'notes'];
   const body = rows.map((s) => s.skipped
-    ? [s.op, s.size, '—', '—', '—', '—', '—', '—', '—', s.skipped]
+    ? [s.op, s.size, '—', '—', '—', '—', '—', '—', '—', '—', s.skipped]
     : [s.op, s.size, (s.oursWallMs / 1000).toFixed(3), (s.qemuWallMs / 1000).toFixed(3), s.ratio.toFixed(2),
-      s.oursCpuS.toFixed(2), s.qemuCpuS.toFixed(2), s.oursRssMiB.toFixed(0), s.qemuRssMiB.toFixed(0), s.notes.join('; ')]);
+      s.oursCpuS.toFixed(2), s.qemuCpuS.toFixed(2), s.cpuRatio.toFixed(2), s.oursRssMiB.toFixed(0), s.qemuRssMiB.toFixed(0), s.notes.join('; ')]);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((r) => String(r[i]).length)));
   const line = (r) => '| ' + r.map((c, i) => String(c).padEnd(w[i])).join(' | ') + ' |';
   return [line(head), '|' + w.map((x) => '-'.repeat(x + 2)).join('|') + '|', ...body.map(line)].join('\n');
@@ -357,12 +360,13 @@ if (args.browser || ops.includes('browser')) {
 }
 const finished = new Date();
 mach.loadavgEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ');
-const ratioNote = 'ratio = our median wall time / qemu-img median wall time (whole process; below 1 is faster)';
+const ratioNote = 'ratio = our median wall time / qemu-img median wall time (whole process; below 1 is faster); cpu = user+sys (GNU time, 10 ms resolution; qemu-img below 5 ms counts as 5 ms in the cpu ratio)';
 process.stdout.write(`\nqcowscope vs qemu-img — ${finished.toISOString()}\n${mach.cpu}, ${mach.nproc} CPUs, ${mach.memGiB} GiB; Node ${mach.node}; ${mach.qemuImg}\n`);
 process.stdout.write(`load average ${mach.loadavg} at start, ${mach.loadavgEnd} at end; ${reps} runs each\n\n`);
 process.stdout.write(table(rows) + '\n\n' + ratioNote + '\n');
 if (browser) process.stdout.write('\nbrowser: ' + JSON.stringify(browser, null, 2) + '\n');
-const result = { started: started.toISOString(), finished: finished.toISOString(), machine: mach, reps, sizes, rows, runs: raw, browser };
+const commit = sh('git', ['-C', ROOT, 'log', '-1', '--format=%h %s']).stdout.trim();
+const result = { started: started.toISOString(), finished: finished.toISOString(), commit, cli: CLI, machine: mach, reps, sizes, rows, runs: raw, browser };
 const jsonFile = args.json ?? path.join(dir, `results-${finished.toISOString().replace(/[:.]/g, '-')}.json`);
 fs.writeFileSync(jsonFile, JSON.stringify(result, null, 2) + '\n');
 process.stderr.write(`bench: results in ${jsonFile}\n`);
