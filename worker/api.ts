@@ -6,8 +6,9 @@ import type { QcowErrorCode } from '../core/errors.ts';
 import type { Translation, TranslationStep, TranslationResult } from '../core/analysis/translate.ts';
 import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import type { LayoutKindName } from '../core/analysis/layout.ts';
+import type { DiffResult, DiffRange } from '../core/analysis/diff.ts';
 
-export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace };
+export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange };
 
 /** Opaque handle of an image opened in the worker. */
 export type ImageId = string;
@@ -267,6 +268,8 @@ export interface EngineApi {
   refcountBlock(id: ImageId, refblockIndex: number): Promise<Float64Array>;
   /** Follow a guest offset through L1 and L2, each step explained (the active disk, or a snapshot by ID). */
   translate(id: ImageId, guestOffset: number, snapshotId?: string): Promise<Translation>;
+  /** Guest clusters that differ between two views: a snapshot (by ID) or the active disk (null). */
+  diff(id: ImageId, a: string | null, b: string | null): Promise<DiffResult>;
   /** What a snapshot holds alone (freed by deleting it) and what it shares. */
   snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn): Promise<SnapshotSpace>;
   clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterMapDTO>;

@@ -19,6 +19,7 @@ import { runCheck, type CheckResult, type Finding } from '../core/analysis/check
 import { createSnapshot, deleteSnapshot, revertSnapshot, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
+import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
 import type { Journal } from '../core/image/journal.ts';
 import { buildDemoImage } from './demo.ts';
 import type {
@@ -54,6 +55,7 @@ export interface EngineImage {
   refcountBlock(refblockIndex: number): Promise<Float64Array>;
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
   snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
+  diff(a: string | null, b: string | null): Promise<DiffResult>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
   check(job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO>;
   createSnapshot(name: string, job: JobContext): Promise<JournalDTO>;
@@ -247,6 +249,10 @@ function wrap(img: Qcow2Image): EngineImage {
     async translate(guestOffset, snapshotId) {
       const view = snapshotId === undefined ? img.activeView() : await img.snapshotView(findById(snapshotId));
       return translate(img, view, guestOffset);
+    },
+    async diff(a, b) {
+      const view = async (id: string | null) => (id === null ? img.activeView() : img.snapshotView(findById(id)));
+      return diffViews(img, await view(a), await view(b));
     },
     async snapshotSpace(snapshotId) {
       return snapshotSpace(img, findById(snapshotId));

@@ -1,6 +1,8 @@
 // The explorer views on a qemu-made image, judged by QEMU: where a guest byte lives (Translation,
 // and the L1 → L2 drill-down) against `qemu-img map`, and the snapshot table's space figures.
-import { qemuMap } from '../helpers/qemu.ts';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { qemuConvertToRaw, qemuMap } from '../helpers/qemu.ts';
 import { test, expect, makeImage, openViaInput, showView } from './fixtures.ts';
 
 const hex = (n: number) => '0x' + n.toString(16);
@@ -69,4 +71,16 @@ test('a snapshot shows what it holds alone', async ({ page, tmp }) => {
   const inspector = page.getByRole('complementary', { name: 'Inspector' });
   await expect(inspector.getByRole('heading', { name: 'Snapshot snapA' })).toBeVisible();
   await expect(inspector).toContainText('deleting it frees them');
+
+  // What changed since snapA: the guest clusters whose content differs, as qemu-img convert shows.
+  const active = path.join(tmp, 'active.raw');
+  const snapA = path.join(tmp, 'snapA.raw');
+  qemuConvertToRaw(f.path, active);
+  qemuConvertToRaw(f.path, snapA, { name: 'snapA' });
+  const x = fs.readFileSync(active);
+  const y = fs.readFileSync(snapA);
+  let changed = 0;
+  for (let c = 0; c < x.length / 65536; c++) if (!x.subarray(c * 65536, (c + 1) * 65536).equals(y.subarray(c * 65536, (c + 1) * 65536))) changed++;
+  expect(changed).toBeGreaterThan(0);
+  await expect(inspector).toContainText(`${changed} guest clusters differ from the active disk`);
 });
