@@ -337,3 +337,49 @@ describe('random guest writes, judged by qemu-img check and convert', () => {
     }
   });
 });
+
+// A wider random campaign, off by default (QCOWSCOPE_WRITE_SEEDS=N runs N random image setups).
+const EXTRA_SEEDS = Number(process.env.QCOWSCOPE_WRITE_SEEDS ?? 0);
+describe.skipIf(EXTRA_SEEDS === 0)('random image setups (QCOWSCOPE_WRITE_SEEDS)', () => {
+  for (let seed = 1; seed <= EXTRA_SEEDS; seed++) {
+    it(`setup ${seed}`, async () => {
+      const rand = seededRandom(seed * 7919);
+      const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+      const v2 = rand() < 0.25;
+      const extendedL2 = !v2 && rand() < 0.3;
+      const clusterSize = extendedL2 ? pick([16384, 32768, 65536, 2097152]) : pick([512, 1024, 4096, 65536, 2097152]);
+      const refcountBits = v2 ? 16 : pick([1, 2, 4, 8, 16, 32, 64] as const);
+      const withBacking = rand() < 0.3;
+      const compressed = !withBacking && rand() < 0.25;
+      const snapshot = !compressed && refcountBits > 1 && rand() < 0.4;
+      const size = clusterSize >= 65536 ? 32 * 1024 * 1024 : 4 * 1024 * 1024;
+      const opts: CreateOptions = { clusterSize, refcountBits, compat: v2 ? '0.10' : '1.1', extendedL2, lazyRefcounts: !v2 && rand() < 0.3 };
+      await runScenario({
+        make: (file, dir) => {
+          if (compressed) {
+            const src = `${dir}/src.qcow2`;
+            createImage(src, size, { clusterSize: Math.max(clusterSize, 4096) > 65536 ? 65536 : Math.max(clusterSize, 4096) });
+            qemuIoOk(src, `write -P 0x71 0 ${size / 2}`);
+            qemuImgOk(['convert', '-c', '-O', 'qcow2', '-o', `cluster_size=${clusterSize},refcount_bits=${refcountBits},compat=${opts.compat}${extendedL2 ? ',extended_l2=on' : ''}`, src, file]);
+            return;
+          }
+          if (withBacking) {
+            const b = `${dir}/backing.qcow2`;
+            createImage(b, size, { clusterSize: 65536 });
+            qemuIoOk(b, `write -P 0x61 0 ${size}`);
+            createImage(file, undefined, { ...opts, backing: b });
+          } else {
+            createImage(file, size, opts);
+          }
+          qemuIoOk(file, `write -P 0x5a 0 ${3 * clusterSize}`, `write -z ${5 * clusterSize} ${2 * clusterSize}`);
+          if (snapshot) {
+            expect(qemuSnapshotCreate(file, 'a').status).toBe(0);
+            qemuIoOk(file, `write -P 0x5b ${clusterSize} ${clusterSize}`);
+          }
+        },
+        ops: 40, seed, discards: true, reopenEvery: 13, maxLength: Math.max(3 * clusterSize, 300000),
+        hotSpots: [0, clusterSize * (clusterSize / (extendedL2 ? 16 : 8))],
+      });
+    });
+  }
+});
