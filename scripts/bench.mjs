@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { runBrowserBench } from './bench/browser.mjs';
+import { browserTable, runBrowserBench } from './bench/browser.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ALL_OPS = ['info', 'map', 'check', 'export', 'snapshot-create', 'snapshot-revert', 'snapshot-delete'];
@@ -364,7 +364,7 @@ const ratioNote = 'ratio = our median wall time / qemu-img median wall time (who
 process.stdout.write(`\nqcowscope vs qemu-img — ${finished.toISOString()}\n${mach.cpu}, ${mach.nproc} CPUs, ${mach.memGiB} GiB; Node ${mach.node}; ${mach.qemuImg}\n`);
 process.stdout.write(`load average ${mach.loadavg} at start, ${mach.loadavgEnd} at end; ${reps} runs each\n\n`);
 process.stdout.write(table(rows) + '\n\n' + ratioNote + '\n');
-if (browser) process.stdout.write('\nbrowser: ' + JSON.stringify(browser, null, 2) + '\n');
+if (browser) process.stdout.write('\n' + browserTable(browser) + '\n');
 const commit = sh('git', ['-C', ROOT, 'log', '-1', '--format=%h %s']).stdout.trim();
 const result = { started: started.toISOString(), finished: finished.toISOString(), commit, cli: CLI, machine: mach, reps, sizes, rows, runs: raw, browser };
 const jsonFile = args.json ?? path.join(dir, `results-${finished.toISOString().replace(/[:.]/g, '-')}.json`);
