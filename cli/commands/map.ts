@@ -61,7 +61,8 @@ export const map: Command = {
           add((first ? '[' : '') + extentJson(e), ',\n');
           first = false;
         }, holes);
-        if (first) out('[]');
+        // qemu-img map always prints its last entry, which for an empty disk is its initial one
+        if (first) out(`[${extentJson({ start: 0, length: 0, depth: 0, present: false, zero: false, data: false, compressed: false })}]`);
         else out(buf + ']');
       } else {
         add(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File`, '\n');

@@ -206,9 +206,10 @@ export function formatInfo(info: ImageInfo): string {
     for (const b of d.bitmaps) lines.push(`        [${d.bitmaps.indexOf(b)}]:`, `            flags:`, ...b.flags.map((f, i) => `                [${i}]: ${f}`), `            name: ${b.name}`, `            granularity: ${b.granularity}`);
   }
   lines.push(`    refcount bits: ${d['refcount-bits']}`);
-  if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
+  // qemu-img 7.2's order (its QAPI visitor): data file, data file raw, then corrupt
   if (d['data-file']) lines.push(`    data file: ${d['data-file']}`);
   if (d['data-file-raw'] !== undefined) lines.push(`    data file raw: ${d['data-file-raw']}`);
+  if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
   if (d['extended-l2'] !== undefined) lines.push(`    extended l2: ${d['extended-l2']}`);
   return lines.join('\n');
 }

@@ -201,6 +201,35 @@ varieties.push({
   },
 });
 
+// ---- external data files ----------------------------------------------------------------------------
+for (const raw of [false, true]) {
+  varieties.push({
+    name: `external data file${raw ? ', data_file_raw=on' : ''}`,
+    make(dir) {
+      const f = create(dir, 'img.qcow2', 64 * MiB, { extra: [`data_file=${path.join(dir, 'img.data')}${raw ? ',data_file_raw=on' : ''}`] });
+      qemuIoOk(f, 'write -P 0x22 0 100k', 'write -P 0x23 10M 64k');
+      if (!raw) qemuIoOk(f, 'write -z 10M 32k', 'discard 0 64k');
+      return 'img.qcow2';
+    },
+  });
+}
+
+// ---- odd sizes -----------------------------------------------------------------------------------------
+varieties.push({ name: 'virtual size 0', make: (dir) => (create(dir, 'img.qcow2', 0), 'img.qcow2') });
+varieties.push({
+  name: 'virtual size not a multiple of 512 (header poked to 1000001 bytes)',
+  make(dir) {
+    const f = create(dir, 'img.qcow2', 1000001);
+    qemuIoOk(f, 'write -P 0x07 999000 1000');
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(1000001n);
+    const fd = fs.openSync(f, 'r+');
+    fs.writeSync(fd, b, 0, 8, 24);
+    fs.closeSync(fd);
+    return 'img.qcow2';
+  },
+});
+
 // ---- large virtual sizes ---------------------------------------------------------------------------------
 varieties.push({
   name: '6 GiB, 512-byte clusters (L2 tables far above 4 GiB of guest space), absolute path',
