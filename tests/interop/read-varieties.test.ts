@@ -201,6 +201,59 @@ varieties.push({
   },
 });
 
+// ---- header oddities QEMU reads without complaint ---------------------------------------------------------
+function pokeBytes(file: string, offset: number, bytes: Buffer): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.writeSync(fd, bytes, 0, bytes.length, offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+function u64(v: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(v);
+  return b;
+}
+varieties.push({
+  name: 'corrupt bit set (read-only reads are allowed)',
+  make(dir) {
+    const f = create(dir, 'img.qcow2', 64 * MiB);
+    qemuIoOk(f, 'write -P 0x22 0 1M');
+    pokeBytes(f, 72, u64(2n));
+    return 'img.qcow2';
+  },
+});
+varieties.push({
+  name: 'dirty bit set without lazy refcounts',
+  make(dir) {
+    const f = create(dir, 'img.qcow2', 64 * MiB);
+    qemuIoOk(f, 'write -P 0x22 0 1M');
+    pokeBytes(f, 72, u64(1n));
+    return 'img.qcow2';
+  },
+});
+varieties.push({
+  name: 'unknown compatible and autoclear bits, unknown header fields and extension (4 KiB clusters, no feature table)',
+  make(dir) {
+    const f = create(dir, 'img.qcow2', 64 * MiB, { clusterSize: 4096 });
+    qemuIoOk(f, 'write -P 0x22 0 1M');
+    pokeBytes(f, 80, u64(1n << 40n)); // compatible
+    pokeBytes(f, 88, u64(1n << 50n)); // autoclear
+    // header_length 120: 8 unknown header bytes, then an unknown extension and the end marker
+    const hdr = Buffer.alloc(8 + 8 + 16 + 8);
+    hdr.write('unknown!', 0, 'latin1');
+    hdr.writeUInt32BE(0x12345678, 8);
+    hdr.writeUInt32BE(13, 12);
+    hdr.write('some payload.', 16, 'latin1');
+    pokeBytes(f, 112, hdr);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(120);
+    pokeBytes(f, 100, len);
+    return 'img.qcow2';
+  },
+});
+
 // ---- external data files ----------------------------------------------------------------------------
 for (const raw of [false, true]) {
   varieties.push({
