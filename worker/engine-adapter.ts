@@ -21,7 +21,8 @@ import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
 import type { Journal } from '../core/image/journal.ts';
-import { buildDemoImage } from './demo.ts';
+import { buildDemoImage } from '../core/image/demo.ts';
+import { MemoryStore } from '../core/io/memory-store.ts';
 import type {
   CheckFindingDTO,
   CheckReportDTO,
@@ -283,8 +284,9 @@ export async function openImage(store: ImageStore): Promise<EngineImage> {
   return wrap(img);
 }
 
-export async function buildDemoStore(): Promise<ImageStore> {
-  return buildDemoImage();
+/** The engine's demo image (core/image/demo.ts) in a writable memory store. */
+export async function buildDemoStore(): Promise<MemoryStore> {
+  return new MemoryStore(await buildDemoImage(), { name: 'demo.qcow2' });
 }
 
 function journalDTO(j: Journal): JournalDTO {

@@ -112,6 +112,12 @@ test('the demo image opens with snapshots, checks clean and downloads as a valid
   const rows = page.getByRole('table', { name: 'Snapshots' }).locator('tbody tr');
   const count = await rows.count();
   expect(count).toBeGreaterThanOrEqual(2);
+  // Every view has something to show: shared and exclusive data, and a compressed cluster.
+  await showView(page, 'Cluster map');
+  const legend = page.getByRole('list', { name: 'Legend' });
+  for (const kind of ['Data (shared)', 'Data (snapshots only)', 'Data (active only)', 'Compressed data']) {
+    await expect(legend.getByRole('listitem').filter({ hasText: kind })).toHaveCount(1);
+  }
   await page.getByRole('button', { name: 'Run check' }).click();
   await expect(page.getByText('No errors were found on the image.')).toBeVisible();
   const download = page.waitForEvent('download');
