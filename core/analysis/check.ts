@@ -15,7 +15,7 @@ import {
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
-  CheckAbort, FindingSink, Imrt, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, readDiskRefcounts, strerror, tablesInOrder,
+  CheckAbort, FindingSink, Imrt, MAX_REPEATS, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, readDiskRefcounts, strerror, tablesInOrder,
   zeroCounters, type CheckCounters, type Finding, type FragStats, type WalkRepairHooks,
 } from './refcount-walk.ts';
 import { hex } from '../errors.ts';
@@ -464,7 +464,13 @@ async function checkOflagCopied(
   }
   const g = img.geometry;
   const step = img.l2EntrySize;
-  for await (const [k, table] of tablesInOrder(img, offsets, cs, l2Cache)) {
+  // An L2 table referenced by several L1 entries is scanned once: with its multiplicity when only
+  // checking, and once when repairing (QEMU's later visits read the table it just repaired).
+  const mult = new Map<number, number>();
+  for (const o of offsets) mult.set(o, (mult.get(o) ?? 0) + 1);
+  const tables = tablesInOrder(img, [...mult.keys()], cs, l2Cache)[Symbol.asyncIterator]();
+  const scanned = new Set<number>();
+  for (let k = 0; k < offsets.length; k++) {
     const i = indices[k]!;
     const l2Offset = offsets[k]!;
     const hi = be32(l1, i * 8);
@@ -492,7 +498,10 @@ async function checkOflagCopied(
         res.corruptionsFixed++;
       }
     }
-    const st: CopiedScan = { dirty: 0, copy: null, need: -1 };
+    if (scanned.has(l2Offset)) continue;
+    scanned.add(l2Offset);
+    const table = (await tables.next()).value![1];
+    const st: CopiedScan = { dirty: 0, copy: null, need: -1, times: repair ? 1 : mult.get(l2Offset)! };
     let j = scanCopied(img, table, 0, -1, 0, st, dcounts, hasBad, repair, res, sink, i, l2Offset);
     while (j >= 0) {
       // An entry whose refcount is past the in-memory array (beyond the end of the file).
@@ -526,6 +535,8 @@ async function checkOflagCopied(
 }
 
 interface CopiedScan {
+  /** References to this table being scanned at once (see checkOflagCopied). */
+  times: number;
   dirty: number;
   copy: Uint8Array | null;
   /** The cluster whose refcount the caller must look up before resuming. */
@@ -575,8 +586,9 @@ function scanCopied(
       drc = dcounts[c]!;
     }
     if ((drc === 1) !== ((eh & 0x80000000) !== 0)) {
-      res.corruptions++;
-      sink.add({ kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${drc}`, structure: 'L2 table', l1Index, l2Index: j, hostOffset: l2Offset + at });
+      res.corruptions += st.times;
+      const f: Finding = { kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${drc}`, structure: 'L2 table', l1Index, l2Index: j, hostOffset: l2Offset + at };
+      for (let r = 0; r < Math.min(st.times, MAX_REPEATS); r++) sink.add(f);
       if (repair) {
         st.copy ??= table.slice();
         put32(st.copy, at, drc === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0);

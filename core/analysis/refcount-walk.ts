@@ -79,6 +79,9 @@ export interface Finding {
   reported?: boolean;
 }
 
+/** Copies of one repeated message (a table walked with a multiplicity) at most. */
+export const MAX_REPEATS = 64;
+
 /** Findings kept in memory at most (counters stay exact; hostile images can have millions). */
 export const MAX_KEPT_FINDINGS = 20000;
 
@@ -271,9 +274,24 @@ export class ReferenceWalk {
     this.fileSize = img.store.size();
   }
 
+  /**
+   * How many references the structure being walked stands for. A table referenced k times (the
+   * same L2 table from several L1 entries, the same L1 table from several snapshots) is walked
+   * once with times = k instead of k times: counts, counters and overflow are as if walked k
+   * times, so a hostile image cannot make the walk quadratic. (Only the order of its repeated
+   * messages differs from QEMU's.) Repairs walk every reference (times stays 1).
+   */
+  private times = 1;
+
   private corruption(message: string, extra: Partial<Finding> = {}): void {
-    this.res.corruptions++;
-    this.sink.add({ kind: 'corruption', message, ...extra });
+    this.res.corruptions += this.times;
+    this.report({ kind: 'corruption', message, ...extra });
+  }
+
+  /** Add a finding once per reference walked (at most MAX_REPEATS copies; counters stay exact). */
+  private report(f: Finding): void {
+    const n = Math.min(this.times, MAX_REPEATS);
+    for (let i = 0; i < n; i++) this.sink.add(f);
   }
 
   private cancelled(): void {
@@ -298,15 +316,23 @@ export class ReferenceWalk {
     if (last >= imrt.size) this.growTo(last + 1);
     const counts = imrt.counts;
     const owners = this.owners;
+    const times = this.times;
     for (let k = first; k <= last; k++) {
       const r = counts[k]!;
-      if (r === imrt.max) {
-        this.corruption(`ERROR: overflow cluster offset=${hex(k * cs)}`, { cluster: k, hostOffset: k * cs });
-        this.sink.add({ kind: 'info', message: 'Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing' });
+      if (r + times > imrt.max) {
+        // Each increment past the maximum is one overflow, as QEMU reports them one by one.
+        const over = r + times - imrt.max;
+        counts[k] = imrt.max;
+        this.res.corruptions += over;
+        for (let i = 0; i < Math.min(over, MAX_REPEATS); i++) {
+          this.sink.add({ kind: 'corruption', message: `ERROR: overflow cluster offset=${hex(k * cs)}`, cluster: k, hostOffset: k * cs });
+          this.sink.add({ kind: 'info', message: 'Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing' });
+        }
+        if (owners) owners[k] = r === 0 ? mergeOwner(kind, kind) : mergeOwner(owners[k]!, kind);
         continue;
       }
-      counts[k] = r + 1;
-      if (owners) owners[k] = r === 0 && owners[k] === Kind.Free ? kind : mergeOwner(owners[k]!, kind);
+      counts[k] = r + times;
+      if (owners) owners[k] = r === 0 ? (times === 1 ? kind : mergeOwner(kind, kind)) : mergeOwner(owners[k]!, kind);
     }
   }
 
@@ -324,6 +350,15 @@ export class ReferenceWalk {
     if (img.hasDataFile && img.snapshots.length > 0) {
       this.corruption(`ERROR ${img.snapshots.length} snapshots in image with data file`, { structure: 'snapshot table' });
     }
+    // Snapshots sharing one L1 table (same offset and size) are walked once, `times` = their number.
+    const dedup = !this.opts.fixErrors;
+    const seen = new Map<string, number>();
+    if (dedup) {
+      for (const sn of img.snapshots) {
+        const key = `${sn.l1TableOffset}:${sn.l1Size}`;
+        seen.set(key, (seen.get(key) ?? 0) + 1);
+      }
+    }
     for (let i = 0; i < img.snapshots.length; i++) {
       const sn = img.snapshots[i]!;
       if (sn.l1TableOffset % cs !== 0) {
@@ -336,7 +371,15 @@ export class ReferenceWalk {
           { structure: 'snapshot table', hostOffset: sn.entryOffset, table: `snapshot ${sn.idStr}` });
         continue;
       }
+      if (dedup) {
+        const key = `${sn.l1TableOffset}:${sn.l1Size}`;
+        const n = seen.get(key)!;
+        if (n === 0) continue; // already walked with its multiplicity
+        seen.set(key, 0);
+        this.times = n;
+      }
       await this.walkL1(sn.l1TableOffset, sn.l1Size, false);
+      this.times = 1;
     }
     this.inc(h.snapshotsOffset, img.snapshotsSize, Kind.SnapshotTable);
     // refcount table
@@ -376,12 +419,36 @@ export class ReferenceWalk {
       offsets.push(l2Offset);
     }
     const tableBytes = cs;
+    // An L2 table referenced from several entries of this L1 is walked once with its multiplicity.
+    const outer = this.times;
+    let mult: number[] | null = null;
+    if (!this.opts.fixErrors && new Set(offsets).size !== offsets.length) {
+      const count = new Map<number, number>();
+      for (const o of offsets) count.set(o, (count.get(o) ?? 0) + 1);
+      const ui: number[] = [];
+      const uo: number[] = [];
+      mult = [];
+      for (let k = 0; k < offsets.length; k++) {
+        const n = count.get(offsets[k]!)!;
+        if (n === 0) continue;
+        count.set(offsets[k]!, 0);
+        ui.push(indices[k]!);
+        uo.push(offsets[k]!);
+        mult.push(n);
+      }
+      indices.length = 0;
+      indices.push(...ui);
+      offsets.length = 0;
+      offsets.push(...uo);
+    }
     let done = 0;
     const keep = active && offsets.length * tableBytes <= MAX_KEPT_L2_BYTES;
     for await (const [k, table] of tablesInOrder(img, offsets, tableBytes)) {
       this.cancelled();
       if (keep) this.activeL2.set(offsets[k]!, table);
+      this.times = outer * (mult ? mult[k]! : 1);
       await this.walkL2(offsets[k]!, table, active, indices[k]! >= vmIndex);
+      this.times = outer;
       if ((++done & 63) === 0) this.opts.onProgress?.(active ? 'Active L2 tables' : 'Snapshot L2 tables', done, offsets.length);
     }
   }
@@ -436,6 +503,7 @@ export class ReferenceWalk {
     const fastOk = !ext && !dataFile && this.owners === null;
     const csMask = cs - 1;
     const hiScale = 2 ** (32 - clusterBits);
+    const times = this.times;
     const fileSize = this.fileSize;
     for (let i = start; i < n; i++) {
       const at = i * step;
@@ -448,11 +516,11 @@ export class ReferenceWalk {
         if (offset !== 0 && (lo & csMask) === 0 && offset < fileSize) {
           const k = (hi & 0x00ffffff) * hiScale + (lo >>> clusterBits);
           const r = counts[k]!;
-          if (k < imrt.size && r !== max && ((lo & 1) === 0 || img.version >= 3)) {
-            counts[k] = r + 1;
+          if (k < imrt.size && r + times <= max) {
+            counts[k] = r + times;
             if (frag) {
-              frag.allocatedClusters++;
-              if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters++;
+              frag.allocatedClusters += times;
+              if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters += times;
               nextContiguous = offset + cs;
             }
             continue;
@@ -484,9 +552,9 @@ export class ReferenceWalk {
           const d = compressedDescriptor(hi, lo, clusterBits);
           this.inc(d.hostOffset, d.compressedSize, Kind.Compressed);
           if (frag) {
-            frag.allocatedClusters++;
-            frag.compressedClusters++;
-            frag.fragmentedClusters++;
+            frag.allocatedClusters += times;
+            frag.compressedClusters += times;
+            frag.fragmentedClusters += times;
           }
           break;
         }
@@ -497,22 +565,22 @@ export class ReferenceWalk {
             this.corruption(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`, { structure: 'L2 table', hostOffset: offset, l2Index: i });
           }
           if (offset % cs !== 0) {
-            this.res.corruptions++;
+            this.res.corruptions += times;
             const containsData = ext ? bmAlloc !== 0 : (lo & 1) === 0;
             if (!containsData) {
               const fix = !!this.opts.fixErrors;
-              this.sink.add({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
+              this.report({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
               if (fix && this.opts.repair) {
                 state.next = nextContiguous;
                 return i;
               }
             } else {
-              this.sink.add({ kind: 'corruption', message: `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
+              this.report({ kind: 'corruption', message: `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
             }
           }
           if (frag) {
-            frag.allocatedClusters++;
-            if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters++;
+            frag.allocatedClusters += times;
+            if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters += times;
             nextContiguous = offset + cs;
           }
           if (!dataFile) this.inc(offset, cs, dataKind);
