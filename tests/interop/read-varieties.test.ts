@@ -136,6 +136,16 @@ for (const compressionType of ['zlib', 'zstd'] as const) {
   }
 }
 varieties.push({
+  name: 'compressed with extended L2 (zstd), then a subcluster overwritten',
+  make(dir) {
+    const src = compressibleSource(dir);
+    const f = path.join(dir, 'img.qcow2');
+    qemuImgOk(['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd,extended_l2=on', src, f]);
+    qemuIoOk(f, 'write -P 0x44 4k 4k', 'write -z 10M 2k');
+    return 'img.qcow2';
+  },
+});
+varieties.push({
   name: 'compressed clusters written by qemu-io (write -c) around snapshots, then overwritten and zeroed',
   make(dir) {
     const f = create(dir, 'img.qcow2', 64 * MiB, { compressionType: 'zstd' });
