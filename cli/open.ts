@@ -27,7 +27,21 @@ export interface CliOpenOptions extends Omit<OpenOptions, 'backing' | 'dataFile'
   noBacking?: boolean;
 }
 
+/** QEMU's file driver takes regular files (and block devices), never a directory. */
+function refuseDirectory(file: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    return; // the open reports it
+  }
+  if (st.isDirectory()) {
+    throw new QcowError('IO_ERROR', `Could not open '${file}': 'file' driver requires '${file}' to be a regular file`, { path: file });
+  }
+}
+
 export async function openImage(file: string, opts: CliOpenOptions = {}, depth = 0): Promise<Qcow2Image> {
+  refuseDirectory(file);
   const store = NodeFileStore.open(file, { writable: !!opts.writable });
   try {
     const header = await Qcow2Image.readHeader(store);

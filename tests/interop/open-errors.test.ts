@@ -535,3 +535,31 @@ describe('corruption met while reading: one line naming the structure and offset
     });
   }
 });
+
+// ---- not an image at all -----------------------------------------------------------------------
+
+describe('files that are not images: one line, as qemu-img -f qcow2 says it', () => {
+  const cases: Array<[string, (d: string) => string, string]> = [
+    ['a directory', (d) => d, "'file' driver requires"],
+    ['an empty file', (d) => { const f = path.join(d, 'empty'); fs.writeFileSync(f, ''); return f; }, 'Image is not in qcow2 format'],
+    ['50 bytes of a qcow2 header', (d) => {
+      const good = makeBase('empty');
+      const f = path.join(d, 'short');
+      fs.writeFileSync(f, fs.readFileSync(good).subarray(0, 50));
+      return f;
+    }, 'qcow2 header too short'],
+    ['a missing file', (d) => path.join(d, 'no-such-file'), 'No such file or directory'],
+  ];
+  for (const [name, make, message] of cases) {
+    it(name, () => {
+      const sub = fs.mkdtempSync(path.join(dir, 'not-'));
+      const f = make(sub);
+      expect(qemuImg(['info', '-f', 'qcow2', f]).stderr).toContain(message);
+      for (const args of [['info', f], ['map', f], ['snapshot', '-l', f], ['export', f, path.join(sub, 'out.raw')]]) {
+        const r = runCli(cli, args, { timeoutMs: 5000 });
+        timings.push([`${args[0]}: ${name}`, r.ms]);
+        expectOneLineError(r, message);
+      }
+    });
+  }
+});
