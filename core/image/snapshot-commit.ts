@@ -64,8 +64,10 @@ export class RefcountOverlay {
 
   async load(rb: number): Promise<void> {
     if (this.origBlocks.has(rb)) return;
-    const b = await loadRefblock(this.img, rb);
-    this.origBlocks.set(rb, b ? b.slice() : null);
+    // The cache's own array, not a copy: nothing writes refcounts in place while an operation
+    // is planned and carried out (the shadow commit never touches the old blocks), and after the
+    // commit the old blocks are dropped from the cache.
+    this.origBlocks.set(rb, await loadRefblock(this.img, rb));
   }
 
   async loadAll(rbs: Iterable<number>): Promise<void> {
@@ -202,6 +204,12 @@ export class ShadowCommit {
   readonly overlay: RefcountOverlay;
   /** Old L2 offset → new L2 offset (copies with corrected COPIED bits). */
   readonly l2Copies = new Map<number, number>();
+  /**
+   * L2 tables of the new active tree that only need COPIED bits cleared and that the current
+   * active tree does not use: fixed in place before the commit (a snapshot's COPIED bits are
+   * never read, so this changes nothing anyone can see; revert saves a copy of every table).
+   */
+  readonly l2FixInPlace = new Set<number>();
   newL1 = new Uint8Array(0);
   newL1Offset = 0;
   newL1Size = 0;
@@ -325,8 +333,16 @@ export class ShadowCommit {
       const off = l1L2Offset(l1, i);
       if (off !== 0) uses.set(off, (uses.get(off) ?? 0) + 1);
     }
+    const oldActiveL2s = new Set<number>();
+    for (let i = 0; i < h.l1Size; i++) {
+      const off = l1L2Offset(img.l1Table, i);
+      if (off !== 0) oldActiveL2s.add(off);
+    }
     for (const [off, k] of uses) {
-      if (await this.l2NeedsCopy(off)) {
+      if (!(await this.l2NeedsCopy(off))) continue;
+      if (!oldActiveL2s.has(off) && !(await this.copiedPass(await this.img.readL2(off), 'needs-set'))) {
+        this.l2FixInPlace.add(off);
+      } else {
         const copy = await this.alloc(1, 'L2 table copy', k);
         this.l2Copies.set(off, copy.cluster * cs);
         // The new tree points at the copy: the original loses those references (its data keeps
@@ -527,7 +543,7 @@ export class ShadowCommit {
    * COPIED bit (set exactly where the refcount is 1, never on compressed entries) and reports
    * whether anything changed; without `fix`, stops at the first wrong bit.
    */
-  private async copiedPass(t: Uint8Array, fix: boolean): Promise<boolean> {
+  private async copiedPass(t: Uint8Array, fix: boolean | 'needs-set'): Promise<boolean> {
     // Usually every block is loaded by the refcount walk; otherwise load them and go again. A
     // fix pass that stops half-way has changed nothing it cannot redo: it only sets bits to
     // their final value.
@@ -539,7 +555,7 @@ export class ShadowCommit {
   }
 
   /** COPIED check/fix over an L2 table; 'missing' when a refcount block it needs is not loaded (nothing changed then). */
-  private copiedEntries(t: Uint8Array, fix: boolean): boolean | 'missing' {
+  private copiedEntries(t: Uint8Array, fix: boolean | 'needs-set'): boolean | 'missing' {
     const img = this.img;
     const ov = this.overlay;
     const cs = this.cs;
@@ -580,6 +596,10 @@ export class ShadowCommit {
         want = ov.curIn(orig, blk, idx) === 1;
       }
       if (((hi & HI_COPIED) !== 0) !== want) {
+        if (fix === 'needs-set') {
+          if (want) return true;
+          continue;
+        }
         if (!fix) return true;
         changed = true;
         t[at] = want ? t[at]! | 0x80 : t[at]! & 0x7f;
@@ -588,14 +608,22 @@ export class ShadowCommit {
     return changed;
   }
 
-  /** Whether an L2 table of the new active tree has a COPIED bit that disagrees with the refcounts afterwards. */
+  /**
+   * Whether an L2 table of the new active tree has a COPIED bit that disagrees with the
+   * refcounts afterwards ('needs-set': one that must be set).
+   */
   private async l2NeedsCopy(l2Offset: number): Promise<boolean> {
     return this.copiedPass(await this.img.readL2(l2Offset), false);
   }
 
-  /** The L2 table copy: COPIED set exactly where the refcount afterwards is 1, cleared on compressed entries. */
-  private async l2CopyBytes(l2Offset: number): Promise<Uint8Array> {
-    const t = (await this.img.readL2(l2Offset)).slice();
+  /**
+   * The L2 table copy: COPIED set exactly where the refcount afterwards is 1, cleared on
+   * compressed entries. Built in `into` (one scratch buffer for all copies).
+   */
+  private async l2CopyBytes(l2Offset: number, into?: Uint8Array): Promise<Uint8Array> {
+    const src = await this.img.readL2(l2Offset);
+    const t = into ?? new Uint8Array(src.length);
+    t.set(src);
     await this.copiedPass(t, true);
     return t;
   }
@@ -726,9 +754,16 @@ export class ShadowCommit {
     const img = this.img;
     const cs = this.cs;
     let i = 0;
+    // Stores copy or write the bytes before write() resolves, so one buffer serves every copy.
+    const scratch = new Uint8Array(cs);
     for (const [from, to] of this.l2Copies) {
-      const bytes = await this.l2CopyBytes(from);
+      const bytes = await this.l2CopyBytes(from, scratch);
       await img.pwrite(to, bytes, `L2 table copy ${i++} (of ${hex(from)}, COPIED bits recomputed) for the new active L1`);
+    }
+    for (const off of this.l2FixInPlace) {
+      const bytes = await this.l2CopyBytes(off, scratch);
+      await img.pwrite(off, bytes, `L2 table at ${hex(off)}: stale COPIED bits cleared in place (not in the active tree before the commit)`);
+      img.l2Cache.delete(off);
     }
     if (this.newL1Offset !== img.header.l1TableOffset && this.newL1Size > 0) {
       const padded = new Uint8Array(alignUp(this.newL1.length, cs));
