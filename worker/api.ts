@@ -285,6 +285,12 @@ export interface EngineApi {
   groupSnapshot(ids: ImageId[], op: 'create' | 'revert' | 'delete', arg: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
   readBytes(id: ImageId, hostOffset: number, length: number): Promise<Uint8Array>;
   download(id: ImageId): Promise<ImageDownload>;
+  /**
+   * The guest disk as a raw file (the active disk, or a snapshot by ID), as a Blob: data read in
+   * chunks, zero and unallocated ranges sharing one zero buffer, so memory holds only the data.
+   * Refused for images with a backing file (it is not opened in the browser).
+   */
+  exportRaw(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageDownload>;
   cancel(jobId: string): Promise<void>;
 }
 

@@ -16,7 +16,7 @@ import { buildInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
-import { createSnapshot, deleteSnapshot, revertSnapshot, type SnapshotOpResult } from '../core/image/snapshot.ts';
+import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
@@ -57,6 +57,7 @@ export interface EngineImage {
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
   snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
   diff(a: string | null, b: string | null): Promise<DiffResult>;
+  exportRaw(snapshotId: string | null, job: JobContext): Promise<Blob>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
   check(job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO>;
   createSnapshot(name: string, job: JobContext): Promise<JournalDTO>;
@@ -250,6 +251,32 @@ function wrap(img: Qcow2Image): EngineImage {
     async translate(guestOffset, snapshotId) {
       const view = snapshotId === undefined ? img.activeView() : await img.snapshotView(findById(snapshotId));
       return translate(img, view, guestOffset);
+    },
+    async exportRaw(snapshotId, job) {
+      if (img.header.backingFile !== undefined) {
+        throw new QcowError('NOT_SUPPORTED', `${img.store.name} has a backing file (${img.header.backingFile}), which is not open here: its raw disk cannot be exported`);
+      }
+      const layer = snapshotId === null ? img : await snapshotLayer(img, { id: snapshotId });
+      const size = layer.virtualSize;
+      const CHUNK = 4 << 20;
+      const zeros = new Uint8Array(CHUNK);
+      const parts: BlobPart[] = [];
+      let done = 0;
+      for (let pos = 0; pos < size; ) {
+        if (job.signal.aborted) throw new QcowError('CANCELLED', 'The export was cancelled');
+        const n = Math.min(CHUNK, size - pos);
+        const ext = await layer.extents(pos, n);
+        for (const e of ext) {
+          const len = Math.min(e.length, pos + n - e.start);
+          if (len <= 0) continue;
+          if (e.data && !e.zero) parts.push((await layer.read(e.start, len)).slice() as Uint8Array<ArrayBuffer>);
+          else parts.push(len === CHUNK ? zeros : zeros.subarray(0, len));
+        }
+        pos += n;
+        done += n;
+        job.progress({ phase: 'Exporting', done, total: size });
+      }
+      return new Blob(parts, { type: 'application/octet-stream' });
     },
     async diff(a, b) {
       const view = async (id: string | null) => (id === null ? img.activeView() : img.snapshotView(findById(id)));

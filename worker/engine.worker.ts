@@ -337,6 +337,14 @@ const api = {
     return { name: img.name, blob };
   },
 
+  async exportRaw(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageDownload> {
+    const img = get(id);
+    const blob = await runJob(jobId, onProgress, (job) => img.engine.exportRaw(snapshotId, job));
+    const base = img.name.replace(/\.(qcow2?|img)$/i, '');
+    const sn = snapshotId === null ? undefined : img.engine.snapshots().find((s) => s.id === snapshotId);
+    return { name: `${base}${sn ? '-' + sn.name.replace(/[^\w.-]+/g, '_') : ''}.raw`, blob };
+  },
+
   async cancel(jobId: string) {
     jobs.get(jobId)?.abort();
   },

@@ -127,3 +127,28 @@ test('the demo image opens with snapshots, checks clean and downloads as a valid
   expect(qemuCheck(saved).exitCode).toBe(0);
   expect((qemuInfo(saved).snapshots ?? []).length).toBe(count);
 });
+
+test('export the active disk and a snapshot as raw files, equal to qemu-img convert', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'export.qcow2');
+  await page.goto('/');
+  await openViaInput(page, f);
+  await showView(page, 'Snapshots');
+  const save = async (click: () => Promise<void>, name: string): Promise<string> => {
+    const d = page.waitForEvent('download');
+    await click();
+    const dl = await d;
+    expect(dl.suggestedFilename()).toBe(name);
+    const to = path.join(tmp, `ui-${name}`);
+    await dl.saveAs(to);
+    return to;
+  };
+  const active = await save(() => page.getByRole('button', { name: 'Export the active disk as raw' }).click(), 'export.raw');
+  await page.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 'snapA', exact: true }).click();
+  const snapA = await save(() => page.getByRole('button', { name: 'Export snapA as raw' }).click(), 'export-snapA.raw');
+  const qa = path.join(tmp, 'q-active.raw');
+  const qs = path.join(tmp, 'q-snapA.raw');
+  qemuConvertToRaw(f.path, qa);
+  qemuConvertToRaw(f.path, qs, { name: 'snapA' });
+  expect(sha256(active)).toBe(sha256(qa));
+  expect(sha256(snapA)).toBe(sha256(qs));
+});

@@ -321,7 +321,17 @@ export class AppState {
   /** "Download image": the image as it now is, as an ordinary browser download under its name. */
   async download(tab: ImageTab): Promise<void> {
     const d = await this.run('Preparing the download', () => engine().download(tab.id));
-    if (!d) return;
+    if (d) this.save(d.blob, d.name);
+  }
+
+  /** Export the active disk (snapshotId null) or a snapshot as a raw file. */
+  async exportRaw(tab: ImageTab, snapshotId: string | null): Promise<void> {
+    const d = await this.run('Exporting the raw disk', (o) => withJob(o, (j, p) => engine().exportRaw(tab.id, snapshotId, j, p)));
+    if (d) this.save(d.blob, d.name);
+  }
+
+  private save(blob: Blob, name: string): void {
+    const d = { blob, name };
     const url = URL.createObjectURL(d.blob);
     const a = document.createElement('a');
     a.href = url;
