@@ -39,6 +39,8 @@ export interface ImageState {
   needsPermission: boolean;
   /** Changes exist that only "Download image" can save (overlay and memory stores). */
   unsaved: boolean;
+  /** The header names a backing file: the name of the file opened for it, or null while none is. */
+  backing?: string | null;
 }
 
 /** Decoded header (qcow2-reference.md §1.2), spec names camel-cased. */
@@ -260,6 +262,12 @@ export interface EngineApi {
   /** Build and open the demo image in memory. */
   openDemo(): Promise<ImageSummary>;
   close(id: ImageId): Promise<void>;
+  /**
+   * Open the file an image's header names as its backing file (a qcow2 image, read-only, whose
+   * own backing file is not followed; or a raw file), so reads of clusters the image does not
+   * hold reach it.
+   */
+  attachBacking(id: ImageId, file: File): Promise<ImageSummary>;
   summary(id: ImageId): Promise<ImageSummary>;
   l1Page(id: ImageId, start: number, count: number): Promise<TablePage<L1EntryDTO>>;
   l2Table(id: ImageId, l2Offset: number): Promise<L2EntryDTO[]>;

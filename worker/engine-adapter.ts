@@ -11,6 +11,7 @@ import { be32 } from '../core/format/bytes.ts';
 import type { Qcow2Header } from '../core/format/header.ts';
 import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
+import { RawLayer, type Layer } from '../core/image/layer.ts';
 import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
@@ -253,7 +254,7 @@ function wrap(img: Qcow2Image): EngineImage {
       return translate(img, view, guestOffset);
     },
     async exportRaw(snapshotId, job) {
-      if (img.header.backingFile !== undefined) {
+      if (img.header.backingFile !== undefined && !img.backing) {
         throw new QcowError('NOT_SUPPORTED', `${img.store.name} has a backing file (${img.header.backingFile}), which is not open here: its raw disk cannot be exported`);
       }
       const layer = snapshotId === null ? img : await snapshotLayer(img, { id: snapshotId });
@@ -304,11 +305,21 @@ function wrap(img: Qcow2Image): EngineImage {
   };
 }
 
-export async function openImage(store: ImageStore): Promise<EngineImage> {
-  // Read-only until the write operations land; a backing file is not resolved (reads of
-  // unallocated clusters are not needed by the views).
-  const img = await Qcow2Image.open(store, { writable: false, backing: null });
+/**
+ * Open an image for the views, read-only (writes open their own writable object). `backing` is
+ * the layer the person chose for the header's backing file, or null: then reads of unallocated
+ * clusters return zeros and a raw export is refused.
+ */
+export async function openImage(store: ImageStore, backing: Layer | null = null): Promise<EngineImage> {
+  const img = await Qcow2Image.open(store, { writable: false, backing });
   return wrap(img);
+}
+
+/** A backing layer from a chosen file: a qcow2 image (its own backing file not followed) or raw. */
+export async function openBackingLayer(store: ImageStore): Promise<Layer> {
+  const head = await store.read(0, 4);
+  if (be32(head, 0) === C.QCOW_MAGIC) return Qcow2Image.open(store, { writable: false, backing: null });
+  return new RawLayer(store);
 }
 
 /** The engine's demo image (core/image/demo.ts) in a writable memory store. */

@@ -18,7 +18,8 @@ import type {
   Progress,
   StoreKind,
 } from './api.ts';
-import { buildDemoStore, engineFeatures, groupSnapshotOp, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
+import { buildDemoStore, engineFeatures, groupSnapshotOp, openBackingLayer, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
+import type { Layer } from '../core/image/layer.ts';
 import { FileStore } from './stores/file-store.ts';
 import { HandleStore } from './stores/handle-store.ts';
 import { OpfsStore } from './stores/opfs-store.ts';
@@ -32,6 +33,9 @@ interface OpenImage {
   store: ImageStore;
   engine: EngineImage;
   readOnlyReason?: string;
+  /** The layer chosen for the header's backing file, and the name of its file. */
+  backing: Layer | null;
+  backingName: string | null;
   /** The corrupt bit is set: only a repair may write. */
   corrupt: boolean;
   /** A write operation is running: operations on one image are serialised. */
@@ -120,6 +124,7 @@ function state(img: OpenImage): ImageState {
     unsaved: img.store instanceof FileStore && !img.store.pristine,
   };
   if (img.readOnlyReason) s.readOnlyReason = img.readOnlyReason;
+  if (img.engine.header().backingFile !== undefined) s.backing = img.backingName;
   return s;
 }
 
@@ -144,7 +149,7 @@ async function register(name: string, kind: StoreKind, store: ImageStore): Promi
   }
   const h = engine.header();
   const corrupt = (h.incompatibleFeatures & 2) !== 0;
-  const img: OpenImage = { id: `img${nextId++}`, name, kind, store, engine, corrupt, queue: Promise.resolve() };
+  const img: OpenImage = { id: `img${nextId++}`, name, kind, store, engine, corrupt, backing: null, backingName: null, queue: Promise.resolve() };
   if (corrupt) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
   images.set(img.id, img);
   return summaryOf(img);
@@ -170,12 +175,12 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
       if (isTransactional(store)) store.discard();
       // The engine's caches may hold state that never reached the file: start again from it.
       img.engine.release();
-      img.engine = await openImage(store);
+      img.engine = await openImage(store, img.backing);
       throw e;
     }
     // Reopen so header, snapshots and caches describe the committed image.
     img.engine.release();
-    img.engine = await openImage(store);
+    img.engine = await openImage(store, img.backing);
     const summary = await summaryOf(img);
     if (journal) summary.journal = journal;
     return summary;
@@ -206,8 +211,20 @@ const api = {
     const img = images.get(id);
     if (!img) return;
     images.delete(id);
-    // Closing the engine object closes its store too.
+    // Closing the engine object closes its store, and its backing layer, too.
     await img.engine.close().catch(() => img.store.close());
+  },
+
+  async attachBacking(id: ImageId, file: File) {
+    const img = get(id);
+    const layer = await openBackingLayer(new FileStore(file));
+    const engine = await openImage(img.store, layer);
+    img.engine.release();
+    await img.backing?.close().catch(() => {});
+    img.engine = engine;
+    img.backing = layer;
+    img.backingName = file.name;
+    return summaryOf(img);
   },
 
   async summary(id: ImageId) {
@@ -298,14 +315,14 @@ const api = {
         for (const t of tx) t.discard();
         for (const img of group) {
           img.engine.release();
-          img.engine = await openImage(img.store);
+          img.engine = await openImage(img.store, img.backing);
         }
         throw e;
       }
       const out: ImageSummary[] = [];
       for (const [i, img] of group.entries()) {
         img.engine.release();
-        img.engine = await openImage(img.store);
+        img.engine = await openImage(img.store, img.backing);
         const s = await summaryOf(img);
         s.journal = journals[i]!;
         out.push(s);

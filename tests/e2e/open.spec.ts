@@ -2,7 +2,7 @@
 // "Open image" picker (stubbed with a real OPFS handle). What the app shows is judged against
 // `qemu-img info --output=json` on the same file.
 import type { Page } from '@playwright/test';
-import { qemuInfo, type QemuInfo } from '../helpers/qemu.ts';
+import { qemuConvertToRaw, qemuInfo, qemuIoOk, sha256, type QemuInfo } from '../helpers/qemu.ts';
 import { test, expect, foreign, installPickerStub, makeImage, openViaDrop, openViaInput, showView, stageInOpfs } from './fixtures.ts';
 
 /** The header summary agrees with qemu-img info, field by field (qemu-img's JSON names). */
@@ -91,12 +91,26 @@ for (const v of VARIANTS) {
   });
 }
 
-test('shows the backing file of an overlay', async ({ page, tmp }) => {
+test('shows the backing file of an overlay, and opens it when asked', async ({ page, tmp }) => {
   const base = makeImage(tmp, 'base.qcow2', {}, []);
   const overlay = makeImage(tmp, 'overlay.qcow2', { backing: base.path }, []);
+  // The overlay holds only what was written to it; the rest comes from the base.
+  qemuIoOk(overlay.path, 'write -P 0x77 1M 64k');
   await page.goto('/');
   await openViaInput(page, overlay);
   await expectHeaderMatches(page, qemuInfo(overlay.path));
+  await expect(page.getByRole('note')).toContainText('which is not open');
+  await page.getByLabel('Backing file').setInputFiles(base.path);
+  await expect(page.getByRole('note')).toContainText('base.qcow2, opened as its backing file');
+  // With the backing file open, the raw export is the whole disk, as qemu-img convert reads it.
+  await showView(page, 'Snapshots');
+  const d = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Export the active disk as raw' }).click();
+  const ours = `${tmp}/ours.raw`;
+  await (await d).saveAs(ours);
+  const theirs = `${tmp}/theirs.raw`;
+  qemuConvertToRaw(overlay.path, theirs);
+  expect(sha256(ours)).toBe(sha256(theirs));
 });
 
 test('a file that is not qcow2 is refused with a clear message', async ({ page, tmp }) => {

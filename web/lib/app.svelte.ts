@@ -281,6 +281,12 @@ export class AppState {
     return this.write(tab, `Deleting ${idOrName}`, (o) => withJob(o, (j, p) => engine().deleteSnapshot(tab.id, idOrName, j, p)));
   }
 
+  /** Open the file the image names as its backing file. */
+  async attachBacking(tab: ImageTab, file: File): Promise<void> {
+    const s = await this.run(`Opening ${file.name} as the backing file`, () => engine().attachBacking(tab.id, file));
+    if (s) tab.update(s);
+  }
+
   /** One snapshot operation on every open image, as a group: all or none. */
   async groupSnapshot(op: 'create' | 'revert' | 'delete', arg: string): Promise<boolean> {
     const tabs = [...this.tabs];
