@@ -224,7 +224,8 @@ export class ShadowCommit {
   /** Clusters whose refcount drops to 0 (for cache invalidation). */
   private readonly freed: number[] = [];
   private cursor = 1;
-  private readonly metadata = new Set<number>();
+  /** Clusters of known metadata in the current state, with what they hold. */
+  private readonly metadata = new Map<number, string>();
   /** The header bytes the commit replaces, for rollback. */
   oldCommitBytes: Uint8Array | null = null;
   commitStart = 36;
@@ -268,10 +269,12 @@ export class ShadowCommit {
     return this.img.clusterSize;
   }
 
-  private noteMeta(offset: number, bytes: number): void {
+  private noteMeta(offset: number, bytes: number, what: string): void {
     if (bytes <= 0) return;
     const cs = this.cs;
-    for (let ci = Math.floor(offset / cs); ci <= Math.floor((offset + bytes - 1) / cs); ci++) this.metadata.add(ci);
+    for (let ci = Math.floor(offset / cs); ci <= Math.floor((offset + bytes - 1) / cs); ci++) {
+      if (!this.metadata.has(ci)) this.metadata.set(ci, what);
+    }
   }
 
   private async build(): Promise<void> {
@@ -281,16 +284,16 @@ export class ShadowCommit {
     const cs = this.cs;
     // Known metadata of the current state: allocation must never land there (a refcount of 0 on
     // one of these clusters means the refcounts are corrupt).
-    this.metadata.add(0);
-    this.noteMeta(h.l1TableOffset, h.l1Size * 8);
-    this.noteMeta(h.refcountTableOffset, h.refcountTableClusters * cs);
+    this.metadata.set(0, 'qcow2_header');
+    this.noteMeta(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
+    this.noteMeta(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
     for (let r = 0; r < reftableSize(img); r++) {
       const off = reftableEntry(img.reftable, r);
-      if (off !== 0) this.noteMeta(off, 1);
+      if (off !== 0) this.noteMeta(off, 1, 'refcount block');
     }
-    if (h.nbSnapshots > 0) this.noteMeta(h.snapshotsOffset, img.snapshotsSize);
-    for (const sn of img.snapshots) this.noteMeta(sn.l1TableOffset, sn.l1Size * 8);
-    if (h.bitmaps) this.noteMeta(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize);
+    if (h.nbSnapshots > 0) this.noteMeta(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
+    for (const sn of img.snapshots) this.noteMeta(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
+    if (h.bitmaps) this.noteMeta(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
 
     // 1. L2 references that change: removed trees −1, the old active tree −1 (unless a snapshot
     //    keeps its L1), the new active tree +1. Shared references cancel out.
@@ -313,9 +316,20 @@ export class ShadowCommit {
     if (!activeKept) bump(img.l1Table, h.l1Size, -1, 'Active L1 table', h.l1TableOffset);
     const newSize = req.activeL1.length / 8;
     bump(req.activeL1, newSize, +1, 'Active L1 table', h.l1TableOffset);
+    // An L2 reference that lands on other metadata (an L1 entry pointing at an L1 table, a
+    // refcount block, the header...) means the image is corrupt: refuse before anything is
+    // counted through it (QEMU would trip its overlap check half-way and mark the image corrupt).
+    for (const off of delta.keys()) {
+      const owner = this.metadata.get(off / cs);
+      if (owner !== undefined) {
+        throw new QcowError('METADATA_CORRUPT',
+          `L2 table offset ${hex(off)} overlaps with the ${owner}; the image is corrupt, run a check with repair`,
+          { structure: 'L2 table', offset: off, overlapsWith: owner });
+      }
+    }
     for (let i = 0; i < h.l1Size; i++) {
       const off = l1L2Offset(img.l1Table, i);
-      if (off !== 0) this.metadata.add(off / cs);
+      if (off !== 0) this.metadata.set(off / cs, 'active L2 table');
     }
 
     // 2. Apply them: decrements first, so a cluster moving between trees never looks overflowed.

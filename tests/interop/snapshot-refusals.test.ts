@@ -127,6 +127,19 @@ describe('snapshot refusals', () => {
     expect(sha256(f)).toBe(before);
   });
 
+  it('an L2 reference onto other metadata (iotest 060: L1 entry pointing at the L1 table) is refused', async () => {
+    const f = tmp.file('o.qcow2');
+    createImage(f, 64 * MiB);
+    qemuIoOk(f, 'write -P 1 0 64k');
+    const h = readHeader(f);
+    pokeU64(f, h.l1TableOffset, 0x8000000000000000n + BigInt(h.l1TableOffset));
+    const before = sha256(f);
+    await expect(withImage(f, (img) => createSnapshot(img, 'x'))).rejects.toMatchObject({
+      code: 'METADATA_CORRUPT', message: expect.stringMatching(/overlaps with the active L1 table/),
+    });
+    expect(sha256(f)).toBe(before);
+  });
+
   it('names longer than QEMU keeps are refused', async () => {
     const f = tmp.file('n.qcow2');
     createImage(f, MiB);
