@@ -497,10 +497,11 @@ export class ReferenceWalk {
     let nextContiguous = state.next;
     // Fast path for the common entry (standard L2, normal or preallocated-zero cluster, aligned,
     // inside the file, no reserved bits, no owners to track): one typed-array increment.
+    // (counts and owners are re-read per entry: a slow-path reference just past the end of the
+    // file may grow the arrays mid-table.)
     const imrt = this.imrt;
-    const counts = imrt.counts;
     const max = imrt.max;
-    const fastOk = !ext && !dataFile && this.owners === null;
+    const fastOk = !ext && !dataFile;
     const csMask = cs - 1;
     const hiScale = 2 ** (32 - clusterBits);
     const times = this.times;
@@ -515,9 +516,12 @@ export class ReferenceWalk {
         // cluster sizes are at most 2 MiB: alignment and the cluster index come from the low word
         if (offset !== 0 && (lo & csMask) === 0 && offset < fileSize) {
           const k = (hi & 0x00ffffff) * hiScale + (lo >>> clusterBits);
+          const counts = imrt.counts;
           const r = counts[k]!;
           if (k < imrt.size && r + times <= max) {
             counts[k] = r + times;
+            const owners = this.owners;
+            if (owners) owners[k] = r === 0 ? (times === 1 ? dataKind : mergeOwner(dataKind, dataKind)) : mergeOwner(owners[k]!, dataKind);
             if (frag) {
               frag.allocatedClusters += times;
               if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters += times;
