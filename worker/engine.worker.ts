@@ -164,7 +164,14 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
   const run = async (): Promise<ImageSummary> => {
     if (img.readOnlyReason && !(repairing && img.corrupt)) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
     const store = img.store;
-    if (store instanceof HandleStore) await store.beginWrite();
+    if (store instanceof HandleStore) {
+      await store.beginWrite();
+      if (store.changedOnDisk) {
+        store.changedOnDisk = false;
+        img.engine.release();
+        img.engine = await openImage(store, img.backing);
+      }
+    }
     let journal: JournalDTO | void;
     try {
       journal = await body();
@@ -306,6 +313,13 @@ const api = {
       const handles = group.map((g) => g.store).filter((s): s is HandleStore => s instanceof HandleStore);
       const tx = group.map((g) => g.store).filter(isTransactional);
       for (const h of handles) await h.beginWrite();
+      for (const img of group) {
+        if (img.store instanceof HandleStore && img.store.changedOnDisk) {
+          img.store.changedOnDisk = false;
+          img.engine.release();
+          img.engine = await openImage(img.store, img.backing);
+        }
+      }
       let journals: JournalDTO[];
       try {
         journals = await runJob(jobId, onProgress, () => groupSnapshotOp(group.map((g) => g.store), op, arg));

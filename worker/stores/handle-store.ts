@@ -92,7 +92,25 @@ export class HandleStore implements ImageStore, Transactional {
       throw new QcowError('READ_ONLY', `Write permission for ${this.name} has not been granted`, { needsPermission: true });
     }
     if (!this.releaseLock) await this.acquireLock();
+    // Another tab (or program) may have changed the file since we read it: an operation planned
+    // on stale tables would undo its changes. Start from the file as it is now.
+    await this.refreshIfChanged();
   }
+
+  /** Take a fresh File if the file changed on disk; true when it did (cached views are stale). */
+  async refreshIfChanged(): Promise<boolean> {
+    const f = await this.handle.getFile();
+    if (f.size === this.file.size && f.lastModified === this.file.lastModified) return false;
+    if (this.hasPending) throw new QcowError('IO_ERROR', `${this.name} was changed by another program while an operation was running`);
+    this.file = f;
+    this.cache.invalidate(f.size, fileReader(f));
+    this.pending = new OverlayStore(this.cache, this.name);
+    this.changedOnDisk = true;
+    return true;
+  }
+
+  /** Set when refreshIfChanged found the file changed; the worker reopens its views and clears it. */
+  changedOnDisk = false;
 
   /** Write every pending change to the file in one atomic session, then re-read the file. */
   async commit(): Promise<void> {

@@ -1,0 +1,43 @@
+// Two tabs, one file: the first tab to write an image through its handle holds a Web Lock until it
+// closes the image; the second tab's write is refused and changes nothing; once it may write, it
+// starts from the file as the first tab left it (nothing the first tab did is lost).
+import * as path from 'node:path';
+import { qemuCheck, qemuInfo } from '../helpers/qemu.ts';
+import { test, expect, installPickerStub, makeImage, readFromOpfs, showView, stageInOpfs } from './fixtures.ts';
+
+test('a second tab cannot write an image the first one is writing', async ({ page, context, tmp }) => {
+  const f = makeImage(tmp, 'shared.qcow2');
+  await installPickerStub(page);
+  await page.goto('/');
+  await stageInOpfs(page, f);
+  const other = await context.newPage();
+  await installPickerStub(other);
+  await other.goto('/');
+  await other.evaluate((name) => localStorage.setItem('e2e-picker-file', name), f.name);
+
+  for (const p of [page, other]) {
+    await p.getByRole('button', { name: 'Open image' }).click();
+    await expect(p.getByRole('tab', { name: f.name })).toBeVisible();
+    await showView(p, 'Snapshots');
+  }
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('first');
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await expect(page.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 'first', exact: true })).toBeVisible();
+
+  await other.getByRole('textbox', { name: 'Snapshot name' }).fill('second');
+  await other.getByRole('button', { name: 'Create snapshot' }).click();
+  await expect(other.getByRole('alert')).toContainText('being written in another tab');
+
+  // Closing the image in the first tab releases the lock.
+  await page.getByRole('button', { name: `Close ${f.name}` }).click();
+  await other.getByRole('button', { name: 'Dismiss message' }).click();
+  await other.getByRole('button', { name: 'Create snapshot' }).click();
+  await expect(other.getByRole('alert')).toHaveCount(0);
+
+  const saved = path.join(tmp, 'shared-after.qcow2');
+  await readFromOpfs(other, f.name, saved);
+  expect(qemuCheck(saved).exitCode).toBe(0);
+  // The second tab opened the file before "first" existed; it re-reads the file when it takes the
+  // lock, so its snapshot is added to the table as it is now and "first" is kept.
+  expect((qemuInfo(saved).snapshots ?? []).map((s) => s.name)).toEqual(['snapA', 'snapB', 'first', 'second']);
+});
