@@ -317,6 +317,8 @@ function table(rows) {
     ? [s.op, s.size, '—', '—', '—', '—', '—', '—', '—', '—', s.skipped]
     : [s.op, s.size, (s.oursWallMs / 1000).toFixed(3), (s.qemuWallMs / 1000).toFixed(3), s.ratio.toFixed(2),
       s.oursCpuS.toFixed(2), s.qemuCpuS.toFixed(2), s.cpuRatio.toFixed(2), s.oursRssMiB.toFixed(0), s.qemuRssMiB.toFixed(0), s.notes.join('; ')]);
+  // long messages (a failure's stderr) in full in the JSON results, shortened here
+  for (const r of body) if (r[10].length > 120) r[10] = r[10].slice(0, 117) + '...';
   const w = head.map((h, i) => Math.max(h.length, ...body.map((r) => String(r[i]).length)));
   const line = (r) => '| ' + r.map((c, i) => String(c).padEnd(w[i])).join(' | ') + ' |';
   return [line(head), '|' + w.map((x) => '-'.repeat(x + 2)).join('|') + '|', ...body.map(line)].join('\n');
