@@ -49,7 +49,7 @@ export async function buildLayout(img: Qcow2Image, opts: LayoutOptions = {}): Pr
     throw new QcowError('TABLE_TOO_LARGE', `The image file is too large for a layout map (${clusterCount} clusters)`, { clusterCount });
   }
   const walk = new ReferenceWalk(img, clusterCount, zeroCounters(), new FindingSink(), {
-    trackOwners: true, onProgress: opts.onProgress, isCancelled: opts.isCancelled,
+    trackOwners: true, lenientBitmaps: true, onProgress: opts.onProgress, isCancelled: opts.isCancelled,
   });
   try {
     await walk.calculate();

@@ -237,6 +237,8 @@ export interface WalkOptions {
   repair?: WalkRepairHooks;
   /** Record the owner of every cluster (for the layout). */
   trackOwners?: boolean;
+  /** Count an invalid bitmap table as a corruption instead of refusing the image as QEMU's open does. */
+  lenientBitmaps?: boolean;
   onProgress?: (phase: string, done: number, total: number) => void;
   isCancelled?: () => boolean;
 }
@@ -611,7 +613,7 @@ export class ReferenceWalk {
     const dir = bm.bitmapDirectoryOffset < this.fileSize && bm.bitmapDirectorySize <= C.MAX_BITMAP_DIRECTORY_SIZE
       ? await img.store.read(bm.bitmapDirectoryOffset, bm.bitmapDirectorySize)
       : null;
-    const tables: Array<{ offset: number; size: number }> = [];
+    const tables: Array<{ offset: number; size: number; flags: number; name: string }> = [];
     let ok = dir !== null;
     if (dir) {
       let pos = 0;
@@ -627,7 +629,7 @@ export class ReferenceWalk {
         const next = pos + Math.ceil((24 + extra + nameSize) / 8) * 8;
         if (next > dir.length || extra !== 0 || tableSize > 0x8000000 || granularity < 9 || granularity > 31 ||
             (flags & ~0x7) !== 0 || nameSize === 0 || nameSize > 1023 || tableOffset % cs !== 0 || tableOffset === 0) { ok = false; break; }
-        tables.push({ offset: tableOffset, size: tableSize });
+        tables.push({ offset: tableOffset, size: tableSize, flags, name: new TextDecoder().decode(dir.subarray(pos + 24 + extra, pos + 24 + extra + nameSize)) });
         pos = next;
       }
       if (ok && count !== bm.nbBitmaps) ok = false;
@@ -647,6 +649,13 @@ export class ReferenceWalk {
         // BME_TABLE_ENTRY_RESERVED_MASK 0xff000000000001fe; bit 0 only without an offset
         const off = offsetOf(hi, lo);
         if ((hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 || (off !== 0 && ((lo & 1) !== 0 || off % cs !== 0))) {
+          if ((t.flags & 1) === 0 && !this.opts.lenientBitmaps) {
+            // QEMU loads every consistent (not in-use) bitmap when it opens the image, check mode
+            // included, and refuses the image when a table is invalid.
+            throw new QcowError('METADATA_CORRUPT', `Could not read bitmap_table table from image for bitmap '${t.name}': Invalid argument`, {
+              structure: 'bitmap table', offset: t.offset + i * 8, bitmap: t.name,
+            });
+          }
           this.res.corruptions++;
           continue;
         }

@@ -5,13 +5,14 @@ import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { DAMAGES, makeBase, makeDamagedImage, type BaseName } from '../helpers/corruptor.ts';
-import { createImage, pokeU64, qemuCheck, qemuImg, qemuIoOk, type QemuCheckResult } from '../helpers/qemu.ts';
+import { createImage, peek, pokeU64, qemuCheck, qemuImg, qemuImgOk, qemuIoOk, type QemuCheckResult } from '../helpers/qemu.ts';
 import {
   QCOW_OFLAG_COPIED, activeL2EntryPos, l2TableOffset, readHeader, readL2Entry, reftableEntryPos, readReftableEntry, setRefcount,
   writeL2Entry,
 } from '../helpers/qcow2-mini.ts';
 import { openImage } from '../../cli/open.ts';
 import { checkExitCode, runCheck, type RepairMode } from '../../core/analysis/check.ts';
+import { isQcowError } from '../../core/errors.ts';
 
 interface Ours { exitCode: number; corruptions: number; leaks: number; checkErrors: number; corruptionsFixed: number; leaksFixed: number; failure?: string; messages: string[]; openError?: string }
 
@@ -26,6 +27,10 @@ async function ourCheck(file: string, repair?: RepairMode): Promise<Ours> {
     const messages: string[] = [];
     const r = await runCheck(img, { repair, onFinding: (f) => messages.push(f.message) });
     return { exitCode: checkExitCode(r), corruptions: r.corruptions, leaks: r.leaks, checkErrors: r.checkErrors, corruptionsFixed: r.corruptionsFixed, leaksFixed: r.leaksFixed, failure: r.failure, messages };
+  } catch (e) {
+    // An image QEMU refuses while opening it (e.g. an invalid 'auto' bitmap table).
+    if (!isQcowError(e)) throw e;
+    return { exitCode: 1, corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [], openError: e.message };
   } finally {
     await img.close();
   }
@@ -65,7 +70,7 @@ const WE_REPAIR_WHERE_QEMU_GIVES_UP = new Set(['reftable-entry-unaligned:all', '
  */
 const BOTH_REPAIRS_ABORT = new Set(['l1-points-at-itself:all', 'nb-snapshots-huge:all']);
 
-interface LocalDamage { base: BaseName | 'extl2' | 'compressed'; apply(file: string): void }
+interface LocalDamage { base: BaseName | 'extl2' | 'compressed' | 'bitmap'; apply(file: string): void }
 
 const LOCAL_DAMAGES: Record<string, LocalDamage> = {
   'compressed-copied-set': {
@@ -102,6 +107,21 @@ const LOCAL_DAMAGES: Record<string, LocalDamage> = {
       setRefcount(file, Math.floor(l2TableOffset(file) / readHeader(file).clusterSize), 3);
     },
   },
+  // Bitmaps: the directory follows the bitmaps extension; entry = u64 table offset, u32 size, u32 flags.
+  'bitmap-table-reserved-bits': {
+    base: 'bitmap',
+    apply(file) {
+      const t = bitmapTable(file, 0);
+      pokeU64(file, t, Buffer.from(peek(file, t, 8)).readBigUInt64BE(0) | 0x100n);
+    },
+  },
+  'bitmap-disabled-table-reserved-bits': {
+    base: 'bitmap',
+    apply(file) {
+      const t = bitmapTable(file, 1);
+      pokeU64(file, t, 0x100n);
+    },
+  },
   'l2-entry-points-at-reftable': {
     base: 'data',
     apply(file) {
@@ -111,8 +131,35 @@ const LOCAL_DAMAGES: Record<string, LocalDamage> = {
   },
 };
 
+/** Host offset of bitmap `n`'s table (walking the bitmaps extension and directory by hand). */
+function bitmapTable(file: string, n: number): number {
+  const h = readHeader(file);
+  let off = h.headerLength;
+  for (;;) {
+    const b = Buffer.from(peek(file, off, 8));
+    const type = b.readUInt32BE(0);
+    const len = b.readUInt32BE(4);
+    if (type === 0) throw new Error('no bitmaps extension');
+    if (type === 0x23852875) {
+      const e = Buffer.from(peek(file, off + 8, 24));
+      let pos = Number(e.readBigUInt64BE(16));
+      for (let i = 0; ; i++) {
+        const d = Buffer.from(peek(file, pos, 24));
+        if (i === n) return Number(d.readBigUInt64BE(0));
+        pos += Math.ceil((24 + d.readUInt32BE(20) + d.readUInt16BE(18)) / 8) * 8;
+      }
+    }
+    off += 8 + Math.ceil(len / 8) * 8;
+  }
+}
+
 function makeLocalBase(file: string, base: LocalDamage['base']): void {
-  if (base === 'extl2') {
+  if (base === 'bitmap') {
+    createImage(file, '64M');
+    qemuIoOk(file, 'write -P 0x11 0 1M');
+    qemuImgOk(['bitmap', '--add', file, 'b0']);
+    qemuImgOk(['bitmap', '--add', '--disable', file, 'b1']);
+  } else if (base === 'extl2') {
     createImage(file, '64M', { extendedL2: true });
     qemuIoOk(file, 'write -P 0x11 0 64k');
   } else if (base === 'compressed') {
