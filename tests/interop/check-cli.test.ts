@@ -48,6 +48,22 @@ describe('qcowscope check output', () => {
     }, 60_000);
   }
 
+  for (const name of ['leaked-cluster', 'refcount-too-high-data-copied-cleared', 'refblock-zeroed', 'l2-entry-past-eof', 'snapshot-l1-size-huge']) {
+    it(`${name}: JSON after -r leaks and -r all`, () => {
+      const base = tmp.file('base.qcow2');
+      makeDamagedImage(name, base);
+      for (const mode of ['leaks', 'all']) {
+        fs.copyFileSync(base, tmp.file('q.qcow2'));
+        fs.copyFileSync(base, tmp.file('o.qcow2'));
+        const q = theirs(['check', '--output=json', '-r', mode, 'q.qcow2'], tmp.dir);
+        const o = ours(['check', '--json', '--repair', mode, 'o.qcow2'], tmp.dir);
+        expect(o.status).toBe(q.status);
+        if (q.stdout.trim() === '') expect(o.stdout).toBe(''); // the check failed: no JSON
+        else expect({ ...JSON.parse(o.stdout), filename: 'x' }).toEqual({ ...JSON.parse(q.stdout), filename: 'x' });
+      }
+    }, 60_000);
+  }
+
   it('JSON output of a clean image with compressed clusters and snapshots', () => {
     const f = tmp.file('c.qcow2');
     createImage(f, '64M');
