@@ -626,11 +626,29 @@ export class Qcow2Image implements Layer {
     let rI = 0; // first entry of the run
     let rHi = 0; // host offset of that entry, as words
     let rLo = 0;
-    let expHi = 0; // host offset the next entry needs to continue the run
-    let expLo = 0;
+    // The raw words an entry must have to continue the current run unchanged: for data and
+    // preallocated zeros the previous entry's words with the offset one cluster on, for
+    // unallocated and plain zeros the previous entry's words again. Such an entry needs no
+    // decoding at all (same flags, offset still aligned and non-zero): two compares, which also
+    // keeps the loop cheap while it still runs unoptimized in a short-lived process.
+    let nHi = 0;
+    let nLo = 0;
+    let nValid = false;
+    let nStep = false; // whether the expected offset moves on by a cluster per entry
     for (let i = i0; i < i1; i++) {
       const hi = dv.getInt32(i * 8);
       const lo = dv.getInt32(i * 8 + 4);
+      if (nValid && hi === nHi && lo === nLo) {
+        if (nStep) {
+          const next = (lo + cs) | 0;
+          if (lo < 0 && next >= 0) {
+            nHi = hi + 1;
+            if ((nHi & 0x00ffffff) === 0) nValid = false; // the offset would leave its 56 bits
+          }
+          nLo = next;
+        }
+        continue;
+      }
       const hiOff = hi & 0x00ffffff;
       const loOff = lo & 0xfffffe00;
       let kind: number;
@@ -650,17 +668,27 @@ export class Qcow2Image implements Layer {
         if ((lo & lowMask) !== 0) this.checkDataAligned(hiOff * 4294967296 + (loOff >>> 0), l2Offset, i, i * 8);
         kind = P_DATA;
       }
-      if (kind !== rKind || (kind !== P_BACKING && kind !== P_ZERO && kind !== P_COMPRESSED && (hiOff !== expHi || loOff !== expLo))) {
+      const hasOffset = kind === P_DATA || kind === P_ZERO_AT;
+      // an entry with other flags (COPIED) may still continue the run: same kind, offset one cluster on
+      if (kind !== rKind || (hasOffset && !(nValid && nStep && hiOff === (nHi & 0x00ffffff) && loOff === (nLo & 0xfffffe00)))) {
         if (rKind >= 0) this.pushPiece(out, rKind, rI, i, rHi, rLo, i0, pos, tableBase, spanEnd);
         rKind = kind;
         rI = i;
         rHi = hiOff;
         rLo = loOff;
       }
-      // the next entry continues the run at this one's host offset + one cluster (with carry)
-      const next = (loOff + cs) | 0;
-      expHi = loOff < 0 && next >= 0 ? hiOff + 1 : hiOff;
-      expLo = next;
+      if (hasOffset) {
+        const next = (lo + cs) | 0;
+        nHi = lo < 0 && next >= 0 ? hi + 1 : hi;
+        nLo = next;
+        nValid = (nHi & 0x00ffffff) !== 0 || hiOff === 0;
+        nStep = true;
+      } else {
+        nHi = hi;
+        nLo = lo;
+        nValid = kind !== P_COMPRESSED;
+        nStep = false;
+      }
     }
     if (rKind >= 0) this.pushPiece(out, rKind, rI, i1, rHi, rLo, i0, pos, tableBase, spanEnd);
   }
