@@ -84,3 +84,16 @@ test('a snapshot shows what it holds alone', async ({ page, tmp }) => {
   expect(changed).toBeGreaterThan(0);
   await expect(inspector).toContainText(`${changed} guest clusters differ from the active disk`);
 });
+
+test('hex view shows a selected header field’s bytes, as they are in the file', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'hex.qcow2');
+  const head = fs.readFileSync(f.path).subarray(40, 48); // l1_table_offset, big-endian
+  await page.goto('/');
+  await openViaInput(page, f);
+  await page.getByRole('button', { name: 'l1_table_offset' }).click();
+  await page.getByRole('complementary', { name: 'Inspector' }).getByRole('button', { name: 'Show in hex' }).click();
+  await expect(page.getByRole('heading', { name: 'Hex', exact: true })).toBeVisible();
+  const selectedBytes = page.locator('.b.sel');
+  await expect(selectedBytes).toHaveCount(8);
+  expect((await selectedBytes.allInnerTexts()).join('')).toBe(head.toString('hex'));
+});

@@ -17,7 +17,7 @@ import type {
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
 
-export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'journal' | 'check';
+export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'hex' | 'journal' | 'check';
 
 export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'header', title: 'Header' },
@@ -26,6 +26,7 @@ export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'refcounts', title: 'Refcount table' },
   { id: 'map', title: 'Cluster map' },
   { id: 'translate', title: 'Translation' },
+  { id: 'hex', title: 'Hex' },
   { id: 'journal', title: 'Journal' },
   { id: 'check', title: 'Check' },
 ];
