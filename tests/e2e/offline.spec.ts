@@ -1,7 +1,8 @@
 // Offline: after one visit the service worker serves the app and its engine worker with the
-// network off, and an image still opens.
+// network off; an image opens, takes snapshot changes, checks clean and downloads, and QEMU agrees.
+import * as path from 'node:path';
 import { test, expect, foreign, makeImage, openViaInput, showView } from './fixtures.ts';
-import { qemuInfo } from '../helpers/qemu.ts';
+import { qemuCheck, qemuInfo } from '../helpers/qemu.ts';
 
 test('works offline after the first visit', async ({ page, context, tmp, requests, baseURL }) => {
   const f = makeImage(tmp, 'offline.qcow2');
@@ -21,6 +22,25 @@ test('works offline after the first visit', async ({ page, context, tmp, request
   await showView(page, 'Snapshots');
   const table = page.getByRole('table', { name: 'Snapshots' });
   for (const s of qemuInfo(f.path).snapshots ?? []) await expect(table.getByRole('cell', { name: s.name, exact: true })).toBeVisible();
+
+  // Change it offline: create, revert, delete; check; download.
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('offline-1');
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await expect(table.getByRole('cell', { name: 'offline-1', exact: true })).toBeVisible();
+  await page.getByRole('button', { name: 'Revert to snapB' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
+  await page.getByRole('button', { name: 'Delete snapA' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
+  await expect(table.getByRole('cell', { name: 'snapA', exact: true })).toHaveCount(0);
+  await page.getByRole('button', { name: 'Run check' }).click();
+  await expect(page.getByText('No errors were found on the image.')).toBeVisible();
+  const d = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Download image' }).click();
+  const saved = path.join(tmp, 'offline-saved.qcow2');
+  await (await d).saveAs(saved);
   await context.setOffline(false);
+
+  expect(qemuCheck(saved).exitCode).toBe(0);
+  expect((qemuInfo(saved).snapshots ?? []).map((s) => s.name)).toEqual(['snapB', 'offline-1']);
   expect(foreign(requests, baseURL!)).toEqual([]);
 });
