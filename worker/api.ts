@@ -291,6 +291,12 @@ export interface EngineApi {
    * each image, since IDs differ between images).
    */
   groupSnapshot(ids: ImageId[], op: 'create' | 'revert' | 'delete', arg: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
+  /**
+   * Playground: write `length` bytes of `pattern` at a guest offset of the active disk (the demo
+   * image or a File's in-tab copy only, never a person's file in place); the result carries the
+   * journal of what the write did (allocation, copy-on-write, refcounts).
+   */
+  writePattern(id: ImageId, guestOffset: number, length: number, pattern: number): Promise<ImageSummary>;
   readBytes(id: ImageId, hostOffset: number, length: number): Promise<Uint8Array>;
   download(id: ImageId): Promise<ImageDownload>;
   /**

@@ -21,7 +21,8 @@ import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type Sna
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
-import type { Journal } from '../core/image/journal.ts';
+import { Journal } from '../core/image/journal.ts';
+import { writeGuest } from '../core/image/write.ts';
 import { buildDemoImage } from '../core/image/demo.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 import type {
@@ -348,6 +349,16 @@ export async function groupSnapshotOp(stores: ImageStore[], op: 'create' | 'reve
   const results =
     op === 'create' ? await groupCreate(imgs, arg) : op === 'revert' ? await groupRevert(imgs, { name: arg }) : await groupDelete(imgs, { name: arg });
   return results.map((r) => journalDTO(r.journal));
+}
+
+/** A guest write with a journal (the playground). */
+export async function guestWriteOp(store: ImageStore, guestOffset: number, length: number, pattern: number): Promise<JournalDTO> {
+  const w = await Qcow2Image.open(store, { writable: true, backing: null });
+  const j = new Journal(`guest write of ${length} bytes of 0x${pattern.toString(16).padStart(2, '0')} at guest offset 0x${guestOffset.toString(16)}`);
+  w.journal = j;
+  await writeGuest(w, guestOffset, new Uint8Array(length).fill(pattern));
+  await w.flush('write done');
+  return journalDTO(j);
 }
 
 function findingDTO(f: Finding): CheckFindingDTO {

@@ -18,7 +18,7 @@ import type {
   Progress,
   StoreKind,
 } from './api.ts';
-import { buildDemoStore, engineFeatures, groupSnapshotOp, openBackingLayer, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
+import { buildDemoStore, engineFeatures, groupSnapshotOp, guestWriteOp, openBackingLayer, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
 import type { Layer } from '../core/image/layer.ts';
 import { FileStore } from './stores/file-store.ts';
 import { HandleStore } from './stores/handle-store.ts';
@@ -346,6 +346,16 @@ const api = {
     const p = Promise.all(group.map((g) => g.queue)).then(run, run);
     for (const g of group) g.queue = p.catch(() => {});
     return p;
+  },
+
+  async writePattern(id: ImageId, guestOffset: number, length: number, pattern: number) {
+    const img = get(id);
+    if (img.kind !== 'memory' && img.kind !== 'file') {
+      throw new QcowError('READ_ONLY', 'The playground writes only to the demo image or to a copy in this tab (an image opened from a file input or a drop)');
+    }
+    if (!Number.isSafeInteger(length) || length <= 0 || length > 16 << 20) throw new QcowError('INVALID_ARGUMENT', 'Write between 1 byte and 16 MiB');
+    if (!Number.isInteger(pattern) || pattern < 0 || pattern > 255) throw new QcowError('INVALID_ARGUMENT', 'The pattern is one byte, 0 to 255');
+    return writeOp(img, () => guestWriteOp(img.store, guestOffset, length, pattern));
   },
 
   async readBytes(id: ImageId, hostOffset: number, length: number) {

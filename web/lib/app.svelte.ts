@@ -17,7 +17,7 @@ import type {
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
 
-export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'hex' | 'journal' | 'check';
+export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'hex' | 'playground' | 'journal' | 'check';
 
 export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'header', title: 'Header' },
@@ -27,6 +27,7 @@ export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'map', title: 'Cluster map' },
   { id: 'translate', title: 'Translation' },
   { id: 'hex', title: 'Hex' },
+  { id: 'playground', title: 'Playground' },
   { id: 'journal', title: 'Journal' },
   { id: 'check', title: 'Check' },
 ];
@@ -268,6 +269,10 @@ export class AppState {
     tab.update(s);
     this.selection = null;
     return true;
+  }
+
+  writePattern(tab: ImageTab, guestOffset: number, length: number, pattern: number): Promise<boolean> {
+    return this.write(tab, `Writing ${length} bytes at guest ${guestOffset}`, () => engine().writePattern(tab.id, guestOffset, length, pattern));
   }
 
   createSnapshot(tab: ImageTab, name: string): Promise<boolean> {
