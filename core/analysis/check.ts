@@ -321,7 +321,7 @@ async function checkRefcounts(
   const writer = new RefcountWriter(img);
   opts.onProgress?.('Refcount blocks', 0, 1);
   let disk = await readDiskRefcounts(img, imrt.size);
-  let cmp = await compareRefcounts(img, imrt, disk, res, { leaks: false, errors: false }, writer, sink);
+  let cmp = await compareRefcounts(img, imrt, disk, res, { leaks: false, errors: false }, writer, sink, opts);
   rebuild ||= cmp.rebuild;
   let rebuilt = false;
   if (rebuild && fixErrors) {
@@ -364,13 +364,13 @@ async function checkRefcounts(
     }
     if (res.leaks > 0 || res.corruptions > 0) {
       Object.assign(res, preCompare);
-      cmp = await compareRefcounts(img, imrt, disk, res, { leaks: fixLeaks, errors: fixErrors }, writer, sink);
+      cmp = await compareRefcounts(img, imrt, disk, res, { leaks: fixLeaks, errors: fixErrors }, writer, sink, opts);
     }
   }
   // The walk's copies of the active L2 tables are still what is on disk unless the rebuild ran
   // (it rewrites no L2 table, but keep it simple and exact: reuse only the first walk's copies).
   for (const off of writer.written) walk.activeL2.delete(off); // an "L2 table" that is a refblock
-  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, rebuilt ? undefined : walk.activeL2);
+  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, rebuilt ? undefined : walk.activeL2, opts.onProgress, opts.isCancelled);
   return { frag, imageEndOffset: (cmp.highest + 1) * cs, rebuilt };
 }
 
@@ -382,6 +382,7 @@ async function checkRefcounts(
 async function compareRefcounts(
   img: Qcow2Image, imrt: Imrt, disk: { counts: ArrayLike<number> & { [i: number]: number }; unreadable: Set<number> },
   res: CheckCounters, fix: { leaks: boolean; errors: boolean }, writer: RefcountWriter, sink: FindingSink,
+  opts: CheckOptions = {},
 ): Promise<{ highest: number; rebuild: boolean }> {
   const n = imrt.size;
   const ref = imrt.counts;
@@ -393,6 +394,10 @@ async function compareRefcounts(
   let signalled = false;
   let wrote = false;
   for (let i = 0; i < n; i++) {
+    if ((i & 0xfffff) === 0 && i > 0) {
+      opts.onProgress?.('Comparing refcounts', i, n);
+      if (opts.isCancelled?.()) throw new QcowError('CANCELLED', 'The check was cancelled', {});
+    }
     if (bad.size > 0 && bad.has(Math.floor(i / per))) {
       if (!signalled) {
         const r = Math.floor(i / per);
@@ -439,7 +444,7 @@ async function compareRefcounts(
 async function checkOflagCopied(
   img: Qcow2Image, res: CheckCounters, fixLeaks: boolean, fixErrors: boolean,
   disk: { counts: ArrayLike<number>; unreadable: Set<number> }, writer: RefcountWriter, sink: FindingSink,
-  l2Cache?: ReadonlyMap<number, Uint8Array>,
+  l2Cache?: ReadonlyMap<number, Uint8Array>, onProgress?: CheckOptions['onProgress'], isCancelled?: CheckOptions['isCancelled'],
 ): Promise<void> {
   const repair = fixErrors ? true : fixLeaks ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
   const cs = img.clusterSize;
@@ -500,6 +505,10 @@ async function checkOflagCopied(
     }
     if (scanned.has(l2Offset)) continue;
     scanned.add(l2Offset);
+    if ((scanned.size & 63) === 0) {
+      onProgress?.('OFLAG_COPIED', scanned.size, mult.size);
+      if (isCancelled?.()) throw new QcowError('CANCELLED', 'The check was cancelled', {});
+    }
     const table = (await tables.next()).value![1];
     const st: CopiedScan = { dirty: 0, copy: null, need: -1, times: repair ? 1 : mult.get(l2Offset)! };
     let j = scanCopied(img, table, 0, -1, 0, st, dcounts, hasBad, repair, res, sink, i, l2Offset);

@@ -125,6 +125,14 @@ describe('check on in-memory images', () => {
     expect(await repairDirtyImage(img)).toBeNull();
   });
 
+  it('reports progress and can be cancelled', async () => {
+    const img = await Qcow2Image.open(await makeImage(), { checkMode: true });
+    const phases = new Set<string>();
+    await checkImage(img, { onProgress: (p) => phases.add(p) });
+    expect(phases.has('Refcount blocks')).toBe(true);
+    await expect(checkImage(img, { isCancelled: () => true })).rejects.toMatchObject({ code: 'CANCELLED' });
+  });
+
   it('refuses to repair a read-only image', async () => {
     const img = await Qcow2Image.open(await makeImage(), { checkMode: true });
     await expect(checkImage(img, { repair: 'all' })).rejects.toMatchObject({ code: 'READ_ONLY' });
