@@ -165,133 +165,159 @@ function regionPresent(img: Qcow2Image, r: number): boolean {
 }
 
 /**
- * Make sure refcount block `r` exists (QEMU's alloc_refcount_block). It goes to the first free
- * cluster (not in `reserved`); if that cluster lies in the region the block describes, the block
- * describes itself; otherwise its refcount is set in the block covering it first (and if that
- * region has no block either, that one is made first, at the next free cluster, and the search
- * starts over, like QEMU's -EAGAIN). The block is written and flushed before the reftable entry
- * publishing it (written and flushed too). Grows the reftable when `r` is beyond it. With
- * `oneStep`, returns after one block was placed (allocClusters retries like QEMU).
+ * Make sure refcount block `r` exists (QEMU's alloc_refcount_block). The block goes to the first
+ * free cluster (not in `reserved`); if that cluster lies in the region the block describes, the
+ * block describes itself; otherwise its refcount is set in the block covering it first (and if
+ * that region has no block either, that one is made first and the search starts over, like
+ * QEMU's -EAGAIN). The block is written and flushed before the reftable entry publishing it
+ * (written and flushed too). When `r` is beyond the refcount table, the block is published by a
+ * new, larger table instead (refcountArea). `clusterIndex` is the cluster whose refcount is
+ * wanted (it places the grown table as QEMU does). With `oneStep`, returns after one block was
+ * placed (allocClusters retries like QEMU).
  */
-async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, oneStep = false): Promise<void> {
+async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, oneStep = false, clusterIndex = -1): Promise<void> {
   const per = refblockEntriesOf(img);
+  const cs = img.clusterSize;
   const s = stateOf(img);
   for (let guard = 0; !regionPresent(img, r); guard++) {
     if (guard > 64) throw new QcowError('INTERNAL', `could not place refcount block ${r}`, { reftableIndex: r });
-    if (r >= reftableSize(img)) {
-      await growReftable(img, r, reserved);
-      if (oneStep) return;
-      continue;
-    }
     const x = await findFree(img, 1, reserved);
     s.freeClusterIndex = x + 1;
     const rx = Math.floor(x / per);
-    if (rx >= reftableSize(img)) {
-      await growReftable(img, Math.max(r, rx), reserved);
-      if (oneStep) return;
-      continue;
-    }
     if (rx !== r && !regionPresent(img, rx)) {
       // The first free cluster is in another region without a block: that region gets its
-      // block first (at the next free cluster), then the search starts over.
-      await ensureRefblock(img, rx, reserved, true);
+      // block first, then the search starts over.
+      await ensureRefblock(img, rx, reserved, true, x);
       if (oneStep) return;
       continue;
     }
     assertNotMetadata(img, x, 1, 'refcount block');
-    const block = new Uint8Array(img.clusterSize);
+    const block = new Uint8Array(cs);
     if (rx === r) {
       setRefcount(block, x - r * per, img.refcountOrder, 1);
     } else {
       await applyDeltas(img, new Map([[x, 1]]), reserved);
     }
-    const offset = x * img.clusterSize;
+    const offset = x * cs;
     await img.pwrite(offset, block, `refcount block ${r} (new)`);
-    await img.flush(`refcount block ${r} before its reftable entry`);
-    const entry = new Uint8Array(8);
-    putEntry(entry, 0, ...encodeL1Entry(offset, false));
-    await img.pwrite(img.header.refcountTableOffset + r * 8, entry, `refcount table entry ${r}`);
-    await img.flush(`refcount table entry ${r}`);
-    img.reftable.set(entry, r * 8);
+    await img.flush(`refcount block ${r} before it is published`);
     img.refblockCache.set(offset, block);
     s.metadata?.set(x, 'refcount block');
-    return;
+    if (r < reftableSize(img)) {
+      const entry = new Uint8Array(8);
+      putEntry(entry, 0, ...encodeL1Entry(offset, false));
+      await img.pwrite(img.header.refcountTableOffset + r * 8, entry, `refcount table entry ${r}`);
+      await img.flush(`refcount table entry ${r}`);
+      img.reftable.set(entry, r * 8);
+      return;
+    }
+    // The table must grow. As QEMU: the new structures go right after the regions in use so far
+    // (nothing there can have a refcount yet), also after anything being allocated right now.
+    const wanted = Math.max(clusterIndex >= 0 ? clusterIndex : r * per, x);
+    let startCluster = Math.ceil((wanted + 1) / per) * per;
+    for (const [, b] of reserved) startCluster = Math.max(startCluster, Math.ceil(b / per) * per);
+    await refcountArea(img, startCluster, r, offset);
+    if (oneStep) return;
   }
 }
 
 /**
- * Grow the refcount table so that it covers region `needRegion` (QEMU's qcow2_refcount_area).
- * New refcount blocks and a new, larger table are placed right after everything the old table
- * covers (so nothing there can have a refcount yet) and after `reserved`; the new blocks describe
- * the new area itself. Order: blocks, table, flush, 12-byte header update at offset 48 (the
- * commit point), flush, then the old table is freed.
+ * QEMU's qcow2_refcount_metadata_size: refcount blocks needed to count `clusters` clusters plus
+ * the refcount structures themselves (with the table 1.5 times as large when `generous`).
  */
-async function growReftable(img: Qcow2Image, needRegion: number, reserved: Reserved): Promise<void> {
+export function refcountBlocksNeeded(clusters: number, clusterSize: number, refcountOrder: number, generous: boolean): number {
+  const blocksPerTableCluster = clusterSize / 8;
+  const refcountsPerBlock = (clusterSize * 8) / 2 ** refcountOrder;
+  let table = 0;
+  let blocks = 0;
+  let last: number;
+  let n = 0;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / refcountsPerBlock);
+    table = Math.ceil(blocks / blocksPerTableCluster);
+    n = clusters + blocks + table;
+    if (n === last && generous) {
+      clusters += Math.ceil(table / 2);
+      n = 0;
+      generous = false;
+    }
+  } while (n !== last);
+  return blocks;
+}
+
+/**
+ * QEMU's qcow2_refcount_area: from host cluster `startCluster` (past everything counted so far),
+ * new refcount blocks for every region without one up to the new table's reach, then a new
+ * refcount table 1.5 times as large as needed, every new structure counted in the blocks that
+ * cover it; `newRefblockOffset` (already written) is entered at `newRefblockIndex`. Order: the
+ * blocks, the table, flush, then the 12-byte header update at offset 48 (the commit point),
+ * flush; only then is the old table freed. A crash before the commit leaves bytes nothing refers
+ * to; after it, at worst the old table leaks.
+ */
+async function refcountArea(img: Qcow2Image, startCluster: number, newRefblockIndex: number, newRefblockOffset: number): Promise<void> {
   const cs = img.clusterSize;
   const per = refblockEntriesOf(img);
-  const oldEntries = reftableSize(img);
-  const oldOffset = img.header.refcountTableOffset;
-  const oldClusters = img.header.refcountTableClusters;
-  let start = oldEntries * per;
-  for (const [, b] of reserved) start = Math.max(start, b);
-  const entriesPerCluster = cs / 8;
-  let tableClusters = Math.max(1, Math.ceil(Math.max(needRegion + 1, Math.ceil(oldEntries * 1.5)) / entriesPerCluster));
-  let regions: number[] = [];
-  for (let iter = 0; ; iter++) {
-    if (iter > 100) throw new QcowError('INTERNAL', 'refcount table growth did not converge', {});
-    const areaEnd = start + regions.length + tableClusters;
-    const need = new Set<number>([needRegion]);
-    for (let q = Math.floor(start / per); q <= Math.floor((areaEnd - 1) / per); q++) need.add(q);
-    for (const q of [...need]) if (regionPresent(img, q)) need.delete(q);
-    const sorted = [...need].sort((a, b) => a - b);
-    const maxRegion = sorted.length ? sorted[sorted.length - 1]! : needRegion;
-    const clustersNeeded = Math.ceil((maxRegion + 1) / entriesPerCluster);
-    if (sorted.length === regions.length && clustersNeeded <= tableClusters) {
-      regions = sorted;
-      break;
-    }
-    regions = sorted;
-    tableClusters = Math.max(tableClusters, clustersNeeded);
-  }
-  if (tableClusters * cs > MAX_REFTABLE_SIZE_BYTES) {
+  const order = img.refcountOrder;
+  const total = refcountBlocksNeeded(startCluster, cs, order, true);
+  let tableSize = total + Math.ceil(total / 2);
+  tableSize = Math.ceil(tableSize / (cs / 8)) * (cs / 8);
+  const tableClusters = (tableSize * 8) / cs;
+  if (tableSize * 8 > MAX_REFTABLE_SIZE_BYTES) {
     throw new QcowError('TABLE_TOO_LARGE', `Reference count table too large: ${tableClusters} clusters needed`, {
       structure: 'Reference count table', clusters: tableClusters,
     });
   }
-  const areaEnd = start + regions.length + tableClusters;
-  if (areaEnd * cs > MAX_CLUSTER_OFFSET) {
+  const areaIndex = Math.floor(startCluster / per);
+  const newTable = new Uint8Array(tableSize * 8);
+  newTable.set(img.reftable.subarray(0, Math.min(img.reftable.length, newTable.length)));
+  if (newRefblockOffset) putEntry(newTable, newRefblockIndex * 8, ...encodeL1Entry(newRefblockOffset, false));
+  let additional = 0;
+  for (let i = areaIndex; i < total; i++) if (reftableEntry(newTable, i) === 0) additional++;
+  const tableCluster = startCluster + additional;
+  const endCluster = tableCluster + tableClusters;
+  if (endCluster * cs > MAX_CLUSTER_OFFSET) {
     throw new QcowError('IMAGE_TOO_BIG', 'Image is too big: the refcount table cannot grow past the largest host offset', { structure: 'Reference count table' });
   }
-  const newTable = new Uint8Array(tableClusters * cs);
-  newTable.set(img.reftable);
-  const blocks: Array<[number, number, Uint8Array]> = []; // region, host cluster, bytes
-  regions.forEach((q, k) => {
-    const block = new Uint8Array(cs);
-    for (let c = Math.max(start, q * per); c < Math.min(areaEnd, (q + 1) * per); c++) {
-      setRefcount(block, c - q * per, img.refcountOrder, 1);
+  const blocks: Array<[number, number, Uint8Array]> = []; // region, host offset, bytes
+  let nextBlock = startCluster;
+  for (let i = areaIndex; i < total; i++) {
+    let offset = reftableEntry(newTable, i);
+    let block: Uint8Array;
+    if (offset !== 0) {
+      block = img.refblockCache.get(offset) ?? (await img.store.read(offset, cs)).slice();
+    } else {
+      offset = nextBlock * cs;
+      nextBlock++;
+      block = new Uint8Array(cs);
+      putEntry(newTable, i * 8, ...encodeL1Entry(offset, false));
     }
-    const host = start + k;
-    blocks.push([q, host, block]);
-    putEntry(newTable, q * 8, ...encodeL1Entry(host * cs, false));
-  });
-  const tableOffset = (start + regions.length) * cs;
-  for (const [q, host, block] of blocks) await img.pwrite(host * cs, block, `refcount block ${q} (new, for the grown refcount table)`);
-  await img.pwrite(tableOffset, newTable, 'refcount table (new)');
-  await img.flush('new refcount structures before the header points at them');
+    const first = i * per;
+    if (first < endCluster) {
+      for (let c = Math.max(startCluster, first); c < Math.min(endCluster, first + per); c++) setRefcount(block, c - first, order, 1);
+    }
+    blocks.push([i, offset, block]);
+  }
+  const oldOffset = img.header.refcountTableOffset;
+  const oldClusters = img.header.refcountTableClusters;
+  for (const [i, offset, block] of blocks) await img.pwrite(offset, block, `refcount block ${i} (for the grown refcount table)`);
+  await img.flush('refcount blocks of the new refcount table');
+  await img.pwrite(tableCluster * cs, newTable, 'refcount table (new)');
+  await img.flush('new refcount table before the header points at it');
   const hdr = new Uint8Array(12);
-  put64(hdr, 0, tableOffset);
+  put64(hdr, 0, tableCluster * cs);
   put32(hdr, 8, tableClusters);
   await img.pwrite(48, hdr, 'header: refcount_table_offset and refcount_table_clusters', true);
   await img.flush('header update');
   img.reftable = newTable;
-  img.header.refcountTableOffset = tableOffset;
+  img.header.refcountTableOffset = tableCluster * cs;
   img.header.refcountTableClusters = tableClusters;
   resync(img);
-  for (const [, host, block] of blocks) img.refblockCache.set(host * cs, block);
+  for (const [, offset, block] of blocks) img.refblockCache.set(offset, block);
   const meta = stateOf(img).metadata;
   if (meta) {
-    for (const [, host] of blocks) meta.set(host, 'refcount block');
-    for (let c = 0; c < tableClusters; c++) meta.set(start + regions.length + c, 'refcount table');
+    for (const [, offset] of blocks) meta.set(offset / cs, 'refcount block');
+    for (let c = tableCluster; c < endCluster; c++) meta.set(c, 'refcount table');
   }
   // The old table is garbage now; a crash before this leaks it, nothing worse.
   if (oldClusters > 0) await updateRefcount(img, oldOffset, oldClusters * cs, -1);
@@ -361,7 +387,7 @@ export async function allocClusters(img: Qcow2Image, n: number, what = 'cluster'
     if (missing >= 0) {
       const s = stateOf(img);
       s.freeClusterIndex = start + n;
-      await ensureRefblock(img, missing, [], true);
+      await ensureRefblock(img, missing, [], true, Math.max(start, missing * per));
       s.freeClusterIndex = Math.min(s.freeClusterIndex, start);
       continue;
     }
@@ -407,11 +433,12 @@ const MAX_INACTIVE_L1_BYTES = 64 * 1024 * 1024;
  * or an L2 table written in place whose host cluster holds other metadata (an L2 entry pointing
  * at the L1 table, a refcount block, a snapshot's L2 table...) is refused. QEMU detects it at
  * write time, marks the image corrupt and fails; we refuse and leave the file as it was.
- * `targets`: host offset → what would be written there; `l2Targets` may be active L2 tables.
+ * `targets`: host offset → what would be written there; `l2Targets` may be active L2 tables;
+ * `checkInactiveL2` off where the targets may rightly be shared with snapshots.
  * Computed from the structures as they are now (not from the allocation guard's cache, which
  * keeps clusters that have since been freed).
  */
-export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<number, string>, l2Targets: ReadonlySet<number> = new Set()): Promise<void> {
+export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<number, string>, l2Targets: ReadonlySet<number> = new Set(), checkInactiveL2 = true): Promise<void> {
   if (targets.size === 0) return;
   const cs = img.clusterSize;
   const want = new Map<number, string>();
@@ -422,6 +449,10 @@ export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<numb
       `Preventing invalid write of ${what} at offset ${hex(c * cs)} (overlaps with ${owner}); the image is corrupt, run a check with repair`,
       { structure: what, offset: c * cs, overlapsWith: owner });
   };
+  for (const c of want.keys()) {
+    // beyond what any file can hold (an entry pointing near 2^56): QEMU's write fails with EFBIG
+    if ((c + 1) * cs > Number.MAX_SAFE_INTEGER) fail(c, 'the end of any possible file');
+  }
   const range = (offset: number, bytes: number, owner: string): void => {
     if (bytes <= 0) return;
     for (const c of want.keys()) if (c * cs < offset + bytes && offset < (c + 1) * cs) fail(c, owner);
@@ -441,7 +472,7 @@ export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<numb
     const off = l1L2Offset(img.l1Table, i);
     if (off !== 0 && want.has(off / cs) && !l2Targets.has(off)) fail(off / cs, 'active L2 table');
   }
-  if (img.snapshots.length > 0) {
+  if (checkInactiveL2 && img.snapshots.length > 0) {
     const inactive = await inactiveL2Clusters(img);
     for (const c of want.keys()) if (inactive.has(c)) fail(c, 'inactive L2 table');
   }

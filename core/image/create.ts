@@ -4,7 +4,8 @@
 // cluster 3 unless it needs more refcount blocks), written only as far as its entries go (QEMU
 // writes l1_size·8 bytes, so the file ends there). preallocation=metadata then allocates, per L1
 // entry, an L2 table followed by a contiguous run of data clusters (not written; the file is
-// extended to the end of the last one), exactly in QEMU's order.
+// extended to the end of the last one), exactly in QEMU's order, with refcount blocks and grown
+// refcount tables placed as QEMU places them (see allocator.ts).
 import { QcowError } from '../errors.ts';
 import { alignUp, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
@@ -75,7 +76,7 @@ export function validateCreateOptions(o: CreateOptions): Required<Omit<CreateOpt
   const size = alignUp(o.size, 512);
   const clusterBits = Math.log2(clusterSize);
   const l1Size = sizeToL1({ clusterBits, incompatibleFeatures: o.extendedL2 ? C.INCOMPAT_EXTL2 : 0n }, size);
-  if (l1Size * 8 > C.MAX_L1_SIZE_BYTES) throw bad('Image size is too large for this cluster size', { size, clusterSize });
+  if (l1Size * 8 > C.MAX_L1_SIZE_BYTES) throw bad("The image size is too large for file format 'qcow2' (try using a larger cluster size)", { size, clusterSize });
   return {
     size, clusterSize, refcountBits, compat, lazyRefcounts: !!o.lazyRefcounts, extendedL2: !!o.extendedL2,
     compressionType, preallocation, backingFile: o.backingFile, backingFormat: o.backingFormat,
