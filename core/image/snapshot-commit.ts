@@ -353,8 +353,9 @@ export class ShadowCommit {
       if (off !== 0) oldActiveL2s.add(off);
     }
     for (const [off, k] of uses) {
-      if (!(await this.l2NeedsCopy(off))) continue;
-      if (!oldActiveL2s.has(off) && !(await this.copiedPass(await this.img.readL2(off), 'needs-set'))) {
+      const need = await this.l2CopiedNeeds(off, !oldActiveL2s.has(off));
+      if (need === 'none') continue;
+      if (need === 'clear') {
         this.l2FixInPlace.add(off);
       } else {
         const copy = await this.alloc(1, 'L2 table copy', k);
@@ -557,7 +558,7 @@ export class ShadowCommit {
    * COPIED bit (set exactly where the refcount is 1, never on compressed entries) and reports
    * whether anything changed; without `fix`, stops at the first wrong bit.
    */
-  private async copiedPass(t: Uint8Array, fix: boolean | 'needs-set'): Promise<boolean> {
+  private async copiedPass(t: Uint8Array, fix: boolean | 'needs-set'): Promise<boolean | 'clear'> {
     // Usually every block is loaded by the refcount walk; otherwise load them and go again. A
     // fix pass that stops half-way has changed nothing it cannot redo: it only sets bits to
     // their final value.
@@ -569,7 +570,7 @@ export class ShadowCommit {
   }
 
   /** COPIED check/fix over an L2 table; 'missing' when a refcount block it needs is not loaded (nothing changed then). */
-  private copiedEntries(t: Uint8Array, fix: boolean | 'needs-set'): boolean | 'missing' {
+  private copiedEntries(t: Uint8Array, fix: boolean | 'needs-set'): boolean | 'clear' | 'missing' {
     const img = this.img;
     const ov = this.overlay;
     const cs = this.cs;
@@ -612,6 +613,7 @@ export class ShadowCommit {
       if (((hi & HI_COPIED) !== 0) !== want) {
         if (fix === 'needs-set') {
           if (want) return true;
+          changed = true; // only bits to clear so far
           continue;
         }
         if (!fix) return true;
@@ -619,15 +621,18 @@ export class ShadowCommit {
         t[at] = want ? t[at]! | 0x80 : t[at]! & 0x7f;
       }
     }
-    return changed;
+    return fix === 'needs-set' && changed ? 'clear' : changed;
   }
 
   /**
-   * Whether an L2 table of the new active tree has a COPIED bit that disagrees with the
-   * refcounts afterwards ('needs-set': one that must be set).
+   * What an L2 table of the new active tree needs: nothing, only COPIED bits cleared, or a copy
+   * (a bit to set, or `mayFixInPlace` false and any change). One pass, stopping early when it can.
    */
-  private async l2NeedsCopy(l2Offset: number): Promise<boolean> {
-    return this.copiedPass(await this.img.readL2(l2Offset), false);
+  private async l2CopiedNeeds(l2Offset: number, mayFixInPlace: boolean): Promise<'none' | 'clear' | 'copy'> {
+    const t = await this.img.readL2(l2Offset);
+    const r = await this.copiedPass(t, mayFixInPlace ? 'needs-set' : false);
+    if (r === 'clear') return 'clear';
+    return r ? 'copy' : 'none';
   }
 
   /**
