@@ -23,7 +23,7 @@ import * as C from '../format/constants.ts';
 import {
   ClusterType, clusterType, compressedDescriptor, encodeL1Entry, encodeL2Entry, offsetOf, putEntry,
 } from '../format/entries.ts';
-import { allocClusters, noteMetadata, updateClusterRefcounts } from './allocator.ts';
+import { allocClusters, assertNoMetadataOverlap, noteMetadata, updateClusterRefcounts } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import type { RefcountDeltas } from './refcount.ts';
 
@@ -191,6 +191,19 @@ async function writeL2Span(img: Qcow2Image, l1Index: number, start: number, end:
   }
   if (plans.every(([, p]) => p.kind === 'skip')) return;
 
+  // 0. Nothing is written in place over other metadata (QEMU's pre-write overlap check, which
+  // marks the image corrupt after the fact; we refuse before the first write).
+  const inPlace = new Map<number, string>();
+  for (const [st, p] of plans) if (p.kind === 'inplace') inPlace.set(p.host, `guest data for guest cluster ${st.guestCluster}`);
+  const l2InPlace = oldL2Offset !== 0 && l1Copied;
+  if (l2InPlace && inPlace.has(oldL2Offset)) {
+    throw new QcowError('METADATA_CORRUPT', `Preventing invalid write of ${inPlace.get(oldL2Offset)!} at offset ${hex(oldL2Offset)} (overlaps with active L2 table); the image is corrupt, run a check with repair`, {
+      structure: 'L2 table', offset: oldL2Offset, overlapsWith: 'active L2 table',
+    });
+  }
+  if (l2InPlace) inPlace.set(oldL2Offset, `L2 table for L1 index ${l1Index}`);
+  await assertNoMetadataOverlap(img, inPlace, l2InPlace ? new Set([oldL2Offset]) : undefined);
+
   // 1. Allocate: a private L2 table first (new, or a copy of the shared one), then data clusters.
   const needNewL2 = oldL2Offset === 0 || !l1Copied;
   const l2Offset = needNewL2 ? await allocClusters(img, 1, 'L2 table') : oldL2Offset;
@@ -255,9 +268,9 @@ async function writeL2Span(img: Qcow2Image, l1Index: number, start: number, end:
 async function planCluster(img: Qcow2Image, st: ClusterState, op: Op, dropOld: (st: ClusterState) => void): Promise<Plan> {
   const cs = img.clusterSize;
   const ext = img.geometry.extendedL2;
-  const whole = st.a === 0 && st.b === cs;
+  // The last cluster of a disk whose size is not a cluster multiple counts as whole (QEMU too).
+  const whole = st.a === 0 && (st.b === cs || st.guestCluster * cs + st.b >= img.virtualSize);
   const backed = img.backing !== null && st.guestCluster * cs < img.backing.virtualSize;
-  const owned = st.copied && (st.type === ClusterType.Normal || st.type === ClusterType.ZeroAlloc);
   const host = st.type === ClusterType.Normal || st.type === ClusterType.ZeroAlloc ? offsetOf(st.hi, st.lo) : 0;
   const v3 = img.version >= 3;
 
@@ -273,49 +286,58 @@ async function planCluster(img: Qcow2Image, st: ClusterState, op: Op, dropOld: (
   }
 
   if (op.kind === 'zero') {
-    const readsZero = isZeroNow(st, backed);
-    if (!ext && v3 && whole) {
-      if (readsZero && !(op.unmap && owned && st.type === ClusterType.ZeroAlloc)) return { kind: 'skip' };
-      if (owned && !op.unmap) {
-        const [hi, lo] = encodeL2Entry(host, { copied: true, zero: true });
-        return { kind: 'entry', hi, lo, zbm: 0, abm: 0 };
+    // QEMU's policy (qcow2_co_pwrite_zeroes, zero_in_l2_slice, zero_l2_subclusters), so the
+    // same zero writes give the same metadata: v2 has no zero flag, the block layer writes
+    // zeros; a whole cluster gets the zero flag on its entry (compressed clusters, and with
+    // unmap allocated ones, are freed; otherwise the entry keeps its cluster); a partial cluster
+    // is zeroed whole if the rest of it already reads as zeros, else real zeros are written.
+    if (!v3) return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
+    const atEnd = st.guestCluster * cs + st.b >= img.virtualSize;
+    if (!ext) {
+      const restIsZero = st.type === ClusterType.ZeroPlain || st.type === ClusterType.ZeroAlloc ||
+        (st.type === ClusterType.Unallocated && !backed);
+      if (!(whole || (st.a === 0 && atEnd) || restIsZero)) return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
+      const unmap = st.type === ClusterType.Compressed ||
+        (op.unmap && (st.type === ClusterType.Normal || st.type === ClusterType.ZeroAlloc));
+      if (unmap) {
+        dropOld(st);
+        return { kind: 'entry', hi: 0, lo: 1, zbm: 0, abm: 0 };
       }
-      dropOld(st);
-      return { kind: 'entry', hi: 0, lo: 1, zbm: 0, abm: 0 };
+      if ((st.lo & 1) === 1) return { kind: 'skip' };
+      return { kind: 'entry', hi: st.hi, lo: (st.lo | 1) >>> 0, zbm: 0, abm: 0 };
     }
-    if (ext) {
-      const scs = img.subclusterSize;
-      const fa = Math.ceil(st.a / scs);
-      const fb = Math.floor(st.b / scs);
-      const partial = st.a % scs !== 0 || st.b % scs !== 0;
-      if (readsZero) return { kind: 'skip' };
-      if (whole && (!owned || op.unmap)) {
+    const scs = img.subclusterSize;
+    let a = st.a;
+    let b = st.b;
+    // An unaligned end is widened to its subcluster if the rest of that subcluster reads zero.
+    const subclusterIsZero = (i: number): boolean =>
+      hasBit(st.zbm, i) || (!hasBit(st.abm, i) && st.type !== ClusterType.Compressed && !backed);
+    if (a % scs !== 0) {
+      if (!subclusterIsZero(Math.floor(a / scs))) return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
+      a = Math.floor(a / scs) * scs;
+    }
+    if (b % scs !== 0 && !atEnd) {
+      if (!subclusterIsZero(Math.floor(b / scs))) return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
+      b = Math.ceil(b / scs) * scs;
+    }
+    if (a === 0 && (b === cs || atEnd)) {
+      if (st.type === ClusterType.Compressed || (op.unmap && st.type === ClusterType.Normal)) {
         dropOld(st);
         return { kind: 'entry', hi: 0, lo: 0, zbm: ALL_SUBCLUSTERS, abm: 0 };
       }
-      if (!partial && fb > fa && (st.type === ClusterType.Unallocated || owned)) {
-        const m = bitRange(fa, fb);
-        return { kind: 'entry', hi: st.hi, lo: st.lo, zbm: (st.zbm | m) >>> 0, abm: (st.abm & ~m) >>> 0 };
-      }
-    } else if (readsZero) {
-      return { kind: 'skip' };
+      if (st.zbm === ALL_SUBCLUSTERS && st.abm === 0) return { kind: 'skip' };
+      return { kind: 'entry', hi: st.hi, lo: st.lo, zbm: ALL_SUBCLUSTERS, abm: 0 };
     }
-    // Partial (sub)clusters, v2, shared clusters zeroed in part: write real zeros.
-    return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
+    if (st.type === ClusterType.Compressed) return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
+    const m = bitRange(Math.floor(a / scs), Math.ceil(b / scs));
+    const zbm = (st.zbm | m) >>> 0;
+    const abm = (st.abm & ~m) >>> 0;
+    if (zbm === st.zbm && abm === st.abm) return { kind: 'skip' };
+    return { kind: 'entry', hi: st.hi, lo: st.lo, zbm, abm };
   }
 
   const bytes = op.bytes(st.guestCluster * cs + st.a, st.b - st.a);
   return planData(img, st, bytes, dropOld, host);
-}
-
-/** Whether the cluster's bytes [a, b) read as zeros now without looking at data. */
-function isZeroNow(st: ClusterState, backed: boolean): boolean {
-  if (st.type === ClusterType.ZeroPlain || st.type === ClusterType.ZeroAlloc) return true;
-  if (st.type === ClusterType.Unallocated) {
-    if (!backed) return true;
-    return false;
-  }
-  return false;
 }
 
 async function planData(img: Qcow2Image, st: ClusterState, bytes: Uint8Array, dropOld: (st: ClusterState) => void, host: number): Promise<Plan> {
