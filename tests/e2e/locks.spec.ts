@@ -30,9 +30,13 @@ test('a second tab cannot write an image the first one is writing', async ({ pag
 
   // Closing the image in the first tab releases the lock.
   await page.getByRole('button', { name: `Close ${f.name}` }).click();
+  // The first tab's worker lets go of the lock as it closes the image.
+  await expect.poll(() => other.evaluate(async () => ((await navigator.locks.query()).held ?? []).length)).toBe(0);
   await other.getByRole('button', { name: 'Dismiss message' }).click();
   await other.getByRole('button', { name: 'Create snapshot' }).click();
+  await expect(other.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 'second', exact: true })).toBeVisible();
   await expect(other.getByRole('alert')).toHaveCount(0);
+  await expect(other.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 'first', exact: true })).toBeVisible();
 
   const saved = path.join(tmp, 'shared-after.qcow2');
   await readFromOpfs(other, f.name, saved);
