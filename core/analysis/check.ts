@@ -10,8 +10,9 @@ import { ClusterType, clusterType, offsetOf } from '../format/entries.ts';
 import { validateTable } from '../format/header.ts';
 import { encodeSnapshotTable, snapshotTableSize } from '../format/snapshot-table.ts';
 import { Qcow2Image } from '../image/qcow2-image.ts';
+import { allocClusters, freeClusters, invalidateAllocatorState } from '../image/allocator.ts';
 import {
-  allocClustersOnDisk, freeClustersOnDisk, markCleanAndConsistent, markCorrupt, preWriteOverlapCheck, rebuildRefcountStructure,
+  markCleanAndConsistent, markCorrupt, preWriteOverlapCheck, rebuildRefcountStructure,
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
@@ -220,16 +221,23 @@ async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixEr
   }
 }
 
-/** QEMU's qcow2_write_snapshots as the check uses it: a new table, committed by the header. */
+/**
+ * QEMU's qcow2_write_snapshots as the check uses it: a new table in freshly allocated clusters
+ * (the engine's allocator: first fit, growing the refcount structures when needed), flushed, then
+ * committed by the 12-byte header write at offset 60; the old table's clusters freed after.
+ */
 async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => void): Promise<void> {
-  const writer = new RefcountWriter(img);
   const size = snapshotTableSize(img.snapshots);
   if (size > C.MAX_SNAPSHOTS_SIZE) throw new QcowError('TABLE_TOO_LARGE', strerror('EFBIG'), {});
   const oldOffset = img.header.snapshotsOffset;
   const oldSize = img.snapshotsSize;
+  // The check has just changed refcounts behind the allocator's back.
+  invalidateAllocatorState(img);
+  img.refblockCache.clear();
   let offset = 0;
   if (size > 0) {
-    offset = await allocClustersOnDisk(img, writer, Math.ceil(size / img.clusterSize));
+    offset = await allocClusters(img, Math.ceil(size / img.clusterSize), 'snapshot table');
+    await img.flush('snapshot table clusters allocated');
     const overlap = await preWriteOverlapCheck(img, offset, size);
     if (overlap) {
       onOverlap(overlap);
@@ -246,7 +254,14 @@ async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => v
   await img.flush('header commit');
   img.header.snapshotsOffset = offset;
   img.snapshotsSize = size;
-  await freeClustersOnDisk(img, writer, oldOffset, oldSize);
+  try {
+    await freeClusters(img, oldOffset, oldSize);
+    await img.flush('old snapshot table freed');
+  } catch (e) {
+    // QEMU's qcow2_free_clusters only reports a failure: the old table is leaked.
+    if (!(e instanceof QcowError)) throw e;
+  }
+  invalidateAllocatorState(img);
 }
 
 // ---- step 2: refcounts -----------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //
 // In-place refcount updates only ever touch refcount blocks that exist: QEMU repairs a refcount in
 // place only when the on-disk value is non-zero (a zero on-disk refcount with references means the
-// structure is rebuilt instead), so no refblock allocation is needed here.
+// structure is rebuilt instead), so no refblock allocation is needed here. The one allocation a
+// repair makes (the rewritten snapshot table) goes through image/allocator.ts.
 import { QcowError } from '../errors.ts';
 import { be32, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
@@ -243,49 +244,6 @@ export async function markCleanAndConsistent(img: Qcow2Image): Promise<void> {
   await img.pwrite(72, b, 'header: incompatible_features (clear dirty and corrupt bits)', true);
   await img.flush('header commit');
   h.incompatibleFeatures = next;
-}
-
-/**
- * First-fit allocation of `count` clusters on the on-disk refcounts (QEMU's qcow2_alloc_clusters
- * from a free index of 0), within the ranges existing refcount blocks cover: the repair needs a
- * few clusters for a rewritten snapshot table, never a new refcount block. Sets the refcounts to 1
- * and flushes them before returning the offset (increase before publish).
- */
-export async function allocClustersOnDisk(img: Qcow2Image, writer: RefcountWriter, count: number): Promise<number> {
-  const rtEntries = img.reftable.length / 8;
-  const limit = rtEntries * writer.per;
-  let run = 0;
-  for (let c = 0; c < limit; c++) {
-    const r = Math.floor(c / writer.per);
-    if (refblockOffsetFromEntry(be32(img.reftable, r * 8), be32(img.reftable, r * 8 + 4)) === 0) {
-      run = 0;
-      c = (r + 1) * writer.per - 1;
-      continue;
-    }
-    const rc = await writer.get(c);
-    if (rc === 0) {
-      if (++run === count) {
-        const first = c - count + 1;
-        for (let k = first; k <= c; k++) await writer.set(k, 1);
-        await writer.flush('allocation');
-        return first * img.clusterSize;
-      }
-    } else {
-      run = 0;
-    }
-  }
-  throw new QcowError('IO_ERROR', 'No space left on device', { errno: 'ENOSPC' });
-}
-
-/** Lower the refcount of every cluster touched by [offset, offset+size) by one (free). */
-export async function freeClustersOnDisk(img: Qcow2Image, writer: RefcountWriter, offset: number, size: number): Promise<void> {
-  if (size <= 0) return;
-  const cs = img.clusterSize;
-  for (let c = Math.floor(offset / cs); c <= Math.floor((offset + size - 1) / cs); c++) {
-    const rc = await writer.get(c);
-    if (rc !== undefined && rc > 0) await writer.set(c, rc - 1);
-  }
-  await writer.flush('free');
 }
 
 /** QEMU's metadata overlap sections (QCOW2_OL_*), named as its messages name them. */
