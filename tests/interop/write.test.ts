@@ -383,3 +383,28 @@ describe.skipIf(EXTRA_SEEDS === 0)('random image setups (QCOWSCOPE_WRITE_SEEDS)'
     });
   }
 });
+
+describe('same bytes as QEMU', () => {
+  it('a sequence of data and zero writes gives the file qemu-io gives (default options)', async () => {
+    const q = tmp.file('q.qcow2');
+    const o = tmp.file('o.qcow2');
+    createImage(q, '16M');
+    fs.copyFileSync(q, o);
+    const ops: Array<['w' | 'z' | 'zu', number, number]> = [
+      ['w', 0, 4096], ['w', 100000, 300000], ['z', 65536, 65536], ['w', 5000, 70000], ['z', 0, 200000],
+      ['w', 600000, 1], ['zu', 1048576, 131072], ['w', 1048576, 65536], ['zu', 1048576, 131072],
+      ['z', 3000000, 5000], ['z', 4194304, 4096], ['w', 4196000, 100], ['z', 4194304, 8192], ['zu', 4000000, 1000000],
+    ];
+    for (const [kind, off, len] of ops) {
+      qemuIoOk(q, kind === 'w' ? `write -P 0x22 ${off} ${len}` : `write -z${kind === 'zu' ? ' -u' : ''} ${off} ${len}`);
+      const img = await openImage(o, { writable: true });
+      try {
+        if (kind === 'w') await writeGuest(img, off, new Uint8Array(len).fill(0x22));
+        else await writeZeroes(img, off, len, { unmap: kind === 'zu' });
+      } finally {
+        await img.close();
+      }
+    }
+    expect(Buffer.compare(fs.readFileSync(o), fs.readFileSync(q))).toBe(0);
+  });
+});
