@@ -287,12 +287,19 @@ async function planCluster(img: Qcow2Image, st: ClusterState, op: Op, dropOld: (
 
   if (op.kind === 'zero') {
     // QEMU's policy (qcow2_co_pwrite_zeroes, zero_in_l2_slice, zero_l2_subclusters), so the
-    // same zero writes give the same metadata: v2 has no zero flag, the block layer writes
-    // zeros; a whole cluster gets the zero flag on its entry (compressed clusters, and with
+    // same zero writes give the same metadata: a whole cluster gets the zero flag on its entry (compressed clusters, and with
     // unmap allocated ones, are freed; otherwise the entry keeps its cluster); a partial cluster
     // is zeroed whole if the rest of it already reads as zeros, else real zeros are written.
-    if (!v3) return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
     const atEnd = st.guestCluster * cs + st.b >= img.virtualSize;
+    if (!v3) {
+      // No zero flag before v3. Without a backing file QEMU discards instead (the cluster then
+      // reads as zeros); with one it writes real zeros.
+      const rest = st.type === ClusterType.Unallocated;
+      if (img.backing !== null || !(whole || rest)) return planData(img, st, new Uint8Array(st.b - st.a), dropOld, host);
+      if (st.hi === 0 && st.lo === 0) return { kind: 'skip' };
+      dropOld(st);
+      return { kind: 'entry', hi: 0, lo: 0, zbm: 0, abm: 0 };
+    }
     if (!ext) {
       const restIsZero = st.type === ClusterType.ZeroPlain || st.type === ClusterType.ZeroAlloc ||
         (st.type === ClusterType.Unallocated && !backed);
