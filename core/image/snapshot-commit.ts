@@ -564,7 +564,7 @@ export class ShadowCommit {
     // their final value.
     for (;;) {
       const r = this.copiedEntries(t, fix);
-      if (typeof r === 'boolean') return r;
+      if (r !== 'missing') return r;
       await this.overlay.loadAll(this.missingBlocks(t));
     }
   }
