@@ -47,8 +47,9 @@ function runVerb(args: string[], allowed: number[]): VerbRun {
   else if (/internal error/i.test(r.stderr)) v.problem = `internal error: ${r.stderr.trim()}`;
   else if (r.status === 1) {
     const lines = r.stderr.split('\n').filter((l) => l !== '');
-    const errLines = lines.filter((l) => l.startsWith('qcowscope: '));
-    if (errLines.length !== 1) v.problem = `expected one 'qcowscope: ...' line, got: ${JSON.stringify(r.stderr)}`;
+    // check prints its per-item diagnostics first (as qemu-img does), then the one error line
+    const ok = args[0] === 'check' ? /^qcowscope: /.test(lines[lines.length - 1] ?? '') : lines.length === 1 && lines[0]!.startsWith('qcowscope: ');
+    if (!ok) v.problem = `expected one 'qcowscope: ...' line, got: ${JSON.stringify(r.stderr)}`;
   }
   return v;
 }
