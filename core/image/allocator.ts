@@ -28,13 +28,53 @@ interface AllocState {
   /** QEMU's free_cluster_index: no free cluster below it (0 on open). */
   freeClusterIndex: number;
   /** Host clusters holding metadata, for the "Preventing invalid allocation" guard; null = rebuild. */
-  metadata: Map<number, string> | null;
+  metadata: MetadataClusters | null;
   /** The in-memory structures this state was built from: if another module replaces them (a
    *  repair reloading the image, a snapshot revert), the state is rebuilt. */
   seen: readonly unknown[];
 }
 
 const states = new WeakMap<Qcow2Image, AllocState>();
+
+/**
+ * Where metadata lives, by host cluster: single clusters (refcount blocks, L2 tables) in a map,
+ * multi-cluster tables (L1 tables, the refcount and snapshot tables) as ranges, so a hostile
+ * header claiming huge tables costs one entry per table, not one per cluster.
+ */
+class MetadataClusters {
+  private readonly singles = new Map<number, string>();
+  private readonly ranges: Array<readonly [number, number, string]> = [];
+
+  /** Clusters [first, end) hold `name` (the first name recorded for a cluster wins). */
+  addRange(first: number, end: number, name: string): void {
+    if (end - first === 1) {
+      if (!this.singles.has(first)) this.singles.set(first, name);
+    } else if (end > first) {
+      this.ranges.push([first, end, name]);
+    }
+  }
+
+  set(c: number, name: string): void {
+    this.singles.set(c, name);
+  }
+
+  /** The lowest cluster of [start, start + n) holding metadata, and its owner; null if none. */
+  firstIn(start: number, n: number): readonly [number, string] | null {
+    let best: [number, string] | null = null;
+    for (const [first, end, name] of this.ranges) {
+      if (first < start + n && start < end) {
+        const c = Math.max(first, start);
+        if (!best || c < best[0]) best = [c, name];
+      }
+    }
+    const limit = best ? best[0] : start + n;
+    for (let c = start; c < limit; c++) {
+      const owner = this.singles.get(c);
+      if (owner !== undefined) return [c, owner];
+    }
+    return best;
+  }
+}
 
 function identity(img: Qcow2Image): unknown[] {
   return [img.header, img.l1Table, img.reftable, img.snapshots];
@@ -317,7 +357,7 @@ async function refcountArea(img: Qcow2Image, startCluster: number, newRefblockIn
   const meta = stateOf(img).metadata;
   if (meta) {
     for (const [, offset] of blocks) meta.set(offset / cs, 'refcount block');
-    for (let c = tableCluster; c < endCluster; c++) meta.set(c, 'refcount table');
+    meta.addRange(tableCluster, endCluster, 'refcount table');
   }
   // The old table is garbage now; a crash before this leaks it, nothing worse.
   if (oldClusters > 0) await updateRefcount(img, oldOffset, oldClusters * cs, -1);
@@ -414,14 +454,12 @@ function assertNotMetadata(img: Qcow2Image, start: number, n: number, what: stri
   if (start === 0) {
     throw new QcowError('METADATA_CORRUPT', `Preventing invalid allocation of ${what} at offset 0`, { structure: what, offset: 0 });
   }
-  const meta = metadataClusters(img);
-  for (let c = start; c < start + n; c++) {
-    const owner = meta.get(c);
-    if (owner !== undefined) {
-      throw new QcowError('METADATA_CORRUPT',
-        `Preventing invalid allocation of ${what} at offset ${hex(c * img.clusterSize)} (overlaps with ${owner}); the refcounts are corrupt, run a check with repair`,
-        { structure: what, offset: c * img.clusterSize, overlapsWith: owner });
-    }
+  const hit = metadataClusters(img).firstIn(start, n);
+  if (hit) {
+    const [c, owner] = hit;
+    throw new QcowError('METADATA_CORRUPT',
+      `Preventing invalid allocation of ${what} at offset ${hex(c * img.clusterSize)} (overlaps with ${owner}); the refcounts are corrupt, run a check with repair`,
+      { structure: what, offset: c * img.clusterSize, overlapsWith: owner });
   }
 }
 
@@ -506,14 +544,14 @@ async function inactiveL2Clusters(img: Qcow2Image): Promise<Set<number>> {
   return set;
 }
 
-function metadataClusters(img: Qcow2Image): Map<number, string> {
+function metadataClusters(img: Qcow2Image): MetadataClusters {
   const s = stateOf(img);
   if (s.metadata) return s.metadata;
   const cs = img.clusterSize;
-  const m = new Map<number, string>();
+  const m = new MetadataClusters();
   const addRange = (offset: number, bytes: number, name: string): void => {
     if (bytes <= 0) return;
-    for (let c = Math.floor(offset / cs); c <= Math.floor((offset + bytes - 1) / cs); c++) if (!m.has(c)) m.set(c, name);
+    m.addRange(Math.floor(offset / cs), Math.floor((offset + bytes - 1) / cs) + 1, name);
   };
   m.set(0, 'qcow2_header');
   const h = img.header;
@@ -539,7 +577,7 @@ export function noteMetadata(img: Qcow2Image, hostOffset: number, length: number
   const m = stateOf(img).metadata;
   if (!m) return;
   const cs = img.clusterSize;
-  for (let c = Math.floor(hostOffset / cs); c <= Math.floor((hostOffset + Math.max(1, length) - 1) / cs); c++) m.set(c, name);
+  m.addRange(Math.floor(hostOffset / cs), Math.floor((hostOffset + Math.max(1, length) - 1) / cs) + 1, name);
 }
 
 /** The refcount width's maximum, re-exported for callers that only import the allocator. */

@@ -202,6 +202,17 @@ async function writeL2Span(img: Qcow2Image, l1Index: number, start: number, end:
     });
   }
   if (l2InPlace) inPlace.set(oldL2Offset, `L2 table for L1 index ${l1Index}`);
+  // A cluster written in place lies inside the file: one past its end holds nothing the refcounts
+  // can vouch for (a hostile entry there would make the file grow by gigabytes). QEMU writes a
+  // sparse file there; we refuse before the first write.
+  const fileSize = img.store.size();
+  for (const [host, what] of inPlace) {
+    if (host >= fileSize) {
+      throw new QcowError('METADATA_CORRUPT', `Preventing invalid write of ${what} at offset ${hex(host)} (past the end of the file at ${hex(fileSize)}); the image is corrupt, run a check with repair`, {
+        structure: what, offset: host, fileSize,
+      });
+    }
+  }
   await assertNoMetadataOverlap(img, inPlace, l2InPlace ? new Set([oldL2Offset]) : undefined);
 
   // 1. Allocate: a private L2 table first (new, or a copy of the shared one), then data clusters.
