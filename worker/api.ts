@@ -238,6 +238,25 @@ export interface ImageDownload {
   blob: Blob;
 }
 
+/**
+ * One overlay of an external snapshot (core/image/external-snapshot.ts), built in the worker's
+ * memory for the page to save next to its original, then open with `openOverlay`.
+ */
+export interface ExternalOverlay {
+  /** The image it was taken of: the overlay's backing file. */
+  baseId: ImageId;
+  /** The overlay's file name: the original's name with the suffix before its extension. */
+  name: string;
+  /** The backing file name written into the overlay: the original's file name (relative). */
+  backingFile: string;
+  blob: Blob;
+  /**
+   * The original as it now is, when its bytes are in no file on disk (the demo image, a copy with
+   * changes not downloaded): to be saved under `backingFile` too, or the chain has no base.
+   */
+  base?: ImageDownload;
+}
+
 /** Capabilities of the engine build loaded in the worker (features land one by one). */
 export interface EngineFeatures {
   info: boolean;
@@ -269,6 +288,18 @@ export interface EngineApi {
    */
   attachBacking(id: ImageId, file: File): Promise<ImageSummary>;
   summary(id: ImageId): Promise<ImageSummary>;
+  /**
+   * External snapshot of one image or a group, all or none: a new empty overlay per image, named
+   * like it with `suffix` before the extension, whose backing file is the image. Nothing is
+   * opened or saved here: the page saves the overlays, then opens each with `openOverlay`.
+   */
+  externalSnapshot(ids: ImageId[], suffix: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ExternalOverlay[]>;
+  /**
+   * Open a saved overlay (a File, or a handle: writes go to that file) with the open image
+   * `baseId` as its backing layer, so reads of clusters the overlay lacks fall through. While the
+   * overlay is open the base is read-only (a write to it would change what the overlay reads).
+   */
+  openOverlay(baseId: ImageId, source: File | FileSystemFileHandle): Promise<ImageSummary>;
   l1Page(id: ImageId, start: number, count: number): Promise<TablePage<L1EntryDTO>>;
   l2Table(id: ImageId, l2Offset: number): Promise<L2EntryDTO[]>;
   refcountTablePage(id: ImageId, start: number, count: number): Promise<TablePage<RefcountTableEntryDTO>>;

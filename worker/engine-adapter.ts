@@ -25,6 +25,7 @@ import { Journal } from '../core/image/journal.ts';
 import { writeGuest } from '../core/image/write.ts';
 import { buildDemoImage } from '../core/image/demo.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
+import { createExternalSnapshots, type OverlayTarget } from '../core/image/external-snapshot.ts';
 import type {
   CheckFindingDTO,
   CheckReportDTO,
@@ -321,6 +322,52 @@ export async function openBackingLayer(store: ImageStore): Promise<Layer> {
   const head = await store.read(0, 4);
   if (be32(head, 0) === C.QCOW_MAGIC) return Qcow2Image.open(store, { writable: false, backing: null });
   return new RawLayer(store);
+}
+
+/** A borrowed layer: reads go through, closing it leaves the lender's store open. */
+export function borrowedLayer(layer: Layer): Layer {
+  return {
+    get virtualSize() { return layer.virtualSize; },
+    read: (o, n) => layer.read(o, n),
+    extents: (o, n) => layer.extents(o, n),
+    close: async () => {},
+  };
+}
+
+/**
+ * An open image as the backing layer of an overlay: its store read through a fresh read-only
+ * engine object (with the image's own backing layer, if one is open), closing nothing it borrows.
+ */
+export async function openAsBacking(store: ImageStore, backing: Layer | null): Promise<Layer> {
+  const img = await Qcow2Image.open(store, { writable: false, backing: backing ? borrowedLayer(backing) : null });
+  return borrowedLayer(img);
+}
+
+/** An overlay written into memory: nothing to publish, nothing left when discarded. */
+class MemoryOverlayTarget implements OverlayTarget {
+  store: MemoryStore | null = null;
+  constructor(readonly name: string) {}
+  async open(): Promise<ImageStore> {
+    this.store = new MemoryStore(new Uint8Array(0), { name: this.name });
+    return this.store;
+  }
+  async publish(): Promise<void> {}
+  async discard(): Promise<void> {
+    this.store = null;
+  }
+}
+
+/**
+ * External snapshots of several images, all or none (core/image/external-snapshot.ts): one
+ * overlay per base, in memory, returned as the overlays' bytes in order.
+ */
+export async function buildOverlays(items: { store: ImageStore; name: string; backingFile: string }[]): Promise<Uint8Array[]> {
+  const bases: Qcow2Image[] = [];
+  const targets = items.map((i) => new MemoryOverlayTarget(i.name));
+  // The bases are never closed here: their stores belong to their open images.
+  for (const i of items) bases.push(await Qcow2Image.open(i.store, { writable: false, backing: null }));
+  await createExternalSnapshots(items.map((i, n) => ({ base: bases[n]!, backingFile: i.backingFile, target: targets[n]! })));
+  return targets.map((t) => t.store!.bytes().slice());
 }
 
 /** The engine's demo image (core/image/demo.ts) in a writable memory store. */

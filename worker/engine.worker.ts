@@ -15,10 +15,14 @@ import type {
   JobId,
   ProgressFn,
   JournalDTO,
+  ExternalOverlay,
   Progress,
   StoreKind,
 } from './api.ts';
-import { buildDemoStore, engineFeatures, groupSnapshotOp, guestWriteOp, openBackingLayer, openImage, type EngineImage, type JobContext } from './engine-adapter.ts';
+import {
+  buildDemoStore, buildOverlays, engineFeatures, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingLayer, openImage,
+  type EngineImage, type JobContext,
+} from './engine-adapter.ts';
 import type { Layer } from '../core/image/layer.ts';
 import { FileStore } from './stores/file-store.ts';
 import { HandleStore } from './stores/handle-store.ts';
@@ -40,6 +44,12 @@ interface OpenImage {
   corrupt: boolean;
   /** A write operation is running: operations on one image are serialised. */
   queue: Promise<unknown>;
+  /** Open overlays reading through this image (it is their backing layer): it stays read-only. */
+  borrowers: Set<OpenImage>;
+  /** The open image whose store this one's backing layer reads (an overlay opened by openOverlay). */
+  lender: OpenImage | null;
+  /** Closed by the page while still lent: its store is closed when the last borrower closes. */
+  closed: boolean;
 }
 
 const images = new Map<ImageId, OpenImage>();
@@ -48,6 +58,40 @@ let nextId = 1;
 
 /** Progress reports at most this often (plus the last one), so the page is never flooded. */
 const PROGRESS_INTERVAL_MS = 100;
+
+/**
+ * Close an image's engine object and store (and its backing layer: a borrowed one closes nothing
+ * of its lender). A lender still read by open overlays keeps its store until the last one closes.
+ */
+async function closeImage(img: OpenImage): Promise<void> {
+  img.closed = true;
+  if (img.borrowers.size) return;
+  await img.engine.close().catch(() => img.store.close());
+  const lender = img.lender;
+  if (lender) {
+    lender.borrowers.delete(img);
+    if (lender.closed && !images.has(lender.id)) await closeImage(lender);
+  }
+}
+
+/** The image as it now is, as a Blob under its name ("Download image"). */
+async function downloadOf(img: OpenImage): Promise<ImageDownload> {
+  const s = img.store;
+  let blob: Blob;
+  if (s instanceof FileStore) blob = s.toBlob();
+  else if (s instanceof HandleStore) blob = await s.handle.getFile();
+  else if (s instanceof OpfsStore) blob = await s.toBlob();
+  else if (s instanceof TxStore && s.base instanceof MemoryStore) blob = new Blob([s.base.bytes().slice()], { type: 'application/octet-stream' });
+  else if (s instanceof MemoryStore) blob = new Blob([s.bytes().slice()], { type: 'application/octet-stream' });
+  else throw new QcowError('NOT_SUPPORTED', 'This image cannot be downloaded');
+  return { name: img.name, blob };
+}
+
+/** `disk.qcow2` + `-overlay` → `disk-overlay.qcow2` (the suffix goes before the extension). */
+function overlayName(name: string, suffix: string): string {
+  const dot = name.lastIndexOf('.');
+  return dot > 0 ? name.slice(0, dot) + suffix + name.slice(dot) : name + suffix;
+}
 
 function get(id: ImageId): OpenImage {
   const img = images.get(id);
@@ -113,17 +157,28 @@ async function runJob<T>(jobId: JobId, onProgress: ProgressFn | undefined, body:
   }
 }
 
+/** Why writes are refused now, if they are. */
+function readOnlyReason(img: OpenImage): string | undefined {
+  if (img.readOnlyReason) return img.readOnlyReason;
+  if (img.borrowers.size) {
+    const names = [...img.borrowers].map((b) => b.name).join(', ');
+    return `It is the backing file of ${names}: a write would change what the overlay reads`;
+  }
+  return undefined;
+}
+
 function state(img: OpenImage): ImageState {
   const s: ImageState = {
     id: img.id,
     name: img.name,
     kind: img.kind,
     fileSize: img.store.size(),
-    writable: img.store.writable && !img.readOnlyReason,
+    writable: img.store.writable && !readOnlyReason(img),
     needsPermission: false,
     unsaved: img.store instanceof FileStore && !img.store.pristine,
   };
-  if (img.readOnlyReason) s.readOnlyReason = img.readOnlyReason;
+  const ro = readOnlyReason(img);
+  if (ro) s.readOnlyReason = ro;
   if (img.engine.header().backingFile !== undefined) s.backing = img.backingName;
   return s;
 }
@@ -139,17 +194,26 @@ async function summaryOf(img: OpenImage): Promise<ImageSummary> {
   };
 }
 
-async function register(name: string, kind: StoreKind, store: ImageStore): Promise<ImageSummary> {
+async function register(name: string, kind: StoreKind, store: ImageStore, lender: OpenImage | null = null): Promise<ImageSummary> {
   let engine: EngineImage;
+  let backing: Layer | null = null;
   try {
-    engine = await openImage(store);
+    if (lender) backing = await openAsBacking(lender.store, lender.backing);
+    engine = await openImage(store, backing);
+    if (lender && engine.header().backingFile === undefined) {
+      throw new QcowError('INVALID_ARGUMENT', `${name} names no backing file: it is not an overlay of ${lender.name}`);
+    }
   } catch (e) {
     await store.close().catch(() => {});
     throw e;
   }
   const h = engine.header();
   const corrupt = (h.incompatibleFeatures & 2) !== 0;
-  const img: OpenImage = { id: `img${nextId++}`, name, kind, store, engine, corrupt, backing: null, backingName: null, queue: Promise.resolve() };
+  const img: OpenImage = {
+    id: `img${nextId++}`, name, kind, store, engine, corrupt, backing, backingName: lender?.name ?? null,
+    queue: Promise.resolve(), borrowers: new Set(), lender, closed: false,
+  };
+  lender?.borrowers.add(img);
   if (corrupt) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
   images.set(img.id, img);
   return summaryOf(img);
@@ -162,7 +226,8 @@ async function register(name: string, kind: StoreKind, store: ImageStore): Promi
  */
 function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairing = false): Promise<ImageSummary> {
   const run = async (): Promise<ImageSummary> => {
-    if (img.readOnlyReason && !(repairing && img.corrupt)) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
+    const ro = readOnlyReason(img);
+    if (ro && !(repairing && img.corrupt && !img.borrowers.size)) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
     const store = img.store;
     if (store instanceof HandleStore) {
       await store.beginWrite();
@@ -218,8 +283,7 @@ const api = {
     const img = images.get(id);
     if (!img) return;
     images.delete(id);
-    // Closing the engine object closes its store, and its backing layer, too.
-    await img.engine.close().catch(() => img.store.close());
+    await closeImage(img);
   },
 
   async attachBacking(id: ImageId, file: File) {
@@ -236,6 +300,40 @@ const api = {
 
   async summary(id: ImageId) {
     return summaryOf(get(id));
+  },
+
+  async externalSnapshot(ids: ImageId[], suffix: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ExternalOverlay[]> {
+    const group = ids.map(get);
+    if (new Set(ids).size !== ids.length) throw new QcowError('INVALID_ARGUMENT', 'The same image appears twice in the group');
+    if (!suffix || /[\\/\u0000-\u001f]/.test(suffix)) {
+      throw new QcowError('INVALID_ARGUMENT', 'The overlay suffix must be a non-empty part of a file name (no slash)', { suffix });
+    }
+    const items = group.map((g) => ({ store: g.store, name: overlayName(g.name, suffix), backingFile: g.name }));
+    const run = () => runJob(jobId, onProgress, async (job) => {
+      job.progress({ phase: 'Writing overlays', done: 0, total: items.length });
+      const bytes = await buildOverlays(items);
+      if (job.signal.aborted) throw new QcowError('CANCELLED', 'The external snapshot was cancelled');
+      job.progress({ phase: 'Writing overlays', done: items.length, total: items.length });
+      const out: ExternalOverlay[] = [];
+      for (const [i, img] of group.entries()) {
+        const o: ExternalOverlay = { baseId: img.id, name: items[i]!.name, backingFile: items[i]!.backingFile, blob: new Blob([bytes[i]! as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }) };
+        // The chain needs the base in a file: include it when no file holds these bytes.
+        const onDisk = img.kind === 'handle' || (img.store instanceof FileStore && img.store.pristine);
+        if (!onDisk) o.base = await downloadOf(img);
+        out.push(o);
+      }
+      return out;
+    });
+    // After each image's pending writes, so the overlays see the images as they are.
+    const p = Promise.all(group.map((g) => g.queue)).then(run, run);
+    for (const g of group) g.queue = p.catch(() => {});
+    return p;
+  },
+
+  async openOverlay(baseId: ImageId, source: File | FileSystemFileHandle) {
+    const base = get(baseId);
+    if (source instanceof File) return register(source.name, 'file', new FileStore(source), base);
+    return register(source.name, 'handle', await HandleStore.open(source), base);
   },
 
   async l1Page(id: ImageId, start: number, count: number) {
@@ -308,7 +406,8 @@ const api = {
     // Wait for each image's pending writes, then hold them all for the group's duration.
     const run = async (): Promise<ImageSummary[]> => {
       for (const img of group) {
-        if (img.readOnlyReason) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${img.readOnlyReason}`);
+        const ro = readOnlyReason(img);
+        if (ro) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
       }
       const handles = group.map((g) => g.store).filter((s): s is HandleStore => s instanceof HandleStore);
       const tx = group.map((g) => g.store).filter(isTransactional);
@@ -366,16 +465,7 @@ const api = {
   },
 
   async download(id: ImageId): Promise<ImageDownload> {
-    const img = get(id);
-    const s = img.store;
-    let blob: Blob;
-    if (s instanceof FileStore) blob = s.toBlob();
-    else if (s instanceof HandleStore) blob = await s.handle.getFile();
-    else if (s instanceof OpfsStore) blob = await s.toBlob();
-    else if (s instanceof TxStore && s.base instanceof MemoryStore) blob = new Blob([s.base.bytes().slice()], { type: 'application/octet-stream' });
-    else if (s instanceof MemoryStore) blob = new Blob([s.bytes().slice()], { type: 'application/octet-stream' });
-    else throw new QcowError('NOT_SUPPORTED', 'This image cannot be downloaded');
-    return { name: img.name, blob };
+    return downloadOf(get(id));
   },
 
   async exportRaw(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageDownload> {

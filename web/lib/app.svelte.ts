@@ -16,6 +16,7 @@ import type {
   SnapshotDTO,
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
+import { isInFolder, saveAllToFolder, type FileToSave } from './save-folder.ts';
 
 export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'hex' | 'playground' | 'journal' | 'check';
 
@@ -108,6 +109,8 @@ export class AppState {
 
   /** The File System Access picker exists (Chromium); elsewhere "Open image" uses the file input. */
   readonly hasPicker = typeof window !== 'undefined' && 'showOpenFilePicker' in window;
+  /** A folder can be chosen to save several files into (Chromium); elsewhere files are downloads. */
+  readonly hasFolderPicker = typeof window !== 'undefined' && 'showDirectoryPicker' in window;
 
   async loadFeatures(): Promise<void> {
     try {
@@ -214,6 +217,12 @@ export class AppState {
     if (this.activeId === id) this.activeId = this.tabs[Math.min(i, this.tabs.length - 1)]?.id ?? null;
     this.selection = null;
     await engine().close(id).catch(() => {});
+    // An original whose overlay closed may be writable again.
+    for (const t of this.tabs) {
+      if (!t.summary.state.readOnlyReason) continue;
+      const fresh = await engine().summary(t.id).catch(() => undefined);
+      if (fresh) t.summary = fresh;
+    }
   }
 
   activate(id: string): void {
@@ -311,6 +320,60 @@ export class AppState {
     return true;
   }
 
+  /**
+   * External snapshot of `tabs` (one image or the group), all or none: the worker writes the
+   * overlays in memory, they are saved into a folder the person picks (`toFolder`) or offered as
+   * downloads, with the originals that are in no file yet (demo, unsaved copies); then each
+   * overlay opens in a new tab over its original, which stays read-only while it is open.
+   */
+  async externalSnapshot(tabs: ImageTab[], suffix: string, toFolder: boolean): Promise<boolean> {
+    let dir: FileSystemDirectoryHandle | undefined;
+    if (toFolder) {
+      // First, on the click's user activation: the folder picker needs it.
+      const w = window as unknown as { showDirectoryPicker: (o: object) => Promise<FileSystemDirectoryHandle> };
+      try {
+        dir = await w.showDirectoryPicker({ id: 'qcowscope-overlays', mode: 'readwrite' });
+      } catch (e) {
+        this.message = describe(e);
+        return false;
+      }
+    }
+    const what = tabs.length === 1 ? tabs[0]!.name : `${tabs.length} images`;
+    const overlays = await this.run(`Taking an external snapshot of ${what}`, (o) =>
+      withJob(o, (j, p) => engine().externalSnapshot(tabs.map((t) => t.id), suffix, j, p)),
+    );
+    if (!overlays) return false;
+    const files: FileToSave[] = overlays.flatMap((o) => [{ name: o.name, blob: o.blob }, ...(o.base ? [o.base] : [])]);
+    let handles: Map<string, FileSystemFileHandle> | undefined;
+    const notes: string[] = [];
+    if (dir) {
+      const d = dir;
+      handles = await this.run(`Saving into ${d.name}`, () => saveAllToFolder(d, files));
+      if (!handles) return false;
+      for (const t of tabs) {
+        if (t.handle && !(await isInFolder(d, t.handle))) notes.push(`${t.name} is not in ${d.name}: move the overlay next to it`);
+      }
+    } else {
+      for (const f of files) this.save(f.blob, f.name);
+    }
+    for (const o of overlays) {
+      const handle = handles?.get(o.name);
+      const s = await this.run(`Opening ${o.name}`, () => engine().openOverlay(o.baseId, handle ?? new File([o.blob], o.name)));
+      if (s) this.add(s, handle);
+    }
+    // The originals are now backing files: read-only while their overlays are open.
+    for (const t of tabs) {
+      const fresh = await engine().summary(t.id).catch(() => undefined);
+      if (fresh) t.summary = fresh;
+    }
+    const list = overlays.map((o) => `${o.name} (backing file ${o.backingFile})`).join(', ');
+    this.message = {
+      kind: 'info',
+      text: `External snapshot taken: ${list} ${dir ? `saved in ${dir.name}` : 'downloaded'}${overlays.some((o) => o.base) ? ', with the originals that were in no file' : ''}. Keep each overlay in the same folder as its backing file.${notes.length ? ' ' + notes.join('; ') + '.' : ''}`,
+    };
+    return true;
+  }
+
   async runCheck(tab: ImageTab, repair?: 'leaks' | 'all'): Promise<void> {
     this.show('check');
     if (repair && !(await this.ensureWritable(tab))) return;
@@ -342,6 +405,7 @@ export class AppState {
     if (d) this.save(d.blob, d.name);
   }
 
+  /** An ordinary browser download of a Blob under a name. */
   private save(blob: Blob, name: string): void {
     const d = { blob, name };
     const url = URL.createObjectURL(d.blob);
