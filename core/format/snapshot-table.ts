@@ -44,9 +44,13 @@ export interface ParseSnapshotOptions {
   onRepair?: (message: string) => void;
 }
 
+/** The one empty byte array shared by every entry without an ID, a name or unknown extra data. */
+const NO_BYTES = new Uint8Array(0);
+
 /**
  * Parse `nb` entries from `read(offset, length)` (synchronous access to the table bytes already
- * loaded). `read` must return zeros past the end of the file.
+ * loaded). `read` must return zeros past the end of the file; it may return a view of a buffer
+ * it reuses, so whatever is kept is copied.
  */
 export function parseSnapshotTable(
   read: (offset: number, length: number) => Uint8Array,
@@ -84,12 +88,12 @@ export function parseSnapshotTable(
       const low = be32(known, 20);
       icount = hiw === 0xffffffff && low === 0xffffffff ? -1 : hiw * 4294967296 + low;
     }
-    const unknownExtraData = keptExtra > C.SNAPSHOT_EXTRA_KNOWN ? read(offset + C.SNAPSHOT_EXTRA_KNOWN, keptExtra - C.SNAPSHOT_EXTRA_KNOWN).slice() : new Uint8Array(0);
+    const unknownExtraData = keptExtra > C.SNAPSHOT_EXTRA_KNOWN ? read(offset + C.SNAPSHOT_EXTRA_KNOWN, keptExtra - C.SNAPSHOT_EXTRA_KNOWN).slice() : NO_BYTES;
     offset += extraDataSize; // the whole stored extra data is skipped, even when truncated
     if (extraDataSize > C.MAX_SNAPSHOT_EXTRA_DATA) extraDataSize = C.MAX_SNAPSHOT_EXTRA_DATA;
-    const idBytes = read(offset, idSize).slice();
+    const idBytes = idSize > 0 ? read(offset, idSize).slice() : NO_BYTES;
     offset += idSize;
-    const nameBytes = read(offset, nameSize).slice();
+    const nameBytes = nameSize > 0 ? read(offset, nameSize).slice() : NO_BYTES;
     offset += nameSize;
     if (offset - tableOffset > C.MAX_SNAPSHOTS_SIZE) {
       if (!opts.repair) {

@@ -211,10 +211,13 @@ export class Qcow2Image implements Layer {
       const buf = avail > 0 ? await this.store.read(h.snapshotsOffset, avail) : new Uint8Array(0);
       let needMore = false;
       const base = h.snapshotsOffset;
+      // A view where the bytes are in the window (no copy: a table of 65535 entries is 300 000
+      // reads), zero-padded copies where they run past it.
       const read = (offset: number, length: number): Uint8Array => {
         const rel = offset - base;
-        const out = new Uint8Array(length);
         if (rel + length > span && offset + length <= fileSize) needMore = true;
+        if (rel + length <= buf.length) return buf.subarray(rel, rel + length);
+        const out = new Uint8Array(length);
         if (rel < buf.length) out.set(buf.subarray(rel, Math.min(buf.length, rel + length)));
         return out;
       };
