@@ -307,8 +307,11 @@ export interface EngineApi {
   refcountBlock(id: ImageId, refblockIndex: number): Promise<Float64Array>;
   /** Follow a guest offset through L1 and L2, each step explained (the active disk, or a snapshot by ID). */
   translate(id: ImageId, guestOffset: number, snapshotId?: string): Promise<Translation>;
-  /** Guest clusters that differ between two views: a snapshot (by ID) or the active disk (null). */
-  diff(id: ImageId, a: string | null, b: string | null): Promise<DiffResult>;
+  /**
+   * Guest clusters that differ between two views, each a snapshot (by ID) or the active disk
+   * (null), with the host clusters that hold them on either side.
+   */
+  diff(id: ImageId, a: string | null, b: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<DiffResult>;
   /** What a snapshot holds alone (freed by deleting it) and what it shares. */
   snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn): Promise<SnapshotSpace>;
   clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterMapDTO>;

@@ -59,7 +59,7 @@ export interface EngineImage {
   refcountBlock(refblockIndex: number): Promise<Float64Array>;
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
   snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
-  diff(a: string | null, b: string | null): Promise<DiffResult>;
+  diff(a: string | null, b: string | null, job: JobContext): Promise<DiffResult>;
   exportRaw(snapshotId: string | null, job: JobContext): Promise<Blob>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
   check(job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO>;
@@ -281,9 +281,12 @@ function wrap(img: Qcow2Image): EngineImage {
       }
       return new Blob(parts, { type: 'application/octet-stream' });
     },
-    async diff(a, b) {
+    async diff(a, b, job) {
       const view = async (id: string | null) => (id === null ? img.activeView() : img.snapshotView(findById(id)));
-      return diffViews(img, await view(a), await view(b));
+      return diffViews(img, await view(a), await view(b), {
+        onProgress: (phase, done, total) => job.progress({ phase, done, total }),
+        isCancelled: () => job.signal.aborted,
+      });
     },
     async snapshotSpace(snapshotId) {
       return snapshotSpace(img, findById(snapshotId));

@@ -360,8 +360,9 @@ const api = {
     return get(id).engine.translate(guestOffset, snapshotId);
   },
 
-  async diff(id: ImageId, a: string | null, b: string | null) {
-    return get(id).engine.diff(a, b);
+  async diff(id: ImageId, a: string | null, b: string | null, jobId?: JobId, onProgress?: ProgressFn) {
+    const img = get(id);
+    return runJob(jobId, onProgress, (job) => img.engine.diff(a, b, job));
   },
 
   async snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn) {

@@ -53,7 +53,14 @@ describe('diff', () => {
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', f, '64M']);
     sh('qemu-io', ['-c', 'write -P 1 0 1M', f]);
     sh('qemu-img', ['snapshot', '-c', 'base', f]);
+    const hostCluster = (guest: number): number => {
+      const map = JSON.parse(sh('qemu-img', ['map', '--output=json', f])) as { start: number; length: number; data: boolean; offset?: number }[];
+      const e = map.find((m) => m.start <= guest && guest < m.start + m.length && m.data)!;
+      return (e.offset! + guest - e.start) / 65536;
+    };
+    const before = [hostCluster(128 << 10), hostCluster(512 << 10)];
     sh('qemu-io', ['-c', 'write -P 2 128k 64k', '-c', 'write -P 3 32M 128k', '-c', 'write -z 512k 64k', f]);
+    const after = [hostCluster(128 << 10), hostCluster(32 << 20), hostCluster((32 << 20) + 65536)];
     const img = await open(f);
     const snapView = await img.snapshotView(img.findSnapshot('base')!);
     const d = await diffViews(img, snapView, img.activeView());
@@ -62,6 +69,9 @@ describe('diff', () => {
       { cluster: 8, count: 1 },
       { cluster: 512, count: 2 },
     ]);
+    // The host clusters behind them: the snapshot's old data and the active disk's new data (the
+    // zeroed cluster holds none on the active side).
+    expect(d.hostClusters).toEqual([...before, ...after].sort((x, y) => x - y));
     const same = await diffViews(img, snapView, snapView);
     expect(same.changedClusters).toBe(0);
     await img.close();

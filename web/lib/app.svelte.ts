@@ -6,6 +6,7 @@ import type {
   CheckFindingDTO,
   CheckReportDTO,
   ClusterMapDTO,
+  DiffResult,
   EngineFeatures,
   ImageSummary,
   JournalDTO,
@@ -18,7 +19,7 @@ import type {
 import { engine, withJob } from './engine.ts';
 import { isInFolder, saveAllToFolder, type FileToSave } from './save-folder.ts';
 
-export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'hex' | 'playground' | 'journal' | 'check';
+export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'diff' | 'hex' | 'playground' | 'journal' | 'check';
 
 export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'header', title: 'Header' },
@@ -27,6 +28,7 @@ export const VIEWS: { id: ViewName; title: string }[] = [
   { id: 'refcounts', title: 'Refcount table' },
   { id: 'map', title: 'Cluster map' },
   { id: 'translate', title: 'Translation' },
+  { id: 'diff', title: 'Diff' },
   { id: 'hex', title: 'Hex' },
   { id: 'playground', title: 'Playground' },
   { id: 'journal', title: 'Journal' },
@@ -66,6 +68,10 @@ export class ImageTab {
   clusterMap = $state.raw<ClusterMapDTO | null>(null);
   /** The journal of every write operation made in this session, newest last. */
   journals = $state.raw<JournalDTO[]>([]);
+  /** The last diff (Diff view) and what it compared, kept across views. */
+  diff = $state.raw<{ a: string | null; b: string | null; label: string; result: DiffResult } | null>(null);
+  /** Host clusters the cluster map outlines besides check findings (the diff's), with a label. */
+  mapHighlight = $state.raw<{ label: string; clusters: number[] } | null>(null);
   /** Bumped after every change, so views reload what they fetched. */
   revision = $state(0);
 
@@ -84,6 +90,8 @@ export class ImageTab {
     if (summary.journal) this.journals = [...this.journals, summary.journal];
     this.check = null;
     this.clusterMap = null;
+    this.diff = null;
+    this.mapHighlight = null;
     this.revision++;
   }
 }
@@ -386,6 +394,12 @@ export class AppState {
       if (fresh) tab.update(fresh);
     }
     tab.check = report;
+  }
+
+  /** Compare two views of an image (a snapshot ID, or null for the active disk). */
+  async diff(tab: ImageTab, a: string | null, b: string | null, label: string): Promise<void> {
+    const result = await this.run(`Comparing ${label}`, (o) => withJob(o, (j, p) => engine().diff(tab.id, a, b, j, p)));
+    if (result) tab.diff = { a, b, label, result };
   }
 
   async loadClusterMap(tab: ImageTab): Promise<void> {
