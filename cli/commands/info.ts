@@ -1,5 +1,5 @@
 // `qcowscope info [--json] IMAGE`: qemu-img info's fields and layout.
-import { buildInfo, formatInfo } from '../../core/analysis/info.ts';
+import { buildInfo, formatInfo, readEncryptInfo } from '../../core/analysis/info.ts';
 import { actualSize, openImage, resolveBackingPath } from '../open.ts';
 import type { Command } from '../command.ts';
 
@@ -17,6 +17,7 @@ export const info: Command = {
         filename: file,
         actualSize: actualSize(file),
         fullBackingFilename: h.backingFile !== undefined ? resolveBackingPath(file, h.backingFile) : undefined,
+        encrypt: await readEncryptInfo(img),
       });
       out(isJson(values) ? JSON.stringify(infoObj, null, 4) : formatInfo(infoObj));
     } finally {

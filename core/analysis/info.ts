@@ -3,6 +3,7 @@
 import * as C from '../format/constants.ts';
 import type { Snapshot } from '../format/snapshot-table.ts';
 import { bitmapInfoFlags } from '../format/bitmaps.ts';
+import { LUKS_HEADER_SIZE, parseLuksHeader, type LuksInfo } from '../format/luks.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 
 export interface SnapshotInfo {
@@ -26,7 +27,10 @@ export interface Qcow2SpecificInfo {
   'data-file'?: string;
   'data-file-raw'?: boolean;
   bitmaps?: Array<{ name: string; granularity: number; flags: string[] }>;
+  encrypt?: EncryptInfo;
 }
+
+export type EncryptInfo = LuksInfo | { format: 'aes' };
 
 export interface ImageInfo {
   filename: string;
@@ -44,16 +48,16 @@ export interface ImageInfo {
 }
 
 export function snapshotInfo(sn: Snapshot): SnapshotInfo {
-  const s: SnapshotInfo = {
-    id: sn.idStr,
-    name: sn.name,
-    'vm-state-size': sn.vmStateSize,
-    'date-sec': sn.dateSec,
-    'date-nsec': sn.dateNsec,
-    'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
-    'vm-clock-nsec': sn.vmClockNsec % 1e9,
-  };
+  // qemu-img 7.2's key order
+  const s = {} as SnapshotInfo;
   if (sn.icount !== -1) s.icount = sn.icount;
+  s['vm-clock-nsec'] = sn.vmClockNsec % 1e9;
+  s.name = sn.name;
+  s['date-sec'] = sn.dateSec;
+  s['date-nsec'] = sn.dateNsec;
+  s['vm-clock-sec'] = Math.floor(sn.vmClockNsec / 1e9);
+  s.id = sn.idStr;
+  s['vm-state-size'] = sn.vmStateSize;
   return s;
 }
 
@@ -64,44 +68,60 @@ export interface InfoContext {
   /** The backing file name resolved as QEMU does (relative to the image's directory). */
   fullBackingFilename?: string;
   bitmaps?: Array<{ name: string; granularity: number; flags: string[] }>;
+  /** From readEncryptInfo (it reads the file); without it a LUKS image has no `encrypt` block. */
+  encrypt?: EncryptInfo;
 }
 
 export function buildInfo(img: Qcow2Image, ctx: InfoContext): ImageInfo {
   const h = img.header;
-  const data: Qcow2SpecificInfo = h.version >= 3
-    ? {
-        compat: '1.1',
-        'compression-type': h.compressionType === C.COMPRESSION_ZSTD ? 'zstd' : 'zlib',
-        'lazy-refcounts': (h.compatibleFeatures & C.COMPAT_LAZY_REFCOUNTS) !== 0n,
-        'refcount-bits': 2 ** h.refcountOrder,
-        corrupt: (h.incompatibleFeatures & C.INCOMPAT_CORRUPT) !== 0n,
-        'extended-l2': (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n,
-      }
-    : { compat: '0.10', 'compression-type': 'zlib', 'refcount-bits': 2 ** h.refcountOrder };
+  const v3 = h.version >= 3;
+  // qemu-img 7.2 prints its dictionaries in hash order; the keys below are built in that order
+  // (observed on its output) so that the JSON compares equal as text too.
+  const data = {} as Qcow2SpecificInfo;
+  data.compat = v3 ? '1.1' : '0.10';
+  data['compression-type'] = h.compressionType === C.COMPRESSION_ZSTD ? 'zstd' : 'zlib';
+  if (v3) data['lazy-refcounts'] = (h.compatibleFeatures & C.COMPAT_LAZY_REFCOUNTS) !== 0n;
   // qemu-img info lists persistent bitmaps for v3 images (QEMU's qcow2_get_bitmap_info_list)
-  const bitmaps = ctx.bitmaps ?? (h.version >= 3
-    ? img.bitmaps.map((b) => ({ name: b.name, granularity: 2 ** b.granularityBits, flags: bitmapInfoFlags(b.flags) }))
+  const bitmaps = ctx.bitmaps ?? (v3
+    ? img.bitmaps.map((b) => ({ flags: bitmapInfoFlags(b.flags), name: b.name, granularity: 2 ** b.granularityBits }))
     : []);
   if (bitmaps.length > 0) data.bitmaps = bitmaps;
+  data['refcount-bits'] = 2 ** h.refcountOrder;
   if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
+  const encrypt = ctx.encrypt ?? (h.cryptMethod === C.CRYPT_AES ? { format: 'aes' as const } : undefined);
+  if (encrypt) data.encrypt = encrypt;
   if ((h.incompatibleFeatures & C.INCOMPAT_DATA_FILE) !== 0n) data['data-file-raw'] = (h.autoclearFeatures & C.AUTOCLEAR_DATA_FILE_RAW) !== 0n;
-  const info: ImageInfo = {
-    filename: ctx.filename,
-    format: 'qcow2',
-    'virtual-size': img.virtualSize,
-    'dirty-flag': img.isDirty,
-    'cluster-size': img.clusterSize,
-    'format-specific': { type: 'qcow2', data },
-  };
-  if (ctx.actualSize !== undefined) info['actual-size'] = ctx.actualSize;
-  if (h.cryptMethod !== 0) info.encrypted = true;
-  if (h.backingFile !== undefined) {
-    info['backing-filename'] = h.backingFile;
-    info['full-backing-filename'] = ctx.fullBackingFilename ?? h.backingFile;
-    if (h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
+  if (v3) {
+    data.corrupt = (h.incompatibleFeatures & C.INCOMPAT_CORRUPT) !== 0n;
+    data['extended-l2'] = (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n;
   }
+  const info = {} as ImageInfo;
   if (img.snapshots.length > 0) info.snapshots = img.snapshots.map(snapshotInfo);
+  if (h.backingFile !== undefined && h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
+  info['virtual-size'] = img.virtualSize;
+  info.filename = ctx.filename;
+  info['cluster-size'] = img.clusterSize;
+  info.format = 'qcow2';
+  if (ctx.actualSize !== undefined) info['actual-size'] = ctx.actualSize;
+  info['format-specific'] = { type: 'qcow2', data };
+  if (h.backingFile !== undefined) info['full-backing-filename'] = ctx.fullBackingFilename ?? h.backingFile;
+  if (h.cryptMethod !== 0) info.encrypted = true;
+  if (h.backingFile !== undefined) info['backing-filename'] = h.backingFile;
+  info['dirty-flag'] = img.isDirty;
   return info;
+}
+
+/**
+ * What qemu-img info says about the encryption: the LUKS header's layout (read from the area the
+ * crypto header extension names), or `{format: "aes"}` for the legacy method; undefined when the
+ * image is not encrypted or its LUKS header cannot be decoded.
+ */
+export async function readEncryptInfo(img: Qcow2Image): Promise<EncryptInfo | undefined> {
+  const h = img.header;
+  if (h.cryptMethod === C.CRYPT_AES) return { format: 'aes' };
+  if (h.cryptMethod !== C.CRYPT_LUKS || !h.crypto || h.crypto.length < LUKS_HEADER_SIZE) return undefined;
+  if (h.crypto.offset + LUKS_HEADER_SIZE > img.store.size()) return undefined;
+  return parseLuksHeader(await img.store.read(h.crypto.offset, LUKS_HEADER_SIZE)) ?? undefined;
 }
 
 /**
@@ -187,13 +207,13 @@ export function formatInfo(info: ImageInfo): string {
     `virtual size: ${sizeToStr(info['virtual-size'])} (${info['virtual-size']} bytes)`,
   ];
   if (info['actual-size'] !== undefined) lines.push(`disk size: ${sizeToStr(info['actual-size'])}`);
+  if (info.encrypted) lines.push('encrypted: yes');
   lines.push(`cluster_size: ${info['cluster-size']}`);
   if (info['backing-filename']) {
     const full = info['full-backing-filename'];
     lines.push(`backing file: ${info['backing-filename']}${full && full !== info['backing-filename'] ? ` (actual path: ${full})` : ''}`);
     if (info['backing-filename-format']) lines.push(`backing file format: ${info['backing-filename-format']}`);
   }
-  if (info.encrypted) lines.push('encrypted: yes');
   if (info['dirty-flag']) lines.push('cleanly shut down: no');
   if (info.snapshots) lines.push(formatSnapshotList(info.snapshots));
   const d = info['format-specific'].data;
@@ -208,6 +228,19 @@ export function formatInfo(info: ImageInfo): string {
   lines.push(`    refcount bits: ${d['refcount-bits']}`);
   // qemu-img 7.2's order (its QAPI visitor): data file, data file raw, then corrupt
   if (d['data-file']) lines.push(`    data file: ${d['data-file']}`);
+  if (d.encrypt) {
+    lines.push('    encrypt:');
+    for (const [k, v] of Object.entries(d.encrypt)) {
+      if (k !== 'slots') {
+        lines.push(`        ${k.replaceAll('-', ' ')}: ${String(v)}`);
+        continue;
+      }
+      lines.push('        slots:');
+      (v as LuksInfo['slots']).forEach((slot, i) => {
+        lines.push(`            [${i}]:`, ...Object.entries(slot).map(([sk, sv]) => `                ${sk.replaceAll('-', ' ')}: ${String(sv)}`));
+      });
+    }
+  }
   if (d['data-file-raw'] !== undefined) lines.push(`    data file raw: ${d['data-file-raw']}`);
   if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
   if (d['extended-l2'] !== undefined) lines.push(`    extended l2: ${d['extended-l2']}`);

@@ -48,9 +48,10 @@ export function compareVarieties(varieties: Variety[]): void {
         };
       });
 
-      it('info --json equals qemu-img info --output=json', () => {
-        const ours = JSON.parse(runCliOk(bin, ['info', '--json', image], { cwd: dir })) as unknown;
-        expect(ours).toEqual(qemuInfoJson(image, dir));
+      it('info --json equals qemu-img info --output=json, key order and layout included', () => {
+        const text = runCliOk(bin, ['info', '--json', image], { cwd: dir });
+        expect(JSON.parse(text) as unknown).toEqual(qemuInfoJson(image, dir));
+        expect(text).toBe(qemuImgText(['info', '--output=json', image], dir));
       });
 
       it('map --json equals qemu-img map --output=json', () => {
