@@ -61,14 +61,25 @@ export class NodeFileStore implements ImageStore {
   readSync(offset: number, length: number): Uint8Array {
     checkReadRange(this, offset, length);
     const out = new Uint8Array(length);
-    const avail = Math.min(length, Math.max(0, this.length - offset));
+    this.fill(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, out: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, out.length);
+    out.fill(0, this.fill(offset, out));
+  }
+
+  /** Read what the file holds of [offset, offset + out.length) into `out`; returns the bytes read. */
+  private fill(offset: number, out: Uint8Array): number {
+    const avail = Math.min(out.length, Math.max(0, this.length - offset));
     let done = 0;
     while (done < avail) {
       const n = fs.readSync(this.fd, out, done, avail - done, offset + done);
       if (n <= 0) break;
       done += n;
     }
-    return out;
+    return done;
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

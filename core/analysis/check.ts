@@ -16,8 +16,9 @@ import {
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
-  CheckAbort, FindingSink, Imrt, MAX_REPEATS, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, readDiskRefcounts, strerror, tablesInOrder,
-  zeroCounters, type CheckCounters, type Finding, type FragStats, type WalkRepairHooks,
+  CheckAbort, FindingSink, Imrt, MAX_REPEATS, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, highestReferenced, readDiskRefcounts, refcountsMatch, strerror,
+  tablesInOrder,
+  zeroCounters, type CheckCounters, type Counts, type DiskRefcounts, type Finding, type FragStats, type WalkRepairHooks,
 } from './refcount-walk.ts';
 import { hex } from '../errors.ts';
 
@@ -335,8 +336,16 @@ async function checkRefcounts(
   const preCompare = { ...res };
   const writer = new RefcountWriter(img);
   opts.onProgress?.('Refcount blocks', 0, 1);
-  let disk = await readDiskRefcounts(img, imrt.size);
-  let cmp = await compareRefcounts(img, imrt, disk, res, { leaks: false, errors: false }, writer, sink, opts);
+  let disk: DiskRefcounts;
+  let cmp: { highest: number; rebuild: boolean };
+  if (await refcountsMatch(img, imrt, opts.isCancelled)) {
+    // Nothing to report: the on-disk refcounts are the IMRT's, which stands in for them below.
+    disk = { counts: imrt.counts.subarray(0, imrt.size), unreadable: new Set() };
+    cmp = { highest: highestReferenced(imrt), rebuild: false };
+  } else {
+    disk = await readDiskRefcounts(img, imrt.size);
+    cmp = await compareRefcounts(img, imrt, disk, res, { leaks: false, errors: false }, writer, sink, opts);
+  }
   rebuild ||= cmp.rebuild;
   let rebuilt = false;
   if (rebuild && fixErrors) {
@@ -382,10 +391,7 @@ async function checkRefcounts(
       cmp = await compareRefcounts(img, imrt, disk, res, { leaks: fixLeaks, errors: fixErrors }, writer, sink, opts);
     }
   }
-  // The walk's copies of the active L2 tables are still what is on disk unless the rebuild ran
-  // (it rewrites no L2 table, but keep it simple and exact: reuse only the first walk's copies).
-  for (const off of writer.written) walk.activeL2.delete(off); // an "L2 table" that is a refblock
-  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, rebuilt ? undefined : walk.activeL2, opts.onProgress, opts.isCancelled);
+  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, opts.onProgress, opts.isCancelled);
   return { frag, imageEndOffset: (cmp.highest + 1) * cs, rebuilt };
 }
 
@@ -458,8 +464,8 @@ async function compareRefcounts(
 /** QEMU's check_oflag_copied over the active tree: COPIED ⇔ refcount 1, both directions. */
 async function checkOflagCopied(
   img: Qcow2Image, res: CheckCounters, fixLeaks: boolean, fixErrors: boolean,
-  disk: { counts: ArrayLike<number>; unreadable: Set<number> }, writer: RefcountWriter, sink: FindingSink,
-  l2Cache?: ReadonlyMap<number, Uint8Array>, onProgress?: CheckOptions['onProgress'], isCancelled?: CheckOptions['isCancelled'],
+  disk: DiskRefcounts, writer: RefcountWriter, sink: FindingSink,
+  onProgress?: CheckOptions['onProgress'], isCancelled?: CheckOptions['isCancelled'],
 ): Promise<void> {
   const repair = fixErrors ? true : fixLeaks ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
   const cs = img.clusterSize;
@@ -488,7 +494,7 @@ async function checkOflagCopied(
   // checking, and once when repairing (QEMU's later visits read the table it just repaired).
   const mult = new Map<number, number>();
   for (const o of offsets) mult.set(o, (mult.get(o) ?? 0) + 1);
-  const tables = tablesInOrder(img, [...mult.keys()], cs, l2Cache)[Symbol.asyncIterator]();
+  const tables = tablesInOrder(img, [...mult.keys()], cs)[Symbol.asyncIterator]();
   const scanned = new Set<number>();
   for (let k = 0; k < offsets.length; k++) {
     const i = indices[k]!;
@@ -571,23 +577,28 @@ interface CopiedScan {
  * check_oflag_copied's loop over one L2 table, synchronous so no 64-bit value is boxed per entry.
  * Returns -1 at the end, or the index of an entry whose refcount must be looked up on disk (its
  * cluster in `st.need`); the caller resumes with that refcount as `knownRc` for entry `knownAt`
- * (-2: unreadable, skip it).
+ * (-2: unreadable, skip it). Runs of entries that agree go through `copiedAgreeRun`.
  */
 function scanCopied(
   img: Qcow2Image, table: Uint8Array, start: number, knownRc: number, knownAt: number, st: CopiedScan,
-  dcounts: ArrayLike<number>, hasBad: boolean, repair: boolean, res: CheckCounters, sink: FindingSink, l1Index: number, l2Offset: number,
+  dcounts: Counts, hasBad: boolean, repair: boolean, res: CheckCounters, sink: FindingSink, l1Index: number, l2Offset: number,
 ): number {
   const g = img.geometry;
   const step = img.l2EntrySize;
-  const cs = img.clusterSize;
+  const n = img.l2Entries;
   const dn = dcounts.length;
   const clusterBits = img.clusterBits;
   const hiScale = 2 ** (32 - clusterBits);
-  void cs;
-  for (let j = start; j < img.l2Entries; j++) {
+  const fast = !g.dataFile && !hasBad;
+  const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  for (let j = start; j < n; j++) {
+    if (fast && j !== knownAt) {
+      j = copiedAgreeRun(dv, j, n, step, dcounts, clusterBits);
+      if (j >= n) break;
+    }
     const at = j * step;
-    const eh = ((table[at]! << 24) | (table[at + 1]! << 16) | (table[at + 2]! << 8) | table[at + 3]!) >>> 0;
-    const el = ((table[at + 4]! << 24) | (table[at + 5]! << 16) | (table[at + 6]! << 8) | table[at + 7]!) >>> 0;
+    const eh = be32(table, at);
+    const el = be32(table, at + 4);
     if (eh === 0 && el === 0) continue;
     if (g.dataFile) {
       const t = clusterType(eh, el, g);
@@ -621,4 +632,27 @@ function scanCopied(
     }
   }
   return -1;
+}
+
+/**
+ * The common case of check_oflag_copied over entries [start, n) of an L2 table (`step` bytes
+ * each, no data file, every refcount readable): skips entries without a host cluster and
+ * compressed ones, and those whose COPIED bit says what `refcounts` says (set ⇔ refcount 1).
+ * Returns the first other entry (a disagreement, or a cluster past the array), or `n`. Int32
+ * words only, and nothing after the loop but the return (see countPlainRun in refcount-walk.ts).
+ */
+function copiedAgreeRun(dv: DataView, start: number, n: number, step: number, refcounts: Counts, clusterBits: number): number {
+  const hiOffLimit = 1 << (clusterBits - 1);
+  const hiShift = 32 - clusterBits;
+  const dn = refcounts.length;
+  for (let j = start; j < n; j++) {
+    const hi = dv.getInt32(j * step);
+    const lo = dv.getInt32(j * step + 4);
+    const hiOff = hi & 0x00ffffff;
+    if ((hi & 0x40000000) !== 0 || (hiOff === 0 && (lo & 0xfffffe00) === 0)) continue;
+    if (hiOff >= hiOffLimit) return j;
+    const c = (hiOff << hiShift) | (lo >>> clusterBits);
+    if (c >= dn || (refcounts[c] === 1) !== (hi < 0)) return j;
+  }
+  return n;
 }

@@ -11,8 +11,9 @@ import { QcowError, hex } from '../errors.ts';
 import { be32, be64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import { ClusterType, clusterType, compressedDescriptor, l1ReservedBits, l2StdReservedBits, offsetOf } from '../format/entries.ts';
-import { refcountMax } from '../format/refcount.ts';
+import { getRefcount, refcountMax } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
+import { readInto } from '../io/store.ts';
 
 // ---- owners (the layout's kinds) ---------------------------------------------------------------
 
@@ -113,7 +114,7 @@ export class FindingSink {
 /** Largest IMRT we build: beyond this the image is refused with a check error (memory bound). */
 export const MAX_IMRT_BYTES = 1024 * 1024 * 1024;
 
-type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
+export type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
 
 /** One counter per host cluster, as wide as the image's refcounts (overflow is a finding, as in QEMU). */
 export class Imrt {
@@ -164,9 +165,6 @@ export class Imrt {
 
 // ---- batched table reads ---------------------------------------------------------------------------
 
-/** Active L2 tables the walk keeps for the COPIED pass instead of reading them twice. */
-export const MAX_KEPT_L2_BYTES = 64 * 1024 * 1024;
-
 /** Largest single read when loading many tables: 4 MiB (STACK.md: big reads are what browsers do well). */
 export const BATCH_BYTES = 4 * 1024 * 1024;
 
@@ -174,31 +172,34 @@ export const BATCH_BYTES = 4 * 1024 * 1024;
  * Yield the tables at `offsets` (each `tableSize` bytes, any alignment), in the given order, after
  * reading them in coalesced batches of at most BATCH_BYTES. Offsets at or past the end of the file
  * (or beyond what a number holds exactly) read as zeros without I/O, as QEMU's reads past EOF do.
+ *
+ * Every batch is read into the same buffer: a table yielded is valid until the next one is asked
+ * for, so callers that keep one must copy it. (Fresh memory for every batch was most of the
+ * check's time: touching a new page costs more than reading it from the page cache.)
  */
-export async function* tablesInOrder(
-  img: Qcow2Image, offsets: readonly number[], tableSize: number, cache?: ReadonlyMap<number, Uint8Array>,
-): AsyncGenerator<[number, Uint8Array]> {
-  if (cache && offsets.every((o) => cache.has(o))) {
-    for (let k = 0; k < offsets.length; k++) yield [k, cache.get(offsets[k]!)!];
-    return;
-  }
+export async function* tablesInOrder(img: Qcow2Image, offsets: readonly number[], tableSize: number): AsyncGenerator<[number, Uint8Array]> {
   const fileSize = img.store.size();
-  const zero = new Uint8Array(tableSize);
   const perBatch = Math.max(1, Math.floor(BATCH_BYTES / tableSize));
+  const scratch = new Uint8Array(Math.min(offsets.length, perBatch) * tableSize);
+  const zero = new Uint8Array(tableSize);
+  const at = new Map<number, number>(); // table offset -> its place in the scratch buffer
   for (let start = 0; start < offsets.length; start += perBatch) {
     const end = Math.min(offsets.length, start + perBatch);
     const uniq = Array.from(new Set(offsets.slice(start, end))).filter((o) => o < fileSize && o + tableSize <= Number.MAX_SAFE_INTEGER).sort((a, b) => a - b);
-    const got = new Map<number, Uint8Array>();
+    at.clear();
+    let used = 0;
     let i = 0;
     while (i < uniq.length) {
       let j = i + 1;
-      while (j < uniq.length && uniq[j] === uniq[j - 1]! + tableSize && (j - i + 1) * tableSize <= BATCH_BYTES) j++;
-      const runStart = uniq[i]!;
-      const buf = await img.store.read(runStart, (j - i) * tableSize);
-      for (let k = i; k < j; k++) got.set(uniq[k]!, buf.subarray((k - i) * tableSize, (k - i + 1) * tableSize));
+      while (j < uniq.length && uniq[j] === uniq[j - 1]! + tableSize) j++;
+      await readInto(img.store, uniq[i]!, scratch.subarray(used, used + (j - i) * tableSize));
+      for (let k = i; k < j; k++, used += tableSize) at.set(uniq[k]!, used);
       i = j;
     }
-    for (let k = start; k < end; k++) yield [k, got.get(offsets[k]!) ?? zero];
+    for (let k = start; k < end; k++) {
+      const p = at.get(offsets[k]!);
+      yield [k, p === undefined ? zero : scratch.subarray(p, p + tableSize)];
+    }
   }
 }
 
@@ -258,8 +259,6 @@ export class ReferenceWalk {
   readonly sink: FindingSink;
   /** Set when the refcount structures need rebuilding (QEMU's `rebuild`). */
   rebuild = false;
-  /** The active L2 tables as read by the walk (kept when they fit MAX_KEPT_L2_BYTES), by offset. */
-  readonly activeL2 = new Map<number, Uint8Array>();
   private readonly opts: WalkOptions;
   private fileSize: number;
 
@@ -444,10 +443,8 @@ export class ReferenceWalk {
       offsets.push(...uo);
     }
     let done = 0;
-    const keep = active && offsets.length * tableBytes <= MAX_KEPT_L2_BYTES;
     for await (const [k, table] of tablesInOrder(img, offsets, tableBytes)) {
       this.cancelled();
-      if (keep) this.activeL2.set(offsets[k]!, table);
       this.times = outer * (mult ? mult[k]! : 1);
       await this.walkL2(offsets[k]!, table, active, indices[k]! >= vmIndex);
       this.times = outer;
@@ -482,124 +479,132 @@ export class ReferenceWalk {
     }
   }
 
-  /** Scan entries from `start`; returns the index of an entry waiting for a repair, or -1 at the end. */
+  /**
+   * Scan entries from `start`; returns the index of an entry waiting for a repair, or -1 at the end.
+   * Standard L2 tables go through `countPlainRun`, which counts the common entries and stops at
+   * any other; every other entry (and every entry of an extended L2 table or with a data file)
+   * gets QEMU's full decision in `countEntry`.
+   */
   private scanL2(l2Offset: number, table: Uint8Array, active: boolean, vmState: boolean, start: number, state: { next: number }): number {
-    const img = this.img;
-    const cs = this.cs;
-    const g = img.geometry;
-    const ext = g.extendedL2;
-    const dataFile = g.dataFile;
-    const step = ext ? 16 : 8;
-    const n = img.l2Entries;
+    const g = this.img.geometry;
+    const fast = !g.extendedL2 && !g.dataFile;
+    const step = g.extendedL2 ? 16 : 8;
+    const n = this.img.l2Entries;
     const frag = active ? this.frag : null;
     const dataKind = vmState ? Kind.VmState : active ? Kind.DataExclusive : Kind.DataSnapshot;
-    const clusterBits = this.clusterBits;
-    const x = 62 - (clusterBits - 8);
-    const hiOffMask = 2 ** (x - 32) - 1;
-    let nextContiguous = state.next;
-    // Fast path for the common entry (standard L2, normal or preallocated-zero cluster, aligned,
-    // inside the file, no reserved bits, no owners to track): one typed-array increment.
-    // (counts and owners are re-read per entry: a slow-path reference just past the end of the
-    // file may grow the arrays mid-table.)
     const imrt = this.imrt;
-    const max = imrt.max;
-    const fastOk = !ext && !dataFile;
-    const csMask = cs - 1;
-    const hiScale = 2 ** (32 - clusterBits);
-    const times = this.times;
-    const fileSize = this.fileSize;
+    const fileClusters = Math.ceil(this.fileSize / this.cs);
+    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    const acc = frag ? this.fragAcc : null;
+    if (acc) {
+      acc[0] = 0;
+      acc[1] = 0;
+      acc[2] = state.next;
+    }
+    let stop = -1;
     for (let i = start; i < n; i++) {
-      const at = i * step;
-      let hi = ((table[at]! << 24) | (table[at + 1]! << 16) | (table[at + 2]! << 8) | table[at + 3]!) >>> 0;
-      const lo = ((table[at + 4]! << 24) | (table[at + 5]! << 16) | (table[at + 6]! << 8) | table[at + 7]!) >>> 0;
-      if (fastOk && (hi & 0x7f000000) === 0 && (lo & 0x1fe) === 0 && (hi !== 0 || lo !== 0)) {
-        // bits 56..62 clear (not compressed, no reserved bits), offset aligned to 512 at least
-        const offset = (hi & 0x00ffffff) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
-        // cluster sizes are at most 2 MiB: alignment and the cluster index come from the low word
-        if (offset !== 0 && (lo & csMask) === 0 && offset < fileSize) {
-          const k = (hi & 0x00ffffff) * hiScale + (lo >>> clusterBits);
-          const counts = imrt.counts;
-          const r = counts[k]!;
-          if (k < imrt.size && r + times <= max) {
-            counts[k] = r + times;
-            const owners = this.owners;
-            if (owners) owners[k] = r === 0 ? (times === 1 ? dataKind : mergeOwner(dataKind, dataKind)) : mergeOwner(owners[k]!, dataKind);
-            if (frag) {
-              frag.allocatedClusters += times;
-              if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters += times;
-              nextContiguous = offset + cs;
-            }
-            continue;
-          }
-        }
+      if (fast) {
+        // the arrays are passed afresh after every slow entry: a reference past the end grows them
+        i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.max, this.times, this.clusterBits, this.owners, dataKind, acc);
+        if (i >= n) break;
+      } else if (dv.getInt32(i * step) === 0 && dv.getInt32(i * step + 4) === 0 && (step === 8 || (dv.getInt32(i * step + 8) === 0 && dv.getInt32(i * step + 12) === 0))) {
+        continue;
       }
-      if (hi === 0 && lo === 0 && (!ext || (be32(table, at + 8) === 0 && be32(table, at + 12) === 0))) continue;
-      const bmZero = ext ? be32(table, at + 8) : 0;
-      const bmAlloc = ext ? be32(table, at + 12) : 0;
-      const type = clusterType(hi, lo, g);
-      if (type !== ClusterType.Compressed && l2StdReservedBits(hi, lo)) {
-        this.corruption(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
-      }
-      switch (type) {
-        case ClusterType.Compressed: {
-          if ((hi & 0x80000000) !== 0) {
-            const coff = (hi & hiOffMask) * 4294967296 + lo;
-            this.corruption(`ERROR: coffset=${hex(coff)}: copied flag must never be set for compressed clusters`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
-            hi = (hi & 0x7fffffff) >>> 0;
-          }
-          if (dataFile) {
-            this.corruption(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
-            break;
-          }
-          if (bmZero !== 0 || bmAlloc !== 0) {
-            this.corruption(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
-            break;
-          }
-          const d = compressedDescriptor(hi, lo, clusterBits);
-          this.inc(d.hostOffset, d.compressedSize, Kind.Compressed);
-          if (frag) {
-            frag.allocatedClusters += times;
-            frag.compressedClusters += times;
-            frag.fragmentedClusters += times;
-          }
-          break;
-        }
-        case ClusterType.ZeroAlloc:
-        case ClusterType.Normal: {
-          const offset = offsetOf(hi, lo);
-          if ((bmZero & bmAlloc) !== 0) {
-            this.corruption(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`, { structure: 'L2 table', hostOffset: offset, l2Index: i });
-          }
-          if (offset % cs !== 0) {
-            this.res.corruptions += times;
-            const containsData = ext ? bmAlloc !== 0 : (lo & 1) === 0;
-            if (!containsData) {
-              const fix = !!this.opts.fixErrors;
-              this.report({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
-              if (fix && this.opts.repair) {
-                state.next = nextContiguous;
-                return i;
-              }
-            } else {
-              this.report({ kind: 'corruption', message: `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
-            }
-          }
-          if (frag) {
-            frag.allocatedClusters += times;
-            if (nextContiguous !== 0 && offset !== nextContiguous) frag.fragmentedClusters += times;
-            nextContiguous = offset + cs;
-          }
-          if (!dataFile) this.inc(offset, cs, dataKind);
-          break;
-        }
-        case ClusterType.ZeroPlain:
-          break;
-        default: // unallocated
-          if (bmAlloc !== 0) this.corruption('ERROR: Unallocated cluster has non-zero subcluster allocation map', { structure: 'L2 table', l2Index: i, hostOffset: l2Offset + at });
+      if (acc) state.next = acc[2]!;
+      const waits = this.countEntry(l2Offset, table, i, frag, dataKind, state);
+      if (acc) acc[2] = state.next;
+      if (waits) {
+        stop = i;
+        break;
       }
     }
-    state.next = nextContiguous;
-    return -1;
+    if (frag && acc) {
+      frag.allocatedClusters += acc[0]!;
+      frag.fragmentedClusters += acc[1]!;
+      state.next = acc[2]!;
+    }
+    return stop;
+  }
+
+  /** The fragmentation counters of the active walk's fast path: allocated, fragmented, next contiguous offset. */
+  private readonly fragAcc = new Float64Array(3);
+
+  /**
+   * QEMU's check_refcounts_l2 on entry `i` (any kind), counted `times`. True when the entry is an
+   * unaligned preallocated cluster the repair is to rewrite (counted after the fix, by the caller).
+   */
+  private countEntry(l2Offset: number, table: Uint8Array, i: number, frag: FragStats | null, dataKind: number, state: { next: number }): boolean {
+    const cs = this.cs;
+    const g = this.img.geometry;
+    const ext = g.extendedL2;
+    const dataFile = g.dataFile;
+    const at = i * (ext ? 16 : 8);
+    const clusterBits = this.clusterBits;
+    const hiOffMask = 2 ** (62 - (clusterBits - 8) - 32) - 1;
+    const times = this.times;
+    let hi = be32(table, at);
+    const lo = be32(table, at + 4);
+    const bmZero = ext ? be32(table, at + 8) : 0;
+    const bmAlloc = ext ? be32(table, at + 12) : 0;
+    const type = clusterType(hi, lo, g);
+    if (type !== ClusterType.Compressed && l2StdReservedBits(hi, lo)) {
+      this.corruption(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
+    }
+    switch (type) {
+      case ClusterType.Compressed: {
+        if ((hi & 0x80000000) !== 0) {
+          const coff = (hi & hiOffMask) * 4294967296 + lo;
+          this.corruption(`ERROR: coffset=${hex(coff)}: copied flag must never be set for compressed clusters`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
+          hi = (hi & 0x7fffffff) >>> 0;
+        }
+        if (dataFile) {
+          this.corruption(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
+          break;
+        }
+        if (bmZero !== 0 || bmAlloc !== 0) {
+          this.corruption(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
+          break;
+        }
+        const d = compressedDescriptor(hi, lo, clusterBits);
+        this.inc(d.hostOffset, d.compressedSize, Kind.Compressed);
+        if (frag) {
+          frag.allocatedClusters += times;
+          frag.compressedClusters += times;
+          frag.fragmentedClusters += times;
+        }
+        break;
+      }
+      case ClusterType.ZeroAlloc:
+      case ClusterType.Normal: {
+        const offset = offsetOf(hi, lo);
+        if ((bmZero & bmAlloc) !== 0) {
+          this.corruption(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`, { structure: 'L2 table', hostOffset: offset, l2Index: i });
+        }
+        if (offset % cs !== 0) {
+          this.res.corruptions += times;
+          const containsData = ext ? bmAlloc !== 0 : (lo & 1) === 0;
+          if (!containsData) {
+            const fix = !!this.opts.fixErrors;
+            this.report({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
+            if (fix && this.opts.repair) return true;
+          } else {
+            this.report({ kind: 'corruption', message: `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
+          }
+        }
+        if (frag) {
+          frag.allocatedClusters += times;
+          if (state.next !== 0 && offset !== state.next) frag.fragmentedClusters += times;
+          state.next = offset + cs;
+        }
+        if (!dataFile) this.inc(offset, cs, dataKind);
+        break;
+      }
+      case ClusterType.ZeroPlain:
+        break;
+      default: // unallocated
+        if (bmAlloc !== 0) this.corruption('ERROR: Unallocated cluster has non-zero subcluster allocation map', { structure: 'L2 table', l2Index: i, hostOffset: l2Offset + at });
+    }
+    return false;
   }
 
   /** Bitmap directory, tables and data clusters (QEMU's qcow2_check_bitmaps_refcounts). */
@@ -741,6 +746,51 @@ export class ReferenceWalk {
 
 }
 
+/**
+ * The walk's inner loop over a standard L2 table: counts `times` references for every entry from
+ * `start` that is unallocated (skipped) or a normal cluster with no flag but COPIED, cluster
+ * aligned, inside the file (below `limit`) and not overflowing; returns the first entry that is
+ * anything else, or `n`. With `acc` ([allocated, fragmented, next contiguous offset]) it keeps the
+ * active tree's fragmentation statistics as QEMU's check_refcounts_l2 does.
+ *
+ * The loop runs on int32 words: an entry is (hi, lo) as read, its cluster index the int32
+ * (hi bits 0..23 << (32 − clusterBits)) | (lo >>> clusterBits), taken only when it stays below 2^31.
+ * It is a module function whose only code after the loop is its return: V8 compiles a long loop
+ * while it first runs (OSR), before code after it has ever run, and such code without type
+ * feedback would send the compiled loop back to the interpreter at the end of every table.
+ */
+function countPlainRun(
+  dv: DataView, start: number, n: number, counts: Counts, limit: number, max: number, times: number,
+  clusterBits: number, owners: Uint8Array | null, dataKind: number, acc: Float64Array | null,
+): number {
+  const lowMask = (1 << clusterBits) - 1; // zero flag, reserved bits 1..8, offset bits below the cluster size
+  const hiOffLimit = 1 << (clusterBits - 1);
+  const hiShift = 32 - clusterBits;
+  const cs = 1 << clusterBits;
+  for (let i = start; i < n; i++) {
+    const hi = dv.getInt32(i * 8);
+    const lo = dv.getInt32(i * 8 + 4);
+    if ((hi | lo) === 0) continue;
+    // bits 56..62 clear: not compressed, no reserved bit
+    if ((hi & 0x7f000000) !== 0 || (lo & lowMask) !== 0) return i;
+    const hiOff = hi & 0x00ffffff;
+    if (hiOff >= hiOffLimit) return i;
+    const k = (hiOff << hiShift) | (lo >>> clusterBits);
+    if (k === 0 || k >= limit) return i;
+    const r = counts[k]!;
+    if (r + times > max) return i;
+    counts[k] = r + times;
+    if (owners !== null) owners[k] = r === 0 ? (times === 1 ? dataKind : mergeOwner(dataKind, dataKind)) : mergeOwner(owners[k]!, dataKind);
+    if (acc !== null) {
+      acc[0] += times;
+      const offset = k * cs;
+      if (acc[2] !== 0 && offset !== acc[2]) acc[1] += times;
+      acc[2] = offset + cs;
+    }
+  }
+  return n;
+}
+
 /** Refblock offset of a reftable entry: REFT_OFFSET_MASK keeps bits 9..63. */
 export function refblockOffsetFromEntry(hi: number, lo: number): number {
   return (hi >>> 0) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
@@ -766,12 +816,18 @@ export function strerror(errno: string): string {
 
 // ---- on-disk refcounts --------------------------------------------------------------------------
 
+/** On-disk refcounts by cluster, and the reftable indices whose refblock could not be read. */
+export interface DiskRefcounts {
+  counts: Counts;
+  unreadable: Set<number>;
+}
+
 /**
  * The on-disk refcounts of clusters [0, n), read through the in-memory refcount table in batched
  * refblock reads. Reftable entries whose refblock is unaligned cannot be read (QEMU: -EIO); their
  * indices are returned in `unreadable`.
  */
-export async function readDiskRefcounts(img: Qcow2Image, n: number): Promise<{ counts: Counts; unreadable: Set<number> }> {
+export async function readDiskRefcounts(img: Qcow2Image, n: number): Promise<DiskRefcounts> {
   const order = img.refcountOrder;
   const bpe = Imrt.bytesPerEntry(order);
   const counts: Counts = bpe === 1 ? new Uint8Array(n) : bpe === 2 ? new Uint16Array(n) : bpe === 4 ? new Uint32Array(n) : new Float64Array(n);
@@ -800,6 +856,69 @@ export async function readDiskRefcounts(img: Qcow2Image, n: number): Promise<{ c
     decodeInto(block, order, counts, base, count);
   }
   return { counts, unreadable };
+}
+
+/**
+ * Whether the on-disk refcounts of clusters [0, imrt.size) are exactly the IMRT's: the refblocks
+ * are compared one by one as they are read, without decoding them into a second per-cluster
+ * array. This is the answer for a clean image; on any difference, or a refblock that cannot be
+ * read, it says false and the caller decodes them all (readDiskRefcounts) to compare and report
+ * cluster by cluster as QEMU does.
+ */
+export async function refcountsMatch(img: Qcow2Image, imrt: Imrt, isCancelled?: () => boolean): Promise<boolean> {
+  const order = img.refcountOrder;
+  const n = imrt.size;
+  const counts = imrt.counts;
+  const per = 2 ** (img.clusterBits + 3 - order);
+  const rt = img.reftable;
+  const rtEntries = rt.length / 8;
+  const needed = Math.ceil(n / per);
+  const bases: number[] = [];
+  const offs: number[] = [];
+  for (let r = 0; r < needed; r++) {
+    const base = r * per;
+    const off = r < rtEntries ? refblockOffsetFromEntry(be32(rt, r * 8), be32(rt, r * 8 + 4)) : 0;
+    if (off === 0) {
+      // no refblock: every refcount it would hold is 0
+      for (let i = base, end = Math.min(n, base + per); i < end; i++) if (counts[i] !== 0) return false;
+      continue;
+    }
+    if (off % img.clusterSize !== 0) return false;
+    bases.push(base);
+    offs.push(off);
+  }
+  for await (const [k, block] of tablesInOrder(img, offs, img.clusterSize)) {
+    if (isCancelled?.()) throw new QcowError('CANCELLED', 'The check was cancelled', {});
+    const base = bases[k]!;
+    if (!refblockMatches(block, order, counts, base, Math.min(per, n - base))) return false;
+  }
+  return true;
+}
+
+/** Whether `count` refcounts of a refblock equal `counts[base ..]` (one loop per common width). */
+function refblockMatches(block: Uint8Array, order: number, counts: Counts, base: number, count: number): boolean {
+  const dv = new DataView(block.buffer, block.byteOffset, block.byteLength);
+  switch (order) {
+    case 3:
+      for (let i = 0; i < count; i++) if (block[i] !== counts[base + i]) return false;
+      return true;
+    case 4:
+      for (let i = 0; i < count; i++) if (dv.getUint16(2 * i) !== counts[base + i]) return false;
+      return true;
+    case 5:
+      for (let i = 0; i < count; i++) if (dv.getUint32(4 * i) !== counts[base + i]) return false;
+      return true;
+    default:
+      for (let i = 0; i < count; i++) if (getRefcount(block, i, order) !== counts[base + i]) return false;
+      return true;
+  }
+}
+
+/** The highest cluster with a reference (0 if none): what compareRefcounts finds when the refcounts match. */
+export function highestReferenced(imrt: Imrt): number {
+  const counts = imrt.counts;
+  for (let i = imrt.size - 1; i > 0; i--) if (counts[i] !== 0) return i;
+  return 0;
 }
 
 /** Decode `count` refcounts of a refblock into `out` at `base`. */

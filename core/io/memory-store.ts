@@ -31,6 +31,13 @@ export class MemoryStore implements ImageStore {
     return out;
   }
 
+  async readInto(offset: number, out: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, out.length);
+    const n = offset < this.length ? Math.min(out.length, this.length - offset) : 0;
+    if (n > 0) out.set(this.buf.subarray(offset, offset + n));
+    out.fill(0, n);
+  }
+
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (!this.writable) throw new QcowError('READ_ONLY', `${this.name} is read-only`);
     checkRange(this, offset, data.length);

@@ -171,6 +171,7 @@ describe('building blocks', () => {
     let reads = 0;
     const counting: ImageStore = Object.assign(Object.create(store) as ImageStore, {
       read: (o: number, n: number) => { reads++; return store.read(o, n); },
+      readInto: (o: number, out: Uint8Array) => { reads++; return store.readInto(o, out); },
       size: () => store.size(),
     });
     const img = await Qcow2Image.open(store, { checkMode: true });
