@@ -41,6 +41,31 @@ export interface ImageState {
   unsaved: boolean;
   /** The header names a backing file: the name of the file opened for it, or null while none is. */
   backing?: string | null;
+  /** The image failed validation and was opened only as far as it can be read. */
+  damage?: OpenDamage;
+}
+
+/**
+ * Why an image could be opened only in part, and how far. The views that need what could not be
+ * read show `line` next to the structure instead of their content; the rest stay explorable.
+ */
+export interface OpenDamage {
+  /**
+   * - `tables`: every view works; a structure checked on open (the snapshot table, the refcount
+   *   table) failed and is shown empty, as qemu-img check sees the image.
+   * - `header`: the header is valid but its tables cannot be interpreted: Header and Hex only.
+   * - `raw`: the header itself fails validation: its fields as stored, and Hex.
+   */
+  level: 'tables' | 'header' | 'raw';
+  code: QcowErrorCode;
+  message: string;
+  /** The structure the error is about (the spec's names) and the byte offset it names. */
+  structure?: string;
+  offset?: number;
+  /** For a table: the header field that points at it. */
+  headerOffset?: number;
+  /** The readable one-line form: the message, the structure and the offset. */
+  line: string;
 }
 
 /** Decoded header (qcow2-reference.md §1.2), spec names camel-cased. */

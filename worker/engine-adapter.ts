@@ -7,7 +7,7 @@ import * as C from '../core/format/constants.ts';
 import { decodeL1Entry, decodeL2Entry, ClusterType } from '../core/format/entries.ts';
 import { decodeRefblock, reftableEntry } from '../core/format/refcount.ts';
 import { rawHex } from '../core/format/entries.ts';
-import { be32 } from '../core/format/bytes.ts';
+import { be32, be64n } from '../core/format/bytes.ts';
 import type { Qcow2Header } from '../core/format/header.ts';
 import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
@@ -35,6 +35,7 @@ import type {
   HeaderDTO,
   L1EntryDTO,
   L2EntryDTO,
+  OpenDamage,
   Progress,
   RefcountTableEntryDTO,
   SnapshotDTO,
@@ -318,6 +319,100 @@ function wrap(img: Qcow2Image): EngineImage {
 export async function openImage(store: ImageStore, backing: Layer | null = null): Promise<EngineImage> {
   const img = await Qcow2Image.open(store, { writable: false, backing });
   return wrap(img);
+}
+
+/** The one-line form of an open error: the message, the structure and the offsets it names. */
+export function damageLine(e: QcowError): string {
+  const d = e.details as { structure?: unknown; offset?: unknown; headerOffset?: unknown };
+  const where: string[] = [];
+  if (typeof d.structure === 'string') where.push(typeof d.offset === 'number' ? `${d.structure} at byte 0x${d.offset.toString(16)}` : d.structure);
+  else if (typeof d.offset === 'number') where.push(`byte 0x${d.offset.toString(16)}`);
+  if (typeof d.headerOffset === 'number') where.push(`header field at byte 0x${d.headerOffset.toString(16)}`);
+  return where.length ? `${e.message} (${where.join(', ')})` : e.message;
+}
+
+function damageOf(e: QcowError, level: OpenDamage['level']): OpenDamage {
+  const d = e.details as { structure?: unknown; offset?: unknown; headerOffset?: unknown };
+  const out: OpenDamage = { level, code: e.code, message: e.message, line: damageLine(e) };
+  if (typeof d.structure === 'string') out.structure = d.structure;
+  if (typeof d.offset === 'number') out.offset = d.offset;
+  if (typeof d.headerOffset === 'number') out.headerOffset = d.headerOffset;
+  return out;
+}
+
+/**
+ * The header's fixed fields as stored (qcow2-reference.md §1.2), without validation: what the
+ * Header view shows of an image whose header the engine refuses. Display only.
+ */
+function rawHeaderDTO(b: Uint8Array): HeaderDTO {
+  // Display only: a u64 beyond 2^53 shows rounded, which is enough to see that it is wrong.
+  const u64 = (off: number): number => Number(be64n(b, off));
+  const version = be32(b, 4);
+  const v3 = version >= 3;
+  const clusterBits = be32(b, 20);
+  const refcountOrder = v3 ? be32(b, 96) : 4;
+  return {
+    magic: be32(b, 0), version, backingFileOffset: u64(8), backingFileSize: be32(b, 16), clusterBits,
+    clusterSize: 2 ** Math.min(clusterBits, 63), size: u64(24), cryptMethod: be32(b, 32), l1Size: be32(b, 36),
+    l1TableOffset: u64(40), refcountTableOffset: u64(48), refcountTableClusters: be32(b, 56), nbSnapshots: be32(b, 60),
+    snapshotsOffset: u64(64),
+    incompatibleFeatures: v3 ? be32(b, 76) : 0, compatibleFeatures: v3 ? be32(b, 84) : 0, autoclearFeatures: v3 ? be32(b, 92) : 0,
+    unknownIncompatible: v3 ? unknownBits(be64n(b, 72), C.INCOMPAT_MASK) : '',
+    unknownCompatible: v3 ? unknownBits(be64n(b, 80), C.COMPAT_MASK) : '',
+    unknownAutoclear: v3 ? unknownBits(be64n(b, 88), C.AUTOCLEAR_MASK) : '',
+    refcountOrder, refcountBits: 2 ** Math.min(refcountOrder, 63), headerLength: v3 ? be32(b, 100) : 72,
+    compressionType: v3 && be32(b, 100) > 104 ? b[104]! : 0, extensions: [],
+  };
+}
+
+/** An image of which only the header can be shown: every other request fails as the open did. */
+function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
+  const fail = (): never => {
+    throw new QcowError(error.code, error.message, error.details);
+  };
+  return {
+    header: () => header,
+    snapshots: () => [],
+    info: (_fileSize, filename) => ({ filename, format: 'qcow2', 'virtual-size': header.size, 'cluster-size': header.clusterSize }),
+    l1Page: async () => fail(),
+    l2Table: async () => fail(),
+    refcountTableSize: () => 0,
+    refcountTablePage: async () => fail(),
+    refcountBlock: async () => fail(),
+    translate: async () => fail(),
+    snapshotSpace: async () => fail(),
+    diff: async () => fail(),
+    exportRaw: async () => fail(),
+    clusterMap: async () => fail(),
+    check: async () => fail(),
+    createSnapshot: async () => fail(),
+    revertSnapshot: async () => fail(),
+    deleteSnapshot: async () => fail(),
+    release() {},
+    close: async () => {},
+  };
+}
+
+/**
+ * After `openImage` refused an image: open as much of it as can be read (OpenDamage's levels),
+ * or null when nothing can (not qcow2 at all, or the file cannot be read).
+ */
+export async function openDamaged(store: ImageStore, error: unknown, backing: Layer | null = null): Promise<{ engine: EngineImage; damage: OpenDamage } | null> {
+  if (!(error instanceof QcowError) || error.code === 'NOT_QCOW2' || error.code === 'IO_ERROR') return null;
+  try {
+    // As qemu-img check opens it: a broken snapshot table reads as none, a missing refcount table as empty.
+    const img = await Qcow2Image.open(store, { checkMode: true, writable: false, backing });
+    return { engine: wrap(img), damage: damageOf(error, 'tables') };
+  } catch {
+    // fall through to the header alone
+  }
+  try {
+    return { engine: headerOnly(headerDTO(await Qcow2Image.readHeader(store)), error), damage: damageOf(error, 'header') };
+  } catch {
+    // the header itself is refused: its fields as stored
+  }
+  const first = await store.read(0, 4096);
+  return { engine: headerOnly(rawHeaderDTO(first), error), damage: damageOf(error, 'raw') };
 }
 
 /** A backing layer from a chosen file: a qcow2 image (its own backing file not followed) or raw. */

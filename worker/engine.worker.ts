@@ -16,11 +16,12 @@ import type {
   ProgressFn,
   JournalDTO,
   ExternalOverlay,
+  OpenDamage,
   Progress,
   StoreKind,
 } from './api.ts';
 import {
-  buildDemoStore, buildOverlays, engineFeatures, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingLayer, openImage,
+  buildDemoStore, buildOverlays, engineFeatures, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingLayer, openDamaged, openImage,
   type EngineImage, type JobContext,
 } from './engine-adapter.ts';
 import type { Layer } from '../core/image/layer.ts';
@@ -50,6 +51,8 @@ interface OpenImage {
   lender: OpenImage | null;
   /** Closed by the page while still lent: its store is closed when the last borrower closes. */
   closed: boolean;
+  /** The image failed validation and is open only as far as it can be read (read-only). */
+  damage?: OpenDamage;
 }
 
 const images = new Map<ImageId, OpenImage>();
@@ -180,6 +183,7 @@ function state(img: OpenImage): ImageState {
   const ro = readOnlyReason(img);
   if (ro) s.readOnlyReason = ro;
   if (img.engine.header().backingFile !== undefined) s.backing = img.backingName;
+  if (img.damage) s.damage = img.damage;
   return s;
 }
 
@@ -194,12 +198,42 @@ async function summaryOf(img: OpenImage): Promise<ImageSummary> {
   };
 }
 
+/** Open an image whole, or else as much of it as can be read (a hostile or damaged image). */
+async function openWhatCanBeRead(store: ImageStore, backing: Layer | null): Promise<{ engine: EngineImage; damage?: OpenDamage }> {
+  try {
+    return { engine: await openImage(store, backing) };
+  } catch (e) {
+    // A hostile or damaged image: open what can be read, read-only, and say what cannot.
+    const partial = await openDamaged(store, e, backing);
+    if (!partial) throw e;
+    return partial;
+  }
+}
+
+/** Record how far an image could be opened; a damaged image is read-only (a repair aside). */
+function setDamage(img: OpenImage, damage: OpenDamage | undefined): void {
+  img.damage = damage;
+  img.corrupt = (img.engine.header().incompatibleFeatures & 2) !== 0;
+  if (damage) img.readOnlyReason = `It could not be opened whole: ${damage.line}`;
+  else if (img.corrupt) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
+  else img.readOnlyReason = undefined;
+}
+
+/** Replace an image's engine object with a fresh one over its store (after writes, or a failure). */
+async function reopen(img: OpenImage): Promise<void> {
+  img.engine.release();
+  const { engine, damage } = await openWhatCanBeRead(img.store, img.backing);
+  img.engine = engine;
+  setDamage(img, damage);
+}
+
 async function register(name: string, kind: StoreKind, store: ImageStore, lender: OpenImage | null = null): Promise<ImageSummary> {
   let engine: EngineImage;
   let backing: Layer | null = null;
+  let damage: OpenDamage | undefined;
   try {
     if (lender) backing = await openAsBacking(lender.store, lender.backing);
-    engine = await openImage(store, backing);
+    ({ engine, damage } = await openWhatCanBeRead(store, backing));
     if (lender && engine.header().backingFile === undefined) {
       throw new QcowError('INVALID_ARGUMENT', `${name} names no backing file: it is not an overlay of ${lender.name}`);
     }
@@ -213,8 +247,8 @@ async function register(name: string, kind: StoreKind, store: ImageStore, lender
     id: `img${nextId++}`, name, kind, store, engine, corrupt, backing, backingName: lender?.name ?? null,
     queue: Promise.resolve(), borrowers: new Set(), lender, closed: false,
   };
+  setDamage(img, damage);
   lender?.borrowers.add(img);
-  if (corrupt) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
   images.set(img.id, img);
   return summaryOf(img);
 }
@@ -227,14 +261,16 @@ async function register(name: string, kind: StoreKind, store: ImageStore, lender
 function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairing = false): Promise<ImageSummary> {
   const run = async (): Promise<ImageSummary> => {
     const ro = readOnlyReason(img);
-    if (ro && !(repairing && img.corrupt && !img.borrowers.size)) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
+    // A repair may write to an image marked corrupt, or whose snapshot or refcount table only a
+    // repair can read (qemu-img check -r opens it in check mode too).
+    const repairable = img.corrupt || img.damage?.level === 'tables';
+    if (ro && !(repairing && repairable && !img.borrowers.size)) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
     const store = img.store;
     if (store instanceof HandleStore) {
       await store.beginWrite();
       if (store.changedOnDisk) {
         store.changedOnDisk = false;
-        img.engine.release();
-        img.engine = await openImage(store, img.backing);
+        await reopen(img);
       }
     }
     let journal: JournalDTO | void;
@@ -246,13 +282,11 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
       // Nothing of a failed, refused or cancelled operation reaches the image.
       if (isTransactional(store)) store.discard();
       // The engine's caches may hold state that never reached the file: start again from it.
-      img.engine.release();
-      img.engine = await openImage(store, img.backing);
+      await reopen(img);
       throw e;
     }
     // Reopen so header, snapshots and caches describe the committed image.
-    img.engine.release();
-    img.engine = await openImage(store, img.backing);
+    await reopen(img);
     const summary = await summaryOf(img);
     if (journal) summary.journal = journal;
     return summary;
@@ -416,8 +450,7 @@ const api = {
       for (const img of group) {
         if (img.store instanceof HandleStore && img.store.changedOnDisk) {
           img.store.changedOnDisk = false;
-          img.engine.release();
-          img.engine = await openImage(img.store, img.backing);
+          await reopen(img);
         }
       }
       let journals: JournalDTO[];
@@ -428,15 +461,13 @@ const api = {
       } catch (e) {
         for (const t of tx) t.discard();
         for (const img of group) {
-          img.engine.release();
-          img.engine = await openImage(img.store, img.backing);
+          await reopen(img);
         }
         throw e;
       }
       const out: ImageSummary[] = [];
       for (const [i, img] of group.entries()) {
-        img.engine.release();
-        img.engine = await openImage(img.store, img.backing);
+        await reopen(img);
         const s = await summaryOf(img);
         s.journal = journals[i]!;
         out.push(s);
