@@ -1,6 +1,7 @@
 // `qcowscope check [--json] [--repair leaks|all] IMAGE`: qemu-img check's output, JSON fields and
 // exit codes (qcow2-reference.md §4.3): per-item diagnostics on stderr as they are found, the
 // summary on stdout, 0 clean / 1 check not completed / 2 corruptions / 3 leaks only.
+import { toQemuJson } from '../../core/analysis/qemu-json.ts';
 import { checkExitCode, runCheck, type CheckResult, type RepairMode } from '../../core/analysis/check.ts';
 import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
@@ -8,13 +9,17 @@ import { isJson, usageError } from './info.ts';
 
 /** qemu-img check --output=json (QAPI ImageCheck): optional counters only when non-zero. */
 export function checkJson(filename: string, r: CheckResult): Record<string, string | number> {
-  const o: Record<string, string | number> = { filename, format: 'qcow2', 'check-errors': r.checkErrors };
-  const opt: Array<[string, number]> = [
-    ['image-end-offset', r.imageEndOffset], ['corruptions', r.corruptions], ['leaks', r.leaks],
-    ['corruptions-fixed', r.corruptionsFixed], ['leaks-fixed', r.leaksFixed], ['total-clusters', r.totalClusters],
-    ['allocated-clusters', r.allocatedClusters], ['fragmented-clusters', r.fragmentedClusters], ['compressed-clusters', r.compressedClusters],
+  // qemu-img 7.2's key order (the hash order of its dictionary); zero counts are left out as it does
+  const fields: Array<[string, string | number, boolean]> = [
+    ['image-end-offset', r.imageEndOffset, false], ['compressed-clusters', r.compressedClusters, false],
+    ['total-clusters', r.totalClusters, false], ['corruptions', r.corruptions, false],
+    ['corruptions-fixed', r.corruptionsFixed, false], ['check-errors', r.checkErrors, true],
+    ['leaks', r.leaks, false], ['leaks-fixed', r.leaksFixed, false],
+    ['allocated-clusters', r.allocatedClusters, false], ['filename', filename, true], ['format', 'qcow2', true],
+    ['fragmented-clusters', r.fragmentedClusters, false],
   ];
-  for (const [k, v] of opt) if (v !== 0) o[k] = v;
+  const o: Record<string, string | number> = {};
+  for (const [k, v, always] of fields) if (always || v !== 0) o[k] = v;
   return o;
 }
 
@@ -68,7 +73,7 @@ export const check: Command = {
       if (r.repairFindings && !json && !quiet) {
         out(`The following inconsistencies were found and repaired:\n\n    ${r.leaksFixed} leaked clusters\n    ${r.corruptionsFixed} corruptions\n\nDouble checking the fixed image now...`);
       }
-      if (r.failure === undefined && !quiet) out(json ? JSON.stringify(checkJson(file, r), null, 4) : checkHuman(r));
+      if (r.failure === undefined && !quiet) out(json ? toQemuJson(checkJson(file, r)) : checkHuman(r));
       if (r.failure !== undefined || r.checkErrors > 0) {
         err(r.failure !== undefined ? `qcowscope: Check failed: ${r.failure}` : 'qcowscope: Check failed');
       }

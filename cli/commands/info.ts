@@ -1,5 +1,6 @@
 // `qcowscope info [--json] IMAGE`: qemu-img info's fields and layout.
 import { buildInfo, formatInfo, readEncryptInfo } from '../../core/analysis/info.ts';
+import { toQemuJson } from '../../core/analysis/qemu-json.ts';
 import { actualSize, openImage, resolveBackingPath } from '../open.ts';
 import type { Command } from '../command.ts';
 
@@ -19,7 +20,7 @@ export const info: Command = {
         fullBackingFilename: h.backingFile !== undefined ? resolveBackingPath(file, h.backingFile) : undefined,
         encrypt: await readEncryptInfo(img),
       });
-      out(isJson(values) ? JSON.stringify(infoObj, null, 4) : formatInfo(infoObj));
+      out(isJson(values) ? toQemuJson(infoObj) : formatInfo(infoObj));
     } finally {
       await img.close();
     }

@@ -96,8 +96,8 @@ export function buildInfo(img: Qcow2Image, ctx: InfoContext): ImageInfo {
     data['extended-l2'] = (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n;
   }
   const info = {} as ImageInfo;
-  if (img.snapshots.length > 0) info.snapshots = img.snapshots.map(snapshotInfo);
   if (h.backingFile !== undefined && h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
+  if (img.snapshots.length > 0) info.snapshots = img.snapshots.map(snapshotInfo);
   info['virtual-size'] = img.virtualSize;
   info.filename = ctx.filename;
   info['cluster-size'] = img.clusterSize;

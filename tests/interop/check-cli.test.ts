@@ -59,7 +59,11 @@ describe('qcowscope check output', () => {
         const o = ours(['check', '--json', '--repair', mode, 'o.qcow2'], tmp.dir);
         expect(o.status).toBe(q.status);
         if (q.stdout.trim() === '') expect(o.stdout).toBe(''); // the check failed: no JSON
-        else expect({ ...JSON.parse(o.stdout), filename: 'x' }).toEqual({ ...JSON.parse(q.stdout), filename: 'x' });
+        else {
+          expect({ ...JSON.parse(o.stdout), filename: 'x' }).toEqual({ ...JSON.parse(q.stdout), filename: 'x' });
+          // the text too, key order included (only the file names differ)
+          expect(o.stdout.replace('"o.qcow2"', '"q.qcow2"')).toBe(q.stdout);
+        }
       }
     }, 60_000);
   }
@@ -74,6 +78,7 @@ describe('qcowscope check output', () => {
     const o = ours(['check', '--json', 'c.qcow2'], tmp.dir);
     expect(o.status).toBe(q.status);
     expect(JSON.parse(o.stdout)).toEqual(JSON.parse(q.stdout));
+    expect(o.stdout).toBe(q.stdout);
     const o2 = ours(['check', '--output=json', 'c.qcow2'], tmp.dir);
     expect(JSON.parse(o2.stdout)).toEqual(JSON.parse(q.stdout));
   });
