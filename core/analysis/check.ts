@@ -16,7 +16,7 @@ import {
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
-  CheckAbort, FindingSink, Imrt, MAX_REPEATS, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, highestReferenced, readDiskRefcounts, refcountsMatch, strerror,
+  CheckAbort, FindingSink, Imrt, L2Runs, MAX_REPEATS, ReadBuffer, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, highestReferenced, readDiskRefcounts, refcountsMatch, strerror,
   tablesInOrder,
   zeroCounters, type CheckCounters, type Counts, type DiskRefcounts, type Finding, type FragStats, type WalkRepairHooks,
 } from './refcount-walk.ts';
@@ -338,12 +338,12 @@ async function checkRefcounts(
   opts.onProgress?.('Refcount blocks', 0, 1);
   let disk: DiskRefcounts;
   let cmp: { highest: number; rebuild: boolean };
-  if (await refcountsMatch(img, imrt, opts.isCancelled)) {
+  if (await refcountsMatch(img, imrt, walk.readBuffer, opts.isCancelled)) {
     // Nothing to report: the on-disk refcounts are the IMRT's, which stands in for them below.
     disk = { counts: imrt.counts.subarray(0, imrt.size), unreadable: new Set() };
     cmp = { highest: highestReferenced(imrt), rebuild: false };
   } else {
-    disk = await readDiskRefcounts(img, imrt.size);
+    disk = await readDiskRefcounts(img, imrt.size, walk.readBuffer);
     cmp = await compareRefcounts(img, imrt, disk, res, { leaks: false, errors: false }, writer, sink, opts);
   }
   rebuild ||= cmp.rebuild;
@@ -391,7 +391,9 @@ async function checkRefcounts(
       cmp = await compareRefcounts(img, imrt, disk, res, { leaks: fixLeaks, errors: fixErrors }, writer, sink, opts);
     }
   }
-  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, opts.onProgress, opts.isCancelled);
+  // The walk's runs still describe the active L2 tables unless something was written since.
+  const runs = fixLeaks || rebuilt ? null : walk.runs;
+  await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, runs, walk.readBuffer, opts.onProgress, opts.isCancelled);
   return { frag, imageEndOffset: (cmp.highest + 1) * cs, rebuilt };
 }
 
@@ -464,7 +466,7 @@ async function compareRefcounts(
 /** QEMU's check_oflag_copied over the active tree: COPIED ⇔ refcount 1, both directions. */
 async function checkOflagCopied(
   img: Qcow2Image, res: CheckCounters, fixLeaks: boolean, fixErrors: boolean,
-  disk: DiskRefcounts, writer: RefcountWriter, sink: FindingSink,
+  disk: DiskRefcounts, writer: RefcountWriter, sink: FindingSink, runs: L2Runs | null, buffer: ReadBuffer,
   onProgress?: CheckOptions['onProgress'], isCancelled?: CheckOptions['isCancelled'],
 ): Promise<void> {
   const repair = fixErrors ? true : fixLeaks ? res.checkErrors === 0 && res.corruptions === 0 && res.leaks === 0 : false;
@@ -494,7 +496,11 @@ async function checkOflagCopied(
   // checking, and once when repairing (QEMU's later visits read the table it just repaired).
   const mult = new Map<number, number>();
   for (const o of offsets) mult.set(o, (mult.get(o) ?? 0) + 1);
-  const tables = tablesInOrder(img, [...mult.keys()], cs)[Symbol.asyncIterator]();
+  // Tables kept as runs whose COPIED bits all agree with the refcounts have nothing to report
+  // and are not read again; every other table is scanned entry by entry.
+  const agree = new Set<number>();
+  if (runs && !hasBad) for (const o of mult.keys()) if (runs.copiedAgree(o, dcounts)) agree.add(o);
+  const tables = tablesInOrder(img, [...mult.keys()].filter((o) => !agree.has(o)), cs, buffer)[Symbol.asyncIterator]();
   const scanned = new Set<number>();
   for (let k = 0; k < offsets.length; k++) {
     const i = indices[k]!;
@@ -530,6 +536,7 @@ async function checkOflagCopied(
       onProgress?.('OFLAG_COPIED', scanned.size, mult.size);
       if (isCancelled?.()) throw new QcowError('CANCELLED', 'The check was cancelled', {});
     }
+    if (agree.has(l2Offset)) continue;
     const table = (await tables.next()).value![1];
     const st: CopiedScan = { dirty: 0, copy: null, need: -1, times: repair ? 1 : mult.get(l2Offset)! };
     let j = scanCopied(img, table, 0, -1, 0, st, dcounts, hasBad, repair, res, sink, i, l2Offset);

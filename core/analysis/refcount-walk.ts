@@ -169,18 +169,34 @@ export class Imrt {
 export const BATCH_BYTES = 4 * 1024 * 1024;
 
 /**
+ * The read buffer of one job's table scans (tablesInOrder), grown on demand, so that the scans
+ * that follow one another touch the same memory. One scan at a time may use it.
+ */
+export class ReadBuffer {
+  private buf = new Uint8Array(0);
+
+  /** `bytes` bytes of the buffer (their contents are whatever the last scan left). */
+  take(bytes: number): Uint8Array {
+    if (this.buf.length < bytes) this.buf = new Uint8Array(bytes);
+    return this.buf.subarray(0, bytes);
+  }
+}
+
+/**
  * Yield the tables at `offsets` (each `tableSize` bytes, any alignment), in the given order, after
  * reading them in coalesced batches of at most BATCH_BYTES. Offsets at or past the end of the file
  * (or beyond what a number holds exactly) read as zeros without I/O, as QEMU's reads past EOF do.
  *
- * Every batch is read into the same buffer: a table yielded is valid until the next one is asked
- * for, so callers that keep one must copy it. (Fresh memory for every batch was most of the
- * check's time: touching a new page costs more than reading it from the page cache.)
+ * Every batch is read into the same buffer, `buffer`'s: a table yielded is valid until the next
+ * one is asked for, so callers that keep one must copy it. (Fresh memory for every batch was most
+ * of the check's time: touching a new page costs more than reading it from the page cache.)
  */
-export async function* tablesInOrder(img: Qcow2Image, offsets: readonly number[], tableSize: number): AsyncGenerator<[number, Uint8Array]> {
+export async function* tablesInOrder(
+  img: Qcow2Image, offsets: readonly number[], tableSize: number, buffer = new ReadBuffer(),
+): AsyncGenerator<[number, Uint8Array]> {
   const fileSize = img.store.size();
   const perBatch = Math.max(1, Math.floor(BATCH_BYTES / tableSize));
-  const scratch = new Uint8Array(Math.min(offsets.length, perBatch) * tableSize);
+  const scratch = buffer.take(Math.min(offsets.length, perBatch) * tableSize);
   const zero = new Uint8Array(tableSize);
   const at = new Map<number, number>(); // table offset -> its place in the scratch buffer
   for (let start = 0; start < offsets.length; start += perBatch) {
@@ -259,8 +275,14 @@ export class ReferenceWalk {
   readonly sink: FindingSink;
   /** Set when the refcount structures need rebuilding (QEMU's `rebuild`). */
   rebuild = false;
+  /** Active L2 tables kept as runs (a walk that neither repairs nor records owners), for the snapshots and the COPIED pass. */
+  readonly runs: L2Runs | null;
   private readonly opts: WalkOptions;
   private fileSize: number;
+  /** The buffer of the walk's table reads, for the check's later scans too. */
+  readonly readBuffer = new ReadBuffer();
+  /** Entries that took countEntry (not countPlainRun) so far: a table that added none is plain. */
+  private slowEntries = 0;
 
   constructor(img: Qcow2Image, nbClusters: number, res: CheckCounters, sink: FindingSink, opts: WalkOptions = {}) {
     this.img = img;
@@ -273,6 +295,8 @@ export class ReferenceWalk {
     this.sink = sink;
     this.opts = opts;
     this.fileSize = img.store.size();
+    const plainGeometry = !img.geometry.extendedL2 && !img.geometry.dataFile;
+    this.runs = plainGeometry && !opts.fixErrors && !opts.repair && !opts.trackOwners ? new L2Runs() : null;
   }
 
   /**
@@ -442,13 +466,27 @@ export class ReferenceWalk {
       offsets.length = 0;
       offsets.push(...uo);
     }
-    let done = 0;
-    for await (const [k, table] of tablesInOrder(img, offsets, tableBytes)) {
+    // Tables the active walk kept as runs are counted from them, without reading them again.
+    const runs = this.runs;
+    const kept = runs && !active ? offsets.map((o) => runs.has(o)) : null;
+    const tables = tablesInOrder(img, kept ? offsets.filter((_, k) => !kept[k]) : offsets, tableBytes, this.readBuffer)[Symbol.asyncIterator]();
+    for (let k = 0; k < offsets.length; k++) {
       this.cancelled();
+      const l2Offset = offsets[k]!;
+      const vmState = indices[k]! >= vmIndex;
       this.times = outer * (mult ? mult[k]! : 1);
-      await this.walkL2(offsets[k]!, table, active, indices[k]! >= vmIndex);
+      if (kept?.[k]) {
+        if (!runs!.count(l2Offset, this.imrt.counts, this.imrt.max, this.times)) {
+          await this.walkL2(l2Offset, await img.store.read(l2Offset, tableBytes), active, vmState);
+        }
+      } else {
+        const table = (await tables.next()).value![1];
+        const slow = this.slowEntries;
+        await this.walkL2(l2Offset, table, active, vmState);
+        if (active && runs && this.slowEntries === slow) runs.record(l2Offset, table, this.clusterBits);
+      }
       this.times = outer;
-      if ((++done & 63) === 0) this.opts.onProgress?.(active ? 'Active L2 tables' : 'Snapshot L2 tables', done, offsets.length);
+      if (((k + 1) & 63) === 0) this.opts.onProgress?.(active ? 'Active L2 tables' : 'Snapshot L2 tables', k + 1, offsets.length);
     }
   }
 
@@ -510,6 +548,7 @@ export class ReferenceWalk {
       } else if (dv.getInt32(i * step) === 0 && dv.getInt32(i * step + 4) === 0 && (step === 8 || (dv.getInt32(i * step + 8) === 0 && dv.getInt32(i * step + 12) === 0))) {
         continue;
       }
+      this.slowEntries++;
       if (acc) state.next = acc[2]!;
       const waits = this.countEntry(l2Offset, table, i, frag, dataKind, state);
       if (acc) acc[2] = state.next;
@@ -791,6 +830,125 @@ function countPlainRun(
   return n;
 }
 
+/** Runs a table may have to be kept by L2Runs (more: the table is read again when needed). */
+export const MAX_RUNS_PER_TABLE = 64;
+
+/**
+ * Active L2 tables kept as runs of consecutive host clusters, so that the snapshots sharing them
+ * and the COPIED pass need not read and decode them again: a metadata-preallocated or sequentially
+ * written table is one run instead of a cluster of bytes. Only tables whose every entry was a
+ * plain one (what countPlainRun counts) and that have at most MAX_RUNS_PER_TABLE runs are kept,
+ * and only by a walk that writes nothing, so a kept table is what the disk still holds.
+ */
+export class L2Runs {
+  /** L2 offset → where its runs start in `runs`. */
+  private readonly at = new Map<number, number>();
+  /** Per kept table: the number of runs, then (first cluster, clusters, COPIED 0/1) per run. */
+  private readonly runs: number[] = [];
+
+  has(l2Offset: number): boolean {
+    return this.at.has(l2Offset);
+  }
+
+  /** Keep `table` (just counted by countPlainRun from its first entry to its last) if it has few runs. */
+  record(l2Offset: number, table: Uint8Array, clusterBits: number): void {
+    if (this.at.has(l2Offset)) return;
+    const start = this.runs.length;
+    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    if (appendRuns(dv, table.length >>> 3, clusterBits, this.runs, MAX_RUNS_PER_TABLE)) this.at.set(l2Offset, start);
+    else this.runs.length = start;
+  }
+
+  /**
+   * Count `times` references to every cluster of a kept table, as the walk of its entries would.
+   * False (and nothing counted) if a refcount would overflow: the caller then walks the entries,
+   * which reports each overflow where QEMU does.
+   */
+  count(l2Offset: number, counts: Counts, max: number, times: number): boolean {
+    const p = this.at.get(l2Offset)!;
+    const runs = this.runs;
+    const end = p + 1 + 3 * runs[p]!;
+    for (let q = p + 1; q < end; q += 3) {
+      const first = runs[q]!;
+      const last = first + runs[q + 1]!;
+      for (let c = first; c < last; c++) {
+        const r = counts[c]!;
+        if (r + times > max) {
+          uncount(runs, p + 1, q, c, counts, times);
+          return false;
+        }
+        counts[c] = r + times;
+      }
+    }
+    return true;
+  }
+
+  /** For a kept table: whether every COPIED bit says what `refcounts` says (set ⇔ 1); undefined if not kept. */
+  copiedAgree(l2Offset: number, refcounts: Counts): boolean | undefined {
+    const p = this.at.get(l2Offset);
+    if (p === undefined) return undefined;
+    const runs = this.runs;
+    const end = p + 1 + 3 * runs[p]!;
+    for (let q = p + 1; q < end; q += 3) {
+      const first = runs[q]!;
+      const last = first + runs[q + 1]!;
+      const copied = runs[q + 2] === 1;
+      if (last > refcounts.length) return false;
+      for (let c = first; c < last; c++) if ((refcounts[c] === 1) !== copied) return false;
+    }
+    return true;
+  }
+}
+
+/** Undo L2Runs.count's increments made before cluster `stopAt` of the run at `stopRun`. */
+function uncount(runs: number[], from: number, stopRun: number, stopAt: number, counts: Counts, times: number): void {
+  for (let q = from; q <= stopRun; q += 3) {
+    const first = runs[q]!;
+    const last = q === stopRun ? stopAt : first + runs[q + 1]!;
+    for (let c = first; c < last; c++) counts[c] = counts[c]! - times;
+  }
+}
+
+/**
+ * Append the runs of a standard L2 table of plain entries (unallocated, or a normal cluster with
+ * an int32 index and no flag but COPIED: see countPlainRun) to `out`: the count, then (first
+ * cluster, clusters, COPIED) per run of consecutive clusters with the same COPIED bit. False if
+ * there are more than `maxRuns`; `out` is then left with a partial list for the caller to cut.
+ */
+function appendRuns(dv: DataView, n: number, clusterBits: number, out: number[], maxRuns: number): boolean {
+  const hiShift = 32 - clusterBits;
+  const head = out.length;
+  out.push(0);
+  let runs = 0;
+  let first = -1;
+  let next = -1;
+  let copied = 0;
+  for (let i = 0; i < n; i++) {
+    const hi = dv.getInt32(i * 8);
+    const lo = dv.getInt32(i * 8 + 4);
+    if ((hi | lo) === 0) continue;
+    const k = ((hi & 0x00ffffff) << hiShift) | (lo >>> clusterBits);
+    const c = hi < 0 ? 1 : 0;
+    if (k === next && c === copied) {
+      next++;
+      continue;
+    }
+    if (first >= 0) {
+      if (++runs > maxRuns) return false;
+      out.push(first, next - first, copied);
+    }
+    first = k;
+    next = k + 1;
+    copied = c;
+  }
+  if (first >= 0) {
+    if (++runs > maxRuns) return false;
+    out.push(first, next - first, copied);
+  }
+  out[head] = runs;
+  return true;
+}
+
 /** Refblock offset of a reftable entry: REFT_OFFSET_MASK keeps bits 9..63. */
 export function refblockOffsetFromEntry(hi: number, lo: number): number {
   return (hi >>> 0) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
@@ -827,7 +985,7 @@ export interface DiskRefcounts {
  * refblock reads. Reftable entries whose refblock is unaligned cannot be read (QEMU: -EIO); their
  * indices are returned in `unreadable`.
  */
-export async function readDiskRefcounts(img: Qcow2Image, n: number): Promise<DiskRefcounts> {
+export async function readDiskRefcounts(img: Qcow2Image, n: number, buffer?: ReadBuffer): Promise<DiskRefcounts> {
   const order = img.refcountOrder;
   const bpe = Imrt.bytesPerEntry(order);
   const counts: Counts = bpe === 1 ? new Uint8Array(n) : bpe === 2 ? new Uint16Array(n) : bpe === 4 ? new Uint32Array(n) : new Float64Array(n);
@@ -849,7 +1007,7 @@ export async function readDiskRefcounts(img: Qcow2Image, n: number): Promise<Dis
     idx.push(r);
     offs.push(off);
   }
-  for await (const [k, block] of tablesInOrder(img, offs, cs)) {
+  for await (const [k, block] of tablesInOrder(img, offs, cs, buffer)) {
     const r = idx[k]!;
     const base = r * per;
     const count = Math.min(per, n - base);
@@ -865,7 +1023,7 @@ export async function readDiskRefcounts(img: Qcow2Image, n: number): Promise<Dis
  * read, it says false and the caller decodes them all (readDiskRefcounts) to compare and report
  * cluster by cluster as QEMU does.
  */
-export async function refcountsMatch(img: Qcow2Image, imrt: Imrt, isCancelled?: () => boolean): Promise<boolean> {
+export async function refcountsMatch(img: Qcow2Image, imrt: Imrt, buffer?: ReadBuffer, isCancelled?: () => boolean): Promise<boolean> {
   const order = img.refcountOrder;
   const n = imrt.size;
   const counts = imrt.counts;
@@ -887,7 +1045,7 @@ export async function refcountsMatch(img: Qcow2Image, imrt: Imrt, isCancelled?: 
     bases.push(base);
     offs.push(off);
   }
-  for await (const [k, block] of tablesInOrder(img, offs, img.clusterSize)) {
+  for await (const [k, block] of tablesInOrder(img, offs, img.clusterSize, buffer)) {
     if (isCancelled?.()) throw new QcowError('CANCELLED', 'The check was cancelled', {});
     const base = bases[k]!;
     if (!refblockMatches(block, order, counts, base, Math.min(per, n - base))) return false;

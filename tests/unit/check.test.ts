@@ -13,6 +13,7 @@ import { checkExitCode, checkImage, runCheck } from '../../core/analysis/check.t
 import { repairDirtyImage } from '../../core/analysis/repair.ts';
 import { buildLayout, Kind } from '../../core/analysis/layout.ts';
 import { FindingSink, ReferenceWalk, altHex, hex64, tablesInOrder, zeroCounters } from '../../core/analysis/refcount-walk.ts';
+import { createSnapshot } from '../../core/image/snapshot.ts';
 
 const CS = 65536;
 
@@ -146,6 +147,44 @@ describe('check on in-memory images', () => {
     walk.inc(5 * CS, CS, Kind.DataExclusive);
     expect(walk.res.corruptions).toBe(1);
     expect(walk.sink.findings[0]!.message).toBe('ERROR: overflow cluster offset=0x50000');
+  });
+
+  it('snapshots sharing active L2 tables: counted from the kept runs as the entry-by-entry walk counts them, overflows included', async () => {
+    // refcount_bits=2 (max 3); two snapshots share the active L2 tables. Snapshot 1's L1 names
+    // the first table T twice, and an entry of the second table points at a cluster in the middle
+    // of T's run: that cluster overflows first, in the middle of T's runs, so the runs must undo
+    // what they counted and give way to the entries, which report each overflow where QEMU does.
+    const store = new MemoryStore(new Uint8Array(0), { name: 'runs.qcow2' });
+    await createImage(store, { size: 2 * 1024 ** 3, refcountBits: 2 });
+    const img = await Qcow2Image.open(store, { writable: true });
+    for (const [i, at] of [0, 3, 4, 5, 9, 8192, 8193, 3 * 8192 + 7].entries()) await writeGuest(img, at * CS, new Uint8Array(CS).fill(i + 1));
+    await createSnapshot(img, 'one');
+    await createSnapshot(img, 'two');
+    const b = store.bytes();
+    const sn1 = img.snapshots[0]!.l1TableOffset;
+    b.copyWithin(sn1 + 16, sn1, sn1 + 8);
+    const l2At = (l1: number, i: number) => (be32(b, l1 + 8 * i) & 0x00ffffff) * 2 ** 32 + (be32(b, l1 + 8 * i + 4) & ~0x1ff >>> 0);
+    const t = l2At(img.header.l1TableOffset, 0);
+    const u = l2At(img.header.l1TableOffset, 1);
+    b.copyWithin(u + 8, t + 4 * 8, t + 4 * 8 + 8);
+    const walkOf = async (trackOwners: boolean) => {
+      const again = await Qcow2Image.open(new MemoryStore(b.slice()), { checkMode: true });
+      const w = new ReferenceWalk(again, Math.ceil(b.length / CS), zeroCounters(), new FindingSink(), { trackOwners });
+      await w.calculate();
+      return w;
+    };
+    const withRuns = await walkOf(false);
+    const entryByEntry = await walkOf(true); // owners are recorded per entry: no runs kept
+    expect(withRuns.runs).not.toBeNull();
+    expect(entryByEntry.runs).toBeNull();
+    expect(withRuns.sink.findings.filter((f) => f.message.includes('overflow')).length).toBeGreaterThan(2);
+    expect(withRuns.sink.findings).toEqual(entryByEntry.sink.findings);
+    expect(withRuns.res).toEqual(entryByEntry.res);
+    expect(withRuns.frag).toEqual(entryByEntry.frag);
+    expect(Array.from(withRuns.imrt.counts.subarray(0, withRuns.imrt.size))).toEqual(Array.from(entryByEntry.imrt.counts.subarray(0, entryByEntry.imrt.size)));
+    // and the whole check is QEMU's verdict on it: corruptions only, no leak
+    const r = await check(new MemoryStore(b.slice()));
+    expect(r.corruptions).toBeGreaterThan(2);
   });
 
   it('layout of a fresh image', async () => {
