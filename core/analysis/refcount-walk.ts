@@ -534,24 +534,25 @@ export class ReferenceWalk {
     const fileClusters = Math.ceil(this.fileSize / this.cs);
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const acc = frag ? this.fragAcc : null;
+    const next = this.fragNext;
     if (acc) {
       acc[0] = 0;
       acc[1] = 0;
-      acc[2] = state.next;
+      next[0] = this.nextClusterOf(state.next);
     }
     let stop = -1;
     for (let i = start; i < n; i++) {
       if (fast) {
         // the arrays are passed afresh after every slow entry: a reference past the end grows them
-        i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.max, this.times, this.clusterBits, this.owners, dataKind, acc);
+        i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.max, this.times, this.clusterBits, this.owners, dataKind, acc, next);
         if (i >= n) break;
       } else if (dv.getInt32(i * step) === 0 && dv.getInt32(i * step + 4) === 0 && (step === 8 || (dv.getInt32(i * step + 8) === 0 && dv.getInt32(i * step + 12) === 0))) {
         continue;
       }
       this.slowEntries++;
-      if (acc) state.next = acc[2]!;
+      if (acc) state.next = this.nextOffsetOf(next[0]!, state.next);
       const waits = this.countEntry(l2Offset, table, i, frag, dataKind, state);
-      if (acc) acc[2] = state.next;
+      if (acc) next[0] = this.nextClusterOf(state.next);
       if (waits) {
         stop = i;
         break;
@@ -560,13 +561,27 @@ export class ReferenceWalk {
     if (frag && acc) {
       frag.allocatedClusters += acc[0]!;
       frag.fragmentedClusters += acc[1]!;
-      state.next = acc[2]!;
+      state.next = this.nextOffsetOf(next[0]!, state.next);
     }
     return stop;
   }
 
-  /** The fragmentation counters of the active walk's fast path: allocated, fragmented, next contiguous offset. */
-  private readonly fragAcc = new Float64Array(3);
+  /** The fragmentation counters of the active walk's fast path: allocated, fragmented. */
+  private readonly fragAcc = new Float64Array(2);
+  /** The cluster the fast path expects next (-1: no entry yet, -2: one whose successor no cluster index can be). */
+  private readonly fragNext = new Int32Array(1);
+
+  /** QEMU's next_contiguous_offset as the fast path's expected cluster (see fragNext). */
+  private nextClusterOf(nextOffset: number): number {
+    if (nextOffset === 0) return -1;
+    const k = nextOffset / this.cs;
+    return Number.isInteger(k) && k <= C.INT_MAX ? k : -2;
+  }
+
+  /** Back from fragNext to next_contiguous_offset (`before` when the fast path has not moved it). */
+  private nextOffsetOf(nextCluster: number, before: number): number {
+    return nextCluster >= 0 ? nextCluster * this.cs : nextCluster === -1 ? 0 : before;
+  }
 
   /**
    * QEMU's check_refcounts_l2 on entry `i` (any kind), counted `times`. True when the entry is an
@@ -789,8 +804,9 @@ export class ReferenceWalk {
  * The walk's inner loop over a standard L2 table: counts `times` references for every entry from
  * `start` that is unallocated (skipped) or a normal cluster with no flag but COPIED, cluster
  * aligned, inside the file (below `limit`) and not overflowing; returns the first entry that is
- * anything else, or `n`. With `acc` ([allocated, fragmented, next contiguous offset]) it keeps the
- * active tree's fragmentation statistics as QEMU's check_refcounts_l2 does.
+ * anything else, or `n`. With `acc` ([allocated, fragmented]) and `next` (the cluster a contiguous
+ * entry would have) it keeps the active tree's fragmentation statistics as QEMU's
+ * check_refcounts_l2 does, in cluster indices (int32) rather than offsets.
  *
  * The loop runs on int32 words: an entry is (hi, lo) as read, its cluster index the int32
  * (hi bits 0..23 << (32 − clusterBits)) | (lo >>> clusterBits), taken only when it stays below 2^31.
@@ -800,12 +816,11 @@ export class ReferenceWalk {
  */
 function countPlainRun(
   dv: DataView, start: number, n: number, counts: Counts, limit: number, max: number, times: number,
-  clusterBits: number, owners: Uint8Array | null, dataKind: number, acc: Float64Array | null,
+  clusterBits: number, owners: Uint8Array | null, dataKind: number, acc: Float64Array | null, next: Int32Array,
 ): number {
   const lowMask = (1 << clusterBits) - 1; // zero flag, reserved bits 1..8, offset bits below the cluster size
   const hiOffLimit = 1 << (clusterBits - 1);
   const hiShift = 32 - clusterBits;
-  const cs = 1 << clusterBits;
   for (let i = start; i < n; i++) {
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
@@ -822,9 +837,9 @@ function countPlainRun(
     if (owners !== null) owners[k] = r === 0 ? (times === 1 ? dataKind : mergeOwner(dataKind, dataKind)) : mergeOwner(owners[k]!, dataKind);
     if (acc !== null) {
       acc[0] += times;
-      const offset = k * cs;
-      if (acc[2] !== 0 && offset !== acc[2]) acc[1] += times;
-      acc[2] = offset + cs;
+      const expected = next[0]!;
+      if (expected !== -1 && k !== expected) acc[1] += times;
+      next[0] = k + 1;
     }
   }
   return n;
