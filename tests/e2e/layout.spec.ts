@@ -37,7 +37,7 @@ for (const colorScheme of ['light', 'dark'] as const) {
       await page.goto('/');
       await page.getByRole('button', { name: 'Try the demo image' }).click();
       await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toBeVisible();
-      for (const [fg, bg] of [['var(--text)', 'var(--bg)'], ['var(--muted)', 'var(--bg)'], ['var(--muted)', 'var(--panel)'], ['var(--danger)', 'var(--panel)'], ['var(--accent-text)', 'var(--accent)']]) {
+      for (const [fg, bg] of [['var(--text)', 'var(--bg)'], ['var(--muted)', 'var(--bg)'], ['var(--muted)', 'var(--panel)'], ['var(--danger)', 'var(--panel)'], ['var(--accent-text)', 'var(--accent)'], ['var(--danger-text)', 'var(--danger)']]) {
         expect(await contrast(page, fg!, bg!), `${fg} on ${bg}`).toBeGreaterThanOrEqual(4.5);
       }
       for (const v of VIEWS) {
