@@ -101,6 +101,15 @@ test('diff any two views: the changed clusters QEMU reads, their host clusters o
     await expect(inspector.getByRole('heading', { name: `Host cluster ${first}` })).toBeVisible();
     await expect(inspector).toContainText('Holds a cluster changed between');
   }
+
+  // From a snapshot in the inspector straight to the Diff view, against the active disk.
+  await showView(page, 'Snapshots');
+  await page.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 's1', exact: true }).click();
+  await page.getByRole('complementary', { name: 'Inspector' }).getByRole('button', { name: 'Open in Diff' }).click();
+  await expect(page.getByRole('heading', { name: 'Diff', level: 2 })).toBeVisible();
+  await expect(page.getByLabel('Compare')).toHaveValue('1');
+  const sinceS1 = changedClusters(raw.s1, raw.active).length;
+  await expect(page.getByRole('status').filter({ hasText: /differ/ })).toContainText(`${sinceS1} guest clusters differ between snapshot s1 and the active disk`);
 });
 
 test('check findings are outlined on the cluster map', async ({ page, tmp }) => {

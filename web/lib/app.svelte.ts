@@ -69,6 +69,8 @@ export class ImageTab {
   clusterMap = $state.raw<ClusterMapDTO | null>(null);
   /** The journal of every write operation made in this session, newest last. */
   journals = $state.raw<JournalDTO[]>([]);
+  /** The two views the Diff view compares (snapshot IDs, '' for the active disk), kept across views. */
+  diffPair: { a: string; b: string } | null = null;
   /** The last diff (Diff view) and what it compared, kept across views. */
   diff = $state.raw<{ a: string | null; b: string | null; label: string; result: DiffResult } | null>(null);
   /** Host clusters the cluster map outlines besides check findings (the diff's), with a label. */
