@@ -3,7 +3,7 @@
 // backing chains) and block status for `map`. Writes, allocation and snapshots live in their own
 // modules and act on this object.
 import { QcowError, hex } from '../errors.ts';
-import type { ImageStore } from '../io/store.ts';
+import { readInto, type ImageStore } from '../io/store.ts';
 import { alignUp, qemuHex } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
@@ -291,7 +291,8 @@ export class Qcow2Image implements Layer {
   async readL2(l2Offset: number): Promise<Uint8Array> {
     let t = this.l2Cache.get(l2Offset);
     if (!t) {
-      t = (await this.store.read(l2Offset, this.clusterSize)).slice();
+      t = new Uint8Array(this.clusterSize);
+      await readInto(this.store, l2Offset, t);
       this.l2Cache.set(l2Offset, t);
     }
     return t;

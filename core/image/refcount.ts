@@ -2,6 +2,7 @@
 // Updates, allocation and refcount-table growth are built on these in image/allocator.ts.
 import { QcowError, hex } from '../errors.ts';
 import { getRefcount, refblockEntries, refcountMax, reftableEntry } from '../format/refcount.ts';
+import { readInto } from '../io/store.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 
 /** Refcount entries per refcount block of this image. */
@@ -26,7 +27,8 @@ export async function loadRefblock(img: Qcow2Image, reftableIndex: number): Prom
   }
   let b = img.refblockCache.get(off);
   if (!b) {
-    b = (await img.store.read(off, img.clusterSize)).slice();
+    b = new Uint8Array(img.clusterSize);
+    await readInto(img.store, off, b);
     img.refblockCache.set(off, b);
   }
   return b;

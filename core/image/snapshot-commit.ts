@@ -29,6 +29,7 @@ import { compressedDescriptor, encodeL1Entry, l1L2Offset, putEntry } from '../fo
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { invalidateAllocatorState } from './allocator.ts';
+import { readInto } from '../io/store.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { loadRefblock, refblockEntriesOf, reftableSize } from './refcount.ts';
 
@@ -432,7 +433,7 @@ export class ShadowCommit {
     const l2ci = l2Offset / this.cs;
     await ov.load(Math.floor(l2ci / ov.per));
     ov.addRef(l2ci, d, 'L2 table');
-    const t = await this.img.readL2(l2Offset);
+    const t = await this.scanL2(l2Offset);
     // One synchronous pass; clusters whose refcount block is not loaded yet come back for a
     // second, short one.
     const pending = this.applyEntries(t, l2Offset, d);
@@ -497,10 +498,18 @@ export class ShadowCommit {
     const es = img.l2EntrySize;
     const n = img.l2Entries;
     const { fast, cb, alignMask, rbHiMul, rbShift, idxMask } = this.geo;
+    const sixteen = fast && ov.order === 4;
+    const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
     let lastRb = -1;
     let orig: Uint8Array | null = null;
     let blk: Uint8Array | null = null;
+    let origDv: DataView | null = null;
+    let blkDv: DataView | null = null;
     for (let j = 0; j < n; j++) {
+      if (sixteen && origDv !== null) {
+        j = addRefRun16(dv, j, n, es, lastRb, origDv, blkDv!, d, ov.max, cb, alignMask, rbHiMul, rbShift, idxMask);
+        if (j >= n) break;
+      }
       const at = j * es;
       const hi = (t[at]! << 24) | (t[at + 1]! << 16) | (t[at + 2]! << 8) | t[at + 3]!;
       const lo = (t[at + 4]! << 24) | (t[at + 5]! << 16) | (t[at + 6]! << 8) | t[at + 7]!;
@@ -534,6 +543,8 @@ export class ShadowCommit {
         lastRb = rb;
         orig = ov.origBlock(rb) ?? null;
         blk = ov.block(rb);
+        origDv = orig ? new DataView(orig.buffer, orig.byteOffset, orig.byteLength) : null;
+        blkDv = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
       }
       ov.addRefIn(orig, blk!, idx, rb * per + idx, d, 'Data cluster');
     }
@@ -578,11 +589,21 @@ export class ShadowCommit {
     const es = img.l2EntrySize;
     const n = img.l2Entries;
     const { fast, cb, rbHiMul, rbShift, idxMask } = this.geo;
+    const sixteen = fast && ov.order === 4;
+    const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+    const flips = this.flips;
+    flips[0] = 0;
     let changed = false;
     let lastRb = -1;
     let orig: Uint8Array | null = null;
     let blk: Uint8Array | undefined;
+    let curDv: DataView | null = null;
     for (let j = 0; j < n; j++) {
+      if (sixteen && curDv !== null) {
+        j = copiedRun16(dv, j, n, es, lastRb, curDv, fix === true, cb, rbHiMul, rbShift, idxMask, flips);
+        if (flips[0]! > 0) changed = true;
+        if (j >= n) break;
+      }
       const at = j * es;
       const hi = (t[at]! << 24) | (t[at + 1]! << 16) | (t[at + 2]! << 8) | t[at + 3]!;
       let want: boolean;
@@ -607,6 +628,8 @@ export class ShadowCommit {
           lastRb = rb;
           orig = ov.origBlock(rb) ?? null;
           blk = ov.dirty.get(rb);
+          const cur = blk ?? orig;
+          curDv = cur ? new DataView(cur.buffer, cur.byteOffset, cur.byteLength) : null;
         }
         want = ov.curIn(orig, blk, idx) === 1;
       }
@@ -624,12 +647,15 @@ export class ShadowCommit {
     return fix === 'needs-set' && changed ? 'clear' : changed;
   }
 
+  /** Bits copiedRun16 flipped in the table being fixed. */
+  private readonly flips = new Int32Array(1);
+
   /**
    * What an L2 table of the new active tree needs: nothing, only COPIED bits cleared, or a copy
    * (a bit to set, or `mayFixInPlace` false and any change). One pass, stopping early when it can.
    */
   private async l2CopiedNeeds(l2Offset: number, mayFixInPlace: boolean): Promise<'none' | 'clear' | 'copy'> {
-    const t = await this.img.readL2(l2Offset);
+    const t = await this.scanL2(l2Offset);
     const r = await this.copiedPass(t, mayFixInPlace ? 'needs-set' : false);
     if (r === 'clear') return 'clear';
     return r ? 'copy' : 'none';
@@ -639,12 +665,30 @@ export class ShadowCommit {
    * The L2 table copy: COPIED set exactly where the refcount afterwards is 1, cleared on
    * compressed entries. Built in `into` (one scratch buffer for all copies).
    */
-  private async l2CopyBytes(l2Offset: number, into?: Uint8Array): Promise<Uint8Array> {
-    const src = await this.img.readL2(l2Offset);
-    const t = into ?? new Uint8Array(src.length);
-    t.set(src);
-    await this.copiedPass(t, true);
-    return t;
+  private async l2CopyBytes(l2Offset: number, into: Uint8Array): Promise<Uint8Array> {
+    await this.readL2Into(l2Offset, into);
+    await this.copiedPass(into, true);
+    return into;
+  }
+
+  /**
+   * An L2 table for one pass of the planning walks, in a buffer reused for every table (valid
+   * until the next call). Tables are not cached: the walks visit each once or twice, and keeping
+   * them (or fresh memory for each) cost more than reading them again.
+   */
+  private async scanL2(l2Offset: number): Promise<Uint8Array> {
+    this.l2Buf ??= new Uint8Array(this.cs);
+    await this.readL2Into(l2Offset, this.l2Buf);
+    return this.l2Buf;
+  }
+
+  private l2Buf: Uint8Array | null = null;
+
+  /** The L2 table at `l2Offset` into `out`: the image's cached copy if it has one (written through, so the same bytes), else the file's. */
+  private async readL2Into(l2Offset: number, out: Uint8Array): Promise<void> {
+    const cached = this.img.l2Cache.get(l2Offset);
+    if (cached) out.set(cached);
+    else await readInto(this.img.store, l2Offset, out);
   }
 
   /**
@@ -879,6 +923,61 @@ export class ShadowCommit {
     invalidateAllocatorState(img);
     this.committed = false;
   }
+}
+
+// ---- the hot loops for 16-bit refcounts ---------------------------------------------------------
+//
+// The default refcount width with the fast geometry (see ShadowCommit.geo): the per-entry loops of
+// applyEntries and copiedEntries hand runs of entries whose clusters share one refcount block to
+// these, which read the entry as int32 words and the refcounts as big-endian u16 in place. They
+// stop at the first entry they cannot take (another block, a compressed or unaligned entry, a
+// refcount that is 0 on disk or would leave 0..max), which the general loop then takes, errors
+// included. Module functions with nothing after the loop but the return: V8 compiles such a loop
+// while it first runs, and code after it without type feedback would undo that at every table.
+
+/** applyEntries' common entry: ±d on a data cluster of refcount block `rb` (orig/blk: its blocks). */
+function addRefRun16(
+  dv: DataView, start: number, n: number, es: number, rb: number, orig: DataView, blk: DataView, d: number, max: number,
+  cb: number, alignMask: number, rbHiMul: number, rbShift: number, idxMask: number,
+): number {
+  for (let j = start; j < n; j++) {
+    const hi = dv.getInt32(j * es);
+    const lo = dv.getInt32(j * es + 4);
+    if ((hi & HI_COMPRESSED) !== 0) return j;
+    const hiO = hi & 0x00ffffff;
+    if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+    if ((lo & alignMask) !== 0 || hiO * rbHiMul + (lo >>> rbShift) !== rb) return j;
+    const at = ((lo >>> cb) & idxMask) * 2;
+    const next = blk.getUint16(at) + d;
+    if (orig.getUint16(at) === 0 || next < 0 || next > max) return j;
+    blk.setUint16(at, next);
+  }
+  return n;
+}
+
+/**
+ * copiedEntries' common entry: a data cluster of refcount block `rb` (`cur`: its refcounts
+ * afterwards) whose COPIED bit says refcount 1, or (`fix`) is made to; flips are counted in
+ * `flips[0]`. Compressed entries are left to the general loop.
+ */
+function copiedRun16(
+  dv: DataView, start: number, n: number, es: number, rb: number, cur: DataView, fix: boolean,
+  cb: number, rbHiMul: number, rbShift: number, idxMask: number, flips: Int32Array,
+): number {
+  for (let j = start; j < n; j++) {
+    const hi = dv.getInt32(j * es);
+    const lo = dv.getInt32(j * es + 4);
+    if ((hi & HI_COMPRESSED) !== 0) return j;
+    const hiO = hi & 0x00ffffff;
+    if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+    if (hiO * rbHiMul + (lo >>> rbShift) !== rb) return j;
+    const want = cur.getUint16(((lo >>> cb) & idxMask) * 2) === 1;
+    if (want === hi < 0) continue;
+    if (!fix) return j;
+    dv.setInt32(j * es, want ? hi | HI_COPIED : hi & ~HI_COPIED);
+    flips[0]++;
+  }
+  return n;
 }
 
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
