@@ -17,14 +17,8 @@ export function reftableSize(img: Qcow2Image): number {
 
 /** The refcount block holding cluster `clusterIndex`'s refcount, or null if absent. */
 export async function loadRefblock(img: Qcow2Image, reftableIndex: number): Promise<Uint8Array | null> {
-  if (reftableIndex >= reftableSize(img)) return null;
-  const off = reftableEntry(img.reftable, reftableIndex);
+  const off = refblockOffset(img, reftableIndex);
   if (off === 0) return null;
-  if (off % img.clusterSize !== 0) {
-    throw new QcowError('METADATA_CORRUPT', `Refblock offset ${hex(off)} unaligned (reftable index: ${hex(reftableIndex)})`, {
-      structure: 'refcount table', offset: img.header.refcountTableOffset + reftableIndex * 8, reftableIndex, refblockOffset: off,
-    });
-  }
   let b = img.refblockCache.get(off);
   if (!b) {
     b = new Uint8Array(img.clusterSize);
@@ -32,6 +26,33 @@ export async function loadRefblock(img: Qcow2Image, reftableIndex: number): Prom
     img.refblockCache.set(off, b);
   }
   return b;
+}
+
+/**
+ * A private copy of a refcount block (null if absent) for a caller that will change it before
+ * the image does (the snapshot commit's overlay): the cache's bytes if it holds the block, else
+ * the file's, read without filling the cache.
+ */
+export async function copyRefblock(img: Qcow2Image, reftableIndex: number): Promise<Uint8Array | null> {
+  const off = refblockOffset(img, reftableIndex);
+  if (off === 0) return null;
+  const cached = img.refblockCache.get(off);
+  if (cached) return cached.slice();
+  const b = new Uint8Array(img.clusterSize);
+  await readInto(img.store, off, b);
+  return b;
+}
+
+/** The host offset of refcount block `reftableIndex` (0: none), which must be cluster aligned. */
+function refblockOffset(img: Qcow2Image, reftableIndex: number): number {
+  if (reftableIndex >= reftableSize(img)) return 0;
+  const off = reftableEntry(img.reftable, reftableIndex);
+  if (off !== 0 && off % img.clusterSize !== 0) {
+    throw new QcowError('METADATA_CORRUPT', `Refblock offset ${hex(off)} unaligned (reftable index: ${hex(reftableIndex)})`, {
+      structure: 'refcount table', offset: img.header.refcountTableOffset + reftableIndex * 8, reftableIndex, refblockOffset: off,
+    });
+  }
+  return off;
 }
 
 /** The refcount of host cluster `clusterIndex` (0 where no refblock covers it). */

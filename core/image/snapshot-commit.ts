@@ -31,7 +31,7 @@ import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format
 import { invalidateAllocatorState } from './allocator.ts';
 import { readInto } from '../io/store.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { loadRefblock, refblockEntriesOf, reftableSize } from './refcount.ts';
+import { copyRefblock, refblockEntriesOf, reftableSize } from './refcount.ts';
 
 const HI_COPIED = 0x80000000;
 const HI_COMPRESSED = 0x40000000;
@@ -40,17 +40,23 @@ const TWO32 = 4294967296;
 // ---- a copy-on-write view of the refcounts ------------------------------------------------------
 
 /**
- * Refcounts as they are on disk (`orig`) and as they will be after the operation (`cur`), per
- * refcount block. Blocks are loaded lazily (async) and must be loaded before the synchronous
- * accessors touch them; modified blocks are copies, the image's cache is never changed.
+ * Refcounts as they will be after the operation, per refcount block, and which of them are 0 on
+ * disk. Blocks are loaded lazily (async) and must be loaded before the synchronous accessors
+ * touch them. Each loaded block is a private copy, changed in place (the image's cache is never
+ * changed); what the disk held is kept only as far as the checks need it: a bitmap of the
+ * refcounts that were 0 (1/16 of a 16-bit block), made when the block is first changed. One copy
+ * per block instead of two halves the memory of an operation that touches every block.
  */
 export class RefcountOverlay {
   readonly per: number;
   readonly order: number;
   readonly max: number;
-  private readonly origBlocks = new Map<number, Uint8Array | null>();
-  /** Modified blocks by reftable index (new contents). */
+  /** Loaded blocks by reftable index: the refcounts afterwards (null: absent on disk, unchanged). */
+  private readonly blocks = new Map<number, Uint8Array | null>();
+  /** Changed blocks by reftable index (the same arrays as `blocks`). */
   readonly dirty = new Map<number, Uint8Array>();
+  /** For changed blocks: bit i set where entry i was 0 on disk (an unchanged block still says so itself). */
+  private readonly zeroOnDisk = new Map<number, Uint8Array>();
 
   constructor(readonly img: Qcow2Image) {
     this.per = refblockEntriesOf(img);
@@ -60,48 +66,66 @@ export class RefcountOverlay {
   }
 
   isLoaded(rb: number): boolean {
-    return this.origBlocks.has(rb);
+    return this.blocks.has(rb);
   }
 
   async load(rb: number): Promise<void> {
-    if (this.origBlocks.has(rb)) return;
-    // The cache's own array, not a copy: nothing writes refcounts in place while an operation
-    // is planned and carried out (the shadow commit never touches the old blocks), and after the
-    // commit the old blocks are dropped from the cache.
-    this.origBlocks.set(rb, await loadRefblock(this.img, rb));
+    if (this.blocks.has(rb)) return;
+    this.blocks.set(rb, await copyRefblock(this.img, rb));
   }
 
   async loadAll(rbs: Iterable<number>): Promise<void> {
     for (const rb of rbs) await this.load(rb);
   }
 
-  /** The block as on disk (null: absent); undefined when not loaded. */
-  origBlock(rb: number): Uint8Array | null | undefined {
-    return this.origBlocks.get(rb);
+  /** The block's refcounts afterwards (null: absent and unchanged); undefined when not loaded. */
+  current(rb: number): Uint8Array | null | undefined {
+    return this.blocks.get(rb);
   }
 
-  orig(ci: number): number {
-    const rb = Math.floor(ci / this.per);
-    const b = this.origBlocks.get(rb);
-    if (b === undefined) throw new QcowError('INTERNAL', `refcount block ${rb} used before it was loaded`, { reftableIndex: rb });
-    return b ? getRefcount(b, ci - rb * this.per, this.order) : 0;
+  /** The bitmap of entries that are 0 on disk, for a changed block; null for an unchanged one. */
+  zeroBits(rb: number): Uint8Array | null {
+    return this.zeroOnDisk.get(rb) ?? null;
+  }
+
+  /** Whether entry `idx` of loaded block `rb` is 0 on disk. */
+  wasZero(rb: number, idx: number): boolean {
+    const z = this.zeroOnDisk.get(rb);
+    if (z) return ((z[idx >>> 3]! >>> (idx & 7)) & 1) !== 0;
+    const b = this.loaded(rb);
+    return !b || getRefcount(b, idx, this.order) === 0;
   }
 
   get(ci: number): number {
     const rb = Math.floor(ci / this.per);
-    const d = this.dirty.get(rb);
-    if (d) return getRefcount(d, ci - rb * this.per, this.order);
-    return this.orig(ci);
+    const b = this.loaded(rb);
+    return b ? getRefcount(b, ci - rb * this.per, this.order) : 0;
   }
 
-  /** The block to modify for reftable index rb (copied on first change). */
+  private loaded(rb: number): Uint8Array | null {
+    const b = this.blocks.get(rb);
+    if (b === undefined) throw new QcowError('INTERNAL', `refcount block ${rb} used before it was loaded`, { reftableIndex: rb });
+    return b;
+  }
+
+  /** The block to modify for reftable index rb (its zeros on disk noted on the first change). */
   block(rb: number): Uint8Array {
     let d = this.dirty.get(rb);
     if (!d) {
-      const o = this.origBlocks.get(rb);
-      if (o === undefined) throw new QcowError('INTERNAL', `refcount block ${rb} used before it was loaded`, { reftableIndex: rb });
-      d = o ? o.slice() : new Uint8Array(this.img.clusterSize);
+      const b = this.loaded(rb);
+      const zero = new Uint8Array(Math.ceil(this.per / 8));
+      if (b && this.order === 4) {
+        const w = new Uint16Array(b.buffer, b.byteOffset, this.per); // zero whatever the byte order
+        for (let i = 0; i < this.per; i++) if (w[i] === 0) zero[i >>> 3] |= 1 << (i & 7);
+      } else if (b) {
+        for (let i = 0; i < this.per; i++) if (getRefcount(b, i, this.order) === 0) zero[i >>> 3] |= 1 << (i & 7);
+      } else {
+        zero.fill(0xff);
+      }
+      d = b ?? new Uint8Array(this.img.clusterSize);
+      this.blocks.set(rb, d);
       this.dirty.set(rb, d);
+      this.zeroOnDisk.set(rb, zero);
     }
     return d;
   }
@@ -112,21 +136,13 @@ export class RefcountOverlay {
   }
 
   /**
-   * addRef on a block already at hand (the hot path of the tree walks): `orig` and `blk` are the
-   * original and modified block of the cluster's reftable index, `idx` its index in them.
+   * addRef on a block already at hand (the hot path of the tree walks): `blk` is the changed
+   * block of the cluster's reftable index (from block()), `idx` its index in it.
    */
-  addRefIn(orig: Uint8Array | null, blk: Uint8Array, idx: number, ci: number, d: number, what: string): void {
-    let o: number;
-    let cur: number;
-    if (this.order === 4) {
-      o = orig ? (orig[2 * idx]! << 8) | orig[2 * idx + 1]! : 0;
-      cur = (blk[2 * idx]! << 8) | blk[2 * idx + 1]!;
-    } else {
-      o = orig ? getRefcount(orig, idx, this.order) : 0;
-      cur = getRefcount(blk, idx, this.order);
-    }
+  addRefIn(zero: Uint8Array, blk: Uint8Array, idx: number, ci: number, d: number, what: string): void {
+    const cur = this.order === 4 ? (blk[2 * idx]! << 8) | blk[2 * idx + 1]! : getRefcount(blk, idx, this.order);
     const next = cur + d;
-    if (o === 0 || next < 0 || next > this.max) {
+    if (((zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0 || next < 0 || next > this.max) {
       this.addRef(ci, d, what); // throws the precise error
       return;
     }
@@ -138,23 +154,14 @@ export class RefcountOverlay {
     }
   }
 
-  /** Refcount afterwards of entry `idx` of a block pair (modified block if any, else original). */
-  curIn(orig: Uint8Array | null, blk: Uint8Array | undefined, idx: number): number {
-    const b = blk ?? orig;
-    if (!b) return 0;
-    return this.order === 4 ? (b[2 * idx]! << 8) | b[2 * idx + 1]! : getRefcount(b, idx, this.order);
-  }
-
   /**
    * Add `d` to the refcount of a cluster that a tree references. Refcount 0 on disk for a
    * referenced cluster, a result below 0 or above the width's maximum: the operation is refused.
    */
   addRef(ci: number, d: number, what: string): void {
     const rb = Math.floor(ci / this.per);
-    const o = this.origBlocks.get(rb);
-    if (o === undefined) throw new QcowError('INTERNAL', `refcount block ${rb} used before it was loaded`, { reftableIndex: rb });
     const idx = ci - rb * this.per;
-    if (!o || getRefcount(o, idx, this.order) === 0) {
+    if (this.wasZero(rb, idx)) {
       throw new QcowError('METADATA_CORRUPT',
         `${what} at host offset ${hex(ci * this.img.clusterSize)} is referenced but its refcount is 0; the image needs a check with repair`,
         { structure: 'refcount block', offset: ci * this.img.clusterSize, cluster: ci });
@@ -501,13 +508,12 @@ export class ShadowCommit {
     const sixteen = fast && ov.order === 4;
     const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
     let lastRb = -1;
-    let orig: Uint8Array | null = null;
+    let zero: Uint8Array | null = null;
     let blk: Uint8Array | null = null;
-    let origDv: DataView | null = null;
     let blkDv: DataView | null = null;
     for (let j = 0; j < n; j++) {
-      if (sixteen && origDv !== null) {
-        j = addRefRun16(dv, j, n, es, lastRb, origDv, blkDv!, d, ov.max, cb, alignMask, rbHiMul, rbShift, idxMask);
+      if (sixteen && blkDv !== null) {
+        j = addRefRun16(dv, j, n, es, lastRb, zero!, blkDv, d, ov.max, cb, alignMask, rbHiMul, rbShift, idxMask);
         if (j >= n) break;
       }
       const at = j * es;
@@ -541,12 +547,11 @@ export class ShadowCommit {
           continue;
         }
         lastRb = rb;
-        orig = ov.origBlock(rb) ?? null;
         blk = ov.block(rb);
-        origDv = orig ? new DataView(orig.buffer, orig.byteOffset, orig.byteLength) : null;
+        zero = ov.zeroBits(rb)!;
         blkDv = new DataView(blk.buffer, blk.byteOffset, blk.byteLength);
       }
-      ov.addRefIn(orig, blk!, idx, rb * per + idx, d, 'Data cluster');
+      ov.addRefIn(zero!, blk!, idx, rb * per + idx, d, 'Data cluster');
     }
     return pending;
   }
@@ -595,8 +600,7 @@ export class ShadowCommit {
     flips[0] = 0;
     let changed = false;
     let lastRb = -1;
-    let orig: Uint8Array | null = null;
-    let blk: Uint8Array | undefined;
+    let cur: Uint8Array | null = null;
     let curDv: DataView | null = null;
     for (let j = 0; j < n; j++) {
       if (sixteen && curDv !== null) {
@@ -626,12 +630,10 @@ export class ShadowCommit {
         if (rb !== lastRb) {
           if (!ov.isLoaded(rb)) return 'missing';
           lastRb = rb;
-          orig = ov.origBlock(rb) ?? null;
-          blk = ov.dirty.get(rb);
-          const cur = blk ?? orig;
+          cur = ov.current(rb) ?? null;
           curDv = cur ? new DataView(cur.buffer, cur.byteOffset, cur.byteLength) : null;
         }
-        want = ov.curIn(orig, blk, idx) === 1;
+        want = cur !== null && (ov.order === 4 ? (cur[2 * idx]! << 8) | cur[2 * idx + 1]! : getRefcount(cur, idx, ov.order)) === 1;
       }
       if (((hi & HI_COPIED) !== 0) !== want) {
         if (fix === 'needs-set') {
@@ -714,23 +716,23 @@ export class ShadowCommit {
       }
       const rb = Math.floor(c / per);
       await ov.load(rb);
-      const o = ov.origBlock(rb);
-      const d = ov.dirty.get(rb);
+      const cur = ov.current(rb) ?? null;
+      const zero = ov.zeroBits(rb);
       const base = rb * per;
       const end = base + per;
-      const wo = order === 4 && o ? new Uint16Array(o.buffer, o.byteOffset, per) : null;
-      const wd = order === 4 && d ? new Uint16Array(d.buffer, d.byteOffset, per) : null;
+      const wc = order === 4 && cur ? new Uint16Array(cur.buffer, cur.byteOffset, per) : null;
       while (c < end) {
-        if (runLen === 0 && wo) {
-          // Fast skip over used entries (16-bit refcounts, the default): a word zero in both.
+        if (runLen === 0 && wc) {
+          // Fast skip over used entries (16-bit refcounts, the default): a word zero now, and on
+          // disk too (the bitmap of a changed block; an unchanged block is what the disk holds).
           let i = c - base;
-          if (wd) while (i < per && (wo[i] !== 0 || wd[i] !== 0)) i++;
-          else while (i < per && wo[i] !== 0) i++;
+          if (zero) while (i < per && (wc[i] !== 0 || ((zero[i >>> 3]! >>> (i & 7)) & 1) === 0)) i++;
+          else while (i < per && wc[i] !== 0) i++;
           if (c === this.cursor) this.cursor = base + i;
           c = base + i;
           if (c >= end) break;
         }
-        const free = (!o || getRefcount(o, c - base, order) === 0) && (!d || getRefcount(d, c - base, order) === 0);
+        const free = (!cur || getRefcount(cur, c - base, order) === 0) && ov.wasZero(rb, c - base);
         if (free && this.metadata.has(c)) {
           throw new QcowError('METADATA_CORRUPT',
             `Preventing invalid allocation of ${what} at offset ${hex(c * this.cs)}: it holds metadata but its refcount is 0; run a check with repair`,
@@ -935,9 +937,9 @@ export class ShadowCommit {
 // included. Module functions with nothing after the loop but the return: V8 compiles such a loop
 // while it first runs, and code after it without type feedback would undo that at every table.
 
-/** applyEntries' common entry: ±d on a data cluster of refcount block `rb` (orig/blk: its blocks). */
+/** applyEntries' common entry: ±d on a data cluster of refcount block `rb` (blk: the block, changed in place; zero: its zeros on disk). */
 function addRefRun16(
-  dv: DataView, start: number, n: number, es: number, rb: number, orig: DataView, blk: DataView, d: number, max: number,
+  dv: DataView, start: number, n: number, es: number, rb: number, zero: Uint8Array, blk: DataView, d: number, max: number,
   cb: number, alignMask: number, rbHiMul: number, rbShift: number, idxMask: number,
 ): number {
   for (let j = start; j < n; j++) {
@@ -947,10 +949,10 @@ function addRefRun16(
     const hiO = hi & 0x00ffffff;
     if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
     if ((lo & alignMask) !== 0 || hiO * rbHiMul + (lo >>> rbShift) !== rb) return j;
-    const at = ((lo >>> cb) & idxMask) * 2;
-    const next = blk.getUint16(at) + d;
-    if (orig.getUint16(at) === 0 || next < 0 || next > max) return j;
-    blk.setUint16(at, next);
+    const idx = (lo >>> cb) & idxMask;
+    const next = blk.getUint16(idx * 2) + d;
+    if (((zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0 || next < 0 || next > max) return j;
+    blk.setUint16(idx * 2, next);
   }
   return n;
 }
