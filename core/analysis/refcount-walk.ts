@@ -116,19 +116,27 @@ export const MAX_IMRT_BYTES = 1024 * 1024 * 1024;
 
 export type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
 
-/** One counter per host cluster, as wide as the image's refcounts (overflow is a finding, as in QEMU). */
+/**
+ * One counter per host cluster, as wide as the image's refcounts (overflow is a finding, as in
+ * QEMU). Wider refcounts start as one byte per cluster and widen the first time a count passes
+ * 255: almost no image needs it, and every byte of this array is fresh memory, which costs more
+ * to touch than the whole walk (about 4 ms per MiB where this was measured).
+ */
 export class Imrt {
   counts: Counts;
   /** Clusters covered (QEMU's nb_clusters, grows for references just past EOF and allocations). */
   size: number;
   readonly max: number;
   readonly order: number;
+  /** The largest count `counts` holds as it is now (`max` once wide). */
+  storeMax: number;
 
   constructor(order: number, size: number) {
     this.order = order;
     this.max = refcountMax(order);
     this.size = size;
-    this.counts = Imrt.alloc(order, Imrt.capacityFor(size));
+    this.counts = new Uint8Array(Imrt.capacityFor(size));
+    this.storeMax = Math.min(255, this.max);
   }
 
   static bytesPerEntry(order: number): number {
@@ -143,11 +151,21 @@ export class Imrt {
     return order <= 3 ? new Uint8Array(n) : order === 4 ? new Uint16Array(n) : order === 5 ? new Uint32Array(n) : new Float64Array(n);
   }
 
+  /** Hold counts up to `max` from now on (the writers call this before storing a count above storeMax). */
+  widen(): void {
+    if (this.storeMax === this.max) return;
+    const next = Imrt.alloc(this.order, this.counts.length);
+    next.set(this.counts as never);
+    this.counts = next;
+    this.storeMax = this.max;
+  }
+
   /** Make clusters [0, n) addressable (zero-filled). */
   ensure(n: number): void {
     if (n <= this.size) return;
     if (n > this.counts.length) {
-      const next = Imrt.alloc(this.order, Imrt.capacityFor(Math.max(n, this.counts.length * 1.25)));
+      const len = Imrt.capacityFor(Math.max(n, this.counts.length * 1.25));
+      const next = this.storeMax === this.max ? Imrt.alloc(this.order, len) : new Uint8Array(len);
       next.set(this.counts as never);
       this.counts = next;
     }
@@ -339,11 +357,15 @@ export class ReferenceWalk {
     const last = Math.floor((offset + size - 1) / cs);
     const imrt = this.imrt;
     if (last >= imrt.size) this.growTo(last + 1);
-    const counts = imrt.counts;
+    let counts = imrt.counts;
     const owners = this.owners;
     const times = this.times;
     for (let k = first; k <= last; k++) {
       const r = counts[k]!;
+      if (r + times > imrt.storeMax && imrt.storeMax < imrt.max) {
+        imrt.widen();
+        counts = imrt.counts;
+      }
       if (r + times > imrt.max) {
         // Each increment past the maximum is one overflow, as QEMU reports them one by one.
         const over = r + times - imrt.max;
@@ -476,7 +498,7 @@ export class ReferenceWalk {
       const vmState = indices[k]! >= vmIndex;
       this.times = outer * (mult ? mult[k]! : 1);
       if (kept?.[k]) {
-        if (!runs!.count(l2Offset, this.imrt.counts, this.imrt.max, this.times)) {
+        if (!runs!.count(l2Offset, this.imrt.counts, this.imrt.storeMax, this.times)) {
           await this.walkL2(l2Offset, await img.store.read(l2Offset, tableBytes), active, vmState);
         }
       } else {
@@ -544,7 +566,7 @@ export class ReferenceWalk {
     for (let i = start; i < n; i++) {
       if (fast) {
         // the arrays are passed afresh after every slow entry: a reference past the end grows them
-        i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.max, this.times, this.clusterBits, this.owners, dataKind, acc, next);
+        i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.storeMax, this.times, this.clusterBits, this.owners, dataKind, acc, next);
         if (i >= n) break;
       } else if (dv.getInt32(i * step) === 0 && dv.getInt32(i * step + 4) === 0 && (step === 8 || (dv.getInt32(i * step + 8) === 0 && dv.getInt32(i * step + 12) === 0))) {
         continue;

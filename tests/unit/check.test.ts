@@ -187,6 +187,19 @@ describe('check on in-memory images', () => {
     expect(r.corruptions).toBeGreaterThan(2);
   });
 
+  it('16-bit refcounts: the IMRT starts a byte wide and widens past 255 without an overflow; 8-bit ones overflow there', async () => {
+    for (const [bits, overflows] of [[16, 0], [8, 300 - 255]] as const) {
+      const store = await makeImage({ refcountBits: bits });
+      const img = await Qcow2Image.open(store, { checkMode: true });
+      const walk = new ReferenceWalk(img, Math.ceil(store.size() / CS), zeroCounters(), new FindingSink());
+      walk.inc(6 * CS, CS, Kind.DataExclusive); // a neighbour counted before the widening keeps its count
+      for (let i = 0; i < 300; i++) walk.inc(5 * CS, CS, Kind.DataExclusive);
+      expect(walk.imrt.get(5)).toBe(overflows ? 255 : 300);
+      expect(walk.imrt.get(6)).toBe(1);
+      expect(walk.res.corruptions).toBe(overflows);
+    }
+  });
+
   it('layout of a fresh image', async () => {
     const img = await Qcow2Image.open(await makeImage(), { checkMode: true });
     const l = await buildLayout(img);
