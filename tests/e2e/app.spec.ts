@@ -2,11 +2,19 @@
 // and asks nothing of any other origin.
 import { test, expect, foreign } from './fixtures.ts';
 
-test('loads and explains itself on the empty page', async ({ page, requests, baseURL }) => {
+test('opens the demo image on a first visit, and explains itself once it is closed', async ({ page, requests, baseURL }) => {
   const errors: string[] = [];
   page.on('pageerror', (e) => errors.push(e.message));
   await page.goto('/');
   await expect(page).toHaveTitle('qcowscope');
+  // nothing opened: the built-in demo image, with its snapshots
+  await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toHaveAttribute('aria-selected', 'true');
+  await page.getByRole('link', { name: 'Snapshots' }).first().click();
+  await expect(page.getByRole('table', { name: 'Snapshots' }).getByRole('row')).not.toHaveCount(1);
+  // "Try the demo image" shows that one rather than a second copy
+  await page.getByRole('button', { name: 'Try the demo image' }).click();
+  await expect(page.getByRole('tab')).toHaveCount(1);
+  await page.getByRole('button', { name: 'Close demo.qcow2' }).click();
   await expect(page.getByRole('heading', { name: 'See inside a qcow2 disk image' })).toBeVisible();
   await expect(page.getByText('the image never leaves your device')).toBeVisible();
   await expect(page.getByRole('button', { name: 'Open image' })).toBeVisible();

@@ -42,7 +42,10 @@ async function expectSnapshotsMatch(page: Page, info: QemuInfo): Promise<void> {
 test('opens an image through the "Image file" input', async ({ page, tmp, requests, baseURL }) => {
   const f = makeImage(tmp);
   await page.goto('/');
+  await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toBeVisible(); // opened on start
   await openViaInput(page, f);
+  // the untouched start demo gives way to the person's own image
+  await expect(page.getByRole('tab')).toHaveCount(1);
   const info = qemuInfo(f.path);
   await expectHeaderMatches(page, info);
   await expectSnapshotsMatch(page, info);

@@ -169,7 +169,46 @@ export class AppState {
     }
   }
 
+  /**
+   * The demo image opened on start so that a first visit has something to explore. It gives way
+   * (closes) when the person opens an image of their own, unless they have changed it.
+   */
+  private startDemo: { promise: Promise<void>; id: string | null; wanted: boolean } | null = null;
+
+  /** On start, with nothing open: open the demo image quietly (no busy bar, errors ignored). */
+  openDemoOnStart(): void {
+    if (this.tabs.length || this.startDemo) return;
+    const d: { promise: Promise<void>; id: string | null; wanted: boolean } = { promise: Promise.resolve(), id: null, wanted: true };
+    d.promise = (async () => {
+      const s = await engine().openDemo().catch(() => undefined);
+      if (!s) return;
+      if (!d.wanted) {
+        await engine().close(s.state.id).catch(() => {});
+        return;
+      }
+      d.id = s.state.id;
+      this.add(s);
+    })();
+    this.startDemo = d;
+  }
+
+  /** An image of the person's own is being opened: the start demo closes if it is untouched. */
+  private dropStartDemo(): void {
+    const d = this.startDemo;
+    if (!d) return;
+    this.startDemo = null;
+    d.wanted = false;
+    const tab = d.id ? this.tabs.find((t) => t.id === d.id) : undefined;
+    if (!tab) return;
+    if (tab.summary.state.unsaved || tab.journals.length > 0) return; // changed: it is theirs now
+    const i = this.tabs.indexOf(tab);
+    this.tabs.splice(i, 1);
+    if (this.activeId === tab.id) this.activeId = this.tabs[0]?.id ?? null;
+    void engine().close(tab.id).catch(() => {});
+  }
+
   async openFiles(files: File[]): Promise<void> {
+    if (files.length) this.dropStartDemo();
     for (const file of files) {
       const s = await this.run(`Opening ${file.name}`, () => engine().openFile(file));
       if (s) this.add(s);
@@ -177,6 +216,7 @@ export class AppState {
   }
 
   async openHandles(handles: FileSystemFileHandle[]): Promise<void> {
+    if (handles.length) this.dropStartDemo();
     for (const handle of handles) {
       const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle));
       if (s) this.add(s, handle);
@@ -224,6 +264,17 @@ export class AppState {
   }
 
   async openDemo(): Promise<void> {
+    // The demo opened on start is the one asked for: show it, and keep it from now on.
+    const d = this.startDemo;
+    if (d) {
+      this.startDemo = null;
+      await d.promise;
+      const tab = d.id ? this.tabs.find((t) => t.id === d.id) : undefined;
+      if (tab) {
+        this.activate(tab.id);
+        return;
+      }
+    }
     const s = await this.run('Building the demo image', () => engine().openDemo());
     if (s) this.add(s);
   }
