@@ -5,7 +5,7 @@
 import type { QcowErrorCode } from '../core/errors.ts';
 import type { Translation, TranslationStep, TranslationResult } from '../core/analysis/translate.ts';
 import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
-import type { LayoutKindName } from '../core/analysis/layout.ts';
+import type { LayoutChanges, LayoutKindName } from '../core/analysis/layout.ts';
 import type { DiffResult, DiffRange } from '../core/analysis/diff.ts';
 
 export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange };
@@ -152,6 +152,8 @@ export interface JournalDTO {
   entries: JournalEntryDTO[];
   /** When the operation ran (ms since the epoch). */
   at: number;
+  /** Who owned which host clusters before and after (absent for files too large to map twice). */
+  changes?: LayoutChanges;
 }
 
 export interface L1EntryDTO {

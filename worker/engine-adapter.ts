@@ -42,6 +42,8 @@ import type {
 } from './api.ts';
 
 /** Passed to long engine jobs. */
+export { layoutChanges } from '../core/analysis/layout.ts';
+
 export interface JobContext {
   signal: AbortSignal;
   /** Throttled by the worker; call as often as you like. */

@@ -23,6 +23,7 @@ import type {
 import {
   buildDemoStore, buildOverlays, engineFeatures, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingLayer, openDamaged, openImage,
   type EngineImage, type JobContext,
+  layoutChanges,
 } from './engine-adapter.ts';
 import type { Layer } from '../core/image/layer.ts';
 import { FileStore } from './stores/file-store.ts';
@@ -253,6 +254,23 @@ async function register(name: string, kind: StoreKind, store: ImageStore, lender
   return summaryOf(img);
 }
 
+/** Host clusters mapped before and after a write, for its "what changed" (files up to this many clusters). */
+const MAX_CHANGE_MAP_CLUSTERS = 1 << 18;
+
+type ClusterKinds = { kinds: Uint8Array; clusterSize: number };
+
+/** The owner of every host cluster, or null when the file is too large to map twice per operation or cannot be mapped. */
+async function clusterKinds(img: OpenImage): Promise<ClusterKinds | null> {
+  try {
+    const cs = img.engine.header().clusterSize;
+    if (!(cs > 0) || img.store.size() / cs > MAX_CHANGE_MAP_CLUSTERS) return null;
+    const m = await img.engine.clusterMap({ signal: new AbortController().signal, progress: () => {} });
+    return { kinds: m.kinds, clusterSize: m.clusterSize };
+  } catch {
+    return null;
+  }
+}
+
 /**
  * Run a write operation on one image, serialised with its other writes. For a handle store the
  * operation's writes are committed in one atomic session; if it fails nothing is committed and the
@@ -273,6 +291,7 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
         await reopen(img);
       }
     }
+    const before = await clusterKinds(img);
     let journal: JournalDTO | void;
     try {
       journal = await body();
@@ -288,7 +307,11 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
     // Reopen so header, snapshots and caches describe the committed image.
     await reopen(img);
     const summary = await summaryOf(img);
-    if (journal) summary.journal = journal;
+    if (journal) {
+      const after = before && (await clusterKinds(img));
+      if (before && after) journal.changes = layoutChanges(before, after);
+      summary.journal = journal;
+    }
     return summary;
   };
   const p = img.queue.then(run, run);
@@ -453,6 +476,8 @@ const api = {
           await reopen(img);
         }
       }
+      const befores: Array<ClusterKinds | null> = [];
+      for (const img of group) befores.push(await clusterKinds(img));
       let journals: JournalDTO[];
       try {
         journals = await runJob(jobId, onProgress, () => groupSnapshotOp(group.map((g) => g.store), op, arg));
@@ -469,6 +494,8 @@ const api = {
       for (const [i, img] of group.entries()) {
         await reopen(img);
         const s = await summaryOf(img);
+        const after = befores[i] && (await clusterKinds(img));
+        if (befores[i] && after) journals[i]!.changes = layoutChanges(befores[i]!, after);
         s.journal = journals[i]!;
         out.push(s);
       }

@@ -98,3 +98,43 @@ export function layoutRanges(kinds: Uint8Array): LayoutRanges {
   }
   return { starts, counts, kinds: ks, length: n };
 }
+
+/** The cluster kinds of an image before and after an operation (what the operation changed). */
+export interface LayoutChanges {
+  clusterSize: number;
+  /** Clusters per kind, before and after, for every kind present in either. */
+  counts: Array<{ kind: LayoutKindName; before: number; after: number }>;
+  /** Runs of clusters whose kind changed (clusters past the old end of the file were free). */
+  runs: Array<{ start: number; count: number; before: LayoutKindName; after: LayoutKindName }>;
+  /** Runs left out after `maxRuns`. */
+  moreRuns: number;
+}
+
+/** Compare two layouts of one image (kinds indexed by LAYOUT_KIND_NAMES codes). */
+export function layoutChanges(
+  before: Pick<Layout, 'kinds' | 'clusterSize'>, after: Pick<Layout, 'kinds' | 'clusterSize'>, maxRuns = 200,
+): LayoutChanges {
+  const n = Math.max(before.kinds.length, after.kinds.length);
+  const kindAt = (k: Uint8Array, c: number): number => (c < k.length ? k[c]! : Kind.Free);
+  const cb = new Array<number>(LAYOUT_KIND_NAMES.length).fill(0);
+  const ca = new Array<number>(LAYOUT_KIND_NAMES.length).fill(0);
+  for (const k of before.kinds) cb[k]!++;
+  for (const k of after.kinds) ca[k]!++;
+  const runs: LayoutChanges['runs'] = [];
+  let moreRuns = 0;
+  for (let c = 0; c < n;) {
+    const b = kindAt(before.kinds, c);
+    const a = kindAt(after.kinds, c);
+    if (a === b) {
+      c++;
+      continue;
+    }
+    let end = c + 1;
+    while (end < n && kindAt(before.kinds, end) === b && kindAt(after.kinds, end) === a) end++;
+    if (runs.length < maxRuns) runs.push({ start: c, count: end - c, before: LAYOUT_KIND_NAMES[b]!, after: LAYOUT_KIND_NAMES[a]! });
+    else moreRuns++;
+    c = end;
+  }
+  const counts = LAYOUT_KIND_NAMES.map((kind, i) => ({ kind, before: cb[i]!, after: ca[i]! })).filter((x) => x.before || x.after);
+  return { clusterSize: after.clusterSize, counts, runs, moreRuns };
+}
