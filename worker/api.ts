@@ -313,7 +313,11 @@ export interface EngineApi {
    * own backing file is not followed; or a raw file), so reads of clusters the image does not
    * hold reach it.
    */
-  attachBacking(id: ImageId, file: File): Promise<ImageSummary>;
+  /**
+   * Open the image's backing file: the chosen file named as the header names it (else the first);
+   * further chosen files serve as the backing files of qcow2 backing files that name them.
+   */
+  attachBacking(id: ImageId, files: File | File[]): Promise<ImageSummary>;
   summary(id: ImageId): Promise<ImageSummary>;
   /**
    * External snapshot of one image or a group, all or none: a new empty overlay per image, named

@@ -418,10 +418,49 @@ export async function openDamaged(store: ImageStore, error: unknown, backing: La
 }
 
 /** A backing layer from a chosen file: a qcow2 image (its own backing file not followed) or raw. */
-export async function openBackingLayer(store: ImageStore): Promise<Layer> {
+export async function openBackingLayer(store: ImageStore, backing: Layer | null = null): Promise<Layer> {
   const head = await store.read(0, 4);
-  if (be32(head, 0) === C.QCOW_MAGIC) return Qcow2Image.open(store, { writable: false, backing: null });
+  if (be32(head, 0) === C.QCOW_MAGIC) return Qcow2Image.open(store, { writable: false, backing });
   return new RawLayer(store);
+}
+
+/** Backing files followed at most (QEMU's own limit on a chain is far larger; this bounds a cycle). */
+const MAX_BACKING_CHAIN = 16;
+
+/** The last part of a backing file name as the header stores it (a path on the machine that made it). */
+export function backingBaseName(name: string): string {
+  return name.split(/[\\/]/).pop() ?? name;
+}
+
+/**
+ * The backing chain of an image from the files the person chose: `first` is the image's own
+ * backing file; a qcow2 file that names a backing file of its own gets the chosen file of that
+ * name as its backing layer, and so on. Refused with a one-line reason when a link is missing
+ * (the name of the file to choose as well), or the chain loops or is too long.
+ */
+export async function openBackingChain(first: { name: string; store: ImageStore }, others: ReadonlyArray<{ name: string; store: ImageStore }>): Promise<Layer> {
+  const chain: Array<{ name: string; store: ImageStore }> = [first];
+  for (;;) {
+    const cur = chain[chain.length - 1]!;
+    const head = await cur.store.read(0, 4);
+    if (be32(head, 0) !== C.QCOW_MAGIC) break;
+    const h = await Qcow2Image.readHeader(cur.store);
+    if (h.backingFile === undefined) break;
+    const want = backingBaseName(h.backingFile);
+    const next = others.find((o) => o.name === want);
+    if (!next) {
+      throw new QcowError('BACKING_MISSING', `${cur.name} reads through its own backing file ${want}: choose it together with ${chain.map((c) => c.name).join(', ')}`, {
+        structure: 'header', offset: h.backingFileOffset, backingFile: h.backingFile,
+      });
+    }
+    if (chain.includes(next) || chain.length >= MAX_BACKING_CHAIN) {
+      throw new QcowError('BACKING_CHAIN_TOO_DEEP', `The backing chain from ${first.name} loops or is longer than ${MAX_BACKING_CHAIN} files`, { structure: 'header' });
+    }
+    chain.push(next);
+  }
+  let layer: Layer | null = null;
+  for (let i = chain.length - 1; i >= 0; i--) layer = await openBackingLayer(chain[i]!.store, layer);
+  return layer!;
 }
 
 /** A borrowed layer: reads go through, closing it leaves the lender's store open. */

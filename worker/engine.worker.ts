@@ -21,7 +21,7 @@ import type {
   StoreKind,
 } from './api.ts';
 import {
-  buildDemoStore, buildOverlays, engineFeatures, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingLayer, openDamaged, openImage,
+  backingBaseName, buildDemoStore, buildOverlays, engineFeatures, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingChain, openDamaged, openImage,
   type EngineImage, type JobContext,
   layoutChanges,
 } from './engine-adapter.ts';
@@ -343,15 +343,23 @@ const api = {
     await closeImage(img);
   },
 
-  async attachBacking(id: ImageId, file: File) {
+  async attachBacking(id: ImageId, files: File | File[]) {
     const img = get(id);
-    const layer = await openBackingLayer(new FileStore(file));
+    const list = Array.isArray(files) ? files : [files];
+    if (list.length === 0) throw new QcowError('INVALID_ARGUMENT', 'No backing file was chosen');
+    // The image's own backing file is the one of the name its header gives, else the first chosen.
+    const named = img.engine.header().backingFile;
+    const want = named !== undefined ? backingBaseName(named) : undefined;
+    const file = list.find((f) => f.name === want) ?? list[0]!;
+    const stores = list.map((f) => ({ name: f.name, store: new FileStore(f) as ImageStore }));
+    const layer = await openBackingChain(stores[list.indexOf(file)]!, stores);
     const engine = await openImage(img.store, layer);
     img.engine.release();
     await img.backing?.close().catch(() => {});
     img.engine = engine;
     img.backing = layer;
-    img.backingName = file.name;
+    const rest = list.filter((f) => f !== file).map((f) => f.name);
+    img.backingName = rest.length ? `${file.name} (through ${rest.join(', ')})` : file.name;
     return summaryOf(img);
   },
 

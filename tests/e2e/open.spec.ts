@@ -116,6 +116,31 @@ test('shows the backing file of an overlay, and opens it when asked', async ({ p
   expect(sha256(ours)).toBe(sha256(theirs));
 });
 
+test('a backing chain of two qcow2 files: a missing link is named, the whole chain reads as QEMU reads it', async ({ page, tmp }) => {
+  const base = makeImage(tmp, 'base.qcow2', {}, []);
+  const mid = makeImage(tmp, 'mid.qcow2', { backing: base.path }, []);
+  const top = makeImage(tmp, 'top.qcow2', { backing: mid.path }, []);
+  qemuIoOk(mid.path, 'write -P 0x66 2M 64k');
+  qemuIoOk(top.path, 'write -P 0x77 1M 64k');
+  await page.goto('/');
+  await openViaInput(page, top);
+  // only the direct backing file: its own backing file is missing, and named
+  await page.getByLabel('Backing file').setInputFiles(mid.path);
+  await expect(page.getByRole('alert')).toContainText('base.qcow2');
+  await expect(page.getByRole('note')).toContainText('which is not open');
+  // the whole chain, in any order
+  await page.getByLabel('Backing file').setInputFiles([base.path, mid.path]);
+  await expect(page.getByRole('note')).toContainText('mid.qcow2 (through base.qcow2), opened as its backing file');
+  await showView(page, 'Snapshots');
+  const d = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Export the active disk as raw' }).click();
+  const ours = `${tmp}/ours.raw`;
+  await (await d).saveAs(ours);
+  const theirs = `${tmp}/theirs.raw`;
+  qemuConvertToRaw(top.path, theirs);
+  expect(sha256(ours)).toBe(sha256(theirs));
+});
+
 test('a file that is not qcow2 is refused with a clear message', async ({ page, tmp }) => {
   const fs = await import('node:fs');
   const p = `${tmp}/notes.txt`;

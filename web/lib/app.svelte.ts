@@ -365,9 +365,9 @@ export class AppState {
     return this.write(tab, `Deleting ${idOrName}`, (o) => withJob(o, (j, p) => engine().deleteSnapshot(tab.id, idOrName, j, p)));
   }
 
-  /** Open the file the image names as its backing file. */
-  async attachBacking(tab: ImageTab, file: File): Promise<void> {
-    const s = await this.run(`Opening ${file.name} as the backing file`, () => engine().attachBacking(tab.id, file));
+  /** Open the file the image names as its backing file (with the files of its own backing chain, if chosen too). */
+  async attachBacking(tab: ImageTab, files: File[]): Promise<void> {
+    const s = await this.run(`Opening ${files.map((f) => f.name).join(', ')} as the backing chain`, () => engine().attachBacking(tab.id, files));
     if (s) tab.update(s);
   }
 
