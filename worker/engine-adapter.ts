@@ -13,7 +13,7 @@ import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { RawLayer, type Layer } from '../core/image/layer.ts';
 import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
-import { buildInfo } from '../core/analysis/info.ts';
+import { buildInfo, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
@@ -190,7 +190,7 @@ export async function prefetchMetadata(img: Qcow2Image, signal?: AbortSignal): P
 }
 
 /** Wrap an opened Qcow2Image as the worker's EngineImage. */
-function wrap(img: Qcow2Image): EngineImage {
+function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
   const header = headerDTO(img.header);
   const findById = (id: string): Snapshot => {
     const sn = img.snapshots.find((x) => x.idStr === id);
@@ -202,7 +202,7 @@ function wrap(img: Qcow2Image): EngineImage {
     header: () => header,
     snapshots: () => snapshots,
     // actual-size (blocks on the medium) is unknown in a browser, so it is left out.
-    info: (_fileSize, filename) => ({ ...buildInfo(img, { filename }) }) as Record<string, unknown>,
+    info: (_fileSize, filename) => ({ ...buildInfo(img, { filename, encrypt }) }) as Record<string, unknown>,
     async l1Page(start, count) {
       const end = Math.min(img.header.l1Size, start + count);
       const out: L1EntryDTO[] = [];
@@ -320,7 +320,7 @@ function wrap(img: Qcow2Image): EngineImage {
  */
 export async function openImage(store: ImageStore, backing: Layer | null = null): Promise<EngineImage> {
   const img = await Qcow2Image.open(store, { writable: false, backing });
-  return wrap(img);
+  return wrap(img, await readEncryptInfo(img).catch(() => undefined));
 }
 
 /** The one-line form of an open error: the message, the structure and the offsets it names. */
