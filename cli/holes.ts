@@ -54,12 +54,21 @@ export interface SegmentScan {
   cancel(): void;
 }
 
+/**
+ * The system's python3 on Linux when there is one, else whatever `python3` is on PATH: a version
+ * manager's shim first on PATH (pyenv's is a bash script that runs `pyenv exec`) measured 0.3 s
+ * of CPU before Python even started, more than the whole map it serves. Any python3 will do.
+ */
+function pythonCommand(): string {
+  return process.platform === 'linux' && fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+}
+
 export function startSegmentScan(file: string): SegmentScan {
   let child: ChildProcess | null = null;
   let done = false;
   const promise = new Promise<Array<[number, number]> | null>((resolve) => {
     try {
-      child = spawn('python3', ['-S', '-E', '-c', SEGMENTS_PY, file], { stdio: ['ignore', 'pipe', 'ignore'] });
+      child = spawn(pythonCommand(), ['-S', '-E', '-c', SEGMENTS_PY, file], { stdio: ['ignore', 'pipe', 'ignore'] });
     } catch {
       resolve(null);
       return;

@@ -300,12 +300,19 @@ export class Qcow2Image implements Layer {
 
   /**
    * An L2 table for a one-pass scan (map, export): the cached copy if there is one, else the
-   * store's bytes, neither copied nor cached — a walk over every table of a big image would only
-   * evict the tables in use, and memory stays at one table. Valid until the next write.
+   * store's bytes in a buffer reused by every scan of this image, not cached — a walk over every
+   * table of a big image would only evict the tables in use, memory stays at one table, and no
+   * fresh memory is touched per table (dearer than the read). Valid until the next scanL2 or write.
    */
   async scanL2(l2Offset: number): Promise<Uint8Array> {
-    return this.l2Cache.get(l2Offset) ?? await this.store.read(l2Offset, this.clusterSize);
+    const cached = this.l2Cache.get(l2Offset);
+    if (cached) return cached;
+    this.scanBuffer ??= new Uint8Array(this.clusterSize);
+    await readInto(this.store, l2Offset, this.scanBuffer);
+    return this.scanBuffer;
   }
+
+  private scanBuffer: Uint8Array | null = null;
 
   /** L2 offset for an L1 index of a view, validated (QEMU's fatal "L2 table offset unaligned"). */
   l2OffsetAt(view: L1View, l1Index: number): number {
