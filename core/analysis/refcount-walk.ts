@@ -1098,6 +1098,11 @@ function refblockMatches(block: Uint8Array, order: number, counts: Counts, base:
       for (let i = 0; i < count; i++) if (block[i] !== counts[base + i]) return false;
       return true;
     case 4:
+      if (counts instanceof Uint8Array) {
+        // the IMRT still one byte wide: every on-disk refcount must be a zero byte, then the count
+        for (let i = 0; i < count; i++) if (block[2 * i] !== 0 || block[2 * i + 1] !== counts[base + i]) return false;
+        return true;
+      }
       for (let i = 0; i < count; i++) if (dv.getUint16(2 * i) !== counts[base + i]) return false;
       return true;
     case 5:
