@@ -1,5 +1,5 @@
 // `qcowscope create [-o cluster_size=N,refcount_bits=N,compat=0.10|1.1,lazy_refcounts=on,
-// extended_l2=on,compression_type=zlib|zstd,preallocation=off|metadata] [-b BACKING -F FMT] IMAGE
+// extended_l2=on,compression_type=zlib|zstd,preallocation=off|metadata|falloc|full] [-b BACKING -F FMT] IMAGE
 // [SIZE]`: like `qemu-img create -f qcow2`, same options, checks and messages, and for the same
 // options the same bytes. SIZE takes k/M/G/T/P/E suffixes (powers of 1024, fractions allowed);
 // with -b and no SIZE the backing file's virtual size is used.
@@ -52,7 +52,7 @@ export function parseCreateOptions(text: string, into: Partial<CreateOptions> & 
         into.compressionType = v;
         break;
       case 'preallocation':
-        if (v !== 'off' && v !== 'metadata') throw usageError(`Unsupported preallocation mode '${v}' (off or metadata)`);
+        if (v !== 'off' && v !== 'metadata' && v !== 'falloc' && v !== 'full') throw usageError(`Parameter 'preallocation' does not accept value '${v}'`);
         into.preallocation = v;
         break;
       case 'backing_file': into.backingFile = v; break;
@@ -65,7 +65,7 @@ export function parseCreateOptions(text: string, into: Partial<CreateOptions> & 
 
 export const create: Command = {
   name: 'create',
-  usage: 'create [-o cluster_size=N,refcount_bits=N,compat=0.10|1.1,lazy_refcounts=on,extended_l2=on,compression_type=zstd,preallocation=metadata] [-b BACKING -F qcow2|raw] IMAGE [SIZE]',
+  usage: 'create [-o cluster_size=N,refcount_bits=N,compat=0.10|1.1,lazy_refcounts=on,extended_l2=on,compression_type=zstd,preallocation=metadata|falloc|full] [-b BACKING -F qcow2|raw] IMAGE [SIZE]',
   options: {
     options: { type: 'string', short: 'o', multiple: true },
     backing: { type: 'string', short: 'b' },

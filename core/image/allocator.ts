@@ -295,12 +295,15 @@ export function refcountBlocksNeeded(clusters: number, clusterSize: number, refc
  * flush; only then is the old table freed. A crash before the commit leaves bytes nothing refers
  * to; after it, at worst the old table leaks.
  */
-async function refcountArea(img: Qcow2Image, startCluster: number, newRefblockIndex: number, newRefblockOffset: number): Promise<void> {
+async function refcountArea(
+  img: Qcow2Image, startCluster: number, newRefblockIndex: number, newRefblockOffset: number,
+  additionalClusters = 0, exactSize = false,
+): Promise<number> {
   const cs = img.clusterSize;
   const per = refblockEntriesOf(img);
   const order = img.refcountOrder;
-  const total = refcountBlocksNeeded(startCluster, cs, order, true);
-  let tableSize = total + Math.ceil(total / 2);
+  const total = refcountBlocksNeeded(startCluster + additionalClusters, cs, order, !exactSize);
+  let tableSize = exactSize ? total : total + Math.ceil(total / 2);
   tableSize = Math.ceil(tableSize / (cs / 8)) * (cs / 8);
   const tableClusters = (tableSize * 8) / cs;
   if (tableSize * 8 > MAX_REFTABLE_SIZE_BYTES) {
@@ -361,6 +364,16 @@ async function refcountArea(img: Qcow2Image, startCluster: number, newRefblockIn
   }
   // The old table is garbage now; a crash before this leaks it, nothing worse.
   if (oldClusters > 0) await updateRefcount(img, oldOffset, oldClusters * cs, -1);
+  return endCluster;
+}
+
+/**
+ * QEMU's qcow2_refcount_area with an exact size, as its preallocating truncate uses it: refcount
+ * structures from host cluster `startCluster` able to count `additionalClusters` more clusters
+ * after them without growing again. Returns the first cluster after the new structures.
+ */
+export async function reserveRefcountArea(img: Qcow2Image, startCluster: number, additionalClusters: number): Promise<number> {
+  return refcountArea(img, startCluster, 0, 0, additionalClusters, true);
 }
 
 // ---- allocation ---------------------------------------------------------------------------------

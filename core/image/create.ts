@@ -5,7 +5,10 @@
 // writes l1_size·8 bytes, so the file ends there). preallocation=metadata then allocates, per L1
 // entry, an L2 table followed by a contiguous run of data clusters (not written; the file is
 // extended to the end of the last one), exactly in QEMU's order, with refcount blocks and grown
-// refcount tables placed as QEMU places them (see allocator.ts).
+// refcount tables placed as QEMU places them (see allocator.ts). preallocation=falloc and full do
+// what QEMU's preallocating truncate does: new refcount structures sized exactly for the data
+// after the file's last used cluster, the data clusters right after them (written as zeros, so
+// the space is allocated), then the L2 tables first-fit (the old refcount table's cluster first).
 import { QcowError } from '../errors.ts';
 import { alignUp, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
@@ -13,7 +16,9 @@ import { encodeL1Entry, encodeL2Entry, putEntry } from '../format/entries.ts';
 import { encodeHeader, sizeToL1, type Qcow2Header } from '../format/header.ts';
 import { setRefcount } from '../format/refcount.ts';
 import type { ImageStore } from '../io/store.ts';
-import { allocClusters } from './allocator.ts';
+import { allocClusters, reserveRefcountArea, updateRefcount } from './allocator.ts';
+import { getRefcount } from '../format/refcount.ts';
+import { loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { Qcow2Image } from './qcow2-image.ts';
 
 export interface CreateOptions {
@@ -28,7 +33,7 @@ export interface CreateOptions {
   lazyRefcounts?: boolean;
   extendedL2?: boolean;
   compressionType?: 'zlib' | 'zstd';
-  preallocation?: 'off' | 'metadata';
+  preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
   /** Backing file name as stored in the header (the engine never opens it). */
   backingFile?: string;
   backingFormat?: string;
@@ -65,7 +70,7 @@ export function validateCreateOptions(o: CreateOptions): Required<Omit<CreateOpt
     throw bad('Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)');
   }
   const preallocation = o.preallocation ?? 'off';
-  if (preallocation !== 'off' && preallocation !== 'metadata') throw bad(`Unsupported preallocation mode '${String(preallocation)}' (off or metadata)`);
+  if (!['off', 'metadata', 'falloc', 'full'].includes(preallocation)) throw bad(`Unsupported preallocation mode '${String(preallocation)}' (off, metadata, falloc or full)`);
   if (o.backingFormat !== undefined && o.backingFile === undefined) throw bad('Backing format cannot be used without backing file');
   if (o.backingFile !== undefined && preallocation !== 'off' && !o.extendedL2) {
     throw bad('Backing file and preallocation can only be used at the same time if extended_l2 is on');
@@ -150,6 +155,7 @@ export async function createImage(store: ImageStore, options: CreateOptions): Pr
   img.l1Table = new Uint8Array(l1Size * 8);
 
   if (o.preallocation === 'metadata') await preallocateMetadata(img, o.size);
+  else if (o.preallocation === 'falloc' || o.preallocation === 'full') await preallocateData(img, o.size);
   await store.flush();
 }
 
@@ -191,4 +197,47 @@ async function preallocateMetadata(img: Qcow2Image, size: number): Promise<void>
     end = Math.max(end, data + n * cs);
   }
   if (end > img.store.size()) await img.truncate(end, 'extend the file over the preallocated clusters');
+}
+
+/** Zeros written per call while preallocating data (bounded memory for any image size). */
+const ZERO_CHUNK = 8 * 1024 * 1024;
+
+/**
+ * QEMU's qcow2_co_truncate for preallocation=falloc/full from an empty disk: refcount structures
+ * for everything to come placed after the file's last used cluster (qcow2_refcount_area, exact
+ * size), the data clusters right after them, counted and then written as zeros (QEMU allocates
+ * them in the file: fallocate or zeros), then per L1 entry an L2 table allocated first-fit whose
+ * entries point at consecutive data clusters (COPIED; extended L2 bitmaps left empty, as QEMU's).
+ */
+async function preallocateData(img: Qcow2Image, size: number): Promise<void> {
+  const cs = img.clusterSize;
+  const es = img.l2EntrySize;
+  const dataClusters = Math.ceil(size / cs);
+  // qcow2_get_last_cluster: the last cluster of the file with a refcount
+  const per = refblockEntriesOf(img);
+  let last = Math.ceil(img.store.size() / cs) - 1;
+  for (; last >= 0; last--) {
+    const r = Math.floor(last / per);
+    const block = r * 8 < img.reftable.length ? await loadRefblock(img, r) : null;
+    if (block && getRefcount(block, last % per, img.refcountOrder) > 0) break;
+  }
+  const l2Tables = Math.ceil(dataClusters / img.l2Entries) + 1;
+  const start = await reserveRefcountArea(img, last + 1, dataClusters + l2Tables);
+  if (dataClusters > 0) await updateRefcount(img, start * cs, dataClusters * cs, 1);
+  const zeros = new Uint8Array(Math.min(ZERO_CHUNK, dataClusters * cs));
+  for (let at = start * cs, end = (start + dataClusters) * cs; at < end; at += zeros.length) {
+    await img.store.write(at, at + zeros.length <= end ? zeros : zeros.subarray(0, end - at));
+  }
+  for (let l1Index = 0; l1Index * img.l2Entries < dataClusters; l1Index++) {
+    const first = l1Index * img.l2Entries;
+    const n = Math.min(img.l2Entries, dataClusters - first);
+    const l2Offset = await allocClusters(img, 1, 'L2 table');
+    const table = new Uint8Array(cs);
+    for (let i = 0; i < n; i++) putEntry(table, i * es, ...encodeL2Entry((start + first + i) * cs, { copied: true }));
+    await img.pwrite(l2Offset, table, `L2 table for L1 index ${l1Index}`);
+    const entry = new Uint8Array(8);
+    putEntry(entry, 0, ...encodeL1Entry(l2Offset, true));
+    await img.pwrite(img.header.l1TableOffset + l1Index * 8, entry, `active L1 table entry ${l1Index}`);
+    img.l1Table.set(entry, l1Index * 8);
+  }
 }

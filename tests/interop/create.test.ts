@@ -11,7 +11,7 @@ import { createImage as ourCreate } from '../../core/image/create.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { writeGuest } from '../../core/image/write.ts';
 import { isQcowError } from '../../core/errors.ts';
-import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, sha256 } from '../helpers/qemu.ts';
+import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, sha256 } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
 const tmp = useTempDir('qcowscope-create-');
@@ -58,12 +58,19 @@ const CASES: Array<[string, string, string, string[]?]> = [
   ['preallocation=metadata, 512-byte clusters, refcount table grown twice', 'preallocation=metadata,cluster_size=512', '16M'],
   ['preallocation=metadata, 512-byte clusters, 64-bit refcounts, grown tables', 'preallocation=metadata,cluster_size=512,refcount_bits=64', '16M'],
   ['preallocation=metadata, 1 KiB clusters, 64-bit refcounts', 'preallocation=metadata,cluster_size=1024,refcount_bits=64', '64M'],
+  ['preallocation=falloc', 'preallocation=falloc', '100M'],
+  ['preallocation=full', 'preallocation=full', '100M'],
+  ['preallocation=full, empty disk (the refcount area still moves)', 'preallocation=full', '0'],
+  ['preallocation=falloc, extended L2, 2 MiB clusters', 'preallocation=falloc,extended_l2=on,cluster_size=2M', '100M'],
+  ['preallocation=full, 512-byte clusters, 64-bit refcounts (several refcount blocks)', 'preallocation=full,cluster_size=512,refcount_bits=64', '8M'],
+  ['preallocation=falloc, compat=0.10, 1 KiB clusters', 'preallocation=falloc,compat=0.10,cluster_size=1k', '16M'],
   ['64 GiB with 512-byte clusters and 64-bit refcounts (L1 grows the refcount table)', 'cluster_size=512,refcount_bits=64', '64G'],
   ['backing file, size from it', '', '', ['-b', 'base.qcow2', '-F', 'qcow2']],
   ['backing file, larger', '', '128M', ['-b', 'base.qcow2', '-F', 'qcow2']],
   ['raw backing file', '', '', ['-b', 'base.qcow2', '-F', 'raw']],
   ['backing file, extended L2 + preallocation', 'extended_l2=on,preallocation=metadata', '', ['-b', 'base.qcow2', '-F', 'qcow2']],
   ['backing file, compat=0.10', 'compat=0.10', '', ['-b', 'base.qcow2', '-F', 'qcow2']],
+  ['backing file, extended L2 + preallocation=falloc', 'extended_l2=on,preallocation=falloc', '', ['-b', 'base.qcow2', '-F', 'qcow2']],
 ];
 
 describe('qcowscope create = qemu-img create, byte for byte', () => {
@@ -87,6 +94,8 @@ describe('qcowscope create = qemu-img create, byte for byte', () => {
       expect(a['virtual-size']).toBe(b['virtual-size']);
       expect(a['format-specific']).toEqual(b['format-specific']);
       expect(a['backing-filename']).toBe(b['backing-filename']);
+      // where the data lies and whether the file holds it (falloc/full write it: "zero": false)
+      expect(qemuMap(ours)).toEqual(qemuMap(q));
     });
   }
 
