@@ -5,8 +5,11 @@
 // in-memory refcount table (IMRT) and, for the layout, recording who owns each cluster.
 //
 // Speed matters (a 256 GiB metadata-preallocated image has 4 Mi data clusters): tables are read
-// in large coalesced reads (up to 4 MiB), entries are decoded from bytes in tight synchronous loops
-// with no objects per entry, and counts live in typed arrays.
+// in large coalesced reads (up to 4 MiB) into one reused buffer, common entries are counted by
+// module-level loops on int32 words with no objects per entry, counts live in typed arrays (a
+// byte per cluster until one passes 255), active L2 tables are kept as runs of host clusters for
+// the snapshots that share them, and the on-disk refcounts are compared refblock by refblock.
+// BENCHMARKS.md says what each of these saved and how it was measured.
 import { QcowError, hex } from '../errors.ts';
 import { be32, be64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
