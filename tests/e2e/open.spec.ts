@@ -94,6 +94,18 @@ for (const v of VARIANTS) {
   });
 }
 
+/** "Export the active disk as raw" gives what qemu-img convert reads from `image` (backing chain included). */
+async function expectActiveExportAsQemu(page: Page, tmp: string, image: string): Promise<void> {
+  await showView(page, 'Snapshots');
+  const d = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Export the active disk as raw' }).click();
+  const ours = `${tmp}/ours.raw`;
+  await (await d).saveAs(ours);
+  const theirs = `${tmp}/theirs.raw`;
+  qemuConvertToRaw(image, theirs);
+  expect(sha256(ours)).toBe(sha256(theirs));
+}
+
 test('shows the backing file of an overlay, and opens it when asked', async ({ page, tmp }) => {
   const base = makeImage(tmp, 'base.qcow2', {}, []);
   const overlay = makeImage(tmp, 'overlay.qcow2', { backing: base.path }, []);
@@ -106,14 +118,7 @@ test('shows the backing file of an overlay, and opens it when asked', async ({ p
   await page.getByLabel('Backing file').setInputFiles(base.path);
   await expect(page.getByRole('note')).toContainText('base.qcow2, opened as its backing file');
   // With the backing file open, the raw export is the whole disk, as qemu-img convert reads it.
-  await showView(page, 'Snapshots');
-  const d = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Export the active disk as raw' }).click();
-  const ours = `${tmp}/ours.raw`;
-  await (await d).saveAs(ours);
-  const theirs = `${tmp}/theirs.raw`;
-  qemuConvertToRaw(overlay.path, theirs);
-  expect(sha256(ours)).toBe(sha256(theirs));
+  await expectActiveExportAsQemu(page, tmp, overlay.path);
 });
 
 test('a backing chain of two qcow2 files: a missing link is named, the whole chain reads as QEMU reads it', async ({ page, tmp }) => {
@@ -131,14 +136,7 @@ test('a backing chain of two qcow2 files: a missing link is named, the whole cha
   // the whole chain, in any order
   await page.getByLabel('Backing file').setInputFiles([base.path, mid.path]);
   await expect(page.getByRole('note')).toContainText('mid.qcow2 (through base.qcow2), opened as its backing file');
-  await showView(page, 'Snapshots');
-  const d = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Export the active disk as raw' }).click();
-  const ours = `${tmp}/ours.raw`;
-  await (await d).saveAs(ours);
-  const theirs = `${tmp}/theirs.raw`;
-  qemuConvertToRaw(top.path, theirs);
-  expect(sha256(ours)).toBe(sha256(theirs));
+  await expectActiveExportAsQemu(page, tmp, top.path);
 });
 
 test('a LUKS-encrypted image opens without its key; the Header names the encryption as qemu-img info does', async ({ page, tmp }) => {
