@@ -17,8 +17,7 @@ import { encodeHeader, sizeToL1, type Qcow2Header } from '../format/header.ts';
 import { setRefcount } from '../format/refcount.ts';
 import type { ImageStore } from '../io/store.ts';
 import { allocClusters, reserveRefcountArea, updateRefcount } from './allocator.ts';
-import { getRefcount } from '../format/refcount.ts';
-import { loadRefblock, refblockEntriesOf } from './refcount.ts';
+import { getClusterRefcount } from './refcount.ts';
 import { Qcow2Image } from './qcow2-image.ts';
 
 export interface CreateOptions {
@@ -214,13 +213,8 @@ async function preallocateData(img: Qcow2Image, size: number): Promise<void> {
   const es = img.l2EntrySize;
   const dataClusters = Math.ceil(size / cs);
   // qcow2_get_last_cluster: the last cluster of the file with a refcount
-  const per = refblockEntriesOf(img);
   let last = Math.ceil(img.store.size() / cs) - 1;
-  for (; last >= 0; last--) {
-    const r = Math.floor(last / per);
-    const block = r * 8 < img.reftable.length ? await loadRefblock(img, r) : null;
-    if (block && getRefcount(block, last % per, img.refcountOrder) > 0) break;
-  }
+  while (last >= 0 && (await getClusterRefcount(img, last)) === 0) last--;
   const l2Tables = Math.ceil(dataClusters / img.l2Entries) + 1;
   const start = await reserveRefcountArea(img, last + 1, dataClusters + l2Tables);
   if (dataClusters > 0) await updateRefcount(img, start * cs, dataClusters * cs, 1);

@@ -201,10 +201,7 @@ export class AppState {
     const tab = d.id ? this.tabs.find((t) => t.id === d.id) : undefined;
     if (!tab) return;
     if (tab.summary.state.unsaved || tab.journals.length > 0) return; // changed: it is theirs now
-    const i = this.tabs.indexOf(tab);
-    this.tabs.splice(i, 1);
-    if (this.activeId === tab.id) this.activeId = this.tabs[0]?.id ?? null;
-    void engine().close(tab.id).catch(() => {});
+    void this.close(tab.id);
   }
 
   async openFiles(files: File[]): Promise<void> {
