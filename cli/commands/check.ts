@@ -6,6 +6,7 @@ import { checkExitCode, runCheck, type CheckResult, type RepairMode } from '../.
 import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
+import { formatFixed } from '../../core/analysis/info.ts';
 
 /** qemu-img check --output=json (QAPI ImageCheck): optional counters only when non-zero. */
 export function checkJson(filename: string, r: CheckResult): Record<string, string | number> {
@@ -34,8 +35,8 @@ export function checkHuman(r: CheckResult): string {
     if (r.checkErrors) lines.push('', `${r.checkErrors} internal errors have occurred during the check.`);
   }
   if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
-    lines.push(`${r.allocatedClusters}/${r.totalClusters} = ${(r.allocatedClusters * 100 / r.totalClusters).toFixed(2)}% allocated, ` +
-      `${(r.fragmentedClusters * 100 / r.allocatedClusters).toFixed(2)}% fragmented, ${(r.compressedClusters * 100 / r.allocatedClusters).toFixed(2)}% compressed clusters`);
+    lines.push(`${r.allocatedClusters}/${r.totalClusters} = ${formatFixed(r.allocatedClusters * 100 / r.totalClusters, 2)}% allocated, ` +
+      `${formatFixed(r.fragmentedClusters * 100 / r.allocatedClusters, 2)}% fragmented, ${formatFixed(r.compressedClusters * 100 / r.allocatedClusters, 2)}% compressed clusters`);
   }
   if (r.imageEndOffset) lines.push(`Image end offset: ${r.imageEndOffset}`);
   return lines.join('\n');

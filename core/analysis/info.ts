@@ -139,6 +139,21 @@ export function sizeToStr(n: number): string {
 }
 
 /**
+ * printf("%.Nf", v) for v ≥ 0: rounded on the exact binary value with ties to even, as glibc
+ * does (JavaScript's toFixed breaks exact ties upward: 3.125 gives "3.13", glibc "3.12").
+ */
+export function formatFixed(v: number, digits: number): string {
+  const rounded = v.toFixed(digits);
+  // the exact decimal expansion (every double below 2^53 has at most 100 fractional digits here)
+  const exact = v.toFixed(100);
+  const cut = exact.indexOf('.') + 1 + digits;
+  if (!/^50*$/.test(exact.slice(cut))) return rounded;
+  // an exact tie: keep the truncated value when its last digit is even
+  const down = exact.slice(0, digits === 0 ? cut - 1 : cut);
+  return Number(down.at(-1)) % 2 === 0 ? down : rounded;
+}
+
+/**
  * printf("%0.3g", v) for v ≥ 0: three significant digits rounded on the exact binary value (ties
  * to even, as glibc does), trailing zeros dropped, exponent form outside [1e-4, 1e3).
  */

@@ -83,6 +83,21 @@ describe('qcowscope check output', () => {
     expect(JSON.parse(o2.stdout)).toEqual(JSON.parse(q.stdout));
   });
 
+  // percentages that are exact binary ties (1/32 = 3.125 %, 1/8 = 12.5 %...): glibc's printf
+  // rounds them to even, JavaScript's toFixed upward
+  for (const [clusterSize, writes] of [[2 << 20, ['write -P 1 0 2M']], [2 << 20, ['write -P 1 0 2M', 'write -P 2 8M 2M', 'write -P 3 4M 2M']],
+    [65536, ['write -c -P 1 0 64k', 'write -P 2 128k 64k', 'write -P 3 1M 64k']]] as Array<[number, string[]]>) {
+    it(`percentages rounded as qemu-img rounds them: cluster_size=${clusterSize} ${writes.join(', ')}`, () => {
+      const f = tmp.file('p.qcow2');
+      createImage(f, '64M', { clusterSize });
+      if (writes.length) qemuIoOk(f, ...writes);
+      const q = theirs(['check', 'p.qcow2'], tmp.dir);
+      const o = ours(['check', 'p.qcow2'], tmp.dir);
+      expect(o.stdout).toMatch(/% allocated/);
+      expect(o.stdout).toBe(q.stdout);
+    });
+  }
+
   it('an image that cannot be opened: one line, exit 1, nothing on stdout', () => {
     const f = tmp.file('bad.qcow2');
     makeDamagedImage('l1-size-huge', f);
