@@ -9,6 +9,8 @@ import { checkRange, checkReadRange, type ImageStore } from './store.ts';
 export interface ByteSource {
   readonly size: number;
   read(offset: number, length: number): Promise<Uint8Array>;
+  /** Optional: the same bytes as `read(offset, out.length)`, written into `out` (ImageStore.readInto). */
+  readInto?(offset: number, out: Uint8Array): Promise<void>;
 }
 
 export type Segment =
@@ -50,26 +52,34 @@ export class OverlayStore implements ImageStore {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  async readInto(offset: number, out: Uint8Array): Promise<void> {
+    const length = out.length;
     checkReadRange(this, offset, length);
     const end = Math.min(offset + length, this.length);
-    const out = new Uint8Array(length);
-    if (offset >= end) return out;
     // Read the source part in one call (cheap in browsers only when few and large), then patch.
     const srcEnd = Math.min(end, this.sourceLimit);
-    if (offset < srcEnd) out.set(await this.source.read(offset, srcEnd - offset), 0);
+    if (offset < srcEnd) {
+      const part = out.subarray(0, srcEnd - offset);
+      if (this.source.readInto) await this.source.readInto(offset, part);
+      else part.set(await this.source.read(offset, srcEnd - offset));
+    }
+    out.fill(0, Math.max(0, srcEnd - offset));
+    if (offset >= end || this.pages.size === 0) return;
     const first = Math.floor(offset / OVERLAY_PAGE_SIZE);
     const last = Math.floor((end - 1) / OVERLAY_PAGE_SIZE);
-    if (this.pages.size > 0) {
-      for (let p = first; p <= last; p++) {
-        const page = this.pages.get(p);
-        if (!page) continue;
-        const pageStart = p * OVERLAY_PAGE_SIZE;
-        const a = Math.max(offset, pageStart);
-        const b = Math.min(end, pageStart + OVERLAY_PAGE_SIZE);
-        out.set(page.subarray(a - pageStart, b - pageStart), a - offset);
-      }
+    for (let p = first; p <= last; p++) {
+      const page = this.pages.get(p);
+      if (!page) continue;
+      const pageStart = p * OVERLAY_PAGE_SIZE;
+      const a = Math.max(offset, pageStart);
+      const b = Math.min(end, pageStart + OVERLAY_PAGE_SIZE);
+      out.set(page.subarray(a - pageStart, b - pageStart), a - offset);
     }
-    return out;
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

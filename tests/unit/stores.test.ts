@@ -1,6 +1,7 @@
 // One contract suite for every ImageStore (DESIGN.md "The storage contract"), run unchanged
-// against MemoryStore, OverlayStore (over an in-memory ByteSource) and NodeFileStore (a temp
-// file). Browser stores (File System Access, OPFS) run the same ideas in the e2e tests.
+// against MemoryStore, OverlayStore (over an in-memory ByteSource), the worker's FileStore (over a
+// Node File: block cache, overlay, pending overlay) and NodeFileStore (a temp file). The other
+// browser stores (File System Access, OPFS) run the same ideas in the e2e tests.
 // Store-specific extras follow: the overlay's segments(), the Node store's crash hook.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -12,6 +13,7 @@ import { isQcowError } from '../../core/errors.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import { OverlayStore, OVERLAY_PAGE_SIZE, type ByteSource } from '../../core/io/overlay-store.ts';
 import { readInto, type ImageStore } from '../../core/io/store.ts';
+import { FileStore } from '../../worker/stores/file-store.ts';
 import { expectBytes } from '../helpers/bytes.ts';
 import { seededRandom } from '../helpers/crash-store.ts';
 import { makeTempDir, removeDir } from '../helpers/qemu.ts';
@@ -379,6 +381,14 @@ describe('OverlayStore: segments() reassemble to exactly what reads return', () 
       expect(patch.data[off - patch.offset]).toBe(7);
     }
   });
+});
+
+// ---- FileStore (the worker's store for a dropped or chosen File) ------------------------------------
+
+contract('FileStore', {
+  // small blocks, so that reads cross block boundaries and hit cached, gathered and fresh blocks
+  open: async (initial) => new FileStore(new File([initial as Uint8Array<ArrayBuffer>], 'img.qcow2'), 256),
+  sparse: true,
 });
 
 // ---- NodeFileStore ---------------------------------------------------------------------------------

@@ -1,30 +1,47 @@
-// A read cache of aligned blocks over a slow random-access reader. In browsers each
+// A read cache of aligned blocks over a slow random-access source. In browsers each
 // `File.slice().arrayBuffer()` costs about a millisecond whatever its size (STACK.md), and a
 // 64 KiB read of a scattered metadata cluster costs as much as a 1 MiB one, so:
 // - blocks are small (64 KiB, one metadata cluster of a default image), so scattered tables
 //   (a preallocated image's L2 tables are 512 MiB apart) don't drag in 1 MiB each;
 // - a read that misses several contiguous blocks fetches them in ONE raw read;
 // - a miss right after the previous one (a sequential scan) reads ahead, doubling up to 4 MiB;
-// - `prefetch` fetches many known ranges (all L2 tables, all refcount blocks) a few at a time,
-//   before a walk that will read them one by one.
-// Concurrent misses on one block share one read. Blocks are kept in an LRU.
+// - `prefetch` fetches many known ranges (all L2 tables, all refcount blocks) before a walk that
+//   will read them one by one, gathering up to 4 MiB of scattered ranges into ONE raw read (a
+//   File: one Blob of slices, one arrayBuffer()), a few such reads at a time.
+// Blocks are views of the buffers the raw reads returned (no copies: fresh memory costs a page
+// fault per 4 KiB, more than the read). Memory is counted by buffer: a buffer counts whole while
+// any of its blocks is cached, and least recently used blocks go while the count is above the
+// limit. Concurrent misses on one block share one read. `readInto` copies into the caller's
+// buffer, so a scan that reuses one buffer allocates nothing here.
 import type { ByteSource } from '../../core/io/overlay-store.ts';
 
 export const DEFAULT_BLOCK_SIZE = 64 * 1024;
 export const DEFAULT_CACHE_BYTES = 128 << 20;
 const MAX_READAHEAD = 4 << 20;
-const PREFETCH_CONCURRENCY = 8;
+/** Bytes of scattered ranges a prefetch asks for in one raw read. */
+const GATHER_BYTES = 4 << 20;
+/** Gathered reads in flight at once: all of a prefetch's (its budget, half the cache, is 16 gathers). */
+const PREFETCH_CONCURRENCY = 16;
 
-export type RawReader = (offset: number, length: number) => Promise<Uint8Array>;
+/** The slow source under the cache. Every result must be a fresh array: the cache keeps it. */
+export interface RawSource {
+  /** The bytes of [offset, offset + length). */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** The bytes of several ranges, concatenated in the order given, in one request. */
+  readRanges(ranges: ReadonlyArray<readonly [offset: number, length: number]>): Promise<Uint8Array>;
+}
 
 export class BlockCache implements ByteSource {
   readonly blockSize: number;
-  readonly maxBlocks: number;
-  private raw: RawReader;
+  readonly maxBytes: number;
+  private raw: RawSource;
   private sizeBytes: number;
   /** Map iteration order is insertion order: re-inserting on hit makes it an LRU. */
   private readonly blocks = new Map<number, Uint8Array>();
   private readonly inflight = new Map<number, Promise<Uint8Array>>();
+  /** Cached blocks per raw-read buffer, and the bytes of the buffers that have any. */
+  private readonly live = new Map<ArrayBufferLike, number>();
+  private heldBytes = 0;
   /** Bumped by invalidate(): reads started before it must not repopulate the cache. */
   private generation = 0;
   /** Where the last miss ended, and the current read-ahead (in blocks). */
@@ -34,20 +51,27 @@ export class BlockCache implements ByteSource {
   rawReads = 0;
   rawBytes = 0;
 
-  constructor(raw: RawReader, size: number, opts: { blockSize?: number; cacheBytes?: number } = {}) {
+  constructor(raw: RawSource, size: number, opts: { blockSize?: number; cacheBytes?: number } = {}) {
     this.raw = raw;
     this.sizeBytes = size;
     this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
-    this.maxBlocks = Math.max(16, Math.floor((opts.cacheBytes ?? DEFAULT_CACHE_BYTES) / this.blockSize));
+    this.maxBytes = Math.max(16 * this.blockSize, opts.cacheBytes ?? DEFAULT_CACHE_BYTES);
   }
 
   get size(): number {
     return this.sizeBytes;
   }
 
-  /** Drop every cached block, e.g. after the underlying file changed; optionally with a new reader. */
-  invalidate(size = this.sizeBytes, raw?: RawReader): void {
+  /** Bytes of the buffers the cached blocks keep alive. */
+  get cachedBytes(): number {
+    return this.heldBytes;
+  }
+
+  /** Drop every cached block, e.g. after the underlying file changed; optionally with a new source. */
+  invalidate(size = this.sizeBytes, raw?: RawSource): void {
     this.blocks.clear();
+    this.live.clear();
+    this.heldBytes = 0;
     this.inflight.clear();
     this.generation++;
     this.sizeBytes = size;
@@ -58,12 +82,20 @@ export class BlockCache implements ByteSource {
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     const out = new Uint8Array(length);
-    const end = Math.min(offset + length, this.sizeBytes);
-    if (offset >= end) return out;
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  /** The bytes of [offset, offset + out.length) copied from the cached blocks into `out` (zeros past the end). */
+  async readInto(offset: number, out: Uint8Array): Promise<void> {
+    const end = Math.min(offset + out.length, this.sizeBytes);
+    if (offset >= end) {
+      out.fill(0);
+      return;
+    }
     const first = Math.floor(offset / this.blockSize);
     const last = Math.floor((end - 1) / this.blockSize);
-    const parts = this.fetch(first, last, true);
-    const blocks = await Promise.all(parts);
+    const blocks = await Promise.all(this.fetch(first, last));
     for (let b = first; b <= last; b++) {
       const data = blocks[b - first]!;
       const blockStart = b * this.blockSize;
@@ -71,39 +103,55 @@ export class BlockCache implements ByteSource {
       const z = Math.min(end, blockStart + data.length);
       if (z > a) out.set(data.subarray(a - blockStart, z - blockStart), a - offset);
     }
-    return out;
+    out.fill(0, end - offset);
   }
 
   /**
-   * Fetch ranges into the cache ahead of use, `PREFETCH_CONCURRENCY` raw reads at a time. Stops
-   * at half the cache, so a prefetch never evicts what it just fetched.
+   * Fetch ranges into the cache ahead of use: the missing blocks, gathered GATHER_BYTES at a time
+   * into one raw read each, PREFETCH_CONCURRENCY reads at a time. Stops at half the cache, so a
+   * prefetch never evicts what it just fetched.
    */
   async prefetch(ranges: Array<[offset: number, length: number]>, signal?: AbortSignal): Promise<void> {
-    const budget = Math.floor(this.maxBlocks / 2);
-    const runs: Array<[number, number]> = [];
+    const budget = Math.floor(this.maxBytes / this.blockSize / 2);
+    const perGather = Math.max(1, Math.floor(GATHER_BYTES / this.blockSize));
+    const gathers: Array<Array<[number, number]>> = [];
+    let gather: Array<[number, number]> = [];
+    let inGather = 0;
     let blocks = 0;
+    let lastBlock = -1;
     const sorted = ranges.filter(([o, l]) => l > 0 && o < this.sizeBytes).sort((a, b) => a[0] - b[0]);
     for (const [o, l] of sorted) {
-      const f = Math.floor(o / this.blockSize);
       const z = Math.floor((Math.min(o + l, this.sizeBytes) - 1) / this.blockSize);
-      const prev = runs[runs.length - 1];
-      if (prev && f <= prev[1] + 1) prev[1] = Math.max(prev[1], z);
-      else runs.push([f, z]);
-      blocks += z - f + 1;
+      for (let b = Math.max(Math.floor(o / this.blockSize), lastBlock + 1); b <= z && blocks < budget; b++, blocks++) {
+        const hit = this.blocks.get(b);
+        if (hit) {
+          this.blocks.delete(b);
+          this.blocks.set(b, hit);
+          continue;
+        }
+        if (this.inflight.has(b)) continue;
+        const run = gather[gather.length - 1];
+        if (run && run[1] === b - 1) run[1] = b;
+        else gather.push([b, b]);
+        if (++inGather === perGather) {
+          gathers.push(gather);
+          gather = [];
+          inGather = 0;
+        }
+      }
+      lastBlock = Math.max(lastBlock, z);
       if (blocks >= budget) break;
     }
+    if (gather.length > 0) gathers.push(gather);
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < runs.length && !signal?.aborted) {
-        const [f, z] = runs[next++]!;
-        await Promise.all(this.fetch(f, z, false));
-      }
+      while (next < gathers.length && !signal?.aborted) await this.readRuns(gathers[next++]!);
     };
-    await Promise.all(Array.from({ length: Math.min(PREFETCH_CONCURRENCY, runs.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(PREFETCH_CONCURRENCY, gathers.length) }, worker));
   }
 
   /** Promises for blocks first..last: hits, shared in-flight reads, and one raw read per run of misses. */
-  private fetch(first: number, last: number, demand: boolean): Promise<Uint8Array>[] {
+  private fetch(first: number, last: number): Promise<Uint8Array>[] {
     const out: Promise<Uint8Array>[] = [];
     let b = first;
     while (b <= last) {
@@ -125,15 +173,13 @@ export class BlockCache implements ByteSource {
       let e = b;
       while (e < last && !this.blocks.has(e + 1) && !this.inflight.has(e + 1)) e++;
       let readEnd = e;
-      if (demand) {
-        if (b === this.lastMissEnd + 1) this.readahead = Math.min(this.readahead * 2, MAX_READAHEAD / this.blockSize);
-        else this.readahead = 1;
-        const lastBlock = Math.floor((this.sizeBytes - 1) / this.blockSize);
-        const extra = this.readahead > 1 ? this.readahead : 0;
-        for (let k = 0; k < extra && readEnd < lastBlock && !this.blocks.has(readEnd + 1) && !this.inflight.has(readEnd + 1); k++) readEnd++;
-        this.lastMissEnd = readEnd;
-      }
-      const run = this.readRun(b, readEnd);
+      if (b === this.lastMissEnd + 1) this.readahead = Math.min(this.readahead * 2, MAX_READAHEAD / this.blockSize);
+      else this.readahead = 1;
+      const lastBlock = Math.floor((this.sizeBytes - 1) / this.blockSize);
+      const extra = this.readahead > 1 ? this.readahead : 0;
+      for (let k = 0; k < extra && readEnd < lastBlock && !this.blocks.has(readEnd + 1) && !this.inflight.has(readEnd + 1); k++) readEnd++;
+      this.lastMissEnd = readEnd;
+      const run = this.readRuns([[b, readEnd]]);
       const runStart = b;
       for (let k = b; k <= e; k++) out.push(run.then((r) => r[k - runStart]!));
       b = e + 1;
@@ -141,35 +187,79 @@ export class BlockCache implements ByteSource {
     return out;
   }
 
-  private readRun(first: number, last: number): Promise<Uint8Array[]> {
+  /** One raw read of the blocks of `runs` (ascending, disjoint); resolves to the blocks in order. */
+  private readRuns(runs: ReadonlyArray<readonly [first: number, last: number]>): Promise<Uint8Array[]> {
     const gen = this.generation;
-    const start = first * this.blockSize;
-    const len = Math.min((last - first + 1) * this.blockSize, this.sizeBytes - start);
+    const bs = this.blockSize;
+    const ranges = runs.map(([f, l]): [number, number] => [f * bs, Math.min((l - f + 1) * bs, this.sizeBytes - f * bs)]);
     this.rawReads++;
-    this.rawBytes += len;
-    const p = this.raw(start, len).then(
+    for (const [, len] of ranges) this.rawBytes += len;
+    const read = ranges.length === 1 ? this.raw.read(ranges[0]![0], ranges[0]![1]) : this.raw.readRanges(ranges);
+    const p = read.then(
       (data) => {
         const parts: Uint8Array[] = [];
-        for (let k = first; k <= last; k++) {
-          const a = (k - first) * this.blockSize;
-          // Copies, so that one cached block does not pin the whole run's buffer.
-          parts.push(data.slice(a, Math.min(a + this.blockSize, data.length)));
-        }
-        if (gen === this.generation) {
-          for (let k = first; k <= last; k++) {
-            this.inflight.delete(k);
-            this.blocks.set(k, parts[k - first]!);
+        let pos = 0;
+        runs.forEach(([f, l], i) => {
+          const runEnd = Math.min(pos + ranges[i]![1], data.length);
+          for (let k = f; k <= l; k++) {
+            const a = Math.min(pos + (k - f) * bs, runEnd);
+            parts.push(data.subarray(a, Math.min(a + bs, runEnd)));
           }
-          while (this.blocks.size > this.maxBlocks) this.blocks.delete(this.blocks.keys().next().value!);
+          pos += ranges[i]![1];
+        });
+        if (gen === this.generation) {
+          let j = 0;
+          for (const [f, l] of runs) {
+            for (let k = f; k <= l; k++) {
+              this.inflight.delete(k);
+              this.put(k, parts[j++]!);
+            }
+          }
+          this.evict();
         }
         return parts;
       },
       (err: unknown) => {
-        if (gen === this.generation) for (let k = first; k <= last; k++) this.inflight.delete(k);
+        if (gen === this.generation) for (const [f, l] of runs) for (let k = f; k <= l; k++) this.inflight.delete(k);
         throw err;
       },
     );
-    for (let k = first; k <= last; k++) this.inflight.set(k, p.then((r) => r[k - first]!));
+    let j = 0;
+    for (const [f, l] of runs) {
+      for (let k = f; k <= l; k++) {
+        const at = j++;
+        const block = p.then((r) => r[at]!);
+        block.catch(() => {}); // a failure reaches the readers waiting on it; no reader is no error
+        this.inflight.set(k, block);
+      }
+    }
     return p;
+  }
+
+  private put(block: number, data: Uint8Array): void {
+    const old = this.blocks.get(block);
+    if (old) this.drop(block, old);
+    this.blocks.set(block, data);
+    const n = this.live.get(data.buffer) ?? 0;
+    if (n === 0) this.heldBytes += data.buffer.byteLength;
+    this.live.set(data.buffer, n + 1);
+  }
+
+  private drop(block: number, data: Uint8Array): void {
+    this.blocks.delete(block);
+    const n = this.live.get(data.buffer)! - 1;
+    if (n > 0) this.live.set(data.buffer, n);
+    else {
+      this.live.delete(data.buffer);
+      this.heldBytes -= data.buffer.byteLength;
+    }
+  }
+
+  /** Least recently used blocks go until the buffers kept alive fit the limit. */
+  private evict(): void {
+    while (this.heldBytes > this.maxBytes && this.blocks.size > 0) {
+      const [k, data] = this.blocks.entries().next().value!;
+      this.drop(k, data);
+    }
   }
 }

@@ -70,6 +70,10 @@ export class HandleStore implements ImageStore, Transactional {
     return this.pending.read(offset, length);
   }
 
+  readInto(offset: number, out: Uint8Array): Promise<void> {
+    return this.pending.readInto(offset, out);
+  }
+
   async write(offset: number, data: Uint8Array): Promise<void> {
     checkRange(this, offset, data.length);
     await this.pending.write(offset, data);

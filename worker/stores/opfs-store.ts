@@ -68,11 +68,17 @@ export class OpfsStore implements ImageStore {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    checkReadRange(this, offset, length);
     const out = new Uint8Array(length);
-    const size = this.handle.getSize();
-    if (offset < size) this.handle.read(out.subarray(0, Math.min(length, size - offset)), { at: offset });
+    await this.readInto(offset, out);
     return out;
+  }
+
+  async readInto(offset: number, out: Uint8Array): Promise<void> {
+    checkReadRange(this, offset, out.length);
+    const size = this.handle.getSize();
+    const n = offset < size ? Math.min(out.length, size - offset) : 0;
+    if (n > 0) this.handle.read(out.subarray(0, n), { at: offset });
+    out.fill(0, n);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

@@ -4,7 +4,7 @@
 // failed or cancelled operation leaves the image exactly as it was. (The FS Access handle store
 // does the same with an atomic createWritable session.)
 import { OverlayStore } from '../../core/io/overlay-store.ts';
-import { checkRange, type ImageStore } from '../../core/io/store.ts';
+import { checkRange, readInto, type ImageStore } from '../../core/io/store.ts';
 
 export interface Transactional {
   /** Make the pending writes part of the image. */
@@ -33,7 +33,7 @@ export class TxStore implements ImageStore, Transactional {
 
   private fresh(): OverlayStore {
     const base = this.base;
-    return new OverlayStore({ size: base.size(), read: (o, l) => base.read(o, l) }, base.name);
+    return new OverlayStore({ size: base.size(), read: (o, l) => base.read(o, l), readInto: (o, out) => readInto(base, o, out) }, base.name);
   }
 
   get hasPending(): boolean {
@@ -46,6 +46,10 @@ export class TxStore implements ImageStore, Transactional {
 
   read(offset: number, length: number): Promise<Uint8Array> {
     return this.pending.read(offset, length);
+  }
+
+  readInto(offset: number, out: Uint8Array): Promise<void> {
+    return this.pending.readInto(offset, out);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

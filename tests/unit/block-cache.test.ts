@@ -1,0 +1,108 @@
+// The worker's block cache (worker/stores/block-cache.ts) over an in-memory raw source that counts
+// its calls: gathered prefetch reads, blocks kept as views of the raw buffers under a memory limit
+// counted by buffer, shared in-flight reads, invalidation and failed reads. (Its bytes are also
+// checked by the store contract through FileStore, tests/unit/stores.test.ts.)
+import { describe, expect, it } from 'vitest';
+import { BlockCache, type RawSource } from '../../worker/stores/block-cache.ts';
+import { expectBytes } from '../helpers/bytes.ts';
+
+const KIB = 1024;
+const MIB = 1024 * KIB;
+
+class CountingSource implements RawSource {
+  reads = 0;
+  gathers: number[] = [];
+  failNext = false;
+  constructor(readonly bytes: Uint8Array) {}
+  private take(offset: number, length: number): Uint8Array {
+    return this.bytes.slice(offset, offset + length);
+  }
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    this.reads++;
+    if (this.failNext) {
+      this.failNext = false;
+      throw new Error('read failed');
+    }
+    return this.take(offset, length);
+  }
+  async readRanges(ranges: ReadonlyArray<readonly [number, number]>): Promise<Uint8Array> {
+    this.reads++;
+    this.gathers.push(ranges.length);
+    const out = new Uint8Array(ranges.reduce((n, r) => n + r[1], 0));
+    let pos = 0;
+    for (const [o, l] of ranges) {
+      out.set(this.take(o, l), pos);
+      pos += l;
+    }
+    return out;
+  }
+}
+
+function pattern(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = (i * 13 + (i >> 9)) & 0xff;
+  return out;
+}
+
+describe('BlockCache', () => {
+  it('prefetches scattered ranges in gathered reads of at most 4 MiB, then serves them without reading', async () => {
+    const size = 40 * MIB + 123;
+    const src = new CountingSource(pattern(size));
+    const cache = new BlockCache(src, size);
+    // 100 tables of 64 KiB, 384 KiB apart, plus one straddling the end of the file
+    const ranges: Array<[number, number]> = Array.from({ length: 100 }, (_, i) => [i * 384 * KIB, 64 * KIB]);
+    ranges.push([size - 100, 64 * KIB]);
+    await cache.prefetch(ranges);
+    expect(src.reads).toBe(Math.ceil(101 / 64)); // 64 blocks of 64 KiB per gathered read
+    expect(src.gathers.every((n) => n <= 64)).toBe(true);
+    const out = new Uint8Array(64 * KIB).fill(0xee);
+    for (const [o, l] of ranges) {
+      await cache.readInto(o, out.subarray(0, l));
+      expectBytes(out.subarray(0, Math.max(0, Math.min(l, size - o))), src.bytes.subarray(o, o + l));
+      expect(out.subarray(Math.max(0, size - o), l).every((v) => v === 0)).toBe(true);
+    }
+    expect(src.reads).toBe(Math.ceil(101 / 64));
+    // a second prefetch of the same ranges reads nothing
+    await cache.prefetch(ranges);
+    expect(src.reads).toBe(Math.ceil(101 / 64));
+  });
+
+  it('keeps the buffers its blocks live in within its limit, and reads the same bytes after evicting', async () => {
+    const size = 8 * MIB;
+    const src = new CountingSource(pattern(size));
+    const cache = new BlockCache(src, size, { blockSize: 4 * KIB, cacheBytes: 256 * KIB });
+    // sequential reads (read-ahead grows the raw reads) and scattered ones (gathered)
+    for (let o = 0; o < 2 * MIB; o += 3000) {
+      expectBytes(await cache.read(o, 3000), src.bytes.subarray(o, o + 3000));
+      expect(cache.cachedBytes).toBeLessThanOrEqual(cache.maxBytes);
+    }
+    await cache.prefetch(Array.from({ length: 200 }, (_, i): [number, number] => [2 * MIB + i * 20 * KIB, 4 * KIB]));
+    expect(cache.cachedBytes).toBeLessThanOrEqual(cache.maxBytes);
+    for (let i = 0; i < 200; i += 7) {
+      const o = 2 * MIB + i * 20 * KIB;
+      expectBytes(await cache.read(o, 4 * KIB), src.bytes.subarray(o, o + 4 * KIB));
+    }
+    expect(cache.cachedBytes).toBeLessThanOrEqual(cache.maxBytes);
+  });
+
+  it('concurrent reads of one block share one raw read', async () => {
+    const src = new CountingSource(pattern(MIB));
+    const cache = new BlockCache(src, MIB);
+    const [a, b] = await Promise.all([cache.read(100, 10), cache.read(200, 10)]);
+    expect(src.reads).toBe(1);
+    expectBytes(a, src.bytes.subarray(100, 110));
+    expectBytes(b, src.bytes.subarray(200, 210));
+  });
+
+  it('a read started before invalidate() does not repopulate the cache; a failed read can be retried', async () => {
+    const src = new CountingSource(pattern(MIB));
+    const cache = new BlockCache(src, MIB);
+    const pending = cache.prefetch([[0, 64 * KIB]]);
+    cache.invalidate(MIB);
+    await pending;
+    expect(cache.cachedBytes).toBe(0);
+    src.failNext = true;
+    await expect(cache.read(70 * KIB, 10)).rejects.toThrow('read failed');
+    expectBytes(await cache.read(70 * KIB, 10), src.bytes.subarray(70 * KIB, 70 * KIB + 10));
+  });
+});
