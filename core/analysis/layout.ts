@@ -5,8 +5,8 @@
 // that crosses the worker boundary by transfer), a summary by kind and a range list.
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import {
-  FindingSink, Imrt, Kind, LAYOUT_KIND_NAMES, MAX_IMRT_BYTES, ReferenceWalk, readDiskRefcounts, zeroCounters,
-  CheckAbort, type LayoutKindName,
+  FindingSink, Imrt, Kind, LAYOUT_KIND_NAMES, MAX_IMRT_BYTES, ReferenceWalk, decodeInto, refblocksInOrder, zeroCounters,
+  CheckAbort, type Counts, type LayoutKindName,
 } from './refcount-walk.ts';
 import { QcowError } from '../errors.ts';
 
@@ -57,27 +57,56 @@ export async function buildLayout(img: Qcow2Image, opts: LayoutOptions = {}): Pr
     // A bitmap directory that cannot be parsed stops QEMU's check; the map still shows the rest.
     if (!(e instanceof CheckAbort)) throw e;
   }
-  const disk = await readDiskRefcounts(img, clusterCount);
-  const per = 2 ** (img.clusterBits + 3 - img.refcountOrder);
-  const owners = walk.owners!;
+  // The on-disk refcounts one refblock at a time, decoded into one reused array (a whole-file
+  // array of them is fresh memory, dearer to touch than the comparison).
+  const order = img.refcountOrder;
+  const per = 2 ** (img.clusterBits + 3 - order);
   const refs = walk.imrt.counts;
+  const owners = walk.owners!;
   const kinds = new Uint8Array(clusterCount);
   const summary = Object.fromEntries(LAYOUT_KIND_NAMES.map((n) => [n, 0])) as Record<LayoutKindName, number>;
   const tally = new Float64Array(LAYOUT_KIND_NAMES.length);
-  const bad = disk.unreadable;
-  for (let i = 0; i < clusterCount; i++) {
-    const r2 = i < walk.imrt.size ? refs[i]! : 0;
-    const known = bad.size === 0 || !bad.has(Math.floor(i / per));
-    const r1 = known ? disk.counts[i]! : r2;
-    let k: number;
-    if (r2 === 0) k = r1 > 0 ? Kind.Leaked : Kind.Free;
-    else if (r1 < r2) k = Kind.Corrupt;
-    else k = owners[i]!;
+  const disk = Imrt.alloc(order, Math.min(per, clusterCount));
+  const unreadable = new Set<number>();
+  let next = 0;
+  /** Clusters [next, to) have no refblock (refcount 0) or an unreadable one (taken as their references). */
+  const noRefblock = (to: number): void => {
+    while (next < to) {
+      const r = Math.floor(next / per);
+      const end = Math.min(to, (r + 1) * per);
+      classify(kinds, tally, refs, walk.imrt.size, owners, next, end, null, 0, unreadable.has(r));
+      next = end;
+    }
+  };
+  for await (const [r, block] of refblocksInOrder(img, clusterCount, unreadable, walk.readBuffer)) {
+    const base = r * per;
+    const count = Math.min(per, clusterCount - base);
+    noRefblock(base);
+    decodeInto(block, order, disk, 0, count);
+    classify(kinds, tally, refs, walk.imrt.size, owners, base, base + count, disk, base, false);
+    next = base + count;
+  }
+  noRefblock(clusterCount);
+  LAYOUT_KIND_NAMES.forEach((n, code) => { summary[n] = tally[code]!; });
+  return { clusterSize: cs, clusterCount, kinds, legend: LAYOUT_KIND_NAMES, summary };
+}
+
+/**
+ * The kind of clusters [from, to): their owner's, Corrupt when the on-disk refcount r1 is below
+ * the references r2, Leaked or Free without references. r1 is `disk[i - diskBase]`, or without
+ * `disk` 0 (no refblock) or r2 (`diskUnknown`: the refblock cannot be read).
+ */
+function classify(
+  kinds: Uint8Array, tally: Float64Array, refs: Counts, refsSize: number, owners: Uint8Array,
+  from: number, to: number, disk: Counts | null, diskBase: number, diskUnknown: boolean,
+): void {
+  for (let i = from; i < to; i++) {
+    const r2 = i < refsSize ? refs[i]! : 0;
+    const r1 = disk !== null ? disk[i - diskBase]! : diskUnknown ? r2 : 0;
+    const k = r2 === 0 ? (r1 > 0 ? Kind.Leaked : Kind.Free) : r1 < r2 ? Kind.Corrupt : owners[i]!;
     kinds[i] = k;
     tally[k]!++;
   }
-  LAYOUT_KIND_NAMES.forEach((n, code) => { summary[n] = tally[code]!; });
-  return { clusterSize: cs, clusterCount, kinds, legend: LAYOUT_KIND_NAMES, summary };
 }
 
 /** Runs of equal kind in a layout. */

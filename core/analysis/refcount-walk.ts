@@ -150,7 +150,8 @@ export class Imrt {
     return Math.max(64, Math.ceil(n / 64) * 64);
   }
 
-  private static alloc(order: number, n: number): Counts {
+  /** `n` zeroed counters wide enough for refcounts of 2^order bits. */
+  static alloc(order: number, n: number): Counts {
     return order <= 3 ? new Uint8Array(n) : order === 4 ? new Uint16Array(n) : order === 5 ? new Uint32Array(n) : new Float64Array(n);
   }
 
@@ -1021,20 +1022,18 @@ export interface DiskRefcounts {
 }
 
 /**
- * The on-disk refcounts of clusters [0, n), read through the in-memory refcount table in batched
- * refblock reads. Reftable entries whose refblock is unaligned cannot be read (QEMU: -EIO); their
- * indices are returned in `unreadable`.
+ * The refblocks that hold the refcounts of clusters [0, n), in reftable order, read in batches:
+ * [reftable index, refblock] (the refblock valid until the next is asked for, as tablesInOrder's).
+ * Reftable entries of 0 are left out; unaligned ones cannot be read (QEMU: -EIO) and are added to
+ * `unreadable` before the first refblock is yielded.
  */
-export async function readDiskRefcounts(img: Qcow2Image, n: number, buffer?: ReadBuffer): Promise<DiskRefcounts> {
-  const order = img.refcountOrder;
-  const bpe = Imrt.bytesPerEntry(order);
-  const counts: Counts = bpe === 1 ? new Uint8Array(n) : bpe === 2 ? new Uint16Array(n) : bpe === 4 ? new Uint32Array(n) : new Float64Array(n);
-  const unreadable = new Set<number>();
+export async function* refblocksInOrder(
+  img: Qcow2Image, n: number, unreadable: Set<number>, buffer?: ReadBuffer,
+): AsyncGenerator<[number, Uint8Array]> {
   const cs = img.clusterSize;
-  const per = 2 ** (img.clusterBits + 3 - order);
+  const per = 2 ** (img.clusterBits + 3 - img.refcountOrder);
   const rt = img.reftable;
-  const rtEntries = rt.length / 8;
-  const needed = Math.min(rtEntries, Math.ceil(n / per));
+  const needed = Math.min(rt.length / 8, Math.ceil(n / per));
   const idx: number[] = [];
   const offs: number[] = [];
   for (let r = 0; r < needed; r++) {
@@ -1047,11 +1046,22 @@ export async function readDiskRefcounts(img: Qcow2Image, n: number, buffer?: Rea
     idx.push(r);
     offs.push(off);
   }
-  for await (const [k, block] of tablesInOrder(img, offs, cs, buffer)) {
-    const r = idx[k]!;
+  for await (const [k, block] of tablesInOrder(img, offs, cs, buffer)) yield [idx[k]!, block];
+}
+
+/**
+ * The on-disk refcounts of clusters [0, n), read through the in-memory refcount table in batched
+ * refblock reads. Reftable entries whose refblock is unaligned cannot be read (QEMU: -EIO); their
+ * indices are returned in `unreadable`.
+ */
+export async function readDiskRefcounts(img: Qcow2Image, n: number, buffer?: ReadBuffer): Promise<DiskRefcounts> {
+  const order = img.refcountOrder;
+  const counts = Imrt.alloc(order, n);
+  const unreadable = new Set<number>();
+  const per = 2 ** (img.clusterBits + 3 - order);
+  for await (const [r, block] of refblocksInOrder(img, n, unreadable, buffer)) {
     const base = r * per;
-    const count = Math.min(per, n - base);
-    decodeInto(block, order, counts, base, count);
+    decodeInto(block, order, counts, base, Math.min(per, n - base));
   }
   return { counts, unreadable };
 }
