@@ -40,7 +40,28 @@ function refuseDirectory(file: string): void {
   }
 }
 
-export async function openImage(file: string, opts: CliOpenOptions = {}, depth = 0): Promise<Qcow2Image> {
+/**
+ * Opens IMAGE as qemu-img -f qcow2 does. A failure reads as qemu-img's does: "Could not open
+ * 'IMAGE': <why>", where <why> is the file driver's own "Could not open 'IMAGE': ..." for a
+ * missing file, and "Could not open backing file: <why>" for a failure in the backing chain.
+ */
+export async function openImage(file: string, opts: CliOpenOptions = {}): Promise<Qcow2Image> {
+  try {
+    return await openChainLink(file, opts, 0);
+  } catch (e) {
+    throw couldNotOpen(file, e);
+  }
+}
+
+/** The error with "Could not open 'FILE': " in front (a directory's error has it already). */
+function couldNotOpen(file: string, e: unknown): unknown {
+  if (!(e instanceof QcowError) || e.message.startsWith(`Could not open '${file}': 'file' driver`)) return e;
+  const err = new QcowError(e.code, `Could not open '${file}': ${e.message}`, e.details);
+  err.stack = e.stack;
+  return err;
+}
+
+async function openChainLink(file: string, opts: CliOpenOptions, depth: number): Promise<Qcow2Image> {
   refuseDirectory(file);
   const store = NodeFileStore.open(file, { writable: !!opts.writable });
   try {
@@ -67,7 +88,7 @@ async function openBacking(imagePath: string, name: string, format: string | und
   }
   const p = resolveBackingPath(imagePath, name);
   if (!fs.existsSync(p)) {
-    throw new QcowError('BACKING_MISSING', `Could not open backing file '${p}': No such file or directory`, { structure: 'backing file name', backingFile: name, path: p });
+    throw new QcowError('BACKING_MISSING', `Could not open backing file: Could not open '${p}': No such file or directory`, { structure: 'backing file name', backingFile: name, path: p });
   }
   let fmt = format;
   if (fmt === undefined) {
@@ -77,7 +98,13 @@ async function openBacking(imagePath: string, name: string, format: string | und
     fmt = be32(head, 0) === QCOW_MAGIC ? 'qcow2' : 'raw';
   }
   if (fmt === 'qcow2') {
-    const img = await openImage(p, {}, depth);
+    let img: Qcow2Image;
+    try {
+      img = await openChainLink(p, {}, depth);
+    } catch (e) {
+      if (e instanceof QcowError) e.message = `Could not open backing file: ${e.message}`;
+      throw e;
+    }
     // a metadata-preallocated backing file's holes read as zeros in qemu-img map, as on top
     img.holesForLayer = () => holeMapFor(img, p);
     return img;

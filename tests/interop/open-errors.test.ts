@@ -563,3 +563,31 @@ describe('files that are not images: one line, as qemu-img -f qcow2 says it', ()
     });
   }
 });
+
+describe('open failures read as qemu-img -f qcow2 words them, backing chain included', () => {
+  it('missing file, directory, broken image, missing or broken backing file at depth 1 and 2', () => {
+    const sub = fs.mkdtempSync(path.join(dir, 'words-'));
+    const f = (n: string) => path.join(sub, n);
+    fs.writeFileSync(f('empty'), '');
+    // a qcow2 v3 header whose cluster_bits is 0
+    const broken = Buffer.alloc(512);
+    broken.writeUInt32BE(0x514649fb, 0);
+    broken.writeUInt32BE(3, 4);
+    fs.writeFileSync(f('broken.qcow2'), broken);
+    createImage(f('gone.qcow2'), '1M');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', f('over-gone.qcow2')]);
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'over-gone.qcow2', '-F', 'qcow2', f('top.qcow2'), '1M']);
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'broken.qcow2', '-F', 'qcow2', f('over-broken.qcow2'), '1M']);
+    fs.rmSync(f('gone.qcow2'));
+    for (const name of ['no-such-file', '', 'empty', 'broken.qcow2', 'over-gone.qcow2', 'top.qcow2', 'over-broken.qcow2']) {
+      for (const verb of ['map', 'info']) {
+        const q = qemuImg([verb, '-f', 'qcow2', f(name)]);
+        const o = runCli(cli, [verb, f(name)]);
+        expect(o.status, `${verb} ${name}`).toBe(q.status);
+        // info works without the backing file, as qemu-img info does
+        if (q.status === 0) continue;
+        expect(o.stderr, `${verb} ${name}`).toBe(q.stderr.replace(/^qemu-img: /, 'qcowscope: '));
+      }
+    }
+  });
+});
