@@ -2,6 +2,7 @@
 // QEMU does (a relative backing file name is relative to the directory of the image naming it).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { runCheck } from '../core/analysis/check.ts';
 import { QcowError } from '../core/errors.ts';
 import { MAX_BACKING_CHAIN_DEPTH, QCOW_MAGIC } from '../core/format/constants.ts';
 import { be32 } from '../core/format/bytes.ts';
@@ -121,5 +122,25 @@ export function actualSize(file: string): number | undefined {
     return st.blocks * 512;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * QEMU repairs a dirty (lazy-refcount) image when it opens it for writing, before a guest write or
+ * a snapshot operation; so do we (the write and snapshot commands call this first).
+ */
+export async function repairIfDirty(file: string): Promise<void> {
+  const probe = await openImage(file, { noBacking: true });
+  const dirty = probe.isDirty;
+  await probe.close();
+  if (!dirty) return;
+  const img = await openImage(file, { writable: true, checkMode: true, noBacking: true });
+  try {
+    const r = await runCheck(img, { repair: 'all' });
+    if (r.failure !== undefined || r.corruptions > 0 || r.checkErrors > 0) {
+      throw new QcowError('METADATA_CORRUPT', `Could not repair dirty image: ${r.failure ?? 'errors remain after repair'}`, {});
+    }
+  } finally {
+    await img.close();
   }
 }

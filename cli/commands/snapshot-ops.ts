@@ -14,7 +14,7 @@ import type { Journal } from '../../core/image/journal.ts';
 import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import type { SnapshotOpResult } from '../../core/image/snapshot.ts';
 import { NodeFileStore } from '../node-file-store.ts';
-import { openImage } from '../open.ts';
+import { openImage, repairIfDirty } from '../open.ts';
 import type { CommandContext } from '../command.ts';
 
 /** Refuse the same file given twice (two handles would plan the same free clusters). */
@@ -39,7 +39,10 @@ export function assertDistinctFiles(files: string[]): void {
 async function openAll(files: string[]): Promise<Qcow2Image[]> {
   const imgs: Qcow2Image[] = [];
   try {
-    for (const f of files) imgs.push(await openImage(f, { writable: true, noBacking: true }));
+    for (const f of files) {
+      await repairIfDirty(f);
+      imgs.push(await openImage(f, { writable: true, noBacking: true }));
+    }
   } catch (e) {
     for (const i of imgs) await i.close();
     throw e;

@@ -3,11 +3,10 @@
 // `discard` (-d). For interop tests and benchmarks. A dirty image is repaired first (QEMU does
 // the same when it opens a dirty image for writing).
 import * as fs from 'node:fs';
-import { runCheck } from '../../core/analysis/check.ts';
 import { QcowError } from '../../core/errors.ts';
 import { Journal } from '../../core/image/journal.ts';
 import { discard, writeGuest, writeZeroes } from '../../core/image/write.ts';
-import { openImage } from '../open.ts';
+import { openImage, repairIfDirty } from '../open.ts';
 import type { Command } from '../command.ts';
 import { parseSize } from './create.ts';
 import { usageError } from './info.ts';
@@ -79,20 +78,3 @@ export const write: Command = {
     return 0;
   },
 };
-
-/** QEMU repairs a dirty (lazy-refcount) image before writing to it; so do we. */
-async function repairIfDirty(file: string): Promise<void> {
-  const probe = await openImage(file, { noBacking: true });
-  const dirty = probe.isDirty;
-  await probe.close();
-  if (!dirty) return;
-  const img = await openImage(file, { writable: true, checkMode: true, noBacking: true });
-  try {
-    const r = await runCheck(img, { repair: 'all' });
-    if (r.failure !== undefined || r.corruptions > 0 || r.checkErrors > 0) {
-      throw new QcowError('METADATA_CORRUPT', `Could not repair dirty image: ${r.failure ?? 'errors remain after repair'}`, {});
-    }
-  } finally {
-    await img.close();
-  }
-}

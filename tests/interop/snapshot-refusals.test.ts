@@ -106,6 +106,27 @@ describe('snapshot refusals', () => {
     expect(bitmaps?.map((b) => b.name)).toEqual(['b0']);
   });
 
+  it('dirty image (qemu-io killed with lazy refcounts): the engine refuses, the CLI repairs first as qemu-img does', async () => {
+    const f = tmp.file('dirty.qcow2');
+    createImage(f, 16 * MiB, { lazyRefcounts: true });
+    qemuIoOk(f, 'write -P 0x11 0 1M');
+    qemuImgOk(['snapshot', '-c', 'a', f]);
+    spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 0 64k', '-c', 'write -P 0x23 2M 64k', '-c', 'sigraise 9', f]);
+    expect(qemuInfo(f)['dirty-flag']).toBe(true);
+    expect(qemuCheck(f).corruptions).toBeGreaterThan(0);
+    const before = sha256(f);
+    await expect(withImage(f, (img) => createSnapshot(img, 'b'))).rejects.toMatchObject({ code: 'NOT_SUPPORTED', message: expect.stringMatching(/dirty/) });
+    expect(sha256(f)).toBe(before);
+    for (const args of [['-c', 'b'], ['-a', 'a'], ['-d', 'b']]) {
+      const r = cli(['snapshot', ...args, f]);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(qemuCheck(f).exitCode, args.join(' ')).toBe(0);
+      expect(qemuInfo(f)['dirty-flag']).toBe(false);
+    }
+    expect(qemuSnapshotList(f).map((s) => s.name)).toEqual(['a']);
+    qemuIoOk(f, 'read -P 0x11 0 1M', 'read -P 0 2M 64k');
+  });
+
   it("v2: a snapshot of another disk size can't be reverted to (QEMU: Can't resize a v2 image which has snapshots)", async () => {
     const f = tmp.file('v2.qcow2');
     createImage(f, 4 * MiB, { compat: '0.10' });
