@@ -35,6 +35,8 @@ export interface ImageState {
   writable: boolean;
   /** Why the image is read-only, when it is. */
   readOnlyReason?: string;
+  /** Read-only, but a repair may write it (the corrupt or dirty bit, tables only a repair reads). */
+  repairable?: boolean;
   /** A handle whose write permission has not been granted yet: the page must ask on a user gesture. */
   needsPermission: boolean;
   /** Changes exist that only "Download image" can save (overlay and memory stores). */

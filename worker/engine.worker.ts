@@ -44,6 +44,8 @@ interface OpenImage {
   backingName: string | null;
   /** The corrupt bit is set: only a repair may write. */
   corrupt: boolean;
+  /** The dirty bit is set (stale lazy refcounts): only a repair may write, then anything may. */
+  dirty: boolean;
   /** A write operation is running: operations on one image are serialised. */
   queue: Promise<unknown>;
   /** Open overlays reading through this image (it is their backing layer): it stays read-only. */
@@ -171,6 +173,14 @@ function readOnlyReason(img: OpenImage): string | undefined {
   return undefined;
 }
 
+/**
+ * A repair may write to an image marked corrupt or dirty, or whose snapshot or refcount table only
+ * a repair can read (qemu-img check -r opens it in check mode too), unless an overlay reads it.
+ */
+function repairable(img: OpenImage): boolean {
+  return (img.corrupt || img.dirty || img.damage?.level === 'tables') && !img.borrowers.size;
+}
+
 function state(img: OpenImage): ImageState {
   const s: ImageState = {
     id: img.id,
@@ -183,6 +193,7 @@ function state(img: OpenImage): ImageState {
   };
   const ro = readOnlyReason(img);
   if (ro) s.readOnlyReason = ro;
+  if (ro && img.store.writable && repairable(img)) s.repairable = true;
   if (img.engine.header().backingFile !== undefined) s.backing = img.backingName;
   if (img.damage) s.damage = img.damage;
   return s;
@@ -214,9 +225,12 @@ async function openWhatCanBeRead(store: ImageStore, backing: Layer | null): Prom
 /** Record how far an image could be opened; a damaged image is read-only (a repair aside). */
 function setDamage(img: OpenImage, damage: OpenDamage | undefined): void {
   img.damage = damage;
-  img.corrupt = (img.engine.header().incompatibleFeatures & 2) !== 0;
+  const incompatible = img.engine.header().incompatibleFeatures;
+  img.corrupt = (incompatible & 2) !== 0;
+  img.dirty = (incompatible & 1) !== 0;
   if (damage) img.readOnlyReason = `It could not be opened whole: ${damage.line}`;
   else if (img.corrupt) img.readOnlyReason = 'The image is marked corrupt: it can only be repaired';
+  else if (img.dirty) img.readOnlyReason = 'The dirty bit is set (lazy refcounts were not written back): repair it in Check (Repair all) before writing';
   else img.readOnlyReason = undefined;
 }
 
@@ -245,7 +259,7 @@ async function register(name: string, kind: StoreKind, store: ImageStore, lender
   const h = engine.header();
   const corrupt = (h.incompatibleFeatures & 2) !== 0;
   const img: OpenImage = {
-    id: `img${nextId++}`, name, kind, store, engine, corrupt, backing, backingName: lender?.name ?? null,
+    id: `img${nextId++}`, name, kind, store, engine, corrupt, dirty: false, backing, backingName: lender?.name ?? null,
     queue: Promise.resolve(), borrowers: new Set(), lender, closed: false,
   };
   setDamage(img, damage);
@@ -279,10 +293,7 @@ async function clusterKinds(img: OpenImage): Promise<ClusterKinds | null> {
 function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairing = false): Promise<ImageSummary> {
   const run = async (): Promise<ImageSummary> => {
     const ro = readOnlyReason(img);
-    // A repair may write to an image marked corrupt, or whose snapshot or refcount table only a
-    // repair can read (qemu-img check -r opens it in check mode too).
-    const repairable = img.corrupt || img.damage?.level === 'tables';
-    if (ro && !(repairing && repairable && !img.borrowers.size)) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
+    if (ro && !(repairing && repairable(img))) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
     const store = img.store;
     if (store instanceof HandleStore) {
       await store.beginWrite();

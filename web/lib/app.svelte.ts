@@ -315,9 +315,9 @@ export class AppState {
    * Before a write to a person's own file: ask for write permission. Must run on the user's
    * gesture (the click that confirmed the operation), before any other await.
    */
-  private async ensureWritable(tab: ImageTab): Promise<boolean> {
+  private async ensureWritable(tab: ImageTab, repairing = false): Promise<boolean> {
     const st = tab.summary.state;
-    if (!st.writable) {
+    if (!st.writable && !(repairing && st.repairable)) {
       this.message = { kind: 'error', text: `${st.name} is read-only${st.readOnlyReason ? `: ${st.readOnlyReason}` : ''}`, code: 'READ_ONLY' };
       return false;
     }
@@ -442,7 +442,7 @@ export class AppState {
 
   async runCheck(tab: ImageTab, repair?: 'leaks' | 'all'): Promise<void> {
     this.show('check');
-    if (repair && !(await this.ensureWritable(tab))) return;
+    if (repair && !(await this.ensureWritable(tab, true))) return;
     const report = await this.run(repair ? 'Repairing' : 'Checking', (o) =>
       withJob(o, (j, p) => engine().check(tab.id, repair, j, p)),
     );

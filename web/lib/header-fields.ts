@@ -51,7 +51,7 @@ export function headerRows(h: HeaderDTO): HeaderRow[] {
 }
 
 const BITS: Omit<FeatureBit, 'set'>[] = [
-  { group: 'incompatible', bit: 0, name: 'dirty bit', explain: 'Refcounts may be stale (lazy refcounts); they are rebuilt before the image is written.' },
+  { group: 'incompatible', bit: 0, name: 'dirty bit', explain: 'Refcounts may be stale (lazy refcounts were not written back). The image is read-only here until a repair (Check, Repair all) rebuilds them; QEMU and the qcowscope CLI repair it on their own before they write.' },
   { group: 'incompatible', bit: 1, name: 'corrupt bit', explain: 'Metadata was found inconsistent; the image may only be opened to repair it.' },
   { group: 'incompatible', bit: 2, name: 'external data file', explain: 'Guest data lives in a separate file.' },
   { group: 'incompatible', bit: 3, name: 'compression type', explain: 'A compression type other than zlib is in use.' },
