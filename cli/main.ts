@@ -1,7 +1,7 @@
 // The `qcowscope` command line: verbs that mirror qemu-img, one file each in cli/commands/.
 // Errors print one line, `qcowscope: <message>`, never a stack trace unless QCOWSCOPE_DEBUG=1.
 import { parseArgs } from 'node:util';
-import { isQcowError } from '../core/errors.ts';
+import { isQcowError, QcowError } from '../core/errors.ts';
 import type { Command } from './command.ts';
 import { info } from './commands/info.ts';
 import { map } from './commands/map.ts';
@@ -10,6 +10,15 @@ import { exportCmd } from './commands/export.ts';
 import { extraCommands } from './commands/registry.ts';
 
 const COMMANDS: Command[] = [info, map, snapshot, exportCmd, ...extraCommands];
+
+/**
+ * Options of qemu-img that every verb takes, so that its command lines work unchanged: `-f qcow2`
+ * (the only format read here) and `-U` / `--force-share` (we take no locks: accepted, no effect).
+ */
+const QEMU_IMG_OPTIONS: Command['options'] = {
+  format: { type: 'string', short: 'f' },
+  'force-share': { type: 'boolean', short: 'U' },
+};
 
 function usage(): string {
   return ['usage: qcowscope COMMAND [options]', '', ...COMMANDS.map((c) => `  qcowscope ${c.usage}`)].join('\n');
@@ -27,7 +36,10 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   try {
-    const { values, positionals } = parseArgs({ args: rest, options: cmd.options, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({ args: rest, options: { ...QEMU_IMG_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true });
+    if (values.format !== undefined && values.format !== 'qcow2') {
+      throw new QcowError('NOT_SUPPORTED', `${verb}: only the qcow2 format is supported, not '${String(values.format)}'`);
+    }
     return await cmd.run({
       values: values as Record<string, string | boolean | undefined>,
       positionals,

@@ -91,13 +91,7 @@ async function openBacking(imagePath: string, name: string, format: string | und
   if (!fs.existsSync(p)) {
     throw new QcowError('BACKING_MISSING', `Could not open backing file: Could not open '${p}': No such file or directory`, { structure: 'backing file name', backingFile: name, path: p });
   }
-  let fmt = format;
-  if (fmt === undefined) {
-    const probe = NodeFileStore.open(p);
-    const head = await probe.read(0, 4);
-    await probe.close();
-    fmt = be32(head, 0) === QCOW_MAGIC ? 'qcow2' : 'raw';
-  }
+  const fmt = format ?? probeFormat(p);
   if (fmt === 'qcow2') {
     let img: Qcow2Image;
     try {
@@ -142,5 +136,16 @@ export async function repairIfDirty(file: string): Promise<void> {
     }
   } finally {
     await img.close();
+  }
+}
+
+/** The format of a backing file its header names none for: qcow2 by its magic, else raw (QEMU's probe). */
+export function probeFormat(file: string): 'qcow2' | 'raw' {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const head = new Uint8Array(4);
+    return fs.readSync(fd, head, 0, 4, 0) === 4 && be32(head, 0) === QCOW_MAGIC ? 'qcow2' : 'raw';
+  } finally {
+    fs.closeSync(fd);
   }
 }

@@ -50,7 +50,6 @@ export const check: Command = {
     output: { type: 'string' },
     repair: { type: 'string', short: 'r' },
     quiet: { type: 'boolean', short: 'q' },
-    format: { type: 'string', short: 'f' },
   },
   async run({ values, positionals, out, err }) {
     if (positionals.length !== 1) throw usageError('check: expecting one image file name');

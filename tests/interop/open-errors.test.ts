@@ -591,3 +591,31 @@ describe('open failures read as qemu-img -f qcow2 words them, backing chain incl
     }
   });
 });
+
+describe('info --backing-chain on broken chains reads as qemu-img', () => {
+  it('a missing link at depth 1 and 2, a missing raw backing file, a loop; -f raw refused', () => {
+    const sub = fs.mkdtempSync(path.join(dir, 'chain-'));
+    const f = (n: string) => path.join(sub, n);
+    createImage(f('gone.qcow2'), '1M');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', f('over-gone.qcow2')]);
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'over-gone.qcow2', '-F', 'qcow2', f('top.qcow2'), '1M']);
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'no.raw', '-F', 'raw', f('over-raw.qcow2'), '1M']);
+    createImage(f('loop-a.qcow2'), '1M');
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'loop-a.qcow2', '-F', 'qcow2', f('loop-b.qcow2'), '1M']);
+    qemuImgOk(['rebase', '-u', '-b', 'loop-b.qcow2', '-F', 'qcow2', f('loop-a.qcow2')]);
+    fs.rmSync(f('gone.qcow2'));
+    for (const name of ['over-gone.qcow2', 'top.qcow2', 'over-raw.qcow2', 'loop-a.qcow2']) {
+      for (const json of [[], ['--output=json']]) {
+        const q = qemuImg(['info', '--backing-chain', ...json, f(name)]);
+        const o = runCli(cli, ['info', '--backing-chain', ...json, f(name)]);
+        expect(q.status, name).toBe(1);
+        expect(o.status, name).toBe(1);
+        expect(o.stdout, name).toBe('');
+        expect(o.stderr, name).toBe(q.stderr.replace(/^qemu-img: /, 'qcowscope: '));
+      }
+    }
+    const raw = runCli(cli, ['info', '-f', 'raw', f('top.qcow2')]);
+    expect(raw.status).toBe(1);
+    expect(raw.stderr).toMatch(/^qcowscope: info: only the qcow2 format is supported, not 'raw'\n$/);
+  });
+});

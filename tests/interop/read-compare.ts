@@ -88,6 +88,12 @@ export function compareVarieties(varieties: Variety[]): void {
         expect(runCliOk(bin, ['snapshot', '-l', image], { cwd: dir })).toBe(qemuImgText(['snapshot', '-l', image], dir));
       });
 
+      it('info --backing-chain, human and JSON, prints what qemu-img prints (qemu-img spellings -f qcow2 -U)', () => {
+        expect(runCliOk(bin, ['info', '--backing-chain', image], { cwd: dir })).toBe(qemuImgText(['info', '--backing-chain', image], dir));
+        expect(runCliOk(bin, ['info', '-U', '-f', 'qcow2', '--backing-chain', '--output=json', image], { cwd: dir }))
+          .toBe(qemuImgText(['info', '-U', '-f', 'qcow2', '--backing-chain', '--output=json', image], dir));
+      });
+
       it('snapshot -l --json lists what qemu-img info lists', () => {
         const ours = JSON.parse(runCliOk(bin, ['snapshot', '-l', '--json', image], { cwd: dir })) as unknown;
         expect(ours).toEqual(qemuInfoJson(image, dir).snapshots ?? []);
