@@ -2,7 +2,8 @@
 // data, offset), through the backing chain. Extents are printed as the walk finds them, so
 // memory stays bounded whatever the number of extents.
 import { QcowError } from '../../core/errors.ts';
-import type { Extent } from '../../core/image/layer.ts';
+import { RawLayer, type Extent, type Layer } from '../../core/image/layer.ts';
+import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
@@ -65,15 +66,22 @@ export const map: Command = {
         if (first) out(`[${extentJson({ start: 0, length: 0, depth: 0, present: false, zero: false, data: false, compressed: false })}]`);
         else out(buf + ']');
       } else {
+        // qemu-img 7.2's human form: extents with data that are not zeros, each with the file
+        // that holds it; the lines before a compressed cluster are printed, then the error
         add(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File`, '\n');
-        await img.walkExtents(img.activeView(), 0, img.virtualSize, (e) => {
-          if (!e.data) return;
-          if (e.offset === undefined) {
-            throw new QcowError('NOT_SUPPORTED', 'File contains external, encrypted or compressed clusters.', {});
-          }
-          add(`${hx(e.start).padEnd(16)}${hx(e.length).padEnd(16)}${hx(e.offset).padEnd(16)}${file}`, '\n');
-        }, holes);
-        if (buf.length > 0) out(buf);
+        const files = layerFiles(img);
+        try {
+          await img.walkExtents(img.activeView(), 0, img.virtualSize, (e) => {
+            if (!e.data) return;
+            if (e.offset === undefined) {
+              throw new QcowError('NOT_SUPPORTED', 'File contains external, encrypted or compressed clusters.', {});
+            }
+            if (e.zero) return;
+            add(`${hx(e.start).padEnd(16)}${hx(e.length).padEnd(16)}${hx(e.offset).padEnd(16)}${files[e.depth] ?? ''}`, '\n');
+          }, holes);
+        } finally {
+          if (buf.length > 0) out(buf);
+        }
       }
     } finally {
       scan.cancel();
@@ -82,6 +90,16 @@ export const map: Command = {
     return 0;
   },
 };
+
+/** The file holding each depth's data, as qemu-img names it: the image or its external data file. */
+function layerFiles(img: Qcow2Image): string[] {
+  const names: string[] = [];
+  for (let layer: Layer | null = img; layer; layer = layer instanceof Qcow2Image ? layer.backing : null) {
+    if (layer instanceof Qcow2Image) names.push(layer.dataFile ? layer.dataFile.name : layer.store.name);
+    else if (layer instanceof RawLayer) names.push(layer.store.name);
+  }
+  return names;
+}
 
 function hx(n: number): string {
   return n === 0 ? '0' : '0x' + n.toString(16);

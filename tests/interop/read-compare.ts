@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../helpers/qemu.ts';
-import { buildCli, compareFiles, qemuExport, qemuInfoJson, qemuMapJson, runCliOk } from './read-support.ts';
+import { buildCli, compareFiles, qemuExport, qemuInfoJson, qemuMapJson, runCli, runCliOk } from './read-support.ts';
 
 /** qemu-img's stdout, run from `cwd` (it must succeed). */
 function qemuImgText(args: string[], cwd: string): string {
@@ -52,6 +52,14 @@ export function compareVarieties(varieties: Variety[]): void {
         const text = runCliOk(bin, ['info', '--json', image], { cwd: dir });
         expect(JSON.parse(text) as unknown).toEqual(qemuInfoJson(image, dir));
         expect(text).toBe(qemuImgText(['info', '--output=json', image], dir));
+      });
+
+      it('map (human form) prints what qemu-img map prints: stdout, stderr and exit code', () => {
+        const q = spawnSync('qemu-img', ['map', image], { encoding: 'utf8', cwd: dir });
+        const o = runCli(bin, ['map', image], { cwd: dir });
+        expect(o.stdout).toBe(q.stdout);
+        expect(o.stderr).toBe(q.stderr.replace(/^qemu-img: /, 'qcowscope: '));
+        expect(o.status).toBe(q.status);
       });
 
       it('map --json equals qemu-img map --output=json', () => {
