@@ -3,7 +3,9 @@
 //
 // 1. Plan on every image: every check and allocation, nothing written. A refusal on any image
 //    (unknown snapshot, refcount width, corrupt image, read-only, limits) ends the group here and
-//    no image has been touched.
+//    no image has been touched. (Except where an image changes more refcount blocks than its plan
+//    keeps in memory, OpenOptions.commitRefblockBytes: those go early to clusters it does not use,
+//    as in step 2, so a refusal met after that leaves such bytes, and nothing else, behind.)
 // 2. Prepare every image: write its new structures into clusters it does not use, flush. A
 //    failure here leaves only unreferenced bytes in free clusters: every image is as it was.
 // 3. Publish image by image (one header write + flush each). If image k fails, images 0..k−1

@@ -33,12 +33,18 @@ export interface OpenOptions {
   l2CacheBytes?: number;
   /** Refcount block cache size. */
   refblockCacheBytes?: number;
+  /**
+   * Refcount blocks a snapshot operation keeps in memory while it builds its shadow commit
+   * (snapshot-commit.ts); the changed blocks beyond it are written early to their new places.
+   */
+  commitRefblockBytes?: number;
   /** Collects non-fatal notes (repair messages, warnings). */
   onMessage?: (message: string) => void;
 }
 
 export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 export const DEFAULT_REFBLOCK_CACHE_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_COMMIT_REFBLOCK_BYTES = 4 * 1024 * 1024;
 
 /** Which L1 table a read goes through: the active one, or a snapshot's (read-only). */
 export interface L1View {
@@ -74,6 +80,8 @@ export class Qcow2Image implements Layer {
   dataFile: ImageStore | null;
   readonly l2Cache: TableCache;
   readonly refblockCache: TableCache;
+  /** See OpenOptions.commitRefblockBytes. */
+  readonly commitRefblockBytes: number;
   writable: boolean;
   readonly checkMode: boolean;
   readonly messages: string[] = [];
@@ -97,6 +105,7 @@ export class Qcow2Image implements Layer {
     this.dataFile = opts.dataFile ?? null;
     this.l2Cache = new TableCache(opts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES);
     this.refblockCache = new TableCache(opts.refblockCacheBytes ?? DEFAULT_REFBLOCK_CACHE_BYTES);
+    this.commitRefblockBytes = opts.commitRefblockBytes ?? DEFAULT_COMMIT_REFBLOCK_BYTES;
     this.writable = !!opts.writable;
     this.checkMode = !!opts.checkMode;
     this.onMessage = opts.onMessage;

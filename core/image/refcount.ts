@@ -29,18 +29,18 @@ export async function loadRefblock(img: Qcow2Image, reftableIndex: number): Prom
 }
 
 /**
- * A private copy of a refcount block (null if absent) for a caller that will change it before
- * the image does (the snapshot commit's overlay): the cache's bytes if it holds the block, else
- * the file's, read without filling the cache.
+ * Refcount block `reftableIndex` as the image holds it, into `out` (a cluster) for a caller that
+ * will change its copy before the image does (the snapshot commit's overlay): the cache's bytes
+ * if it holds the block, else the file's, without filling the cache. False (out untouched) if
+ * the block is absent.
  */
-export async function copyRefblock(img: Qcow2Image, reftableIndex: number): Promise<Uint8Array | null> {
+export async function readRefblockInto(img: Qcow2Image, reftableIndex: number, out: Uint8Array): Promise<boolean> {
   const off = refblockOffset(img, reftableIndex);
-  if (off === 0) return null;
+  if (off === 0) return false;
   const cached = img.refblockCache.get(off);
-  if (cached) return cached.slice();
-  const b = new Uint8Array(img.clusterSize);
-  await readInto(img.store, off, b);
-  return b;
+  if (cached) out.set(cached);
+  else await readInto(img.store, off, out);
+  return true;
 }
 
 /** The host offset of refcount block `reftableIndex` (0: none), which must be cluster aligned. */

@@ -18,6 +18,14 @@
 // Refcount overflow, underflow and references to clusters with refcount 0 are found while
 // planning, before the first write: a refused operation leaves the file untouched.
 //
+// Memory stays bounded whatever the image size: the changed refcount blocks are kept in a cache
+// of OpenOptions.commitRefblockBytes (RefcountOverlay); beyond it, a changed block is given its
+// new place at once and written there early (during planning or prepare, always before the flush
+// that precedes the commit), and read back when needed again. So an operation that changes more
+// blocks than that budget may have written such blocks, into clusters nothing uses, before it
+// meets a refusal: the file then differs in free clusters only (and may be longer), never in
+// anything a reader sees.
+//
 // Refcounts follow QEMU's accounting (§3.1): every L1 entry → L2 table reference counts 1 on the
 // L2 cluster and 1 on every host cluster its entries reach (compressed: every cluster its byte
 // range touches). An operation is described as trees removed and added; only L2 references that
@@ -31,103 +39,234 @@ import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format
 import { invalidateAllocatorState } from './allocator.ts';
 import { readInto } from '../io/store.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { copyRefblock, refblockEntriesOf, reftableSize } from './refcount.ts';
+import { readRefblockInto, refblockEntriesOf, reftableSize } from './refcount.ts';
 
 const HI_COPIED = 0x80000000;
 const HI_COMPRESSED = 0x40000000;
 const TWO32 = 4294967296;
 
-// ---- a copy-on-write view of the refcounts ------------------------------------------------------
+// ---- a copy-on-write view of the refcounts, in a bounded cache ----------------------------------
+
+/** One refcount block in the overlay's cache. */
+interface OverlayBlock {
+  /** The refcounts afterwards (null: absent on disk and unchanged). */
+  data: Uint8Array | null;
+  /**
+   * For a changed block: bit i set where entry i is 0 on disk (the old block, which the operation
+   * never overwrites). Null for an unchanged block (`data` is then what the disk holds), and for a
+   * changed block read back only to be read (load's `forChange`).
+   */
+  zero: Uint8Array | null;
+  /** Changed since it was last written to its new place. */
+  unwritten: boolean;
+}
+
+/** What the overlay counts for a cached block absent on disk and unchanged (an entry, no bytes). */
+const ABSENT_BLOCK_BYTES = 64;
+/** The fewest blocks the cache holds whatever its budget (a compressed entry's two, with room). */
+const MIN_CACHED_BLOCKS = 4;
 
 /**
  * Refcounts as they will be after the operation, per refcount block, and which of them are 0 on
- * disk. Blocks are loaded lazily (async) and must be loaded before the synchronous accessors
- * touch them. Each loaded block is a private copy, changed in place (the image's cache is never
- * changed); what the disk held is kept only as far as the checks need it: a bitmap of the
- * refcounts that were 0 (1/16 of a 16-bit block), made when the block is first changed. One copy
- * per block instead of two halves the memory of an operation that touches every block.
+ * disk, within a memory budget. Blocks are loaded lazily (async) and must be loaded before the
+ * synchronous accessors touch them; the cache is trimmed only by trim(), at points where no
+ * caller holds a block. A loaded block is a private copy, changed in place (the image's cache is
+ * never changed); what the disk held is kept only as far as the checks need it: a bitmap of the
+ * refcounts that were 0, made when the block is first changed.
+ *
+ * A changed block that leaves the cache is first written to its new place (a cluster free in the
+ * current state that the new refcount table will point at: the shadow commit's own layout, so an
+ * early write is as invisible as the others until the header commit) and read back from there if
+ * it is needed again; its bitmap is then rebuilt from the old block, still on disk untouched.
  */
 export class RefcountOverlay {
   readonly per: number;
   readonly order: number;
   readonly max: number;
-  /** Loaded blocks by reftable index: the refcounts afterwards (null: absent on disk, unchanged). */
-  private readonly blocks = new Map<number, Uint8Array | null>();
-  /** Changed blocks by reftable index (the same arrays as `blocks`). */
-  readonly dirty = new Map<number, Uint8Array>();
-  /** For changed blocks: bit i set where entry i was 0 on disk (an unchanged block still says so itself). */
-  private readonly zeroOnDisk = new Map<number, Uint8Array>();
+  /** Bytes of blocks and bitmaps the cache keeps (at least MIN_CACHED_BLOCKS blocks). */
+  readonly budgetBytes: number;
+  /** Every block the operation changes, in the cache or at its new place. */
+  readonly changed = new Set<number>();
+  /** Reftable index → host offset of the block's new place. */
+  readonly homes = new Map<number, number>();
+  /** Set once every changed block has its place: a change after that is a bug. */
+  frozen = false;
+  /** Changed blocks written to their new place before prepare() (to stay within the budget). */
+  earlyWrites = 0;
+  /** The most bytes the cache held. */
+  peakBytes = 0;
+  /** Cached blocks by reftable index, least recently loaded first. */
+  private readonly cache = new Map<number, OverlayBlock>();
+  private cacheBytes = 0;
+  private trimming = false;
+  private readonly zeroBytes: number;
+  /**
+   * Buffers of blocks and bitmaps that left the cache, for the next loads: fresh memory costs a
+   * page fault per 4 KiB, more than the read itself (BENCHMARKS.md), and garbage to collect.
+   */
+  private readonly spareBlocks: Uint8Array[] = [];
+  private readonly spareBitmaps: Uint8Array[] = [];
+  /** Scratch for peek() and for the old blocks bitmaps are rebuilt from. */
+  private peekData: Uint8Array | null = null;
+  private peekZero: Uint8Array | null = null;
+  private oldBlock: Uint8Array | null = null;
 
-  constructor(readonly img: Qcow2Image) {
+  /** `placeHome(rb)`: give changed block rb its new place (in `homes`); it may change other blocks. */
+  constructor(readonly img: Qcow2Image, budgetBytes: number, private readonly placeHome: (rb: number) => Promise<void>) {
     this.per = refblockEntriesOf(img);
     this.order = img.refcountOrder;
     // 64-bit refcounts above 2^53 are not exact numbers: treat 2^53 − 1 as the ceiling.
     this.max = Math.min(refcountMax(img.refcountOrder), Number.MAX_SAFE_INTEGER);
+    this.zeroBytes = Math.ceil(this.per / 8);
+    this.budgetBytes = Math.max(budgetBytes, MIN_CACHED_BLOCKS * (img.clusterSize + this.zeroBytes));
   }
 
   isLoaded(rb: number): boolean {
-    return this.blocks.has(rb);
+    return this.cache.has(rb);
   }
 
-  async load(rb: number): Promise<void> {
-    if (this.blocks.has(rb)) return;
-    this.blocks.set(rb, await copyRefblock(this.img, rb));
+  /** Loaded and ready to change (a changed block's bitmap of zeros on disk at hand). */
+  isReady(rb: number): boolean {
+    const e = this.cache.get(rb);
+    return e !== undefined && (e.zero !== null || !this.changed.has(rb));
   }
 
-  async loadAll(rbs: Iterable<number>): Promise<void> {
-    for (const rb of rbs) await this.load(rb);
+  /**
+   * Bring block rb into the cache as its most recent entry (never evicting: see trim). A changed
+   * block that left the cache is read back from its new place; `forChange` (the default) also
+   * rebuilds its bitmap of zeros on disk, which a pass that only reads refcounts does without.
+   */
+  async load(rb: number, forChange = true): Promise<void> {
+    let e = this.cache.get(rb);
+    if (e) {
+      this.cache.delete(rb);
+      this.cache.set(rb, e);
+    } else {
+      let data: Uint8Array | null = this.spareBlocks.pop() ?? new Uint8Array(this.img.clusterSize);
+      if (this.changed.has(rb)) {
+        await readInto(this.img.store, this.homeOf(rb), data);
+      } else if (!(await readRefblockInto(this.img, rb, data))) {
+        this.spareBlocks.push(data);
+        data = null;
+      }
+      e = { data, zero: null, unwritten: false };
+      this.cache.set(rb, e);
+      this.grow(data ? data.length : ABSENT_BLOCK_BYTES);
+    }
+    if (forChange && e.zero === null && this.changed.has(rb)) {
+      e.zero = await this.zerosOnDisk(rb, this.spareBitmaps.pop() ?? new Uint8Array(this.zeroBytes));
+      this.grow(e.zero.length);
+    }
+  }
+
+  /**
+   * Block rb for a scan that only reads (the allocator's): the refcounts afterwards and, for a
+   * changed block, its zeros on disk. A cached block comes as it is; another is read into scratch
+   * buffers, valid until the next peek, without entering the cache.
+   */
+  async peek(rb: number): Promise<{ data: Uint8Array | null; zero: Uint8Array | null }> {
+    const e = this.cache.get(rb);
+    if (e) {
+      if (e.zero === null && this.changed.has(rb)) await this.load(rb);
+      return e;
+    }
+    const data = (this.peekData ??= new Uint8Array(this.img.clusterSize));
+    if (!this.changed.has(rb)) return { data: (await readRefblockInto(this.img, rb, data)) ? data : null, zero: null };
+    await readInto(this.img.store, this.homeOf(rb), data);
+    return { data, zero: await this.zerosOnDisk(rb, (this.peekZero ??= new Uint8Array(this.zeroBytes))) };
+  }
+
+  /**
+   * Keep the cache within its budget: the least recently loaded blocks leave it (except `keep`),
+   * a changed one first written to its new place (placed first if it has none, which may change
+   * and load other blocks). A trim asked for while one runs (from a placement) does nothing.
+   */
+  async trim(keep: readonly number[] = []): Promise<void> {
+    if (this.trimming || this.cacheBytes <= this.budgetBytes) return;
+    this.trimming = true;
+    try {
+      while (this.cacheBytes > this.budgetBytes) {
+        let victim = -1;
+        for (const rb of this.cache.keys()) {
+          if (!keep.includes(rb)) {
+            victim = rb;
+            break;
+          }
+        }
+        if (victim < 0) return;
+        const e = this.cache.get(victim)!;
+        if (e.unwritten) {
+          if (!this.homes.has(victim)) {
+            if (this.frozen) throw new QcowError('INTERNAL', `refcount block ${victim} has no new place`, { reftableIndex: victim });
+            await this.placeHome(victim);
+          }
+          await this.writeHome(victim, e, `refcount block ${victim} (new copy, written early: more changed refcount blocks than the operation keeps in memory)`);
+          this.earlyWrites++;
+        }
+        this.cache.delete(victim);
+        this.cacheBytes -= this.bytesOf(e);
+        if (e.data) this.spareBlocks.push(e.data);
+        if (e.zero) this.spareBitmaps.push(e.zero);
+      }
+    } finally {
+      this.trimming = false;
+    }
+  }
+
+  /** Write every cached block with changes not yet written to its new place, in offset order. */
+  async writeBack(): Promise<void> {
+    const todo = [...this.cache].filter(([, e]) => e.unwritten).sort((a, b) => this.homeOf(a[0]) - this.homeOf(b[0]));
+    for (const [rb, e] of todo) await this.writeHome(rb, e, `refcount block ${rb} (new copy)`);
+  }
+
+  /** A changed block's bytes if the cache still holds them (after writeBack: what its new place holds). */
+  cachedBlock(rb: number): Uint8Array | null {
+    return this.cache.get(rb)?.data ?? null;
   }
 
   /** The block's refcounts afterwards (null: absent and unchanged); undefined when not loaded. */
   current(rb: number): Uint8Array | null | undefined {
-    return this.blocks.get(rb);
+    return this.cache.get(rb)?.data;
   }
 
-  /** The bitmap of entries that are 0 on disk, for a changed block; null for an unchanged one. */
+  /** The bitmap of entries that are 0 on disk, for a changed block ready to change; null otherwise. */
   zeroBits(rb: number): Uint8Array | null {
-    return this.zeroOnDisk.get(rb) ?? null;
+    return this.cache.get(rb)?.zero ?? null;
   }
 
-  /** Whether entry `idx` of loaded block `rb` is 0 on disk. */
+  /** Whether entry `idx` of block `rb` (ready: see isReady) is 0 on disk. */
   wasZero(rb: number, idx: number): boolean {
-    const z = this.zeroOnDisk.get(rb);
-    if (z) return ((z[idx >>> 3]! >>> (idx & 7)) & 1) !== 0;
-    const b = this.loaded(rb);
-    return !b || getRefcount(b, idx, this.order) === 0;
+    const e = this.entry(rb);
+    if (e.zero) return ((e.zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0;
+    if (this.changed.has(rb)) throw new QcowError('INTERNAL', `refcount block ${rb} read back without its zeros on disk`, { reftableIndex: rb });
+    return !e.data || getRefcount(e.data, idx, this.order) === 0;
   }
 
   get(ci: number): number {
     const rb = Math.floor(ci / this.per);
-    const b = this.loaded(rb);
+    const b = this.entry(rb).data;
     return b ? getRefcount(b, ci - rb * this.per, this.order) : 0;
   }
 
-  private loaded(rb: number): Uint8Array | null {
-    const b = this.blocks.get(rb);
-    if (b === undefined) throw new QcowError('INTERNAL', `refcount block ${rb} used before it was loaded`, { reftableIndex: rb });
-    return b;
-  }
-
-  /** The block to modify for reftable index rb (its zeros on disk noted on the first change). */
+  /** The block to modify for reftable index rb (ready: see isReady; its zeros on disk noted on the first change). */
   block(rb: number): Uint8Array {
-    let d = this.dirty.get(rb);
-    if (!d) {
-      const b = this.loaded(rb);
-      const zero = new Uint8Array(Math.ceil(this.per / 8));
-      if (b && this.order === 4) {
-        const w = new Uint16Array(b.buffer, b.byteOffset, this.per); // zero whatever the byte order
-        for (let i = 0; i < this.per; i++) if (w[i] === 0) zero[i >>> 3] |= 1 << (i & 7);
-      } else if (b) {
-        for (let i = 0; i < this.per; i++) if (getRefcount(b, i, this.order) === 0) zero[i >>> 3] |= 1 << (i & 7);
-      } else {
-        zero.fill(0xff);
+    const e = this.entry(rb);
+    if (!e.unwritten) {
+      if (this.frozen) throw new QcowError('INTERNAL', `refcount block ${rb} changed after the refcount structures were placed`, { reftableIndex: rb });
+      if (!this.changed.has(rb)) {
+        e.zero = this.zerosOf(e.data, this.spareBitmaps.pop() ?? new Uint8Array(this.zeroBytes));
+        this.grow(e.zero.length);
+        if (!e.data) {
+          e.data = this.spareBlocks.pop()?.fill(0) ?? new Uint8Array(this.img.clusterSize);
+          this.grow(e.data.length - ABSENT_BLOCK_BYTES);
+        }
+        this.changed.add(rb);
+      } else if (!e.zero) {
+        throw new QcowError('INTERNAL', `refcount block ${rb} changed without its zeros on disk`, { reftableIndex: rb });
       }
-      d = b ?? new Uint8Array(this.img.clusterSize);
-      this.blocks.set(rb, d);
-      this.dirty.set(rb, d);
-      this.zeroOnDisk.set(rb, zero);
+      e.unwritten = true;
     }
-    return d;
+    return e.data!;
   }
 
   set(ci: number, v: number): void {
@@ -180,6 +319,50 @@ export class RefcountOverlay {
     }
     setRefcount(blk, idx, this.order, next);
   }
+
+  private entry(rb: number): OverlayBlock {
+    const e = this.cache.get(rb);
+    if (e === undefined) throw new QcowError('INTERNAL', `refcount block ${rb} used before it was loaded`, { reftableIndex: rb });
+    return e;
+  }
+
+  private homeOf(rb: number): number {
+    const off = this.homes.get(rb);
+    if (off === undefined) throw new QcowError('INTERNAL', `refcount block ${rb} left the cache without a new place`, { reftableIndex: rb });
+    return off;
+  }
+
+  private async writeHome(rb: number, e: OverlayBlock, purpose: string): Promise<void> {
+    await this.img.pwrite(this.homeOf(rb), e.data!, purpose);
+    e.unwritten = false;
+  }
+
+  private grow(bytes: number): void {
+    this.cacheBytes += bytes;
+    if (this.cacheBytes > this.peakBytes) this.peakBytes = this.cacheBytes;
+  }
+
+  private bytesOf(e: OverlayBlock): number {
+    return (e.data ? e.data.length : ABSENT_BLOCK_BYTES) + (e.zero ? e.zero.length : 0);
+  }
+
+  /** Block rb's zeros on disk into `out`, from the old block (all of them for an absent one). */
+  private async zerosOnDisk(rb: number, out: Uint8Array): Promise<Uint8Array> {
+    const old = (this.oldBlock ??= new Uint8Array(this.img.clusterSize));
+    return this.zerosOf((await readRefblockInto(this.img, rb, old)) ? old : null, out);
+  }
+
+  /** Bit i of `out` set where entry i of `b` is 0 (every bit for an absent block). */
+  private zerosOf(b: Uint8Array | null, out: Uint8Array): Uint8Array {
+    out.fill(b ? 0 : 0xff);
+    if (b && this.order === 4) {
+      const w = new Uint16Array(b.buffer, b.byteOffset, this.per); // zero whatever the byte order
+      for (let i = 0; i < this.per; i++) if (w[i] === 0) out[i >>> 3] |= 1 << (i & 7);
+    } else if (b) {
+      for (let i = 0; i < this.per; i++) if (getRefcount(b, i, this.order) === 0) out[i >>> 3] |= 1 << (i & 7);
+    }
+    return out;
+  }
 }
 
 // ---- the plan -----------------------------------------------------------------------------------
@@ -205,7 +388,10 @@ interface Allocation {
   count: number;
 }
 
-/** A planned operation: nothing has been written yet. */
+/**
+ * A planned operation: nothing written yet, unless it changes more refcount blocks than the
+ * overlay keeps in memory (those went early to their new places, clusters nobody uses).
+ */
 export class ShadowCommit {
   readonly img: Qcow2Image;
   readonly request: CommitRequest;
@@ -227,8 +413,6 @@ export class ShadowCommit {
   newReftable = new Uint8Array(0);
   newReftableOffset = 0;
   newReftableClusters = 0;
-  /** Reftable index → new refcount block offset. */
-  readonly newRefblocks = new Map<number, number>();
   /** Clusters whose refcount drops to 0 (for cache invalidation). */
   private readonly freed: number[] = [];
   private cursor = 1;
@@ -253,7 +437,7 @@ export class ShadowCommit {
   private constructor(img: Qcow2Image, request: CommitRequest) {
     this.img = img;
     this.request = request;
-    this.overlay = new RefcountOverlay(img);
+    this.overlay = new RefcountOverlay(img, img.commitRefblockBytes, (rb) => this.placeRefblock(rb));
     const cb = img.clusterBits;
     const lp = Math.log2(this.overlay.per);
     this.geo = {
@@ -266,7 +450,10 @@ export class ShadowCommit {
     };
   }
 
-  /** Plan the operation: every check and every allocation, no write. */
+  /**
+   * Plan the operation: every check and every allocation. No write, unless the changed refcount
+   * blocks outgrow the overlay's budget: those are written early to their new places.
+   */
   static async plan(img: Qcow2Image, request: CommitRequest): Promise<ShadowCommit> {
     const c = new ShadowCommit(img, request);
     await c.build();
@@ -380,11 +567,15 @@ export class ShadowCommit {
         continue;
       }
       off = this.l2Copies.get(off) ?? off;
-      await this.overlay.load(Math.floor(off / cs / this.overlay.per));
+      await this.ready([Math.floor(off / cs / this.overlay.per)], false);
       const copied = this.overlay.get(off / cs) === 1;
       putEntry(l1, i * 8, ...encodeL1Entry(off, copied));
     }
-    for (const [off, d] of delta) if (d < 0 && this.overlay.get(off / cs) === 0) this.freed.push(off / cs);
+    for (const [off, d] of delta) {
+      if (d >= 0) continue;
+      await this.ready([Math.floor(off / cs / this.overlay.per)], false);
+      if (this.overlay.get(off / cs) === 0) this.freed.push(off / cs);
+    }
     this.newL1 = l1;
     this.newL1Size = newSize;
 
@@ -441,48 +632,44 @@ export class ShadowCommit {
     await ov.load(Math.floor(l2ci / ov.per));
     ov.addRef(l2ci, d, 'L2 table');
     const t = await this.scanL2(l2Offset);
-    // One synchronous pass; clusters whose refcount block is not loaded yet come back for a
-    // second, short one.
-    const pending = this.applyEntries(t, l2Offset, d);
-    if (pending.length > 0) {
-      for (const ci of pending) await ov.load(Math.floor(ci / ov.per));
-      for (const ci of pending) ov.addRef(ci, d, 'Data or compressed cluster');
-    }
+    // Synchronous runs, each stopping at an entry whose refcount block is not ready.
+    const n = this.img.l2Entries;
+    for (let j = this.applyEntries(t, l2Offset, d, 0); j < n; j = this.applyEntries(t, l2Offset, d, j)) await this.ready(this.wanted);
+    await this.trim();
   }
 
-  /** Refcount blocks the clusters of an L2 table need that are not loaded yet (synchronous). */
-  private missingBlocks(t: Uint8Array): Set<number> {
-    const img = this.img;
+  /** Refcount blocks the last synchronous pass stopped for (an entry's: two for a compressed one across blocks). */
+  private wanted: number[] = [];
+
+  /** Load refcount blocks a synchronous pass needs, then trim the overlay without dropping them. */
+  private async ready(rbs: number[], forChange = true): Promise<void> {
+    for (const rb of rbs) await this.overlay.load(rb, forChange);
+    await this.trim(rbs);
+  }
+
+  /**
+   * Give changed refcount block rb its new place. Its old place is freed later (trim() below):
+   * the overlay's trim places the blocks it evicts, and freeing there would load the blocks that
+   * count the old places, one more per eviction.
+   */
+  private async placeRefblock(rb: number): Promise<void> {
     const ov = this.overlay;
-    const cs = this.cs;
-    const per = ov.per;
-    const es = img.l2EntrySize;
-    const n = img.l2Entries;
-    const { fast, rbHiMul, rbShift } = this.geo;
-    const missing = new Set<number>();
-    let lastRb = -1;
-    for (let j = 0; j < n; j++) {
-      const at = j * es;
-      const hi = (t[at]! << 24) | (t[at + 1]! << 16) | (t[at + 2]! << 8) | t[at + 3]!;
-      const lo = (t[at + 4]! << 24) | (t[at + 5]! << 16) | (t[at + 6]! << 8) | t[at + 7]!;
-      if ((hi & HI_COMPRESSED) !== 0) {
-        const dsc = compressedDescriptor(hi >>> 0, lo >>> 0, img.clusterBits);
-        const first = Math.floor(dsc.hostOffset / cs);
-        const last = Math.floor((dsc.hostOffset + dsc.compressedSize - 1) / cs);
-        for (let c = first; c <= last; c++) {
-          const rb = Math.floor(c / per);
-          if (!ov.isLoaded(rb)) missing.add(rb);
-        }
-        continue;
-      }
-      const hiO = hi & 0x00ffffff;
-      if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
-      const rb = fast ? hiO * rbHiMul + (lo >>> rbShift) : Math.floor((hiO * TWO32 + ((lo & 0xfffffe00) >>> 0)) / cs / per);
-      if (rb === lastRb) continue;
-      lastRb = rb;
-      if (!ov.isLoaded(rb)) missing.add(rb);
+    if (ov.homes.has(rb)) return;
+    const a = await this.alloc(1, 'refcount block');
+    ov.homes.set(rb, a.cluster * this.cs);
+    const old = rb < reftableSize(this.img) ? reftableEntry(this.img.reftable, rb) : 0;
+    if (old !== 0) this.oldRefblocks.push(old);
+  }
+
+  /** Old places of refcount blocks given a new one, not freed yet (never allocated meanwhile: their refcount on disk is not 0). */
+  private readonly oldRefblocks: number[] = [];
+
+  /** Trim the overlay (keeping `keep`), then free the old places of the blocks it placed (which may place more). */
+  private async trim(keep: readonly number[] = []): Promise<void> {
+    await this.overlay.trim(keep);
+    for (let old = this.oldRefblocks.pop(); old !== undefined; old = this.oldRefblocks.pop()) {
+      await this.addRange(old, this.cs, -1, 'refcount block');
     }
-    return missing;
   }
 
   private unaligned(l2Offset: number, j: number, hi: number, lo: number): never {
@@ -493,11 +680,11 @@ export class ShadowCommit {
   }
 
   /**
-   * The ±d walk over one L2 table's entries (synchronous, the hot loop). Returns the clusters it
-   * could not update because their refcount block is not loaded yet.
+   * The ±d walk over one L2 table's entries from entry `from` (synchronous, the hot loop).
+   * Returns the first entry it could not take because a refcount block it needs is not ready
+   * (those blocks in `wanted`; nothing done for that entry), or the entry count when done.
    */
-  private applyEntries(t: Uint8Array, l2Offset: number, d: number): number[] {
-    const pending: number[] = [];
+  private applyEntries(t: Uint8Array, l2Offset: number, d: number, from: number): number {
     const img = this.img;
     const ov = this.overlay;
     const cs = this.cs;
@@ -511,7 +698,7 @@ export class ShadowCommit {
     let zero: Uint8Array | null = null;
     let blk: Uint8Array | null = null;
     let blkDv: DataView | null = null;
-    for (let j = 0; j < n; j++) {
+    for (let j = from; j < n; j++) {
       if (sixteen && blkDv !== null) {
         j = addRefRun16(dv, j, n, es, lastRb, zero!, blkDv, d, ov.max, cb, alignMask, rbHiMul, rbShift, idxMask);
         if (j >= n) break;
@@ -523,7 +710,15 @@ export class ShadowCommit {
         const dsc = compressedDescriptor(hi >>> 0, lo >>> 0, img.clusterBits);
         const first = Math.floor(dsc.hostOffset / cs);
         const last = Math.floor((dsc.hostOffset + dsc.compressedSize - 1) / cs);
-        for (let c = first; c <= last; c++) pending.push(c);
+        const rbs = new Set<number>();
+        for (let c = first; c <= last; c++) rbs.add(Math.floor(c / per));
+        for (const rb of rbs) {
+          if (!ov.isReady(rb)) {
+            this.wanted = [...rbs];
+            return j;
+          }
+        }
+        for (let c = first; c <= last; c++) ov.addRef(c, d, 'Compressed cluster');
         continue;
       }
       const hiO = hi & 0x00ffffff;
@@ -542,9 +737,9 @@ export class ShadowCommit {
         idx = ci - rb * per;
       }
       if (rb !== lastRb) {
-        if (!ov.isLoaded(rb)) {
-          pending.push(rb * per + idx);
-          continue;
+        if (!ov.isReady(rb)) {
+          this.wanted = [rb];
+          return j;
         }
         lastRb = rb;
         blk = ov.block(rb);
@@ -553,7 +748,7 @@ export class ShadowCommit {
       }
       ov.addRefIn(zero!, blk!, idx, rb * per + idx, d, 'Data cluster');
     }
-    return pending;
+    return n;
   }
 
   /** ±d on every cluster touched by a byte range of metadata (tables being freed). */
@@ -562,10 +757,13 @@ export class ShadowCommit {
     const cs = this.cs;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + bytes - 1) / cs);
+    const ov = this.overlay;
     for (let c = first; c <= last; c++) {
-      await this.overlay.load(Math.floor(c / this.overlay.per));
-      this.overlay.addRef(c, d, what);
-      if (d < 0 && this.overlay.get(c) === 0) this.freed.push(c);
+      const rb = Math.floor(c / ov.per);
+      await ov.load(rb);
+      ov.addRef(c, d, what);
+      if (d < 0 && ov.get(c) === 0) this.freed.push(c);
+      await ov.trim([rb]);
     }
   }
 
@@ -575,18 +773,25 @@ export class ShadowCommit {
    * whether anything changed; without `fix`, stops at the first wrong bit.
    */
   private async copiedPass(t: Uint8Array, fix: boolean | 'needs-set'): Promise<boolean | 'clear'> {
-    // Usually every block is loaded by the refcount walk; otherwise load them and go again. A
-    // fix pass that stops half-way has changed nothing it cannot redo: it only sets bits to
-    // their final value.
-    for (;;) {
-      const r = this.copiedEntries(t, fix);
-      if (r !== 'missing') return r;
-      await this.overlay.loadAll(this.missingBlocks(t));
+    // Synchronous runs, each stopping at an entry whose refcount block is not loaded; the next
+    // run takes that entry again once it is.
+    this.passChanged = false;
+    for (let from = 0; ;) {
+      const r = this.copiedEntries(t, fix, from);
+      if (typeof r !== 'number') return r;
+      from = r;
+      await this.ready(this.wanted, false);
     }
   }
 
-  /** COPIED check/fix over an L2 table; 'missing' when a refcount block it needs is not loaded (nothing changed then). */
-  private copiedEntries(t: Uint8Array, fix: boolean | 'needs-set'): boolean | 'clear' | 'missing' {
+  /** Whether the COPIED pass in progress changed (or, 'needs-set', would clear) a bit before the entry it stopped at. */
+  private passChanged = false;
+
+  /**
+   * COPIED check/fix over an L2 table from entry `from`; a number: the entry it stopped at
+   * because its refcount block is not loaded (that block in `wanted`, the entry untouched).
+   */
+  private copiedEntries(t: Uint8Array, fix: boolean | 'needs-set', from: number): boolean | 'clear' | number {
     const img = this.img;
     const ov = this.overlay;
     const cs = this.cs;
@@ -598,11 +803,11 @@ export class ShadowCommit {
     const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
     const flips = this.flips;
     flips[0] = 0;
-    let changed = false;
+    let changed = this.passChanged;
     let lastRb = -1;
     let cur: Uint8Array | null = null;
     let curDv: DataView | null = null;
-    for (let j = 0; j < n; j++) {
+    for (let j = from; j < n; j++) {
       if (sixteen && curDv !== null) {
         j = copiedRun16(dv, j, n, es, lastRb, curDv, fix === true, cb, rbHiMul, rbShift, idxMask, flips);
         if (flips[0]! > 0) changed = true;
@@ -628,7 +833,11 @@ export class ShadowCommit {
           idx = Math.floor(ci) - rb * per;
         }
         if (rb !== lastRb) {
-          if (!ov.isLoaded(rb)) return 'missing';
+          if (!ov.isLoaded(rb)) {
+            this.passChanged = changed;
+            this.wanted = [rb];
+            return j;
+          }
           lastRb = rb;
           cur = ov.current(rb) ?? null;
           curDv = cur ? new DataView(cur.buffer, cur.byteOffset, cur.byteLength) : null;
@@ -715,9 +924,8 @@ export class ShadowCommit {
         throw new QcowError('IMAGE_TOO_BIG', `No room for ${count} clusters below the largest host offset`, { clusters: count });
       }
       const rb = Math.floor(c / per);
-      await ov.load(rb);
-      const cur = ov.current(rb) ?? null;
-      const zero = ov.zeroBits(rb);
+      // Read, not loaded: a scan over many blocks must not fill the overlay.
+      const { data: cur, zero } = await ov.peek(rb);
       const base = rb * per;
       const end = base + per;
       const wc = order === 4 && cur ? new Uint16Array(cur.buffer, cur.byteOffset, per) : null;
@@ -732,7 +940,8 @@ export class ShadowCommit {
           c = base + i;
           if (c >= end) break;
         }
-        const free = (!cur || getRefcount(cur, c - base, order) === 0) && ov.wasZero(rb, c - base);
+        const idx = c - base;
+        const free = (!cur || getRefcount(cur, idx, order) === 0) && (!zero || ((zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0);
         if (free && this.metadata.has(c)) {
           throw new QcowError('METADATA_CORRUPT',
             `Preventing invalid allocation of ${what} at offset ${hex(c * this.cs)}: it holds metadata but its refcount is 0; run a check with repair`,
@@ -758,8 +967,11 @@ export class ShadowCommit {
   }
 
   /** Give back an allocation made during planning (never written). */
-  private release(a: Allocation): void {
-    for (let k = a.cluster; k < a.cluster + a.count; k++) this.overlay.set(k, 0);
+  private async release(a: Allocation): Promise<void> {
+    for (let k = a.cluster; k < a.cluster + a.count; k++) {
+      await this.overlay.load(Math.floor(k / this.overlay.per));
+      this.overlay.set(k, 0);
+    }
     this.cursor = Math.min(this.cursor, a.cluster);
   }
 
@@ -780,20 +992,19 @@ export class ShadowCommit {
       // Blocks, to a fixpoint.
       for (let guard = 0; ; guard++) {
         if (guard > 1_000_000) throw new QcowError('INTERNAL', 'refcount blocks did not converge', {});
-        const todo = [...ov.dirty.keys()].filter((rb) => !this.newRefblocks.has(rb));
+        await this.trim();
+        const todo = [...ov.changed].filter((rb) => !ov.homes.has(rb));
         if (todo.length === 0) break;
         for (const rb of todo.sort((a, b) => a - b)) {
-          const a = await this.alloc(1, 'refcount block');
-          this.newRefblocks.set(rb, a.cluster * cs);
-          const old = rb < oldEntries ? reftableEntry(img.reftable, rb) : 0;
-          if (old !== 0) await this.addRange(old, cs, -1, 'refcount block');
+          await this.placeRefblock(rb);
+          await this.trim();
         }
       }
       let maxIndex = oldEntries - 1;
-      for (const rb of this.newRefblocks.keys()) maxIndex = Math.max(maxIndex, rb);
+      for (const rb of ov.homes.keys()) maxIndex = Math.max(maxIndex, rb);
       const needClusters = Math.max(h.refcountTableClusters, Math.ceil(((maxIndex + 1) * 8) / cs));
       if (table && table.count >= needClusters) break;
-      if (table) this.release(table);
+      if (table) await this.release(table);
       const clusters = needClusters > h.refcountTableClusters ? Math.ceil(needClusters * 1.5) : needClusters;
       if (clusters * cs > C.MAX_REFTABLE_SIZE_BYTES) {
         throw new QcowError('TABLE_TOO_LARGE', 'Reference count table too large', { structure: 'Reference count table', clusters });
@@ -804,9 +1015,11 @@ export class ShadowCommit {
         await this.addRange(h.refcountTableOffset, h.refcountTableClusters * cs, -1, 'refcount table');
       }
     }
+    if (this.oldRefblocks.length > 0) throw new QcowError('INTERNAL', 'old refcount blocks left unfreed', {});
+    ov.frozen = true;
     const t = new Uint8Array(table.count * cs);
     t.set(img.reftable.subarray(0, Math.min(img.reftable.length, t.length)));
-    for (const [rb, off] of this.newRefblocks) putEntry(t, rb * 8, ...encodeL1Entry(off, false));
+    for (const [rb, off] of ov.homes) putEntry(t, rb * 8, ...encodeL1Entry(off, false));
     this.newReftable = t;
     this.newReftableOffset = table.cluster * cs;
     this.newReftableClusters = table.count;
@@ -840,9 +1053,7 @@ export class ShadowCommit {
       padded.set(this.newSnapshotTable);
       await img.pwrite(this.newSnapshotsOffset, padded, 'snapshot table (new copy)');
     }
-    for (const [rb, off] of [...this.newRefblocks].sort((a, b) => a[1] - b[1])) {
-      await img.pwrite(off, this.overlay.dirty.get(rb)!, `refcount block ${rb} (new copy)`);
-    }
+    await this.overlay.writeBack();
     await img.pwrite(this.newReftableOffset, this.newReftable, 'refcount table (new copy)');
     await img.flush('new structures on disk before the header points at them');
     this.prepared = true;
@@ -898,7 +1109,11 @@ export class ShadowCommit {
       img.l2Cache.delete(c * cs);
       img.refblockCache.delete(c * cs);
     }
-    for (const [rb, off] of this.newRefblocks) img.refblockCache.set(off, this.overlay.dirty.get(rb)!);
+    for (const [rb, off] of this.overlay.homes) {
+      const b = this.overlay.cachedBlock(rb);
+      if (b) img.refblockCache.set(off, b);
+      else img.refblockCache.delete(off);
+    }
     for (const to of this.l2Copies.values()) img.l2Cache.delete(to);
     invalidateAllocatorState(img);
   }

@@ -101,28 +101,41 @@ export function nextSnapshotId(snapshots: readonly Snapshot[]): string {
 
 export type SnapshotOperation = 'create' | 'revert' | 'delete';
 
-/** An operation checked and planned on one image; nothing written until run(). */
-export class PlannedSnapshotOp {
-  readonly journal: Journal;
+/** `fn` with `journal` recording the image's writes. */
+async function withJournal<T>(img: Qcow2Image, journal: Journal, fn: () => Promise<T>): Promise<T> {
+  const prev = img.journal;
+  img.journal = journal;
+  try {
+    return await fn();
+  } finally {
+    img.journal = prev;
+  }
+}
 
-  constructor(
+/**
+ * An operation checked and planned on one image; nothing written until run(), except refcount
+ * blocks written early to free clusters when more change than the plan keeps in memory
+ * (OpenOptions.commitRefblockBytes): those are in the journal already.
+ */
+export class PlannedSnapshotOp {
+  private constructor(
     readonly img: Qcow2Image,
     readonly operation: SnapshotOperation,
     /** The snapshot created, reverted to, or deleted. */
     readonly snapshot: Snapshot,
     readonly commit: ShadowCommit,
-  ) {
-    this.journal = new Journal(`snapshot ${operation} '${snapshot.name}' (ID ${snapshot.idStr})`);
+    readonly journal: Journal,
+  ) {}
+
+  /** Plan `req` on `img`, its journal recording from the start. */
+  static async plan(img: Qcow2Image, operation: SnapshotOperation, snapshot: Snapshot, req: CommitRequest): Promise<PlannedSnapshotOp> {
+    const journal = new Journal(`snapshot ${operation} '${snapshot.name}' (ID ${snapshot.idStr})`);
+    const commit = await withJournal(img, journal, () => ShadowCommit.plan(img, req));
+    return new PlannedSnapshotOp(img, operation, snapshot, commit, journal);
   }
 
-  private async withJournal<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.img.journal;
-    this.img.journal = this.journal;
-    try {
-      return await fn();
-    } finally {
-      this.img.journal = prev;
-    }
+  private withJournal<T>(fn: () => Promise<T>): Promise<T> {
+    return withJournal(this.img, this.journal, fn);
   }
 
   /** Write the new structures and flush (invisible until commit). */
@@ -197,8 +210,7 @@ export async function planCreate(img: Qcow2Image, name: string, opts: CreateOpti
     activeL1: img.l1Table.slice(),
     removed: [],
   };
-  const commit = await ShadowCommit.plan(img, req);
-  return new PlannedSnapshotOp(img, 'create', sn, commit);
+  return PlannedSnapshotOp.plan(img, 'create', sn, req);
 }
 
 /** Plan `snapshot -a ID_OR_NAME` (qcow2-reference.md §3.5). */
@@ -235,8 +247,7 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
     removed: [],
     ...(sizeChanges ? { size: sn.diskSize } : {}),
   };
-  const commit = await ShadowCommit.plan(img, req);
-  return new PlannedSnapshotOp(img, 'revert', sn, commit);
+  return PlannedSnapshotOp.plan(img, 'revert', sn, req);
 }
 
 /** Plan `snapshot -d` (qcow2-reference.md §3.6): by ID-or-name (a string), or by ID and/or name. */
@@ -252,8 +263,7 @@ export async function planDelete(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
     activeL1: img.l1Table.slice(),
     removed: [{ snapshot: sn, table }],
   };
-  const commit = await ShadowCommit.plan(img, req);
-  return new PlannedSnapshotOp(img, 'delete', sn, commit);
+  return PlannedSnapshotOp.plan(img, 'delete', sn, req);
 }
 
 // ---- one-image operations -----------------------------------------------------------------------
