@@ -3,8 +3,10 @@
 // turn, and behind one that drops any subset of the writes since the last flush. After every
 // crash, `qemu-img check` finds nothing at all (no corruption, and with the shadow commit no leak
 // either), and the image is exactly as before or as after: snapshot list, active disk and every
-// snapshot, as `qemu-img convert` reads them. The CLI is run the same way with
-// QCOWSCOPE_CRASH_AFTER_WRITES=K for every K.
+// snapshot, as `qemu-img convert` reads them. One configuration gives the operation the smallest
+// memory budget for changed refcount blocks, so that blocks are written early to their new places
+// during planning and read back. The CLI is run the same way with QCOWSCOPE_CRASH_AFTER_WRITES=K
+// for every K.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -12,8 +14,9 @@ import * as path from 'node:path';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImageStore } from '../../core/io/store.ts';
-import { Qcow2Image } from '../../core/image/qcow2-image.ts';
-import { createSnapshot, deleteSnapshot, revertSnapshot } from '../../core/image/snapshot.ts';
+import { MemoryStore } from '../../core/io/memory-store.ts';
+import { Qcow2Image, type OpenOptions } from '../../core/image/qcow2-image.ts';
+import { planCreate, planDelete, planRevert, type PlannedSnapshotOp } from '../../core/image/snapshot.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
 import {
   createImage, makeTempDir, qemuCheck, qemuConvertToRaw, qemuInfo, qemuIoOk, qemuSnapshotCreate, removeDir,
@@ -23,11 +26,13 @@ const MiB = 1024 * 1024;
 
 type Op = 'create' | 'revert' | 'delete';
 
-async function runOp(store: ImageStore, op: Op): Promise<void> {
-  const img = await Qcow2Image.open(store, { writable: true });
-  if (op === 'create') await createSnapshot(img, 'new', { dateSec: 1_700_000_000, dateNsec: 0 });
-  else if (op === 'revert') await revertSnapshot(img, 'first');
-  else await deleteSnapshot(img, 'first');
+async function runOp(store: ImageStore, op: Op, open: OpenOptions = {}): Promise<PlannedSnapshotOp> {
+  const img = await Qcow2Image.open(store, { ...open, writable: true });
+  const p = op === 'create'
+    ? await planCreate(img, 'new', { dateSec: 1_700_000_000, dateNsec: 0 })
+    : op === 'revert' ? await planRevert(img, 'first') : await planDelete(img, 'first');
+  await p.run();
+  return p;
 }
 
 /** What a reader sees, judged by QEMU: check result, snapshot list, active and snapshot contents. */
@@ -60,10 +65,12 @@ function baseImage(dir: string, opts: Parameters<typeof createImage>[2]): Uint8A
   return new Uint8Array(fs.readFileSync(f));
 }
 
-const CONFIGS = [
+const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions }> = [
   { label: '64 KiB clusters, 16-bit refcounts', opts: {} },
   { label: '4 KiB clusters, 4-bit refcounts', opts: { clusterSize: 4096, refcountBits: 4 as const } },
   { label: 'v2, 1 KiB clusters', opts: { clusterSize: 1024, compat: '0.10' as const } },
+  // 512 B clusters: a refcount block counts 128 KiB of the file, and the operation keeps 4 blocks.
+  { label: '512 B clusters, refcount blocks written early', opts: { clusterSize: 512 }, open: { commitRefblockBytes: 0 } },
 ];
 
 describe('snapshot operations survive a crash at any point', () => {
@@ -84,7 +91,11 @@ describe('snapshot operations survive a crash at any point', () => {
         };
         const before = judge(base);
         expect(before.clean).toBe(true);
-        const states = await enumerateCrashStates(base, (s) => runOp(s, op));
+        if (cfg.open) {
+          const p = await runOp(new MemoryStore(base.slice()), op, cfg.open);
+          expect(p.commit.overlay.earlyWrites, 'refcount blocks written early').toBeGreaterThan(0);
+        }
+        const states = await enumerateCrashStates(base, (s) => runOp(s, op, cfg.open));
         const after = judge(states[states.length - 1]!.bytes);
         expect(after.clean, after.check).toBe(true);
         expect(after.state).not.toBe(before.state);
@@ -100,7 +111,7 @@ describe('snapshot operations survive a crash at any point', () => {
         }
         expect(sawBefore).toBeGreaterThan(0);
         expect(sawAfter).toBeGreaterThan(0);
-        const { states: dropped } = await enumerateDroppedStates(base, (s) => runOp(s, op), { exhaustiveUpTo: 8, samples: 64 });
+        const { states: dropped } = await enumerateDroppedStates(base, (s) => runOp(s, op, cfg.open), { exhaustiveUpTo: 8, samples: 64 });
         let n = 0;
         for (const st of dropped()) {
           const o = judge(st.bytes);

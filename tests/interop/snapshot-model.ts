@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { expect } from 'vitest';
-import { openImage } from '../../cli/open.ts';
+import { openImage, type CliOpenOptions } from '../../cli/open.ts';
 import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { qemuCheck, qemuConvertToRaw, qemuInfo } from '../helpers/qemu.ts';
 
@@ -83,9 +83,9 @@ export class ImageModel {
   }
 }
 
-/** Open writable, run, close (also on failure). */
-export async function withImage<T>(file: string, fn: (img: Qcow2Image) => Promise<T>): Promise<T> {
-  const img = await openImage(file, { writable: true, noBacking: true });
+/** Open writable (with `opts`), run, close (also on failure). */
+export async function withImage<T>(file: string, fn: (img: Qcow2Image) => Promise<T>, opts: CliOpenOptions = {}): Promise<T> {
+  const img = await openImage(file, { writable: true, noBacking: true, ...opts });
   try {
     return await fn(img);
   } finally {
