@@ -17,9 +17,11 @@ const SUFFIXES: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, 
 export function parseSize(text: string): number {
   const m = /^\s*(\d+(?:\.\d*)?|\.\d+)\s*([bkmgtpe]?)\s*$/i.exec(text);
   const v = m ? Number(m[1]) * SUFFIXES[m[2]!.toLowerCase()]! : NaN;
-  if (!Number.isFinite(v) || v < 0 || !Number.isSafeInteger(Math.floor(v))) {
+  if (!Number.isFinite(v) || v < 0) {
     throw usageError('Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
   }
+  // beyond 2^53 the value is the nearest double: create checks its size against qcow2's limits
+  if (v >= 2 ** 63) throw usageError('Invalid image size specified. Must be between 0 and 9223372036854775807.');
   return Math.floor(v);
 }
 
@@ -29,8 +31,11 @@ function onOff(key: string, v: string): boolean {
   throw usageError(`Parameter '${key}' expects 'on' or 'off'`);
 }
 
+/** The options as given: `size=` and `compat=` keep their text for the "Formatting" line. */
+type CliCreateOptions = Partial<CreateOptions> & { sizeOpt?: number; compatText?: string };
+
 /** Parse `-o key=value,...` (QEMU's option syntax; a ',,' is a literal comma). */
-export function parseCreateOptions(text: string, into: Partial<CreateOptions> & { sizeOpt?: number }): void {
+export function parseCreateOptions(text: string, into: CliCreateOptions): void {
   const parts = text.replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','));
   for (const part of parts) {
     if (part === '') continue;
@@ -41,6 +46,7 @@ export function parseCreateOptions(text: string, into: Partial<CreateOptions> & 
       case 'cluster_size': into.clusterSize = parseSize(v); break;
       case 'refcount_bits': into.refcountBits = Number(v); break;
       case 'compat':
+        into.compatText = v;
         if (v === '0.10' || v === 'v2') into.compat = '0.10';
         else if (v === '1.1' || v === 'v3') into.compat = '1.1';
         else throw usageError(`Parameter 'version' does not accept value '${v}'`);
@@ -77,10 +83,11 @@ export const create: Command = {
     const [file, sizeArg] = positionals;
     if (!file || positionals.length > 2) throw usageError('create: expecting IMAGE [SIZE]');
     if (values.format !== undefined && values.format !== 'qcow2') throw usageError(`create: only the qcow2 format is supported`);
-    const o: Partial<CreateOptions> & { sizeOpt?: number } = {};
+    const o: CliCreateOptions = {};
     for (const text of (values.options as string[] | undefined) ?? []) parseCreateOptions(text, o);
     if (typeof values.backing === 'string') o.backingFile = values.backing;
     if (typeof values['backing-format'] === 'string') o.backingFormat = values['backing-format'];
+    if (sizeArg !== undefined && o.sizeOpt !== undefined) throw usageError(`${file}: The image size must be specified only once`);
     let size = sizeArg !== undefined ? parseSize(sizeArg) : o.sizeOpt;
     if (o.backingFile !== undefined) {
       if (o.backingFormat === undefined) throw new QcowError('INVALID_ARGUMENT', `${file}: Backing file specified without backing format`, {});
@@ -88,30 +95,35 @@ export const create: Command = {
       size ??= backingSize;
     }
     if (size === undefined) throw usageError(`${file}: Image creation needs a size parameter`);
-    const opts: CreateOptions = { ...o, size };
-    delete (opts as { sizeOpt?: number }).sizeOpt;
+    const { sizeOpt: _size, compatText, ...given } = o;
+    const opts: CreateOptions = { ...given, size };
+    if (!values.quiet) out(formattingLine(file, opts, compatText));
     const store = NodeFileStore.create(file);
     try {
       await createImage(store, opts);
     } catch (e) {
       await store.close();
       fs.rmSync(file, { force: true });
+      // qemu-img names the file in front of the format's own refusals
+      if (e instanceof QcowError && e.code === 'INVALID_ARGUMENT') throw new QcowError(e.code, `${file}: ${e.message}`, e.details);
       throw e;
     }
     await store.close();
-    if (!values.quiet) {
-      const shown = [`cluster_size=${opts.clusterSize ?? 65536}`];
-      if (opts.compat === '0.10') shown.push('compat=0.10');
-      shown.push(`extended_l2=${opts.extendedL2 ? 'on' : 'off'}`);
-      if (opts.preallocation) shown.push(`preallocation=${opts.preallocation}`);
-      shown.push(`compression_type=${opts.compressionType ?? 'zlib'}`, `size=${size}`);
-      if (opts.backingFile !== undefined) shown.push(`backing_file=${opts.backingFile}`, `backing_fmt=${opts.backingFormat}`);
-      shown.push(`lazy_refcounts=${opts.lazyRefcounts ? 'on' : 'off'}`, `refcount_bits=${opts.refcountBits ?? 16}`);
-      out(`Formatting '${file}', fmt=qcow2 ${shown.join(' ')}`);
-    }
     return 0;
   },
 };
+
+/** The line qemu-img create prints before it creates the image. */
+function formattingLine(file: string, opts: CreateOptions, compatText: string | undefined): string {
+  // qemu-img 7.2's order; compat only when given, as given
+  const shown = [`cluster_size=${opts.clusterSize ?? 65536}`, `extended_l2=${opts.extendedL2 ? 'on' : 'off'}`];
+  if (opts.preallocation) shown.push(`preallocation=${opts.preallocation}`);
+  shown.push(`compression_type=${opts.compressionType ?? 'zlib'}`, `size=${BigInt(opts.size)}`);
+  if (compatText !== undefined) shown.push(`compat=${compatText}`);
+  if (opts.backingFile !== undefined) shown.push(`backing_file=${opts.backingFile}`, `backing_fmt=${opts.backingFormat}`);
+  shown.push(`lazy_refcounts=${opts.lazyRefcounts ? 'on' : 'off'}`, `refcount_bits=${opts.refcountBits ?? 16}`);
+  return `Formatting '${file}', fmt=qcow2 ${shown.join(' ')}`;
+}
 
 /** The backing file must exist (QEMU opens it); its virtual size is the default image size. */
 async function backingVirtualSize(imagePath: string, backing: string, format: string): Promise<number> {

@@ -76,11 +76,13 @@ export function validateCreateOptions(o: CreateOptions): Required<Omit<CreateOpt
   }
   if (o.backingFile !== undefined && new TextEncoder().encode(o.backingFile).length > C.MAX_BACKING_FILE_NAME) throw bad('Backing file name too long');
   if (o.backingFormat !== undefined && new TextEncoder().encode(o.backingFormat).length > C.MAX_BACKING_FORMAT_NAME) throw bad('Backing format name too long');
-  if (!Number.isSafeInteger(o.size) || o.size < 0) throw bad(`Invalid image size ${o.size}`, { size: o.size });
+  if (!Number.isInteger(o.size) || o.size < 0) throw bad(`Invalid image size ${o.size}`, { size: o.size });
   const size = alignUp(o.size, 512);
   const clusterBits = Math.log2(clusterSize);
   const l1Size = sizeToL1({ clusterBits, incompatibleFeatures: o.extendedL2 ? C.INCOMPAT_EXTL2 : 0n }, size);
   if (l1Size * 8 > C.MAX_L1_SIZE_BYTES) throw bad("The image size is too large for file format 'qcow2' (try using a larger cluster size)", { size, clusterSize });
+  // QEMU takes up to 2^63 - 1 bytes with 2 MiB clusters; offsets here are exact only below 2^53
+  if (!Number.isSafeInteger(size)) throw bad('Virtual sizes above 8 PiB (2^53 bytes) are not supported by qcowscope', { size });
   return {
     size, clusterSize, refcountBits, compat, lazyRefcounts: !!o.lazyRefcounts, extendedL2: !!o.extendedL2,
     compressionType, preallocation, backingFile: o.backingFile, backingFormat: o.backingFormat,

@@ -170,3 +170,36 @@ describe('refused options, with qemu-img\'s messages', () => {
     }
   });
 });
+
+describe('create prints what qemu-img create prints', () => {
+  const RUNS: Array<[string[], string | undefined]> = [
+    [['-o', 'compat=0.10'], '64M'], [['-o', 'compat=v2'], '64M'], [['-o', 'compat=1.1,preallocation=metadata'], '64M'],
+    [['-o', 'compat=v3', '-b', 'base.qcow2', '-F', 'qcow2'], undefined], [['-o', 'cluster_size=4k,refcount_bits=1,lazy_refcounts=on'], '1G'],
+    [['-o', 'extended_l2=on,compression_type=zstd'], '1.5G'], [['-o', 'size=3M'], '64M'], [['-o', 'size=3M'], undefined],
+    [['-o', 'compat=0.10,lazy_refcounts=on'], '64M'], [['-o', 'cluster_size=3000'], '64M'], [['-o', 'refcount_bits=3'], '64M'],
+    [[], '4P'], [[], '7E'], [[], '8E'], [[], '16E'], [[], '2P'], [['-o', 'compat=0.10,compression_type=zstd'], '64M'],
+  ];
+  for (const [args, size] of RUNS) {
+    it(`${args.join(' ')} ${size ?? '(no size)'}: the Formatting line, the error and the exit code`, () => {
+      qemuImgOk(['create', '-q', '-f', 'qcow2', tmp.file('base.qcow2'), '64M']);
+      for (const f of ['x.qcow2', 'q.qcow2']) fs.rmSync(tmp.file(f), { force: true });
+      const q = spawnSync('qemu-img', ['create', '-f', 'qcow2', ...args, 'x.qcow2', ...(size ? [size] : [])], { cwd: tmp.dir, encoding: 'utf8' });
+      if (fs.existsSync(tmp.file('x.qcow2'))) fs.renameSync(tmp.file('x.qcow2'), tmp.file('q.qcow2'));
+      const r = cli(['create', ...args, 'x.qcow2', ...(size ? [size] : [])], tmp.dir);
+      expect(r.status).toBe(q.status === 0 ? 0 : 1);
+      expect(r.stdout).toBe(q.stdout);
+      expect(r.stderr).toBe(q.stderr.replace(/^qemu-img: /, 'qcowscope: '));
+      if (q.status === 0) expect(sha256(tmp.file('x.qcow2'))).toBe(sha256(tmp.file('q.qcow2')));
+      else expect(fs.existsSync(tmp.file('x.qcow2'))).toBe(false);
+    });
+  }
+
+  it('sizes QEMU takes above 2^53 bytes (2 MiB clusters) are refused in one line, nothing written', () => {
+    const q = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', 'q.qcow2', '1.5E'], { cwd: tmp.dir, encoding: 'utf8' });
+    expect(q.status).toBe(0);
+    const r = cli(['create', '-q', '-o', 'cluster_size=2M', 'big.qcow2', '1.5E'], tmp.dir);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe('qcowscope: big.qcow2: Virtual sizes above 8 PiB (2^53 bytes) are not supported by qcowscope\n');
+    expect(fs.existsSync(tmp.file('big.qcow2'))).toBe(false);
+  });
+});
