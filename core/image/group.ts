@@ -5,9 +5,10 @@
 //    (unknown snapshot, refcount width, corrupt image, read-only, limits) ends the group here and
 //    no image has been touched. (Except where an image changes more refcount blocks than its plan
 //    keeps in memory, OpenOptions.commitRefblockBytes: those go early to clusters it does not use,
-//    as in step 2, so a refusal met after that leaves such bytes, and nothing else, behind.)
+//    past the file's end, and a refusal met after that cuts the file back to its old length.)
 // 2. Prepare every image: write its new structures into clusters it does not use, flush. A
-//    failure here leaves only unreferenced bytes in free clusters: every image is as it was.
+//    failure here leaves only unreferenced bytes in free clusters, and every file is cut back to
+//    its old length: every image is as it was.
 // 3. Publish image by image (one header write + flush each). If image k fails, images 0..k−1
 //    (and k, in case its header write landed) get their previous header bytes back, which
 //    restores them exactly: the shadow commit never overwrites what the old state uses.
@@ -43,6 +44,7 @@ export async function runGroup(
     try {
       plans.push(await plan(img));
     } catch (e) {
+      for (const p of plans) await p.abandon();
       forImage(e, img, i);
     }
   }
@@ -50,6 +52,7 @@ export async function runGroup(
     try {
       await p.prepare();
     } catch (e) {
+      for (const q of plans) await q.abandon();
       forImage(e, p.img, i);
     }
   }

@@ -21,10 +21,10 @@
 // Memory stays bounded whatever the image size: the changed refcount blocks are kept in a cache
 // of OpenOptions.commitRefblockBytes (RefcountOverlay); beyond it, a changed block is given its
 // new place at once and written there early (during planning or prepare, always before the flush
-// that precedes the commit), and read back when needed again. So an operation that changes more
-// blocks than that budget may have written such blocks, into clusters nothing uses, before it
-// meets a refusal: the file then differs in free clusters only (and may be longer), never in
-// anything a reader sees.
+// that precedes the commit), and read back when needed again. Such early places are always past
+// the file's end as the operation found it (the walk has not yet proved that a refcount of 0
+// means unused), so a refusal met after early writes cuts the file back to its old length and
+// leaves it byte for byte as it was (PlannedSnapshotOp.abandon).
 //
 // Refcounts follow QEMU's accounting (§3.1): every L1 entry → L2 table reference counts 1 on the
 // L2 cluster and 1 on every host cluster its entries reach (compressed: every cluster its byte
@@ -437,7 +437,8 @@ export class ShadowCommit {
   private constructor(img: Qcow2Image, request: CommitRequest) {
     this.img = img;
     this.request = request;
-    this.overlay = new RefcountOverlay(img, img.commitRefblockBytes, (rb) => this.placeRefblock(rb));
+    this.overlay = new RefcountOverlay(img, img.commitRefblockBytes, (rb) => this.placeRefblock(rb, true));
+    this.appendCursor = Math.ceil(img.store.size() / img.clusterSize);
     const cb = img.clusterBits;
     const lp = Math.log2(this.overlay.per);
     this.geo = {
@@ -652,10 +653,10 @@ export class ShadowCommit {
    * the overlay's trim places the blocks it evicts, and freeing there would load the blocks that
    * count the old places, one more per eviction.
    */
-  private async placeRefblock(rb: number): Promise<void> {
+  private async placeRefblock(rb: number, early = false): Promise<void> {
     const ov = this.overlay;
     if (ov.homes.has(rb)) return;
-    const a = await this.alloc(1, 'refcount block');
+    const a = early ? await this.allocPastEnd('refcount block') : await this.alloc(1, 'refcount block');
     ov.homes.set(rb, a.cluster * this.cs);
     const old = rb < reftableSize(this.img) ? reftableEntry(this.img.reftable, rb) : 0;
     if (old !== 0) this.oldRefblocks.push(old);
@@ -963,6 +964,27 @@ export class ShadowCommit {
         }
         c++;
       }
+    }
+  }
+
+  /** The first cluster past the file's end as the operation found it (or past the last early placement). */
+  private appendCursor: number;
+
+  /**
+   * A cluster for a block written early, past the file's end as the operation found it. Early
+   * writes happen while the plan still walks the tables, before it knows that every cluster with
+   * refcount 0 is really unused (a corrupt refcount may hide a data cluster): they must never land
+   * inside the file. A refusal then cuts them off again (PlannedSnapshotOp.abandon).
+   */
+  private async allocPastEnd(what: string): Promise<Allocation> {
+    const saved = this.cursor;
+    this.cursor = Math.max(this.cursor, this.appendCursor);
+    try {
+      const a = await this.alloc(1, what);
+      this.appendCursor = a.cluster + a.count;
+      return a;
+    } finally {
+      this.cursor = saved;
     }
   }
 

@@ -125,13 +125,30 @@ export class PlannedSnapshotOp {
     readonly snapshot: Snapshot,
     readonly commit: ShadowCommit,
     readonly journal: Journal,
+    /** The file's length before the operation: nothing it uses lies beyond. */
+    private readonly lengthBefore: number,
   ) {}
 
   /** Plan `req` on `img`, its journal recording from the start. */
   static async plan(img: Qcow2Image, operation: SnapshotOperation, snapshot: Snapshot, req: CommitRequest): Promise<PlannedSnapshotOp> {
     const journal = new Journal(`snapshot ${operation} '${snapshot.name}' (ID ${snapshot.idStr})`);
-    const commit = await withJournal(img, journal, () => ShadowCommit.plan(img, req));
-    return new PlannedSnapshotOp(img, operation, snapshot, commit, journal);
+    const lengthBefore = img.store.size();
+    let commit: ShadowCommit;
+    try {
+      commit = await withJournal(img, journal, () => ShadowCommit.plan(img, req));
+    } catch (e) {
+      await restoreLength(img, lengthBefore);
+      throw e;
+    }
+    return new PlannedSnapshotOp(img, operation, snapshot, commit, journal, lengthBefore);
+  }
+
+  /**
+   * Give up an operation that was not published: cut off what it appended to the file (refcount
+   * blocks written early, prepared structures), which nothing references.
+   */
+  abandon(): Promise<void> {
+    return restoreLength(this.img, this.lengthBefore);
   }
 
   private withJournal<T>(fn: () => Promise<T>): Promise<T> {
@@ -154,9 +171,29 @@ export class PlannedSnapshotOp {
   }
 
   async run(): Promise<SnapshotOpResult> {
-    await this.prepare();
+    try {
+      await this.prepare();
+    } catch (e) {
+      await this.abandon();
+      throw e;
+    }
     await this.publish();
     return { snapshot: this.snapshot, journal: this.journal };
+  }
+}
+
+/**
+ * Truncate the file back to `length` after an operation that was refused or failed before its
+ * header commit. Only clusters nothing references lie past it; a failure to truncate leaves them,
+ * which is harmless, so it is not reported over the operation's own error.
+ */
+async function restoreLength(img: Qcow2Image, length: number): Promise<void> {
+  if (img.store.size() <= length || !img.store.writable) return;
+  try {
+    await img.store.truncate(length);
+    await img.store.flush();
+  } catch {
+    // unreferenced bytes stay past the old end
   }
 }
 

@@ -95,7 +95,7 @@ describe('snapshot operations survive a crash at any point', () => {
           const p = await runOp(new MemoryStore(base.slice()), op, cfg.open);
           expect(p.commit.overlay.earlyWrites, 'refcount blocks written early').toBeGreaterThan(0);
         }
-        const states = await enumerateCrashStates(base, (s) => runOp(s, op, cfg.open));
+        const states = await enumerateCrashStates(base, async (s) => { await runOp(s, op, cfg.open); });
         const after = judge(states[states.length - 1]!.bytes);
         expect(after.clean, after.check).toBe(true);
         expect(after.state).not.toBe(before.state);
@@ -111,7 +111,7 @@ describe('snapshot operations survive a crash at any point', () => {
         }
         expect(sawBefore).toBeGreaterThan(0);
         expect(sawAfter).toBeGreaterThan(0);
-        const { states: dropped } = await enumerateDroppedStates(base, (s) => runOp(s, op, cfg.open), { exhaustiveUpTo: 8, samples: 64 });
+        const { states: dropped } = await enumerateDroppedStates(base, async (s) => { await runOp(s, op, cfg.open); }, { exhaustiveUpTo: 8, samples: 64 });
         let n = 0;
         for (const st of dropped()) {
           const o = judge(st.bytes);

@@ -3,10 +3,13 @@
 // images of many small refcount blocks, changed blocks are written early to their new places and
 // read back when touched again. A sequence of creates, reverts and deletes (compressed clusters
 // included) is judged by qemu-img against a model after every step.
+import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
-import { planCreate, planDelete, planRevert, type PlannedSnapshotOp } from '../../core/image/snapshot.ts';
-import { createImage, qemuIoOk } from '../helpers/qemu.ts';
+import { MemoryStore } from '../../core/io/memory-store.ts';
+import { Qcow2Image } from '../../core/image/qcow2-image.ts';
+import { createSnapshot, planCreate, planDelete, planRevert, type PlannedSnapshotOp } from '../../core/image/snapshot.ts';
+import { createImage, qemuCheck, qemuIoOk, sha256 } from '../helpers/qemu.ts';
+import { dataClusterOffset, readHeader, setRefcount } from '../helpers/qcow2-mini.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { ImageModel, withImage } from './snapshot-model.ts';
 
@@ -91,3 +94,43 @@ describe('snapshot operations beyond the refcount block budget', () => {
     }, 120_000);
   }
 });
+
+describe('a refusal met after refcount blocks went out early', () => {
+  const tmp = useTempDir('qcowscope-snapbudget-refuse-');
+
+  it('leaves the file byte for byte as it was: what went out early is cut off again', async () => {
+    const f = tmp.file('r.qcow2');
+    createImage(f, 16 * MiB, { clusterSize: 512 });
+    qemuIoOk(f, 'write -P 1 0 8M');
+    // the last data cluster the walk meets says refcount 0: a corruption found deep in the plan
+    const h = readHeader(f);
+    const lastL1 = (8 * MiB) / (512 * 64) - 1;
+    const victim = dataClusterOffset(f, lastL1, 63, h) / 512;
+    setRefcount(f, victim, 0, h);
+    const before = sha256(f);
+    const q = qemuCheck(f);
+    expect(q.corruptions).toBeGreaterThan(0);
+    const bytes = new Uint8Array(fs.readFileSync(f));
+    const store = new CountingStore(bytes.slice());
+    const img = await Qcow2Image.open(store, { writable: true, commitRefblockBytes: 0 });
+    await expect(createSnapshot(img, 's')).rejects.toMatchObject({ code: expect.stringMatching(/METADATA_CORRUPT|REFCOUNT/) });
+    // the plan did write refcount blocks early before it met the bad refcount...
+    expect(store.writes).toBeGreaterThan(0);
+    expect(store.maxSize).toBeGreaterThan(bytes.length);
+    // ...and the refusal took them back
+    expect(store.size()).toBe(bytes.length);
+    expect(Buffer.compare(store.bytes(), bytes)).toBe(0);
+    expect(sha256(f)).toBe(before);
+  });
+});
+
+/** A memory store that counts writes and remembers the largest size it reached. */
+class CountingStore extends MemoryStore {
+  writes = 0;
+  maxSize = 0;
+  override async write(offset: number, data: Uint8Array): Promise<void> {
+    this.writes++;
+    await super.write(offset, data);
+    this.maxSize = Math.max(this.maxSize, this.size());
+  }
+}
