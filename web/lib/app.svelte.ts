@@ -18,7 +18,7 @@ import type {
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
 import { isInFolder, saveAllToFolder, type FileToSave } from './save-folder.ts';
-import { VIEWS_WITHOUT_TABLES, damageExtent, damageView } from './damage.ts';
+import { VIEWS_WITHOUT_TABLES, damageView } from './damage.ts';
 
 export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'diff' | 'hex' | 'playground' | 'journal' | 'check';
 
@@ -162,7 +162,8 @@ export class AppState {
     this.selection = null;
     const d = summary.state.damage;
     if (d) {
-      this.message = { kind: 'error', text: `${summary.state.name} failed validation: ${d.line}. ${damageExtent(d)}`, code: d.code };
+      // One line; what can still be shown is said next to the structure (DamageNote).
+      this.message = { kind: 'error', text: `${summary.state.name} failed validation: ${d.line}`, code: d.code };
       // Show the error next to the structure it names, where that view can be drawn.
       const where = damageView(d);
       this.show(d.level === 'tables' || VIEWS_WITHOUT_TABLES.includes(where) ? where : 'header');
