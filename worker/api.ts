@@ -242,6 +242,8 @@ export interface CheckReportDTO {
   failure?: string;
   /** The refcount structure was rebuilt by the repair. */
   rebuilt?: boolean;
+  /** qemu-img check's closing percentages as it prints them ("3.12"; printf's rounding), when clusters are allocated. */
+  percent?: { allocated: string; fragmented: string; compressed: string };
 }
 
 export interface Progress {

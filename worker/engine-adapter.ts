@@ -13,7 +13,7 @@ import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { RawLayer, type Layer } from '../core/image/layer.ts';
 import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
-import { buildInfo, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
+import { buildInfo, formatFixed, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
@@ -586,5 +586,12 @@ async function check(store: ImageStore, job: JobContext, filename: string, repai
   if (r.repairFindings) out.repairFindings = r.repairFindings.map(findingDTO);
   if (r.failure !== undefined) out.failure = r.failure;
   if (r.rebuilt) out.rebuilt = true;
+  if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
+    out.percent = {
+      allocated: formatFixed((r.allocatedClusters * 100) / r.totalClusters, 2),
+      fragmented: formatFixed((r.fragmentedClusters * 100) / r.allocatedClusters, 2),
+      compressed: formatFixed((r.compressedClusters * 100) / r.allocatedClusters, 2),
+    };
+  }
   return out;
 }
