@@ -97,3 +97,26 @@ test('hex view shows a selected header field’s bytes, as they are in the file'
   await expect(selectedBytes).toHaveCount(8);
   expect((await selectedBytes.allInnerTexts()).join('')).toBe(head.toString('hex'));
 });
+
+test('hex view: a typed offset shows its cluster; text that is no offset, or one past the end, says so', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'hexoff.qcow2');
+  const size = fs.statSync(f.path).size;
+  const cluster = 3;
+  const want = fs.readFileSync(f.path).subarray(cluster * 65536, cluster * 65536 + 16);
+  await page.goto('/');
+  await openViaInput(page, f);
+  await showView(page, 'Hex');
+  const box = page.getByRole('textbox', { name: 'Host offset' });
+  await box.fill(`0x${(cluster * 65536 + 5).toString(16)}`);
+  await expect(page.getByRole('table', { name: `Bytes of cluster ${cluster}` })).toBeVisible();
+  const firstRow = page.getByRole('table', { name: `Bytes of cluster ${cluster}` }).getByRole('row').first();
+  for (const b of want.subarray(0, 4)) await expect(firstRow).toContainText(b.toString(16).padStart(2, '0'));
+  await expect(box).toHaveAttribute('aria-invalid', 'false');
+  await box.fill('12zz');
+  await expect(page.getByRole('alert')).toHaveText('“12zz” is not an offset: type a decimal number or one starting with 0x.');
+  await expect(box).toHaveAttribute('aria-invalid', 'true');
+  await box.fill(String(size));
+  await expect(page.getByRole('alert')).toContainText(`${size} is past the end of the file`);
+  await box.fill('');
+  await expect(page.getByRole('alert')).toHaveCount(0);
+});
