@@ -8,6 +8,7 @@ import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
+import { parseSize } from './create.ts';
 
 export function extentJson(e: Extent): string {
   // qemu-img 7.2's line format: `{ "start": 0, "length": 65536, "depth": 0, ... }`
@@ -26,11 +27,15 @@ const CHUNK_CHARS = 1 << 16;
 
 export const map: Command = {
   name: 'map',
-  usage: 'map [--json] IMAGE',
-  options: { json: { type: 'boolean' }, output: { type: 'string' } },
+  usage: 'map [--json] [--start-offset OFFSET] [--max-length LENGTH] IMAGE',
+  options: { json: { type: 'boolean' }, output: { type: 'string' }, 'start-offset': { type: 'string' }, 'max-length': { type: 'string' } },
   async run({ values, positionals, out }) {
     const file = positionals[0];
     if (!file) throw usageError('map: expecting an image file name');
+    const startArg = values['start-offset'] as string | undefined;
+    const lengthArg = values['max-length'] as string | undefined;
+    const from = startArg === undefined ? 0 : parseOffset(startArg, 'start offset');
+    const maxLength = lengthArg === undefined ? Infinity : parseOffset(lengthArg, 'max length');
     // python3 lists the file's data segments on the other core while we read the metadata
     const scan = startSegmentScan(file);
     let img;
@@ -58,12 +63,12 @@ export const map: Command = {
       if (isJson(values)) {
         // qemu-img's form: `[` line `,\n` line ... `]`
         let first = true;
-        await img.walkExtents(img.activeView(), 0, img.virtualSize, (e) => {
+        await img.walkExtents(img.activeView(), from, Math.max(0, Math.min(img.virtualSize - from, maxLength)), (e) => {
           add((first ? '[' : '') + extentJson(e), ',\n');
           first = false;
         }, holes);
         // qemu-img map always prints its last entry, which for an empty disk is its initial one
-        if (first) out(`[${extentJson({ start: 0, length: 0, depth: 0, present: false, zero: false, data: false, compressed: false })}]`);
+        if (first) out(`[${extentJson({ start: from, length: 0, depth: 0, present: false, zero: false, data: false, compressed: false })}]`);
         else out(buf + ']');
       } else {
         // qemu-img 7.2's human form: extents with data that are not zeros, each with the file
@@ -71,7 +76,7 @@ export const map: Command = {
         add(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File`, '\n');
         const files = layerFiles(img);
         try {
-          await img.walkExtents(img.activeView(), 0, img.virtualSize, (e) => {
+          await img.walkExtents(img.activeView(), from, Math.max(0, Math.min(img.virtualSize - from, maxLength)), (e) => {
             if (!e.data) return;
             if (e.offset === undefined) {
               throw new QcowError('NOT_SUPPORTED', 'File contains external, encrypted or compressed clusters.', {});
@@ -99,6 +104,15 @@ function layerFiles(img: Qcow2Image): string[] {
     else if (layer instanceof RawLayer) names.push(layer.store.name);
   }
   return names;
+}
+
+/** --start-offset and --max-length: a byte count with qemu-img's k/M/G/T/P/E suffixes. */
+function parseOffset(text: string, what: string): number {
+  try {
+    return parseSize(text);
+  } catch {
+    throw usageError(`Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
+  }
 }
 
 function hx(n: number): string {

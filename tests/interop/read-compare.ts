@@ -62,6 +62,19 @@ export function compareVarieties(varieties: Variety[]): void {
         expect(o.status).toBe(q.status);
       });
 
+      it('map --start-offset / --max-length (unaligned, past the end), JSON and human, as qemu-img map', () => {
+        const size = qemuInfoJson(image, dir)['virtual-size'] as number;
+        for (const range of [['--start-offset=1000', `--max-length=${Math.floor(size / 3)}`], [`--start-offset=${Math.floor(size / 2) + 512}`],
+          ['--max-length=1'], [`--start-offset=${size + 4096}`]]) {
+          for (const form of [['--output=json'], []]) {
+            const q = spawnSync('qemu-img', ['map', ...form, ...range, image], { encoding: 'utf8', cwd: dir });
+            const o = runCli(bin, ['map', ...form, ...range, image], { cwd: dir });
+            expect(o.stdout, range.join(' ')).toBe(q.stdout);
+            expect(o.status, range.join(' ')).toBe(q.status);
+          }
+        }
+      });
+
       it('map --json equals qemu-img map --output=json', () => {
         const ours = JSON.parse(runCliOk(bin, ['map', '--json', image], { cwd: dir })) as unknown;
         expect(ours).toEqual(qemuMapJson(image, dir));
