@@ -1,14 +1,32 @@
-// `qcowscope export [--snapshot ID_OR_NAME] IMAGE OUTPUT.raw`: the guest disk (active layer or a
+// `qcowscope export [--snapshot ID_OR_NAME | -l snapshot.id=ID,snapshot.name=NAME] IMAGE OUTPUT.raw`: the guest disk (active layer or a
 // snapshot, read-only) as a raw file, like `qemu-img convert -O raw [-l snapshot.id=N]`. Zero
 // and unallocated ranges are left as holes, and so are data clusters that are holes in the image
 // file (metadata-preallocated images): they read as zeros, so nothing is read or written for them.
 import * as fs from 'node:fs';
 import { QcowError } from '../../core/errors.ts';
 import type { Extent } from '../../core/image/layer.ts';
+import { findSnapshot, type SnapshotRef } from '../../core/image/snapshot.ts';
 import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
 import { usageError } from './info.ts';
+
+/**
+ * qemu-img convert's -l: `snapshot.id=ID,snapshot.name=NAME` (either or both, both must match),
+ * or an ID or name on its own (the ID tried first).
+ */
+function snapshotParam(text: string): SnapshotRef {
+  if (!text.startsWith('snapshot.')) return text;
+  const ref: { id?: string; name?: string } = {};
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=');
+    const key = eq < 0 ? part : part.slice(0, eq);
+    if (key === 'snapshot.id') ref.id = part.slice(eq + 1);
+    else if (key === 'snapshot.name') ref.name = part.slice(eq + 1);
+    else throw usageError(`Invalid parameter '${key}'`);
+  }
+  return ref;
+}
 
 /** Guest bytes copied per read: large enough to amortise per-call costs. */
 const CHUNK = 4 * 1024 * 1024;
@@ -17,11 +35,14 @@ const WINDOW_CLUSTERS = 65536;
 
 export const exportCmd: Command = {
   name: 'export',
-  usage: 'export [--snapshot ID_OR_NAME] IMAGE OUTPUT.raw',
-  options: { snapshot: { type: 'string', short: 'l' } },
+  usage: 'export [--snapshot ID_OR_NAME | -l snapshot.id=ID,snapshot.name=NAME] [-O raw] IMAGE OUTPUT.raw',
+  options: { snapshot: { type: 'string', short: 'l' }, 'output-format': { type: 'string', short: 'O' } },
   async run({ values, positionals }) {
     const [file, output] = positionals;
     if (!file || !output) throw usageError('export: expecting IMAGE and OUTPUT');
+    const fmt = values['output-format'];
+    if (fmt !== undefined && fmt !== 'raw') throw new QcowError('NOT_SUPPORTED', `export: only raw output is supported, not '${String(fmt)}'`);
+    const ref = typeof values.snapshot === 'string' ? snapshotParam(values.snapshot) : undefined;
     const scan = startSegmentScan(file);
     let img;
     try {
@@ -32,9 +53,9 @@ export const exportCmd: Command = {
     }
     try {
       let view = img.activeView();
-      if (typeof values.snapshot === 'string') {
-        const sn = img.findSnapshot(values.snapshot);
-        if (!sn) throw new QcowError('SNAPSHOT_NOT_FOUND', `Snapshot '${values.snapshot}' not found`, { snapshot: values.snapshot });
+      if (ref !== undefined) {
+        const sn = findSnapshot(img, ref);
+        if (!sn) throw new QcowError('SNAPSHOT_NOT_FOUND', 'Failed to load snapshot: Can\'t find snapshot', { snapshot: ref });
         view = await img.snapshotView(sn);
       }
       const holes = await holeMapFor(img, file, scan);

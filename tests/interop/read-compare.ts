@@ -92,11 +92,13 @@ export function compareVarieties(varieties: Variety[]): void {
 
       // one qemu-img and one qcowscope process per snapshot: allow for many snapshots on a busy machine
       it('export --snapshot ID of every snapshot equals qemu-img convert -l snapshot.id=ID', { timeout: 600_000 }, () => {
-        const snaps = (qemuInfoJson(image, dir).snapshots ?? []) as Array<{ id: string }>;
-        for (const sn of snaps) {
+        const snaps = (qemuInfoJson(image, dir).snapshots ?? []) as Array<{ id: string; name: string }>;
+        for (const [k, sn] of snaps.entries()) {
           const a = path.join(dir, `ours-${sn.id}.raw`);
           const b = path.join(dir, `qemu-${sn.id}.raw`);
-          runCliOk(bin, ['export', '--snapshot', sn.id, image, a], { cwd: dir });
+          // qemu-img convert's spellings too: -O raw, -l snapshot.id=ID,snapshot.name=NAME
+          const pick = k === 0 ? ['-O', 'raw', '-l', `snapshot.id=${sn.id},snapshot.name=${sn.name}`] : ['--snapshot', sn.id];
+          runCliOk(bin, ['export', ...pick, image, a], { cwd: dir });
           qemuExport(path.resolve(dir, image), b, sn.id);
           expect(compareFiles(a, b), `snapshot ${sn.id}`).toBeNull();
           fs.rmSync(a);
