@@ -1,7 +1,8 @@
 // What a user review found and fixed, asserted in Chromium: a long table list is one Tab stop
-// with arrow keys inside it (no walking through 8,192 rows), the snapshot actions stay on a phone
-// screen, the header's meanings are shown on a phone, the check's figures are explained with
-// qemu-img check's own percentages, and a damaged image's error is one line.
+// with arrow keys inside it (no walking through 8,192 rows), even after the mouse wheel scrolled
+// its active row away; the snapshot actions stay on a phone screen, the header's meanings are
+// shown on a phone, the check's figures are explained with qemu-img check's own percentages, and
+// a damaged image's error is one line.
 import * as path from 'node:path';
 import type { Page } from '@playwright/test';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
@@ -38,6 +39,30 @@ test('the refcount table (8,192 rows) is one Tab stop; arrow keys, Home and End 
   // Shift+Tab goes back to the row last used, not to row 8191.
   await page.keyboard.press('Shift+Tab');
   await expect(first).toBeFocused();
+});
+
+test('a list scrolled far with the mouse wheel is still a Tab stop: Tab goes to the active row', async ({ page }) => {
+  await page.goto('/');
+  await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toBeVisible();
+  await showView(page, 'Refcount table');
+  const list = page.getByRole('list', { name: 'Refcount table entries' });
+  const first = page.getByRole('button', { name: /^Refcount table entry 0:/ });
+  await expect(first).toHaveAttribute('tabindex', '0');
+  // Wheel the list until the row holding the Tab stop is no longer rendered.
+  const box = (await list.boundingBox())!;
+  await page.mouse.move(box.x + box.width / 2, box.y + Math.min(box.height, 200) / 2);
+  for (let i = 0; i < 10 && (await first.count()) > 0; i++) {
+    await page.mouse.wheel(0, 3000);
+    await page.waitForTimeout(100);
+  }
+  await expect(first).toHaveCount(0);
+  await expect(list.getByRole('button').first()).toBeVisible();
+  // Tab from the control before the list (the rail's last link) lands on that row, back in view.
+  await page.getByRole('navigation', { name: 'Views' }).getByRole('link').last().focus();
+  await page.keyboard.press('Tab');
+  await expect(first).toBeFocused();
+  await page.keyboard.press('ArrowDown');
+  await expect(page.getByRole('button', { name: /^Refcount table entry 1:/ })).toBeFocused();
 });
 
 test('L1 and L2 lists: one Tab stop each, arrow keys move, the L2 table opens from the keyboard', async ({ page, tmp }) => {
