@@ -2,7 +2,7 @@
 // "Open image" picker (stubbed with a real OPFS handle). What the app shows is judged against
 // `qemu-img info --output=json` on the same file.
 import type { Page } from '@playwright/test';
-import { qemuConvertToRaw, qemuInfo, qemuIoOk, sha256, type QemuInfo } from '../helpers/qemu.ts';
+import { qemuConvertToRaw, qemuImgCreateEncrypted, qemuInfo, qemuIoOk, sha256, type QemuInfo } from '../helpers/qemu.ts';
 import { test, expect, foreign, installPickerStub, makeImage, openViaDrop, openViaInput, showView, stageInOpfs } from './fixtures.ts';
 
 /** The header summary agrees with qemu-img info, field by field (qemu-img's JSON names). */
@@ -140,15 +140,8 @@ test('a backing chain of two qcow2 files: a missing link is named, the whole cha
 });
 
 test('a LUKS-encrypted image opens without its key; the Header names the encryption as qemu-img info does', async ({ page, tmp }) => {
-  const { spawnSync } = await import('node:child_process');
   const file = `${tmp}/luks.qcow2`;
-  for (let attempt = 1; ; attempt++) {
-    // QEMU times PBKDF2 first; on a loaded machine that timing can fail, so it is retried
-    const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=k',
-      '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', file, '16M'], { encoding: 'utf8' });
-    if (r.status === 0) break;
-    if (attempt >= 10 || !/accurate CPU usage/.test(r.stderr)) throw new Error(r.stderr);
-  }
+  qemuImgCreateEncrypted(['-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=k', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', file, '16M']);
   const enc = (qemuInfo(file) as unknown as { 'format-specific': { data: { encrypt: Record<string, unknown> & { slots: { active: boolean }[] } } } })['format-specific'].data.encrypt;
   await page.goto('/');
   await openViaInput(page, { path: file, name: 'luks.qcow2' });

@@ -57,6 +57,19 @@ export function qemuImgOk(args: string[]): string {
   return r.stdout;
 }
 
+/**
+ * `qemu-img create` of an encrypted image (args after `create`), in `cwd`. LUKS creation times
+ * PBKDF2 on this CPU first, and on a loaded machine QEMU's timing can fail ("Unable to get
+ * accurate CPU usage"): that failure, and only that one, is retried. Throws on any other.
+ */
+export function qemuImgCreateEncrypted(args: string[], cwd?: string): void {
+  for (let attempt = 1; ; attempt++) {
+    const r = run('qemu-img', ['create', ...args], { cwd });
+    if (r.status === 0) return;
+    if (attempt >= 10 || !/accurate CPU usage/.test(r.stderr)) throw new Error(describeFailure('qemu-img', ['create', ...args], r));
+  }
+}
+
 /** Run qemu-io (args as given, e.g. ['-f', 'qcow2', '-c', 'write 0 64k', file]); never throws. */
 export function qemuIo(args: string[]): RunResult {
   return run('qemu-io', args);

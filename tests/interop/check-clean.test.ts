@@ -2,7 +2,7 @@
 // is, with the same JSON (image end offset, cluster statistics), and `layout` agrees with it.
 import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { createImage, qemuCheck, qemuImg, qemuImgOk, qemuIo, qemuIoOk, type CreateOptions } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuImgCreateEncrypted, qemuImgOk, qemuIo, qemuIoOk, type CreateOptions } from '../helpers/qemu.ts';
 import { openImage } from '../../cli/open.ts';
 import { checkExitCode, runCheck } from '../../core/analysis/check.ts';
 import { checkJson } from '../../cli/commands/check.ts';
@@ -87,8 +87,7 @@ describe('check on clean images agrees with qemu-img check', () => {
   it('LUKS-encrypted (the crypto header area is refcounted)', async () => {
     const file = tmp.file('luks.qcow2');
     const secret = ['--object', 'secret,id=s0,data=abc'];
-    const c = qemuImg(['create', '-f', 'qcow2', ...secret, '-o', 'encrypt.format=luks,encrypt.key-secret=s0', file, '64M']);
-    expect(c.status, c.stderr + c.stdout).toBe(0);
+    qemuImgCreateEncrypted(['-q', '-f', 'qcow2', ...secret, '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', file, '64M']);
     const opts = `driver=qcow2,file.filename=${file},encrypt.key-secret=s0`;
     const w = qemuIo([...secret, '--image-opts', opts, '-c', 'write -P 0x11 0 128k']);
     expect(w.status).toBe(0);

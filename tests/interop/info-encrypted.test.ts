@@ -4,7 +4,7 @@
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, removeDir, qemuImgOk } from '../helpers/qemu.ts';
+import { makeTempDir, removeDir, qemuImgCreateEncrypted, qemuImgOk } from '../helpers/qemu.ts';
 import { buildCli, runCliOk } from './read-support.ts';
 
 const SECRET = ['--object', 'secret,id=s0,data=not-a-real-key'];
@@ -27,15 +27,7 @@ beforeAll(async () => {
   bin = await buildCli();
   dir = makeTempDir('qcowscope-encrypted-');
   qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(dir, 'base.qcow2'), '4M']);
-  for (const s of setups) {
-    // LUKS creation times PBKDF2 on this CPU first; on a loaded machine QEMU's timing can fail
-    // ("Unable to get accurate CPU usage"), so that failure is retried
-    for (let attempt = 1; ; attempt++) {
-      const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', ...SECRET, ...s.args], { cwd: dir, encoding: 'utf8' });
-      if (r.status === 0) break;
-      if (attempt >= 10 || !/accurate CPU usage/.test(r.stderr)) throw new Error(`qemu-img create ${s.file}: ${r.stderr}`);
-    }
-  }
+  for (const s of setups) qemuImgCreateEncrypted(['-q', '-f', 'qcow2', ...SECRET, ...s.args], dir);
 }, 120_000);
 afterAll(() => removeDir(dir));
 
