@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runCheck } from '../core/analysis/check.ts';
 import { QcowError } from '../core/errors.ts';
-import { MAX_BACKING_CHAIN_DEPTH, QCOW_MAGIC } from '../core/format/constants.ts';
+import { INCOMPAT_DIRTY, MAX_BACKING_CHAIN_DEPTH, QCOW_MAGIC } from '../core/format/constants.ts';
 import { be32 } from '../core/format/bytes.ts';
 import { RawLayer, type Layer } from '../core/image/layer.ts';
 import { Qcow2Image, type OpenOptions } from '../core/image/qcow2-image.ts';
@@ -37,7 +37,7 @@ function refuseDirectory(file: string): void {
     return; // the open reports it
   }
   if (st.isDirectory()) {
-    throw new QcowError('IO_ERROR', `Could not open '${file}': 'file' driver requires '${file}' to be a regular file`, { path: file });
+    throw new QcowError('IO_ERROR', `'file' driver requires '${file}' to be a regular file`, { path: file });
   }
 }
 
@@ -54,12 +54,9 @@ export async function openImage(file: string, opts: CliOpenOptions = {}): Promis
   }
 }
 
-/** The error with "Could not open 'FILE': " in front (a directory's error has it already). */
+/** The error with "Could not open 'FILE': " in front. */
 function couldNotOpen(file: string, e: unknown): unknown {
-  if (!(e instanceof QcowError) || e.message.startsWith(`Could not open '${file}': 'file' driver`)) return e;
-  const err = new QcowError(e.code, `Could not open '${file}': ${e.message}`, e.details);
-  err.stack = e.stack;
-  return err;
+  return e instanceof QcowError ? e.prefixed(`Could not open '${file}': `) : e;
 }
 
 async function openChainLink(file: string, opts: CliOpenOptions, depth: number): Promise<Qcow2Image> {
@@ -97,8 +94,7 @@ async function openBacking(imagePath: string, name: string, format: string | und
     try {
       img = await openChainLink(p, {}, depth);
     } catch (e) {
-      if (e instanceof QcowError) e.message = `Could not open backing file: ${e.message}`;
-      throw e;
+      throw e instanceof QcowError ? e.prefixed('Could not open backing file: ') : e;
     }
     // a metadata-preallocated backing file's holes read as zeros in qemu-img map, as on top
     img.holesForLayer = () => holeMapFor(img, p);
@@ -124,9 +120,18 @@ export function actualSize(file: string): number | undefined {
  * a snapshot operation; so do we (the write and snapshot commands call this first).
  */
 export async function repairIfDirty(file: string): Promise<void> {
-  const probe = await openImage(file, { noBacking: true });
-  const dirty = probe.isDirty;
-  await probe.close();
+  // the header is enough to tell; a file that cannot be read is left to the open that follows
+  let dirty = false;
+  try {
+    const probe = NodeFileStore.open(file);
+    try {
+      dirty = ((await Qcow2Image.readHeader(probe)).incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+    } finally {
+      await probe.close();
+    }
+  } catch {
+    return;
+  }
   if (!dirty) return;
   const img = await openImage(file, { writable: true, checkMode: true, noBacking: true });
   try {

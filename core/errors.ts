@@ -60,6 +60,13 @@ export class QcowError extends Error {
     return { name: this.name, code: this.code, message: this.message, details: this.details };
   }
 
+  /** The same error (code, details, stack) with `prefix` in front of its message. */
+  prefixed(prefix: string): QcowError {
+    const e = new QcowError(this.code, prefix + this.message, this.details);
+    e.stack = this.stack;
+    return e;
+  }
+
   static fromJSON(v: { code: QcowErrorCode; message: string; details?: Record<string, unknown> }): QcowError {
     return new QcowError(v.code, v.message, v.details ?? {});
   }

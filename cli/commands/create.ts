@@ -105,7 +105,7 @@ export const create: Command = {
       await store.close();
       fs.rmSync(file, { force: true });
       // qemu-img names the file in front of the format's own refusals
-      if (e instanceof QcowError && e.code === 'INVALID_ARGUMENT') throw new QcowError(e.code, `${file}: ${e.message}`, e.details);
+      if (e instanceof QcowError && e.code === 'INVALID_ARGUMENT') throw e.prefixed(`${file}: `);
       throw e;
     }
     await store.close();
