@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { qemuCheck, qemuInfo, qemuIoOk, qemuSnapshotList } from '../helpers/qemu.ts';
-import { test, expect, makeImage, openViaInput, showView } from './fixtures.ts';
+import { test, expect, downloadImage, makeImage, openViaInput, showView } from './fixtures.ts';
 
 test('a clean image reads "No errors were found on the image."', async ({ page, tmp }) => {
   const f = makeImage(tmp, 'clean.qcow2');
@@ -39,10 +39,7 @@ for (const c of CASES) {
     await expect(page.getByText('The following inconsistencies were found and repaired')).toBeVisible();
     await expect(page.getByText('No errors were found on the image.')).toBeVisible();
 
-    const download = page.waitForEvent('download');
-    await page.getByRole('button', { name: 'Download image' }).click();
-    const saved = path.join(tmp, 'repaired.qcow2');
-    await (await download).saveAs(saved);
+    const saved = await downloadImage(page, path.join(tmp, 'repaired.qcow2'));
     const after = qemuCheck(saved);
     expect(after.exitCode, after.stderr).toBe(0);
   });
@@ -71,10 +68,7 @@ test('a dirty image (lazy refcounts, qemu-io killed) is read-only until Repair a
   await page.getByRole('button', { name: 'Create snapshot' }).click();
   await expect(page.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 'after', exact: true })).toBeVisible();
 
-  const download = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Download image' }).click();
-  const saved = path.join(tmp, 'saved.qcow2');
-  await (await download).saveAs(saved);
+  const saved = await downloadImage(page, path.join(tmp, 'saved.qcow2'));
   const after = qemuCheck(saved);
   expect(after.exitCode, after.stderr).toBe(0);
   expect(qemuInfo(saved)['dirty-flag']).toBe(false);
@@ -97,10 +91,7 @@ for (const damage of ['corrupt-bit', 'dirty-bit']) {
     await page.getByRole('textbox', { name: 'Snapshot name' }).fill('s');
     await page.getByRole('button', { name: 'Create snapshot' }).click();
     await expect(page.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 's', exact: true })).toBeVisible();
-    const download = page.waitForEvent('download');
-    await page.getByRole('button', { name: 'Download image' }).click();
-    const saved = path.join(tmp, 'saved.qcow2');
-    await (await download).saveAs(saved);
+    const saved = await downloadImage(page, path.join(tmp, 'saved.qcow2'));
     expect(qemuCheck(saved).exitCode).toBe(0);
     const info = qemuInfo(saved);
     expect(info['dirty-flag']).toBe(false);

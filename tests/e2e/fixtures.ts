@@ -118,6 +118,15 @@ export async function readFromOpfs(page: Page, name: string, to: string): Promis
   fs.writeFileSync(to, Buffer.from(b64, 'base64'));
 }
 
+/** "Download image" of the shown tab (or of `tab`, shown first), saved to `to`; returns `to`. */
+export async function downloadImage(page: Page, to: string, tab?: string): Promise<string> {
+  if (tab !== undefined) await page.getByRole('tab', { name: tab }).click();
+  const d = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Download image' }).click();
+  await (await d).saveAs(to);
+  return to;
+}
+
 /** Show a view through the rail. */
 export async function showView(page: Page, name: string): Promise<void> {
   await page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name, exact: true }).click();

@@ -1,16 +1,8 @@
 // Several images as the disks of one VM: a group snapshot lands on all of them, and a group
 // operation that one image cannot take leaves every image unchanged. QEMU judges the downloads.
 import * as path from 'node:path';
-import type { Page } from '@playwright/test';
 import { qemuCheck, qemuInfo } from '../helpers/qemu.ts';
-import { test, expect, makeImage, openViaInput, showView } from './fixtures.ts';
-
-async function download(page: Page, tab: string, to: string): Promise<void> {
-  await page.getByRole('tab', { name: tab }).click();
-  const d = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Download image' }).click();
-  await (await d).saveAs(to);
-}
+import { test, expect, downloadImage, makeImage, openViaInput, showView } from './fixtures.ts';
 
 const names = (file: string) => (qemuInfo(file).snapshots ?? []).map((s) => s.name);
 
@@ -38,8 +30,8 @@ test('group create lands on every image; a group delete one image cannot take ch
 
   const sa = path.join(tmp, 'sys-saved.qcow2');
   const sb = path.join(tmp, 'data-saved.qcow2');
-  await download(page, 'sys.qcow2', sa);
-  await download(page, 'data.qcow2', sb);
+  await downloadImage(page, sa, 'sys.qcow2');
+  await downloadImage(page, sb, 'data.qcow2');
   for (const f of [sa, sb]) expect(qemuCheck(f).exitCode).toBe(0);
   expect(names(sa)).toEqual(['base', 'vm-1']);
   expect(names(sb)).toEqual(['vm-1']);

@@ -1,7 +1,7 @@
 // Offline: after one visit the service worker serves the app and its engine worker with the
 // network off; an image opens, takes snapshot changes, checks clean and downloads, and QEMU agrees.
 import * as path from 'node:path';
-import { test, expect, foreign, makeImage, openViaInput, showView } from './fixtures.ts';
+import { test, expect, downloadImage, foreign, makeImage, openViaInput, showView } from './fixtures.ts';
 import { qemuCheck, qemuInfo } from '../helpers/qemu.ts';
 
 test('works offline after the first visit', async ({ page, context, tmp, requests, baseURL }) => {
@@ -34,10 +34,7 @@ test('works offline after the first visit', async ({ page, context, tmp, request
   await expect(table.getByRole('cell', { name: 'snapA', exact: true })).toHaveCount(0);
   await page.getByRole('button', { name: 'Run check' }).click();
   await expect(page.getByText('No errors were found on the image.')).toBeVisible();
-  const d = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Download image' }).click();
-  const saved = path.join(tmp, 'offline-saved.qcow2');
-  await (await d).saveAs(saved);
+  const saved = await downloadImage(page, path.join(tmp, 'offline-saved.qcow2'));
   await context.setOffline(false);
 
   expect(qemuCheck(saved).exitCode).toBe(0);

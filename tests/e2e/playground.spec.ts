@@ -2,7 +2,7 @@
 // the journal shows the writes; QEMU reads the pattern back from the download and finds it clean.
 import * as path from 'node:path';
 import { qemuCheck, verifyPattern } from '../helpers/qemu.ts';
-import { test, expect, showView } from './fixtures.ts';
+import { test, expect, downloadImage, showView } from './fixtures.ts';
 
 test('a write into a shared cluster is copy-on-write; QEMU reads it back', async ({ page, tmp }) => {
   await page.goto('/');
@@ -16,10 +16,7 @@ test('a write into a shared cluster is copy-on-write; QEMU reads it back', async
   await expect(page.getByText('so the write went to a copy: copy-on-write')).toBeVisible();
   await expect(page.getByRole('heading', { name: 'What the write did' })).toBeVisible();
 
-  const d = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Download image' }).click();
-  const saved = path.join(tmp, 'demo-written.qcow2');
-  await (await d).saveAs(saved);
+  const saved = await downloadImage(page, path.join(tmp, 'demo-written.qcow2'));
   expect(qemuCheck(saved).exitCode).toBe(0);
   expect(verifyPattern(saved, 0x10000, 4096, 0x5a)).toBe(true);
 });

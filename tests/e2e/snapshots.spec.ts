@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Page } from '@playwright/test';
 import { qemuCheck, qemuConvertToRaw, qemuInfo, sha256 } from '../helpers/qemu.ts';
-import { test, expect, installPickerStub, makeImage, openViaInput, readFromOpfs, showView, stageInOpfs, type Fixture } from './fixtures.ts';
+import { test, expect, downloadImage, installPickerStub, makeImage, openViaInput, readFromOpfs, showView, stageInOpfs, type Fixture } from './fixtures.ts';
 
 /** Create snapC, revert to snapA, delete snapB, all through the UI; then the check is clean. */
 async function createRevertDelete(page: Page): Promise<void> {
@@ -120,10 +120,7 @@ test('the demo image opens with snapshots, checks clean and downloads as a valid
   }
   await page.getByRole('button', { name: 'Run check' }).click();
   await expect(page.getByText('No errors were found on the image.')).toBeVisible();
-  const download = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Download image' }).click();
-  const saved = path.join(tmp, 'demo.qcow2');
-  await (await download).saveAs(saved);
+  const saved = await downloadImage(page, path.join(tmp, 'demo.qcow2'));
   expect(qemuCheck(saved).exitCode).toBe(0);
   expect((qemuInfo(saved).snapshots ?? []).length).toBe(count);
 });

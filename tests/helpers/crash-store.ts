@@ -82,6 +82,8 @@ export class CountingStore implements ImageStore {
   writes = 0;
   flushes = 0;
   truncates = 0;
+  /** The largest size the store reached. */
+  maxSize = 0;
 
   constructor(readonly inner: ImageStore) {
     this.name = inner.name;
@@ -96,6 +98,7 @@ export class CountingStore implements ImageStore {
   async write(offset: number, data: Uint8Array): Promise<void> {
     await this.inner.write(offset, data);
     this.writes++;
+    this.maxSize = Math.max(this.maxSize, this.inner.size());
   }
   async flush(): Promise<void> {
     await this.inner.flush();
