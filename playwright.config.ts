@@ -3,7 +3,8 @@
 // time in the OS temp dir, since Playwright empties its output folder at each run (STACK.md).
 import { defineConfig } from '@playwright/test';
 
-const PORT = 4173;
+// E2E_PORT lets several checkouts run their e2e tests side by side.
+const PORT = Number(process.env.E2E_PORT ?? 4173);
 
 export default defineConfig({
   testDir: 'tests/e2e',
