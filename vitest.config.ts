@@ -13,6 +13,8 @@ export default defineConfig({
       'tests/fuzz/**/*.test.ts',
     ],
     exclude: ['**/node_modules/**', 'dist/**', 'tests/e2e/**'],
+    // Bundles the CLI once for the run (tests/helpers/cli.ts hands its path to the test files).
+    globalSetup: ['tests/helpers/global-setup.ts'],
     // Interop tests shell out to qemu-img/qemu-io many times per test; on a 2-core machine
     // running files in parallel that adds up. Timing is never a pass/fail criterion here.
     testTimeout: 60_000,

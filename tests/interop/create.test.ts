@@ -5,19 +5,19 @@ import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import { createImage as ourCreate } from '../../core/image/create.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { writeGuest } from '../../core/image/write.ts';
 import { isQcowError } from '../../core/errors.ts';
 import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, sha256 } from '../helpers/qemu.ts';
+import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
 const tmp = useTempDir('qcowscope-create-');
 const ROOT = path.resolve(__dirname, '../..');
-/** The CLI from source through tsx's loader (by absolute URL, so any working directory works). */
-const CLI = ['--import', pathToFileURL(path.join(ROOT, 'node_modules/tsx/dist/loader.mjs')).href, path.join(ROOT, 'cli/qcowscope.ts')];
+/** The CLI bundled from the current sources (tests/helpers/cli.ts). */
+const CLI = [await cliBundle()];
 
 function cli(args: string[], cwd = ROOT): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8', cwd });
