@@ -51,7 +51,10 @@ export const BASE_PATTERN_2 = 0x22;
 export function makeBase(file: string, base: BaseName): void {
   let cached = baseCache.get(base);
   if (cached === undefined) {
-    baseCacheDir ??= makeTempDir('qcowscope-bases-');
+    // Inside the Vitest run's dir when there is one (removed at the end of the run even when the
+    // worker is stopped without exit handlers), else a temp dir removed when the process exits.
+    const runDir = process.env.QCOWSCOPE_TEST_RUN_DIR;
+    baseCacheDir ??= runDir ? fs.mkdtempSync(path.join(runDir, 'bases-')) : makeTempDir('qcowscope-bases-');
     cached = path.join(baseCacheDir, `${base}.qcow2`);
     buildBase(cached, base);
     baseCache.set(base, cached);
