@@ -78,6 +78,14 @@ export interface HeaderDTO {
   backingFileSize: number;
   clusterBits: number;
   clusterSize: number;
+  /**
+   * L2 geometry, worked out by the engine (core/format/entries.ts) so views need not: bytes per
+   * L2 entry (16 with extended L2), entries per L2 table, subclusters per cluster (32 with
+   * extended L2, else 1).
+   */
+  l2EntrySize: number;
+  l2Entries: number;
+  subclusters: number;
   /** Virtual disk size in bytes. */
   size: number;
   cryptMethod: number;

@@ -6,7 +6,10 @@
 import { QcowError } from '../errors.ts';
 import { be32, put32 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
-import { ClusterType, clusterType, offsetOf } from '../format/entries.ts';
+import {
+  ClusterType, clusterType, hasOffset, isCompressed, isCopied, offsetOf, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI,
+  refcountTableOffset, withCopied,
+} from '../format/entries.ts';
 import { validateTable } from '../format/header.ts';
 import { encodeSnapshotTable, snapshotTableSize } from '../format/snapshot-table.ts';
 import { Qcow2Image } from '../image/qcow2-image.ts';
@@ -424,7 +427,7 @@ async function compareRefcounts(
     if (bad.size > 0 && bad.has(Math.floor(i / per))) {
       if (!signalled) {
         const r = Math.floor(i / per);
-        const off = be32(img.reftable, r * 8) * 4294967296 + ((be32(img.reftable, r * 8 + 4) & 0xfffffe00) >>> 0);
+        const off = refcountTableOffset(be32(img.reftable, r * 8), be32(img.reftable, r * 8 + 4));
         const what = `Refblock offset ${altHex(off)} unaligned (reftable index: ${altHex(r)})`;
         if (img.writable) {
           // A fatal corruption event on a writable image marks it corrupt, as QEMU does.
@@ -508,11 +511,11 @@ async function checkOflagCopied(
     const hi = be32(l1, i * 8);
     const lo = be32(l1, i * 8 + 4);
     const rc = await refcountOf(Math.floor(l2Offset / cs));
-    if (rc !== undefined && (rc === 1) !== ((hi & 0x80000000) !== 0)) {
+    if (rc !== undefined && (rc === 1) !== isCopied(hi)) {
       res.corruptions++;
       sink.add({ kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${rc}`, structure: 'active L1 table', l1Index: i, hostOffset: img.header.l1TableOffset + i * 8 });
       if (repair) {
-        put32(l1, i * 8, rc === 1 ? (hi | 0x80000000) >>> 0 : (hi & 0x7fffffff) >>> 0);
+        put32(l1, i * 8, withCopied(hi, rc === 1));
         const overlap = await preWriteOverlapCheck(img, img.header.l1TableOffset + i * 8, 8, ['active L1 table']);
         if (overlap) {
           sink.add({ kind: 'info', message: overlap });
@@ -610,7 +613,7 @@ function scanCopied(
     if (g.dataFile) {
       const t = clusterType(eh, el, g);
       if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue;
-    } else if ((eh & 0x40000000) !== 0 || ((eh & 0x00ffffff) === 0 && (el & 0xfffffe00) === 0)) {
+    } else if (isCompressed(eh) || !hasOffset(eh, el)) {
       continue; // compressed, or no host cluster (unallocated / zero plain)
     }
     let drc: number;
@@ -620,20 +623,20 @@ function scanCopied(
       if (knownRc === -2) continue;
       drc = knownRc;
     } else {
-      const c = (eh & 0x00ffffff) * hiScale + (((el & 0xfffffe00) >>> 0) >>> clusterBits);
+      const c = (eh & OFFSET_MASK_HI) * hiScale + (((el & OFFSET_MASK_LO) >>> 0) >>> clusterBits);
       if (c >= dn || hasBad) {
         st.need = c;
         return j;
       }
       drc = dcounts[c]!;
     }
-    if ((drc === 1) !== ((eh & 0x80000000) !== 0)) {
+    if ((drc === 1) !== isCopied(eh)) {
       res.corruptions += st.times;
       const f: Finding = { kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${drc}`, structure: 'L2 table', l1Index, l2Index: j, hostOffset: l2Offset + at };
       for (let r = 0; r < Math.min(st.times, MAX_REPEATS); r++) sink.add(f);
       if (repair) {
         st.copy ??= table.slice();
-        put32(st.copy, at, drc === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0);
+        put32(st.copy, at, withCopied(eh, drc === 1));
         st.dirty++;
       }
     }
@@ -652,11 +655,14 @@ function copiedAgreeRun(dv: DataView, start: number, n: number, step: number, re
   const hiOffLimit = 1 << (clusterBits - 1);
   const hiShift = 32 - clusterBits;
   const dn = refcounts.length;
+  const compressedHi = QCOW_OFLAG_COMPRESSED_HI;
+  const offHi = OFFSET_MASK_HI;
+  const offLo = OFFSET_MASK_LO;
   for (let j = start; j < n; j++) {
     const hi = dv.getInt32(j * step);
     const lo = dv.getInt32(j * step + 4);
-    const hiOff = hi & 0x00ffffff;
-    if ((hi & 0x40000000) !== 0 || (hiOff === 0 && (lo & 0xfffffe00) === 0)) continue;
+    const hiOff = hi & offHi;
+    if ((hi & compressedHi) !== 0 || (hiOff === 0 && (lo & offLo) === 0)) continue;
     if (hiOff >= hiOffLimit) return j;
     const c = (hiOff << hiShift) | (lo >>> clusterBits);
     if (c >= dn || (refcounts[c] === 1) !== (hi < 0)) return j;

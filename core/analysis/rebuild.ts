@@ -11,9 +11,10 @@
 import { QcowError } from '../errors.ts';
 import { be32, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
+import { l1L2Offset, refcountTableOffset } from '../format/entries.ts';
 import { getRefcount, refblockEntries, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
-import { Imrt, refblockOffsetFromEntry } from './refcount-walk.ts';
+import { Imrt } from './refcount-walk.ts';
 
 /** Refcount blocks loaded for in-place updates, written back together by flush(). */
 export class RefcountWriter {
@@ -31,7 +32,7 @@ export class RefcountWriter {
     let b = this.blocks.get(reftableIndex);
     if (b) return b;
     if (reftableIndex >= img.reftable.length / 8) return null;
-    const offset = refblockOffsetFromEntry(be32(img.reftable, reftableIndex * 8), be32(img.reftable, reftableIndex * 8 + 4));
+    const offset = refcountTableOffset(be32(img.reftable, reftableIndex * 8), be32(img.reftable, reftableIndex * 8 + 4));
     if (offset === 0 || offset % img.clusterSize !== 0 || offset + img.clusterSize > Number.MAX_SAFE_INTEGER) return null;
     b = { offset, bytes: (await img.store.read(offset, img.clusterSize)).slice(), dirty: false };
     this.blocks.set(reftableIndex, b);
@@ -42,7 +43,7 @@ export class RefcountWriter {
   async get(cluster: number): Promise<number | undefined> {
     const r = Math.floor(cluster / this.per);
     if (r >= this.img.reftable.length / 8) return 0;
-    const off = refblockOffsetFromEntry(be32(this.img.reftable, r * 8), be32(this.img.reftable, r * 8 + 4));
+    const off = refcountTableOffset(be32(this.img.reftable, r * 8), be32(this.img.reftable, r * 8 + 4));
     if (off === 0) return 0;
     const b = await this.block(r);
     if (!b) return undefined;
@@ -156,7 +157,7 @@ export async function rebuildRefcountStructure(img: Qcow2Image, imrt: Imrt): Pro
   const avoid = new Set<number>();
   for (let c = Math.floor(img.header.refcountTableOffset / cs); c < Math.ceil((img.header.refcountTableOffset + img.reftable.length) / cs); c++) avoid.add(c);
   for (let i = 0; i < img.reftable.length / 8; i++) {
-    const off = refblockOffsetFromEntry(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
+    const off = refcountTableOffset(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
     if (off !== 0 && off < Number.MAX_SAFE_INTEGER) {
       avoid.add(Math.floor(off / cs));
       if (off % cs !== 0) avoid.add(Math.floor(off / cs) + 1);
@@ -272,13 +273,13 @@ export function metadataOverlap(img: Qcow2Image, offset: number, size: number, i
   }
   if (chk('active L2 table')) {
     for (let i = 0; i < h.l1Size; i++) {
-      const off = (be32(img.l1Table, i * 8) & 0x00ffffff) * 4294967296 + ((be32(img.l1Table, i * 8 + 4) & 0xfffffe00) >>> 0);
+      const off = l1L2Offset(img.l1Table, i);
       if (off !== 0 && hits(off, cs)) return 'active L2 table';
     }
   }
   if (chk('refcount block')) {
     for (let i = 0; i < img.reftable.length / 8; i++) {
-      const off = refblockOffsetFromEntry(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
+      const off = refcountTableOffset(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
       if (off !== 0 && hits(off, cs)) return 'refcount block';
     }
   }

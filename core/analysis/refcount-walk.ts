@@ -13,7 +13,10 @@
 import { QcowError, hex } from '../errors.ts';
 import { be32, be64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
-import { ClusterType, clusterType, compressedDescriptor, l1ReservedBits, l2StdReservedBits, offsetOf } from '../format/entries.ts';
+import {
+  bitmapTableEntryInvalid, ClusterType, clusterType, compressedDescriptor, hasZeroFlag, isCopied, l1ReservedBits, l2StdReservedBits, L2E_FLAGS_56_62_HI,
+  offsetOf, OFFSET_MASK_HI, refcountTableOffset, refcountTableReservedBits, withCopied,
+} from '../format/entries.ts';
 import { getRefcount, refcountMax } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import { readInto } from '../io/store.ts';
@@ -632,10 +635,10 @@ export class ReferenceWalk {
     }
     switch (type) {
       case ClusterType.Compressed: {
-        if ((hi & 0x80000000) !== 0) {
+        if (isCopied(hi)) {
           const coff = (hi & hiOffMask) * 4294967296 + lo;
           this.corruption(`ERROR: coffset=${hex(coff)}: copied flag must never be set for compressed clusters`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
-          hi = (hi & 0x7fffffff) >>> 0;
+          hi = withCopied(hi, false);
         }
         if (dataFile) {
           this.corruption(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
@@ -662,7 +665,7 @@ export class ReferenceWalk {
         }
         if (offset % cs !== 0) {
           this.res.corruptions += times;
-          const containsData = ext ? bmAlloc !== 0 : (lo & 1) === 0;
+          const containsData = ext ? bmAlloc !== 0 : !hasZeroFlag(lo);
           if (!containsData) {
             const fix = !!this.opts.fixErrors;
             this.report({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
@@ -731,9 +734,8 @@ export class ReferenceWalk {
       for (let i = 0; i < t.size; i++) {
         const hi = be32(table, i * 8);
         const lo = be32(table, i * 8 + 4);
-        // BME_TABLE_ENTRY_RESERVED_MASK 0xff000000000001fe; bit 0 only without an offset
         const off = offsetOf(hi, lo);
-        if ((hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 || (off !== 0 && ((lo & 1) !== 0 || off % cs !== 0))) {
+        if (bitmapTableEntryInvalid(hi, lo, cs)) {
           if ((t.flags & 1) === 0 && !this.opts.lenientBitmaps) {
             // QEMU loads every consistent (not in-use) bitmap when it opens the image, check mode
             // included, and refuses the image when a table is invalid.
@@ -761,12 +763,12 @@ export class ReferenceWalk {
       const lo = be32(rt, i * 8 + 4);
       if (hi === 0 && lo === 0) continue;
       const at = img.header.refcountTableOffset + i * 8;
-      if ((lo & 0x1ff) !== 0) {
+      if (refcountTableReservedBits(lo)) {
         this.corruption(`ERROR refcount table entry ${i} has reserved bits set`, { structure: 'refcount table', hostOffset: at });
         this.rebuild = true;
         continue;
       }
-      const offset = refblockOffsetFromEntry(hi, lo);
+      const offset = refcountTableOffset(hi, lo);
       if (offset % cs !== 0) {
         this.corruption(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`, { structure: 'refcount table', hostOffset: at });
         this.rebuild = true;
@@ -847,13 +849,15 @@ function countPlainRun(
   const lowMask = (1 << clusterBits) - 1; // zero flag, reserved bits 1..8, offset bits below the cluster size
   const hiOffLimit = 1 << (clusterBits - 1);
   const hiShift = 32 - clusterBits;
+  const flagsHi = L2E_FLAGS_56_62_HI;
+  const offHi = OFFSET_MASK_HI;
   for (let i = start; i < n; i++) {
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
     if ((hi | lo) === 0) continue;
     // bits 56..62 clear: not compressed, no reserved bit
-    if ((hi & 0x7f000000) !== 0 || (lo & lowMask) !== 0) return i;
-    const hiOff = hi & 0x00ffffff;
+    if ((hi & flagsHi) !== 0 || (lo & lowMask) !== 0) return i;
+    const hiOff = hi & offHi;
     if (hiOff >= hiOffLimit) return i;
     const k = (hiOff << hiShift) | (lo >>> clusterBits);
     if (k === 0 || k >= limit) return i;
@@ -958,6 +962,7 @@ function uncount(runs: number[], from: number, stopRun: number, stopAt: number, 
  */
 function appendRuns(dv: DataView, n: number, clusterBits: number, out: number[], maxRuns: number): boolean {
   const hiShift = 32 - clusterBits;
+  const offHi = OFFSET_MASK_HI;
   const head = out.length;
   out.push(0);
   let runs = 0;
@@ -968,7 +973,7 @@ function appendRuns(dv: DataView, n: number, clusterBits: number, out: number[],
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
     if ((hi | lo) === 0) continue;
-    const k = ((hi & 0x00ffffff) << hiShift) | (lo >>> clusterBits);
+    const k = ((hi & offHi) << hiShift) | (lo >>> clusterBits);
     const c = hi < 0 ? 1 : 0;
     if (k === next && c === copied) {
       next++;
@@ -988,11 +993,6 @@ function appendRuns(dv: DataView, n: number, clusterBits: number, out: number[],
   }
   out[head] = runs;
   return true;
-}
-
-/** Refblock offset of a reftable entry: REFT_OFFSET_MASK keeps bits 9..63. */
-export function refblockOffsetFromEntry(hi: number, lo: number): number {
-  return (hi >>> 0) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
 }
 
 /** The check cannot go on: QEMU returns -errno from qcow2_check_refcounts. */
@@ -1037,7 +1037,7 @@ export async function* refblocksInOrder(
   const idx: number[] = [];
   const offs: number[] = [];
   for (let r = 0; r < needed; r++) {
-    const off = refblockOffsetFromEntry(be32(rt, r * 8), be32(rt, r * 8 + 4));
+    const off = refcountTableOffset(be32(rt, r * 8), be32(rt, r * 8 + 4));
     if (off === 0) continue;
     if (off % cs !== 0) {
       unreadable.add(r);
@@ -1085,7 +1085,7 @@ export async function refcountsMatch(img: Qcow2Image, imrt: Imrt, buffer?: ReadB
   const offs: number[] = [];
   for (let r = 0; r < needed; r++) {
     const base = r * per;
-    const off = r < rtEntries ? refblockOffsetFromEntry(be32(rt, r * 8), be32(rt, r * 8 + 4)) : 0;
+    const off = r < rtEntries ? refcountTableOffset(be32(rt, r * 8), be32(rt, r * 8 + 4)) : 0;
     if (off === 0) {
       // no refblock: every refcount it would hold is 0
       for (let i = base, end = Math.min(n, base + per); i < end; i++) if (counts[i] !== 0) return false;

@@ -5,6 +5,7 @@
 import { QcowError, hex } from '../errors.ts';
 import { be32, be64n, decodeCString, decodeString, encodeString, isSafe, put32, put64, put64n, toNumber } from './bytes.ts';
 import * as C from './constants.ts';
+import { l2EntrySize, type L2Geometry } from './entries.ts';
 
 export interface FeatureName {
   type: number; // 0 incompatible, 1 compatible, 2 autoclear
@@ -301,10 +302,18 @@ export function clusterSizeOf(h: Pick<Qcow2Header, 'clusterBits'>): number {
   return 2 ** h.clusterBits;
 }
 
+/** What the L2 entries of an image with this header look like (entries.ts decodes them with it). */
+export function l2GeometryOf(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'>): L2Geometry {
+  return {
+    clusterBits: h.clusterBits,
+    extendedL2: (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n,
+    dataFile: (h.incompatibleFeatures & C.INCOMPAT_DATA_FILE) !== 0n,
+  };
+}
+
 /** L2 entries per table: CS/8, or CS/16 with extended L2. */
 export function l2EntriesOf(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'>): number {
-  const entrySize = (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n ? 16 : 8;
-  return 2 ** h.clusterBits / entrySize;
+  return 2 ** h.clusterBits / l2EntrySize(l2GeometryOf(h));
 }
 
 /** L1 entries needed to map `size` bytes (QEMU's size_to_l1). */

@@ -7,10 +7,11 @@ import { readInto, type ImageStore } from '../io/store.ts';
 import { alignUp, qemuHex } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
-  ClusterType, clusterType, compressedDescriptor, offsetOf, QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_COPIED_HI, type L2Geometry,
+  ClusterType, clusterType, compressedDescriptor, l2EntrySize, offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI,
+  QCOW_OFLAG_ZERO_LO, type L2Geometry,
 } from '../format/entries.ts';
 import { be32 } from '../format/bytes.ts';
-import { parseHeader, sizeToL1, validateTable, l2EntriesOf, type Qcow2Header } from '../format/header.ts';
+import { parseHeader, sizeToL1, validateTable, l2EntriesOf, l2GeometryOf, type Qcow2Header } from '../format/header.ts';
 import { parseSnapshotTable, type Snapshot } from '../format/snapshot-table.ts';
 import { parseBitmapDirectory, type BitmapEntry } from '../format/bitmaps.ts';
 import { TableCache } from './table-cache.ts';
@@ -93,12 +94,8 @@ export class Qcow2Image implements Layer {
     this.clusterBits = header.clusterBits;
     this.clusterSize = 2 ** header.clusterBits;
     this.l2Entries = l2EntriesOf(header);
-    this.geometry = {
-      clusterBits: header.clusterBits,
-      extendedL2: (header.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n,
-      dataFile: (header.incompatibleFeatures & C.INCOMPAT_DATA_FILE) !== 0n,
-    };
-    this.l2EntrySize = this.geometry.extendedL2 ? 16 : 8;
+    this.geometry = l2GeometryOf(header);
+    this.l2EntrySize = l2EntrySize(this.geometry);
     this.l1Table = new Uint8Array(0);
     this.reftable = new Uint8Array(0);
     this.backing = opts.backing ?? null;
@@ -636,7 +633,11 @@ export class Qcow2Image implements Layer {
     // The loop runs on int32 entry indices and int32 words only: offsets above 2^31 are doubles,
     // slower to compare and (with `%`) a libm call each. The low word `lo` is kept signed; host
     // offsets are compared as (hiOff, loOff) pairs. Alignment needs the low word only.
-    const lowMask = (cs - 1) & 0xfffffe00;
+    const lowMask = offsetUnalignedMaskLo(cs);
+    const offHi = OFFSET_MASK_HI;
+    const offLo = OFFSET_MASK_LO;
+    const compressedHi = QCOW_OFLAG_COMPRESSED_HI;
+    const zeroLo = QCOW_OFLAG_ZERO_LO;
     const clusterIndex = Math.floor(pos / cs);
     const i0 = (clusterIndex % this.l2Entries) | 0;
     const tableBase = (clusterIndex - i0) * cs; // guest offset of entry 0
@@ -663,18 +664,18 @@ export class Qcow2Image implements Layer {
           const next = (lo + cs) | 0;
           if (lo < 0 && next >= 0) {
             nHi = hi + 1;
-            if ((nHi & 0x00ffffff) === 0) nValid = false; // the offset would leave its 56 bits
+            if ((nHi & offHi) === 0) nValid = false; // the offset would leave its 56 bits
           }
           nLo = next;
         }
         continue;
       }
-      const hiOff = hi & 0x00ffffff;
-      const loOff = lo & 0xfffffe00;
+      const hiOff = hi & offHi;
+      const loOff = lo & offLo;
       let kind: number;
-      if ((hi & QCOW_OFLAG_COMPRESSED_HI) !== 0) {
+      if ((hi & compressedHi) !== 0) {
         kind = P_COMPRESSED;
-      } else if ((lo & 1) !== 0) {
+      } else if ((lo & zeroLo) !== 0) {
         if (!v3) throw this.zeroInV2Error(l2Offset, i, i * 8);
         if (hiOff !== 0 || loOff !== 0) {
           if ((lo & lowMask) !== 0) this.checkDataAligned(hiOff * 4294967296 + (loOff >>> 0), l2Offset, i, i * 8);
@@ -690,7 +691,7 @@ export class Qcow2Image implements Layer {
       }
       const hasOffset = kind === P_DATA || kind === P_ZERO_AT;
       // an entry with other flags (COPIED) may still continue the run: same kind, offset one cluster on
-      if (kind !== rKind || (hasOffset && !(nValid && nStep && hiOff === (nHi & 0x00ffffff) && loOff === (nLo & 0xfffffe00)))) {
+      if (kind !== rKind || (hasOffset && !(nValid && nStep && hiOff === (nHi & offHi) && loOff === (nLo & offLo)))) {
         if (rKind >= 0) this.pushPiece(out, rKind, rI, i, rHi, rLo, i0, pos, tableBase, spanEnd);
         rKind = kind;
         rI = i;
@@ -701,7 +702,7 @@ export class Qcow2Image implements Layer {
         const next = (lo + cs) | 0;
         nHi = lo < 0 && next >= 0 ? hi + 1 : hi;
         nLo = next;
-        nValid = (nHi & 0x00ffffff) !== 0 || hiOff === 0;
+        nValid = (nHi & offHi) !== 0 || hiOff === 0;
         nStep = true;
       } else {
         nHi = hi;

@@ -33,7 +33,10 @@
 import { QcowError, hex } from '../errors.ts';
 import { alignUp, be32, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
-import { compressedDescriptor, encodeL1Entry, l1L2Offset, putEntry } from '../format/entries.ts';
+import {
+  compressedDescriptor, encodeL1Entry, l1L2Offset, offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, putEntry,
+  QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_COPIED_HI, withCopied,
+} from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { invalidateAllocatorState } from './allocator.ts';
@@ -41,8 +44,11 @@ import { readInto } from '../io/store.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { readRefblockInto, refblockEntriesOf, reftableSize } from './refcount.ts';
 
-const HI_COPIED = 0x80000000;
-const HI_COMPRESSED = 0x40000000;
+// entry word masks as module constants, read by the hot loops below
+const HI_COPIED = QCOW_OFLAG_COPIED_HI;
+const HI_COMPRESSED = QCOW_OFLAG_COMPRESSED_HI;
+const HI_OFFSET = OFFSET_MASK_HI;
+const LO_OFFSET = OFFSET_MASK_LO;
 const TWO32 = 4294967296;
 
 // ---- a copy-on-write view of the refcounts, in a bounded cache ----------------------------------
@@ -444,7 +450,7 @@ export class ShadowCommit {
     this.geo = {
       fast: cb + lp <= 31,
       cb,
-      alignMask: (img.clusterSize - 1) & 0xfffffe00,
+      alignMask: offsetUnalignedMaskLo(img.clusterSize),
       rbHiMul: cb + lp <= 31 ? 2 ** (32 - cb - lp) : 0,
       rbShift: cb + lp,
       idxMask: this.overlay.per - 1,
@@ -674,7 +680,7 @@ export class ShadowCommit {
   }
 
   private unaligned(l2Offset: number, j: number, hi: number, lo: number): never {
-    const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+    const off = offsetOf(hi, lo);
     throw new QcowError('METADATA_CORRUPT', `Cluster allocation offset ${hex(off)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(j)})`, {
       structure: 'L2 table', offset: l2Offset + j * this.img.l2EntrySize, l2Offset, l2Index: j, hostOffset: off,
     });
@@ -722,8 +728,8 @@ export class ShadowCommit {
         for (let c = first; c <= last; c++) ov.addRef(c, d, 'Compressed cluster');
         continue;
       }
-      const hiO = hi & 0x00ffffff;
-      if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+      const hiO = hi & HI_OFFSET;
+      if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
       let rb: number;
       let idx: number;
       if (fast) {
@@ -731,7 +737,7 @@ export class ShadowCommit {
         rb = hiO * rbHiMul + (lo >>> rbShift);
         idx = (lo >>> cb) & idxMask;
       } else {
-        const off = hiO * TWO32 + ((lo & 0xfffffe00) >>> 0);
+        const off = hiO * TWO32 + ((lo & LO_OFFSET) >>> 0);
         if (off % cs !== 0) this.unaligned(l2Offset, j, hi, lo);
         const ci = off / cs;
         rb = Math.floor(ci / per);
@@ -821,15 +827,15 @@ export class ShadowCommit {
         want = false;
       } else {
         const lo = (t[at + 4]! << 24) | (t[at + 5]! << 16) | (t[at + 6]! << 8) | t[at + 7]!;
-        const hiO = hi & 0x00ffffff;
-        if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+        const hiO = hi & HI_OFFSET;
+        if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
         let rb: number;
         let idx: number;
         if (fast) {
           rb = hiO * rbHiMul + (lo >>> rbShift);
           idx = (lo >>> cb) & idxMask;
         } else {
-          const ci = (hiO * TWO32 + ((lo & 0xfffffe00) >>> 0)) / cs;
+          const ci = (hiO * TWO32 + ((lo & LO_OFFSET) >>> 0)) / cs;
           rb = Math.floor(ci / per);
           idx = Math.floor(ci) - rb * per;
         }
@@ -853,7 +859,7 @@ export class ShadowCommit {
         }
         if (!fix) return true;
         changed = true;
-        t[at] = want ? t[at]! | 0x80 : t[at]! & 0x7f;
+        t[at] = withCopied(hi, want) >>> 24; // the entry's first byte holds COPIED
       }
     }
     return fix === 'needs-set' && changed ? 'clear' : changed;
@@ -1183,8 +1189,8 @@ function addRefRun16(
     const hi = dv.getInt32(j * es);
     const lo = dv.getInt32(j * es + 4);
     if ((hi & HI_COMPRESSED) !== 0) return j;
-    const hiO = hi & 0x00ffffff;
-    if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+    const hiO = hi & HI_OFFSET;
+    if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
     if ((lo & alignMask) !== 0 || hiO * rbHiMul + (lo >>> rbShift) !== rb) return j;
     const idx = (lo >>> cb) & idxMask;
     const next = blk.getUint16(idx * 2) + d;
@@ -1207,8 +1213,8 @@ function copiedRun16(
     const hi = dv.getInt32(j * es);
     const lo = dv.getInt32(j * es + 4);
     if ((hi & HI_COMPRESSED) !== 0) return j;
-    const hiO = hi & 0x00ffffff;
-    if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+    const hiO = hi & HI_OFFSET;
+    if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
     if (hiO * rbHiMul + (lo >>> rbShift) !== rb) return j;
     const want = cur.getUint16(((lo >>> cb) & idxMask) * 2) === 1;
     if (want === hi < 0) continue;
