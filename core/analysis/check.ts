@@ -13,7 +13,7 @@ import {
 import { validateTable } from '../format/header.ts';
 import { encodeSnapshotTable, snapshotTableSize } from '../format/snapshot-table.ts';
 import { Qcow2Image } from '../image/qcow2-image.ts';
-import { allocClusters, freeClusters, invalidateAllocatorState } from '../image/allocator.ts';
+import { allocClusters, freeClusters } from '../image/allocator.ts';
 import {
   markCleanAndConsistent, markCorrupt, preWriteOverlapCheck, rebuildRefcountStructure,
   RefcountWriter, writeL1Entry, writeL2Entry,
@@ -135,28 +135,11 @@ export async function checkImage(img: Qcow2Image, opts: CheckOptions = {}): Prom
 export async function runCheck(img: Qcow2Image, opts: CheckOptions = {}): Promise<CheckResult & { repairFindings?: Finding[] }> {
   const first = await checkImage(img, opts);
   if (first.failure !== undefined || (first.corruptionsFixed === 0 && first.leaksFixed === 0)) return first;
-  await reloadImageState(img);
+  await img.reload();
   const second = await checkImage(img, { ...opts, repair: undefined });
   return { ...second, corruptionsFixed: first.corruptionsFixed, leaksFixed: first.leaksFixed, repairFindings: first.findings, rebuilt: first.rebuilt };
 }
 
-/** Re-read the header, the active L1, the refcount table and the snapshot table after repairs. */
-export async function reloadImageState(img: Qcow2Image): Promise<void> {
-  const h = await Qcow2Image.readHeader(img.store);
-  img.header = h;
-  img.l1Table = h.l1Size > 0 ? (await img.store.read(h.l1TableOffset, h.l1Size * 8)).slice() : new Uint8Array(0);
-  img.reftable = h.refcountTableClusters > 0 ? (await img.store.read(h.refcountTableOffset, h.refcountTableClusters * img.clusterSize)).slice() : new Uint8Array(0);
-  img.l2Cache.clear();
-  img.refblockCache.clear();
-  try {
-    await img.loadSnapshots(false);
-    img.snapshotTableError = undefined;
-  } catch (e) {
-    if (!(e instanceof QcowError)) throw e;
-    img.snapshotTableError = e;
-    img.snapshots = [];
-  }
-}
 
 // ---- step 1: the snapshot table ------------------------------------------------------------------
 
@@ -177,13 +160,10 @@ async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixEr
     res.checkErrors++;
     sink.add({ kind: 'check-error', message: `ERROR ${e.message}`, structure: 'snapshot table', hostOffset: off, reported: true });
     if (nb > C.MAX_SNAPSHOTS) sink.add({ kind: 'info', message: `You can force-remove all ${nb - C.MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all` });
-    img.snapshots = [];
-    img.snapshotsSize = 0;
-    img.header.nbSnapshots = 0;
-    img.header.snapshotsOffset = 0;
+    img.setTables({ snapshots: [], snapshotsSize: 0, header: { nbSnapshots: 0, snapshotsOffset: 0 } });
     throw new CheckAbort(e.code === 'TABLE_TOO_LARGE' ? 'EFBIG' : 'EINVAL');
   }
-  h.nbSnapshots = nb;
+  img.setTables({ header: { nbSnapshots: nb } });
   const before = img.messages.length;
   try {
     await img.loadSnapshots(fixErrors);
@@ -192,10 +172,7 @@ async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixEr
     res.checkErrors++;
     sink.add({ kind: 'check-error', message: `ERROR failed to read the snapshot table: ${e.message}`, structure: 'snapshot table', hostOffset: off, reported: true });
     if (typeof e.details.hint === 'string') sink.add({ kind: 'info', message: e.details.hint });
-    img.snapshots = [];
-    img.snapshotsSize = 0;
-    img.header.nbSnapshots = 0;
-    img.header.snapshotsOffset = 0;
+    img.setTables({ snapshots: [], snapshotsSize: 0, header: { nbSnapshots: 0, snapshotsOffset: 0 } });
     throw new CheckAbort('EFBIG');
   }
   let extraDropped = 0;
@@ -211,7 +188,7 @@ async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixEr
     put32(b, 0, img.snapshots.length);
     await img.pwrite(60, b, 'header: nb_snapshots (overhanging snapshots discarded)', true);
     await img.flush('header commit');
-    h.nbSnapshots = img.snapshots.length;
+    img.setTables({ header: { nbSnapshots: img.snapshots.length } });
     res.corruptionsFixed += reduced;
     res.corruptions -= reduced;
   }
@@ -236,7 +213,7 @@ async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => v
   const oldOffset = img.header.snapshotsOffset;
   const oldSize = img.snapshotsSize;
   // The check has just changed refcounts behind the allocator's back.
-  invalidateAllocatorState(img);
+  img.allocation.forget();
   img.refblockCache.clear();
   let offset = 0;
   if (size > 0) {
@@ -256,8 +233,7 @@ async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => v
   put32(b, 8, offset % 4294967296);
   await img.pwrite(60, b, 'header: nb_snapshots and snapshots_offset', true);
   await img.flush('header commit');
-  img.header.snapshotsOffset = offset;
-  img.snapshotsSize = size;
+  img.setTables({ header: { snapshotsOffset: offset }, snapshotsSize: size });
   try {
     await freeClusters(img, oldOffset, oldSize);
     await img.flush('old snapshot table freed');
@@ -265,7 +241,7 @@ async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => v
     // QEMU's qcow2_free_clusters only reports a failure: the old table is leaked.
     if (!(e instanceof QcowError)) throw e;
   }
-  invalidateAllocatorState(img);
+  img.allocation.forget(); // the old table's clusters are free again
 }
 
 // ---- step 2: refcounts -----------------------------------------------------------------------------

@@ -225,9 +225,7 @@ export async function rebuildRefcountStructure(img: Qcow2Image, imrt: Imrt): Pro
   put32(hdr, 8, reftableClusters);
   await img.pwrite(48, hdr, 'header: refcount_table_offset and refcount_table_clusters', true);
   await img.flush('header commit');
-  img.reftable = table;
-  img.header.refcountTableOffset = reftableOffset;
-  img.header.refcountTableClusters = reftableClusters;
+  img.setTables({ reftable: table, header: { refcountTableOffset: reftableOffset, refcountTableClusters: reftableClusters } });
   img.refblockCache.clear();
 }
 
@@ -244,7 +242,7 @@ export async function markCleanAndConsistent(img: Qcow2Image): Promise<void> {
   await img.flush('repairs on disk before the image is marked clean');
   await img.pwrite(72, b, 'header: incompatible_features (clear dirty and corrupt bits)', true);
   await img.flush('header commit');
-  h.incompatibleFeatures = next;
+  img.setTables({ header: { incompatibleFeatures: next } });
 }
 
 /** QEMU's metadata overlap sections (QCOW2_OL_*), named as its messages name them. */
@@ -309,5 +307,5 @@ export async function markCorrupt(img: Qcow2Image): Promise<void> {
   put32(b, 4, Number(next & 0xffffffffn));
   await img.pwrite(72, b, 'header: incompatible_features (mark corrupt)', true);
   await img.flush('header commit');
-  h.incompatibleFeatures = next;
+  img.setTables({ header: { incompatibleFeatures: next } });
 }

@@ -5,7 +5,7 @@
 // dirty/corrupt bits) live in rebuild.ts and check.ts and all go through img.pwrite/img.flush.
 import { QcowError } from '../errors.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
-import { checkImage, reloadImageState, runCheck, type CheckOptions, type CheckResult, type RepairMode } from './check.ts';
+import { checkImage, runCheck, type CheckOptions, type CheckResult, type RepairMode } from './check.ts';
 
 export type { RepairMode } from './check.ts';
 export { rebuildRefcountStructure, markCleanAndConsistent, metadataOverlap } from './rebuild.ts';
@@ -36,6 +36,6 @@ export async function repairDirtyImage(img: Qcow2Image, opts: Omit<CheckOptions,
       structure: 'header', corruptions: r.corruptions, checkErrors: r.checkErrors,
     });
   }
-  await reloadImageState(img);
+  await img.reload();
   return r;
 }

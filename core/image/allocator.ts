@@ -18,96 +18,14 @@ import { MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE_BYTES } from '../format/constants
 import { encodeL1Entry, l1L2Offset, putEntry } from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
+import { MetadataClusters, type AllocatorState } from './allocator-state.ts';
 import {
   checkRefcountDeltas, loadRefblock, refblockEntriesOf, reftableSize, type RefcountDeltas,
 } from './refcount.ts';
 
-// ---- per-image allocator state ------------------------------------------------------------------
-
-interface AllocState {
-  /** QEMU's free_cluster_index: no free cluster below it (0 on open). */
-  freeClusterIndex: number;
-  /** Host clusters holding metadata, for the "Preventing invalid allocation" guard; null = rebuild. */
-  metadata: MetadataClusters | null;
-  /** The in-memory structures this state was built from: if another module replaces them (a
-   *  repair reloading the image, a snapshot revert), the state is rebuilt. */
-  seen: readonly unknown[];
-}
-
-const states = new WeakMap<Qcow2Image, AllocState>();
-
-/**
- * Where metadata lives, by host cluster: single clusters (refcount blocks, L2 tables) in a map,
- * multi-cluster tables (L1 tables, the refcount and snapshot tables) as ranges, so a hostile
- * header claiming huge tables costs one entry per table, not one per cluster.
- */
-class MetadataClusters {
-  private readonly singles = new Map<number, string>();
-  private readonly ranges: Array<readonly [number, number, string]> = [];
-
-  /** Clusters [first, end) hold `name` (the first name recorded for a cluster wins). */
-  addRange(first: number, end: number, name: string): void {
-    if (end - first === 1) {
-      if (!this.singles.has(first)) this.singles.set(first, name);
-    } else if (end > first) {
-      this.ranges.push([first, end, name]);
-    }
-  }
-
-  set(c: number, name: string): void {
-    this.singles.set(c, name);
-  }
-
-  /** The lowest cluster of [start, start + n) holding metadata, and its owner; null if none. */
-  firstIn(start: number, n: number): readonly [number, string] | null {
-    let best: [number, string] | null = null;
-    for (const [first, end, name] of this.ranges) {
-      if (first < start + n && start < end) {
-        const c = Math.max(first, start);
-        if (!best || c < best[0]) best = [c, name];
-      }
-    }
-    const limit = best ? best[0] : start + n;
-    for (let c = start; c < limit; c++) {
-      const owner = this.singles.get(c);
-      if (owner !== undefined) return [c, owner];
-    }
-    return best;
-  }
-}
-
-function identity(img: Qcow2Image): unknown[] {
-  return [img.header, img.l1Table, img.reftable, img.snapshots];
-}
-
-function stateOf(img: Qcow2Image): AllocState {
-  let s = states.get(img);
-  const now = identity(img);
-  if (!s) {
-    s = { freeClusterIndex: 0, metadata: null, seen: now };
-    states.set(img, s);
-  } else if (s.seen.some((v, i) => v !== now[i])) {
-    s.freeClusterIndex = 0;
-    s.metadata = null;
-    s.seen = now;
-  }
-  return s;
-}
-
-/** After this module replaced one of the structures itself: keep the state. */
-function resync(img: Qcow2Image): void {
-  const s = states.get(img);
-  if (s) s.seen = identity(img);
-}
-
-/**
- * Forget cached knowledge of where metadata lives (the allocation guard rebuilds it). Call after
- * changing structures by other means than this module (snapshot table, L1 moves, repair).
- */
-export function invalidateAllocatorState(img: Qcow2Image): void {
-  const s = stateOf(img);
-  s.metadata = null;
-  s.freeClusterIndex = 0;
+/** What the allocator knows about `img` (kept by the image, dropped when its tables change). */
+function stateOf(img: Qcow2Image): AllocatorState {
+  return img.allocation;
 }
 
 /** A half-open range of host cluster indices that must not be handed out (being allocated). */
@@ -352,10 +270,11 @@ async function refcountArea(
   put32(hdr, 8, tableClusters);
   await img.pwrite(48, hdr, 'header: refcount_table_offset and refcount_table_clusters', true);
   await img.flush('header update');
-  img.reftable = newTable;
-  img.header.refcountTableOffset = tableCluster * cs;
-  img.header.refcountTableClusters = tableClusters;
-  resync(img);
+  // This module made the change: what it knew still holds (the new table and blocks are added below).
+  const known = stateOf(img);
+  const { freeClusterIndex, metadata, inactiveL2 } = known;
+  img.setTables({ reftable: newTable, header: { refcountTableOffset: tableCluster * cs, refcountTableClusters: tableClusters } });
+  Object.assign(known, { freeClusterIndex, metadata, inactiveL2 });
   for (const [, offset, block] of blocks) img.refblockCache.set(offset, block);
   const meta = stateOf(img).metadata;
   if (meta) {
@@ -529,11 +448,8 @@ export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<numb
   }
 }
 
-/** The snapshots' L2 tables, per snapshot list (a new list after every snapshot operation). */
-const inactiveCache = new WeakMap<object, Set<number>>();
-
 async function inactiveL2Clusters(img: Qcow2Image): Promise<Set<number>> {
-  const hit = inactiveCache.get(img.snapshots);
+  const hit = stateOf(img).inactiveL2;
   if (hit) return hit;
   const set = new Set<number>();
   let budget = MAX_INACTIVE_L1_BYTES;
@@ -553,7 +469,7 @@ async function inactiveL2Clusters(img: Qcow2Image): Promise<Set<number>> {
       if (off !== 0 && off % img.clusterSize === 0) set.add(off / img.clusterSize);
     }
   }
-  inactiveCache.set(img.snapshots, set);
+  stateOf(img).inactiveL2 = set;
   return set;
 }
 

@@ -152,8 +152,7 @@ export async function createImage(store: ImageStore, options: CreateOptions): Pr
   await img.flush('L1 table before the header');
   const h = headerFor(o, l1Size, l1Offset, img.header.refcountTableOffset, img.header.refcountTableClusters, o.size);
   await img.pwrite(0, encodeHeader(h), 'header', true);
-  img.header = { ...img.header, size: o.size, l1Size, l1TableOffset: l1Offset };
-  img.l1Table = new Uint8Array(l1Size * 8);
+  img.setTables({ header: { size: o.size, l1Size, l1TableOffset: l1Offset }, l1Table: new Uint8Array(l1Size * 8) });
 
   if (o.preallocation === 'metadata') await preallocateMetadata(img, o.size);
   else if (o.preallocation === 'falloc' || o.preallocation === 'full') await preallocateData(img, o.size);

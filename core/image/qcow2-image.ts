@@ -1,7 +1,8 @@
 // Qcow2Image: opening and validating an image as QEMU's qcow2_do_open does (qcow2-reference.md
 // §2.1), the table caches, guest→host mapping, guest reads (active layer, snapshots read-only,
 // backing chains) and block status for `map`. Writes, allocation and snapshots live in their own
-// modules and act on this object.
+// modules and act on this object; its header and tables change only through setTables and reload,
+// which also drop what the allocator derived from them (allocator-state.ts).
 import { QcowError, hex } from '../errors.ts';
 import { readInto, type ImageStore } from '../io/store.ts';
 import { alignUp, qemuHex } from '../format/bytes.ts';
@@ -18,6 +19,7 @@ import { TableCache } from './table-cache.ts';
 import { decompressCluster } from './compression.ts';
 import { canMergeExtents, type Extent, type Layer } from './layer.ts';
 import type { Journal } from './journal.ts';
+import { AllocatorState } from './allocator-state.ts';
 
 export interface OpenOptions {
   /** Open for writing (refused for corrupt images unless `checkMode`). */
@@ -57,24 +59,54 @@ export interface L1View {
   virtualSize: number;
 }
 
+/**
+ * A change of the in-memory header and tables, made after the caller has written it to disk:
+ * header fields, and whichever tables were replaced.
+ */
+export interface TablesChange {
+  header?: Partial<Qcow2Header>;
+  l1Table?: Uint8Array;
+  reftable?: Uint8Array;
+  snapshots?: Snapshot[];
+  snapshotsSize?: number;
+}
+
 export class Qcow2Image implements Layer {
   readonly store: ImageStore;
-  header: Qcow2Header;
+  private hdr: Qcow2Header;
+  /** The header as parsed (changed through setTables only). */
+  get header(): Readonly<Qcow2Header> {
+    return this.hdr;
+  }
   readonly clusterBits: number;
   readonly clusterSize: number;
   /** Entries per L2 table. */
   readonly l2Entries: number;
   readonly l2EntrySize: number;
   readonly geometry: L2Geometry;
-  /** Active L1 table bytes (l1Size · 8, exactly). */
-  l1Table: Uint8Array;
-  /** Refcount table bytes (refcount_table_clusters · CS). */
-  reftable: Uint8Array;
-  snapshots: Snapshot[] = [];
+  /** Active L1 table bytes (l1Size · 8, exactly); entries are updated in place, the table replaced through setTables. */
+  get l1Table(): Uint8Array {
+    return this.l1;
+  }
+  /** Refcount table bytes (refcount_table_clusters · CS); entries are updated in place, the table replaced through setTables. */
+  get reftable(): Uint8Array {
+    return this.rt;
+  }
+  get snapshots(): Snapshot[] {
+    return this.snaps;
+  }
+  /** Bytes of the snapshot table as stored (QEMU's snapshots_size). */
+  get snapshotsSize(): number {
+    return this.snapsSize;
+  }
+  private l1: Uint8Array;
+  private rt: Uint8Array;
+  private snaps: Snapshot[] = [];
+  private snapsSize = 0;
   /** Persistent bitmaps (directory entries), when the image has a consistent bitmaps extension. */
   bitmaps: BitmapEntry[] = [];
-  /** Bytes of the snapshot table as stored (QEMU's snapshots_size). */
-  snapshotsSize = 0;
+  /** What the allocator knows about this image; dropped whenever the header or tables change. */
+  readonly allocation = new AllocatorState();
   /** Error met while reading the snapshot table in check mode (open refuses it otherwise). */
   snapshotTableError?: QcowError;
   backing: Layer | null;
@@ -90,14 +122,14 @@ export class Qcow2Image implements Layer {
 
   private constructor(store: ImageStore, header: Qcow2Header, opts: OpenOptions) {
     this.store = store;
-    this.header = header;
+    this.hdr = header;
     this.clusterBits = header.clusterBits;
     this.clusterSize = 2 ** header.clusterBits;
     this.l2Entries = l2EntriesOf(header);
     this.geometry = l2GeometryOf(header);
     this.l2EntrySize = l2EntrySize(this.geometry);
-    this.l1Table = new Uint8Array(0);
-    this.reftable = new Uint8Array(0);
+    this.l1 = new Uint8Array(0);
+    this.rt = new Uint8Array(0);
     this.backing = opts.backing ?? null;
     this.dataFile = opts.dataFile ?? null;
     this.l2Cache = new TableCache(opts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES);
@@ -161,23 +193,66 @@ export class Qcow2Image implements Layer {
     if ((h.autoclearFeatures & C.AUTOCLEAR_DATA_FILE_RAW) !== 0n && !this.geometry.dataFile) {
       throw new QcowError('DATA_FILE_REQUIRED', 'data-file-raw requires a data file', { structure: 'header', offset: 88 });
     }
-    this.l1Table = h.l1Size > 0 ? (await this.store.read(h.l1TableOffset, h.l1Size * 8)).slice() : new Uint8Array(0);
-    this.reftable = h.refcountTableClusters > 0
-      ? (await this.store.read(h.refcountTableOffset, h.refcountTableClusters * cs)).slice()
-      : new Uint8Array(0);
+    await this.loadTables();
     if (this.checkMode) {
-      try {
-        await this.loadSnapshots(!!opts.repairSnapshotTable);
-      } catch (e) {
-        if (!(e instanceof QcowError)) throw e;
-        this.snapshotTableError = e;
-        this.snapshots = [];
-      }
+      await this.loadSnapshotsOrNote(!!opts.repairSnapshotTable);
     } else {
       await this.loadSnapshots(false);
     }
     // QEMU loads the bitmap directory on every open, check mode included: a broken one is refused
     await this.loadBitmaps();
+  }
+
+  /** The active L1 and the refcount table, as the header places them. */
+  private async loadTables(): Promise<void> {
+    const h = this.hdr;
+    this.l1 = h.l1Size > 0 ? (await this.store.read(h.l1TableOffset, h.l1Size * 8)).slice() : new Uint8Array(0);
+    this.rt = h.refcountTableClusters > 0
+      ? (await this.store.read(h.refcountTableOffset, h.refcountTableClusters * this.clusterSize)).slice()
+      : new Uint8Array(0);
+  }
+
+  /** Check mode: a snapshot table that cannot be read is noted in snapshotTableError, not thrown. */
+  private async loadSnapshotsOrNote(repair: boolean): Promise<void> {
+    try {
+      await this.loadSnapshots(repair);
+      this.snapshotTableError = undefined;
+    } catch (e) {
+      if (!(e instanceof QcowError)) throw e;
+      this.snapshotTableError = e;
+      this.snaps = [];
+    }
+  }
+
+  /**
+   * The in-memory header and tables follow a change the caller has made on disk. Every change of
+   * them goes through here (or reload): the allocator's knowledge of the old ones is dropped.
+   */
+  setTables(change: TablesChange): void {
+    if (change.header) Object.assign(this.hdr, change.header);
+    if (change.l1Table) this.l1 = change.l1Table;
+    if (change.reftable) this.rt = change.reftable;
+    if (change.snapshots) this.snaps = change.snapshots;
+    if (change.snapshotsSize !== undefined) this.snapsSize = change.snapshotsSize;
+    this.allocation.forget();
+  }
+
+  /** The header and tables as they are now (for a caller that may have to put them back with setTables). */
+  savedTables(): Required<TablesChange> {
+    return { header: { ...this.hdr }, l1Table: this.l1, reftable: this.rt, snapshots: this.snaps, snapshotsSize: this.snapsSize };
+  }
+
+  /**
+   * Re-read the header, the active L1, the refcount table and the snapshot table from disk (after
+   * repairs), dropping every cached table and the allocator's knowledge.
+   */
+  async reload(): Promise<void> {
+    this.hdr = await Qcow2Image.readHeader(this.store);
+    await this.loadTables();
+    this.l2Cache.clear();
+    this.refblockCache.clear();
+    this.allocation.forget();
+    await this.loadSnapshotsOrNote(false);
   }
 
   /**
@@ -203,8 +278,9 @@ export class Qcow2Image implements Layer {
       validateTable(h.snapshotsOffset, h.nbSnapshots, C.SNAPSHOT_HEADER_SIZE, C.SNAPSHOT_HEADER_SIZE * C.MAX_SNAPSHOTS, this.clusterSize, 'Snapshot table', 64);
     }
     if (h.nbSnapshots === 0) {
-      this.snapshots = [];
-      this.snapshotsSize = 0;
+      this.snaps = [];
+      this.snapsSize = 0;
+      this.allocation.forget();
       return;
     }
     // Load a window of the table and grow it while the parser asks for bytes beyond it. The
@@ -236,8 +312,9 @@ export class Qcow2Image implements Layer {
         span = Math.min(maxSpan, span * 4);
         continue;
       }
-      this.snapshots = res.snapshots;
-      this.snapshotsSize = res.size;
+      this.snaps = res.snapshots;
+      this.snapsSize = res.size;
+      this.allocation.forget();
       return;
     }
   }

@@ -39,9 +39,8 @@ import {
 } from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
-import { invalidateAllocatorState } from './allocator.ts';
 import { readInto } from '../io/store.ts';
-import type { Qcow2Image } from './qcow2-image.ts';
+import type { Qcow2Image, TablesChange } from './qcow2-image.ts';
 import { readRefblockInto, refblockEntriesOf, reftableSize } from './refcount.ts';
 
 // entry word masks as module constants, read by the hot loops below
@@ -429,9 +428,7 @@ export class ShadowCommit {
   commitStart = 36;
   prepared = false;
   committed = false;
-  private saved: {
-    header: Qcow2Image['header']; l1Table: Uint8Array; reftable: Uint8Array; snapshots: Snapshot[]; snapshotsSize: number;
-  } | null = null;
+  private saved: Required<TablesChange> | null = null;
 
   /**
    * Integer-only cluster → (refcount block, index) arithmetic for the hot loops, valid when
@@ -1117,21 +1114,22 @@ export class ShadowCommit {
 
   private applyInMemory(): void {
     const img = this.img;
-    const h = img.header;
-    this.saved = {
-      header: { ...h }, l1Table: img.l1Table, reftable: img.reftable, snapshots: img.snapshots, snapshotsSize: img.snapshotsSize,
-    };
-    if (this.request.size !== undefined) h.size = this.request.size;
-    h.l1Size = this.newL1Size;
-    h.l1TableOffset = this.newL1Offset;
-    h.refcountTableOffset = this.newReftableOffset;
-    h.refcountTableClusters = this.newReftableClusters;
-    h.nbSnapshots = this.request.snapshots.length;
-    h.snapshotsOffset = this.newSnapshotsOffset;
-    img.l1Table = this.newL1;
-    img.reftable = this.newReftable;
-    img.snapshots = this.request.snapshots;
-    img.snapshotsSize = this.newSnapshotsSize;
+    this.saved = img.savedTables();
+    img.setTables({
+      header: {
+        size: this.request.size ?? img.header.size,
+        l1Size: this.newL1Size,
+        l1TableOffset: this.newL1Offset,
+        refcountTableOffset: this.newReftableOffset,
+        refcountTableClusters: this.newReftableClusters,
+        nbSnapshots: this.request.snapshots.length,
+        snapshotsOffset: this.newSnapshotsOffset,
+      },
+      l1Table: this.newL1,
+      reftable: this.newReftable,
+      snapshots: this.request.snapshots,
+      snapshotsSize: this.newSnapshotsSize,
+    });
     const cs = this.cs;
     for (const c of this.freed) {
       img.l2Cache.delete(c * cs);
@@ -1143,7 +1141,6 @@ export class ShadowCommit {
       else img.refblockCache.delete(off);
     }
     for (const to of this.l2Copies.values()) img.l2Cache.delete(to);
-    invalidateAllocatorState(img);
   }
 
   /**
@@ -1156,16 +1153,12 @@ export class ShadowCommit {
     await img.pwrite(this.commitStart, this.oldCommitBytes, 'header: previous L1, refcount and snapshot tables (rollback)', true);
     await img.flush('rollback durable');
     if (this.saved) {
-      Object.assign(img.header, this.saved.header);
-      img.l1Table = this.saved.l1Table;
-      img.reftable = this.saved.reftable;
-      img.snapshots = this.saved.snapshots;
-      img.snapshotsSize = this.saved.snapshotsSize;
+      img.setTables(this.saved);
       this.saved = null;
     }
     img.l2Cache.clear();
     img.refblockCache.clear();
-    invalidateAllocatorState(img);
+    img.allocation.forget();
     this.committed = false;
   }
 }
