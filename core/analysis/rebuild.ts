@@ -11,10 +11,11 @@
 import { QcowError } from '../errors.ts';
 import { be32, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
-import { l1L2Offset, refcountTableOffset } from '../format/entries.ts';
+import { refcountTableOffset } from '../format/entries.ts';
 import { getRefcount, refblockEntries, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import { Imrt } from './refcount-walk.ts';
+import { metadataOverlap, type MetadataSection } from '../image/metadata.ts';
 
 /** Refcount blocks loaded for in-place updates, written back together by flush(). */
 export class RefcountWriter {
@@ -245,52 +246,11 @@ export async function markCleanAndConsistent(img: Qcow2Image): Promise<void> {
   img.setTables({ header: { incompatibleFeatures: next } });
 }
 
-/** QEMU's metadata overlap sections (QCOW2_OL_*), named as its messages name them. */
-export type OverlapSection =
-  | 'qcow2_header' | 'active L1 table' | 'active L2 table' | 'refcount table' | 'refcount block'
-  | 'snapshot table' | 'inactive L1 table' | 'bitmap directory';
-
-/**
- * QEMU's qcow2_check_metadata_overlap in its default "cached" mode (every section but inactive L2
- * tables): which metadata the cluster-aligned range around [offset, offset+size) would overwrite.
- */
-export function metadataOverlap(img: Qcow2Image, offset: number, size: number, ignore: OverlapSection[] = []): OverlapSection | null {
-  if (size === 0) return null;
-  const cs = img.clusterSize;
-  const h = img.header;
-  const chk = (s: OverlapSection) => !ignore.includes(s);
-  if (chk('qcow2_header') && offset < cs) return 'qcow2_header';
-  const start = Math.floor(offset / cs) * cs;
-  const end = Math.ceil((offset + size) / cs) * cs;
-  const hits = (o: number, n: number) => n > 0 && o < end && start < o + n;
-  if (chk('active L1 table') && h.l1Size > 0 && hits(h.l1TableOffset, h.l1Size * 8)) return 'active L1 table';
-  if (chk('refcount table') && img.reftable.length > 0 && hits(h.refcountTableOffset, img.reftable.length)) return 'refcount table';
-  if (chk('snapshot table') && hits(h.snapshotsOffset, img.snapshotsSize)) return 'snapshot table';
-  if (chk('inactive L1 table')) {
-    for (const sn of img.snapshots) if (sn.l1Size > 0 && hits(sn.l1TableOffset, sn.l1Size * 8)) return 'inactive L1 table';
-  }
-  if (chk('active L2 table')) {
-    for (let i = 0; i < h.l1Size; i++) {
-      const off = l1L2Offset(img.l1Table, i);
-      if (off !== 0 && hits(off, cs)) return 'active L2 table';
-    }
-  }
-  if (chk('refcount block')) {
-    for (let i = 0; i < img.reftable.length / 8; i++) {
-      const off = refcountTableOffset(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
-      if (off !== 0 && hits(off, cs)) return 'refcount block';
-    }
-  }
-  if (chk('bitmap directory') && h.bitmaps && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n &&
-      hits(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize)) return 'bitmap directory';
-  return null;
-}
-
 /**
  * QEMU's qcow2_pre_write_overlap_check for a writable image: an overlap marks the image corrupt
  * (the corrupt bit is written) and the write is refused with EIO. Returns the message to report.
  */
-export async function preWriteOverlapCheck(img: Qcow2Image, offset: number, size: number, ignore: OverlapSection[] = []): Promise<string | null> {
+export async function preWriteOverlapCheck(img: Qcow2Image, offset: number, size: number, ignore: readonly MetadataSection[] = []): Promise<string | null> {
   const hit = metadataOverlap(img, offset, size, ignore);
   if (!hit) return null;
   await markCorrupt(img);

@@ -8,7 +8,8 @@ import type { Qcow2Image } from '../image/qcow2-image.ts';
 import { checkImage, runCheck, type CheckOptions, type CheckResult, type RepairMode } from './check.ts';
 
 export type { RepairMode } from './check.ts';
-export { rebuildRefcountStructure, markCleanAndConsistent, metadataOverlap } from './rebuild.ts';
+export { rebuildRefcountStructure, markCleanAndConsistent } from './rebuild.ts';
+export { metadataOverlap } from '../image/metadata.ts';
 
 /**
  * Repair an image opened writable with checkMode: the repairing pass, then (if anything was

@@ -15,10 +15,11 @@
 import { QcowError, hex } from '../errors.ts';
 import { put32, put64 } from '../format/bytes.ts';
 import { MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE_BYTES } from '../format/constants.ts';
-import { encodeL1Entry, l1L2Offset, putEntry } from '../format/entries.ts';
+import { encodeL1Entry, putEntry } from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { MetadataClusters, type AllocatorState } from './allocator-state.ts';
+import type { AllocatorState } from './allocator-state.ts';
+import { MetadataClusters } from './metadata.ts';
 import {
   checkRefcountDeltas, loadRefblock, refblockEntriesOf, reftableSize, type RefcountDeltas,
 } from './refcount.ts';
@@ -160,7 +161,7 @@ async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, on
     await img.pwrite(offset, block, `refcount block ${r} (new)`);
     await img.flush(`refcount block ${r} before it is published`);
     img.refblockCache.set(offset, block);
-    s.metadata?.set(x, 'refcount block');
+    s.metadata?.addRange(x, x + 1, 'refcount block');
     if (r < reftableSize(img)) {
       const entry = new Uint8Array(8);
       putEntry(entry, 0, ...encodeL1Entry(offset, false));
@@ -278,7 +279,7 @@ async function refcountArea(
   for (const [, offset, block] of blocks) img.refblockCache.set(offset, block);
   const meta = stateOf(img).metadata;
   if (meta) {
-    for (const [, offset] of blocks) meta.set(offset / cs, 'refcount block');
+    for (const [, offset] of blocks) meta.addRange(offset / cs, offset / cs + 1, 'refcount block');
     meta.addRange(tableCluster, endCluster, 'refcount table');
   }
   // The old table is garbage now; a crash before this leaks it, nothing worse.
@@ -395,118 +396,15 @@ function assertNotMetadata(img: Qcow2Image, start: number, n: number, what: stri
   }
 }
 
-/** Snapshot L1 bytes the write guard reads at most to learn the inactive L2 tables (hostile tables are bounded). */
-const MAX_INACTIVE_L1_BYTES = 64 * 1024 * 1024;
-
-/**
- * QEMU's qcow2_pre_write_overlap_check (mode "all"), made before anything is written: guest data
- * or an L2 table written in place whose host cluster holds other metadata (an L2 entry pointing
- * at the L1 table, a refcount block, a snapshot's L2 table...) is refused. QEMU detects it at
- * write time, marks the image corrupt and fails; we refuse and leave the file as it was.
- * `targets`: host offset → what would be written there; `l2Targets` may be active L2 tables;
- * `checkInactiveL2` off where the targets may rightly be shared with snapshots.
- * Computed from the structures as they are now (not from the allocation guard's cache, which
- * keeps clusters that have since been freed).
- */
-export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<number, string>, l2Targets: ReadonlySet<number> = new Set(), checkInactiveL2 = true): Promise<void> {
-  if (targets.size === 0) return;
-  const cs = img.clusterSize;
-  const want = new Map<number, string>();
-  for (const [off, what] of targets) want.set(Math.floor(off / cs), what);
-  const fail = (c: number, owner: string): never => {
-    const what = want.get(c)!;
-    throw new QcowError('METADATA_CORRUPT',
-      `Preventing invalid write of ${what} at offset ${hex(c * cs)} (overlaps with ${owner}); the image is corrupt, run a check with repair`,
-      { structure: what, offset: c * cs, overlapsWith: owner });
-  };
-  for (const c of want.keys()) {
-    // beyond what any file can hold (an entry pointing near 2^56): QEMU's write fails with EFBIG
-    if ((c + 1) * cs > Number.MAX_SAFE_INTEGER) fail(c, 'the end of any possible file');
-  }
-  const range = (offset: number, bytes: number, owner: string): void => {
-    if (bytes <= 0) return;
-    for (const c of want.keys()) if (c * cs < offset + bytes && offset < (c + 1) * cs) fail(c, owner);
-  };
-  const h = img.header;
-  if (want.has(0)) fail(0, 'qcow2_header');
-  range(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
-  range(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
-  range(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
-  for (const sn of img.snapshots) range(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
-  if (h.bitmaps && h.bitmaps.bitmapDirectorySize > 0) range(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
-  for (let r = 0; r < reftableSize(img); r++) {
-    const off = reftableEntry(img.reftable, r);
-    if (off !== 0 && want.has(off / cs)) fail(off / cs, 'refcount block');
-  }
-  for (let i = 0; i < h.l1Size; i++) {
-    const off = l1L2Offset(img.l1Table, i);
-    if (off !== 0 && want.has(off / cs) && !l2Targets.has(off)) fail(off / cs, 'active L2 table');
-  }
-  if (checkInactiveL2 && img.snapshots.length > 0) {
-    const inactive = await inactiveL2Clusters(img);
-    for (const c of want.keys()) if (inactive.has(c)) fail(c, 'inactive L2 table');
-  }
-}
-
-async function inactiveL2Clusters(img: Qcow2Image): Promise<Set<number>> {
-  const hit = stateOf(img).inactiveL2;
-  if (hit) return hit;
-  const set = new Set<number>();
-  let budget = MAX_INACTIVE_L1_BYTES;
-  for (const sn of img.snapshots) {
-    try {
-      img.validateSnapshotL1(sn);
-    } catch (e) {
-      if (e instanceof QcowError) continue; // an invalid snapshot L1 is the check's to report
-      throw e;
-    }
-    const bytes = sn.l1Size * 8;
-    if (bytes === 0 || bytes > budget) continue;
-    budget -= bytes;
-    const table = await img.store.read(sn.l1TableOffset, bytes);
-    for (let i = 0; i < sn.l1Size; i++) {
-      const off = l1L2Offset(table, i);
-      if (off !== 0 && off % img.clusterSize === 0) set.add(off / img.clusterSize);
-    }
-  }
-  stateOf(img).inactiveL2 = set;
-  return set;
-}
-
 function metadataClusters(img: Qcow2Image): MetadataClusters {
   const s = stateOf(img);
-  if (s.metadata) return s.metadata;
-  const cs = img.clusterSize;
-  const m = new MetadataClusters();
-  const addRange = (offset: number, bytes: number, name: string): void => {
-    if (bytes <= 0) return;
-    m.addRange(Math.floor(offset / cs), Math.floor((offset + bytes - 1) / cs) + 1, name);
-  };
-  m.set(0, 'qcow2_header');
-  const h = img.header;
-  addRange(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
-  addRange(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
-  for (let r = 0; r < reftableSize(img); r++) {
-    const off = reftableEntry(img.reftable, r);
-    if (off !== 0) addRange(off, 1, 'refcount block');
-  }
-  addRange(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
-  for (const sn of img.snapshots) addRange(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
-  for (let i = 0; i < h.l1Size; i++) {
-    const off = l1L2Offset(img.l1Table, i);
-    if (off !== 0) addRange(off, 1, 'active L2 table');
-  }
-  if (h.bitmaps) addRange(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
-  s.metadata = m;
-  return m;
+  s.metadata ??= MetadataClusters.of(img);
+  return s.metadata;
 }
 
 /** Record a newly allocated metadata cluster for the guard (L2 tables, L1 copies, tables). */
 export function noteMetadata(img: Qcow2Image, hostOffset: number, length: number, name: string): void {
-  const m = stateOf(img).metadata;
-  if (!m) return;
-  const cs = img.clusterSize;
-  m.addRange(Math.floor(hostOffset / cs), Math.floor((hostOffset + Math.max(1, length) - 1) / cs) + 1, name);
+  stateOf(img).metadata?.addBytes(hostOffset, Math.max(1, length), img.clusterSize, name);
 }
 
 /** The refcount width's maximum, re-exported for callers that only import the allocator. */

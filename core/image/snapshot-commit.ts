@@ -41,6 +41,7 @@ import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/
 import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { readInto } from '../io/store.ts';
 import type { Qcow2Image, TablesChange } from './qcow2-image.ts';
+import { MetadataClusters } from './metadata.ts';
 import { readRefblockInto, refblockEntriesOf, reftableSize } from './refcount.ts';
 
 // entry word masks as module constants, read by the hot loops below
@@ -422,7 +423,7 @@ export class ShadowCommit {
   private readonly freed: number[] = [];
   private cursor = 1;
   /** Clusters of known metadata in the current state, with what they hold. */
-  private readonly metadata = new Map<number, string>();
+  private metadata = new MetadataClusters();
   /** The header bytes the commit replaces, for rollback. */
   oldCommitBytes: Uint8Array | null = null;
   commitStart = 36;
@@ -468,31 +469,14 @@ export class ShadowCommit {
     return this.img.clusterSize;
   }
 
-  private noteMeta(offset: number, bytes: number, what: string): void {
-    if (bytes <= 0) return;
-    const cs = this.cs;
-    for (let ci = Math.floor(offset / cs); ci <= Math.floor((offset + bytes - 1) / cs); ci++) {
-      if (!this.metadata.has(ci)) this.metadata.set(ci, what);
-    }
-  }
-
   private async build(): Promise<void> {
     const img = this.img;
     const req = this.request;
     const h = img.header;
     const cs = this.cs;
-    // Known metadata of the current state: allocation must never land there (a refcount of 0 on
-    // one of these clusters means the refcounts are corrupt).
-    this.metadata.set(0, 'qcow2_header');
-    this.noteMeta(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
-    this.noteMeta(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
-    for (let r = 0; r < reftableSize(img); r++) {
-      const off = reftableEntry(img.reftable, r);
-      if (off !== 0) this.noteMeta(off, 1, 'refcount block');
-    }
-    if (h.nbSnapshots > 0) this.noteMeta(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
-    for (const sn of img.snapshots) this.noteMeta(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
-    if (h.bitmaps) this.noteMeta(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
+    // Known metadata of the current state but the active L2 tables (the new L1 may point at them
+    // again): no L2 reference may land there.
+    const otherMetadata = MetadataClusters.of(img, ['active L2 table']);
 
     // 1. L2 references that change: removed trees −1, the old active tree −1 (unless a snapshot
     //    keeps its L1), the new active tree +1. Shared references cancel out.
@@ -519,17 +503,16 @@ export class ShadowCommit {
     // refcount block, the header...) means the image is corrupt: refuse before anything is
     // counted through it (QEMU would trip its overlap check half-way and mark the image corrupt).
     for (const off of delta.keys()) {
-      const owner = this.metadata.get(off / cs);
+      const owner = otherMetadata.ownerOf(off / cs);
       if (owner !== undefined) {
         throw new QcowError('METADATA_CORRUPT',
           `L2 table offset ${hex(off)} overlaps with the ${owner}; the image is corrupt, run a check with repair`,
           { structure: 'L2 table', offset: off, overlapsWith: owner });
       }
     }
-    for (let i = 0; i < h.l1Size; i++) {
-      const off = l1L2Offset(img.l1Table, i);
-      if (off !== 0) this.metadata.set(off / cs, 'active L2 table');
-    }
+    // All of it, the active L2 tables too: allocation must never land there (a refcount of 0 on
+    // one of these clusters means the refcounts are corrupt).
+    this.metadata = MetadataClusters.of(img);
 
     // 2. Apply them: decrements first, so a cluster moving between trees never looks overflowed.
     const neg = [...delta].filter(([, d]) => d < 0);
@@ -946,7 +929,7 @@ export class ShadowCommit {
         }
         const idx = c - base;
         const free = (!cur || getRefcount(cur, idx, order) === 0) && (!zero || ((zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0);
-        if (free && this.metadata.has(c)) {
+        if (free && this.metadata.ownerOf(c) !== undefined) {
           throw new QcowError('METADATA_CORRUPT',
             `Preventing invalid allocation of ${what} at offset ${hex(c * this.cs)}: it holds metadata but its refcount is 0; run a check with repair`,
             { structure: what, offset: c * this.cs });

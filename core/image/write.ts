@@ -23,7 +23,8 @@ import * as C from '../format/constants.ts';
 import {
   ALL_SUBCLUSTERS, ClusterType, clusterType, compressedDescriptor, encodeL1Entry, encodeL2Entry, hasZeroFlag, isCopied, offsetOf, putEntry,
 } from '../format/entries.ts';
-import { allocClusters, assertNoMetadataOverlap, noteMetadata, updateClusterRefcounts } from './allocator.ts';
+import { allocClusters, noteMetadata, updateClusterRefcounts } from './allocator.ts';
+import { assertNoMetadataOverlap } from './metadata.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import type { RefcountDeltas } from './refcount.ts';
 
