@@ -296,23 +296,7 @@ export interface ExternalOverlay {
   base?: ImageDownload;
 }
 
-/** Capabilities of the engine build loaded in the worker (features land one by one). */
-export interface EngineFeatures {
-  info: boolean;
-  snapshots: boolean;
-  snapshotWrite: boolean;
-  check: boolean;
-  repair: boolean;
-  l1: boolean;
-  refcounts: boolean;
-  translate: boolean;
-  snapshotSpace: boolean;
-  clusterMap: boolean;
-  demo: boolean;
-}
-
 export interface EngineApi {
-  features(): Promise<EngineFeatures>;
   /** Open a File (drop, file input): read-only source under a copy-on-write overlay. */
   openFile(file: File): Promise<ImageSummary>;
   /** Open a File System Access handle; writes are committed to the file (after permission). */

@@ -31,7 +31,6 @@ import type {
   CheckReportDTO,
   ClusterMapDTO,
   JournalDTO,
-  EngineFeatures,
   HeaderDTO,
   L1EntryDTO,
   L2EntryDTO,
@@ -69,28 +68,8 @@ export interface EngineImage {
   createSnapshot(name: string, job: JobContext): Promise<JournalDTO>;
   revertSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
   deleteSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
-  /** Forget this engine object without closing the store (the worker reopens after writes). */
-  release(): void;
   /** Close the engine object and its store. */
   close(): Promise<void>;
-}
-
-export const engineFeatures: EngineFeatures = {
-  info: true,
-  snapshots: true,
-  snapshotWrite: true,
-  check: true,
-  repair: true,
-  l1: true,
-  refcounts: true,
-  translate: true,
-  snapshotSpace: true,
-  clusterMap: true,
-  demo: true,
-};
-
-function notYet(what: string): never {
-  throw new QcowError('NOT_SUPPORTED', `${what} is not available in this build of the engine yet`);
 }
 
 const EXT_NAMES: Record<number, string> = {
@@ -311,7 +290,6 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     createSnapshot: (name) => snapshotOp(img.store, (w) => createSnapshot(w, name)),
     revertSnapshot: (ref) => snapshotOp(img.store, (w) => revertSnapshot(w, ref)),
     deleteSnapshot: (ref) => snapshotOp(img.store, (w) => deleteSnapshot(w, ref)),
-    release() {},
     close: () => img.close(),
   };
 }
@@ -394,7 +372,6 @@ function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
     createSnapshot: async () => fail(),
     revertSnapshot: async () => fail(),
     deleteSnapshot: async () => fail(),
-    release() {},
     close: async () => {},
   };
 }

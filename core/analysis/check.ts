@@ -30,7 +30,7 @@ export type { Finding, FindingKind } from './refcount-walk.ts';
 export type RepairMode = 'leaks' | 'all';
 
 /** How far past its end a repair may grow the file to keep a refcount block that lies there. */
-export const MAX_REPAIR_FILE_GROWTH = 64 * 1024 * 1024;
+const MAX_REPAIR_FILE_GROWTH = 64 * 1024 * 1024;
 
 export interface CheckOptions {
   /** Repair while checking: 'leaks' (qemu-img check -r leaks) or 'all' (-r all). Needs a writable image. */
@@ -469,8 +469,6 @@ async function checkOflagCopied(
     indices.push(i);
     offsets.push(off);
   }
-  const g = img.geometry;
-  const step = img.l2EntrySize;
   // An L2 table referenced by several L1 entries is scanned once: with its multiplicity when only
   // checking, and once when repairing (QEMU's later visits read the table it just repaired).
   const mult = new Map<number, number>();

@@ -876,7 +876,7 @@ function countPlainRun(
 }
 
 /** Runs a table may have to be kept by L2Runs (more: the table is read again when needed). */
-export const MAX_RUNS_PER_TABLE = 64;
+const MAX_RUNS_PER_TABLE = 64;
 
 /**
  * Active L2 tables kept as runs of consecutive host clusters, so that the snapshots sharing them

@@ -30,7 +30,7 @@ const L1E_RESERVED_LO = 0x1ff;
 const L2E_STD_RESERVED_HI = 0x3f000000;
 const L2E_STD_RESERVED_LO = 0x1fe;
 /** REFT_RESERVED_MASK: bits 0..8 of a refcount table entry. */
-export const REFT_RESERVED_LO = 0x1ff;
+const REFT_RESERVED_LO = 0x1ff;
 /** BME_TABLE_ENTRY_RESERVED_MASK 0xff000000000001fe as (hi, lo); BME_TABLE_ENTRY_FLAG_ALL_ONES is bit 0. */
 const BME_TABLE_ENTRY_RESERVED_HI = 0xff000000;
 const BME_TABLE_ENTRY_RESERVED_LO = 0x1fe;
@@ -115,10 +115,10 @@ export interface L1Entry {
   raw: string;
 }
 
-export function l1Hi(table: Uint8Array, index: number): number {
+function l1Hi(table: Uint8Array, index: number): number {
   return be32(table, index * 8);
 }
-export function l1Lo(table: Uint8Array, index: number): number {
+function l1Lo(table: Uint8Array, index: number): number {
   return be32(table, index * 8 + 4);
 }
 
@@ -267,11 +267,6 @@ export function decodeL2Entry(table: Uint8Array, index: number, g: L2Geometry): 
 
 export function l2StdReservedBits(hi: number, lo: number): boolean {
   return (hi & L2E_STD_RESERVED_HI) !== 0 || (lo & L2E_STD_RESERVED_LO) !== 0;
-}
-
-/** Whether the host offset field of an entry is cluster aligned (bits 9.. below the cluster size). */
-export function isClusterAligned(offset: number, clusterSize: number): boolean {
-  return offset % clusterSize === 0;
 }
 
 export function encodeL2Entry(hostOffset: number, flags: { copied?: boolean; zero?: boolean }): [number, number] {

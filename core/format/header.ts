@@ -67,12 +67,6 @@ export interface Qcow2Header {
   extensionsEnd: number;
 }
 
-/** Bytes needed to parse any header: the header is confined to cluster 0, at most 2 MiB. */
-export function headerBytesNeeded(first: Uint8Array): number {
-  const bits = first.length >= 24 ? be32(first, 20) : 16;
-  return bits >= C.MIN_CLUSTER_BITS && bits <= C.MAX_CLUSTER_BITS ? 1 << bits : 1 << 16;
-}
-
 function u64Field(b: Uint8Array, off: number): number {
   const v = be64n(b, off);
   // Offsets above 2^53 can't be exact numbers; they are invalid for any real image and are
@@ -339,7 +333,7 @@ export function validateTable(offset: number, entries: number, entryLen: number,
 // Encoding
 
 /** The feature-name table payload QEMU writes (8 entries, 384 bytes). */
-export function encodeFeatureTable(): Uint8Array {
+function encodeFeatureTable(): Uint8Array {
   const out = new Uint8Array(C.QEMU_FEATURE_NAMES.length * 48);
   C.QEMU_FEATURE_NAMES.forEach(([type, bit, name], i) => {
     out[i * 48] = type;
@@ -420,18 +414,6 @@ export function encodeHeader(h: Qcow2Header): Uint8Array {
     out.set(name, pos);
   } else {
     put64(out, 8, 0);
-  }
-  return out;
-}
-
-/** Names of the feature bits set in a mask, from QEMU's table (then "bit N" for unknown ones). */
-export function featureBitNames(type: number, mask: bigint, table: FeatureName[] = []): string[] {
-  const out: string[] = [];
-  for (let bit = 0; bit < 64; bit++) {
-    if ((mask & (1n << BigInt(bit))) === 0n) continue;
-    const known = C.QEMU_FEATURE_NAMES.find(([t, b]) => t === type && b === bit)?.[2]
-      ?? table.find((f) => f.type === type && f.bit === bit)?.name;
-    out.push(known ?? `bit ${bit}`);
   }
   return out;
 }

@@ -16,7 +16,7 @@ import { QcowError, hex } from '../errors.ts';
 import { put32, put64 } from '../format/bytes.ts';
 import { MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE_BYTES } from '../format/constants.ts';
 import { encodeL1Entry, putEntry } from '../format/entries.ts';
-import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
+import { getRefcount, reftableEntry, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import type { AllocatorState } from './allocator-state.ts';
 import { MetadataClusters } from './metadata.ts';
@@ -184,7 +184,7 @@ async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, on
  * QEMU's qcow2_refcount_metadata_size: refcount blocks needed to count `clusters` clusters plus
  * the refcount structures themselves (with the table 1.5 times as large when `generous`).
  */
-export function refcountBlocksNeeded(clusters: number, clusterSize: number, refcountOrder: number, generous: boolean): number {
+function refcountBlocksNeeded(clusters: number, clusterSize: number, refcountOrder: number, generous: boolean): number {
   const blocksPerTableCluster = clusterSize / 8;
   const refcountsPerBlock = (clusterSize * 8) / 2 ** refcountOrder;
   let table = 0;
@@ -407,7 +407,3 @@ export function noteMetadata(img: Qcow2Image, hostOffset: number, length: number
   stateOf(img).metadata?.addBytes(hostOffset, Math.max(1, length), img.clusterSize, name);
 }
 
-/** The refcount width's maximum, re-exported for callers that only import the allocator. */
-export function maxRefcount(img: Qcow2Image): number {
-  return refcountMax(img.refcountOrder);
-}

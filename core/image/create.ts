@@ -43,7 +43,7 @@ function bad(message: string, details: Record<string, unknown> = {}): QcowError 
 }
 
 /** QEMU's option checks (qcow2_co_create), with its messages. Returns the normalised options. */
-export function validateCreateOptions(o: CreateOptions): Required<Omit<CreateOptions, 'backingFile' | 'backingFormat'>> & Pick<CreateOptions, 'backingFile' | 'backingFormat'> {
+function validateCreateOptions(o: CreateOptions): Required<Omit<CreateOptions, 'backingFile' | 'backingFormat'>> & Pick<CreateOptions, 'backingFile' | 'backingFormat'> {
   const clusterSize = o.clusterSize ?? 65536;
   const refcountBits = o.refcountBits ?? 16;
   const compat = o.compat ?? '1.1';

@@ -19,7 +19,7 @@ export type MetadataSection =
  * which need reads: inactiveL2Clusters), section by section in QEMU's bit order, as byte ranges.
  * `skip`: sections left out.
  */
-export function forEachMetadata(
+function forEachMetadata(
   img: Qcow2Image, visit: (section: MetadataSection, offset: number, bytes: number) => void, skip: readonly MetadataSection[] = [],
 ): void {
   const h = img.header;

@@ -45,9 +45,9 @@ export interface OpenOptions {
   onMessage?: (message: string) => void;
 }
 
-export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
-export const DEFAULT_REFBLOCK_CACHE_BYTES = 4 * 1024 * 1024;
-export const DEFAULT_COMMIT_REFBLOCK_BYTES = 4 * 1024 * 1024;
+const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
+const DEFAULT_REFBLOCK_CACHE_BYTES = 4 * 1024 * 1024;
+const DEFAULT_COMMIT_REFBLOCK_BYTES = 4 * 1024 * 1024;
 
 /** Which L1 table a read goes through: the active one, or a snapshot's (read-only). */
 export interface L1View {

@@ -31,7 +31,7 @@
 // range touches). An operation is described as trees removed and added; only L2 references that
 // differ are walked, one L2 table at a time, on typed arrays without per-entry awaits.
 import { QcowError, hex } from '../errors.ts';
-import { alignUp, be32, put32, put64 } from '../format/bytes.ts';
+import { alignUp, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
   compressedDescriptor, encodeL1Entry, l1L2Offset, offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, putEntry,

@@ -60,7 +60,7 @@ export async function discard(img: Qcow2Image, guestOffset: number, length: numb
 }
 
 /** Refuse what we must not or cannot write, before touching anything. */
-export function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
+function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
   if (!img.writable) throw new QcowError('READ_ONLY', `${img.store.name} is opened read-only`, {});
   if (img.isCorrupt) {
     throw new QcowError('IMAGE_CORRUPT', 'qcow2: Image is corrupt; cannot be opened read/write', { structure: 'header', offset: 72 });
