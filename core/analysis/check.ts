@@ -19,13 +19,17 @@ import {
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
-  CheckAbort, FindingSink, Imrt, L2Runs, MAX_REPEATS, ReadBuffer, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, highestReferenced, readDiskRefcounts, refcountsMatch, strerror,
-  tablesInOrder,
-  zeroCounters, type CheckCounters, type Counts, type DiskRefcounts, type Finding, type FragStats, type WalkRepairHooks,
-} from './refcount-walk.ts';
+  CheckAbort, FindingSink, MAX_REPEATS, altHex, hex64, strerror, zeroCounters, type CheckCounters, type Finding,
+} from './findings.ts';
+import {
+  Imrt, MAX_IMRT_BYTES, highestReferenced, readDiskRefcounts, refcountsMatch, type Counts, type DiskRefcounts,
+} from './imrt.ts';
+import { L2Runs } from './l2-runs.ts';
+import { ReadBuffer, tablesInOrder } from './table-reads.ts';
+import { ReferenceWalk, type FragStats, type WalkRepairHooks } from './refcount-walk.ts';
 import { hex } from '../errors.ts';
 
-export type { Finding, FindingKind } from './refcount-walk.ts';
+export type { Finding, FindingKind } from './findings.ts';
 
 export type RepairMode = 'leaks' | 'all';
 

@@ -14,7 +14,7 @@ import * as C from '../format/constants.ts';
 import { refcountTableOffset } from '../format/entries.ts';
 import { getRefcount, refblockEntries, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
-import { Imrt } from './refcount-walk.ts';
+import { Imrt } from './imrt.ts';
 import { metadataOverlap, type MetadataSection } from '../image/metadata.ts';
 
 /** Refcount blocks loaded for in-place updates, written back together by flush(). */

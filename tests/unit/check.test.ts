@@ -11,7 +11,9 @@ import { writeGuest } from '../../core/image/write.ts';
 import { be32, put32, put64 } from '../../core/format/bytes.ts';
 import { checkExitCode, checkImage, runCheck } from '../../core/analysis/check.ts';
 import { buildLayout, Kind } from '../../core/analysis/layout.ts';
-import { FindingSink, ReferenceWalk, altHex, hex64, tablesInOrder, zeroCounters } from '../../core/analysis/refcount-walk.ts';
+import { FindingSink, altHex, hex64, zeroCounters } from '../../core/analysis/findings.ts';
+import { ReferenceWalk } from '../../core/analysis/refcount-walk.ts';
+import { tablesInOrder } from '../../core/analysis/table-reads.ts';
 import { createSnapshot } from '../../core/image/snapshot.ts';
 
 const CS = 65536;
