@@ -5,7 +5,8 @@
 // No timing here: speed is measured by `npm run bench`.
 import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../core/io/memory-store.ts';
-import { HoleMap, Qcow2Image, type L1View } from '../../core/image/qcow2-image.ts';
+import { HoleMap } from '../../core/image/block-status.ts';
+import { Qcow2Image, type L1View } from '../../core/image/qcow2-image.ts';
 import { pushExtent, type Extent } from '../../core/image/layer.ts';
 import { seededRandom } from '../helpers/random.ts';
 

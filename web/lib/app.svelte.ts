@@ -7,7 +7,6 @@ import type {
   CheckReportDTO,
   ClusterMapDTO,
   DiffResult,
-  EngineFeatures,
   ImageSummary,
   JournalDTO,
   L1EntryDTO,
@@ -114,7 +113,6 @@ export class AppState {
   selection = $state.raw<Selection | null>(null);
   busy = $state.raw<Busy | null>(null);
   message = $state.raw<Message | null>(null);
-  features = $state.raw<EngineFeatures | null>(null);
 
   active = $derived(this.tabs.find((t) => t.id === this.activeId) ?? null);
 
@@ -122,14 +120,6 @@ export class AppState {
   readonly hasPicker = typeof window !== 'undefined' && 'showOpenFilePicker' in window;
   /** A folder can be chosen to save several files into (Chromium); elsewhere files are downloads. */
   readonly hasFolderPicker = typeof window !== 'undefined' && 'showDirectoryPicker' in window;
-
-  async loadFeatures(): Promise<void> {
-    try {
-      this.features = await engine().features();
-    } catch (e) {
-      this.message = describe(e);
-    }
-  }
 
   /** Run one engine call with the busy indicator, cancellation and error reporting. */
   private async run<T>(label: string, body: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<T>): Promise<T | undefined> {
