@@ -51,7 +51,12 @@ export async function main(argv: string[]): Promise<number> {
     const msg = isQcowError(e) || (e instanceof Error && (e.name === 'UsageError' || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')))
       ? (e as Error).message
       : `internal error: ${(e as Error).message ?? String(e)}`;
-    process.stderr.write(`qcowscope: ${msg.split('\n')[0]}\n`);
+    // one line per error_report of qemu-img's, each prefixed; an error's hint follows its first
+    // line unprefixed, as QEMU's error_report_err prints it
+    const [first, ...rest] = msg.split('\n');
+    const hint = (e as { hint?: unknown }).hint;
+    const lines = [`qcowscope: ${first}`, ...(typeof hint === 'string' ? hint.split('\n') : []), ...rest.map((l) => `qcowscope: ${l}`)];
+    process.stderr.write(lines.join('\n') + '\n');
     return 1;
   }
 }
