@@ -5,6 +5,7 @@ import { layout } from './layout.ts';
 import { create } from './create.ts';
 import { write } from './write.ts';
 import { measureCmd } from './measure.ts';
+import { compareCmd } from './compare.ts';
 
 export const extraCommands: Command[] = [
   check,
@@ -12,4 +13,5 @@ export const extraCommands: Command[] = [
   create,
   write,
   measureCmd,
+  compareCmd,
 ];
