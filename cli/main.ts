@@ -53,10 +53,10 @@ export async function main(argv: string[]): Promise<number> {
       : `internal error: ${(e as Error).message ?? String(e)}`;
     // one line per error_report of qemu-img's, each prefixed; an error's hint follows its first
     // line unprefixed, as QEMU's error_report_err prints it
+    // (written as it is: QEMU's hints end with a newline or not)
     const [first, ...rest] = msg.split('\n');
     const hint = (e as { hint?: unknown }).hint;
-    const lines = [`qcowscope: ${first}`, ...(typeof hint === 'string' ? hint.split('\n') : []), ...rest.map((l) => `qcowscope: ${l}`)];
-    process.stderr.write(lines.join('\n') + '\n');
+    process.stderr.write(`qcowscope: ${first}\n${typeof hint === 'string' ? hint : ''}${rest.map((l) => `qcowscope: ${l}\n`).join('')}`);
     return 1;
   }
 }

@@ -7,7 +7,7 @@ import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
-import { usageError } from './info.ts';
+import { usageExit } from '../qemu-options.ts';
 
 export const compareCmd: Command = {
   name: 'compare',
@@ -20,11 +20,7 @@ export const compareCmd: Command = {
     cache: { type: 'string', short: 'T' },
   },
   async run({ values, positionals, out, err }) {
-    if (positionals.length !== 2) {
-      const e = usageError('Expecting two image file names');
-      (e as Error & { hint?: string }).hint = "Try 'qcowscope --help' for more information";
-      throw e;
-    }
+    if (positionals.length !== 2) throw usageExit('Expecting two image file names');
     const second = values['second-format'];
     if (second !== undefined && second !== 'qcow2') {
       throw new QcowError('NOT_SUPPORTED', `compare: only the qcow2 format is supported, not '${String(second)}'`);

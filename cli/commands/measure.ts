@@ -10,78 +10,34 @@ import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
-import { parseSize } from './create.ts';
+import { cvtnum, FILE_OPTIONS, parseOptionList, QCOW2_OPTIONS, rewordError, validOptionList, type OptionType } from '../qemu-options.ts';
 import { snapshotParam } from './export.ts';
 
-type OptionType = 'size' | 'number' | 'bool' | 'string';
-
-/** The creation options QEMU lists for each target format (the driver's, then file-posix's). */
-const FILE_OPTIONS: Record<string, OptionType> = { size: 'size', preallocation: 'string', nocow: 'bool', extent_size_hint: 'size' };
-const TARGET_OPTIONS: Record<'qcow2' | 'raw', Record<string, OptionType>> = {
-  qcow2: {
-    ...FILE_OPTIONS, compat: 'string', backing_file: 'string', backing_fmt: 'string', data_file: 'string', data_file_raw: 'bool',
-    encryption: 'bool', 'encrypt.format': 'string', cluster_size: 'size', lazy_refcounts: 'bool', refcount_bits: 'number',
-    compression_type: 'string', extended_l2: 'bool',
-  },
-  raw: FILE_OPTIONS,
-};
+/** The creation options QEMU lists for each target format. */
+const TARGET_OPTIONS: Record<'qcow2' | 'raw', Record<string, OptionType>> = { qcow2: QCOW2_OPTIONS, raw: FILE_OPTIONS };
 
 /** Formats qemu-img knows that create images but cannot measure them. */
 const NO_MEASURE = ['vdi', 'vhdx', 'qed', 'qcow', 'vpc', 'vmdk', 'parallels', 'file'];
 
-/** QEMU's is_valid_option_list: not empty, no leading comma, no odd run of trailing commas. */
-function validOptionList(text: string): boolean {
-  if (text === '' || text.startsWith(',')) return false;
-  const trailing = text.length - text.replace(/,+$/, '').length;
-  return trailing % 2 === 0;
-}
-
-/** An error whose message is followed, on lines of their own without the prefix, by `hint`. */
-function withHint(message: string, hint: string, then: string): Error {
-  const e = usageError(`${message}\n${then}`);
-  (e as Error & { hint?: string }).hint = hint;
-  return e;
-}
-
 /** -o as QEMU's option list parser reads it against the target format's options. */
 function parseTargetOptions(text: string, format: 'qcow2' | 'raw', into: MeasureTarget): void {
-  const types = TARGET_OPTIONS[format];
-  const invalid = `Invalid options for file format '${format}'`;
-  const parts = text.replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','));
-  for (const part of parts) {
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? 'on' : part.slice(eq + 1);
-    const type = types[key];
-    if (type === undefined) throw usageError(`Invalid parameter '${key}'\n${invalid}`);
-    let size: number | undefined;
-    if (type === 'size') {
-      try {
-        size = parseSize(value);
-      } catch {
-        size = undefined;
-      }
-      if (size === undefined || value.trim() === '') {
-        throw withHint(`Parameter '${key}' expects a non-negative number below 2^64`,
-          'Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.', invalid);
-      }
-    }
-    if (type === 'number' && !/^(0x[0-9a-f]+|\d+)$/i.test(value)) throw usageError(`Parameter '${key}' expects a number\n${invalid}`);
-    let on = false;
-    if (type === 'bool') {
-      if (['on', 'yes', 'true', 'y'].includes(value)) on = true;
-      else if (!['off', 'no', 'false', 'n'].includes(value)) throw usageError(`Parameter '${key}' expects 'on' or 'off'\n${invalid}`);
-    }
-    switch (key) {
-      case 'size': into.size = BigInt(size!); break;
-      case 'cluster_size': into.clusterSize = size; break;
-      case 'refcount_bits': into.refcountBits = Number(value); break;
-      case 'compat': into.compat = value; break;
-      case 'extended_l2': into.extendedL2 = on; break;
-      case 'preallocation': into.preallocation = value; break;
+  let options;
+  try {
+    options = parseOptionList(text, TARGET_OPTIONS[format]);
+  } catch (e) {
+    throw rewordError(e, '', `Invalid options for file format '${format}'`);
+  }
+  for (const o of options) {
+    switch (o.key) {
+      case 'size': into.size = BigInt(o.size!); break;
+      case 'cluster_size': into.clusterSize = o.size; break;
+      case 'refcount_bits': into.refcountBits = Number(o.text); break;
+      case 'compat': into.compat = o.text; break;
+      case 'extended_l2': into.extendedL2 = o.on; break;
+      case 'preallocation': into.preallocation = o.text; break;
       case 'backing_file': into.backingFile = true; break;
       case 'encrypt.format':
-        if (value === 'luks') throw new QcowError('NOT_SUPPORTED', 'measure: LUKS-encrypted targets are not supported');
+        if (o.text === 'luks') throw new QcowError('NOT_SUPPORTED', 'measure: LUKS-encrypted targets are not supported');
         break;
       default: break; // typed and accepted; no bearing on the measure
     }
@@ -106,7 +62,7 @@ export const measureCmd: Command = {
       throw usageError('--output must be used with human or json as argument.');
     }
     const sizeArg = values.size as string | undefined;
-    const size = sizeArg === undefined ? undefined : BigInt(parseSize(sizeArg));
+    const size = sizeArg === undefined ? undefined : BigInt(cvtnum('image size', sizeArg));
     const snapArg = values.snapshot as string | undefined;
     let ref: SnapshotRef | undefined;
     if (snapArg !== undefined) {
