@@ -43,6 +43,7 @@ export async function main(argv: string[]): Promise<number> {
     return await cmd.run({
       values: values as Record<string, string | boolean | undefined>,
       positionals,
+      args: rest,
       out: (t) => process.stdout.write(t + '\n'),
       err: (t) => process.stderr.write(t + '\n'),
     });

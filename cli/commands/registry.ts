@@ -6,6 +6,7 @@ import { create } from './create.ts';
 import { write } from './write.ts';
 import { measureCmd } from './measure.ts';
 import { compareCmd } from './compare.ts';
+import { bitmapCmd } from './bitmap.ts';
 
 export const extraCommands: Command[] = [
   check,
@@ -14,4 +15,5 @@ export const extraCommands: Command[] = [
   write,
   measureCmd,
   compareCmd,
+  bitmapCmd,
 ];
