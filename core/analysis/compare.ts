@@ -6,7 +6,9 @@
 // (bdrv_co_block_status / bdrv_co_common_block_status_above over qcow2_co_block_status and
 // file-posix's), flags and run lengths alike: run lengths decide where statuses are compared.
 import type { Layer } from '../image/layer.ts';
-import { Qcow2Image, type GuestMapping, type HoleMap } from '../image/qcow2-image.ts';
+import { Qcow2Image } from '../image/qcow2-image.ts';
+import type { GuestMapping } from '../image/guest-read.ts';
+import type { HoleMap } from '../image/block-status.ts';
 
 // QEMU's BDRV_BLOCK_* flags (include/block/block-common.h)
 const DATA = 0x01;

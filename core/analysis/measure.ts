@@ -4,7 +4,8 @@
 // allocated, the size the guest data present now needs, and the space its persistent bitmaps take.
 // Byte totals are BigInt: qemu-img measures up to 2^63 bytes, far past exact doubles.
 import { QcowError } from '../errors.ts';
-import type { HoleMap, L1View, Qcow2Image } from '../image/qcow2-image.ts';
+import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
+import type { HoleMap } from '../image/block-status.ts';
 import { refcountBlocksNeeded } from '../image/allocator.ts';
 import * as C from '../format/constants.ts';
 import { toQemuJson } from './qemu-json.ts';

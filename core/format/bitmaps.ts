@@ -5,16 +5,16 @@ import { QcowError, hex } from '../errors.ts';
 import { be16, be32, be64, decodeString, encodeString, put16, put32, put64 } from './bytes.ts';
 import * as C from './constants.ts';
 
-const BME_FLAG_IN_USE = 1 << 0;
-const BME_FLAG_AUTO = 1 << 1;
+export const BME_FLAG_IN_USE = 1 << 0;
+export const BME_FLAG_AUTO = 1 << 1;
 /** QEMU's BME_RESERVED_FLAGS: everything but in_use and auto (extra_data_compatible included). */
 const BME_RESERVED_FLAGS = 0xfffffffc;
 const BME_MAX_TABLE_SIZE = 0x8000000;
 const BME_MAX_PHYS_SIZE = 0x20000000;
 const BME_MIN_GRANULARITY_BITS = 9;
 const BME_MAX_GRANULARITY_BITS = 31;
-const BME_MAX_NAME_SIZE = 1023;
-const BT_DIRTY_TRACKING_BITMAP = 1;
+export const BME_MAX_NAME_SIZE = 1023;
+export const BT_DIRTY_TRACKING_BITMAP = 1;
 /** Fixed part of a directory entry (offset, table size, flags, type, granularity, name size, extra size). */
 const BITMAP_DIR_ENTRY_SIZE = 24;
 

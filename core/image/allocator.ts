@@ -184,7 +184,7 @@ async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, on
  * QEMU's qcow2_refcount_metadata_size: refcount blocks needed to count `clusters` clusters plus
  * the refcount structures themselves (with the table 1.5 times as large when `generous`).
  */
-function refcountBlocksNeeded(clusters: number, clusterSize: number, refcountOrder: number, generous: boolean): number {
+export function refcountBlocksNeeded(clusters: number, clusterSize: number, refcountOrder: number, generous: boolean): number {
   const blocksPerTableCluster = clusterSize / 8;
   const refcountsPerBlock = (clusterSize * 8) / 2 ** refcountOrder;
   let table = 0;

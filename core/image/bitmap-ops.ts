@@ -150,7 +150,7 @@ async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, dropp
   }
   await img.pwrite(0, encodeHeader(h), 'header: bitmaps extension', true);
   await img.flush('header before the old bitmaps are freed');
-  img.header = h;
+  img.setTables({ header: { ...h, bitmaps: h.bitmaps } });
 
   // 3. what nothing refers to any more
   for (const [off, len] of toFree) await freeClusters(img, off, len);

@@ -8,12 +8,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
-import { buildCli, runCli } from './read-support.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
 
 let bin = '';
 let dir = '';
 beforeAll(async () => {
-  bin = await buildCli();
+  bin = await cliBundle();
   dir = makeTempDir('qcowscope-words-');
   qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(dir, 'ok.qcow2'), '16M']);
   return () => {

@@ -7,12 +7,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
-import { buildCli, runCli } from './read-support.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
 
 let bin = '';
 let dir = '';
 beforeAll(async () => {
-  bin = await buildCli();
+  bin = await cliBundle();
   dir = makeTempDir('qcowscope-measure-');
   return () => {
     if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
