@@ -19,6 +19,7 @@ import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-spa
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
 import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
+import { findWriteDamage } from '../core/image/snapshot-precheck.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
 import { Journal } from '../core/image/journal.ts';
@@ -320,6 +321,13 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
  */
 export async function openImage(store: ImageStore, backing: Layer | null = null): Promise<EngineImage> {
   const img = await Qcow2Image.open(store, { writable: false, backing });
+  // Structures every write must trust, damaged (a table cut off by the end of the file, an L1 not
+  // cluster-aligned): not opened whole, so the image is read-only with the reason (repairable).
+  const damage = findWriteDamage(img);
+  if (damage) {
+    await img.close();
+    throw new QcowError('METADATA_CORRUPT', `${damage.message[0]!.toUpperCase()}${damage.message.slice(1)}; run Check`, { structure: damage.structure, offset: damage.offset });
+  }
   return wrap(img, await readEncryptInfo(img).catch(() => undefined));
 }
 

@@ -13,25 +13,28 @@ import type { Qcow2Image } from './qcow2-image.ts';
 
 /** Throw a one-line refusal naming the first damaged structure the operation `what` must trust. */
 export function precheckSnapshotOp(img: Qcow2Image, what: string): void {
-  const damage = findDamage(img);
+  const damage = findWriteDamage(img);
   if (!damage) return;
   throw new QcowError('METADATA_CORRUPT', `Cannot ${what}: ${damage.message}; run 'check' on ${img.store.name} (check -r all repairs what it can)`, {
     structure: damage.structure, offset: damage.offset, image: img.store.name, reason: 'precheck',
   });
 }
 
-interface Damage {
+export interface WriteDamage {
   structure: string;
   offset: number;
   message: string;
 }
 
-/** The first damaged structure, in the order the operation would rely on them. */
-function findDamage(img: Qcow2Image): Damage | undefined {
+/**
+ * The first damaged structure a write must trust, in the order an operation relies on them (the
+ * web app opens such an image read-only, with this as the reason).
+ */
+export function findWriteDamage(img: Qcow2Image): WriteDamage | undefined {
   return snapshotTableDamage(img) ?? l1Damage(img) ?? refcountDamage(img);
 }
 
-function snapshotTableDamage(img: Qcow2Image): Damage | undefined {
+function snapshotTableDamage(img: Qcow2Image): WriteDamage | undefined {
   const fileSize = img.store.size();
   const list = img.snapshots;
   const tableEnd = img.header.snapshotsOffset + img.snapshotsSize;
@@ -50,7 +53,7 @@ function snapshotTableDamage(img: Qcow2Image): Damage | undefined {
   return undefined;
 }
 
-function l1Damage(img: Qcow2Image): Damage | undefined {
+function l1Damage(img: Qcow2Image): WriteDamage | undefined {
   const fileSize = img.store.size();
   const cs = img.clusterSize;
   const h = img.header;
@@ -72,7 +75,7 @@ function describe(sn: Snapshot): string {
   return `snapshot ${sn.idStr} ('${sn.name}')`;
 }
 
-function refcountDamage(img: Qcow2Image): Damage | undefined {
+function refcountDamage(img: Qcow2Image): WriteDamage | undefined {
   const fileSize = img.store.size();
   const cs = img.clusterSize;
   const h = img.header;
