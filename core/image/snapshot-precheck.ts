@@ -39,11 +39,12 @@ function snapshotTableDamage(img: Qcow2Image): WriteDamage | undefined {
   const list = img.snapshots;
   const tableEnd = img.header.snapshotsOffset + img.snapshotsSize;
   if (list.length === 0 || tableEnd <= fileSize) return undefined;
-  // the first entry that does not end inside the file
+  // the first entry whose bytes (its padding to 8 aside) do not all lie inside the file
   for (let i = 0; i < list.length; i++) {
-    const end = i + 1 < list.length ? list[i + 1]!.entryOffset : tableEnd;
+    const sn = list[i]!;
+    const end = sn.entryOffset + C.SNAPSHOT_HEADER_SIZE + sn.extraDataSize + sn.idBytes.length + sn.nameBytes.length;
     if (end > fileSize) {
-      const at = list[i]!.entryOffset;
+      const at = sn.entryOffset;
       return {
         structure: 'snapshot table', offset: at,
         message: `snapshot table entry ${i} at ${hex(at)} is incomplete (the file ends at ${hex(fileSize)})`,
