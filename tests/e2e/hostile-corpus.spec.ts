@@ -19,6 +19,13 @@ interface Regression { name: string; seed: string; mutations: Mutation[] }
 const REGRESSIONS = JSON.parse(fs.readFileSync(path.resolve('tests/fuzz/regressions.json'), 'utf8')) as Regression[];
 const VIEWS = ['Header', 'Snapshots', 'L1 table', 'Refcount table', 'Cluster map', 'Translation', 'Diff', 'Hex', 'Playground', 'Journal', 'Check'];
 
+/** Uncaught exceptions of the page, collected from now on. */
+function pageErrors(page: Page): string[] {
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  return errors;
+}
+
 /** Collect every main-thread task over 50 ms from page load on (read back by longestTask). */
 async function observeLongTasks(page: Page): Promise<void> {
   await page.addInitScript(() => {
@@ -59,8 +66,7 @@ test.describe('the fuzz regression set in every view', () => {
 
   for (const r of REGRESSIONS) {
     test(r.name, async ({ page, tmp }) => {
-      const errors: string[] = [];
-      page.on('pageerror', (e) => errors.push(e.message));
+      const errors = pageErrors(page);
       await observeLongTasks(page);
       const seed = seeds.get(r.seed);
       expect(seed, `seed ${r.seed}`).toBeDefined();
@@ -79,8 +85,7 @@ test.describe('the fuzz regression set in every view', () => {
 });
 
 test('an image cut short after its snapshot table starts: read-only with the reason, Snapshots renders', async ({ page, tmp }) => {
-  const errors: string[] = [];
-  page.on('pageerror', (e) => errors.push(e.message));
+  const errors = pageErrors(page);
   const full = path.join(tmp, 'a.qcow2');
   createImage(full, '64M');
   qemuIoOk(full, 'write -P 0x11 0 1M');
@@ -102,8 +107,7 @@ test('an image cut short after its snapshot table starts: read-only with the rea
 });
 
 test('duplicate snapshot IDs and names: every row renders, the views keep working', async ({ page, tmp }) => {
-  const errors: string[] = [];
-  page.on('pageerror', (e) => errors.push(e.message));
+  const errors = pageErrors(page);
   const file = path.join(tmp, 'dup.qcow2');
   createImage(file, '64M');
   qemuIoOk(file, 'write -P 0x11 0 64k');
