@@ -20,6 +20,7 @@ import { runCheck, type CheckResult, type Finding } from '../core/analysis/check
 import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
 import { findWriteDamage } from '../core/image/snapshot-precheck.ts';
+import { BudgetedStore } from './job-budget.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
 import { Journal } from '../core/image/journal.ts';
@@ -297,7 +298,9 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     },
     async clusterMap(job) {
       // Check mode: the map must also draw images only a repair could open for writing.
-      const c = await Qcow2Image.open(img.store, { checkMode: true, backing: null });
+      const budgeted = new BudgetedStore(img.store, 'cluster map');
+      const c = await Qcow2Image.open(budgeted, { checkMode: true, backing: null });
+      budgeted.setBudget(c);
       await prefetchMetadata(c, job.signal);
       const l = await buildLayout(c, {
         onProgress: (phase, done, total) => job.progress({ phase, done, total }),
@@ -567,7 +570,9 @@ function findingDTO(f: Finding): CheckFindingDTO {
 
 /** qemu-img check, in check mode (tolerates what only a repair can fix); writable only to repair. */
 async function check(store: ImageStore, job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO> {
-  const img = await Qcow2Image.open(store, { checkMode: true, writable: repair !== undefined, backing: null });
+  const budgeted = new BudgetedStore(store, repair ? 'repair' : 'check');
+  const img = await Qcow2Image.open(budgeted, { checkMode: true, writable: repair !== undefined, backing: null });
+  budgeted.setBudget(img);
   await prefetchMetadata(img, job.signal);
   const r: CheckResult & { repairFindings?: Finding[] } = await runCheck(img, {
     ...(repair ? { repair } : {}),

@@ -4,30 +4,14 @@
 // same read on any machine, and the same check done once stays well inside it.
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import type { ImageStore } from '../../core/io/store.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
+import { AmplifyingStore } from '../helpers/amplifying-store.ts';
 import { createImage, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { READ_FACTOR, STEP_CONSTANT_BYTES, budgetFor, declaredBy, meter } from './budget.ts';
 import { GuardStore } from './guard-store.ts';
 import { checkStore } from './ops.ts';
 import { FuzzViolation } from './violation.ts';
-
-/** An engine slowed on purpose: every read is made `times` times. */
-class AmplifyingStore implements ImageStore {
-  constructor(readonly inner: ImageStore, readonly times: number) {}
-  get name(): string { return this.inner.name; }
-  get writable(): boolean { return this.inner.writable; }
-  size(): number { return this.inner.size(); }
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    for (let i = 1; i < this.times; i++) await this.inner.read(offset, length);
-    return this.inner.read(offset, length);
-  }
-  write(offset: number, data: Uint8Array): Promise<void> { return this.inner.write(offset, data); }
-  flush(): Promise<void> { return this.inner.flush(); }
-  truncate(size: number): Promise<void> { return this.inner.truncate(size); }
-  close(): Promise<void> { return this.inner.close(); }
-}
 
 describe('fuzz work budget', () => {
   const tmp = useTempDir('qcowscope-budget-');
