@@ -19,6 +19,8 @@ import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-spa
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
 import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
+import { findWriteDamage } from '../core/image/snapshot-precheck.ts';
+import { BudgetedStore } from './job-budget.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
 import { Journal } from '../core/image/journal.ts';
@@ -278,7 +280,9 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     },
     async clusterMap(job) {
       // Check mode: the map must also draw images only a repair could open for writing.
-      const c = await Qcow2Image.open(img.store, { checkMode: true, backing: null });
+      const budgeted = new BudgetedStore(img.store, 'cluster map');
+      const c = await Qcow2Image.open(budgeted, { checkMode: true, backing: null });
+      budgeted.setBudget(c);
       await prefetchMetadata(c, job.signal);
       const l = await buildLayout(c, {
         onProgress: (phase, done, total) => job.progress({ phase, done, total }),
@@ -301,6 +305,13 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
  */
 export async function openImage(store: ImageStore, backing: Layer | null = null): Promise<EngineImage> {
   const img = await Qcow2Image.open(store, { writable: false, backing });
+  // Structures every write must trust, damaged (a table cut off by the end of the file, an L1 not
+  // cluster-aligned): not opened whole, so the image is read-only with the reason (repairable).
+  const damage = findWriteDamage(img);
+  if (damage) {
+    await img.close();
+    throw new QcowError('METADATA_CORRUPT', `${damage.message[0]!.toUpperCase()}${damage.message.slice(1)}; run Check`, { structure: damage.structure, offset: damage.offset });
+  }
   return wrap(img, await readEncryptInfo(img).catch(() => undefined));
 }
 
@@ -540,7 +551,9 @@ function findingDTO(f: Finding): CheckFindingDTO {
 
 /** qemu-img check, in check mode (tolerates what only a repair can fix); writable only to repair. */
 async function check(store: ImageStore, job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO> {
-  const img = await Qcow2Image.open(store, { checkMode: true, writable: repair !== undefined, backing: null });
+  const budgeted = new BudgetedStore(store, repair ? 'repair' : 'check');
+  const img = await Qcow2Image.open(budgeted, { checkMode: true, writable: repair !== undefined, backing: null });
+  budgeted.setBudget(img);
   await prefetchMetadata(img, job.signal);
   const r: CheckResult & { repairFindings?: Finding[] } = await runCheck(img, {
     ...(repair ? { repair } : {}),

@@ -20,28 +20,29 @@ export type MetadataSection =
  * `skip`: sections left out.
  */
 function forEachMetadata(
-  img: Qcow2Image, visit: (section: MetadataSection, offset: number, bytes: number) => void, skip: readonly MetadataSection[] = [],
+  img: Qcow2Image, visit: (section: MetadataSection, offset: number, bytes: number) => boolean | void, skip: readonly MetadataSection[] = [],
 ): void {
   const h = img.header;
   const cs = img.clusterSize;
   const want = (s: MetadataSection): boolean => !skip.includes(s);
-  if (want('qcow2_header')) visit('qcow2_header', 0, cs);
-  if (want('active L1 table')) visit('active L1 table', h.l1TableOffset, h.l1Size * 8);
+  // visit returns true to stop the walk
+  if (want('qcow2_header') && visit('qcow2_header', 0, cs)) return;
+  if (want('active L1 table') && visit('active L1 table', h.l1TableOffset, h.l1Size * 8)) return;
   if (want('active L2 table')) {
     for (let i = 0; i < h.l1Size; i++) {
       const off = l1L2Offset(img.l1Table, i);
-      if (off !== 0) visit('active L2 table', off, cs);
+      if (off !== 0 && visit('active L2 table', off, cs)) return;
     }
   }
-  if (want('refcount table')) visit('refcount table', h.refcountTableOffset, h.refcountTableClusters * cs);
+  if (want('refcount table') && visit('refcount table', h.refcountTableOffset, h.refcountTableClusters * cs)) return;
   if (want('refcount block')) {
     for (let r = 0; r < reftableSize(img); r++) {
       const off = reftableEntry(img.reftable, r);
-      if (off !== 0) visit('refcount block', off, cs);
+      if (off !== 0 && visit('refcount block', off, cs)) return;
     }
   }
-  if (want('snapshot table') && h.nbSnapshots > 0) visit('snapshot table', h.snapshotsOffset, img.snapshotsSize);
-  if (want('inactive L1 table')) for (const sn of img.snapshots) visit('inactive L1 table', sn.l1TableOffset, sn.l1Size * 8);
+  if (want('snapshot table') && h.nbSnapshots > 0 && visit('snapshot table', h.snapshotsOffset, img.snapshotsSize)) return;
+  if (want('inactive L1 table')) for (const sn of img.snapshots) if (visit('inactive L1 table', sn.l1TableOffset, sn.l1Size * 8)) return;
   // QEMU checks the bitmap directory only while the bitmaps extension is consistent
   if (want('bitmap directory') && h.bitmaps && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n) {
     visit('bitmap directory', h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize);
@@ -114,7 +115,8 @@ export function metadataOverlap(img: Qcow2Image, offset: number, size: number, i
   const end = Math.ceil((offset + size) / cs) * cs;
   let hit: MetadataSection | null = null;
   forEachMetadata(img, (section, o, n) => {
-    if (hit === null && n > 0 && o < end && start < o + n) hit = section;
+    if (n > 0 && o < end && start < o + n) hit = section;
+    return hit !== null;
   }, ignore);
   return hit;
 }
