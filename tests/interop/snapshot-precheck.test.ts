@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pokeU64, qemuCheck, qemuInfo, qemuIoOk, qemuImgOk, createImage, sha256, truncateFile, qemuSnapshotList } from '../helpers/qemu.ts';
 import { SNAP, readHeader, readSnapshots, reftableEntryPos } from '../helpers/qcow2-mini.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { buildCli, runCli } from './read-support.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
 
 const MiB = 1024 * 1024;
 
@@ -80,7 +81,7 @@ describe('snapshot operations refuse a corrupt image before writing', () => {
   const tmp = useTempDir('qcowscope-precheck-');
   let cli = '';
   beforeAll(async () => {
-    cli = await buildCli();
+    cli = await cliBundle();
   });
   afterAll(() => {
     if (cli) fs.rmSync(cli, { force: true });
