@@ -115,6 +115,11 @@ export class AppState {
   busy = $state.raw<Busy | null>(null);
   message = $state.raw<Message | null>(null);
   features = $state.raw<EngineFeatures | null>(null);
+  /**
+   * "Apply to all open images as one group" (Snapshots): a choice of this window, kept across tab
+   * switches and views, so that a group operation never quietly becomes a one-image one.
+   */
+  groupMode = $state(false);
 
   active = $derived(this.tabs.find((t) => t.id === this.activeId) ?? null);
 
