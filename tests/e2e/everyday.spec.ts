@@ -40,3 +40,34 @@ test('1. group mode stays on across tab switches and its confirmation lists ever
     expect(snapshotNames(saved)).toEqual(['base']);
   }
 });
+
+test('2. first visit: the demo says it is a demo, shows how to open one\'s own image, and stays closed once closed', async ({ page, tmp }) => {
+  await page.goto('/');
+  await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toHaveAttribute('aria-selected', 'true');
+  const note = page.getByRole('region', { name: 'Demo image' });
+  await expect(note).toContainText('demo built in this page');
+  // The way to one's own image is on the same screen, without scrolling.
+  await expect(note.getByRole('button', { name: 'Open your own image' })).toBeInViewport();
+  // It opens the person's image (the file input, as when the browser has no picker).
+  await page.evaluate(() => delete (window as unknown as { showOpenFilePicker?: unknown }).showOpenFilePicker);
+  const own = makeImage(tmp, 'mine.qcow2');
+  const chooser = page.waitForEvent('filechooser');
+  await note.getByRole('button', { name: 'Open your own image' }).click();
+  await (await chooser).setFiles(own.path);
+  await expect(page.getByRole('tab', { name: 'mine.qcow2' })).toHaveAttribute('aria-selected', 'true');
+  await expect(page.getByRole('region', { name: 'Demo image' })).toHaveCount(0);
+
+  // The demo, asked for again, is closed with its own button: the introduction is not needed
+  // again, and a reload does not bring the demo back.
+  await page.getByRole('button', { name: 'Try the demo image' }).click();
+  await page.getByRole('region', { name: 'Demo image' }).getByRole('button', { name: 'Close the demo' }).click();
+  await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toHaveCount(0);
+  // The start demo is built by the engine worker, started while the page loads: after the reload
+  // no worker starts at all, and the introduction is what shows.
+  let workers = 0;
+  page.on('worker', () => workers++);
+  await page.reload({ waitUntil: 'load' });
+  await expect(page.getByRole('heading', { name: 'See inside a qcow2 disk image' })).toBeVisible();
+  await expect(page.getByRole('tab')).toHaveCount(0);
+  expect(workers).toBe(0);
+});

@@ -77,6 +77,8 @@ export class ImageTab {
   mapHighlight = $state.raw<{ label: string; clusters: number[] } | null>(null);
   /** Bumped after every change, so views reload what they fetched. */
   revision = $state(0);
+  /** The demo image built in the page (not a file of the person's): the view says so. */
+  isDemo = false;
 
   constructor(summary: ImageSummary, handle?: FileSystemFileHandle) {
     this.id = summary.state.id;
@@ -96,6 +98,25 @@ export class ImageTab {
     this.diff = null;
     this.mapHighlight = null;
     this.revision++;
+  }
+}
+
+const DEMO_CLOSED_KEY = 'qcowscope.demo-closed';
+
+/** The person closed the demo once (kept in localStorage; storage that is refused counts as never). */
+function demoClosedBefore(): boolean {
+  try {
+    return localStorage.getItem(DEMO_CLOSED_KEY) === '1';
+  } catch {
+    return false;
+  }
+}
+
+function rememberDemoClosed(): void {
+  try {
+    localStorage.setItem(DEMO_CLOSED_KEY, '1');
+  } catch {
+    // Storage refused (private mode, policy): the demo comes back next time, nothing worse.
   }
 }
 
@@ -160,8 +181,9 @@ export class AppState {
     this.busy?.controller.abort();
   }
 
-  private add(summary: ImageSummary, handle?: FileSystemFileHandle): void {
+  private add(summary: ImageSummary, handle?: FileSystemFileHandle, isDemo = false): void {
     const tab = new ImageTab(summary, handle);
+    tab.isDemo = isDemo;
     this.tabs.push(tab);
     this.activeId = tab.id;
     this.selection = null;
@@ -181,9 +203,9 @@ export class AppState {
    */
   private startDemo: { promise: Promise<void>; id: string | null; wanted: boolean } | null = null;
 
-  /** On start, with nothing open: open the demo image quietly (no busy bar, errors ignored). */
+  /** On start, with nothing open and the demo never closed before: open the demo image quietly (no busy bar, errors ignored). */
   openDemoOnStart(): void {
-    if (this.tabs.length || this.startDemo) return;
+    if (this.tabs.length || this.startDemo || demoClosedBefore()) return;
     const d: { promise: Promise<void>; id: string | null; wanted: boolean } = { promise: Promise.resolve(), id: null, wanted: true };
     d.promise = (async () => {
       const s = await engine().openDemo().catch(() => undefined);
@@ -193,7 +215,7 @@ export class AppState {
         return;
       }
       d.id = s.state.id;
-      this.add(s);
+      this.add(s, undefined, true);
     })();
     this.startDemo = d;
   }
@@ -279,12 +301,14 @@ export class AppState {
       }
     }
     const s = await this.run('Building the demo image', () => engine().openDemo());
-    if (s) this.add(s);
+    if (s) this.add(s, undefined, true);
   }
 
   async close(id: string): Promise<void> {
     const i = this.tabs.findIndex((t) => t.id === id);
     if (i < 0) return;
+    // A closed demo stays closed: the next visit starts on the introduction, not on the demo.
+    if (this.tabs[i]!.isDemo) rememberDemoClosed();
     this.tabs.splice(i, 1);
     if (this.activeId === id) this.activeId = this.tabs[Math.min(i, this.tabs.length - 1)]?.id ?? null;
     this.selection = null;
