@@ -2,8 +2,9 @@
 // first visit that explains itself, errors that name the file, one size parser, focus back to the
 // opener, a phone layout that leaves room, and a cluster inspector that says who uses a cluster.
 // Images are made by qemu-img; QEMU judges what the page wrote.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { qemuCheck, qemuInfo } from '../helpers/qemu.ts';
+import { qemuCheck, qemuImg, qemuInfo } from '../helpers/qemu.ts';
 import { test, expect, downloadImage, makeImage, openViaInput, showView } from './fixtures.ts';
 
 const snapshotNames = (file: string) => (qemuInfo(file).snapshots ?? []).map((s) => s.name);
@@ -70,4 +71,25 @@ test('2. first visit: the demo says it is a demo, shows how to open one\'s own i
   await expect(page.getByRole('heading', { name: 'See inside a qcow2 disk image' })).toBeVisible();
   await expect(page.getByRole('tab')).toHaveCount(0);
   expect(workers).toBe(0);
+});
+
+test('3. an image that cannot be opened is named with what is wrong, and the demo stays', async ({ page, tmp }) => {
+  const empty = path.join(tmp, 'empty.qcow2');
+  fs.writeFileSync(empty, '');
+  const text = path.join(tmp, 'notes.qcow2');
+  fs.writeFileSync(text, 'hello, this is not a disk image\n'.repeat(10));
+  // QEMU refuses both too.
+  for (const f of [empty, text]) expect(qemuImg(['info', '-f', 'qcow2', f]).status).toBe(1);
+
+  await page.goto('/');
+  await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toHaveAttribute('aria-selected', 'true');
+  await page.getByLabel('Image file').setInputFiles(empty);
+  await expect(page.getByRole('alert')).toContainText('empty.qcow2: the file is empty');
+  await page.getByLabel('Image file').setInputFiles(text);
+  await expect(page.getByRole('alert')).toContainText('notes.qcow2: not a qcow2 image');
+  // The failed opens left the demo open and shown, with its views.
+  await expect(page.getByRole('tab')).toHaveCount(1);
+  await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toHaveAttribute('aria-selected', 'true');
+  await showView(page, 'Snapshots');
+  await expect(page.getByRole('table', { name: 'Snapshots' })).toBeVisible();
 });

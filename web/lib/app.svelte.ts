@@ -1,7 +1,6 @@
 // The app's state: open images (tabs), the current view, the one shared selection, the running
 // job and the last message. Views read it from context (web/lib/context.ts) and call its
 // methods; only this class and web/lib/engine.ts talk to the worker.
-import { QcowError } from '../../core/errors.ts';
 import type {
   CheckFindingDTO,
   CheckReportDTO,
@@ -19,6 +18,9 @@ import type {
 import { engine, withJob } from './engine.ts';
 import { isInFolder, saveAllToFolder, type FileToSave } from './save-folder.ts';
 import { VIEWS_WITHOUT_TABLES, damageView } from './damage.ts';
+import { describeError as describe, openFailure, type Message } from './errors.ts';
+
+export type { Message };
 
 export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'diff' | 'hex' | 'playground' | 'journal' | 'check';
 
@@ -46,12 +48,6 @@ export type Selection =
   | { kind: 'snapshot'; snapshot: SnapshotDTO }
   | { kind: 'finding'; finding: CheckFindingDTO }
   | { kind: 'cluster'; hostOffset: number };
-
-export interface Message {
-  kind: 'error' | 'info';
-  text: string;
-  code?: string;
-}
 
 export interface Busy {
   label: string;
@@ -120,14 +116,6 @@ function rememberDemoClosed(): void {
   }
 }
 
-function describe(e: unknown): Message {
-  if (e instanceof QcowError && e.code === 'CANCELLED') return { kind: 'info', text: 'Cancelled: nothing was changed.' };
-  if (e instanceof QcowError) return { kind: 'error', text: e.message, code: e.code };
-  if (e instanceof DOMException && e.name === 'AbortError') return { kind: 'info', text: 'Cancelled.' };
-  const err = e as Error;
-  return { kind: 'error', text: `Internal error: ${err?.message ?? String(e)}`, code: 'INTERNAL' };
-}
-
 export class AppState {
   tabs = $state<ImageTab[]>([]);
   activeId = $state<string | null>(null);
@@ -158,7 +146,11 @@ export class AppState {
   }
 
   /** Run one engine call with the busy indicator, cancellation and error reporting. */
-  private async run<T>(label: string, body: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<T>): Promise<T | undefined> {
+  private async run<T>(
+    label: string,
+    body: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<T>,
+    failed: (e: unknown) => Message | Promise<Message> = describe,
+  ): Promise<T | undefined> {
     const controller = new AbortController();
     this.busy = { label, controller };
     this.message = null;
@@ -170,7 +162,7 @@ export class AppState {
         },
       });
     } catch (e) {
-      this.message = describe(e);
+      this.message = await failed(e);
       return undefined;
     } finally {
       if (this.busy?.controller === controller) this.busy = null;
@@ -232,19 +224,26 @@ export class AppState {
     void this.close(tab.id);
   }
 
+  // An image that fails to open leaves the page as it was (the start demo included): the demo gives
+  // way only to an image that opened.
   async openFiles(files: File[]): Promise<void> {
-    if (files.length) this.dropStartDemo();
     for (const file of files) {
-      const s = await this.run(`Opening ${file.name}`, () => engine().openFile(file));
-      if (s) this.add(s);
+      const s = await this.run(`Opening ${file.name}`, () => engine().openFile(file), (e) => openFailure(file.name, file.size, e));
+      if (s) {
+        this.dropStartDemo();
+        this.add(s);
+      }
     }
   }
 
   async openHandles(handles: FileSystemFileHandle[]): Promise<void> {
-    if (handles.length) this.dropStartDemo();
     for (const handle of handles) {
-      const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle));
-      if (s) this.add(s, handle);
+      const failed = async (e: unknown) => openFailure(handle.name, await handle.getFile().then((f) => f.size, () => undefined), e);
+      const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle), failed);
+      if (s) {
+        this.dropStartDemo();
+        this.add(s, handle);
+      }
     }
   }
 
