@@ -4,7 +4,7 @@
 // Images are made by qemu-img; QEMU judges what the page wrote.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { qemuCheck, qemuImg, qemuInfo } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuImg, qemuInfo, qemuIoOk, qemuMap, verifyPattern } from '../helpers/qemu.ts';
 import { test, expect, downloadImage, makeImage, openViaInput, showView } from './fixtures.ts';
 
 const snapshotNames = (file: string) => (qemuInfo(file).snapshots ?? []).map((s) => s.name);
@@ -92,4 +92,46 @@ test('3. an image that cannot be opened is named with what is wrong, and the dem
   await expect(page.getByRole('tab', { name: 'demo.qcow2' })).toHaveAttribute('aria-selected', 'true');
   await showView(page, 'Snapshots');
   await expect(page.getByRole('table', { name: 'Snapshots' })).toBeVisible();
+});
+
+test('4. one size parser: "900M" and "64k" mean the same in Translation, Hex and Playground; an error clears Before/After', async ({ page, tmp }) => {
+  const file = path.join(tmp, 'big.qcow2');
+  createImage(file, '1G');
+  qemuIoOk(file, 'write -P 0x11 900M 64k');
+  const at900M = qemuMap(file).find((e) => e.data && e.start <= 900 * 2 ** 20 && 900 * 2 ** 20 < e.start + e.length)!;
+  const host = at900M.offset! + (900 * 2 ** 20 - at900M.start);
+  await page.goto('/');
+  await openViaInput(page, { path: file, name: 'big.qcow2' });
+
+  await showView(page, 'Translation');
+  await page.getByLabel('Guest offset').fill('900M');
+  await page.getByRole('button', { name: 'Translate' }).click();
+  await expect(page.getByRole('main').getByRole('status')).toContainText(`is at host offset 0x${host.toString(16)}`);
+
+  await showView(page, 'Hex');
+  await page.getByRole('textbox', { name: 'Host offset' }).fill('64k');
+  await expect(page.getByRole('table', { name: 'Bytes of cluster 1' })).toBeVisible();
+  await expect(page.getByRole('alert')).toHaveCount(0);
+
+  await showView(page, 'Playground');
+  const beforeAfter = page.getByRole('main').getByRole('status');
+  await page.getByLabel('Guest offset').fill('900M');
+  await page.getByLabel('Length').fill('64k');
+  await page.getByLabel('Byte').fill('0x5a');
+  await page.getByRole('button', { name: 'Write', exact: true }).click();
+  await expect(beforeAfter).toContainText(`host 0x${host.toString(16)}`);
+  // Past the end of the 1 GiB disk: the engine refuses, and the last write's Before/After goes.
+  await page.getByLabel('Guest offset').fill('2G');
+  await page.getByRole('button', { name: 'Write', exact: true }).click();
+  await expect(page.getByRole('alert')).toContainText('outside');
+  await expect(beforeAfter).toHaveCount(0);
+  await expect(page.getByRole('heading', { name: 'What the write did' })).toHaveCount(0);
+  // Text that is no size is said next to the field, in the same words as elsewhere.
+  await page.getByLabel('Guest offset').fill('12zz');
+  await page.getByRole('button', { name: 'Write', exact: true }).click();
+  await expect(page.getByRole('alert')).toContainText('Guest offset: “12zz” is not a number of bytes');
+
+  const saved = await downloadImage(page, path.join(tmp, 'big-written.qcow2'));
+  expect(qemuCheck(saved).exitCode).toBe(0);
+  expect(verifyPattern(saved, 900 * 2 ** 20, 64 * 1024, 0x5a)).toBe(true);
 });
