@@ -135,3 +135,24 @@ test('4. one size parser: "900M" and "64k" mean the same in Translation, Hex and
   expect(qemuCheck(saved).exitCode).toBe(0);
   expect(verifyPattern(saved, 900 * 2 ** 20, 64 * 1024, 0x5a)).toBe(true);
 });
+
+test('5. Escape in the Revert or Delete dialog gives focus back to the button that opened it', async ({ page, tmp }) => {
+  const f = makeImage(tmp);
+  await page.goto('/');
+  await openViaInput(page, f);
+  await showView(page, 'Snapshots');
+  for (const name of ['Revert to snapA', 'Delete snapB']) {
+    const opener = page.getByRole('button', { name });
+    await opener.focus();
+    await page.keyboard.press('Enter');
+    await expect(page.getByRole('dialog')).toBeVisible();
+    await page.keyboard.press('Escape');
+    await expect(page.getByRole('dialog')).toHaveCount(0);
+    await expect(opener).toBeFocused();
+  }
+  // Cancel by its button gives focus back the same way; nothing changed.
+  await page.getByRole('button', { name: 'Delete snapA' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click();
+  await expect(page.getByRole('button', { name: 'Delete snapA' })).toBeFocused();
+  await expect(page.getByRole('table', { name: 'Snapshots' }).locator('tbody tr')).toHaveCount(2);
+});
