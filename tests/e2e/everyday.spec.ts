@@ -4,7 +4,7 @@
 // Images are made by qemu-img; QEMU judges what the page wrote.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createImage, qemuCheck, qemuImg, qemuInfo, qemuIoOk, qemuMap, verifyPattern } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuImg, qemuInfo, qemuIoOk, qemuMap, peekU64, verifyPattern } from '../helpers/qemu.ts';
 import { test, expect, downloadImage, makeImage, openViaInput, showView } from './fixtures.ts';
 
 const snapshotNames = (file: string) => (qemuInfo(file).snapshots ?? []).map((s) => s.name);
@@ -155,4 +155,54 @@ test('5. Escape in the Revert or Delete dialog gives focus back to the button th
   await page.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click();
   await expect(page.getByRole('button', { name: 'Delete snapA' })).toBeFocused();
   await expect(page.getByRole('table', { name: 'Snapshots' }).locator('tbody tr')).toHaveCount(2);
+});
+
+test('6. phone: a short top bar, an inspector sheet that closes, L2 rows whole, a view strip that shows it scrolls', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'phone.qcow2');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto('/');
+  await openViaInput(page, f);
+
+  // The top bar (logo, tabs, actions) leaves the screen to the view.
+  const bar = await page.getByRole('banner').boundingBox();
+  expect(bar!.height).toBeLessThanOrEqual(96);
+
+  // The view strip shows that more views are to its right, and moves on when asked.
+  const more = page.getByRole('button', { name: 'More views' });
+  await expect(more).toBeVisible();
+  const check = page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name: 'Check', exact: true });
+  await expect(check).not.toBeInViewport({ ratio: 1 });
+  for (let i = 0; i < 6 && (await more.count()); i++) await more.click();
+  await expect(check).toBeInViewport({ ratio: 1 });
+  await expect(more).toHaveCount(0);
+
+  // L2 rows: every column, the flags and the raw entry included, is on the screen and whole.
+  await showView(page, 'L1 table');
+  await page.getByRole('button', { name: /^L1 entry 0: L2 table at/ }).click();
+  const heading = await page.getByRole('heading', { name: /^L2 table at 0x/ }).textContent();
+  const l2Offset = Number(heading!.replace(/^L2 table at /, ''));
+  for (const i of [0, 1, 2]) {
+    const row = page.getByRole('button', { name: new RegExp(`^L2 entry ${i}:`) });
+    const raw = peekU64(f.path, l2Offset + 8 * i);
+    const cells = row.locator(':scope > span');
+    await expect(cells.nth(5)).toHaveText(raw.toString(16).padStart(16, '0'));
+    await expect(cells.nth(4)).toHaveText(raw >> 63n ? 'COPIED' : '');
+    const fits = await row.evaluate((el) => Array.from(el.children).every((c) => {
+      const r = c.getBoundingClientRect();
+      return r.left >= 0 && r.right <= innerWidth && c.scrollWidth <= c.clientWidth + 1;
+    }));
+    expect(fits, `L2 entry ${i} fits`).toBe(true);
+  }
+
+  // The inspector is a sheet over the bottom: it closes, and the view has the screen again.
+  await page.getByRole('button', { name: /^L2 entry 0:/ }).click();
+  const inspector = page.getByRole('complementary', { name: 'Inspector' });
+  await expect(inspector.getByRole('heading', { name: 'L2 entry 0' })).toBeVisible();
+  await inspector.getByRole('button', { name: 'Close the inspector' }).click();
+  await expect(inspector).toBeHidden();
+  const main = await page.locator('main').boundingBox();
+  expect(main!.y + main!.height).toBeGreaterThanOrEqual(844 - 1);
+  // The next selection opens it again.
+  await page.getByRole('button', { name: /^L2 entry 1:/ }).click();
+  await expect(inspector.getByRole('heading', { name: 'L2 entry 1' })).toBeVisible();
 });
