@@ -5,10 +5,11 @@
 import type { QcowErrorCode } from '../core/errors.ts';
 import type { Translation, TranslationStep, TranslationResult } from '../core/analysis/translate.ts';
 import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import type { ClusterUsers, ClusterUse } from '../core/analysis/cluster-users.ts';
 import type { LayoutChanges, LayoutKindName } from '../core/analysis/layout.ts';
 import type { DiffResult, DiffRange } from '../core/analysis/diff.ts';
 
-export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange };
+export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange, ClusterUsers, ClusterUse };
 
 /** Opaque handle of an image opened in the worker. */
 export type ImageId = string;
@@ -349,6 +350,8 @@ export interface EngineApi {
   diff(id: ImageId, a: string | null, b: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<DiffResult>;
   /** What a snapshot holds alone (freed by deleting it) and what it shares. */
   snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn): Promise<SnapshotSpace>;
+  /** Who uses host cluster `cluster`: its refcount, and the active disk's and each snapshot's references to it (Inspector). */
+  clusterUsers(id: ImageId, cluster: number, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterUsers>;
   clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterMapDTO>;
   check(id: ImageId, repair?: 'leaks' | 'all', jobId?: JobId, onProgress?: ProgressFn): Promise<CheckReportDTO>;
   createSnapshot(id: ImageId, name: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;

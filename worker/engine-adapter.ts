@@ -16,6 +16,7 @@ import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo, formatFixed, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import { clusterUsers, type ClusterUsers } from '../core/analysis/cluster-users.ts';
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
 import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
@@ -62,6 +63,7 @@ export interface EngineImage {
   refcountBlock(refblockIndex: number): Promise<Float64Array>;
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
   snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
+  clusterUsers(cluster: number, job: JobContext): Promise<ClusterUsers>;
   diff(a: string | null, b: string | null, job: JobContext): Promise<DiffResult>;
   exportRaw(snapshotId: string | null, job: JobContext): Promise<Blob>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
@@ -294,6 +296,7 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     async snapshotSpace(snapshotId) {
       return snapshotSpace(img, findById(snapshotId));
     },
+    clusterUsers: (cluster, job) => clusterUsers(img, cluster, () => job.signal.aborted),
     async clusterMap(job) {
       // Check mode: the map must also draw images only a repair could open for writing.
       const c = await Qcow2Image.open(img.store, { checkMode: true, backing: null });
@@ -383,6 +386,7 @@ function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
     refcountBlock: async () => fail(),
     translate: async () => fail(),
     snapshotSpace: async () => fail(),
+    clusterUsers: async () => fail(),
     diff: async () => fail(),
     exportRaw: async () => fail(),
     clusterMap: async () => fail(),
