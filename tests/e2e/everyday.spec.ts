@@ -4,7 +4,7 @@
 // Images are made by qemu-img; QEMU judges what the page wrote.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createImage, qemuCheck, qemuImg, qemuInfo, qemuIoOk, qemuMap, peekU64, verifyPattern } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuGuestRangesByCluster, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, peekU64, verifyPattern } from '../helpers/qemu.ts';
 import { test, expect, downloadImage, makeImage, openViaInput, showView } from './fixtures.ts';
 
 const snapshotNames = (file: string) => (qemuInfo(file).snapshots ?? []).map((s) => s.name);
@@ -205,4 +205,72 @@ test('6. phone: a short top bar, an inspector sheet that closes, L2 rows whole, 
   // The next selection opens it again.
   await page.getByRole('button', { name: /^L2 entry 1:/ }).click();
   await expect(inspector.getByRole('heading', { name: 'L2 entry 1' })).toBeVisible();
+});
+
+/** host cluster → guest byte ranges ("0x0–0xffff") of `file`'s active disk, by qemu-img map. */
+function rangesByCluster(file: string, cs: number): Map<number, string[]> {
+  const ranges = [...qemuGuestRangesByCluster(file, cs)];
+  return new Map(ranges.map(([c, l]) => [c, l.map(([s, n]) => `0x${s.toString(16)}–0x${(s + n - 1).toString(16)}`)]));
+}
+
+test('7. the cluster inspector says who uses a cluster; the snapshot table shows ICOUNT and its selection plainly', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'users.qcow2');
+  const cs = 65536;
+  // The oracle: qemu-img map of the active disk, and of copies reverted to each snapshot.
+  const views = [{ label: 'Active disk', ranges: rangesByCluster(f.path, cs) }];
+  for (const [id, name] of [['1', 'snapA'], ['2', 'snapB']]) {
+    const copy = path.join(tmp, `users-${name}.qcow2`);
+    fs.copyFileSync(f.path, copy);
+    qemuImgOk(['snapshot', '-a', name, copy]);
+    views.push({ label: `Snapshot ${name} (ID ${id})`, ranges: rangesByCluster(copy, cs) });
+  }
+  await page.goto('/');
+  await openViaInput(page, f);
+  await showView(page, 'Translation');
+  const inspector = page.getByRole('complementary', { name: 'Inspector' });
+  // Guest 0 (held by both snapshots and the active disk) and guest 64k (rewritten after snapA).
+  for (const guest of [0, 0x10000]) {
+    await page.getByLabel('Guest offset').fill(String(guest));
+    await page.getByRole('button', { name: 'Translate' }).click();
+    await page.getByRole('button', { name: /^Select host cluster/ }).click();
+    const cluster = Number((await inspector.getByRole('heading', { name: /^Host cluster/ }).textContent())!.replace('Host cluster ', ''));
+    const users = views.filter((v) => v.ranges.has(cluster));
+    expect(users.length).toBeGreaterThan(0);
+    const list = inspector.getByRole('list', { name: 'Used by' });
+    await expect(list.locator(':scope > li')).toHaveCount(users.length);
+    for (const [i, v] of users.entries()) {
+      const item = list.locator(':scope > li').nth(i);
+      await expect(item.locator('strong')).toHaveText(v.label);
+      await expect(item.getByRole('listitem')).toHaveText(v.ranges.get(cluster)!);
+    }
+    const held = users.filter((v) => v.label !== 'Active disk').map((v) => v.label.replace(/^Snapshot (\S+).*/, '$1'));
+    await expect(inspector.getByText('Snapshots holding it').locator('xpath=following-sibling::dd[1]')).toHaveText(held.length ? held.join(', ') : 'none');
+    await expect(inspector.getByText(/^Refcount$/)).toBeVisible();
+  }
+
+  // The snapshot table: ICOUNT as qemu-img snapshot -l prints it; the selected row marked, the hint gone.
+  await showView(page, 'Snapshots');
+  const listed = qemuImgOk(['snapshot', '-l', f.path]).split('\n').slice(2).filter(Boolean);
+  const header = qemuImgOk(['snapshot', '-l', f.path]).split('\n')[1]!;
+  const icountAt = header.indexOf('VM CLOCK') + 'VM CLOCK'.length;
+  const table = page.getByRole('table', { name: 'Snapshots' });
+  const icountCol = (await table.getByRole('columnheader').allTextContents()).indexOf('ICOUNT');
+  expect(icountCol).toBeGreaterThan(0);
+  for (const [i, line] of listed.entries()) {
+    await expect(table.locator('tbody tr').nth(i).getByRole('cell').nth(icountCol)).toHaveText(line.slice(icountAt).trim());
+  }
+  const hint = page.getByText('Select a snapshot to view it, or to export it.');
+  await expect(hint).toBeVisible();
+  const row = table.locator('tbody tr').nth(1);
+  await row.click();
+  await expect(row).toHaveAttribute('aria-current', 'true');
+  await expect(table.locator('tbody tr[aria-current]')).toHaveCount(1);
+  const marked = await row.evaluate((el) => {
+    const tr = el as HTMLTableRowElement;
+    const other = (tr.parentElement as HTMLTableSectionElement).rows[0]!;
+    return { bar: getComputedStyle(tr.cells[0]!).boxShadow, bg: getComputedStyle(tr).backgroundColor, other: getComputedStyle(other).backgroundColor };
+  });
+  expect(marked.bar).toContain('inset');
+  expect(marked.bg).not.toBe(marked.other);
+  await expect(hint).toHaveCount(0);
 });

@@ -7,27 +7,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { clusterUsers } from '../../core/analysis/cluster-users.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { NodeFileStore } from '../../cli/node-file-store.ts';
-import { createImage, makeTempDir, qemuCheck, qemuImgOk, qemuIoOk, qemuMap, removeDir } from '../helpers/qemu.ts';
+import { createImage, makeTempDir, qemuCheck, qemuGuestRangesByCluster, qemuImgOk, qemuIoOk, removeDir } from '../helpers/qemu.ts';
 
 const dir = makeTempDir('qcowscope-users-');
 afterAll(() => removeDir(dir));
-
-/** host cluster → guest byte ranges [start, length] of the image's active disk, by qemu-img map. */
-function guestRangesByCluster(file: string, cs: number): Map<number, Array<[number, number]>> {
-  const out = new Map<number, Array<[number, number]>>();
-  for (const e of qemuMap(file)) {
-    if (!e.data || e.offset === undefined) continue;
-    for (let g = e.start; g < e.start + e.length; g += cs) {
-      const c = Math.floor((e.offset + g - e.start) / cs);
-      const list = out.get(c) ?? [];
-      const last = list[list.length - 1];
-      if (last && last[0] + last[1] === g) last[1] += cs;
-      else list.push([g, cs]);
-      out.set(c, list);
-    }
-  }
-  return out;
-}
 
 describe('clusterUsers', () => {
   it('lists the guest ranges of the active disk and of each snapshot that use a cluster, as qemu-img map reads them', async () => {
@@ -41,12 +24,12 @@ describe('clusterUsers', () => {
     expect(qemuCheck(f).exitCode).toBe(0);
 
     const cs = 65536;
-    const views: Array<{ name: string | null; ranges: Map<number, Array<[number, number]>> }> = [{ name: null, ranges: guestRangesByCluster(f, cs) }];
+    const views: Array<{ name: string | null; ranges: Map<number, Array<[number, number]>> }> = [{ name: null, ranges: qemuGuestRangesByCluster(f, cs) }];
     for (const name of ['one', 'two']) {
       const copy = path.join(dir, `u-${name}.qcow2`);
       fs.copyFileSync(f, copy);
       qemuImgOk(['snapshot', '-a', name, copy]);
-      views.push({ name, ranges: guestRangesByCluster(copy, cs) });
+      views.push({ name, ranges: qemuGuestRangesByCluster(copy, cs) });
     }
     const clusters = new Set(views.flatMap((v) => [...v.ranges.keys()]));
     expect(clusters.size).toBeGreaterThan(3);

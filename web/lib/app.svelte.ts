@@ -5,6 +5,7 @@ import type {
   CheckFindingDTO,
   CheckReportDTO,
   ClusterMapDTO,
+  ClusterUsers,
   DiffResult,
   EngineFeatures,
   ImageSummary,
@@ -487,6 +488,11 @@ export class AppState {
   async diff(tab: ImageTab, a: string | null, b: string | null, label: string): Promise<void> {
     const result = await this.run(`Comparing ${label}`, (o) => withJob(o, (j, p) => engine().diff(tab.id, a, b, j, p)));
     if (result) tab.diff = { a, b, label, result };
+  }
+
+  /** Who uses host cluster `cluster` (Inspector); not a job of the busy bar. */
+  clusterUsers(tab: ImageTab, cluster: number): Promise<ClusterUsers> {
+    return engine().clusterUsers(tab.id, cluster);
   }
 
   async loadClusterMap(tab: ImageTab): Promise<void> {
