@@ -61,6 +61,8 @@ export interface OpenDamage {
    */
   level: 'tables' | 'header' | 'raw';
   code: QcowErrorCode;
+  /** The structure the damage is in, as a code: the UI shows the note in the view that draws it. */
+  area: DamageArea;
   message: string;
   /** The structure the error is about (the spec's names) and the byte offset it names. */
   structure?: string;
@@ -70,6 +72,9 @@ export interface OpenDamage {
   /** The readable one-line form: the message, the structure and the offset. */
   line: string;
 }
+
+/** The qcow2 structures an open error can be in (OpenDamage.area). */
+export type DamageArea = 'header' | 'l1-table' | 'l2-table' | 'refcount-table' | 'refcount-block' | 'snapshot-table' | 'bitmaps';
 
 /** Decoded header (qcow2-reference.md §1.2), spec names camel-cased. */
 export interface HeaderDTO {

@@ -15,29 +15,17 @@ import type {
   Progress,
   RefcountTableEntryDTO,
   SnapshotDTO,
+  SnapshotSpace,
+  TablePage,
+  Translation,
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
 import { isInFolder, saveAllToFolder, type FileToSave } from './save-folder.ts';
-import { VIEWS_WITHOUT_TABLES, damageView } from './damage.ts';
+import { damageView, viewWorks } from './damage.ts';
+import { VIEWS, type ViewName } from '../views/registry.ts';
 import { describeError as describe, openFailure, type Message } from './errors.ts';
 
-export type { Message };
-
-export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'diff' | 'hex' | 'playground' | 'journal' | 'check';
-
-export const VIEWS: { id: ViewName; title: string }[] = [
-  { id: 'header', title: 'Header' },
-  { id: 'snapshots', title: 'Snapshots' },
-  { id: 'l1', title: 'L1 table' },
-  { id: 'refcounts', title: 'Refcount table' },
-  { id: 'map', title: 'Cluster map' },
-  { id: 'translate', title: 'Translation' },
-  { id: 'diff', title: 'Diff' },
-  { id: 'hex', title: 'Hex' },
-  { id: 'playground', title: 'Playground' },
-  { id: 'journal', title: 'Journal' },
-  { id: 'check', title: 'Check' },
-];
+export type { Message, ViewName };
 
 /** What the inspector decodes; shared by every view. */
 export type Selection =
@@ -186,7 +174,7 @@ export class AppState {
       this.message = { kind: 'error', text: `${summary.state.name} failed validation: ${d.line}`, code: d.code };
       // Show the error next to the structure it names, where that view can be drawn.
       const where = damageView(d);
-      this.show(d.level === 'tables' || VIEWS_WITHOUT_TABLES.includes(where) ? where : 'header');
+      this.show(viewWorks(where, d) ? where : 'header');
     }
   }
 
@@ -490,9 +478,36 @@ export class AppState {
     if (result) tab.diff = { a, b, label, result };
   }
 
-  /** Who uses host cluster `cluster` (Inspector); not a job of the busy bar. */
+  // ---- What the views read (no busy bar, errors shown where they asked): the worker is reached
+  // only through the app state. ----
+  /** Who uses host cluster `cluster` (Inspector). */
   clusterUsers(tab: ImageTab, cluster: number): Promise<ClusterUsers> {
     return engine().clusterUsers(tab.id, cluster);
+  }
+  translate(tab: ImageTab, guestOffset: number, snapshotId?: string): Promise<Translation> {
+    return engine().translate(tab.id, guestOffset, snapshotId);
+  }
+  readBytes(tab: ImageTab, hostOffset: number, length: number): Promise<Uint8Array> {
+    return engine().readBytes(tab.id, hostOffset, length);
+  }
+  l1Page(tab: ImageTab, start: number, count: number): Promise<TablePage<L1EntryDTO>> {
+    return engine().l1Page(tab.id, start, count);
+  }
+  l2Table(tab: ImageTab, l2Offset: number): Promise<L2EntryDTO[]> {
+    return engine().l2Table(tab.id, l2Offset);
+  }
+  refcountTablePage(tab: ImageTab, start: number, count: number): Promise<TablePage<RefcountTableEntryDTO>> {
+    return engine().refcountTablePage(tab.id, start, count);
+  }
+  refcountBlock(tab: ImageTab, refblockIndex: number): Promise<Float64Array> {
+    return engine().refcountBlock(tab.id, refblockIndex);
+  }
+  snapshotSpace(tab: ImageTab, snapshotId: string): Promise<SnapshotSpace> {
+    return engine().snapshotSpace(tab.id, snapshotId);
+  }
+  /** A quick comparison for the Inspector (the Diff view's runs as a job: diff()). */
+  compare(tab: ImageTab, a: string | null, b: string | null): Promise<DiffResult> {
+    return engine().diff(tab.id, a, b);
   }
 
   async loadClusterMap(tab: ImageTab): Promise<void> {
