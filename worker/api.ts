@@ -84,6 +84,14 @@ export interface HeaderDTO {
   backingFileSize: number;
   clusterBits: number;
   clusterSize: number;
+  /**
+   * L2 geometry, worked out by the engine (core/format/entries.ts) so views need not: bytes per
+   * L2 entry (16 with extended L2), entries per L2 table, subclusters per cluster (32 with
+   * extended L2, else 1).
+   */
+  l2EntrySize: number;
+  l2Entries: number;
+  subclusters: number;
   /** Virtual disk size in bytes. */
   size: number;
   cryptMethod: number;
@@ -294,23 +302,7 @@ export interface ExternalOverlay {
   base?: ImageDownload;
 }
 
-/** Capabilities of the engine build loaded in the worker (features land one by one). */
-export interface EngineFeatures {
-  info: boolean;
-  snapshots: boolean;
-  snapshotWrite: boolean;
-  check: boolean;
-  repair: boolean;
-  l1: boolean;
-  refcounts: boolean;
-  translate: boolean;
-  snapshotSpace: boolean;
-  clusterMap: boolean;
-  demo: boolean;
-}
-
 export interface EngineApi {
-  features(): Promise<EngineFeatures>;
   /** Open a File (drop, file input): read-only source under a copy-on-write overlay. */
   openFile(file: File): Promise<ImageSummary>;
   /** Open a File System Access handle; writes are committed to the file (after permission). */

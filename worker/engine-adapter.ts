@@ -4,11 +4,11 @@
 import { QcowError } from '../core/errors.ts';
 import type { ImageStore } from '../core/io/store.ts';
 import * as C from '../core/format/constants.ts';
-import { decodeL1Entry, decodeL2Entry, ClusterType } from '../core/format/entries.ts';
+import { decodeL1Entry, decodeL2Entry, ClusterType, l1ReservedHex, l2EntrySize } from '../core/format/entries.ts';
 import { decodeRefblock, reftableEntry } from '../core/format/refcount.ts';
 import { rawHex } from '../core/format/entries.ts';
 import { be32, be64n } from '../core/format/bytes.ts';
-import type { Qcow2Header } from '../core/format/header.ts';
+import { l2EntriesOf, l2GeometryOf, type Qcow2Header } from '../core/format/header.ts';
 import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { RawLayer, type Layer } from '../core/image/layer.ts';
@@ -33,7 +33,6 @@ import type {
   ClusterMapDTO,
   DamageArea,
   JournalDTO,
-  EngineFeatures,
   HeaderDTO,
   L1EntryDTO,
   L2EntryDTO,
@@ -72,28 +71,8 @@ export interface EngineImage {
   createSnapshot(name: string, job: JobContext): Promise<JournalDTO>;
   revertSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
   deleteSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
-  /** Forget this engine object without closing the store (the worker reopens after writes). */
-  release(): void;
   /** Close the engine object and its store. */
   close(): Promise<void>;
-}
-
-export const engineFeatures: EngineFeatures = {
-  info: true,
-  snapshots: true,
-  snapshotWrite: true,
-  check: true,
-  repair: true,
-  l1: true,
-  refcounts: true,
-  translate: true,
-  snapshotSpace: true,
-  clusterMap: true,
-  demo: true,
-};
-
-function notYet(what: string): never {
-  throw new QcowError('NOT_SUPPORTED', `${what} is not available in this build of the engine yet`);
 }
 
 const EXT_NAMES: Record<number, string> = {
@@ -109,6 +88,12 @@ function unknownBits(v: bigint, known: bigint): string {
   return u === 0n ? '' : '0x' + u.toString(16);
 }
 
+/** The L2 geometry fields of a HeaderDTO. */
+function geometryDTO(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'>): Pick<HeaderDTO, 'l2EntrySize' | 'l2Entries' | 'subclusters'> {
+  const g = l2GeometryOf(h);
+  return { l2EntrySize: l2EntrySize(g), l2Entries: l2EntriesOf(h), subclusters: g.extendedL2 ? C.SUBCLUSTERS_PER_CLUSTER : 1 };
+}
+
 export function headerDTO(h: Qcow2Header): HeaderDTO {
   const d: HeaderDTO = {
     magic: h.magic,
@@ -117,6 +102,7 @@ export function headerDTO(h: Qcow2Header): HeaderDTO {
     backingFileSize: h.backingFileSize,
     clusterBits: h.clusterBits,
     clusterSize: 2 ** h.clusterBits,
+    ...geometryDTO(h),
     size: h.size,
     cryptMethod: h.cryptMethod,
     l1Size: h.l1Size,
@@ -211,16 +197,12 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
       const out: L1EntryDTO[] = [];
       for (let i = start; i < end; i++) {
         const e = decodeL1Entry(img.l1Table, i);
-        const hi = be32(img.l1Table, i * 8);
-        const lo = be32(img.l1Table, i * 8 + 4);
-        const resHi = hi & 0x7f000000;
-        const resLo = lo & 0x1ff;
         out.push({
           index: i,
           raw: e.raw,
           l2Offset: e.l2Offset,
           copied: e.copied,
-          reserved: e.reservedBits ? '0x' + rawHex(resHi, resLo).replace(/^0+(?=.)/, '') : '',
+          reserved: l1ReservedHex(be32(img.l1Table, i * 8), be32(img.l1Table, i * 8 + 4)),
         });
       }
       return out;
@@ -312,7 +294,6 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     createSnapshot: (name) => snapshotOp(img.store, (w) => createSnapshot(w, name)),
     revertSnapshot: (ref) => snapshotOp(img.store, (w) => revertSnapshot(w, ref)),
     deleteSnapshot: (ref) => snapshotOp(img.store, (w) => deleteSnapshot(w, ref)),
-    release() {},
     close: () => img.close(),
   };
 }
@@ -385,7 +366,8 @@ function rawHeaderDTO(b: Uint8Array): HeaderDTO {
   const refcountOrder = v3 ? be32(b, 96) : 4;
   return {
     magic: be32(b, 0), version, backingFileOffset: u64(8), backingFileSize: be32(b, 16), clusterBits,
-    clusterSize: 2 ** Math.min(clusterBits, 63), size: u64(24), cryptMethod: be32(b, 32), l1Size: be32(b, 36),
+    clusterSize: 2 ** Math.min(clusterBits, 63),
+    ...geometryDTO({ clusterBits: Math.min(clusterBits, 63), incompatibleFeatures: v3 ? be64n(b, 72) : 0n }), size: u64(24), cryptMethod: be32(b, 32), l1Size: be32(b, 36),
     l1TableOffset: u64(40), refcountTableOffset: u64(48), refcountTableClusters: be32(b, 56), nbSnapshots: be32(b, 60),
     snapshotsOffset: u64(64),
     incompatibleFeatures: v3 ? be32(b, 76) : 0, compatibleFeatures: v3 ? be32(b, 84) : 0, autoclearFeatures: v3 ? be32(b, 92) : 0,
@@ -421,7 +403,6 @@ function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
     createSnapshot: async () => fail(),
     revertSnapshot: async () => fail(),
     deleteSnapshot: async () => fail(),
-    release() {},
     close: async () => {},
   };
 }

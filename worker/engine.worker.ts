@@ -21,7 +21,7 @@ import type {
   StoreKind,
 } from './api.ts';
 import {
-  backingBaseName, buildDemoStore, buildOverlays, engineFeatures, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingChain, openDamaged, openImage,
+  backingBaseName, buildDemoStore, buildOverlays, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingChain, openDamaged, openImage,
   type EngineImage, type JobContext,
   layoutChanges,
 } from './engine-adapter.ts';
@@ -236,7 +236,6 @@ function setDamage(img: OpenImage, damage: OpenDamage | undefined): void {
 
 /** Replace an image's engine object with a fresh one over its store (after writes, or a failure). */
 async function reopen(img: OpenImage): Promise<void> {
-  img.engine.release();
   const { engine, damage } = await openWhatCanBeRead(img.store, img.backing);
   img.engine = engine;
   setDamage(img, damage);
@@ -331,10 +330,6 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
 }
 
 const api = {
-  async features() {
-    return engineFeatures;
-  },
-
   async openFile(file: File) {
     return register(file.name, 'file', new FileStore(file));
   },
@@ -365,7 +360,6 @@ const api = {
     const stores = list.map((f) => ({ name: f.name, store: new FileStore(f) as ImageStore }));
     const layer = await openBackingChain(stores[list.indexOf(file)]!, stores);
     const engine = await openImage(img.store, layer);
-    img.engine.release();
     await img.backing?.close().catch(() => {});
     img.engine = engine;
     img.backing = layer;

@@ -20,7 +20,7 @@ export interface SnapshotSpace {
 }
 
 /** References from one L1 tree: host cluster index → number of references. */
-export async function treeReferences(img: Qcow2Image, view: L1View, includeL1 = true): Promise<Map<number, number>> {
+async function treeReferences(img: Qcow2Image, view: L1View, includeL1 = true): Promise<Map<number, number>> {
   const refs = new Map<number, number>();
   await walkTree(img, view, (cluster) => refs.set(cluster, (refs.get(cluster) ?? 0) + 1), includeL1);
   return refs;

@@ -15,14 +15,10 @@ import type { L1View, Qcow2Image } from './qcow2-image.ts';
 import { ShadowCommit, type CommitRequest } from './snapshot-commit.ts';
 
 /** QEMU's QEMUSnapshotInfo.name is 256 bytes with the NUL; qemu-img truncates longer names. We refuse them. */
-export const MAX_SNAPSHOT_NAME_BYTES = 255;
+const MAX_SNAPSHOT_NAME_BYTES = 255;
 
 /** A snapshot given by ID-or-name (a string: the ID first, then the name), or by ID and/or name. */
 export type SnapshotRef = string | { id?: string; name?: string };
-
-export function listSnapshots(img: Qcow2Image): Snapshot[] {
-  return img.snapshots;
-}
 
 /**
  * Find a snapshot. A string is looked up as an ID first, then as a name (QEMU's

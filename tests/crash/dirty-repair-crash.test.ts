@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import type { ImageStore } from '../../core/io/store.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { writeGuest } from '../../core/image/write.ts';
-import { repairDirtyImage, repairImage } from '../../core/analysis/repair.ts';
+import { runCheck } from '../../core/analysis/check.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { createImage, qemuCheck, qemuConvertToRaw, qemuIo } from '../helpers/qemu.ts';
@@ -44,8 +44,11 @@ describe('repair of a dirty image, then the write that needed it, stopped at eve
 
     const payload = new Uint8Array(65536).fill(0xc3);
     const operation = async (store: ImageStore): Promise<void> => {
+      // the command line's order: cli/open.ts repairIfDirty (check -r all), then the write's own open
+      const repairing = await Qcow2Image.open(store, { writable: true, checkMode: true });
+      const r = await runCheck(repairing, { repair: 'all' });
+      if (r.failure !== undefined || r.corruptions > 0 || r.checkErrors > 0) throw new Error('Could not repair dirty image');
       const img = await Qcow2Image.open(store, { writable: true });
-      await repairDirtyImage(img);
       await writeGuest(img, 2 * MiB, payload);
     };
     const before = guest(base, 'before');
@@ -92,7 +95,7 @@ describe('check -r leaks stopped at every write', () => {
       const content = guest(base, 'before');
       const operation = async (store: ImageStore): Promise<void> => {
         const img = await Qcow2Image.open(store, { checkMode: true, writable: true });
-        await repairImage(img, 'leaks');
+        await runCheck(img, { repair: 'leaks' });
       };
       const states = await enumerateCrashStates(base, operation);
       expect(states.length).toBeGreaterThan(1);

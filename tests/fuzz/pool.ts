@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { REQUIRE_BANNER } from '../../scripts/cli-bundle.mjs';
 import type { FuzzCase } from './mutator.ts';
 import type { CaseResult, SeedBytes } from './run-case.ts';
 
@@ -28,7 +29,7 @@ export function bundleWorker(): Promise<string> {
       format: 'esm',
       target: 'node20',
       logLevel: 'warning',
-      banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+      banner: { js: REQUIRE_BANNER },
     });
     return outfile;
   })();

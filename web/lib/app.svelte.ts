@@ -7,7 +7,6 @@ import type {
   ClusterMapDTO,
   ClusterUsers,
   DiffResult,
-  EngineFeatures,
   ImageSummary,
   JournalDTO,
   L1EntryDTO,
@@ -112,7 +111,6 @@ export class AppState {
   selection = $state.raw<Selection | null>(null);
   busy = $state.raw<Busy | null>(null);
   message = $state.raw<Message | null>(null);
-  features = $state.raw<EngineFeatures | null>(null);
   /**
    * "Apply to all open images as one group" (Snapshots): a choice of this window, kept across tab
    * switches and views, so that a group operation never quietly becomes a one-image one.
@@ -125,14 +123,6 @@ export class AppState {
   readonly hasPicker = typeof window !== 'undefined' && 'showOpenFilePicker' in window;
   /** A folder can be chosen to save several files into (Chromium); elsewhere files are downloads. */
   readonly hasFolderPicker = typeof window !== 'undefined' && 'showDirectoryPicker' in window;
-
-  async loadFeatures(): Promise<void> {
-    try {
-      this.features = await engine().features();
-    } catch (e) {
-      this.message = describe(e);
-    }
-  }
 
   /** Run one engine call with the busy indicator, cancellation and error reporting. */
   private async run<T>(
