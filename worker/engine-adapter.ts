@@ -16,6 +16,7 @@ import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo, formatFixed, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import { clusterUsers, type ClusterUsers } from '../core/analysis/cluster-users.ts';
 import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
 import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type SnapshotOpResult } from '../core/image/snapshot.ts';
 import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
@@ -32,6 +33,7 @@ import type {
   CheckFindingDTO,
   CheckReportDTO,
   ClusterMapDTO,
+  DamageArea,
   JournalDTO,
   HeaderDTO,
   L1EntryDTO,
@@ -63,6 +65,7 @@ export interface EngineImage {
   refcountBlock(refblockIndex: number): Promise<Float64Array>;
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
   snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
+  clusterUsers(cluster: number, job: JobContext): Promise<ClusterUsers>;
   diff(a: string | null, b: string | null, job: JobContext): Promise<DiffResult>;
   exportRaw(snapshotId: string | null, job: JobContext): Promise<Blob>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
@@ -278,6 +281,7 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     async snapshotSpace(snapshotId) {
       return snapshotSpace(img, findById(snapshotId));
     },
+    clusterUsers: (cluster, job) => clusterUsers(img, cluster, () => job.signal.aborted),
     async clusterMap(job) {
       // Check mode: the map must also draw images only a repair could open for writing.
       const budgeted = new BudgetedStore(img.store, 'cluster map');
@@ -325,9 +329,35 @@ export function damageLine(e: QcowError): string {
   return where.length ? `${e.message} (${where.join(', ')})` : e.message;
 }
 
+/** The header fields that point at each table (qcow2-reference.md §1.2), by byte offset. */
+const AREA_OF_HEADER_FIELD: Record<number, DamageArea> = { 36: 'l1-table', 40: 'l1-table', 48: 'refcount-table', 56: 'refcount-table', 60: 'snapshot-table', 64: 'snapshot-table' };
+/** The engine's names for the structures its open errors are in (details.structure). */
+const AREA_OF_STRUCTURE: Record<string, DamageArea> = {
+  header: 'header',
+  'active l1 table': 'l1-table',
+  'l1 table': 'l1-table',
+  'snapshot l1 table': 'snapshot-table',
+  'l2 table': 'l2-table',
+  'reference count table': 'refcount-table',
+  'refcount table': 'refcount-table',
+  'refcount block': 'refcount-block',
+  'snapshot table': 'snapshot-table',
+  'bitmap directory': 'bitmaps',
+  'bitmap table': 'bitmaps',
+};
+
+/** Which structure an open error is in: by its code, the header field it names, or the structure's name. */
+export function damageArea(e: QcowError): DamageArea {
+  const d = e.details as { structure?: unknown; headerOffset?: unknown };
+  if (e.code === 'SNAPSHOT_TABLE_INVALID') return 'snapshot-table';
+  if (e.code === 'NO_REFCOUNT_TABLE') return 'refcount-table';
+  if (typeof d.headerOffset === 'number' && AREA_OF_HEADER_FIELD[d.headerOffset]) return AREA_OF_HEADER_FIELD[d.headerOffset]!;
+  return (typeof d.structure === 'string' && AREA_OF_STRUCTURE[d.structure.toLowerCase()]) || 'header';
+}
+
 function damageOf(e: QcowError, level: OpenDamage['level']): OpenDamage {
   const d = e.details as { structure?: unknown; offset?: unknown; headerOffset?: unknown };
-  const out: OpenDamage = { level, code: e.code, message: e.message, line: damageLine(e) };
+  const out: OpenDamage = { level, code: e.code, area: damageArea(e), message: e.message, line: damageLine(e) };
   if (typeof d.structure === 'string') out.structure = d.structure;
   if (typeof d.offset === 'number') out.offset = d.offset;
   if (typeof d.headerOffset === 'number') out.headerOffset = d.headerOffset;
@@ -376,6 +406,7 @@ function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
     refcountBlock: async () => fail(),
     translate: async () => fail(),
     snapshotSpace: async () => fail(),
+    clusterUsers: async () => fail(),
     diff: async () => fail(),
     exportRaw: async () => fail(),
     clusterMap: async () => fail(),

@@ -440,6 +440,11 @@ const api = {
     return runJob(jobId, onProgress, (job) => img.engine.snapshotSpace(snapshotId, job));
   },
 
+  async clusterUsers(id: ImageId, cluster: number, jobId?: JobId, onProgress?: ProgressFn) {
+    const img = get(id);
+    return runJob(jobId, onProgress, (job) => img.engine.clusterUsers(cluster, job));
+  },
+
   async clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
     const map = await runJob(jobId, onProgress, (job) => img.engine.clusterMap(job));
