@@ -6,6 +6,7 @@
 //    writable one records every write so "no write to a file that failed validation" can be
 //    asserted after the fact.
 import type { ImageStore } from '../../core/io/store.ts';
+import { ForwardingStore } from '../helpers/forwarding-store.ts';
 
 /** No request to the store may exceed this (256 MiB): the engine must refuse larger sizes first. */
 export const MAX_REQUEST_BYTES = 256 * 1024 * 1024;
@@ -24,9 +25,7 @@ export class FuzzViolation extends Error {
   }
 }
 
-export class GuardStore implements ImageStore {
-  readonly name: string;
-  readonly writable: boolean;
+export class GuardStore extends ForwardingStore {
   reads = 0;
   bytesRead = 0;
   writes = 0;
@@ -36,9 +35,8 @@ export class GuardStore implements ImageStore {
   /** First violation seen (kept even if the engine catches and rethrows something else). */
   violation: FuzzViolation | null = null;
 
-  constructor(readonly inner: ImageStore, opts: { writable: boolean; deadline?: number }) {
-    this.name = inner.name;
-    this.writable = opts.writable;
+  constructor(inner: ImageStore, opts: { writable: boolean; deadline?: number }) {
+    super(inner, opts.writable);
     this.deadline = opts.deadline ?? Infinity;
   }
   private readonly deadline: number;
@@ -53,11 +51,7 @@ export class GuardStore implements ImageStore {
     if (Date.now() > this.deadline) this.fail('deadline', 'case ran past its deadline');
   }
 
-  size(): number {
-    return this.inner.size();
-  }
-
-  read(offset: number, length: number): Promise<Uint8Array> {
+  override read(offset: number, length: number): Promise<Uint8Array> {
     this.tick();
     if (length > MAX_REQUEST_BYTES) this.fail('oversized-request', `read of ${length} bytes at ${offset}`);
     this.reads++;
@@ -66,7 +60,7 @@ export class GuardStore implements ImageStore {
     return this.inner.read(offset, length);
   }
 
-  write(offset: number, data: Uint8Array): Promise<void> {
+  override write(offset: number, data: Uint8Array): Promise<void> {
     this.tick();
     if (!this.writable) this.fail('write-on-read-only', `write of ${data.length} bytes at ${offset} to a read-only store`);
     if (data.length > MAX_REQUEST_BYTES) this.fail('oversized-request', `write of ${data.length} bytes at ${offset}`);
@@ -75,12 +69,12 @@ export class GuardStore implements ImageStore {
     return this.inner.write(offset, data);
   }
 
-  flush(): Promise<void> {
+  override flush(): Promise<void> {
     this.flushes++;
     return this.inner.flush();
   }
 
-  truncate(size: number): Promise<void> {
+  override truncate(size: number): Promise<void> {
     this.tick();
     if (!this.writable) this.fail('write-on-read-only', `truncate to ${size} on a read-only store`);
     if (size > MAX_TRUNCATE_BYTES) this.fail('huge-truncate', `truncate to ${size} bytes`);
@@ -88,9 +82,6 @@ export class GuardStore implements ImageStore {
     return this.inner.truncate(size);
   }
 
-  close(): Promise<void> {
-    return this.inner.close();
-  }
 }
 
 /** Allocation violations seen since the last reset (the engine may wrap the thrown error). */
