@@ -16,7 +16,10 @@ export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
 export const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
 export const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
 
-/** Header byte offsets (qcow2-reference.md §1.2). */
+/**
+ * Header byte offsets (qcow2-reference.md §1.2). A deliberate twin of core/format/header.ts and
+ * worker/api.ts: this reader is the tests' independent answer and shares no code with the engine.
+ */
 export const HDR = {
   magic: 0,
   version: 4,
