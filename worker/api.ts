@@ -70,7 +70,7 @@ export interface OpenDamage {
   line: string;
 }
 
-/** Decoded header (qcow2-reference.md §1.2), spec names camel-cased. */
+/** Decoded header (docs/qcow2-format.md §1.2), spec names camel-cased. */
 export interface HeaderDTO {
   magic: number;
   version: number;
@@ -135,7 +135,7 @@ export interface ImageSummary {
   snapshots: SnapshotDTO[];
   /** qemu-img's `info --output=json` object, as the engine's analysis/info.ts builds it. */
   info: Record<string, unknown>;
-  /** After a write operation: every write it made, in order (DESIGN.md "A journal of writes"). */
+  /** After a write operation: every write it made, in order (docs/architecture.md §3, the journal). */
   journal?: JournalDTO;
 }
 

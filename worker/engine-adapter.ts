@@ -171,7 +171,7 @@ interface Prefetching {
 
 /**
  * Before a walk that reads every L2 table and refcount block one at a time: fetch them all, a few
- * reads in flight at once (a browser File read costs ~1 ms whatever its size, STACK.md).
+ * reads in flight at once (a browser File read costs ~1 ms whatever its size, docs/platform.md).
  */
 export async function prefetchMetadata(img: Qcow2Image, signal?: AbortSignal): Promise<void> {
   const store = img.store as Partial<Prefetching>;
@@ -343,7 +343,7 @@ function damageOf(e: QcowError, level: OpenDamage['level']): OpenDamage {
 }
 
 /**
- * The header's fixed fields as stored (qcow2-reference.md §1.2), without validation: what the
+ * The header's fixed fields as stored (docs/qcow2-format.md §1.2), without validation: what the
  * Header view shows of an image whose header the engine refuses. Display only.
  */
 function rawHeaderDTO(b: Uint8Array): HeaderDTO {

@@ -1,7 +1,7 @@
 // The reference walk shared by the check, the repair and the layout map: it visits every
 // structure that owns host clusters (header, active and snapshot L1/L2 trees, data, compressed
 // byte ranges, snapshot table, reftable, crypto header, bitmaps, refblocks) exactly as QEMU's
-// calculate_refcounts does (qcow2-reference.md §4.1), counting references per host cluster in an
+// calculate_refcounts does (docs/qcow2-format.md §4.1), counting references per host cluster in an
 // in-memory refcount table (IMRT) and, for the layout, recording who owns each cluster.
 //
 // Speed matters (a 256 GiB metadata-preallocated image has 4 Mi data clusters): tables are read
@@ -187,7 +187,7 @@ export class Imrt {
 
 // ---- batched table reads ---------------------------------------------------------------------------
 
-/** Largest single read when loading many tables: 4 MiB (STACK.md: big reads are what browsers do well). */
+/** Largest single read when loading many tables: 4 MiB (docs/platform.md: big reads are what browsers do well). */
 export const BATCH_BYTES = 4 * 1024 * 1024;
 
 /**

@@ -1,4 +1,4 @@
-// Repair, as `qemu-img check -r leaks|all` does it (qcow2-reference.md §4.2): the check with its
+// Repair, as `qemu-img check -r leaks|all` does it (docs/qcow2-format.md §4.2): the check with its
 // repairs, then a second, non-repairing check whose result is reported. Also the repair QEMU runs
 // when a dirty image (lazy refcounts) is opened for writing. The writes themselves (refcount
 // fixes, COPIED flags, the refcount-structure rebuild, the snapshot table rewrite, clearing the

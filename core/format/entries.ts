@@ -1,4 +1,4 @@
-// L1 and L2 entries (qcow2-reference.md §1.6–1.7): decoding into cluster types and host offsets,
+// L1 and L2 entries (docs/qcow2-format.md §1.6–1.7): decoding into cluster types and host offsets,
 // and encoding. Entries are handled as two u32 halves (hi, lo) read from the table bytes, never
 // as 64-bit bitwise operations (those would silently truncate to 32 bits) and never as bigint on
 // hot paths. QEMU's mask names are kept so a search finds the spec and QEMU too.

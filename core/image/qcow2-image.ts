@@ -1,4 +1,4 @@
-// Qcow2Image: opening and validating an image as QEMU's qcow2_do_open does (qcow2-reference.md
+// Qcow2Image: opening and validating an image as QEMU's qcow2_do_open does (docs/qcow2-format.md
 // §2.1), the table caches, guest→host mapping, guest reads (active layer, snapshots read-only,
 // backing chains) and block status for `map`. Writes, allocation and snapshots live in their own
 // modules and act on this object.
@@ -804,7 +804,7 @@ export class Qcow2Image implements Layer {
     await this.store.write(hostOffset, data);
   }
 
-  /** Ordering barrier (DESIGN.md): nothing written after may reach the medium before what was written before. */
+  /** Ordering barrier (docs/architecture.md §2): nothing written after may reach the medium before what was written before. */
   async flush(purpose = 'barrier'): Promise<void> {
     this.assertWritable();
     this.journal?.flush(purpose);

@@ -1,4 +1,4 @@
-// Crash injection for tests (DESIGN.md "Crash safety"; issue 4). Two ImageStore wrappers and the
+// Crash injection for tests (docs/architecture.md §3; issue 4). Two ImageStore wrappers and the
 // enumerators built on them:
 //
 //   StopAfterWritesStore  a process dying: writes 1..k reach the store, write k+1 and everything
