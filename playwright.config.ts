@@ -1,6 +1,6 @@
 // End-to-end tests in Debian's Chromium against the production build (`npm test` builds first;
 // `npm run test:e2e` alone expects dist/web/ to exist). Fixtures are made with qemu-img at test
-// time in the OS temp dir, since Playwright empties its output folder at each run (STACK.md).
+// time in the OS temp dir, since Playwright empties its output folder at each run (docs/platform.md).
 import { defineConfig } from '@playwright/test';
 
 // E2E_PORT lets several checkouts run their e2e tests side by side.

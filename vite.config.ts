@@ -1,5 +1,5 @@
 // Vite build of the web app (index.html + web/ + worker/) into dist/web/. Unit tests have their
-// own vitest.config.ts: no `test:` key here (STACK.md).
+// own vitest.config.ts: no `test:` key here (docs/platform.md).
 import { defineConfig } from 'vite';
 import { svelte } from '@sveltejs/vite-plugin-svelte';
 import { VitePWA } from 'vite-plugin-pwa';

@@ -1,6 +1,6 @@
 // The Node file store: an ImageStore over a file descriptor, used by the CLI, tests and
-// benchmarks. Synchronous positioned I/O (≈12 µs a call, STACK.md) behind the async contract;
-// flush() is fdatasync. Honours QCOWSCOPE_CRASH_AFTER_WRITES for crash testing (DESIGN.md).
+// benchmarks. Synchronous positioned I/O (≈12 µs a call, docs/platform.md) behind the async contract;
+// flush() is fdatasync. Honours QCOWSCOPE_CRASH_AFTER_WRITES for crash testing (docs/architecture.md §6).
 import * as fs from 'node:fs';
 import { QcowError } from '../core/errors.ts';
 import { checkRange, checkReadRange, type ImageStore } from '../core/io/store.ts';

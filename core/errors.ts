@@ -4,7 +4,7 @@
 // Problems *inside* a readable image are check findings, not errors (see analysis/check.ts).
 
 export type QcowErrorCode =
-  // header and open-time validation (qcow2-reference.md §2.1)
+  // header and open-time validation (docs/qcow2-format.md §2.1)
   | 'NOT_QCOW2'
   | 'UNSUPPORTED_VERSION'
   | 'UNSUPPORTED_CLUSTER_SIZE'

@@ -76,7 +76,7 @@ export interface OpenDamage {
 /** The qcow2 structures an open error can be in (OpenDamage.area). */
 export type DamageArea = 'header' | 'l1-table' | 'l2-table' | 'refcount-table' | 'refcount-block' | 'snapshot-table' | 'bitmaps';
 
-/** Decoded header (qcow2-reference.md §1.2), spec names camel-cased. */
+/** Decoded header (docs/qcow2-format.md §1.2), spec names camel-cased. */
 export interface HeaderDTO {
   magic: number;
   version: number;
@@ -149,7 +149,7 @@ export interface ImageSummary {
   snapshots: SnapshotDTO[];
   /** qemu-img's `info --output=json` object, as the engine's analysis/info.ts builds it. */
   info: Record<string, unknown>;
-  /** After a write operation: every write it made, in order (DESIGN.md "A journal of writes"). */
+  /** After a write operation: every write it made, in order (docs/architecture.md "A journal of writes"). */
   journal?: JournalDTO;
 }
 

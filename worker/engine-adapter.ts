@@ -162,7 +162,7 @@ interface Prefetching {
 
 /**
  * Before a walk that reads every L2 table and refcount block one at a time: fetch them all, a few
- * reads in flight at once (a browser File read costs ~1 ms whatever its size, STACK.md).
+ * reads in flight at once (a browser File read costs ~1 ms whatever its size, docs/platform.md).
  */
 export async function prefetchMetadata(img: Qcow2Image, signal?: AbortSignal): Promise<void> {
   const store = img.store as Partial<Prefetching>;
@@ -329,7 +329,7 @@ export function damageLine(e: QcowError): string {
   return where.length ? `${e.message} (${where.join(', ')})` : e.message;
 }
 
-/** The header fields that point at each table (qcow2-reference.md §1.2), by byte offset. */
+/** The header fields that point at each table (docs/qcow2-format.md §1.2), by byte offset. */
 const AREA_OF_HEADER_FIELD: Record<number, DamageArea> = { 36: 'l1-table', 40: 'l1-table', 48: 'refcount-table', 56: 'refcount-table', 60: 'snapshot-table', 64: 'snapshot-table' };
 /** The engine's names for the structures its open errors are in (details.structure). */
 const AREA_OF_STRUCTURE: Record<string, DamageArea> = {
@@ -365,7 +365,7 @@ function damageOf(e: QcowError, level: OpenDamage['level']): OpenDamage {
 }
 
 /**
- * The header's fixed fields as stored (qcow2-reference.md §1.2), without validation: what the
+ * The header's fixed fields as stored (docs/qcow2-format.md §1.2), without validation: what the
  * Header view shows of an image whose header the engine refuses. Display only.
  */
 function rawHeaderDTO(b: Uint8Array): HeaderDTO {

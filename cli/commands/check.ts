@@ -1,5 +1,5 @@
 // `qcowscope check [--json] [--repair leaks|all] IMAGE`: qemu-img check's output, JSON fields and
-// exit codes (qcow2-reference.md §4.3): per-item diagnostics on stderr as they are found, the
+// exit codes (docs/qcow2-format.md §4.3): per-item diagnostics on stderr as they are found, the
 // summary on stdout, 0 clean / 1 check not completed / 2 corruptions / 3 leaks only.
 import { toQemuJson } from '../../core/analysis/qemu-json.ts';
 import { checkExitCode, runCheck, type CheckResult, type RepairMode } from '../../core/analysis/check.ts';

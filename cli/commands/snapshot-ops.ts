@@ -1,6 +1,6 @@
 // `qcowscope snapshot -c NAME | -a ID_OR_NAME | -d ID_OR_NAME IMAGE...`: internal snapshot
 // create / revert / delete on one image or a group (all or none, core/image/group.ts).
-// `-a` and `-d` take an ID or a name, the ID first (DESIGN.md). `--journal` prints every write
+// `-a` and `-d` take an ID or a name, the ID first (docs/architecture.md §6). `--journal` prints every write
 // the operation made, with its purpose, the flushes and the commit point.
 // `--external OVERLAY` (once per image, in order): an external snapshot, i.e. a new overlay
 // image whose backing file is the image (core/image/external-snapshot.ts), all or none.

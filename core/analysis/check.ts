@@ -1,5 +1,5 @@
 // The check: everything `qemu-img check` checks on a qcow2 image, in QEMU's order and wording
-// (qcow2-reference.md §4; QEMU's qcow2_co_check_locked, qcow2_check_refcounts, check_oflag_copied,
+// (docs/qcow2-format.md §4; QEMU's qcow2_co_check_locked, qcow2_check_refcounts, check_oflag_copied,
 // qcow2_check_read_snapshot_table), with the repairs QEMU makes while checking (`-r leaks`,
 // `-r all`). Problems inside a readable image are findings and counters, never exceptions; a
 // check that cannot complete says why in `failure` (QEMU's -errno, printed as "Check failed: …").

@@ -1,4 +1,4 @@
-// What a check reports (qcow2-reference.md §4): findings with QEMU's wording, the counters
+// What a check reports (docs/qcow2-format.md §4): findings with QEMU's wording, the counters
 // qemu-img check prints, the sink that keeps them bounded, the hex spellings of QEMU's messages,
 // and the abort of a check that cannot go on (QEMU's -errno).
 import { hex } from '../errors.ts';

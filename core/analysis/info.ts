@@ -1,4 +1,4 @@
-// `info`: what qemu-img info reports, with its JSON field names (qcow2-reference.md §5.2, as
+// `info`: what qemu-img info reports, with its JSON field names (docs/qcow2-format.md §5.2, as
 // printed by the qemu-img on this machine), built from an opened image. Also the human form.
 import * as C from '../format/constants.ts';
 import type { Snapshot } from '../format/snapshot-table.ts';

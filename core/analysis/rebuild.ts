@@ -1,4 +1,4 @@
-// The writes a repair makes (qcow2-reference.md §4.2), each through img.pwrite/flush so the journal
+// The writes a repair makes (docs/qcow2-format.md §4.2), each through img.pwrite/flush so the journal
 // sees them: in-place refcount adjustments in existing refcount blocks, COPIED flag rewrites, the
 // rebuild of the whole refcount structure from the in-memory refcount table (QEMU's 2022
 // algorithm: refblocks and reftable at the earliest free clusters, then one 12-byte header commit),

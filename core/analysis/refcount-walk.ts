@@ -1,7 +1,7 @@
 // The reference walk shared by the check, the repair and the layout map: it visits every
 // structure that owns host clusters (header, active and snapshot L1/L2 trees, data, compressed
 // byte ranges, snapshot table, reftable, crypto header, bitmaps, refblocks) exactly as QEMU's
-// calculate_refcounts does (qcow2-reference.md §4.1), counting references per host cluster in an
+// calculate_refcounts does (docs/qcow2-format.md §4.1), counting references per host cluster in an
 // in-memory refcount table (IMRT) and, for the layout, recording who owns each cluster.
 //
 // Speed matters (a 256 GiB metadata-preallocated image has 4 Mi data clusters): tables are read

@@ -4,7 +4,7 @@ import type { Qcow2Image } from '../image/qcow2-image.ts';
 import { readInto } from '../io/store.ts';
 // ---- batched table reads ---------------------------------------------------------------------------
 
-/** Largest single read when loading many tables: 4 MiB (STACK.md: big reads are what browsers do well). */
+/** Largest single read when loading many tables: 4 MiB (docs/platform.md: big reads are what browsers do well). */
 export const BATCH_BYTES = 4 * 1024 * 1024;
 
 /**

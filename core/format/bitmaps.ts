@@ -1,4 +1,4 @@
-// The persistent-bitmap directory (qcow2-reference.md §1.9): its entries decoded and checked as
+// The persistent-bitmap directory (docs/qcow2-format.md §1.9): its entries decoded and checked as
 // QEMU's bitmap_list_load and check_dir_entry do when an image with bitmaps is opened (a
 // directory QEMU refuses makes the image unopenable there too). Pure: bytes in, values out.
 import { QcowError, hex } from '../errors.ts';

@@ -1,4 +1,4 @@
-// Format constants and QEMU's limits (qcow2-reference.md §1, §2.2), with the reason each exists.
+// Format constants and QEMU's limits (docs/qcow2-format.md §1, §2.2), with the reason each exists.
 
 export const QCOW_MAGIC = 0x514649fb; // "QFI\xfb"
 

@@ -1,4 +1,4 @@
-// L1, L2, refcount table and bitmap table entries (qcow2-reference.md §1.5–1.7): every bit of an
+// L1, L2, refcount table and bitmap table entries (docs/qcow2-format.md §1.5–1.7): every bit of an
 // entry is named here and nowhere else (decoding into cluster types and host offsets, encoding,
 // and the word masks the hot loops use on entries read in place). Entries are handled as two u32 halves (hi, lo) read from the table bytes, never
 // as 64-bit bitwise operations (those would silently truncate to 32 bits) and never as bigint on

@@ -1,5 +1,5 @@
 // The qcow2 header (cluster 0): parse every field, the optional additional fields, unknown
-// trailing header bytes and every header extension (qcow2-reference.md §1.2–1.4), validate it the
+// trailing header bytes and every header extension (docs/qcow2-format.md §1.2–1.4), validate it the
 // way QEMU's qcow2_do_open does (§2.1, same order, equally precise messages), and encode it back
 // in QEMU's rewrite order. Pure: bytes in, values out.
 import { QcowError, hex } from '../errors.ts';

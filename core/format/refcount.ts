@@ -1,4 +1,4 @@
-// Refcount table and refcount block entries (qcow2-reference.md §1.5): every width from 1 to 64
+// Refcount table and refcount block entries (docs/qcow2-format.md §1.5): every width from 1 to 64
 // bits. Sub-byte widths pack LSB-first inside each byte; 8..64 are big-endian integers. 64-bit
 // refcounts above 2^53 are read approximately (no image can have that many references).
 import { be16, be32, put16, put32 } from './bytes.ts';

@@ -1,4 +1,4 @@
-// The internal snapshot table (qcow2-reference.md §1.8, §2.3): parse with QEMU's limits checked
+// The internal snapshot table (docs/qcow2-format.md §1.8, §2.3): parse with QEMU's limits checked
 // before anything is allocated, keep unknown extra data verbatim, and encode as QEMU's
 // qcow2_write_snapshots does (extra_data_size = 24 + unknown, entries 8-aligned). Pure.
 import { QcowError } from '../errors.ts';

@@ -1,9 +1,9 @@
-// Host cluster management (QEMU's qcow2-refcount.c, qcow2-reference.md §1.5, §3.8): refcount
+// Host cluster management (QEMU's qcow2-refcount.c, docs/qcow2-format.md §1.5, §3.8): refcount
 // updates over byte ranges, batched per refcount block, all-or-nothing; refcount blocks allocated
 // where they describe themselves; growth of the refcount table; first-fit cluster allocation from
 // a free-cluster index; freeing. Every write goes through img.pwrite/flush (the journal).
 //
-// Crash-safety contract of this module (DESIGN.md):
+// Crash-safety contract of this module (docs/architecture.md §3):
 // - A new refcount block is written (and flushed) before the reftable entry that publishes it.
 // - Reftable growth builds a new table and the refblocks describing it past everything the old
 //   table covers, flushes, then commits with one 12-byte header write at offset 48, and only then

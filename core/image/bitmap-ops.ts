@@ -1,5 +1,5 @@
 // Persistent dirty bitmaps changed as `qemu-img bitmap` changes them: add (all clear, enabled
-// unless disabled), remove, clear, enable, disable. Crash-safe in QEMU's order (DESIGN.md): the
+// unless disabled), remove, clear, enable, disable. Crash-safe in QEMU's order (docs/architecture.md): the
 // new bitmap tables and the new directory go to freshly allocated clusters (refcounts first),
 // flush, then one header write publishes them (the bitmaps extension and its autoclear bit: the
 // commit point), flush, and only then are the old directory, the tables and data clusters no

@@ -1,5 +1,5 @@
 // Group snapshot operations: one create, revert or delete over several images, all or none (what
-// QEMU's bdrv_all_* functions and blockdev-group-snapshot-sync promise; qcow2-reference.md §3).
+// QEMU's bdrv_all_* functions and blockdev-group-snapshot-sync promise; docs/qcow2-format.md §3).
 //
 // 1. Plan on every image: every check and allocation, nothing written. A refusal on any image
 //    (unknown snapshot, refcount width, corrupt image, read-only, limits) ends the group here and

@@ -9,7 +9,7 @@ export interface JournalEntry {
   length: number;
   /** What the write is for, in the spec's words ("refcount block 0", "active L1 table", ...). */
   purpose: string;
-  /** The single write that makes the operation visible (DESIGN.md crash-safety rules). */
+  /** The single write that makes the operation visible (docs/architecture.md §3). */
   commit?: boolean;
 }
 

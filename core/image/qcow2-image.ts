@@ -1,4 +1,4 @@
-// Qcow2Image: opening and validating an image as QEMU's qcow2_do_open does (qcow2-reference.md
+// Qcow2Image: opening and validating an image as QEMU's qcow2_do_open does (docs/qcow2-format.md
 // §2.1), its header and tables in memory, the table caches, and the entry points for guest reads
 // (guest-read.ts: active layer, snapshots read-only, backing chains) and block status for `map`
 // (block-status.ts). Writes, allocation and snapshots live in their own
@@ -513,7 +513,7 @@ export class Qcow2Image implements Layer {
     await this.store.write(hostOffset, data);
   }
 
-  /** Ordering barrier (DESIGN.md): nothing written after may reach the medium before what was written before. */
+  /** Ordering barrier (docs/architecture.md): nothing written after may reach the medium before what was written before. */
   async flush(purpose = 'barrier'): Promise<void> {
     this.assertWritable();
     this.journal?.flush(purpose);

@@ -1,4 +1,4 @@
-// Reading refcounts through the refcount table and the refblock cache (qcow2-reference.md §1.5).
+// Reading refcounts through the refcount table and the refblock cache (docs/qcow2-format.md §1.5).
 // Updates, allocation and refcount-table growth are built on these in image/allocator.ts.
 import { QcowError, hex } from '../errors.ts';
 import { getRefcount, refblockEntries, refcountMax, reftableEntry } from '../format/refcount.ts';
@@ -75,7 +75,7 @@ export type RefcountDeltas = Map<number, number>;
 /**
  * Throw QcowError('REFCOUNT_OVERFLOW') if applying `deltas` would take any refcount below 0 or
  * above the width's maximum (QEMU's update_refcount returns EINVAL in both cases). Reads only,
- * so a caller can refuse an operation before it allocates anything (DESIGN.md: refuse what
+ * so a caller can refuse an operation before it allocates anything (docs/architecture.md §3: refuse what
  * cannot succeed, e.g. a snapshot on refcount_bits=1).
  */
 export async function checkRefcountDeltas(img: Qcow2Image, deltas: RefcountDeltas | ReadonlyArray<readonly [number, number]>): Promise<void> {

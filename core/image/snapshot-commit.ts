@@ -5,7 +5,7 @@
 // refcount_table_offset, refcount_table_clusters, nb_snapshots, snapshots_offset — all inside
 // sector 0, so the switch is atomic.
 //
-// Why not QEMU's in-place order (qcow2-reference.md §3.4–3.6)? Its refcount changes and the
+// Why not QEMU's in-place order (docs/qcow2-format.md §3.4–3.6)? Its refcount changes and the
 // COPIED bits of the active tree live in different clusters, so a crash between them leaves an
 // active entry whose COPIED bit disagrees with its refcount, which `qemu-img check` counts as a
 // corruption (verified: refcount 2 with COPIED set ⇒ "ERROR OFLAG_COPIED data cluster"). Here

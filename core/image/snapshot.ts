@@ -1,4 +1,4 @@
-// Internal snapshots (qcow2-reference.md §3): list, find (by ID, by name, by both, by ID-or-name
+// Internal snapshots (docs/qcow2-format.md §3): list, find (by ID, by name, by both, by ID-or-name
 // with the ID first), create, revert ("goto"), delete, and a read-only view of a snapshot. Each
 // operation is checked completely and planned before its first write, then carried out by the
 // shadow commit in snapshot-commit.ts (new structures in free clusters, one atomic header write),
@@ -209,7 +209,7 @@ export interface CreateOptions {
   icount?: number;
 }
 
-/** Plan `snapshot -c NAME` (qcow2-reference.md §3.4). */
+/** Plan `snapshot -c NAME` (docs/qcow2-format.md §3.4). */
 export async function planCreate(img: Qcow2Image, name: string, opts: CreateOptions = {}): Promise<PlannedSnapshotOp> {
   assertCanModify(img, `create snapshot '${name}'`);
   if (img.snapshots.length >= C.MAX_SNAPSHOTS) {
@@ -248,7 +248,7 @@ export async function planCreate(img: Qcow2Image, name: string, opts: CreateOpti
   return PlannedSnapshotOp.plan(img, 'create', sn, req);
 }
 
-/** Plan `snapshot -a ID_OR_NAME` (qcow2-reference.md §3.5). */
+/** Plan `snapshot -a ID_OR_NAME` (docs/qcow2-format.md §3.5). */
 export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<PlannedSnapshotOp> {
   assertCanModify(img, `revert to snapshot ${describeRef(ref)}`);
   const sn = requireSnapshot(img, ref);
@@ -286,7 +286,7 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
   return PlannedSnapshotOp.plan(img, 'revert', sn, req);
 }
 
-/** Plan `snapshot -d` (qcow2-reference.md §3.6): by ID-or-name (a string), or by ID and/or name. */
+/** Plan `snapshot -d` (docs/qcow2-format.md §3.6): by ID-or-name (a string), or by ID and/or name. */
 export async function planDelete(img: Qcow2Image, ref: SnapshotRef): Promise<PlannedSnapshotOp> {
   assertCanModify(img, `delete snapshot ${describeRef(ref)}`);
   const sn = requireSnapshot(img, ref);

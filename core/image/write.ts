@@ -4,7 +4,7 @@
 // preallocated zero clusters and of backing data around partial (sub)cluster writes. Zero writes
 // use the v3 zero flag (and extended L2 zero bits) where whole (sub)clusters are zeroed.
 //
-// Work is done one L2 table (one L1 entry) at a time, in the crash-safe order of DESIGN.md:
+// Work is done one L2 table (one L1 entry) at a time, in the crash-safe order of docs/architecture.md §3:
 //   1. allocate: the L2 table first, then the data clusters (refcounts written, QEMU's order);
 //   2. write the data (new clusters get their whole content, old content copied around the write);
 //   3. flush;

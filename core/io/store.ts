@@ -1,4 +1,4 @@
-// The storage contract every backend implements (DESIGN.md "The storage contract"): a random-
+// The storage contract every backend implements (docs/architecture.md §2): a random-
 // access byte store with an ordering barrier. The engine never touches a file, a Blob or a
 // handle directly, only this interface.
 
@@ -25,7 +25,7 @@ export interface ImageStore {
   write(offset: number, data: Uint8Array): Promise<void>;
   /**
    * Ordering barrier: nothing written after flush() resolves may reach the medium before what was
-   * written before it. The crash-safety rules in DESIGN.md are expressed with this call.
+   * written before it. The crash-safety rules in docs/architecture.md §3 are expressed with this call.
    */
   flush(): Promise<void>;
   /** Set the size (grow with zeros or cut). */

@@ -1,4 +1,4 @@
-// Crash safety of snapshot create / revert / delete (issue 4, DESIGN.md "Crash safety"): the
+// Crash safety of snapshot create / revert / delete (issue 4, docs/architecture.md §3): the
 // operation runs on a memory copy of a QEMU-made image behind a store that stops at each write in
 // turn, and behind one that drops any subset of the writes since the last flush. After every
 // crash, `qemu-img check` finds nothing at all (no corruption, and with the shadow commit no leak

@@ -1,7 +1,7 @@
 // Shared pieces of the end-to-end tests: images made with qemu-img at test time in the OS temp
 // dir (Playwright empties its own output folder), a page fixture that records every request, and
 // ways to hand an image to the app (file input, synthetic drop, a stubbed picker returning a real
-// OPFS handle, STACK.md).
+// OPFS handle, docs/platform.md).
 import { test as base, expect, type Page } from '@playwright/test';
 import * as fs from 'node:fs';
 import * as path from 'node:path';

@@ -3,7 +3,7 @@
 // list of typed fields (header fields, header extensions, L1/L2 entries, reftable and refblock
 // entries, snapshot table entries, bitmap directory entries, compressed data) that the mutator
 // picks targets from, plus the offsets of every structure (for "point at other metadata" values).
-// Layouts: qcow2-reference.md §1.
+// Layouts: docs/qcow2-format.md §1.
 
 export type FieldKind =
   | 'header' // a header field (`name` says which)

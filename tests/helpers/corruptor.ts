@@ -1,7 +1,7 @@
 // The corruptor: damages good, qemu-made qcow2 images in NAMED ways, so check/repair, open-time
-// validation and fuzz tests can iterate over one catalogue (STYLE.md: "damaged fixtures named
-// after their defect"). Recipes reproduce QEMU's iotests 060, 080, 108, 112, 138, 261 (and 036,
-// 039) as summarised in shared/qcow2-reference.md §6, adapted to locate every structure by
+// validation and fuzz tests can iterate over one catalogue (docs/testing.md: damaged fixtures are named
+// after their defect). Recipes reproduce QEMU's iotests 060, 080, 108, 112, 138, 261 (and 036,
+// 039) as summarised in docs/qcow2-format.md §6, adapted to locate every structure by
 // parsing the image (qcow2-mini.ts) instead of trusting fixed offsets. Nothing here imports
 // core/: the damage and its expected outcome must not come from the engine under test.
 //
@@ -25,7 +25,7 @@ import { peek } from './qemu.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Base images: what each recipe starts from. All are made by qemu-img/qemu-io at test time.
-// Layout with the defaults (64 MiB, 64 KiB clusters, v3, refcount_bits 16), qcow2-reference §1.10:
+// Layout with the defaults (64 MiB, 64 KiB clusters, v3, refcount_bits 16), docs/qcow2-format.md §1.10:
 // header 0x0, reftable 0x10000, refblock 0x20000, L1 0x30000; after the first write L2 0x40000,
 // data 0x50000; `snapshot -c` puts the L1 copy at 0x60000 and the table at 0x70000.
 

@@ -1,4 +1,4 @@
-// Crash injection for tests (DESIGN.md "Crash safety"; issue 4). Two ImageStore wrappers and the
+// Crash injection for tests (docs/architecture.md §3; issue 4). Two ImageStore wrappers and the
 // enumerators built on them:
 //
 //   StopAfterWritesStore  a process dying: writes 1..k reach the store, write k+1 and everything
@@ -17,6 +17,7 @@
 import { QcowError } from '../../core/errors.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import type { ImageStore } from '../../core/io/store.ts';
+import { ForwardingStore } from './forwarding-store.ts';
 import { seededRandom } from './random.ts';
 
 function crashError(what: string, n: number): QcowError {
@@ -28,9 +29,7 @@ function crashError(what: string, n: number): QcowError {
  * write, flush and truncate throw CRASH_INJECTED and change nothing. Reads keep working (so a test
  * can look at the store afterwards), but the operation under test must not get past the crash.
  */
-export class StopAfterWritesStore implements ImageStore {
-  readonly name: string;
-  readonly writable: boolean;
+export class StopAfterWritesStore extends ForwardingStore {
   /** Writes that reached the inner store. */
   writes = 0;
   /** Flushes that completed. */
@@ -38,20 +37,11 @@ export class StopAfterWritesStore implements ImageStore {
   /** True once the crash has happened. */
   stopped = false;
 
-  constructor(readonly inner: ImageStore, readonly k: number) {
-    this.name = inner.name;
-    this.writable = inner.writable;
+  constructor(inner: ImageStore, readonly k: number) {
+    super(inner);
   }
 
-  size(): number {
-    return this.inner.size();
-  }
-
-  read(offset: number, length: number): Promise<Uint8Array> {
-    return this.inner.read(offset, length);
-  }
-
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  override async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.stopped || this.writes >= this.k) {
       this.stopped = true;
       throw crashError(`write at ${offset} (${data.length} bytes)`, this.writes);
@@ -60,57 +50,38 @@ export class StopAfterWritesStore implements ImageStore {
     this.writes++;
   }
 
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     if (this.stopped) throw crashError('flush', this.writes);
     await this.inner.flush();
     this.flushes++;
   }
 
-  async truncate(size: number): Promise<void> {
+  override async truncate(size: number): Promise<void> {
     if (this.stopped) throw crashError(`truncate to ${size}`, this.writes);
     await this.inner.truncate(size);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 
 /** Counts writes and flushes without changing anything (used to size the enumeration). */
-export class CountingStore implements ImageStore {
-  readonly name: string;
-  readonly writable: boolean;
+export class CountingStore extends ForwardingStore {
   writes = 0;
   flushes = 0;
   truncates = 0;
   /** The largest size the store reached. */
   maxSize = 0;
 
-  constructor(readonly inner: ImageStore) {
-    this.name = inner.name;
-    this.writable = inner.writable;
-  }
-  size(): number {
-    return this.inner.size();
-  }
-  read(offset: number, length: number): Promise<Uint8Array> {
-    return this.inner.read(offset, length);
-  }
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  override async write(offset: number, data: Uint8Array): Promise<void> {
     await this.inner.write(offset, data);
     this.writes++;
     this.maxSize = Math.max(this.maxSize, this.inner.size());
   }
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     await this.inner.flush();
     this.flushes++;
   }
-  async truncate(size: number): Promise<void> {
+  override async truncate(size: number): Promise<void> {
     await this.inner.truncate(size);
     this.truncates++;
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

@@ -2,7 +2,7 @@
 // enough to find structures in a file (header fields, L1/L2 entries, reftable, refblock entries,
 // snapshot table) and to poke them. It deliberately shares no code with core/, so tests that
 // damage an image with it and judge our engine are not the engine agreeing with itself.
-// Layouts: docs/interop/qcow2.txt (qcow2-reference.md §1). Works on files, synchronously.
+// Layouts: docs/interop/qcow2.txt (docs/qcow2-format.md §1). Works on files, synchronously.
 import { peek, peekU16, peekU32, peekU64, poke as pokeBytes, pokeU16, pokeU32, pokeU64 } from './qemu.ts';
 
 export const QCOW_MAGIC = 0x514649fb;
@@ -16,7 +16,10 @@ export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
 export const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
 export const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
 
-/** Header byte offsets (qcow2-reference.md §1.2). */
+/**
+ * Header byte offsets (docs/qcow2-format.md §1.2). A deliberate twin of core/format/header.ts and
+ * worker/api.ts: this reader is the tests' independent answer and shares no code with the engine.
+ */
 export const HDR = {
   magic: 0,
   version: 4,
@@ -227,7 +230,7 @@ export interface MiniSnapshot {
   extraDataSize: number;
 }
 
-/** Field offsets inside a snapshot table entry (qcow2-reference.md §1.8). */
+/** Field offsets inside a snapshot table entry (docs/qcow2-format.md §1.8). */
 export const SNAP = {
   l1TableOffset: 0,
   l1Size: 8,

@@ -138,7 +138,11 @@ export function createImage(file: string, size: number | string | undefined, opt
   qemuImgOk(args);
 }
 
-/** Parsed `qemu-img info --output=json` (field names are qemu-img's). Throws if qemu-img cannot open the image. */
+/**
+ * Parsed `qemu-img info --output=json` (field names are qemu-img's). Throws if qemu-img cannot open
+ * the image. QemuInfo and QemuMapEntry are deliberate twins of core/analysis/info.ts and
+ * core/image/layer.ts: they type QEMU's output, the answer our engine's is compared with.
+ */
 export function qemuInfo(file: string): QemuInfo {
   return JSON.parse(qemuImgOk(['info', '--output=json', file])) as QemuInfo;
 }

@@ -1,4 +1,4 @@
-// QEMU's damage recipes (iotests 060, 080, 112, 138, 261; qcow2-reference.md §6) through the
+// QEMU's damage recipes (iotests 060, 080, 112, 138, 261; docs/qcow2-format.md §6) through the
 // command line, answered as QEMU answers or better:
 //  - an image QEMU refuses to open: every verb exits 1 with one line `qcowscope: <QEMU's words>`,
 //    no stack trace, and the file is untouched (writing verbs included);

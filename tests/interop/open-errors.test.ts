@@ -1,4 +1,4 @@
-// Malformed images: every case of QEMU's iotest 080 (qcow2-reference.md §6) and every open-time
+// Malformed images: every case of QEMU's iotest 080 (docs/qcow2-format.md §6) and every open-time
 // check of §2.1, made from good qemu-img images by poking bytes. For each: our CLI exits non-zero
 // with exactly one line on stderr, `qcowscope: <message>`, whose message contains QEMU's own text
 // (and qemu-img, on the same file, prints that text too), no stack trace, no hang (a generous
@@ -216,7 +216,7 @@ const OPEN_CASES: OpenCase[] = [
     message: 'Backing file name too long',
   },
 
-  // ---- qcow2-reference.md §2.1 ------------------------------------------------------------------
+  // ---- docs/qcow2-format.md §2.1 ------------------------------------------------------------------
   { name: 'bad magic', base: 'empty', damage: (f) => pokeU32(f, HDR.magic, 0x514649fa), message: 'Image is not in qcow2 format' },
   { name: 'version 1', base: 'empty', damage: (f) => pokeU32(f, HDR.version, 1), message: 'Unsupported qcow2 version 1' },
   { name: 'version 4', base: 'empty', damage: (f) => pokeU32(f, HDR.version, 4), message: 'Unsupported qcow2 version 4' },

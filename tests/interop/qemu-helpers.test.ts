@@ -106,7 +106,7 @@ describe('qemu wrappers', () => {
 });
 
 describe('mini parser agrees with qemu-img', () => {
-  it('finds the default layout of qcow2-reference.md §1.10 and a snapshot entry as QEMU wrote it', () => {
+  it('finds the default layout of docs/qcow2-format.md §1.10 and a snapshot entry as QEMU wrote it', () => {
     const img = tmp.file('layout.qcow2');
     makeBase(img, 'snapshot');
     const h = readHeader(img);

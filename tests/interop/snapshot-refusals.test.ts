@@ -1,4 +1,4 @@
-// Snapshot operations that cannot succeed are refused before the file is touched (DESIGN.md),
+// Snapshot operations that cannot succeed are refused before the file is touched (docs/architecture.md §3),
 // with a stable error code; group operations are all or none. QEMU leaks a cluster when a create
 // fails on refcount_bits=1 (iotest 112); we leave the file byte for byte as it was.
 import * as path from 'node:path';

@@ -1,4 +1,4 @@
-// The persistent-bitmap directory on bytes (qcow2-reference.md §1.9): entries decoded, and the
+// The persistent-bitmap directory on bytes (docs/qcow2-format.md §1.9): entries decoded, and the
 // checks QEMU's bitmap_list_load/check_dir_entry make on open, with QEMU's messages.
 import { describe, expect, it } from 'vitest';
 import { bitmapInfoFlags, parseBitmapDirectory } from '../../core/format/bitmaps.ts';

@@ -1,4 +1,4 @@
-// L1/L2 entries and compressed cluster descriptors on bytes (qcow2-reference.md §1.6–1.7):
+// L1/L2 entries and compressed cluster descriptors on bytes (docs/qcow2-format.md §1.6–1.7):
 // offsets above 2^32 and 2^48, every cluster type, extended-L2 bitmaps, and the compressed
 // descriptor layout for every cluster size 512 B..2 MiB, checked against a BigInt reference of
 // QEMU's bit arithmetic (the engine itself works on 32-bit halves).

@@ -1,4 +1,4 @@
-// The header on bytes (qcow2-reference.md §1.2–1.4, §2.1): encode/parse round trips of v2 and v3
+// The header on bytes (docs/qcow2-format.md §1.2–1.4, §2.1): encode/parse round trips of v2 and v3
 // headers with every field, extensions in QEMU's order, unknown header fields and unknown
 // extensions preserved; the open-time checks in QEMU's order with their codes and messages;
 // qcow2_validate_table's limits at their exact boundaries.

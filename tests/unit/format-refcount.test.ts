@@ -1,4 +1,4 @@
-// Refcount blocks of every width (1..64 bits) and reftable entries on bytes (qcow2-reference.md
+// Refcount blocks of every width (1..64 bits) and reftable entries on bytes (docs/qcow2-format.md
 // §1.5): get/set against a BigInt reference of the layout (sub-byte widths LSB-first inside each
 // byte, 8..64 bits big-endian), neighbours untouched, whole-block decoding, maxima.
 import { describe, expect, it } from 'vitest';

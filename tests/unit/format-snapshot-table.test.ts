@@ -1,4 +1,4 @@
-// The snapshot table on bytes (qcow2-reference.md §1.8, §2.3): encode/parse round trip with
+// The snapshot table on bytes (docs/qcow2-format.md §1.8, §2.3): encode/parse round trip with
 // every field (vm_state_size above 2^32, icount −1, disk sizes, dates), unknown extra data kept
 // verbatim, older entries without extra data, 8-byte entry alignment, and QEMU's limits (extra
 // data > 1 KiB, table > 64 MiB) with their repair-mode behaviour.
@@ -52,7 +52,7 @@ describe('snapshot table', () => {
     expect(encodeSnapshotTable(res.snapshots)).toEqual(bytes);
   });
 
-  it('lays the first entry out like a fresh qemu-img snapshot (qcow2-reference.md §1.10)', () => {
+  it('lays the first entry out like a fresh qemu-img snapshot (docs/qcow2-format.md §1.10)', () => {
     const bytes = encodeSnapshotTable([sample()[0]!]);
     const dv = new DataView(bytes.buffer);
     expect(bytes.length).toBe(70);

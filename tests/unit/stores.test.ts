@@ -1,4 +1,4 @@
-// One contract suite for every ImageStore (DESIGN.md "The storage contract"), run unchanged
+// One contract suite for every ImageStore (docs/architecture.md §2), run unchanged
 // against MemoryStore, OverlayStore (over an in-memory ByteSource), the worker's FileStore (over a
 // Node File: block cache, overlay, pending overlay) and NodeFileStore (a temp file). The other
 // browser stores (File System Access, OPFS) run the same ideas in the e2e tests.

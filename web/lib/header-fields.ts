@@ -1,4 +1,4 @@
-// The header view's rows: every field of the qcow2 header in on-disk order (qcow2-reference.md
+// The header view's rows: every field of the qcow2 header in on-disk order (docs/qcow2-format.md
 // §1.2), with the spec's name, where it sits, and what it means in plain words.
 import type { HeaderDTO } from '../../worker/api.ts';
 import { bytes, grouped, hex } from './format.ts';

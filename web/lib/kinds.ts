@@ -1,4 +1,4 @@
-// One colour per cluster kind, the same in the map, the lists and the hex view (DESIGN.md).
+// One colour per cluster kind, the same in the map, the lists and the hex view (docs/architecture.md §7).
 import type { ClusterKindName } from '../../worker/api.ts';
 
 export const KIND_INFO: Record<ClusterKindName, { label: string; color: string; explain: string }> = {

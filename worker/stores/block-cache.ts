@@ -1,5 +1,5 @@
 // A read cache of aligned blocks over a slow random-access source. In browsers each
-// `File.slice().arrayBuffer()` costs about a millisecond whatever its size (STACK.md), and a
+// `File.slice().arrayBuffer()` costs about a millisecond whatever its size (docs/platform.md), and a
 // 64 KiB read of a scattered metadata cluster costs as much as a 1 MiB one, so:
 // - blocks are small (64 KiB, one metadata cluster of a default image), so scattered tables
 //   (a preallocated image's L2 tables are 512 MiB apart) don't drag in 1 MiB each;

@@ -13,7 +13,7 @@ export function fileReader(file: Blob): RawSource {
     try {
       return new Uint8Array(await blob.arrayBuffer());
     } catch (e) {
-      // NotReadableError: the file changed on disk after it was picked (STACK.md).
+      // NotReadableError: the file changed on disk after it was picked (docs/platform.md).
       throw new QcowError('IO_ERROR', `Cannot read ${(file as File).name ?? 'the file'} at offset ${offset}: ${(e as Error).message}`, {
         offset,
         length,
@@ -22,7 +22,7 @@ export function fileReader(file: Blob): RawSource {
   };
   return {
     read: (offset, length) => bytes(file.slice(offset, offset + length), offset, length),
-    // Each arrayBuffer() costs about a millisecond (STACK.md); a Blob of many slices is read in one.
+    // Each arrayBuffer() costs about a millisecond (docs/platform.md); a Blob of many slices is read in one.
     readRanges: (ranges) => bytes(new Blob(ranges.map(([o, l]) => file.slice(o, o + l))), ranges[0]?.[0] ?? 0, ranges.reduce((n, r) => n + r[1], 0)),
   };
 }

@@ -3,7 +3,7 @@
 // a copy-on-write overlay and committed together in ONE `createWritable({keepExistingData:true})`
 // session: Chromium commits that atomically on close(), so an operation is all-or-nothing on disk
 // and the flush() barriers inside it are trivially kept. After a commit a fresh File is taken
-// (the old one becomes unreadable, STACK.md). A Web Lock held from the first write until close
+// (the old one becomes unreadable, docs/platform.md). A Web Lock held from the first write until close
 // keeps a second tab from writing the same image.
 //
 // Write permission is NOT requested here: requestPermission needs a user gesture in the page, so

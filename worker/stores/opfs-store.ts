@@ -1,6 +1,6 @@
 // A file in the origin private file system through a synchronous access handle (dedicated
 // workers only): in-place positioned writes at memory-like speed, the place for a working copy of
-// an image too big to rewrite on every save. One read-write handle per file at a time (STACK.md).
+// an image too big to rewrite on every save. One read-write handle per file at a time (docs/platform.md).
 import { QcowError } from '../../core/errors.ts';
 import { checkRange, checkReadRange, type ImageStore } from '../../core/io/store.ts';
 
