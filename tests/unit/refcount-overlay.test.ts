@@ -8,7 +8,7 @@ import { MemoryStore } from '../../core/io/memory-store.ts';
 import { createImage } from '../../core/image/create.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { loadRefblock } from '../../core/image/refcount.ts';
-import { RefcountOverlay } from '../../core/image/snapshot-commit.ts';
+import { RefcountOverlay } from '../../core/image/refcount-overlay.ts';
 import { writeGuest } from '../../core/image/write.ts';
 
 const MiB = 1024 * 1024;
