@@ -106,5 +106,3 @@ export function encodeBitmapDirectory(entries: ReadonlyArray<Omit<BitmapEntry, '
   return out;
 }
 
-/** Bitmap table entry bits holding the data cluster's offset (QEMU's BME_TABLE_ENTRY_OFFSET_MASK). */
-export const BME_TABLE_ENTRY_OFFSET_MASK = 0x00fffffffffffe00n;

@@ -104,6 +104,11 @@ export function bitmapTableEntryInvalid(hi: number, lo: number, clusterSize: num
   return off !== 0 && ((lo & BME_TABLE_ENTRY_FLAG_ALL_ONES) !== 0 || off % clusterSize !== 0);
 }
 
+/** The data cluster offset in bitmap table entry `index` of `table` (0 ⇒ none: all zeros or all ones). */
+export function bitmapTableEntryOffset(table: Uint8Array, index: number): number {
+  return offsetOf(be32(table, index * 8), be32(table, index * 8 + 4));
+}
+
 // ---- L1 --------------------------------------------------------------------------------------
 
 export interface L1Entry {

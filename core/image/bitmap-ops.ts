@@ -6,9 +6,9 @@
 // longer referenced freed. A crash before the commit leaves the old bitmaps and leaked clusters;
 // after it, the new bitmaps and at worst leaks.
 import { QcowError } from '../errors.ts';
-import { be64n } from '../format/bytes.ts';
+import { bitmapTableEntryOffset } from '../format/entries.ts';
 import {
-  BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BME_TABLE_ENTRY_OFFSET_MASK, BT_DIRTY_TRACKING_BITMAP,
+  BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BT_DIRTY_TRACKING_BITMAP,
   dirEntrySize, encodeBitmapDirectory, parseBitmapDirectory, type BitmapEntry,
 } from '../format/bitmaps.ts';
 import * as C from '../format/constants.ts';
@@ -44,7 +44,7 @@ async function bitmapClusters(img: Qcow2Image, e: Entry): Promise<Array<[number,
   const table = await img.store.read(e.bitmapTableOffset, e.bitmapTableSize * 8);
   const out: Array<[number, number]> = [[e.bitmapTableOffset, Math.ceil((e.bitmapTableSize * 8) / cs) * cs]];
   for (let i = 0; i < e.bitmapTableSize; i++) {
-    const off = Number(be64n(table, i * 8) & BME_TABLE_ENTRY_OFFSET_MASK);
+    const off = bitmapTableEntryOffset(table, i);
     if (off !== 0) out.push([off, cs]);
   }
   return out;
