@@ -119,7 +119,7 @@ describe('a dirty image opened writable is repaired first, as QEMU\'s open does'
   it('check mode opens it as it is (qemu-img check sees the same corruptions)', async () => {
     const f = dirtyImage('check.qcow2');
     const want = qemuCheck(f).corruptions;
-    const img = await openImage({ name: f, store: NodeFileStore.open(f) }, { checkMode: true, writable: true });
+    const img = await openImage({ name: f, store: NodeFileStore.open(f, { writable: true }) }, { checkMode: true, writable: true });
     try {
       expect((await checkReport(img)).corruptions).toBe(want);
     } finally {
