@@ -14,6 +14,7 @@ import { openForWrite, openImage as openView, openWithChosenBacking } from '../.
 import { MAX_BACKING_CHAIN_DEPTH, openImage } from '../../core/ops/open.ts';
 import { checkReport } from '../../core/ops/check.ts';
 import { guestWrite } from '../../core/ops/write.ts';
+import { groupSnapshotOp } from '../../core/ops/snapshot.ts';
 import { main } from '../../cli/main.ts';
 
 const tmp = useTempDir('qcowscope-engine-layer-');
@@ -180,3 +181,39 @@ describe('raw export has one home', () => {
     }
   });
 });
+
+describe('group revert takes an ID or a name, the ID first, as qemu-img snapshot -a does (the browser took names only)', () => {
+  it('a name that is another snapshot\'s ID in one image of the group', async () => {
+    // a.qcow2: snapshot ID 1 named "1"; b.qcow2: ID 1 named "x", ID 2 named "1"
+    const a = tmp.file('a.qcow2');
+    const b = tmp.file('b.qcow2');
+    for (const f of [a, b]) createImage(f, 4 * MiB);
+    qemuIoOk(a, 'write -P 0x11 0 64k');
+    qemuImgOk(['snapshot', '-c', '1', a]);
+    qemuIoOk(b, 'write -P 0x21 0 64k');
+    qemuImgOk(['snapshot', '-c', 'x', b]);
+    qemuIoOk(b, 'write -P 0x22 0 64k');
+    qemuImgOk(['snapshot', '-c', '1', b]);
+    for (const f of [a, b]) qemuIoOk(f, 'write -P 0x99 0 64k');
+    // qemu-img's answer, on copies
+    const want = [tmp.file('qa.qcow2'), tmp.file('qb.qcow2')];
+    fs.copyFileSync(a, want[0]!);
+    fs.copyFileSync(b, want[1]!);
+    for (const f of want) qemuImgOk(['snapshot', '-a', '1', f]);
+    const stores = [a, b].map((f) => NodeFileStore.open(f, { writable: true }));
+    const imgs = [];
+    for (const s of stores) imgs.push(await openForWrite(s, null));
+    await groupSnapshotOp(imgs, 'revert', '1');
+    for (const s of stores) await s.close();
+    for (const [i, f] of [a, b].entries()) {
+      const got = tmp.file(`got${i}.raw`);
+      const exp = tmp.file(`want${i}.raw`);
+      qemuConvertToRaw(f, got);
+      qemuConvertToRaw(want[i]!, exp);
+      expect(Buffer.from(fs.readFileSync(got)).equals(fs.readFileSync(exp)), f).toBe(true);
+    }
+    // b went back to ID 1 ("x"), not to the snapshot named "1"
+    qemuIoOk(b, 'read -P 0x21 0 64k');
+  });
+});
+
