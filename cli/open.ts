@@ -83,7 +83,7 @@ export async function openImage(file: string, opts: CliOpenOptions = {}): Promis
     refuseDirectory(file);
     const store = NodeFileStore.open(file, { writable: !!open.writable });
     try {
-      return await openOp({ name: file, store }, { ...open, ...(noBacking ? {} : { resolver: fileResolver }) });
+      return await openOp({ name: file, store }, { ...open, resolver: fileResolver, followBacking: !noBacking });
     } catch (e) {
       await store.close();
       throw e;

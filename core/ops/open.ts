@@ -42,8 +42,10 @@ export interface BackingResolver {
 }
 
 export interface ImageOpenOptions extends Omit<OpenOptions, 'backing' | 'dataFile'> {
-  /** Opens the backing chain; without it (and without `backing`) the chain is not opened. */
+  /** Opens the backing chain and the data file; without it (and without `backing`) neither is opened. */
   resolver?: BackingResolver;
+  /** False: the resolver opens only the data file, not the backing chain (qemu-img info, check, snapshot). */
+  followBacking?: boolean;
   /** A backing layer the caller already holds (it stays the caller's if the open fails). */
   backing?: Layer | null;
   /**
@@ -59,12 +61,12 @@ export interface ImageOpenOptions extends Omit<OpenOptions, 'backing' | 'dataFil
  * closes every store of its chain.
  */
 export async function openImage(top: ChainLink, opts: ImageOpenOptions = {}): Promise<Qcow2Image> {
-  const { resolver, backing: given, repairDirty = true, ...open } = opts;
+  const { resolver, backing: given, repairDirty = true, followBacking = true, ...open } = opts;
   let img: Qcow2Image;
   if (given !== undefined || !resolver) {
     img = await Qcow2Image.open(top.store, { ...open, backing: given ?? null });
   } else {
-    img = await openLink(top, open, resolver, 0);
+    img = await openLink(top, open, resolver, followBacking ? 0 : -1);
   }
   if (repairDirty && img.writable && !img.checkMode && img.isDirty) {
     try {
@@ -78,12 +80,13 @@ export async function openImage(top: ChainLink, opts: ImageOpenOptions = {}): Pr
   return img;
 }
 
+/** Open one link of a chain, `depth` below the first (-1: the first, without its backing chain). */
 async function openLink(link: ChainLink, opts: OpenOptions, resolver: BackingResolver, depth: number): Promise<Qcow2Image> {
   const header = await Qcow2Image.readHeader(link.store);
   let backing: Layer | null = null;
   let dataFile: ImageStore | null = null;
   try {
-    if (header.backingFile !== undefined) backing = await openBacking(link, header.backingFile, header.backingFormat, resolver, depth + 1);
+    if (header.backingFile !== undefined && depth >= 0) backing = await openBacking(link, header.backingFile, header.backingFormat, resolver, depth + 1);
     if (header.dataFile !== undefined && resolver.dataFile) dataFile = await resolver.dataFile(link, header.dataFile, !!opts.writable);
     return await Qcow2Image.open(link.store, { ...opts, backing, dataFile });
   } catch (e) {
