@@ -10,8 +10,11 @@ export default defineConfig({
   testDir: 'tests/e2e',
   timeout: 60_000,
   expect: { timeout: 10_000 },
-  fullyParallel: false,
-  workers: 1,
+  // Every test has its own browser context (its own OPFS, locks and service worker) and its own
+  // temp dir of qemu-made fixtures, so tests run side by side, two at a time (the machine CI runs
+  // on has two cores; a third worker only queues for them). E2E_WORKERS overrides.
+  fullyParallel: true,
+  workers: Number(process.env.E2E_WORKERS ?? 2),
   retries: 0,
   reporter: process.env.CI ? [['list'], ['html', { open: 'never' }]] : 'list',
   use: {

@@ -8,6 +8,7 @@ export default defineConfig({
     environment: 'node',
     include: ['tests/fuzz/**/*.test.ts'],
     exclude: ['**/node_modules/**', 'dist/**'],
+    globalSetup: ['tests/helpers/global-setup.ts'],
     env: {
       FUZZ_ITERATIONS: process.env.FUZZ_ITERATIONS ?? '5000',
       ...(process.env.FUZZ_SEED !== undefined ? { FUZZ_SEED: process.env.FUZZ_SEED } : {}),

@@ -2,6 +2,8 @@
 export interface CommandContext {
   values: Record<string, string | boolean | string[] | boolean[] | undefined>;
   positionals: string[];
+  /** The verb's arguments as given (for verbs whose options act in command-line order). */
+  args?: string[];
   /** Print a line (or block) to stdout. */
   out: (text: string) => void;
   /** Print a diagnostic line to stderr. */

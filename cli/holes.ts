@@ -9,7 +9,8 @@
 // out to be metadata-preallocated, and the process is ended otherwise.
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import { HoleMap, type Qcow2Image } from '../core/image/qcow2-image.ts';
+import { HoleMap } from '../core/image/block-status.ts';
+import type { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { loadRefblock, refblockEntriesOf, reftableSize } from '../core/image/refcount.ts';
 import { getRefcount } from '../core/format/refcount.ts';
 

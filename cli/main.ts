@@ -43,6 +43,7 @@ export async function main(argv: string[]): Promise<number> {
     return await cmd.run({
       values: values as Record<string, string | boolean | undefined>,
       positionals,
+      args: rest,
       out: (t) => process.stdout.write(t + '\n'),
       err: (t) => process.stderr.write(t + '\n'),
     });
@@ -51,7 +52,12 @@ export async function main(argv: string[]): Promise<number> {
     const msg = isQcowError(e) || (e instanceof Error && (e.name === 'UsageError' || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')))
       ? (e as Error).message
       : `internal error: ${(e as Error).message ?? String(e)}`;
-    process.stderr.write(`qcowscope: ${msg.split('\n')[0]}\n`);
+    // one line per error_report of qemu-img's, each prefixed; an error's hint follows its first
+    // line unprefixed, as QEMU's error_report_err prints it
+    // (written as it is: QEMU's hints end with a newline or not)
+    const [first, ...rest] = msg.split('\n');
+    const hint = (e as { hint?: unknown }).hint;
+    process.stderr.write(`qcowscope: ${first}\n${typeof hint === 'string' ? hint : ''}${rest.map((l) => `qcowscope: ${l}\n`).join('')}`);
     return 1;
   }
 }

@@ -40,6 +40,8 @@ export type QcowErrorCode =
   | 'NOT_SUPPORTED'
   | 'INVALID_ARGUMENT'
   | 'CANCELLED'
+  /** A worker job read more than its budget allows (worker/job-budget.ts). */
+  | 'WORK_BUDGET'
   | 'IO_ERROR'
   | 'CRASH_INJECTED'
   | 'INTERNAL';

@@ -3,9 +3,11 @@
 // alternately (whole process, Node start-up included). Prints median wall time, the ratio,
 // CPU time (user+sys) and peak RSS of both. See BENCHMARKS.md for what the figures mean.
 //
-//   node scripts/bench.mjs [--sizes 64G,256G,1T] [--reps 5] [--ops info,map,check,export,snapshot]
+//   node scripts/bench.mjs [--sizes 64G,256G,1T] [--reps 5] [--ops info,map,check,repair,export,snapshot]
 //                          [--dir DIR] [--json FILE] [--no-warmup] [--rebuild] [--cli FILE] [--browser]
 //
+// --sizes also takes the hostile shapes snaps65535, c2m and r64 (see HOSTILE below), e.g.
+//   node scripts/bench.mjs --sizes snaps65535,c2m,r64 --ops info,check,repair,snapshot-create
 // Images: made once with qemu-img (`-o preallocation=metadata`, sparse, plus one internal snapshot
 // named `base`) in DIR (default: <os tmpdir>/qcowscope-bench) and reused by later runs.
 // Snapshot create / revert / delete act on fresh sparse copies (`cp --sparse=always`, synced
@@ -19,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { browserTable, runBrowserBench } from './bench/browser.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const ALL_OPS = ['info', 'map', 'check', 'export', 'snapshot-create', 'snapshot-revert', 'snapshot-delete'];
+const ALL_OPS = ['info', 'map', 'check', 'repair', 'export', 'snapshot-create', 'snapshot-revert', 'snapshot-delete'];
 const OP_ALIASES = { snapshot: ['snapshot-create', 'snapshot-revert', 'snapshot-delete'], create: ['snapshot-create'], revert: ['snapshot-revert'], delete: ['snapshot-delete'] };
 /** A run that takes longer than this is stopped and the operation is reported as too slow. */
 const RUN_TIMEOUT_MS = 10 * 60 * 1000;
@@ -95,8 +97,46 @@ function sizeBytes(s) {
   return Math.round(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
 }
 
+/**
+ * Hostile shapes (issue 15), named in --sizes in place of a size; each has a snapshot `base`.
+ *   snaps65535  512-byte clusters, 1 MiB of data, snapshot `base`, then nb_snapshots = 65535 (the
+ *               other entries run past the end of the file and read as zeros, as the fuzzer made it)
+ *   c2m         2 MiB clusters, 1 GiB disk, 64 MiB of data
+ *   r64         512-byte clusters with 64-bit refcounts, 64 MiB disk, 8 MiB of data
+ */
+const HOSTILE = {
+  snaps65535: (f) => {
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', f, '64M']);
+    must('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 1M', f]);
+    must('qemu-img', ['snapshot', '-c', 'base', f]);
+    const fd = fs.openSync(f, 'r+');
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(65535);
+    fs.writeSync(fd, b, 0, 4, 60);
+    fs.closeSync(fd);
+  },
+  c2m: (f) => {
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', f, '1G']);
+    must('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 64M', f]);
+    must('qemu-img', ['snapshot', '-c', 'base', f]);
+  },
+  r64: (f) => {
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512,refcount_bits=64', f, '64M']);
+    must('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 8M', f]);
+    must('qemu-img', ['snapshot', '-c', 'base', f]);
+  },
+};
+
 /** meta-<size>.qcow2: preallocation=metadata + snapshot `base`; `.ready` marks a finished one. */
 function ensureImage(size) {
+  if (HOSTILE[size]) {
+    const file = path.join(dir, `hostile-${size}.qcow2`);
+    if (fs.existsSync(file + '.ready')) return file;
+    fs.rmSync(file, { force: true });
+    HOSTILE[size](file);
+    fs.writeFileSync(file + '.ready', new Date().toISOString() + '\n');
+    return file;
+  }
   const file = path.join(dir, `meta-${size}.qcow2`);
   const ready = file + '.ready';
   if (fs.existsSync(file) && fs.existsSync(ready)) return file;
@@ -136,6 +176,7 @@ function probeSupport() {
     info: verbs.has('info'),
     map: verbs.has('map'),
     check: verbs.has('check'),
+    repair: verbs.has('check'),
     export: verbs.has('export'),
   };
   // snapshot -c/-a/-d: try them on a tiny image and ask qemu-img whether they worked
@@ -214,6 +255,10 @@ function operation(op, image, size) {
     case 'info': return { ours: ours('info', image), qemu: ['qemu-img', 'info', image] };
     case 'map': return { ours: ours('map', '--json', image), qemu: ['qemu-img', 'map', '--output=json', image], compare: 'stdout' };
     case 'check': return { ours: ours('check', image), qemu: ['qemu-img', 'check', image], compare: 'stdout+status' };
+    case 'repair': return {
+      ours: ours('check', '-r', 'all', work), qemu: ['qemu-img', 'check', '-r', 'all', work],
+      setup: () => freshCopy(image, work), cleanup: () => fs.rmSync(work, { force: true }), verify: work,
+    };
     case 'export': return {
       ours: ours('export', image, raw), qemu: ['qemu-img', 'convert', '-O', 'raw', image, raw],
       setup: () => fs.rmSync(raw, { force: true }), cleanup: () => fs.rmSync(raw, { force: true }), compare: 'size', output: raw,
@@ -259,7 +304,7 @@ function bench(op, size, image) {
     if (record && spec.output && fs.existsSync(spec.output)) extra.outputSize = fs.statSync(spec.output).size;
     spec.cleanup?.();
     if (r.timedOut) throw Object.assign(new Error(`${who} ${op} ${size}: over ${RUN_TIMEOUT_MS / 1000} s, stopped`), { timedOut: true });
-    if (r.status !== 0 && !(op === 'check' && r.status <= 3)) {
+    if (r.status !== 0 && !((op === 'check' || op === 'repair') && r.status <= 3)) {
       const msg = fs.readFileSync(path.join(dir, 'stderr.txt'), 'utf8').trim().split('\n').pop();
       throw new Error(`${who} ${op} ${size} exited ${r.status}: ${msg}`);
     }

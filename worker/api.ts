@@ -5,10 +5,11 @@
 import type { QcowErrorCode } from '../core/errors.ts';
 import type { Translation, TranslationStep, TranslationResult } from '../core/analysis/translate.ts';
 import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import type { ClusterUsers, ClusterUse } from '../core/analysis/cluster-users.ts';
 import type { LayoutChanges, LayoutKindName } from '../core/analysis/layout.ts';
 import type { DiffResult, DiffRange } from '../core/analysis/diff.ts';
 
-export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange };
+export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange, ClusterUsers, ClusterUse };
 
 /** Opaque handle of an image opened in the worker. */
 export type ImageId = string;
@@ -60,6 +61,8 @@ export interface OpenDamage {
    */
   level: 'tables' | 'header' | 'raw';
   code: QcowErrorCode;
+  /** The structure the damage is in, as a code: the UI shows the note in the view that draws it. */
+  area: DamageArea;
   message: string;
   /** The structure the error is about (the spec's names) and the byte offset it names. */
   structure?: string;
@@ -70,6 +73,9 @@ export interface OpenDamage {
   line: string;
 }
 
+/** The qcow2 structures an open error can be in (OpenDamage.area). */
+export type DamageArea = 'header' | 'l1-table' | 'l2-table' | 'refcount-table' | 'refcount-block' | 'snapshot-table' | 'bitmaps';
+
 /** Decoded header (qcow2-reference.md §1.2), spec names camel-cased. */
 export interface HeaderDTO {
   magic: number;
@@ -78,6 +84,14 @@ export interface HeaderDTO {
   backingFileSize: number;
   clusterBits: number;
   clusterSize: number;
+  /**
+   * L2 geometry, worked out by the engine (core/format/entries.ts) so views need not: bytes per
+   * L2 entry (16 with extended L2), entries per L2 table, subclusters per cluster (32 with
+   * extended L2, else 1).
+   */
+  l2EntrySize: number;
+  l2Entries: number;
+  subclusters: number;
   /** Virtual disk size in bytes. */
   size: number;
   cryptMethod: number;
@@ -288,23 +302,7 @@ export interface ExternalOverlay {
   base?: ImageDownload;
 }
 
-/** Capabilities of the engine build loaded in the worker (features land one by one). */
-export interface EngineFeatures {
-  info: boolean;
-  snapshots: boolean;
-  snapshotWrite: boolean;
-  check: boolean;
-  repair: boolean;
-  l1: boolean;
-  refcounts: boolean;
-  translate: boolean;
-  snapshotSpace: boolean;
-  clusterMap: boolean;
-  demo: boolean;
-}
-
 export interface EngineApi {
-  features(): Promise<EngineFeatures>;
   /** Open a File (drop, file input): read-only source under a copy-on-write overlay. */
   openFile(file: File): Promise<ImageSummary>;
   /** Open a File System Access handle; writes are committed to the file (after permission). */
@@ -349,6 +347,8 @@ export interface EngineApi {
   diff(id: ImageId, a: string | null, b: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<DiffResult>;
   /** What a snapshot holds alone (freed by deleting it) and what it shares. */
   snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn): Promise<SnapshotSpace>;
+  /** Who uses host cluster `cluster`: its refcount, and the active disk's and each snapshot's references to it (Inspector). */
+  clusterUsers(id: ImageId, cluster: number, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterUsers>;
   clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterMapDTO>;
   check(id: ImageId, repair?: 'leaks' | 'all', jobId?: JobId, onProgress?: ProgressFn): Promise<CheckReportDTO>;
   createSnapshot(id: ImageId, name: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;

@@ -5,10 +5,10 @@
 import { QcowError } from '../core/errors.ts';
 import type { ImageStore } from '../core/io/store.ts';
 import * as C from '../core/format/constants.ts';
-import { decodeL1Entry, decodeL2Entry, ClusterType, rawHex } from '../core/format/entries.ts';
+import { decodeL1Entry, decodeL2Entry, ClusterType, l1ReservedHex, l2EntrySize, rawHex } from '../core/format/entries.ts';
 import { decodeRefblock, reftableEntry } from '../core/format/refcount.ts';
 import { be32 } from '../core/format/bytes.ts';
-import { readHeaderFields, type HeaderFields, type Qcow2Header } from '../core/format/header.ts';
+import { l2EntriesOf, l2GeometryOf, readHeaderFields, type HeaderFields, type Qcow2Header } from '../core/format/header.ts';
 import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
 import type { Layer } from '../core/image/layer.ts';
@@ -17,6 +17,9 @@ import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import { clusterUsers, type ClusterUsers } from '../core/analysis/cluster-users.ts';
+import { findWriteDamage } from '../core/image/snapshot-precheck.ts';
+import { BudgetedStore } from './job-budget.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
 import { buildDemoImage } from '../core/image/demo.ts';
@@ -28,8 +31,8 @@ import type {
   CheckFindingDTO,
   CheckReportDTO,
   ClusterMapDTO,
+  DamageArea,
   JournalDTO,
-  EngineFeatures,
   HeaderDTO,
   L1EntryDTO,
   L2EntryDTO,
@@ -62,6 +65,7 @@ export interface EngineImage {
   refcountBlock(refblockIndex: number): Promise<Float64Array>;
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
   snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
+  clusterUsers(cluster: number, job: JobContext): Promise<ClusterUsers>;
   diff(a: string | null, b: string | null, job: JobContext): Promise<DiffResult>;
   exportRaw(snapshotId: string | null, job: JobContext): Promise<Blob>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
@@ -69,20 +73,6 @@ export interface EngineImage {
   /** Close the engine object and its store. */
   close(): Promise<void>;
 }
-
-export const engineFeatures: EngineFeatures = {
-  info: true,
-  snapshots: true,
-  snapshotWrite: true,
-  check: true,
-  repair: true,
-  l1: true,
-  refcounts: true,
-  translate: true,
-  snapshotSpace: true,
-  clusterMap: true,
-  demo: true,
-};
 
 const EXT_NAMES: Record<number, string> = {
   [C.EXT_BACKING_FORMAT]: 'backing file format name',
@@ -97,6 +87,12 @@ function unknownBits(v: bigint, known: bigint): string {
   return u === 0n ? '' : '0x' + u.toString(16);
 }
 
+/** The L2 geometry fields of a HeaderDTO. */
+function geometryDTO(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'>): Pick<HeaderDTO, 'l2EntrySize' | 'l2Entries' | 'subclusters'> {
+  const g = l2GeometryOf(h);
+  return { l2EntrySize: l2EntrySize(g), l2Entries: l2EntriesOf(h), subclusters: g.extendedL2 ? C.SUBCLUSTERS_PER_CLUSTER : 1 };
+}
+
 /** The header as the page shows it; `h` may be a header the engine refused (its fields as stored). */
 export function headerDTO(h: HeaderFields & Partial<Pick<Qcow2Header, 'extensions' | 'backingFile' | 'backingFormat'>>): HeaderDTO {
   const d: HeaderDTO = {
@@ -106,6 +102,7 @@ export function headerDTO(h: HeaderFields & Partial<Pick<Qcow2Header, 'extension
     backingFileSize: h.backingFileSize,
     clusterBits: h.clusterBits,
     clusterSize: 2 ** Math.min(h.clusterBits, 63),
+    ...geometryDTO({ clusterBits: Math.min(h.clusterBits, 63), incompatibleFeatures: h.incompatibleFeatures }),
     size: h.size,
     cryptMethod: h.cryptMethod,
     l1Size: h.l1Size,
@@ -201,16 +198,12 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
       const out: L1EntryDTO[] = [];
       for (let i = start; i < end; i++) {
         const e = decodeL1Entry(img.l1Table, i);
-        const hi = be32(img.l1Table, i * 8);
-        const lo = be32(img.l1Table, i * 8 + 4);
-        const resHi = hi & 0x7f000000;
-        const resLo = lo & 0x1ff;
         out.push({
           index: i,
           raw: e.raw,
           l2Offset: e.l2Offset,
           copied: e.copied,
-          reserved: e.reservedBits ? '0x' + rawHex(resHi, resLo).replace(/^0+(?=.)/, '') : '',
+          reserved: l1ReservedHex(be32(img.l1Table, i * 8), be32(img.l1Table, i * 8 + 4)),
         });
       }
       return out;
@@ -283,9 +276,12 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     async snapshotSpace(snapshotId) {
       return snapshotSpace(img, findById(snapshotId));
     },
+    clusterUsers: (cluster, job) => clusterUsers(img, cluster, () => job.signal.aborted),
     async clusterMap(job) {
       // Check mode: the map must also draw images only a repair could open for writing.
-      const c = await openOp({ name: img.store.name, store: img.store }, { checkMode: true });
+      const budgeted = new BudgetedStore(img.store, 'cluster map');
+      const c = await openOp(link(budgeted), { checkMode: true });
+      budgeted.setBudget(c);
       await prefetchMetadata(c, job.signal);
       const l = await buildLayout(c, {
         onProgress: (phase, done, total) => job.progress({ phase, done, total }),
@@ -313,6 +309,13 @@ export async function openImage(store: ImageStore, backing: Layer | null = null)
 }
 
 async function viewOf(img: Qcow2Image): Promise<EngineImage> {
+  // Structures every write must trust, damaged (a table cut off by the end of the file, an L1 not
+  // cluster-aligned): not opened whole, so the image is read-only with the reason (repairable).
+  const damage = findWriteDamage(img);
+  if (damage) {
+    await img.close();
+    throw new QcowError('METADATA_CORRUPT', `${damage.message[0]!.toUpperCase()}${damage.message.slice(1)}; run Check`, { structure: damage.structure, offset: damage.offset });
+  }
   return wrap(img, await readEncryptInfo(img).catch(() => undefined));
 }
 
@@ -326,9 +329,35 @@ export function damageLine(e: QcowError): string {
   return where.length ? `${e.message} (${where.join(', ')})` : e.message;
 }
 
+/** The header fields that point at each table (qcow2-reference.md §1.2), by byte offset. */
+const AREA_OF_HEADER_FIELD: Record<number, DamageArea> = { 36: 'l1-table', 40: 'l1-table', 48: 'refcount-table', 56: 'refcount-table', 60: 'snapshot-table', 64: 'snapshot-table' };
+/** The engine's names for the structures its open errors are in (details.structure). */
+const AREA_OF_STRUCTURE: Record<string, DamageArea> = {
+  header: 'header',
+  'active l1 table': 'l1-table',
+  'l1 table': 'l1-table',
+  'snapshot l1 table': 'snapshot-table',
+  'l2 table': 'l2-table',
+  'reference count table': 'refcount-table',
+  'refcount table': 'refcount-table',
+  'refcount block': 'refcount-block',
+  'snapshot table': 'snapshot-table',
+  'bitmap directory': 'bitmaps',
+  'bitmap table': 'bitmaps',
+};
+
+/** Which structure an open error is in: by its code, the header field it names, or the structure's name. */
+export function damageArea(e: QcowError): DamageArea {
+  const d = e.details as { structure?: unknown; headerOffset?: unknown };
+  if (e.code === 'SNAPSHOT_TABLE_INVALID') return 'snapshot-table';
+  if (e.code === 'NO_REFCOUNT_TABLE') return 'refcount-table';
+  if (typeof d.headerOffset === 'number' && AREA_OF_HEADER_FIELD[d.headerOffset]) return AREA_OF_HEADER_FIELD[d.headerOffset]!;
+  return (typeof d.structure === 'string' && AREA_OF_STRUCTURE[d.structure.toLowerCase()]) || 'header';
+}
+
 function damageOf(e: QcowError, level: OpenDamage['level']): OpenDamage {
   const d = e.details as { structure?: unknown; offset?: unknown; headerOffset?: unknown };
-  const out: OpenDamage = { level, code: e.code, message: e.message, line: damageLine(e) };
+  const out: OpenDamage = { level, code: e.code, area: damageArea(e), message: e.message, line: damageLine(e) };
   if (typeof d.structure === 'string') out.structure = d.structure;
   if (typeof d.offset === 'number') out.offset = d.offset;
   if (typeof d.headerOffset === 'number') out.headerOffset = d.headerOffset;
@@ -352,6 +381,7 @@ function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
     refcountBlock: async () => fail(),
     translate: async () => fail(),
     snapshotSpace: async () => fail(),
+    clusterUsers: async () => fail(),
     diff: async () => fail(),
     exportRaw: async () => fail(),
     clusterMap: async () => fail(),
@@ -481,7 +511,9 @@ function findingDTO(f: Finding): CheckFindingDTO {
 
 /** qemu-img check, in check mode (tolerates what only a repair can fix); writable only to repair. */
 async function check(store: ImageStore, job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO> {
-  const img = await openOp(link(store), { checkMode: true, writable: repair !== undefined });
+  const budgeted = new BudgetedStore(store, repair ? 'repair' : 'check');
+  const img = await openOp(link(budgeted), { checkMode: true, writable: repair !== undefined });
+  budgeted.setBudget(img);
   await prefetchMetadata(img, job.signal);
   const r = await checkReport(img, {
     ...(repair ? { repair } : {}),

@@ -21,7 +21,7 @@ import type {
   StoreKind,
 } from './api.ts';
 import {
-  backingBaseName, buildDemoStore, clusterKinds, engineFeatures, journalDTO, openAsBacking, openDamaged, openForWrite, openImage,
+  backingBaseName, buildDemoStore, clusterKinds, journalDTO, openAsBacking, openDamaged, openForWrite, openImage,
   openWithChosenBacking, type ClusterKinds, type EngineImage, type JobContext,
   layoutChanges,
 } from './engine-adapter.ts';
@@ -351,10 +351,6 @@ function snapshot(img: OpenImage, verb: SnapshotVerb, arg: string, jobId?: JobId
 }
 
 const api = {
-  async features() {
-    return engineFeatures;
-  },
-
   async openFile(file: File) {
     return register(file.name, 'file', new FileStore(file));
   },
@@ -466,6 +462,11 @@ const api = {
   async snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
     return runJob(jobId, onProgress, (job) => img.engine.snapshotSpace(snapshotId, job));
+  },
+
+  async clusterUsers(id: ImageId, cluster: number, jobId?: JobId, onProgress?: ProgressFn) {
+    const img = get(id);
+    return runJob(jobId, onProgress, (job) => img.engine.clusterUsers(cluster, job));
   },
 
   async clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn) {

@@ -7,6 +7,7 @@ import { checkExitCode, checkJson, checkReport, type CheckReport, type RepairMod
 import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
+import { usageExit } from '../qemu-options.ts';
 
 /** qemu-img's dump_human_image_check. */
 export function checkHuman(r: CheckReport): string {
@@ -36,11 +37,11 @@ export const check: Command = {
     quiet: { type: 'boolean', short: 'q' },
   },
   async run({ values, positionals, out, err }) {
-    if (positionals.length !== 1) throw usageError('check: expecting one image file name');
+    if (positionals.length !== 1) throw usageExit('Expecting one image file name');
     const file = positionals[0]!;
     const repairArg = values.repair as string | undefined;
     if (repairArg !== undefined && repairArg !== 'leaks' && repairArg !== 'all') {
-      throw usageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${repairArg}`);
+      throw usageExit(`Unknown option value for -r (expecting 'leaks' or 'all'): ${repairArg}`);
     }
     if (values.output !== undefined && values.output !== 'json' && values.output !== 'human') {
       throw usageError('--output must be used with human or json as argument.');
@@ -48,7 +49,8 @@ export const check: Command = {
     const repair = repairArg as RepairMode | undefined;
     const json = isJson(values);
     const quiet = values.quiet === true;
-    const img = await openImage(file, { checkMode: true, writable: repair !== undefined, noBacking: true });
+    // qemu-img check opens the backing chain too: an overlay whose backing file cannot be opened is not checked
+    const img = await openImage(file, { checkMode: true, writable: repair !== undefined });
     try {
       const r = await checkReport(img, {
         repair,

@@ -6,64 +6,54 @@
 import * as fs from 'node:fs';
 import { QcowError } from '../../core/errors.ts';
 import { createImage, type CreateOptions } from '../../core/image/create.ts';
-import { openImage, resolveBackingPath } from '../open.ts';
+import { openImage, probeFormat, resolveBackingPath } from '../open.ts';
 import { NodeFileStore } from '../node-file-store.ts';
 import type { Command } from '../command.ts';
 import { usageError } from './info.ts';
-
-const SUFFIXES: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+import { cvtnum, parseOptionList, QCOW2_OPTIONS, rewordError, usageExit, validOptionList, withHint } from '../qemu-options.ts';
 
 /** A byte count as qemu-img reads one: a number with an optional k/M/G/T/P/E suffix (×1024). */
 export function parseSize(text: string): number {
-  const m = /^\s*(\d+(?:\.\d*)?|\.\d+)\s*([bkmgtpe]?)\s*$/i.exec(text);
-  const v = m ? Number(m[1]) * SUFFIXES[m[2]!.toLowerCase()]! : NaN;
-  if (!Number.isFinite(v) || v < 0) {
-    throw usageError('Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
-  }
-  // beyond 2^53 the value is the nearest double: create checks its size against qcow2's limits
-  if (v >= 2 ** 63) throw usageError('Invalid image size specified. Must be between 0 and 9223372036854775807.');
-  return Math.floor(v);
+  return cvtnum('image size', text);
 }
 
-function onOff(key: string, v: string): boolean {
-  if (v === 'on' || v === 'true' || v === 'yes') return true;
-  if (v === 'off' || v === 'false' || v === 'no') return false;
-  throw usageError(`Parameter '${key}' expects 'on' or 'off'`);
-}
+/**
+ * The options as given: `size=` and `compat=` keep their text for the "Formatting" line, and a
+ * value qcow2 refuses (compat, compression_type, preallocation) is refused only after that line,
+ * as qemu-img does (its option parser takes any string; qcow2's create refuses it).
+ */
+type CliCreateOptions = Partial<CreateOptions> & { sizeOpt?: number; compatText?: string; shownText?: Record<string, string>; refusal?: string };
 
-/** The options as given: `size=` and `compat=` keep their text for the "Formatting" line. */
-type CliCreateOptions = Partial<CreateOptions> & { sizeOpt?: number; compatText?: string };
-
-/** Parse `-o key=value,...` (QEMU's option syntax; a ',,' is a literal comma). */
+/** Parse `-o key=value,...` (QEMU's option syntax and types; a ',,' is a literal comma). */
 export function parseCreateOptions(text: string, into: CliCreateOptions): void {
-  const parts = text.replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','));
-  for (const part of parts) {
-    if (part === '') continue;
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const v = eq < 0 ? 'on' : part.slice(eq + 1);
+  const refuse = (message: string): void => {
+    into.refusal ??= message;
+  };
+  for (const { key, text: v, size, on } of parseOptionList(text, QCOW2_OPTIONS)) {
     switch (key) {
-      case 'cluster_size': into.clusterSize = parseSize(v); break;
+      case 'cluster_size': into.clusterSize = size; break;
       case 'refcount_bits': into.refcountBits = Number(v); break;
       case 'compat':
         into.compatText = v;
         if (v === '0.10' || v === 'v2') into.compat = '0.10';
         else if (v === '1.1' || v === 'v3') into.compat = '1.1';
-        else throw usageError(`Parameter 'version' does not accept value '${v}'`);
+        else refuse(`Parameter 'version' does not accept value '${v}'`);
         break;
-      case 'lazy_refcounts': into.lazyRefcounts = onOff(key, v); break;
-      case 'extended_l2': into.extendedL2 = onOff(key, v); break;
+      case 'lazy_refcounts': into.lazyRefcounts = on; break;
+      case 'extended_l2': into.extendedL2 = on; break;
       case 'compression_type':
-        if (v !== 'zlib' && v !== 'zstd') throw usageError(`Parameter 'compression-type' does not accept value '${v}'`);
-        into.compressionType = v;
+        (into.shownText ??= {}).compression_type = v;
+        if (v === 'zlib' || v === 'zstd') into.compressionType = v;
+        else refuse(`Parameter 'compression-type' does not accept value '${v}'`);
         break;
       case 'preallocation':
-        if (v !== 'off' && v !== 'metadata' && v !== 'falloc' && v !== 'full') throw usageError(`Parameter 'preallocation' does not accept value '${v}'`);
-        into.preallocation = v;
+        (into.shownText ??= {}).preallocation = v;
+        if (v === 'off' || v === 'metadata' || v === 'falloc' || v === 'full') into.preallocation = v;
+        else refuse(`Parameter 'preallocation' does not accept value '${v}'`);
         break;
       case 'backing_file': into.backingFile = v; break;
       case 'backing_fmt': into.backingFormat = v; break;
-      case 'size': into.sizeOpt = parseSize(v); break;
+      case 'size': into.sizeOpt = size; break;
       default: throw usageError(`Invalid parameter '${key}'`);
     }
   }
@@ -81,23 +71,36 @@ export const create: Command = {
   },
   async run({ values, positionals, out }) {
     const [file, sizeArg] = positionals;
-    if (!file || positionals.length > 2) throw usageError('create: expecting IMAGE [SIZE]');
+    if (!file) throw usageExit('Expecting image file name');
+    if (positionals.length > 2) throw usageExit(`Unexpected argument: ${positionals[2]}`);
     if (values.format !== undefined && values.format !== 'qcow2') throw usageError(`create: only the qcow2 format is supported`);
     const o: CliCreateOptions = {};
-    for (const text of (values.options as string[] | undefined) ?? []) parseCreateOptions(text, o);
+    for (const text of (values.options as string[] | undefined) ?? []) {
+      if (!validOptionList(text)) throw usageError(`Invalid option list: ${text}`);
+      try {
+        parseCreateOptions(text, o);
+      } catch (e) {
+        throw rewordError(e, `${file}: `);
+      }
+    }
     if (typeof values.backing === 'string') o.backingFile = values.backing;
     if (typeof values['backing-format'] === 'string') o.backingFormat = values['backing-format'];
     if (sizeArg !== undefined && o.sizeOpt !== undefined) throw usageError(`${file}: The image size must be specified only once`);
     let size = sizeArg !== undefined ? parseSize(sizeArg) : o.sizeOpt;
     if (o.backingFile !== undefined) {
-      if (o.backingFormat === undefined) throw new QcowError('INVALID_ARGUMENT', `${file}: Backing file specified without backing format`, {});
+      if (o.backingFormat === undefined) {
+        // qemu-img opens the backing file first, and names the format it detects
+        const p = openableBacking(file, o.backingFile);
+        throw withHint(new QcowError('INVALID_ARGUMENT', `${file}: Backing file specified without backing format`, {}), `Detected format of ${probeFormat(p)}.`);
+      }
       const backingSize = await backingVirtualSize(file, o.backingFile, o.backingFormat);
       size ??= backingSize;
     }
     if (size === undefined) throw usageError(`${file}: Image creation needs a size parameter`);
-    const { sizeOpt: _size, compatText, ...given } = o;
+    const { sizeOpt: _size, compatText, shownText, refusal, ...given } = o;
     const opts: CreateOptions = { ...given, size };
-    if (!values.quiet) out(formattingLine(file, opts, compatText));
+    if (!values.quiet) out(formattingLine(file, opts, compatText, shownText ?? {}));
+    if (refusal !== undefined) throw usageError(`${file}: ${refusal}`);
     const store = NodeFileStore.create(file);
     try {
       await createImage(store, opts);
@@ -114,23 +117,31 @@ export const create: Command = {
 };
 
 /** The line qemu-img create prints before it creates the image. */
-function formattingLine(file: string, opts: CreateOptions, compatText: string | undefined): string {
-  // qemu-img 7.2's order; compat only when given, as given
+function formattingLine(file: string, opts: CreateOptions, compatText: string | undefined, given: Record<string, string>): string {
+  // qemu-img 7.2's order; compat only when given, as given (so are values it refuses after this line)
   const shown = [`cluster_size=${opts.clusterSize ?? 65536}`, `extended_l2=${opts.extendedL2 ? 'on' : 'off'}`];
-  if (opts.preallocation) shown.push(`preallocation=${opts.preallocation}`);
-  shown.push(`compression_type=${opts.compressionType ?? 'zlib'}`, `size=${BigInt(opts.size)}`);
+  const prealloc = given.preallocation ?? opts.preallocation;
+  if (prealloc) shown.push(`preallocation=${prealloc}`);
+  shown.push(`compression_type=${given.compression_type ?? opts.compressionType ?? 'zlib'}`, `size=${BigInt(opts.size)}`);
   if (compatText !== undefined) shown.push(`compat=${compatText}`);
   if (opts.backingFile !== undefined) shown.push(`backing_file=${opts.backingFile}`, `backing_fmt=${opts.backingFormat}`);
   shown.push(`lazy_refcounts=${opts.lazyRefcounts ? 'on' : 'off'}`, `refcount_bits=${opts.refcountBits ?? 16}`);
   return `Formatting '${file}', fmt=qcow2 ${shown.join(' ')}`;
 }
 
+/** The backing file's path, which must be a file (QEMU opens it, and says it could not otherwise). */
+function openableBacking(imagePath: string, backing: string): string {
+  const p = resolveBackingPath(imagePath, backing);
+  let why: string | undefined;
+  if (!fs.existsSync(p)) why = `Could not open '${p}': No such file or directory`;
+  else if (fs.statSync(p).isDirectory()) why = `'file' driver requires '${p}' to be a regular file`;
+  if (why !== undefined) throw withHint(new QcowError('BACKING_MISSING', `${imagePath}: ${why}`, { backingFile: backing }), 'Could not open backing image.\n');
+  return p;
+}
+
 /** The backing file must exist (QEMU opens it); its virtual size is the default image size. */
 async function backingVirtualSize(imagePath: string, backing: string, format: string): Promise<number> {
-  const p = resolveBackingPath(imagePath, backing);
-  if (!fs.existsSync(p)) {
-    throw new QcowError('BACKING_MISSING', `${imagePath}: Could not open '${p}': No such file or directory`, { backingFile: backing });
-  }
+  const p = openableBacking(imagePath, backing);
   if (format === 'raw') return fs.statSync(p).size;
   if (format !== 'qcow2') throw new QcowError('NOT_SUPPORTED', `Backing file format '${format}' is not supported`, { format });
   const img = await openImage(p, { noBacking: true });

@@ -16,7 +16,7 @@ import { usageError } from './info.ts';
  * qemu-img convert's -l: `snapshot.id=ID,snapshot.name=NAME` (either or both, both must match),
  * or an ID or name on its own (the ID tried first).
  */
-function snapshotParam(text: string): SnapshotRef {
+export function snapshotParam(text: string): SnapshotRef {
   if (!text.startsWith('snapshot.')) return text;
   const ref: { id?: string; name?: string } = {};
   for (const part of text.split(',')) {

@@ -6,6 +6,7 @@ import { QcowError } from '../../core/errors.ts';
 import { toQemuJson } from '../../core/analysis/qemu-json.ts';
 import { actualSize, openImage, probeFormat, resolveBackingPath } from '../open.ts';
 import type { Command } from '../command.ts';
+import { cliError, usageExit } from '../qemu-options.ts';
 
 export const info: Command = {
   name: 'info',
@@ -13,7 +14,7 @@ export const info: Command = {
   options: { json: { type: 'boolean' }, output: { type: 'string' }, 'backing-chain': { type: 'boolean' } },
   async run({ values, positionals, out }) {
     const file = positionals[0];
-    if (!file) throw usageError('info: expecting an image file name');
+    if (positionals.length !== 1) throw usageExit('Expecting one image file name');
     const chain = values['backing-chain'] === true;
     const infos: Array<ImageInfo | RawInfo> = [];
     const seen = new Set<string>();
@@ -80,7 +81,5 @@ export function isJson(values: Record<string, unknown>): boolean {
 }
 
 export function usageError(message: string): Error {
-  const e = new Error(message);
-  e.name = 'UsageError';
-  return e;
+  return cliError(message);
 }

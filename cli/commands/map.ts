@@ -7,8 +7,8 @@ import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
-import { isJson, usageError } from './info.ts';
-import { parseSize } from './create.ts';
+import { isJson } from './info.ts';
+import { cvtnum, usageExit } from '../qemu-options.ts';
 
 export function extentJson(e: Extent): string {
   // qemu-img 7.2's line format: `{ "start": 0, "length": 65536, "depth": 0, ... }`
@@ -31,7 +31,7 @@ export const map: Command = {
   options: { json: { type: 'boolean' }, output: { type: 'string' }, 'start-offset': { type: 'string' }, 'max-length': { type: 'string' } },
   async run({ values, positionals, out }) {
     const file = positionals[0];
-    if (!file) throw usageError('map: expecting an image file name');
+    if (positionals.length !== 1) throw usageExit('Expecting one image file name');
     const startArg = values['start-offset'] as string | undefined;
     const lengthArg = values['max-length'] as string | undefined;
     const from = startArg === undefined ? 0 : parseOffset(startArg, 'start offset');
@@ -108,11 +108,7 @@ function layerFiles(img: Qcow2Image): string[] {
 
 /** --start-offset and --max-length: a byte count with qemu-img's k/M/G/T/P/E suffixes. */
 function parseOffset(text: string, what: string): number {
-  try {
-    return parseSize(text);
-  } catch {
-    throw usageError(`Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
-  }
+  return cvtnum(what, text);
 }
 
 function hx(n: number): string {

@@ -4,10 +4,16 @@ import { check } from './check.ts';
 import { layout } from './layout.ts';
 import { create } from './create.ts';
 import { write } from './write.ts';
+import { measureCmd } from './measure.ts';
+import { compareCmd } from './compare.ts';
+import { bitmapCmd } from './bitmap.ts';
 
 export const extraCommands: Command[] = [
   check,
   layout,
   create,
   write,
+  measureCmd,
+  compareCmd,
+  bitmapCmd,
 ];

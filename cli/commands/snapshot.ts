@@ -2,7 +2,8 @@
 import { formatSnapshotList, snapshotInfo } from '../../core/analysis/info.ts';
 import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
-import { isJson, usageError } from './info.ts';
+import { isJson } from './info.ts';
+import { usageExit } from '../qemu-options.ts';
 import { externalSnapshots, snapshotOps } from './snapshot-ops.ts';
 
 export const snapshot: Command = {
@@ -22,11 +23,11 @@ export const snapshot: Command = {
   async run(ctx) {
     const { values, positionals, out } = ctx;
     const modes = ['list', 'create', 'apply', 'delete', 'external'].filter((k) => values[k] !== undefined && values[k] !== false);
-    if (modes.length > 1) throw usageError("Cannot mix '-l', '-a', '-c', '-d', '--external'");
-    if (positionals.length === 0) throw usageError('snapshot: expecting an image file name');
+    if (modes.length > 1) throw usageExit("Cannot mix '-l', '-a', '-c', '-d', '--external'");
+    if (positionals.length === 0) throw usageExit('Expecting one image file name');
     if (modes[0] === 'external') return externalSnapshots(values.external as string[], positionals, ctx);
     if (modes.length === 0 || modes[0] === 'list') {
-      if (positionals.length !== 1) throw usageError('snapshot -l: expecting one image file name');
+      if (positionals.length !== 1) throw usageExit('Expecting one image file name');
       const img = await openImage(positionals[0]!, { noBacking: true });
       try {
         const list = img.snapshots.map(snapshotInfo);

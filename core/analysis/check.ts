@@ -6,28 +6,35 @@
 import { QcowError } from '../errors.ts';
 import { be32, put32 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
-import { ClusterType, clusterType, offsetOf } from '../format/entries.ts';
+import {
+  ClusterType, clusterType, hasOffset, isCompressed, isCopied, offsetOf, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI,
+  refcountTableOffset, withCopied,
+} from '../format/entries.ts';
 import { validateTable } from '../format/header.ts';
 import { encodeSnapshotTable, snapshotTableSize } from '../format/snapshot-table.ts';
 import { Qcow2Image } from '../image/qcow2-image.ts';
-import { allocClusters, freeClusters, invalidateAllocatorState } from '../image/allocator.ts';
+import { allocClusters, freeClusters } from '../image/allocator.ts';
 import {
   markCleanAndConsistent, markCorrupt, preWriteOverlapCheck, rebuildRefcountStructure,
   RefcountWriter, writeL1Entry, writeL2Entry,
 } from './rebuild.ts';
 import {
-  CheckAbort, FindingSink, Imrt, L2Runs, MAX_REPEATS, ReadBuffer, altHex, MAX_IMRT_BYTES, ReferenceWalk, hex64, highestReferenced, readDiskRefcounts, refcountsMatch, strerror,
-  tablesInOrder,
-  zeroCounters, type CheckCounters, type Counts, type DiskRefcounts, type Finding, type FragStats, type WalkRepairHooks,
-} from './refcount-walk.ts';
+  CheckAbort, FindingSink, MAX_REPEATS, altHex, hex64, strerror, zeroCounters, type CheckCounters, type Finding,
+} from './findings.ts';
+import {
+  Imrt, MAX_IMRT_BYTES, highestReferenced, readDiskRefcounts, refcountsMatch, type Counts, type DiskRefcounts,
+} from './imrt.ts';
+import { L2Runs } from './l2-runs.ts';
+import { ReadBuffer, tablesInOrder } from './table-reads.ts';
+import { ReferenceWalk, type FragStats, type WalkRepairHooks } from './refcount-walk.ts';
 import { hex } from '../errors.ts';
 
-export type { Finding, FindingKind } from './refcount-walk.ts';
+export type { Finding, FindingKind } from './findings.ts';
 
 export type RepairMode = 'leaks' | 'all';
 
 /** How far past its end a repair may grow the file to keep a refcount block that lies there. */
-export const MAX_REPAIR_FILE_GROWTH = 64 * 1024 * 1024;
+const MAX_REPAIR_FILE_GROWTH = 64 * 1024 * 1024;
 
 export interface CheckOptions {
   /** Repair while checking: 'leaks' (qemu-img check -r leaks) or 'all' (-r all). Needs a writable image. */
@@ -132,28 +139,11 @@ export async function checkImage(img: Qcow2Image, opts: CheckOptions = {}): Prom
 export async function runCheck(img: Qcow2Image, opts: CheckOptions = {}): Promise<CheckResult & { repairFindings?: Finding[] }> {
   const first = await checkImage(img, opts);
   if (first.failure !== undefined || (first.corruptionsFixed === 0 && first.leaksFixed === 0)) return first;
-  await reloadImageState(img);
+  await img.reload();
   const second = await checkImage(img, { ...opts, repair: undefined });
   return { ...second, corruptionsFixed: first.corruptionsFixed, leaksFixed: first.leaksFixed, repairFindings: first.findings, rebuilt: first.rebuilt };
 }
 
-/** Re-read the header, the active L1, the refcount table and the snapshot table after repairs. */
-export async function reloadImageState(img: Qcow2Image): Promise<void> {
-  const h = await Qcow2Image.readHeader(img.store);
-  img.header = h;
-  img.l1Table = h.l1Size > 0 ? (await img.store.read(h.l1TableOffset, h.l1Size * 8)).slice() : new Uint8Array(0);
-  img.reftable = h.refcountTableClusters > 0 ? (await img.store.read(h.refcountTableOffset, h.refcountTableClusters * img.clusterSize)).slice() : new Uint8Array(0);
-  img.l2Cache.clear();
-  img.refblockCache.clear();
-  try {
-    await img.loadSnapshots(false);
-    img.snapshotTableError = undefined;
-  } catch (e) {
-    if (!(e instanceof QcowError)) throw e;
-    img.snapshotTableError = e;
-    img.snapshots = [];
-  }
-}
 
 // ---- step 1: the snapshot table ------------------------------------------------------------------
 
@@ -174,13 +164,10 @@ async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixEr
     res.checkErrors++;
     sink.add({ kind: 'check-error', message: `ERROR ${e.message}`, structure: 'snapshot table', hostOffset: off, reported: true });
     if (nb > C.MAX_SNAPSHOTS) sink.add({ kind: 'info', message: `You can force-remove all ${nb - C.MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all` });
-    img.snapshots = [];
-    img.snapshotsSize = 0;
-    img.header.nbSnapshots = 0;
-    img.header.snapshotsOffset = 0;
+    img.setTables({ snapshots: [], snapshotsSize: 0, header: { nbSnapshots: 0, snapshotsOffset: 0 } });
     throw new CheckAbort(e.code === 'TABLE_TOO_LARGE' ? 'EFBIG' : 'EINVAL');
   }
-  h.nbSnapshots = nb;
+  img.setTables({ header: { nbSnapshots: nb } });
   const before = img.messages.length;
   try {
     await img.loadSnapshots(fixErrors);
@@ -189,10 +176,7 @@ async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixEr
     res.checkErrors++;
     sink.add({ kind: 'check-error', message: `ERROR failed to read the snapshot table: ${e.message}`, structure: 'snapshot table', hostOffset: off, reported: true });
     if (typeof e.details.hint === 'string') sink.add({ kind: 'info', message: e.details.hint });
-    img.snapshots = [];
-    img.snapshotsSize = 0;
-    img.header.nbSnapshots = 0;
-    img.header.snapshotsOffset = 0;
+    img.setTables({ snapshots: [], snapshotsSize: 0, header: { nbSnapshots: 0, snapshotsOffset: 0 } });
     throw new CheckAbort('EFBIG');
   }
   let extraDropped = 0;
@@ -208,7 +192,7 @@ async function checkReadSnapshotTable(img: Qcow2Image, res: CheckCounters, fixEr
     put32(b, 0, img.snapshots.length);
     await img.pwrite(60, b, 'header: nb_snapshots (overhanging snapshots discarded)', true);
     await img.flush('header commit');
-    h.nbSnapshots = img.snapshots.length;
+    img.setTables({ header: { nbSnapshots: img.snapshots.length } });
     res.corruptionsFixed += reduced;
     res.corruptions -= reduced;
   }
@@ -233,7 +217,7 @@ async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => v
   const oldOffset = img.header.snapshotsOffset;
   const oldSize = img.snapshotsSize;
   // The check has just changed refcounts behind the allocator's back.
-  invalidateAllocatorState(img);
+  img.allocation.forget();
   img.refblockCache.clear();
   let offset = 0;
   if (size > 0) {
@@ -253,8 +237,7 @@ async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => v
   put32(b, 8, offset % 4294967296);
   await img.pwrite(60, b, 'header: nb_snapshots and snapshots_offset', true);
   await img.flush('header commit');
-  img.header.snapshotsOffset = offset;
-  img.snapshotsSize = size;
+  img.setTables({ header: { snapshotsOffset: offset }, snapshotsSize: size });
   try {
     await freeClusters(img, oldOffset, oldSize);
     await img.flush('old snapshot table freed');
@@ -262,7 +245,7 @@ async function rewriteSnapshotTable(img: Qcow2Image, onOverlap: (m: string) => v
     // QEMU's qcow2_free_clusters only reports a failure: the old table is leaked.
     if (!(e instanceof QcowError)) throw e;
   }
-  invalidateAllocatorState(img);
+  img.allocation.forget(); // the old table's clusters are free again
 }
 
 // ---- step 2: refcounts -----------------------------------------------------------------------------
@@ -424,7 +407,7 @@ async function compareRefcounts(
     if (bad.size > 0 && bad.has(Math.floor(i / per))) {
       if (!signalled) {
         const r = Math.floor(i / per);
-        const off = be32(img.reftable, r * 8) * 4294967296 + ((be32(img.reftable, r * 8 + 4) & 0xfffffe00) >>> 0);
+        const off = refcountTableOffset(be32(img.reftable, r * 8), be32(img.reftable, r * 8 + 4));
         const what = `Refblock offset ${altHex(off)} unaligned (reftable index: ${altHex(r)})`;
         if (img.writable) {
           // A fatal corruption event on a writable image marks it corrupt, as QEMU does.
@@ -490,8 +473,6 @@ async function checkOflagCopied(
     indices.push(i);
     offsets.push(off);
   }
-  const g = img.geometry;
-  const step = img.l2EntrySize;
   // An L2 table referenced by several L1 entries is scanned once: with its multiplicity when only
   // checking, and once when repairing (QEMU's later visits read the table it just repaired).
   const mult = new Map<number, number>();
@@ -508,11 +489,11 @@ async function checkOflagCopied(
     const hi = be32(l1, i * 8);
     const lo = be32(l1, i * 8 + 4);
     const rc = await refcountOf(Math.floor(l2Offset / cs));
-    if (rc !== undefined && (rc === 1) !== ((hi & 0x80000000) !== 0)) {
+    if (rc !== undefined && (rc === 1) !== isCopied(hi)) {
       res.corruptions++;
       sink.add({ kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${rc}`, structure: 'active L1 table', l1Index: i, hostOffset: img.header.l1TableOffset + i * 8 });
       if (repair) {
-        put32(l1, i * 8, rc === 1 ? (hi | 0x80000000) >>> 0 : (hi & 0x7fffffff) >>> 0);
+        put32(l1, i * 8, withCopied(hi, rc === 1));
         const overlap = await preWriteOverlapCheck(img, img.header.l1TableOffset + i * 8, 8, ['active L1 table']);
         if (overlap) {
           sink.add({ kind: 'info', message: overlap });
@@ -610,7 +591,7 @@ function scanCopied(
     if (g.dataFile) {
       const t = clusterType(eh, el, g);
       if (t !== ClusterType.Normal && t !== ClusterType.ZeroAlloc) continue;
-    } else if ((eh & 0x40000000) !== 0 || ((eh & 0x00ffffff) === 0 && (el & 0xfffffe00) === 0)) {
+    } else if (isCompressed(eh) || !hasOffset(eh, el)) {
       continue; // compressed, or no host cluster (unallocated / zero plain)
     }
     let drc: number;
@@ -620,20 +601,20 @@ function scanCopied(
       if (knownRc === -2) continue;
       drc = knownRc;
     } else {
-      const c = (eh & 0x00ffffff) * hiScale + (((el & 0xfffffe00) >>> 0) >>> clusterBits);
+      const c = (eh & OFFSET_MASK_HI) * hiScale + (((el & OFFSET_MASK_LO) >>> 0) >>> clusterBits);
       if (c >= dn || hasBad) {
         st.need = c;
         return j;
       }
       drc = dcounts[c]!;
     }
-    if ((drc === 1) !== ((eh & 0x80000000) !== 0)) {
+    if ((drc === 1) !== isCopied(eh)) {
       res.corruptions += st.times;
       const f: Finding = { kind: 'corruption', message: `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(eh, el)} refcount=${drc}`, structure: 'L2 table', l1Index, l2Index: j, hostOffset: l2Offset + at };
       for (let r = 0; r < Math.min(st.times, MAX_REPEATS); r++) sink.add(f);
       if (repair) {
         st.copy ??= table.slice();
-        put32(st.copy, at, drc === 1 ? (eh | 0x80000000) >>> 0 : (eh & 0x7fffffff) >>> 0);
+        put32(st.copy, at, withCopied(eh, drc === 1));
         st.dirty++;
       }
     }
@@ -652,11 +633,14 @@ function copiedAgreeRun(dv: DataView, start: number, n: number, step: number, re
   const hiOffLimit = 1 << (clusterBits - 1);
   const hiShift = 32 - clusterBits;
   const dn = refcounts.length;
+  const compressedHi = QCOW_OFLAG_COMPRESSED_HI;
+  const offHi = OFFSET_MASK_HI;
+  const offLo = OFFSET_MASK_LO;
   for (let j = start; j < n; j++) {
     const hi = dv.getInt32(j * step);
     const lo = dv.getInt32(j * step + 4);
-    const hiOff = hi & 0x00ffffff;
-    if ((hi & 0x40000000) !== 0 || (hiOff === 0 && (lo & 0xfffffe00) === 0)) continue;
+    const hiOff = hi & offHi;
+    if ((hi & compressedHi) !== 0 || (hiOff === 0 && (lo & offLo) === 0)) continue;
     if (hiOff >= hiOffLimit) return j;
     const c = (hiOff << hiShift) | (lo >>> clusterBits);
     if (c >= dn || (refcounts[c] === 1) !== (hi < 0)) return j;

@@ -157,7 +157,7 @@ export function formatFixed(v: number, digits: number): string {
  * printf("%0.3g", v) for v ≥ 0: three significant digits rounded on the exact binary value (ties
  * to even, as glibc does), trailing zeros dropped, exponent form outside [1e-4, 1e3).
  */
-export function formatG3(v: number): string {
+function formatG3(v: number): string {
   if (v === 0) return '0';
   // the exact decimal expansion of the double (100 significant digits cover every double ≥ 1e-40)
   const exact = v.toPrecision(100);
@@ -187,12 +187,12 @@ function pad2(n: number): string {
   return String(n).padStart(2, '0');
 }
 
-export function formatDate(sec: number): string {
+function formatDate(sec: number): string {
   const d = new Date(sec * 1000);
   return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
 }
 
-export function formatVmClock(nsec: number): string {
+function formatVmClock(nsec: number): string {
   const ms = Math.floor(nsec / 1e6);
   const secs = Math.floor(ms / 1000);
   return `${pad2(Math.floor(secs / 3600))}:${pad2(Math.floor(secs / 60) % 60)}:${pad2(secs % 60)}.${String(ms % 1000).padStart(3, '0')}`;

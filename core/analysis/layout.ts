@@ -4,13 +4,13 @@
 // refcounts. The result is one byte per cluster (a typed array the web app's cluster map draws and
 // that crosses the worker boundary by transfer), a summary by kind and a range list.
 import type { Qcow2Image } from '../image/qcow2-image.ts';
-import {
-  FindingSink, Imrt, Kind, LAYOUT_KIND_NAMES, MAX_IMRT_BYTES, ReferenceWalk, decodeInto, refblocksInOrder, zeroCounters,
-  CheckAbort, type Counts, type LayoutKindName,
-} from './refcount-walk.ts';
+import { FindingSink, zeroCounters, CheckAbort } from './findings.ts';
+import { Imrt, MAX_IMRT_BYTES, decodeInto, refblocksInOrder, type Counts } from './imrt.ts';
+import { Kind, LAYOUT_KIND_NAMES, type LayoutKindName } from './owners.ts';
+import { ReferenceWalk } from './refcount-walk.ts';
 import { QcowError } from '../errors.ts';
 
-export { Kind, LAYOUT_KIND_NAMES, type LayoutKindName } from './refcount-walk.ts';
+export { Kind, LAYOUT_KIND_NAMES, type LayoutKindName } from './owners.ts';
 
 export interface Layout {
   clusterSize: number;

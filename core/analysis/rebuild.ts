@@ -11,9 +11,11 @@
 import { QcowError } from '../errors.ts';
 import { be32, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
+import { refcountTableOffset } from '../format/entries.ts';
 import { getRefcount, refblockEntries, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
-import { Imrt, refblockOffsetFromEntry } from './refcount-walk.ts';
+import { Imrt } from './imrt.ts';
+import { metadataOverlap, type MetadataSection } from '../image/metadata.ts';
 
 /** Refcount blocks loaded for in-place updates, written back together by flush(). */
 export class RefcountWriter {
@@ -31,7 +33,7 @@ export class RefcountWriter {
     let b = this.blocks.get(reftableIndex);
     if (b) return b;
     if (reftableIndex >= img.reftable.length / 8) return null;
-    const offset = refblockOffsetFromEntry(be32(img.reftable, reftableIndex * 8), be32(img.reftable, reftableIndex * 8 + 4));
+    const offset = refcountTableOffset(be32(img.reftable, reftableIndex * 8), be32(img.reftable, reftableIndex * 8 + 4));
     if (offset === 0 || offset % img.clusterSize !== 0 || offset + img.clusterSize > Number.MAX_SAFE_INTEGER) return null;
     b = { offset, bytes: (await img.store.read(offset, img.clusterSize)).slice(), dirty: false };
     this.blocks.set(reftableIndex, b);
@@ -42,7 +44,7 @@ export class RefcountWriter {
   async get(cluster: number): Promise<number | undefined> {
     const r = Math.floor(cluster / this.per);
     if (r >= this.img.reftable.length / 8) return 0;
-    const off = refblockOffsetFromEntry(be32(this.img.reftable, r * 8), be32(this.img.reftable, r * 8 + 4));
+    const off = refcountTableOffset(be32(this.img.reftable, r * 8), be32(this.img.reftable, r * 8 + 4));
     if (off === 0) return 0;
     const b = await this.block(r);
     if (!b) return undefined;
@@ -156,7 +158,7 @@ export async function rebuildRefcountStructure(img: Qcow2Image, imrt: Imrt): Pro
   const avoid = new Set<number>();
   for (let c = Math.floor(img.header.refcountTableOffset / cs); c < Math.ceil((img.header.refcountTableOffset + img.reftable.length) / cs); c++) avoid.add(c);
   for (let i = 0; i < img.reftable.length / 8; i++) {
-    const off = refblockOffsetFromEntry(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
+    const off = refcountTableOffset(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
     if (off !== 0 && off < Number.MAX_SAFE_INTEGER) {
       avoid.add(Math.floor(off / cs));
       if (off % cs !== 0) avoid.add(Math.floor(off / cs) + 1);
@@ -224,9 +226,7 @@ export async function rebuildRefcountStructure(img: Qcow2Image, imrt: Imrt): Pro
   put32(hdr, 8, reftableClusters);
   await img.pwrite(48, hdr, 'header: refcount_table_offset and refcount_table_clusters', true);
   await img.flush('header commit');
-  img.reftable = table;
-  img.header.refcountTableOffset = reftableOffset;
-  img.header.refcountTableClusters = reftableClusters;
+  img.setTables({ reftable: table, header: { refcountTableOffset: reftableOffset, refcountTableClusters: reftableClusters } });
   img.refblockCache.clear();
 }
 
@@ -243,55 +243,14 @@ export async function markCleanAndConsistent(img: Qcow2Image): Promise<void> {
   await img.flush('repairs on disk before the image is marked clean');
   await img.pwrite(72, b, 'header: incompatible_features (clear dirty and corrupt bits)', true);
   await img.flush('header commit');
-  h.incompatibleFeatures = next;
-}
-
-/** QEMU's metadata overlap sections (QCOW2_OL_*), named as its messages name them. */
-export type OverlapSection =
-  | 'qcow2_header' | 'active L1 table' | 'active L2 table' | 'refcount table' | 'refcount block'
-  | 'snapshot table' | 'inactive L1 table' | 'bitmap directory';
-
-/**
- * QEMU's qcow2_check_metadata_overlap in its default "cached" mode (every section but inactive L2
- * tables): which metadata the cluster-aligned range around [offset, offset+size) would overwrite.
- */
-export function metadataOverlap(img: Qcow2Image, offset: number, size: number, ignore: OverlapSection[] = []): OverlapSection | null {
-  if (size === 0) return null;
-  const cs = img.clusterSize;
-  const h = img.header;
-  const chk = (s: OverlapSection) => !ignore.includes(s);
-  if (chk('qcow2_header') && offset < cs) return 'qcow2_header';
-  const start = Math.floor(offset / cs) * cs;
-  const end = Math.ceil((offset + size) / cs) * cs;
-  const hits = (o: number, n: number) => n > 0 && o < end && start < o + n;
-  if (chk('active L1 table') && h.l1Size > 0 && hits(h.l1TableOffset, h.l1Size * 8)) return 'active L1 table';
-  if (chk('refcount table') && img.reftable.length > 0 && hits(h.refcountTableOffset, img.reftable.length)) return 'refcount table';
-  if (chk('snapshot table') && hits(h.snapshotsOffset, img.snapshotsSize)) return 'snapshot table';
-  if (chk('inactive L1 table')) {
-    for (const sn of img.snapshots) if (sn.l1Size > 0 && hits(sn.l1TableOffset, sn.l1Size * 8)) return 'inactive L1 table';
-  }
-  if (chk('active L2 table')) {
-    for (let i = 0; i < h.l1Size; i++) {
-      const off = (be32(img.l1Table, i * 8) & 0x00ffffff) * 4294967296 + ((be32(img.l1Table, i * 8 + 4) & 0xfffffe00) >>> 0);
-      if (off !== 0 && hits(off, cs)) return 'active L2 table';
-    }
-  }
-  if (chk('refcount block')) {
-    for (let i = 0; i < img.reftable.length / 8; i++) {
-      const off = refblockOffsetFromEntry(be32(img.reftable, i * 8), be32(img.reftable, i * 8 + 4));
-      if (off !== 0 && hits(off, cs)) return 'refcount block';
-    }
-  }
-  if (chk('bitmap directory') && h.bitmaps && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n &&
-      hits(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize)) return 'bitmap directory';
-  return null;
+  img.setTables({ header: { incompatibleFeatures: next } });
 }
 
 /**
  * QEMU's qcow2_pre_write_overlap_check for a writable image: an overlap marks the image corrupt
  * (the corrupt bit is written) and the write is refused with EIO. Returns the message to report.
  */
-export async function preWriteOverlapCheck(img: Qcow2Image, offset: number, size: number, ignore: OverlapSection[] = []): Promise<string | null> {
+export async function preWriteOverlapCheck(img: Qcow2Image, offset: number, size: number, ignore: readonly MetadataSection[] = []): Promise<string | null> {
   const hit = metadataOverlap(img, offset, size, ignore);
   if (!hit) return null;
   await markCorrupt(img);
@@ -308,5 +267,5 @@ export async function markCorrupt(img: Qcow2Image): Promise<void> {
   put32(b, 4, Number(next & 0xffffffffn));
   await img.pwrite(72, b, 'header: incompatible_features (mark corrupt)', true);
   await img.flush('header commit');
-  h.incompatibleFeatures = next;
+  img.setTables({ header: { incompatibleFeatures: next } });
 }

@@ -10,250 +10,26 @@
 // byte per cluster until one passes 255), active L2 tables are kept as runs of host clusters for
 // the snapshots that share them, and the on-disk refcounts are compared refblock by refblock.
 // BENCHMARKS.md says what each of these saved and how it was measured.
+// Over 600 lines on purpose: ReferenceWalk is one object whose passes (L1/L2 trees, bitmaps,
+// refblocks) share its counts and findings, and its int32 hot loop (countPlainRun) must be a
+// module function beside it; findings, the IMRT, batched reads and L2 runs have their own files.
 import { QcowError, hex } from '../errors.ts';
 import { be32, be64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
-import { ClusterType, clusterType, compressedDescriptor, l1ReservedBits, l2StdReservedBits, offsetOf } from '../format/entries.ts';
-import { getRefcount, refcountMax } from '../format/refcount.ts';
+import {
+  bitmapTableEntryInvalid, ClusterType, clusterType, compressedDescriptor, hasZeroFlag, isCopied, l1ReservedBits, l2StdReservedBits, L2E_FLAGS_56_62_HI,
+  offsetOf, OFFSET_MASK_HI, refcountTableOffset, refcountTableReservedBits, withCopied,
+} from '../format/entries.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
-import { readInto } from '../io/store.ts';
-
-// ---- owners (the layout's kinds) ---------------------------------------------------------------
-
-/** What owns a host cluster. Codes index LAYOUT_KIND_NAMES; the layout map stores one per cluster. */
-export const Kind = {
-  Free: 0,
-  Header: 1,
-  ActiveL1: 2,
-  SnapshotL1: 3,
-  L2Active: 4,
-  L2Shared: 5,
-  L2Snapshot: 6,
-  Reftable: 7,
-  Refblock: 8,
-  SnapshotTable: 9,
-  VmState: 10,
-  DataExclusive: 11,
-  DataShared: 12,
-  DataSnapshot: 13,
-  Compressed: 14,
-  Bitmap: 15,
-  Crypto: 16,
-  Leaked: 17,
-  Corrupt: 18,
-} as const;
-export type Kind = (typeof Kind)[keyof typeof Kind];
-
-/** Stable names of the kinds, by code (the web app's ClusterKindName where the two overlap). */
-export const LAYOUT_KIND_NAMES = [
-  'free', 'header', 'l1', 'snapshot-l1', 'l2', 'l2-shared', 'l2-snapshot', 'refcount-table', 'refcount-block',
-  'snapshot-table', 'vm-state', 'data', 'data-shared', 'data-snapshot', 'compressed', 'bitmap', 'crypto',
-  'leaked', 'corrupt',
-] as const;
-export type LayoutKindName = (typeof LAYOUT_KIND_NAMES)[number];
-
-/** A second owner of a cluster: shared variants where sharing is legal, else an overlap. */
-function mergeOwner(prev: number, next: number): number {
-  if (prev === Kind.Free) return next;
-  const l2 = (k: number) => k === Kind.L2Active || k === Kind.L2Shared || k === Kind.L2Snapshot;
-  const data = (k: number) => k === Kind.DataExclusive || k === Kind.DataShared || k === Kind.DataSnapshot || k === Kind.VmState;
-  if (l2(prev) && l2(next)) return Kind.L2Shared;
-  if (data(prev) && data(next)) return prev === Kind.VmState && next === Kind.VmState ? Kind.VmState : Kind.DataShared;
-  if (prev === Kind.Compressed && next === Kind.Compressed) return Kind.Compressed;
-  if (prev === Kind.SnapshotL1 && next === Kind.SnapshotL1) return Kind.Corrupt;
-  return Kind.Corrupt;
-}
-
-// ---- findings ----------------------------------------------------------------------------------
-
-export type FindingKind = 'corruption' | 'leak' | 'check-error' | 'info';
-
-export interface Finding {
-  kind: FindingKind;
-  /** qemu-img check's own wording. */
-  message: string;
-  /** Which structure it is about (the spec's names). */
-  structure?: string;
-  hostOffset?: number;
-  cluster?: number;
-  table?: string;
-  l1Index?: number;
-  l2Index?: number;
-  /** Printed by qemu-img through error_report (with its "qemu-img: " prefix). */
-  reported?: boolean;
-}
-
-/** Copies of one repeated message (a table walked with a multiplicity) at most. */
-export const MAX_REPEATS = 64;
-
-/** Findings kept in memory at most (counters stay exact; hostile images can have millions). */
-export const MAX_KEPT_FINDINGS = 20000;
-
-export interface CheckCounters {
-  corruptions: number;
-  leaks: number;
-  checkErrors: number;
-  corruptionsFixed: number;
-  leaksFixed: number;
-}
-
-export function zeroCounters(): CheckCounters {
-  return { corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0 };
-}
-
-export class FindingSink {
-  readonly findings: Finding[] = [];
-  dropped = 0;
-  constructor(private readonly onFinding?: (f: Finding) => void) {}
-  add(f: Finding): void {
-    if (this.findings.length < MAX_KEPT_FINDINGS) this.findings.push(f);
-    else this.dropped++;
-    this.onFinding?.(f);
-  }
-}
-
-// ---- the in-memory refcount table ----------------------------------------------------------------
-
-/** Largest IMRT we build: beyond this the image is refused with a check error (memory bound). */
-export const MAX_IMRT_BYTES = 1024 * 1024 * 1024;
-
-export type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
-
-/**
- * One counter per host cluster, as wide as the image's refcounts (overflow is a finding, as in
- * QEMU). Wider refcounts start as one byte per cluster and widen the first time a count passes
- * 255: almost no image needs it, and every byte of this array is fresh memory, which costs more
- * to touch than the whole walk (about 4 ms per MiB where this was measured).
- */
-export class Imrt {
-  counts: Counts;
-  /** Clusters covered (QEMU's nb_clusters, grows for references just past EOF and allocations). */
-  size: number;
-  readonly max: number;
-  readonly order: number;
-  /** The largest count `counts` holds as it is now (`max` once wide). */
-  storeMax: number;
-
-  constructor(order: number, size: number) {
-    this.order = order;
-    this.max = refcountMax(order);
-    this.size = size;
-    this.counts = new Uint8Array(Imrt.capacityFor(size));
-    this.storeMax = Math.min(255, this.max);
-  }
-
-  static bytesPerEntry(order: number): number {
-    return order <= 3 ? 1 : order === 4 ? 2 : order === 5 ? 4 : 8;
-  }
-
-  private static capacityFor(n: number): number {
-    return Math.max(64, Math.ceil(n / 64) * 64);
-  }
-
-  /** `n` zeroed counters wide enough for refcounts of 2^order bits. */
-  static alloc(order: number, n: number): Counts {
-    return order <= 3 ? new Uint8Array(n) : order === 4 ? new Uint16Array(n) : order === 5 ? new Uint32Array(n) : new Float64Array(n);
-  }
-
-  /** Hold counts up to `max` from now on (the writers call this before storing a count above storeMax). */
-  widen(): void {
-    if (this.storeMax === this.max) return;
-    const next = Imrt.alloc(this.order, this.counts.length);
-    next.set(this.counts as never);
-    this.counts = next;
-    this.storeMax = this.max;
-  }
-
-  /** Make clusters [0, n) addressable (zero-filled). */
-  ensure(n: number): void {
-    if (n <= this.size) return;
-    if (n > this.counts.length) {
-      const len = Imrt.capacityFor(Math.max(n, this.counts.length * 1.25));
-      const next = this.storeMax === this.max ? Imrt.alloc(this.order, len) : new Uint8Array(len);
-      next.set(this.counts as never);
-      this.counts = next;
-    }
-    this.size = n;
-  }
-
-  get(i: number): number {
-    return i < this.size ? this.counts[i]! : 0;
-  }
-
-  clear(): void {
-    this.counts.fill(0);
-  }
-}
-
-// ---- batched table reads ---------------------------------------------------------------------------
-
-/** Largest single read when loading many tables: 4 MiB (STACK.md: big reads are what browsers do well). */
-export const BATCH_BYTES = 4 * 1024 * 1024;
-
-/**
- * The read buffer of one job's table scans (tablesInOrder), grown on demand, so that the scans
- * that follow one another touch the same memory. One scan at a time may use it.
- */
-export class ReadBuffer {
-  private buf = new Uint8Array(0);
-
-  /** `bytes` bytes of the buffer (their contents are whatever the last scan left). */
-  take(bytes: number): Uint8Array {
-    if (this.buf.length < bytes) this.buf = new Uint8Array(bytes);
-    return this.buf.subarray(0, bytes);
-  }
-}
-
-/**
- * Yield the tables at `offsets` (each `tableSize` bytes, any alignment), in the given order, after
- * reading them in coalesced batches of at most BATCH_BYTES. Offsets at or past the end of the file
- * (or beyond what a number holds exactly) read as zeros without I/O, as QEMU's reads past EOF do.
- *
- * Every batch is read into the same buffer, `buffer`'s: a table yielded is valid until the next
- * one is asked for, so callers that keep one must copy it. (Fresh memory for every batch was most
- * of the check's time: touching a new page costs more than reading it from the page cache.)
- */
-export async function* tablesInOrder(
-  img: Qcow2Image, offsets: readonly number[], tableSize: number, buffer = new ReadBuffer(),
-): AsyncGenerator<[number, Uint8Array]> {
-  const fileSize = img.store.size();
-  const perBatch = Math.max(1, Math.floor(BATCH_BYTES / tableSize));
-  const scratch = buffer.take(Math.min(offsets.length, perBatch) * tableSize);
-  const zero = new Uint8Array(tableSize);
-  const at = new Map<number, number>(); // table offset -> its place in the scratch buffer
-  for (let start = 0; start < offsets.length; start += perBatch) {
-    const end = Math.min(offsets.length, start + perBatch);
-    const uniq = Array.from(new Set(offsets.slice(start, end))).filter((o) => o < fileSize && o + tableSize <= Number.MAX_SAFE_INTEGER).sort((a, b) => a - b);
-    at.clear();
-    let used = 0;
-    let i = 0;
-    while (i < uniq.length) {
-      let j = i + 1;
-      while (j < uniq.length && uniq[j] === uniq[j - 1]! + tableSize) j++;
-      await readInto(img.store, uniq[i]!, scratch.subarray(used, used + (j - i) * tableSize));
-      for (let k = i; k < j; k++, used += tableSize) at.set(uniq[k]!, used);
-      i = j;
-    }
-    for (let k = start; k < end; k++) {
-      const p = at.get(offsets[k]!);
-      yield [k, p === undefined ? zero : scratch.subarray(p, p + tableSize)];
-    }
-  }
-}
+import {
+  altHex, CheckAbort, FindingSink, hex64, MAX_REPEATS, strerror, type CheckCounters, type Finding,
+} from './findings.ts';
+import { Imrt, type Counts } from './imrt.ts';
+import { L2Runs } from './l2-runs.ts';
+import { Kind, LAYOUT_KIND_NAMES, mergeOwner } from './owners.ts';
+import { ReadBuffer, tablesInOrder } from './table-reads.ts';
 
 // ---- the walk -----------------------------------------------------------------------------------
-
-/** C's "%#x": like 0x… but a plain "0" for zero. */
-export function altHex(n: number): string {
-  return n === 0 ? '0' : hex(n);
-}
-
-/** Hex of a u64 given as two u32 halves, like C's PRIx64 (no leading zeros, no 0x). */
-export function hex64(hi: number, lo: number): string {
-  hi >>>= 0;
-  lo >>>= 0;
-  return hi === 0 ? lo.toString(16) : hi.toString(16) + lo.toString(16).padStart(8, '0');
-}
 
 export interface FragStats {
   totalClusters: number;
@@ -632,10 +408,10 @@ export class ReferenceWalk {
     }
     switch (type) {
       case ClusterType.Compressed: {
-        if ((hi & 0x80000000) !== 0) {
+        if (isCopied(hi)) {
           const coff = (hi & hiOffMask) * 4294967296 + lo;
           this.corruption(`ERROR: coffset=${hex(coff)}: copied flag must never be set for compressed clusters`, { structure: 'L2 table', hostOffset: l2Offset + at, l2Index: i });
-          hi = (hi & 0x7fffffff) >>> 0;
+          hi = withCopied(hi, false);
         }
         if (dataFile) {
           this.corruption(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi, lo)}`, { structure: 'L2 table', l2Index: i });
@@ -662,7 +438,7 @@ export class ReferenceWalk {
         }
         if (offset % cs !== 0) {
           this.res.corruptions += times;
-          const containsData = ext ? bmAlloc !== 0 : (lo & 1) === 0;
+          const containsData = ext ? bmAlloc !== 0 : !hasZeroFlag(lo);
           if (!containsData) {
             const fix = !!this.opts.fixErrors;
             this.report({ kind: 'corruption', message: `${fix ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`, structure: 'L2 table', hostOffset: offset, l2Index: i });
@@ -731,9 +507,8 @@ export class ReferenceWalk {
       for (let i = 0; i < t.size; i++) {
         const hi = be32(table, i * 8);
         const lo = be32(table, i * 8 + 4);
-        // BME_TABLE_ENTRY_RESERVED_MASK 0xff000000000001fe; bit 0 only without an offset
         const off = offsetOf(hi, lo);
-        if ((hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 || (off !== 0 && ((lo & 1) !== 0 || off % cs !== 0))) {
+        if (bitmapTableEntryInvalid(hi, lo, cs)) {
           if ((t.flags & 1) === 0 && !this.opts.lenientBitmaps) {
             // QEMU loads every consistent (not in-use) bitmap when it opens the image, check mode
             // included, and refuses the image when a table is invalid.
@@ -761,12 +536,12 @@ export class ReferenceWalk {
       const lo = be32(rt, i * 8 + 4);
       if (hi === 0 && lo === 0) continue;
       const at = img.header.refcountTableOffset + i * 8;
-      if ((lo & 0x1ff) !== 0) {
+      if (refcountTableReservedBits(lo)) {
         this.corruption(`ERROR refcount table entry ${i} has reserved bits set`, { structure: 'refcount table', hostOffset: at });
         this.rebuild = true;
         continue;
       }
-      const offset = refblockOffsetFromEntry(hi, lo);
+      const offset = refcountTableOffset(hi, lo);
       if (offset % cs !== 0) {
         this.corruption(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`, { structure: 'refcount table', hostOffset: at });
         this.rebuild = true;
@@ -847,13 +622,15 @@ function countPlainRun(
   const lowMask = (1 << clusterBits) - 1; // zero flag, reserved bits 1..8, offset bits below the cluster size
   const hiOffLimit = 1 << (clusterBits - 1);
   const hiShift = 32 - clusterBits;
+  const flagsHi = L2E_FLAGS_56_62_HI;
+  const offHi = OFFSET_MASK_HI;
   for (let i = start; i < n; i++) {
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
     if ((hi | lo) === 0) continue;
     // bits 56..62 clear: not compressed, no reserved bit
-    if ((hi & 0x7f000000) !== 0 || (lo & lowMask) !== 0) return i;
-    const hiOff = hi & 0x00ffffff;
+    if ((hi & flagsHi) !== 0 || (lo & lowMask) !== 0) return i;
+    const hiOff = hi & offHi;
     if (hiOff >= hiOffLimit) return i;
     const k = (hiOff << hiShift) | (lo >>> clusterBits);
     if (k === 0 || k >= limit) return i;
@@ -869,280 +646,4 @@ function countPlainRun(
     }
   }
   return n;
-}
-
-/** Runs a table may have to be kept by L2Runs (more: the table is read again when needed). */
-export const MAX_RUNS_PER_TABLE = 64;
-
-/**
- * Active L2 tables kept as runs of consecutive host clusters, so that the snapshots sharing them
- * and the COPIED pass need not read and decode them again: a metadata-preallocated or sequentially
- * written table is one run instead of a cluster of bytes. Only tables whose every entry was a
- * plain one (what countPlainRun counts) and that have at most MAX_RUNS_PER_TABLE runs are kept,
- * and only by a walk that writes nothing, so a kept table is what the disk still holds.
- */
-export class L2Runs {
-  /** L2 offset → where its runs start in `runs`. */
-  private readonly at = new Map<number, number>();
-  /** Per kept table: the number of runs, then (first cluster, clusters, COPIED 0/1) per run. */
-  private readonly runs: number[] = [];
-
-  has(l2Offset: number): boolean {
-    return this.at.has(l2Offset);
-  }
-
-  /** Keep `table` (just counted by countPlainRun from its first entry to its last) if it has few runs. */
-  record(l2Offset: number, table: Uint8Array, clusterBits: number): void {
-    if (this.at.has(l2Offset)) return;
-    const start = this.runs.length;
-    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    if (appendRuns(dv, table.length >>> 3, clusterBits, this.runs, MAX_RUNS_PER_TABLE)) this.at.set(l2Offset, start);
-    else this.runs.length = start;
-  }
-
-  /**
-   * Count `times` references to every cluster of a kept table, as the walk of its entries would.
-   * False (and nothing counted) if a refcount would overflow: the caller then walks the entries,
-   * which reports each overflow where QEMU does.
-   */
-  count(l2Offset: number, counts: Counts, max: number, times: number): boolean {
-    const p = this.at.get(l2Offset)!;
-    const runs = this.runs;
-    const end = p + 1 + 3 * runs[p]!;
-    for (let q = p + 1; q < end; q += 3) {
-      const first = runs[q]!;
-      const last = first + runs[q + 1]!;
-      for (let c = first; c < last; c++) {
-        const r = counts[c]!;
-        if (r + times > max) {
-          uncount(runs, p + 1, q, c, counts, times);
-          return false;
-        }
-        counts[c] = r + times;
-      }
-    }
-    return true;
-  }
-
-  /** For a kept table: whether every COPIED bit says what `refcounts` says (set ⇔ 1); undefined if not kept. */
-  copiedAgree(l2Offset: number, refcounts: Counts): boolean | undefined {
-    const p = this.at.get(l2Offset);
-    if (p === undefined) return undefined;
-    const runs = this.runs;
-    const end = p + 1 + 3 * runs[p]!;
-    for (let q = p + 1; q < end; q += 3) {
-      const first = runs[q]!;
-      const last = first + runs[q + 1]!;
-      const copied = runs[q + 2] === 1;
-      if (last > refcounts.length) return false;
-      for (let c = first; c < last; c++) if ((refcounts[c] === 1) !== copied) return false;
-    }
-    return true;
-  }
-}
-
-/** Undo L2Runs.count's increments made before cluster `stopAt` of the run at `stopRun`. */
-function uncount(runs: number[], from: number, stopRun: number, stopAt: number, counts: Counts, times: number): void {
-  for (let q = from; q <= stopRun; q += 3) {
-    const first = runs[q]!;
-    const last = q === stopRun ? stopAt : first + runs[q + 1]!;
-    for (let c = first; c < last; c++) counts[c] = counts[c]! - times;
-  }
-}
-
-/**
- * Append the runs of a standard L2 table of plain entries (unallocated, or a normal cluster with
- * an int32 index and no flag but COPIED: see countPlainRun) to `out`: the count, then (first
- * cluster, clusters, COPIED) per run of consecutive clusters with the same COPIED bit. False if
- * there are more than `maxRuns`; `out` is then left with a partial list for the caller to cut.
- */
-function appendRuns(dv: DataView, n: number, clusterBits: number, out: number[], maxRuns: number): boolean {
-  const hiShift = 32 - clusterBits;
-  const head = out.length;
-  out.push(0);
-  let runs = 0;
-  let first = -1;
-  let next = -1;
-  let copied = 0;
-  for (let i = 0; i < n; i++) {
-    const hi = dv.getInt32(i * 8);
-    const lo = dv.getInt32(i * 8 + 4);
-    if ((hi | lo) === 0) continue;
-    const k = ((hi & 0x00ffffff) << hiShift) | (lo >>> clusterBits);
-    const c = hi < 0 ? 1 : 0;
-    if (k === next && c === copied) {
-      next++;
-      continue;
-    }
-    if (first >= 0) {
-      if (++runs > maxRuns) return false;
-      out.push(first, next - first, copied);
-    }
-    first = k;
-    next = k + 1;
-    copied = c;
-  }
-  if (first >= 0) {
-    if (++runs > maxRuns) return false;
-    out.push(first, next - first, copied);
-  }
-  out[head] = runs;
-  return true;
-}
-
-/** Refblock offset of a reftable entry: REFT_OFFSET_MASK keeps bits 9..63. */
-export function refblockOffsetFromEntry(hi: number, lo: number): number {
-  return (hi >>> 0) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
-}
-
-/** The check cannot go on: QEMU returns -errno from qcow2_check_refcounts. */
-export class CheckAbort extends Error {
-  constructor(readonly errno: 'EFBIG' | 'EINVAL' | 'EIO' | 'ENOMEM' | 'ENOSPC') {
-    super(strerror(errno));
-  }
-}
-
-export function strerror(errno: string): string {
-  switch (errno) {
-    case 'EFBIG': return 'File too large';
-    case 'EINVAL': return 'Invalid argument';
-    case 'EIO': return 'Input/output error';
-    case 'ENOMEM': return 'Cannot allocate memory';
-    case 'ENOSPC': return 'No space left on device';
-    default: return errno;
-  }
-}
-
-// ---- on-disk refcounts --------------------------------------------------------------------------
-
-/** On-disk refcounts by cluster, and the reftable indices whose refblock could not be read. */
-export interface DiskRefcounts {
-  counts: Counts;
-  unreadable: Set<number>;
-}
-
-/**
- * The refblocks that hold the refcounts of clusters [0, n), in reftable order, read in batches:
- * [reftable index, refblock] (the refblock valid until the next is asked for, as tablesInOrder's).
- * Reftable entries of 0 are left out; unaligned ones cannot be read (QEMU: -EIO) and are added to
- * `unreadable` before the first refblock is yielded.
- */
-export async function* refblocksInOrder(
-  img: Qcow2Image, n: number, unreadable: Set<number>, buffer?: ReadBuffer,
-): AsyncGenerator<[number, Uint8Array]> {
-  const cs = img.clusterSize;
-  const per = 2 ** (img.clusterBits + 3 - img.refcountOrder);
-  const rt = img.reftable;
-  const needed = Math.min(rt.length / 8, Math.ceil(n / per));
-  const idx: number[] = [];
-  const offs: number[] = [];
-  for (let r = 0; r < needed; r++) {
-    const off = refblockOffsetFromEntry(be32(rt, r * 8), be32(rt, r * 8 + 4));
-    if (off === 0) continue;
-    if (off % cs !== 0) {
-      unreadable.add(r);
-      continue;
-    }
-    idx.push(r);
-    offs.push(off);
-  }
-  for await (const [k, block] of tablesInOrder(img, offs, cs, buffer)) yield [idx[k]!, block];
-}
-
-/**
- * The on-disk refcounts of clusters [0, n), read through the in-memory refcount table in batched
- * refblock reads. Reftable entries whose refblock is unaligned cannot be read (QEMU: -EIO); their
- * indices are returned in `unreadable`.
- */
-export async function readDiskRefcounts(img: Qcow2Image, n: number, buffer?: ReadBuffer): Promise<DiskRefcounts> {
-  const order = img.refcountOrder;
-  const counts = Imrt.alloc(order, n);
-  const unreadable = new Set<number>();
-  const per = 2 ** (img.clusterBits + 3 - order);
-  for await (const [r, block] of refblocksInOrder(img, n, unreadable, buffer)) {
-    const base = r * per;
-    decodeInto(block, order, counts, base, Math.min(per, n - base));
-  }
-  return { counts, unreadable };
-}
-
-/**
- * Whether the on-disk refcounts of clusters [0, imrt.size) are exactly the IMRT's: the refblocks
- * are compared one by one as they are read, without decoding them into a second per-cluster
- * array. This is the answer for a clean image; on any difference, or a refblock that cannot be
- * read, it says false and the caller decodes them all (readDiskRefcounts) to compare and report
- * cluster by cluster as QEMU does.
- */
-export async function refcountsMatch(img: Qcow2Image, imrt: Imrt, buffer?: ReadBuffer, isCancelled?: () => boolean): Promise<boolean> {
-  const order = img.refcountOrder;
-  const n = imrt.size;
-  const counts = imrt.counts;
-  const per = 2 ** (img.clusterBits + 3 - order);
-  const rt = img.reftable;
-  const rtEntries = rt.length / 8;
-  const needed = Math.ceil(n / per);
-  const bases: number[] = [];
-  const offs: number[] = [];
-  for (let r = 0; r < needed; r++) {
-    const base = r * per;
-    const off = r < rtEntries ? refblockOffsetFromEntry(be32(rt, r * 8), be32(rt, r * 8 + 4)) : 0;
-    if (off === 0) {
-      // no refblock: every refcount it would hold is 0
-      for (let i = base, end = Math.min(n, base + per); i < end; i++) if (counts[i] !== 0) return false;
-      continue;
-    }
-    if (off % img.clusterSize !== 0) return false;
-    bases.push(base);
-    offs.push(off);
-  }
-  for await (const [k, block] of tablesInOrder(img, offs, img.clusterSize, buffer)) {
-    if (isCancelled?.()) throw new QcowError('CANCELLED', 'The check was cancelled', {});
-    const base = bases[k]!;
-    if (!refblockMatches(block, order, counts, base, Math.min(per, n - base))) return false;
-  }
-  return true;
-}
-
-/** Whether `count` refcounts of a refblock equal `counts[base ..]` (one loop per common width). */
-function refblockMatches(block: Uint8Array, order: number, counts: Counts, base: number, count: number): boolean {
-  const dv = new DataView(block.buffer, block.byteOffset, block.byteLength);
-  switch (order) {
-    case 3:
-      for (let i = 0; i < count; i++) if (block[i] !== counts[base + i]) return false;
-      return true;
-    case 4:
-      if (counts instanceof Uint8Array) {
-        // the IMRT still one byte wide: every on-disk refcount must be a zero byte, then the count
-        for (let i = 0; i < count; i++) if (block[2 * i] !== 0 || block[2 * i + 1] !== counts[base + i]) return false;
-        return true;
-      }
-      for (let i = 0; i < count; i++) if (dv.getUint16(2 * i) !== counts[base + i]) return false;
-      return true;
-    case 5:
-      for (let i = 0; i < count; i++) if (dv.getUint32(4 * i) !== counts[base + i]) return false;
-      return true;
-    default:
-      for (let i = 0; i < count; i++) if (getRefcount(block, i, order) !== counts[base + i]) return false;
-      return true;
-  }
-}
-
-/** The highest cluster with a reference (0 if none): what compareRefcounts finds when the refcounts match. */
-export function highestReferenced(imrt: Imrt): number {
-  const counts = imrt.counts;
-  for (let i = imrt.size - 1; i > 0; i--) if (counts[i] !== 0) return i;
-  return 0;
-}
-
-/** Decode `count` refcounts of a refblock into `out` at `base`. */
-export function decodeInto(block: Uint8Array, order: number, out: Counts, base: number, count: number): void {
-  switch (order) {
-    case 0: for (let i = 0; i < count; i++) out[base + i] = (block[i >>> 3]! >>> (i & 7)) & 1; break;
-    case 1: for (let i = 0; i < count; i++) out[base + i] = (block[i >>> 2]! >>> ((i & 3) * 2)) & 3; break;
-    case 2: for (let i = 0; i < count; i++) out[base + i] = (block[i >>> 1]! >>> ((i & 1) * 4)) & 15; break;
-    case 3: for (let i = 0; i < count; i++) out[base + i] = block[i]!; break;
-    case 4: for (let i = 0; i < count; i++) out[base + i] = (block[2 * i]! << 8) | block[2 * i + 1]!; break;
-    case 5: for (let i = 0; i < count; i++) out[base + i] = be32(block, 4 * i); break;
-    default: for (let i = 0; i < count; i++) out[base + i] = be32(block, 8 * i) * 4294967296 + be32(block, 8 * i + 4);
-  }
 }

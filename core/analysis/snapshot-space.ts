@@ -1,12 +1,11 @@
 // What a snapshot holds alone: the host clusters (its L1 copy, L2 tables, data and compressed
 // clusters) whose every reference comes from that snapshot's tree, i.e. what deleting it would
 // free, and what it shares with the active disk or other snapshots.
-import { be32 } from '../format/bytes.ts';
-import { ClusterType, clusterType, compressedDescriptor, offsetOf } from '../format/entries.ts';
 import { getRefcount } from '../format/refcount.ts';
 import type { Snapshot } from '../format/snapshot-table.ts';
 import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
 import { loadRefblock, refblockEntriesOf } from '../image/refcount.ts';
+import { walkTree } from './tree-walk.ts';
 
 export interface SnapshotSpace {
   id: string;
@@ -21,38 +20,9 @@ export interface SnapshotSpace {
 }
 
 /** References from one L1 tree: host cluster index → number of references. */
-export async function treeReferences(img: Qcow2Image, view: L1View, includeL1 = true): Promise<Map<number, number>> {
+async function treeReferences(img: Qcow2Image, view: L1View, includeL1 = true): Promise<Map<number, number>> {
   const refs = new Map<number, number>();
-  const cs = img.clusterSize;
-  const add = (cluster: number, n = 1): void => {
-    refs.set(cluster, (refs.get(cluster) ?? 0) + n);
-  };
-  if (includeL1 && view.size > 0) {
-    const first = Math.floor(view.offset / cs);
-    const last = Math.floor((view.offset + view.size * 8 - 1) / cs);
-    for (let c = first; c <= last; c++) add(c);
-  }
-  for (let i = 0; i < view.size; i++) {
-    const l2Offset = offsetOf(be32(view.table, i * 8), be32(view.table, i * 8 + 4));
-    if (l2Offset === 0 || l2Offset % cs !== 0) continue;
-    add(l2Offset / cs);
-    const l2 = await img.readL2(l2Offset);
-    for (let j = 0; j < img.l2Entries; j++) {
-      const at = j * img.l2EntrySize;
-      const hi = be32(l2, at);
-      const lo = be32(l2, at + 4);
-      const type = clusterType(hi, lo, img.geometry);
-      if (type === ClusterType.Normal || type === ClusterType.ZeroAlloc) {
-        const host = offsetOf(hi, lo);
-        if (host !== 0 && host % cs === 0) add(host / cs);
-      } else if (type === ClusterType.Compressed) {
-        const d = compressedDescriptor(hi, lo, img.clusterBits);
-        const a = Math.floor(d.hostOffset / cs);
-        const b = Math.floor((d.hostOffset + d.compressedSize - 1) / cs);
-        for (let c = a; c <= b; c++) add(c);
-      }
-    }
-  }
+  await walkTree(img, view, (cluster) => refs.set(cluster, (refs.get(cluster) ?? 0) + 1), includeL1);
   return refs;
 }
 

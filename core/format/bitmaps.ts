@@ -2,21 +2,21 @@
 // QEMU's bitmap_list_load and check_dir_entry do when an image with bitmaps is opened (a
 // directory QEMU refuses makes the image unopenable there too). Pure: bytes in, values out.
 import { QcowError, hex } from '../errors.ts';
-import { be16, be32, be64, decodeString } from './bytes.ts';
+import { be16, be32, be64, decodeString, encodeString, put16, put32, put64 } from './bytes.ts';
 import * as C from './constants.ts';
 
 export const BME_FLAG_IN_USE = 1 << 0;
 export const BME_FLAG_AUTO = 1 << 1;
 /** QEMU's BME_RESERVED_FLAGS: everything but in_use and auto (extra_data_compatible included). */
-export const BME_RESERVED_FLAGS = 0xfffffffc;
-export const BME_MAX_TABLE_SIZE = 0x8000000;
-export const BME_MAX_PHYS_SIZE = 0x20000000;
-export const BME_MIN_GRANULARITY_BITS = 9;
-export const BME_MAX_GRANULARITY_BITS = 31;
+const BME_RESERVED_FLAGS = 0xfffffffc;
+const BME_MAX_TABLE_SIZE = 0x8000000;
+const BME_MAX_PHYS_SIZE = 0x20000000;
+const BME_MIN_GRANULARITY_BITS = 9;
+const BME_MAX_GRANULARITY_BITS = 31;
 export const BME_MAX_NAME_SIZE = 1023;
 export const BT_DIRTY_TRACKING_BITMAP = 1;
 /** Fixed part of a directory entry (offset, table size, flags, type, granularity, name size, extra size). */
-export const BITMAP_DIR_ENTRY_SIZE = 24;
+const BITMAP_DIR_ENTRY_SIZE = 24;
 
 export interface BitmapEntry {
   bitmapTableOffset: number;
@@ -81,3 +81,30 @@ export function parseBitmapDirectory(dir: Uint8Array, nbBitmaps: number, cluster
   if (out.length !== nbBitmaps) throw fail('Less bitmaps found than specified in header extension');
   return out;
 }
+
+/** Bytes a directory entry takes (QEMU's calc_dir_entry_size): fixed part and name, padded to 8. */
+export function dirEntrySize(name: string): number {
+  return Math.ceil((BITMAP_DIR_ENTRY_SIZE + encodeString(name).length) / 8) * 8;
+}
+
+/** The directory bytes for `entries` (no extra data), as QEMU's bitmap_list_store lays them out. */
+export function encodeBitmapDirectory(entries: ReadonlyArray<Omit<BitmapEntry, 'entryOffset'>>): Uint8Array {
+  const out = new Uint8Array(entries.reduce((n, e) => n + dirEntrySize(e.name), 0));
+  let pos = 0;
+  for (const e of entries) {
+    const name = encodeString(e.name);
+    put64(out, pos, e.bitmapTableOffset);
+    put32(out, pos + 8, e.bitmapTableSize);
+    put32(out, pos + 12, e.flags);
+    out[pos + 16] = e.type;
+    out[pos + 17] = e.granularityBits;
+    put16(out, pos + 18, name.length);
+    put32(out, pos + 20, 0);
+    out.set(name, pos + BITMAP_DIR_ENTRY_SIZE);
+    pos += dirEntrySize(e.name);
+  }
+  return out;
+}
+
+/** Bitmap table entry bits holding the data cluster's offset (QEMU's BME_TABLE_ENTRY_OFFSET_MASK). */
+export const BME_TABLE_ENTRY_OFFSET_MASK = 0x00fffffffffffe00n;

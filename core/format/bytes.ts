@@ -60,14 +60,6 @@ export function alignUp(x: number, a: number): number {
   return Math.ceil(x / a) * a;
 }
 
-export function alignDown(x: number, a: number): number {
-  return Math.floor(x / a) * a;
-}
-
-export function isAligned(x: number, a: number): boolean {
-  return x % a === 0;
-}
-
 const utf8 = new TextDecoder('utf-8');
 const utf8enc = new TextEncoder();
 

@@ -1,29 +1,107 @@
-// L1 and L2 entries (qcow2-reference.md §1.6–1.7): decoding into cluster types and host offsets,
-// and encoding. Entries are handled as two u32 halves (hi, lo) read from the table bytes, never
+// L1, L2, refcount table and bitmap table entries (qcow2-reference.md §1.5–1.7): every bit of an
+// entry is named here and nowhere else (decoding into cluster types and host offsets, encoding,
+// and the word masks the hot loops use on entries read in place). Entries are handled as two u32 halves (hi, lo) read from the table bytes, never
 // as 64-bit bitwise operations (those would silently truncate to 32 bits) and never as bigint on
 // hot paths. QEMU's mask names are kept so a search finds the spec and QEMU too.
 import { be32, put32 } from './bytes.ts';
 
 const TWO32 = 4294967296;
 
-// hi word masks
-const HI_COPIED = 0x80000000; // QCOW_OFLAG_COPIED, bit 63
-const HI_COMPRESSED = 0x40000000; // QCOW_OFLAG_COMPRESSED, bit 62
-const HI_OFFSET = 0x00ffffff; // bits 32..55 of L1E/L2E_OFFSET_MASK
-const LO_OFFSET = 0xfffffe00; // bits 9..31
+// Word masks. Exported for the loops that read entries as int32 words in place (map, check,
+// snapshot commits): such a loop copies the ones it needs into locals before it starts.
+/** QCOW_OFLAG_COPIED, bit 63 (the high word's sign bit: `hi < 0` on an int32 word). */
+export const QCOW_OFLAG_COPIED_HI = 0x80000000;
+/** QCOW_OFLAG_COMPRESSED, bit 62. */
+export const QCOW_OFLAG_COMPRESSED_HI = 0x40000000;
+/** QCOW_OFLAG_ZERO, bit 0. */
+export const QCOW_OFLAG_ZERO_LO = 1;
+/** Bits 32..55 of L1E_OFFSET_MASK / L2E_OFFSET_MASK 0x00fffffffffffe00. */
+export const OFFSET_MASK_HI = 0x00ffffff;
+/** Bits 9..31 of L1E/L2E_OFFSET_MASK and REFT_OFFSET_MASK. */
+export const OFFSET_MASK_LO = 0xfffffe00;
+/** Bits 56..62 of an L2 entry: the compressed flag and the reserved bits above the offset. */
+export const L2E_FLAGS_56_62_HI = 0x7f000000;
+/** Extended L2: a subcluster bitmap (allocation or zero) with all 32 subclusters set. */
+export const ALL_SUBCLUSTERS = 0xffffffff;
 /** L1E_RESERVED_MASK 0x7F000000000001FF as (hi, lo). */
 const L1E_RESERVED_HI = 0x7f000000;
 const L1E_RESERVED_LO = 0x1ff;
 /** L2E_STD_RESERVED_MASK 0x3F000000000001FE as (hi, lo). */
 const L2E_STD_RESERVED_HI = 0x3f000000;
 const L2E_STD_RESERVED_LO = 0x1fe;
-const LO_ZERO = 1; // QCOW_OFLAG_ZERO, bit 0
+/** REFT_RESERVED_MASK: bits 0..8 of a refcount table entry. */
+const REFT_RESERVED_LO = 0x1ff;
+/** BME_TABLE_ENTRY_RESERVED_MASK 0xff000000000001fe as (hi, lo); BME_TABLE_ENTRY_FLAG_ALL_ONES is bit 0. */
+const BME_TABLE_ENTRY_RESERVED_HI = 0xff000000;
+const BME_TABLE_ENTRY_RESERVED_LO = 0x1fe;
+const BME_TABLE_ENTRY_FLAG_ALL_ONES = 1;
 
-export const QCOW_OFLAG_COPIED_HI = HI_COPIED;
-export const QCOW_OFLAG_COMPRESSED_HI = HI_COMPRESSED;
+const HI_COPIED = QCOW_OFLAG_COPIED_HI;
+const HI_COMPRESSED = QCOW_OFLAG_COMPRESSED_HI;
+const HI_OFFSET = OFFSET_MASK_HI;
+const LO_OFFSET = OFFSET_MASK_LO;
+const LO_ZERO = QCOW_OFLAG_ZERO_LO;
 
+/** The host offset of an L1 or L2 entry (L1E/L2E_OFFSET_MASK; for compressed entries see compressedDescriptor). */
 export function offsetOf(hi: number, lo: number): number {
   return (hi & HI_OFFSET) * TWO32 + ((lo & LO_OFFSET) >>> 0);
+}
+
+/** Whether the entry's offset field is non-zero (an L2 entry with a host cluster, an allocated L1 entry). */
+export function hasOffset(hi: number, lo: number): boolean {
+  return (hi & HI_OFFSET) !== 0 || (lo & LO_OFFSET) !== 0;
+}
+
+/** QCOW_OFLAG_COPIED of an entry's high word. */
+export function isCopied(hi: number): boolean {
+  return (hi & HI_COPIED) !== 0;
+}
+
+/** The high word with QCOW_OFLAG_COPIED set or cleared (as a u32). */
+export function withCopied(hi: number, copied: boolean): number {
+  return copied ? (hi | HI_COPIED) >>> 0 : (hi & ~HI_COPIED) >>> 0;
+}
+
+/** QCOW_OFLAG_ZERO of an L2 entry's low word. */
+export function hasZeroFlag(lo: number): boolean {
+  return (lo & LO_ZERO) !== 0;
+}
+
+/** QCOW_OFLAG_COMPRESSED of an L2 entry's high word. */
+export function isCompressed(hi: number): boolean {
+  return (hi & HI_COMPRESSED) !== 0;
+}
+
+/**
+ * The low-word bits of the offset field that lie below `clusterSize`: an entry whose low word has
+ * any of them set points to an unaligned host offset.
+ */
+export function offsetUnalignedMaskLo(clusterSize: number): number {
+  return (clusterSize - 1) & LO_OFFSET;
+}
+
+// ---- refcount table ----------------------------------------------------------------------------
+
+/** Refblock offset of a reftable entry: REFT_OFFSET_MASK keeps bits 9..63. */
+export function refcountTableOffset(hi: number, lo: number): number {
+  return (hi >>> 0) * TWO32 + ((lo & LO_OFFSET) >>> 0);
+}
+
+/** Whether a reftable entry's low word has REFT_RESERVED_MASK bits set. */
+export function refcountTableReservedBits(lo: number): boolean {
+  return (lo & REFT_RESERVED_LO) !== 0;
+}
+
+// ---- bitmap table ------------------------------------------------------------------------------
+
+/**
+ * Whether a bitmap table entry is invalid as QEMU's check_table_entry says: reserved bits set,
+ * or an offset that is unaligned or comes with the all-ones flag.
+ */
+export function bitmapTableEntryInvalid(hi: number, lo: number, clusterSize: number): boolean {
+  if ((hi & BME_TABLE_ENTRY_RESERVED_HI) !== 0 || (lo & BME_TABLE_ENTRY_RESERVED_LO) !== 0) return true;
+  const off = offsetOf(hi, lo);
+  return off !== 0 && ((lo & BME_TABLE_ENTRY_FLAG_ALL_ONES) !== 0 || off % clusterSize !== 0);
 }
 
 // ---- L1 --------------------------------------------------------------------------------------
@@ -37,10 +115,10 @@ export interface L1Entry {
   raw: string;
 }
 
-export function l1Hi(table: Uint8Array, index: number): number {
+function l1Hi(table: Uint8Array, index: number): number {
   return be32(table, index * 8);
 }
-export function l1Lo(table: Uint8Array, index: number): number {
+function l1Lo(table: Uint8Array, index: number): number {
   return be32(table, index * 8 + 4);
 }
 
@@ -62,6 +140,12 @@ export function decodeL1Entry(table: Uint8Array, index: number): L1Entry {
 
 export function l1ReservedBits(hi: number, lo: number): boolean {
   return (hi & L1E_RESERVED_HI) !== 0 || (lo & L1E_RESERVED_LO) !== 0;
+}
+
+/** The L1E_RESERVED_MASK bits set in an entry, as hex ('' when none): for display. */
+export function l1ReservedHex(hi: number, lo: number): string {
+  if (!l1ReservedBits(hi, lo)) return '';
+  return '0x' + rawHex(hi & L1E_RESERVED_HI, lo & L1E_RESERVED_LO).replace(/^0+(?=.)/, '');
 }
 
 /** Unaligned L2 offsets in an L1 entry: bits 0..8 inside the offset field region are reserved. */
@@ -183,11 +267,6 @@ export function decodeL2Entry(table: Uint8Array, index: number, g: L2Geometry): 
 
 export function l2StdReservedBits(hi: number, lo: number): boolean {
   return (hi & L2E_STD_RESERVED_HI) !== 0 || (lo & L2E_STD_RESERVED_LO) !== 0;
-}
-
-/** Whether the host offset field of an entry is cluster aligned (bits 9.. below the cluster size). */
-export function isClusterAligned(offset: number, clusterSize: number): boolean {
-  return offset % clusterSize === 0;
 }
 
 export function encodeL2Entry(hostOffset: number, flags: { copied?: boolean; zero?: boolean }): [number, number] {

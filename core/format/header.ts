@@ -5,6 +5,7 @@
 import { QcowError, hex } from '../errors.ts';
 import { be32, be64n, decodeCString, decodeString, encodeString, isSafe, put32, put64, put64n, toNumber } from './bytes.ts';
 import * as C from './constants.ts';
+import { l2EntrySize, type L2Geometry } from './entries.ts';
 
 export interface FeatureName {
   type: number; // 0 incompatible, 1 compatible, 2 autoclear
@@ -64,12 +65,6 @@ export interface Qcow2Header {
   backingFile?: string;
   /** Where the extension area ended (the end marker's offset, or where parsing stopped). */
   extensionsEnd: number;
-}
-
-/** Bytes needed to parse any header: the header is confined to cluster 0, at most 2 MiB. */
-export function headerBytesNeeded(first: Uint8Array): number {
-  const bits = first.length >= 24 ? be32(first, 20) : 16;
-  return bits >= C.MIN_CLUSTER_BITS && bits <= C.MAX_CLUSTER_BITS ? 1 << bits : 1 << 16;
 }
 
 function u64Field(b: Uint8Array, off: number): number {
@@ -312,10 +307,18 @@ export function clusterSizeOf(h: Pick<Qcow2Header, 'clusterBits'>): number {
   return 2 ** h.clusterBits;
 }
 
+/** What the L2 entries of an image with this header look like (entries.ts decodes them with it). */
+export function l2GeometryOf(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'>): L2Geometry {
+  return {
+    clusterBits: h.clusterBits,
+    extendedL2: (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n,
+    dataFile: (h.incompatibleFeatures & C.INCOMPAT_DATA_FILE) !== 0n,
+  };
+}
+
 /** L2 entries per table: CS/8, or CS/16 with extended L2. */
 export function l2EntriesOf(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'>): number {
-  const entrySize = (h.incompatibleFeatures & C.INCOMPAT_EXTL2) !== 0n ? 16 : 8;
-  return 2 ** h.clusterBits / entrySize;
+  return 2 ** h.clusterBits / l2EntrySize(l2GeometryOf(h));
 }
 
 /** L1 entries needed to map `size` bytes (QEMU's size_to_l1). */
@@ -341,7 +344,7 @@ export function validateTable(offset: number, entries: number, entryLen: number,
 // Encoding
 
 /** The feature-name table payload QEMU writes (8 entries, 384 bytes). */
-export function encodeFeatureTable(): Uint8Array {
+function encodeFeatureTable(): Uint8Array {
   const out = new Uint8Array(C.QEMU_FEATURE_NAMES.length * 48);
   C.QEMU_FEATURE_NAMES.forEach(([type, bit, name], i) => {
     out[i * 48] = type;
@@ -422,18 +425,6 @@ export function encodeHeader(h: Qcow2Header): Uint8Array {
     out.set(name, pos);
   } else {
     put64(out, 8, 0);
-  }
-  return out;
-}
-
-/** Names of the feature bits set in a mask, from QEMU's table (then "bit N" for unknown ones). */
-export function featureBitNames(type: number, mask: bigint, table: FeatureName[] = []): string[] {
-  const out: string[] = [];
-  for (let bit = 0; bit < 64; bit++) {
-    if ((mask & (1n << BigInt(bit))) === 0n) continue;
-    const known = C.QEMU_FEATURE_NAMES.find(([t, b]) => t === type && b === bit)?.[2]
-      ?? table.find((f) => f.type === type && f.bit === bit)?.name;
-    out.push(known ?? `bit ${bit}`);
   }
   return out;
 }

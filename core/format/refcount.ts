@@ -2,9 +2,7 @@
 // bits. Sub-byte widths pack LSB-first inside each byte; 8..64 are big-endian integers. 64-bit
 // refcounts above 2^53 are read approximately (no image can have that many references).
 import { be16, be32, put16, put32 } from './bytes.ts';
-import { offsetOf } from './entries.ts';
-
-export const REFT_OFFSET_RESERVED_LO = 0x1ff; // REFT_RESERVED_MASK: bits 0..8
+import { offsetOf, refcountTableReservedBits } from './entries.ts';
 
 export function refcountBits(order: number): number {
   return 2 ** order;
@@ -25,7 +23,7 @@ export function reftableEntry(table: Uint8Array, index: number): number {
 }
 
 export function reftableReservedBits(table: Uint8Array, index: number): boolean {
-  return (be32(table, index * 8 + 4) & REFT_OFFSET_RESERVED_LO) !== 0;
+  return refcountTableReservedBits(be32(table, index * 8 + 4));
 }
 
 /** The raw value of a reftable entry (offset bits and reserved bits). */

@@ -15,99 +15,18 @@
 import { QcowError, hex } from '../errors.ts';
 import { put32, put64 } from '../format/bytes.ts';
 import { MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE_BYTES } from '../format/constants.ts';
-import { encodeL1Entry, l1L2Offset, putEntry } from '../format/entries.ts';
-import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
+import { encodeL1Entry, putEntry } from '../format/entries.ts';
+import { getRefcount, reftableEntry, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
+import type { AllocatorState } from './allocator-state.ts';
+import { MetadataClusters } from './metadata.ts';
 import {
   checkRefcountDeltas, loadRefblock, refblockEntriesOf, reftableSize, type RefcountDeltas,
 } from './refcount.ts';
 
-// ---- per-image allocator state ------------------------------------------------------------------
-
-interface AllocState {
-  /** QEMU's free_cluster_index: no free cluster below it (0 on open). */
-  freeClusterIndex: number;
-  /** Host clusters holding metadata, for the "Preventing invalid allocation" guard; null = rebuild. */
-  metadata: MetadataClusters | null;
-  /** The in-memory structures this state was built from: if another module replaces them (a
-   *  repair reloading the image, a snapshot revert), the state is rebuilt. */
-  seen: readonly unknown[];
-}
-
-const states = new WeakMap<Qcow2Image, AllocState>();
-
-/**
- * Where metadata lives, by host cluster: single clusters (refcount blocks, L2 tables) in a map,
- * multi-cluster tables (L1 tables, the refcount and snapshot tables) as ranges, so a hostile
- * header claiming huge tables costs one entry per table, not one per cluster.
- */
-class MetadataClusters {
-  private readonly singles = new Map<number, string>();
-  private readonly ranges: Array<readonly [number, number, string]> = [];
-
-  /** Clusters [first, end) hold `name` (the first name recorded for a cluster wins). */
-  addRange(first: number, end: number, name: string): void {
-    if (end - first === 1) {
-      if (!this.singles.has(first)) this.singles.set(first, name);
-    } else if (end > first) {
-      this.ranges.push([first, end, name]);
-    }
-  }
-
-  set(c: number, name: string): void {
-    this.singles.set(c, name);
-  }
-
-  /** The lowest cluster of [start, start + n) holding metadata, and its owner; null if none. */
-  firstIn(start: number, n: number): readonly [number, string] | null {
-    let best: [number, string] | null = null;
-    for (const [first, end, name] of this.ranges) {
-      if (first < start + n && start < end) {
-        const c = Math.max(first, start);
-        if (!best || c < best[0]) best = [c, name];
-      }
-    }
-    const limit = best ? best[0] : start + n;
-    for (let c = start; c < limit; c++) {
-      const owner = this.singles.get(c);
-      if (owner !== undefined) return [c, owner];
-    }
-    return best;
-  }
-}
-
-function identity(img: Qcow2Image): unknown[] {
-  return [img.header, img.l1Table, img.reftable, img.snapshots];
-}
-
-function stateOf(img: Qcow2Image): AllocState {
-  let s = states.get(img);
-  const now = identity(img);
-  if (!s) {
-    s = { freeClusterIndex: 0, metadata: null, seen: now };
-    states.set(img, s);
-  } else if (s.seen.some((v, i) => v !== now[i])) {
-    s.freeClusterIndex = 0;
-    s.metadata = null;
-    s.seen = now;
-  }
-  return s;
-}
-
-/** After this module replaced one of the structures itself: keep the state. */
-function resync(img: Qcow2Image): void {
-  const s = states.get(img);
-  if (s) s.seen = identity(img);
-}
-
-/**
- * Forget cached knowledge of where metadata lives (the allocation guard rebuilds it). Call after
- * changing structures by other means than this module (snapshot table, L1 moves, repair).
- */
-export function invalidateAllocatorState(img: Qcow2Image): void {
-  const s = stateOf(img);
-  s.metadata = null;
-  s.freeClusterIndex = 0;
+/** What the allocator knows about `img` (kept by the image, dropped when its tables change). */
+function stateOf(img: Qcow2Image): AllocatorState {
+  return img.allocation;
 }
 
 /** A half-open range of host cluster indices that must not be handed out (being allocated). */
@@ -242,7 +161,7 @@ async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, on
     await img.pwrite(offset, block, `refcount block ${r} (new)`);
     await img.flush(`refcount block ${r} before it is published`);
     img.refblockCache.set(offset, block);
-    s.metadata?.set(x, 'refcount block');
+    s.metadata?.addRange(x, x + 1, 'refcount block');
     if (r < reftableSize(img)) {
       const entry = new Uint8Array(8);
       putEntry(entry, 0, ...encodeL1Entry(offset, false));
@@ -352,14 +271,15 @@ async function refcountArea(
   put32(hdr, 8, tableClusters);
   await img.pwrite(48, hdr, 'header: refcount_table_offset and refcount_table_clusters', true);
   await img.flush('header update');
-  img.reftable = newTable;
-  img.header.refcountTableOffset = tableCluster * cs;
-  img.header.refcountTableClusters = tableClusters;
-  resync(img);
+  // This module made the change: what it knew still holds (the new table and blocks are added below).
+  const known = stateOf(img);
+  const { freeClusterIndex, metadata, inactiveL2 } = known;
+  img.setTables({ reftable: newTable, header: { refcountTableOffset: tableCluster * cs, refcountTableClusters: tableClusters } });
+  Object.assign(known, { freeClusterIndex, metadata, inactiveL2 });
   for (const [, offset, block] of blocks) img.refblockCache.set(offset, block);
   const meta = stateOf(img).metadata;
   if (meta) {
-    for (const [, offset] of blocks) meta.set(offset / cs, 'refcount block');
+    for (const [, offset] of blocks) meta.addRange(offset / cs, offset / cs + 1, 'refcount block');
     meta.addRange(tableCluster, endCluster, 'refcount table');
   }
   // The old table is garbage now; a crash before this leaks it, nothing worse.
@@ -476,124 +396,14 @@ function assertNotMetadata(img: Qcow2Image, start: number, n: number, what: stri
   }
 }
 
-/** Snapshot L1 bytes the write guard reads at most to learn the inactive L2 tables (hostile tables are bounded). */
-const MAX_INACTIVE_L1_BYTES = 64 * 1024 * 1024;
-
-/**
- * QEMU's qcow2_pre_write_overlap_check (mode "all"), made before anything is written: guest data
- * or an L2 table written in place whose host cluster holds other metadata (an L2 entry pointing
- * at the L1 table, a refcount block, a snapshot's L2 table...) is refused. QEMU detects it at
- * write time, marks the image corrupt and fails; we refuse and leave the file as it was.
- * `targets`: host offset → what would be written there; `l2Targets` may be active L2 tables;
- * `checkInactiveL2` off where the targets may rightly be shared with snapshots.
- * Computed from the structures as they are now (not from the allocation guard's cache, which
- * keeps clusters that have since been freed).
- */
-export async function assertNoMetadataOverlap(img: Qcow2Image, targets: Map<number, string>, l2Targets: ReadonlySet<number> = new Set(), checkInactiveL2 = true): Promise<void> {
-  if (targets.size === 0) return;
-  const cs = img.clusterSize;
-  const want = new Map<number, string>();
-  for (const [off, what] of targets) want.set(Math.floor(off / cs), what);
-  const fail = (c: number, owner: string): never => {
-    const what = want.get(c)!;
-    throw new QcowError('METADATA_CORRUPT',
-      `Preventing invalid write of ${what} at offset ${hex(c * cs)} (overlaps with ${owner}); the image is corrupt, run a check with repair`,
-      { structure: what, offset: c * cs, overlapsWith: owner });
-  };
-  for (const c of want.keys()) {
-    // beyond what any file can hold (an entry pointing near 2^56): QEMU's write fails with EFBIG
-    if ((c + 1) * cs > Number.MAX_SAFE_INTEGER) fail(c, 'the end of any possible file');
-  }
-  const range = (offset: number, bytes: number, owner: string): void => {
-    if (bytes <= 0) return;
-    for (const c of want.keys()) if (c * cs < offset + bytes && offset < (c + 1) * cs) fail(c, owner);
-  };
-  const h = img.header;
-  if (want.has(0)) fail(0, 'qcow2_header');
-  range(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
-  range(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
-  range(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
-  for (const sn of img.snapshots) range(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
-  if (h.bitmaps && h.bitmaps.bitmapDirectorySize > 0) range(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
-  for (let r = 0; r < reftableSize(img); r++) {
-    const off = reftableEntry(img.reftable, r);
-    if (off !== 0 && want.has(off / cs)) fail(off / cs, 'refcount block');
-  }
-  for (let i = 0; i < h.l1Size; i++) {
-    const off = l1L2Offset(img.l1Table, i);
-    if (off !== 0 && want.has(off / cs) && !l2Targets.has(off)) fail(off / cs, 'active L2 table');
-  }
-  if (checkInactiveL2 && img.snapshots.length > 0) {
-    const inactive = await inactiveL2Clusters(img);
-    for (const c of want.keys()) if (inactive.has(c)) fail(c, 'inactive L2 table');
-  }
-}
-
-/** The snapshots' L2 tables, per snapshot list (a new list after every snapshot operation). */
-const inactiveCache = new WeakMap<object, Set<number>>();
-
-async function inactiveL2Clusters(img: Qcow2Image): Promise<Set<number>> {
-  const hit = inactiveCache.get(img.snapshots);
-  if (hit) return hit;
-  const set = new Set<number>();
-  let budget = MAX_INACTIVE_L1_BYTES;
-  for (const sn of img.snapshots) {
-    try {
-      img.validateSnapshotL1(sn);
-    } catch (e) {
-      if (e instanceof QcowError) continue; // an invalid snapshot L1 is the check's to report
-      throw e;
-    }
-    const bytes = sn.l1Size * 8;
-    if (bytes === 0 || bytes > budget) continue;
-    budget -= bytes;
-    const table = await img.store.read(sn.l1TableOffset, bytes);
-    for (let i = 0; i < sn.l1Size; i++) {
-      const off = l1L2Offset(table, i);
-      if (off !== 0 && off % img.clusterSize === 0) set.add(off / img.clusterSize);
-    }
-  }
-  inactiveCache.set(img.snapshots, set);
-  return set;
-}
-
 function metadataClusters(img: Qcow2Image): MetadataClusters {
   const s = stateOf(img);
-  if (s.metadata) return s.metadata;
-  const cs = img.clusterSize;
-  const m = new MetadataClusters();
-  const addRange = (offset: number, bytes: number, name: string): void => {
-    if (bytes <= 0) return;
-    m.addRange(Math.floor(offset / cs), Math.floor((offset + bytes - 1) / cs) + 1, name);
-  };
-  m.set(0, 'qcow2_header');
-  const h = img.header;
-  addRange(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
-  addRange(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
-  for (let r = 0; r < reftableSize(img); r++) {
-    const off = reftableEntry(img.reftable, r);
-    if (off !== 0) addRange(off, 1, 'refcount block');
-  }
-  addRange(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
-  for (const sn of img.snapshots) addRange(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
-  for (let i = 0; i < h.l1Size; i++) {
-    const off = l1L2Offset(img.l1Table, i);
-    if (off !== 0) addRange(off, 1, 'active L2 table');
-  }
-  if (h.bitmaps) addRange(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
-  s.metadata = m;
-  return m;
+  s.metadata ??= MetadataClusters.of(img);
+  return s.metadata;
 }
 
 /** Record a newly allocated metadata cluster for the guard (L2 tables, L1 copies, tables). */
 export function noteMetadata(img: Qcow2Image, hostOffset: number, length: number, name: string): void {
-  const m = stateOf(img).metadata;
-  if (!m) return;
-  const cs = img.clusterSize;
-  m.addRange(Math.floor(hostOffset / cs), Math.floor((hostOffset + Math.max(1, length) - 1) / cs) + 1, name);
+  stateOf(img).metadata?.addBytes(hostOffset, Math.max(1, length), img.clusterSize, name);
 }
 
-/** The refcount width's maximum, re-exported for callers that only import the allocator. */
-export function maxRefcount(img: Qcow2Image): number {
-  return refcountMax(img.refcountOrder);
-}

@@ -43,7 +43,7 @@ function bad(message: string, details: Record<string, unknown> = {}): QcowError 
 }
 
 /** QEMU's option checks (qcow2_co_create), with its messages. Returns the normalised options. */
-export function validateCreateOptions(o: CreateOptions): Required<Omit<CreateOptions, 'backingFile' | 'backingFormat'>> & Pick<CreateOptions, 'backingFile' | 'backingFormat'> {
+function validateCreateOptions(o: CreateOptions): Required<Omit<CreateOptions, 'backingFile' | 'backingFormat'>> & Pick<CreateOptions, 'backingFile' | 'backingFormat'> {
   const clusterSize = o.clusterSize ?? 65536;
   const refcountBits = o.refcountBits ?? 16;
   const compat = o.compat ?? '1.1';
@@ -152,8 +152,7 @@ export async function createImage(store: ImageStore, options: CreateOptions): Pr
   await img.flush('L1 table before the header');
   const h = headerFor(o, l1Size, l1Offset, img.header.refcountTableOffset, img.header.refcountTableClusters, o.size);
   await img.pwrite(0, encodeHeader(h), 'header', true);
-  img.header = { ...img.header, size: o.size, l1Size, l1TableOffset: l1Offset };
-  img.l1Table = new Uint8Array(l1Size * 8);
+  img.setTables({ header: { size: o.size, l1Size, l1TableOffset: l1Offset }, l1Table: new Uint8Array(l1Size * 8) });
 
   if (o.preallocation === 'metadata') await preallocateMetadata(img, o.size);
   else if (o.preallocation === 'falloc' || o.preallocation === 'full') await preallocateData(img, o.size);

@@ -35,7 +35,7 @@ export interface ExternalSnapshotItem {
 }
 
 /** Write one overlay into an empty store (left open and flushed). */
-export async function writeOverlay(store: ImageStore, item: Omit<ExternalSnapshotItem, 'target'>): Promise<void> {
+async function writeOverlay(store: ImageStore, item: Omit<ExternalSnapshotItem, 'target'>): Promise<void> {
   if (item.backingFile === '') throw new QcowError('INVALID_ARGUMENT', 'The backing file name of an overlay cannot be empty', {});
   await createImage(store, {
     ...item.options,

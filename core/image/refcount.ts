@@ -65,7 +65,7 @@ export async function getClusterRefcount(img: Qcow2Image, clusterIndex: number):
 // ---- checks before an update (nothing is written) ----------------------------------------------
 
 /** Largest refcount this image's width can hold (2^refcount_bits − 1). */
-export function refcountMaxOf(img: Qcow2Image): number {
+function refcountMaxOf(img: Qcow2Image): number {
   return refcountMax(img.refcountOrder);
 }
 

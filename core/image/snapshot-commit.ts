@@ -31,18 +31,24 @@
 // range touches). An operation is described as trees removed and added; only L2 references that
 // differ are walked, one L2 table at a time, on typed arrays without per-entry awaits.
 import { QcowError, hex } from '../errors.ts';
-import { alignUp, be32, put32, put64 } from '../format/bytes.ts';
+import { alignUp, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
-import { compressedDescriptor, encodeL1Entry, l1L2Offset, putEntry } from '../format/entries.ts';
+import {
+  compressedDescriptor, encodeL1Entry, l1L2Offset, offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, putEntry,
+  QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_COPIED_HI, withCopied,
+} from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
-import { invalidateAllocatorState } from './allocator.ts';
 import { readInto } from '../io/store.ts';
-import type { Qcow2Image } from './qcow2-image.ts';
+import type { Qcow2Image, TablesChange } from './qcow2-image.ts';
+import { MetadataClusters } from './metadata.ts';
 import { readRefblockInto, refblockEntriesOf, reftableSize } from './refcount.ts';
 
-const HI_COPIED = 0x80000000;
-const HI_COMPRESSED = 0x40000000;
+// entry word masks as module constants, read by the hot loops below
+const HI_COPIED = QCOW_OFLAG_COPIED_HI;
+const HI_COMPRESSED = QCOW_OFLAG_COMPRESSED_HI;
+const HI_OFFSET = OFFSET_MASK_HI;
+const LO_OFFSET = OFFSET_MASK_LO;
 const TWO32 = 4294967296;
 
 // ---- a copy-on-write view of the refcounts, in a bounded cache ----------------------------------
@@ -417,15 +423,13 @@ export class ShadowCommit {
   private readonly freed: number[] = [];
   private cursor = 1;
   /** Clusters of known metadata in the current state, with what they hold. */
-  private readonly metadata = new Map<number, string>();
+  private metadata = new MetadataClusters();
   /** The header bytes the commit replaces, for rollback. */
   oldCommitBytes: Uint8Array | null = null;
   commitStart = 36;
   prepared = false;
   committed = false;
-  private saved: {
-    header: Qcow2Image['header']; l1Table: Uint8Array; reftable: Uint8Array; snapshots: Snapshot[]; snapshotsSize: number;
-  } | null = null;
+  private saved: Required<TablesChange> | null = null;
 
   /**
    * Integer-only cluster → (refcount block, index) arithmetic for the hot loops, valid when
@@ -444,7 +448,7 @@ export class ShadowCommit {
     this.geo = {
       fast: cb + lp <= 31,
       cb,
-      alignMask: (img.clusterSize - 1) & 0xfffffe00,
+      alignMask: offsetUnalignedMaskLo(img.clusterSize),
       rbHiMul: cb + lp <= 31 ? 2 ** (32 - cb - lp) : 0,
       rbShift: cb + lp,
       idxMask: this.overlay.per - 1,
@@ -465,31 +469,14 @@ export class ShadowCommit {
     return this.img.clusterSize;
   }
 
-  private noteMeta(offset: number, bytes: number, what: string): void {
-    if (bytes <= 0) return;
-    const cs = this.cs;
-    for (let ci = Math.floor(offset / cs); ci <= Math.floor((offset + bytes - 1) / cs); ci++) {
-      if (!this.metadata.has(ci)) this.metadata.set(ci, what);
-    }
-  }
-
   private async build(): Promise<void> {
     const img = this.img;
     const req = this.request;
     const h = img.header;
     const cs = this.cs;
-    // Known metadata of the current state: allocation must never land there (a refcount of 0 on
-    // one of these clusters means the refcounts are corrupt).
-    this.metadata.set(0, 'qcow2_header');
-    this.noteMeta(h.l1TableOffset, h.l1Size * 8, 'active L1 table');
-    this.noteMeta(h.refcountTableOffset, h.refcountTableClusters * cs, 'refcount table');
-    for (let r = 0; r < reftableSize(img); r++) {
-      const off = reftableEntry(img.reftable, r);
-      if (off !== 0) this.noteMeta(off, 1, 'refcount block');
-    }
-    if (h.nbSnapshots > 0) this.noteMeta(h.snapshotsOffset, img.snapshotsSize, 'snapshot table');
-    for (const sn of img.snapshots) this.noteMeta(sn.l1TableOffset, sn.l1Size * 8, 'inactive L1 table');
-    if (h.bitmaps) this.noteMeta(h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize, 'bitmap directory');
+    // Known metadata of the current state but the active L2 tables (the new L1 may point at them
+    // again): no L2 reference may land there.
+    const otherMetadata = MetadataClusters.of(img, ['active L2 table']);
 
     // 1. L2 references that change: removed trees −1, the old active tree −1 (unless a snapshot
     //    keeps its L1), the new active tree +1. Shared references cancel out.
@@ -516,17 +503,16 @@ export class ShadowCommit {
     // refcount block, the header...) means the image is corrupt: refuse before anything is
     // counted through it (QEMU would trip its overlap check half-way and mark the image corrupt).
     for (const off of delta.keys()) {
-      const owner = this.metadata.get(off / cs);
+      const owner = otherMetadata.ownerOf(off / cs);
       if (owner !== undefined) {
         throw new QcowError('METADATA_CORRUPT',
           `L2 table offset ${hex(off)} overlaps with the ${owner}; the image is corrupt, run a check with repair`,
           { structure: 'L2 table', offset: off, overlapsWith: owner });
       }
     }
-    for (let i = 0; i < h.l1Size; i++) {
-      const off = l1L2Offset(img.l1Table, i);
-      if (off !== 0) this.metadata.set(off / cs, 'active L2 table');
-    }
+    // All of it, the active L2 tables too: allocation must never land there (a refcount of 0 on
+    // one of these clusters means the refcounts are corrupt).
+    this.metadata = MetadataClusters.of(img);
 
     // 2. Apply them: decrements first, so a cluster moving between trees never looks overflowed.
     const neg = [...delta].filter(([, d]) => d < 0);
@@ -674,7 +660,7 @@ export class ShadowCommit {
   }
 
   private unaligned(l2Offset: number, j: number, hi: number, lo: number): never {
-    const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+    const off = offsetOf(hi, lo);
     throw new QcowError('METADATA_CORRUPT', `Cluster allocation offset ${hex(off)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(j)})`, {
       structure: 'L2 table', offset: l2Offset + j * this.img.l2EntrySize, l2Offset, l2Index: j, hostOffset: off,
     });
@@ -722,8 +708,8 @@ export class ShadowCommit {
         for (let c = first; c <= last; c++) ov.addRef(c, d, 'Compressed cluster');
         continue;
       }
-      const hiO = hi & 0x00ffffff;
-      if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+      const hiO = hi & HI_OFFSET;
+      if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
       let rb: number;
       let idx: number;
       if (fast) {
@@ -731,7 +717,7 @@ export class ShadowCommit {
         rb = hiO * rbHiMul + (lo >>> rbShift);
         idx = (lo >>> cb) & idxMask;
       } else {
-        const off = hiO * TWO32 + ((lo & 0xfffffe00) >>> 0);
+        const off = hiO * TWO32 + ((lo & LO_OFFSET) >>> 0);
         if (off % cs !== 0) this.unaligned(l2Offset, j, hi, lo);
         const ci = off / cs;
         rb = Math.floor(ci / per);
@@ -821,15 +807,15 @@ export class ShadowCommit {
         want = false;
       } else {
         const lo = (t[at + 4]! << 24) | (t[at + 5]! << 16) | (t[at + 6]! << 8) | t[at + 7]!;
-        const hiO = hi & 0x00ffffff;
-        if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+        const hiO = hi & HI_OFFSET;
+        if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
         let rb: number;
         let idx: number;
         if (fast) {
           rb = hiO * rbHiMul + (lo >>> rbShift);
           idx = (lo >>> cb) & idxMask;
         } else {
-          const ci = (hiO * TWO32 + ((lo & 0xfffffe00) >>> 0)) / cs;
+          const ci = (hiO * TWO32 + ((lo & LO_OFFSET) >>> 0)) / cs;
           rb = Math.floor(ci / per);
           idx = Math.floor(ci) - rb * per;
         }
@@ -853,7 +839,7 @@ export class ShadowCommit {
         }
         if (!fix) return true;
         changed = true;
-        t[at] = want ? t[at]! | 0x80 : t[at]! & 0x7f;
+        t[at] = withCopied(hi, want) >>> 24; // the entry's first byte holds COPIED
       }
     }
     return fix === 'needs-set' && changed ? 'clear' : changed;
@@ -943,7 +929,7 @@ export class ShadowCommit {
         }
         const idx = c - base;
         const free = (!cur || getRefcount(cur, idx, order) === 0) && (!zero || ((zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0);
-        if (free && this.metadata.has(c)) {
+        if (free && this.metadata.ownerOf(c) !== undefined) {
           throw new QcowError('METADATA_CORRUPT',
             `Preventing invalid allocation of ${what} at offset ${hex(c * this.cs)}: it holds metadata but its refcount is 0; run a check with repair`,
             { structure: what, offset: c * this.cs });
@@ -1111,21 +1097,22 @@ export class ShadowCommit {
 
   private applyInMemory(): void {
     const img = this.img;
-    const h = img.header;
-    this.saved = {
-      header: { ...h }, l1Table: img.l1Table, reftable: img.reftable, snapshots: img.snapshots, snapshotsSize: img.snapshotsSize,
-    };
-    if (this.request.size !== undefined) h.size = this.request.size;
-    h.l1Size = this.newL1Size;
-    h.l1TableOffset = this.newL1Offset;
-    h.refcountTableOffset = this.newReftableOffset;
-    h.refcountTableClusters = this.newReftableClusters;
-    h.nbSnapshots = this.request.snapshots.length;
-    h.snapshotsOffset = this.newSnapshotsOffset;
-    img.l1Table = this.newL1;
-    img.reftable = this.newReftable;
-    img.snapshots = this.request.snapshots;
-    img.snapshotsSize = this.newSnapshotsSize;
+    this.saved = img.savedTables();
+    img.setTables({
+      header: {
+        size: this.request.size ?? img.header.size,
+        l1Size: this.newL1Size,
+        l1TableOffset: this.newL1Offset,
+        refcountTableOffset: this.newReftableOffset,
+        refcountTableClusters: this.newReftableClusters,
+        nbSnapshots: this.request.snapshots.length,
+        snapshotsOffset: this.newSnapshotsOffset,
+      },
+      l1Table: this.newL1,
+      reftable: this.newReftable,
+      snapshots: this.request.snapshots,
+      snapshotsSize: this.newSnapshotsSize,
+    });
     const cs = this.cs;
     for (const c of this.freed) {
       img.l2Cache.delete(c * cs);
@@ -1137,7 +1124,6 @@ export class ShadowCommit {
       else img.refblockCache.delete(off);
     }
     for (const to of this.l2Copies.values()) img.l2Cache.delete(to);
-    invalidateAllocatorState(img);
   }
 
   /**
@@ -1150,16 +1136,12 @@ export class ShadowCommit {
     await img.pwrite(this.commitStart, this.oldCommitBytes, 'header: previous L1, refcount and snapshot tables (rollback)', true);
     await img.flush('rollback durable');
     if (this.saved) {
-      Object.assign(img.header, this.saved.header);
-      img.l1Table = this.saved.l1Table;
-      img.reftable = this.saved.reftable;
-      img.snapshots = this.saved.snapshots;
-      img.snapshotsSize = this.saved.snapshotsSize;
+      img.setTables(this.saved);
       this.saved = null;
     }
     img.l2Cache.clear();
     img.refblockCache.clear();
-    invalidateAllocatorState(img);
+    img.allocation.forget();
     this.committed = false;
   }
 }
@@ -1183,8 +1165,8 @@ function addRefRun16(
     const hi = dv.getInt32(j * es);
     const lo = dv.getInt32(j * es + 4);
     if ((hi & HI_COMPRESSED) !== 0) return j;
-    const hiO = hi & 0x00ffffff;
-    if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+    const hiO = hi & HI_OFFSET;
+    if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
     if ((lo & alignMask) !== 0 || hiO * rbHiMul + (lo >>> rbShift) !== rb) return j;
     const idx = (lo >>> cb) & idxMask;
     const next = blk.getUint16(idx * 2) + d;
@@ -1207,8 +1189,8 @@ function copiedRun16(
     const hi = dv.getInt32(j * es);
     const lo = dv.getInt32(j * es + 4);
     if ((hi & HI_COMPRESSED) !== 0) return j;
-    const hiO = hi & 0x00ffffff;
-    if (hiO === 0 && (lo & 0xfffffe00) === 0) continue;
+    const hiO = hi & HI_OFFSET;
+    if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
     if (hiO * rbHiMul + (lo >>> rbShift) !== rb) return j;
     const want = cur.getUint16(((lo >>> cb) & idxMask) * 2) === 1;
     if (want === hi < 0) continue;

@@ -13,16 +13,13 @@ import { Journal } from './journal.ts';
 import type { Extent, Layer } from './layer.ts';
 import type { L1View, Qcow2Image } from './qcow2-image.ts';
 import { ShadowCommit, type CommitRequest } from './snapshot-commit.ts';
+import { precheckSnapshotOp } from './snapshot-precheck.ts';
 
 /** QEMU's QEMUSnapshotInfo.name is 256 bytes with the NUL; qemu-img truncates longer names. We refuse them. */
-export const MAX_SNAPSHOT_NAME_BYTES = 255;
+const MAX_SNAPSHOT_NAME_BYTES = 255;
 
 /** A snapshot given by ID-or-name (a string: the ID first, then the name), or by ID and/or name. */
 export type SnapshotRef = string | { id?: string; name?: string };
-
-export function listSnapshots(img: Qcow2Image): Snapshot[] {
-  return img.snapshots;
-}
 
 /**
  * Find a snapshot. A string is looked up as an ID first, then as a name (QEMU's
@@ -225,6 +222,7 @@ export async function planCreate(img: Qcow2Image, name: string, opts: CreateOpti
       name, limit: MAX_SNAPSHOT_NAME_BYTES,
     });
   }
+  precheckSnapshotOp(img, `create snapshot '${name}'`);
   const now = Date.now();
   const sn = makeSnapshot({
     // The current active L1 becomes the snapshot's; the active tree moves to a new L1.
@@ -254,6 +252,7 @@ export async function planCreate(img: Qcow2Image, name: string, opts: CreateOpti
 export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<PlannedSnapshotOp> {
   assertCanModify(img, `revert to snapshot ${describeRef(ref)}`);
   const sn = requireSnapshot(img, ref);
+  precheckSnapshotOp(img, `revert to snapshot ${describeRef(ref)}`);
   const h = img.header;
   if (h.bitmaps && h.bitmaps.nbBitmaps > 0 && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n) {
     throw new QcowError('NOT_SUPPORTED', `Cannot revert to snapshot '${sn.name}': Device has active dirty bitmaps`, {
@@ -291,6 +290,7 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
 export async function planDelete(img: Qcow2Image, ref: SnapshotRef): Promise<PlannedSnapshotOp> {
   assertCanModify(img, `delete snapshot ${describeRef(ref)}`);
   const sn = requireSnapshot(img, ref);
+  precheckSnapshotOp(img, `delete snapshot ${describeRef(ref)}`);
   const table = await readSnapshotL1(img, sn);
   const snapshots = cloneSnapshots(img.snapshots.filter((s) => s !== sn));
   const req: CommitRequest = {

@@ -21,14 +21,12 @@ import { QcowError, hex } from '../errors.ts';
 import { be32, put32 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
-  ClusterType, clusterType, compressedDescriptor, encodeL1Entry, encodeL2Entry, offsetOf, putEntry,
+  ALL_SUBCLUSTERS, ClusterType, clusterType, compressedDescriptor, encodeL1Entry, encodeL2Entry, hasZeroFlag, isCopied, offsetOf, putEntry,
 } from '../format/entries.ts';
-import { allocClusters, assertNoMetadataOverlap, noteMetadata, updateClusterRefcounts } from './allocator.ts';
+import { allocClusters, noteMetadata, updateClusterRefcounts } from './allocator.ts';
+import { assertNoMetadataOverlap } from './metadata.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import type { RefcountDeltas } from './refcount.ts';
-
-const COPIED_HI = 0x80000000;
-const ALL_SUBCLUSTERS = 0xffffffff;
 
 /** What a zero write may do with clusters it zeroes whole: keep them allocated (QEMU's default), or unmap. */
 export interface ZeroOptions {
@@ -62,7 +60,7 @@ export async function discard(img: Qcow2Image, guestOffset: number, length: numb
 }
 
 /** Refuse what we must not or cannot write, before touching anything. */
-export function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
+function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
   if (!img.writable) throw new QcowError('READ_ONLY', `${img.store.name} is opened read-only`, {});
   if (img.isCorrupt) {
     throw new QcowError('IMAGE_CORRUPT', 'qcow2: Image is corrupt; cannot be opened read/write', { structure: 'header', offset: 72 });
@@ -145,7 +143,7 @@ async function writeL2Span(img: Qcow2Image, l1Index: number, start: number, end:
   const ext = img.geometry.extendedL2;
   const view = img.activeView();
   const oldL2Offset = img.l2OffsetAt(view, l1Index);
-  const l1Copied = (be32(img.l1Table, l1Index * 8) & COPIED_HI) !== 0;
+  const l1Copied = isCopied(be32(img.l1Table, l1Index * 8));
   const oldTable = oldL2Offset !== 0 ? await img.readL2(oldL2Offset) : null;
   const table = oldTable ? oldTable.slice() : new Uint8Array(cs);
 
@@ -176,7 +174,7 @@ async function writeL2Span(img: Qcow2Image, l1Index: number, start: number, end:
       zbm: ext ? be32(table, at + 8) : 0,
       abm: ext ? be32(table, at + 12) : 0,
       type: clusterType(hi, lo, img.geometry),
-      copied: (hi & COPIED_HI) !== 0,
+      copied: isCopied(hi),
     };
     if (st.type === ClusterType.Normal || st.type === ClusterType.ZeroAlloc) {
       const host = offsetOf(hi, lo);
@@ -321,7 +319,7 @@ async function planCluster(img: Qcow2Image, st: ClusterState, op: Op, dropOld: (
         dropOld(st);
         return { kind: 'entry', hi: 0, lo: 1, zbm: 0, abm: 0 };
       }
-      if ((st.lo & 1) === 1) return { kind: 'skip' };
+      if (hasZeroFlag(st.lo)) return { kind: 'skip' };
       return { kind: 'entry', hi: st.hi, lo: (st.lo | 1) >>> 0, zbm: 0, abm: 0 };
     }
     const scs = img.subclusterSize;

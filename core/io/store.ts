@@ -40,7 +40,7 @@ export async function readInto(store: ImageStore, offset: number, out: Uint8Arra
 }
 
 /** Largest offset a store accepts: beyond 2^53 numbers stop being exact. */
-export const MAX_STORE_OFFSET = Number.MAX_SAFE_INTEGER;
+const MAX_STORE_OFFSET = Number.MAX_SAFE_INTEGER;
 
 /**
  * Reads accept any offset a qcow2 entry can hold (host offsets reach 2^56): a read past the end

@@ -4,7 +4,8 @@
 // leaves holes in its output file, the worker fills a Blob with zeros).
 import { QcowError } from '../errors.ts';
 import type { Extent } from '../image/layer.ts';
-import type { HoleMap, L1View, Qcow2Image } from '../image/qcow2-image.ts';
+import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
+import type { HoleMap } from '../image/block-status.ts';
 import { findSnapshot, type SnapshotRef } from '../image/snapshot.ts';
 
 /** Guest bytes handed out per call: large enough to amortise per-call costs. */

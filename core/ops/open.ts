@@ -8,7 +8,7 @@ import { MAX_BACKING_CHAIN_DEPTH, QCOW_MAGIC } from '../format/constants.ts';
 import type { ImageStore } from '../io/store.ts';
 import { RawLayer, type DataSegments, type Layer } from '../image/layer.ts';
 import { Qcow2Image, type OpenOptions } from '../image/qcow2-image.ts';
-import { repairDirtyImage } from '../analysis/repair.ts';
+import { checkImage } from '../analysis/check.ts';
 
 export { MAX_BACKING_CHAIN_DEPTH };
 
@@ -119,6 +119,21 @@ async function openBacking(image: ChainLink, name: string, format: string | unde
     await file.store.close().catch(() => {});
     throw e;
   }
+}
+
+/**
+ * QEMU's repair of a dirty image on a writable open (qcow2_do_open): one `-r all` pass, which
+ * rebuilds the refcounts from the tables and clears the dirty bit; refused ("Could not repair
+ * dirty image") only when the check could not complete or met internal errors, as QEMU refuses.
+ */
+async function repairDirtyImage(img: Qcow2Image): Promise<void> {
+  const r = await checkImage(img, { repair: 'all' });
+  if (r.failure !== undefined || r.checkErrors > 0) {
+    throw new QcowError('METADATA_CORRUPT', `Could not repair dirty image: ${r.failure ?? 'Input/output error'}`, {
+      structure: 'header', corruptions: r.corruptions, checkErrors: r.checkErrors,
+    });
+  }
+  await img.reload();
 }
 
 /** The format of a file whose header names none: qcow2 by its magic, else raw (QEMU's probe). */

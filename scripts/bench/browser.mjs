@@ -2,6 +2,9 @@
 // (dist/web) in Chromium, the engine worker driven directly over its Comlink protocol, timing
 //   open  = openFile(File) / openHandle(OPFS handle): header, L1, reftable, snapshot table, summary
 //   map   = clusterMap(id): the owner of every host cluster (the web app's Cluster map view)
+// and, for the File, the everyday operations (issue 18's targets): check (next to `qemu-img check`
+// on the same file, timed in the same run), revert to and delete the image's snapshot `base`, and
+// download (until the Blob to save is in the page's hands)
 // for an image given as a File (what a drop or the file input gives) and as a file in the origin
 // private file system (the app's handle path over an OPFS handle). The OPFS copy is written
 // sparsely (only the file's data segments, then truncate), in an on-disk persistent profile
@@ -137,6 +140,28 @@ export async function runBrowserBench({ root, dir, sizes, images, reps }) {
           return { open: t1 - t0, map: t2 - t1, clusters: m.clusterCount };
         }));
       }
+      // the everyday operations on a fresh open of the File each time (changes stay in the tab)
+      const opRuns = [];
+      for (let i = 0; i < reps; i++) {
+        const q0 = performance.now();
+        spawnSync('qemu-img', ['check', '-q', image]);
+        const qemuCheck = performance.now() - q0;
+        const r = await page.evaluate(async () => {
+          const b = window.__bench;
+          const file = document.getElementById('__bench_file').files[0];
+          const s = await b.call('openFile', file);
+          const id = s.state.id;
+          const time = async (f) => { const t = performance.now(); await f(); return performance.now() - t; };
+          const check = await time(() => b.call('check', id));
+          const download = await time(() => b.call('download', id));
+          const revert = await time(() => b.call('revertSnapshot', id, 'base'));
+          const del = await time(() => b.call('deleteSnapshot', id, 'base'));
+          await b.call('close', id);
+          return { check, download, revert, delete: del };
+        });
+        opRuns.push({ ...r, qemuCheck });
+      }
+      const ops = Object.fromEntries(['check', 'qemuCheck', 'revert', 'delete', 'download'].map((k) => [k, median(opRuns.map((r) => r[k]))]));
       // the same image in OPFS, written sparsely (not timed). Chromium's quota counts the
       // logical size: an origin gets about 60% of the disk, so big images may not fit.
       const segments = dataSegments(image);
@@ -165,7 +190,7 @@ export async function runBrowserBench({ root, dir, sizes, images, reps }) {
         }
       }, { segments, fileSize });
       if (copied !== 'ok') {
-        out.results.push({ size, file: sum(fileRuns), opfs: { skipped: `could not copy the image into OPFS: ${copied}` } });
+        out.results.push({ size, file: sum(fileRuns), ops, opfs: { skipped: `could not copy the image into OPFS: ${copied}` } });
         continue;
       }
       const opfsRuns = [];
@@ -183,7 +208,7 @@ export async function runBrowserBench({ root, dir, sizes, images, reps }) {
         }));
       }
       await page.evaluate(async () => (await navigator.storage.getDirectory()).removeEntry('bench.qcow2'));
-      out.results.push({ size, file: sum(fileRuns), opfs: sum(opfsRuns) });
+      out.results.push({ size, file: sum(fileRuns), ops, opfs: sum(opfsRuns) });
     }
   } finally {
     await ctx.close();
@@ -207,6 +232,14 @@ export function browserTable(b) {
       }
       lines.push(`| ${r.size} | ${src === 'file' ? 'File' : 'OPFS handle'} | ${(r[src].openMs / 1000).toFixed(3)} | ${(r[src].mapMs / 1000).toFixed(3)} | ${r[src].clusters} |`);
     }
+  }
+  lines.push('', 'everyday operations on the File (medians in seconds; check next to qemu-img check on the same file, same run):',
+    '| image | check | qemu-img check | ratio | revert | delete | download starts |', '|---|---|---|---|---|---|---|');
+  for (const r of b.results) {
+    const o = r.ops;
+    if (!o) continue;
+    const f = (ms) => (ms / 1000).toFixed(3);
+    lines.push(`| ${r.size} | ${f(o.check)} | ${f(o.qemuCheck)} | ${(o.check / o.qemuCheck).toFixed(2)}x | ${f(o.revert)} | ${f(o.delete)} | ${f(o.download)} |`);
   }
   return lines.join('\n');
 }

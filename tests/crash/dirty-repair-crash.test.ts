@@ -9,8 +9,9 @@ import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { ImageStore } from '../../core/io/store.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
+import { openImage } from '../../core/ops/open.ts';
 import { writeGuest } from '../../core/image/write.ts';
-import { repairDirtyImage, repairImage } from '../../core/analysis/repair.ts';
+import { runCheck } from '../../core/analysis/check.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { createImage, qemuCheck, qemuConvertToRaw, qemuIo } from '../helpers/qemu.ts';
@@ -44,8 +45,8 @@ describe('repair of a dirty image, then the write that needed it, stopped at eve
 
     const payload = new Uint8Array(65536).fill(0xc3);
     const operation = async (store: ImageStore): Promise<void> => {
-      const img = await Qcow2Image.open(store, { writable: true });
-      await repairDirtyImage(img);
+      // the engine layer's writable open (core/ops/open.ts) repairs the dirty image, as QEMU's does
+      const img = await openImage({ name: 'dirty.qcow2', store }, { writable: true });
       await writeGuest(img, 2 * MiB, payload);
     };
     const before = guest(base, 'before');
@@ -92,7 +93,7 @@ describe('check -r leaks stopped at every write', () => {
       const content = guest(base, 'before');
       const operation = async (store: ImageStore): Promise<void> => {
         const img = await Qcow2Image.open(store, { checkMode: true, writable: true });
-        await repairImage(img, 'leaks');
+        await runCheck(img, { repair: 'leaks' });
       };
       const states = await enumerateCrashStates(base, operation);
       expect(states.length).toBeGreaterThan(1);

@@ -10,7 +10,7 @@ import { qemuCheck, qemuImg } from '../helpers/qemu.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
 import type { ImageStore } from '../../core/io/store.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
-import { repairImage } from '../../core/analysis/repair.ts';
+import { runCheck } from '../../core/analysis/check.ts';
 
 function guest(file: string): Buffer {
   const raw = file + '.raw';
@@ -23,7 +23,7 @@ function guest(file: string): Buffer {
 
 async function repairAll(store: ImageStore): Promise<void> {
   const img = await Qcow2Image.open(store, { checkMode: true, writable: true });
-  await repairImage(img, 'all');
+  await runCheck(img, { repair: 'all' });
 }
 
 const RECIPES = [

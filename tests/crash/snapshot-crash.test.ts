@@ -11,12 +11,12 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImageStore } from '../../core/io/store.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import { Qcow2Image, type OpenOptions } from '../../core/image/qcow2-image.ts';
 import { planCreate, planDelete, planRevert, type PlannedSnapshotOp } from '../../core/image/snapshot.ts';
+import { cliBundle } from '../helpers/cli.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
 import {
   createImage, makeTempDir, qemuCheck, qemuConvertToRaw, qemuInfo, qemuIoOk, qemuSnapshotCreate, removeDir,
@@ -130,19 +130,7 @@ describe('the CLI with QCOWSCOPE_CRASH_AFTER_WRITES', () => {
   let bundle = '';
   beforeAll(async () => {
     dir = makeTempDir('qcowscope-clicrash-');
-    // A private bundle (same options as scripts/build-cli.mjs): tests running in parallel never
-    // race on dist/.
-    bundle = path.join(dir, 'qcowscope.mjs');
-    await build({
-      entryPoints: [path.resolve('cli/qcowscope.ts')],
-      outfile: bundle,
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-      logLevel: 'warning',
-    });
+    bundle = await cliBundle();
   }, 60_000);
   afterAll(() => removeDir(dir));
 

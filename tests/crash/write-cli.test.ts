@@ -4,8 +4,8 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cliBundle } from '../helpers/cli.ts';
 import { createImage, makeTempDir, qemuCheck, qemuConvertToRaw, qemuIoOk, qemuSnapshotCreate, removeDir } from '../helpers/qemu.ts';
 
 let dir = '';
@@ -13,17 +13,7 @@ let bundle = '';
 
 beforeAll(async () => {
   dir = makeTempDir('qcowscope-wclicrash-');
-  bundle = path.join(dir, 'qcowscope.mjs');
-  await build({
-    entryPoints: [path.resolve('cli/qcowscope.ts')],
-    outfile: bundle,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-    logLevel: 'warning',
-  });
+  bundle = await cliBundle();
 }, 60_000);
 afterAll(() => removeDir(dir));
 

@@ -113,7 +113,7 @@ test('hex view: a typed offset shows its cluster; text that is no offset, or one
   for (const b of want.subarray(0, 4)) await expect(firstRow).toContainText(b.toString(16).padStart(2, '0'));
   await expect(box).toHaveAttribute('aria-invalid', 'false');
   await box.fill('12zz');
-  await expect(page.getByRole('alert')).toHaveText('“12zz” is not an offset: type a decimal number or one starting with 0x.');
+  await expect(page.getByRole('alert')).toContainText('Host offset: “12zz” is not a number of bytes.');
   await expect(box).toHaveAttribute('aria-invalid', 'true');
   await box.fill(String(size));
   await expect(page.getByRole('alert')).toContainText(`${size} is past the end of the file`);

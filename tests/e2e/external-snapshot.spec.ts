@@ -90,6 +90,13 @@ test('external snapshot of two images as a group: overlays downloaded, chains re
   await page.getByRole('button', { name: 'Close sys-ext.qcow2' }).click();
   await page.getByRole('tab', { name: 'sys.qcow2', exact: true }).click();
   await showView(page, 'Snapshots');
+  // The group choice stays on (it is the window's): data.qcow2 is still a backing file, so the
+  // group cannot be written; sys.qcow2 alone can.
+  const group = page.getByRole('checkbox', { name: /Apply to all 3 open images as one group/ });
+  await expect(group).toBeChecked();
+  await expect(page.getByRole('button', { name: 'Revert to base' })).toBeDisabled();
+  await expect(page.getByText('The group cannot change: data.qcow2 is read-only')).toBeVisible();
+  await group.uncheck();
   await expect(page.getByRole('button', { name: 'Revert to base' })).toBeEnabled();
 });
 

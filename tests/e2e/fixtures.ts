@@ -14,17 +14,34 @@ export interface Fixture {
   name: string;
 }
 
-/** A 64 MiB image with data in two clusters and snapshots snapA and snapB (made by QEMU). */
+/**
+ * A 64 MiB image with data in two clusters and snapshots snapA and snapB (made by QEMU). Each
+ * variety is made once per worker process and copied into `dir` from then on.
+ */
 export function makeImage(dir: string, name = 'disk.qcow2', opts: CreateOptions = {}, snapshots = ['snapA', 'snapB']): Fixture {
+  const key = JSON.stringify([opts, snapshots]);
+  let made = madeImages.get(key);
+  if (made === undefined) {
+    madeDir ??= makeTempDir('qcowscope-e2e-images-');
+    made = path.join(madeDir, `${madeImages.size}.qcow2`);
+    createImage(made, '64M', opts);
+    qemuIoOk(made, 'write -P 0xab 0 128k');
+    snapshots.forEach((s, i) => {
+      qemuImgOk(['snapshot', '-c', s, made!]);
+      qemuIoOk(made!, `write -P 0x${(0xc0 + i).toString(16)} ${64 * (i + 1)}k 64k`);
+    });
+    madeImages.set(key, made);
+  }
   const file = path.join(dir, name);
-  createImage(file, '64M', opts);
-  qemuIoOk(file, 'write -P 0xab 0 128k');
-  snapshots.forEach((s, i) => {
-    qemuImgOk(['snapshot', '-c', s, file]);
-    qemuIoOk(file, `write -P 0x${(0xc0 + i).toString(16)} ${64 * (i + 1)}k 64k`);
-  });
+  fs.copyFileSync(made, file, fs.constants.COPYFILE_FICLONE);
   return { path: file, name };
 }
+
+const madeImages = new Map<string, string>();
+let madeDir: string | undefined;
+process.once('exit', () => {
+  if (madeDir !== undefined) removeDir(madeDir);
+});
 
 type Fixtures = {
   tmp: string;

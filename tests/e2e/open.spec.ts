@@ -156,7 +156,7 @@ test('a file that is not qcow2 is refused with a clear message', async ({ page, 
   fs.writeFileSync(p, 'hello, this is not a disk image\n'.repeat(10));
   await page.goto('/');
   await page.getByLabel('Image file').setInputFiles(p);
-  await expect(page.getByRole('alert')).toContainText('Image is not in qcow2 format');
+  await expect(page.getByRole('alert')).toContainText('notes.txt: not a qcow2 image');
   await expect(page.getByRole('alert')).toContainText('NOT_QCOW2');
 });
 

@@ -5,7 +5,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { seedLayout, type SeedLayout } from './layout.ts';
-import { caseSeed, generateMutations, rng, type FuzzCase, type Mutation } from './mutator.ts';
+import { seededRandom } from '../helpers/random.ts';
+import { caseSeed, generateMutations, type FuzzCase, type Mutation } from './mutator.ts';
 import type { CaseResult } from './run-case.ts';
 import type { Seed } from './seeds.ts';
 
@@ -32,7 +33,7 @@ export class CaseGenerator {
 
   /** Case `index` of this run: the same (runSeed, index) always gives the same case. */
   make(index: number): FuzzCase {
-    const r = rng(caseSeed(this.runSeed, index));
+    const r = seededRandom(caseSeed(this.runSeed, index));
     const total = this.seeds.reduce((n, s) => n + s.weight, 0);
     let w = r() * total;
     const seed = this.seeds.find((s) => (w -= s.weight) < 0) ?? this.seeds[0]!;

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { makeTempDir, removeDir, sha256 } from '../helpers/qemu.ts';
-import { buildCliCopy } from './cli-build.ts';
+import { cliBundle } from '../helpers/cli.ts';
 import { CaseGenerator } from './campaign.ts';
 import { applyMutations, type FuzzCase } from './mutator.ts';
 import { buildSeeds, type Seed } from './seeds.ts';
@@ -23,7 +23,7 @@ let dir: string;
 
 beforeAll(async () => {
   seeds = buildSeeds();
-  cli = await buildCliCopy();
+  cli = await cliBundle();
   dir = makeTempDir('qcowscope-fuzz-cli-');
 }, 300_000);
 

@@ -1,11 +1,14 @@
 // A store wrapper that turns the fuzzer's resource rules into failures the harness can see:
 //  - no single read, write or truncate may ask for more than MAX_REQUEST_BYTES (hostile sizes must
 //    be refused before anything is allocated for them);
-//  - total bytes read are bounded (no read amplification that would hang a browser tab);
+//  - total bytes read are bounded (no read amplification that would hang a browser tab), and every
+//    read is charged to the work budget of the step in progress (budget.ts);
 //  - a store opened for reading must never see a write (read-only commands never write), and a
 //    writable one records every write so "no write to a file that failed validation" can be
 //    asserted after the fact.
 import type { ImageStore } from '../../core/io/store.ts';
+import { meter } from './budget.ts';
+import { FuzzViolation, type ViolationKind } from './violation.ts';
 
 /** No request to the store may exceed this (256 MiB): the engine must refuse larger sizes first. */
 export const MAX_REQUEST_BYTES = 256 * 1024 * 1024;
@@ -14,15 +17,7 @@ export const MAX_TOTAL_READ_BYTES = 2 * 1024 * 1024 * 1024;
 /** Largest size a fuzz case may grow the file to. */
 export const MAX_TRUNCATE_BYTES = MAX_REQUEST_BYTES;
 
-export type ViolationKind = 'oversized-request' | 'oversized-allocation' | 'read-amplification' | 'write-on-read-only' | 'deadline' | 'huge-truncate';
-
-/** A broken harness rule (never a QcowError: the engine must not be able to swallow it as one). */
-export class FuzzViolation extends Error {
-  override readonly name = 'FuzzViolation';
-  constructor(readonly kind: ViolationKind, message: string) {
-    super(message);
-  }
-}
+export { FuzzViolation, type ViolationKind };
 
 export class GuardStore implements ImageStore {
   readonly name: string;
@@ -36,12 +31,10 @@ export class GuardStore implements ImageStore {
   /** First violation seen (kept even if the engine catches and rethrows something else). */
   violation: FuzzViolation | null = null;
 
-  constructor(readonly inner: ImageStore, opts: { writable: boolean; deadline?: number }) {
+  constructor(readonly inner: ImageStore, opts: { writable: boolean }) {
     this.name = inner.name;
     this.writable = opts.writable;
-    this.deadline = opts.deadline ?? Infinity;
   }
-  private readonly deadline: number;
 
   private fail(kind: ViolationKind, message: string): never {
     const v = new FuzzViolation(kind, message);
@@ -49,25 +42,20 @@ export class GuardStore implements ImageStore {
     throw v;
   }
 
-  private tick(): void {
-    if (Date.now() > this.deadline) this.fail('deadline', 'case ran past its deadline');
-  }
-
   size(): number {
     return this.inner.size();
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
-    this.tick();
     if (length > MAX_REQUEST_BYTES) this.fail('oversized-request', `read of ${length} bytes at ${offset}`);
     this.reads++;
     this.bytesRead += length;
+    meter.chargeRead(length);
     if (this.bytesRead > MAX_TOTAL_READ_BYTES) this.fail('read-amplification', `more than ${MAX_TOTAL_READ_BYTES} bytes read`);
     return this.inner.read(offset, length);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    this.tick();
     if (!this.writable) this.fail('write-on-read-only', `write of ${data.length} bytes at ${offset} to a read-only store`);
     if (data.length > MAX_REQUEST_BYTES) this.fail('oversized-request', `write of ${data.length} bytes at ${offset}`);
     this.writes++;
@@ -81,7 +69,6 @@ export class GuardStore implements ImageStore {
   }
 
   truncate(size: number): Promise<void> {
-    this.tick();
     if (!this.writable) this.fail('write-on-read-only', `truncate to ${size} on a read-only store`);
     if (size > MAX_TRUNCATE_BYTES) this.fail('huge-truncate', `truncate to ${size} bytes`);
     this.truncates++;
@@ -100,7 +87,8 @@ export const allocationViolations: FuzzViolation[] = [];
  * Make every typed-array and ArrayBuffer construction above MAX_REQUEST_BYTES throw a
  * FuzzViolation (and record it, in case the engine catches and rewraps it): an allocation sized
  * from an image field without a bound fails the case even when it never reaches a store. For
- * worker threads that run only fuzz cases.
+ * worker threads that run only fuzz cases. Every allocation by length is also charged to the work
+ * budget of the step in progress (budget.ts).
  */
 export function installAllocationGuard(): void {
   const g = globalThis as unknown as Record<string, unknown>;
@@ -120,6 +108,8 @@ export function installAllocationGuard(): void {
           allocationViolations.push(v);
           throw v;
         }
+        // views over an existing buffer allocate nothing
+        if (typeof n === 'number') meter.chargeAlloc(n * per);
         return Reflect.construct(target, args, newTarget);
       },
     });

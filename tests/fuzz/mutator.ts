@@ -52,18 +52,6 @@ export function applyMutations(seed: Uint8Array, mutations: readonly Mutation[])
 // ---------------------------------------------------------------------------------------------
 // Deterministic randomness
 
-/** mulberry32: small, fast, good enough to pick fuzz targets; one stream per case. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** A per-case seed from the run seed and the case index (so case N replays alone). */
 export function caseSeed(runSeed: number, index: number): number {
   let h = (runSeed ^ 0x9e3779b9) >>> 0;

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { REQUIRE_BANNER } from '../../scripts/cli-bundle.mjs';
 import type { FuzzCase } from './mutator.ts';
 import type { CaseResult, SeedBytes } from './run-case.ts';
 
@@ -28,7 +29,7 @@ export function bundleWorker(): Promise<string> {
       format: 'esm',
       target: 'node20',
       logLevel: 'warning',
-      banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+      banner: { js: REQUIRE_BANNER },
     });
     return outfile;
   })();
@@ -82,7 +83,7 @@ export class FuzzPool {
       clearTimeout(b.timer);
       slot.busy = null;
       const extra = (b as { extra?: string[] }).extra ?? [];
-      const r: CaseResult = m.result ?? { name: b.c.name, steps: [], failures: [{ step: '(harness)', kind: 'harness', message: m.error ?? 'no result' }], bytesRead: 0, ms: Date.now() - b.started };
+      const r: CaseResult = m.result ?? { name: b.c.name, steps: [], failures: [{ step: '(harness)', kind: 'harness', message: m.error ?? 'no result' }], bytesRead: 0, budgetUse: { step: '', share: 0 }, ms: Date.now() - b.started };
       for (const x of extra) r.failures.push({ step: '(async)', kind: 'unhandled-rejection', message: x.split('\n')[0]!, stack: x });
       b.resolve(r);
       this.pump();
@@ -92,7 +93,7 @@ export class FuzzPool {
       if (b) {
         clearTimeout(b.timer);
         slot.busy = null;
-        b.resolve({ name: b.c.name, steps: [], failures: [{ step: '(worker)', kind: 'crash', message: why }], bytesRead: 0, ms: Date.now() - b.started });
+        b.resolve({ name: b.c.name, steps: [], failures: [{ step: '(worker)', kind: 'crash', message: why }], bytesRead: 0, budgetUse: { step: '', share: 0 }, ms: Date.now() - b.started });
       }
       const i = this.slots.indexOf(slot);
       if (i >= 0 && !this.closed) {
@@ -126,14 +127,14 @@ export class FuzzPool {
         const b = slot.busy;
         if (!b || b.id !== id) return;
         slot.busy = null;
-        b.resolve({ name: b.c.name, steps: [], failures: [{ step: '(worker)', kind: 'timeout', message: `case did not finish within ${this.timeoutMs} ms` }], bytesRead: 0, ms: Date.now() - started });
+        b.resolve({ name: b.c.name, steps: [], failures: [{ step: '(worker)', kind: 'timeout', message: `case did not finish within ${this.timeoutMs} ms` }], bytesRead: 0, budgetUse: { step: '', share: 0 }, ms: Date.now() - started });
         const i = this.slots.indexOf(slot);
         void slot.worker.terminate();
         if (i >= 0) this.slots[i] = this.spawn();
         this.pump();
       }, this.timeoutMs);
       slot.busy = { id, c: job.c, resolve: job.resolve, timer, started };
-      slot.worker.postMessage({ id, c: job.c, deadlineMs: Math.floor(this.timeoutMs * 0.8), readOnly: this.opts.readOnly });
+      slot.worker.postMessage({ id, c: job.c, readOnly: this.opts.readOnly });
     }
   }
 

@@ -12,6 +12,7 @@ import { buildInfo } from '../../core/analysis/info.ts';
 import { translate } from '../../core/analysis/translate.ts';
 import { diffViews } from '../../core/analysis/diff.ts';
 import { snapshotSpace } from '../../core/analysis/snapshot-space.ts';
+import { budgetFor, meter } from './budget.ts';
 import { FuzzViolation, GuardStore, allocationViolations } from './guard-store.ts';
 import { applyMutations, type FuzzCase } from './mutator.ts';
 import { checkStore, writeOps } from './ops.ts';
@@ -40,6 +41,8 @@ export interface CaseResult {
   steps: StepResult[];
   failures: CaseFailure[];
   bytesRead: number;
+  /** The step that used the largest share of its work budget, and that share (budget.ts). */
+  budgetUse: { step: string; share: number };
   ms: number;
 }
 
@@ -49,22 +52,21 @@ const EXPORT_BUDGET = 16 * 1024 * 1024;
 const MAX_SNAPSHOTS = 6;
 
 export interface RunOptions {
-  /** Soft per-case deadline in ms (the pool also kills the worker at a hard limit). */
-  deadlineMs?: number;
   /** Skip the writing operations. */
   readOnly?: boolean;
 }
 
 export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {}): Promise<CaseResult> {
   const t0 = Date.now();
-  const deadline = t0 + (opts.deadlineMs ?? 20_000);
   const bytes = applyMutations(seed.image, c.mutations);
-  const res: CaseResult = { name: c.name, steps: [], failures: [], bytesRead: 0, ms: 0 };
+  // every step's work is bounded by what this image declares (budget.ts)
+  const budget = budgetFor(bytes);
+  const res: CaseResult = { name: c.name, steps: [], failures: [], bytesRead: 0, budgetUse: { step: '', share: 0 }, ms: 0 };
   const stores: GuardStore[] = [];
   allocationViolations.length = 0;
 
   const guard = (b: Uint8Array, writable: boolean, name = 'image'): GuardStore => {
-    const g = new GuardStore(new MemoryStore(b, { name, writable: true }), { writable, deadline });
+    const g = new GuardStore(new MemoryStore(b, { name, writable: true }), { writable });
     stores.push(g);
     return g;
   };
@@ -73,10 +75,22 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
     return Qcow2Image.open(new MemoryStore(seed.backing.slice(), { name: 'base.qcow2', writable: false }));
   };
 
-  /** Run a step; returns its value, or undefined if it threw (recorded). */
-  async function step<T>(name: string, fn: () => Promise<T>): Promise<T | undefined> {
+  /** End the work budget of step `name`: an overrun fails the case even if the engine caught it. */
+  function endBudget(name: string): void {
+    const share = meter.share();
+    if (share > res.budgetUse.share) res.budgetUse = { step: name, share };
+    meter.stop();
+    const over = meter.overrun;
+    if (over && !res.failures.some((f) => f.message === `${over.kind}: ${over.message}`)) {
+      res.failures.push({ step: name, kind: 'violation', message: `${over.kind}: ${over.message}`, stack: over.stack });
+    }
+  }
+
+  /** Run a step within `stepBudget`; returns its value, or undefined if it threw (recorded). */
+  async function step<T>(name: string, fn: () => Promise<T>, stepBudget = budget): Promise<T | undefined> {
     const seen = new Set(stores.map((g) => g.violation));
     const allocs = allocationViolations.length;
+    meter.start(name, stepBudget);
     try {
       const v = await fn();
       res.steps.push({ step: name, outcome: 'ok' });
@@ -85,6 +99,7 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
       recordError(res, name, e, stores);
       return undefined;
     } finally {
+      endBudget(name);
       // a violation the engine caught and turned into something else still fails the case, here
       for (const g of stores) {
         if (g.violation && !seen.has(g.violation) && !res.failures.some((f) => f.message.endsWith(g.violation!.message))) {
@@ -127,6 +142,7 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
     for (const op of writeOps) {
       const store = guard(bytes.slice(), true);
       let opened: Qcow2Image | undefined;
+      meter.start(`${op.name}: open`, budget);
       try {
         opened = await Qcow2Image.open(store, { writable: true, ...op.open, backing: await backingLayer() });
       } catch (e) {
@@ -135,6 +151,8 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
           res.failures.push({ step: `${op.name}: open`, kind: 'wrote-after-failed-open', message: `${store.writes} writes, ${store.truncates} truncates although open failed` });
         }
         continue;
+      } finally {
+        endBudget(`${op.name}: open`);
       }
       const writesBefore = store.writes + store.truncates;
       const done = await step(op.name, async () => {
@@ -149,7 +167,7 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
       // An operation that succeeded on a consistent image leaves it consistent.
       if (done && initialCheck === 0) {
         const after = (store.inner as MemoryStore).bytes().slice();
-        const code = await step(`${op.name}: recheck`, () => checkStore(guard(after, false)));
+        const code = await step(`${op.name}: recheck`, () => checkStore(guard(after, false)), budgetFor(after));
         if (code === 1 || code === 2) {
           res.failures.push({ step: `${op.name}: recheck`, kind: 'made-inconsistent', message: `check exit ${code} after '${op.name}' on an image that checked clean` });
         } else if (code === 3) {

@@ -9,13 +9,13 @@ installAllocationGuard();
 
 const seeds = workerData.seeds as Record<string, SeedBytes>;
 
-parentPort!.on('message', (msg: { id: number; c: FuzzCase; deadlineMs: number; readOnly?: boolean }) => {
+parentPort!.on('message', (msg: { id: number; c: FuzzCase; readOnly?: boolean }) => {
   const seed = seeds[msg.c.seed];
   if (!seed) {
     parentPort!.postMessage({ id: msg.id, error: `unknown seed ${msg.c.seed}` });
     return;
   }
-  runCase(msg.c, seed, { deadlineMs: msg.deadlineMs, readOnly: msg.readOnly }).then(
+  runCase(msg.c, seed, { readOnly: msg.readOnly }).then(
     (result) => parentPort!.postMessage({ id: msg.id, result }),
     (e: Error) => parentPort!.postMessage({ id: msg.id, error: `harness: ${e?.stack ?? e}` }),
   );

@@ -10,8 +10,10 @@
 //   // or simply: makeDamagedImage(name, file)
 //   qemuCheck(file) then agrees with DAMAGES[name].expect.check (recorded from qemu-img 7.2 and
 //   verified by tests/interop/qemu-helpers.test.ts).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import {
-  createImage, fileSize, poke, pokeU32, pokeU64, qemuImgOk, qemuIo, truncateFile, writePattern,
+  createImage, fileSize, makeTempDir, poke, pokeU32, pokeU64, qemuImgOk, qemuIo, truncateFile, writePattern,
 } from './qemu.ts';
 import {
   EXT_FEATURE_TABLE, HDR, L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, SNAP,
@@ -41,7 +43,32 @@ export const BASE_SIZE = 64 * 1024 * 1024;
 export const BASE_PATTERN = 0x11;
 export const BASE_PATTERN_2 = 0x22;
 
+/**
+ * Make base image `base` at `file`. Each base is built by qemu-img/qemu-io once per process and
+ * copied from then on (a reflink where the file system has them): the bytes are the same, and the
+ * tests that make many damaged images start no processes for their bases.
+ */
 export function makeBase(file: string, base: BaseName): void {
+  let cached = baseCache.get(base);
+  if (cached === undefined) {
+    // Inside the Vitest run's dir when there is one (removed at the end of the run even when the
+    // worker is stopped without exit handlers), else a temp dir removed when the process exits.
+    const runDir = process.env.QCOWSCOPE_TEST_RUN_DIR;
+    baseCacheDir ??= runDir ? fs.mkdtempSync(path.join(runDir, 'bases-')) : makeTempDir('qcowscope-bases-');
+    cached = path.join(baseCacheDir, `${base}.qcow2`);
+    buildBase(cached, base);
+    baseCache.set(base, cached);
+  }
+  fs.copyFileSync(cached, file, fs.constants.COPYFILE_FICLONE);
+}
+
+const baseCache = new Map<BaseName, string>();
+let baseCacheDir: string | undefined;
+process.once('exit', () => {
+  if (baseCacheDir !== undefined) fs.rmSync(baseCacheDir, { recursive: true, force: true });
+});
+
+function buildBase(file: string, base: BaseName): void {
   switch (base) {
     case 'empty':
       createImage(file, BASE_SIZE);
@@ -55,11 +82,11 @@ export function makeBase(file: string, base: BaseName): void {
       writePattern(file, 0, 65536, BASE_PATTERN);
       return;
     case 'snapshot':
-      makeBase(file, 'data');
+      buildBase(file, 'data');
       qemuImgOk(['snapshot', '-c', 'test', file]);
       return;
     case 'snapshot-cow':
-      makeBase(file, 'snapshot');
+      buildBase(file, 'snapshot');
       writePattern(file, 0, 65536, BASE_PATTERN_2);
       return;
     case 'refcount1':

@@ -17,6 +17,7 @@
 import { QcowError } from '../../core/errors.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import type { ImageStore } from '../../core/io/store.ts';
+import { seededRandom } from './random.ts';
 
 function crashError(what: string, n: number): QcowError {
   return new QcowError('CRASH_INJECTED', `crash injected: ${what} after ${n} completed writes`, { writes: n });
@@ -226,18 +227,6 @@ export function applyOps(base: Uint8Array, ops: readonly PendingOp[], mask: read
 
 // ---------------------------------------------------------------------------------------------
 // Enumerators
-
-/** A small seeded PRNG (mulberry32): the same seed gives the same sample on every machine. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export type StoreOperation = (store: ImageStore) => Promise<void>;
 

@@ -201,6 +201,23 @@ export function qemuMap(file: string): QemuMapEntry[] {
   return JSON.parse(qemuImgOk(['map', '--output=json', file])) as QemuMapEntry[];
 }
 
+/** Host cluster → the guest byte ranges [start, length] stored in it (merged), by qemu-img map of the active disk. */
+export function qemuGuestRangesByCluster(file: string, clusterSize: number): Map<number, Array<[number, number]>> {
+  const out = new Map<number, Array<[number, number]>>();
+  for (const e of qemuMap(file)) {
+    if (!e.data || e.offset === undefined) continue;
+    for (let g = e.start; g < e.start + e.length; g += clusterSize) {
+      const c = Math.floor((e.offset + g - e.start) / clusterSize);
+      const list = out.get(c) ?? [];
+      const last = list[list.length - 1];
+      if (last && last[0] + last[1] === g) last[1] += clusterSize;
+      else list.push([g, clusterSize]);
+      out.set(c, list);
+    }
+  }
+  return out;
+}
+
 /** `qemu-img check --output=json` JSON (QAPI ImageCheck): counters absent when zero. */
 export interface QemuCheckJson {
   filename: string;

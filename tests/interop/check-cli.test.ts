@@ -5,13 +5,13 @@ import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { createImage, qemuImg, qemuIoOk } from '../helpers/qemu.ts';
 
 const ROOT = path.resolve(__dirname, '../..');
-const CLI = ['--import', pathToFileURL(path.join(ROOT, 'node_modules/tsx/dist/loader.mjs')).href, path.join(ROOT, 'cli/qcowscope.ts')];
+const CLI = [await cliBundle()];
 
 function ours(args: string[], cwd: string) {
   const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8', cwd });

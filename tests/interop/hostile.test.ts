@@ -16,11 +16,11 @@ import {
   createImage, peekU64, pokeU32, pokeU64, qemuCheck, qemuImg, qemuImgOk, qemuIo, sha256, writePattern,
 } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { buildCliCopy } from '../fuzz/cli-build.ts';
+import { cliBundle } from '../helpers/cli.ts';
 
 let cli: string;
 beforeAll(async () => {
-  cli = await buildCliCopy();
+  cli = await cliBundle();
 }, 120_000);
 
 const tmp = useTempDir('qcowscope-hostile-');

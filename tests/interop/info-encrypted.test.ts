@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir, qemuImgCreateEncrypted, qemuImgOk } from '../helpers/qemu.ts';
-import { buildCli, runCliOk } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+import { runCliOk } from './read-support.ts';
 
 const SECRET = ['--object', 'secret,id=s0,data=not-a-real-key'];
 const setups: Array<{ name: string; file: string; args: string[] }> = [
@@ -24,7 +25,7 @@ const setups: Array<{ name: string; file: string; args: string[] }> = [
 let dir = '';
 let bin = '';
 beforeAll(async () => {
-  bin = await buildCli();
+  bin = await cliBundle();
   dir = makeTempDir('qcowscope-encrypted-');
   qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(dir, 'base.qcow2'), '4M']);
   for (const s of setups) qemuImgCreateEncrypted(['-q', '-f', 'qcow2', ...SECRET, ...s.args], dir);

@@ -13,6 +13,17 @@ import { isQcowError } from '../../core/errors.ts';
 const dir = makeTempDir('qcowscope-open-damaged-');
 afterAll(() => removeDir(dir));
 
+/** The structure a QEMU open error names, as an OpenDamage area code. */
+function areaNamedBy(qemuMessage: string): string {
+  if (/snapshot/i.test(qemuMessage)) return 'snapshot-table';
+  if (/refcount block/i.test(qemuMessage)) return 'refcount-block';
+  if (/refcount|reference count/i.test(qemuMessage)) return 'refcount-table';
+  if (/\bL1\b/.test(qemuMessage)) return 'l1-table';
+  if (/\bL2\b/.test(qemuMessage)) return 'l2-table';
+  if (/bitmap/i.test(qemuMessage)) return 'bitmaps';
+  return 'header';
+}
+
 const refused = Object.entries(DAMAGES).filter(([, d]) => d.expect.openError !== undefined);
 
 describe('partial open of images QEMU refuses', () => {
@@ -35,6 +46,8 @@ describe('partial open of images QEMU refuses', () => {
       if (details.structure) expect(damage.line).toContain(details.structure);
       if (typeof details.offset === 'number') expect(damage.line).toContain(`0x${details.offset.toString(16)}`);
       expect(damage.line).not.toContain('\n');
+      // The area code (which view shows the note) is the structure QEMU's own words name.
+      expect(damage.area, `${name}: ${open}`).toBe(areaNamedBy(open));
       // The header always shows, with qcow2's magic; tables only when the check-mode open worked.
       expect(engine.header().magic).toBe(0x514649fb);
       if (damage.level === 'tables') await expect(engine.l1Page(0, 4)).resolves.toBeInstanceOf(Array);

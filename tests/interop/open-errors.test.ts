@@ -15,7 +15,8 @@ import {
 import {
   EXT_FEATURE_TABLE, HDR, SNAP, activeL2EntryPos, extensionsEnd, l1EntryPos, readExtensions, readHeader, readSnapshots,
 } from '../helpers/qcow2-mini.ts';
-import { buildCli, compareFiles, qemuInfoJson, qemuMapJson, runCli, runCliOk, type CliResult } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+import { compareFiles, qemuInfoJson, qemuMapJson, runCli, runCliOk, type CliResult } from './read-support.ts';
 
 const MiB = 1024 * 1024;
 
@@ -24,7 +25,7 @@ let dir = '';
 const timings: Array<[string, number]> = [];
 
 beforeAll(async () => {
-  cli = await buildCli();
+  cli = await cliBundle();
   dir = makeTempDir('qcowscope-open-errors-');
 });
 afterAll(() => {

@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../helpers/qemu.ts';
-import { buildCli, compareFiles, qemuExport, qemuInfoJson, qemuMapJson, runCli, runCliOk } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+import { compareFiles, qemuExport, qemuInfoJson, qemuMapJson, runCli, runCliOk } from './read-support.ts';
 
 /** qemu-img's stdout, run from `cwd` (it must succeed). */
 function qemuImgText(args: string[], cwd: string): string {
@@ -28,7 +29,7 @@ export interface Variety {
 let cliPromise: Promise<string> | undefined;
 /** The CLI bundled once per test file. */
 export function cli(): Promise<string> {
-  cliPromise ??= buildCli();
+  cliPromise ??= cliBundle();
   return cliPromise;
 }
 

@@ -1,33 +1,14 @@
-// Support for the reading interop tests (read*.test.ts, open-errors*.test.ts): the CLI bundled
-// from the current sources into a private temp file (so parallel test files never race on
-// dist/, and a stale dist/ can never pass a test), a runner that spawns it, and comparisons
-// with qemu-img on the same image.
+// Support for the reading interop tests (read*.test.ts, open-errors*.test.ts): a runner that
+// spawns the CLI bundle (tests/helpers/cli.ts) and comparisons with qemu-img on the same image.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
 import { qemuImg, qemuImgOk } from '../helpers/qemu.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-/** Bundle cli/qcowscope.ts like scripts/build-cli.mjs, into a temp file; returns its path. */
-export async function buildCli(): Promise<string> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcowscope-cli-'));
-  const outfile = path.join(dir, 'qcowscope.mjs');
-  await build({
-    entryPoints: [path.join(REPO, 'cli/qcowscope.ts')],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-    logLevel: 'error',
-  });
-  return outfile;
-}
 
 export interface CliResult {
   status: number | null;

@@ -4,7 +4,6 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { openImage } from '../../cli/open.ts';
 import { QcowError } from '../../core/errors.ts';
@@ -14,11 +13,12 @@ import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import {
   createImage, qemuCheck, qemuConvertToRaw, qemuInfo, qemuIoOk, sha256,
 } from '../helpers/qemu.ts';
+import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
 const MiB = 1024 * 1024;
 // Absolute loader path: some runs use another working directory.
-const CLI = ['--import', pathToFileURL(path.resolve('node_modules/tsx/dist/loader.mjs')).href, path.resolve('cli/qcowscope.ts')];
+const CLI = [await cliBundle()];
 
 function cli(args: string[], cwd?: string): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8', cwd });

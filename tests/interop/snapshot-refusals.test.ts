@@ -11,11 +11,12 @@ import {
   createImage, peek, pokeU32, pokeU64, pokeU8, qemuCheck, qemuImgOk, qemuInfo, qemuIoOk, qemuSnapshotList, sha256,
 } from '../helpers/qemu.ts';
 import { readHeader } from '../helpers/qcow2-mini.ts';
+import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { ImageModel, withImage } from './snapshot-model.ts';
 
 const MiB = 1024 * 1024;
-const CLI = ['--import', 'tsx', path.resolve('cli/qcowscope.ts')];
+const CLI = [await cliBundle()];
 
 function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8' });

@@ -4,7 +4,7 @@
 // clusters. After every step: `qemu-img check` clean, `qemu-img info` lists exactly the expected
 // snapshots (our IDs and names), and the active disk and every snapshot hold the expected bytes.
 import { describe, expect, it } from 'vitest';
-import { seededRandom } from '../helpers/crash-store.ts';
+import { seededRandom } from '../helpers/random.ts';
 import {
   createImage, qemuImgOk, qemuIo, qemuIoOk, qemuSnapshotApply, qemuSnapshotCreate, qemuSnapshotDelete, type CreateOptions,
 } from '../helpers/qemu.ts';

@@ -13,7 +13,7 @@ import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import {
   createImage, qemuCheck, qemuConvertToRaw, qemuImgOk, qemuIoOk, qemuSnapshotCreate, qemuInfo, type CreateOptions,
 } from '../helpers/qemu.ts';
-import { seededRandom } from '../helpers/crash-store.ts';
+import { seededRandom } from '../helpers/random.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
 const tmp = useTempDir('qcowscope-write-');

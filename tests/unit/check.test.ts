@@ -10,9 +10,10 @@ import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { writeGuest } from '../../core/image/write.ts';
 import { be32, put32, put64 } from '../../core/format/bytes.ts';
 import { checkExitCode, checkImage, runCheck } from '../../core/analysis/check.ts';
-import { repairDirtyImage } from '../../core/analysis/repair.ts';
 import { buildLayout, Kind } from '../../core/analysis/layout.ts';
-import { FindingSink, ReferenceWalk, altHex, hex64, tablesInOrder, zeroCounters } from '../../core/analysis/refcount-walk.ts';
+import { FindingSink, altHex, hex64, zeroCounters } from '../../core/analysis/findings.ts';
+import { ReferenceWalk } from '../../core/analysis/refcount-walk.ts';
+import { tablesInOrder } from '../../core/analysis/table-reads.ts';
 import { createSnapshot } from '../../core/image/snapshot.ts';
 
 const CS = 65536;
@@ -109,21 +110,23 @@ describe('check on in-memory images', () => {
     expect(checkExitCode(fixed)).toBe(0);
   });
 
-  it('a dirty image (lazy refcounts) is repaired before writing, and the dirty bit cleared', async () => {
+  it('a dirty image (lazy refcounts) is repaired by check -r all (what runs before writing), and the dirty bit cleared', async () => {
     const store = await makeImage({ lazy: true });
     const b = store.bytes();
     b[79] |= 1; // incompatible_features bit 0: dirty
     const img0 = await Qcow2Image.open(store, { checkMode: true });
     const l2 = (be32(b, img0.header.l1TableOffset + 4) & 0xfffffe00) / CS;
     setRefcount16(store, l2 + 1, 0); // a refcount update that never reached the disk
-    const img = await Qcow2Image.open(store, { writable: true });
+    const img = await Qcow2Image.open(store, { writable: true, checkMode: true });
     expect(img.isDirty).toBe(true);
-    const r = await repairDirtyImage(img);
-    expect(r).not.toBeNull();
+    const r = await runCheck(img, { repair: 'all' });
+    expect(r.corruptionsFixed).toBeGreaterThan(0);
+    expect(checkExitCode(r)).toBe(0);
     expect(img.isDirty).toBe(false);
     expect(b[79]! & 1).toBe(0);
     expect(checkExitCode(await check(store))).toBe(0);
-    expect(await repairDirtyImage(img)).toBeNull();
+    const again = await runCheck(img, { repair: 'all' });
+    expect([again.corruptionsFixed, again.leaksFixed]).toEqual([0, 0]);
   });
 
   it('reports progress and can be cancelled', async () => {

@@ -7,8 +7,9 @@ import type { ImageStore } from '../../core/io/store.ts';
 import { bytesDiff, expectBytes } from '../helpers/bytes.ts';
 import {
   DroppingStore, StopAfterWritesStore, applyOps, countWrites, enumerateCrashStates, enumerateDroppedStates,
-  seededRandom, subsetMasks,
+  subsetMasks,
 } from '../helpers/crash-store.ts';
+import { seededRandom } from '../helpers/random.ts';
 
 const fill = (n: number, v: number) => new Uint8Array(n).fill(v);
 

@@ -4,8 +4,9 @@
 // QEMU's bit arithmetic (the engine itself works on 32-bit halves).
 import { describe, expect, it } from 'vitest';
 import {
-  ClusterType, clusterType, compressedDescriptor, decodeL1Entry, decodeL2Entry, encodeCompressedEntry, encodeL1Entry,
-  encodeL2Entry, l1L2Offset, l2EntrySize, offsetOf, putEntry, type L2Geometry,
+  bitmapTableEntryInvalid, ClusterType, clusterType, compressedDescriptor, decodeL1Entry, decodeL2Entry, encodeCompressedEntry,
+  encodeL1Entry, encodeL2Entry, hasOffset, hasZeroFlag, isCompressed, isCopied, l1L2Offset, l1ReservedHex, l2EntrySize, offsetOf,
+  offsetUnalignedMaskLo, putEntry, refcountTableOffset, refcountTableReservedBits, withCopied, type L2Geometry,
 } from '../../core/format/entries.ts';
 
 const COPIED = 1n << 63n;
@@ -170,4 +171,55 @@ describe('compressed cluster descriptors, every cluster size', () => {
       expect(cs).toBeGreaterThan(0);
     });
   }
+});
+
+describe('named entry bits, against QEMU\'s 64-bit masks in BigInt', () => {
+  const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
+  const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
+  const L1E_RESERVED_MASK = 0x7f000000000001ffn;
+  const BME_TABLE_ENTRY_RESERVED_MASK = 0xff000000000001fen;
+  const samples = [
+    0n, 1n, 0x50000n, COPIED | 0x50000n, COMPRESSED | 0x123456789n, COPIED | COMPRESSED, (1n << 56n) | 0x10000n,
+    0x00fffffffffffe00n, 0xffffffffffffffffn, 0x1ffn, 0x200n, (1n << 63n) | 1n, 0x8000000000000200n, 0x0100000000000000n,
+  ];
+
+  it('offset, COPIED, COMPRESSED, ZERO and the reftable offset of every sample', () => {
+    for (const e of samples) {
+      const [hi, lo] = words(e);
+      expect(hasOffset(hi, lo), e.toString(16)).toBe((e & L2E_OFFSET_MASK) !== 0n);
+      expect(isCopied(hi)).toBe((e & COPIED) !== 0n);
+      expect(isCompressed(hi)).toBe((e & COMPRESSED) !== 0n);
+      expect(hasZeroFlag(lo)).toBe((e & 1n) !== 0n);
+      expect(refcountTableOffset(hi, lo)).toBe(Number(e & REFT_OFFSET_MASK));
+      expect(refcountTableReservedBits(lo)).toBe((e & 0x1ffn) !== 0n);
+      for (const copied of [false, true]) {
+        const want = copied ? e | COPIED : e & ~COPIED;
+        expect(withCopied(hi, copied)).toBe(Number(want >> 32n));
+      }
+      const res = e & L1E_RESERVED_MASK;
+      expect(l1ReservedHex(hi, lo)).toBe(res === 0n ? '' : '0x' + res.toString(16));
+    }
+  });
+
+  it('the unaligned-offset mask of the low word, every cluster size', () => {
+    expect(offsetUnalignedMaskLo(512)).toBe(0); // the offset field starts at bit 9: never unaligned
+    for (let bits = 10; bits <= 21; bits++) {
+      const cs = 2 ** bits;
+      expect(offsetUnalignedMaskLo(cs) >>> 0).toBe(Number(BigInt(cs - 1) & L2E_OFFSET_MASK));
+      const [, lo] = words(BigInt(cs) * 3n + 512n);
+      expect((lo & offsetUnalignedMaskLo(cs)) !== 0).toBe(true);
+      const [, aligned] = words(BigInt(cs) * 3n);
+      expect(aligned & offsetUnalignedMaskLo(cs)).toBe(0);
+    }
+  });
+
+  it('bitmap table entries: reserved bits, or an offset that is unaligned or has the all-ones flag', () => {
+    const cs = 65536;
+    for (const e of [...samples, 0x10000n, 0x10001n, 0x10200n, 0x20000n | (1n << 60n)]) {
+      const [hi, lo] = words(e);
+      const off = e & L2E_OFFSET_MASK;
+      const want = (e & BME_TABLE_ENTRY_RESERVED_MASK) !== 0n || (off !== 0n && ((e & 1n) !== 0n || off % BigInt(cs) !== 0n));
+      expect(bitmapTableEntryInvalid(hi, lo, cs), e.toString(16)).toBe(want);
+    }
+  });
 });

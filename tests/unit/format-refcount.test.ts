@@ -6,6 +6,7 @@ import {
   decodeRefblock, getRefcount, refblockEntries, refcountBits, refcountMax, reftableEntry, reftableRaw, reftableReservedBits,
   setRefcount,
 } from '../../core/format/refcount.ts';
+import { seededRandom } from '../helpers/random.ts';
 
 /** The refcount at `index` read bit by bit as QEMU lays it out. */
 function referenceGet(block: Uint8Array, index: number, order: number): bigint {
@@ -20,14 +21,6 @@ function referenceGet(block: Uint8Array, index: number, order: number): bigint {
   return v;
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-
 describe('refcount entries, widths 1 to 64 bits', () => {
   for (let order = 0; order <= 6; order++) {
     const bits = refcountBits(order);
@@ -40,7 +33,7 @@ describe('refcount entries, widths 1 to 64 bits', () => {
       const exactMax = Math.min(max, Number.MAX_SAFE_INTEGER);
       const block = new Uint8Array(512);
       const expected = new Array<number>(entries).fill(0);
-      const r = rng(order + 1);
+      const r = seededRandom(order + 1);
       for (let round = 0; round < Math.min(entries, 1024); round++) {
         const i = Math.floor(r() * entries);
         const v = Math.min(exactMax, [0, 1, 2, exactMax, Math.floor(r() * (exactMax + 1))][round % 5]!);

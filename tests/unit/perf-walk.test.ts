@@ -5,22 +5,12 @@
 // No timing here: speed is measured by `npm run bench`.
 import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../core/io/memory-store.ts';
-import { HoleMap, Qcow2Image, type L1View } from '../../core/image/qcow2-image.ts';
+import { HoleMap } from '../../core/image/block-status.ts';
+import { Qcow2Image, type L1View } from '../../core/image/qcow2-image.ts';
 import { pushExtent, type Extent } from '../../core/image/layer.ts';
+import { seededRandom } from '../helpers/random.ts';
 
 const TWO32 = 2 ** 32;
-
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / TWO32;
-  };
-}
 
 function put32(b: Uint8Array, off: number, v: number): void {
   new DataView(b.buffer, b.byteOffset).setUint32(off, v >>> 0);
@@ -232,7 +222,7 @@ async function open(b: Built, backing?: Qcow2Image): Promise<Qcow2Image> {
 describe('whole-table extents walk = per-cluster mapAt', () => {
   for (const [clusterBits, seed] of [[9, 1], [9, 2], [12, 3], [16, 4]] as const) {
     it(`standard L2, ${2 ** clusterBits}-byte clusters, seed ${seed}`, async () => {
-      const r = rng(seed);
+      const r = seededRandom(seed);
       const cs = 2 ** clusterBits;
       const l2Entries = cs / 8;
       const l1Size = clusterBits === 16 ? 2 : 12;
@@ -280,7 +270,7 @@ describe('whole-table extents walk = per-cluster mapAt', () => {
   });
 
   it('extended L2 (subclusters)', async () => {
-    const r = rng(9);
+    const r = seededRandom(9);
     const clusterBits = 14;
     const cs = 2 ** clusterBits;
     const l2Entries = cs / 16;
@@ -305,7 +295,7 @@ describe('whole-table extents walk = per-cluster mapAt', () => {
   });
 
   it('through a backing layer', async () => {
-    const r = rng(5);
+    const r = seededRandom(5);
     const cs = 512;
     const size = 6 * 64 * cs;
     const gb = randomStandard(r, cs, 0, 16, true);
@@ -321,7 +311,7 @@ describe('whole-table extents walk = per-cluster mapAt', () => {
 
 describe('readView = per-cluster reads', () => {
   it('standard L2 with a backing layer, unaligned ranges', async () => {
-    const r = rng(11);
+    const r = seededRandom(11);
     const cs = 512;
     const size = 6 * 64 * cs;
     // no compressed clusters: keep data inside the file or beyond it (reads as zeros)
@@ -344,7 +334,7 @@ describe('readView = per-cluster reads', () => {
 
 describe('HoleMap', () => {
   it('answers like a brute-force search, in any order', () => {
-    const r = rng(3);
+    const r = seededRandom(3);
     const segs = randomSegments(r);
     const holes = new HoleMap(segs);
     for (let i = 0; i < 2000; i++) {

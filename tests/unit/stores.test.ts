@@ -15,7 +15,7 @@ import { OverlayStore, OVERLAY_PAGE_SIZE, type ByteSource } from '../../core/io/
 import { readInto, type ImageStore } from '../../core/io/store.ts';
 import { FileStore } from '../../worker/stores/file-store.ts';
 import { expectBytes } from '../helpers/bytes.ts';
-import { seededRandom } from '../helpers/crash-store.ts';
+import { seededRandom } from '../helpers/random.ts';
 import { makeTempDir, removeDir } from '../helpers/qemu.ts';
 
 const TWO_32 = 2 ** 32;

@@ -1,13 +1,12 @@
 // The app's state: open images (tabs), the current view, the one shared selection, the running
 // job and the last message. Views read it from context (web/lib/context.ts) and call its
 // methods; only this class and web/lib/engine.ts talk to the worker.
-import { QcowError } from '../../core/errors.ts';
 import type {
   CheckFindingDTO,
   CheckReportDTO,
   ClusterMapDTO,
+  ClusterUsers,
   DiffResult,
-  EngineFeatures,
   ImageSummary,
   JournalDTO,
   L1EntryDTO,
@@ -15,26 +14,17 @@ import type {
   Progress,
   RefcountTableEntryDTO,
   SnapshotDTO,
+  SnapshotSpace,
+  TablePage,
+  Translation,
 } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
 import { isInFolder, saveAllToFolder, type FileToSave } from './save-folder.ts';
-import { VIEWS_WITHOUT_TABLES, damageView } from './damage.ts';
+import { damageView, viewWorks } from './damage.ts';
+import { VIEWS, type ViewName } from '../views/registry.ts';
+import { describeError as describe, openFailure, type Message } from './errors.ts';
 
-export type ViewName = 'header' | 'snapshots' | 'l1' | 'refcounts' | 'map' | 'translate' | 'diff' | 'hex' | 'playground' | 'journal' | 'check';
-
-export const VIEWS: { id: ViewName; title: string }[] = [
-  { id: 'header', title: 'Header' },
-  { id: 'snapshots', title: 'Snapshots' },
-  { id: 'l1', title: 'L1 table' },
-  { id: 'refcounts', title: 'Refcount table' },
-  { id: 'map', title: 'Cluster map' },
-  { id: 'translate', title: 'Translation' },
-  { id: 'diff', title: 'Diff' },
-  { id: 'hex', title: 'Hex' },
-  { id: 'playground', title: 'Playground' },
-  { id: 'journal', title: 'Journal' },
-  { id: 'check', title: 'Check' },
-];
+export type { Message, ViewName };
 
 /** What the inspector decodes; shared by every view. */
 export type Selection =
@@ -46,12 +36,6 @@ export type Selection =
   | { kind: 'snapshot'; snapshot: SnapshotDTO }
   | { kind: 'finding'; finding: CheckFindingDTO }
   | { kind: 'cluster'; hostOffset: number };
-
-export interface Message {
-  kind: 'error' | 'info';
-  text: string;
-  code?: string;
-}
 
 export interface Busy {
   label: string;
@@ -77,6 +61,8 @@ export class ImageTab {
   mapHighlight = $state.raw<{ label: string; clusters: number[] } | null>(null);
   /** Bumped after every change, so views reload what they fetched. */
   revision = $state(0);
+  /** The demo image built in the page (not a file of the person's): the view says so. */
+  isDemo = false;
 
   constructor(summary: ImageSummary, handle?: FileSystemFileHandle) {
     this.id = summary.state.id;
@@ -99,12 +85,23 @@ export class ImageTab {
   }
 }
 
-function describe(e: unknown): Message {
-  if (e instanceof QcowError && e.code === 'CANCELLED') return { kind: 'info', text: 'Cancelled: nothing was changed.' };
-  if (e instanceof QcowError) return { kind: 'error', text: e.message, code: e.code };
-  if (e instanceof DOMException && e.name === 'AbortError') return { kind: 'info', text: 'Cancelled.' };
-  const err = e as Error;
-  return { kind: 'error', text: `Internal error: ${err?.message ?? String(e)}`, code: 'INTERNAL' };
+const DEMO_CLOSED_KEY = 'qcowscope.demo-closed';
+
+/** The person closed the demo once (kept in localStorage; storage that is refused counts as never). */
+function demoClosedBefore(): boolean {
+  try {
+    return localStorage.getItem(DEMO_CLOSED_KEY) === '1';
+  } catch {
+    return false;
+  }
+}
+
+function rememberDemoClosed(): void {
+  try {
+    localStorage.setItem(DEMO_CLOSED_KEY, '1');
+  } catch {
+    // Storage refused (private mode, policy): the demo comes back next time, nothing worse.
+  }
 }
 
 export class AppState {
@@ -114,7 +111,11 @@ export class AppState {
   selection = $state.raw<Selection | null>(null);
   busy = $state.raw<Busy | null>(null);
   message = $state.raw<Message | null>(null);
-  features = $state.raw<EngineFeatures | null>(null);
+  /**
+   * "Apply to all open images as one group" (Snapshots): a choice of this window, kept across tab
+   * switches and views, so that a group operation never quietly becomes a one-image one.
+   */
+  groupMode = $state(false);
 
   active = $derived(this.tabs.find((t) => t.id === this.activeId) ?? null);
 
@@ -123,16 +124,12 @@ export class AppState {
   /** A folder can be chosen to save several files into (Chromium); elsewhere files are downloads. */
   readonly hasFolderPicker = typeof window !== 'undefined' && 'showDirectoryPicker' in window;
 
-  async loadFeatures(): Promise<void> {
-    try {
-      this.features = await engine().features();
-    } catch (e) {
-      this.message = describe(e);
-    }
-  }
-
   /** Run one engine call with the busy indicator, cancellation and error reporting. */
-  private async run<T>(label: string, body: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<T>): Promise<T | undefined> {
+  private async run<T>(
+    label: string,
+    body: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<T>,
+    failed: (e: unknown) => Message | Promise<Message> = describe,
+  ): Promise<T | undefined> {
     const controller = new AbortController();
     this.busy = { label, controller };
     this.message = null;
@@ -144,7 +141,7 @@ export class AppState {
         },
       });
     } catch (e) {
-      this.message = describe(e);
+      this.message = await failed(e);
       return undefined;
     } finally {
       if (this.busy?.controller === controller) this.busy = null;
@@ -155,8 +152,9 @@ export class AppState {
     this.busy?.controller.abort();
   }
 
-  private add(summary: ImageSummary, handle?: FileSystemFileHandle): void {
+  private add(summary: ImageSummary, handle?: FileSystemFileHandle, isDemo = false): void {
     const tab = new ImageTab(summary, handle);
+    tab.isDemo = isDemo;
     this.tabs.push(tab);
     this.activeId = tab.id;
     this.selection = null;
@@ -166,7 +164,7 @@ export class AppState {
       this.message = { kind: 'error', text: `${summary.state.name} failed validation: ${d.line}`, code: d.code };
       // Show the error next to the structure it names, where that view can be drawn.
       const where = damageView(d);
-      this.show(d.level === 'tables' || VIEWS_WITHOUT_TABLES.includes(where) ? where : 'header');
+      this.show(viewWorks(where, d) ? where : 'header');
     }
   }
 
@@ -176,9 +174,9 @@ export class AppState {
    */
   private startDemo: { promise: Promise<void>; id: string | null; wanted: boolean } | null = null;
 
-  /** On start, with nothing open: open the demo image quietly (no busy bar, errors ignored). */
+  /** On start, with nothing open and the demo never closed before: open the demo image quietly (no busy bar, errors ignored). */
   openDemoOnStart(): void {
-    if (this.tabs.length || this.startDemo) return;
+    if (this.tabs.length || this.startDemo || demoClosedBefore()) return;
     const d: { promise: Promise<void>; id: string | null; wanted: boolean } = { promise: Promise.resolve(), id: null, wanted: true };
     d.promise = (async () => {
       const s = await engine().openDemo().catch(() => undefined);
@@ -188,7 +186,7 @@ export class AppState {
         return;
       }
       d.id = s.state.id;
-      this.add(s);
+      this.add(s, undefined, true);
     })();
     this.startDemo = d;
   }
@@ -205,19 +203,26 @@ export class AppState {
     void this.close(tab.id);
   }
 
+  // An image that fails to open leaves the page as it was (the start demo included): the demo gives
+  // way only to an image that opened.
   async openFiles(files: File[]): Promise<void> {
-    if (files.length) this.dropStartDemo();
     for (const file of files) {
-      const s = await this.run(`Opening ${file.name}`, () => engine().openFile(file));
-      if (s) this.add(s);
+      const s = await this.run(`Opening ${file.name}`, () => engine().openFile(file), (e) => openFailure(file.name, file.size, e));
+      if (s) {
+        this.dropStartDemo();
+        this.add(s);
+      }
     }
   }
 
   async openHandles(handles: FileSystemFileHandle[]): Promise<void> {
-    if (handles.length) this.dropStartDemo();
     for (const handle of handles) {
-      const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle));
-      if (s) this.add(s, handle);
+      const failed = async (e: unknown) => openFailure(handle.name, await handle.getFile().then((f) => f.size, () => undefined), e);
+      const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle), failed);
+      if (s) {
+        this.dropStartDemo();
+        this.add(s, handle);
+      }
     }
   }
 
@@ -274,12 +279,14 @@ export class AppState {
       }
     }
     const s = await this.run('Building the demo image', () => engine().openDemo());
-    if (s) this.add(s);
+    if (s) this.add(s, undefined, true);
   }
 
   async close(id: string): Promise<void> {
     const i = this.tabs.findIndex((t) => t.id === id);
     if (i < 0) return;
+    // A closed demo stays closed: the next visit starts on the introduction, not on the demo.
+    if (this.tabs[i]!.isDemo) rememberDemoClosed();
     this.tabs.splice(i, 1);
     if (this.activeId === id) this.activeId = this.tabs[Math.min(i, this.tabs.length - 1)]?.id ?? null;
     this.selection = null;
@@ -459,6 +466,38 @@ export class AppState {
   async diff(tab: ImageTab, a: string | null, b: string | null, label: string): Promise<void> {
     const result = await this.run(`Comparing ${label}`, (o) => withJob(o, (j, p) => engine().diff(tab.id, a, b, j, p)));
     if (result) tab.diff = { a, b, label, result };
+  }
+
+  // ---- What the views read (no busy bar, errors shown where they asked): the worker is reached
+  // only through the app state. ----
+  /** Who uses host cluster `cluster` (Inspector). */
+  clusterUsers(tab: ImageTab, cluster: number): Promise<ClusterUsers> {
+    return engine().clusterUsers(tab.id, cluster);
+  }
+  translate(tab: ImageTab, guestOffset: number, snapshotId?: string): Promise<Translation> {
+    return engine().translate(tab.id, guestOffset, snapshotId);
+  }
+  readBytes(tab: ImageTab, hostOffset: number, length: number): Promise<Uint8Array> {
+    return engine().readBytes(tab.id, hostOffset, length);
+  }
+  l1Page(tab: ImageTab, start: number, count: number): Promise<TablePage<L1EntryDTO>> {
+    return engine().l1Page(tab.id, start, count);
+  }
+  l2Table(tab: ImageTab, l2Offset: number): Promise<L2EntryDTO[]> {
+    return engine().l2Table(tab.id, l2Offset);
+  }
+  refcountTablePage(tab: ImageTab, start: number, count: number): Promise<TablePage<RefcountTableEntryDTO>> {
+    return engine().refcountTablePage(tab.id, start, count);
+  }
+  refcountBlock(tab: ImageTab, refblockIndex: number): Promise<Float64Array> {
+    return engine().refcountBlock(tab.id, refblockIndex);
+  }
+  snapshotSpace(tab: ImageTab, snapshotId: string): Promise<SnapshotSpace> {
+    return engine().snapshotSpace(tab.id, snapshotId);
+  }
+  /** A quick comparison for the Inspector (the Diff view's runs as a job: diff()). */
+  compare(tab: ImageTab, a: string | null, b: string | null): Promise<DiffResult> {
+    return engine().diff(tab.id, a, b);
   }
 
   async loadClusterMap(tab: ImageTab): Promise<void> {

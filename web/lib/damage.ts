@@ -1,20 +1,18 @@
-// Where an open error belongs on screen: the view that draws the structure it names (an image
-// that failed validation, worker/api.ts OpenDamage), and which views still work.
+// Where an open error belongs on screen: the view that draws the structure it is in (an image
+// that failed validation, worker/api.ts OpenDamage, tied by its `area` code), and which views
+// still work.
 import type { OpenDamage } from '../../worker/api.ts';
-import type { ViewName } from './app.svelte.ts';
+import { VIEWS, viewEntry, type ViewName } from '../views/registry.ts';
 
-/** The view drawing the structure an open error names. */
+/** The view drawing the structure an open error is in (the Header when no view draws it). */
 export function damageView(d: OpenDamage): ViewName {
-  const s = (d.structure ?? 'header').toLowerCase();
-  if (s.includes('snapshot')) return 'snapshots';
-  if (s.includes('refcount') || s.includes('reference count')) return 'refcounts';
-  if (s.includes('l1') || s.includes('l2')) return 'l1';
-  if (s.includes('bitmap')) return 'map';
-  return 'header';
+  return VIEWS.find((v) => (v as { draws?: readonly string[] }).draws?.includes(d.area))?.id ?? 'header';
 }
 
-/** Views that only need the header and the raw bytes: they work whatever the damage. */
-export const VIEWS_WITHOUT_TABLES: readonly ViewName[] = ['header', 'hex'];
+/** The view can be drawn for an image with this damage. */
+export function viewWorks(view: ViewName, d: OpenDamage): boolean {
+  return d.level === 'tables' || !!viewEntry(view).withoutTables;
+}
 
 export function damageExtent(d: OpenDamage): string {
   if (d.level === 'tables') return 'The rest of the image is shown, read-only.';

@@ -1,6 +1,6 @@
 // A big table fetched from the worker a page at a time as rows scroll into view (L1 table,
 // refcount table). Pages are kept once loaded; `version` changes when a page arrives.
-import { QcowError } from '../../core/errors.ts';
+import { errorText } from './errors.ts';
 
 export const PAGE = 1024;
 
@@ -37,7 +37,7 @@ export class PagedTable<T> {
       this.total = r.total;
       this.version++;
     } catch (e) {
-      this.error = e instanceof QcowError ? `${e.message} (${e.code})` : String((e as Error)?.message ?? e);
+      this.error = errorText(e);
     } finally {
       this.loading.delete(p);
     }

@@ -1,0 +1,161 @@
+// Persistent dirty bitmaps changed as `qemu-img bitmap` changes them: add (all clear, enabled
+// unless disabled), remove, clear, enable, disable. Crash-safe in QEMU's order (DESIGN.md): the
+// new bitmap tables and the new directory go to freshly allocated clusters (refcounts first),
+// flush, then one header write publishes them (the bitmaps extension and its autoclear bit: the
+// commit point), flush, and only then are the old directory, the tables and data clusters no
+// longer referenced freed. A crash before the commit leaves the old bitmaps and leaked clusters;
+// after it, the new bitmaps and at worst leaks.
+import { QcowError } from '../errors.ts';
+import { be64n } from '../format/bytes.ts';
+import {
+  BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BME_TABLE_ENTRY_OFFSET_MASK, BT_DIRTY_TRACKING_BITMAP,
+  dirEntrySize, encodeBitmapDirectory, parseBitmapDirectory, type BitmapEntry,
+} from '../format/bitmaps.ts';
+import * as C from '../format/constants.ts';
+import { encodeHeader, type Qcow2Header } from '../format/header.ts';
+import { encodeString } from '../format/bytes.ts';
+import { allocClusters, freeClusters } from './allocator.ts';
+import type { Qcow2Image } from './qcow2-image.ts';
+
+export type BitmapOp =
+  | { op: 'add'; name: string; granularity?: number; disabled?: boolean }
+  | { op: 'remove' | 'clear' | 'enable' | 'disable'; name: string };
+
+type Entry = Omit<BitmapEntry, 'entryOffset'>;
+
+/** qemu-img bitmap's default granularity: the cluster size, kept within 4 KiB-64 KiB. */
+export function defaultGranularity(clusterSize: number): number {
+  return Math.min(65536, Math.max(4096, clusterSize));
+}
+
+function failed(op: BitmapOp, why: string): QcowError {
+  return new QcowError('INVALID_ARGUMENT', `Operation ${op.op} on bitmap ${op.name} failed: ${why}`, { bitmap: op.name });
+}
+
+/** Entries in the bitmap table of a bitmap over `virtualSize` bytes (one bit per granule). */
+function tableSizeFor(virtualSize: number, granularityBits: number, clusterSize: number): number {
+  const bytes = Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8);
+  return Math.max(1, Math.ceil(bytes / clusterSize));
+}
+
+/** Host ranges a bitmap owns: its table and every data cluster the table points at. */
+async function bitmapClusters(img: Qcow2Image, e: Entry): Promise<Array<[number, number]>> {
+  const cs = img.clusterSize;
+  const table = await img.store.read(e.bitmapTableOffset, e.bitmapTableSize * 8);
+  const out: Array<[number, number]> = [[e.bitmapTableOffset, Math.ceil((e.bitmapTableSize * 8) / cs) * cs]];
+  for (let i = 0; i < e.bitmapTableSize; i++) {
+    const off = Number(be64n(table, i * 8) & BME_TABLE_ENTRY_OFFSET_MASK);
+    if (off !== 0) out.push([off, cs]);
+  }
+  return out;
+}
+
+/**
+ * Apply `ops` in order to the image's bitmaps and store the result. As with qemu-img, the
+ * operations before a refused one still take effect; the refusal is thrown after they are stored.
+ */
+export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<void> {
+  const cs = img.clusterSize;
+  const entries: Entry[] = img.bitmaps.map(({ entryOffset: _o, ...e }) => ({ ...e }));
+  /** New tables to allocate (all clear), by entry; ranges to free once the new directory is live. */
+  const fresh = new Set<Entry>();
+  const dropped: Entry[] = [];
+  let refusal: QcowError | undefined;
+  for (const op of ops) {
+    const i = entries.findIndex((e) => e.name === op.name);
+    if (op.op === 'add') {
+      if (i >= 0) { refusal = failed(op, `Bitmap already exists: ${op.name}`); break; }
+      const g = op.granularity ?? defaultGranularity(cs);
+      if (!Number.isInteger(g) || g < 512 || g >= 2 ** 32 || (g & (g - 1)) !== 0) {
+        refusal = failed(op, 'Granularity must be power of 2 and at least 512');
+        break;
+      }
+      if (img.header.version < 3) {
+        refusal = failed(op, `Can't make bitmap '${op.name}' persistent: Cannot store dirty bitmaps in qcow2 v2 files`);
+        break;
+      }
+      if (encodeString(op.name).length > BME_MAX_NAME_SIZE) { refusal = failed(op, `Can't make bitmap '${op.name}' persistent: Name is too long`); break; }
+      if (entries.length + 1 > C.MAX_BITMAPS) { refusal = failed(op, 'Maximum number of persistent bitmaps is already reached'); break; }
+      const bits = Math.log2(g);
+      const e: Entry = {
+        bitmapTableOffset: 0, bitmapTableSize: tableSizeFor(img.virtualSize, bits, cs),
+        flags: op.disabled ? 0 : BME_FLAG_AUTO, type: BT_DIRTY_TRACKING_BITMAP, granularityBits: bits, name: op.name,
+      };
+      entries.push(e);
+      fresh.add(e);
+      continue;
+    }
+    if (i < 0) { refusal = failed(op, `Dirty bitmap '${op.name}' not found`); break; }
+    const e = entries[i]!;
+    if (op.op !== 'remove' && e.flags & BME_FLAG_IN_USE) {
+      refusal = failed(op, `Bitmap '${op.name}' is inconsistent and cannot be used`);
+      break;
+    }
+    if (op.op === 'remove') {
+      entries.splice(i, 1);
+      if (fresh.has(e)) fresh.delete(e);
+      else dropped.push(e);
+    } else if (op.op === 'clear') {
+      if (!fresh.has(e)) {
+        dropped.push({ ...e });
+        fresh.add(e);
+      }
+    } else if (op.op === 'enable') {
+      e.flags |= BME_FLAG_AUTO;
+    } else {
+      e.flags &= ~BME_FLAG_AUTO;
+    }
+  }
+  const changed = fresh.size > 0 || dropped.length > 0 ||
+    entries.some((e, k) => e.flags !== img.bitmaps[k]?.flags) || entries.length !== img.bitmaps.length;
+  if (changed) await store(img, entries, fresh, dropped);
+  if (refusal) throw refusal;
+}
+
+async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, dropped: Entry[]): Promise<void> {
+  const cs = img.clusterSize;
+  const dirSize = entries.reduce((n, e) => n + dirEntrySize(e.name), 0);
+  if (dirSize > C.MAX_BITMAP_DIRECTORY_SIZE) throw new QcowError('INVALID_ARGUMENT', 'Not enough space in the bitmap directory', {});
+  // what the old directory and the dropped bitmaps own, read before anything changes
+  const oldExt = img.header.bitmaps && (img.header.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n ? img.header.bitmaps : undefined;
+  const toFree: Array<[number, number]> = [];
+  if (oldExt) toFree.push([oldExt.bitmapDirectoryOffset, Math.ceil(oldExt.bitmapDirectorySize / cs) * cs]);
+  for (const e of dropped) toFree.push(...(await bitmapClusters(img, e)));
+
+  // 1. new tables (all entries 0: every granule clear) and the new directory, refcounts first
+  for (const e of fresh) {
+    const bytes = Math.ceil((e.bitmapTableSize * 8) / cs) * cs;
+    e.bitmapTableOffset = await allocClusters(img, bytes / cs, 'bitmap table');
+    await img.pwrite(e.bitmapTableOffset, new Uint8Array(bytes), 'bitmap table');
+  }
+  let ext: Qcow2Header['bitmaps'];
+  if (entries.length > 0) {
+    const dir = encodeBitmapDirectory(entries);
+    const padded = new Uint8Array(Math.ceil(dir.length / cs) * cs);
+    padded.set(dir);
+    const dirOffset = await allocClusters(img, padded.length / cs, 'bitmap directory');
+    await img.pwrite(dirOffset, padded, 'bitmap directory');
+    ext = { nbBitmaps: entries.length, reserved: 0, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset };
+  }
+  await img.flush('bitmap tables and directory before the header names them');
+
+  // 2. the commit point: one header write names the new directory (or none)
+  const h: Qcow2Header = { ...img.header, extensions: img.header.extensions.filter((x) => x.type !== C.EXT_BITMAPS) };
+  if (ext) {
+    h.bitmaps = ext;
+    h.autoclearFeatures |= C.AUTOCLEAR_BITMAPS;
+  } else {
+    delete h.bitmaps;
+    h.autoclearFeatures &= ~C.AUTOCLEAR_BITMAPS;
+  }
+  await img.pwrite(0, encodeHeader(h), 'header: bitmaps extension', true);
+  await img.flush('header before the old bitmaps are freed');
+  img.setTables({ header: { ...h, bitmaps: h.bitmaps } });
+
+  // 3. what nothing refers to any more
+  for (const [off, len] of toFree) await freeClusters(img, off, len);
+  await img.flush('old bitmaps freed');
+  img.bitmaps = ext
+    ? parseBitmapDirectory(encodeBitmapDirectory(entries), entries.length, cs, img.virtualSize, ext.bitmapDirectoryOffset)
+    : [];
+}

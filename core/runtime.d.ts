@@ -1,0 +1,20 @@
+// The few globals core/ may use beyond ECMAScript: the WHATWG Encoding API, which browsers, Web
+// Workers and Node all provide. core/ is compiled without the DOM and Node libraries
+// (tsconfig.core.json), so anything else from either runtime is a compile error; this file is
+// only part of that config (the browser and Node configs take these names from their own libs).
+
+interface TextDecoder {
+  decode(input?: Uint8Array): string;
+}
+declare var TextDecoder: {
+  prototype: TextDecoder;
+  new (label?: string, options?: { fatal?: boolean; ignoreBOM?: boolean }): TextDecoder;
+};
+
+interface TextEncoder {
+  encode(input?: string): Uint8Array<ArrayBuffer>;
+}
+declare var TextEncoder: {
+  prototype: TextEncoder;
+  new (): TextEncoder;
+};

@@ -1,0 +1,14 @@
+// The seeded random generator of the tests: the same seed gives the same sequence on every machine,
+// so a failing sample, fuzz case or crash state can be replayed from its seed.
+
+/** mulberry32: small, fast, and good enough to pick test inputs; returns numbers in [0, 1). */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -1,0 +1,114 @@
+// `qcowscope bitmap` against `qemu-img bitmap`: the same sequence of operations on two copies of a
+// qemu-made image (cluster sizes 512 B-2 MiB, extended L2, with snapshots, with bitmaps qemu-img
+// added), each step with the same exit code and stderr; after each step our copy is clean for
+// `qemu-img check`, lists the same bitmaps in `qemu-img info` (names, granularity, flags, order)
+// and holds the same guest data (`qemu-img compare`).
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, removeDir } from '../helpers/qemu.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+
+let bin = '';
+let dir = '';
+beforeAll(async () => {
+  bin = await cliBundle();
+  dir = makeTempDir('qcowscope-bitmap-');
+  return () => {
+    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
+  };
+});
+
+function bitmapsOf(file: string): unknown {
+  return (qemuInfo(file) as unknown as { 'format-specific'?: { data?: { bitmaps?: unknown } } })['format-specific']?.data?.bitmaps ?? [];
+}
+
+/** Each step (bitmap arguments before IMAGE NAME, and the name) on both copies; both judged after each. */
+function runSteps(make: (file: string) => void, steps: Array<[string[], string]>): void {
+  const q = path.join(dir, 'q.qcow2');
+  const o = path.join(dir, 'o.qcow2');
+  make(q);
+  fs.copyFileSync(q, o);
+  for (const [args, name] of steps) {
+    const rq = spawnSync('qemu-img', ['bitmap', ...args, 'q.qcow2', name], { encoding: 'utf8', cwd: dir });
+    const ro = runCli(bin, ['bitmap', ...args, 'o.qcow2', name], { cwd: dir });
+    const step = `bitmap ${args.join(' ')} ${name}`;
+    expect({ status: ro.status, stdout: ro.stdout, stderr: ro.stderr }, step).toEqual({
+      status: rq.status, stdout: rq.stdout, stderr: rq.stderr.replace(/qemu-img/g, 'qcowscope').replaceAll('q.qcow2', 'o.qcow2'),
+    });
+    const check = qemuCheck(o);
+    expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
+    expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));
+    expect(qemuImg(['compare', q, o]).status, `${step}: qemu-img compare`).toBe(0);
+  }
+}
+
+const SEQUENCE: Array<[string[], string]> = [
+  [['--add'], 'b0'],
+  [['--add', '-g', '512'], 'fine'],
+  [['--add', '--disable', '-g', '1M'], 'off'],
+  [['--clear'], 'b0'],
+  [['--disable'], 'b0'],
+  [['--enable'], 'off'],
+  [['--remove'], 'fine'],
+  [['--add'], 'b0'],
+  [['--remove'], 'nope'],
+  [['--clear', '--disable'], 'off'],
+  [['--remove'], 'b0'],
+  [['--remove'], 'off'],
+  [['--add', '-g', '64k'], 'again'],
+];
+
+function image(opts: string, size: string, ...io: string[]): (file: string) => void {
+  return (file) => {
+    qemuImgOk(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), file, size]);
+    if (io.length) qemuIoOk(file, ...io);
+  };
+}
+
+describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
+  const images: Array<[string, (file: string) => void]> = [
+    ['64 KiB clusters with data', image('', '64M', 'write -P 1 0 1M', 'write -P 2 40M 64k')],
+    ['512-byte clusters', image('cluster_size=512', '16M', 'write -P 1 0 100k')],
+    ['2 MiB clusters, a large disk', image('cluster_size=2M', '100G', 'write -P 1 1G 4M')],
+    ['extended L2', image('extended_l2=on', '64M', 'write -P 1 4k 4k')],
+    ['with internal snapshots', (f) => {
+      image('', '64M', 'write -P 1 0 1M')(f);
+      qemuImgOk(['snapshot', '-c', 's1', f]);
+      qemuIoOk(f, 'write -P 2 0 64k');
+    }],
+    ['with bitmaps qemu-img added', (f) => {
+      image('', '64M', 'write -P 1 0 1M')(f);
+      qemuImgOk(['bitmap', '--add', f, 'b0']);
+      qemuImgOk(['bitmap', '--add', '-g', '4k', '--disable', f, 'older']);
+    }],
+  ];
+  for (const [name, make] of images) {
+    it(name, () => {
+      const seq = name === 'with bitmaps qemu-img added' ? [[['--remove'], 'older'] as [string[], string], ...SEQUENCE.slice(1)] : SEQUENCE;
+      runSteps(make, seq);
+    });
+  }
+
+  it('refusals: v2 image, bad granularity, empty name, no action, -g without --add, missing name', () => {
+    runSteps(image('', '16M'), [
+      [['--add', '-g', '100'], 'g'],
+      [['--add', '-g', 'x'], 'g'],
+      [['--add'], ''],
+      [[], 'b'],
+      [['--remove', '-g', '64k'], 'b'],
+      [['--enable'], 'nope'],
+      [['--clear'], 'nope'],
+    ]);
+    const v2 = path.join(dir, 'v2.qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', v2, '16M']);
+    const rq = qemuImg(['bitmap', '--add', v2, 'b']);
+    const ro = runCli(bin, ['bitmap', '--add', v2, 'b']);
+    expect(rq.status).toBe(1);
+    expect(ro.status).toBe(1);
+    expect(ro.stderr).toMatch(/^qcowscope: Operation add on bitmap b failed: .*Cannot store dirty bitmaps in qcow2 v2 files\n$/);
+    expect(bitmapsOf(v2)).toEqual([]);
+  });
+});

@@ -1,0 +1,102 @@
+// The command line's refusals against qemu-img's on the same command lines: `check` on overlays
+// whose backing file cannot be opened (qemu-img opens the chain and refuses, exit 1), and the
+// messages qemu-img prints over several lines (cvtnum's size message, option-list type errors
+// with their hint, error_exit's help line, create's backing-file hints): the same stdout, the
+// same stderr line for line (our prefix and name in place of qemu-img's) and the same exit code.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+
+let bin = '';
+let dir = '';
+beforeAll(async () => {
+  bin = await cliBundle();
+  dir = makeTempDir('qcowscope-words-');
+  qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(dir, 'ok.qcow2'), '16M']);
+  return () => {
+    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
+  };
+});
+
+function expectSame(args: string[]): number | null {
+  for (const f of ['new.qcow2']) fs.rmSync(path.join(dir, f), { force: true });
+  const q = spawnSync('qemu-img', args, { encoding: 'utf8', cwd: dir });
+  fs.rmSync(path.join(dir, 'new.qcow2'), { force: true });
+  const r = runCli(bin, args, { cwd: dir });
+  expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({
+    status: q.status,
+    stdout: q.stdout,
+    stderr: q.stderr.replace(/qemu-img/g, 'qcowscope'),
+  });
+  return q.status;
+}
+
+describe('check on an overlay whose backing file cannot be opened', () => {
+  it('missing, not qcow2, a directory, missing two links down: exit 1, qemu-img\'s words', () => {
+    const p = (n: string) => path.join(dir, n);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', p('gone.qcow2'), '16M']);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', p('over-gone.qcow2')]);
+    qemuIoOk(p('over-gone.qcow2'), 'write -P 1 0 64k');
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'over-gone.qcow2', '-F', 'qcow2', p('top.qcow2'), '16M']);
+    fs.rmSync(p('gone.qcow2'));
+    fs.writeFileSync(p('garbage.qcow2'), 'not an image\n');
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'garbage.qcow2', '-F', 'qcow2', p('over-garbage.qcow2'), '16M']);
+    fs.mkdirSync(p('a-dir'));
+    qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'a-dir', '-F', 'qcow2', p('over-dir.qcow2'), '16M']);
+    for (const image of ['over-gone.qcow2', 'top.qcow2', 'over-garbage.qcow2', 'over-dir.qcow2']) {
+      expect(expectSame(['check', image])).toBe(1);
+      expectSame(['check', '--output=json', image]);
+      expectSame(['check', '-r', 'leaks', image]);
+    }
+  });
+
+  it('an overlay whose backing file is there is checked as before', () => {
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'ok.qcow2', '-F', 'qcow2', path.join(dir, 'over-ok.qcow2')]);
+    expect(expectSame(['check', 'over-ok.qcow2'])).toBe(0);
+    expectSame(['check', '--output=json', 'over-ok.qcow2']);
+  });
+});
+
+describe('messages qemu-img prints over several lines', () => {
+  const cases: string[][] = [
+    // cvtnum: two prefixed lines
+    ['create', '-f', 'qcow2', 'new.qcow2', '1x'],
+    ['create', '-f', 'qcow2', 'new.qcow2', '8E'],
+    ['map', '--start-offset', '1x', 'ok.qcow2'],
+    ['map', '--max-length=-1', 'ok.qcow2'],
+    // option lists: the type error, its hint unprefixed
+    ['create', '-f', 'qcow2', '-o', 'cluster_size=abc', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-o', 'size=x', 'new.qcow2'],
+    ['create', '-f', 'qcow2', '-o', 'extent_size_hint=1x', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-o', 'refcount_bits=abc', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-o', 'lazy_refcounts=x', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-o', 'foo=1', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-o', ',foo', 'new.qcow2', '1M'],
+    // values qcow2 refuses after the Formatting line
+    ['create', '-f', 'qcow2', '-o', 'compat=bad', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-o', 'preallocation=bad', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-o', 'compression_type=bad', 'new.qcow2', '1M'],
+    // create's backing file: the error, then what QEMU found
+    ['create', '-f', 'qcow2', '-b', 'ok.qcow2', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-b', 'missing.qcow2', 'new.qcow2', '1M'],
+    ['create', '-f', 'qcow2', '-b', 'missing.qcow2', '-F', 'qcow2', 'new.qcow2', '1M'],
+    // error_exit: the message, then the help line
+    ['create', '-f', 'qcow2'],
+    ['create', '-f', 'qcow2', 'new.qcow2', '1M', 'extra'],
+    ['info'],
+    ['info', 'ok.qcow2', 'ok.qcow2'],
+    ['map'],
+    ['map', 'ok.qcow2', 'ok.qcow2'],
+    ['check'],
+    ['check', 'ok.qcow2', 'ok.qcow2'],
+    ['check', '-r', 'some', 'ok.qcow2'],
+    ['snapshot', '-l'],
+    ['snapshot', '-l', 'ok.qcow2', 'ok.qcow2'],
+    ['compare', 'ok.qcow2'],
+  ];
+  for (const c of cases) it(c.join(' '), () => { expectSame(c); });
+});

@@ -1,0 +1,192 @@
+// `qcowscope compare` against `qemu-img compare` on pairs of images qemu-img and qemu-io made:
+// the same data in different layouts (cluster sizes 512 B-2 MiB, extended L2, compressed zlib and
+// zstd, v2, metadata preallocation, a backing chain against its flattened copy), a difference in
+// the middle, different sizes, zero clusters against unallocated ones. Each pair is compared both
+// ways, with and without -s: the same stdout, stderr (prefix aside) and exit code.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+
+let bin = '';
+let dir = '';
+beforeAll(async () => {
+  bin = await cliBundle();
+  dir = makeTempDir('qcowscope-compare-');
+  return () => {
+    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
+  };
+});
+
+function expectSame(args: string[]): { status: number | null; stdout: string } {
+  const q = spawnSync('qemu-img', ['compare', ...args], { encoding: 'utf8', cwd: dir });
+  const r = runCli(bin, ['compare', ...args], { cwd: dir });
+  expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({
+    status: q.status,
+    stdout: q.stdout,
+    stderr: q.stderr.replace(/qemu-img/g, 'qcowscope'),
+  });
+  return { status: q.status, stdout: q.stdout };
+}
+
+/** Both orders, lenient and strict; returns qemu-img's exit codes for the lenient and strict runs. */
+function expectSamePair(a: string, b: string): [number | null, number | null] {
+  const lenient = expectSame([a, b]).status;
+  expectSame([b, a]);
+  const strict = expectSame(['-s', a, b]).status;
+  expectSame(['-s', b, a]);
+  return [lenient, strict];
+}
+
+function create(name: string, size: string, opts = '', backing?: string): string {
+  const args = ['create', '-q', '-f', 'qcow2'];
+  if (opts) args.push('-o', opts);
+  if (backing) args.push('-b', backing, '-F', 'qcow2');
+  qemuImgOk([...args, path.join(dir, name), size]);
+  return name;
+}
+
+function io(name: string, ...cmds: string[]): void {
+  qemuIoOk(path.join(dir, name), ...cmds);
+}
+
+function convert(from: string, to: string, ...opts: string[]): string {
+  qemuImgOk(['convert', '-O', 'qcow2', ...opts, path.join(dir, from), path.join(dir, to)]);
+  return to;
+}
+
+function copy(from: string, to: string): string {
+  fs.copyFileSync(path.join(dir, from), path.join(dir, to));
+  return to;
+}
+
+/** The reference image the layouts are made from: data, a partial cluster, zeros. */
+function reference(): string {
+  const f = create('ref.qcow2', '40M');
+  io(f, 'write -P 1 0 1M', 'write -P 2 5M 3k', 'write -z 6M 1M', 'write -P 3 20M 2M', 'write -P 4 39M 1M');
+  return f;
+}
+
+describe('compare: the same data in different layouts', () => {
+  const layouts: Array<[string, string[]]> = [
+    ['4 KiB clusters', ['-o', 'cluster_size=4k']],
+    ['512-byte clusters (many L2 tables)', ['-o', 'cluster_size=512']],
+    ['2 MiB clusters', ['-o', 'cluster_size=2M']],
+    ['extended L2', ['-o', 'extended_l2=on,cluster_size=128k']],
+    ['compressed (zlib)', ['-c']],
+    ['compressed (zstd)', ['-c', '-o', 'compression_type=zstd']],
+    ['compat=0.10', ['-o', 'compat=0.10']],
+    ['preallocation=metadata', ['-o', 'preallocation=metadata']],
+  ];
+  for (const [name, opts] of layouts) {
+    it(name, () => {
+      const ref = reference();
+      const other = convert(ref, 'other.qcow2', ...opts);
+      const [lenient] = expectSamePair(ref, other);
+      expect(lenient).toBe(0);
+    });
+  }
+
+  it('a sparse copy (metadata-preallocation detection) against its original', () => {
+    const ref = reference();
+    const c = copy(ref, 'copy.qcow2');
+    io(c, 'write -P 9 5000123 1');
+    const [lenient, strict] = expectSamePair(ref, c);
+    expect([lenient, strict]).toEqual([1, 1]);
+  });
+});
+
+describe('compare: differences', () => {
+  it('one byte in the middle, in a fresh cluster and in an allocated one', () => {
+    const ref = reference();
+    const fresh = copy(ref, 'fresh.qcow2');
+    io(fresh, 'write -P 9 15000123 1');
+    expect(expectSamePair(ref, fresh)[0]).toBe(1);
+    const inside = convert(ref, 'inside.qcow2', '-o', 'cluster_size=4k');
+    io(inside, 'write -P 1 20971777 700');
+    expect(expectSamePair(ref, inside)[0]).toBe(1);
+  });
+
+  it('a difference inside a compressed image', () => {
+    const ref = reference();
+    const z = convert(ref, 'z.qcow2', '-c');
+    io(ref, 'write -P 7 1000000 10');
+    expect(expectSamePair(ref, z)[0]).toBe(1);
+  });
+
+  it('different sizes: a zero tail is identical, data in the tail is not', () => {
+    const ref = reference();
+    const longer = create('longer.qcow2', '64M');
+    io(longer, 'write -P 1 0 1M', 'write -P 2 5M 3k', 'write -P 3 20M 2M', 'write -P 4 39M 1M', 'write -z 50M 1M');
+    expect(expectSamePair(ref, longer)).toEqual([0, 1]);
+    io(longer, 'write -P 5 60M 4k');
+    expect(expectSamePair(ref, longer)[0]).toBe(1);
+    const shorter = create('shorter.qcow2', '10M', 'cluster_size=512');
+    io(shorter, 'write -P 1 0 1M', 'write -P 2 5M 3k');
+    expect(expectSamePair(ref, shorter)[0]).toBe(1);
+  });
+
+  it('zero clusters against unallocated clusters', () => {
+    const a = create('unalloc.qcow2', '16M');
+    io(a, 'write -P 1 0 64k');
+    const b = copy(a, 'zeros.qcow2');
+    io(b, 'write -z 1M 2M', 'write -z -u 4M 64k');
+    expect(expectSamePair(a, b)).toEqual([0, 1]);
+    const c = create('zeros-ext.qcow2', '16M', 'extended_l2=on');
+    io(c, 'write -P 1 0 64k', 'write -z 1M 8k');
+    expectSamePair(a, c);
+    expectSamePair(b, c);
+  });
+});
+
+describe('compare: backing chains', () => {
+  it('a chain of 3 against its flattened copy, and against a copy with one change', () => {
+    const base = create('base.qcow2', '16M', 'cluster_size=4k');
+    io(base, 'write -P 1 0 1M', 'write -P 2 8M 2M');
+    const mid = create('mid.qcow2', '32M', '', 'base.qcow2');
+    io(mid, 'write -P 3 512k 1M', 'write -z 9M 512k', 'write -P 4 20M 64k');
+    const top = create('top.qcow2', '32M', 'cluster_size=16k', 'mid.qcow2');
+    io(top, 'write -P 5 100k 10k', 'write -z 0 64k', 'write -P 6 30M 1M');
+    const flat = convert(top, 'flat.qcow2');
+    expect(expectSamePair(top, flat)[0]).toBe(0);
+    expect(expectSamePair(mid, flat)[0]).toBe(1);
+    const overlay = create('overlay.qcow2', '32M', '', 'flat.qcow2');
+    expectSamePair(top, overlay);
+    io(overlay, 'write -P 8 8388608 512');
+    expect(expectSamePair(top, overlay)[0]).toBe(1);
+  });
+
+  it('an overlay longer than its backing file, and a raw backing file with holes', () => {
+    const base = create('short-base.qcow2', '8M');
+    io(base, 'write -P 1 7M 1M');
+    const over = create('long-over.qcow2', '24M', '', 'short-base.qcow2');
+    io(over, 'write -P 2 16M 64k');
+    expectSamePair(over, convert(over, 'long-flat.qcow2'));
+    const raw = path.join(dir, 'base.raw');
+    fs.writeFileSync(raw, '');
+    fs.truncateSync(raw, 16 << 20);
+    const fd = fs.openSync(raw, 'r+');
+    fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 20);
+    fs.closeSync(fd);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, 'over-raw.qcow2')]);
+    io('over-raw.qcow2', 'write -P 1 0 64k');
+    expect(expectSamePair('over-raw.qcow2', convert('over-raw.qcow2', 'raw-flat.qcow2'))[0]).toBe(0);
+  });
+});
+
+describe('compare: options and refusals', () => {
+  it('-q prints nothing; a missing image exits 2; one name is a usage error', () => {
+    const ref = reference();
+    const other = copy(ref, 'q.qcow2');
+    io(other, 'write -P 9 0 1');
+    expect(expectSame(['-q', ref, other]).status).toBe(1);
+    expect(expectSame(['-q', ref, ref]).status).toBe(0);
+    expect(expectSame([ref, 'missing.qcow2']).status).toBe(2);
+    expect(expectSame(['missing.qcow2', ref]).status).toBe(2);
+    expect(expectSame([ref]).status).toBe(1);
+    expect(expectSame(['-f', 'qcow2', '-F', 'qcow2', ref, other]).status).toBe(1);
+  });
+});

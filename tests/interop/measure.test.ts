@@ -1,0 +1,212 @@
+// `qcowscope measure` against `qemu-img measure` on images qemu-img and qemu-io made (cluster
+// sizes 512 B-2 MiB, compressed zlib and zstd, extended L2, snapshots with -l, backing chains,
+// bitmaps added by `qemu-img bitmap`, metadata preallocation, v2) and on --size alone: the same
+// stdout byte for byte (human and JSON), the same stderr (prefix aside) and the same exit code.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+
+let bin = '';
+let dir = '';
+beforeAll(async () => {
+  bin = await cliBundle();
+  dir = makeTempDir('qcowscope-measure-');
+  return () => {
+    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
+  };
+});
+
+/** Both tools on the same arguments in `dir`: stdout, stderr (qemu-img's prefix as ours) and exit code equal. */
+function expectSame(args: string[]): void {
+  const q = spawnSync('qemu-img', ['measure', ...args], { encoding: 'utf8', cwd: dir });
+  const r = runCli(bin, ['measure', ...args], { cwd: dir });
+  expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({
+    status: q.status,
+    stdout: q.stdout,
+    stderr: q.stderr.replace(/^qemu-img: /gm, 'qcowscope: '),
+  });
+}
+
+function create(name: string, size: string, opts = '', backing?: string): string {
+  const args = ['create', '-q', '-f', 'qcow2'];
+  if (opts) args.push('-o', opts);
+  if (backing) args.push('-b', backing, '-F', 'qcow2');
+  qemuImgOk([...args, path.join(dir, name), size]);
+  return name;
+}
+
+function io(name: string, ...cmds: string[]): void {
+  qemuIoOk(path.join(dir, name), ...cmds);
+}
+
+/** The targets every image is measured for. */
+const TARGETS: string[][] = [
+  ['-O', 'qcow2'],
+  ['--output=json', '-O', 'qcow2'],
+  ['-O', 'qcow2', '-o', 'cluster_size=512'],
+  ['--output=json', '-O', 'qcow2', '-o', 'cluster_size=2M,refcount_bits=1,extended_l2=on'],
+  ['-O', 'qcow2', '-o', 'compat=0.10,cluster_size=4k'],
+  ['-O', 'qcow2', '-o', 'refcount_bits=64', '-o', 'preallocation=falloc'],
+  ['-O', 'qcow2', '-o', 'backing_file=other.qcow2'],
+  [],
+  ['--output=json', '-O', 'raw'],
+];
+
+const IMAGES: Array<[string, () => string]> = [
+  ['64 KiB clusters: data, zeros, a partial cluster', () => {
+    const f = create('plain.qcow2', '64M');
+    io(f, 'write -P 1 0 100k', 'write -P 2 5M 1M', 'write -z 10M 64k', 'write -P 3 20M 3k', 'write -P 4 63M 1M');
+    return f;
+  }],
+  ['512-byte clusters', () => {
+    const f = create('c512.qcow2', '8M', 'cluster_size=512');
+    io(f, 'write -P 1 0 1500', 'write -P 2 1M 64k', 'write -z 2M 4k', 'write -P 3 7M 700');
+    return f;
+  }],
+  ['2 MiB clusters, odd virtual size', () => {
+    const f = create('c2m.qcow2', '100000512', 'cluster_size=2M');
+    io(f, 'write -P 1 3M 4k', 'write -P 2 50M 5M', 'write -P 3 99999744 512');
+    return f;
+  }],
+  ['compressed (zlib)', () => {
+    const src = create('src-z.qcow2', '32M');
+    io(src, 'write -P 7 0 2M', 'write -P 8 9M 300k');
+    qemuImgOk(['convert', '-c', '-O', 'qcow2', path.join(dir, src), path.join(dir, 'zlib.qcow2')]);
+    return 'zlib.qcow2';
+  }],
+  ['compressed (zstd), 4 KiB clusters', () => {
+    const src = create('src-zs.qcow2', '16M');
+    io(src, 'write -P 9 100k 3M', 'write -P 10 12M 64k');
+    qemuImgOk(['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd,cluster_size=4k', path.join(dir, src), path.join(dir, 'zstd.qcow2')]);
+    return 'zstd.qcow2';
+  }],
+  ['extended L2, subcluster writes', () => {
+    const f = create('extl2.qcow2', '64M', 'extended_l2=on,cluster_size=128k');
+    io(f, 'write -P 1 4k 4k', 'write -P 2 1M 12k', 'write -z 2M 8k', 'write -P 3 40M 200k');
+    return f;
+  }],
+  ['metadata preallocation (holes in the file)', () => {
+    const f = create('prealloc.qcow2', '32M', 'preallocation=metadata');
+    io(f, 'write -P 5 1M 100k', 'write -P 6 30M 64k');
+    return f;
+  }],
+  ['compat=0.10 (v2)', () => {
+    const f = create('v2.qcow2', '16M', 'compat=0.10');
+    io(f, 'write -P 1 0 1M', 'write -z 2M 1M');
+    return f;
+  }],
+  ['backing chain of 3, a shorter base', () => {
+    const base = create('base.qcow2', '16M', 'cluster_size=4k');
+    io(base, 'write -P 1 0 1M', 'write -P 2 8M 2M');
+    const mid = create('mid.qcow2', '32M', '', 'base.qcow2');
+    io(mid, 'write -P 3 512k 1M', 'write -z 9M 512k', 'write -P 4 20M 64k');
+    const top = create('top.qcow2', '48M', 'cluster_size=16k', 'mid.qcow2');
+    io(top, 'write -P 5 100k 10k', 'write -z 0 64k', 'write -P 6 40M 1M');
+    return top;
+  }],
+  ['raw backing file with holes', () => {
+    const raw = path.join(dir, 'base.raw');
+    fs.writeFileSync(raw, '');
+    fs.truncateSync(raw, 16 << 20);
+    const fd = fs.openSync(raw, 'r+');
+    fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 20);
+    fs.closeSync(fd);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, 'over-raw.qcow2')]);
+    io('over-raw.qcow2', 'write -P 1 0 64k');
+    return 'over-raw.qcow2';
+  }],
+  ['persistent bitmaps (qemu-img bitmap --add)', () => {
+    const f = create('bitmaps.qcow2', '100M');
+    io(f, 'write -P 1 0 1M');
+    qemuImgOk(['bitmap', '--add', path.join(dir, f), 'b0']);
+    qemuImgOk(['bitmap', '--add', '-g', '512', path.join(dir, f), 'fine-grained']);
+    qemuImgOk(['bitmap', '--add', '-g', '2M', '--disable', path.join(dir, f), 'a-much-longer-bitmap-name-to-take-more-directory-space']);
+    return f;
+  }],
+];
+
+describe('measure an image: same output as qemu-img', () => {
+  for (const [name, make] of IMAGES) {
+    it(name, () => {
+      const image = make();
+      for (const t of TARGETS) expectSame([...t, image]);
+    });
+  }
+
+  it('internal snapshots with -l (by name, by ID, by either, not found)', () => {
+    const f = create('snaps.qcow2', '32M');
+    io(f, 'write -P 1 0 4M');
+    qemuImgOk(['snapshot', '-c', 'one', path.join(dir, f)]);
+    io(f, 'write -P 2 8M 4M', 'write -z 0 2M');
+    qemuImgOk(['snapshot', '-c', 'two', path.join(dir, f)]);
+    io(f, 'write -P 3 20M 1M');
+    qemuImgOk(['resize', '-q', path.join(dir, f), '48M']);
+    for (const l of ['snapshot.name=one', 'snapshot.id=2', 'snapshot.id=1,snapshot.name=one', 'two', '1', 'snapshot.id=1,snapshot.name=two', 'nope', 'snapshot.bad=1']) {
+      expectSame(['-O', 'qcow2', '-l', l, f]);
+      expectSame(['--output=json', '-O', 'qcow2', '-o', 'cluster_size=1k', '-l', l, f]);
+    }
+    expectSame(['-O', 'qcow2', f]);
+  });
+});
+
+describe('measure --size: same output as qemu-img', () => {
+  const cases: string[][] = [
+    ['--size', '1G'],
+    ['--size', '1000'],
+    ['--size', '0'],
+    ['--size', '1P'],
+    ['--size', '1.5G', '-o', 'cluster_size=512'],
+    ['--size', '100T', '-o', 'cluster_size=2M,refcount_bits=64'],
+    ['--size', '3G', '-o', 'size=1G', '-o', 'cluster_size=1k'],
+    ['--size', '1G', '-o', 'extended_l2=on'],
+    ['--size', '1G', '-o', 'extended_l2=on,compat=0.10'],
+    ['--size', '1G', '-o', 'refcount_bits=1,cluster_size=4k'],
+    ['--size', '1G', '-o', 'preallocation=full'],
+    ['--size', '1G', '-o', 'preallocation=metadata,lazy_refcounts=on,compression_type=zstd'],
+    ['--size', '1G', '-o', 'backing_file=x.qcow2,backing_fmt=qcow2'],
+    ['--size', '1M', '-o', 'size=5M'],
+  ];
+  for (const c of cases) {
+    it(c.join(' '), () => {
+      expectSame(['-O', 'qcow2', ...c]);
+      expectSame(['--output=json', '-O', 'qcow2', ...c]);
+    });
+  }
+  it('raw target (the default)', () => {
+    expectSame(['--size', '1000']);
+    expectSame(['--output=json', '--size', '1G']);
+  });
+});
+
+describe('measure refusals: same messages and exit codes as qemu-img', () => {
+  const cases: string[][] = [
+    ['-O', 'qcow2'],
+    ['-O', 'qcow2', '--size', '1G', 'nonexistent.qcow2'],
+    ['-O', 'qcow2', 'nonexistent.qcow2'],
+    ['-O', 'qcow2', 'a.qcow2', 'b.qcow2'],
+    ['-O', 'qcow2', '-l', 'x', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'size=5M'],
+    ['-O', 'vmdk', '--size', '1G'],
+    ['-O', 'nosuchformat', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'foo=1', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'cluster_size=1000', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'cluster_size=abc', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'refcount_bits=abc', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'refcount_bits=3', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'compat=0.10,refcount_bits=8', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'compat=v3', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'extended_l2=maybe', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'extended_l2=on,cluster_size=4k', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'preallocation=bogus', '--size', '1G'],
+    ['-O', 'qcow2', '-o', 'cluster_size=512', '--size', '1P'],
+    ['-O', 'qcow2', '-o', ',cluster_size=4k', '--size', '1G'],
+    ['-O', 'raw', '-o', 'cluster_size=4k', '--size', '1G'],
+    ['--output=foo', '--size', '1G'],
+    ['-O', 'qcow2', '--size', '8E'],
+  ];
+  for (const c of cases) it(c.join(' '), () => expectSame(c));
+});
