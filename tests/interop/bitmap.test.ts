@@ -3,23 +3,14 @@
 // added), each step with the same exit code and stderr; after each step our copy is clean for
 // `qemu-img check`, lists the same bitmaps in `qemu-img info` (names, granularity, flags, order)
 // and holds the same guest data (`qemu-img compare`).
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, removeDir } from '../helpers/qemu.ts';
+import { describe, expect, it } from 'vitest';
+import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
 import { runCli } from './read-support.ts';
-import { cliBundle } from '../helpers/cli.ts';
+import { useCliWorkDir } from './cli-oracle.ts';
 
-let bin = '';
-let dir = '';
-beforeAll(async () => {
-  bin = await cliBundle();
-  dir = makeTempDir('qcowscope-bitmap-');
-  return () => {
-    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
-  };
-});
+const w = useCliWorkDir('qcowscope-bitmap-');
 
 function bitmapsOf(file: string): unknown {
   return (qemuInfo(file) as unknown as { 'format-specific'?: { data?: { bitmaps?: unknown } } })['format-specific']?.data?.bitmaps ?? [];
@@ -27,17 +18,13 @@ function bitmapsOf(file: string): unknown {
 
 /** Each step (bitmap arguments before IMAGE NAME, and the name) on both copies; both judged after each. */
 function runSteps(make: (file: string) => void, steps: Array<[string[], string]>): void {
-  const q = path.join(dir, 'q.qcow2');
-  const o = path.join(dir, 'o.qcow2');
+  const q = path.join(w.dir, 'q.qcow2');
+  const o = path.join(w.dir, 'o.qcow2');
   make(q);
   fs.copyFileSync(q, o);
   for (const [args, name] of steps) {
-    const rq = spawnSync('qemu-img', ['bitmap', ...args, 'q.qcow2', name], { encoding: 'utf8', cwd: dir });
-    const ro = runCli(bin, ['bitmap', ...args, 'o.qcow2', name], { cwd: dir });
     const step = `bitmap ${args.join(' ')} ${name}`;
-    expect({ status: ro.status, stdout: ro.stdout, stderr: ro.stderr }, step).toEqual({
-      status: rq.status, stdout: rq.stdout, stderr: rq.stderr.replace(/qemu-img/g, 'qcowscope').replaceAll('q.qcow2', 'o.qcow2'),
-    });
+    w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
     const check = qemuCheck(o);
     expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
     expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));
@@ -102,10 +89,10 @@ describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
       [['--enable'], 'nope'],
       [['--clear'], 'nope'],
     ]);
-    const v2 = path.join(dir, 'v2.qcow2');
+    const v2 = path.join(w.dir, 'v2.qcow2');
     qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', v2, '16M']);
     const rq = qemuImg(['bitmap', '--add', v2, 'b']);
-    const ro = runCli(bin, ['bitmap', '--add', v2, 'b']);
+    const ro = runCli(w.bin, ['bitmap', '--add', v2, 'b']);
     expect(rq.status).toBe(1);
     expect(ro.status).toBe(1);
     expect(ro.stderr).toMatch(/^qcowscope: Operation add on bitmap b failed: .*Cannot store dirty bitmaps in qcow2 v2 files\n$/);

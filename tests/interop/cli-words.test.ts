@@ -3,41 +3,26 @@
 // messages qemu-img prints over several lines (cvtnum's size message, option-list type errors
 // with their hint, error_exit's help line, create's backing-file hints): the same stdout, the
 // same stderr line for line (our prefix and name in place of qemu-img's) and the same exit code.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
-import { runCli } from './read-support.ts';
-import { cliBundle } from '../helpers/cli.ts';
+import { qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
+import { useCliWorkDir } from './cli-oracle.ts';
 
-let bin = '';
-let dir = '';
-beforeAll(async () => {
-  bin = await cliBundle();
-  dir = makeTempDir('qcowscope-words-');
-  qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(dir, 'ok.qcow2'), '16M']);
-  return () => {
-    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
-  };
+const w = useCliWorkDir('qcowscope-words-');
+beforeAll(() => {
+  qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(w.dir, 'ok.qcow2'), '16M']);
 });
 
+/** Both tools on `args`; no image named new.qcow2 left over from an earlier case. */
 function expectSame(args: string[]): number | null {
-  for (const f of ['new.qcow2']) fs.rmSync(path.join(dir, f), { force: true });
-  const q = spawnSync('qemu-img', args, { encoding: 'utf8', cwd: dir });
-  fs.rmSync(path.join(dir, 'new.qcow2'), { force: true });
-  const r = runCli(bin, args, { cwd: dir });
-  expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({
-    status: q.status,
-    stdout: q.stdout,
-    stderr: q.stderr.replace(/qemu-img/g, 'qcowscope'),
-  });
-  return q.status;
+  fs.rmSync(path.join(w.dir, 'new.qcow2'), { force: true });
+  return w.expectSame(args);
 }
 
 describe('check on an overlay whose backing file cannot be opened', () => {
   it('missing, not qcow2, a directory, missing two links down: exit 1, qemu-img\'s words', () => {
-    const p = (n: string) => path.join(dir, n);
+    const p = (n: string) => path.join(w.dir, n);
     qemuImgOk(['create', '-q', '-f', 'qcow2', p('gone.qcow2'), '16M']);
     qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', p('over-gone.qcow2')]);
     qemuIoOk(p('over-gone.qcow2'), 'write -P 1 0 64k');
@@ -55,7 +40,7 @@ describe('check on an overlay whose backing file cannot be opened', () => {
   });
 
   it('an overlay whose backing file is there is checked as before', () => {
-    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'ok.qcow2', '-F', 'qcow2', path.join(dir, 'over-ok.qcow2')]);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'ok.qcow2', '-F', 'qcow2', path.join(w.dir, 'over-ok.qcow2')]);
     expect(expectSame(['check', 'over-ok.qcow2'])).toBe(0);
     expectSame(['check', '--output=json', 'over-ok.qcow2']);
   });

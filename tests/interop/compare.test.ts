@@ -3,63 +3,32 @@
 // zstd, v2, metadata preallocation, a backing chain against its flattened copy), a difference in
 // the middle, different sizes, zero clusters against unallocated ones. Each pair is compared both
 // ways, with and without -s: the same stdout, stderr (prefix aside) and exit code.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
-import { runCli } from './read-support.ts';
-import { cliBundle } from '../helpers/cli.ts';
+import { describe, expect, it } from 'vitest';
+import { qemuImgOk } from '../helpers/qemu.ts';
+import { useCliWorkDir } from './cli-oracle.ts';
 
-let bin = '';
-let dir = '';
-beforeAll(async () => {
-  bin = await cliBundle();
-  dir = makeTempDir('qcowscope-compare-');
-  return () => {
-    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
-  };
-});
-
-function expectSame(args: string[]): { status: number | null; stdout: string } {
-  const q = spawnSync('qemu-img', ['compare', ...args], { encoding: 'utf8', cwd: dir });
-  const r = runCli(bin, ['compare', ...args], { cwd: dir });
-  expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({
-    status: q.status,
-    stdout: q.stdout,
-    stderr: q.stderr.replace(/qemu-img/g, 'qcowscope'),
-  });
-  return { status: q.status, stdout: q.stdout };
-}
+const w = useCliWorkDir('qcowscope-compare-');
+const { create, io } = w;
+const expectSame = (args: string[]): number | null => w.expectSame(['compare', ...args]);
 
 /** Both orders, lenient and strict; returns qemu-img's exit codes for the lenient and strict runs. */
 function expectSamePair(a: string, b: string): [number | null, number | null] {
-  const lenient = expectSame([a, b]).status;
+  const lenient = expectSame([a, b]);
   expectSame([b, a]);
-  const strict = expectSame(['-s', a, b]).status;
+  const strict = expectSame(['-s', a, b]);
   expectSame(['-s', b, a]);
   return [lenient, strict];
 }
 
-function create(name: string, size: string, opts = '', backing?: string): string {
-  const args = ['create', '-q', '-f', 'qcow2'];
-  if (opts) args.push('-o', opts);
-  if (backing) args.push('-b', backing, '-F', 'qcow2');
-  qemuImgOk([...args, path.join(dir, name), size]);
-  return name;
-}
-
-function io(name: string, ...cmds: string[]): void {
-  qemuIoOk(path.join(dir, name), ...cmds);
-}
-
 function convert(from: string, to: string, ...opts: string[]): string {
-  qemuImgOk(['convert', '-O', 'qcow2', ...opts, path.join(dir, from), path.join(dir, to)]);
+  qemuImgOk(['convert', '-O', 'qcow2', ...opts, path.join(w.dir, from), path.join(w.dir, to)]);
   return to;
 }
 
 function copy(from: string, to: string): string {
-  fs.copyFileSync(path.join(dir, from), path.join(dir, to));
+  fs.copyFileSync(path.join(w.dir, from), path.join(w.dir, to));
   return to;
 }
 
@@ -165,14 +134,7 @@ describe('compare: backing chains', () => {
     const over = create('long-over.qcow2', '24M', '', 'short-base.qcow2');
     io(over, 'write -P 2 16M 64k');
     expectSamePair(over, convert(over, 'long-flat.qcow2'));
-    const raw = path.join(dir, 'base.raw');
-    fs.writeFileSync(raw, '');
-    fs.truncateSync(raw, 16 << 20);
-    const fd = fs.openSync(raw, 'r+');
-    fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 20);
-    fs.closeSync(fd);
-    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, 'over-raw.qcow2')]);
-    io('over-raw.qcow2', 'write -P 1 0 64k');
+    w.overRawWithHoles('over-raw.qcow2');
     expect(expectSamePair('over-raw.qcow2', convert('over-raw.qcow2', 'raw-flat.qcow2'))[0]).toBe(0);
   });
 });
@@ -182,11 +144,11 @@ describe('compare: options and refusals', () => {
     const ref = reference();
     const other = copy(ref, 'q.qcow2');
     io(other, 'write -P 9 0 1');
-    expect(expectSame(['-q', ref, other]).status).toBe(1);
-    expect(expectSame(['-q', ref, ref]).status).toBe(0);
-    expect(expectSame([ref, 'missing.qcow2']).status).toBe(2);
-    expect(expectSame(['missing.qcow2', ref]).status).toBe(2);
-    expect(expectSame([ref]).status).toBe(1);
-    expect(expectSame(['-f', 'qcow2', '-F', 'qcow2', ref, other]).status).toBe(1);
+    expect(expectSame(['-q', ref, other])).toBe(1);
+    expect(expectSame(['-q', ref, ref])).toBe(0);
+    expect(expectSame([ref, 'missing.qcow2'])).toBe(2);
+    expect(expectSame(['missing.qcow2', ref])).toBe(2);
+    expect(expectSame([ref])).toBe(1);
+    expect(expectSame(['-f', 'qcow2', '-F', 'qcow2', ref, other])).toBe(1);
   });
 });

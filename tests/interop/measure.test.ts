@@ -2,46 +2,16 @@
 // sizes 512 B-2 MiB, compressed zlib and zstd, extended L2, snapshots with -l, backing chains,
 // bitmaps added by `qemu-img bitmap`, metadata preallocation, v2) and on --size alone: the same
 // stdout byte for byte (human and JSON), the same stderr (prefix aside) and the same exit code.
-import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, removeDir, qemuImgOk, qemuIoOk } from '../helpers/qemu.ts';
-import { runCli } from './read-support.ts';
-import { cliBundle } from '../helpers/cli.ts';
+import { describe, it } from 'vitest';
+import { qemuImgOk } from '../helpers/qemu.ts';
+import { useCliWorkDir } from './cli-oracle.ts';
 
-let bin = '';
-let dir = '';
-beforeAll(async () => {
-  bin = await cliBundle();
-  dir = makeTempDir('qcowscope-measure-');
-  return () => {
-    if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
-  };
-});
-
-/** Both tools on the same arguments in `dir`: stdout, stderr (qemu-img's prefix as ours) and exit code equal. */
-function expectSame(args: string[]): void {
-  const q = spawnSync('qemu-img', ['measure', ...args], { encoding: 'utf8', cwd: dir });
-  const r = runCli(bin, ['measure', ...args], { cwd: dir });
-  expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({
-    status: q.status,
-    stdout: q.stdout,
-    stderr: q.stderr.replace(/^qemu-img: /gm, 'qcowscope: '),
-  });
-}
-
-function create(name: string, size: string, opts = '', backing?: string): string {
-  const args = ['create', '-q', '-f', 'qcow2'];
-  if (opts) args.push('-o', opts);
-  if (backing) args.push('-b', backing, '-F', 'qcow2');
-  qemuImgOk([...args, path.join(dir, name), size]);
-  return name;
-}
-
-function io(name: string, ...cmds: string[]): void {
-  qemuIoOk(path.join(dir, name), ...cmds);
-}
+const w = useCliWorkDir('qcowscope-measure-');
+const { create, io } = w;
+const expectSame = (args: string[]): void => {
+  w.expectSame(['measure', ...args]);
+};
 
 /** The targets every image is measured for. */
 const TARGETS: string[][] = [
@@ -75,13 +45,13 @@ const IMAGES: Array<[string, () => string]> = [
   ['compressed (zlib)', () => {
     const src = create('src-z.qcow2', '32M');
     io(src, 'write -P 7 0 2M', 'write -P 8 9M 300k');
-    qemuImgOk(['convert', '-c', '-O', 'qcow2', path.join(dir, src), path.join(dir, 'zlib.qcow2')]);
+    qemuImgOk(['convert', '-c', '-O', 'qcow2', path.join(w.dir, src), path.join(w.dir, 'zlib.qcow2')]);
     return 'zlib.qcow2';
   }],
   ['compressed (zstd), 4 KiB clusters', () => {
     const src = create('src-zs.qcow2', '16M');
     io(src, 'write -P 9 100k 3M', 'write -P 10 12M 64k');
-    qemuImgOk(['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd,cluster_size=4k', path.join(dir, src), path.join(dir, 'zstd.qcow2')]);
+    qemuImgOk(['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd,cluster_size=4k', path.join(w.dir, src), path.join(w.dir, 'zstd.qcow2')]);
     return 'zstd.qcow2';
   }],
   ['extended L2, subcluster writes', () => {
@@ -108,23 +78,13 @@ const IMAGES: Array<[string, () => string]> = [
     io(top, 'write -P 5 100k 10k', 'write -z 0 64k', 'write -P 6 40M 1M');
     return top;
   }],
-  ['raw backing file with holes', () => {
-    const raw = path.join(dir, 'base.raw');
-    fs.writeFileSync(raw, '');
-    fs.truncateSync(raw, 16 << 20);
-    const fd = fs.openSync(raw, 'r+');
-    fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 20);
-    fs.closeSync(fd);
-    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, 'over-raw.qcow2')]);
-    io('over-raw.qcow2', 'write -P 1 0 64k');
-    return 'over-raw.qcow2';
-  }],
+  ['raw backing file with holes', () => w.overRawWithHoles('over-raw.qcow2')],
   ['persistent bitmaps (qemu-img bitmap --add)', () => {
     const f = create('bitmaps.qcow2', '100M');
     io(f, 'write -P 1 0 1M');
-    qemuImgOk(['bitmap', '--add', path.join(dir, f), 'b0']);
-    qemuImgOk(['bitmap', '--add', '-g', '512', path.join(dir, f), 'fine-grained']);
-    qemuImgOk(['bitmap', '--add', '-g', '2M', '--disable', path.join(dir, f), 'a-much-longer-bitmap-name-to-take-more-directory-space']);
+    qemuImgOk(['bitmap', '--add', path.join(w.dir, f), 'b0']);
+    qemuImgOk(['bitmap', '--add', '-g', '512', path.join(w.dir, f), 'fine-grained']);
+    qemuImgOk(['bitmap', '--add', '-g', '2M', '--disable', path.join(w.dir, f), 'a-much-longer-bitmap-name-to-take-more-directory-space']);
     return f;
   }],
 ];
@@ -140,11 +100,11 @@ describe('measure an image: same output as qemu-img', () => {
   it('internal snapshots with -l (by name, by ID, by either, not found)', () => {
     const f = create('snaps.qcow2', '32M');
     io(f, 'write -P 1 0 4M');
-    qemuImgOk(['snapshot', '-c', 'one', path.join(dir, f)]);
+    qemuImgOk(['snapshot', '-c', 'one', path.join(w.dir, f)]);
     io(f, 'write -P 2 8M 4M', 'write -z 0 2M');
-    qemuImgOk(['snapshot', '-c', 'two', path.join(dir, f)]);
+    qemuImgOk(['snapshot', '-c', 'two', path.join(w.dir, f)]);
     io(f, 'write -P 3 20M 1M');
-    qemuImgOk(['resize', '-q', path.join(dir, f), '48M']);
+    qemuImgOk(['resize', '-q', path.join(w.dir, f), '48M']);
     for (const l of ['snapshot.name=one', 'snapshot.id=2', 'snapshot.id=1,snapshot.name=one', 'two', '1', 'snapshot.id=1,snapshot.name=two', 'nope', 'snapshot.bad=1']) {
       expectSame(['-O', 'qcow2', '-l', l, f]);
       expectSame(['--output=json', '-O', 'qcow2', '-o', 'cluster_size=1k', '-l', l, f]);

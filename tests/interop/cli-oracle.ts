@@ -1,0 +1,74 @@
+// One working directory per test file for comparing a CLI verb with qemu-img's on the same
+// command line: the bundled CLI, images made there by qemu-img and qemu-io, and the comparison
+// itself (stdout and exit code equal, stderr equal with qemu-img's name in it read as ours).
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { beforeAll, expect } from 'vitest';
+import { makeTempDir, qemuImgOk, qemuIoOk, removeDir } from '../helpers/qemu.ts';
+import { runCli } from './read-support.ts';
+import { cliBundle } from '../helpers/cli.ts';
+
+export interface CliWorkDir {
+  readonly dir: string;
+  readonly bin: string;
+  /** `qemu-img create -f qcow2 [-o opts] [-b backing -F qcow2] NAME SIZE` in the directory; returns NAME. */
+  create(name: string, size: string, opts?: string, backing?: string): string;
+  /** qemu-io commands on an image of the directory. */
+  io(name: string, ...cmds: string[]): void;
+  /** A 16 MiB sparse raw file with 300000 bytes of data at 5 MiB, and a qcow2 overlay NAME over it with a cluster of its own. */
+  overRawWithHoles(name: string): string;
+  /** qemu-img and qcowscope on the same arguments in the directory: the same exit code, stdout and stderr. Returns qemu-img's exit code. */
+  expectSame(args: string[], rename?: [string, string]): number | null;
+}
+
+export function useCliWorkDir(prefix: string): CliWorkDir {
+  let dir = '';
+  let bin = '';
+  beforeAll(async () => {
+    bin = await cliBundle();
+    dir = makeTempDir(prefix);
+    return () => {
+      if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
+    };
+  });
+  const w: CliWorkDir = {
+    get dir() {
+      return dir;
+    },
+    get bin() {
+      return bin;
+    },
+    create(name, size, opts = '', backing) {
+      const args = ['create', '-q', '-f', 'qcow2'];
+      if (opts) args.push('-o', opts);
+      if (backing) args.push('-b', backing, '-F', 'qcow2');
+      qemuImgOk([...args, path.join(dir, name), size]);
+      return name;
+    },
+    io(name, ...cmds) {
+      qemuIoOk(path.join(dir, name), ...cmds);
+    },
+    overRawWithHoles(name) {
+      const raw = path.join(dir, 'base.raw');
+      fs.writeFileSync(raw, '');
+      fs.truncateSync(raw, 16 << 20);
+      const fd = fs.openSync(raw, 'r+');
+      fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 20);
+      fs.closeSync(fd);
+      qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, name)]);
+      w.io(name, 'write -P 1 0 64k');
+      return name;
+    },
+    expectSame(args, rename) {
+      const q = spawnSync('qemu-img', args, { encoding: 'utf8', cwd: dir });
+      const ourArgs = rename ? args.map((a) => (a === rename[0] ? rename[1] : a)) : args;
+      const r = runCli(bin, ourArgs, { cwd: dir });
+      let stderr = q.stderr.replace(/qemu-img/g, 'qcowscope');
+      if (rename) stderr = stderr.replaceAll(rename[0], rename[1]);
+      expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({ status: q.status, stdout: q.stdout, stderr });
+      return q.status;
+    },
+  };
+  return w;
+}
