@@ -1,34 +1,32 @@
-// The one module of the worker that talks to the engine (core/). Everything the worker needs from
-// an open image goes through the EngineImage interface below, so wiring a new engine capability
-// is a change here only. DTOs are built here: plain numbers and strings, no bigint, no class.
+// The one module of the worker that talks to the engine (core/). Images are opened and every
+// operation runs through the engine layer (core/ops/, the same the command line uses); what the
+// page reads of an open image goes through the EngineImage interface below. DTOs are built here:
+// plain numbers and strings, no bigint, no class.
 import { QcowError } from '../core/errors.ts';
 import type { ImageStore } from '../core/io/store.ts';
 import * as C from '../core/format/constants.ts';
-import { decodeL1Entry, decodeL2Entry, ClusterType, l1ReservedHex, l2EntrySize } from '../core/format/entries.ts';
+import { decodeL1Entry, decodeL2Entry, ClusterType, l1ReservedHex, l2EntrySize, rawHex } from '../core/format/entries.ts';
 import { decodeRefblock, reftableEntry } from '../core/format/refcount.ts';
-import { rawHex } from '../core/format/entries.ts';
-import { be32, be64n } from '../core/format/bytes.ts';
-import { l2EntriesOf, l2GeometryOf, type Qcow2Header } from '../core/format/header.ts';
+import { be32 } from '../core/format/bytes.ts';
+import { l2EntriesOf, l2GeometryOf, readHeaderFields, type HeaderFields, type Qcow2Header } from '../core/format/header.ts';
 import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
-import { RawLayer, type Layer } from '../core/image/layer.ts';
+import type { Layer } from '../core/image/layer.ts';
+import type { Journal } from '../core/image/journal.ts';
 import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
-import { buildInfo, formatFixed, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
+import { buildInfo, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
 import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import { clusterUsers, type ClusterUsers } from '../core/analysis/cluster-users.ts';
-import { runCheck, type CheckResult, type Finding } from '../core/analysis/check.ts';
-import { createSnapshot, deleteSnapshot, revertSnapshot, snapshotLayer, type SnapshotOpResult } from '../core/image/snapshot.ts';
-import { groupCreate, groupDelete, groupRevert } from '../core/image/group.ts';
 import { findWriteDamage } from '../core/image/snapshot-precheck.ts';
 import { BudgetedStore } from './job-budget.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
-import { Journal } from '../core/image/journal.ts';
-import { writeGuest } from '../core/image/write.ts';
 import { buildDemoImage } from '../core/image/demo.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
-import { createExternalSnapshots, type OverlayTarget } from '../core/image/external-snapshot.ts';
+import { openImage as openOp, type BackingResolver, type ChainLink } from '../core/ops/open.ts';
+import { checkJson, checkReport, type Finding } from '../core/ops/check.ts';
+import { rawExport } from '../core/ops/export.ts';
 import type {
   CheckFindingDTO,
   CheckReportDTO,
@@ -54,6 +52,8 @@ export interface JobContext {
 }
 
 export interface EngineImage {
+  /** The engine object behind the views, for operations; null when only the header could be read. */
+  readonly image: Qcow2Image | null;
   header(): HeaderDTO;
   snapshots(): SnapshotDTO[];
   /** qemu-img info --output=json field names. */
@@ -70,9 +70,6 @@ export interface EngineImage {
   exportRaw(snapshotId: string | null, job: JobContext): Promise<Blob>;
   clusterMap(job: JobContext): Promise<ClusterMapDTO>;
   check(job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO>;
-  createSnapshot(name: string, job: JobContext): Promise<JournalDTO>;
-  revertSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
-  deleteSnapshot(idOrName: string, job: JobContext): Promise<JournalDTO>;
   /** Close the engine object and its store. */
   close(): Promise<void>;
 }
@@ -96,15 +93,16 @@ function geometryDTO(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'
   return { l2EntrySize: l2EntrySize(g), l2Entries: l2EntriesOf(h), subclusters: g.extendedL2 ? C.SUBCLUSTERS_PER_CLUSTER : 1 };
 }
 
-export function headerDTO(h: Qcow2Header): HeaderDTO {
+/** The header as the page shows it; `h` may be a header the engine refused (its fields as stored). */
+export function headerDTO(h: HeaderFields & Partial<Pick<Qcow2Header, 'extensions' | 'backingFile' | 'backingFormat'>>): HeaderDTO {
   const d: HeaderDTO = {
     magic: h.magic,
     version: h.version,
     backingFileOffset: h.backingFileOffset,
     backingFileSize: h.backingFileSize,
     clusterBits: h.clusterBits,
-    clusterSize: 2 ** h.clusterBits,
-    ...geometryDTO(h),
+    clusterSize: 2 ** Math.min(h.clusterBits, 63),
+    ...geometryDTO({ clusterBits: Math.min(h.clusterBits, 63), incompatibleFeatures: h.incompatibleFeatures }),
     size: h.size,
     cryptMethod: h.cryptMethod,
     l1Size: h.l1Size,
@@ -120,10 +118,10 @@ export function headerDTO(h: Qcow2Header): HeaderDTO {
     unknownCompatible: unknownBits(h.compatibleFeatures, C.COMPAT_MASK),
     unknownAutoclear: unknownBits(h.autoclearFeatures, C.AUTOCLEAR_MASK),
     refcountOrder: h.refcountOrder,
-    refcountBits: 2 ** h.refcountOrder,
+    refcountBits: 2 ** Math.min(h.refcountOrder, 63),
     headerLength: h.headerLength,
     compressionType: h.compressionType,
-    extensions: h.extensions.map((x) => ({ type: x.type, offset: x.offset, length: x.data.length, name: EXT_NAMES[x.type] ?? 'unknown' })),
+    extensions: (h.extensions ?? []).map((x) => ({ type: x.type, offset: x.offset, length: x.data.length, name: EXT_NAMES[x.type] ?? 'unknown' })),
   };
   if (h.backingFile !== undefined) d.backingFile = h.backingFile;
   if (h.backingFormat !== undefined) d.backingFormat = h.backingFormat;
@@ -190,6 +188,7 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
   };
   const snapshots = img.snapshots.map(snapshotDTO);
   return {
+    image: img,
     header: () => header,
     snapshots: () => snapshots,
     // actual-size (blocks on the medium) is unknown in a browser, so it is left out.
@@ -246,29 +245,25 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
       return translate(img, view, guestOffset);
     },
     async exportRaw(snapshotId, job) {
-      if (img.header.backingFile !== undefined && !img.backing) {
-        throw new QcowError('NOT_SUPPORTED', `${img.store.name} has a backing file (${img.header.backingFile}), which is not open here: its raw disk cannot be exported`);
-      }
-      const layer = snapshotId === null ? img : await snapshotLayer(img, { id: snapshotId });
-      const size = layer.virtualSize;
-      const CHUNK = 4 << 20;
-      const zeros = new Uint8Array(CHUNK);
+      const exp = await rawExport(img, {
+        ...(snapshotId === null ? {} : { snapshot: { id: snapshotId } }),
+        onProgress: (done, total) => job.progress({ phase: 'Exporting', done, total }),
+        isCancelled: () => job.signal.aborted,
+      });
+      // the ranges without data read as zeros: one shared block of zeros fills them
+      const ZEROS = 4 << 20;
+      const zeros = new Uint8Array(Math.min(ZEROS, exp.size));
       const parts: BlobPart[] = [];
-      let done = 0;
-      for (let pos = 0; pos < size; ) {
-        if (job.signal.aborted) throw new QcowError('CANCELLED', 'The export was cancelled');
-        const n = Math.min(CHUNK, size - pos);
-        const ext = await layer.extents(pos, n);
-        for (const e of ext) {
-          const len = Math.min(e.length, pos + n - e.start);
-          if (len <= 0) continue;
-          if (e.data && !e.zero) parts.push((await layer.read(e.start, len)).slice() as Uint8Array<ArrayBuffer>);
-          else parts.push(len === CHUNK ? zeros : zeros.subarray(0, len));
-        }
-        pos += n;
-        done += n;
-        job.progress({ phase: 'Exporting', done, total: size });
-      }
+      let at = 0;
+      const zeroFill = (to: number): void => {
+        for (; at < to; at = Math.min(to, at + ZEROS)) parts.push(to - at >= ZEROS ? zeros : zeros.subarray(0, to - at));
+      };
+      await exp.run((pos, bytes) => {
+        zeroFill(pos);
+        parts.push(bytes.slice() as Uint8Array<ArrayBuffer>);
+        at = pos + bytes.length;
+      });
+      zeroFill(exp.size);
       return new Blob(parts, { type: 'application/octet-stream' });
     },
     async diff(a, b, job) {
@@ -285,7 +280,7 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
     async clusterMap(job) {
       // Check mode: the map must also draw images only a repair could open for writing.
       const budgeted = new BudgetedStore(img.store, 'cluster map');
-      const c = await Qcow2Image.open(budgeted, { checkMode: true, backing: null });
+      const c = await openOp(link(budgeted), { checkMode: true });
       budgeted.setBudget(c);
       await prefetchMetadata(c, job.signal);
       const l = await buildLayout(c, {
@@ -295,20 +290,25 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
       return { clusterSize: l.clusterSize, clusterCount: l.clusterCount, kinds: l.kinds, legend: [...l.legend], summary: { ...l.summary } };
     },
     check: (job, filename, repair) => check(img.store, job, filename, repair),
-    createSnapshot: (name) => snapshotOp(img.store, (w) => createSnapshot(w, name)),
-    revertSnapshot: (ref) => snapshotOp(img.store, (w) => revertSnapshot(w, ref)),
-    deleteSnapshot: (ref) => snapshotOp(img.store, (w) => deleteSnapshot(w, ref)),
     close: () => img.close(),
   };
 }
 
+/** The store as the engine layer names it. */
+function link(store: ImageStore): ChainLink {
+  return { name: store.name, store };
+}
+
 /**
- * Open an image for the views, read-only (writes open their own writable object). `backing` is
- * the layer the person chose for the header's backing file, or null: then reads of unallocated
- * clusters return zeros and a raw export is refused.
+ * Open an image for the views, read-only. `backing` is the layer the person chose for the
+ * header's backing file, or null: then reads of unallocated clusters return zeros and a raw
+ * export is refused.
  */
 export async function openImage(store: ImageStore, backing: Layer | null = null): Promise<EngineImage> {
-  const img = await Qcow2Image.open(store, { writable: false, backing });
+  return viewOf(await openOp(link(store), { backing }));
+}
+
+async function viewOf(img: Qcow2Image): Promise<EngineImage> {
   // Structures every write must trust, damaged (a table cut off by the end of the file, an L1 not
   // cluster-aligned): not opened whole, so the image is read-only with the reason (repairable).
   const damage = findWriteDamage(img);
@@ -364,38 +364,13 @@ function damageOf(e: QcowError, level: OpenDamage['level']): OpenDamage {
   return out;
 }
 
-/**
- * The header's fixed fields as stored (docs/qcow2-format.md §1.2), without validation: what the
- * Header view shows of an image whose header the engine refuses. Display only.
- */
-function rawHeaderDTO(b: Uint8Array): HeaderDTO {
-  // Display only: a u64 beyond 2^53 shows rounded, which is enough to see that it is wrong.
-  const u64 = (off: number): number => Number(be64n(b, off));
-  const version = be32(b, 4);
-  const v3 = version >= 3;
-  const clusterBits = be32(b, 20);
-  const refcountOrder = v3 ? be32(b, 96) : 4;
-  return {
-    magic: be32(b, 0), version, backingFileOffset: u64(8), backingFileSize: be32(b, 16), clusterBits,
-    clusterSize: 2 ** Math.min(clusterBits, 63),
-    ...geometryDTO({ clusterBits: Math.min(clusterBits, 63), incompatibleFeatures: v3 ? be64n(b, 72) : 0n }), size: u64(24), cryptMethod: be32(b, 32), l1Size: be32(b, 36),
-    l1TableOffset: u64(40), refcountTableOffset: u64(48), refcountTableClusters: be32(b, 56), nbSnapshots: be32(b, 60),
-    snapshotsOffset: u64(64),
-    incompatibleFeatures: v3 ? be32(b, 76) : 0, compatibleFeatures: v3 ? be32(b, 84) : 0, autoclearFeatures: v3 ? be32(b, 92) : 0,
-    unknownIncompatible: v3 ? unknownBits(be64n(b, 72), C.INCOMPAT_MASK) : '',
-    unknownCompatible: v3 ? unknownBits(be64n(b, 80), C.COMPAT_MASK) : '',
-    unknownAutoclear: v3 ? unknownBits(be64n(b, 88), C.AUTOCLEAR_MASK) : '',
-    refcountOrder, refcountBits: 2 ** Math.min(refcountOrder, 63), headerLength: v3 ? be32(b, 100) : 72,
-    compressionType: v3 && be32(b, 100) > 104 ? b[104]! : 0, extensions: [],
-  };
-}
-
 /** An image of which only the header can be shown: every other request fails as the open did. */
 function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
   const fail = (): never => {
     throw new QcowError(error.code, error.message, error.details);
   };
   return {
+    image: null,
     header: () => header,
     snapshots: () => [],
     info: (_fileSize, filename) => ({ filename, format: 'qcow2', 'virtual-size': header.size, 'cluster-size': header.clusterSize }),
@@ -411,9 +386,6 @@ function headerOnly(header: HeaderDTO, error: QcowError): EngineImage {
     exportRaw: async () => fail(),
     clusterMap: async () => fail(),
     check: async () => fail(),
-    createSnapshot: async () => fail(),
-    revertSnapshot: async () => fail(),
-    deleteSnapshot: async () => fail(),
     close: async () => {},
   };
 }
@@ -426,7 +398,7 @@ export async function openDamaged(store: ImageStore, error: unknown, backing: La
   if (!(error instanceof QcowError) || error.code === 'NOT_QCOW2' || error.code === 'IO_ERROR') return null;
   try {
     // As qemu-img check opens it: a broken snapshot table reads as none, a missing refcount table as empty.
-    const img = await Qcow2Image.open(store, { checkMode: true, writable: false, backing });
+    const img = await openOp(link(store), { checkMode: true, backing });
     return { engine: wrap(img), damage: damageOf(error, 'tables') };
   } catch {
     // fall through to the header alone
@@ -434,21 +406,12 @@ export async function openDamaged(store: ImageStore, error: unknown, backing: La
   try {
     return { engine: headerOnly(headerDTO(await Qcow2Image.readHeader(store)), error), damage: damageOf(error, 'header') };
   } catch {
-    // the header itself is refused: its fields as stored
+    // the header itself is refused: its fields as stored (display only: a u64 beyond 2^53 shows
+    // rounded, which is enough to see that it is wrong)
   }
   const first = await store.read(0, 4096);
-  return { engine: headerOnly(rawHeaderDTO(first), error), damage: damageOf(error, 'raw') };
+  return { engine: headerOnly(headerDTO(readHeaderFields(first)), error), damage: damageOf(error, 'raw') };
 }
-
-/** A backing layer from a chosen file: a qcow2 image (its own backing file not followed) or raw. */
-export async function openBackingLayer(store: ImageStore, backing: Layer | null = null): Promise<Layer> {
-  const head = await store.read(0, 4);
-  if (be32(head, 0) === C.QCOW_MAGIC) return Qcow2Image.open(store, { writable: false, backing });
-  return new RawLayer(store);
-}
-
-/** Backing files followed at most (QEMU's own limit on a chain is far larger; this bounds a cycle). */
-const MAX_BACKING_CHAIN = 16;
 
 /** The last part of a backing file name as the header stores it (a path on the machine that made it). */
 export function backingBaseName(name: string): string {
@@ -456,34 +419,31 @@ export function backingBaseName(name: string): string {
 }
 
 /**
- * The backing chain of an image from the files the person chose: `first` is the image's own
- * backing file; a qcow2 file that names a backing file of its own gets the chosen file of that
- * name as its backing layer, and so on. Refused with a one-line reason when a link is missing
- * (the name of the file to choose as well), or the chain loops or is too long.
+ * Backing files from the files the person chose (the browser's resolver for the engine layer's
+ * open): the file of the name the header gives (its last part), or for the image's own backing
+ * file the first chosen when none has that name. A missing link is refused with the name of the
+ * file to choose as well. The chain's depth is limited by the engine layer, as on the command line.
  */
-export async function openBackingChain(first: { name: string; store: ImageStore }, others: ReadonlyArray<{ name: string; store: ImageStore }>): Promise<Layer> {
-  const chain: Array<{ name: string; store: ImageStore }> = [first];
-  for (;;) {
-    const cur = chain[chain.length - 1]!;
-    const head = await cur.store.read(0, 4);
-    if (be32(head, 0) !== C.QCOW_MAGIC) break;
-    const h = await Qcow2Image.readHeader(cur.store);
-    if (h.backingFile === undefined) break;
-    const want = backingBaseName(h.backingFile);
-    const next = others.find((o) => o.name === want);
-    if (!next) {
-      throw new QcowError('BACKING_MISSING', `${cur.name} reads through its own backing file ${want}: choose it together with ${chain.map((c) => c.name).join(', ')}`, {
-        structure: 'header', offset: h.backingFileOffset, backingFile: h.backingFile,
-      });
-    }
-    if (chain.includes(next) || chain.length >= MAX_BACKING_CHAIN) {
-      throw new QcowError('BACKING_CHAIN_TOO_DEEP', `The backing chain from ${first.name} loops or is longer than ${MAX_BACKING_CHAIN} files`, { structure: 'header' });
-    }
-    chain.push(next);
-  }
-  let layer: Layer | null = null;
-  for (let i = chain.length - 1; i >= 0; i--) layer = await openBackingLayer(chain[i]!.store, layer);
-  return layer!;
+export function chosenFilesResolver(files: ReadonlyArray<ChainLink>): BackingResolver {
+  const chosen: string[] = [];
+  return {
+    async backing(image, name, format, depth) {
+      const want = backingBaseName(name);
+      const next = files.find((f) => f.name === want) ?? (depth === 1 ? files[0] : undefined);
+      if (!next) {
+        throw new QcowError('BACKING_MISSING', `${image.name} reads through its own backing file ${want}: choose it together with ${chosen.join(', ')}`, {
+          structure: 'header', backingFile: name,
+        });
+      }
+      chosen.push(next.name);
+      return { name: next.name, store: next.store, format };
+    },
+  };
+}
+
+/** Reopen an image with the backing chain from the chosen files (core/ops/open.ts follows it). */
+export async function openWithChosenBacking(store: ImageStore, files: ReadonlyArray<ChainLink>): Promise<EngineImage> {
+  return viewOf(await openOp(link(store), { resolver: chosenFilesResolver(files) }));
 }
 
 /** A borrowed layer: reads go through, closing it leaves the lender's store open. */
@@ -501,35 +461,7 @@ export function borrowedLayer(layer: Layer): Layer {
  * engine object (with the image's own backing layer, if one is open), closing nothing it borrows.
  */
 export async function openAsBacking(store: ImageStore, backing: Layer | null): Promise<Layer> {
-  const img = await Qcow2Image.open(store, { writable: false, backing: backing ? borrowedLayer(backing) : null });
-  return borrowedLayer(img);
-}
-
-/** An overlay written into memory: nothing to publish, nothing left when discarded. */
-class MemoryOverlayTarget implements OverlayTarget {
-  store: MemoryStore | null = null;
-  constructor(readonly name: string) {}
-  async open(): Promise<ImageStore> {
-    this.store = new MemoryStore(new Uint8Array(0), { name: this.name });
-    return this.store;
-  }
-  async publish(): Promise<void> {}
-  async discard(): Promise<void> {
-    this.store = null;
-  }
-}
-
-/**
- * External snapshots of several images, all or none (core/image/external-snapshot.ts): one
- * overlay per base, in memory, returned as the overlays' bytes in order.
- */
-export async function buildOverlays(items: { store: ImageStore; name: string; backingFile: string }[]): Promise<Uint8Array[]> {
-  const bases: Qcow2Image[] = [];
-  const targets = items.map((i) => new MemoryOverlayTarget(i.name));
-  // The bases are never closed here: their stores belong to their open images.
-  for (const i of items) bases.push(await Qcow2Image.open(i.store, { writable: false, backing: null }));
-  await createExternalSnapshots(items.map((i, n) => ({ base: bases[n]!, backingFile: i.backingFile, target: targets[n]! })));
-  return targets.map((t) => t.store!.bytes().slice());
+  return borrowedLayer(await openOp(link(store), { backing: backing ? borrowedLayer(backing) : null }));
 }
 
 /** The engine's demo image (core/image/demo.ts) in a writable memory store. */
@@ -537,37 +469,34 @@ export async function buildDemoStore(): Promise<MemoryStore> {
   return new MemoryStore(await buildDemoImage(), { name: 'demo.qcow2' });
 }
 
-function journalDTO(j: Journal): JournalDTO {
+export function journalDTO(j: Journal): JournalDTO {
   return { operation: j.operation, entries: j.entries.map((e) => ({ ...e })), at: Date.now() };
 }
 
 /**
- * A write operation runs on its own writable Qcow2Image over the same store (fresh caches); the
- * worker then reopens the read-only view. Closing is left to the worker: Qcow2Image.close()
- * would close the store.
+ * The engine object a write operation runs on: writable, over the image's store and its backing
+ * layer (a partial-cluster write reads what lies below). The store stays the worker's: this
+ * object is never closed (closing would close the store); the worker reopens its views after.
  */
-async function snapshotOp(store: ImageStore, op: (img: Qcow2Image) => Promise<SnapshotOpResult>): Promise<JournalDTO> {
-  const w = await Qcow2Image.open(store, { writable: true, backing: null });
-  return journalDTO((await op(w)).journal);
+export function openForWrite(store: ImageStore, backing: Layer | null): Promise<Qcow2Image> {
+  return openOp(link(store), { writable: true, backing });
 }
 
-/** A group operation over several stores, all or none; one journal per store, in order. */
-export async function groupSnapshotOp(stores: ImageStore[], op: 'create' | 'revert' | 'delete', arg: string): Promise<JournalDTO[]> {
-  const imgs: Qcow2Image[] = [];
-  for (const s of stores) imgs.push(await Qcow2Image.open(s, { writable: true, backing: null }));
-  const results =
-    op === 'create' ? await groupCreate(imgs, arg) : op === 'revert' ? await groupRevert(imgs, { name: arg }) : await groupDelete(imgs, { name: arg });
-  return results.map((r) => journalDTO(r.journal));
-}
+/** Host clusters mapped before and after a write, for its "what changed" (files up to this many clusters). */
+const MAX_CHANGE_MAP_CLUSTERS = 1 << 18;
 
-/** A guest write with a journal (the playground). */
-export async function guestWriteOp(store: ImageStore, guestOffset: number, length: number, pattern: number): Promise<JournalDTO> {
-  const w = await Qcow2Image.open(store, { writable: true, backing: null });
-  const j = new Journal(`guest write of ${length} bytes of 0x${pattern.toString(16).padStart(2, '0')} at guest offset 0x${guestOffset.toString(16)}`);
-  w.journal = j;
-  await writeGuest(w, guestOffset, new Uint8Array(length).fill(pattern));
-  await w.flush('write done');
-  return journalDTO(j);
+export type ClusterKinds = { kinds: Uint8Array; clusterSize: number };
+
+/** The owner of every host cluster, or null when the file is too large to map twice per operation or cannot be mapped. */
+export async function clusterKinds(img: Qcow2Image | null): Promise<ClusterKinds | null> {
+  if (!img || img.store.size() / img.clusterSize > MAX_CHANGE_MAP_CLUSTERS) return null;
+  try {
+    await prefetchMetadata(img);
+    const l = await buildLayout(img);
+    return { kinds: l.kinds, clusterSize: l.clusterSize };
+  } catch {
+    return null;
+  }
 }
 
 function findingDTO(f: Finding): CheckFindingDTO {
@@ -583,16 +512,18 @@ function findingDTO(f: Finding): CheckFindingDTO {
 /** qemu-img check, in check mode (tolerates what only a repair can fix); writable only to repair. */
 async function check(store: ImageStore, job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO> {
   const budgeted = new BudgetedStore(store, repair ? 'repair' : 'check');
-  const img = await Qcow2Image.open(budgeted, { checkMode: true, writable: repair !== undefined, backing: null });
+  const img = await openOp(link(budgeted), { checkMode: true, writable: repair !== undefined });
   budgeted.setBudget(img);
   await prefetchMetadata(img, job.signal);
-  const r: CheckResult & { repairFindings?: Finding[] } = await runCheck(img, {
+  const r = await checkReport(img, {
     ...(repair ? { repair } : {}),
     onProgress: (phase, done, total) => job.progress({ phase, done, total }),
     isCancelled: () => job.signal.aborted,
   });
-  if (job.signal.aborted) throw new QcowError('CANCELLED', 'The check was cancelled');
+  // qemu-img's counters (the optional ones only when non-zero), and the findings
+  const { filename: _f, format: _q, ...counters } = checkJson(filename, r);
   const out: CheckReportDTO = {
+    ...(counters as Partial<CheckReportDTO>),
     filename,
     format: 'qcow2',
     'check-errors': r.checkErrors,
@@ -601,22 +532,9 @@ async function check(store: ImageStore, job: JobContext, filename: string, repai
     findings: r.findings.map(findingDTO),
     droppedFindings: r.droppedFindings,
   };
-  // qemu-img prints the optional counters only when non-zero.
-  const opt: Array<[keyof CheckReportDTO, number]> = [
-    ['image-end-offset', r.imageEndOffset], ['corruptions-fixed', r.corruptionsFixed], ['leaks-fixed', r.leaksFixed],
-    ['total-clusters', r.totalClusters], ['allocated-clusters', r.allocatedClusters],
-    ['fragmented-clusters', r.fragmentedClusters], ['compressed-clusters', r.compressedClusters],
-  ];
-  for (const [k, v] of opt) if (v !== 0) (out as unknown as Record<string, number>)[k] = v;
   if (r.repairFindings) out.repairFindings = r.repairFindings.map(findingDTO);
   if (r.failure !== undefined) out.failure = r.failure;
   if (r.rebuilt) out.rebuilt = true;
-  if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
-    out.percent = {
-      allocated: formatFixed((r.allocatedClusters * 100) / r.totalClusters, 2),
-      fragmented: formatFixed((r.fragmentedClusters * 100) / r.allocatedClusters, 2),
-      compressed: formatFixed((r.compressedClusters * 100) / r.allocatedClusters, 2),
-    };
-  }
+  if (r.percent) out.percent = r.percent;
   return out;
 }

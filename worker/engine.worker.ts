@@ -21,11 +21,15 @@ import type {
   StoreKind,
 } from './api.ts';
 import {
-  backingBaseName, buildDemoStore, buildOverlays, groupSnapshotOp, guestWriteOp, openAsBacking, openBackingChain, openDamaged, openImage,
-  type EngineImage, type JobContext,
+  backingBaseName, buildDemoStore, clusterKinds, journalDTO, openAsBacking, openDamaged, openForWrite, openImage,
+  openWithChosenBacking, type ClusterKinds, type EngineImage, type JobContext,
   layoutChanges,
 } from './engine-adapter.ts';
 import type { Layer } from '../core/image/layer.ts';
+import type { Journal } from '../core/image/journal.ts';
+import type { Qcow2Image } from '../core/image/qcow2-image.ts';
+import { groupSnapshotOp, overlaysInMemory, snapshotOp, type SnapshotVerb } from '../core/ops/snapshot.ts';
+import { guestWrite } from '../core/ops/write.ts';
 import { FileStore } from './stores/file-store.ts';
 import { HandleStore } from './stores/handle-store.ts';
 import { OpfsStore } from './stores/opfs-store.ts';
@@ -267,66 +271,83 @@ async function register(name: string, kind: StoreKind, store: ImageStore, lender
   return summaryOf(img);
 }
 
-/** Host clusters mapped before and after a write, for its "what changed" (files up to this many clusters). */
-const MAX_CHANGE_MAP_CLUSTERS = 1 << 18;
-
-type ClusterKinds = { kinds: Uint8Array; clusterSize: number };
-
-/** The owner of every host cluster, or null when the file is too large to map twice per operation or cannot be mapped. */
-async function clusterKinds(img: OpenImage): Promise<ClusterKinds | null> {
-  try {
-    const cs = img.engine.header().clusterSize;
-    if (!(cs > 0) || img.store.size() / cs > MAX_CHANGE_MAP_CLUSTERS) return null;
-    const m = await img.engine.clusterMap({ signal: new AbortController().signal, progress: () => {} });
-    return { kinds: m.kinds, clusterSize: m.clusterSize };
-  } catch {
-    return null;
+/** Before an operation on a handle store: its write session, and fresh engine objects if the file changed on disk. */
+async function beginWrite(img: OpenImage): Promise<void> {
+  const store = img.store;
+  if (!(store instanceof HandleStore)) return;
+  await store.beginWrite();
+  if (store.changedOnDisk) {
+    store.changedOnDisk = false;
+    await reopen(img);
   }
 }
 
+function assertWritable(img: OpenImage, repairing = false): void {
+  const ro = readOnlyReason(img);
+  if (ro && !(repairing && repairable(img))) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
+}
+
+/** A summary after a journaled operation, with what it changed in the cluster map. */
+async function summaryWithJournal(img: OpenImage, journal: Journal, before: ClusterKinds | null): Promise<ImageSummary> {
+  const summary = await summaryOf(img);
+  const dto = journalDTO(journal);
+  const after = before && (await clusterKinds(img.engine.image));
+  if (before && after) dto.changes = layoutChanges(before, after);
+  summary.journal = dto;
+  return summary;
+}
+
 /**
- * Run a write operation on one image, serialised with its other writes. For a handle store the
- * operation's writes are committed in one atomic session; if it fails nothing is committed and the
- * engine is reopened from the unchanged file.
+ * Run `body` on the images of `group` (one or more), serialised with their other writes: each
+ * store's writes are committed in one atomic session (handle stores) once every image is done;
+ * if anything fails nothing is committed and the engines are reopened from the unchanged files.
+ * After success each image's views are reopened over what was committed.
  */
-function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairing = false): Promise<ImageSummary> {
-  const run = async (): Promise<ImageSummary> => {
-    const ro = readOnlyReason(img);
-    if (ro && !(repairing && repairable(img))) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
-    const store = img.store;
-    if (store instanceof HandleStore) {
-      await store.beginWrite();
-      if (store.changedOnDisk) {
-        store.changedOnDisk = false;
-        await reopen(img);
-      }
-    }
-    const before = await clusterKinds(img);
-    let journal: JournalDTO | void;
+function serialised<T>(group: OpenImage[], body: () => Promise<T>, repairing = false): Promise<T> {
+  const run = async (): Promise<T> => {
+    for (const img of group) assertWritable(img, repairing);
+    for (const img of group) await beginWrite(img);
+    const tx = group.map((g) => g.store).filter(isTransactional);
+    let result: T;
     try {
-      journal = await body();
-      await store.flush();
-      if (isTransactional(store)) await store.commit();
+      result = await body();
+      for (const img of group) await img.store.flush();
+      // Each store commits atomically; a group is all-or-none up to here (core/image/group.ts).
+      for (const t of tx) await t.commit();
     } catch (e) {
       // Nothing of a failed, refused or cancelled operation reaches the image.
-      if (isTransactional(store)) store.discard();
+      for (const t of tx) t.discard();
       // The engine's caches may hold state that never reached the file: start again from it.
-      await reopen(img);
+      for (const img of group) await reopen(img);
       throw e;
     }
     // Reopen so header, snapshots and caches describe the committed image.
-    await reopen(img);
-    const summary = await summaryOf(img);
-    if (journal) {
-      const after = before && (await clusterKinds(img));
-      if (before && after) journal.changes = layoutChanges(before, after);
-      summary.journal = journal;
-    }
-    return summary;
+    for (const img of group) await reopen(img);
+    return result;
   };
-  const p = img.queue.then(run, run);
-  img.queue = p.catch(() => {});
+  const p = Promise.all(group.map((g) => g.queue)).then(run, run);
+  for (const g of group) g.queue = p.catch(() => {});
   return p;
+}
+
+/**
+ * A journaled write operation on one image (snapshot create/revert/delete, a guest write) through
+ * the engine layer, on one writable engine object: the cluster map before is read from it, the
+ * one after from the reopened views.
+ */
+async function writeOp(img: OpenImage, op: (w: Qcow2Image) => Promise<Journal>): Promise<ImageSummary> {
+  let before: ClusterKinds | null = null;
+  const journal = await serialised([img], async () => {
+    const w = await openForWrite(img.store, img.backing);
+    before = await clusterKinds(w);
+    return op(w);
+  });
+  return summaryWithJournal(img, journal, before);
+}
+
+/** One internal snapshot operation through the engine layer, as a journaled write. */
+function snapshot(img: OpenImage, verb: SnapshotVerb, arg: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary> {
+  return writeOp(img, (w) => runJob(jobId, onProgress, () => snapshotOp(w, verb, arg)));
 }
 
 const api = {
@@ -358,11 +379,10 @@ const api = {
     const want = named !== undefined ? backingBaseName(named) : undefined;
     const file = list.find((f) => f.name === want) ?? list[0]!;
     const stores = list.map((f) => ({ name: f.name, store: new FileStore(f) as ImageStore }));
-    const layer = await openBackingChain(stores[list.indexOf(file)]!, stores);
-    const engine = await openImage(img.store, layer);
+    const engine = await openWithChosenBacking(img.store, stores);
     await img.backing?.close().catch(() => {});
     img.engine = engine;
-    img.backing = layer;
+    img.backing = engine.image?.backing ?? null;
     const rest = list.filter((f) => f !== file).map((f) => f.name);
     img.backingName = rest.length ? `${file.name} (through ${rest.join(', ')})` : file.name;
     return summaryOf(img);
@@ -378,10 +398,14 @@ const api = {
     if (!suffix || /[\\/\u0000-\u001f]/.test(suffix)) {
       throw new QcowError('INVALID_ARGUMENT', 'The overlay suffix must be a non-empty part of a file name (no slash)', { suffix });
     }
-    const items = group.map((g) => ({ store: g.store, name: overlayName(g.name, suffix), backingFile: g.name }));
     const run = () => runJob(jobId, onProgress, async (job) => {
+      // The open images are the bases: an overlay takes only their virtual size.
+      const items = group.map((g) => {
+        if (!g.engine.image || g.damage) throw new QcowError('NOT_SUPPORTED', `${g.name} could not be opened whole: it cannot be the base of an overlay`);
+        return { base: g.engine.image, name: overlayName(g.name, suffix), backingFile: g.name };
+      });
       job.progress({ phase: 'Writing overlays', done: 0, total: items.length });
-      const bytes = await buildOverlays(items);
+      const bytes = await overlaysInMemory(items);
       if (job.signal.aborted) throw new QcowError('CANCELLED', 'The external snapshot was cancelled');
       job.progress({ phase: 'Writing overlays', done: items.length, total: items.length });
       const out: ExternalOverlay[] = [];
@@ -454,74 +478,38 @@ const api = {
   async check(id: ImageId, repair?: 'leaks' | 'all', jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
     if (!repair) return runJob(jobId, onProgress, (job) => img.engine.check(job, img.name));
-    let report: Awaited<ReturnType<EngineImage['check']>> | undefined;
     // A repair writes: serialised with other writes and committed like them. The corrupt-bit
     // read-only rule does not apply: repairing is what such an image is for.
-    await writeOp(img, () => runJob(jobId, onProgress, async (job) => void (report = await img.engine.check(job, img.name, repair))), true);
-    return report!;
+    return serialised([img], () => runJob(jobId, onProgress, (job) => img.engine.check(job, img.name, repair)), true);
   },
 
   async createSnapshot(id: ImageId, name: string, jobId?: JobId, onProgress?: ProgressFn) {
-    const img = get(id);
-    return writeOp(img, () => runJob(jobId, onProgress, (job) => img.engine.createSnapshot(name, job)));
+    return snapshot(get(id), 'create', name, jobId, onProgress);
   },
 
   async revertSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn) {
-    const img = get(id);
-    return writeOp(img, () => runJob(jobId, onProgress, (job) => img.engine.revertSnapshot(idOrName, job)));
+    return snapshot(get(id), 'revert', idOrName, jobId, onProgress);
   },
 
   async deleteSnapshot(id: ImageId, idOrName: string, jobId?: JobId, onProgress?: ProgressFn) {
-    const img = get(id);
-    return writeOp(img, () => runJob(jobId, onProgress, (job) => img.engine.deleteSnapshot(idOrName, job)));
+    return snapshot(get(id), 'delete', idOrName, jobId, onProgress);
   },
 
-  async groupSnapshot(ids: ImageId[], op: 'create' | 'revert' | 'delete', arg: string, jobId?: JobId, onProgress?: ProgressFn) {
+  async groupSnapshot(ids: ImageId[], op: SnapshotVerb, arg: string, jobId?: JobId, onProgress?: ProgressFn) {
     const group = ids.map(get);
     if (new Set(ids).size !== ids.length) throw new QcowError('INVALID_ARGUMENT', 'The same image appears twice in the group');
-    // Wait for each image's pending writes, then hold them all for the group's duration.
-    const run = async (): Promise<ImageSummary[]> => {
-      for (const img of group) {
-        const ro = readOnlyReason(img);
-        if (ro) throw new QcowError('READ_ONLY', `${img.name} is read-only: ${ro}`);
-      }
-      const handles = group.map((g) => g.store).filter((s): s is HandleStore => s instanceof HandleStore);
-      const tx = group.map((g) => g.store).filter(isTransactional);
-      for (const h of handles) await h.beginWrite();
-      for (const img of group) {
-        if (img.store instanceof HandleStore && img.store.changedOnDisk) {
-          img.store.changedOnDisk = false;
-          await reopen(img);
-        }
-      }
-      const befores: Array<ClusterKinds | null> = [];
-      for (const img of group) befores.push(await clusterKinds(img));
-      let journals: JournalDTO[];
-      try {
-        journals = await runJob(jobId, onProgress, () => groupSnapshotOp(group.map((g) => g.store), op, arg));
-        // Each store commits atomically; the group is all-or-none up to here (core/image/group.ts).
-        for (const t of tx) await t.commit();
-      } catch (e) {
-        for (const t of tx) t.discard();
-        for (const img of group) {
-          await reopen(img);
-        }
-        throw e;
-      }
-      const out: ImageSummary[] = [];
-      for (const [i, img] of group.entries()) {
-        await reopen(img);
-        const s = await summaryOf(img);
-        const after = befores[i] && (await clusterKinds(img));
-        if (befores[i] && after) journals[i]!.changes = layoutChanges(befores[i]!, after);
-        s.journal = journals[i]!;
-        out.push(s);
-      }
-      return out;
-    };
-    const p = Promise.all(group.map((g) => g.queue)).then(run, run);
-    for (const g of group) g.queue = p.catch(() => {});
-    return p;
+    // Each image's pending writes first, then all of them held for the group's duration.
+    const befores: Array<ClusterKinds | null> = [];
+    const journals = await serialised(group, () => runJob(jobId, onProgress, async () => {
+      const ws: Qcow2Image[] = [];
+      for (const g of group) ws.push(await openForWrite(g.store, g.backing));
+      for (const w of ws) befores.push(await clusterKinds(w));
+      // -a and -d take an ID or a name, the ID tried first, as qemu-img's do
+      return groupSnapshotOp(ws, op, arg);
+    }));
+    const out: ImageSummary[] = [];
+    for (const [i, img] of group.entries()) out.push(await summaryWithJournal(img, journals[i]!, befores[i] ?? null));
+    return out;
   },
 
   async writePattern(id: ImageId, guestOffset: number, length: number, pattern: number) {
@@ -531,7 +519,8 @@ const api = {
     }
     if (!Number.isSafeInteger(length) || length <= 0 || length > 16 << 20) throw new QcowError('INVALID_ARGUMENT', 'Write between 1 byte and 16 MiB');
     if (!Number.isInteger(pattern) || pattern < 0 || pattern > 255) throw new QcowError('INVALID_ARGUMENT', 'The pattern is one byte, 0 to 255');
-    return writeOp(img, () => guestWriteOp(img.store, guestOffset, length, pattern));
+    const label = `guest write of ${length} bytes of 0x${pattern.toString(16).padStart(2, '0')} at guest offset 0x${guestOffset.toString(16)}`;
+    return writeOp(img, async (w) => (await guestWrite(w, { kind: 'pattern', offset: guestOffset, length, pattern }, { journal: label }))!);
   },
 
   async readBytes(id: ImageId, hostOffset: number, length: number) {

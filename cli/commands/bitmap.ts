@@ -4,7 +4,7 @@
 // new directory is published by one header write). Like qemu-img, a dirty image is repaired
 // first, and the operations before a refused one still take effect.
 import { changeBitmaps, type BitmapOp } from '../../core/image/bitmap-ops.ts';
-import { openImage, repairIfDirty } from '../open.ts';
+import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
 import { cliError, cvtnum } from '../qemu-options.ts';
 
@@ -32,7 +32,6 @@ export const bitmapCmd: Command = {
     const [file, name] = positionals as [string, string];
     const ops: BitmapOp[] = order.map((op) => (op === 'add' ? { op, name, granularity } : { op, name }));
     if (name === '') throw cliError(`Operation ${order[0]} on bitmap  failed: Bitmap name cannot be empty`);
-    await repairIfDirty(file);
     const img = await openImage(file, { writable: true, noBacking: true });
     try {
       await changeBitmaps(img, ops);

@@ -1,32 +1,16 @@
-// `qcowscope check [--json] [--repair leaks|all] IMAGE`: qemu-img check's output, JSON fields and
-// exit codes (docs/qcow2-format.md §4.3): per-item diagnostics on stderr as they are found, the
-// summary on stdout, 0 clean / 1 check not completed / 2 corruptions / 3 leaks only.
+// `qcowscope check [--json] [--repair leaks|all] IMAGE`: qemu-img check's output and exit codes
+// (docs/qcow2-format.md §4.3) for the engine layer's check (core/ops/check.ts): per-item diagnostics
+// on stderr as they are found, the summary on stdout, 0 clean / 1 check not completed / 2
+// corruptions / 3 leaks only.
 import { toQemuJson } from '../../core/analysis/qemu-json.ts';
-import { checkExitCode, runCheck, type CheckResult, type RepairMode } from '../../core/analysis/check.ts';
+import { checkExitCode, checkJson, checkReport, type CheckReport, type RepairMode } from '../../core/ops/check.ts';
 import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
 import { usageExit } from '../qemu-options.ts';
-import { formatFixed } from '../../core/analysis/info.ts';
-
-/** qemu-img check --output=json (QAPI ImageCheck): optional counters only when non-zero. */
-export function checkJson(filename: string, r: CheckResult): Record<string, string | number> {
-  // qemu-img 7.2's key order (the hash order of its dictionary); zero counts are left out as it does
-  const fields: Array<[string, string | number, boolean]> = [
-    ['image-end-offset', r.imageEndOffset, false], ['compressed-clusters', r.compressedClusters, false],
-    ['total-clusters', r.totalClusters, false], ['corruptions', r.corruptions, false],
-    ['corruptions-fixed', r.corruptionsFixed, false], ['check-errors', r.checkErrors, true],
-    ['leaks', r.leaks, false], ['leaks-fixed', r.leaksFixed, false],
-    ['allocated-clusters', r.allocatedClusters, false], ['filename', filename, true], ['format', 'qcow2', true],
-    ['fragmented-clusters', r.fragmentedClusters, false],
-  ];
-  const o: Record<string, string | number> = {};
-  for (const [k, v, always] of fields) if (always || v !== 0) o[k] = v;
-  return o;
-}
 
 /** qemu-img's dump_human_image_check. */
-export function checkHuman(r: CheckResult): string {
+export function checkHuman(r: CheckReport): string {
   const lines: string[] = [];
   if (r.corruptions === 0 && r.leaks === 0 && r.checkErrors === 0) {
     lines.push('No errors were found on the image.');
@@ -35,9 +19,9 @@ export function checkHuman(r: CheckResult): string {
     if (r.leaks) lines.push('', `${r.leaks} leaked clusters were found on the image.`, 'This means waste of disk space, but no harm to data.');
     if (r.checkErrors) lines.push('', `${r.checkErrors} internal errors have occurred during the check.`);
   }
-  if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
-    lines.push(`${r.allocatedClusters}/${r.totalClusters} = ${formatFixed(r.allocatedClusters * 100 / r.totalClusters, 2)}% allocated, ` +
-      `${formatFixed(r.fragmentedClusters * 100 / r.allocatedClusters, 2)}% fragmented, ${formatFixed(r.compressedClusters * 100 / r.allocatedClusters, 2)}% compressed clusters`);
+  if (r.percent) {
+    lines.push(`${r.allocatedClusters}/${r.totalClusters} = ${r.percent.allocated}% allocated, ` +
+      `${r.percent.fragmented}% fragmented, ${r.percent.compressed}% compressed clusters`);
   }
   if (r.imageEndOffset) lines.push(`Image end offset: ${r.imageEndOffset}`);
   return lines.join('\n');
@@ -68,7 +52,7 @@ export const check: Command = {
     // qemu-img check opens the backing chain too: an overlay whose backing file cannot be opened is not checked
     const img = await openImage(file, { checkMode: true, writable: repair !== undefined });
     try {
-      const r = await runCheck(img, {
+      const r = await checkReport(img, {
         repair,
         onFinding: (f) => err(f.reported ? `qcowscope: ${f.message}` : f.message),
       });

@@ -1,11 +1,12 @@
 // `qcowscope export [--snapshot ID_OR_NAME | -l snapshot.id=ID,snapshot.name=NAME] IMAGE OUTPUT.raw`: the guest disk (active layer or a
-// snapshot, read-only) as a raw file, like `qemu-img convert -O raw [-l snapshot.id=N]`. Zero
-// and unallocated ranges are left as holes, and so are data clusters that are holes in the image
-// file (metadata-preallocated images): they read as zeros, so nothing is read or written for them.
+// snapshot, read-only) as a raw file, like `qemu-img convert -O raw [-l snapshot.id=N]`, from the
+// engine layer's export (core/ops/export.ts). Zero and unallocated ranges are left as holes, and
+// so are data clusters that are holes in the image file (metadata-preallocated images): they read
+// as zeros, so nothing is read or written for them.
 import * as fs from 'node:fs';
 import { QcowError } from '../../core/errors.ts';
-import type { Extent } from '../../core/image/layer.ts';
-import { findSnapshot, type SnapshotRef } from '../../core/image/snapshot.ts';
+import type { SnapshotRef } from '../../core/image/snapshot.ts';
+import { rawExport } from '../../core/ops/export.ts';
 import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
@@ -28,11 +29,6 @@ export function snapshotParam(text: string): SnapshotRef {
   return ref;
 }
 
-/** Guest bytes copied per read: large enough to amortise per-call costs. */
-const CHUNK = 4 * 1024 * 1024;
-/** Clusters whose extents are gathered before their data is copied (bounds memory). */
-const WINDOW_CLUSTERS = 65536;
-
 export const exportCmd: Command = {
   name: 'export',
   usage: 'export [--snapshot ID_OR_NAME | -l snapshot.id=ID,snapshot.name=NAME] [-O raw] IMAGE OUTPUT.raw',
@@ -52,39 +48,11 @@ export const exportCmd: Command = {
       throw e;
     }
     try {
-      let view = img.activeView();
-      if (ref !== undefined) {
-        const sn = findSnapshot(img, ref);
-        if (!sn) throw new QcowError('SNAPSHOT_NOT_FOUND', 'Failed to load snapshot: Can\'t find snapshot', { snapshot: ref });
-        view = await img.snapshotView(sn);
-      }
-      const holes = await holeMapFor(img, file, scan);
-      // qemu-img convert -l (QEMU's load_tmp) swaps in the snapshot's L1 but keeps the image's
-      // current virtual size: a snapshot taken before a resize is exported at today's size,
-      // cut short or padded (with zeros, or the backing file) past its own disk size.
-      const size = img.virtualSize;
-      view = { ...view, virtualSize: size };
-      const plain = !img.hasDataFile && img.header.cryptMethod === 0;
+      const exp = await rawExport(img, { snapshot: ref, holes: await holeMapFor(img, file, scan) });
       const fd = fs.openSync(output, 'w');
       try {
-        fs.ftruncateSync(fd, size);
-        const window = WINDOW_CLUSTERS * img.clusterSize;
-        for (let w = 0; w < size; w += window) {
-          const extents: Extent[] = [];
-          await img.walkExtents(view, w, Math.min(window, size - w), (e) => {
-            if (e.data && !e.zero) extents.push(e); // everything else stays a hole
-          }, holes);
-          for (const e of extents) {
-            // data at a known host offset of this image: read the host bytes straight (no
-            // mapping, no copy); anything else (backing layers, compressed) through readView
-            const direct = e.depth === 0 && e.offset !== undefined && !e.compressed && plain;
-            for (let pos = e.start; pos < e.start + e.length; pos += CHUNK) {
-              const n = Math.min(CHUNK, e.start + e.length - pos);
-              const buf = direct ? await img.store.read(e.offset! + (pos - e.start), n) : await img.readView(view, pos, n);
-              writeNonZero(fd, buf, pos);
-            }
-          }
-        }
+        fs.ftruncateSync(fd, exp.size);
+        await exp.run((pos, bytes) => writeNonZero(fd, bytes, pos));
       } finally {
         fs.closeSync(fd);
       }

@@ -46,7 +46,7 @@ async function qcow2Info(file: string): Promise<{ info: ImageInfo; next?: { file
     const info = buildInfo(img, { filename: file, actualSize: actualSize(file), fullBackingFilename: full, encrypt: await readEncryptInfo(img) });
     if (full === undefined) return { info };
     // a missing backing file is reported by the qcow2 open, in qemu-img's words
-    return { info, next: { file: full, format: h.backingFormat ?? (fs.existsSync(full) ? probeFormat(full) : 'qcow2') } };
+    return { info, next: { file: full, format: h.backingFormat ?? (fs.existsSync(full) ? await probeFormat(full) : 'qcow2') } };
   } finally {
     await img.close();
   }

@@ -1,20 +1,20 @@
 // `qcowscope snapshot -c NAME | -a ID_OR_NAME | -d ID_OR_NAME IMAGE...`: internal snapshot
-// create / revert / delete on one image or a group (all or none, core/image/group.ts).
+// create / revert / delete on one image or a group (all or none), through the engine layer
+// (core/ops/snapshot.ts).
 // `-a` and `-d` take an ID or a name, the ID first (docs/architecture.md §6). `--journal` prints every write
 // the operation made, with its purpose, the flushes and the commit point.
 // `--external OVERLAY` (once per image, in order): an external snapshot, i.e. a new overlay
-// image whose backing file is the image (core/image/external-snapshot.ts), all or none.
+// image whose backing file is the image (core/ops/snapshot.ts), all or none; the overlay files
+// are written and published here (FileOverlayTarget).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QcowError } from '../../core/errors.ts';
 import type { ImageStore } from '../../core/io/store.ts';
-import { createExternalSnapshots, type OverlayTarget } from '../../core/image/external-snapshot.ts';
-import { groupCreate, groupDelete, groupRevert } from '../../core/image/group.ts';
 import type { Journal } from '../../core/image/journal.ts';
 import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
-import type { SnapshotOpResult } from '../../core/image/snapshot.ts';
+import { externalSnapshots as createOverlays, groupSnapshotOp, type OverlayTarget } from '../../core/ops/snapshot.ts';
 import { NodeFileStore } from '../node-file-store.ts';
-import { openImage, repairIfDirty } from '../open.ts';
+import { openImage } from '../open.ts';
 import type { CommandContext } from '../command.ts';
 
 /** Refuse the same file given twice (two handles would plan the same free clusters). */
@@ -36,13 +36,11 @@ export function assertDistinctFiles(files: string[]): void {
   }
 }
 
+/** Every image opened writable (a dirty one repaired first, as qemu-img does), or none. */
 async function openAll(files: string[]): Promise<Qcow2Image[]> {
   const imgs: Qcow2Image[] = [];
   try {
-    for (const f of files) {
-      await repairIfDirty(f);
-      imgs.push(await openImage(f, { writable: true, noBacking: true }));
-    }
+    for (const f of files) imgs.push(await openImage(f, { writable: true, noBacking: true }));
   } catch (e) {
     for (const i of imgs) await i.close();
     throw e;
@@ -69,15 +67,13 @@ export function formatJournal(j: Journal, file: string): string {
 export async function snapshotOps(mode: 'create' | 'apply' | 'delete', arg: string, files: string[], ctx: CommandContext): Promise<number> {
   assertDistinctFiles(files);
   const imgs = await openAll(files);
-  let results: SnapshotOpResult[];
+  let journals: Journal[];
   try {
-    if (mode === 'create') results = await groupCreate(imgs, arg);
-    else if (mode === 'apply') results = await groupRevert(imgs, arg);
-    else results = await groupDelete(imgs, arg);
+    journals = await groupSnapshotOp(imgs, mode === 'apply' ? 'revert' : mode, arg);
   } finally {
     for (const i of imgs) await i.close();
   }
-  if (ctx.values.journal) results.forEach((r, i) => ctx.out(formatJournal(r.journal, files[i]!)));
+  if (ctx.values.journal) journals.forEach((j, i) => ctx.out(formatJournal(j, files[i]!)));
   return 0;
 }
 
@@ -150,7 +146,7 @@ export async function externalSnapshots(overlays: string[], files: string[], _ct
   const imgs: Qcow2Image[] = [];
   try {
     for (const f of files) imgs.push(await openImage(f, { noBacking: true }));
-    await createExternalSnapshots(imgs.map((base, i) => {
+    await createOverlays(imgs.map((base, i) => {
       const overlay = overlays[i]!;
       const backingFile = path.relative(path.dirname(path.resolve(overlay)), path.resolve(files[i]!)) || path.basename(files[i]!);
       return { base, backingFile, target: new FileOverlayTarget(overlay) };

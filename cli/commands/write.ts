@@ -1,18 +1,14 @@
 // `qcowscope write [-z [-u]] [-d] [-P PATTERN] [--from RAW] IMAGE OFFSET LENGTH`: a guest write on
 // the active layer, like qemu-io's `write` (-P fill byte, -z zeroes, -u unmap with -z) and
-// `discard` (-d). For interop tests and benchmarks. A dirty image is repaired first (QEMU does
-// the same when it opens a dirty image for writing).
+// `discard` (-d), through the engine layer (core/ops/write.ts). For interop tests and benchmarks.
+// A dirty image is repaired when it is opened (QEMU does the same when it opens one for writing).
 import * as fs from 'node:fs';
-import { QcowError } from '../../core/errors.ts';
-import { Journal } from '../../core/image/journal.ts';
-import { discard, writeGuest, writeZeroes } from '../../core/image/write.ts';
-import { openImage, repairIfDirty } from '../open.ts';
+import type { Journal } from '../../core/image/journal.ts';
+import { guestWrite, type GuestWriteRequest } from '../../core/ops/write.ts';
+import { openImage } from '../open.ts';
 import type { Command } from '../command.ts';
 import { parseSize } from './create.ts';
 import { usageError } from './info.ts';
-
-/** Guest bytes written per call when filling a pattern (bounds memory for big writes). */
-const CHUNK = 16 * 1024 * 1024;
 
 export const write: Command = {
   name: 'write',
@@ -34,39 +30,25 @@ export const write: Command = {
     const length = parseSize(lenArg);
     const pattern = values.pattern === undefined ? 0xcd : Number(values.pattern);
     if (!Number.isInteger(pattern) || pattern < 0 || pattern > 255) throw usageError(`write: invalid pattern '${String(values.pattern)}'`);
-    await repairIfDirty(file);
+    // --from: the raw file is opened on the first read, and closed when the write is done
+    let fd: number | undefined;
+    const readFrom = (from: string) => (pos: number, n: number): Uint8Array => {
+      fd ??= fs.openSync(from, 'r');
+      const buf = new Uint8Array(n);
+      fs.readSync(fd, buf, 0, n, pos);
+      return buf;
+    };
+    const req: GuestWriteRequest = values.discard ? { kind: 'discard', offset, length }
+      : values.zero ? { kind: 'zeroes', offset, length, unmap: !!values.unmap }
+      : typeof values.from === 'string' ? { kind: 'data', offset, length, read: readFrom(values.from) }
+      : { kind: 'pattern', offset, length, pattern };
     const img = await openImage(file, { writable: true });
-    const journal = values.journal ? new Journal('write') : null;
-    img.journal = journal;
+    let journal: Journal | null;
     try {
-      if (values.discard) {
-        await discard(img, offset, length);
-      } else if (values.zero) {
-        await writeZeroes(img, offset, length, { unmap: !!values.unmap });
-      } else if (typeof values.from === 'string') {
-        const fd = fs.openSync(values.from, 'r');
-        try {
-          for (let pos = 0; pos < length;) {
-            const n = Math.min(CHUNK, length - pos);
-            const buf = new Uint8Array(n);
-            fs.readSync(fd, buf, 0, n, pos);
-            await writeGuest(img, offset + pos, buf);
-            pos += n;
-          }
-        } finally {
-          fs.closeSync(fd);
-        }
-      } else {
-        const buf = new Uint8Array(Math.min(CHUNK, length)).fill(pattern);
-        for (let pos = 0; pos < length;) {
-          const n = Math.min(CHUNK, length - pos);
-          await writeGuest(img, offset + pos, n === buf.length ? buf : buf.subarray(0, n));
-          pos += n;
-        }
-      }
-      await img.flush('end of write');
+      journal = await guestWrite(img, req, values.journal ? { journal: 'write' } : {});
     } finally {
       await img.close();
+      if (fd !== undefined) fs.closeSync(fd);
     }
     if (journal) {
       for (const e of journal.entries) {

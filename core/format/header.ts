@@ -74,6 +74,44 @@ function u64Field(b: Uint8Array, off: number): number {
   return isSafe(v) ? toNumber(v) : Number(v);
 }
 
+/** The fixed header fields (§1.2), as stored. */
+export type HeaderFields = Pick<Qcow2Header,
+  'magic' | 'version' | 'backingFileOffset' | 'backingFileSize' | 'clusterBits' | 'size' | 'cryptMethod' | 'l1Size' |
+  'l1TableOffset' | 'refcountTableOffset' | 'refcountTableClusters' | 'nbSnapshots' | 'snapshotsOffset' |
+  'incompatibleFeatures' | 'compatibleFeatures' | 'autoclearFeatures' | 'refcountOrder' | 'headerLength' | 'compressionType'>;
+
+/**
+ * The fixed header fields as stored, without any validation (at least QEMU_HEADER_LENGTH bytes):
+ * version 3's fields for any version from 3 on, version 2's defaults before. parseHeader
+ * validates them; on their own they show a header the engine refuses.
+ */
+export function readHeaderFields(b: Uint8Array): HeaderFields {
+  const version = be32(b, 4);
+  const v3 = version >= 3;
+  const headerLength = v3 ? be32(b, 100) : C.V2_HEADER_LENGTH;
+  return {
+    magic: be32(b, 0),
+    version,
+    backingFileOffset: u64Field(b, 8),
+    backingFileSize: be32(b, 16),
+    clusterBits: be32(b, 20),
+    size: u64Field(b, 24),
+    cryptMethod: be32(b, 32),
+    l1Size: be32(b, 36),
+    l1TableOffset: u64Field(b, 40),
+    refcountTableOffset: u64Field(b, 48),
+    refcountTableClusters: be32(b, 56),
+    nbSnapshots: be32(b, 60),
+    snapshotsOffset: u64Field(b, 64),
+    incompatibleFeatures: v3 ? be64n(b, 72) : 0n,
+    compatibleFeatures: v3 ? be64n(b, 80) : 0n,
+    autoclearFeatures: v3 ? be64n(b, 88) : 0n,
+    refcountOrder: v3 ? be32(b, 96) : 4,
+    headerLength,
+    compressionType: headerLength > 104 ? b[104]! : 0,
+  };
+}
+
 /**
  * Parse the header in `b` (at least the first cluster, or the whole file if smaller; bytes past
  * the end of the file must be zeros). Validates as QEMU's open does; throws QcowError.
@@ -84,53 +122,27 @@ export function parseHeader(b: Uint8Array, fileName = 'image'): Qcow2Header {
     padded.set(b);
     b = padded;
   }
-  const magic = be32(b, 0);
-  if (magic !== C.QCOW_MAGIC) {
-    throw new QcowError('NOT_QCOW2', 'Image is not in qcow2 format', { structure: 'header', offset: 0, magic });
+  const f = readHeaderFields(b);
+  if (f.magic !== C.QCOW_MAGIC) {
+    throw new QcowError('NOT_QCOW2', 'Image is not in qcow2 format', { structure: 'header', offset: 0, magic: f.magic });
   }
-  const version = be32(b, 4);
-  if (version !== 2 && version !== 3) {
-    throw new QcowError('UNSUPPORTED_VERSION', `Unsupported qcow2 version ${version}`, { structure: 'header', offset: 4, version });
+  if (f.version !== 2 && f.version !== 3) {
+    throw new QcowError('UNSUPPORTED_VERSION', `Unsupported qcow2 version ${f.version}`, { structure: 'header', offset: 4, version: f.version });
   }
-  const clusterBits = be32(b, 20);
+  const clusterBits = f.clusterBits;
   if (clusterBits < C.MIN_CLUSTER_BITS || clusterBits > C.MAX_CLUSTER_BITS) {
     throw new QcowError('UNSUPPORTED_CLUSTER_SIZE', `Unsupported cluster size: 2^${clusterBits}`, { structure: 'header', offset: 20, clusterBits });
   }
   const clusterSize = 2 ** clusterBits;
   const h: Qcow2Header = {
-    magic,
-    version,
-    backingFileOffset: u64Field(b, 8),
-    backingFileSize: be32(b, 16),
-    clusterBits,
-    size: u64Field(b, 24),
-    cryptMethod: be32(b, 32),
-    l1Size: be32(b, 36),
-    l1TableOffset: u64Field(b, 40),
-    refcountTableOffset: u64Field(b, 48),
-    refcountTableClusters: be32(b, 56),
-    nbSnapshots: be32(b, 60),
-    snapshotsOffset: u64Field(b, 64),
-    incompatibleFeatures: 0n,
-    compatibleFeatures: 0n,
-    autoclearFeatures: 0n,
-    refcountOrder: 4,
-    headerLength: C.V2_HEADER_LENGTH,
-    compressionType: 0,
+    ...f,
     unknownHeaderFields: new Uint8Array(0),
     extensions: [],
     featureNames: [],
     extensionsEnd: 0,
   };
-  if (version === 3) {
-    h.incompatibleFeatures = be64n(b, 72);
-    h.compatibleFeatures = be64n(b, 80);
-    h.autoclearFeatures = be64n(b, 88);
-    h.refcountOrder = be32(b, 96);
-    h.headerLength = be32(b, 100);
-    if (h.headerLength < C.V3_MIN_HEADER_LENGTH) {
-      throw new QcowError('HEADER_TOO_SHORT', 'qcow2 header too short', { structure: 'header', offset: 100, headerLength: h.headerLength });
-    }
+  if (f.version === 3 && h.headerLength < C.V3_MIN_HEADER_LENGTH) {
+    throw new QcowError('HEADER_TOO_SHORT', 'qcow2 header too short', { structure: 'header', offset: 100, headerLength: h.headerLength });
   }
   if (h.headerLength > clusterSize) {
     throw new QcowError('HEADER_EXCEEDS_CLUSTER', 'qcow2 header exceeds cluster size', { structure: 'header', offset: 100, headerLength: h.headerLength });
@@ -141,7 +153,6 @@ export function parseHeader(b: Uint8Array, fileName = 'image'): Qcow2Header {
   if (h.backingFileOffset > clusterSize) {
     throw new QcowError('INVALID_BACKING_FILE_OFFSET', 'Invalid backing file offset', { structure: 'header', offset: 8, backingFileOffset: h.backingFileOffset });
   }
-  if (h.headerLength > 104) h.compressionType = b[104]!;
   const compressionBit = (h.incompatibleFeatures & C.INCOMPAT_COMPRESSION) !== 0n;
   if (h.compressionType !== C.COMPRESSION_ZLIB && h.compressionType !== C.COMPRESSION_ZSTD) {
     throw new QcowError('UNKNOWN_COMPRESSION_TYPE', `qcow2: unknown compression type: ${h.compressionType}`, { structure: 'header', offset: 104 });

@@ -5,7 +5,7 @@ import { useTempDir } from '../helpers/temp-dir.ts';
 import { createImage, qemuCheck, qemuImgCreateEncrypted, qemuImgOk, qemuIo, qemuIoOk, type CreateOptions } from '../helpers/qemu.ts';
 import { openImage } from '../../cli/open.ts';
 import { checkExitCode, runCheck } from '../../core/analysis/check.ts';
-import { checkJson } from '../../cli/commands/check.ts';
+import { checkJson } from '../../core/ops/check.ts';
 
 async function ourCheck(file: string) {
   const img = await openImage(file, { checkMode: true, noBacking: true });

@@ -7,7 +7,7 @@ import { createImage, poke, qemuCheck, qemuIoOk } from '../helpers/qemu.ts';
 import { dataClusterOffset, l2TableOffset, readHeader } from '../helpers/qcow2-mini.ts';
 import { openImage } from '../../cli/open.ts';
 import { checkExitCode, runCheck } from '../../core/analysis/check.ts';
-import { checkJson } from '../../cli/commands/check.ts';
+import { checkJson } from '../../core/ops/check.ts';
 
 function aliasEverything(file: string, copied: boolean): void {
   const h = readHeader(file);
