@@ -1,7 +1,7 @@
 // The engine's home in the browser: a module Web Worker exposing EngineApi (worker/api.ts) with
 // Comlink. It owns every open image (its store and its engine object), runs long jobs with
-// throttled progress and cancellation, and commits each write operation to its store (one
-// atomic createWritable session for File System Access handles).
+// throttled progress and cancellation, and makes each write operation all-or-nothing in the tab;
+// a person's file (a File System Access handle) is written only by `save`, all changes at once.
 import * as Comlink from 'comlink';
 import './transfer.ts';
 import { QcowError } from '../core/errors.ts';
@@ -27,8 +27,7 @@ import {
 } from './engine-adapter.ts';
 import type { Layer } from '../core/image/layer.ts';
 import { FileStore } from './stores/file-store.ts';
-import { HandleStore } from './stores/handle-store.ts';
-import { OpfsStore } from './stores/opfs-store.ts';
+import { HandleStore, type SavedUndo } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 
@@ -56,6 +55,8 @@ interface OpenImage {
   closed: boolean;
   /** The image failed validation and is open only as far as it can be read (read-only). */
   damage?: OpenDamage;
+  /** The name its last download was offered under (an image opened from a File, or the demo). */
+  downloadedAs?: string;
 }
 
 const images = new Map<ImageId, OpenImage>();
@@ -84,9 +85,7 @@ async function closeImage(img: OpenImage): Promise<void> {
 async function downloadOf(img: OpenImage): Promise<ImageDownload> {
   const s = img.store;
   let blob: Blob;
-  if (s instanceof FileStore) blob = s.toBlob();
-  else if (s instanceof HandleStore) blob = await s.handle.getFile();
-  else if (s instanceof OpfsStore) blob = await s.toBlob();
+  if (s instanceof FileStore) blob = s.toBlob(); // a handle's too: the file with the changes held in the tab
   else if (s instanceof TxStore && s.base instanceof MemoryStore) blob = new Blob([s.base.bytes().slice()], { type: 'application/octet-stream' });
   else if (s instanceof MemoryStore) blob = new Blob([s.bytes().slice()], { type: 'application/octet-stream' });
   else throw new QcowError('NOT_SUPPORTED', 'This image cannot be downloaded');
@@ -189,8 +188,10 @@ function state(img: OpenImage): ImageState {
     fileSize: img.store.size(),
     writable: img.store.writable && !readOnlyReason(img),
     needsPermission: false,
-    unsaved: img.store instanceof FileStore && !img.store.pristine,
+    unsaved: img.store instanceof HandleStore ? img.store.unsaved : img.store instanceof TxStore && img.store.changes > 0,
+    pendingChanges: img.store instanceof TxStore ? img.store.changes : 0,
   };
+  if (img.downloadedAs && !s.unsaved) s.downloadedAs = img.downloadedAs;
   const ro = readOnlyReason(img);
   if (ro) s.readOnlyReason = ro;
   if (ro && img.store.writable && repairable(img)) s.repairable = true;
@@ -330,6 +331,56 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
   return p;
 }
 
+/**
+ * Save the changes of a group of handle images, all or none: each file in one atomic session,
+ * holding its changes until every file is written; if one fails, the files saved before it get
+ * their old bytes back (read before saving) and every change is pending again.
+ */
+async function saveGroup(group: OpenImage[], job: JobContext): Promise<ImageSummary[]> {
+  const stores = group.map((g) => {
+    if (!(g.store instanceof HandleStore)) throw new QcowError('NOT_SUPPORTED', `${g.name} is saved with "Download image": it was not opened from a file it can write`);
+    return g.store;
+  });
+  const todo = stores.filter((s) => s.unsaved);
+  const total = todo.reduce((n, s) => n + s.saveBytes(), 0);
+  const saved: Array<{ store: HandleStore; undo: SavedUndo | null }> = [];
+  let before = 0;
+  try {
+    for (const store of todo) {
+      const undo = todo.length > 1 ? await store.undoRecord() : null;
+      await store.save({
+        hold: true,
+        signal: job.signal,
+        progress: (done) => job.progress({ phase: `Saving ${store.name}`, done: before + done, total }),
+      });
+      saved.push({ store, undo });
+      before += store.saveBytes();
+    }
+  } catch (e) {
+    const back: string[] = [];
+    const stuck: string[] = [];
+    for (const { store, undo } of saved.reverse()) {
+      try {
+        await store.putBack(undo!);
+        back.push(store.name);
+      } catch (err) {
+        stuck.push((err as Error).message);
+      }
+    }
+    if (!back.length && !stuck.length) throw e;
+    const err = e as QcowError;
+    const more = [back.length ? `${back.join(', ')} put back as ${back.length === 1 ? 'it was' : 'they were'}` : '', ...stuck].filter(Boolean).join('; ');
+    throw new QcowError(err.code ?? 'IO_ERROR', `${err.message}; ${more}`, err.details ?? {});
+  }
+  const out: ImageSummary[] = [];
+  for (const [i, img] of group.entries()) {
+    await stores[i]!.settle();
+    await reopen(img);
+    out.push(await summaryOf(img));
+  }
+  return out;
+}
+
 const api = {
   async features() {
     return engineFeatures;
@@ -394,7 +445,7 @@ const api = {
       for (const [i, img] of group.entries()) {
         const o: ExternalOverlay = { baseId: img.id, name: items[i]!.name, backingFile: items[i]!.backingFile, blob: new Blob([bytes[i]! as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }) };
         // The chain needs the base in a file: include it when no file holds these bytes.
-        const onDisk = img.kind === 'handle' || (img.store instanceof FileStore && img.store.pristine);
+        const onDisk = img.store instanceof FileStore && img.store.pristine;
         if (!onDisk) o.base = await downloadOf(img);
         out.push(o);
       }
@@ -527,9 +578,6 @@ const api = {
 
   async writePattern(id: ImageId, guestOffset: number, length: number, pattern: number) {
     const img = get(id);
-    if (img.kind !== 'memory' && img.kind !== 'file') {
-      throw new QcowError('READ_ONLY', 'The playground writes only to the demo image or to a copy in this tab (an image opened from a file input or a drop)');
-    }
     if (!Number.isSafeInteger(length) || length <= 0 || length > 16 << 20) throw new QcowError('INVALID_ARGUMENT', 'Write between 1 byte and 16 MiB');
     if (!Number.isInteger(pattern) || pattern < 0 || pattern > 255) throw new QcowError('INVALID_ARGUMENT', 'The pattern is one byte, 0 to 255');
     return writeOp(img, () => guestWriteOp(img.store, guestOffset, length, pattern));
@@ -543,7 +591,35 @@ const api = {
   },
 
   async download(id: ImageId): Promise<ImageDownload> {
-    return downloadOf(get(id));
+    const img = get(id);
+    const d = await downloadOf(img);
+    // The download holds every change: none is unsaved (a person's file still waits for Save).
+    if (img.store instanceof TxStore && !(img.store instanceof HandleStore)) {
+      img.store.markSaved();
+      img.downloadedAs = d.name;
+    }
+    return d;
+  },
+
+  async save(ids: ImageId[], jobId?: JobId, onProgress?: ProgressFn) {
+    const group = ids.map(get);
+    const run = () => runJob(jobId, onProgress, (job) => saveGroup(group, job));
+    const p = Promise.all(group.map((g) => g.queue)).then(run, run);
+    for (const g of group) g.queue = p.catch(() => {});
+    return p;
+  },
+
+  async discardChanges(id: ImageId) {
+    const img = get(id);
+    const run = async (): Promise<ImageSummary> => {
+      if (!(img.store instanceof HandleStore)) throw new QcowError('NOT_SUPPORTED', `${img.name} holds no changes to discard: it was not opened from a file it can write`);
+      await img.store.discardChanges();
+      await reopen(img);
+      return summaryOf(img);
+    };
+    const p = img.queue.then(run, run);
+    img.queue = p.catch(() => {});
+    return p;
   },
 
   async exportRaw(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageDownload> {

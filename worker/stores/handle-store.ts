@@ -1,48 +1,86 @@
-// A File System Access handle (the person's own file) as an ImageStore. Reads go through the
-// aligned block cache over the handle's current File. Writes of one engine operation are held in
-// a copy-on-write overlay and committed together in ONE `createWritable({keepExistingData:true})`
-// session: Chromium commits that atomically on close(), so an operation is all-or-nothing on disk
-// and the flush() barriers inside it are trivially kept. After a commit a fresh File is taken
-// (the old one becomes unreadable, STACK.md). A Web Lock held from the first write until close
-// keeps a second tab from writing the same image.
+// A File System Access handle (the person's own file) as an ImageStore. It is a FileStore over
+// the handle's File: each engine operation is all-or-nothing in the tab (TxStore), and the changes
+// of every operation wait in the tab (the overlay) until Save writes them to the file in ONE
+// atomic writable session, with progress and cancel. Chromium's writable is a swap file moved into
+// place on close(): until then the file is byte for byte as it was, and abort() drops the swap
+// file, so a cancelled or failed save leaves the file as it was and the changes still pending.
+// Discard takes the file as it now is on disk. A Web Lock held from the first change until close
+// keeps a second tab from changing the same image.
+//
+// Two ways to save, both atomic (BENCHMARKS.md "Saving a person's file"):
+// - 'stream': a fresh writable (no keepExistingData) fed with the untouched ranges as slices of
+//   the original File (Chromium copies those without passing them through script) and the
+//   changed pages, in file order: real progress, cancel between chunks;
+// - 'keep': `createWritable({keepExistingData: true})` (Chromium copies the whole file before the
+//   call returns: no progress, no cancel during the copy), then only the changed pages.
 //
 // Write permission is NOT requested here: requestPermission needs a user gesture in the page, so
 // the page asks first and the worker only checks (`queryPermission`).
 import { QcowError } from '../../core/errors.ts';
-import { OverlayStore } from '../../core/io/overlay-store.ts';
-import { checkRange, type ImageStore } from '../../core/io/store.ts';
-import { BlockCache } from './block-cache.ts';
-import { fileReader } from './file-store.ts';
-import type { Transactional } from './tx-store.ts';
+import { FileStore } from './file-store.ts';
 
 interface PermissionHandle {
   queryPermission?(d: { mode: 'read' | 'readwrite' }): Promise<PermissionState>;
 }
 
-const ZERO_CHUNK = 1 << 20;
+export type SaveMode = 'stream' | 'keep';
 
-export class HandleStore implements ImageStore, Transactional {
-  readonly name: string;
-  readonly writable = true;
+export interface SaveOptions {
+  mode?: SaveMode;
+  /** Keep the changes held after writing the file, for putBack() or settle() (a group save). */
+  hold?: boolean;
+  signal?: AbortSignal;
+  /** Bytes written so far of the bytes the save writes. */
+  progress?: (done: number, total: number) => void;
+}
+
+/** The old bytes of every range a save changed, to put a saved file back (a group save that failed later). */
+export interface SavedUndo {
+  size: number;
+  ranges: Array<{ offset: number; data: Blob }>;
+}
+
+const ZERO_CHUNK = 1 << 20;
+/** Bytes of the file compared to tell whether another program changed it (the header cluster of small clusters). */
+const HEAD_BYTES = 4096;
+
+async function headOf(f: File): Promise<Uint8Array> {
+  return new Uint8Array(await f.slice(0, HEAD_BYTES).arrayBuffer());
+}
+/** Untouched bytes are written this many at a time (the progress and cancel step). */
+const STREAM_CHUNK = 16 << 20;
+
+export class HandleStore extends FileStore {
   readonly handle: FileSystemFileHandle;
-  private file: File;
-  private readonly cache: BlockCache;
-  private pending: OverlayStore;
   private releaseLock: (() => void) | undefined;
   private closed = false;
-  /** Number of commits made (each one an atomic createWritable session). */
-  commits = 0;
+  /** Saves made (each one atomic writable session). */
+  saves = 0;
 
-  private constructor(handle: FileSystemFileHandle, file: File) {
+  /** The first bytes of the file the changes are over (the header: another program's snapshot changes it). */
+  private head: Uint8Array;
+
+  private constructor(handle: FileSystemFileHandle, file: File, head: Uint8Array) {
+    super(file);
     this.handle = handle;
-    this.name = handle.name;
-    this.file = file;
-    this.cache = new BlockCache(fileReader(file), file.size);
-    this.pending = new OverlayStore(this.cache, handle.name);
+    this.head = head;
   }
 
   static async open(handle: FileSystemFileHandle): Promise<HandleStore> {
-    return new HandleStore(handle, await handle.getFile());
+    const file = await handle.getFile();
+    return new HandleStore(handle, file, await headOf(file));
+  }
+
+  /** Start again from the file as it now is on disk. */
+  private async restart(): Promise<void> {
+    const f = await this.handle.getFile();
+    this.head = await headOf(f);
+    this.reset(f);
+  }
+
+  /** Changes wait in the tab that the file does not have. */
+  get unsaved(): boolean {
+    return this.changes > 0 || !this.overlay.pristine;
   }
 
   /** Whether the page has been granted write access (never prompts). */
@@ -52,63 +90,36 @@ export class HandleStore implements ImageStore, Transactional {
     return (await h.queryPermission({ mode: 'readwrite' })) === 'granted';
   }
 
-  /** Warm the block cache with ranges a walk will read (see BlockCache.prefetch). */
-  prefetch(ranges: Array<[number, number]>, signal?: AbortSignal): Promise<void> {
-    return this.cache.prefetch(ranges, signal);
-  }
-
-  /** Uncommitted changes exist. */
-  get hasPending(): boolean {
-    return !this.pending.pristine;
-  }
-
-  size(): number {
-    return this.pending.size();
-  }
-
-  read(offset: number, length: number): Promise<Uint8Array> {
-    return this.pending.read(offset, length);
-  }
-
-  readInto(offset: number, out: Uint8Array): Promise<void> {
-    return this.pending.readInto(offset, out);
-  }
-
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    checkRange(this, offset, data.length);
-    await this.pending.write(offset, data);
-  }
-
-  async truncate(size: number): Promise<void> {
-    await this.pending.truncate(size);
-  }
-
-  /** Within an operation the commit is atomic, so ordering barriers need no I/O. */
-  async flush(): Promise<void> {}
-
   /**
-   * Take the write lock and check permission before an operation writes anything, so a refused
-   * operation leaves the file untouched.
+   * Before an operation changes the image in the tab: take the write lock, and start from the file
+   * as it now is when it changed on disk and nothing is pending (an operation planned on stale
+   * tables would undo the other program's changes).
    */
   async beginWrite(): Promise<void> {
     if (this.closed) throw new QcowError('IO_ERROR', `${this.name} is closed`);
-    if (!(await this.canWrite())) {
-      throw new QcowError('READ_ONLY', `Write permission for ${this.name} has not been granted`, { needsPermission: true });
-    }
     if (!this.releaseLock) await this.acquireLock();
-    // Another tab (or program) may have changed the file since we read it: an operation planned
-    // on stale tables would undo its changes. Start from the file as it is now.
     await this.refreshIfChanged();
+  }
+
+  /**
+   * Whether `f` (the file as it now is on disk) is still the one the changes are over: the same
+   * size, time and header (Chromium's private file system keeps the time of a file written again).
+   */
+  private async sameFile(f: File): Promise<boolean> {
+    if (f.size !== this.file.size || f.lastModified !== this.file.lastModified) return false;
+    const head = await headOf(f).catch(() => null);
+    return head !== null && head.length === this.head.length && head.every((b, i) => b === this.head[i]);
   }
 
   /** Take a fresh File if the file changed on disk; true when it did (cached views are stale). */
   async refreshIfChanged(): Promise<boolean> {
     const f = await this.handle.getFile();
-    if (f.size === this.file.size && f.lastModified === this.file.lastModified) return false;
-    if (this.hasPending) throw new QcowError('IO_ERROR', `${this.name} was changed by another program while an operation was running`);
-    this.file = f;
-    this.cache.invalidate(f.size, fileReader(f));
-    this.pending = new OverlayStore(this.cache, this.name);
+    if (await this.sameFile(f)) return false;
+    if (this.unsaved || this.hasPending) {
+      throw new QcowError('IO_ERROR', `${this.name} was changed on disk by another program while changes to it wait in this tab: save them elsewhere ("Download image") or discard them`, { changedOnDisk: true });
+    }
+    this.head = await headOf(f);
+    this.reset(f);
     this.changedOnDisk = true;
     return true;
   }
@@ -116,52 +127,131 @@ export class HandleStore implements ImageStore, Transactional {
   /** Set when refreshIfChanged found the file changed; the worker reopens its views and clears it. */
   changedOnDisk = false;
 
-  /** Write every pending change to the file in one atomic session, then re-read the file. */
-  async commit(): Promise<void> {
-    if (!this.hasPending) return;
-    await this.beginWrite();
-    const segments = this.pending.segments();
-    const size = this.pending.size();
+  /** Bytes a save writes: the whole file as it will be (the browser rewrites it whole). */
+  saveBytes(mode: SaveMode = 'stream'): number {
+    if (mode === 'stream') return this.size();
+    let n = 0;
+    for (const s of this.overlay.segments()) if (s.kind === 'patch') n += s.data.length;
+    return this.size() + n;
+  }
+
+  /** The old bytes of every range a save would change (read before saving; see SavedUndo). */
+  async undoRecord(): Promise<SavedUndo> {
+    const ranges: SavedUndo['ranges'] = [];
+    const old = this.file;
+    for (const s of this.overlay.segments()) {
+      if (s.kind === 'source' || s.offset >= old.size) continue;
+      const len = Math.min(s.kind === 'patch' ? s.data.length : s.length, old.size - s.offset);
+      // A copy: after the save the old File cannot be read any more.
+      ranges.push({ offset: s.offset, data: new Blob([await old.slice(s.offset, s.offset + len).arrayBuffer()]) });
+    }
+    return { size: old.size, ranges };
+  }
+
+  /**
+   * After a save with `hold` whose group failed later: put the old bytes back (one atomic session)
+   * and hold the changes again, over the file as restored.
+   */
+  async putBack(undo: SavedUndo): Promise<void> {
+    const w = await this.handle.createWritable({ keepExistingData: true });
+    try {
+      for (const r of undo.ranges) await w.write({ type: 'write', position: r.offset, data: r.data });
+      await w.truncate(undo.size);
+      await w.close();
+    } catch (e) {
+      await w.abort().catch(() => {});
+      throw new QcowError('IO_ERROR', `${this.name} could not be put back as it was (${(e as Error).message}): it holds the saved changes`);
+    }
+    this.rebind(await this.handle.getFile());
+    this.held = false;
+  }
+
+  /** After a save with `hold` whose group saved whole: start afresh from the file as saved. */
+  async settle(): Promise<void> {
+    this.held = false;
+    await this.restart();
+  }
+
+  /** A save with `hold` wrote the file and neither settle() nor putBack() ran yet. */
+  private held = false;
+
+  /**
+   * Write every pending change to the file in one atomic session, then read the file afresh. A
+   * cancelled or failed save leaves the file as it was and the changes pending.
+   */
+  async save(opts: SaveOptions = {}): Promise<void> {
+    if (this.closed) throw new QcowError('IO_ERROR', `${this.name} is closed`);
+    if (this.hasPending || this.held) throw new QcowError('INVALID_ARGUMENT', `An operation on ${this.name} is still running`);
+    if (!this.unsaved) return;
+    if (!(await this.canWrite())) {
+      throw new QcowError('READ_ONLY', `Permission to write ${this.name} was not granted: nothing was saved, the changes are still pending`, { needsPermission: true });
+    }
+    if (!this.releaseLock) await this.acquireLock();
+    if (!(await this.sameFile(await this.handle.getFile()))) {
+      throw new QcowError('IO_ERROR', `${this.name} was changed on disk by another program since it was opened: nothing was saved, the changes are still pending ("Download image" keeps them in a new file)`, { changedOnDisk: true });
+    }
+    const mode = opts.mode ?? 'stream';
+    const segments = this.overlay.segments();
+    const size = this.size();
+    const total = this.saveBytes(mode);
+    let done = 0;
+    const cancelled = (): QcowError => new QcowError('CANCELLED', `Saving ${this.name} was cancelled: the file is unchanged, the changes are still pending`);
+    const step = (n: number): void => {
+      done += n;
+      opts.progress?.(done, total);
+      if (opts.signal?.aborted) throw cancelled();
+    };
     let w: FileSystemWritableFileStream;
     try {
-      w = await this.handle.createWritable({ keepExistingData: true });
+      w = await this.handle.createWritable({ keepExistingData: mode === 'keep' });
     } catch (e) {
-      throw new QcowError('IO_ERROR', `Cannot write to ${this.name}: ${(e as Error).message}`);
+      throw new QcowError('IO_ERROR', `Cannot write to ${this.name} (${(e as Error).message}): the file is unchanged, the changes are still pending`);
     }
     try {
+      if (mode === 'keep') step(this.file.size);
       let zeros: Uint8Array<ArrayBuffer> | undefined;
       for (const s of segments) {
         if (s.kind === 'patch') {
           await w.write({ type: 'write', position: s.offset, data: s.data as Uint8Array<ArrayBuffer> });
-        } else if (s.kind === 'zeros' && s.offset < this.file.size) {
-          // Bytes cut by a truncate and then regrown: the old file still holds data there.
-          zeros ??= new Uint8Array(ZERO_CHUNK);
+          step(s.data.length);
+        } else if (s.kind === 'source') {
+          if (mode === 'keep') continue;
+          for (let at = s.offset, end = s.offset + s.length; at < end; at += STREAM_CHUNK) {
+            const n = Math.min(STREAM_CHUNK, end - at);
+            await w.write({ type: 'write', position: at, data: this.file.slice(at, at + n) });
+            step(n);
+          }
+        } else if (mode === 'stream') {
+          // A fresh writable is written in file order: a write past its end, or the closing
+          // truncate, fills the gap with zeros.
+          step(s.length);
+        } else {
+          // Bytes cut by a truncate and regrown: the old file still holds data there.
           const end = Math.min(s.offset + s.length, this.file.size);
+          zeros ??= new Uint8Array(ZERO_CHUNK);
           for (let at = s.offset; at < end; at += ZERO_CHUNK) {
             await w.write({ type: 'write', position: at, data: zeros.subarray(0, Math.min(ZERO_CHUNK, end - at)) });
           }
         }
       }
-      if (size !== this.file.size) await w.truncate(size);
+      await w.truncate(size);
+      opts.signal?.throwIfAborted();
       await w.close(); // the commit point: all or nothing
     } catch (e) {
       await w.abort().catch(() => {});
-      throw new QcowError('IO_ERROR', `Saving ${this.name} failed, the file is unchanged: ${(e as Error).message}`);
+      if (opts.signal?.aborted) throw cancelled();
+      if (e instanceof QcowError) throw e;
+      throw new QcowError('IO_ERROR', `Saving ${this.name} failed (${(e as Error).message}): the file is unchanged, the changes are still pending`);
     }
-    this.commits++;
-    await this.reload();
+    this.saves++;
+    if (opts.hold) this.held = true;
+    else await this.restart();
   }
 
-  /** Drop uncommitted changes (a failed operation). */
-  discard(): void {
-    this.pending = new OverlayStore(this.cache, this.name);
-  }
-
-  /** Take a fresh File after the file changed and forget cached blocks. */
-  private async reload(): Promise<void> {
-    this.file = await this.handle.getFile();
-    this.cache.invalidate(this.file.size, fileReader(this.file));
-    this.pending = new OverlayStore(this.cache, this.name);
+  /** Drop every change held in the tab and read the file as it now is on disk. */
+  async discardChanges(): Promise<void> {
+    if (this.hasPending) throw new QcowError('INVALID_ARGUMENT', `An operation on ${this.name} is still running`);
+    await this.restart();
   }
 
   private lockName(): string {
@@ -188,7 +278,7 @@ export class HandleStore implements ImageStore, Transactional {
     });
   }
 
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.releaseLock?.();

@@ -1,0 +1,147 @@
+// A person's own file opened through "Open image" (the stubbed picker: a real OPFS handle): every
+// change waits in the tab, the file stays byte for byte as it was until "Save", which writes them
+// all at once; "Discard changes" brings the file back; a cancelled save leaves the file as it was
+// and the changes pending. QEMU judges the saved file against the same operations done by
+// qemu-img on a copy.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Page } from '@playwright/test';
+import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIoOk, qemuSnapshotList, sha256 } from '../helpers/qemu.ts';
+import { test, expect, installPickerStub, makeImage, openViaPicker, opfsSha256, readFromOpfs, showView } from './fixtures.ts';
+
+const table = (page: Page) => page.getByRole('table', { name: 'Snapshots' });
+const saveBar = (page: Page) => page.getByRole('group', { name: 'Unsaved changes' });
+
+/** The first change to a person's file asks about running VMs first. */
+async function goOnNoVm(page: Page): Promise<void> {
+  const d = page.getByRole('dialog');
+  await expect(d).toContainText('Failed to get write lock');
+  await d.getByRole('button', { name: 'No VM is running: go on' }).click();
+}
+
+/** Create snapC, revert to snapA, delete snapB through the UI. */
+async function threeOps(page: Page): Promise<void> {
+  await showView(page, 'Snapshots');
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapC');
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await goOnNoVm(page);
+  await expect(table(page).getByRole('cell', { name: 'snapC', exact: true })).toBeVisible();
+  await expect(saveBar(page)).toContainText('1 unsaved change');
+  await page.getByRole('button', { name: 'Revert to snapA' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
+  await expect(saveBar(page)).toContainText('2 unsaved changes');
+  await page.getByRole('button', { name: 'Delete snapB' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
+  await expect(table(page).getByRole('cell', { name: 'snapB', exact: true })).toHaveCount(0);
+  await expect(saveBar(page)).toContainText('3 unsaved changes');
+  await expect(page.getByRole('alert')).toHaveCount(0);
+}
+
+/** The same three operations done by qemu-img on a copy of the original. */
+function byQemu(original: string, to: string): string {
+  fs.copyFileSync(original, to);
+  qemuImgOk(['snapshot', '-c', 'snapC', to]);
+  qemuImgOk(['snapshot', '-a', 'snapA', to]);
+  qemuImgOk(['snapshot', '-d', 'snapB', to]);
+  return to;
+}
+
+/** Our saved file and qemu-img's agree: clean, the same snapshots, the same disk in each. */
+function judge(ours: string, theirs: string, tmp: string): void {
+  const check = qemuCheck(ours);
+  expect(check.exitCode, JSON.stringify(check)).toBe(0);
+  const list = (f: string) => qemuSnapshotList(f).map((s) => [s.id, s.name, s['vm-state-size']]);
+  expect(list(ours)).toEqual(list(theirs));
+  const cmp = qemuImg(['compare', ours, theirs]);
+  expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
+  for (const name of ['snapA', 'snapC']) {
+    const a = path.join(tmp, `ours-${name}.raw`);
+    const b = path.join(tmp, `theirs-${name}.raw`);
+    qemuConvertToRaw(ours, a, { name });
+    qemuConvertToRaw(theirs, b, { name });
+    expect(sha256(a), name).toBe(sha256(b));
+  }
+}
+
+test('changes to a picked file wait in the tab, untouched on disk, and Save writes them once; QEMU agrees', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'mine.qcow2');
+  const before = sha256(f.path);
+  await installPickerStub(page);
+  await page.goto('/');
+  await openViaPicker(page, f);
+  await expect(page.getByText('Your file: changes wait here until you Save')).toBeVisible();
+  await threeOps(page);
+
+  // Every view shows the changed image: the check runs on it, the Journal lists three operations.
+  await page.getByRole('button', { name: 'Run check' }).click();
+  await expect(page.getByText('No errors were found on the image.')).toBeVisible();
+  await showView(page, 'Journal');
+  await expect(page.getByRole('article')).toHaveCount(3);
+  // The file itself is as it was.
+  expect(await opfsSha256(page, f.name)).toBe(before);
+
+  await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
+  await expect(page.getByRole('status').filter({ hasText: 'Saved mine.qcow2' })).toBeVisible();
+  await expect(saveBar(page)).toHaveCount(0);
+  await expect(page.getByText('Your file: changes wait here until you Save')).toBeVisible();
+
+  const ours = path.join(tmp, 'ours.qcow2');
+  await readFromOpfs(page, f.name, ours);
+  judge(ours, byQemu(f.path, path.join(tmp, 'theirs.qcow2')), tmp);
+});
+
+test('Discard changes brings back the file as it is on disk', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'undo.qcow2');
+  const before = sha256(f.path);
+  await installPickerStub(page);
+  await page.goto('/');
+  await openViaPicker(page, f);
+  await threeOps(page);
+  await saveBar(page).getByRole('button', { name: 'Discard changes' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Discard', exact: true }).click();
+  await expect(saveBar(page)).toHaveCount(0);
+  await expect(table(page).locator('tbody tr')).toHaveCount(2);
+  await expect(table(page).getByRole('cell', { name: 'snapB', exact: true })).toBeVisible();
+  expect(await opfsSha256(page, f.name)).toBe(before);
+  // Closing an image with nothing pending asks nothing.
+  await page.getByRole('button', { name: `Close ${f.name}` }).click();
+  await expect(page.getByRole('tab', { name: f.name })).toHaveCount(0);
+});
+
+test('a save cancelled halfway leaves the file byte for byte as it was, the changes still pending', async ({ page, tmp }) => {
+  // A fully allocated image (the save writes every byte of it) with data over half the disk.
+  const f = { path: path.join(tmp, 'big.qcow2'), name: 'big.qcow2' };
+  createImage(f.path, '256M', { preallocation: 'full' });
+  qemuIoOk(f.path, 'write -P 0x5a 0 128M');
+  qemuImgOk(['snapshot', '-c', 'snapA', f.path]);
+  const before = sha256(f.path);
+  await installPickerStub(page);
+  await page.goto('/');
+  await openViaPicker(page, f);
+  await showView(page, 'Snapshots');
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapB');
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await goOnNoVm(page);
+  await expect(saveBar(page)).toContainText('1 unsaved change');
+
+  await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
+  // Cancel once some bytes, not all, are written.
+  const progress = saveBar(page).getByRole('progressbar', { name: 'Saving' });
+  await expect.poll(async () => Number(await progress.getAttribute('value')), { intervals: [20] }).toBeGreaterThan(0);
+  const max = Number(await progress.getAttribute('max'));
+  const value = Number(await progress.getAttribute('value'));
+  expect(value).toBeLessThan(max);
+  await expect(saveBar(page)).toContainText(/of 256\.\d+ MiB/);
+  await saveBar(page).getByRole('button', { name: 'Cancel' }).click();
+  await expect(page.getByRole('status').filter({ hasText: 'Cancelled' })).toBeVisible();
+  await expect(saveBar(page)).toContainText('1 unsaved change');
+  expect(await opfsSha256(page, f.name)).toBe(before);
+
+  // Saved after all: qemu-img sees the new snapshot.
+  await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
+  await expect(saveBar(page)).toHaveCount(0);
+  const ours = path.join(tmp, 'big-saved.qcow2');
+  await readFromOpfs(page, f.name, ours);
+  expect(qemuCheck(ours).exitCode).toBe(0);
+  expect(qemuSnapshotList(ours).map((s) => s.name)).toEqual(['snapA', 'snapB']);
+});
