@@ -3,11 +3,12 @@
 // all at once; "Discard changes" brings the file back; a cancelled save leaves the file as it was
 // and the changes pending. QEMU judges the saved file against the same operations done by
 // qemu-img on a copy.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Page } from '@playwright/test';
-import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIoOk, qemuSnapshotList, sha256 } from '../helpers/qemu.ts';
-import { test, expect, installPickerStub, makeImage, openViaPicker, opfsSha256, readFromOpfs, showView } from './fixtures.ts';
+import { chromium, type Page } from '@playwright/test';
+import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIoOk, qemuSnapshotList, sha256, sha256Bytes } from '../helpers/qemu.ts';
+import { test, expect, downloadImage, installPickerStub, makeImage, openViaInput, openViaPicker, opfsSha256, readFromOpfs, showView } from './fixtures.ts';
 
 const table = (page: Page) => page.getByRole('table', { name: 'Snapshots' });
 const saveBar = (page: Page) => page.getByRole('group', { name: 'Unsaved changes' });
@@ -144,4 +145,115 @@ test('a save cancelled halfway leaves the file byte for byte as it was, the chan
   await readFromOpfs(page, f.name, ours);
   expect(qemuCheck(ours).exitCode).toBe(0);
   expect(qemuSnapshotList(ours).map((s) => s.name)).toEqual(['snapA', 'snapB']);
+});
+
+/** A file's data segments (SEEK_DATA / SEEK_HOLE), to copy it sparsely. */
+function dataSegments(file: string): Array<[number, number]> {
+  const py = `
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY); end = os.fstat(fd).st_size; pos = 0; out = []
+while pos < end:
+    try: d = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError: break
+    h = os.lseek(fd, d, os.SEEK_HOLE); out.append('%d %d' % (d, h)); pos = h
+sys.stdout.write('\\n'.join(out))`;
+  const r = spawnSync('/usr/bin/python3', ['-c', py, file], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`python3 could not list the data segments: ${r.stderr}`);
+  return r.stdout.split('\n').filter(Boolean).map((l) => l.split(' ').map(Number) as [number, number]);
+}
+
+test('a save that rewrites more than 1 GiB says what it costs first; Cancel leaves everything pending', async ({ tmp, baseURL }) => {
+  // Chromium's private file system on disk (a persistent profile), so the 2 GiB file stays sparse:
+  // its metadata (the first MiB of a preallocation=metadata image) is written, the rest is a hole.
+  const f = { path: path.join(tmp, 'large.qcow2'), name: 'large.qcow2' };
+  createImage(f.path, '2G', { preallocation: 'metadata' });
+  qemuImgOk(['snapshot', '-c', 'snapA', f.path]);
+  const size = fs.statSync(f.path).size;
+  const segments = dataSegments(f.path);
+  const fd = fs.openSync(f.path, 'r');
+  const parts = segments.map(([at, end]) => {
+    const b = Buffer.alloc(end - at);
+    fs.readSync(fd, b, 0, b.length, at);
+    return { at, b64: b.toString('base64') };
+  });
+  fs.closeSync(fd);
+  const ctx = await chromium.launchPersistentContext(path.join(tmp, 'profile'), { executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu'] });
+  try {
+    const page = ctx.pages()[0] ?? (await ctx.newPage());
+    await installPickerStub(page);
+    await page.goto(baseURL!);
+    await page.evaluate(async ({ parts, name, size }) => {
+      const h = await (await navigator.storage.getDirectory()).getFileHandle(name, { create: true });
+      const w = await h.createWritable();
+      for (const p of parts) {
+        const bin = atob(p.b64);
+        const bytes = new Uint8Array(bin.length);
+        for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+        await w.write({ type: 'write', position: p.at, data: bytes });
+      }
+      await w.truncate(size);
+      await w.close();
+      localStorage.setItem('e2e-picker-file', name);
+    }, { parts, name: f.name, size });
+    await page.getByRole('button', { name: 'Open image' }).click();
+    await showView(page, 'Snapshots');
+    await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapB');
+    await page.getByRole('button', { name: 'Create snapshot' }).click();
+    await goOnNoVm(page);
+    await expect(saveBar(page)).toContainText('1 unsaved change');
+
+    await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
+    const d = page.getByRole('dialog', { name: 'Saving rewrites the whole file' });
+    await expect(d).toContainText(`writes all of ${f.name} again, from start to end: 2.00 GiB`);
+    await expect(d).toContainText('needs 2.00 GiB of free disk space while saving');
+    await expect(d).toContainText('Holes of a sparse file are written out');
+    for (const name of ['Rewrite and save', 'Save as…', 'Download image', 'Cancel']) await expect(d.getByRole('button', { name, exact: true })).toBeVisible();
+    await d.getByRole('button', { name: 'Cancel', exact: true }).click();
+    await expect(d).toHaveCount(0);
+    await expect(saveBar(page)).toContainText('1 unsaved change');
+    // The file is as it was: its size, and the bytes of its data segments (the rest is a hole).
+    const onDisk = await page.evaluate(async ({ name, segments }) => {
+      const file = await (await (await navigator.storage.getDirectory()).getFileHandle(name)).getFile();
+      const blob = new Blob(segments.map(([a, b]) => file.slice(a, b)));
+      const d = new Uint8Array(await crypto.subtle.digest('SHA-256', await blob.arrayBuffer()));
+      return { size: file.size, sha: Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('') };
+    }, { name: f.name, segments });
+    expect(onDisk.size).toBe(size);
+    expect(onDisk.sha).toBe(sha256Bytes(Buffer.concat(parts.map((p) => Buffer.from(p.b64, 'base64')))));
+  } finally {
+    await ctx.close();
+  }
+});
+
+test('closing an image or leaving the page with unsaved changes asks first; after a download nothing is unsaved', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'dropped.qcow2');
+  await page.goto('/');
+  await openViaInput(page, f);
+  await showView(page, 'Snapshots');
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapC');
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await expect(page.getByText('Unsaved changes: download to keep them')).toBeVisible();
+
+  await page.getByRole('button', { name: `Close ${f.name}` }).click();
+  const d = page.getByRole('dialog', { name: `Close ${f.name}?` });
+  await expect(d).toContainText('1 unsaved change');
+  await d.getByRole('button', { name: 'Cancel' }).click();
+  await expect(page.getByRole('tab', { name: f.name })).toBeVisible();
+
+  // Leaving the page: the browser's own question (beforeunload), answered "stay".
+  const asked: string[] = [];
+  page.on('dialog', (dlg) => {
+    asked.push(dlg.type());
+    void dlg.dismiss();
+  });
+  await page.close({ runBeforeUnload: true });
+  await expect.poll(() => asked).toEqual(['beforeunload']);
+  expect(page.isClosed()).toBe(false);
+
+  // The download holds every change: the state line says so, and closing asks nothing.
+  const saved = await downloadImage(page, path.join(tmp, 'dropped-saved.qcow2'));
+  await expect(page.getByText(`Downloaded as ${f.name}: no changes since`)).toBeVisible();
+  expect(qemuSnapshotList(saved).map((s) => s.name)).toEqual(['snapA', 'snapB', 'snapC']);
+  await page.getByRole('button', { name: `Close ${f.name}` }).click();
+  await expect(page.getByRole('tab', { name: f.name })).toHaveCount(0);
 });

@@ -91,12 +91,12 @@ export class Saving {
     if (!tabs.length) return;
     const size = tabs.reduce((n, t) => n + t.summary.state.fileSize, 0);
     if (size > COSTLY_SAVE_BYTES) {
-      const names = tabs.map((t) => `${t.name} (${bytes(t.summary.state.fileSize)})`).join(', ');
+      const names = tabs.length === 1 ? `all of ${tabs[0]!.name}` : tabs.map((t) => `${t.name} (${bytes(t.summary.state.fileSize)})`).join(', ');
       const choices: Ask['choices'] = [{ id: 'save', label: 'Rewrite and save' }];
       if (this.hasSavePicker && tabs.length === 1) choices.push({ id: 'save-as', label: 'Save as…' });
       choices.push({ id: 'download', label: 'Download image' }, { id: 'cancel', label: 'Cancel' });
       const go = await this.question('Saving rewrites the whole file', [
-        `To save these changes the browser writes ${names} again from start to end: ${bytes(size)}.`,
+        `To save these changes the browser writes ${names} again, from start to end: ${bytes(size)}.`,
         `It needs ${bytes(size)} of free disk space while saving (the new copy is made beside the old one and takes its place at the end).`,
         'Holes of a sparse file are written out as zeros, so the file may take more disk space afterwards.',
       ], choices);
