@@ -257,3 +257,41 @@ test('closing an image or leaving the page with unsaved changes asks first; afte
   await page.getByRole('button', { name: `Close ${f.name}` }).click();
   await expect(page.getByRole('tab', { name: f.name })).toHaveCount(0);
 });
+
+test('a group is saved all or none: when a later image cannot be saved, the saved ones are put back', async ({ page, tmp }) => {
+  const a = makeImage(tmp, 'sys.qcow2', {}, ['base']);
+  const b = makeImage(tmp, 'data.qcow2', {}, []);
+  const beforeA = sha256(a.path);
+  await installPickerStub(page);
+  await page.goto('/');
+  await openViaPicker(page, a);
+  await openViaPicker(page, b);
+  await showView(page, 'Snapshots');
+  await page.getByRole('checkbox', { name: /Apply to all 2 open images as one group/ }).check();
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('vm-1');
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await goOnNoVm(page);
+  await goOnNoVm(page);
+  await expect(saveBar(page)).toContainText('2 unsaved changes in 2 images');
+
+  // Another program writes data.qcow2 (a byte in its header cluster, past the header).
+  await page.evaluate(async () => {
+    const h = await (await navigator.storage.getDirectory()).getFileHandle('data.qcow2');
+    await new Promise((done) => setTimeout(done, 20));
+    const w = await h.createWritable({ keepExistingData: true });
+    await w.write({ type: 'write', position: 4000, data: new Uint8Array([1]) });
+    await w.close();
+  });
+  const theirsB = await opfsSha256(page, 'data.qcow2');
+  await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
+  await expect(page.getByRole('alert')).toContainText('data.qcow2 was changed on disk by another program');
+  await expect(page.getByRole('alert')).toContainText('sys.qcow2 put back as it was');
+  await expect(saveBar(page)).toContainText('2 unsaved changes in 2 images');
+  expect(await opfsSha256(page, 'sys.qcow2')).toBe(beforeA);
+  expect(await opfsSha256(page, 'data.qcow2')).toBe(theirsB);
+  // sys.qcow2 still shows its pending change over the file as put back.
+  await page.getByRole('tab', { name: 'sys.qcow2' }).click();
+  await expect(table(page).getByRole('cell', { name: 'vm-1', exact: true })).toBeVisible();
+  await page.getByRole('button', { name: 'Run check' }).click();
+  await expect(page.getByText('No errors were found on the image.')).toBeVisible();
+});
