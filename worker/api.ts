@@ -44,6 +44,8 @@ export interface ImageState {
   pendingChanges: number;
   /** Set after a download of an image opened from a File: the name it was offered under. */
   downloadedAs?: string;
+  /** Changes an earlier tab kept for this very file (a reload, a crashed tab): `keptChanges` takes them back or drops them. */
+  restorable?: { changes: number; at: number };
   /** The header names a backing file: the name of the file opened for it, or null while none is. */
   backing?: string | null;
   /** The image failed validation and was opened only as far as it can be read. */
@@ -321,6 +323,8 @@ export interface EngineApi {
   save(ids: ImageId[], jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
   /** Drop an image's pending changes: it reads the file as it now is on disk. */
   discardChanges(id: ImageId): Promise<ImageSummary>;
+  /** Take back (`restore`) or drop the changes an earlier tab kept for this file (ImageState.restorable). */
+  keptChanges(id: ImageId, restore: boolean): Promise<ImageSummary>;
   /** Build and open the demo image in memory. */
   openDemo(): Promise<ImageSummary>;
   close(id: ImageId): Promise<void>;

@@ -192,6 +192,8 @@ function state(img: OpenImage): ImageState {
     pendingChanges: img.store instanceof TxStore ? img.store.changes : 0,
   };
   if (img.downloadedAs && !s.unsaved) s.downloadedAs = img.downloadedAs;
+  const kept = img.store instanceof HandleStore ? img.store.kept : null;
+  if (kept) s.restorable = { changes: kept.changes, at: kept.at };
   const ro = readOnlyReason(img);
   if (ro) s.readOnlyReason = ro;
   if (ro && img.store.writable && repairable(img)) s.repairable = true;
@@ -379,6 +381,19 @@ async function saveGroup(group: OpenImage[], job: JobContext): Promise<ImageSumm
     out.push(await summaryOf(img));
   }
   return out;
+}
+
+/** A step on a handle image's pending changes, serialised with its operations; the image is read again after. */
+function handleStep(img: OpenImage, step: (s: HandleStore) => Promise<void>): Promise<ImageSummary> {
+  const run = async (): Promise<ImageSummary> => {
+    if (!(img.store instanceof HandleStore)) throw new QcowError('NOT_SUPPORTED', `${img.name} holds no changes of its own: it was not opened from a file it can write`);
+    await step(img.store);
+    await reopen(img);
+    return summaryOf(img);
+  };
+  const p = img.queue.then(run, run);
+  img.queue = p.catch(() => {});
+  return p;
 }
 
 const api = {
@@ -610,16 +625,11 @@ const api = {
   },
 
   async discardChanges(id: ImageId) {
-    const img = get(id);
-    const run = async (): Promise<ImageSummary> => {
-      if (!(img.store instanceof HandleStore)) throw new QcowError('NOT_SUPPORTED', `${img.name} holds no changes to discard: it was not opened from a file it can write`);
-      await img.store.discardChanges();
-      await reopen(img);
-      return summaryOf(img);
-    };
-    const p = img.queue.then(run, run);
-    img.queue = p.catch(() => {});
-    return p;
+    return handleStep(get(id), (s) => s.discardChanges());
+  },
+
+  async keptChanges(id: ImageId, restore: boolean) {
+    return handleStep(get(id), (s) => (restore ? s.restoreKept() : s.declineKept()));
   },
 
   async exportRaw(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageDownload> {

@@ -295,3 +295,53 @@ test('a group is saved all or none: when a later image cannot be saved, the save
   await page.getByRole('button', { name: 'Run check' }).click();
   await expect(page.getByText('No errors were found on the image.')).toBeVisible();
 });
+
+test('pending changes live in the private file system and come back after a reload', async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'kept.qcow2');
+  const before = sha256(f.path);
+  await installPickerStub(page);
+  await page.goto('/');
+  await openViaPicker(page, f);
+  await showView(page, 'Snapshots');
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapC');
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await goOnNoVm(page);
+  await page.getByRole('button', { name: 'Revert to snapA' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
+  await expect(saveBar(page)).toContainText('2 unsaved changes');
+  const kept = () => page.evaluate(async () => {
+    const out: Array<[string, number]> = [];
+    const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('pending-changes', { create: true });
+    for await (const [name, h] of (dir as unknown as { entries(): AsyncIterable<[string, FileSystemFileHandle]> }).entries()) out.push([name, (await h.getFile()).size]);
+    return out.sort();
+  });
+  // The changed pages are in a file of the private file system, with their index.
+  const files = await kept();
+  expect(files.map(([n]) => n.replace(/-\d+-\d+/, ''))).toEqual(['kept.qcow2.json', 'kept.qcow2.pages']);
+  expect(files.every(([, size]) => size > 0)).toBe(true);
+
+  // A reload (the browser asks first; the test says leave) loses nothing: the same file opened again offers the changes back.
+  page.on('dialog', (d) => void d.accept());
+  await page.reload();
+  await page.getByRole('button', { name: 'Open image' }).click();
+  const d = page.getByRole('dialog', { name: 'Unsaved changes to kept.qcow2' });
+  await expect(d).toContainText('2 changes to kept.qcow2 from an earlier visit');
+  await d.getByRole('button', { name: 'Restore the changes' }).click();
+  await expect(saveBar(page)).toContainText('2 unsaved changes');
+  expect(await opfsSha256(page, f.name)).toBe(before);
+  await showView(page, 'Snapshots');
+  await expect(table(page).getByRole('cell', { name: 'snapC', exact: true })).toBeVisible();
+  await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
+  await expect(saveBar(page)).toHaveCount(0);
+  expect(await kept()).toEqual([]);
+
+  const ours = path.join(tmp, 'kept-saved.qcow2');
+  await readFromOpfs(page, f.name, ours);
+  const theirs = path.join(tmp, 'kept-qemu.qcow2');
+  fs.copyFileSync(f.path, theirs);
+  qemuImgOk(['snapshot', '-c', 'snapC', theirs]);
+  qemuImgOk(['snapshot', '-a', 'snapA', theirs]);
+  expect(qemuCheck(ours).exitCode).toBe(0);
+  expect(qemuSnapshotList(ours).map((s) => [s.id, s.name])).toEqual(qemuSnapshotList(theirs).map((s) => [s.id, s.name]));
+  expect(qemuImg(['compare', ours, theirs]).status).toBe(0);
+});

@@ -222,7 +222,9 @@ export class AppState {
     if (handles.length) this.dropStartDemo();
     for (const handle of handles) {
       const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle));
-      if (s) this.add(s, handle);
+      if (!s) continue;
+      this.add(s, handle);
+      await this.saving.offerKept(this.tabs[this.tabs.length - 1]!);
     }
   }
 

@@ -85,6 +85,19 @@ export class Saving {
     return go === 'close';
   }
 
+  /** An image opened again whose changes an earlier visit kept (a reload, a crashed tab): restore them? */
+  async offerKept(tab: ImageTab): Promise<void> {
+    const k = tab.summary.state.restorable;
+    if (!k) return;
+    const go = await this.question(`Unsaved changes to ${tab.name}`, [
+      `${k.changes} change${k.changes === 1 ? '' : 's'} to ${tab.name} from an earlier visit (last one ${new Date(k.at).toLocaleString()}) were never saved; the file is as it was before them.`,
+      'Restore them to save them now, or drop them.',
+    ], [{ id: 'restore', label: 'Restore the changes' }, { id: 'drop', label: 'Drop them', danger: true }]);
+    if (!go) return;
+    const s = await this.app.run(go === 'restore' ? `Restoring the changes to ${tab.name}` : `Dropping the changes to ${tab.name}`, () => engine().keptChanges(tab.id, go === 'restore'));
+    if (s) tab.update(s);
+  }
+
   /** "Save": every image with changes waiting, all or none; the cost is said first when it is large. */
   async save(): Promise<void> {
     const tabs = this.pending;

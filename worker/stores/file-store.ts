@@ -69,6 +69,12 @@ export class FileStore extends TxStore {
     this.rebase(this.changed);
   }
 
+  /** Hold the changes in `overlay` from now on (over the same file; nothing is pending). */
+  protected useOverlay(overlay: OverlayStore): void {
+    this.changed = overlay;
+    this.rebase(overlay);
+  }
+
   /** The same bytes as before, in a new File (the old one is unreadable once the file was written): the changes stay. */
   protected rebind(file: File): void {
     this.current = file;

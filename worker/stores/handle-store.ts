@@ -5,7 +5,9 @@
 // place on close(): until then the file is byte for byte as it was, and abort() drops the swap
 // file, so a cancelled or failed save leaves the file as it was and the changes still pending.
 // Discard takes the file as it now is on disk. A Web Lock held from the first change until close
-// keeps a second tab from changing the same image.
+// keeps a second tab from changing the same image. The changed pages live in the origin private
+// file system (pending-pages.ts), not in memory, from the first change until they are saved or
+// dropped: after a reload or a crashed tab, opening the same file offers them back (`kept`).
 //
 // Two ways to save, both atomic (BENCHMARKS.md "Saving a person's file"):
 // - 'stream': a fresh writable (no keepExistingData) fed with the untouched ranges as slices of
@@ -17,7 +19,9 @@
 // Write permission is NOT requested here: requestPermission needs a user gesture in the page, so
 // the page asks first and the worker only checks (`queryPermission`).
 import { QcowError } from '../../core/errors.ts';
+import { OverlayStore } from '../../core/io/overlay-store.ts';
 import { FileStore } from './file-store.ts';
+import { OpfsPageMap, dropPending, findPending, pendingKey, type PendingState } from './pending-pages.ts';
 
 interface PermissionHandle {
   queryPermission?(d: { mode: 'read' | 'readwrite' }): Promise<PermissionState>;
@@ -68,11 +72,62 @@ export class HandleStore extends FileStore {
 
   static async open(handle: FileSystemFileHandle): Promise<HandleStore> {
     const file = await handle.getFile();
-    return new HandleStore(handle, file, await headOf(file));
+    const store = new HandleStore(handle, file, await headOf(file));
+    store.kept = await findPending(handle.name, file);
+    return store;
   }
 
-  /** Start again from the file as it now is on disk. */
+  /** Changes an earlier tab kept for this very file (a reload, a crash), until restored or declined. */
+  kept: PendingState | null = null;
+  /** Where the changed pages are kept (null: none yet, or the browser has no synchronous access handles). */
+  private pages: OpfsPageMap | null = null;
+
+  /** Take back the changes an earlier tab kept (`kept`): they are pending again. */
+  async restoreKept(): Promise<void> {
+    if (!this.kept) return;
+    if (this.unsaved || this.hasPending) throw new QcowError('INVALID_ARGUMENT', `${this.name} has changes already`);
+    if (!this.releaseLock) await this.acquireLock();
+    await this.keepPages(true);
+    this.kept = null;
+  }
+
+  /** Drop the changes an earlier tab kept. */
+  async declineKept(): Promise<void> {
+    if (!this.kept) return;
+    this.kept = null;
+    await dropPending(pendingKey(this.name, this.file));
+  }
+
+  /** From the first change on, the changed pages go to the private file system (else they stay in memory). */
+  private async keepPages(resume: boolean): Promise<void> {
+    if (this.pages) return;
+    let opened: Awaited<ReturnType<typeof OpfsPageMap.open>>;
+    try {
+      opened = await OpfsPageMap.open(pendingKey(this.name, this.file), resume);
+    } catch (e) {
+      if (resume) throw new QcowError('IO_ERROR', `The kept changes to ${this.name} cannot be read: ${(e as Error).message}`);
+      return; // no synchronous access handles here: memory it is
+    }
+    const overlay = new OverlayStore(this.cache, this.name, opened.pages);
+    if (opened.state) overlay.resume(opened.state.extent);
+    this.useOverlay(overlay);
+    if (opened.state) this.changes = opened.state.changes;
+    this.pages = opened.pages;
+  }
+
+  /** An operation's changes join the pending ones, and are kept. */
+  override async commit(): Promise<void> {
+    const had = this.hasPending;
+    await super.commit();
+    if (had && this.pages) {
+      await this.pages.persist({ name: this.name, fileSize: this.file.size, lastModified: this.file.lastModified, extent: this.overlay.extent, changes: this.changes, at: Date.now() });
+    }
+  }
+
+  /** Start again from the file as it now is on disk (the kept pages go). */
   private async restart(): Promise<void> {
+    await this.pages?.drop();
+    this.pages = null;
     const f = await this.handle.getFile();
     this.head = await headOf(f);
     this.reset(f);
@@ -99,6 +154,10 @@ export class HandleStore extends FileStore {
     if (this.closed) throw new QcowError('IO_ERROR', `${this.name} is closed`);
     if (!this.releaseLock) await this.acquireLock();
     await this.refreshIfChanged();
+    if (!this.pages && !this.unsaved && !this.hasPending) {
+      await this.declineKept(); // a change without restoring: the kept ones are not wanted
+      await this.keepPages(false);
+    }
   }
 
   /**
@@ -118,6 +177,8 @@ export class HandleStore extends FileStore {
     if (this.unsaved || this.hasPending) {
       throw new QcowError('IO_ERROR', `${this.name} was changed on disk by another program while changes to it wait in this tab: save them elsewhere ("Download image") or discard them`, { changedOnDisk: true });
     }
+    await this.pages?.drop();
+    this.pages = null;
     this.head = await headOf(f);
     this.reset(f);
     this.changedOnDisk = true;
@@ -281,6 +342,8 @@ export class HandleStore extends FileStore {
   override async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.pages?.drop();
+    this.pages = null;
     this.releaseLock?.();
     this.releaseLock = undefined;
   }
