@@ -320,10 +320,13 @@ test('pending changes live in the private file system and come back after a relo
   expect(files.map(([n]) => n.replace(/-\d+-\d+/, ''))).toEqual(['kept.qcow2.json', 'kept.qcow2.pages']);
   expect(files.every(([, size]) => size > 0)).toBe(true);
 
-  // A reload (the browser asks first; the test says leave) loses nothing: the same file opened again offers the changes back.
+  // A reload (the browser asks first; the test says leave) loses nothing: the file remembered
+  // from the last visit (IndexedDB) is offered again, and opened again it offers the changes back.
   page.on('dialog', (d) => void d.accept());
   await page.reload();
-  await page.getByRole('button', { name: 'Open image' }).click();
+  const again = page.getByRole('dialog', { name: 'Unsaved changes from an earlier visit' });
+  await expect(again).toContainText('2 changes to kept.qcow2 were never saved');
+  await again.getByRole('button', { name: 'Reopen kept.qcow2' }).click();
   const d = page.getByRole('dialog', { name: 'Unsaved changes to kept.qcow2' });
   await expect(d).toContainText('2 changes to kept.qcow2 from an earlier visit');
   await d.getByRole('button', { name: 'Restore the changes' }).click();

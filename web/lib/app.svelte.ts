@@ -224,6 +224,7 @@ export class AppState {
       const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle));
       if (!s) continue;
       this.add(s, handle);
+      this.saving.remember(handle);
       await this.saving.offerKept(this.tabs[this.tabs.length - 1]!);
     }
   }

@@ -6,6 +6,7 @@
 import type { AppState, ImageTab } from './app.svelte.ts';
 import { engine, withJob } from './engine.ts';
 import { bytes } from './format.ts';
+import { handlesWithKeptChanges, rememberHandle } from './recent-handles.ts';
 
 /** A question with a few answers, shown by AskDialog. The first choice is the one to go on with. */
 export interface Ask {
@@ -83,6 +84,26 @@ export class Saving {
         : `${tab.name} has ${what} that are in no file yet ("Download image" keeps them). Closing drops them.`,
     ], [{ id: 'close', label: 'Close without saving', danger: true }, { id: 'cancel', label: 'Cancel' }]);
     return go === 'close';
+  }
+
+  /** Remember a file opened through a handle, to offer it again if its changes outlive the tab. */
+  remember(handle: FileSystemFileHandle): void {
+    void rememberHandle(handle).catch(() => {});
+  }
+
+  /** On start: files with changes kept from an earlier visit (a reload, a crashed tab) are offered again. */
+  async offerKeptOnStart(): Promise<void> {
+    for (const { handle, changes } of await handlesWithKeptChanges()) {
+      if (this.app.tabs.some((t) => t.handle && t.name === handle.name)) continue;
+      const go = await this.question('Unsaved changes from an earlier visit', [
+        `${changes} change${changes === 1 ? '' : 's'} to ${handle.name} were never saved: the page was closed or reloaded before Save. They are kept in this browser; the file is as it was.`,
+      ], [{ id: 'reopen', label: `Reopen ${handle.name}` }, { id: 'cancel', label: 'Not now' }]);
+      if (go !== 'reopen') continue;
+      // On the click's user activation: reading the file again may need the person's permission.
+      const h = handle as FileSystemFileHandle & { requestPermission?: (d: object) => Promise<PermissionState> };
+      if (h.requestPermission && (await h.requestPermission({ mode: 'read' })) !== 'granted') continue;
+      await this.app.openHandles([handle]);
+    }
   }
 
   /** An image opened again whose changes an earlier visit kept (a reload, a crashed tab): restore them? */
