@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { chromium, type Page } from '@playwright/test';
+import { SEGMENTS_PY } from '../../cli/holes.ts';
 import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIoOk, qemuSnapshotList, sha256, sha256Bytes } from '../helpers/qemu.ts';
 import { test, expect, downloadImage, installPickerStub, makeImage, openViaInput, openViaPicker, opfsSha256, readFromOpfs, showView } from './fixtures.ts';
 
@@ -20,12 +21,17 @@ async function goOnNoVm(page: Page): Promise<void> {
   await d.getByRole('button', { name: 'No VM is running: go on' }).click();
 }
 
+/** Create a snapshot in the Snapshots view; on a person's file the first change asks about VMs (`vm`). */
+async function createSnapshot(page: Page, name: string, vm = true): Promise<void> {
+  await showView(page, 'Snapshots');
+  await page.getByRole('textbox', { name: 'Snapshot name' }).fill(name);
+  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  if (vm) await goOnNoVm(page);
+}
+
 /** Create snapC, revert to snapA, delete snapB through the UI. */
 async function threeOps(page: Page): Promise<void> {
-  await showView(page, 'Snapshots');
-  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapC');
-  await page.getByRole('button', { name: 'Create snapshot' }).click();
-  await goOnNoVm(page);
+  await createSnapshot(page, 'snapC');
   await expect(table(page).getByRole('cell', { name: 'snapC', exact: true })).toBeVisible();
   await expect(saveBar(page)).toContainText('1 unsaved change');
   await page.getByRole('button', { name: 'Revert to snapA' }).click();
@@ -119,10 +125,7 @@ test('a save cancelled halfway leaves the file byte for byte as it was, the chan
   await installPickerStub(page);
   await page.goto('/');
   await openViaPicker(page, f);
-  await showView(page, 'Snapshots');
-  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapB');
-  await page.getByRole('button', { name: 'Create snapshot' }).click();
-  await goOnNoVm(page);
+  await createSnapshot(page, 'snapB');
   await expect(saveBar(page)).toContainText('1 unsaved change');
 
   await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
@@ -147,17 +150,9 @@ test('a save cancelled halfway leaves the file byte for byte as it was, the chan
   expect(qemuSnapshotList(ours).map((s) => s.name)).toEqual(['snapA', 'snapB']);
 });
 
-/** A file's data segments (SEEK_DATA / SEEK_HOLE), to copy it sparsely. */
+/** A file's data segments (SEEK_DATA / SEEK_HOLE, by the command line's python3 snippet), to copy it sparsely. */
 function dataSegments(file: string): Array<[number, number]> {
-  const py = `
-import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY); end = os.fstat(fd).st_size; pos = 0; out = []
-while pos < end:
-    try: d = os.lseek(fd, pos, os.SEEK_DATA)
-    except OSError: break
-    h = os.lseek(fd, d, os.SEEK_HOLE); out.append('%d %d' % (d, h)); pos = h
-sys.stdout.write('\\n'.join(out))`;
-  const r = spawnSync('/usr/bin/python3', ['-c', py, file], { encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/python3', ['-c', SEGMENTS_PY, file], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`python3 could not list the data segments: ${r.stderr}`);
   return r.stdout.split('\n').filter(Boolean).map((l) => l.split(' ').map(Number) as [number, number]);
 }
@@ -196,10 +191,7 @@ test('a save that rewrites more than 1 GiB says what it costs first; Cancel leav
       localStorage.setItem('e2e-picker-file', name);
     }, { parts, name: f.name, size });
     await page.getByRole('button', { name: 'Open image' }).click();
-    await showView(page, 'Snapshots');
-    await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapB');
-    await page.getByRole('button', { name: 'Create snapshot' }).click();
-    await goOnNoVm(page);
+    await createSnapshot(page, 'snapB');
     await expect(saveBar(page)).toContainText('1 unsaved change');
 
     await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
@@ -229,9 +221,7 @@ test('closing an image or leaving the page with unsaved changes asks first; afte
   const f = makeImage(tmp, 'dropped.qcow2');
   await page.goto('/');
   await openViaInput(page, f);
-  await showView(page, 'Snapshots');
-  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapC');
-  await page.getByRole('button', { name: 'Create snapshot' }).click();
+  await createSnapshot(page, 'snapC', false);
   await expect(page.getByText('Unsaved changes: download to keep them')).toBeVisible();
 
   await page.getByRole('button', { name: `Close ${f.name}` }).click();
@@ -302,10 +292,7 @@ test('pending changes live in the private file system and come back after a relo
   await installPickerStub(page);
   await page.goto('/');
   await openViaPicker(page, f);
-  await showView(page, 'Snapshots');
-  await page.getByRole('textbox', { name: 'Snapshot name' }).fill('snapC');
-  await page.getByRole('button', { name: 'Create snapshot' }).click();
-  await goOnNoVm(page);
+  await createSnapshot(page, 'snapC');
   await page.getByRole('button', { name: 'Revert to snapA' }).click();
   await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
   await expect(saveBar(page)).toContainText('2 unsaved changes');
