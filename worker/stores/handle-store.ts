@@ -19,7 +19,7 @@
 // Write permission is NOT requested here: requestPermission needs a user gesture in the page, so
 // the page asks first and the worker only checks (`queryPermission`).
 import { QcowError } from '../../core/errors.ts';
-import { OverlayStore } from '../../core/io/overlay-store.ts';
+import { OVERLAY_PAGE_SIZE, OverlayStore } from '../../core/io/overlay-store.ts';
 import { FileStore } from './file-store.ts';
 import { OpfsPageMap, dropPending, findPending, pendingKey, type PendingState } from './pending-pages.ts';
 
@@ -53,6 +53,8 @@ async function headOf(f: File): Promise<Uint8Array> {
 }
 /** Untouched bytes are written this many at a time (the progress and cancel step). */
 const STREAM_CHUNK = 16 << 20;
+/** Changed pages written in one call at most. */
+const PATCH_BATCH = 4 << 20;
 
 export class HandleStore extends FileStore {
   readonly handle: FileSystemFileHandle;
@@ -192,8 +194,13 @@ export class HandleStore extends FileStore {
   saveBytes(mode: SaveMode = 'stream'): number {
     if (mode === 'stream') return this.size();
     let n = 0;
-    for (const s of this.overlay.segments()) if (s.kind === 'patch') n += s.data.length;
+    for (const s of this.overlay.segments()) if (s.kind === 'patch') n += this.patchLength(s.offset);
     return this.size() + n;
+  }
+
+  /** The length of the patch segment at `offset` (one overlay page, or less at the end), without reading it. */
+  private patchLength(offset: number): number {
+    return Math.min(OVERLAY_PAGE_SIZE, this.size() - offset);
   }
 
   /** The old bytes of every range a save would change (read before saving; see SavedUndo). */
@@ -202,7 +209,7 @@ export class HandleStore extends FileStore {
     const old = this.file;
     for (const s of this.overlay.segments()) {
       if (s.kind === 'source' || s.offset >= old.size) continue;
-      const len = Math.min(s.kind === 'patch' ? s.data.length : s.length, old.size - s.offset);
+      const len = Math.min(s.kind === 'patch' ? this.patchLength(s.offset) : s.length, old.size - s.offset);
       // A copy: after the save the old File cannot be read any more.
       ranges.push({ offset: s.offset, data: new Blob([await old.slice(s.offset, s.offset + len).arrayBuffer()]) });
     }
@@ -271,10 +278,25 @@ export class HandleStore extends FileStore {
     try {
       if (mode === 'keep') step(this.file.size);
       let zeros: Uint8Array<ArrayBuffer> | undefined;
+      // Changed pages that follow each other are written together, up to PATCH_BATCH at a time.
+      let batch: Uint8Array<ArrayBuffer>[] = [];
+      let batchAt = 0;
+      let batchLen = 0;
+      const flushBatch = async (): Promise<void> => {
+        if (!batchLen) return;
+        await w.write({ type: 'write', position: batchAt, data: new Blob(batch) });
+        step(batchLen);
+        batch = [];
+        batchLen = 0;
+      };
       for (const s of segments) {
+        if (s.kind !== 'patch') await flushBatch();
         if (s.kind === 'patch') {
-          await w.write({ type: 'write', position: s.offset, data: s.data as Uint8Array<ArrayBuffer> });
-          step(s.data.length);
+          if (batchLen && (batchAt + batchLen !== s.offset || batchLen >= PATCH_BATCH)) await flushBatch();
+          if (!batchLen) batchAt = s.offset;
+          const data = s.data as Uint8Array<ArrayBuffer>;
+          batch.push(data);
+          batchLen += data.length;
         } else if (s.kind === 'source') {
           if (mode === 'keep') continue;
           for (let at = s.offset, end = s.offset + s.length; at < end; at += STREAM_CHUNK) {
@@ -295,6 +317,7 @@ export class HandleStore extends FileStore {
           }
         }
       }
+      await flushBatch();
       await w.truncate(size);
       opts.signal?.throwIfAborted();
       await w.close(); // the commit point: all or nothing
