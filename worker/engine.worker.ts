@@ -289,9 +289,9 @@ async function clusterKinds(img: OpenImage): Promise<ClusterKinds | null> {
 }
 
 /**
- * Run a write operation on one image, serialised with its other writes. For a handle store the
- * operation's writes are committed in one atomic session; if it fails nothing is committed and the
- * engine is reopened from the unchanged file.
+ * Run a write operation on one image, serialised with its other writes. Its writes join the image's
+ * changes in the tab only if it succeeds (a person's file is written by `save` alone); if it
+ * fails nothing is committed and the engine is reopened from the image as it was.
  */
 function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairing = false): Promise<ImageSummary> {
   const run = async (): Promise<ImageSummary> => {
@@ -566,7 +566,7 @@ const api = {
       let journals: JournalDTO[];
       try {
         journals = await runJob(jobId, onProgress, () => groupSnapshotOp(group.map((g) => g.store), op, arg));
-        // Each store commits atomically; the group is all-or-none up to here (core/image/group.ts).
+        // Each store commits in the tab; the group is all-or-none up to here (core/image/group.ts).
         for (const t of tx) await t.commit();
       } catch (e) {
         for (const t of tx) t.discard();
