@@ -27,7 +27,7 @@ import {
 } from './engine-adapter.ts';
 import type { Layer } from '../core/image/layer.ts';
 import { FileStore } from './stores/file-store.ts';
-import { HandleStore, type SavedUndo } from './stores/handle-store.ts';
+import { HandleStore, saveAllOrNone } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 
@@ -55,8 +55,6 @@ interface OpenImage {
   closed: boolean;
   /** The image failed validation and is open only as far as it can be read (read-only). */
   damage?: OpenDamage;
-  /** The name its last download was offered under (an image opened from a File, or the demo). */
-  downloadedAs?: string;
 }
 
 const images = new Map<ImageId, OpenImage>();
@@ -191,9 +189,8 @@ function state(img: OpenImage): ImageState {
     unsaved: img.store instanceof HandleStore ? img.store.unsaved : img.store instanceof TxStore && img.store.changes > 0,
     pendingChanges: img.store instanceof TxStore ? img.store.changes : 0,
   };
-  if (img.downloadedAs && !s.unsaved) s.downloadedAs = img.downloadedAs;
-  const kept = img.store instanceof HandleStore ? img.store.kept : null;
-  if (kept) s.restorable = { changes: kept.changes, at: kept.at };
+  if (img.store instanceof TxStore && img.store.savedAs && !s.unsaved) s.downloadedAs = img.store.savedAs;
+  if (img.store instanceof HandleStore && img.store.kept) s.restorable = { changes: img.store.kept.changes, at: img.store.kept.at };
   const ro = readOnlyReason(img);
   if (ro) s.readOnlyReason = ro;
   if (ro && img.store.writable && repairable(img)) s.repairable = true;
@@ -333,61 +330,14 @@ function writeOp(img: OpenImage, body: () => Promise<JournalDTO | void>, repairi
   return p;
 }
 
-/**
- * Save the changes of a group of handle images, all or none: each file in one atomic session,
- * holding its changes until every file is written; if one fails, the files saved before it get
- * their old bytes back (read before saving) and every change is pending again.
- */
-async function saveGroup(group: OpenImage[], job: JobContext): Promise<ImageSummary[]> {
-  const stores = group.map((g) => {
-    if (!(g.store instanceof HandleStore)) throw new QcowError('NOT_SUPPORTED', `${g.name} is saved with "Download image": it was not opened from a file it can write`);
-    return g.store;
-  });
-  const todo = stores.filter((s) => s.unsaved);
-  const total = todo.reduce((n, s) => n + s.saveBytes(), 0);
-  const saved: Array<{ store: HandleStore; undo: SavedUndo | null }> = [];
-  let before = 0;
-  try {
-    for (const store of todo) {
-      const undo = todo.length > 1 ? await store.undoRecord() : null;
-      await store.save({
-        hold: true,
-        signal: job.signal,
-        progress: (done) => job.progress({ phase: `Saving ${store.name}`, done: before + done, total }),
-      });
-      saved.push({ store, undo });
-      before += store.saveBytes();
-    }
-  } catch (e) {
-    const back: string[] = [];
-    const stuck: string[] = [];
-    for (const { store, undo } of saved.reverse()) {
-      try {
-        await store.putBack(undo!);
-        back.push(store.name);
-      } catch (err) {
-        stuck.push((err as Error).message);
-      }
-    }
-    if (!back.length && !stuck.length) throw e;
-    const err = e as QcowError;
-    const more = [back.length ? `${back.join(', ')} put back as ${back.length === 1 ? 'it was' : 'they were'}` : '', ...stuck].filter(Boolean).join('; ');
-    throw new QcowError(err.code ?? 'IO_ERROR', `${err.message}; ${more}`, err.details ?? {});
-  }
-  const out: ImageSummary[] = [];
-  for (const [i, img] of group.entries()) {
-    await stores[i]!.settle();
-    await reopen(img);
-    out.push(await summaryOf(img));
-  }
-  return out;
+function notHandle(img: OpenImage): never {
+  throw new QcowError('NOT_SUPPORTED', `${img.name} is saved with "Download image": it was not opened from a file it can write`);
 }
 
 /** A step on a handle image's pending changes, serialised with its operations; the image is read again after. */
 function handleStep(img: OpenImage, step: (s: HandleStore) => Promise<void>): Promise<ImageSummary> {
   const run = async (): Promise<ImageSummary> => {
-    if (!(img.store instanceof HandleStore)) throw new QcowError('NOT_SUPPORTED', `${img.name} holds no changes of its own: it was not opened from a file it can write`);
-    await step(img.store);
+    await step(img.store instanceof HandleStore ? img.store : notHandle(img));
     await reopen(img);
     return summaryOf(img);
   };
@@ -609,16 +559,18 @@ const api = {
     const img = get(id);
     const d = await downloadOf(img);
     // The download holds every change: none is unsaved (a person's file still waits for Save).
-    if (img.store instanceof TxStore && !(img.store instanceof HandleStore)) {
-      img.store.markSaved();
-      img.downloadedAs = d.name;
-    }
+    if (img.store instanceof TxStore && !(img.store instanceof HandleStore)) img.store.markSaved(d.name);
     return d;
   },
 
   async save(ids: ImageId[], jobId?: JobId, onProgress?: ProgressFn) {
     const group = ids.map(get);
-    const run = () => runJob(jobId, onProgress, (job) => saveGroup(group, job));
+    const stores = group.map((g) => (g.store instanceof HandleStore ? g.store : notHandle(g)));
+    const run = () => runJob(jobId, onProgress, async (job) => {
+      await saveAllOrNone(stores, job.signal, (phase, done, total) => job.progress({ phase, done, total }));
+      for (const img of group) await reopen(img);
+      return Promise.all(group.map(summaryOf));
+    });
     const p = Promise.all(group.map((g) => g.queue)).then(run, run);
     for (const g of group) g.queue = p.catch(() => {});
     return p;

@@ -371,3 +371,39 @@ export class HandleStore extends FileStore {
     this.releaseLock = undefined;
   }
 }
+
+/**
+ * Save the changes of several images, all or none: each file in one atomic session, holding its
+ * changes until every file is written; if one fails, the files saved before it get their old bytes
+ * back (read before saving), every change is pending again, and the error says what was put back.
+ */
+export async function saveAllOrNone(stores: HandleStore[], signal: AbortSignal, progress: (phase: string, done: number, total: number) => void): Promise<void> {
+  const todo = stores.filter((s) => s.unsaved);
+  const total = todo.reduce((n, s) => n + s.saveBytes(), 0);
+  const saved: Array<{ store: HandleStore; undo: SavedUndo | null }> = [];
+  let before = 0;
+  try {
+    for (const store of todo) {
+      const undo = todo.length > 1 ? await store.undoRecord() : null;
+      await store.save({ hold: true, signal, progress: (done) => progress(`Saving ${store.name}`, before + done, total) });
+      saved.push({ store, undo });
+      before += store.saveBytes();
+    }
+  } catch (e) {
+    const back: string[] = [];
+    const stuck: string[] = [];
+    for (const { store, undo } of saved.reverse()) {
+      try {
+        await store.putBack(undo!);
+        back.push(store.name);
+      } catch (err) {
+        stuck.push((err as Error).message);
+      }
+    }
+    if (!back.length && !stuck.length) throw e;
+    const err = e as QcowError;
+    const more = [back.length ? `${back.join(', ')} put back as ${back.length === 1 ? 'it was' : 'they were'}` : '', ...stuck].filter(Boolean).join('; ');
+    throw new QcowError(err.code ?? 'IO_ERROR', `${err.message}; ${more}`, err.details ?? {});
+  }
+  for (const s of todo) await s.settle();
+}

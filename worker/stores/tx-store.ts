@@ -42,11 +42,16 @@ export class TxStore implements ImageStore, Transactional {
     this.committed = base;
     this.pending = this.fresh();
     this.changes = 0;
+    this.savedAs = undefined;
   }
 
-  /** The changes were saved somewhere (a download): none are unsaved now. */
-  markSaved(): void {
+  /** The name the changes were last saved under (a download), while none came after. */
+  savedAs: string | undefined;
+
+  /** The changes were saved somewhere (a download, under `as`): none are unsaved now. */
+  markSaved(as: string): void {
     this.changes = 0;
+    this.savedAs = as;
   }
 
   private fresh(): OverlayStore {
@@ -95,6 +100,7 @@ export class TxStore implements ImageStore, Transactional {
     await this.base.flush();
     this.pending = this.fresh();
     this.changes++;
+    this.savedAs = undefined;
   }
 
   discard(): void {
