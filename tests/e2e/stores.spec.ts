@@ -37,7 +37,30 @@ test.beforeAll(async () => {
     import { QcowError } from './core/errors.ts';
     import './worker/transfer.ts';
     import { OpfsStore } from './worker/stores/opfs-store.ts';
+    import { OpfsPageMap, findPending, pendingKey } from './worker/stores/pending-pages.ts';
     Comlink.expose({
+      // Kept pages: what the last index names survives later writes that were never indexed.
+      async pages() {
+        const page = (b: number) => new Uint8Array(65536).fill(b);
+        const state = (changes: number) => ({ name: 'k.qcow2', fileSize: 10, lastModified: 5, extent: { length: 3 << 20, sourceLimit: 10 }, changes, at: 1 });
+        const key = pendingKey('k.qcow2', { size: 10, lastModified: 5 });
+        const a = await OpfsPageMap.open(key, false);
+        a.pages.set(0, page(1));
+        a.pages.set(7, page(2));
+        await a.pages.persist(state(1));
+        a.pages.set(0, page(3)); // after the index: must go to a new slot
+        a.pages.delete(7);
+        a.pages.set(9, page(4));
+        const live = [a.pages.get(0)![0], a.pages.get(7), a.pages.get(9)![100]];
+        await a.pages.close(); // a tab that died here
+        const file = new File([new Uint8Array(10)], 'k.qcow2', { lastModified: 5 });
+        const found = await findPending('k.qcow2', file);
+        const b = await OpfsPageMap.open(key, true);
+        const kept = { size: b.pages.size, p0: b.pages.get(0)![65535], p7: b.pages.get(7)![0], p9: b.pages.get(9), state: b.state };
+        await b.pages.drop();
+        const gone = await findPending('k.qcow2', file);
+        return { live, found: found?.changes, kept, gone };
+      },
       fail(code: string, details: Record<string, unknown>) { throw new QcowError(code as any, 'failed on purpose at 0x30000', details); },
       echo(e: unknown) { return { isQcow: e instanceof QcowError, code: (e as QcowError).code, details: (e as QcowError).details }; },
       // Transfer handlers apply to a whole argument or return value (Comlink does not walk into objects).
@@ -215,7 +238,7 @@ test('HandleStore: operations held in the tab, one atomic save (streamed or keep
   expect(r.saves).toBe(3);
 });
 
-test('OpfsStore (sync access handle) and QcowError across the worker boundary, both ways', async ({ page }) => {
+test('OpfsStore (sync access handle), kept pending pages, and QcowError across the worker boundary, both ways', async ({ page }) => {
   await load(page);
   const r = await page.evaluate(async (workerSrc) => {
     const { Comlink, QcowError } = (globalThis as any).qs;
@@ -227,6 +250,7 @@ test('OpfsStore (sync access handle) and QcowError across the worker boundary, b
     const echoed = await remote.echo(sent);
     const back = await remote.back(sent);
     const opfs = await remote.opfs();
+    const pages = await remote.pages();
     return {
       isQcow: thrown instanceof QcowError,
       code: thrown?.code,
@@ -234,6 +258,7 @@ test('OpfsStore (sync access handle) and QcowError across the worker boundary, b
       details: { ...thrown?.details, big: String(thrown?.details?.big) },
       echoed: { isQcow: echoed.isQcow, code: echoed.code, details: echoed.details, backIsQcow: back instanceof QcowError && back.code === 'SNAPSHOT_NOT_FOUND' },
       opfs,
+      pages,
     };
   }, workerBundle);
   expect(r.isQcow).toBe(true);
@@ -242,4 +267,8 @@ test('OpfsStore (sync access handle) and QcowError across the worker boundary, b
   expect(r.details).toEqual({ structure: 'L1 table', offset: 0x30000, big: String(2n ** 60n) });
   expect(r.echoed).toEqual({ isQcow: true, code: 'SNAPSHOT_NOT_FOUND', details: { id: '7' }, backIsQcow: true });
   expect(r.opfs).toEqual({ size1: 103, r: [0, 0, 1, 2, 3, 0, 0, 0], size2: 101, past: [0, 1, 0, 0], persisted: [0, 1] });
+  expect(r.pages.live).toEqual([3, undefined, 4]);
+  expect(r.pages.found).toBe(1);
+  expect(r.pages.kept).toEqual({ size: 2, p0: 1, p7: 2, state: { name: 'k.qcow2', fileSize: 10, lastModified: 5, extent: { length: 3 << 20, sourceLimit: 10 }, changes: 1, at: 1 } });
+  expect(r.pages.gone).toBe(null);
 });
