@@ -9,7 +9,7 @@
 // file system (pending-pages.ts), not in memory, from the first change until they are saved or
 // dropped: after a reload or a crashed tab, opening the same file offers them back (`kept`).
 //
-// Two ways to save, both atomic (BENCHMARKS.md "Saving a person's file"):
+// Two ways to save, both atomic (BENCHMARKS.md "A person's file in the browser"; Save streams):
 // - 'stream': a fresh writable (no keepExistingData) fed with the untouched ranges as slices of
 //   the original File (Chromium copies those without passing them through script) and the
 //   changed pages, in file order: real progress, cancel between chunks;
