@@ -15,7 +15,7 @@ import { loadRefblock, refblockEntriesOf, reftableSize } from '../core/image/ref
 import { getRefcount } from '../core/format/refcount.ts';
 
 // -S: no site import (half of python3's start-up); -E: ignore PYTHON* variables.
-const SEGMENTS_PY = `
+export const SEGMENTS_PY = `
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY); end = os.fstat(fd).st_size; pos = 0; out = []
 while pos < end:

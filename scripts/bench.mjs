@@ -5,6 +5,7 @@
 //
 //   node scripts/bench.mjs [--sizes 64G,256G,1T] [--reps 5] [--ops info,map,check,repair,export,snapshot]
 //                          [--dir DIR] [--json FILE] [--no-warmup] [--rebuild] [--cli FILE] [--browser]
+//                          [--save-sizes 256M,2G]   (--browser, or --ops browser-save: a person's file in the browser)
 //
 // --sizes also takes the hostile shapes snaps65535, c2m and r64 (see HOSTILE below), e.g.
 //   node scripts/bench.mjs --sizes snaps65535,c2m,r64 --ops info,check,repair,snapshot-create
@@ -19,6 +20,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { browserTable, runBrowserBench } from './bench/browser.mjs';
+import { runSaveBench, saveTable } from './bench/browser-save.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ALL_OPS = ['info', 'map', 'check', 'repair', 'export', 'snapshot-create', 'snapshot-revert', 'snapshot-delete'];
@@ -37,6 +39,7 @@ const { values: args } = parseArgs({
     rebuild: { type: 'boolean', default: false },
     cli: { type: 'string' },
     browser: { type: 'boolean', default: false },
+    'save-sizes': { type: 'string', default: '256M,2G' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -51,7 +54,7 @@ const CLI = path.resolve(args.cli ?? path.join(ROOT, 'dist/cli/qcowscope.mjs'));
 const reps = Math.max(1, Number(args.reps) | 0);
 const sizes = args.sizes.split(',').map((s) => s.trim()).filter(Boolean);
 const ops = [...new Set(args.ops.split(',').map((s) => s.trim()).filter(Boolean).flatMap((o) => OP_ALIASES[o] ?? [o]))];
-for (const o of ops) if (!ALL_OPS.includes(o) && o !== 'browser') die(`unknown operation '${o}' (known: ${ALL_OPS.join(', ')}, snapshot, browser)`);
+for (const o of ops) if (!ALL_OPS.includes(o) && o !== 'browser' && o !== 'browser-save') die(`unknown operation '${o}' (known: ${ALL_OPS.join(', ')}, snapshot, browser, browser-save)`);
 const dir = args.dir;
 fs.mkdirSync(dir, { recursive: true });
 
@@ -381,7 +384,7 @@ const support = probeSupport();
 const images = Object.fromEntries(sizes.map((s) => [s, ensureImage(s)]));
 const rows = [];
 const raw = [];
-for (const op of ops.filter((o) => o !== 'browser')) {
+for (const op of ops.filter((o) => !o.startsWith('browser'))) {
   for (const size of sizes) {
     if (!support[op]) {
       rows.push({ op, size, skipped: `our CLI has no ${op.replace('-', ' ')} yet` });
@@ -405,6 +408,14 @@ if (args.browser || ops.includes('browser')) {
     browser = { error: e.message };
   }
 }
+let browserSave;
+if (args.browser || ops.includes('browser-save')) {
+  try {
+    browserSave = await runSaveBench({ root: ROOT, dir, sizes: args['save-sizes'].split(',').map((x) => x.trim()).filter(Boolean) });
+  } catch (e) {
+    browserSave = { error: e.message };
+  }
+}
 const finished = new Date();
 mach.loadavgEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ');
 const ratioNote = 'ratio = our median wall time / qemu-img median wall time (whole process; below 1 is faster); cpu = user+sys (GNU time, 10 ms resolution; qemu-img below 5 ms counts as 5 ms in the cpu ratio)';
@@ -412,8 +423,9 @@ process.stdout.write(`\nqcowscope vs qemu-img — ${finished.toISOString()}\n${m
 process.stdout.write(`load average ${mach.loadavg} at start, ${mach.loadavgEnd} at end; ${reps} runs each\n\n`);
 process.stdout.write(table(rows) + '\n\n' + ratioNote + '\n');
 if (browser) process.stdout.write('\n' + browserTable(browser) + '\n');
+if (browserSave) process.stdout.write('\n' + saveTable(browserSave) + '\n');
 const commit = sh('git', ['-C', ROOT, 'log', '-1', '--format=%h %s']).stdout.trim();
-const result = { started: started.toISOString(), finished: finished.toISOString(), commit, cli: CLI, machine: mach, reps, sizes, rows, runs: raw, browser };
+const result = { started: started.toISOString(), finished: finished.toISOString(), commit, cli: CLI, machine: mach, reps, sizes, rows, runs: raw, browser, browserSave };
 const jsonFile = args.json ?? path.join(dir, `results-${finished.toISOString().replace(/[:.]/g, '-')}.json`);
 fs.writeFileSync(jsonFile, JSON.stringify(result, null, 2) + '\n');
 process.stderr.write(`bench: results in ${jsonFile}\n`);

@@ -16,14 +16,13 @@ export type ImageId = string;
 
 /**
  * Where an image's bytes live, which decides how changes are saved:
- * - `handle`: a File System Access handle; each engine operation is committed to the person's
- *   file in one atomic `createWritable` session.
- * - `file`: a File (drop, file input, browsers without the picker) under an in-memory overlay;
+ * - `handle`: a File System Access handle; changes wait in the tab until `save` writes them all to
+ *   the person's file in one atomic writable session (or `discardChanges` drops them).
+ * - `file`: a File (drop, file input, browsers without the picker) under a copy-on-write overlay;
  *   changes are saved with "Download image".
- * - `opfs`: a working copy in the origin private file system (in-place writes).
  * - `memory`: the demo image, built in memory.
  */
-export type StoreKind = 'handle' | 'file' | 'opfs' | 'memory';
+export type StoreKind = 'handle' | 'file' | 'memory';
 
 export interface ImageState {
   id: ImageId;
@@ -40,8 +39,14 @@ export interface ImageState {
   repairable?: boolean;
   /** A handle whose write permission has not been granted yet: the page must ask on a user gesture. */
   needsPermission: boolean;
-  /** Changes exist that only "Download image" can save (overlay and memory stores). */
+  /** Changes exist that are in no file yet: Save (a handle) or "Download image" keeps them. */
   unsaved: boolean;
+  /** Operations whose changes are in no file yet (since opening, the last save or download). */
+  pendingChanges: number;
+  /** Set after a download of an image opened from a File: the name it was offered under. */
+  downloadedAs?: string;
+  /** Changes an earlier tab kept for this very file (a reload, a crashed tab): `keptChanges` takes them back or drops them. */
+  restorable?: { changes: number; at: number };
   /** The header names a backing file: the name of the file opened for it, or null while none is. */
   backing?: string | null;
   /** The image failed validation and was opened only as far as it can be read. */
@@ -305,8 +310,19 @@ export interface ExternalOverlay {
 export interface EngineApi {
   /** Open a File (drop, file input): read-only source under a copy-on-write overlay. */
   openFile(file: File): Promise<ImageSummary>;
-  /** Open a File System Access handle; writes are committed to the file (after permission). */
+  /** Open a File System Access handle; changes wait in the tab until `save`. */
   openHandle(handle: FileSystemFileHandle): Promise<ImageSummary>;
+  /**
+   * Write the pending changes of every image in `ids` (opened through handles) to their files, all
+   * or none: each file in one atomic writable session; if a later one fails, the ones saved are
+   * put back. Progress counts bytes written. Cancelled or failed: every file as it was, the
+   * changes still pending.
+   */
+  save(ids: ImageId[], jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
+  /** Drop an image's pending changes: it reads the file as it now is on disk. */
+  discardChanges(id: ImageId): Promise<ImageSummary>;
+  /** Take back (`restore`) or drop the changes an earlier tab kept for this file (ImageState.restorable). */
+  keptChanges(id: ImageId, restore: boolean): Promise<ImageSummary>;
   /** Build and open the demo image in memory. */
   openDemo(): Promise<ImageSummary>;
   close(id: ImageId): Promise<void>;
@@ -361,8 +377,8 @@ export interface EngineApi {
    */
   groupSnapshot(ids: ImageId[], op: 'create' | 'revert' | 'delete', arg: string, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
   /**
-   * Playground: write `length` bytes of `pattern` at a guest offset of the active disk (the demo
-   * image or a File's in-tab copy only, never a person's file in place); the result carries the
+   * Playground: write `length` bytes of `pattern` at a guest offset of the active disk (a change
+   * held in the tab like any other, until saved or downloaded); the result carries the
    * journal of what the write did (allocation, copy-on-write, refcounts).
    */
   writePattern(id: ImageId, guestOffset: number, length: number, pattern: number): Promise<ImageSummary>;

@@ -1,7 +1,7 @@
 // The engine's home in the browser: a module Web Worker exposing EngineApi (worker/api.ts) with
 // Comlink. It owns every open image (its store and its engine object), runs long jobs with
-// throttled progress and cancellation, and commits each write operation to its store (one
-// atomic createWritable session for File System Access handles).
+// throttled progress and cancellation, and makes each write operation all-or-nothing in the tab;
+// a person's file (a File System Access handle) is written only by `save`, all changes at once.
 import * as Comlink from 'comlink';
 import './transfer.ts';
 import { QcowError } from '../core/errors.ts';
@@ -31,8 +31,7 @@ import type { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { groupSnapshotOp, overlaysInMemory, snapshotOp, type SnapshotVerb } from '../core/ops/snapshot.ts';
 import { guestWrite } from '../core/ops/write.ts';
 import { FileStore } from './stores/file-store.ts';
-import { HandleStore } from './stores/handle-store.ts';
-import { OpfsStore } from './stores/opfs-store.ts';
+import { HandleStore, saveAllOrNone } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 
@@ -88,9 +87,7 @@ async function closeImage(img: OpenImage): Promise<void> {
 async function downloadOf(img: OpenImage): Promise<ImageDownload> {
   const s = img.store;
   let blob: Blob;
-  if (s instanceof FileStore) blob = s.toBlob();
-  else if (s instanceof HandleStore) blob = await s.handle.getFile();
-  else if (s instanceof OpfsStore) blob = await s.toBlob();
+  if (s instanceof FileStore) blob = s.toBlob(); // a handle's too: the file with the changes held in the tab
   else if (s instanceof TxStore && s.base instanceof MemoryStore) blob = new Blob([s.base.bytes().slice()], { type: 'application/octet-stream' });
   else if (s instanceof MemoryStore) blob = new Blob([s.bytes().slice()], { type: 'application/octet-stream' });
   else throw new QcowError('NOT_SUPPORTED', 'This image cannot be downloaded');
@@ -193,8 +190,11 @@ function state(img: OpenImage): ImageState {
     fileSize: img.store.size(),
     writable: img.store.writable && !readOnlyReason(img),
     needsPermission: false,
-    unsaved: img.store instanceof FileStore && !img.store.pristine,
+    unsaved: img.store instanceof HandleStore ? img.store.unsaved : img.store instanceof TxStore && img.store.changes > 0,
+    pendingChanges: img.store instanceof TxStore ? img.store.changes : 0,
   };
+  if (img.store instanceof TxStore && img.store.savedAs && !s.unsaved) s.downloadedAs = img.store.savedAs;
+  if (img.store instanceof HandleStore && img.store.kept) s.restorable = { changes: img.store.kept.changes, at: img.store.kept.at };
   const ro = readOnlyReason(img);
   if (ro) s.readOnlyReason = ro;
   if (ro && img.store.writable && repairable(img)) s.repairable = true;
@@ -298,10 +298,10 @@ async function summaryWithJournal(img: OpenImage, journal: Journal, before: Clus
 }
 
 /**
- * Run `body` on the images of `group` (one or more), serialised with their other writes: each
- * store's writes are committed in one atomic session (handle stores) once every image is done;
- * if anything fails nothing is committed and the engines are reopened from the unchanged files.
- * After success each image's views are reopened over what was committed.
+ * Run `body` on the images of `group` (one or more), serialised with their other writes. Its
+ * writes join each image's changes in the tab only if it succeeds (a person's file is written by
+ * `save` alone); if anything fails nothing is committed and the engines are reopened from the
+ * images as they were. After success each image's views are reopened over the changed image.
  */
 function serialised<T>(group: OpenImage[], body: () => Promise<T>, repairing = false): Promise<T> {
   const run = async (): Promise<T> => {
@@ -343,6 +343,22 @@ async function writeOp(img: OpenImage, op: (w: Qcow2Image) => Promise<Journal>):
     return op(w);
   });
   return summaryWithJournal(img, journal, before);
+}
+
+function notHandle(img: OpenImage): never {
+  throw new QcowError('NOT_SUPPORTED', `${img.name} is saved with "Download image": it was not opened from a file it can write`);
+}
+
+/** A step on a handle image's pending changes, serialised with its operations; the image is read again after. */
+function handleStep(img: OpenImage, step: (s: HandleStore) => Promise<void>): Promise<ImageSummary> {
+  const run = async (): Promise<ImageSummary> => {
+    await step(img.store instanceof HandleStore ? img.store : notHandle(img));
+    await reopen(img);
+    return summaryOf(img);
+  };
+  const p = img.queue.then(run, run);
+  img.queue = p.catch(() => {});
+  return p;
 }
 
 /** One internal snapshot operation through the engine layer, as a journaled write. */
@@ -412,7 +428,7 @@ const api = {
       for (const [i, img] of group.entries()) {
         const o: ExternalOverlay = { baseId: img.id, name: items[i]!.name, backingFile: items[i]!.backingFile, blob: new Blob([bytes[i]! as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }) };
         // The chain needs the base in a file: include it when no file holds these bytes.
-        const onDisk = img.kind === 'handle' || (img.store instanceof FileStore && img.store.pristine);
+        const onDisk = img.store instanceof FileStore && img.store.pristine;
         if (!onDisk) o.base = await downloadOf(img);
         out.push(o);
       }
@@ -514,9 +530,6 @@ const api = {
 
   async writePattern(id: ImageId, guestOffset: number, length: number, pattern: number) {
     const img = get(id);
-    if (img.kind !== 'memory' && img.kind !== 'file') {
-      throw new QcowError('READ_ONLY', 'The playground writes only to the demo image or to a copy in this tab (an image opened from a file input or a drop)');
-    }
     if (!Number.isSafeInteger(length) || length <= 0 || length > 16 << 20) throw new QcowError('INVALID_ARGUMENT', 'Write between 1 byte and 16 MiB');
     if (!Number.isInteger(pattern) || pattern < 0 || pattern > 255) throw new QcowError('INVALID_ARGUMENT', 'The pattern is one byte, 0 to 255');
     const label = `guest write of ${length} bytes of 0x${pattern.toString(16).padStart(2, '0')} at guest offset 0x${guestOffset.toString(16)}`;
@@ -531,7 +544,32 @@ const api = {
   },
 
   async download(id: ImageId): Promise<ImageDownload> {
-    return downloadOf(get(id));
+    const img = get(id);
+    const d = await downloadOf(img);
+    // The download holds every change: none is unsaved (a person's file still waits for Save).
+    if (img.store instanceof TxStore && !(img.store instanceof HandleStore)) img.store.markSaved(d.name);
+    return d;
+  },
+
+  async save(ids: ImageId[], jobId?: JobId, onProgress?: ProgressFn) {
+    const group = ids.map(get);
+    const stores = group.map((g) => (g.store instanceof HandleStore ? g.store : notHandle(g)));
+    const run = () => runJob(jobId, onProgress, async (job) => {
+      await saveAllOrNone(stores, job.signal, (phase, done, total) => job.progress({ phase, done, total }));
+      for (const img of group) await reopen(img);
+      return Promise.all(group.map(summaryOf));
+    });
+    const p = Promise.all(group.map((g) => g.queue)).then(run, run);
+    for (const g of group) g.queue = p.catch(() => {});
+    return p;
+  },
+
+  async discardChanges(id: ImageId) {
+    return handleStep(get(id), (s) => s.discardChanges());
+  },
+
+  async keptChanges(id: ImageId, restore: boolean) {
+    return handleStep(get(id), (s) => (restore ? s.restoreKept() : s.declineKept()));
   },
 
   async exportRaw(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageDownload> {

@@ -1,5 +1,6 @@
 // A copy-on-write overlay over a read-only byte source (a browser File/Blob, or any reader):
-// writes land in fixed-size in-memory pages, reads merge the pages over the source. Used where no
+// writes land in fixed-size pages (in memory, or wherever a PageMap keeps them: the browser keeps
+// a person's pending changes in its private file system), reads merge the pages over the source. Used where no
 // writable handle exists (drag-and-drop, file input, browsers without File System Access); the
 // result is saved by streaming `segments()` (source slices + patched pages), never by
 // materialising the whole image.
@@ -18,6 +19,18 @@ export type Segment =
   | { kind: 'patch'; offset: number; data: Uint8Array }
   | { kind: 'zeros'; offset: number; length: number };
 
+/**
+ * Where an overlay keeps its pages: a Map in memory by default. A page handed to set() is the
+ * page's whole content; a page got may be a fresh copy, so every change is set() again.
+ */
+export interface PageMap {
+  readonly size: number;
+  get(page: number): Uint8Array | undefined;
+  set(page: number, data: Uint8Array): void;
+  delete(page: number): void;
+  keys(): IterableIterator<number>;
+}
+
 /** Overlay page size: small enough that a metadata write copies little, large enough to keep the map small. */
 export const OVERLAY_PAGE_SIZE = 64 * 1024;
 
@@ -25,16 +38,28 @@ export class OverlayStore implements ImageStore {
   readonly name: string;
   readonly writable = true;
   private readonly source: ByteSource;
-  private readonly pages = new Map<number, Uint8Array>();
+  private readonly pages: PageMap;
   private length: number;
   /** Source bytes beyond this offset are treated as cut off by a truncate. */
   private sourceLimit: number;
 
-  constructor(source: ByteSource, name = 'image') {
+  constructor(source: ByteSource, name = 'image', pages: PageMap = new Map<number, Uint8Array>()) {
     this.source = source;
     this.name = name;
+    this.pages = pages;
     this.length = source.size;
     this.sourceLimit = source.size;
+  }
+
+  /** The size and the end of the source bytes still seen (to keep an overlay and resume it). */
+  get extent(): { length: number; sourceLimit: number } {
+    return { length: this.length, sourceLimit: this.sourceLimit };
+  }
+
+  /** Resume a kept overlay: its pages are in the PageMap given, its extent as it was. */
+  resume(extent: { length: number; sourceLimit: number }): void {
+    this.length = extent.length;
+    this.sourceLimit = Math.min(extent.sourceLimit, this.source.size);
   }
 
   size(): number {
@@ -97,6 +122,7 @@ export class OverlayStore implements ImageStore {
       }
       const n = Math.min(end, pageStart + OVERLAY_PAGE_SIZE) - pos;
       page.set(data.subarray(pos - offset, pos - offset + n), pos - pageStart);
+      this.pages.set(p, page);
       pos += n;
     }
     if (end > this.length) this.length = end;
@@ -108,10 +134,10 @@ export class OverlayStore implements ImageStore {
     checkRange(this, size, 0);
     if (size < this.length) {
       this.sourceLimit = Math.min(this.sourceLimit, size);
-      for (const [p, page] of this.pages) {
+      for (const p of [...this.pages.keys()]) {
         const pageStart = p * OVERLAY_PAGE_SIZE;
         if (pageStart >= size) this.pages.delete(p);
-        else if (pageStart + OVERLAY_PAGE_SIZE > size) page.fill(0, size - pageStart);
+        else if (pageStart + OVERLAY_PAGE_SIZE > size) this.pages.set(p, this.pages.get(p)!.fill(0, size - pageStart));
       }
     }
     this.length = size;
@@ -139,7 +165,9 @@ export class OverlayStore implements ImageStore {
       if (pageStart >= this.length) break;
       pushPlain(pos, pageStart);
       const n = Math.min(OVERLAY_PAGE_SIZE, this.length - pageStart);
-      out.push({ kind: 'patch', offset: pageStart, data: this.pages.get(p)!.subarray(0, n) });
+      const pages = this.pages;
+      // Read when used: a PageMap outside memory then holds one page at a time in memory.
+      out.push({ kind: 'patch', offset: pageStart, get data() { return pages.get(p)!.subarray(0, n); } });
       pos = pageStart + n;
     }
     pushPlain(pos, this.length);

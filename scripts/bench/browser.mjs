@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+export const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync'];
 
 const MIME = {
@@ -23,7 +23,7 @@ const MIME = {
 };
 
 /** A static server for dist/web on 127.0.0.1 (no vite process to clean up). */
-function serve(root) {
+export function serve(root) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     let file = path.join(root, decodeURIComponent(url.pathname));
@@ -43,7 +43,7 @@ function serve(root) {
 }
 
 /** The file's data segments (SEEK_DATA/SEEK_HOLE), to copy it into OPFS sparsely. */
-function dataSegments(file) {
+export function dataSegments(file) {
   const py = `
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY); end = os.fstat(fd).st_size; pos = 0; out = []
@@ -57,7 +57,7 @@ sys.stdout.write('\\n'.join(out))`;
   return r.stdout.split('\n').filter(Boolean).map((l) => l.split(' ').map(Number));
 }
 
-function median(xs) {
+export function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }

@@ -139,6 +139,6 @@ test('external snapshot into a chosen folder: all or none, the in-memory origina
   await readFromOpfs(page, 'demo.qcow2', path.join(out, 'demo.qcow2'));
   expect(qemuCheck(path.join(out, 'demo.qcow2')).exitCode).toBe(0);
   expectChain(out, 'demo-snap.qcow2', 'demo.qcow2', tmp);
-  // The overlay tab is the saved file itself (writes go to it).
-  await expect(page.getByText('Writable: changes go to the file')).toBeVisible();
+  // The overlay tab is the saved file itself (changes to it wait for Save).
+  await expect(page.getByText('Your file: changes wait here until you Save')).toBeVisible();
 });

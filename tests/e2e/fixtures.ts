@@ -103,36 +103,63 @@ export async function installPickerStub(page: Page): Promise<void> {
   });
 }
 
-/** Put a fixture into OPFS under its name and make the stubbed picker return it. */
+/**
+ * Put a fixture into OPFS under its name and make the stubbed picker return it. The file reaches
+ * the page through a file input (Playwright hands Chromium the path) and is written as one Blob,
+ * so a large image never passes through the test as text.
+ */
 export async function stageInOpfs(page: Page, f: Fixture): Promise<void> {
-  const b64 = fs.readFileSync(f.path).toString('base64');
-  await page.evaluate(
-    async ({ b64, name }) => {
-      const bin = atob(b64);
-      const bytes = new Uint8Array(bin.length);
-      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-      const root = await navigator.storage.getDirectory();
-      const h = await root.getFileHandle(name, { create: true });
-      const w = await h.createWritable();
-      await w.write(bytes);
-      await w.close();
-      localStorage.setItem('e2e-picker-file', name);
-    },
-    { b64, name: f.name },
-  );
+  await page.evaluate(() => {
+    const input = document.createElement('input');
+    input.type = 'file';
+    input.id = 'e2e-stage';
+    input.hidden = true;
+    document.body.append(input);
+  });
+  await page.setInputFiles('#e2e-stage', f.path);
+  await page.evaluate(async (name) => {
+    const input = document.getElementById('e2e-stage') as HTMLInputElement;
+    const root = await navigator.storage.getDirectory();
+    const h = await root.getFileHandle(name, { create: true });
+    const w = await h.createWritable();
+    await w.write(input.files![0]!);
+    await w.close();
+    input.remove();
+    localStorage.setItem('e2e-picker-file', name);
+  }, f.name);
 }
 
-/** Read a file back out of OPFS (to judge what a write through a handle did, with qemu-img). */
-export async function readFromOpfs(page: Page, name: string, to: string): Promise<void> {
-  const b64 = await page.evaluate(async (name) => {
+/** SHA-256 (hex) of a file in OPFS, computed in the page (compare with `sha256` of a file on disk). */
+export async function opfsSha256(page: Page, name: string): Promise<string> {
+  return page.evaluate(async (name) => {
     const root = await navigator.storage.getDirectory();
     const file = await (await root.getFileHandle(name)).getFile();
-    const bytes = new Uint8Array(await file.arrayBuffer());
-    let s = '';
-    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return btoa(s);
+    const d = new Uint8Array(await crypto.subtle.digest('SHA-256', await file.arrayBuffer()));
+    return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
   }, name);
-  fs.writeFileSync(to, Buffer.from(b64, 'base64'));
+}
+
+/** Open a fixture staged in OPFS through "Open image" (the stubbed picker). */
+export async function openViaPicker(page: Page, f: Fixture): Promise<void> {
+  await stageInOpfs(page, f);
+  await page.getByRole('button', { name: 'Open image' }).click();
+  await expect(page.getByRole('tab', { name: f.name })).toBeVisible();
+}
+
+/** Read a file back out of OPFS (to judge what a write through a handle did, with qemu-img), as a download. */
+export async function readFromOpfs(page: Page, name: string, to: string): Promise<void> {
+  const d = page.waitForEvent('download');
+  await page.evaluate(async (name) => {
+    const root = await navigator.storage.getDirectory();
+    const file = await (await root.getFileHandle(name)).getFile();
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(file);
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }, name);
+  await (await d).saveAs(to);
 }
 
 /** "Download image" of the shown tab (or of `tab`, shown first), saved to `to`; returns `to`. */

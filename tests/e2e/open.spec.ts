@@ -72,9 +72,9 @@ test('opens an image through the "Open image" picker (a real OPFS handle)', asyn
   const info = qemuInfo(f.path);
   await expectHeaderMatches(page, info);
   await expectSnapshotsMatch(page, info);
-  // Opened with a writable handle, changes go to the file itself: no download button.
+  // Opened with a writable handle, changes wait in the tab for Save: no download button.
   await expect(page.getByRole('button', { name: 'Download image' })).toHaveCount(0);
-  await expect(page.getByText('Writable: changes go to the file')).toBeVisible();
+  await expect(page.getByText('Your file: changes wait here until you Save')).toBeVisible();
 });
 
 const VARIANTS: { name: string; opts: Parameters<typeof makeImage>[2] }[] = [

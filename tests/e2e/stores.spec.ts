@@ -37,7 +37,30 @@ test.beforeAll(async () => {
     import { QcowError } from './core/errors.ts';
     import './worker/transfer.ts';
     import { OpfsStore } from './worker/stores/opfs-store.ts';
+    import { OpfsPageMap, findPending, pendingKey } from './worker/stores/pending-pages.ts';
     Comlink.expose({
+      // Kept pages: what the last index names survives later writes that were never indexed.
+      async pages() {
+        const page = (b: number) => new Uint8Array(65536).fill(b);
+        const state = (changes: number) => ({ name: 'k.qcow2', fileSize: 10, lastModified: 5, extent: { length: 3 << 20, sourceLimit: 10 }, changes, at: 1 });
+        const key = pendingKey('k.qcow2', { size: 10, lastModified: 5 });
+        const a = await OpfsPageMap.open(key, false);
+        a.pages.set(0, page(1));
+        a.pages.set(7, page(2));
+        await a.pages.persist(state(1));
+        a.pages.set(0, page(3)); // after the index: must go to a new slot
+        a.pages.delete(7);
+        a.pages.set(9, page(4));
+        const live = [a.pages.get(0)![0], a.pages.get(7), a.pages.get(9)![100]];
+        await a.pages.close(); // a tab that died here
+        const file = new File([new Uint8Array(10)], 'k.qcow2', { lastModified: 5 });
+        const found = await findPending('k.qcow2', file);
+        const b = await OpfsPageMap.open(key, true);
+        const kept = { size: b.pages.size, p0: b.pages.get(0)![65535], p7: b.pages.get(7)![0], p9: b.pages.get(9), state: b.state };
+        await b.pages.drop();
+        const gone = await findPending('k.qcow2', file);
+        return { live, found: found?.changes, kept, gone };
+      },
       fail(code: string, details: Record<string, unknown>) { throw new QcowError(code as any, 'failed on purpose at 0x30000', details); },
       echo(e: unknown) { return { isQcow: e instanceof QcowError, code: (e as QcowError).code, details: (e as QcowError).details }; },
       // Transfer handlers apply to a whole argument or return value (Comlink does not walk into objects).
@@ -124,7 +147,7 @@ test('FileStore: aligned block reads, copy-on-write overlay, commit/discard, dow
   expect(r.discarded).toBe(true);
 });
 
-test('HandleStore: one atomic commit per operation, fresh File after, discard, Web Lock', async ({ page }) => {
+test('HandleStore: operations held in the tab, one atomic save (streamed or keepExistingData), cancel, change on disk, put back, Web Lock', async ({ page }) => {
   await load(page);
   const r = await page.evaluate(async () => {
     const { HandleStore, QcowError } = (globalThis as any).qs;
@@ -134,51 +157,88 @@ test('HandleStore: one atomic commit per operation, fresh File after, discard, W
     await w.write(new Uint8Array(200_000).fill(1));
     await w.close();
     const disk = async () => new Uint8Array(await (await fh.getFile()).arrayBuffer());
+    const code = async (p: Promise<unknown>) => p.then(() => 'ok', (e: any) => (e instanceof QcowError ? e.code : String(e)));
 
     const s = await HandleStore.open(fh);
     await s.beginWrite();
     await s.write(10, new Uint8Array([5, 5]));
     await s.write(150_000, new Uint8Array([6]));
-    const beforeCommit = Array.from((await disk()).subarray(10, 12));
+    await s.commit(); // one operation: held in the tab, not in the file
+    const onDiskAfterOp = Array.from((await disk()).subarray(10, 12));
     const readsOwnWrite = Array.from(await s.read(9, 4));
-    await s.commit();
-    const afterCommit = await disk();
-    const committed = [afterCommit[10], afterCommit[11], afterCommit[150_000], afterCommit.length];
-    const readAfter = Array.from(await s.read(10, 2)); // from a fresh File
-
-    // A failed operation: its writes are dropped, the file is untouched.
+    // A failed operation: its writes are dropped.
     await s.write(20, new Uint8Array([8]));
     s.discard();
-    await s.commit();
-    const afterDiscard = (await disk())[20];
-
-    // Grow and shrink inside one operation.
+    // Shrink and grow inside one operation.
     await s.truncate(100);
     await s.truncate(300);
     await s.commit();
-    const resized = await disk();
-    const tail = [resized.length, resized[99], resized[100], resized[299]];
+    const changes = s.changes;
+
+    // A save cancelled after its first bytes: the file is as it was, the changes still pending.
+    const ac = new AbortController();
+    const cancelled = await code(s.save({ signal: ac.signal, progress: () => ac.abort() }));
+    const untouched = (await disk()).every((v: number) => v === 1) && (await disk()).length === 200_000;
+    const stillPending = s.unsaved;
+
+    await s.save(); // streamed through a fresh writable
+    const saved = await disk();
+    const afterSave = [saved.length, saved[10], saved[11], saved[99], saved[100], saved[299], s.unsaved, s.changes];
+
+    // The other way: keepExistingData, then only the changed pages.
+    await s.beginWrite();
+    await s.write(0, new Uint8Array([9]));
+    await s.commit();
+    await s.save({ mode: 'keep' });
+    const kept = await disk();
+    const afterKeep = [kept.length, kept[0], kept[10], kept[1]];
+
+    // A group save that failed later puts a saved file back: old bytes, changes pending again.
+    await s.write(1, new Uint8Array([7]));
+    await s.write(400, new Uint8Array([4])); // grows the file
+    await s.commit();
+    const undo = await s.undoRecord();
+    await s.save({ hold: true });
+    const heldSaved = [(await disk())[1], (await disk()).length];
+    await s.putBack(undo);
+    const putBack = [(await disk())[1], (await disk()).length, s.unsaved, (await s.read(1, 1))[0]];
+
+    // Another program changes the file (later: its time differs): the save is refused, the file keeps its bytes.
+    await new Promise((done) => setTimeout(done, 20));
+    const other = await fh.createWritable({ keepExistingData: true });
+    await other.write({ type: 'write', position: 2, data: new Uint8Array([3]) });
+    await other.close();
+    const changedOnDisk = await code(s.save());
+    const theirs = [(await disk())[1], (await disk())[2]];
+    await s.discardChanges();
+    const discarded = [s.unsaved, (await s.read(2, 1))[0]];
 
     // A second writer of the same image (another tab) is refused while the first holds the lock.
-    const other = await HandleStore.open(fh);
-    let lockError = '';
-    try { await other.beginWrite(); } catch (e: any) { lockError = e instanceof QcowError ? e.code + ': ' + e.message : String(e); }
+    const second = await HandleStore.open(fh);
+    const lockError = await second.beginWrite().then(() => '', (e: any) => (e instanceof QcowError ? e.code + ': ' + e.message : String(e)));
     await s.close();
-    await other.beginWrite(); // free after the first closed
-    await other.close();
-    return { beforeCommit, readsOwnWrite, committed, readAfter, afterDiscard, tail, lockError, commits: s.commits };
+    await second.beginWrite(); // free after the first closed
+    await second.close();
+    return { onDiskAfterOp, readsOwnWrite, changes, cancelled, untouched, stillPending, afterSave, afterKeep, heldSaved, putBack, changedOnDisk, theirs, discarded, lockError, saves: s.saves };
   });
-  expect(r.beforeCommit).toEqual([1, 1]);
+  expect(r.onDiskAfterOp).toEqual([1, 1]);
   expect(r.readsOwnWrite).toEqual([1, 5, 5, 1]);
-  expect(r.committed).toEqual([5, 5, 6, 200_000]);
-  expect(r.readAfter).toEqual([5, 5]);
-  expect(r.afterDiscard).toBe(1);
-  expect(r.tail).toEqual([300, 1, 0, 0]);
+  expect(r.changes).toBe(2);
+  expect(r.cancelled).toBe('CANCELLED');
+  expect(r.untouched).toBe(true);
+  expect(r.stillPending).toBe(true);
+  expect(r.afterSave).toEqual([300, 5, 5, 1, 0, 0, false, 0]);
+  expect(r.afterKeep).toEqual([300, 9, 5, 1]);
+  expect(r.heldSaved).toEqual([7, 401]);
+  expect(r.putBack).toEqual([1, 300, true, 7]);
+  expect(r.changedOnDisk).toBe('IO_ERROR');
+  expect(r.theirs).toEqual([1, 3]);
+  expect(r.discarded).toEqual([false, 3]);
   expect(r.lockError).toMatch(/^READ_ONLY: .*another tab/);
-  expect(r.commits).toBe(2);
+  expect(r.saves).toBe(3);
 });
 
-test('OpfsStore (sync access handle) and QcowError across the worker boundary, both ways', async ({ page }) => {
+test('OpfsStore (sync access handle), kept pending pages, and QcowError across the worker boundary, both ways', async ({ page }) => {
   await load(page);
   const r = await page.evaluate(async (workerSrc) => {
     const { Comlink, QcowError } = (globalThis as any).qs;
@@ -190,6 +250,7 @@ test('OpfsStore (sync access handle) and QcowError across the worker boundary, b
     const echoed = await remote.echo(sent);
     const back = await remote.back(sent);
     const opfs = await remote.opfs();
+    const pages = await remote.pages();
     return {
       isQcow: thrown instanceof QcowError,
       code: thrown?.code,
@@ -197,6 +258,7 @@ test('OpfsStore (sync access handle) and QcowError across the worker boundary, b
       details: { ...thrown?.details, big: String(thrown?.details?.big) },
       echoed: { isQcow: echoed.isQcow, code: echoed.code, details: echoed.details, backIsQcow: back instanceof QcowError && back.code === 'SNAPSHOT_NOT_FOUND' },
       opfs,
+      pages,
     };
   }, workerBundle);
   expect(r.isQcow).toBe(true);
@@ -205,4 +267,8 @@ test('OpfsStore (sync access handle) and QcowError across the worker boundary, b
   expect(r.details).toEqual({ structure: 'L1 table', offset: 0x30000, big: String(2n ** 60n) });
   expect(r.echoed).toEqual({ isQcow: true, code: 'SNAPSHOT_NOT_FOUND', details: { id: '7' }, backIsQcow: true });
   expect(r.opfs).toEqual({ size1: 103, r: [0, 0, 1, 2, 3, 0, 0, 0], size2: 101, past: [0, 1, 0, 0], persisted: [0, 1] });
+  expect(r.pages.live).toEqual([3, undefined, 4]);
+  expect(r.pages.found).toBe(1);
+  expect(r.pages.kept).toEqual({ size: 2, p0: 1, p7: 2, state: { name: 'k.qcow2', fileSize: 10, lastModified: 5, extent: { length: 3 << 20, sourceLimit: 10 }, changes: 1, at: 1 } });
+  expect(r.pages.gone).toBe(null);
 });

@@ -23,6 +23,7 @@ import { isInFolder, saveAllToFolder, type FileToSave } from './save-folder.ts';
 import { damageView, viewWorks } from './damage.ts';
 import { VIEWS, type ViewName } from '../views/registry.ts';
 import { describeError as describe, openFailure, type Message } from './errors.ts';
+import { Saving } from './saving.svelte.ts';
 
 export type { Message, ViewName };
 
@@ -41,6 +42,8 @@ export interface Busy {
   label: string;
   progress?: Progress;
   controller: AbortController;
+  /** A save of a person's file (the save bar shows it, with bytes and time left). */
+  save?: boolean;
 }
 
 /** One open image. Big results are $state.raw: they are replaced whole, never mutated. */
@@ -116,6 +119,8 @@ export class AppState {
    * switches and views, so that a group operation never quietly becomes a one-image one.
    */
   groupMode = $state(false);
+  /** Saving changes to a person's files, and the questions asked before changes could be lost. */
+  readonly saving = new Saving(this);
 
   active = $derived(this.tabs.find((t) => t.id === this.activeId) ?? null);
 
@@ -125,19 +130,20 @@ export class AppState {
   readonly hasFolderPicker = typeof window !== 'undefined' && 'showDirectoryPicker' in window;
 
   /** Run one engine call with the busy indicator, cancellation and error reporting. */
-  private async run<T>(
+  async run<T>(
     label: string,
     body: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<T>,
     failed: (e: unknown) => Message | Promise<Message> = describe,
+    save = false,
   ): Promise<T | undefined> {
     const controller = new AbortController();
-    this.busy = { label, controller };
+    this.busy = { label, controller, save };
     this.message = null;
     try {
       return await body({
         signal: controller.signal,
         onProgress: (p) => {
-          if (this.busy?.controller === controller) this.busy = { label, controller, progress: p };
+          if (this.busy?.controller === controller) this.busy = { label, controller, progress: p, save };
         },
       });
     } catch (e) {
@@ -219,10 +225,11 @@ export class AppState {
     for (const handle of handles) {
       const failed = async (e: unknown) => openFailure(handle.name, await handle.getFile().then((f) => f.size, () => undefined), e);
       const s = await this.run(`Opening ${handle.name}`, () => engine().openHandle(handle), failed);
-      if (s) {
-        this.dropStartDemo();
-        this.add(s, handle);
-      }
+      if (!s) continue;
+      this.dropStartDemo();
+      this.add(s, handle);
+      this.saving.remember(handle);
+      await this.saving.offerKept(this.tabs[this.tabs.length - 1]!);
     }
   }
 
@@ -283,7 +290,9 @@ export class AppState {
   }
 
   async close(id: string): Promise<void> {
-    const i = this.tabs.findIndex((t) => t.id === id);
+    let i = this.tabs.findIndex((t) => t.id === id);
+    if (i < 0 || !(await this.saving.mayClose(this.tabs[i]!))) return;
+    i = this.tabs.findIndex((t) => t.id === id);
     if (i < 0) return;
     // A closed demo stays closed: the next visit starts on the introduction, not on the demo.
     if (this.tabs[i]!.isDemo) rememberDemoClosed();
@@ -320,8 +329,8 @@ export class AppState {
   }
 
   /**
-   * Before a write to a person's own file: ask for write permission. Must run on the user's
-   * gesture (the click that confirmed the operation), before any other await.
+   * Before a change: refuse a read-only image; before the first change to a person's own file,
+   * say that no VM may run from it. Its changes wait in the tab: write permission is asked on Save.
    */
   private async ensureWritable(tab: ImageTab, repairing = false): Promise<boolean> {
     const st = tab.summary.state;
@@ -329,15 +338,7 @@ export class AppState {
       this.message = { kind: 'error', text: `${st.name} is read-only${st.readOnlyReason ? `: ${st.readOnlyReason}` : ''}`, code: 'READ_ONLY' };
       return false;
     }
-    if (!tab.handle) return true;
-    const h = tab.handle as FileSystemFileHandle & {
-      queryPermission?: (d: object) => Promise<PermissionState>;
-      requestPermission?: (d: object) => Promise<PermissionState>;
-    };
-    if (!h.requestPermission) return true;
-    const granted = (await h.requestPermission({ mode: 'readwrite' })) === 'granted';
-    if (!granted) this.message = { kind: 'error', text: `Permission to write ${st.name} was not granted; nothing was changed.`, code: 'READ_ONLY' };
-    return granted;
+    return this.saving.beforeFirstChange(tab);
   }
 
   private async write(tab: ImageTab, label: string, op: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<ImageSummary>): Promise<boolean> {
@@ -443,7 +444,7 @@ export class AppState {
     const list = overlays.map((o) => `${o.name} (backing file ${o.backingFile})`).join(', ');
     this.message = {
       kind: 'info',
-      text: `External snapshot taken: ${list} ${dir ? `saved in ${dir.name}` : 'downloaded'}${overlays.some((o) => o.base) ? ', with the originals that were in no file' : ''}. Keep each overlay in the same folder as its backing file.${notes.length ? ' ' + notes.join('; ') + '.' : ''}`,
+      text: `External snapshot taken: ${list} ${dir ? `saved in ${dir.name}` : 'downloaded'}${overlays.some((o) => o.base) ? ', with the originals that were in no file' : ''}. Keep each overlay in the same folder as its backing file${dir ? '' : ', under the name above (if the browser saved one as, say, "name (1).qcow2", rename it: the overlay finds its backing file by name)'}.${notes.length ? ' ' + notes.join('; ') + '.' : ''}`,
     };
     return true;
   }
@@ -508,7 +509,11 @@ export class AppState {
   /** "Download image": the image as it now is, as an ordinary browser download under its name. */
   async download(tab: ImageTab): Promise<void> {
     const d = await this.run('Preparing the download', () => engine().download(tab.id));
-    if (d) this.save(d.blob, d.name);
+    if (!d) return;
+    this.save(d.blob, d.name);
+    // The state line says the changes are in the download now.
+    const fresh = await engine().summary(tab.id).catch(() => undefined);
+    if (fresh) tab.summary = fresh;
   }
 
   /** Export the active disk (snapshotId null) or a snapshot as a raw file. */

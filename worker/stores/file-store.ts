@@ -28,26 +28,57 @@ export function fileReader(file: Blob): RawSource {
 }
 
 /**
- * The File under a copy-on-write overlay (the committed image), itself under a TxStore so that an
- * engine operation is all-or-nothing (worker/stores/tx-store.ts).
+ * The File under a copy-on-write overlay (the changes held in the tab), itself under a TxStore so
+ * that an engine operation is all-or-nothing (worker/stores/tx-store.ts). The handle store
+ * (handle-store.ts) is this over a person's file, plus Save.
  */
 export class FileStore extends TxStore {
-  readonly file: File;
+  private current: File;
   readonly cache: BlockCache;
-  readonly overlay: OverlayStore;
+  private changed: OverlayStore;
 
   constructor(file: File, blockSize?: number) {
     const cache = new BlockCache(fileReader(file), file.size, blockSize ? { blockSize } : {});
     const overlay = new OverlayStore(cache, file.name);
     super(overlay);
-    this.file = file;
+    this.current = file;
     this.cache = cache;
-    this.overlay = overlay;
+    this.changed = overlay;
   }
 
-  /** Nothing was changed since the file was opened. */
+  /** The file the changes are over. */
+  get file(): File {
+    return this.current;
+  }
+
+  /** The changes held in the tab, over the file. */
+  get overlay(): OverlayStore {
+    return this.changed;
+  }
+
+  /** Nothing was changed since the file was opened (or last saved to it). */
   get pristine(): boolean {
     return this.overlay.pristine && !this.hasPending;
+  }
+
+  /** Start again from `file` (as it now is on disk): every change held in the tab is dropped. */
+  protected reset(file: File): void {
+    this.current = file;
+    this.cache.invalidate(file.size, fileReader(file));
+    this.changed = new OverlayStore(this.cache, this.name);
+    this.rebase(this.changed);
+  }
+
+  /** Hold the changes in `overlay` from now on (over the same file; nothing is pending). */
+  protected useOverlay(overlay: OverlayStore): void {
+    this.changed = overlay;
+    this.rebase(overlay);
+  }
+
+  /** The same bytes as before, in a new File (the old one is unreadable once the file was written): the changes stay. */
+  protected rebind(file: File): void {
+    this.current = file;
+    this.cache.invalidate(file.size, fileReader(file));
   }
 
   /** Warm the block cache with ranges a walk will read (see BlockCache.prefetch). */

@@ -1,6 +1,7 @@
 // A file in the origin private file system through a synchronous access handle (dedicated
-// workers only): in-place positioned writes at memory-like speed, the place for a working copy of
-// an image too big to rewrite on every save. One read-write handle per file at a time (docs/platform.md).
+// workers only): in-place positioned writes at memory-like speed, synchronous where a caller
+// needs that (the pages of a person's pending changes, pending-pages.ts). One read-write handle
+// per file at a time (docs/platform.md).
 import { QcowError } from '../../core/errors.ts';
 import { checkRange, checkReadRange, type ImageStore } from '../../core/io/store.ts';
 
@@ -43,26 +44,6 @@ export class OpfsStore implements ImageStore {
     return new OpfsStore(fileHandle.name, h, writable);
   }
 
-  /** Copy a File into OPFS under `name` and open it there (a working copy). */
-  static async copyFrom(file: Blob, name: string, onProgress?: (done: number, total: number) => void): Promise<OpfsStore> {
-    const root = await navigator.storage.getDirectory();
-    const dir = await root.getDirectoryHandle('working-copies', { create: true });
-    const fh = await dir.getFileHandle(name, { create: true });
-    const store = await OpfsStore.open(fh);
-    store.handle.truncate(0);
-    const reader = file.stream().getReader();
-    let at = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      store.handle.write(value, { at });
-      at += value.length;
-      onProgress?.(at, file.size);
-    }
-    store.handle.flush();
-    return store;
-  }
-
   size(): number {
     return this.handle.getSize();
   }
@@ -74,6 +55,11 @@ export class OpfsStore implements ImageStore {
   }
 
   async readInto(offset: number, out: Uint8Array): Promise<void> {
+    this.readSync(offset, out);
+  }
+
+  /** readInto, synchronously. */
+  readSync(offset: number, out: Uint8Array): void {
     checkReadRange(this, offset, out.length);
     const size = this.handle.getSize();
     const n = offset < size ? Math.min(out.length, size - offset) : 0;
@@ -82,10 +68,20 @@ export class OpfsStore implements ImageStore {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
+    this.writeSync(offset, data);
+  }
+
+  /** write, synchronously. */
+  writeSync(offset: number, data: Uint8Array): void {
     if (!this.writable) throw new QcowError('READ_ONLY', `${this.name} is read-only`);
     checkRange(this, offset, data.length);
     const n = this.handle.write(data, { at: offset });
     if (n !== data.length) throw new QcowError('IO_ERROR', `Short write to ${this.name} at offset ${offset}`);
+  }
+
+  /** flush, synchronously. */
+  flushSync(): void {
+    if (this.writable) this.handle.flush();
   }
 
   async flush(): Promise<void> {
@@ -103,18 +99,5 @@ export class OpfsStore implements ImageStore {
     this.closed = true;
     if (this.writable) this.handle.flush();
     this.handle.close();
-  }
-
-  /** The current bytes as a Blob (for "Download image" of a working copy). */
-  async toBlob(): Promise<Blob> {
-    const size = this.size();
-    const parts: BlobPart[] = [];
-    const CHUNK = 16 << 20;
-    for (let at = 0; at < size; at += CHUNK) {
-      const buf = new Uint8Array(Math.min(CHUNK, size - at));
-      this.handle.read(buf, { at });
-      parts.push(buf);
-    }
-    return new Blob(parts, { type: 'application/octet-stream' });
   }
 }

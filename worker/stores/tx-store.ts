@@ -2,7 +2,7 @@
 // copy-on-write overlay, the in-memory demo): the operation's writes go to a pending overlay over
 // the committed store; `commit()` applies them in order, `discard()` drops them, so a refused,
 // failed or cancelled operation leaves the image exactly as it was. (The FS Access handle store
-// does the same with an atomic createWritable session.)
+// holds them the same way, over the person's file, until Save.)
 import { OverlayStore } from '../../core/io/overlay-store.ts';
 import { checkRange, readInto, type ImageStore } from '../../core/io/store.ts';
 
@@ -22,13 +22,36 @@ export class TxStore implements ImageStore, Transactional {
   readonly name: string;
   readonly writable = true;
   /** The committed image. */
-  readonly base: ImageStore;
+  private committed: ImageStore;
   private pending: OverlayStore;
+  /** Operations committed since the image was last saved (or opened): what "unsaved changes" counts. */
+  changes = 0;
 
   constructor(base: ImageStore) {
-    this.base = base;
+    this.committed = base;
     this.name = base.name;
     this.pending = this.fresh();
+  }
+
+  get base(): ImageStore {
+    return this.committed;
+  }
+
+  /** Start over on another committed image (after a save or a discard); nothing pending, no changes. */
+  protected rebase(base: ImageStore): void {
+    this.committed = base;
+    this.pending = this.fresh();
+    this.changes = 0;
+    this.savedAs = undefined;
+  }
+
+  /** The name the changes were last saved under (a download), while none came after. */
+  savedAs: string | undefined;
+
+  /** The changes were saved somewhere (a download, under `as`): none are unsaved now. */
+  markSaved(as: string): void {
+    this.changes = 0;
+    this.savedAs = as;
   }
 
   private fresh(): OverlayStore {
@@ -76,6 +99,8 @@ export class TxStore implements ImageStore, Transactional {
     if (this.base.size() !== size) await this.base.truncate(size);
     await this.base.flush();
     this.pending = this.fresh();
+    this.changes++;
+    this.savedAs = undefined;
   }
 
   discard(): void {
