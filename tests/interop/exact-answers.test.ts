@@ -1,0 +1,122 @@
+// Exact answers about snapshots against qemu-img: the cluster map's "snapshots only" data is what
+// qemu-img map finds in the snapshots (applied on copies) and not in the active disk, however many
+// snapshots hold it; "deleting S frees N" and "deleting all snapshots frees N" are the clusters
+// whose refcount drops to 0 when qemu-img deletes them on a copy.
+import * as fs from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { useTempDir } from '../helpers/temp-dir.ts';
+import { createImage, qemuCheck, qemuImgOk, qemuIoOk, qemuMap, readRange } from '../helpers/qemu.ts';
+import { getRefcount, L1E_OFFSET_MASK, readHeader, readSnapshots } from '../helpers/qcow2-mini.ts';
+import { openImage } from '../../cli/open.ts';
+import { buildLayout } from '../../core/analysis/layout.ts';
+import { allSnapshotsSpace, snapshotSpace } from '../../core/analysis/snapshot-space.ts';
+
+/** Host clusters holding guest data of the file's active disk, by qemu-img map. */
+function dataClusters(file: string, cs: number): Set<number> {
+  const out = new Set<number>();
+  for (const e of qemuMap(file)) {
+    if (!e.data || e.offset === undefined) continue;
+    for (let o = e.offset; o < e.offset + e.length; o += cs) out.add(Math.floor(o / cs));
+  }
+  return out;
+}
+
+/** The L2 table offsets an L1 table (read raw from the file) points to. */
+function l2Tables(file: string, l1Offset: number, l1Size: number): Set<number> {
+  const raw = readRange(file, l1Offset, l1Size * 8);
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const out = new Set<number>();
+  for (let i = 0; i < l1Size; i++) {
+    const off = Number(dv.getBigUint64(i * 8) & L1E_OFFSET_MASK);
+    if (off !== 0) out.add(off);
+  }
+  return out;
+}
+
+/** Host clusters with a non-zero refcount (read by the test's own mini parser). */
+function usedClusters(file: string): number {
+  const h = readHeader(file);
+  const n = Math.ceil(fs.statSync(file).size / h.clusterSize);
+  let used = 0;
+  for (let c = 0; c < n; c++) if (getRefcount(file, c, h) > 0n) used++;
+  return used;
+}
+
+describe('exact answers about snapshots', () => {
+  const tmp = useTempDir('qcowscope-answers-');
+
+  /** s1 and s2 share 4 clusters the active disk overwrote; s3 alone holds one more. */
+  function makeImage(): string {
+    const f = tmp.file('a.qcow2');
+    createImage(f, '64M');
+    qemuIoOk(f, 'write -P 1 0 256k', 'write -P 5 8M 64k');
+    qemuImgOk(['snapshot', '-c', 's1', f]);
+    qemuImgOk(['snapshot', '-c', 's2', f]);
+    qemuIoOk(f, 'write -P 2 0 256k', 'write -P 3 1M 64k');
+    qemuImgOk(['snapshot', '-c', 's3', f]);
+    qemuIoOk(f, 'write -P 4 1M 64k');
+    return f;
+  }
+
+  it('"Data (snapshots only)" counts clusters held by any number of snapshots and not the active disk', async () => {
+    const f = makeImage();
+    const cs = readHeader(f).clusterSize;
+    const active = dataClusters(f, cs);
+    const inSnapshots = new Set<number>();
+    for (const sn of ['s1', 's2', 's3']) {
+      const copy = tmp.file(`apply-${sn}.qcow2`);
+      fs.copyFileSync(f, copy);
+      qemuImgOk(['snapshot', '-a', sn, copy]);
+      for (const c of dataClusters(copy, cs)) inSnapshots.add(c);
+    }
+    const onlySnapshots = [...inSnapshots].filter((c) => !active.has(c));
+    const shared = [...inSnapshots].filter((c) => active.has(c));
+    expect(onlySnapshots.length).toBe(5); // the image is what the test means it to be
+    const img = await openImage(f, { checkMode: true, noBacking: true });
+    try {
+      const l = await buildLayout(img);
+      expect(l.summary['data-snapshot']).toBe(onlySnapshots.length);
+      expect(l.summary['data-shared']).toBe(shared.length);
+      expect(l.summary.data).toBe(active.size - shared.length);
+      // L2 tables: snapshots only whether one snapshot or several hold them.
+      const h = readHeader(f);
+      const activeL2 = l2Tables(f, h.l1TableOffset, h.l1Size);
+      const snapL2 = new Set(readSnapshots(f).flatMap((s) => [...l2Tables(f, Number(s.l1TableOffset), s.l1Size)]));
+      const l2Only = [...snapL2].filter((o) => !activeL2.has(o));
+      expect(l2Only.length).toBe(2); // s1 and s2 share one, s3 holds one
+      expect(l.summary['l2-snapshot']).toBe(l2Only.length);
+      expect(l.summary['l2-shared']).toBe(snapL2.size - l2Only.length);
+    } finally {
+      await img.close();
+    }
+  });
+
+  it('"deleting S frees N" and "deleting all snapshots frees N" equal what qemu-img frees', async () => {
+    const f = makeImage();
+    const img = await openImage(f, { noBacking: true });
+    const each = new Map<string, number>();
+    let all: number;
+    try {
+      for (const sn of img.snapshots) each.set(sn.name, (await snapshotSpace(img, sn)).exclusiveClusters);
+      all = (await allSnapshotsSpace(img)).exclusiveClusters;
+    } finally {
+      await img.close();
+    }
+    const before = usedClusters(f);
+    for (const sn of ['s1', 's2', 's3']) {
+      const copy = tmp.file(`del-${sn}.qcow2`);
+      fs.copyFileSync(f, copy);
+      qemuImgOk(['snapshot', '-d', sn, copy]);
+      expect(qemuCheck(copy).exitCode).toBe(0);
+      // Deleting one snapshot writes a new snapshot table and frees the old one: the same count.
+      expect(before - usedClusters(copy), sn).toBe(each.get(sn));
+    }
+    // s1 and s2 each share what only the two of them hold: alone, neither frees it.
+    expect(each.get('s1')).toBeLessThan(each.get('s3')! + 4);
+    const copy = tmp.file('del-all.qcow2');
+    fs.copyFileSync(f, copy);
+    for (const sn of ['s1', 's2', 's3']) qemuImgOk(['snapshot', '-d', sn, copy]);
+    expect(qemuCheck(copy).exitCode).toBe(0);
+    expect(before - usedClusters(copy)).toBe(all);
+  });
+});
