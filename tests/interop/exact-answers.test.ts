@@ -1,15 +1,17 @@
 // Exact answers about snapshots against qemu-img: the cluster map's "snapshots only" data is what
 // qemu-img map finds in the snapshots (applied on copies) and not in the active disk, however many
 // snapshots hold it; "deleting S frees N" and "deleting all snapshots frees N" are the clusters
-// whose refcount drops to 0 when qemu-img deletes them on a copy.
+// whose refcount drops to 0 when qemu-img deletes them on a copy; a translation follows the backing
+// chain to the depth and offset qemu-img map gives.
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { createImage, qemuCheck, qemuImgOk, qemuIoOk, qemuMap, readRange } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuImgOk, qemuInfo, qemuIo, qemuIoOk, qemuMap, readRange } from '../helpers/qemu.ts';
 import { getRefcount, L1E_OFFSET_MASK, readHeader, readSnapshots } from '../helpers/qcow2-mini.ts';
 import { openImage } from '../../cli/open.ts';
 import { buildLayout } from '../../core/analysis/layout.ts';
 import { allSnapshotsSpace, snapshotSpace } from '../../core/analysis/snapshot-space.ts';
+import { translate } from '../../core/analysis/translate.ts';
 
 /** Host clusters holding guest data of the file's active disk, by qemu-img map. */
 function dataClusters(file: string, cs: number): Set<number> {
@@ -118,5 +120,66 @@ describe('exact answers about snapshots', () => {
     for (const sn of ['s1', 's2', 's3']) qemuImgOk(['snapshot', '-d', sn, copy]);
     expect(qemuCheck(copy).exitCode).toBe(0);
     expect(before - usedClusters(copy)).toBe(all);
+  });
+
+  it('translation follows the backing chain to the depth and offset of qemu-img map', async () => {
+    const base = tmp.file('base.qcow2');
+    createImage(base, '16M');
+    qemuIoOk(base, 'write -P 1 0 64k', 'write -P 5 2M 64k', 'write -c -P 6 4M 64k');
+    const mid = tmp.file('mid.qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', mid]);
+    qemuIoOk(mid, 'write -P 2 1M 64k');
+    const top = tmp.file('top.qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', top]);
+    qemuIoOk(top, 'write -P 3 3M 64k', 'write -z 2M 64k');
+    const files = ['top.qcow2', 'mid.qcow2', 'base.qcow2'];
+    const map = qemuMap(top);
+    expect(new Set(map.map((e) => e.depth)).size).toBe(3);
+    const img = await openImage(top);
+    try {
+      for (const e of map) {
+        const t = await translate(img, img.activeView(), e.start);
+        expect(t.depth, `guest ${e.start}`).toBe(e.depth);
+        if (e.depth > 0) expect(t.file?.endsWith(files[e.depth]!)).toBe(true);
+        else expect(t.file).toBeUndefined();
+        if (e.data && e.offset !== undefined) {
+          expect(t.result).toBe('data');
+          expect(t.hostOffset).toBe(e.offset);
+        } else if (e.data) {
+          expect(t.result).toBe('compressed');
+        } else {
+          expect(['zero', 'unallocated']).toContain(t.result);
+        }
+      }
+    } finally {
+      await img.close();
+    }
+    // Without the backing file attached, an unallocated byte is "in the backing file (not opened yet)".
+    const alone = await openImage(top, { noBacking: true });
+    try {
+      const t = await translate(alone, alone.activeView(), 0);
+      expect(t.result).toBe('backing-missing');
+      expect(t.backingFile).toBe(qemuInfo(top)['backing-filename']);
+    } finally {
+      await alone.close();
+    }
+  });
+
+  it('translation into a raw backing file: the offset is the guest offset, as qemu-img map says', async () => {
+    const raw = tmp.file('base.raw');
+    qemuImgOk(['create', '-q', '-f', 'raw', raw, '4M']);
+    expect(qemuIo(['-f', 'raw', '-c', 'write -P 7 1M 64k', raw]).status).toBe(0);
+    const top = tmp.file('over-raw.qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', top]);
+    const e = qemuMap(top).find((x) => x.start <= 1048576 && 1048576 < x.start + x.length)!;
+    const img = await openImage(top);
+    try {
+      const t = await translate(img, img.activeView(), 1048576 + 100);
+      expect(t.depth).toBe(e.depth);
+      expect(t.result).toBe('data');
+      expect(t.hostOffset).toBe(e.offset! + (1048576 - e.start) + 100);
+    } finally {
+      await img.close();
+    }
   });
 });
