@@ -50,7 +50,12 @@ function toRanges(clusters: number[]): Array<[number, number]> {
   return ranges;
 }
 
+/**
+ * What snapshot `sn` holds alone. Deleting one of several snapshots writes a new snapshot table and
+ * frees the old one (no net change); deleting the only one frees the table too, so it is counted.
+ */
 export async function snapshotSpace(img: Qcow2Image, sn: Snapshot): Promise<SnapshotSpace> {
+  if (img.snapshots.length === 1 && img.snapshots[0] === sn) return { ...(await allSnapshotsSpace(img)), id: sn.idStr, name: sn.name };
   const { exclusive, shared } = await exclusiveOf(img, await treeReferences(img, [await img.snapshotView(sn)]));
   return {
     id: sn.idStr,

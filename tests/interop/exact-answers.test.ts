@@ -81,6 +81,22 @@ describe('exact answers about snapshots', () => {
     expect(freedByDeleting(f, ['s1', 's2', 's3'], tmp.dir)).toBe(all);
   });
 
+  it('deleting the only snapshot frees the snapshot table too, as qemu-img does', async () => {
+    const f = tmp.file('one.qcow2');
+    createImage(f, '64M');
+    qemuIoOk(f, 'write -P 1 0 256k');
+    qemuImgOk(['snapshot', '-c', 'only', f]);
+    qemuIoOk(f, 'write -P 2 0 128k');
+    const img = await openImage(f, { noBacking: true });
+    try {
+      const space = await snapshotSpace(img, img.snapshots[0]!);
+      expect(space.name).toBe('only');
+      expect(space.exclusiveClusters).toBe(freedByDeleting(f, ['only'], tmp.dir));
+    } finally {
+      await img.close();
+    }
+  });
+
   it('translation follows the backing chain to the depth and offset of qemu-img map', async () => {
     const base = tmp.file('base.qcow2');
     createImage(base, '16M');
