@@ -361,8 +361,8 @@ export interface EngineApi {
    * (null), with the host clusters that hold them on either side.
    */
   diff(id: ImageId, a: string | null, b: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<DiffResult>;
-  /** What a snapshot holds alone (freed by deleting it) and what it shares. */
-  snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn): Promise<SnapshotSpace>;
+  /** What a snapshot holds alone (freed by deleting it) and what it shares; null: all snapshots together (freed by deleting every one). */
+  snapshotSpace(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<SnapshotSpace>;
   /** Who uses host cluster `cluster`: its refcount, and the active disk's and each snapshot's references to it (Inspector). */
   clusterUsers(id: ImageId, cluster: number, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterUsers>;
   clusterMap(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<ClusterMapDTO>;

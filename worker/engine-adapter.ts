@@ -16,7 +16,7 @@ import type { Journal } from '../core/image/journal.ts';
 import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
 import { translate, type Translation } from '../core/analysis/translate.ts';
-import { snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
+import { allSnapshotsSpace, snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import { clusterUsers, type ClusterUsers } from '../core/analysis/cluster-users.ts';
 import { findWriteDamage } from '../core/image/snapshot-precheck.ts';
 import { BudgetedStore } from './job-budget.ts';
@@ -64,7 +64,7 @@ export interface EngineImage {
   refcountTablePage(start: number, count: number): Promise<RefcountTableEntryDTO[]>;
   refcountBlock(refblockIndex: number): Promise<Float64Array>;
   translate(guestOffset: number, snapshotId?: string): Promise<Translation>;
-  snapshotSpace(snapshotId: string, job: JobContext): Promise<SnapshotSpace>;
+  snapshotSpace(snapshotId: string | null, job: JobContext): Promise<SnapshotSpace>;
   clusterUsers(cluster: number, job: JobContext): Promise<ClusterUsers>;
   diff(a: string | null, b: string | null, job: JobContext): Promise<DiffResult>;
   exportRaw(snapshotId: string | null, job: JobContext): Promise<Blob>;
@@ -274,7 +274,7 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
       });
     },
     async snapshotSpace(snapshotId) {
-      return snapshotSpace(img, findById(snapshotId));
+      return snapshotId === null ? allSnapshotsSpace(img) : snapshotSpace(img, findById(snapshotId));
     },
     clusterUsers: (cluster, job) => clusterUsers(img, cluster, () => job.signal.aborted),
     async clusterMap(job) {

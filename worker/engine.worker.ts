@@ -475,7 +475,7 @@ const api = {
     return runJob(jobId, onProgress, (job) => img.engine.diff(a, b, job));
   },
 
-  async snapshotSpace(id: ImageId, snapshotId: string, jobId?: JobId, onProgress?: ProgressFn) {
+  async snapshotSpace(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn) {
     const img = get(id);
     return runJob(jobId, onProgress, (job) => img.engine.snapshotSpace(snapshotId, job));
   },

@@ -37,8 +37,13 @@ export function mergeOwner(prev: number, next: number): number {
   if (prev === Kind.Free) return next;
   const l2 = (k: number) => k === Kind.L2Active || k === Kind.L2Shared || k === Kind.L2Snapshot;
   const data = (k: number) => k === Kind.DataExclusive || k === Kind.DataShared || k === Kind.DataSnapshot || k === Kind.VmState;
-  if (l2(prev) && l2(next)) return Kind.L2Shared;
-  if (data(prev) && data(next)) return prev === Kind.VmState && next === Kind.VmState ? Kind.VmState : Kind.DataShared;
+  // Held by any number of snapshots and not by the active disk stays "snapshots only" (deleting
+  // every snapshot frees it), for L2 tables and data alike.
+  if (l2(prev) && l2(next)) return prev === Kind.L2Snapshot && next === Kind.L2Snapshot ? Kind.L2Snapshot : Kind.L2Shared;
+  if (data(prev) && data(next)) {
+    if (prev === next && (prev === Kind.VmState || prev === Kind.DataSnapshot)) return prev;
+    return Kind.DataShared;
+  }
   if (prev === Kind.Compressed && next === Kind.Compressed) return Kind.Compressed;
   if (prev === Kind.SnapshotL1 && next === Kind.SnapshotL1) return Kind.Corrupt;
   return Kind.Corrupt;

@@ -19,38 +19,76 @@ export interface SnapshotSpace {
   exclusiveRanges: Array<[number, number]>;
 }
 
-/** References from one L1 tree: host cluster index → number of references. */
-async function treeReferences(img: Qcow2Image, view: L1View, includeL1 = true): Promise<Map<number, number>> {
+/** References from some L1 trees: host cluster index → number of references. */
+async function treeReferences(img: Qcow2Image, views: L1View[]): Promise<Map<number, number>> {
   const refs = new Map<number, number>();
-  await walkTree(img, view, (cluster) => refs.set(cluster, (refs.get(cluster) ?? 0) + 1), includeL1);
+  for (const view of views) await walkTree(img, view, (cluster) => refs.set(cluster, (refs.get(cluster) ?? 0) + 1));
   return refs;
 }
 
-export async function snapshotSpace(img: Qcow2Image, sn: Snapshot): Promise<SnapshotSpace> {
-  const view = await img.snapshotView(sn);
-  const refs = await treeReferences(img, view);
+/** The clusters of `refs` whose refcount all those references make up (freed if they go), and the rest. */
+async function exclusiveOf(img: Qcow2Image, refs: Map<number, number>): Promise<{ exclusive: number[]; shared: number }> {
   const per = refblockEntriesOf(img);
-  const clusters = [...refs.keys()].sort((a, b) => a - b);
   const exclusive: number[] = [];
   let shared = 0;
-  for (const c of clusters) {
+  for (const c of [...refs.keys()].sort((a, b) => a - b)) {
     const block = await loadRefblock(img, Math.floor(c / per));
     const rc = block ? getRefcount(block, c % per, img.refcountOrder) : 0;
     if (rc <= refs.get(c)!) exclusive.push(c);
     else shared++;
   }
+  return { exclusive, shared };
+}
+
+function toRanges(clusters: number[]): Array<[number, number]> {
   const ranges: Array<[number, number]> = [];
-  for (const c of exclusive) {
+  for (const c of clusters) {
     const last = ranges[ranges.length - 1];
     if (last && last[0] + last[1] === c) last[1]++;
     else ranges.push([c, 1]);
   }
+  return ranges;
+}
+
+/**
+ * What snapshot `sn` holds alone. Deleting one of several snapshots writes a new snapshot table and
+ * frees the old one (no net change); deleting the only one frees the table too, so it is counted.
+ */
+export async function snapshotSpace(img: Qcow2Image, sn: Snapshot): Promise<SnapshotSpace> {
+  if (img.snapshots.length === 1 && img.snapshots[0] === sn) return { ...(await allSnapshotsSpace(img)), id: sn.idStr, name: sn.name };
+  const { exclusive, shared } = await exclusiveOf(img, await treeReferences(img, [await img.snapshotView(sn)]));
   return {
     id: sn.idStr,
     name: sn.name,
     exclusiveClusters: exclusive.length,
     sharedClusters: shared,
     exclusiveBytes: exclusive.length * img.clusterSize,
-    exclusiveRanges: ranges,
+    exclusiveRanges: toRanges(exclusive),
+  };
+}
+
+/**
+ * What deleting every snapshot frees: the clusters all snapshot trees together hold and the active
+ * disk does not, plus the snapshot table itself (QEMU frees it when the last snapshot goes).
+ * Reported as a SnapshotSpace with id and name '*'.
+ */
+export async function allSnapshotsSpace(img: Qcow2Image): Promise<SnapshotSpace> {
+  const views: L1View[] = [];
+  for (const sn of img.snapshots) views.push(await img.snapshotView(sn));
+  const refs = await treeReferences(img, views);
+  const cs = img.clusterSize;
+  if (img.snapshots.length > 0 && img.snapshotsSize > 0) {
+    const first = Math.floor(img.header.snapshotsOffset / cs);
+    const last = Math.floor((img.header.snapshotsOffset + img.snapshotsSize - 1) / cs);
+    for (let c = first; c <= last; c++) refs.set(c, (refs.get(c) ?? 0) + 1);
+  }
+  const { exclusive, shared } = await exclusiveOf(img, refs);
+  return {
+    id: '*',
+    name: '*',
+    exclusiveClusters: exclusive.length,
+    sharedClusters: shared,
+    exclusiveBytes: exclusive.length * cs,
+    exclusiveRanges: toRanges(exclusive),
   };
 }

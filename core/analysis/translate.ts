@@ -4,10 +4,15 @@
 import { QcowError, hex } from '../errors.ts';
 import { be32 } from '../format/bytes.ts';
 import { CLUSTER_TYPE_NAMES, ClusterType, clusterType, compressedDescriptor, decodeL1Entry, decodeL2Entry } from '../format/entries.ts';
-import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
+import { Qcow2Image, type L1View } from '../image/qcow2-image.ts';
+import { RawLayer } from '../image/layer.ts';
 import { getClusterRefcount } from '../image/refcount.ts';
 
-export type TranslationResult = 'data' | 'zero' | 'compressed' | 'backing' | 'unallocated' | 'beyond-end' | 'error';
+/**
+ * Where the byte is. 'backing': in a backing layer this walk cannot look into; 'backing-missing':
+ * the header names a backing file that is not attached.
+ */
+export type TranslationResult = 'data' | 'zero' | 'compressed' | 'backing' | 'backing-missing' | 'unallocated' | 'beyond-end' | 'error';
 
 export interface TranslationStep {
   title: string;
@@ -33,6 +38,12 @@ export interface Translation {
   refcount?: number;
   clusterType?: string;
   subcluster?: number;
+  /** The layer that answers: 0 this image, 1 its backing file, and so on (qemu-img map's depth). */
+  depth: number;
+  /** The name of the file that answers, when it is a backing file (hostOffset is then in that file). */
+  file?: string;
+  /** The backing file the header names (set when it is not attached: result 'backing-missing'). */
+  backingFile?: string;
   result: TranslationResult;
   steps: TranslationStep[];
   error?: string;
@@ -47,7 +58,7 @@ export async function translate(img: Qcow2Image, view: L1View, guestOffset: numb
   const l1Index = Math.floor(guestOffset / l2Span);
   const l2Index = Math.floor(guestOffset / cs) % img.l2Entries;
   const offsetInCluster = guestOffset % cs;
-  const t: Translation = { guestOffset, clusterSize: cs, l1Index, l2Index, offsetInCluster, result: 'unallocated', steps: [] };
+  const t: Translation = { guestOffset, clusterSize: cs, l1Index, l2Index, offsetInCluster, depth: 0, result: 'unallocated', steps: [] };
   const steps = t.steps;
   steps.push({
     title: 'Split the guest offset',
@@ -62,7 +73,7 @@ export async function translate(img: Qcow2Image, view: L1View, guestOffset: numb
   }
   if (l1Index >= view.size) {
     steps.push({ title: 'L1 entry', text: `L1 index ${l1Index} is past the L1 table (l1_size ${view.size}): unallocated.` });
-    return finishUnallocated(img, t);
+    return await finishUnallocated(img, t);
   }
   const l1EntryOffset = view.offset + l1Index * 8;
   t.l1EntryOffset = l1EntryOffset;
@@ -76,7 +87,7 @@ export async function translate(img: Qcow2Image, view: L1View, guestOffset: numb
         : `bits 9–55 give the L2 table offset ${hex(l1e.l2Offset)}; bit 63 (COPIED) is ${l1e.copied ? 'set: the L2 table is used only here (refcount 1)' : 'clear: the L2 table may be shared with a snapshot'}.`) +
       (l1e.reservedBits ? ' Reserved bits are set: the entry is corrupt.' : ''),
   });
-  if (l1e.l2Offset === 0) return finishUnallocated(img, t);
+  if (l1e.l2Offset === 0) return await finishUnallocated(img, t);
   if (l1e.l2Offset % cs !== 0) {
     t.result = 'error';
     t.error = `L2 table offset ${hex(l1e.l2Offset)} unaligned (L1 index: ${hex(l1Index)})`;
@@ -124,11 +135,11 @@ export async function translate(img: Qcow2Image, view: L1View, guestOffset: numb
       text: `Extended L2: the byte is in subcluster ${sc} of 32 (${img.subclusterSize} bytes each). Its "allocated" bit is ${alloc ? 'set' : 'clear'} and its "reads as zero" bit is ${zero ? 'set' : 'clear'}.`,
     });
     if (zero) return finish(t, 'zero', 'The subcluster reads as zeros.');
-    if (!alloc || e.hostOffset === 0) return finishUnallocated(img, t);
+    if (!alloc || e.hostOffset === 0) return await finishUnallocated(img, t);
   } else if (type === ClusterType.ZeroPlain || type === ClusterType.ZeroAlloc) {
     return finish(t, 'zero', 'Bit 0 (zero flag) is set: the cluster reads as zeros, without looking at a backing file.');
   } else if (type === ClusterType.Unallocated) {
-    return finishUnallocated(img, t);
+    return await finishUnallocated(img, t);
   }
   const host = e.hostOffset + offsetInCluster;
   t.hostOffset = host;
@@ -160,13 +171,45 @@ function finish(t: Translation, result: TranslationResult, text: string): Transl
   return t;
 }
 
-function finishUnallocated(img: Qcow2Image, t: Translation): Translation {
-  if (img.backing) {
+async function finishUnallocated(img: Qcow2Image, t: Translation): Promise<Translation> {
+  const named = img.header.backingFile;
+  const layer = img.backing;
+  if (layer instanceof Qcow2Image) {
+    // qemu-img map's depth: the backing image's own translation, one level deeper.
+    const name = layer.store.name;
+    t.steps.push({ title: 'Backing file', text: `Nothing is allocated here in this image, so the byte is read from the backing file ${name} at the same guest offset.` });
+    if (t.guestOffset >= layer.virtualSize) return backingShorter(t, name, layer.virtualSize);
+    const sub = await translate(layer, layer.activeView(), t.guestOffset);
+    for (const s of sub.steps.slice(1)) t.steps.push({ ...s, title: `In ${name}: ${s.title}` });
+    const { steps: _steps, guestOffset: _g, depth, file, ...rest } = sub;
+    Object.assign(t, rest, { depth: depth + 1, file: file ?? name });
+    return t;
+  }
+  if (layer instanceof RawLayer) {
+    const name = layer.store.name;
+    if (t.guestOffset >= layer.virtualSize) return backingShorter(t, name, layer.virtualSize);
+    Object.assign(t, { result: 'data', depth: 1, file: name, hostOffset: t.guestOffset, hostCluster: undefined, refcount: undefined });
+    t.steps.push({ title: 'Backing file', text: `Nothing is allocated here in this image, so the byte is read from the raw backing file ${name}, where every guest byte is at its own offset: ${hex(t.guestOffset)}.` });
+    return t;
+  }
+  if (layer) {
     t.result = 'backing';
-    t.steps.push({ title: 'Backing file', text: 'Nothing is allocated here in this image, so the byte is read from the backing file at the same guest offset.' });
+    t.depth = 1;
+    t.steps.push({ title: 'Backing file', text: 'Nothing is allocated here in this image, so the byte is read from the backing layer at the same guest offset.' });
+  } else if (named !== undefined) {
+    t.result = 'backing-missing';
+    t.backingFile = named;
+    t.depth = 1;
+    t.steps.push({ title: 'Backing file', text: `Nothing is allocated here in this image, so the byte is in the backing file ${named} (not opened yet): open it as the backing file to follow the byte there.` });
   } else {
     t.result = 'unallocated';
     t.steps.push({ title: 'Unallocated', text: 'Nothing is allocated here and there is no backing file: the byte reads as zero.' });
   }
+  return t;
+}
+
+function backingShorter(t: Translation, name: string, size: number): Translation {
+  Object.assign(t, { result: 'zero', depth: 1, file: name });
+  t.steps.push({ title: 'Zeros', text: `The backing file ${name} is ${size} bytes long, shorter than this disk: past its end the byte reads as zero.` });
   return t;
 }

@@ -493,8 +493,15 @@ export class AppState {
   refcountBlock(tab: ImageTab, refblockIndex: number): Promise<Float64Array> {
     return engine().refcountBlock(tab.id, refblockIndex);
   }
-  snapshotSpace(tab: ImageTab, snapshotId: string): Promise<SnapshotSpace> {
+  snapshotSpace(tab: ImageTab, snapshotId: string | null): Promise<SnapshotSpace> {
     return engine().snapshotSpace(tab.id, snapshotId);
+  }
+  /** Outline some host clusters on the cluster map (a diff's, a snapshot's own) and show the map. */
+  outlineOnMap(tab: ImageTab, label: string, ranges: Array<[number, number]>): void {
+    const clusters: number[] = [];
+    for (const [first, count] of ranges) for (let c = first; c < first + count; c++) clusters.push(c);
+    tab.mapHighlight = { label, clusters };
+    this.show('map');
   }
   /** A quick comparison for the Inspector (the Diff view's runs as a job: diff()). */
   compare(tab: ImageTab, a: string | null, b: string | null): Promise<DiffResult> {
