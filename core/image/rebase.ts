@@ -3,7 +3,7 @@
 // QEMU's order (qcow2_update_header) by one write, then flushed; a crash leaves the old link or
 // the new one. Safe mode first copies into the overlay, for every range the overlay does not
 // allocate, the old chain's data wherever the new chain reads differently (QEMU's img_rebase
-// loop, compared 512 bytes at a time), through ordinary guest writes (crash-safe, DESIGN.md);
+// loop, compared 512 bytes at a time), through ordinary guest writes (crash-safe, docs/architecture.md §3);
 // only then is the link changed, so a crash at any point leaves the overlay reading as before.
 import { QcowError } from '../errors.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';

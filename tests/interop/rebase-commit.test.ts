@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
-import { qemuInfoJson } from './read-support.ts';
+import { qemuInfoJson, runCli } from './read-support.ts';
 import { useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-rebase-commit-');
@@ -155,5 +155,22 @@ describe('refusals: qemu-img\'s words and exit codes', () => {
     for (const d of ['q', 'o']) fs.rmSync(path.join(w.dir, d, 'base.qcow2'));
     expect(w.expectSame(['rebase', '-b', '', 'q/top.qcow2'])).toBe(1);
     expect(w.expectSame(['commit', 'q/top.qcow2'])).toBe(1);
+  });
+});
+
+describe('commit into a smaller backing file', () => {
+  it('is refused with nothing written (qemu-img would grow the backing file; we cannot resize yet)', () => {
+    build([
+      ['base.qcow2', '', ['write -P 1 0 1M']],
+      ['top.qcow2', '', ['write -P 2 0 64k']],
+    ]);
+    const f = path.join(w.dir, 'o', 'big.qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', f, '16M']);
+    qemuIoOk(f, 'write -P 3 12M 64k');
+    const before = [fs.readFileSync(f), fs.readFileSync(o('base.qcow2'))];
+    const r = runCli(w.bin, ['commit', 'o/big.qcow2'], { cwd: w.dir });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^qcowscope: commit: the backing file .* is smaller than the image/);
+    expect([fs.readFileSync(f), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
   });
 });
