@@ -1,5 +1,5 @@
 // `qcowscope rebase` and `qcowscope commit` against qemu-img 7.2: the same backing chain (1-3
-// links, cluster sizes 512 B-2 MiB, compressed clusters, zero clusters) made by qemu-img and
+// links, cluster sizes 512 B-2 MiB, v2 and v3, extended L2, compressed and zero clusters) made by qemu-img and
 // qemu-io in two directories; the same command run by qemu-img in one and by us in the other, with
 // the same stdout, stderr and exit code; then every image of ours is clean for `qemu-img check`,
 // reads as qemu-img's result (`qemu-img compare`), names the same backing file and format
@@ -25,6 +25,10 @@ const CHAINS: Record<string, Link[]> = {
     ['base.qcow2', 'cluster_size=512', ['write -P 1 0 1M', 'write -c -P 6 2M 512', 'write -P 7 6M 1536']],
     ['mid.qcow2', 'cluster_size=2M', ['write -P 2 512k 4k', 'write -z 6M 1k']],
     ['top.qcow2', '', ['write -P 3 700k 200k', 'write -P 8 7M 70k']],
+  ],
+  'one link, both qcow2 v2 (compat=0.10)': [
+    ['base.qcow2', 'compat=0.10', ['write -P 1 0 1M', 'write -c -P 2 2M 64k']],
+    ['top.qcow2', 'compat=0.10', ['write -P 3 512k 64k', 'write -z 2M 4k', 'write -P 4 6M 10k']],
   ],
   'three links, extended L2 and 4 KiB clusters': [
     ['b0.qcow2', 'cluster_size=4k', ['write -P 1 0 2M', 'write -c -P 9 4M 8k']],
