@@ -7,7 +7,7 @@
 // flushed, each L2 table's discard being a crash-safe guest-level change (write.ts).
 import { QcowError } from '../errors.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { discard, writeGuest, writeZeroes } from './write.ts';
+import { assertCanWrite, discard, writeGuest, writeZeroes } from './write.ts';
 
 /** Bytes copied per write into the backing image. */
 const CHUNK = 2 * 1024 * 1024;
@@ -28,6 +28,9 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image, opts: Co
   if (base.virtualSize < overlay.virtualSize) {
     throw new QcowError('NOT_SUPPORTED', `commit: the backing file (${base.virtualSize} bytes) is smaller than the image (${overlay.virtualSize} bytes); growing it is not supported`, {});
   }
+  // what a guest write would refuse (persistent bitmaps, ...) is refused before anything is written
+  assertCanWrite(base, 0, 0);
+  if (!opts.keep) assertCanWrite(overlay, 0, 0);
   const size = overlay.virtualSize;
   for (let pos = 0; pos < size; pos += CHUNK) {
     const n = Math.min(CHUNK, size - pos);

@@ -10,7 +10,7 @@ import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import { MAX_BACKING_FILE_NAME } from '../format/constants.ts';
 import type { Layer } from './layer.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { writeGuest } from './write.ts';
+import { assertCanWrite, writeGuest } from './write.ts';
 
 /** The new link: a file name and its format, or none (a standalone image). */
 export type BackingLink = { file: string; format: string } | null;
@@ -36,6 +36,7 @@ const SECTOR = 512;
  * differently. The caller changes the link afterwards with setBackingLink.
  */
 export async function copyBackingDifferences(img: Qcow2Image, newChain: Layer | null, onProgress?: (done: number) => void): Promise<void> {
+  assertCanWrite(img, 0, 0); // refused up front, not after part of the copy
   const size = img.virtualSize;
   const oldChain = img.backing;
   for (let pos = 0; pos < size; pos += IO_BUF_SIZE) {

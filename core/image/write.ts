@@ -61,8 +61,8 @@ export async function discard(img: Qcow2Image, guestOffset: number, length: numb
     writeL2Span(img, l1Index, start, end, { kind: 'discard', full: !!opts.full }));
 }
 
-/** Refuse what we must not or cannot write, before touching anything. */
-function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
+/** Refuse what we must not or cannot write, before touching anything (asked up front by commit and rebase too). */
+export function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
   if (!img.writable) throw new QcowError('READ_ONLY', `${img.store.name} is opened read-only`, {});
   if (img.isCorrupt) {
     throw new QcowError('IMAGE_CORRUPT', 'qcow2: Image is corrupt; cannot be opened read/write', { structure: 'header', offset: 72 });

@@ -178,3 +178,37 @@ describe('commit into a smaller backing file', () => {
     expect([fs.readFileSync(f), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
   });
 });
+
+describe('commit: an overlay with an internal snapshot', () => {
+  it('keeps the snapshot\'s clusters and empties the active layer as qemu-img does', () => {
+    const chain: Link[] = [
+      ['base.qcow2', '', ['write -P 1 0 1M']],
+      ['top.qcow2', '', ['write -P 2 512k 64k']],
+    ];
+    build(chain);
+    for (const d of ['q', 'o']) {
+      const f = path.join(w.dir, d, 'top.qcow2');
+      qemuImgOk(['snapshot', '-c', 's1', f]);
+      qemuIoOk(f, 'write -P 3 2M 64k', 'write -P 4 512k 4k');
+    }
+    expect(same(['commit'], chain)).toBe(0);
+    expect(mapShape(o('top.qcow2'))).toEqual(mapShape(q('top.qcow2')));
+    // the snapshot still reads as it did (qemu-img's own copy is the reference)
+    for (const d of ['q', 'o']) qemuImgOk(['convert', '-l', 'snapshot.name=s1', '-O', 'raw', path.join(w.dir, d, 'top.qcow2'), path.join(w.dir, d, 's1.raw')]);
+    expect(fs.readFileSync(o('s1.raw')).equals(fs.readFileSync(q('s1.raw')))).toBe(true);
+  });
+
+  it('with a persistent bitmap: refused before anything is written (its bits would go stale)', () => {
+    const chain: Link[] = [
+      ['base.qcow2', '', ['write -P 1 0 1M']],
+      ['top.qcow2', '', ['write -P 2 512k 64k']],
+    ];
+    build(chain);
+    qemuImgOk(['bitmap', '--add', o('top.qcow2'), 'b0']);
+    const before = [fs.readFileSync(o('top.qcow2')), fs.readFileSync(o('base.qcow2'))];
+    const r = runCli(w.bin, ['commit', 'o/top.qcow2'], { cwd: w.dir });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/persistent dirty bitmaps/);
+    expect([fs.readFileSync(o('top.qcow2')), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
+  });
+});
