@@ -106,7 +106,9 @@ describe('safe rebase: the overlay reads the same over its new backing', () => {
     it(`${name}: onto the first link, then standalone`, () => {
       build(chain);
       expect(same(['rebase', '-b', chain[0]![0], '-F', 'qcow2'], chain)).toBe(0);
+      expect(mapShape(o('top.qcow2')), 'what the overlay allocates').toEqual(mapShape(q('top.qcow2')));
       expect(same(['rebase', '-b', ''], chain)).toBe(0);
+      expect(mapShape(o('top.qcow2')), 'what the overlay allocates').toEqual(mapShape(q('top.qcow2')));
     });
     it(`${name}: onto an unrelated image with data of its own`, () => {
       build(chain);
@@ -117,6 +119,7 @@ describe('safe rebase: the overlay reads the same over its new backing', () => {
       }
       expect(same(['rebase', '-b', 'other.qcow2', '-F', 'qcow2'], chain)).toBe(0);
       judge('other.qcow2', 'rebase onto other.qcow2');
+      expect(mapShape(o('top.qcow2')), 'what the overlay allocates').toEqual(mapShape(q('top.qcow2')));
     });
   }
 });
