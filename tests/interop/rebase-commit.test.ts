@@ -215,3 +215,15 @@ describe('commit: an overlay with an internal snapshot', () => {
     expect([fs.readFileSync(o('top.qcow2')), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
   });
 });
+
+describe('safe rebase over a raw backing file with holes', () => {
+  it('rebase -b "" copies the raw file\'s data, not its holes', () => {
+    w.overRawWithHoles('rq.qcow2');
+    fs.copyFileSync(path.join(w.dir, 'rq.qcow2'), path.join(w.dir, 'ro.qcow2'));
+    expect(w.expectSame(['rebase', '-b', '', 'rq.qcow2'], ['rq.qcow2', 'ro.qcow2'])).toBe(0);
+    const [rq, ro] = [path.join(w.dir, 'rq.qcow2'), path.join(w.dir, 'ro.qcow2')];
+    expect(qemuCheck(ro).exitCode).toBe(0);
+    expect(qemuImg(['compare', rq, ro]).status).toBe(0);
+    expect(mapShape(ro)).toEqual(mapShape(rq));
+  });
+});
