@@ -43,7 +43,15 @@ export async function copyBackingDifferences(img: Qcow2Image, newChain: Layer | 
     const n = Math.min(IO_BUF_SIZE, size - pos);
     for (const e of await img.extents(pos, n)) {
       if (e.depth === 0 && e.present) continue; // the overlay's own data stays
-      await copyRange(img, oldChain, newChain, e.start, e.length);
+      if (!e.zero) {
+        await copyRange(img, oldChain, newChain, e.start, e.length);
+        continue;
+      }
+      // the old chain reads zeros here: only where the new one may not is there anything to compare
+      if (!newChain) continue;
+      for (const ne of await newChain.extents(e.start, e.length)) {
+        if (!ne.zero) await copyRange(img, oldChain, newChain, ne.start, ne.length);
+      }
     }
     onProgress?.(pos + n);
   }
