@@ -7,6 +7,8 @@ import { write } from './write.ts';
 import { measureCmd } from './measure.ts';
 import { compareCmd } from './compare.ts';
 import { bitmapCmd } from './bitmap.ts';
+import { rebaseCmd } from './rebase.ts';
+import { commitCmd } from './commit.ts';
 
 export const extraCommands: Command[] = [
   check,
@@ -16,4 +18,6 @@ export const extraCommands: Command[] = [
   measureCmd,
   compareCmd,
   bitmapCmd,
+  rebaseCmd,
+  commitCmd,
 ];

@@ -51,16 +51,18 @@ export async function writeZeroes(img: Qcow2Image, guestOffset: number, length: 
 /**
  * Discard whole clusters in the range (QEMU's non-full discard): on v3 they become zero clusters,
  * on v2 without a backing file unallocated (reads zeros), on v2 with one unallocated (reads the
- * backing file, as QEMU does). Partial clusters at either end are left alone.
+ * backing file, as QEMU does). Partial clusters at either end are left alone. With `full` (QEMU's
+ * full_discard, as bdrv_make_empty uses it) every whole cluster becomes unallocated: it reads
+ * the backing file again.
  */
-export async function discard(img: Qcow2Image, guestOffset: number, length: number): Promise<void> {
+export async function discard(img: Qcow2Image, guestOffset: number, length: number, opts: { full?: boolean } = {}): Promise<void> {
   assertCanWrite(img, guestOffset, length);
   await forEachL2(img, guestOffset, length, (l1Index, start, end) =>
-    writeL2Span(img, l1Index, start, end, { kind: 'discard' }));
+    writeL2Span(img, l1Index, start, end, { kind: 'discard', full: !!opts.full }));
 }
 
-/** Refuse what we must not or cannot write, before touching anything. */
-function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
+/** Refuse what we must not or cannot write, before touching anything (asked up front by commit and rebase too). */
+export function assertCanWrite(img: Qcow2Image, guestOffset: number, length: number): void {
   if (!img.writable) throw new QcowError('READ_ONLY', `${img.store.name} is opened read-only`, {});
   if (img.isCorrupt) {
     throw new QcowError('IMAGE_CORRUPT', 'qcow2: Image is corrupt; cannot be opened read/write', { structure: 'header', offset: 72 });
@@ -101,7 +103,7 @@ async function forEachL2(img: Qcow2Image, offset: number, length: number, fn: (l
 type Op =
   | { kind: 'data'; bytes: (guestOffset: number, length: number) => Uint8Array }
   | { kind: 'zero'; unmap: boolean }
-  | { kind: 'discard' };
+  | { kind: 'discard'; full: boolean };
 
 /** What one cluster of the span needs. */
 type Plan =
@@ -285,6 +287,11 @@ async function planCluster(img: Qcow2Image, st: ClusterState, op: Op, dropOld: (
 
   if (op.kind === 'discard') {
     if (!whole) return { kind: 'skip' };
+    if (op.full) {
+      if (st.hi === 0 && st.lo === 0 && st.zbm === 0 && st.abm === 0) return { kind: 'skip' };
+      dropOld(st);
+      return { kind: 'entry', hi: 0, lo: 0, zbm: 0, abm: 0 };
+    }
     const allocated = st.type !== ClusterType.Unallocated && st.type !== ClusterType.ZeroPlain;
     if (!allocated && !backed) return { kind: 'skip' };
     if (!allocated && st.type === ClusterType.ZeroPlain) return { kind: 'skip' };

@@ -1,0 +1,67 @@
+// `qcowscope rebase [-f qcow2] [-q] [-u] [-b BACKING] [-F FORMAT] IMAGE`: qemu-img rebase. With -u
+// only the header's backing link changes (no -b, or -b "": none); without it the overlay first
+// takes the old chain's data wherever the new backing reads differently, so its guest disk stays
+// the same. Engine: core/image/rebase.ts. Messages and exit codes are qemu-img 7.2's, including
+// its refusal of a new backing file without -F, which comes after the copy as in QEMU.
+import * as fs from 'node:fs';
+import { QcowError } from '../../core/errors.ts';
+import { RawLayer, type Layer } from '../../core/image/layer.ts';
+import { copyBackingDifferences, setBackingLink } from '../../core/image/rebase.ts';
+import { openImage, probeFormat, repairIfDirty, resolveBackingPath } from '../open.ts';
+import { NodeFileStore } from '../node-file-store.ts';
+import { dataSegments } from '../holes.ts';
+import type { Command } from '../command.ts';
+import { cliError, usageExit } from '../qemu-options.ts';
+
+export const rebaseCmd: Command = {
+  name: 'rebase',
+  usage: 'rebase [-f qcow2] [-q] [-u] [-b BACKING] [-F FORMAT] IMAGE',
+  options: {
+    unsafe: { type: 'boolean', short: 'u' },
+    backing: { type: 'string', short: 'b' },
+    'backing-format': { type: 'string', short: 'F' },
+    quiet: { type: 'boolean', short: 'q' },
+    cache: { type: 'string', short: 't' },
+    'source-cache': { type: 'string', short: 'T' },
+  },
+  async run({ values, positionals }) {
+    if (positionals.length !== 1) throw usageExit('Expecting one image file name');
+    const unsafe = values.unsafe === true;
+    const backing = values.backing as string | undefined;
+    const format = values['backing-format'] as string | undefined;
+    if (!unsafe && backing === undefined) throw usageExit('Must specify backing file (-b) or use unsafe mode (-u)');
+    const file = positionals[0]!;
+    await repairIfDirty(file);
+    const img = await openImage(file, { writable: true, noBacking: unsafe });
+    let newChain: Layer | null = null;
+    try {
+      if (!unsafe && backing !== '') newChain = await openNewBacking(file, backing!, format);
+      if (!unsafe) await copyBackingDifferences(img, newChain);
+      if (backing === undefined || backing === '') {
+        await setBackingLink(img, null);
+      } else {
+        if (format === undefined) throw cliError(`Could not change the backing file to '${backing}': backing format must be specified`);
+        await setBackingLink(img, { file: backing, format });
+      }
+    } finally {
+      await newChain?.close();
+      await img.close();
+    }
+    return 0;
+  },
+};
+
+/** The new backing file, named relative to the image as QEMU resolves it, with qemu-img's refusal words. */
+async function openNewBacking(file: string, name: string, format: string | undefined): Promise<Layer> {
+  const p = resolveBackingPath(file, name);
+  const prefix = `Could not open new backing file '${name}': `;
+  if (!fs.existsSync(p)) throw cliError(`${prefix}Could not open '${p}': No such file or directory`);
+  const fmt = format ?? probeFormat(p);
+  try {
+    if (fmt === 'qcow2') return await openImage(p);
+    if (fmt === 'raw') return new RawLayer(NodeFileStore.open(p), () => dataSegments(p));
+  } catch (e) {
+    throw e instanceof QcowError ? e.prefixed(prefix) : e;
+  }
+  throw new QcowError('NOT_SUPPORTED', `${prefix}Backing file format '${fmt}' is not supported`, { format: fmt });
+}

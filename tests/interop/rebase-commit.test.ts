@@ -1,0 +1,229 @@
+// `qcowscope rebase` and `qcowscope commit` against qemu-img 7.2: the same backing chain (1-3
+// links, cluster sizes 512 B-2 MiB, v2 and v3, extended L2, compressed and zero clusters) made by qemu-img and
+// qemu-io in two directories; the same command run by qemu-img in one and by us in the other, with
+// the same stdout, stderr and exit code; then every image of ours is clean for `qemu-img check`,
+// reads as qemu-img's result (`qemu-img compare`), names the same backing file and format
+// (`qemu-img info`), and, after commit, the emptied overlay maps as qemu-img's (`qemu-img map`).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { qemuCheck, qemuImg, qemuImgOk, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
+import { qemuInfoJson, runCli } from './read-support.ts';
+import { useCliWorkDir } from './cli-oracle.ts';
+
+const w = useCliWorkDir('qcowscope-rebase-commit-');
+
+/** One link of a chain: file name, qemu-img create -o options, qemu-io commands. */
+type Link = [name: string, opts: string, io: string[]];
+
+const CHAINS: Record<string, Link[]> = {
+  'one link, 64 KiB clusters, compressed in the base': [
+    ['base.qcow2', '', ['write -c -P 1 0 128k', 'write -P 2 1M 300k', 'write -P 3 3M 64k']],
+    ['top.qcow2', '', ['write -P 4 64k 100k', 'write -z 1M 64k', 'write -P 5 5M 4k']],
+  ],
+  'two links, 512 B under 2 MiB under 64 KiB clusters': [
+    ['base.qcow2', 'cluster_size=512', ['write -P 1 0 1M', 'write -c -P 6 2M 512', 'write -P 7 6M 1536']],
+    ['mid.qcow2', 'cluster_size=2M', ['write -P 2 512k 4k', 'write -z 6M 1k']],
+    ['top.qcow2', '', ['write -P 3 700k 200k', 'write -P 8 7M 70k']],
+  ],
+  'one link, both qcow2 v2 (compat=0.10)': [
+    ['base.qcow2', 'compat=0.10', ['write -P 1 0 1M', 'write -c -P 2 2M 64k']],
+    ['top.qcow2', 'compat=0.10', ['write -P 3 512k 64k', 'write -z 2M 4k', 'write -P 4 6M 10k']],
+  ],
+  'three links, extended L2 and 4 KiB clusters': [
+    ['b0.qcow2', 'cluster_size=4k', ['write -P 1 0 2M', 'write -c -P 9 4M 8k']],
+    ['b1.qcow2', 'extended_l2=on', ['write -P 2 100k 10k', 'write -z 1M 128k']],
+    ['b2.qcow2', 'cluster_size=128k', ['write -P 3 1536k 300k', 'write -c -P 4 4M 128k']],
+    ['top.qcow2', '', ['write -P 5 10k 1k', 'write -P 6 7M 64k']],
+  ],
+};
+
+/** The chain built in q/ and copied to o/ (relative backing names stay right in both). */
+function build(chain: Link[]): void {
+  for (const d of ['q', 'o']) fs.rmSync(path.join(w.dir, d), { recursive: true, force: true });
+  const q = path.join(w.dir, 'q');
+  fs.mkdirSync(q);
+  let below: string | undefined;
+  for (const [name, opts, io] of chain) {
+    const f = path.join(q, name);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), ...(below ? ['-b', below, '-F', 'qcow2'] : []), f, '8M']);
+    if (io.length) qemuIoOk(f, ...io);
+    below = name;
+  }
+  fs.cpSync(q, path.join(w.dir, 'o'), { recursive: true });
+}
+
+const q = (f: string): string => path.join(w.dir, 'q', f);
+const o = (f: string): string => path.join(w.dir, 'o', f);
+
+function backingOf(file: string): unknown {
+  const i = qemuInfoJson(file);
+  return [i['backing-filename'], i['backing-filename-format']];
+}
+
+/** Our o/FILE judged against qemu-img's q/FILE. */
+function judge(file: string, step: string): void {
+  const c = qemuCheck(o(file));
+  expect(c.exitCode, `${step}: qemu-img check ${file}\n${c.stderr}`).toBe(0);
+  const cmp = qemuImg(['compare', q(file), o(file)]);
+  expect(cmp.status, `${step}: qemu-img compare ${file}\n${cmp.stdout}${cmp.stderr}`).toBe(0);
+  expect(backingOf(o(file)), `${step}: backing of ${file}`).toEqual(backingOf(q(file)));
+}
+
+/** The same command on q/TOP (qemu-img) and o/TOP (ours), then every link judged. */
+function same(args: string[], chain: Link[], top = 'top.qcow2'): number | null {
+  const status = w.expectSame([...args, `q/${top}`], [`q/${top}`, `o/${top}`]);
+  for (const [name] of chain) judge(name, args.join(' '));
+  return status;
+}
+
+/** qemu-img map of an image without host offsets (they differ with allocation order). */
+function mapShape(file: string): unknown {
+  return qemuMap(file).map(({ offset: _o, ...e }) => e);
+}
+
+describe('rebase -u: only the backing link changes', () => {
+  for (const [name, chain] of Object.entries(CHAINS)) {
+    it(name, () => {
+      build(chain);
+      const first = chain[0]![0];
+      expect(same(['rebase', '-u', '-b', first, '-F', 'qcow2'], chain)).toBe(0);
+      // byte for byte qemu-img's header
+      expect(fs.readFileSync(o('top.qcow2')).equals(fs.readFileSync(q('top.qcow2')))).toBe(true);
+      // a link to a file that is not there (yet): written all the same
+      expect(w.expectSame(['rebase', '-f', 'qcow2', '-u', '-b', 'elsewhere.qcow2', '-F', 'qcow2', 'q/top.qcow2'], ['q/top.qcow2', 'o/top.qcow2'])).toBe(0);
+      expect(fs.readFileSync(o('top.qcow2')).equals(fs.readFileSync(q('top.qcow2')))).toBe(true);
+      expect(same(['rebase', '-u', '-b', ''], chain)).toBe(0);
+      expect(same(['rebase', '-u', '-b', first, '-F', 'raw'], chain)).toBe(0);
+      expect(same(['rebase', '-u'], chain)).toBe(0);
+      expect(fs.readFileSync(o('top.qcow2')).equals(fs.readFileSync(q('top.qcow2')))).toBe(true);
+    });
+  }
+});
+
+describe('safe rebase: the overlay reads the same over its new backing', () => {
+  for (const [name, chain] of Object.entries(CHAINS)) {
+    it(`${name}: onto the first link, then standalone`, () => {
+      build(chain);
+      expect(same(['rebase', '-b', chain[0]![0], '-F', 'qcow2'], chain)).toBe(0);
+      expect(mapShape(o('top.qcow2')), 'what the overlay allocates').toEqual(mapShape(q('top.qcow2')));
+      expect(same(['rebase', '-b', ''], chain)).toBe(0);
+      expect(mapShape(o('top.qcow2')), 'what the overlay allocates').toEqual(mapShape(q('top.qcow2')));
+    });
+    it(`${name}: onto an unrelated image with data of its own`, () => {
+      build(chain);
+      for (const d of ['q', 'o']) {
+        const f = path.join(w.dir, d, 'other.qcow2');
+        qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=16k', f, '6M']);
+        qemuIoOk(f, 'write -P 11 0 1M', 'write -P 12 5M 17k');
+      }
+      expect(same(['rebase', '-b', 'other.qcow2', '-F', 'qcow2'], chain)).toBe(0);
+      judge('other.qcow2', 'rebase onto other.qcow2');
+      expect(mapShape(o('top.qcow2')), 'what the overlay allocates').toEqual(mapShape(q('top.qcow2')));
+    });
+  }
+});
+
+describe('commit: the overlay folded into its backing file', () => {
+  for (const [name, chain] of Object.entries(CHAINS)) {
+    it(name, () => {
+      build(chain);
+      expect(same(['commit'], chain)).toBe(0);
+      expect(mapShape(o('top.qcow2')), 'emptied overlay').toEqual(mapShape(q('top.qcow2')));
+      // the link under it next, kept with -d
+      const below = chain[chain.length - 2]![0];
+      if (chain.length > 2) {
+        expect(same(['commit', '-d'], chain, below)).toBe(0);
+        expect(mapShape(o(below)), 'kept overlay').toEqual(mapShape(q(below)));
+      }
+      expect(same(['commit', '-q'], chain)).toBe(0);
+    });
+  }
+});
+
+describe('refusals: qemu-img\'s words and exit codes', () => {
+  it('rebase and commit on bad command lines and images', () => {
+    const chain = CHAINS['one link, 64 KiB clusters, compressed in the base']!;
+    build(chain);
+    expect(same(['rebase'], chain)).toBe(1);
+    expect(same(['rebase', '-u', '-b', 'base.qcow2'], chain)).toBe(1);
+    // refusals that change nothing, run on the same file
+    expect(w.expectSame(['rebase', '-b', 'missing.qcow2', '-F', 'qcow2', 'q/top.qcow2'])).toBe(1);
+    expect(w.expectSame(['rebase', '-b', 'sub/missing.qcow2', '-F', 'qcow2', 'q/top.qcow2'])).toBe(1);
+    expect(w.expectSame(['rebase', '-u', '-b', 'x', '-F', 'qcow2', 'q/top.qcow2', 'q/base.qcow2'])).toBe(1);
+    expect(w.expectSame(['rebase', '-u', '-b', 'x', '-F', 'qcow2', 'nothing.qcow2'])).toBe(1);
+    expect(same(['commit'], chain, 'base.qcow2')).toBe(1);
+    expect(w.expectSame(['commit'])).toBe(1);
+    expect(w.expectSame(['commit', 'nothing.qcow2'])).toBe(1);
+    // safe rebase without -F: the data is copied, then the link is refused (qemu-img 7.2)
+    for (const d of ['q', 'o']) qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(w.dir, d, 'other.qcow2'), '8M']);
+    expect(same(['rebase', '-b', 'other.qcow2'], chain)).toBe(1);
+    // an overlay whose backing file is gone
+    for (const d of ['q', 'o']) fs.rmSync(path.join(w.dir, d, 'base.qcow2'));
+    expect(w.expectSame(['rebase', '-b', '', 'q/top.qcow2'])).toBe(1);
+    expect(w.expectSame(['commit', 'q/top.qcow2'])).toBe(1);
+  });
+});
+
+describe('commit into a smaller backing file', () => {
+  it('is refused with nothing written (qemu-img would grow the backing file; we cannot resize yet)', () => {
+    build([
+      ['base.qcow2', '', ['write -P 1 0 1M']],
+      ['top.qcow2', '', ['write -P 2 0 64k']],
+    ]);
+    const f = path.join(w.dir, 'o', 'big.qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', f, '16M']);
+    qemuIoOk(f, 'write -P 3 12M 64k');
+    const before = [fs.readFileSync(f), fs.readFileSync(o('base.qcow2'))];
+    const r = runCli(w.bin, ['commit', 'o/big.qcow2'], { cwd: w.dir });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^qcowscope: commit: the backing file .* is smaller than the image/);
+    expect([fs.readFileSync(f), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
+  });
+});
+
+describe('commit: an overlay with an internal snapshot', () => {
+  it('keeps the snapshot\'s clusters and empties the active layer as qemu-img does', () => {
+    const chain: Link[] = [
+      ['base.qcow2', '', ['write -P 1 0 1M']],
+      ['top.qcow2', '', ['write -P 2 512k 64k']],
+    ];
+    build(chain);
+    for (const d of ['q', 'o']) {
+      const f = path.join(w.dir, d, 'top.qcow2');
+      qemuImgOk(['snapshot', '-c', 's1', f]);
+      qemuIoOk(f, 'write -P 3 2M 64k', 'write -P 4 512k 4k');
+    }
+    expect(same(['commit'], chain)).toBe(0);
+    expect(mapShape(o('top.qcow2'))).toEqual(mapShape(q('top.qcow2')));
+    // the snapshot still reads as it did (qemu-img's own copy is the reference)
+    for (const d of ['q', 'o']) qemuImgOk(['convert', '-l', 'snapshot.name=s1', '-O', 'raw', path.join(w.dir, d, 'top.qcow2'), path.join(w.dir, d, 's1.raw')]);
+    expect(fs.readFileSync(o('s1.raw')).equals(fs.readFileSync(q('s1.raw')))).toBe(true);
+  });
+
+  it('with a persistent bitmap: refused before anything is written (its bits would go stale)', () => {
+    const chain: Link[] = [
+      ['base.qcow2', '', ['write -P 1 0 1M']],
+      ['top.qcow2', '', ['write -P 2 512k 64k']],
+    ];
+    build(chain);
+    qemuImgOk(['bitmap', '--add', o('top.qcow2'), 'b0']);
+    const before = [fs.readFileSync(o('top.qcow2')), fs.readFileSync(o('base.qcow2'))];
+    const r = runCli(w.bin, ['commit', 'o/top.qcow2'], { cwd: w.dir });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/persistent dirty bitmaps/);
+    expect([fs.readFileSync(o('top.qcow2')), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
+  });
+});
+
+describe('safe rebase over a raw backing file with holes', () => {
+  it('rebase -b "" copies the raw file\'s data, not its holes', () => {
+    w.overRawWithHoles('rq.qcow2');
+    fs.copyFileSync(path.join(w.dir, 'rq.qcow2'), path.join(w.dir, 'ro.qcow2'));
+    expect(w.expectSame(['rebase', '-b', '', 'rq.qcow2'], ['rq.qcow2', 'ro.qcow2'])).toBe(0);
+    const [rq, ro] = [path.join(w.dir, 'rq.qcow2'), path.join(w.dir, 'ro.qcow2')];
+    expect(qemuCheck(ro).exitCode).toBe(0);
+    expect(qemuImg(['compare', rq, ro]).status).toBe(0);
+    expect(mapShape(ro)).toEqual(mapShape(rq));
+  });
+});
