@@ -4,7 +4,7 @@
 import { QcowError } from '../../core/errors.ts';
 import { commitInto } from '../../core/image/commit.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
-import { openImage, repairIfDirty, resolveBackingPath } from '../open.ts';
+import { openImage, resolveBackingPath } from '../open.ts';
 import type { Command } from '../command.ts';
 import { cliError, usageExit } from '../qemu-options.ts';
 
@@ -19,7 +19,6 @@ export const commitCmd: Command = {
   async run({ values, positionals, out }) {
     if (positionals.length !== 1) throw usageExit('Expecting one image file name');
     const file = positionals[0]!;
-    await repairIfDirty(file);
     // opened whole first, as qemu-img opens it: a missing or broken backing chain is refused here
     const chain = await openImage(file);
     const backingFile = chain.header.backingFile;
@@ -28,7 +27,6 @@ export const commitCmd: Command = {
     if (backingFile === undefined) throw cliError('Image does not have a backing file');
     if (!backingIsQcow2) throw new QcowError('NOT_SUPPORTED', 'commit: only a qcow2 backing file is supported');
     const basePath = resolveBackingPath(file, backingFile);
-    await repairIfDirty(basePath);
     const overlay = await openImage(file, { writable: true, noBacking: true });
     try {
       const base = await openImage(basePath, { writable: true });

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { QcowError } from '../../core/errors.ts';
 import { RawLayer, type Layer } from '../../core/image/layer.ts';
 import { copyBackingDifferences, setBackingLink } from '../../core/image/rebase.ts';
-import { openImage, probeFormat, repairIfDirty, resolveBackingPath } from '../open.ts';
+import { openImage, probeFormat, resolveBackingPath } from '../open.ts';
 import { NodeFileStore } from '../node-file-store.ts';
 import { dataSegments } from '../holes.ts';
 import type { Command } from '../command.ts';
@@ -31,7 +31,6 @@ export const rebaseCmd: Command = {
     const format = values['backing-format'] as string | undefined;
     if (!unsafe && backing === undefined) throw usageExit('Must specify backing file (-b) or use unsafe mode (-u)');
     const file = positionals[0]!;
-    await repairIfDirty(file);
     const img = await openImage(file, { writable: true, noBacking: unsafe });
     let newChain: Layer | null = null;
     try {
