@@ -91,7 +91,7 @@ export const create: Command = {
       if (o.backingFormat === undefined) {
         // qemu-img opens the backing file first, and names the format it detects
         const p = openableBacking(file, o.backingFile);
-        throw withHint(new QcowError('INVALID_ARGUMENT', `${file}: Backing file specified without backing format`, {}), `Detected format of ${probeFormat(p)}.`);
+        throw withHint(new QcowError('INVALID_ARGUMENT', `${file}: Backing file specified without backing format`, {}), `Detected format of ${await probeFormat(p)}.`);
       }
       const backingSize = await backingVirtualSize(file, o.backingFile, o.backingFormat);
       size ??= backingSize;

@@ -55,7 +55,7 @@ async function openNewBacking(file: string, name: string, format: string | undef
   const p = resolveBackingPath(file, name);
   const prefix = `Could not open new backing file '${name}': `;
   if (!fs.existsSync(p)) throw cliError(`${prefix}Could not open '${p}': No such file or directory`);
-  const fmt = format ?? probeFormat(p);
+  const fmt = format ?? (await probeFormat(p));
   try {
     if (fmt === 'qcow2') return await openImage(p);
     if (fmt === 'raw') return new RawLayer(NodeFileStore.open(p), () => dataSegments(p));

@@ -64,10 +64,15 @@ function l1Damage(img: Qcow2Image): WriteDamage | undefined {
     return undefined;
   };
   const active = bad(h.l1TableOffset, h.l1Size * 8);
-  if (active) return { structure: 'active L1 table', offset: h.l1TableOffset, message: `the active L1 table at ${hex(h.l1TableOffset)} ${active}` };
+  // QEMU's words first (qcow2_validate_table: "<table> offset invalid" / "<table> too large"), then where
+  if (active) return { structure: 'active L1 table', offset: h.l1TableOffset, message: `Active L1 table offset invalid: the active L1 table at ${hex(h.l1TableOffset)} ${active}` };
   for (const sn of img.snapshots) {
-    const why = sn.l1Size * 8 > C.MAX_L1_SIZE_BYTES ? 'is too large' : bad(sn.l1TableOffset, sn.l1Size * 8);
-    if (why) return { structure: 'snapshot L1 table', offset: sn.l1TableOffset, message: `${describe(sn)}'s L1 table at ${hex(sn.l1TableOffset)} ${why}` };
+    const tooLarge = sn.l1Size * 8 > C.MAX_L1_SIZE_BYTES;
+    const why = tooLarge ? 'is too large' : bad(sn.l1TableOffset, sn.l1Size * 8);
+    if (why) {
+      const qemu = tooLarge ? 'Snapshot L1 table too large' : 'Snapshot L1 table offset invalid';
+      return { structure: 'snapshot L1 table', offset: sn.l1TableOffset, message: `${qemu}: ${describe(sn)}'s L1 table at ${hex(sn.l1TableOffset)} ${why}` };
+    }
   }
   return undefined;
 }
