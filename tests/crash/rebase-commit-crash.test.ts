@@ -129,6 +129,6 @@ describe('commit stopped at every write, or losing unflushed writes', () => {
       for (const s of topStates) judge({ ...committed, 'top.qcow2': s.bytes }, links, `overlay stopped after ${s.writes} writes`);
       const topDropped = await enumerateDroppedStates(top, (s) => commitRun(s, new MemoryStore(base.slice()), keep), DROPPED);
       for (const s of topDropped.states()) judge({ ...committed, 'top.qcow2': s.bytes }, links, `overlay epoch ${s.epoch}, kept ${s.mask.map(Number).join('')}`);
-    });
+    }, 300_000); // every crash state is judged by qemu-img: many states on 512-byte clusters
   }
 });
