@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm run bench`: qcowscope's CLI against qemu-img on the same images, in one run, timed
-// alternately (whole process, Node start-up included). Prints median wall time, the ratio,
+// alternately (whole process, Node start-up included). Prints median wall time, the ratio, the
+// engine ratio (ours minus a bare `node -e 0` timed right after each run, over qemu-img's time),
 // CPU time (user+sys) and peak RSS of both. See BENCHMARKS.md for what the figures mean.
 //
 //   node scripts/bench.mjs [--sizes 64G,256G,1T] [--reps 5] [--ops info,map,check,repair,export,snapshot]
@@ -293,7 +294,7 @@ function bench(op, size, image) {
   const spec = operation(op, image, size);
   const outOurs = path.join(dir, 'out-ours.txt');
   const outQemu = path.join(dir, 'out-qemu.txt');
-  const res = { op, size, ours: [], qemu: [], notes: [] };
+  const res = { op, size, ours: [], qemu: [], bare: [], notes: [] };
   const runOne = (who, record) => {
     spec.setup?.();
     const r = timed(who === 'ours' ? spec.ours : spec.qemu, who === 'ours' ? outOurs : outQemu);
@@ -323,6 +324,8 @@ function bench(op, size, image) {
     const order = i % 2 === 0 ? ['ours', 'qemu'] : ['qemu', 'ours'];
     for (const who of order) {
       runOne(who, true);
+      // a bare Node start (`node -e 0`) right after ours: our process minus it is the engine's own work
+      if (who === 'ours') res.bare.push(timed([process.execPath, '-e', '0']));
       if (i === 0 && who === order[1]) compareOutputs(spec, res, outOurs, outQemu);
     }
   }
@@ -353,6 +356,9 @@ function summarize(r) {
     oursWallMs: m('ours', 'wall'), qemuWallMs: m('qemu', 'wall'),
     ratio: m('ours', 'wall') / m('qemu', 'wall'),
     cpuRatio: m('ours', 'cpu') / Math.max(m('qemu', 'cpu'), 0.005),
+    // the engine's own work: each of our runs minus the bare Node start timed next to it, over qemu-img's whole process
+    bareWallMs: m('bare', 'wall'),
+    engineRatio: median(r.ours.map((x, i) => x.wall - r.bare[i].wall)) / m('qemu', 'wall'),
     oursCpuS: m('ours', 'cpu'), qemuCpuS: m('qemu', 'cpu'),
     oursRssMiB: Math.max(...r.ours.map((x) => x.rssKiB)) / 1024, qemuRssMiB: Math.max(...r.qemu.map((x) => x.rssKiB)) / 1024,
     notes: r.notes,
@@ -360,13 +366,14 @@ function summarize(r) {
 }
 
 function table(rows) {
-  const head = ['operation', 'size', 'ours (s)', 'qemu-img (s)', 'ratio', 'ours cpu (s)', 'qemu cpu (s)', 'cpu ratio', 'ours RSS (MiB)', 'qemu RSS (MiB)', 'notes'];
+  const head = ['operation', 'size', 'ours (s)', 'qemu-img (s)', 'ratio', 'node -e 0 (s)', 'engine ratio', 'ours cpu (s)', 'qemu cpu (s)', 'cpu ratio', 'ours RSS (MiB)', 'qemu RSS (MiB)', 'notes'];
   const body = rows.map((s) => s.skipped
-    ? [s.op, s.size, '—', '—', '—', '—', '—', '—', '—', '—', s.skipped]
+    ? [s.op, s.size, '—', '—', '—', '—', '—', '—', '—', '—', '—', '—', s.skipped]
     : [s.op, s.size, (s.oursWallMs / 1000).toFixed(3), (s.qemuWallMs / 1000).toFixed(3), s.ratio.toFixed(2),
+      (s.bareWallMs / 1000).toFixed(3), s.engineRatio.toFixed(2),
       s.oursCpuS.toFixed(2), s.qemuCpuS.toFixed(2), s.cpuRatio.toFixed(2), s.oursRssMiB.toFixed(0), s.qemuRssMiB.toFixed(0), s.notes.join('; ')]);
   // long messages (a failure's stderr) in full in the JSON results, shortened here
-  for (const r of body) if (r[10].length > 120) r[10] = r[10].slice(0, 117) + '...';
+  for (const r of body) if (r[12].length > 120) r[12] = r[12].slice(0, 117) + '...';
   const w = head.map((h, i) => Math.max(h.length, ...body.map((r) => String(r[i]).length)));
   const line = (r) => '| ' + r.map((c, i) => String(c).padEnd(w[i])).join(' | ') + ' |';
   return [line(head), '|' + w.map((x) => '-'.repeat(x + 2)).join('|') + '|', ...body.map(line)].join('\n');
@@ -418,7 +425,7 @@ if (args.browser || ops.includes('browser-save')) {
 }
 const finished = new Date();
 mach.loadavgEnd = os.loadavg().map((x) => x.toFixed(2)).join(' ');
-const ratioNote = 'ratio = our median wall time / qemu-img median wall time (whole process; below 1 is faster); cpu = user+sys (GNU time, 10 ms resolution; qemu-img below 5 ms counts as 5 ms in the cpu ratio)';
+const ratioNote = 'ratio = our median wall time / qemu-img median wall time (whole process; below 1 is faster); engine ratio = median of (each of our runs minus a bare `node -e 0` run right after it) / qemu-img median wall time (the engine\'s own work, Node start-up taken out); cpu = user+sys (GNU time, 10 ms resolution; qemu-img below 5 ms counts as 5 ms in the cpu ratio)';
 process.stdout.write(`\nqcowscope vs qemu-img — ${finished.toISOString()}\n${mach.cpu}, ${mach.nproc} CPUs, ${mach.memGiB} GiB; Node ${mach.node}; ${mach.qemuImg}\n`);
 process.stdout.write(`load average ${mach.loadavg} at start, ${mach.loadavgEnd} at end; ${reps} runs each\n\n`);
 process.stdout.write(table(rows) + '\n\n' + ratioNote + '\n');

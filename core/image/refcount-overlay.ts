@@ -315,7 +315,19 @@ export class RefcountOverlay {
   /** Bit i of `out` set where entry i of `b` is 0 (every bit for an absent block). */
   private zerosOf(b: Uint8Array | null, out: Uint8Array): Uint8Array {
     out.fill(b ? 0 : 0xff);
-    if (b && this.order === 4) {
+    if (b && this.order === 4 && b.byteOffset % 4 === 0 && this.per % 2 === 0) {
+      // Two refcounts per word, skipping words with no zero half (most of a used block): a zero
+      // half is zero whatever the byte order.
+      const w = new Uint32Array(b.buffer, b.byteOffset, this.per / 2);
+      const h = new Uint16Array(b.buffer, b.byteOffset, this.per);
+      for (let k = 0; k < w.length; k++) {
+        const x = w[k]!;
+        if ((x & 0xffff) !== 0 && x >>> 16 !== 0) continue;
+        const i = 2 * k;
+        if (h[i] === 0) out[i >>> 3] |= 1 << (i & 7);
+        if (h[i + 1] === 0) out[(i + 1) >>> 3] |= 1 << ((i + 1) & 7);
+      }
+    } else if (b && this.order === 4) {
       const w = new Uint16Array(b.buffer, b.byteOffset, this.per); // zero whatever the byte order
       for (let i = 0; i < this.per; i++) if (w[i] === 0) out[i >>> 3] |= 1 << (i & 7);
     } else if (b) {

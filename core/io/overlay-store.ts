@@ -116,8 +116,10 @@ export class OverlayStore implements ImageStore {
       const pageStart = p * OVERLAY_PAGE_SIZE;
       let page = this.pages.get(p);
       if (!page) {
-        page = await this.read(pageStart, OVERLAY_PAGE_SIZE);
-        // read() returns a fresh array, safe to keep as the page
+        // A write over the whole page needs nothing of what it held: no read (in a browser a read
+        // of a page the cache lacks is a File read; a snapshot operation writes hundreds of pages).
+        // read() returns a fresh array, safe to keep as the page.
+        page = pos === pageStart && end >= pageStart + OVERLAY_PAGE_SIZE ? new Uint8Array(OVERLAY_PAGE_SIZE) : await this.read(pageStart, OVERLAY_PAGE_SIZE);
         this.pages.set(p, page);
       }
       const n = Math.min(end, pageStart + OVERLAY_PAGE_SIZE) - pos;

@@ -322,6 +322,26 @@ describe('OverlayStore: segments() reassemble to exactly what reads return', () 
     expect(s.overlayBytes).toBe(OVERLAY_PAGE_SIZE);
   });
 
+  it('reads the source for a partly written page only, never for a whole one', async () => {
+    const P = OVERLAY_PAGE_SIZE;
+    const init = pattern(4 * P + 100);
+    const src = new ArraySource(init);
+    const s = new OverlayStore(src);
+    const m = new Model(init);
+    const whole = pattern(2 * P, 7);
+    await s.write(P, whole); // pages 1 and 2, whole
+    m.write(P, whole);
+    expect(src.reads).toBe(0);
+    const tail = pattern(P, 8); // the last page is partly past the end: whole page, file grows
+    await s.write(4 * P, tail);
+    m.write(4 * P, tail);
+    expect(src.reads).toBe(0);
+    await s.write(10, Uint8Array.of(9, 9)); // page 0, partly: its other bytes come from the source
+    m.write(10, Uint8Array.of(9, 9));
+    expect(src.reads).toBe(1);
+    expectBytes(await s.read(0, s.size()), m.bytes);
+  });
+
   it('after random writes and truncates (smaller and larger) on page boundaries and across them', async () => {
     for (const seed of [1, 2, 3, 4, 5]) {
       const rand = seededRandom(seed);
