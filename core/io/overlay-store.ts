@@ -120,7 +120,6 @@ export class OverlayStore implements ImageStore {
         // of a page the cache lacks is a File read; a snapshot operation writes hundreds of pages).
         // read() returns a fresh array, safe to keep as the page.
         page = pos === pageStart && end >= pageStart + OVERLAY_PAGE_SIZE ? new Uint8Array(OVERLAY_PAGE_SIZE) : await this.read(pageStart, OVERLAY_PAGE_SIZE);
-        this.pages.set(p, page);
       }
       const n = Math.min(end, pageStart + OVERLAY_PAGE_SIZE) - pos;
       page.set(data.subarray(pos - offset, pos - offset + n), pos - pageStart);
