@@ -17,3 +17,17 @@ export interface Command {
   /** Returns the process exit code. */
   run(ctx: CommandContext): Promise<number>;
 }
+
+type OptionSpec = Command['options'][string];
+
+/** A verb's boolean switch (`--name`, or `-x` with `short`), for its options table. */
+export function flag(short?: string): OptionSpec {
+  return short === undefined ? { type: 'boolean' } : { type: 'boolean', short };
+}
+
+/** A verb's option that takes a value (`--name V`, or `-x V` with `short`); `multiple` when it may repeat. */
+export function valued(short?: string, multiple?: boolean): OptionSpec {
+  const spec: OptionSpec = short === undefined ? { type: 'string' } : { type: 'string', short };
+  if (multiple) spec.multiple = true;
+  return spec;
+}

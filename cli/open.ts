@@ -7,7 +7,7 @@ import { QcowError } from '../core/errors.ts';
 import type { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { openImage as openOp, probeFormat as probeStoreFormat, type BackingResolver, type ImageOpenOptions } from '../core/ops/open.ts';
 import { NodeFileStore } from './node-file-store.ts';
-import { dataSegments, holeMapFor } from './holes.ts';
+import { dataSegments, holeMapFor, startSegmentScan, type SegmentScan } from './holes.ts';
 
 /**
  * The path QEMU resolves a backing file name to, relative to the image that names it: QEMU's
@@ -90,6 +90,20 @@ export async function openImage(file: string, opts: CliOpenOptions = {}): Promis
     }
   } catch (e) {
     throw e instanceof QcowError ? e.prefixed(`Could not open '${file}': `) : e;
+  }
+}
+
+/**
+ * openImage(file) while python3 lists the file's data segments on the other core (for
+ * holeMapFor); the scan is cancelled when the open fails.
+ */
+export async function openImageScanning(file: string): Promise<{ img: Qcow2Image; scan: SegmentScan }> {
+  const scan = startSegmentScan(file);
+  try {
+    return { img: await openImage(file), scan };
+  } catch (e) {
+    scan.cancel();
+    throw e;
   }
 }
 

@@ -3,6 +3,7 @@
 // plain and structured-clone safe; offsets are numbers (the engine converts u64 fields once);
 // big arrays (cluster map kinds, raw bytes) are transferred, not copied.
 import type { QcowErrorCode } from '../core/errors.ts';
+import type { Qcow2Header } from '../core/format/header.ts';
 import type { Translation, TranslationStep, TranslationResult } from '../core/analysis/translate.ts';
 import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import type { ClusterUsers, ClusterUse } from '../core/analysis/cluster-users.ts';
@@ -81,13 +82,17 @@ export interface OpenDamage {
 /** The qcow2 structures an open error can be in (OpenDamage.area). */
 export type DamageArea = 'header' | 'l1-table' | 'l2-table' | 'refcount-table' | 'refcount-block' | 'snapshot-table' | 'bitmaps';
 
+/**
+ * The header fields the DTO copies as core/format/header.ts declares them: numbers and strings
+ * only (the bigint feature masks are converted below), so the DTO stays structured-clone safe.
+ */
+type HeaderScalars = Pick<Qcow2Header,
+  'magic' | 'version' | 'backingFileOffset' | 'backingFileSize' | 'clusterBits' | 'size' | 'cryptMethod' |
+  'l1Size' | 'l1TableOffset' | 'refcountTableOffset' | 'refcountTableClusters' | 'nbSnapshots' |
+  'snapshotsOffset' | 'refcountOrder' | 'headerLength' | 'compressionType' | 'backingFile' | 'backingFormat'>;
+
 /** Decoded header (docs/qcow2-format.md §1.2), spec names camel-cased. */
-export interface HeaderDTO {
-  magic: number;
-  version: number;
-  backingFileOffset: number;
-  backingFileSize: number;
-  clusterBits: number;
+export interface HeaderDTO extends HeaderScalars {
   clusterSize: number;
   /**
    * L2 geometry, worked out by the engine (core/format/entries.ts) so views need not: bytes per
@@ -97,15 +102,6 @@ export interface HeaderDTO {
   l2EntrySize: number;
   l2Entries: number;
   subclusters: number;
-  /** Virtual disk size in bytes. */
-  size: number;
-  cryptMethod: number;
-  l1Size: number;
-  l1TableOffset: number;
-  refcountTableOffset: number;
-  refcountTableClusters: number;
-  nbSnapshots: number;
-  snapshotsOffset: number;
   /** Feature bit masks as numbers (only low bits are defined; unknown high bits are reported separately). */
   incompatibleFeatures: number;
   compatibleFeatures: number;
@@ -114,12 +110,7 @@ export interface HeaderDTO {
   unknownIncompatible: string;
   unknownCompatible: string;
   unknownAutoclear: string;
-  refcountOrder: number;
   refcountBits: number;
-  headerLength: number;
-  compressionType: number;
-  backingFile?: string;
-  backingFormat?: string;
   extensions: HeaderExtensionDTO[];
 }
 

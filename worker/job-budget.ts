@@ -11,6 +11,7 @@
 // store below (its cache), and are charged when the engine reads them.
 import { QcowError } from '../core/errors.ts';
 import type { ImageStore } from '../core/io/store.ts';
+import { ForwardingStore } from '../core/io/forwarding-store.ts';
 import type { Qcow2Image } from '../core/image/qcow2-image.ts';
 
 export const READ_FACTOR = 8;
@@ -37,20 +38,14 @@ export function declaredMetadataBytes(img: Qcow2Image): number {
 }
 
 /** A store that charges every read to one job's budget (writes, flushes pass through). */
-export class BudgetedStore implements ImageStore {
+export class BudgetedStore extends ForwardingStore {
   bytesRead = 0;
   /** Bytes the job may read; Infinity until `setBudget` (the open that tells what is declared). */
   private limit = Infinity;
   private declared = 0;
 
-  constructor(readonly inner: ImageStore, private readonly what: string) {}
-
-  get name(): string {
-    return this.inner.name;
-  }
-
-  get writable(): boolean {
-    return this.inner.writable;
+  constructor(inner: ImageStore, private readonly what: string) {
+    super(inner);
   }
 
   /** From now on, at most READ_FACTOR · declared + READ_CONSTANT bytes in all (reads so far count). */
@@ -69,11 +64,7 @@ export class BudgetedStore implements ImageStore {
     });
   }
 
-  size(): number {
-    return this.inner.size();
-  }
-
-  read(offset: number, length: number): Promise<Uint8Array> {
+  override read(offset: number, length: number): Promise<Uint8Array> {
     this.charge(length);
     return this.inner.read(offset, length);
   }
@@ -88,21 +79,5 @@ export class BudgetedStore implements ImageStore {
   prefetch(ranges: Array<[number, number]>, signal?: AbortSignal): Promise<void> {
     const p = (this.inner as Partial<{ prefetch(r: Array<[number, number]>, s?: AbortSignal): Promise<void> }>).prefetch;
     return p ? p.call(this.inner, ranges, signal) : Promise.resolve();
-  }
-
-  write(offset: number, data: Uint8Array): Promise<void> {
-    return this.inner.write(offset, data);
-  }
-
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-
-  truncate(size: number): Promise<void> {
-    return this.inner.truncate(size);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

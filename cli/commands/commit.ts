@@ -5,16 +5,16 @@ import { QcowError } from '../../core/errors.ts';
 import { commitInto } from '../../core/image/commit.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { openImage, resolveBackingPath } from '../open.ts';
-import type { Command } from '../command.ts';
+import { flag, valued, type Command } from '../command.ts';
 import { cliError, usageExit } from '../qemu-options.ts';
 
 export const commitCmd: Command = {
   name: 'commit',
   usage: 'commit [-f qcow2] [-q] [-d] IMAGE',
   options: {
-    'keep-overlay': { type: 'boolean', short: 'd' },
-    quiet: { type: 'boolean', short: 'q' },
-    cache: { type: 'string', short: 't' },
+    'keep-overlay': flag('d'),
+    quiet: flag('q'),
+    cache: valued('t'),
   },
   async run({ values, positionals, out }) {
     if (positionals.length !== 1) throw usageExit('Expecting one image file name');

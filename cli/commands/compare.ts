@@ -6,18 +6,18 @@ import { compareImages } from '../../core/analysis/compare.ts';
 import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { openImage } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
-import type { Command } from '../command.ts';
+import { flag, valued, type Command } from '../command.ts';
 import { usageExit } from '../qemu-options.ts';
 
 export const compareCmd: Command = {
   name: 'compare',
   usage: 'compare [-f qcow2] [-F qcow2] [-s] [-q] IMAGE1 IMAGE2',
   options: {
-    'second-format': { type: 'string', short: 'F' },
-    strict: { type: 'boolean', short: 's' },
-    quiet: { type: 'boolean', short: 'q' },
-    progress: { type: 'boolean', short: 'p' },
-    cache: { type: 'string', short: 'T' },
+    'second-format': valued('F'),
+    strict: flag('s'),
+    quiet: flag('q'),
+    progress: flag('p'),
+    cache: valued('T'),
   },
   async run({ values, positionals, out, err }) {
     if (positionals.length !== 2) throw usageExit('Expecting two image file names');

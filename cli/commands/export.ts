@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import { QcowError } from '../../core/errors.ts';
 import type { SnapshotRef } from '../../core/image/snapshot.ts';
 import { rawExport } from '../../core/ops/export.ts';
-import { openImage } from '../open.ts';
-import { holeMapFor, startSegmentScan } from '../holes.ts';
+import { openImageScanning } from '../open.ts';
+import { holeMapFor } from '../holes.ts';
 import type { Command } from '../command.ts';
 import { usageError } from './info.ts';
 
@@ -39,14 +39,7 @@ export const exportCmd: Command = {
     const fmt = values['output-format'];
     if (fmt !== undefined && fmt !== 'raw') throw new QcowError('NOT_SUPPORTED', `export: only raw output is supported, not '${String(fmt)}'`);
     const ref = typeof values.snapshot === 'string' ? snapshotParam(values.snapshot) : undefined;
-    const scan = startSegmentScan(file);
-    let img;
-    try {
-      img = await openImage(file);
-    } catch (e) {
-      scan.cancel();
-      throw e;
-    }
+    const { img, scan } = await openImageScanning(file);
     try {
       const exp = await rawExport(img, { snapshot: ref, holes: await holeMapFor(img, file, scan) });
       const fd = fs.openSync(output, 'w');

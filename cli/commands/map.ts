@@ -4,8 +4,8 @@
 import { QcowError } from '../../core/errors.ts';
 import { RawLayer, type Extent, type Layer } from '../../core/image/layer.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
-import { openImage } from '../open.ts';
-import { holeMapFor, startSegmentScan } from '../holes.ts';
+import { openImageScanning } from '../open.ts';
+import { holeMapFor } from '../holes.ts';
 import type { Command } from '../command.ts';
 import { isJson } from './info.ts';
 import { cvtnum, usageExit } from '../qemu-options.ts';
@@ -36,15 +36,7 @@ export const map: Command = {
     const lengthArg = values['max-length'] as string | undefined;
     const from = startArg === undefined ? 0 : parseOffset(startArg, 'start offset');
     const maxLength = lengthArg === undefined ? Infinity : parseOffset(lengthArg, 'max length');
-    // python3 lists the file's data segments on the other core while we read the metadata
-    const scan = startSegmentScan(file);
-    let img;
-    try {
-      img = await openImage(file);
-    } catch (e) {
-      scan.cancel();
-      throw e;
-    }
+    const { img, scan } = await openImageScanning(file);
     try {
       const holes = await holeMapFor(img, file, scan);
       // `out` ends each call with a newline: `buf` holds whole lines minus the last newline.

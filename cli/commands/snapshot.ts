@@ -1,7 +1,7 @@
 // `qcowscope snapshot -l [--json] IMAGE`, and -c/-a/-d NAME IMAGE... (group operations).
 import { formatSnapshotList, snapshotInfo } from '../../core/analysis/info.ts';
 import { openImage } from '../open.ts';
-import type { Command } from '../command.ts';
+import { flag, valued, type Command } from '../command.ts';
 import { isJson } from './info.ts';
 import { usageExit } from '../qemu-options.ts';
 import { externalSnapshots, snapshotOps } from './snapshot-ops.ts';
@@ -10,15 +10,15 @@ export const snapshot: Command = {
   name: 'snapshot',
   usage: 'snapshot -l [--json] IMAGE | [--journal] -c NAME IMAGE... | -a ID_OR_NAME IMAGE... | -d ID_OR_NAME IMAGE... | --external OVERLAY [--external OVERLAY...] IMAGE...',
   options: {
-    list: { type: 'boolean', short: 'l' },
-    create: { type: 'string', short: 'c' },
-    apply: { type: 'string', short: 'a' },
-    delete: { type: 'string', short: 'd' },
-    json: { type: 'boolean' },
-    output: { type: 'string' },
-    quiet: { type: 'boolean', short: 'q' },
-    journal: { type: 'boolean' },
-    external: { type: 'string', short: 'e', multiple: true },
+    list: flag('l'),
+    create: valued('c'),
+    apply: valued('a'),
+    delete: valued('d'),
+    json: flag(),
+    output: valued(),
+    quiet: flag('q'),
+    journal: flag(),
+    external: valued('e', true),
   },
   async run(ctx) {
     const { values, positionals, out } = ctx;

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import type { Journal } from '../../core/image/journal.ts';
 import { guestWrite, type GuestWriteRequest } from '../../core/ops/write.ts';
 import { openImage } from '../open.ts';
-import type { Command } from '../command.ts';
+import { flag, valued, type Command } from '../command.ts';
 import { parseSize } from './create.ts';
 import { usageError } from './info.ts';
 
@@ -14,12 +14,12 @@ export const write: Command = {
   name: 'write',
   usage: 'write [-z [-u]] [-d] [-P PATTERN] [--from RAW] [--journal] IMAGE OFFSET LENGTH',
   options: {
-    zero: { type: 'boolean', short: 'z' },
-    unmap: { type: 'boolean', short: 'u' },
-    discard: { type: 'boolean', short: 'd' },
-    pattern: { type: 'string', short: 'P' },
-    from: { type: 'string' },
-    journal: { type: 'boolean' },
+    zero: flag('z'),
+    unmap: flag('u'),
+    discard: flag('d'),
+    pattern: valued('P'),
+    from: valued(),
+    journal: flag(),
   },
   async run({ values, positionals, out }) {
     const [file, offArg, lenArg] = positionals;

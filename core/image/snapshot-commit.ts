@@ -840,6 +840,8 @@ export class ShadowCommit {
 // refcount that is 0 on disk or would leave 0..max), which the general loop then takes, errors
 // included. Module functions with nothing after the loop but the return: V8 compiles such a loop
 // while it first runs, and code after it without type feedback would undo that at every table.
+// Their entry decoding repeats on purpose (a deliberate twin, kept so): a shared helper called per
+// entry would cost the call these loops exist to avoid.
 
 /** applyEntries' common entry: ±d on a data cluster of refcount block `rb` (blk: the block, changed in place; zero: its zeros on disk). */
 function addRefRun16(

@@ -17,7 +17,7 @@
 import { QcowError } from '../../core/errors.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import type { ImageStore } from '../../core/io/store.ts';
-import { ForwardingStore } from './forwarding-store.ts';
+import { ForwardingStore } from '../../core/io/forwarding-store.ts';
 import { seededRandom } from './random.ts';
 
 function crashError(what: string, n: number): QcowError {

@@ -1,16 +1,17 @@
-// The base of the tests' store wrappers (crash injection, counting, the fuzz guard): an ImageStore
-// that passes every call to an inner store, so a wrapper overrides only the calls it watches.
-import type { ImageStore } from '../../core/io/store.ts';
+// The base of store wrappers (the worker's job budget, the tests' crash injection and counting):
+// an ImageStore that passes every call to an inner store, so a wrapper overrides only the calls
+// it watches. `readInto` is deliberately not forwarded: a wrapper that watches reads sees them all.
+import type { ImageStore } from './store.ts';
 
 export class ForwardingStore implements ImageStore {
-  readonly name: string;
-  readonly writable: boolean;
+  constructor(readonly inner: ImageStore) {}
 
-  constructor(readonly inner: ImageStore, writable = inner.writable) {
-    this.name = inner.name;
-    this.writable = writable;
+  get name(): string {
+    return this.inner.name;
   }
-
+  get writable(): boolean {
+    return this.inner.writable;
+  }
   size(): number {
     return this.inner.size();
   }
