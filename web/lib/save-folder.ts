@@ -31,14 +31,7 @@ export async function saveAllToFolder(dir: FileSystemDirectoryHandle, files: Fil
     for (const f of files) {
       const h = await dir.getFileHandle(f.name, { create: true });
       made.set(f.name, h);
-      const w = await h.createWritable();
-      try {
-        await w.write(f.blob);
-        await w.close();
-      } catch (e) {
-        await w.abort().catch(() => {});
-        throw e;
-      }
+      await writeBlob(h, f.blob);
     }
   } catch (e) {
     for (const name of made.keys()) await dir.removeEntry(name).catch(() => {});
@@ -52,4 +45,16 @@ export async function saveAllToFolder(dir: FileSystemDirectoryHandle, files: Fil
 export async function isInFolder(dir: FileSystemDirectoryHandle, handle: FileSystemFileHandle): Promise<boolean> {
   const path = await dir.resolve(handle).catch(() => null);
   return path !== null && path.length === 1;
+}
+
+/** Write `blob` as the whole content of the file behind `handle`: one writable session, aborted on failure. */
+export async function writeBlob(handle: FileSystemFileHandle, blob: Blob): Promise<void> {
+  const w = await handle.createWritable();
+  try {
+    await w.write(blob);
+    await w.close();
+  } catch (e) {
+    await w.abort().catch(() => {});
+    throw e;
+  }
 }

@@ -7,6 +7,7 @@ import type { AppState, ImageTab } from './app.svelte.ts';
 import { engine, withJob } from './engine.ts';
 import { bytes } from './format.ts';
 import { handlesWithKeptChanges, rememberHandle } from './recent-handles.ts';
+import { writeBlob } from './save-folder.ts';
 
 /** A question with a few answers, shown by AskDialog. The first choice is the one to go on with. */
 export interface Ask {
@@ -184,15 +185,7 @@ export class Saving {
       return;
     }
     const done = await this.app.run(`Saving ${tab.name} as ${handle.name}`, async () => {
-      const d = await engine().download(tab.id);
-      const out = await handle.createWritable();
-      try {
-        await out.write(d.blob);
-        await out.close();
-      } catch (e) {
-        await out.abort().catch(() => {});
-        throw e;
-      }
+      await writeBlob(handle, (await engine().download(tab.id)).blob);
       return true;
     });
     if (done) this.app.message = { kind: 'info', text: `Saved as ${handle.name}; ${tab.name} is unchanged and its changes still wait here.` };
