@@ -188,6 +188,8 @@ function firstSnapshot(file: string) {
   return sn;
 }
 
+// A catalogue: its entries share one shape on purpose (each is a different image recipe and its
+// expected result), so the duplicate-code scan's same-shape pairs inside it are deliberate.
 export const DAMAGES: Record<string, Damage> = {
   // ---- refcounts too high / too low, leaks ------------------------------------------------------
   'refcount-too-high-data': {
