@@ -11,7 +11,7 @@
 //   qemuCheck(file) then agrees with DAMAGES[name].expect.check (recorded from qemu-img 7.2 and
 //   verified by tests/interop/qemu-helpers.test.ts).
 //
-// Over 600 lines on purpose: the catalogue is one table (about 40 named damages with their
+// Over 600 lines on purpose: the catalogue is one table (47 named damages with their
 // expected qemu-img verdicts) that tests iterate over as a whole; split, it would be read in pieces.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
