@@ -24,7 +24,7 @@ export interface CrashVerdict {
   checkErrors: number;
   /** Why the check could not complete (the image could not be opened, or the check stopped). */
   failure?: string;
-  /** The first findings, in qemu-img check's words. */
+  /** The first findings, errors before leaks, in qemu-img check's words. */
   findings: Finding[];
   moreFindings: number;
   /** Where the header points, or null when the image could not be opened. */
@@ -50,10 +50,13 @@ export async function judgeCrash(store: ImageStore): Promise<CrashVerdict> {
   }
   try {
     const r = await runCheck(img);
+    // errors first: they are what the stage is about; then leaks, in qemu-img check's order
+    const rank = { corruption: 0, 'check-error': 1, leak: 2, info: 3 } as const;
+    const shown = r.findings.filter((f) => f.kind !== 'info').sort((x, y) => rank[x.kind] - rank[y.kind]);
     const v: CrashVerdict = {
       exitCode: checkExitCode(r), corruptions: r.corruptions, leaks: r.leaks, checkErrors: r.checkErrors,
-      findings: r.findings.filter((f) => f.kind !== 'info').slice(0, KEPT_FINDINGS),
-      moreFindings: Math.max(0, r.findings.filter((f) => f.kind !== 'info').length - KEPT_FINDINGS) + r.droppedFindings,
+      findings: shown.slice(0, KEPT_FINDINGS),
+      moreFindings: Math.max(0, shown.length - KEPT_FINDINGS) + r.droppedFindings,
       tables: tablesOf(img), snapshots: img.snapshots.map((s) => s.name),
     };
     if (r.failure !== undefined) v.failure = r.failure;

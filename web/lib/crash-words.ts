@@ -10,6 +10,8 @@ export interface CrashWords {
   meaning: string;
   /** What the disk holds. */
   holds: string;
+  /** When old and new are mixed: each header pointer, old or new. */
+  tables: string[];
   /** Why the order of the writes makes it so, a sentence each. */
   why: string[];
 }
@@ -40,7 +42,7 @@ function mixedTables(now: CrashTables, before: CrashTables, after: CrashTables):
   ];
   return rows
     .filter(([, , b, a]) => a !== b)
-    .map(([what, n, b, a]) => `${what}: the ${n === a ? 'new' : n === b ? 'old' : 'unknown'} one at ${hex(n)}`);
+    .map(([what, n, b, a]) => `${what[0]!.toUpperCase()}${what.slice(1)}: the ${n === a ? 'new' : n === b ? 'old' : 'unknown'} one, at ${hex(n)}`);
 }
 
 function holdsText(r: CrashRehearsalDTO, h: CrashHolds, committed: boolean, hasCommit: boolean): string {
@@ -51,7 +53,7 @@ function holdsText(r: CrashRehearsalDTO, h: CrashHolds, committed: boolean, hasC
   if (b && a && !sameTables(b, a)) {
     if (sameTables(h.tables, b)) return `The image as it was before the operation (${list}).`;
     if (sameTables(h.tables, a)) return `The image as it is after the operation (${list}).`;
-    return `A mix of old and new: the header names ${mixedTables(h.tables, b, a).join('; ')} (${list}).`;
+    return `A mix of old and new: the header names the tables below (${list}).`;
   }
   if (!hasCommit) return `The image with the writes that reached the disk (${list}).`;
   return committed
@@ -117,11 +119,15 @@ export function crashWords(r: CrashRehearsalDTO, entries: readonly CrashEntryDTO
     } else {
       const after = steps.filter((e) => e.step! > Math.max(...commitSteps) && e.kind === 'write' && /^refcount/.test(e.purpose)).map((e) => e.step!);
       const missing = after.filter((x) => !onDisk.has(x));
-      why.push(`The commit write (${c}) is on the disk: it made the change visible in one write of one sector, which a disk writes whole or not at all.`);
+      why.push(`The commit write (${c}) is on the disk: it made the change visible in one write of one sector, which a disk writes whole or not at all. ` +
+        'The flush before it made sure everything it points at had reached the disk first.');
       if (missing.length > 0) {
         why.push(`The refcount decreases after it (${stepsText(missing)}) are not on the disk: the clusters the operation stopped using are still counted. Leaks, never a lost reference: a refcount only comes down after its reference is gone.`);
       }
     }
   }
-  return { tone, headline, meaning, holds: holdsText(r, s.holds, committed, commitSteps.length > 0), why };
+  const b = r.before.tables;
+  const a = r.after.tables;
+  const mixed = s.holds.tables && b && a && !sameTables(s.holds.tables, b) && !sameTables(s.holds.tables, a) ? mixedTables(s.holds.tables, b, a) : [];
+  return { tone, headline, meaning, holds: holdsText(r, s.holds, committed, commitSteps.length > 0), tables: mixed, why };
 }
