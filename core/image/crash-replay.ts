@@ -88,10 +88,13 @@ function isRefcountWrite(e: StageEntry): boolean {
  */
 export function breakRule(r: Rehearsal, how: RuleBreak): StageEntry[] | null {
   const out = r.entries.map((e) => ({ ...e }));
-  const shadow = out.findIndex((e) => e.commit && e.kind === 'write' && switchesRefcounts(e, r.headerBefore));
-  if (shadow >= 0) return splitCommit(out, shadow, r.headerBefore, how);
+  const before = r.headerBefore;
+  // A commit that only switches the refcount table (a repair's rebuild) publishes no reference.
+  const commits = out.filter((e) => e.commit && !(changes(e, before, 0, RC_FIELDS_START) === false && changes(e, before, RC_FIELDS_END, HEADER_SPAN) === false));
+  const shadow = commits.find((e) => changes(e, before, RC_FIELDS_START, RC_FIELDS_END));
+  if (shadow) return splitCommit(out, out.indexOf(shadow), before, how);
   let changed = false;
-  for (const c of out.filter((e) => e.commit)) {
+  for (const c of commits) {
     const i = out.indexOf(c);
     if (how === 'publish-first') {
       // the refcount writes since the previous commit: the increases this commit relies on
@@ -117,10 +120,13 @@ export function breakRule(r: Rehearsal, how: RuleBreak): StageEntry[] | null {
   return changed ? out : null;
 }
 
-/** A header write that changes refcount_table_offset or refcount_table_clusters (a shadow commit). */
-function switchesRefcounts(e: StageEntry, before: Uint8Array): boolean {
-  if (!e.data || e.offset > RC_FIELDS_START || e.offset + e.length < RC_FIELDS_END) return false;
-  for (let b = RC_FIELDS_START; b < RC_FIELDS_END; b++) if (e.data[b - e.offset] !== before[b]) return true;
+/**
+ * Whether write `e` changes header bytes [from, to) from what they were before the operation;
+ * null when it is not a header write (a shadow commit changes 48..60, the refcount table fields).
+ */
+function changes(e: StageEntry, before: Uint8Array, from: number, to: number): boolean | null {
+  if (!e.data || e.offset >= HEADER_SPAN) return null;
+  for (let b = Math.max(from, e.offset); b < Math.min(to, e.offset + e.length); b++) if (e.data[b - e.offset] !== before[b]) return true;
   return false;
 }
 

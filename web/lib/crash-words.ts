@@ -83,7 +83,10 @@ export function crashWords(r: CrashRehearsalDTO, entries: readonly CrashEntryDTO
   } else if (s.exitCode === 2) {
     tone = 'bad';
     headline = `Corrupt: ${plural(s.corruptions, 'error')}${s.leaks ? `, ${plural(s.leaks, 'leak')}` : ''}`;
-    meaning = 'A cluster still in use has a refcount lower than the number of references to it. The next write that needs a free cluster can be handed this one and overwrite data that is still in use.';
+    const copiedOnly = s.findings.filter((f) => f.kind === 'corruption').every((f) => /^ERROR OFLAG_COPIED/.test(f.message)) && s.moreFindings === 0;
+    meaning = copiedOnly
+      ? 'A COPIED flag disagrees with its cluster\'s refcount. No reference is lost (every cluster in use is counted), but a write could go to a cluster in place that a snapshot shares; qemu-img counts it as an error and “Repair all” sets the flag right.'
+      : 'A cluster still in use has a refcount lower than the number of references to it. The next write that needs a free cluster can be handed this one and overwrite data that is still in use.';
   } else {
     tone = 'bad';
     headline = 'The check could not complete';
