@@ -131,3 +131,25 @@ test('a guest write staged with its L2 entry published before the refcount goes 
   expect(await expectQemuAgrees(page, tmp, 'write-published-first')).toBe(2);
   expect((await verdict(page)).text).toContain('refcount lower than the number of references');
 });
+
+test('on a phone the stage fits the screen, the verdict comes before the list, and nothing scrolls sideways', async ({ page }) => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto('/');
+  await page.getByRole('button', { name: 'Try the demo image' }).click();
+  await showView(page, 'Crash stage');
+  await page.getByLabel('Operation', { exact: true }).selectOption('delete');
+  await page.getByRole('button', { name: 'Rehearse' }).click();
+  await expect(page.getByRole('heading', { name: /snapshot delete/ })).toBeVisible();
+  await page.getByRole('switch', { name: 'Break the rule' }).check();
+  await page.getByRole('radio', { name: /rule broken/ }).first().check();
+  await expect((await verdict(page)).text).toMatch(/^Corrupt/);
+  const box = page.getByRole('status').filter({ has: page.locator('.headline') });
+  const list = page.getByRole('group', { name: 'Cut the power after' });
+  expect((await box.boundingBox())!.y).toBeLessThan((await list.boundingBox())!.y);
+  const overflow = await page.evaluate(() => {
+    const main = document.getElementById('main')!;
+    return { main: main.scrollWidth - main.clientWidth, page: document.documentElement.scrollWidth - window.innerWidth };
+  });
+  expect(overflow.page).toBe(0);
+  expect(overflow.main).toBeLessThanOrEqual(1);
+});
