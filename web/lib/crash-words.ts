@@ -117,8 +117,9 @@ export function crashWords(r: CrashRehearsalDTO, entries: readonly CrashEntryDTO
     const c = stepsText(commitSteps);
     if (!committed) {
       why.push(`The commit write (${c}) is not on the disk, so the header and the tables still lead to the old state. ` +
-        'What was written before it went to clusters nothing points at yet (new copies) or raised refcounts ahead of use: ' +
-        (s.leaks > 0 ? 'counted clusters nothing uses are leaks, never a lost reference.' : 'in the old refcounts those clusters are still free, so not even a leak.'));
+        (s.leaks > 0
+          ? 'What reached the disk before it raised refcounts of clusters nothing points at yet: they leak, which costs space, never a reference.'
+          : 'What reached the disk before it went where the old image does not look (new copies in clusters its refcounts still call free): not even a leak.'));
     } else {
       const after = steps.filter((e) => e.step! > Math.max(...commitSteps) && e.kind === 'write' && /^refcount/.test(e.purpose)).map((e) => e.step!);
       const missing = after.filter((x) => !onDisk.has(x));
