@@ -34,8 +34,9 @@ import { FileStore } from './stores/file-store.ts';
 import { HandleStore, saveAllOrNone } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
+import { verbsApi } from './verbs.ts';
 
-interface OpenImage {
+export interface OpenImage {
   id: ImageId;
   name: string;
   kind: StoreKind;
@@ -583,6 +584,9 @@ const api = {
   async cancel(jobId: string) {
     jobs.get(jobId)?.abort();
   },
+
+  // measure, compare, bitmaps, rebase, commit (worker/verbs.ts)
+  ...verbsApi({ get, has: (id) => images.has(id), runJob, serialised, summaryOf, reopen }),
 } satisfies EngineApi;
 
 Comlink.expose(api);
