@@ -62,7 +62,7 @@ test('Compare: two open images and an image with its snapshot, qemu-img compare\
   await page.goto('/');
   for (const f of [other, same, a]) await openViaInput(page, f);
   await showView(page, 'Diff');
-  const select = page.getByLabel('Compare a.qcow2 with');
+  const select = page.getByLabel('Other disk', { exact: true });
   for (const [option, want] of Object.entries(refs)) {
     await select.selectOption({ label: option.startsWith('snapshot') ? `${option} (ID 1)` : option });
     await page.getByRole('button', { name: 'Compare the disks' }).click();
