@@ -189,7 +189,7 @@ export function verbsApi(host: VerbsHost) {
     async commit(id: ImageId, jobId?: JobId, onProgress?: ProgressFn) {
       const ov = host.get(id);
       const base = ov.lender;
-      if (!base || !host.has(base.id)) throw new QcowError('NOT_SUPPORTED', `The backing file of ${ov.name} is not open as an image: choose it under "Backing file" first`);
+      if (!base || !host.has(base.id)) throw new QcowError('NOT_SUPPORTED', `The backing file of ${ov.name} is not open as an image: choose it under "Backing link" first`);
       whole(ov, 'committed');
       whole(base, 'committed into');
       if (ov.borrowers.size) throw new QcowError('NOT_SUPPORTED', `${ov.name} is the backing file of ${[...ov.borrowers].map((b) => b.name).join(', ')}: emptying it would change what they read`);
