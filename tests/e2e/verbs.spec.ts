@@ -154,6 +154,13 @@ test('rebase -u: an overlay saved away from its backing file is linked to the op
   await page.getByRole('button', { name: 'Use as backing file' }).click();
   await expect(page.locator('[data-field="backing-filename"]')).toHaveText('base.qcow2');
   await expect(page.getByText('It reads through base.qcow2, open here.')).toBeVisible();
+  // Read through the open image, the overlay measures as qemu-img measures the chain it names.
+  await showView(page, 'Cluster map');
+  await page.getByRole('button', { name: 'Measure a copy' }).click();
+  const want = JSON.parse(qemuImgOk(['measure', '--output=json', '-O', 'qcow2', ov.path])) as Record<string, number>;
+  expect(await figure(page, 'required')).toBe(want.required);
+  expect(await figure(page, 'fully-allocated')).toBe(want['fully-allocated']);
+  await showView(page, 'Header');
 
   const outDir = path.join(tmp, 'out');
   fs.mkdirSync(outDir);
@@ -187,16 +194,45 @@ test('Commit into backing file: the overlay folded into its open backing image, 
   for (const f of [base, ov]) fs.copyFileSync(f.path, path.join(refDir, f.name));
   qemuImgOk(['commit', path.join(refDir, 'top.qcow2')]);
 
+  const compareWithBase = async (want: string) => {
+    await showView(page, 'Diff');
+    await page.getByLabel('Other disk', { exact: true }).selectOption({ label: 'base.qcow2' });
+    await page.getByRole('button', { name: 'Compare the disks' }).click();
+    await expect(page.getByRole('status', { name: 'Comparison of top.qcow2 and base.qcow2' }).locator('.verdict').last()).toHaveText(want);
+    await showView(page, 'Header');
+  };
+
   await page.goto('/');
   await openViaInput(page, base);
   await openViaInput(page, ov);
+  // Not read through its backing file yet: compare refuses, in one line.
+  await showView(page, 'Diff');
+  await page.getByLabel('Other disk', { exact: true }).selectOption({ label: 'base.qcow2' });
+  await page.getByRole('button', { name: 'Compare the disks' }).click();
+  await expect(page.getByRole('alert').locator('span').first()).toHaveText('The backing file of top.qcow2 is not open: open it (Header) before comparing it');
+  await showView(page, 'Header');
   await page.getByLabel('Read through the open image').selectOption({ label: 'base.qcow2' });
   await page.getByRole('button', { name: 'Use as backing file' }).click();
   await expect(page.getByText('It reads through base.qcow2, open here.')).toBeVisible();
-  await page.getByRole('button', { name: 'Commit into backing file' }).click();
-  await page.getByRole('dialog', { name: 'Commit top.qcow2 into base.qcow2?' }).getByRole('button', { name: 'Commit' }).click();
+  await compareWithBase(qemuCompare([ov.path, base.path]).line);
+  // by keyboard: Escape cancels and gives the focus back; Enter on the dialog's button commits
+  const commitButton = page.getByRole('button', { name: 'Commit into backing file' });
+  await commitButton.focus();
+  await page.keyboard.press('Enter');
+  const dialog = page.getByRole('dialog', { name: 'Commit top.qcow2 into base.qcow2?' });
+  await expect(dialog).toBeVisible();
+  await page.keyboard.press('Escape');
+  await expect(dialog).toHaveCount(0);
+  await expect(commitButton).toBeFocused();
+  await page.keyboard.press('Enter');
+  await dialog.getByRole('button', { name: 'Commit' }).focus();
+  await page.keyboard.press('Enter');
   await expect(page.getByRole('dialog')).toHaveCount(0);
   await expect(page.getByRole('button', { name: 'Commit into backing file' })).toBeEnabled();
+  // the overlay now reads what the base holds
+  const after = qemuCompare([path.join(refDir, 'top.qcow2'), path.join(refDir, 'base.qcow2')]);
+  expect(after.line).toBe('Images are identical.');
+  await compareWithBase(after.line);
 
   const outDir = path.join(tmp, 'out');
   fs.mkdirSync(outDir);
