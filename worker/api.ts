@@ -10,7 +10,9 @@ import type { ClusterUsers, ClusterUse } from '../core/analysis/cluster-users.ts
 import type { LayoutChanges, LayoutKindName } from '../core/analysis/layout.ts';
 import type { DiffResult, DiffRange } from '../core/analysis/diff.ts';
 import type { CrashOperation, CrashRehearsalDTO, CrashStopDTO, RuleBreak } from './crash-stage-api.ts';
+import type { VerbsApi } from './verbs-api.ts';
 
+export type { MeasureDTO, CompareDTO, CompareSideRef, BitmapDTO, VerbsDetails } from './verbs-api.ts';
 export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange, ClusterUsers, ClusterUse };
 
 /** Opaque handle of an image opened in the worker. */
@@ -299,7 +301,7 @@ export interface ExternalOverlay {
   base?: ImageDownload;
 }
 
-export interface EngineApi {
+export interface EngineApi extends VerbsApi {
   /** Open a File (drop, file input): read-only source under a copy-on-write overlay. */
   openFile(file: File): Promise<ImageSummary>;
   /** Open a File System Access handle; changes wait in the tab until `save`. */

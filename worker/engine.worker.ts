@@ -36,8 +36,9 @@ import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 import { crashImage, crashRehearse, crashStop } from './crash-stage.ts';
 import type { CrashOperation } from './crash-stage-api.ts';
+import { verbsApi } from './verbs.ts';
 
-interface OpenImage {
+export interface OpenImage {
   id: ImageId;
   name: string;
   kind: StoreKind;
@@ -586,13 +587,12 @@ const api = {
     jobs.get(jobId)?.abort();
   },
 
-  async crashRehearse(id: ImageId, op: CrashOperation) {
-    const img = get(id);
-    return crashRehearse(img.store, img.backing, op);
-  },
-
+  // the crash stage (worker/crash-stage.ts): rehearsals on copies, nothing reaches the image
+  crashRehearse: (id: ImageId, op: CrashOperation) => crashRehearse(get(id).store, get(id).backing, op),
   crashStop,
   crashImage,
+  // measure, compare, bitmaps, rebase, commit (worker/verbs.ts)
+  ...verbsApi({ get, has: (id) => images.has(id), runJob, serialised, summaryOf, reopen }),
 } satisfies EngineApi;
 
 Comlink.expose(api);

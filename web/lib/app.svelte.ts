@@ -24,6 +24,7 @@ import { damageView, viewWorks } from './damage.ts';
 import { VIEWS, type ViewName } from '../views/registry.ts';
 import { describeError as describe, openFailure, type Message } from './errors.ts';
 import { Saving } from './saving.svelte.ts';
+import { Verbs } from './verbs.svelte.ts';
 
 export type { Message, ViewName };
 
@@ -121,6 +122,8 @@ export class AppState {
   groupMode = $state(false);
   /** Saving changes to a person's files, and the questions asked before changes could be lost. */
   readonly saving = new Saving(this);
+  /** measure, compare, bitmaps, rebase, commit (web/lib/verbs.svelte.ts). */
+  readonly verbs = new Verbs(this);
 
   active = $derived(this.tabs.find((t) => t.id === this.activeId) ?? null);
 
@@ -341,7 +344,8 @@ export class AppState {
     return this.saving.beforeFirstChange(tab);
   }
 
-  private async write(tab: ImageTab, label: string, op: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<ImageSummary>): Promise<boolean> {
+  /** A change to one image, held in its tab; false when refused or failed (the message says why). */
+  async write(tab: ImageTab, label: string, op: (opts: { signal: AbortSignal; onProgress: (p: Progress) => void }) => Promise<ImageSummary>): Promise<boolean> {
     if (!(await this.ensureWritable(tab))) return false;
     const s = await this.run(label, op);
     if (!s) {

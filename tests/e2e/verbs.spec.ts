@@ -1,0 +1,254 @@
+// The qemu-img verbs on the page, each tried in Chromium on images qemu-img made and judged by
+// qemu-img: "What a copy would need" against `qemu-img measure`, Compare against `qemu-img
+// compare`, and bitmap removal, rebase -u and commit (changes held in the tab, then downloaded)
+// against `qemu-img check` and the same operation done by qemu-img (`compare`, `info`).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Page } from '@playwright/test';
+import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIo, qemuIoOk } from '../helpers/qemu.ts';
+import { test, expect, makeImage, openViaInput, openViaPicker, installPickerStub, readFromOpfs, downloadImage, showView, type Fixture } from './fixtures.ts';
+
+/** qemu-img compare's first line and exit code. */
+function qemuCompare(args: string[]): { line: string; code: number } {
+  const r = qemuImg(['compare', ...args]);
+  return { line: r.stdout.trim().split('\n').at(-1)!, code: r.status ?? -1 };
+}
+
+/** The figure a measure row shows, as a number. */
+async function figure(page: Page, key: string): Promise<number> {
+  return Number((await page.locator(`[data-measure="${key}"]`).innerText()).replace(/,/g, ''));
+}
+
+function fixture(dir: string, name: string): Fixture {
+  return { path: path.join(dir, name), name };
+}
+
+test('What a copy would need: the figures of qemu-img measure -O qcow2, bitmaps included', async ({ page, tmp }) => {
+  const a = makeImage(tmp, 'disk.qcow2');
+  qemuImgOk(['bitmap', '--add', '-g', '65536', a.path, 'backup-1']);
+  const b = makeImage(tmp, 'small.qcow2', { clusterSize: 4096 }, []);
+  qemuIoOk(b.path, 'write -P 0x11 1M 300k', 'write -z 2M 64k');
+  await page.goto('/');
+  for (const f of [a, b]) {
+    await openViaInput(page, f);
+    await showView(page, 'Cluster map');
+    await page.getByRole('button', { name: 'Measure a copy' }).click();
+    await expect(page.getByRole('status', { name: 'What a copy would need' })).toBeVisible();
+    const want = JSON.parse(qemuImgOk(['measure', '--output=json', '-O', 'qcow2', f.path])) as Record<string, number>;
+    expect(await figure(page, 'required')).toBe(want.required);
+    expect(await figure(page, 'fully-allocated')).toBe(want['fully-allocated']);
+    expect(await figure(page, 'bitmaps')).toBe(want.bitmaps);
+  }
+});
+
+test('Compare: two open images and an image with its snapshot, qemu-img compare\'s verdict and the first difference', async ({ page, tmp }) => {
+  const a = makeImage(tmp, 'a.qcow2');
+  const same = fixture(tmp, 'same.qcow2');
+  fs.copyFileSync(a.path, same.path);
+  const other = makeImage(tmp, 'other.qcow2', {}, []);
+  qemuIoOk(other.path, 'write -P 0x77 3200k 1k');
+  const refs: Record<string, { line: string; code: number }> = {
+    'same.qcow2': qemuCompare([a.path, same.path]),
+    'other.qcow2': qemuCompare([a.path, other.path]),
+  };
+  const snapRaw = path.join(tmp, 'snapA.raw');
+  qemuConvertToRaw(a.path, snapRaw, { name: 'snapA' });
+  refs['snapshot snapA'] = qemuCompare(['-f', 'qcow2', '-F', 'raw', a.path, snapRaw]);
+  // the cases differ: identical, a mismatch in data, a mismatch where the snapshot reads zeros
+  expect(refs['same.qcow2']!.code).toBe(0);
+  expect(refs['other.qcow2']!.code).toBe(1);
+  expect(refs['snapshot snapA']!.code).toBe(1);
+
+  await page.goto('/');
+  for (const f of [other, same, a]) await openViaInput(page, f);
+  await showView(page, 'Diff');
+  const select = page.getByLabel('Other disk', { exact: true });
+  for (const [option, want] of Object.entries(refs)) {
+    await select.selectOption({ label: option.startsWith('snapshot') ? `${option} (ID 1)` : option });
+    await page.getByRole('button', { name: 'Compare the disks' }).click();
+    const status = page.getByRole('status', { name: `Comparison of a.qcow2 and ${option}` });
+    await expect(status.locator('.verdict').last()).toHaveText(want.line);
+  }
+
+  // The first difference (with snapA: 64k, written after it was taken) on the map and in Translation.
+  const offset = Number(/offset (\d+)/.exec(refs['snapshot snapA']!.line)![1]);
+  await page.getByRole('button', { name: 'Show on the cluster map' }).click();
+  await expect(page.getByRole('heading', { name: 'Cluster map', level: 2 })).toBeVisible();
+  await expect(page.getByRole('list', { name: 'Legend' })).toContainText(`First difference (guest 0x${offset.toString(16)})`);
+  await showView(page, 'Diff');
+  await select.selectOption({ label: 'snapshot snapA (ID 1)' });
+  await page.getByRole('button', { name: 'Compare the disks' }).click();
+  await page.getByRole('button', { name: 'Follow it in Translation' }).click();
+  await expect(page.getByRole('heading', { name: 'Translation', level: 2 })).toBeVisible();
+  await expect(page.getByLabel('Guest offset')).toHaveValue(`0x${offset.toString(16)}`);
+  await expect(page.locator('.answer')).toContainText('is at host offset');
+});
+
+for (const keep of ['Download image', 'Save'] as const) {
+test(`a stale in-use bitmap, listed and explained, removed after a confirmation as qemu-img bitmap --remove does (${keep})`, async ({ page, tmp }) => {
+  const f = makeImage(tmp, 'vm.qcow2', {}, []);
+  qemuImgOk(['bitmap', '--add', f.path, 'stale']);
+  qemuImgOk(['bitmap', '--add', '--disable', f.path, 'kept']);
+  // QEMU marks bitmaps in use when it opens the image for writing; killed, it never clears the flag.
+  qemuIo(['-f', 'qcow2', '-c', 'write -P 0x42 1M 64k', '-c', 'sigraise 9', f.path]);
+  const bitmaps = (file: string) => (JSON.parse(qemuImgOk(['info', '--output=json', file])) as { 'format-specific': { data: { bitmaps?: Array<{ name: string; flags: string[] }> } } })['format-specific'].data.bitmaps;
+  expect(bitmaps(f.path)!.map((b) => b.flags)).toEqual([['in-use', 'auto'], ['in-use']]);
+  const ref = path.join(tmp, 'ref.qcow2');
+  fs.copyFileSync(f.path, ref);
+  qemuImgOk(['bitmap', '--remove', ref, 'stale']);
+
+  if (keep === 'Save') await installPickerStub(page);
+  await page.goto('/');
+  if (keep === 'Save') await openViaPicker(page, f);
+  else await openViaInput(page, f);
+  const list = page.getByRole('list', { name: 'Bitmaps' });
+  const stale = list.getByRole('listitem', { name: 'Bitmap stale' });
+  const kept = list.getByRole('listitem', { name: 'Bitmap kept' });
+  await expect(stale.getByTestId('bitmap-flags')).toHaveText('in-use, auto');
+  await expect(stale).toContainText('QEMU refuses to use it');
+  await expect(kept.getByTestId('bitmap-flags')).toHaveText('in-use');
+  await expect(kept).toContainText('Not auto: disabled');
+  await page.getByRole('button', { name: 'Remove bitmap stale' }).click();
+  const dialog = page.getByRole('dialog', { name: 'Remove bitmap stale?' });
+  await dialog.getByRole('button', { name: 'Remove bitmap' }).click();
+  // a person's own file: the first change asks about running VMs
+  if (keep === 'Save') await page.getByRole('dialog').getByRole('button', { name: 'No VM is running: go on' }).click();
+  await expect(stale).toHaveCount(0);
+  await expect(kept).toBeVisible();
+  await expect(page.getByRole('heading', { name: 'Dirty bitmaps' })).toBeFocused();
+
+  const out = path.join(tmp, 'out.qcow2');
+  if (keep === 'Save') {
+    const bar = page.getByRole('group', { name: 'Unsaved changes' });
+    await expect(bar).toContainText('1 unsaved change');
+    await bar.getByRole('button', { name: 'Save', exact: true }).click();
+    await expect(bar).toHaveCount(0);
+    await readFromOpfs(page, f.name, out);
+  } else {
+    await downloadImage(page, out);
+  }
+  expect(qemuCheck(out).exitCode).toBe(0);
+  expect(qemuCompare([ref, out]).code).toBe(0);
+  expect(bitmaps(out)).toEqual(bitmaps(ref));
+  expect(bitmaps(out)!.map((b) => b.name)).toEqual(['kept']);
+});
+}
+
+test('rebase -u: an overlay saved away from its backing file is linked to the open image, as qemu-img rebase -u does', async ({ page, tmp }) => {
+  fs.mkdirSync(path.join(tmp, 'old'));
+  const base = makeImage(path.join(tmp, 'old'), 'base.qcow2', {}, []);
+  const ov = fixture(tmp, 'overlay.qcow2');
+  createImage(ov.path, undefined, { backing: 'old/base.qcow2' });
+  qemuIoOk(ov.path, 'write -P 0x5c 1M 64k');
+  const ref = fixture(path.join(tmp, 'ref'), 'overlay.qcow2');
+  fs.mkdirSync(path.dirname(ref.path));
+  fs.copyFileSync(ov.path, ref.path);
+  fs.copyFileSync(base.path, path.join(tmp, 'ref', 'base.qcow2'));
+  qemuImgOk(['rebase', '-u', '-b', 'base.qcow2', '-F', 'qcow2', ref.path]);
+
+  await page.goto('/');
+  await openViaInput(page, base);
+  await openViaInput(page, ov);
+  await page.getByLabel('Read through the open image').selectOption({ label: 'base.qcow2' });
+  await expect(page.getByText('The link is rewritten to base.qcow2')).toBeVisible();
+  await page.getByRole('button', { name: 'Use as backing file' }).click();
+  await expect(page.locator('[data-field="backing-filename"]')).toHaveText('base.qcow2');
+  await expect(page.getByText('It reads through base.qcow2, open here.')).toBeVisible();
+  // Read through the open image, the overlay measures as qemu-img measures the chain it names.
+  await showView(page, 'Cluster map');
+  await page.getByRole('button', { name: 'Measure a copy' }).click();
+  const want = JSON.parse(qemuImgOk(['measure', '--output=json', '-O', 'qcow2', ov.path])) as Record<string, number>;
+  expect(await figure(page, 'required')).toBe(want.required);
+  expect(await figure(page, 'fully-allocated')).toBe(want['fully-allocated']);
+  await showView(page, 'Header');
+
+  const outDir = path.join(tmp, 'out');
+  fs.mkdirSync(outDir);
+  fs.copyFileSync(base.path, path.join(outDir, 'base.qcow2'));
+  const out = await downloadImage(page, path.join(outDir, 'overlay.qcow2'));
+  expect(qemuCheck(out).exitCode).toBe(0);
+  const info = (file: string) => {
+    const { filename: _f, 'actual-size': _a, 'full-backing-filename': _b, ...rest } = JSON.parse(qemuImgOk(['info', '--output=json', file])) as Record<string, unknown>;
+    return rest;
+  };
+  expect(info(out)).toEqual(info(ref.path));
+  expect(qemuCompare([ref.path, out]).code).toBe(0);
+
+  // A typed name: only the link changes, and nothing open is read through any more.
+  await page.getByLabel('Or link it to the file named').fill('images/base.qcow2');
+  await page.getByRole('button', { name: 'Change the link' }).click();
+  await expect(page.locator('[data-field="backing-filename"]')).toHaveText('images/base.qcow2');
+  await expect(page.getByText(/which is\s+not open/)).toBeVisible();
+  const out2 = await downloadImage(page, path.join(tmp, 'renamed.qcow2'));
+  qemuImgOk(['rebase', '-u', '-b', 'images/base.qcow2', '-F', 'qcow2', ref.path]);
+  expect(info(out2)).toEqual(info(ref.path));
+});
+
+test('Commit into backing file: the overlay folded into its open backing image, as qemu-img commit does', async ({ page, tmp }) => {
+  const base = makeImage(tmp, 'base.qcow2', {}, ['before']);
+  const ov = fixture(tmp, 'top.qcow2');
+  createImage(ov.path, undefined, { backing: 'base.qcow2' });
+  qemuIoOk(ov.path, 'write -P 0xcd 64k 64k', 'write -P 0xee 5M 100k', 'write -z 0 4k');
+  const refDir = path.join(tmp, 'ref');
+  fs.mkdirSync(refDir);
+  for (const f of [base, ov]) fs.copyFileSync(f.path, path.join(refDir, f.name));
+  qemuImgOk(['commit', path.join(refDir, 'top.qcow2')]);
+
+  const compareWithBase = async (want: string) => {
+    await showView(page, 'Diff');
+    await page.getByLabel('Other disk', { exact: true }).selectOption({ label: 'base.qcow2' });
+    await page.getByRole('button', { name: 'Compare the disks' }).click();
+    await expect(page.getByRole('status', { name: 'Comparison of top.qcow2 and base.qcow2' }).locator('.verdict').last()).toHaveText(want);
+    await showView(page, 'Header');
+  };
+
+  await page.goto('/');
+  await openViaInput(page, base);
+  await openViaInput(page, ov);
+  // Not read through its backing file yet: compare refuses, in one line.
+  await showView(page, 'Diff');
+  await page.getByLabel('Other disk', { exact: true }).selectOption({ label: 'base.qcow2' });
+  await page.getByRole('button', { name: 'Compare the disks' }).click();
+  await expect(page.getByRole('alert').locator('span').first()).toHaveText('The backing file of top.qcow2 is not open: open it (Header) before comparing it');
+  await showView(page, 'Header');
+  await page.getByLabel('Read through the open image').selectOption({ label: 'base.qcow2' });
+  await page.getByRole('button', { name: 'Use as backing file' }).click();
+  await expect(page.getByText('It reads through base.qcow2, open here.')).toBeVisible();
+  await compareWithBase(qemuCompare([ov.path, base.path]).line);
+  // by keyboard: Escape cancels and gives the focus back; Enter on the dialog's button commits
+  const commitButton = page.getByRole('button', { name: 'Commit into backing file' });
+  await commitButton.focus();
+  await page.keyboard.press('Enter');
+  const dialog = page.getByRole('dialog', { name: 'Commit top.qcow2 into base.qcow2?' });
+  await expect(dialog).toBeVisible();
+  await page.keyboard.press('Escape');
+  await expect(dialog).toHaveCount(0);
+  await expect(commitButton).toBeFocused();
+  await page.keyboard.press('Enter');
+  await dialog.getByRole('button', { name: 'Commit' }).focus();
+  await page.keyboard.press('Enter');
+  await expect(page.getByRole('dialog')).toHaveCount(0);
+  await expect(page.getByRole('button', { name: 'Commit into backing file' })).toBeEnabled();
+  // the overlay now reads what the base holds
+  const after = qemuCompare([path.join(refDir, 'top.qcow2'), path.join(refDir, 'base.qcow2')]);
+  expect(after.line).toBe('Images are identical.');
+  await compareWithBase(after.line);
+
+  const outDir = path.join(tmp, 'out');
+  fs.mkdirSync(outDir);
+  await downloadImage(page, path.join(outDir, 'top.qcow2'), 'top.qcow2');
+  await downloadImage(page, path.join(outDir, 'base.qcow2'), 'base.qcow2');
+  for (const f of ['base.qcow2', 'top.qcow2']) {
+    expect(qemuCheck(path.join(outDir, f)).exitCode).toBe(0);
+    expect(qemuCompare([path.join(refDir, f), path.join(outDir, f)]).code).toBe(0);
+  }
+  // the snapshot taken before is untouched
+  const snap = (dir: string) => {
+    const raw = path.join(tmp, `${path.basename(dir)}-before.raw`);
+    qemuConvertToRaw(path.join(dir, 'base.qcow2'), raw, { name: 'before' });
+    return fs.readFileSync(raw);
+  };
+  expect(snap(outDir).equals(snap(refDir))).toBe(true);
+  const allocated = (file: string) => (JSON.parse(qemuImgOk(['map', '--output=json', file])) as Array<{ depth: number; data: boolean }>).filter((e) => e.depth === 0 && e.data).length;
+  expect(allocated(path.join(outDir, 'top.qcow2'))).toBe(allocated(path.join(refDir, 'top.qcow2')));
+});

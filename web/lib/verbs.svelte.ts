@@ -1,0 +1,84 @@
+// The qemu-img verbs on the page (measure, compare, bitmaps, rebase -u, commit): what the panels
+// in web/verbs/ call. Reads go straight to the worker; changes go through the app's `write`, so
+// they are held in the tab as pending changes (Save or "Download image"), as snapshot operations are.
+import type { CompareDTO, CompareSideRef, ImageSummary, MeasureDTO, VerbsDetails } from '../../worker/api.ts';
+import { engine, withJob } from './engine.ts';
+import type { AppState, ImageTab } from './app.svelte.ts';
+
+/** A guest offset the Translation view should start from (set by "Follow it in Translation"). */
+let translateAt: number | null = null;
+
+/** Take (once) the offset another view asked Translation to show. */
+export function takeTranslateAt(): number | null {
+  const at = translateAt;
+  translateAt = null;
+  return at;
+}
+
+export class Verbs {
+  readonly #app: AppState;
+
+  constructor(app: AppState) {
+    this.#app = app;
+  }
+
+  measure(tab: ImageTab): Promise<MeasureDTO | undefined> {
+    return this.#app.run(`Measuring ${tab.name}`, (o) => withJob(o, (j, p) => engine().measure(tab.id, j, p)));
+  }
+
+  compare(a: CompareSideRef, b: CompareSideRef, label: string): Promise<CompareDTO | undefined> {
+    return this.#app.run(`Comparing ${label}`, (o) => withJob(o, (j, p) => engine().compare(a, b, j, p)));
+  }
+
+  details(tab: ImageTab): Promise<VerbsDetails> {
+    return engine().details(tab.id);
+  }
+
+  removeBitmap(tab: ImageTab, name: string): Promise<boolean> {
+    return this.#app.write(tab, `Removing bitmap ${name}`, () => engine().removeBitmap(tab.id, name));
+  }
+
+  /** rebase -u: onto an open image (read through from now on) or a typed file name. */
+  async rebase(tab: ImageTab, target: { baseId: string } | { name: string }): Promise<boolean> {
+    const before = await this.details(tab).catch(() => undefined);
+    const ok = await this.#app.write(tab, 'Changing the backing file', () => engine().rebase(tab.id, target));
+    // The new backing image is read-only while lent; the old one may be writable again.
+    const touched = new Set([before?.backingImageId, 'baseId' in target ? target.baseId : undefined]);
+    await this.#refresh([...this.#app.tabs].filter((t) => t !== tab && touched.has(t.id)));
+    return ok;
+  }
+
+  /** qemu-img commit into the open backing image: both images' changes held in their tabs. */
+  async commit(tab: ImageTab, base: ImageTab): Promise<boolean> {
+    const app = this.#app;
+    if (!tab.summary.state.writable) {
+      app.message = { kind: 'error', text: `${tab.name} is read-only: ${tab.summary.state.readOnlyReason ?? ''}`, code: 'READ_ONLY' };
+      return false;
+    }
+    if (!(await app.saving.beforeFirstChange(tab)) || !(await app.saving.beforeFirstChange(base))) return false;
+    const res = await app.run(`Committing ${tab.name} into ${base.name}`, (o) => withJob(o, (j, p) => engine().commit(tab.id, j, p)));
+    if (!res) {
+      await this.#refresh([tab, base], true);
+      return false;
+    }
+    tab.update(res[0]!);
+    base.update(res[1]!);
+    app.selection = null;
+    return true;
+  }
+
+  /** Follow a guest offset in the Translation view. */
+  followInTranslation(offset: number): void {
+    translateAt = offset;
+    this.#app.show('translate');
+  }
+
+  async #refresh(tabs: ImageTab[], all = false): Promise<void> {
+    for (const t of tabs) {
+      const fresh: ImageSummary | undefined = await engine().summary(t.id).catch(() => undefined);
+      if (!fresh) continue;
+      if (all) t.update(fresh);
+      else t.summary = fresh;
+    }
+  }
+}
