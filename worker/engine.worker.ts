@@ -34,6 +34,7 @@ import { FileStore } from './stores/file-store.ts';
 import { HandleStore, saveAllOrNone } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
+import { annotationOf, fieldReadingOf } from './annotate.ts';
 
 interface OpenImage {
   id: ImageId;
@@ -542,6 +543,9 @@ const api = {
     const copy = bytes.slice();
     return Comlink.transfer(copy, [copy.buffer]);
   },
+
+  annotate: (id: ImageId, clusterStart: number) => annotationOf(get(id).store, get(id).engine, clusterStart),
+  readField: (id: ImageId, clusterStart: number, hostOffset: number) => fieldReadingOf(get(id).store, get(id).engine, clusterStart, hostOffset),
 
   async download(id: ImageId): Promise<ImageDownload> {
     const img = get(id);
