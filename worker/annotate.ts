@@ -1,7 +1,9 @@
 // The annotated hex's engine side: the structures in one host cluster, field by field, and the
 // reading of the field under one byte (core/analysis/annotate.ts), for an image opened whole or
 // only as far as its header.
-import { annotateCluster, landmarks, readField, type AnnotateSource } from '../core/analysis/annotate.ts';
+import { annotateCluster, byteMap, landmarks, readField, type AnnotateSource } from '../core/analysis/annotate.ts';
+import * as Comlink from 'comlink';
+import { FIELD_ROLES } from '../core/format/layouts.ts';
 import { parseHeader, type Qcow2Header } from '../core/format/header.ts';
 import type { ImageStore } from '../core/io/store.ts';
 import type { ClusterAnnotationDTO, FieldReadingDTO } from './api.ts';
@@ -23,7 +25,9 @@ async function sourceOf(store: ImageStore, engine: EngineImage): Promise<Annotat
 
 export async function annotationOf(store: ImageStore, engine: EngineImage, clusterStart: number): Promise<ClusterAnnotationDTO> {
   const src = await sourceOf(store, engine);
-  return { clusterStart, regions: await annotateCluster(src, clusterStart), landmarks: landmarks(engine.image) };
+  const regions = await annotateCluster(src, clusterStart);
+  const bytes = byteMap(regions, clusterStart, src.clusterSize);
+  return Comlink.transfer({ clusterStart, regions, landmarks: landmarks(engine.image), bytes, roles: [...FIELD_ROLES] }, [bytes.buffer]);
 }
 
 export async function fieldReadingOf(store: ImageStore, engine: EngineImage, clusterStart: number, hostOffset: number): Promise<FieldReadingDTO | null> {

@@ -19,6 +19,12 @@ export interface ClusterAnnotationDTO {
   clusterStart: number;
   regions: AnnotatedRegion[];
   landmarks: Landmark[];
+  /**
+   * One code per byte of the cluster: the index in `roles` of the role of the field holding it,
+   * | 0x20 on every other table item, | 0x40 on a field's first byte; 0xff where no structure is.
+   */
+  bytes: Uint8Array;
+  roles: FieldLayout['role'][];
 }
 
 export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange, ClusterUsers, ClusterUse };

@@ -63,9 +63,15 @@ export function fieldWords(f: FieldLayout, v: bigint | string | Uint8Array, ctx:
     return f.role === 'reserved' ? (zero ? 'zeros, as they must be' : 'not all zeros') : `${v.length} bytes${zero ? ', all zeros' : ''}`;
   }
   if (f.bits && f.role !== 'bitmap') {
-    const set = f.bits.filter((b) => b.width === 1 && b.role === 'flag' && ((v >> BigInt(b.lsb)) & 1n) === 1n).map((b) => b.name);
-    const base = f.role === 'features' ? valueWords(f.name, f.role, v, ctx) : `0x${v.toString(16).padStart(f.size * 2, '0')}`;
-    return set.length ? `${base}; set: ${set.join(', ')}` : base;
+    const bit = (b: BitLayout) => (v >> BigInt(b.lsb)) & ((1n << BigInt(b.width)) - 1n);
+    const set = f.bits.filter((b) => b.width === 1 && b.role === 'flag' && bit(b) === 1n).map((b) => b.name);
+    const flags = set.length ? `set: ${set.join(', ')}` : 'no flag set';
+    if (f.role === 'features') return set.length ? `${valueWords(f.name, f.role, v, ctx)}; ${flags}` : valueWords(f.name, f.role, v, ctx);
+    // a table entry: its wider ranges (offsets, counts) in words, then its flags
+    const wide = f.bits.filter((b) => b.width > 1 && b.role !== 'reserved' && b.role !== 'refcount').map((b) => `${b.name}: ${bitWords(b, bit(b), ctx)}`);
+    const refcounts = f.bits.filter((b) => b.role === 'refcount').map((b) => bitWords(b, bit(b), ctx));
+    const reserved = f.bits.some((b) => b.role === 'reserved' && bit(b) !== 0n) ? '; reserved bits set, which the spec forbids' : '';
+    return refcounts.length ? refcounts.join('; ') : `${[...wide, flags].join('; ')}${reserved}`;
   }
   return valueWords(f.name, f.role, v, ctx, f.values);
 }
@@ -76,5 +82,6 @@ export function bitWords(b: BitLayout, v: bigint, ctx: WordsContext): string {
   if (b.role === 'refcount' && ctx.firstCluster !== undefined) {
     return valueWords(b.name, 'refcount', v, { ...ctx, firstCluster: ctx.firstCluster + b.lsb / ctx.refcountBits });
   }
-  return valueWords(b.name, b.role, v, ctx);
+  // an offset range keeps its place in the entry: bits 9-55 hold the offset itself, not offset >> 9
+  return valueWords(b.name, b.role, b.role === 'offset' ? v << BigInt(b.lsb) : v, ctx);
 }

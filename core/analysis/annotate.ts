@@ -8,7 +8,7 @@ import { offsetOf } from '../format/entries.ts';
 import { readHeaderFields, type Qcow2Header } from '../format/header.ts';
 import {
   backingFileNameLayout, bitBytes, bitmapDirEntryLayout, bitValue, extensionLayout, EXTENSION_NAMES, fieldValue, headerLayout,
-  l1EntryLayout, l2EntryLayouts, refblockItemLayout, reftableEntryLayout, snapshotEntryLayout, type FieldLayout, type FieldRole,
+  FIELD_ROLES, l1EntryLayout, l2EntryLayouts, refblockItemLayout, reftableEntryLayout, snapshotEntryLayout, type FieldLayout, type FieldRole,
 } from '../format/layouts.ts';
 import { reftableEntry, refblockEntries } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
@@ -143,7 +143,7 @@ export async function annotateCluster(src: AnnotateSource, clusterStart: number)
       // a snapshot whose L1 table cannot be read names no L2 table here
     }
   }
-  const l2 = l1s.flatMap((t) => Array.from({ length: t.size }, (_, i) => ({ i, whose: t.whose, off: offsetOf(be32(t.table, i * 8), be32(t.table, i * 8 + 4)) })))
+  const l2 = clusterStart === 0 ? undefined : l1s.flatMap((t) => Array.from({ length: t.size }, (_, i) => ({ i, whose: t.whose, off: offsetOf(be32(t.table, i * 8), be32(t.table, i * 8 + 4)) })))
     .find((e) => e.off === clusterStart);
   if (l2) {
     const bytes = await src.read(clusterStart, cs);
@@ -158,7 +158,7 @@ export async function annotateCluster(src: AnnotateSource, clusterStart: number)
   add(tableRegion({ structure: 'refcount table', title: 'Refcount table', stride: 8, itemName: 'refcount table entry', variants: [reftableEntryLayout()] },
     h.refcountTableOffset, img.reftable.length / 8, clusterStart, cs));
   for (let r = 0; r < img.reftable.length / 8; r++) {
-    if (reftableEntry(img.reftable, r) !== clusterStart) continue;
+    if (clusterStart === 0 || reftableEntry(img.reftable, r) !== clusterStart) continue;
     const item = refblockItemLayout(img.refcountOrder);
     const entries = refblockEntries(img.clusterBits, img.refcountOrder);
     out.push({
@@ -224,6 +224,37 @@ export function fieldAt(regions: readonly AnnotatedRegion[], hostOffset: number)
   return null;
 }
 
+/** Byte map codes: the field's role index, these flags, or NO_FIELD. */
+export const BYTE_ODD_ITEM = 0x20;
+export const BYTE_FIELD_START = 0x40;
+export const NO_FIELD = 0xff;
+
+/**
+ * One code per byte of the cluster at `clusterStart` (what the view colours): the role of the
+ * field holding it (an index in FIELD_ROLES), BYTE_ODD_ITEM on every other table item,
+ * BYTE_FIELD_START on a field's first byte; NO_FIELD where no structure is.
+ */
+export function byteMap(regions: readonly AnnotatedRegion[], clusterStart: number, clusterSize: number): Uint8Array {
+  const out = new Uint8Array(clusterSize).fill(NO_FIELD);
+  const end = clusterStart + clusterSize;
+  for (const r of regions) {
+    for (let i = 0; i < r.count; i++) {
+      const item = r.at + i * r.stride;
+      if (item >= end) break;
+      if (item + r.stride <= clusterStart) continue;
+      const odd = (r.firstIndex + i) % 2 === 1 ? BYTE_ODD_ITEM : 0;
+      for (const f of r.variants[r.variantOf?.[i] ?? 0]!) {
+        const role = FIELD_ROLES.indexOf(f.role) | odd;
+        const from = Math.max(item + f.offset, clusterStart);
+        const to = Math.min(item + f.offset + f.size, end);
+        for (let o = from; o < to; o++) out[o - clusterStart] = role;
+        if (item + f.offset >= clusterStart && item + f.offset < end) out[item + f.offset - clusterStart] = role | BYTE_FIELD_START;
+      }
+    }
+  }
+  return out;
+}
+
 function hexBytes(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(' ');
 }
@@ -262,7 +293,7 @@ export async function readField(src: AnnotateSource, clusterStart: number, hostO
       const [first, n] = bitBytes(field.size, bit);
       return {
         name: bit.name, lsb: bit.lsb, width: bit.width, role: bit.role, explain: bit.explain,
-        value: bit.width === 1 ? String(x) : `0x${x.toString(16)}`, words: bitWords(bit, x, ctx), at: at + first, size: n,
+        value: bit.width === 1 ? String(x) : `0x${(bit.role === 'offset' ? x << BigInt(bit.lsb) : x).toString(16)}`, words: bitWords(bit, x, ctx), at: at + first, size: n,
       };
     });
   }

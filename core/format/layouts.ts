@@ -17,9 +17,11 @@ import type { HeaderFields, HeaderExtension } from './header.ts';
  * a count, a size in bytes, a power of two, a one-bit flag, a set of feature bits, text, a time,
  * a refcount, a subcluster bitmap, or bytes that must be zero.
  */
-export type FieldRole =
-  | 'magic' | 'version' | 'offset' | 'count' | 'bytes' | 'log2' | 'flag' | 'features' | 'string'
-  | 'seconds' | 'nanoseconds' | 'enum' | 'refcount' | 'bitmap' | 'sectors' | 'type' | 'reserved' | 'data';
+export const FIELD_ROLES = [
+  'magic', 'version', 'offset', 'count', 'bytes', 'log2', 'flag', 'features', 'string',
+  'seconds', 'nanoseconds', 'enum', 'refcount', 'bitmap', 'sectors', 'type', 'reserved', 'data',
+] as const;
+export type FieldRole = (typeof FIELD_ROLES)[number];
 
 export interface BitLayout {
   /** The spec's name of the bit or bit range. */

@@ -48,6 +48,7 @@ async function check(f: string): Promise<number> {
 
     // header: every fixed field as readHeaderFields reads it, and as qemu-img info reports it
     const c0 = await regionsIn(0);
+    expect(c0.regions.map((r) => r.structure).filter((s) => !['header', 'header extension', 'backing file name'].includes(s))).toEqual([]);
     const hdr = itemValues(c0.regions.find((r) => r.structure === 'header')!, c0.bytes, 0, 0);
     const fields = readHeaderFields(c0.bytes) as unknown as Record<string, number | bigint>;
     for (const [name, v] of hdr) if (camel(name) in fields) expect(v, name).toBe(BigInt(fields[camel(name)]!));
