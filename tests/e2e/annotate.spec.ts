@@ -5,6 +5,7 @@
 import type { Page } from '@playwright/test';
 import * as path from 'node:path';
 import { test, expect, openViaInput, showView } from './fixtures.ts';
+import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { createImage, peekU32, peekU64, qemuImgOk, qemuInfo, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
 
 const grouped = (n: number | bigint) => n.toLocaleString('en-US');
@@ -147,4 +148,15 @@ test('compressed clusters (qemu-img convert -c) and extended L2 subclusters', as
   await expect(words(page)).toHaveText(`subclusters ${expected.join(', ')}`);
   await pick(page, l2x + 8, 'subcluster zero bitmap');
   await expect(words(page)).toHaveText('no subcluster');
+});
+
+test('an image whose tables cannot be read still has its header annotated', async ({ page, tmp }) => {
+  const f = path.join(tmp, 'l1-offset-unaligned.qcow2');
+  makeDamagedImage('l1-offset-unaligned', f);
+  await open(page, f);
+  await pick(page, 44, 'l1_table_offset');
+  await expect(page.getByTestId('field-value')).toContainText(hexOf(peekU64(f, 40)));
+  await expect(words(page)).toContainText(`host offset ${hexOf(peekU64(f, 40))}`);
+  // the tables are not opened: only the header is offered to go to
+  await expect(page.locator('#hex-goto option')).toHaveText(['structure…', 'Header (0x0)']);
 });
