@@ -42,7 +42,7 @@ function valueWords(name: string, role: FieldLayout['role'], v: bigint, ctx: Wor
     case 'enum': case 'type': return values?.[Number(v)] ?? `${v}: unknown`;
     case 'refcount':
       return `${ctx.firstCluster !== undefined ? `host cluster ${ctx.firstCluster} ` : ''}is referenced ${v === 0n ? '0 times: free' : v === 1n ? 'once' : `${v} times`}`;
-    case 'sectors': return `${v} more 512-byte sector${v === 1n ? '' : 's'}: the compressed data may take ${v + 1n} sectors`;
+    case 'sectors': return `${v} (the compressed data spans ${v + 1n} sector${v === 0n ? '' : 's'} of 512 bytes)`;
     case 'reserved': return v === 0n ? 'zero, as it must be' : `0x${v.toString(16)}: reserved bits set, which the spec forbids`;
     case 'features': {
       return v === 0n ? 'none set' : `bits set: 0x${v.toString(16)}`;

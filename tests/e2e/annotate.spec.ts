@@ -160,3 +160,20 @@ test('an image whose tables cannot be read still has its header annotated', asyn
   // the tables are not opened: only the header is offered to go to
   await expect(page.locator('#hex-goto option')).toHaveText(['structure…', 'Header (0x0)']);
 });
+
+test('annotated, on a phone screen in both colour schemes, the page does not scroll sideways', async ({ page }) => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  for (const colorScheme of ['light', 'dark'] as const) {
+    await page.emulateMedia({ colorScheme });
+    await page.goto('/');
+    await page.getByRole('button', { name: 'Try the demo image' }).click();
+    await showView(page, 'Hex');
+    await page.getByRole('button', { name: 'Annotate', exact: true }).click();
+    await goTo(page, 'First L2 table');
+    const l2 = Number(await page.locator('#hex-goto').inputValue());
+    await pick(page, l2, 'L2 table entry (standard cluster descriptor)');
+    await expect(page.getByRole('list', { name: 'Bit ranges' })).toBeVisible();
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    expect(overflow).toBe(0);
+  }
+});
