@@ -66,7 +66,11 @@ export function fieldWords(f: FieldLayout, v: bigint | string | Uint8Array, ctx:
     const bit = (b: BitLayout) => (v >> BigInt(b.lsb)) & ((1n << BigInt(b.width)) - 1n);
     const set = f.bits.filter((b) => b.width === 1 && b.role === 'flag' && bit(b) === 1n).map((b) => b.name);
     const flags = set.length ? `set: ${set.join(', ')}` : 'no flag set';
-    if (f.role === 'features') return set.length ? `${valueWords(f.name, f.role, v, ctx)}; ${flags}` : valueWords(f.name, f.role, v, ctx);
+    if (f.role === 'features') {
+      const named = f.bits.filter((b) => b.role === 'flag').reduce((m, b) => m | (1n << BigInt(b.lsb)), 0n);
+      const unknown = v & ~named;
+      return v === 0n ? 'none set' : [set.length ? flags : '', unknown ? `unknown bits 0x${unknown.toString(16)}` : ''].filter(Boolean).join('; ');
+    }
     // a table entry: its wider ranges (offsets, counts) in words, then its flags
     const wide = f.bits.filter((b) => b.width > 1 && b.role !== 'reserved' && b.role !== 'refcount').map((b) => `${b.name}: ${bitWords(b, bit(b), ctx)}`);
     const refcounts = f.bits.filter((b) => b.role === 'refcount').map((b) => bitWords(b, bit(b), ctx));

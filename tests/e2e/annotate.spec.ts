@@ -59,6 +59,7 @@ test('every structure of an image with snapshots and bitmaps, read as qemu-img a
   await expect(words(page)).toContainText(`${grouped(info['virtual-size'])} bytes`);
   await pick(page, 95, 'autoclear_features');
   await expect(range(page, 'bitmaps')).toContainText('= 1'); // qemu-img info lists a bitmap
+  await expect(words(page)).toHaveText('set: bitmaps');
   await range(page, 'bitmaps').click();
   await expect(page.getByTestId('bit-reading')).toContainText('bitmaps (bit 0): 1, set');
   await expect(page.locator('.hex .bsel')).toHaveCount(1); // bit 0 lives in the field's last byte
