@@ -71,6 +71,11 @@ test('every structure of an image with snapshots and bitmaps, read as qemu-img a
   await expect(page.locator('.hex [data-off="96"]')).toBeFocused();
   await page.keyboard.press('ArrowLeft');
   await expect(page.getByTestId('field-name')).toHaveText('autoclear_features');
+  await page.keyboard.press('ArrowDown'); // byte 88 + 16 = 104
+  await expect(page.getByTestId('field-name')).toHaveText('compression_type');
+  await expect(page.locator('.hex [data-off="104"]')).toBeFocused();
+  await page.keyboard.press('ArrowUp');
+  await expect(page.getByTestId('field-name')).toHaveText('autoclear_features');
 
   // active L1 table: entry 0 as the file's bytes give it under the spec's masks
   const l1 = await goTo(page, 'Active L1 table');
