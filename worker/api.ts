@@ -11,6 +11,23 @@ import type { LayoutChanges, LayoutKindName } from '../core/analysis/layout.ts';
 import type { DiffResult, DiffRange } from '../core/analysis/diff.ts';
 import type { CrashOperation, CrashRehearsalDTO, CrashStopDTO, RuleBreak } from './crash-stage-api.ts';
 import type { VerbsApi } from './verbs-api.ts';
+import type { AnnotatedRegion, FieldReading as FieldReadingDTO, Landmark } from '../core/analysis/annotate.ts';
+import type { FieldLayout, BitLayout } from '../core/format/layouts.ts';
+
+export type { AnnotatedRegion, FieldReadingDTO, Landmark, FieldLayout, BitLayout };
+
+/** The structures in one host cluster, laid out field by field (Hex, Annotate), and where each kind starts. */
+export interface ClusterAnnotationDTO {
+  clusterStart: number;
+  regions: AnnotatedRegion[];
+  landmarks: Landmark[];
+  /**
+   * One code per byte of the cluster: the index in `roles` of the role of the field holding it,
+   * | 0x20 on every other table item, | 0x40 on a field's first byte; 0xff where no structure is.
+   */
+  bytes: Uint8Array;
+  roles: FieldLayout['role'][];
+}
 
 export type { MeasureDTO, CompareDTO, CompareSideRef, BitmapDTO, VerbsDetails } from './verbs-api.ts';
 export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange, ClusterUsers, ClusterUse };
@@ -377,6 +394,10 @@ export interface EngineApi extends VerbsApi {
    */
   writePattern(id: ImageId, guestOffset: number, length: number, pattern: number): Promise<ImageSummary>;
   readBytes(id: ImageId, hostOffset: number, length: number): Promise<Uint8Array>;
+  /** Hex, Annotate: the structures in the cluster at `clusterStart`, field by field. */
+  annotate(id: ImageId, clusterStart: number): Promise<ClusterAnnotationDTO>;
+  /** Hex, Annotate: the field under host byte `hostOffset` (in the cluster at `clusterStart`), its value decoded; null when no structure holds it. */
+  readField(id: ImageId, clusterStart: number, hostOffset: number): Promise<FieldReadingDTO | null>;
   download(id: ImageId): Promise<ImageDownload>;
   /**
    * The guest disk as a raw file (the active disk, or a snapshot by ID), as a Blob: data read in

@@ -37,6 +37,8 @@ import { MemoryStore } from '../core/io/memory-store.ts';
 import { crashImage, crashRehearse, crashStop } from './crash-stage.ts';
 import type { CrashOperation } from './crash-stage-api.ts';
 import { verbsApi } from './verbs.ts';
+import { annotationOf, fieldReadingOf } from './annotate.ts';
+import { cancelJob, runJob } from './jobs.ts';
 
 export interface OpenImage {
   id: ImageId;
@@ -65,11 +67,7 @@ export interface OpenImage {
 }
 
 const images = new Map<ImageId, OpenImage>();
-const jobs = new Map<string, AbortController>();
 let nextId = 1;
-
-/** Progress reports at most this often (plus the last one), so the page is never flooded. */
-const PROGRESS_INTERVAL_MS = 100;
 
 /**
  * Close an image's engine object and store (and its backing layer: a borrowed one closes nothing
@@ -107,64 +105,6 @@ function get(id: ImageId): OpenImage {
   const img = images.get(id);
   if (!img) throw new QcowError('INVALID_ARGUMENT', `No open image with id ${id}`);
   return img;
-}
-
-/** Yield to the event loop (not just the microtask queue) so a cancel() message can arrive. */
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => {
-    const ch = new MessageChannel();
-    ch.port1.onmessage = () => {
-      ch.port1.close();
-      resolve();
-    };
-    ch.port2.postMessage(null);
-  });
-}
-
-async function runJob<T>(jobId: JobId, onProgress: ProgressFn | undefined, body: (job: JobContext) => Promise<T>): Promise<T> {
-  const controller = new AbortController();
-  if (jobId) jobs.set(jobId, controller);
-  let last = 0;
-  let pending: Progress | undefined;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const send = (p: Progress): void => {
-    last = performance.now();
-    pending = undefined;
-    // A proxied callback returns a promise; a page gone away must not fail the job.
-    Promise.resolve(onProgress?.(p)).catch(() => {});
-  };
-  const job: JobContext = {
-    signal: controller.signal,
-    progress(p) {
-      if (!onProgress) return;
-      const now = performance.now();
-      if (now - last >= PROGRESS_INTERVAL_MS || p.done >= p.total) {
-        if (timer) clearTimeout(timer);
-        timer = undefined;
-        send(p);
-      } else {
-        pending = p;
-        timer ??= setTimeout(() => {
-          timer = undefined;
-          if (pending) send(pending);
-        }, PROGRESS_INTERVAL_MS);
-      }
-    },
-  };
-  try {
-    await yieldToEventLoop();
-    return await body(job);
-  } catch (e) {
-    if (controller.signal.aborted) throw new QcowError('CANCELLED', 'The operation was cancelled');
-    throw e;
-  } finally {
-    if (timer) clearTimeout(timer);
-    if (pending) send(pending);
-    if (jobId) jobs.delete(jobId);
-    // The page's callback arrives as a Comlink proxy: release its port.
-    const cb = onProgress as { [Comlink.releaseProxy]?: () => void } | undefined;
-    cb?.[Comlink.releaseProxy]?.();
-  }
 }
 
 /** Why writes are refused now, if they are. */
@@ -546,6 +486,9 @@ const api = {
     return Comlink.transfer(copy, [copy.buffer]);
   },
 
+  annotate: (id: ImageId, clusterStart: number) => annotationOf(get(id).store, get(id).engine, clusterStart),
+  readField: (id: ImageId, clusterStart: number, hostOffset: number) => fieldReadingOf(get(id).store, get(id).engine, clusterStart, hostOffset),
+
   async download(id: ImageId): Promise<ImageDownload> {
     const img = get(id);
     const d = await downloadOf(img);
@@ -584,7 +527,7 @@ const api = {
   },
 
   async cancel(jobId: string) {
-    jobs.get(jobId)?.abort();
+    cancelJob(jobId);
   },
 
   // the crash stage (worker/crash-stage.ts): rehearsals on copies, nothing reaches the image

@@ -58,8 +58,8 @@ export const AUTOCLEAR_DATA_FILE_RAW = 1n << 1n;
 export const AUTOCLEAR_MASK = 0x3n;
 
 export const FEATURE_TYPE_INCOMPAT = 0;
-const FEATURE_TYPE_COMPAT = 1;
-const FEATURE_TYPE_AUTOCLEAR = 2;
+export const FEATURE_TYPE_COMPAT = 1;
+export const FEATURE_TYPE_AUTOCLEAR = 2;
 
 /** The feature-name table QEMU writes (type, bit, name), in QEMU's order. */
 export const QEMU_FEATURE_NAMES: ReadonlyArray<readonly [number, number, string]> = [
