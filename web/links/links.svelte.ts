@@ -91,7 +91,7 @@ export async function restoreSelection(app: AppState, tab: ImageTab, sel: string
     }
     case 'field': {
       const row = headerRows(h).find((r) => r.spec === arg && !r.absent);
-      return row ? { kind: 'field', spec: row.spec, value: row.decoded ? `${row.value} (${row.decoded})` : row.value, explain: row.explain, offset: row.offset, size: row.size } : null;
+      return row ? { kind: 'field', spec: row.spec, value: row.value, explain: row.explain, offset: row.offset, size: row.size } : null;
     }
     default: return null;
   }
