@@ -8,9 +8,13 @@ import { headerRows } from '../lib/header-fields.ts';
 import { VIEWS } from '../views/registry.ts';
 import { formatAddress, parseAddress, type Address } from './address.ts';
 
-/** What views read from an address and write back (views without app state of their own). */
-export const viewParams = $state<{ translate: { offset: number | null; through: string; seq: number } }>({
-  translate: { offset: null, through: '', seq: 0 },
+/**
+ * What views read from an address and write back (views without app state of their own).
+ * Translation: the offset and snapshot asked; `seq` counts addresses applied (each is translated
+ * once), `linked` says the offset came from a link or lesson (it wins over a selected L2 entry).
+ */
+export const viewParams = $state<{ translate: { offset: number | null; through: string; seq: number; linked: boolean } }>({
+  translate: { offset: null, through: '', seq: 0, linked: false },
 });
 
 /**
@@ -143,7 +147,7 @@ export async function applyAddress(app: AppState, a: Address): Promise<ImageTab 
   }
   if (!tab) return null;
   if (a.view && VIEWS.some((v) => v.id === a.view)) app.view = a.view as ViewName;
-  if (a.offset !== undefined) viewParams.translate = { offset: a.offset, through: a.through ?? '', seq: viewParams.translate.seq + 1 };
+  if (a.offset !== undefined) viewParams.translate = { offset: a.offset, through: a.through ?? '', seq: viewParams.translate.seq + 1, linked: true };
   app.select(a.sel ? await restoreSelection(app, tab, a.sel).catch(() => null) : null);
   return tab;
 }
