@@ -115,7 +115,7 @@ export const GALLERY: readonly GalleryRecipe[] = [
       'qemu-io -c "write -P 0x11 0 128k" leak.qcow2',
       'qemu-io -f raw -c "write -P 0 0x40008 8" leak.qcow2',
     ],
-    look: 'view=check',
+    look: 'view=map',
     verdict: { corruptions: 0, leaks: 1 },
   },
   {
@@ -127,7 +127,7 @@ export const GALLERY: readonly GalleryRecipe[] = [
       'qemu-io -c "write -P 0x11 0 128k" low-refcount.qcow2',
       'qemu-io -f raw -c "write -P 0 0x2000b 1" low-refcount.qcow2',
     ],
-    look: 'view=check',
+    look: 'view=map',
     verdict: { corruptions: 2, leaks: 0 },
   },
   {
@@ -138,7 +138,7 @@ export const GALLERY: readonly GalleryRecipe[] = [
       'qemu-img create -f qcow2 -o lazy_refcounts=on dirty.qcow2 64M',
       'qemu-io -c "write -P 0x5a 0 128k" -c "sigraise 9" dirty.qcow2',
     ],
-    look: 'view=header',
+    look: 'view=header&sel=field:incompatible_features',
     verdict: { corruptions: 4, leaks: 0 },
   },
   {
@@ -151,7 +151,7 @@ export const GALLERY: readonly GalleryRecipe[] = [
       'qemu-img bitmap --add bitmaps.qcow2 backup-0',
       'qemu-img bitmap --add -g 512k --disable bitmaps.qcow2 old',
     ],
-    look: 'view=header',
+    look: 'view=map',
     verdict: CLEAN,
   },
 ];

@@ -81,7 +81,7 @@ test('the gallery: an example opens from the start screen with its commands, and
   const gallery = page.getByRole('dialog', { name: 'Example images' });
   await gallery.getByRole('button', { name: 'Open A leaked cluster' }).click();
   await expect(page.getByRole('tab', { name: 'leak.qcow2' })).toBeVisible();
-  await expect(page).toHaveURL(/#img=gallery:leak&view=check$/);
+  await expect(page).toHaveURL(/#img=gallery:leak&view=map$/);
   const recipe = galleryRecipe('leak')!;
   await expect(page.getByLabel('Commands that make A leaked cluster')).toHaveText(recipe.commands.join('\n'));
 

@@ -32,9 +32,10 @@ export interface Lesson {
 /** The guest byte the first lesson follows: in the 256 KiB that were rewritten between the two snapshots. */
 const BYTE = 0x48000;
 
-/** Where a crash is best seen: the Crash stage when this build has it, else the Journal. */
+/** Where a crash is best seen: the Crash stage when the registry has it (by its title or id), else the Journal. */
 export function crashView(): string {
-  return VIEWS.some((v) => (v.id as string) === 'crash') ? 'crash' : 'journal';
+  const stage = VIEWS.find((v) => /^crash stage$/i.test(v.title) || /^crash/.test(v.id));
+  return stage?.id ?? 'journal';
 }
 
 /** A snapshot name not yet used in the image (`base`, else `base-2`, …). */
