@@ -336,6 +336,8 @@ export interface EngineApi extends VerbsApi {
   keptChanges(id: ImageId, restore: boolean): Promise<ImageSummary>;
   /** Build and open the demo image in memory. */
   openDemo(): Promise<ImageSummary>;
+  /** Build a gallery image (core/gallery) in memory and open its files, bases first (the one to show is last). */
+  openGallery(id: string): Promise<ImageSummary[]>;
   close(id: ImageId): Promise<void>;
   /**
    * Open the file an image's header names as its backing file (a qcow2 image, read-only, whose

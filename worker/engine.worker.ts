@@ -33,6 +33,7 @@ import { guestWrite } from '../core/ops/write.ts';
 import { FileStore } from './stores/file-store.ts';
 import { HandleStore, saveAllOrNone } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
+import { openGalleryFiles } from './gallery.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 import { crashImage, crashRehearse, crashStop } from './crash-stage.ts';
 import type { CrashOperation } from './crash-stage-api.ts';
@@ -320,6 +321,10 @@ const api = {
 
   async openDemo() {
     return register('demo.qcow2', 'memory', new TxStore(await buildDemoStore()));
+  },
+
+  async openGallery(id: string) {
+    return openGalleryFiles(id, (name, store, lender) => register(name, 'memory', store, lender ? get(lender.state.id) : null));
   },
 
   async close(id: ImageId) {

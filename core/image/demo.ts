@@ -38,7 +38,7 @@ function pattern(value: number, length: number): Uint8Array {
  * table must exist (a zero write before makes sure of it). The compressed bytes go to a cluster
  * of their own, written and flushed before the L2 entry that publishes them.
  */
-async function writeCompressedCluster(img: Qcow2Image, guestOffset: number, data: Uint8Array): Promise<void> {
+export async function writeCompressedCluster(img: Qcow2Image, guestOffset: number, data: Uint8Array): Promise<void> {
   const cs = img.clusterSize;
   if (guestOffset % cs !== 0 || data.length !== cs) {
     throw new QcowError('INVALID_ARGUMENT', 'A compressed write covers exactly one aligned cluster', { guestOffset, length: data.length });

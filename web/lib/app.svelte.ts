@@ -292,6 +292,15 @@ export class AppState {
     if (s) this.add(s, undefined, true);
   }
 
+  /** Open a gallery image (core/gallery): every file its recipe makes as a tab, the one to show last (active). */
+  async openGallery(id: string): Promise<ImageTab | undefined> {
+    const list = await this.run(`Building the example image ${id}`, () => engine().openGallery(id));
+    if (!list) return undefined;
+    this.dropStartDemo();
+    for (const s of list) this.add(s);
+    return this.tabs[this.tabs.length - 1];
+  }
+
   async close(id: string): Promise<void> {
     let i = this.tabs.findIndex((t) => t.id === id);
     if (i < 0 || !(await this.saving.mayClose(this.tabs[i]!))) return;

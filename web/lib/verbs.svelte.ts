@@ -3,17 +3,8 @@
 // they are held in the tab as pending changes (Save or "Download image"), as snapshot operations are.
 import type { CompareDTO, CompareSideRef, ImageSummary, MeasureDTO, VerbsDetails } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
+import { viewParams } from '../links/links.svelte.ts';
 import type { AppState, ImageTab } from './app.svelte.ts';
-
-/** A guest offset the Translation view should start from (set by "Follow it in Translation"). */
-let translateAt: number | null = null;
-
-/** Take (once) the offset another view asked Translation to show. */
-export function takeTranslateAt(): number | null {
-  const at = translateAt;
-  translateAt = null;
-  return at;
-}
 
 export class Verbs {
   readonly #app: AppState;
@@ -69,7 +60,8 @@ export class Verbs {
 
   /** Follow a guest offset in the Translation view. */
   followInTranslation(offset: number): void {
-    translateAt = offset;
+    const t = viewParams.translate;
+    viewParams.translate = { offset, through: '', seq: t.seq + 1, linked: true };
     this.#app.show('translate');
   }
 
