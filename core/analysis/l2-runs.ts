@@ -47,10 +47,12 @@ export class L2Runs {
     const p = this.at.get(l2Offset)!;
     const runs = this.runs;
     const end = p + 1 + 3 * runs[p]!;
+    const bytes = times === 1 && max === 255 && counts instanceof Uint8Array ? counts : null;
     for (let q = p + 1; q < end; q += 3) {
       const first = runs[q]!;
       const last = first + runs[q + 1]!;
-      for (let c = first; c < last; c++) {
+      // one-byte counts: four at a time up to a count that would overflow, which the loop reports
+      for (let c = bytes ? addOneBytes(bytes, first, last) : first; c < last; c++) {
         const r = counts[c]!;
         if (r + times > max) {
           uncount(runs, p + 1, q, c, counts, times);
@@ -73,7 +75,8 @@ export class L2Runs {
       const last = first + runs[q + 1]!;
       const copied = runs[q + 2] === 1;
       if (last > refcounts.length) return false;
-      for (let c = first; c < last; c++) if ((refcounts[c] === 1) !== copied) return false;
+      const from = refcounts instanceof Uint8Array ? agreeBytes(refcounts, first, last, copied) : first;
+      for (let c = from; c < last; c++) if ((refcounts[c] === 1) !== copied) return false;
     }
     return true;
   }
@@ -86,4 +89,44 @@ function uncount(runs: number[], from: number, stopRun: number, stopAt: number, 
     const last = q === stopRun ? stopAt : first + runs[q + 1]!;
     for (let c = first; c < last; c++) counts[c] = counts[c]! - times;
   }
+}
+
+// One-byte counts four at a time (SWAR on 32-bit words; any byte order): the snapshots sharing a
+// metadata-preallocated disk's tables add 1 to millions of consecutive counts.
+const ONES = 0x01010101;
+const HIGHS = 0x80808080;
+
+/**
+ * Add 1 to counts[c ..) while no count is 255 (which the caller's loop reports as an overflow):
+ * from `c` up to a multiple of 4, then a word at a time. Returns the first cluster not counted.
+ */
+function addOneBytes(counts: Uint8Array, c: number, last: number): number {
+  if ((counts.byteOffset & 3) !== 0) return c;
+  for (; c < last && (c & 3) !== 0; c++) {
+    if (counts[c] === 255) return c;
+    counts[c] = counts[c]! + 1;
+  }
+  const words = new Uint32Array(counts.buffer, counts.byteOffset, counts.length >>> 2);
+  for (; c + 4 <= last; c += 4) {
+    const w = words[c >>> 2]!;
+    if ((((~w - ONES) | 0) & w & HIGHS) !== 0) break; // a byte is 0xff
+    words[c >>> 2] = (w + ONES) | 0;
+  }
+  return c;
+}
+
+/**
+ * Whether counts[c ..) say what `copied` says (set ⇔ 1), a word at a time while they do. Returns
+ * the first cluster not yet known to agree (the caller's loop decides from there).
+ */
+function agreeBytes(counts: Uint8Array, c: number, last: number, copied: boolean): number {
+  if ((counts.byteOffset & 3) !== 0) return c;
+  for (; c < last && (c & 3) !== 0; c++) if ((counts[c] === 1) !== copied) return c;
+  const words = new Uint32Array(counts.buffer, counts.byteOffset, counts.length >>> 2);
+  for (; c + 4 <= last; c += 4) {
+    const x = words[c >>> 2]! ^ ONES; // a zero byte where a count is 1
+    const ones = (((x - ONES) | 0) & ~x & HIGHS) !== 0;
+    if (copied ? x !== 0 : ones) break;
+  }
+  return c;
 }
