@@ -350,7 +350,10 @@ export class ReferenceWalk {
     for (let i = start; i < n; i++) {
       if (fast) {
         // the arrays are passed afresh after every slow entry: a reference past the end grows them
+        const from = i;
+        if (acc) acc[2] = 0;
         i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.storeMax, this.times, this.clusterBits, this.owners, dataKind, acc, next, runBuf);
+        if (acc) this.afterPlainRun(dv, from, i, acc, next);
         if (i >= n) break;
       } else if (dv.getInt32(i * step) === 0 && dv.getInt32(i * step + 4) === 0 && (step === 8 || (dv.getInt32(i * step + 8) === 0 && dv.getInt32(i * step + 12) === 0))) {
         continue;
@@ -372,11 +375,28 @@ export class ReferenceWalk {
     return stop;
   }
 
+  /**
+   * The fragmentation state after countPlainRun counted entries [from, to) of the active tree: the
+   * allocated count (every entry but the zeros it counted in acc[2]) and the cluster a contiguous
+   * entry would have next (after the last nonzero one), which the loop keeps in locals only.
+   */
+  private afterPlainRun(dv: DataView, from: number, to: number, acc: Float64Array, next: Int32Array): void {
+    acc[0] += (to - from - acc[2]!) * this.times;
+    const hiShift = 32 - this.clusterBits;
+    for (let j = to - 1; j >= from; j--) {
+      const hi = dv.getInt32(j * 8);
+      const lo = dv.getInt32(j * 8 + 4);
+      if ((hi | lo) === 0) continue;
+      next[0] = (((hi & OFFSET_MASK_HI) << hiShift) | (lo >>> this.clusterBits)) + 1;
+      return;
+    }
+  }
+
   /** The runs of the active table being counted (see countPlainRun), for L2Runs.keep. */
   private readonly runBuf = new Int32Array(1 + 3 * MAX_RUNS_PER_TABLE);
 
-  /** The fragmentation counters of the active walk's fast path: allocated, fragmented. */
-  private readonly fragAcc = new Float64Array(2);
+  /** The fragmentation counters of the active walk's fast path: allocated, fragmented, and the zero entries of one countPlainRun call. */
+  private readonly fragAcc = new Float64Array(3);
   /** The cluster the fast path expects next (-1: no entry yet, -2: one whose successor no cluster index can be). */
   private readonly fragNext = new Int32Array(1);
 
@@ -612,8 +632,9 @@ export class ReferenceWalk {
  * The walk's inner loop over a standard L2 table: counts `times` references for every entry from
  * `start` that is unallocated (skipped) or a normal cluster with no flag but COPIED, cluster
  * aligned, inside the file (below `limit`) and not overflowing; returns the first entry that is
- * anything else, or `n`. With `acc` ([allocated, fragmented]) and `next` (the cluster a contiguous
- * entry would have) it keeps the active tree's fragmentation statistics as QEMU's
+ * anything else, or `n`. With `acc` ([allocated, fragmented, zeros]) and `next` (the cluster a
+ * contiguous entry would have, read once) it keeps the active tree's fragmentation statistics, with
+ * ReferenceWalk.afterPlainRun, as QEMU's
  * check_refcounts_l2 does, in cluster indices (int32) rather than offsets; with `runs` as well, it
  * gathers the table's runs of consecutive clusters for L2Runs (startRun) in the same pass.
  *
@@ -629,6 +650,7 @@ function countPlainRun(
   runs: Int32Array | null,
 ): number {
   let runCopied = -1; // the COPIED bit of the current run (-1: none yet, so the first entry starts one)
+  let expected = next[0]!; // the cluster a contiguous entry would have (the caller recomputes next[0])
   const lowMask = (1 << clusterBits) - 1; // zero flag, reserved bits 1..8, offset bits below the cluster size
   const hiOffLimit = 1 << (clusterBits - 1);
   const hiShift = 32 - clusterBits;
@@ -637,7 +659,10 @@ function countPlainRun(
   for (let i = start; i < n; i++) {
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
-    if ((hi | lo) === 0) continue;
+    if ((hi | lo) === 0) {
+      if (acc !== null) acc[2] += 1;
+      continue;
+    }
     // bits 56..62 clear: not compressed, no reserved bit
     if ((hi & flagsHi) !== 0 || (lo & lowMask) !== 0) return i;
     const hiOff = hi & offHi;
@@ -649,15 +674,13 @@ function countPlainRun(
     counts[k] = r + times;
     if (owners !== null) owners[k] = r === 0 ? (times === 1 ? dataKind : mergeOwner(dataKind, dataKind)) : mergeOwner(owners[k]!, dataKind);
     if (acc !== null) {
-      acc[0] += times;
-      const expected = next[0]!;
       if (k !== expected) {
         if (expected !== -1) acc[1] += times;
         if (runs !== null) runCopied = startRun(runs, k, hi < 0 ? 1 : 0, expected);
       } else if (runs !== null && (hi < 0 ? 1 : 0) !== runCopied) {
         runCopied = startRun(runs, k, hi < 0 ? 1 : 0, expected);
       }
-      next[0] = k + 1;
+      expected = k + 1;
     }
   }
   return n;
