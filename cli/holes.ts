@@ -39,7 +39,7 @@ print join("\\n", @out);
 `;
 
 /** QEMU's qcow2_detect_metadata_preallocation: more clusters refcounted than the file really holds. */
-export async function isMetadataPreallocated(img: Qcow2Image, file: string): Promise<boolean> {
+async function isMetadataPreallocated(img: Qcow2Image, file: string): Promise<boolean> {
   const st = fs.statSync(file);
   const realClusters = Math.floor((st.blocks * 512) / img.clusterSize);
   const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);

@@ -40,7 +40,7 @@ function refuseDirectory(file: string): void {
 }
 
 /** Backing files and data files by path, as QEMU finds them (relative to the image naming them). */
-export const fileResolver: BackingResolver = {
+const fileResolver: BackingResolver = {
   async backing(image, name, format) {
     const p = resolveBackingPath(image.name, name);
     if (!fs.existsSync(p)) {

@@ -9,6 +9,7 @@ import type { SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import type { ClusterUsers, ClusterUse } from '../core/analysis/cluster-users.ts';
 import type { LayoutChanges, LayoutKindName } from '../core/analysis/layout.ts';
 import type { DiffResult, DiffRange } from '../core/analysis/diff.ts';
+import type { CrashOperation, CrashRehearsalDTO, CrashStopDTO, RuleBreak } from './crash-stage-api.ts';
 
 export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange, ClusterUsers, ClusterUse };
 
@@ -382,6 +383,12 @@ export interface EngineApi {
    */
   exportRaw(id: ImageId, snapshotId: string | null, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageDownload>;
   cancel(jobId: string): Promise<void>;
+  /** Crash stage (worker/crash-stage.ts): rehearse an operation on a copy; nothing reaches the image. */
+  crashRehearse(id: ImageId, op: CrashOperation): Promise<CrashRehearsalDTO>;
+  /** The disk after a power cut right after write `stop` of a rehearsal, judged by the check. */
+  crashStop(rehearsalId: string, stop: number, keep: boolean, how: RuleBreak | null): Promise<CrashStopDTO>;
+  /** The same disk as a file to download. */
+  crashImage(rehearsalId: string, stop: number, keep: boolean, how: RuleBreak | null): Promise<ImageDownload>;
 }
 
 /** The plain form of a QcowError on the wire (core/errors.ts toJSON). */

@@ -94,7 +94,7 @@ function geometryDTO(h: Pick<Qcow2Header, 'clusterBits' | 'incompatibleFeatures'
 }
 
 /** The header as the page shows it; `h` may be a header the engine refused (its fields as stored). */
-export function headerDTO(h: HeaderFields & Partial<Pick<Qcow2Header, 'extensions' | 'backingFile' | 'backingFormat'>>): HeaderDTO {
+function headerDTO(h: HeaderFields & Partial<Pick<Qcow2Header, 'extensions' | 'backingFile' | 'backingFormat'>>): HeaderDTO {
   const d: HeaderDTO = {
     magic: h.magic,
     version: h.version,
@@ -128,7 +128,7 @@ export function headerDTO(h: HeaderFields & Partial<Pick<Qcow2Header, 'extension
   return d;
 }
 
-export function snapshotDTO(s: Snapshot): SnapshotDTO {
+function snapshotDTO(s: Snapshot): SnapshotDTO {
   const d: SnapshotDTO = {
     id: s.idStr,
     name: s.name,
@@ -162,7 +162,7 @@ interface Prefetching {
  * Before a walk that reads every L2 table and refcount block one at a time: fetch them all, a few
  * reads in flight at once (a browser File read costs ~1 ms whatever its size, docs/platform.md).
  */
-export async function prefetchMetadata(img: Qcow2Image, signal?: AbortSignal): Promise<void> {
+async function prefetchMetadata(img: Qcow2Image, signal?: AbortSignal): Promise<void> {
   const store = img.store as Partial<Prefetching>;
   if (typeof store.prefetch !== 'function') return;
   const cs = img.clusterSize;
@@ -320,7 +320,7 @@ async function viewOf(img: Qcow2Image): Promise<EngineImage> {
 }
 
 /** The one-line form of an open error: the message, the structure and the offsets it names. */
-export function damageLine(e: QcowError): string {
+function damageLine(e: QcowError): string {
   const d = e.details as { structure?: unknown; offset?: unknown; headerOffset?: unknown };
   const where: string[] = [];
   if (typeof d.structure === 'string') where.push(typeof d.offset === 'number' ? `${d.structure} at byte 0x${d.offset.toString(16)}` : d.structure);
@@ -347,7 +347,7 @@ const AREA_OF_STRUCTURE: Record<string, DamageArea> = {
 };
 
 /** Which structure an open error is in: by its code, the header field it names, or the structure's name. */
-export function damageArea(e: QcowError): DamageArea {
+function damageArea(e: QcowError): DamageArea {
   const d = e.details as { structure?: unknown; headerOffset?: unknown };
   if (e.code === 'SNAPSHOT_TABLE_INVALID') return 'snapshot-table';
   if (e.code === 'NO_REFCOUNT_TABLE') return 'refcount-table';
@@ -424,7 +424,7 @@ export function backingBaseName(name: string): string {
  * file the first chosen when none has that name. A missing link is refused with the name of the
  * file to choose as well. The chain's depth is limited by the engine layer, as on the command line.
  */
-export function chosenFilesResolver(files: ReadonlyArray<ChainLink>): BackingResolver {
+function chosenFilesResolver(files: ReadonlyArray<ChainLink>): BackingResolver {
   const chosen: string[] = [];
   return {
     async backing(image, name, format, depth) {
@@ -447,7 +447,7 @@ export async function openWithChosenBacking(store: ImageStore, files: ReadonlyAr
 }
 
 /** A borrowed layer: reads go through, closing it leaves the lender's store open. */
-export function borrowedLayer(layer: Layer): Layer {
+function borrowedLayer(layer: Layer): Layer {
   return {
     get virtualSize() { return layer.virtualSize; },
     read: (o, n) => layer.read(o, n),

@@ -34,6 +34,8 @@ import { FileStore } from './stores/file-store.ts';
 import { HandleStore, saveAllOrNone } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
+import { crashImage, crashRehearse, crashStop } from './crash-stage.ts';
+import type { CrashOperation } from './crash-stage-api.ts';
 
 interface OpenImage {
   id: ImageId;
@@ -583,6 +585,14 @@ const api = {
   async cancel(jobId: string) {
     jobs.get(jobId)?.abort();
   },
+
+  async crashRehearse(id: ImageId, op: CrashOperation) {
+    const img = get(id);
+    return crashRehearse(img.store, img.backing, op);
+  },
+
+  crashStop,
+  crashImage,
 } satisfies EngineApi;
 
 Comlink.expose(api);

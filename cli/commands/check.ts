@@ -10,7 +10,7 @@ import { isJson, usageError } from './info.ts';
 import { usageExit } from '../qemu-options.ts';
 
 /** qemu-img's dump_human_image_check. */
-export function checkHuman(r: CheckReport): string {
+function checkHuman(r: CheckReport): string {
   const lines: string[] = [];
   if (r.corruptions === 0 && r.leaks === 0 && r.checkErrors === 0) {
     lines.push('No errors were found on the image.');

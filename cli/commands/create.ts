@@ -25,7 +25,7 @@ export function parseSize(text: string): number {
 type CliCreateOptions = Partial<CreateOptions> & { sizeOpt?: number; compatText?: string; shownText?: Record<string, string>; refusal?: string };
 
 /** Parse `-o key=value,...` (QEMU's option syntax and types; a ',,' is a literal comma). */
-export function parseCreateOptions(text: string, into: CliCreateOptions): void {
+function parseCreateOptions(text: string, into: CliCreateOptions): void {
   const refuse = (message: string): void => {
     into.refusal ??= message;
   };

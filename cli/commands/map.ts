@@ -10,7 +10,7 @@ import type { Command } from '../command.ts';
 import { isJson } from './info.ts';
 import { cvtnum, usageExit } from '../qemu-options.ts';
 
-export function extentJson(e: Extent): string {
+function extentJson(e: Extent): string {
   // qemu-img 7.2's line format: `{ "start": 0, "length": 65536, "depth": 0, ... }`
   let s = `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}`;
   if (e.offset !== undefined) s += `, "offset": ${e.offset}`;

@@ -18,7 +18,7 @@ import { openImage } from '../open.ts';
 import type { CommandContext } from '../command.ts';
 
 /** Refuse the same file given twice (two handles would plan the same free clusters). */
-export function assertDistinctFiles(files: string[]): void {
+function assertDistinctFiles(files: string[]): void {
   const seen = new Map<string, string>();
   for (const f of files) {
     let key: string;
@@ -48,7 +48,7 @@ async function openAll(files: string[]): Promise<Qcow2Image[]> {
   return imgs;
 }
 
-export function formatJournal(j: Journal, file: string): string {
+function formatJournal(j: Journal, file: string): string {
   const lines = [`${file}: ${j.operation}`];
   let n = 0;
   for (const e of j.entries) {

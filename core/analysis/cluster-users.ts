@@ -6,7 +6,7 @@ import { getClusterRefcount } from '../image/refcount.ts';
 import { walkTree } from './tree-walk.ts';
 
 /** At most this many guest ranges per tree are listed; `moreRanges` counts the rest. */
-export const MAX_RANGES = 64;
+const MAX_RANGES = 64;
 
 export interface ClusterUse {
   /** null for the active disk. */

@@ -59,7 +59,7 @@ function roundUp(n: bigint, to: bigint): bigint {
  * QEMU's qcow2_calc_prealloc_size: header, L2 tables for every cluster, the L1 table, and the
  * refcount table and blocks counting all of that plus the data, each rounded to whole clusters.
  */
-export function qcow2PreallocSize(totalSize: bigint, clusterSize: number, refcountOrder: number, extendedL2: boolean): bigint {
+function qcow2PreallocSize(totalSize: bigint, clusterSize: number, refcountOrder: number, extendedL2: boolean): bigint {
   const cs = BigInt(clusterSize);
   const l2eSize = BigInt(extendedL2 ? L2E_SIZE_EXTENDED : L2E_SIZE_NORMAL);
   const aligned = roundUp(totalSize, cs);
@@ -76,7 +76,7 @@ export function qcow2PreallocSize(totalSize: bigint, clusterSize: number, refcou
 }
 
 /** QEMU's qcow2_get_persistent_dirty_bitmap_size for a copy with `clusterSize` clusters. */
-export function persistentBitmapsSize(img: Qcow2Image, clusterSize: number): bigint {
+function persistentBitmapsSize(img: Qcow2Image, clusterSize: number): bigint {
   const cs = BigInt(clusterSize);
   let total = 0n;
   let dirSize = 0n;
@@ -96,7 +96,7 @@ export function persistentBitmapsSize(img: Qcow2Image, clusterSize: number): big
  * nothing (QEMU's loop over bdrv_block_status_above, which rounds each data run out to the
  * target's cluster boundaries).
  */
-export async function requiredDataBytes(src: MeasureSource, clusterSize: number): Promise<bigint> {
+async function requiredDataBytes(src: MeasureSource, clusterSize: number): Promise<bigint> {
   const { img, view } = src;
   const size = img.virtualSize;
   let clusters = 0;

@@ -24,7 +24,7 @@ export type BitmapOp =
 type Entry = Omit<BitmapEntry, 'entryOffset'>;
 
 /** qemu-img bitmap's default granularity: the cluster size, kept within 4 KiB-64 KiB. */
-export function defaultGranularity(clusterSize: number): number {
+function defaultGranularity(clusterSize: number): number {
   return Math.min(65536, Math.max(4096, clusterSize));
 }
 

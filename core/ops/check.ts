@@ -35,7 +35,7 @@ export async function checkReport(img: Qcow2Image, opts: CheckOptions = {}): Pro
 }
 
 /** The percentages of qemu-img's summary line (dump_human_image_check), or undefined when it prints none. */
-export function checkPercentages(r: CheckResult): CheckPercentages | undefined {
+function checkPercentages(r: CheckResult): CheckPercentages | undefined {
   if (r.totalClusters === 0 || r.allocatedClusters === 0) return undefined;
   return {
     allocated: formatFixed((r.allocatedClusters * 100) / r.totalClusters, 2),

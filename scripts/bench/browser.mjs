@@ -127,19 +127,7 @@ export async function runBrowserBench({ root, dir, sizes, images, reps }) {
         document.body.append(input);
       });
       await page.setInputFiles('#__bench_file', image);
-      const fileRuns = [];
-      for (let i = 0; i < reps; i++) {
-        fileRuns.push(await page.evaluate(async () => {
-          const file = document.getElementById('__bench_file').files[0];
-          const t0 = performance.now();
-          const s = await window.__bench.call('openFile', file);
-          const t1 = performance.now();
-          const m = await window.__bench.call('clusterMap', s.state.id);
-          const t2 = performance.now();
-          await window.__bench.call('close', s.state.id);
-          return { open: t1 - t0, map: t2 - t1, clusters: m.clusterCount };
-        }));
-      }
+      const fileRuns = await openAndMapRuns(page, reps, 'file');
       // the everyday operations on a fresh open of the File each time (changes stay in the tab)
       const opRuns = [];
       for (let i = 0; i < reps; i++) {
@@ -193,20 +181,7 @@ export async function runBrowserBench({ root, dir, sizes, images, reps }) {
         out.results.push({ size, file: sum(fileRuns), ops, opfs: { skipped: `could not copy the image into OPFS: ${copied}` } });
         continue;
       }
-      const opfsRuns = [];
-      for (let i = 0; i < reps; i++) {
-        opfsRuns.push(await page.evaluate(async () => {
-          const root = await navigator.storage.getDirectory();
-          const h = await root.getFileHandle('bench.qcow2');
-          const t0 = performance.now();
-          const s = await window.__bench.call('openHandle', h);
-          const t1 = performance.now();
-          const m = await window.__bench.call('clusterMap', s.state.id);
-          const t2 = performance.now();
-          await window.__bench.call('close', s.state.id);
-          return { open: t1 - t0, map: t2 - t1, clusters: m.clusterCount };
-        }));
-      }
+      const opfsRuns = await openAndMapRuns(page, reps, 'opfs');
       await page.evaluate(async () => (await navigator.storage.getDirectory()).removeEntry('bench.qcow2'));
       out.results.push({ size, file: sum(fileRuns), ops, opfs: sum(opfsRuns) });
     }
@@ -243,3 +218,25 @@ export function browserTable(b) {
   }
   return lines.join('\n');
 }
+
+/** Open the image `reps` times (the File from the page's input, or bench.qcow2 in OPFS through a
+ *  handle) and build its complete cluster map; the open and map times of each run. */
+async function openAndMapRuns(page, reps, via) {
+  const runs = [];
+  for (let i = 0; i < reps; i++) {
+    runs.push(await page.evaluate(async (via) => {
+      const source = via === 'file'
+        ? document.getElementById('__bench_file').files[0]
+        : await (await navigator.storage.getDirectory()).getFileHandle('bench.qcow2');
+      const t0 = performance.now();
+      const s = await window.__bench.call(via === 'file' ? 'openFile' : 'openHandle', source);
+      const t1 = performance.now();
+      const m = await window.__bench.call('clusterMap', s.state.id);
+      const t2 = performance.now();
+      await window.__bench.call('close', s.state.id);
+      return { open: t1 - t0, map: t2 - t1, clusters: m.clusterCount };
+    }, via));
+  }
+  return runs;
+}
+

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Download, Page } from '@playwright/test';
 import { qemuCheck, qemuConvertToRaw, qemuImgOk, sha256 } from '../helpers/qemu.ts';
-import { test, expect, makeImage, openViaInput, readFromOpfs, showView } from './fixtures.ts';
+import { test, expect, makeImage, openGroup, openViaInput, readFromOpfs, showView } from './fixtures.ts';
 
 interface ChainEntry {
   filename: string;
@@ -50,10 +50,7 @@ test('external snapshot of two images as a group: overlays downloaded, chains re
   const sys = makeImage(tmp, 'sys.qcow2', {}, ['base']);
   const data = makeImage(tmp, 'data.qcow2', { clusterSize: 4096 }, []);
   await page.goto('/');
-  await openViaInput(page, sys);
-  await openViaInput(page, data);
-  await showView(page, 'Snapshots');
-  await page.getByRole('checkbox', { name: /Apply to all 2 open images as one group/ }).check();
+  await openGroup(page, openViaInput, sys, data);
   await page.getByRole('textbox', { name: 'Overlay suffix' }).fill('-ext');
   await expect(page.getByText('→ sys-ext.qcow2, data-ext.qcow2')).toBeVisible();
   const radio = page.getByRole('radio', { name: 'As downloads' });

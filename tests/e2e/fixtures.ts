@@ -177,6 +177,13 @@ export async function showView(page: Page, name: string): Promise<void> {
   await expect(page.getByRole('heading', { name, exact: true, level: 2 })).toBeVisible();
 }
 
+/** Open images (through `open`, e.g. openViaInput) and take them as one group in the Snapshots view. */
+export async function openGroup(page: Page, open: (page: Page, f: Fixture) => Promise<void>, ...images: Fixture[]): Promise<void> {
+  for (const f of images) await open(page, f);
+  await showView(page, 'Snapshots');
+  await page.getByRole('checkbox', { name: new RegExp(`Apply to all ${images.length} open images as one group`) }).check();
+}
+
 /** Requests that left the app's own origin (blob: and data: URLs stay on the machine). */
 export function foreign(requests: string[], baseURL: string): string[] {
   const origin = new URL(baseURL).origin;

@@ -2,7 +2,7 @@
 // operation that one image cannot take leaves every image unchanged. QEMU judges the downloads.
 import * as path from 'node:path';
 import { qemuCheck, qemuInfo } from '../helpers/qemu.ts';
-import { test, expect, downloadImage, makeImage, openViaInput, showView } from './fixtures.ts';
+import { test, expect, downloadImage, makeImage, openGroup, openViaInput, showView } from './fixtures.ts';
 
 const names = (file: string) => (qemuInfo(file).snapshots ?? []).map((s) => s.name);
 
@@ -10,10 +10,7 @@ test('group create lands on every image; a group delete one image cannot take ch
   const a = makeImage(tmp, 'sys.qcow2', {}, ['base']);
   const b = makeImage(tmp, 'data.qcow2', {}, []);
   await page.goto('/');
-  await openViaInput(page, a);
-  await openViaInput(page, b);
-  await showView(page, 'Snapshots');
-  await page.getByRole('checkbox', { name: /Apply to all 2 open images as one group/ }).check();
+  await openGroup(page, openViaInput, a, b);
   await page.getByRole('textbox', { name: 'Snapshot name' }).fill('vm-1');
   await page.getByRole('button', { name: 'Create snapshot' }).click();
   await expect(page.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 'vm-1', exact: true })).toBeVisible();

@@ -17,7 +17,7 @@ import { test, expect, openViaInput } from './fixtures.ts';
 
 interface Regression { name: string; seed: string; mutations: Mutation[] }
 const REGRESSIONS = JSON.parse(fs.readFileSync(path.resolve('tests/fuzz/regressions.json'), 'utf8')) as Regression[];
-const VIEWS = ['Header', 'Snapshots', 'L1 table', 'Refcount table', 'Cluster map', 'Translation', 'Diff', 'Hex', 'Playground', 'Journal', 'Check'];
+const VIEWS = ['Header', 'Snapshots', 'L1 table', 'Refcount table', 'Cluster map', 'Translation', 'Diff', 'Hex', 'Playground', 'Journal', 'Crash stage', 'Check'];
 
 /** Uncaught exceptions of the page, collected from now on. */
 function pageErrors(page: Page): string[] {

@@ -4,7 +4,7 @@
 import type { Page } from '@playwright/test';
 import { test, expect, showView } from './fixtures.ts';
 
-const VIEWS = ['Header', 'Snapshots', 'L1 table', 'Refcount table', 'Cluster map', 'Translation', 'Diff', 'Hex', 'Playground', 'Journal', 'Check'];
+const VIEWS = ['Header', 'Snapshots', 'L1 table', 'Refcount table', 'Cluster map', 'Translation', 'Diff', 'Hex', 'Playground', 'Journal', 'Crash stage', 'Check'];
 
 /** WCAG contrast ratio of two CSS colours, computed in the page. */
 function contrast(page: Page, fg: string, bg: string): Promise<number> {

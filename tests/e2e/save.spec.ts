@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { chromium, type Page } from '@playwright/test';
 import { SEGMENTS_PY } from '../../cli/holes.ts';
 import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIoOk, qemuSnapshotList, sha256, sha256Bytes } from '../helpers/qemu.ts';
-import { test, expect, downloadImage, installPickerStub, makeImage, openViaInput, openViaPicker, opfsSha256, readFromOpfs, showView } from './fixtures.ts';
+import { test, expect, downloadImage, installPickerStub, makeImage, openGroup, openViaInput, openViaPicker, opfsSha256, readFromOpfs, showView } from './fixtures.ts';
 
 const table = (page: Page) => page.getByRole('table', { name: 'Snapshots' });
 const saveBar = (page: Page) => page.getByRole('group', { name: 'Unsaved changes' });
@@ -254,10 +254,7 @@ test('a group is saved all or none: when a later image cannot be saved, the save
   const beforeA = sha256(a.path);
   await installPickerStub(page);
   await page.goto('/');
-  await openViaPicker(page, a);
-  await openViaPicker(page, b);
-  await showView(page, 'Snapshots');
-  await page.getByRole('checkbox', { name: /Apply to all 2 open images as one group/ }).check();
+  await openGroup(page, openViaPicker, a, b);
   await page.getByRole('textbox', { name: 'Snapshot name' }).fill('vm-1');
   await page.getByRole('button', { name: 'Create snapshot' }).click();
   await goOnNoVm(page);

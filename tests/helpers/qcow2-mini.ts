@@ -42,6 +42,7 @@ export const HDR = {
   compressionType: 104,
 } as const;
 
+// Deliberate twin of core/format/header.ts's field list: this reader shares no code with core/.
 export interface MiniHeader {
   magic: number;
   version: number;

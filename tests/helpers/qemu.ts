@@ -147,6 +147,8 @@ export function qemuInfo(file: string): QemuInfo {
   return JSON.parse(qemuImgOk(['info', '--output=json', file])) as QemuInfo;
 }
 
+// qemu-img's JSON, typed here independently of core/analysis/info.ts and core/image/layer.ts,
+// which produce the same field names: deliberate twins, so the oracle's types are not ours.
 export interface QemuSnapshotInfo {
   id: string;
   name: string;

@@ -18,6 +18,9 @@ export interface CliWorkDir {
   io(name: string, ...cmds: string[]): void;
   /** A 16 MiB sparse raw file with 300000 bytes of data at 5 MiB, and a qcow2 overlay NAME over it with a cluster of its own. */
   overRawWithHoles(name: string): string;
+  /** A chain of three made by qemu-img/qemu-io: base.qcow2 (16 MiB, 4 KiB clusters) < mid.qcow2 (32 MiB) <
+   *  top.qcow2 (topSize, 16 KiB clusters), each with data and zeros of its own and a shorter base; returns 'top.qcow2'. */
+  chainOf3(topSize: string): string;
   /** qemu-img and qcowscope on the same arguments in the directory: the same exit code, stdout and stderr. Returns qemu-img's exit code. */
   expectSame(args: string[], rename?: [string, string]): number | null;
 }
@@ -59,6 +62,12 @@ export function useCliWorkDir(prefix: string): CliWorkDir {
       qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, name)]);
       w.io(name, 'write -P 1 0 64k');
       return name;
+    },
+    chainOf3(topSize) {
+      w.io(w.create('base.qcow2', '16M', 'cluster_size=4k'), 'write -P 1 0 1M', 'write -P 2 8M 2M');
+      w.io(w.create('mid.qcow2', '32M', '', 'base.qcow2'), 'write -P 3 512k 1M', 'write -z 9M 512k', 'write -P 4 20M 64k');
+      w.io(w.create('top.qcow2', topSize, 'cluster_size=16k', 'mid.qcow2'), 'write -P 5 100k 10k', 'write -z 0 64k', 'write -P 6 30M 1M');
+      return 'top.qcow2';
     },
     expectSame(args, rename) {
       const q = spawnSync('qemu-img', args, { encoding: 'utf8', cwd: dir });

@@ -113,12 +113,8 @@ describe('compare: differences', () => {
 
 describe('compare: backing chains', () => {
   it('a chain of 3 against its flattened copy, and against a copy with one change', () => {
-    const base = create('base.qcow2', '16M', 'cluster_size=4k');
-    io(base, 'write -P 1 0 1M', 'write -P 2 8M 2M');
-    const mid = create('mid.qcow2', '32M', '', 'base.qcow2');
-    io(mid, 'write -P 3 512k 1M', 'write -z 9M 512k', 'write -P 4 20M 64k');
-    const top = create('top.qcow2', '32M', 'cluster_size=16k', 'mid.qcow2');
-    io(top, 'write -P 5 100k 10k', 'write -z 0 64k', 'write -P 6 30M 1M');
+    const top = w.chainOf3('32M');
+    const mid = 'mid.qcow2';
     const flat = convert(top, 'flat.qcow2');
     expect(expectSamePair(top, flat)[0]).toBe(0);
     expect(expectSamePair(mid, flat)[0]).toBe(1);

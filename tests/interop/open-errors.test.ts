@@ -112,6 +112,16 @@ function addFeatureNames(file: string, ...entries: Uint8Array[]): void {
   pokeU32(file, table.pos + 4, table.length + 48 * entries.length);
 }
 
+/** A damage that writes big-endian header fields: a bigint as 64 bits, a number as 32 bits. */
+function pokes(...edits: Array<[offset: number, value: number | bigint]>): (file: string) => void {
+  return (file) => {
+    for (const [at, value] of edits) {
+      if (typeof value === 'bigint') pokeU64(file, at, value);
+      else pokeU32(file, at, value);
+    }
+  };
+}
+
 function setIncompat(file: string, bits: bigint): void {
   const b = Buffer.from(fs.readFileSync(file).subarray(HDR.incompatibleFeatures, HDR.incompatibleFeatures + 8));
   pokeU64(file, HDR.incompatibleFeatures, b.readBigUInt64BE(0) | bits);
@@ -134,87 +144,22 @@ const OPEN_CASES: OpenCase[] = [
   { name: '080 huge header size (0xffffffff)', base: 'empty', damage: (f) => pokeU32(f, HDR.headerLength, 0xffffffff), message: 'qcow2 header exceeds cluster size' },
   { name: '080 huge header size (0x7fffffff)', base: 'empty', damage: (f) => pokeU32(f, HDR.headerLength, 0x7fffffff), message: 'qcow2 header exceeds cluster size' },
   { name: '080 backing file offset past cluster 0', base: 'empty', damage: (f) => pokeU64(f, HDR.backingFileOffset, 0xffffffffffffffffn), message: 'Invalid backing file offset' },
-  {
-    name: '080 huge unknown header extension, extension area ended by the backing file offset',
-    base: 'empty',
-    damage: (f) => {
-      pokeU32(f, 112, 0x12345678);
-      pokeU32(f, 116, 0x7fffffff);
-      pokeU64(f, HDR.backingFileOffset, 116);
-    },
-    message: 'Header extension too large',
-  },
-  {
-    name: '080 huge unknown header extension, extension area to the end of cluster 0',
-    base: 'empty',
-    damage: (f) => {
-      pokeU32(f, 112, 0x12345678);
-      pokeU32(f, 116, 0x7fffffff);
-    },
-    message: 'Header extension too large',
-  },
+  { name: '080 huge unknown header extension, extension area ended by the backing file offset', base: 'empty', damage: pokes([112, 0x12345678], [116, 0x7fffffff], [HDR.backingFileOffset, 116n]), message: 'Header extension too large' },
+  { name: '080 huge unknown header extension, extension area to the end of cluster 0', base: 'empty', damage: pokes([112, 0x12345678], [116, 0x7fffffff]), message: 'Header extension too large' },
   { name: '080 huge refcount table size (0xffffffff clusters)', base: 'empty', damage: (f) => pokeU32(f, HDR.refcountTableClusters, 0xffffffff), message: 'Reference count table too large' },
   { name: '080 huge refcount table size (0x20001 clusters)', base: 'empty', damage: (f) => pokeU32(f, HDR.refcountTableClusters, 0x00020001), message: 'Reference count table too large' },
   { name: '080 misaligned refcount table', base: 'empty', damage: (f) => pokeU64(f, HDR.refcountTableOffset, 0x1234567890abcdefn), message: 'Reference count table offset invalid' },
-  {
-    name: '080 huge refcount table offset',
-    base: 'empty',
-    damage: (f) => {
-      pokeU64(f, HDR.refcountTableOffset, 0xffffffffffff0000n);
-      pokeU32(f, HDR.refcountTableClusters, 0x7f);
-    },
-    message: 'Reference count table offset invalid',
-  },
+  { name: '080 huge refcount table offset', base: 'empty', damage: pokes([HDR.refcountTableOffset, 0xffffffffffff0000n], [HDR.refcountTableClusters, 0x7f]), message: 'Reference count table offset invalid' },
   { name: '080 invalid snapshot table (nb_snapshots 0xffffffff)', base: 'empty', damage: (f) => pokeU32(f, HDR.nbSnapshots, 0xffffffff), message: 'Snapshot table too large' },
   { name: '080 invalid snapshot table (nb_snapshots 0x7fffffff)', base: 'empty', damage: (f) => pokeU32(f, HDR.nbSnapshots, 0x7fffffff), message: 'Snapshot table too large' },
-  {
-    name: '080 snapshot table offset overflows',
-    base: 'empty',
-    damage: (f) => {
-      pokeU64(f, HDR.snapshotsOffset, 0xffffffffffff0000n);
-      pokeU32(f, HDR.nbSnapshots, 0xffff);
-    },
-    message: 'Snapshot table offset invalid',
-  },
-  {
-    name: '080 snapshot table offset unaligned, no snapshots',
-    base: 'empty',
-    damage: (f) => {
-      pokeU64(f, HDR.snapshotsOffset, 0x1234567890abcdefn);
-      pokeU32(f, HDR.nbSnapshots, 0);
-    },
-    message: 'Snapshot table offset invalid',
-  },
+  { name: '080 snapshot table offset overflows', base: 'empty', damage: pokes([HDR.snapshotsOffset, 0xffffffffffff0000n], [HDR.nbSnapshots, 0xffff]), message: 'Snapshot table offset invalid' },
+  { name: '080 snapshot table offset unaligned, no snapshots', base: 'empty', damage: pokes([HDR.snapshotsOffset, 0x1234567890abcdefn], [HDR.nbSnapshots, 0]), message: 'Snapshot table offset invalid' },
   { name: '080 invalid L1 table (l1_size 0xffffffff)', base: 'empty', damage: (f) => pokeU32(f, HDR.l1Size, 0xffffffff), message: 'Active L1 table too large' },
   { name: '080 invalid L1 table (l1_size 0x7fffffff)', base: 'empty', damage: (f) => pokeU32(f, HDR.l1Size, 0x7fffffff), message: 'Active L1 table too large' },
-  {
-    name: '080 L1 table offset overflows',
-    base: 'empty',
-    damage: (f) => {
-      pokeU64(f, HDR.l1TableOffset, 0x7fffffffffff0000n);
-      pokeU32(f, HDR.l1Size, 0xffff);
-    },
-    message: 'Active L1 table offset invalid',
-  },
-  {
-    name: '080 L1 table offset unaligned',
-    base: 'empty',
-    damage: (f) => {
-      pokeU64(f, HDR.l1TableOffset, 0x1234567890abcdefn);
-      pokeU32(f, HDR.l1Size, 1);
-    },
-    message: 'Active L1 table offset invalid',
-  },
+  { name: '080 L1 table offset overflows', base: 'empty', damage: pokes([HDR.l1TableOffset, 0x7fffffffffff0000n], [HDR.l1Size, 0xffff]), message: 'Active L1 table offset invalid' },
+  { name: '080 L1 table offset unaligned', base: 'empty', damage: pokes([HDR.l1TableOffset, 0x1234567890abcdefn], [HDR.l1Size, 1]), message: 'Active L1 table offset invalid' },
   { name: '080 L1 table with snapshot, l1_size 0', base: 'snapshot', damage: (f) => pokeU32(f, HDR.l1Size, 0), message: 'L1 table is too small' },
-  {
-    name: '080 backing file name size 0xffffffff',
-    base: 'empty',
-    damage: (f) => {
-      pokeU64(f, HDR.backingFileOffset, 0x1000);
-      pokeU32(f, HDR.backingFileSize, 0xffffffff);
-    },
-    message: 'Backing file name too long',
-  },
+  { name: '080 backing file name size 0xffffffff', base: 'empty', damage: pokes([HDR.backingFileOffset, 0x1000n], [HDR.backingFileSize, 0xffffffff]), message: 'Backing file name too long' },
 
   // ---- docs/qcow2-format.md §2.1 ------------------------------------------------------------------
   { name: 'bad magic', base: 'empty', damage: (f) => pokeU32(f, HDR.magic, 0x514649fa), message: 'Image is not in qcow2 format' },
@@ -234,15 +179,7 @@ const OPEN_CASES: OpenCase[] = [
     },
     message: 'Backing file name too long',
   },
-  {
-    name: 'backing file name running past cluster 0',
-    base: 'data-4k',
-    damage: (f) => {
-      pokeU64(f, HDR.backingFileOffset, 4000);
-      pokeU32(f, HDR.backingFileSize, 200);
-    },
-    message: 'Backing file name too long',
-  },
+  { name: 'backing file name running past cluster 0', base: 'data-4k', damage: pokes([HDR.backingFileOffset, 4000n], [HDR.backingFileSize, 200]), message: 'Backing file name too long' },
   {
     name: 'backing format extension of 16 bytes',
     base: 'empty',

@@ -50,6 +50,8 @@ function writeTable(file: string, offset: number, entries: RawEntry[], allocated
   poke(file, offset, Buffer.concat([...parts, Buffer.alloc(allocated - size)]));
 }
 
+// A catalogue: its entries share one shape on purpose (each is a different image recipe and its
+// expected result), so the duplicate-code scan's same-shape pairs inside it are deliberate.
 const varieties: Variety[] = [
   {
     name: 'v3: snapshots with the disk grown and shrunk between them, duplicate names, one deleted',

@@ -25,6 +25,8 @@ function create(dir: string, name: string, size: number | string, opts: CreateOp
   return f;
 }
 
+// A catalogue: its entries share one shape on purpose (each is a different image recipe and its
+// expected result), so the duplicate-code scan's same-shape pairs inside it are deliberate.
 const varieties: Variety[] = [];
 
 // ---- compat × cluster size, with data on both sides of 4 GiB ---------------------------------

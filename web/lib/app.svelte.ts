@@ -530,7 +530,7 @@ export class AppState {
   }
 
   /** An ordinary browser download of a Blob under a name. */
-  private save(blob: Blob, name: string): void {
+  save(blob: Blob, name: string): void {
     const d = { blob, name };
     const url = URL.createObjectURL(d.blob);
     const a = document.createElement('a');

@@ -12,24 +12,16 @@ export interface CallOptions {
   onProgress?: (p: Progress) => void;
 }
 
-let worker: Worker | undefined;
 let remote: Comlink.Remote<EngineApi> | undefined;
 let jobCounter = 0;
 
 /** The remote engine, started on first use. */
 export function engine(): Comlink.Remote<EngineApi> {
   if (!remote) {
-    worker = new Worker(new URL('../../worker/engine.worker.ts', import.meta.url), { type: 'module', name: 'qcowscope-engine' });
+    const worker = new Worker(new URL('../../worker/engine.worker.ts', import.meta.url), { type: 'module', name: 'qcowscope-engine' });
     remote = Comlink.wrap<EngineApi>(worker);
   }
   return remote;
-}
-
-/** Stop the worker (all open images are dropped). */
-export function terminateEngine(): void {
-  worker?.terminate();
-  worker = undefined;
-  remote = undefined;
 }
 
 /**

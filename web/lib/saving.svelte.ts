@@ -18,7 +18,7 @@ export interface Ask {
 }
 
 /** A save that rewrites more than this says what it costs first. */
-export const COSTLY_SAVE_BYTES = 1 << 30;
+const COSTLY_SAVE_BYTES = 1 << 30;
 
 export class Saving {
   /** The question being asked, if any. */

@@ -13,6 +13,7 @@ import DiffView from './DiffView.svelte';
 import HexView from './HexView.svelte';
 import PlaygroundView from './PlaygroundView.svelte';
 import JournalView from './JournalView.svelte';
+import CrashStageView from './CrashStageView.svelte';
 import CheckView from './CheckView.svelte';
 
 export interface ViewEntry {
@@ -36,6 +37,7 @@ export const VIEWS = [
   { id: 'hex', title: 'Hex', component: HexView, withoutTables: true },
   { id: 'playground', title: 'Playground', component: PlaygroundView },
   { id: 'journal', title: 'Journal', component: JournalView },
+  { id: 'crash', title: 'Crash stage', component: CrashStageView },
   { id: 'check', title: 'Check', component: CheckView },
 ] as const satisfies readonly ViewEntry[];
 

@@ -15,8 +15,8 @@
 // buffer, so a scan that reuses one buffer allocates nothing here.
 import type { ByteSource } from '../../core/io/overlay-store.ts';
 
-export const DEFAULT_BLOCK_SIZE = 64 * 1024;
-export const DEFAULT_CACHE_BYTES = 128 << 20;
+const DEFAULT_BLOCK_SIZE = 64 * 1024;
+const DEFAULT_CACHE_BYTES = 128 << 20;
 const MAX_READAHEAD = 4 << 20;
 /** Bytes of scattered ranges a prefetch asks for in one raw read. */
 const GATHER_BYTES = 4 << 20;
