@@ -23,22 +23,13 @@ const { values: args } = parseArgs({
   },
 });
 
-/** View id and title (web/views/registry.ts), and what to do first so that it shows its content. */
+/** The start page (no image open), then every view of web/views/registry.ts, by id and title. */
 const VIEWS = [
   ['start', 'Start'],
-  ['header', 'Header'],
-  ['snapshots', 'Snapshots'],
-  ['l1', 'L1 table'],
-  ['refcounts', 'Refcount table'],
-  ['map', 'Cluster map'],
-  ['translate', 'Translation'],
-  ['diff', 'Diff'],
-  ['hex', 'Hex'],
-  ['playground', 'Playground'],
-  ['journal', 'Journal'],
-  ['check', 'Check'],
+  ...[...fs.readFileSync(path.join(ROOT, 'web/views/registry.ts'), 'utf8').matchAll(/\{ id: '([^']+)', title: '([^']+)'/g)].map((m) => [m[1], m[2]]),
 ];
 
+/** What to do first in a view so that it shows its content (and the Inspector, where it has one). */
 const PREPARE = {
   /** The page with no image open (the demo closed). */
   async start(page) {
@@ -73,6 +64,9 @@ const PREPARE = {
     await page.getByRole('button', { name: 'Write', exact: true }).click();
     await page.getByRole('status').filter({ hasText: 'After' }).waitFor();
     await page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name: 'Journal', exact: true }).click();
+  },
+  async crash(page) {
+    await page.getByRole('button', { name: 'Rehearse' }).click();
   },
   async check(page) {
     await page.getByRole('button', { name: 'Run check' }).click();
