@@ -1,13 +1,15 @@
 // Metadata-preallocated images: qemu-img asks the file system which data clusters are holes
 // (qcow2_detect_metadata_preallocation, then BDRV_BLOCK_RECURSE to file-posix's SEEK_DATA/
 // SEEK_HOLE) and reports them as `zero: true, data: true`. Node has no lseek(SEEK_DATA), so the
-// data segments of the file are listed once by a short python3 call; without python3 the
-// holes are unknown and data clusters report `zero: false`.
+// data segments of the file are listed by a short perl call on Linux (perl-base is part of every
+// Debian system and starts in about 3 ms), else by python3 (10-15 ms); without either the holes
+// are unknown and data clusters report `zero: false`.
 //
-// The python3 process is started before the image is even opened (`startSegmentScan`) and runs
-// on the other core while the metadata is read; its answer is awaited only if the image turns
-// out to be metadata-preallocated, and the process is ended otherwise.
-import { spawn, type ChildProcess } from 'node:child_process';
+// The listing runs only once the image turns out to be metadata-preallocated (most images are
+// not), synchronously, and node:child_process is loaded only then (through
+// process.getBuiltinModule: an import would load it, and the stream modules it needs, in every
+// command's start-up).
+import type * as ChildProcess from 'node:child_process';
 import * as fs from 'node:fs';
 import { HoleMap } from '../core/image/block-status.ts';
 import type { Qcow2Image } from '../core/image/qcow2-image.ts';
@@ -23,6 +25,17 @@ while pos < end:
     except OSError: break
     h = os.lseek(fd, d, os.SEEK_HOLE); out.append('%d %d' % (d, h)); pos = h
 sys.stdout.write('\\n'.join(out))
+`;
+
+/** The same listing in perl, for Linux only: SEEK_DATA is 3 and SEEK_HOLE 4 there (Fcntl names neither). */
+export const SEGMENTS_PL = `
+open(my $f, '<', $ARGV[0]) or exit 1; my $end = -s $f; my $pos = 0; my @out;
+while ($pos < $end) {
+  my $d = sysseek($f, $pos, 3); last unless defined $d;
+  my $h = sysseek($f, $d, 4); last unless defined $h;
+  push @out, ($d + 0) . ' ' . ($h + 0); $pos = $h + 0;
+}
+print join("\\n", @out);
 `;
 
 /** QEMU's qcow2_detect_metadata_preallocation: more clusters refcounted than the file really holds. */
@@ -47,68 +60,56 @@ async function isMetadataPreallocated(img: Qcow2Image, file: string): Promise<bo
   return count >= threshold;
 }
 
-/** A running (or finished) listing of the file's data segments. */
+/** A listing of the file's data segments, made when first asked for. */
 export interface SegmentScan {
   /** Sorted [start, end) host ranges holding data, or null if they cannot be listed. */
   result(): Promise<Array<[number, number]> | null>;
-  /** End the scan if its answer is not needed. */
+  /** Drop the scan (nothing to end: it runs only inside result()). */
   cancel(): void;
 }
 
-/**
- * The system's python3 on Linux when there is one, else whatever `python3` is on PATH: a version
- * manager's shim first on PATH (pyenv's is a bash script that runs `pyenv exec`) measured 0.3 s
- * of CPU before Python even started, more than the whole map it serves. Any python3 will do.
- */
-function pythonCommand(): string {
-  return process.platform === 'linux' && fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+/** perl on Linux, then the system's python3 (a version manager's shim on PATH costs 0.3 s before Python starts), then python3. */
+function listers(): Array<[string, string[]]> {
+  const list: Array<[string, string[]]> = [];
+  if (process.platform === 'linux') list.push([fs.existsSync('/usr/bin/perl') ? '/usr/bin/perl' : 'perl', ['-e', SEGMENTS_PL]]);
+  const py = process.platform === 'linux' && fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+  list.push([py, ['-S', '-E', '-c', SEGMENTS_PY]]);
+  return list;
+}
+
+/** The data segments of `file`, listed synchronously by the first lister that runs. */
+function listSegments(file: string): Array<[number, number]> | null {
+  const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof ChildProcess;
+  for (const [cmd, args] of listers()) {
+    const r = spawnSync(cmd, [...args, file], { stdio: ['ignore', 'pipe', 'ignore'], encoding: 'latin1', maxBuffer: 1 << 30 });
+    if (r.error || r.status !== 0) continue;
+    const segs: Array<[number, number]> = [];
+    for (const line of r.stdout.split('\n')) {
+      if (!line) continue;
+      const sp = line.indexOf(' ');
+      segs.push([Number(line.slice(0, sp)), Number(line.slice(sp + 1))]);
+    }
+    return segs;
+  }
+  return null;
 }
 
 export function startSegmentScan(file: string): SegmentScan {
-  let child: ChildProcess | null = null;
-  let done = false;
-  const promise = new Promise<Array<[number, number]> | null>((resolve) => {
-    try {
-      child = spawn(pythonCommand(), ['-S', '-E', '-c', SEGMENTS_PY, file], { stdio: ['ignore', 'pipe', 'ignore'] });
-    } catch {
-      resolve(null);
-      return;
-    }
-    const chunks: Buffer[] = [];
-    child.stdout!.on('data', (c: Buffer) => chunks.push(c));
-    child.on('error', () => resolve(null));
-    child.on('close', (code) => {
-      done = true;
-      if (code !== 0) {
-        resolve(null);
-        return;
-      }
-      const text = Buffer.concat(chunks).toString('latin1');
-      const segs: Array<[number, number]> = [];
-      for (const line of text.split('\n')) {
-        if (!line) continue;
-        const sp = line.indexOf(' ');
-        segs.push([Number(line.slice(0, sp)), Number(line.slice(sp + 1))]);
-      }
-      resolve(segs);
-    });
-  });
+  let segs: Array<[number, number]> | null | undefined;
   return {
-    result: () => promise,
-    cancel: () => {
-      if (!done && child && child.pid !== undefined) child.kill();
-    },
+    result: async () => (segs === undefined ? (segs = listSegments(file)) : segs),
+    cancel: () => {},
   };
 }
 
-/** The data segments of a file (synchronous start-to-finish form of `startSegmentScan`). */
+/** The data segments of a file. */
 export function dataSegments(file: string): Promise<Array<[number, number]> | null> {
   return startSegmentScan(file).result();
 }
 
 /**
- * The holes of an opened image's file, or undefined when QEMU would not look for them. Pass the
- * scan started before opening (`startSegmentScan`) to overlap python3's start-up with the reads.
+ * The holes of an opened image's file, or undefined when QEMU would not look for them (`scan`: one
+ * made earlier for the file, whose listing is then reused).
  */
 export async function holeMapFor(img: Qcow2Image, file: string, scan?: SegmentScan): Promise<HoleMap | undefined> {
   if (!(await isMetadataPreallocated(img, file))) {

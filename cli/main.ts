@@ -1,15 +1,10 @@
-// The `qcowscope` command line: verbs that mirror qemu-img, one file each in cli/commands/.
+// The `qcowscope` command line: verbs that mirror qemu-img, one file each in cli/commands/, listed
+// (and loaded on demand) in cli/commands/registry.ts.
 // Errors print one line, `qcowscope: <message>`, never a stack trace unless QCOWSCOPE_DEBUG=1.
 import { parseArgs } from 'node:util';
 import { isQcowError, QcowError } from '../core/errors.ts';
 import type { Command } from './command.ts';
-import { info } from './commands/info.ts';
-import { map } from './commands/map.ts';
-import { snapshot } from './commands/snapshot.ts';
-import { exportCmd } from './commands/export.ts';
-import { extraCommands } from './commands/registry.ts';
-
-const COMMANDS: Command[] = [info, map, snapshot, exportCmd, ...extraCommands];
+import { VERBS } from './commands/registry.ts';
 
 /**
  * Options of qemu-img that every verb takes, so that its command lines work unchanged: `-f qcow2`
@@ -20,19 +15,21 @@ const QEMU_IMG_OPTIONS: Command['options'] = {
   'force-share': { type: 'boolean', short: 'U' },
 };
 
-function usage(): string {
-  return ['usage: qcowscope COMMAND [options]', '', ...COMMANDS.map((c) => `  qcowscope ${c.usage}`)].join('\n');
+/** The usage of every verb (which loads them all: only for help and mistakes). */
+async function usage(): Promise<string> {
+  const commands = await Promise.all(VERBS.map((v) => v.load()));
+  return ['usage: qcowscope COMMAND [options]', '', ...commands.map((c) => `  qcowscope ${c.usage}`)].join('\n');
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
   if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
-    process.stdout.write(usage() + '\n');
+    process.stdout.write((await usage()) + '\n');
     return verb ? 0 : 1;
   }
-  const cmd = COMMANDS.find((c) => c.name === verb);
+  const cmd = await VERBS.find((v) => v.name === verb)?.load();
   if (!cmd) {
-    process.stderr.write(`qcowscope: unknown command '${verb}'\n${usage()}\n`);
+    process.stderr.write(`qcowscope: unknown command '${verb}'\n${await usage()}\n`);
     return 1;
   }
   try {

@@ -93,10 +93,7 @@ export async function openImage(file: string, opts: CliOpenOptions = {}): Promis
   }
 }
 
-/**
- * openImage(file) while python3 lists the file's data segments on the other core (for
- * holeMapFor); the scan is cancelled when the open fails.
- */
+/** openImage(file) with the scan of its data segments (for holeMapFor, made only if it asks). */
 export async function openImageScanning(file: string): Promise<{ img: Qcow2Image; scan: SegmentScan }> {
   const scan = startSegmentScan(file);
   try {

@@ -180,7 +180,7 @@ function refblockMatches(block: Uint8Array, order: number, counts: Counts, base:
     case 4:
       if (counts instanceof Uint8Array) {
         // the IMRT still one byte wide: every on-disk refcount must be a zero byte, then the count
-        for (let i = 0; i < count; i++) if (block[2 * i] !== 0 || block[2 * i + 1] !== counts[base + i]) return false;
+        for (let i = pairsMatch(block, counts, base, count); i < count; i++) if (block[2 * i] !== 0 || block[2 * i + 1] !== counts[base + i]) return false;
         return true;
       }
       for (let i = 0; i < count; i++) if (dv.getUint16(2 * i) !== counts[base + i]) return false;
@@ -192,6 +192,27 @@ function refblockMatches(block: Uint8Array, order: number, counts: Counts, base:
       for (let i = 0; i < count; i++) if (getRefcount(block, i, order) !== counts[base + i]) return false;
       return true;
   }
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * refblockMatches for 16-bit refcounts and one-byte counts, two clusters per step on a
+ * little-endian machine: the 32-bit word of two big-endian refcounts (0, c0, 0, c1) against the
+ * 16-bit word of two counts (c0, c1). Returns how many leading clusters are known to match (the
+ * caller's loop checks the rest, and finds the difference if there is one).
+ */
+function pairsMatch(block: Uint8Array, counts: Uint8Array, base: number, count: number): number {
+  if (!LITTLE_ENDIAN || (block.byteOffset & 3) !== 0 || ((counts.byteOffset + base) & 1) !== 0) return 0;
+  const words = new Uint32Array(block.buffer, block.byteOffset, count >>> 1);
+  const pairs = new Uint16Array(counts.buffer, counts.byteOffset + base, count >>> 1);
+  const n = count >>> 1;
+  let j = 0;
+  for (; j < n; j++) {
+    const x = pairs[j]!;
+    if ((words[j]! | 0) !== (((x & 0xff) << 8) | ((x & 0xff00) << 16))) break;
+  }
+  return 2 * j;
 }
 
 /** The highest cluster with a reference (0 if none): what compareRefcounts finds when the refcounts match. */

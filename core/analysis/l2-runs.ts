@@ -1,9 +1,8 @@
 // Active L2 tables kept as runs of consecutive host clusters (L2Runs), so the snapshots sharing
 // them and the COPIED pass of the check count them without reading and decoding them again.
-import { OFFSET_MASK_HI } from '../format/entries.ts';
 import type { Counts } from './imrt.ts';
 /** Runs a table may have to be kept by L2Runs (more: the table is read again when needed). */
-const MAX_RUNS_PER_TABLE = 64;
+export const MAX_RUNS_PER_TABLE = 64;
 
 /**
  * Active L2 tables kept as runs of consecutive host clusters, so that the snapshots sharing them
@@ -22,13 +21,21 @@ export class L2Runs {
     return this.at.has(l2Offset);
   }
 
-  /** Keep `table` (just counted by countPlainRun from its first entry to its last) if it has few runs. */
-  record(l2Offset: number, table: Uint8Array, clusterBits: number): void {
-    if (this.at.has(l2Offset)) return;
-    const start = this.runs.length;
-    const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    if (appendRuns(dv, table.length >>> 3, clusterBits, this.runs, MAX_RUNS_PER_TABLE)) this.at.set(l2Offset, start);
-    else this.runs.length = start;
+  /**
+   * Keep a table whose every entry countPlainRun just counted, from the runs it gathered on the way
+   * (`gathered`: the number of runs, −1 if too many, then first cluster, end, COPIED per run; the
+   * last run's end is `lastEnd`, the cluster after the table's last entry).
+   */
+  keep(l2Offset: number, gathered: Int32Array, lastEnd: number): void {
+    const m = gathered[0]!;
+    if (m < 0 || this.at.has(l2Offset)) return;
+    this.at.set(l2Offset, this.runs.length);
+    this.runs.push(m);
+    for (let j = 0; j < m; j++) {
+      const first = gathered[1 + 3 * j]!;
+      const end = j === m - 1 ? lastEnd : gathered[2 + 3 * j]!;
+      this.runs.push(first, end - first, gathered[3 + 3 * j]!);
+    }
   }
 
   /**
@@ -40,10 +47,12 @@ export class L2Runs {
     const p = this.at.get(l2Offset)!;
     const runs = this.runs;
     const end = p + 1 + 3 * runs[p]!;
+    const bytes = times === 1 && max === 255 && counts instanceof Uint8Array ? counts : null;
     for (let q = p + 1; q < end; q += 3) {
       const first = runs[q]!;
       const last = first + runs[q + 1]!;
-      for (let c = first; c < last; c++) {
+      // one-byte counts: four at a time up to a count that would overflow, which the loop reports
+      for (let c = bytes ? addOneBytes(bytes, first, last) : first; c < last; c++) {
         const r = counts[c]!;
         if (r + times > max) {
           uncount(runs, p + 1, q, c, counts, times);
@@ -66,7 +75,8 @@ export class L2Runs {
       const last = first + runs[q + 1]!;
       const copied = runs[q + 2] === 1;
       if (last > refcounts.length) return false;
-      for (let c = first; c < last; c++) if ((refcounts[c] === 1) !== copied) return false;
+      const from = refcounts instanceof Uint8Array ? agreeBytes(refcounts, first, last, copied) : first;
+      for (let c = from; c < last; c++) if ((refcounts[c] === 1) !== copied) return false;
     }
     return true;
   }
@@ -81,43 +91,42 @@ function uncount(runs: number[], from: number, stopRun: number, stopAt: number, 
   }
 }
 
+// One-byte counts four at a time (SWAR on 32-bit words; any byte order): the snapshots sharing a
+// metadata-preallocated disk's tables add 1 to millions of consecutive counts.
+const ONES = 0x01010101;
+const HIGHS = 0x80808080;
+
 /**
- * Append the runs of a standard L2 table of plain entries (unallocated, or a normal cluster with
- * an int32 index and no flag but COPIED: see countPlainRun) to `out`: the count, then (first
- * cluster, clusters, COPIED) per run of consecutive clusters with the same COPIED bit. False if
- * there are more than `maxRuns`; `out` is then left with a partial list for the caller to cut.
+ * Add 1 to counts[c ..) while no count is 255 (which the caller's loop reports as an overflow):
+ * from `c` up to a multiple of 4, then a word at a time. Returns the first cluster not counted.
  */
-function appendRuns(dv: DataView, n: number, clusterBits: number, out: number[], maxRuns: number): boolean {
-  const hiShift = 32 - clusterBits;
-  const offHi = OFFSET_MASK_HI;
-  const head = out.length;
-  out.push(0);
-  let runs = 0;
-  let first = -1;
-  let next = -1;
-  let copied = 0;
-  for (let i = 0; i < n; i++) {
-    const hi = dv.getInt32(i * 8);
-    const lo = dv.getInt32(i * 8 + 4);
-    if ((hi | lo) === 0) continue;
-    const k = ((hi & offHi) << hiShift) | (lo >>> clusterBits);
-    const c = hi < 0 ? 1 : 0;
-    if (k === next && c === copied) {
-      next++;
-      continue;
-    }
-    if (first >= 0) {
-      if (++runs > maxRuns) return false;
-      out.push(first, next - first, copied);
-    }
-    first = k;
-    next = k + 1;
-    copied = c;
+function addOneBytes(counts: Uint8Array, c: number, last: number): number {
+  if ((counts.byteOffset & 3) !== 0) return c;
+  for (; c < last && (c & 3) !== 0; c++) {
+    if (counts[c] === 255) return c;
+    counts[c] = counts[c]! + 1;
   }
-  if (first >= 0) {
-    if (++runs > maxRuns) return false;
-    out.push(first, next - first, copied);
+  const words = new Uint32Array(counts.buffer, counts.byteOffset, counts.length >>> 2);
+  for (; c + 4 <= last; c += 4) {
+    const w = words[c >>> 2]!;
+    if ((((~w - ONES) | 0) & w & HIGHS) !== 0) break; // a byte is 0xff
+    words[c >>> 2] = (w + ONES) | 0;
   }
-  out[head] = runs;
-  return true;
+  return c;
+}
+
+/**
+ * Whether counts[c ..) say what `copied` says (set ⇔ 1), a word at a time while they do. Returns
+ * the first cluster not yet known to agree (the caller's loop decides from there).
+ */
+function agreeBytes(counts: Uint8Array, c: number, last: number, copied: boolean): number {
+  if ((counts.byteOffset & 3) !== 0) return c;
+  for (; c < last && (c & 3) !== 0; c++) if ((counts[c] === 1) !== copied) return c;
+  const words = new Uint32Array(counts.buffer, counts.byteOffset, counts.length >>> 2);
+  for (; c + 4 <= last; c += 4) {
+    const x = words[c >>> 2]! ^ ONES; // a zero byte where a count is 1
+    const ones = (((x - ONES) | 0) & ~x & HIGHS) !== 0;
+    if (copied ? x !== 0 : ones) break;
+  }
+  return c;
 }

@@ -25,7 +25,7 @@ import {
   altHex, CheckAbort, FindingSink, hex64, MAX_REPEATS, strerror, type CheckCounters, type Finding,
 } from './findings.ts';
 import { Imrt, type Counts } from './imrt.ts';
-import { L2Runs } from './l2-runs.ts';
+import { L2Runs, MAX_RUNS_PER_TABLE } from './l2-runs.ts';
 import { Kind, LAYOUT_KIND_NAMES, mergeOwner } from './owners.ts';
 import { ReadBuffer, tablesInOrder } from './table-reads.ts';
 
@@ -285,7 +285,8 @@ export class ReferenceWalk {
         const table = (await tables.next()).value![1];
         const slow = this.slowEntries;
         await this.walkL2(l2Offset, table, active, vmState);
-        if (active && runs && this.slowEntries === slow) runs.record(l2Offset, table, this.clusterBits);
+        // every entry plain: countPlainRun gathered its runs in one call; the last ends where the next cluster would be
+        if (active && runs && this.slowEntries === slow) runs.keep(l2Offset, this.runBuf, this.fragNext[0]!);
       }
       this.times = outer;
       if (((k + 1) & 63) === 0) this.opts.onProgress?.(active ? 'Active L2 tables' : 'Snapshot L2 tables', k + 1, offsets.length);
@@ -337,6 +338,9 @@ export class ReferenceWalk {
     const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const acc = frag ? this.fragAcc : null;
     const next = this.fragNext;
+    // runs of an active table, gathered while counting (kept by walkL1 if no entry was slow)
+    const runBuf = acc && this.runs && start === 0 ? this.runBuf : null;
+    if (runBuf) runBuf[0] = 0;
     if (acc) {
       acc[0] = 0;
       acc[1] = 0;
@@ -346,7 +350,10 @@ export class ReferenceWalk {
     for (let i = start; i < n; i++) {
       if (fast) {
         // the arrays are passed afresh after every slow entry: a reference past the end grows them
-        i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.storeMax, this.times, this.clusterBits, this.owners, dataKind, acc, next);
+        const from = i;
+        if (acc) acc[2] = 0;
+        i = countPlainRun(dv, i, n, imrt.counts, Math.min(imrt.size, fileClusters), imrt.storeMax, this.times, this.clusterBits, this.owners, dataKind, acc, next, runBuf);
+        if (acc) this.afterPlainRun(dv, from, i, acc, next);
         if (i >= n) break;
       } else if (dv.getInt32(i * step) === 0 && dv.getInt32(i * step + 4) === 0 && (step === 8 || (dv.getInt32(i * step + 8) === 0 && dv.getInt32(i * step + 12) === 0))) {
         continue;
@@ -368,8 +375,28 @@ export class ReferenceWalk {
     return stop;
   }
 
-  /** The fragmentation counters of the active walk's fast path: allocated, fragmented. */
-  private readonly fragAcc = new Float64Array(2);
+  /**
+   * The fragmentation state after countPlainRun counted entries [from, to) of the active tree: the
+   * allocated count (every entry but the zeros it counted in acc[2]) and the cluster a contiguous
+   * entry would have next (after the last nonzero one), which the loop keeps in locals only.
+   */
+  private afterPlainRun(dv: DataView, from: number, to: number, acc: Float64Array, next: Int32Array): void {
+    acc[0] += (to - from - acc[2]!) * this.times;
+    const hiShift = 32 - this.clusterBits;
+    for (let j = to - 1; j >= from; j--) {
+      const hi = dv.getInt32(j * 8);
+      const lo = dv.getInt32(j * 8 + 4);
+      if ((hi | lo) === 0) continue;
+      next[0] = (((hi & OFFSET_MASK_HI) << hiShift) | (lo >>> this.clusterBits)) + 1;
+      return;
+    }
+  }
+
+  /** The runs of the active table being counted (see countPlainRun), for L2Runs.keep. */
+  private readonly runBuf = new Int32Array(1 + 3 * MAX_RUNS_PER_TABLE);
+
+  /** The fragmentation counters of the active walk's fast path: allocated, fragmented, and the zero entries of one countPlainRun call. */
+  private readonly fragAcc = new Float64Array(3);
   /** The cluster the fast path expects next (-1: no entry yet, -2: one whose successor no cluster index can be). */
   private readonly fragNext = new Int32Array(1);
 
@@ -605,9 +632,11 @@ export class ReferenceWalk {
  * The walk's inner loop over a standard L2 table: counts `times` references for every entry from
  * `start` that is unallocated (skipped) or a normal cluster with no flag but COPIED, cluster
  * aligned, inside the file (below `limit`) and not overflowing; returns the first entry that is
- * anything else, or `n`. With `acc` ([allocated, fragmented]) and `next` (the cluster a contiguous
- * entry would have) it keeps the active tree's fragmentation statistics as QEMU's
- * check_refcounts_l2 does, in cluster indices (int32) rather than offsets.
+ * anything else, or `n`. With `acc` ([allocated, fragmented, zeros]) and `next` (the cluster a
+ * contiguous entry would have, read once) it keeps the active tree's fragmentation statistics, with
+ * ReferenceWalk.afterPlainRun, as QEMU's
+ * check_refcounts_l2 does, in cluster indices (int32) rather than offsets; with `runs` as well, it
+ * gathers the table's runs of consecutive clusters for L2Runs (startRun) in the same pass.
  *
  * The loop runs on int32 words: an entry is (hi, lo) as read, its cluster index the int32
  * (hi bits 0..23 << (32 − clusterBits)) | (lo >>> clusterBits), taken only when it stays below 2^31.
@@ -618,7 +647,10 @@ export class ReferenceWalk {
 function countPlainRun(
   dv: DataView, start: number, n: number, counts: Counts, limit: number, max: number, times: number,
   clusterBits: number, owners: Uint8Array | null, dataKind: number, acc: Float64Array | null, next: Int32Array,
+  runs: Int32Array | null,
 ): number {
+  let runCopied = -1; // the COPIED bit of the current run (-1: none yet, so the first entry starts one)
+  let expected = next[0]!; // the cluster a contiguous entry would have (the caller recomputes next[0])
   const lowMask = (1 << clusterBits) - 1; // zero flag, reserved bits 1..8, offset bits below the cluster size
   const hiOffLimit = 1 << (clusterBits - 1);
   const hiShift = 32 - clusterBits;
@@ -627,7 +659,10 @@ function countPlainRun(
   for (let i = start; i < n; i++) {
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
-    if ((hi | lo) === 0) continue;
+    if ((hi | lo) === 0) {
+      if (acc !== null) acc[2] += 1;
+      continue;
+    }
     // bits 56..62 clear: not compressed, no reserved bit
     if ((hi & flagsHi) !== 0 || (lo & lowMask) !== 0) return i;
     const hiOff = hi & offHi;
@@ -639,11 +674,34 @@ function countPlainRun(
     counts[k] = r + times;
     if (owners !== null) owners[k] = r === 0 ? (times === 1 ? dataKind : mergeOwner(dataKind, dataKind)) : mergeOwner(owners[k]!, dataKind);
     if (acc !== null) {
-      acc[0] += times;
-      const expected = next[0]!;
-      if (expected !== -1 && k !== expected) acc[1] += times;
-      next[0] = k + 1;
+      if (k !== expected) {
+        if (expected !== -1) acc[1] += times;
+        if (runs !== null) runCopied = startRun(runs, k, hi < 0 ? 1 : 0, expected);
+      } else if (runs !== null && (hi < 0 ? 1 : 0) !== runCopied) {
+        runCopied = startRun(runs, k, hi < 0 ? 1 : 0, expected);
+      }
+      expected = k + 1;
     }
   }
   return n;
+}
+
+/**
+ * countPlainRun's runs of an active table, as L2Runs keeps them: runs[0] the number of runs so far
+ * (−1 once there are more than MAX_RUNS_PER_TABLE), then (first cluster, end, COPIED) per run. A
+ * run starts at cluster `k` with COPIED bit `copied`; the one before it ended at `end`. The last
+ * run's end is the walk's next expected cluster once the table is done. Returns `copied`.
+ */
+function startRun(runs: Int32Array, k: number, copied: number, end: number): number {
+  const m = runs[0]!;
+  if (m < 0) return copied;
+  if (m > 0) runs[3 * m - 1] = end;
+  if (m === MAX_RUNS_PER_TABLE) {
+    runs[0] = -1;
+    return copied;
+  }
+  runs[1 + 3 * m] = k;
+  runs[3 + 3 * m] = copied;
+  runs[0] = m + 1;
+  return copied;
 }

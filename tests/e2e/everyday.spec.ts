@@ -17,10 +17,20 @@ test('1. group mode stays on across tab switches and its confirmation lists ever
   await openViaInput(page, b);
   await showView(page, 'Snapshots');
   const groupBox = page.getByRole('checkbox', { name: /Apply to all 2 open images as one group/ });
+  const banner = page.getByRole('banner');
+  await expect(banner.getByRole('status').filter({ hasText: /^Group/ })).toHaveCount(0);
   await groupBox.check();
+  // The top bar says so, whatever view and tab are shown.
+  const groupStatus = banner.getByRole('status').filter({ hasText: 'Group: 2 images' });
+  await expect(groupStatus).toBeVisible();
 
   // Another image's tab, and another view and back: the choice is still there, and still on.
   await page.getByRole('tab', { name: 'sys.qcow2' }).click();
+  await expect(groupBox).toBeChecked();
+  await showView(page, 'Header');
+  await expect(groupStatus).toBeVisible();
+  // The indicator leads back to where the choice is made.
+  await groupStatus.getByRole('button', { name: 'Group: 2 images' }).click();
   await expect(groupBox).toBeChecked();
   await showView(page, 'Header');
   await showView(page, 'Snapshots');
