@@ -11,7 +11,7 @@ import { be32 } from '../core/format/bytes.ts';
 import { l2EntriesOf, l2GeometryOf, readHeaderFields, type HeaderFields, type Qcow2Header } from '../core/format/header.ts';
 import type { Snapshot } from '../core/format/snapshot-table.ts';
 import { Qcow2Image } from '../core/image/qcow2-image.ts';
-import type { Layer } from '../core/image/layer.ts';
+import type { Layer, LentLayer } from '../core/image/layer.ts';
 import type { Journal } from '../core/image/journal.ts';
 import { loadRefblock, reftableSize } from '../core/image/refcount.ts';
 import { buildInfo, readEncryptInfo, type EncryptInfo } from '../core/analysis/info.ts';
@@ -447,8 +447,9 @@ export async function openWithChosenBacking(store: ImageStore, files: ReadonlyAr
 }
 
 /** A borrowed layer: reads go through, closing it leaves the lender's store open. */
-function borrowedLayer(layer: Layer): Layer {
+function borrowedLayer(layer: Layer): LentLayer {
   return {
+    lent: layer,
     get virtualSize() { return layer.virtualSize; },
     read: (o, n) => layer.read(o, n),
     extents: (o, n) => layer.extents(o, n),

@@ -5,7 +5,7 @@
 // on the first offset where the two block statuses differ, so the block status is QEMU's own
 // (bdrv_co_block_status / bdrv_co_common_block_status_above over qcow2_co_block_status and
 // file-posix's), flags and run lengths alike: run lengths decide where statuses are compared.
-import type { Layer } from '../image/layer.ts';
+import { ownLayer, type Layer } from '../image/layer.ts';
 import { Qcow2Image } from '../image/qcow2-image.ts';
 import type { GuestMapping } from '../image/guest-read.ts';
 import type { HoleMap } from '../image/block-status.ts';
@@ -97,8 +97,9 @@ async function layerStatus(layer: Layer, offset: number, bytes: number, holesOf:
   if (offset >= total) return { flags: EOF, pnum: 0 };
   bytes = Math.min(bytes, total - offset);
   let s: Status;
-  if (layer instanceof Qcow2Image) {
-    s = await qcow2Status(layer, offset, bytes, holesOf);
+  const own = ownLayer(layer);
+  if (own instanceof Qcow2Image) {
+    s = await qcow2Status(own, offset, bytes, holesOf);
   } else {
     // a raw file: data or a hole, as the file system reports them
     const e = (await layer.extents(offset, bytes))[0]!;
@@ -109,7 +110,8 @@ async function layerStatus(layer: Layer, offset: number, bytes: number, holesOf:
 }
 
 function backingOf(layer: Layer): Layer | null {
-  return layer instanceof Qcow2Image ? layer.backing : null;
+  const own = ownLayer(layer);
+  return own instanceof Qcow2Image ? own.backing : null;
 }
 
 /** bdrv_block_status_above(bs, NULL, ...): the status through the whole backing chain. */

@@ -5,7 +5,7 @@ import { QcowError, hex } from '../errors.ts';
 import { be32 } from '../format/bytes.ts';
 import { CLUSTER_TYPE_NAMES, ClusterType, clusterType, compressedDescriptor, decodeL1Entry, decodeL2Entry } from '../format/entries.ts';
 import { Qcow2Image, type L1View } from '../image/qcow2-image.ts';
-import { RawLayer } from '../image/layer.ts';
+import { RawLayer, ownLayer } from '../image/layer.ts';
 import { getClusterRefcount } from '../image/refcount.ts';
 
 /**
@@ -173,14 +173,15 @@ function finish(t: Translation, result: TranslationResult, text: string): Transl
 
 async function finishUnallocated(img: Qcow2Image, t: Translation): Promise<Translation> {
   const named = img.header.backingFile;
-  const layer = img.backing;
+  const layer = img.backing ? ownLayer(img.backing) : null;
   if (layer instanceof Qcow2Image) {
     // qemu-img map's depth: the backing image's own translation, one level deeper.
     const name = layer.store.name;
     t.steps.push({ title: 'Backing file', text: `Nothing is allocated here in this image, so the byte is read from the backing file ${name} at the same guest offset.` });
     if (t.guestOffset >= layer.virtualSize) return backingShorter(t, name, layer.virtualSize);
     const sub = await translate(layer, layer.activeView(), t.guestOffset);
-    for (const s of sub.steps.slice(1)) t.steps.push({ ...s, title: `In ${name}: ${s.title}` });
+    // Steps already inside a deeper file keep that file's name ("In base.qcow2: L2 entry").
+    for (const s of sub.steps.slice(1)) t.steps.push({ ...s, title: s.title.startsWith('In ') ? s.title : `In ${name}: ${s.title}` });
     const { steps: _steps, guestOffset: _g, depth, file, ...rest } = sub;
     Object.assign(t, rest, { depth: depth + 1, file: file ?? name });
     return t;

@@ -26,6 +26,21 @@ export interface Layer {
 }
 
 /**
+ * A layer lent by the one that owns it (an image open in the browser, read as another image's
+ * backing file): reads go to `lent`, and closing it closes nothing of the owner's.
+ */
+export interface LentLayer extends Layer {
+  readonly lent: Layer;
+}
+
+/** The layer itself under any lending wrappers (a Qcow2Image or a RawLayer), for walks that look inside it. */
+export function ownLayer(layer: Layer): Layer {
+  let l = layer;
+  while ('lent' in l) l = (l as LentLayer).lent;
+  return l;
+}
+
+/**
  * The data segments of a file: sorted, disjoint [start, end) ranges that may hold data; the rest
  * is holes (reads as zeros). Resolved lazily, and only when block status is asked for.
  */

@@ -166,3 +166,18 @@ test('why a crash at any moment is safe: the journal (or crash stage) of a creat
   expect({ corruptions: q.corruptions, leaks: q.leaks }).toEqual({ corruptions: 0, leaks: 0 });
   await expect(page.getByText('No errors were found on the image.')).toBeVisible();
 });
+
+test('the chain example: Translation follows a byte through middle.qcow2 into base.qcow2 with qemu-img map’s depth and offset', async ({ page, tmp }) => {
+  const recipe = galleryRecipe('chain')!;
+  runRecipeWithQemu(recipe.commands, tmp);
+  const at = 0x8000;
+  const e = qemuMap(path.join(tmp, 'top.qcow2')).find((m) => m.start <= at && at < m.start + m.length)!;
+  expect(e.data && e.offset !== undefined).toBe(true);
+  await page.goto(`/#img=gallery:chain&view=translate&offset=0x${at.toString(16)}`);
+  const answer = page.locator('.answer[role="status"]');
+  await expect(answer).toContainText('base.qcow2');
+  const m = /base\.qcow2 \(depth (\d+)\): at offset (0x[0-9a-f]+)/.exec((await answer.textContent())!)!;
+  expect({ depth: Number(m[1]), offset: Number(m[2]) }).toEqual({ depth: e.depth, offset: e.offset! + (at - e.start) });
+  // Each deeper step names the file it is in once.
+  await expect(page.getByText('In base.qcow2: L2 entry', { exact: true })).toBeVisible();
+});
