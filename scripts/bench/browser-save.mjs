@@ -23,6 +23,11 @@ const HALF = { '256M': '128M', '2G': '1G', '8G': '4G' };
 /** Chromium's per-origin quota is a few GiB unless storage is unlimited (then: about the free disk). */
 const ARGS = [...CHROMIUM_ARGS, '--unlimited-storage'];
 
+function sizeBytes(s) {
+  const m = /^(\d+)([MG]?)$/.exec(s);
+  return Number(m[1]) * { '': 1, M: 2 ** 20, G: 2 ** 30 }[m[2]];
+}
+
 function must(cmd, args) {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
@@ -37,7 +42,11 @@ function image(dir, size) {
   if (!meta && !HALF[size]) throw new Error(`no image for ${size} (known: ${Object.keys(HALF).join(', ')}, meta-SIZE)`);
   if (meta) must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', tmp, size.slice(5)]);
   else must('qemu-img', ['create', '-q', '-f', 'qcow2', tmp, size]);
-  if (!meta) must('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 0 ${HALF[size]}`, tmp]);
+  // qemu-io takes at most 2 GiB per request: the data in writes of 1 GiB at most
+  const half = sizeBytes(HALF[size] ?? '0');
+  const writes = [];
+  for (let at = 0; at < half; at += 2 ** 30) writes.push('-c', `write -P 0x5a ${at} ${Math.min(2 ** 30, half - at)}`);
+  if (!meta) must('qemu-io', ['-f', 'qcow2', ...writes, tmp]);
   must('qemu-img', ['snapshot', '-c', 's1', tmp]);
   must('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x6b 0 16M', tmp]);
   must('qemu-img', ['snapshot', '-c', 's2', tmp]);
@@ -70,7 +79,13 @@ export async function runSaveBench({ root, dir, sizes }) {
   const out = { chromium: spawnSync(chromium, ['--version'], { encoding: 'utf8' }).stdout.trim(), results: [] };
   try {
     for (const size of sizes) {
-      const file = image(dir, size);
+      let file;
+      try {
+        file = image(dir, size);
+      } catch (e) {
+        out.results.push({ size, error: e.message });
+        continue;
+      }
       process.stderr.write(`bench: browser save ${size}...\n`);
       const profile = path.join(dir, 'chromium-profile-save');
       fs.rmSync(profile, { recursive: true, force: true });
