@@ -267,9 +267,13 @@ export class HandleStore extends FileStore {
       throw new QcowError('READ_ONLY', `Permission to write ${this.name} was not granted: nothing was saved, the changes are still pending`, { needsPermission: true });
     }
     if (!this.releaseLock) await this.acquireLock();
-    if (!(await this.sameFile(await this.handle.getFile()))) {
+    const now = await this.handle.getFile();
+    if (!(await this.sameFile(now))) {
       throw new QcowError('IO_ERROR', `${this.name} was changed on disk by another program since it was opened: nothing was saved, the changes are still pending ("Download image" keeps them in a new file)`, { changedOnDisk: true });
     }
+    // The same bytes, in a File taken now: one taken before an earlier session on this file (a
+    // cancelled or failed save) may no longer be readable, and the untouched ranges are its slices.
+    this.rebind(now);
     const mode = opts.mode ?? 'stream';
     const segments = this.overlay.segments();
     const size = this.size();
