@@ -10,7 +10,7 @@
 // index (no restore offered), never a mix.
 import { OVERLAY_PAGE_SIZE, type PageMap } from '../../core/io/overlay-store.ts';
 import { OpfsStore } from './opfs-store.ts';
-import { SpillPageMap } from './spill-pages.ts';
+import { SpillPageMap, readSlot } from './spill-pages.ts';
 
 const DIR = 'pending-changes';
 
@@ -115,11 +115,7 @@ export class OpfsPageMap implements PageMap {
   }
 
   get(page: number): Uint8Array | undefined {
-    const s = this.slots.get(page);
-    if (s === undefined) return undefined;
-    const out = new Uint8Array(OVERLAY_PAGE_SIZE);
-    this.data.readSync(s * OVERLAY_PAGE_SIZE, out);
-    return out;
+    return readSlot(this.data, this.slots.get(page));
   }
 
   set(page: number, bytes: Uint8Array): void {

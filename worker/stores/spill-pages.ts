@@ -40,13 +40,7 @@ export class SpillPageMap implements PageMap {
   }
 
   get(page: number): Uint8Array | undefined {
-    const m = this.memory.get(page);
-    if (m) return m;
-    const s = this.slots.get(page);
-    if (s === undefined) return undefined;
-    const out = new Uint8Array(OVERLAY_PAGE_SIZE);
-    this.scratch.readSync(s * OVERLAY_PAGE_SIZE, out);
-    return out;
+    return this.memory.get(page) ?? readSlot(this.scratch, this.slots.get(page));
   }
 
   set(page: number, data: Uint8Array): void {
@@ -70,6 +64,14 @@ export class SpillPageMap implements PageMap {
     yield* this.memory.keys();
     yield* this.slots.keys();
   }
+}
+
+/** The page in `slot` of a file of 64 KiB slots (a fresh copy), or undefined for no slot. */
+export function readSlot(file: OpfsStore, slot: number | undefined): Uint8Array | undefined {
+  if (slot === undefined) return undefined;
+  const out = new Uint8Array(OVERLAY_PAGE_SIZE);
+  file.readSync(slot * OVERLAY_PAGE_SIZE, out);
+  return out;
 }
 
 function padded(data: Uint8Array): Uint8Array {
