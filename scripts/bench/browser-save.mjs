@@ -231,6 +231,7 @@ async function oneSize(ctx, url, file, meta) {
   const pend = mem.stop();
   if (!pend.found) throw new Error('the renderer of the page was not found (no new renderer process runs a dedicated worker)');
   r.pendingMiB = pend.peakMiB;
+  r.startMiB = pend.startMiB;
   let alert = await page.getByRole('alert').textContent({ timeout: 100 }).catch(() => null);
   if (alert) throw new Error(`the app said: ${alert}`);
   if (meta) {
@@ -261,13 +262,13 @@ export function saveTable(b) {
   const s = (ms) => (ms === undefined ? '—' : (ms / 1000).toFixed(3));
   const m = (x) => (x === undefined ? '—' : x.toFixed(0));
   const lines = [`browser, a person's file through "Open image" (${b.chromium}; from the last click to the page updated; seconds; tab memory = peak resident set of the renderer, MiB):`,
-    '| image | source | file | create | revert | delete | space line counted after (max) | tab memory, pending | save (3 ops) | tab memory, save | keepExistingData copy (before, after) | stream copy | save / copy |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
+    '| image | source | file | create | revert | delete | space line counted after (max) | tab memory before Open | tab memory, pending | save (3 ops) | tab memory, save | keepExistingData copy (before, after) | stream copy | save / copy |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of b.results) {
     if (r.error) lines.push(`| ${r.size} | — | — | failed: ${r.error} |`);
     else {
       const keep = r.keepMs === undefined ? undefined : Math.min(r.keepMs, r.keepBeforeMs ?? Infinity);
-      lines.push(`| ${r.size} | ${r.source} | ${(r.fileSize / 2 ** 20).toFixed(0)} MiB | ${s(r.createMs)} | ${s(r.revertMs)} | ${s(r.deleteMs)} | ${s(Math.max(...r.settleMs))} | ${m(r.pendingMiB)} | ${s(r.saveMs)} | ${m(r.saveMiB)} | ${s(r.keepBeforeMs)}, ${s(r.keepMs)} | ${s(r.streamMs)} | ${keep ? (r.saveMs / keep).toFixed(2) : '—'} |`);
+      lines.push(`| ${r.size} | ${r.source} | ${(r.fileSize / 2 ** 20).toFixed(0)} MiB | ${s(r.createMs)} | ${s(r.revertMs)} | ${s(r.deleteMs)} | ${s(Math.max(...r.settleMs))} | ${m(r.startMiB)} | ${m(r.pendingMiB)} | ${s(r.saveMs)} | ${m(r.saveMiB)} | ${s(r.keepBeforeMs)}, ${s(r.keepMs)} | ${s(r.streamMs)} | ${keep ? (r.saveMs / keep).toFixed(2) : '—'} |`);
     }
   }
   return lines.join('\n');

@@ -63,14 +63,18 @@ export async function rendererOf(open) {
   return { page, pids: before };
 }
 
-/** Sample the renderer of the page opened by rendererOf (`before`: its `pids`) until stop(); returns its peak resident set (MiB). */
+/** Sample the renderer of the page opened by rendererOf (`before`: its `pids`) until stop(); returns its first and peak resident set (MiB). */
 export function sampleRenderers(before, everyMs = 20) {
   let peak = 0;
+  let first = 0;
   let tab = [];
   let n = 0;
   const tick = () => {
     if (tab.length !== 1 && n++ % 10 === 0) tab = renderers().filter((p) => !before.has(p) && runsWorker(p));
-    if (tab.length === 1) peak = Math.max(peak, rssKiB(tab[0]));
+    if (tab.length !== 1) return;
+    const now = rssKiB(tab[0]);
+    first ||= now;
+    peak = Math.max(peak, now);
   };
   tick();
   const timer = setInterval(tick, everyMs);
@@ -78,7 +82,7 @@ export function sampleRenderers(before, everyMs = 20) {
     stop: () => {
       clearInterval(timer);
       tick();
-      return { peakMiB: peak / 1024, found: tab.length === 1 };
+      return { peakMiB: peak / 1024, startMiB: first / 1024, found: tab.length === 1 };
     },
   };
 }
