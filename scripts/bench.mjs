@@ -6,7 +6,8 @@
 //
 //   node scripts/bench.mjs [--sizes 64G,256G,1T] [--reps 5] [--ops info,map,check,repair,export,snapshot]
 //                          [--dir DIR] [--json FILE] [--no-warmup] [--rebuild] [--cli FILE] [--browser]
-//                          [--save-sizes 256M,2G]   (--browser, or --ops browser-save: a person's file in the browser)
+//                          [--save-sizes 256M,2G]   (--browser, or --ops browser-save: a person's file in the browser;
+//                                                    also 8G, and meta-SIZE: preallocation=metadata, no save)
 //
 // --sizes also takes the hostile shapes snaps65535, c2m and r64 (see HOSTILE below), e.g.
 //   node scripts/bench.mjs --sizes snaps65535,c2m,r64 --ops info,check,repair,snapshot-create

@@ -6,13 +6,27 @@
 // and, on the same file in the same run, the two ways Chromium can rewrite it atomically:
 //   keep   = createWritable({keepExistingData: true}) + close(), no writes (Chromium's own copy)
 //   stream = a fresh createWritable() fed with the file's slices (what our save does)
-// Images: qemu-img create SIZE, qemu-io writes over half the disk, two snapshots (s1, s2).
+//   memory                   = the peak resident set of the tab's renderer process (renderer-memory.mjs)
+//                              while the changes are pending (open to Save) and during Save
+// Images: qemu-img create SIZE, qemu-io writes over half the disk, two snapshots (s1, s2); or,
+// for `meta-SIZE`, `-o preallocation=metadata` and the same two snapshots, where only the
+// operations and the memory are timed (a save would write SIZE of zeros). Chromium's quota counts
+// a file's logical size; a `meta-SIZE` larger than it is opened as a File (a dropped file: the
+// same engine, the pending pages in memory, no save bar) and said so in the `source` column.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CHROMIUM_ARGS, dataSegments, serve } from './browser.mjs';
+import { rendererOf, sampleRenderers } from './renderer-memory.mjs';
 
 const HALF = { '256M': '128M', '2G': '1G', '8G': '4G' };
+/** Chromium's per-origin quota is a few GiB unless storage is unlimited (then: about the free disk). */
+const ARGS = [...CHROMIUM_ARGS, '--unlimited-storage'];
+
+function sizeBytes(s) {
+  const m = /^(\d+)([MG]?)$/.exec(s);
+  return Number(m[1]) * { '': 1, M: 2 ** 20, G: 2 ** 30 }[m[2]];
+}
 
 function must(cmd, args) {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -24,8 +38,15 @@ function image(dir, size) {
   const file = path.join(dir, `save-${size}.qcow2`);
   if (fs.existsSync(file)) return file;
   const tmp = file + '.part';
-  must('qemu-img', ['create', '-q', '-f', 'qcow2', tmp, size]);
-  must('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 0 ${HALF[size]}`, tmp]);
+  const meta = size.startsWith('meta-');
+  if (!meta && !HALF[size]) throw new Error(`no image for ${size} (known: ${Object.keys(HALF).join(', ')}, meta-SIZE)`);
+  if (meta) must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', tmp, size.slice(5)]);
+  else must('qemu-img', ['create', '-q', '-f', 'qcow2', tmp, size]);
+  // qemu-io takes at most 2 GiB per request: the data in writes of 1 GiB at most
+  const half = sizeBytes(HALF[size] ?? '0');
+  const writes = [];
+  for (let at = 0; at < half; at += 2 ** 30) writes.push('-c', `write -P 0x5a ${at} ${Math.min(2 ** 30, half - at)}`);
+  if (!meta) must('qemu-io', ['-f', 'qcow2', ...writes, tmp]);
   must('qemu-img', ['snapshot', '-c', 's1', tmp]);
   must('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x6b 0 16M', tmp]);
   must('qemu-img', ['snapshot', '-c', 's2', tmp]);
@@ -58,13 +79,19 @@ export async function runSaveBench({ root, dir, sizes }) {
   const out = { chromium: spawnSync(chromium, ['--version'], { encoding: 'utf8' }).stdout.trim(), results: [] };
   try {
     for (const size of sizes) {
-      const file = image(dir, size);
+      let file;
+      try {
+        file = image(dir, size);
+      } catch (e) {
+        out.results.push({ size, error: e.message });
+        continue;
+      }
       process.stderr.write(`bench: browser save ${size}...\n`);
       const profile = path.join(dir, 'chromium-profile-save');
       fs.rmSync(profile, { recursive: true, force: true });
-      const ctx = await pw.chromium.launchPersistentContext(profile, { executablePath: chromium, args: CHROMIUM_ARGS, headless: true, viewport: { width: 1440, height: 900 } });
+      const ctx = await pw.chromium.launchPersistentContext(profile, { executablePath: chromium, args: ARGS, headless: true, viewport: { width: 1440, height: 900 } });
       try {
-        out.results.push({ size, fileSize: fs.statSync(file).size, ...(await oneSize(ctx, url, file)) });
+        out.results.push({ size, fileSize: fs.statSync(file).size, ...(await oneSize(ctx, url, file, size.startsWith('meta-'))) });
       } catch (e) {
         out.results.push({ size, error: e.message });
       } finally {
@@ -87,35 +114,79 @@ async function step(name, body) {
   }
 }
 
-async function oneSize(ctx, url, file) {
-  const page = ctx.pages()[0] ?? (await ctx.newPage());
+/** In the page: Chromium's own copy of the OPFS file (keepExistingData, no writes), and a stream of its slices into a fresh writable. */
+async function copies(page) {
+  return step('copies', () => page.evaluate(async () => {
+    const h = await (await navigator.storage.getDirectory()).getFileHandle('bench.qcow2');
+    let t = performance.now();
+    let w = await h.createWritable({ keepExistingData: true });
+    await w.close();
+    const keepMs = performance.now() - t;
+    const f = await h.getFile();
+    t = performance.now();
+    w = await h.createWritable();
+    for (let at = 0; at < f.size; at += 16 << 20) await w.write({ type: 'write', position: at, data: f.slice(at, Math.min(f.size, at + (16 << 20))) });
+    await w.close();
+    return { keepMs, streamMs: performance.now() - t };
+  }));
+}
+
+/** A fresh page of the app (its own renderer), the picker stubbed with the OPFS file. */
+async function appPage(ctx, url) {
+  const page = await ctx.newPage();
   page.setDefaultTimeout(Number(process.env.BENCH_STEP_TIMEOUT_MS ?? 10 * 60 * 1000));
   await page.addInitScript(() => {
     window.showOpenFilePicker = async () => [await (await navigator.storage.getDirectory()).getFileHandle('bench.qcow2')];
   });
   await page.goto(url);
-  // the image into OPFS, sparsely: only its data segments, then its size
-  await page.evaluate(() => {
-    const input = document.createElement('input');
-    input.type = 'file';
-    input.id = '__bench_file';
-    input.hidden = true;
-    document.body.append(input);
-  });
-  await page.setInputFiles('#__bench_file', file);
-  await step('copy into OPFS', () => page.evaluate(async ({ segments, size }) => {
-    const f = document.getElementById('__bench_file').files[0];
-    const h = await (await navigator.storage.getDirectory()).getFileHandle('bench.qcow2', { create: true });
-    const w = await h.createWritable();
-    for (const [a, b] of segments) await w.write({ type: 'write', position: a, data: f.slice(a, b) });
-    await w.truncate(size);
-    await w.close();
-    document.getElementById('__bench_file').remove();
-  }, { segments: dataSegments(file), size: fs.statSync(file).size }));
+  return page;
+}
+
+async function oneSize(ctx, url, file, meta) {
+  let { page, pids } = await rendererOf(() => appPage(ctx, url));
+  for (const p of ctx.pages()) if (p !== page) await p.close();
+  const size = fs.statSync(file).size;
+  const quota = await page.evaluate(async () => (await navigator.storage.estimate()).quota ?? 0);
+  // The handle path when the file fits the origin's quota (it counts the logical size; a save
+  // needs room for the swap file too), else a File.
+  const source = size * (meta ? 1.1 : 2.2) < quota ? 'handle' : 'file';
+  const r = { source };
+  if (source === 'handle') {
+    // the image into OPFS, sparsely: only its data segments, then its size
+    await page.evaluate(() => {
+      const input = document.createElement('input');
+      input.type = 'file';
+      input.id = '__bench_file';
+      input.hidden = true;
+      document.body.append(input);
+    });
+    await page.setInputFiles('#__bench_file', file);
+    await step('copy into OPFS', () => page.evaluate(async ({ segments, size }) => {
+      const f = document.getElementById('__bench_file').files[0];
+      const h = await (await navigator.storage.getDirectory()).getFileHandle('bench.qcow2', { create: true });
+      const w = await h.createWritable();
+      for (const [a, b] of segments) await w.write({ type: 'write', position: a, data: f.slice(a, b) });
+      await w.truncate(size);
+      await w.close();
+      document.getElementById('__bench_file').remove();
+    }, { segments: dataSegments(file), size }));
+    // Chromium's copy before the image is opened, and again after Save: two samples in the run
+    if (!meta) r.keepBeforeMs = (await copies(page)).keepMs;
+    // the memory measured is the app's own: a fresh page, not the one that read the image
+    const fresh = await rendererOf(() => appPage(ctx, url));
+    await page.close();
+    ({ page, pids } = fresh);
+  }
 
   await page.evaluate(WATCH);
-  await page.getByRole('button', { name: 'Open image' }).click();
-  await page.getByRole('tab', { name: 'bench.qcow2' }).waitFor();
+  const mem = sampleRenderers(pids);
+  if (source === 'handle') {
+    await page.getByRole('button', { name: 'Open image' }).click();
+  } else {
+    await page.evaluate(() => delete window.showOpenFilePicker);
+    await page.locator('#open-image').setInputFiles(file);
+  }
+  await page.getByRole('tab', { name: path.basename(source === 'handle' ? 'bench.qcow2' : file) }).waitFor();
   await page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name: 'Snapshots', exact: true }).click();
   const bar = page.getByRole('group', { name: 'Unsaved changes' });
   /** ms from the last click to `cond` holding on the page. */
@@ -128,56 +199,77 @@ async function oneSize(ctx, url, file) {
       return window.__doneAt - window.__lastClick;
     });
   };
-  const barSays = (n) => `() => (document.querySelector('[aria-label="Unsaved changes"]')?.textContent ?? '').includes('${n} unsaved change')`;
-  const r = {};
+  // A handle: the save bar counts the changes. A File: the busy line came and went, no dialog left.
+  const done = (n) => source === 'handle'
+    ? `() => (document.querySelector('[aria-label="Unsaved changes"]')?.textContent ?? '').includes('${n} unsaved change')`
+    : `(() => { let seen = false; return () => { if (document.querySelector('.busy')) seen = true; return seen && !document.querySelector('.busy') && !document.querySelector('dialog[open]'); }; })()`;
+  // As a person would: the next click once the page is settled (the Snapshots view's "deleting all
+  // snapshots frees" line counted, work of the worker that would otherwise delay the next operation).
+  const counted = page.getByTestId('all-snapshots-space').filter({ hasNotText: 'Counting' });
+  const settled = async () => {
+    const t = Date.now();
+    await counted.waitFor();
+    return Date.now() - t;
+  };
+  r.settleMs = [await settled()];
   await page.getByRole('textbox', { name: 'Snapshot name' }).fill('b1');
-  r.createMs = await timed(barSays(1), async () => {
+  r.createMs = await timed(done(1), async () => {
     await page.getByRole('button', { name: 'Create snapshot' }).click();
-    await page.getByRole('button', { name: 'No VM is running: go on' }).click();
+    if (source === 'handle') await page.getByRole('button', { name: 'No VM is running: go on' }).click();
   });
-  r.revertMs = await timed(barSays(2), async () => {
+  r.settleMs.push(await settled());
+  r.revertMs = await timed(done(2), async () => {
     await page.getByRole('button', { name: 'Revert to s1' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
   });
-  r.deleteMs = await timed(barSays(3), async () => {
+  r.settleMs.push(await settled());
+  r.deleteMs = await timed(done(3), async () => {
     await page.getByRole('button', { name: 'Delete s2' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click();
   });
+  r.settleMs.push(await settled());
+  const pend = mem.stop();
+  if (!pend.found) throw new Error('the renderer of the page was not found (no new renderer process runs a dedicated worker)');
+  r.pendingMiB = pend.peakMiB;
+  r.startMiB = pend.startMiB;
+  let alert = await page.getByRole('alert').textContent({ timeout: 100 }).catch(() => null);
+  if (alert) throw new Error(`the app said: ${alert}`);
+  if (meta) {
+    // No save: it would write the whole logical size. Drop the changes (and their private files).
+    if (source === 'handle') {
+      await bar.getByRole('button', { name: 'Discard changes' }).click();
+      await page.getByRole('dialog').getByRole('button', { name: 'Discard' }).click();
+      await bar.waitFor({ state: 'detached' });
+    }
+    return r;
+  }
+  const saveMem = sampleRenderers(pids);
   r.saveMs = await timed(`() => !document.querySelector('[aria-label="Unsaved changes"]')`, async () => {
     await bar.getByRole('button', { name: 'Save', exact: true }).click();
-    const costly = page.getByRole('button', { name: 'Rewrite and save' });
-    if (await costly.isVisible().catch(() => false)) await costly.click();
-    else await page.waitForTimeout(0);
+    // over 1 GiB the cost is said first (web/lib/saving.svelte.ts COSTLY_SAVE_BYTES): timed from its answer
+    if (size > 2 ** 30) await page.getByRole('button', { name: 'Rewrite and save' }).click();
   });
-  const alert = await page.getByRole('alert').textContent().catch(() => null);
+  r.saveMiB = saveMem.stop().peakMiB;
+  alert = await page.getByRole('alert').textContent({ timeout: 100 }).catch(() => null);
   if (alert) throw new Error(`the app said: ${alert}`);
-  // the two ways to rewrite the file, on the same file
-  Object.assign(r, await step('copies', () => page.evaluate(async () => {
-    const h = await (await navigator.storage.getDirectory()).getFileHandle('bench.qcow2');
-    let t = performance.now();
-    let w = await h.createWritable({ keepExistingData: true });
-    await w.close();
-    const keepMs = performance.now() - t;
-    const f = await h.getFile();
-    t = performance.now();
-    w = await h.createWritable();
-    for (let at = 0; at < f.size; at += 16 << 20) await w.write({ type: 'write', position: at, data: f.slice(at, Math.min(f.size, at + (16 << 20))) });
-    await w.close();
-    const streamMs = performance.now() - t;
-    return { keepMs, streamMs };
-  })));
+  Object.assign(r, await copies(page));
   return r;
 }
 
 export function saveTable(b) {
   if (!b) return '';
   if (b.skipped || b.error) return `browser save: ${b.skipped ?? 'failed: ' + b.error}`;
-  const s = (ms) => (ms / 1000).toFixed(3);
-  const lines = [`browser, a person's file through "Open image" (${b.chromium}; from the last click to the page updated; seconds):`,
-    '| image | file | create | revert | delete | save (3 ops) | keepExistingData copy | stream copy | save / copy |', '|---|---|---|---|---|---|---|---|---|'];
+  const s = (ms) => (ms === undefined ? '—' : (ms / 1000).toFixed(3));
+  const m = (x) => (x === undefined ? '—' : x.toFixed(0));
+  const lines = [`browser, a person's file through "Open image" (${b.chromium}; from the last click to the page updated; seconds; tab memory = peak resident set of the renderer, MiB):`,
+    '| image | source | file | create | revert | delete | space line counted after (max) | tab memory before Open | tab memory, pending | save (3 ops) | tab memory, save | keepExistingData copy (before, after) | stream copy | save / copy |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of b.results) {
-    if (r.error) lines.push(`| ${r.size} | — | failed: ${r.error} |`);
-    else lines.push(`| ${r.size} | ${(r.fileSize / 2 ** 20).toFixed(0)} MiB | ${s(r.createMs)} | ${s(r.revertMs)} | ${s(r.deleteMs)} | ${s(r.saveMs)} | ${s(r.keepMs)} | ${s(r.streamMs)} | ${(r.saveMs / r.keepMs).toFixed(2)} |`);
+    if (r.error) lines.push(`| ${r.size} | — | — | failed: ${r.error} |`);
+    else {
+      const keep = r.keepMs === undefined ? undefined : Math.min(r.keepMs, r.keepBeforeMs ?? Infinity);
+      lines.push(`| ${r.size} | ${r.source} | ${(r.fileSize / 2 ** 20).toFixed(0)} MiB | ${s(r.createMs)} | ${s(r.revertMs)} | ${s(r.deleteMs)} | ${s(Math.max(...r.settleMs))} | ${m(r.startMiB)} | ${m(r.pendingMiB)} | ${s(r.saveMs)} | ${m(r.saveMiB)} | ${s(r.keepBeforeMs)}, ${s(r.keepMs)} | ${s(r.streamMs)} | ${keep ? (r.saveMs / keep).toFixed(2) : '—'} |`);
+    }
   }
   return lines.join('\n');
 }

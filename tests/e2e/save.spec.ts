@@ -157,13 +157,16 @@ function dataSegments(file: string): Array<[number, number]> {
   return r.stdout.split('\n').filter(Boolean).map((l) => l.split(' ').map(Number) as [number, number]);
 }
 
-test('a save that rewrites more than 1 GiB says what it costs first; Cancel leaves everything pending', async ({ tmp, baseURL }) => {
-  // Chromium's private file system on disk (a persistent profile), so the 2 GiB file stays sparse:
-  // its metadata (the first MiB of a preallocation=metadata image) is written, the rest is a hole.
-  const f = { path: path.join(tmp, 'large.qcow2'), name: 'large.qcow2' };
-  createImage(f.path, '2G', { preallocation: 'metadata' });
+/**
+ * A large preallocation=metadata image made by qemu-img (snapshot snapA), staged sparsely in the
+ * private file system of an on-disk profile (its data segments, then its size: the rest stays a
+ * hole) and opened through "Open image". Returns the file's segments and their bytes, to tell that
+ * it is untouched.
+ */
+async function openLargeSparse(page: Page, f: { path: string; name: string }, size: string, baseURL: string) {
+  createImage(f.path, size, { preallocation: 'metadata' });
   qemuImgOk(['snapshot', '-c', 'snapA', f.path]);
-  const size = fs.statSync(f.path).size;
+  const bytes = fs.statSync(f.path).size;
   const segments = dataSegments(f.path);
   const fd = fs.openSync(f.path, 'r');
   const parts = segments.map(([at, end]) => {
@@ -172,25 +175,51 @@ test('a save that rewrites more than 1 GiB says what it costs first; Cancel leav
     return { at, b64: b.toString('base64') };
   });
   fs.closeSync(fd);
-  const ctx = await chromium.launchPersistentContext(path.join(tmp, 'profile'), { executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu'] });
+  await installPickerStub(page);
+  await page.goto(baseURL);
+  await page.evaluate(async ({ parts, name, size }) => {
+    const h = await (await navigator.storage.getDirectory()).getFileHandle(name, { create: true });
+    const w = await h.createWritable();
+    for (const p of parts) {
+      const bin = atob(p.b64);
+      const bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      await w.write({ type: 'write', position: p.at, data: bytes });
+    }
+    await w.truncate(size);
+    await w.close();
+    localStorage.setItem('e2e-picker-file', name);
+  }, { parts, name: f.name, size: bytes });
+  await page.getByRole('button', { name: 'Open image' }).click();
+  const data = sha256Bytes(Buffer.concat(parts.map((p) => Buffer.from(p.b64, 'base64'))));
+  /** The file in the private file system is as it was: its size, and the bytes of its data segments. */
+  const untouched = async () => {
+    const onDisk = await page.evaluate(async ({ name, segments }) => {
+      const file = await (await (await navigator.storage.getDirectory()).getFileHandle(name)).getFile();
+      const blob = new Blob(segments.map(([a, b]) => file.slice(a, b)));
+      const d = new Uint8Array(await crypto.subtle.digest('SHA-256', await blob.arrayBuffer()));
+      return { size: file.size, sha: Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('') };
+    }, { name: f.name, segments });
+    expect(onDisk).toEqual({ size: bytes, sha: data });
+  };
+  return { untouched };
+}
+
+/** Chromium's private file system on disk (a persistent profile), so a large file stays sparse. */
+async function onDiskProfile(tmp: string, body: (page: Page) => Promise<void>): Promise<void> {
+  const ctx = await chromium.launchPersistentContext(path.join(tmp, 'profile'), { executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu'], acceptDownloads: true });
   try {
-    const page = ctx.pages()[0] ?? (await ctx.newPage());
-    await installPickerStub(page);
-    await page.goto(baseURL!);
-    await page.evaluate(async ({ parts, name, size }) => {
-      const h = await (await navigator.storage.getDirectory()).getFileHandle(name, { create: true });
-      const w = await h.createWritable();
-      for (const p of parts) {
-        const bin = atob(p.b64);
-        const bytes = new Uint8Array(bin.length);
-        for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-        await w.write({ type: 'write', position: p.at, data: bytes });
-      }
-      await w.truncate(size);
-      await w.close();
-      localStorage.setItem('e2e-picker-file', name);
-    }, { parts, name: f.name, size });
-    await page.getByRole('button', { name: 'Open image' }).click();
+    await body(ctx.pages()[0] ?? (await ctx.newPage()));
+  } finally {
+    await ctx.close();
+  }
+}
+
+test('a save that rewrites more than 1 GiB says what it costs first; Cancel leaves everything pending', async ({ tmp, baseURL }) => {
+  // its metadata (the first MiB of a preallocation=metadata image) is written, the rest is a hole.
+  const f = { path: path.join(tmp, 'large.qcow2'), name: 'large.qcow2' };
+  await onDiskProfile(tmp, async (page) => {
+    const { untouched } = await openLargeSparse(page, f, '2G', baseURL!);
     await createSnapshot(page, 'snapB');
     await expect(saveBar(page)).toContainText('1 unsaved change');
 
@@ -203,18 +232,59 @@ test('a save that rewrites more than 1 GiB says what it costs first; Cancel leav
     await d.getByRole('button', { name: 'Cancel', exact: true }).click();
     await expect(d).toHaveCount(0);
     await expect(saveBar(page)).toContainText('1 unsaved change');
-    // The file is as it was: its size, and the bytes of its data segments (the rest is a hole).
-    const onDisk = await page.evaluate(async ({ name, segments }) => {
-      const file = await (await (await navigator.storage.getDirectory()).getFileHandle(name)).getFile();
-      const blob = new Blob(segments.map(([a, b]) => file.slice(a, b)));
-      const d = new Uint8Array(await crypto.subtle.digest('SHA-256', await blob.arrayBuffer()));
-      return { size: file.size, sha: Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('') };
-    }, { name: f.name, segments });
-    expect(onDisk.size).toBe(size);
-    expect(onDisk.sha).toBe(sha256Bytes(Buffer.concat(parts.map((p) => Buffer.from(p.b64, 'base64')))));
-  } finally {
-    await ctx.close();
-  }
+    await untouched();
+  });
+});
+
+test('from the cost dialog, "Save as…" and "Download image" each give the changed image, as qemu-img makes it; the file and its changes stay', async ({ tmp, baseURL }) => {
+  test.setTimeout(10 * 60_000); // two writes of 1.1 GiB, on a shared machine
+  const f = { path: path.join(tmp, 'big.qcow2'), name: 'big.qcow2' };
+  await onDiskProfile(tmp, async (page) => {
+    // The save picker, stubbed: a new file in the private file system.
+    await page.addInitScript(() => {
+      (window as unknown as { showSaveFilePicker: () => Promise<FileSystemFileHandle> }).showSaveFilePicker = async () =>
+        (await navigator.storage.getDirectory()).getFileHandle('saved-as.qcow2', { create: true });
+    });
+    const { untouched } = await openLargeSparse(page, f, '1100M', baseURL!);
+    await createSnapshot(page, 'snapB');
+    await expect(saveBar(page)).toContainText('1 unsaved change');
+    const theirs = path.join(tmp, 'theirs.qcow2');
+    fs.copyFileSync(f.path, theirs);
+    qemuImgOk(['snapshot', '-c', 'snapB', theirs]);
+    const sameAsQemu = (ours: string) => {
+      expect(qemuCheck(ours).exitCode).toBe(0);
+      const list = (x: string) => qemuSnapshotList(x).map((s) => [s.id, s.name, s['vm-state-size']]);
+      expect(list(ours)).toEqual(list(theirs));
+      expect(list(ours).map(([, name]) => name)).toEqual(['snapA', 'snapB']);
+      const cmp = qemuImg(['compare', ours, theirs]);
+      expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
+      fs.rmSync(ours);
+    };
+    const costDialog = async () => {
+      await saveBar(page).getByRole('button', { name: 'Save', exact: true }).click();
+      return page.getByRole('dialog', { name: 'Saving rewrites the whole file' });
+    };
+
+    await (await costDialog()).getByRole('button', { name: 'Save as…', exact: true }).click();
+    await expect(page.getByText(`Saved as saved-as.qcow2; ${f.name} is unchanged and its changes still wait here.`)).toBeVisible({ timeout: 4 * 60_000 });
+    await expect(saveBar(page)).toContainText('1 unsaved change');
+    await untouched();
+    const savedAs = path.join(tmp, 'saved-as.qcow2');
+    await readFromOpfs(page, 'saved-as.qcow2', savedAs);
+    await page.evaluate(async () => (await navigator.storage.getDirectory()).removeEntry('saved-as.qcow2'));
+    sameAsQemu(savedAs);
+
+    const download = page.waitForEvent('download', { timeout: 4 * 60_000 });
+    await (await costDialog()).getByRole('button', { name: 'Download image', exact: true }).click();
+    const dl = await download;
+    expect(dl.suggestedFilename()).toBe(f.name);
+    const downloaded = path.join(tmp, 'downloaded.qcow2');
+    await dl.saveAs(downloaded);
+    await dl.delete();
+    await expect(saveBar(page)).toContainText('1 unsaved change');
+    await untouched();
+    sameAsQemu(downloaded);
+  });
 });
 
 test('closing an image or leaving the page with unsaved changes asks first; after a download nothing is unsaved', async ({ page, tmp }) => {
@@ -299,10 +369,10 @@ test('pending changes live in the private file system and come back after a relo
     for await (const [name, h] of (dir as unknown as { entries(): AsyncIterable<[string, FileSystemFileHandle]> }).entries()) out.push([name, (await h.getFile()).size]);
     return out.sort();
   });
-  // The changed pages are in a file of the private file system, with their index.
+  // The changed pages are in a file of the private file system, with their index; the scratch
+  // file of an operation's pages beyond its memory budget (32 MiB) stayed empty at this size.
   const files = await kept();
-  expect(files.map(([n]) => n.replace(/-\d+-\d+/, ''))).toEqual(['kept.qcow2.json', 'kept.qcow2.pages']);
-  expect(files.every(([, size]) => size > 0)).toBe(true);
+  expect(files.map(([n, size]) => [n.replace(/-\d+-\d+/, ''), size > 0])).toEqual([['kept.qcow2.json', true], ['kept.qcow2.op', false], ['kept.qcow2.pages', true]]);
 
   // A reload (the browser asks first; the test says leave) loses nothing: the file remembered
   // from the last visit (IndexedDB) is offered again, and opened again it offers the changes back.

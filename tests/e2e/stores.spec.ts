@@ -38,7 +38,41 @@ test.beforeAll(async () => {
     import './worker/transfer.ts';
     import { OpfsStore } from './worker/stores/opfs-store.ts';
     import { OpfsPageMap, findPending, pendingKey } from './worker/stores/pending-pages.ts';
+    import { SpillPageMap } from './worker/stores/spill-pages.ts';
+    import { OverlayStore } from './core/io/overlay-store.ts';
     Comlink.expose({
+      // An operation's pages beyond a budget of 2 pages go to a scratch file: the overlay reads
+      // what a plain byte array given the same writes holds.
+      async spill() {
+        const root = await navigator.storage.getDirectory();
+        const scratch = await OpfsStore.open(await root.getFileHandle('spill-test.op', { create: true }));
+        const map = new SpillPageMap(scratch, 2 * 65536);
+        let seed = 7;
+        const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
+        const src = new Uint8Array(600000).map(() => rnd(256));
+        const model = new Uint8Array(1 << 20);
+        model.set(src);
+        let length = src.length;
+        const o = new OverlayStore({ size: src.length, read: async (at, n) => src.slice(at, at + n) }, 'spill', map);
+        let most = 0;
+        for (let i = 0; i < 60; i++) {
+          if (i === 30) { await o.truncate(300001); model.fill(0, 300001); length = 300001; }
+          const at = rnd(length + 20000);
+          const data = new Uint8Array(1 + rnd(i % 7 === 0 ? 150000 : 3000)).map(() => rnd(256));
+          await o.write(at, data);
+          model.set(data, at);
+          length = Math.max(length, at + data.length);
+          most = Math.max(most, map.size - map.spilled);
+        }
+        const got = await o.read(0, length);
+        let diff = -1;
+        for (let i = 0; i < length; i++) if (got[i] !== model[i]) { diff = i; break; }
+        const spilled = map.spilled;
+        map.clear();
+        await scratch.close();
+        await root.removeEntry('spill-test.op');
+        return { size: o.size(), length, diff, spilled, most, cleared: map.size };
+      },
       // Kept pages: what the last index names survives later writes that were never indexed.
       async pages() {
         const page = (b: number) => new Uint8Array(65536).fill(b);
@@ -251,7 +285,9 @@ test('OpfsStore (sync access handle), kept pending pages, and QcowError across t
     const back = await remote.back(sent);
     const opfs = await remote.opfs();
     const pages = await remote.pages();
+    const spill = await remote.spill();
     return {
+      spill,
       isQcow: thrown instanceof QcowError,
       code: thrown?.code,
       message: thrown?.message,
@@ -271,4 +307,9 @@ test('OpfsStore (sync access handle), kept pending pages, and QcowError across t
   expect(r.pages.found).toBe(1);
   expect(r.pages.kept).toEqual({ size: 2, p0: 1, p7: 2, state: { name: 'k.qcow2', fileSize: 10, lastModified: 5, extent: { length: 3 << 20, sourceLimit: 10 }, changes: 1, at: 1 } });
   expect(r.pages.gone).toBe(null);
+  expect(r.spill.diff).toBe(-1);
+  expect(r.spill.size).toBe(r.spill.length);
+  expect(r.spill.most).toBe(2);
+  expect(r.spill.spilled).toBeGreaterThan(2);
+  expect(r.spill.cleared).toBe(0);
 });

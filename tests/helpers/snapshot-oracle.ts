@@ -44,7 +44,7 @@ export function snapshotData(file: string, names: string[], dir: string): { only
 
 /** Clusters qemu-img frees by deleting the snapshots `names` (in order) on a copy; the copy must check clean. */
 export function freedByDeleting(file: string, names: string[], dir: string): number {
-  const copy = path.join(dir, `del-${names.join('-')}-${path.basename(file)}`);
+  const copy = path.join(dir, `del-${names.length > 4 ? `${names.length}-snapshots` : names.join('-')}-${path.basename(file)}`);
   fs.copyFileSync(file, copy);
   for (const sn of names) qemuImgOk(['snapshot', '-d', sn, copy]);
   if (qemuCheck(copy).exitCode !== 0) throw new Error(`qemu-img check of ${copy} is not clean after deleting ${names.join(', ')}`);

@@ -19,9 +19,10 @@
 // Write permission is NOT requested here: requestPermission needs a user gesture in the page, so
 // the page asks first and the worker only checks (`queryPermission`).
 import { QcowError } from '../../core/errors.ts';
-import { OVERLAY_PAGE_SIZE, OverlayStore } from '../../core/io/overlay-store.ts';
+import { OVERLAY_PAGE_SIZE, OverlayStore, type PageMap } from '../../core/io/overlay-store.ts';
 import { FileStore } from './file-store.ts';
 import { OpfsPageMap, dropPending, findPending, pendingKey, type PendingState } from './pending-pages.ts';
+import type { SpillPageMap } from './spill-pages.ts';
 
 interface PermissionHandle {
   queryPermission?(d: { mode: 'read' | 'readwrite' }): Promise<PermissionState>;
@@ -112,9 +113,18 @@ export class HandleStore extends FileStore {
     }
     const overlay = new OverlayStore(this.cache, this.name, opened.pages);
     if (opened.state) overlay.resume(opened.state.extent);
+    this.opPages = opened.operation;
     this.useOverlay(overlay);
     if (opened.state) this.changes = opened.state.changes;
     this.pages = opened.pages;
+  }
+
+  /** An operation's own pages beyond a budget go to a scratch file (spill-pages.ts). */
+  private opPages: SpillPageMap | null = null;
+
+  protected override operationPages(): PageMap | undefined {
+    this.opPages?.clear();
+    return this.opPages ?? undefined;
   }
 
   /** An operation's changes join the pending ones, and are kept. */
@@ -130,6 +140,7 @@ export class HandleStore extends FileStore {
   private async restart(): Promise<void> {
     await this.pages?.drop();
     this.pages = null;
+    this.opPages = null;
     const f = await this.handle.getFile();
     this.head = await headOf(f);
     this.reset(f);
@@ -181,6 +192,7 @@ export class HandleStore extends FileStore {
     }
     await this.pages?.drop();
     this.pages = null;
+    this.opPages = null;
     this.head = await headOf(f);
     this.reset(f);
     this.changedOnDisk = true;
@@ -255,9 +267,13 @@ export class HandleStore extends FileStore {
       throw new QcowError('READ_ONLY', `Permission to write ${this.name} was not granted: nothing was saved, the changes are still pending`, { needsPermission: true });
     }
     if (!this.releaseLock) await this.acquireLock();
-    if (!(await this.sameFile(await this.handle.getFile()))) {
+    const now = await this.handle.getFile();
+    if (!(await this.sameFile(now))) {
       throw new QcowError('IO_ERROR', `${this.name} was changed on disk by another program since it was opened: nothing was saved, the changes are still pending ("Download image" keeps them in a new file)`, { changedOnDisk: true });
     }
+    // The same bytes, in a File taken now: one taken before an earlier session on this file (a
+    // cancelled or failed save) may no longer be readable, and the untouched ranges are its slices.
+    this.rebind(now);
     const mode = opts.mode ?? 'stream';
     const segments = this.overlay.segments();
     const size = this.size();
@@ -367,6 +383,7 @@ export class HandleStore extends FileStore {
     this.closed = true;
     await this.pages?.drop();
     this.pages = null;
+    this.opPages = null;
     this.releaseLock?.();
     this.releaseLock = undefined;
   }

@@ -3,12 +3,14 @@
 // tables, and the changes must outlive a reload or a crashed tab. Two files per image, named after
 // the file the changes are over (its name, size and time): `KEY.pages`, 64 KiB slots written
 // through a synchronous access handle (opfs-store.ts), and `KEY.json`, the index (which page is in
-// which slot, the overlay's extent, how many operations). After each operation the slots are
+// which slot, the overlay's extent, how many operations); and `KEY.op`, the scratch file of the
+// running operation's own pages beyond its memory budget (spill-pages.ts). After each operation the slots are
 // flushed before the index is written, and a slot the last index names is never overwritten
 // before the next index: a crash leaves the last index whole with its pages, or an unreadable
 // index (no restore offered), never a mix.
 import { OVERLAY_PAGE_SIZE, type PageMap } from '../../core/io/overlay-store.ts';
 import { OpfsStore } from './opfs-store.ts';
+import { SpillPageMap, readSlot } from './spill-pages.ts';
 
 const DIR = 'pending-changes';
 
@@ -55,7 +57,7 @@ export async function findPending(name: string, file: File): Promise<PendingStat
 /** Remove the kept changes of `key` (after a save, a discard, or when the person declines them). */
 export async function dropPending(key: string): Promise<void> {
   const d = await folder().catch(() => null);
-  for (const ext of ['.pages', '.json']) await d?.removeEntry(key + ext).catch(() => {});
+  for (const ext of ['.pages', '.json', '.op']) await d?.removeEntry(key + ext).catch(() => {});
 }
 
 export class OpfsPageMap implements PageMap {
@@ -70,24 +72,28 @@ export class OpfsPageMap implements PageMap {
   private next = 0;
   private closed = false;
 
-  private constructor(key: string, data: OpfsStore, index: OpfsStore) {
+  /** The scratch file of one operation's pages beyond its memory budget (spill-pages.ts). */
+  private readonly scratch: OpfsStore;
+
+  private constructor(key: string, data: OpfsStore, index: OpfsStore, scratch: OpfsStore) {
     this.key = key;
     this.data = data;
     this.index = index;
+    this.scratch = scratch;
   }
 
   /** Open the files of `key`: empty, or holding the kept pages to resume (`resume`). */
-  static async open(key: string, resume: boolean): Promise<{ pages: OpfsPageMap; state: PendingState | null }> {
+  static async open(key: string, resume: boolean): Promise<{ pages: OpfsPageMap; state: PendingState | null; operation: SpillPageMap }> {
     const d = await folder(true);
-    const data = await OpfsStore.open(await d.getFileHandle(`${key}.pages`, { create: true }));
-    let index: OpfsStore;
+    const opened: OpfsStore[] = [];
     try {
-      index = await OpfsStore.open(await d.getFileHandle(`${key}.json`, { create: true }));
+      for (const ext of ['.pages', '.json', '.op']) opened.push(await OpfsStore.open(await d.getFileHandle(key + ext, { create: true })));
     } catch (e) {
-      await data.close();
+      for (const f of opened) await f.close();
       throw e;
     }
-    const m = new OpfsPageMap(key, data, index);
+    const [data, index, scratch] = opened as [OpfsStore, OpfsStore, OpfsStore];
+    const m = new OpfsPageMap(key, data, index, scratch);
     let state: PendingState | null = null;
     if (resume) {
       const bytes = await index.read(0, index.size());
@@ -101,7 +107,7 @@ export class OpfsPageMap implements PageMap {
       await data.truncate(0);
       await index.truncate(0);
     }
-    return { pages: m, state };
+    return { pages: m, state, operation: new SpillPageMap(scratch) };
   }
 
   get size(): number {
@@ -109,11 +115,7 @@ export class OpfsPageMap implements PageMap {
   }
 
   get(page: number): Uint8Array | undefined {
-    const s = this.slots.get(page);
-    if (s === undefined) return undefined;
-    const out = new Uint8Array(OVERLAY_PAGE_SIZE);
-    this.data.readSync(s * OVERLAY_PAGE_SIZE, out);
-    return out;
+    return readSlot(this.data, this.slots.get(page));
   }
 
   set(page: number, bytes: Uint8Array): void {
@@ -160,6 +162,7 @@ export class OpfsPageMap implements PageMap {
     this.closed = true;
     await this.data.close();
     await this.index.close();
+    await this.scratch.close();
   }
 
   /** Close and remove the files: the changes were saved or dropped. */

@@ -3,7 +3,7 @@
 // the committed store; `commit()` applies them in order, `discard()` drops them, so a refused,
 // failed or cancelled operation leaves the image exactly as it was. (The FS Access handle store
 // holds them the same way, over the person's file, until Save.)
-import { OverlayStore } from '../../core/io/overlay-store.ts';
+import { OverlayStore, type PageMap } from '../../core/io/overlay-store.ts';
 import { checkRange, readInto, type ImageStore } from '../../core/io/store.ts';
 
 export interface Transactional {
@@ -56,7 +56,12 @@ export class TxStore implements ImageStore, Transactional {
 
   private fresh(): OverlayStore {
     const base = this.base;
-    return new OverlayStore({ size: base.size(), read: (o, l) => base.read(o, l), readInto: (o, out) => readInto(base, o, out) }, base.name);
+    return new OverlayStore({ size: base.size(), read: (o, l) => base.read(o, l), readInto: (o, out) => readInto(base, o, out) }, base.name, this.operationPages());
+  }
+
+  /** Where an operation's pending pages are held (a Map in memory unless a subclass says; emptied for each use). */
+  protected operationPages(): PageMap | undefined {
+    return undefined;
   }
 
   get hasPending(): boolean {
