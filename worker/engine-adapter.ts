@@ -280,9 +280,10 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
         isCancelled: () => job.signal.aborted,
       });
     },
-    async snapshotSpace(snapshotId) {
+    async snapshotSpace(snapshotId, job) {
       const c = await openBudgeted(img, 'snapshot space', budgetedOpen);
-      return snapshotId === null ? allSnapshotsSpace(c) : snapshotSpace(c, findIn(c, snapshotId));
+      const stop = () => job.signal.aborted;
+      return snapshotId === null ? allSnapshotsSpace(c, stop) : snapshotSpace(c, findIn(c, snapshotId), stop);
     },
     clusterUsers: (cluster, job) => clusterUsers(img, cluster, () => job.signal.aborted),
     async clusterMap(job) {

@@ -150,6 +150,7 @@ async function runJob<T>(jobId: JobId, onProgress: ProgressFn | undefined, body:
   };
   try {
     await yieldToEventLoop();
+    if (controller.signal.aborted) throw new QcowError('CANCELLED', 'The operation was cancelled');
     return await body(job);
   } catch (e) {
     if (controller.signal.aborted) throw new QcowError('CANCELLED', 'The operation was cancelled');

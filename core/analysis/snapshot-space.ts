@@ -6,6 +6,15 @@ import type { Snapshot } from '../format/snapshot-table.ts';
 import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
 import { loadRefblock, refblockEntriesOf } from '../image/refcount.ts';
 import { walkTree } from './tree-walk.ts';
+import { QcowError } from '../errors.ts';
+
+/** Polled between trees and every 4,096 clusters: true stops the job with a CANCELLED error. */
+export type IsCancelled = () => boolean;
+const never: IsCancelled = () => false;
+
+function stopIf(isCancelled: IsCancelled): void {
+  if (isCancelled()) throw new QcowError('CANCELLED', 'The snapshot space was cancelled');
+}
 
 export interface SnapshotSpace {
   id: string;
@@ -20,18 +29,23 @@ export interface SnapshotSpace {
 }
 
 /** References from some L1 trees: host cluster index → number of references. */
-async function treeReferences(img: Qcow2Image, views: L1View[]): Promise<Map<number, number>> {
+async function treeReferences(img: Qcow2Image, views: L1View[], isCancelled: IsCancelled): Promise<Map<number, number>> {
   const refs = new Map<number, number>();
-  for (const view of views) await walkTree(img, view, (cluster) => refs.set(cluster, (refs.get(cluster) ?? 0) + 1));
+  for (const view of views) {
+    stopIf(isCancelled);
+    await walkTree(img, view, (cluster) => refs.set(cluster, (refs.get(cluster) ?? 0) + 1));
+  }
   return refs;
 }
 
 /** The clusters of `refs` whose refcount all those references make up (freed if they go), and the rest. */
-async function exclusiveOf(img: Qcow2Image, refs: Map<number, number>): Promise<{ exclusive: number[]; shared: number }> {
+async function exclusiveOf(img: Qcow2Image, refs: Map<number, number>, isCancelled: IsCancelled): Promise<{ exclusive: number[]; shared: number }> {
   const per = refblockEntriesOf(img);
   const exclusive: number[] = [];
   let shared = 0;
+  let n = 0;
   for (const c of [...refs.keys()].sort((a, b) => a - b)) {
+    if ((n++ & 4095) === 0) stopIf(isCancelled);
     const block = await loadRefblock(img, Math.floor(c / per));
     const rc = block ? getRefcount(block, c % per, img.refcountOrder) : 0;
     if (rc <= refs.get(c)!) exclusive.push(c);
@@ -54,9 +68,9 @@ function toRanges(clusters: number[]): Array<[number, number]> {
  * What snapshot `sn` holds alone. Deleting one of several snapshots writes a new snapshot table and
  * frees the old one (no net change); deleting the only one frees the table too, so it is counted.
  */
-export async function snapshotSpace(img: Qcow2Image, sn: Snapshot): Promise<SnapshotSpace> {
-  if (img.snapshots.length === 1 && img.snapshots[0] === sn) return { ...(await allSnapshotsSpace(img)), id: sn.idStr, name: sn.name };
-  const { exclusive, shared } = await exclusiveOf(img, await treeReferences(img, [await img.snapshotView(sn)]));
+export async function snapshotSpace(img: Qcow2Image, sn: Snapshot, isCancelled: IsCancelled = never): Promise<SnapshotSpace> {
+  if (img.snapshots.length === 1 && img.snapshots[0] === sn) return { ...(await allSnapshotsSpace(img, isCancelled)), id: sn.idStr, name: sn.name };
+  const { exclusive, shared } = await exclusiveOf(img, await treeReferences(img, [await img.snapshotView(sn)], isCancelled), isCancelled);
   return {
     id: sn.idStr,
     name: sn.name,
@@ -72,17 +86,17 @@ export async function snapshotSpace(img: Qcow2Image, sn: Snapshot): Promise<Snap
  * disk does not, plus the snapshot table itself (QEMU frees it when the last snapshot goes).
  * Reported as a SnapshotSpace with id and name '*'.
  */
-export async function allSnapshotsSpace(img: Qcow2Image): Promise<SnapshotSpace> {
+export async function allSnapshotsSpace(img: Qcow2Image, isCancelled: IsCancelled = never): Promise<SnapshotSpace> {
   const views: L1View[] = [];
   for (const sn of img.snapshots) views.push(await img.snapshotView(sn));
-  const refs = await treeReferences(img, views);
+  const refs = await treeReferences(img, views, isCancelled);
   const cs = img.clusterSize;
   if (img.snapshots.length > 0 && img.snapshotsSize > 0) {
     const first = Math.floor(img.header.snapshotsOffset / cs);
     const last = Math.floor((img.header.snapshotsOffset + img.snapshotsSize - 1) / cs);
     for (let c = first; c <= last; c++) refs.set(c, (refs.get(c) ?? 0) + 1);
   }
-  const { exclusive, shared } = await exclusiveOf(img, refs);
+  const { exclusive, shared } = await exclusiveOf(img, refs, isCancelled);
   return {
     id: '*',
     name: '*',
