@@ -289,7 +289,19 @@ export type ProgressFn = (p: Progress) => void;
 /**
  * Long jobs take a job id (`cancel(jobId)` aborts the job, which then rejects with code CANCELLED)
  * and a progress callback. Both are separate, top-level arguments: Comlink proxies a callback only
- * when it is an argument itself, never inside an object.
+ * when it is an argument itself, never inside an object. Every job (runJob in engine.worker.ts)
+ * checks the signal before it starts and turns any failure after a cancel into CANCELLED; the long
+ * ones poll it as they go (tests/interop/job-cancel.test.ts cancels each read-only kind):
+ *   check (and repair)   between tables and phases (checkReport's isCancelled)
+ *   clusterMap           between tables (buildLayout's isCancelled)
+ *   diff                 between L2 tables (diffViews)
+ *   snapshotSpace        between trees and every 4,096 clusters (snapshot-space.ts)
+ *   exportRaw            between chunks (rawExport)
+ *   clusterUsers         between trees (returns the trees walked so far)
+ *   externalSnapshot     between images, before anything is written
+ *   save                 between files (saveAllOrNone: all or none)
+ *   create/revert/deleteSnapshot, groupSnapshot: checked before the first write only; once writing,
+ *   they run to the end (a half-done snapshot operation is what the write ordering avoids).
  */
 export type JobId = string | undefined;
 

@@ -19,7 +19,7 @@ import { translate, type Translation } from '../core/analysis/translate.ts';
 import { allSnapshotsSpace, snapshotSpace, type SnapshotSpace } from '../core/analysis/snapshot-space.ts';
 import { clusterUsers, type ClusterUsers } from '../core/analysis/cluster-users.ts';
 import { findWriteDamage } from '../core/image/snapshot-precheck.ts';
-import { BudgetedStore } from './job-budget.ts';
+import { BudgetedStore, openBudgeted } from './job-budget.ts';
 import { buildLayout } from '../core/analysis/layout.ts';
 import { diffViews, type DiffResult } from '../core/analysis/diff.ts';
 import { buildDemoImage } from '../core/image/demo.ts';
@@ -178,14 +178,19 @@ async function prefetchMetadata(img: Qcow2Image, signal?: AbortSignal): Promise<
   await store.prefetch(ranges, signal);
 }
 
+function findIn(img: Qcow2Image, id: string): Snapshot {
+  const sn = img.snapshots.find((x) => x.idStr === id);
+  if (!sn) throw new QcowError('SNAPSHOT_NOT_FOUND', `Snapshot with ID ${id} not found`, { id });
+  return sn;
+}
+
+/** A job's own open of an image (openBudgeted): check mode, over the image's backing layer. */
+const budgetedOpen = (store: ImageStore, backing: Layer | null): Promise<Qcow2Image> => openOp(link(store), { checkMode: true, backing });
+
 /** Wrap an opened Qcow2Image as the worker's EngineImage. */
 function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
   const header = headerDTO(img.header);
-  const findById = (id: string): Snapshot => {
-    const sn = img.snapshots.find((x) => x.idStr === id);
-    if (!sn) throw new QcowError('SNAPSHOT_NOT_FOUND', `Snapshot with ID ${id} not found`, { id });
-    return sn;
-  };
+  const findById = (id: string): Snapshot => findIn(img, id);
   const snapshots = img.snapshots.map(snapshotDTO);
   return {
     image: img,
@@ -245,7 +250,8 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
       return translate(img, view, guestOffset);
     },
     async exportRaw(snapshotId, job) {
-      const exp = await rawExport(img, {
+      const c = await openBudgeted(img, 'export', budgetedOpen, 2 * img.store.size());
+      const exp = await rawExport(c, {
         ...(snapshotId === null ? {} : { snapshot: { id: snapshotId } }),
         onProgress: (done, total) => job.progress({ phase: 'Exporting', done, total }),
         isCancelled: () => job.signal.aborted,
@@ -267,21 +273,22 @@ function wrap(img: Qcow2Image, encrypt?: EncryptInfo): EngineImage {
       return new Blob(parts, { type: 'application/octet-stream' });
     },
     async diff(a, b, job) {
-      const view = async (id: string | null) => (id === null ? img.activeView() : img.snapshotView(findById(id)));
-      return diffViews(img, await view(a), await view(b), {
+      const c = await openBudgeted(img, 'diff', budgetedOpen);
+      const view = async (id: string | null) => (id === null ? c.activeView() : c.snapshotView(findIn(c, id)));
+      return diffViews(c, await view(a), await view(b), {
         onProgress: (phase, done, total) => job.progress({ phase, done, total }),
         isCancelled: () => job.signal.aborted,
       });
     },
-    async snapshotSpace(snapshotId) {
-      return snapshotId === null ? allSnapshotsSpace(img) : snapshotSpace(img, findById(snapshotId));
+    async snapshotSpace(snapshotId, job) {
+      const c = await openBudgeted(img, 'snapshot space', budgetedOpen);
+      const stop = () => job.signal.aborted;
+      return snapshotId === null ? allSnapshotsSpace(c, stop) : snapshotSpace(c, findIn(c, snapshotId), stop);
     },
     clusterUsers: (cluster, job) => clusterUsers(img, cluster, () => job.signal.aborted),
     async clusterMap(job) {
       // Check mode: the map must also draw images only a repair could open for writing.
-      const budgeted = new BudgetedStore(img.store, 'cluster map');
-      const c = await openOp(link(budgeted), { checkMode: true });
-      budgeted.setBudget(c);
+      const c = await openBudgeted(img, 'cluster map', budgetedOpen);
       await prefetchMetadata(c, job.signal);
       const l = await buildLayout(c, {
         onProgress: (phase, done, total) => job.progress({ phase, done, total }),

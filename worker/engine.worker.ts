@@ -147,6 +147,11 @@ function state(img: OpenImage): ImageState {
   return s;
 }
 
+function withoutKey(o: Record<string, unknown>, key: string): Record<string, unknown> {
+  const { [key]: _, ...rest } = o;
+  return rest;
+}
+
 async function summaryOf(img: OpenImage): Promise<ImageSummary> {
   const s = state(img);
   if (img.store instanceof HandleStore) s.needsPermission = !(await img.store.canWrite());
@@ -154,7 +159,9 @@ async function summaryOf(img: OpenImage): Promise<ImageSummary> {
     state: s,
     header: img.engine.header(),
     snapshots: img.engine.snapshots(),
-    info: img.engine.info(img.store.size(), img.name),
+    // The page reads the list from `snapshots`: info's own copy would double a message that can
+    // hold 65,535 entries (decoded in one main-thread task).
+    info: withoutKey(img.engine.info(img.store.size(), img.name), 'snapshots'),
   };
 }
 

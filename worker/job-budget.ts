@@ -1,4 +1,5 @@
-// The read budget of a worker job that walks an image's metadata (check, repair, cluster map): a
+// The read budget of a worker job that walks an image's metadata (check, repair, cluster map, diff,
+// snapshot space, raw export): a
 // store wrapper that counts the bytes the job reads and stops it with a one-line QcowError
 // ('WORK_BUDGET') once they exceed a stated function of what the image declares, so a hostile
 // image ends in an error in the view instead of a job that reads on and on. The budget:
@@ -8,7 +9,9 @@
 //              entries, and every entry of each snapshot's L1, whose contents are not loaded)
 //            + one cluster per non-zero refcount table entry (a refcount block each).
 // A check reads each of these once or twice (a repair: a few passes); prefetching reads go to the
-// store below (its cache), and are charged when the engine reads them.
+// store below (its cache), and are charged when the engine reads them. A raw export also reads
+// guest data: its budget adds twice the file's size (each host cluster read once, compressed
+// clusters at most twice), so tables that name the same clusters over and over stop it.
 import { QcowError } from '../core/errors.ts';
 import type { ImageStore } from '../core/io/store.ts';
 import { ForwardingStore } from '../core/io/forwarding-store.ts';
@@ -43,15 +46,17 @@ export class BudgetedStore extends ForwardingStore {
   /** Bytes the job may read; Infinity until `setBudget` (the open that tells what is declared). */
   private limit = Infinity;
   private declared = 0;
+  private extra = 0;
 
   constructor(inner: ImageStore, private readonly what: string) {
     super(inner);
   }
 
-  /** From now on, at most READ_FACTOR · declared + READ_CONSTANT bytes in all (reads so far count). */
-  setBudget(img: Qcow2Image): void {
+  /** From now on, at most READ_FACTOR · declared + `extra` + READ_CONSTANT bytes in all (reads so far count). */
+  setBudget(img: Qcow2Image, extra = 0): void {
     this.declared = declaredMetadataBytes(img);
-    this.limit = READ_FACTOR * this.declared + READ_CONSTANT;
+    this.extra = extra;
+    this.limit = READ_FACTOR * this.declared + extra + READ_CONSTANT;
     this.charge(0);
   }
 
@@ -59,7 +64,8 @@ export class BudgetedStore extends ForwardingStore {
     this.bytesRead += n;
     if (this.bytesRead <= this.limit) return;
     const mib = (b: number) => (b / 1048576).toFixed(1);
-    throw new QcowError('WORK_BUDGET', `The ${this.what} was stopped: it read ${mib(this.bytesRead)} MiB, more than ${READ_FACTOR} times the ${mib(this.declared)} MiB of metadata this image declares plus ${mib(READ_CONSTANT)} MiB`, {
+    const data = this.extra ? ` and ${mib(this.extra)} MiB of data` : '';
+    throw new QcowError('WORK_BUDGET', `The ${this.what} was stopped: it read ${mib(this.bytesRead)} MiB, more than ${READ_FACTOR} times the ${mib(this.declared)} MiB of metadata this image declares${data} plus ${mib(READ_CONSTANT)} MiB`, {
       bytesRead: this.bytesRead, limit: this.limit, declared: this.declared,
     });
   }
@@ -80,4 +86,19 @@ export class BudgetedStore extends ForwardingStore {
     const p = (this.inner as Partial<{ prefetch(r: Array<[number, number]>, s?: AbortSignal): Promise<void> }>).prefetch;
     return p ? p.call(this.inner, ranges, signal) : Promise.resolve();
   }
+}
+
+/**
+ * `img` opened afresh for one job on a BudgetedStore over its store (check mode, so damaged
+ * images a check can read are read; `img`'s backing layer below), so the job's reads stop at its
+ * budget. `extra` adds to the budget (a raw export's data). Not closed after the job: closing it
+ * would close `img`'s store below it (the cluster map does the same).
+ */
+export async function openBudgeted(
+  img: Qcow2Image, what: string, open: (store: ImageStore, backing: Qcow2Image['backing']) => Promise<Qcow2Image>, extra = 0,
+): Promise<Qcow2Image> {
+  const budgeted = new BudgetedStore(img.store, what);
+  const c = await open(budgeted, img.backing);
+  budgeted.setBudget(c, extra);
+  return c;
 }

@@ -61,6 +61,8 @@ export async function runJob<T>(jobId: JobId, onProgress: ProgressFn | undefined
   };
   try {
     await yieldToEventLoop();
+    // A job cancelled before it started does not start.
+    if (controller.signal.aborted) throw new QcowError('CANCELLED', 'The operation was cancelled');
     return await body(job);
   } catch (e) {
     if (controller.signal.aborted) throw new QcowError('CANCELLED', 'The operation was cancelled');

@@ -5,6 +5,7 @@
 import * as Comlink from 'comlink';
 import { QcowError, type QcowErrorCode } from '../core/errors.ts';
 import type { WireQcowError } from './api.ts';
+import { installSummaryTransfer } from './summary-transfer.ts';
 
 interface SerializedThrow {
   isError: boolean;
@@ -51,6 +52,7 @@ export function installTransferHandlers(): void {
     serialize: (e: QcowError) => [toWire(e), []],
     deserialize: (w: WireQcowError & { stack?: string }) => fromWire(w),
   } satisfies Comlink.TransferHandler<QcowError, WireQcowError & { stack?: string }>);
+  installSummaryTransfer();
 }
 
 installTransferHandlers();

@@ -78,7 +78,12 @@ export async function buildLayout(img: Qcow2Image, opts: LayoutOptions = {}): Pr
       next = end;
     }
   };
+  const stopIf = (): void => {
+    if (opts.isCancelled?.()) throw new QcowError('CANCELLED', 'The cluster map was cancelled', {});
+  };
+  stopIf();
   for await (const [r, block] of refblocksInOrder(img, clusterCount, unreadable, walk.readBuffer)) {
+    stopIf();
     const base = r * per;
     const count = Math.min(per, clusterCount - base);
     noRefblock(base);

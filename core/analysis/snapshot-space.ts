@@ -6,6 +6,15 @@ import type { Snapshot } from '../format/snapshot-table.ts';
 import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
 import { loadRefblock, refblockEntriesOf } from '../image/refcount.ts';
 import { walkTree } from './tree-walk.ts';
+import { QcowError } from '../errors.ts';
+
+/** Polled between trees and every 4,096 clusters: true stops the job with a CANCELLED error. */
+export type IsCancelled = () => boolean;
+const never: IsCancelled = () => false;
+
+function stopIf(isCancelled: IsCancelled): void {
+  if (isCancelled()) throw new QcowError('CANCELLED', 'The snapshot space was cancelled');
+}
 
 export interface SnapshotSpace {
   id: string;
@@ -49,14 +58,17 @@ class References {
 }
 
 /** References from some L1 trees. */
-async function treeReferences(img: Qcow2Image, views: L1View[]): Promise<References> {
+async function treeReferences(img: Qcow2Image, views: L1View[], isCancelled: IsCancelled): Promise<References> {
   const refs = new References(Math.ceil(img.store.size() / img.clusterSize));
-  for (const view of views) await walkTree(img, view, (cluster) => refs.add(cluster));
+  for (const view of views) {
+    stopIf(isCancelled);
+    await walkTree(img, view, (cluster) => refs.add(cluster));
+  }
   return refs;
 }
 
 /** The clusters of `refs` whose refcount all those references make up (freed if they go), and the rest. */
-async function exclusiveOf(img: Qcow2Image, refs: References): Promise<{ exclusive: number[]; shared: number }> {
+async function exclusiveOf(img: Qcow2Image, refs: References, isCancelled: IsCancelled): Promise<{ exclusive: number[]; shared: number }> {
   const per = refblockEntriesOf(img);
   const exclusive: number[] = [];
   let shared = 0;
@@ -65,6 +77,7 @@ async function exclusiveOf(img: Qcow2Image, refs: References): Promise<{ exclusi
   for (const [c, n] of refs.entries()) {
     const bi = Math.floor(c / per);
     if (bi !== blockIndex) {
+      stopIf(isCancelled);
       block = await loadRefblock(img, bi);
       blockIndex = bi;
     }
@@ -89,9 +102,9 @@ function toRanges(clusters: number[]): Array<[number, number]> {
  * What snapshot `sn` holds alone. Deleting one of several snapshots writes a new snapshot table and
  * frees the old one (no net change); deleting the only one frees the table too, so it is counted.
  */
-export async function snapshotSpace(img: Qcow2Image, sn: Snapshot): Promise<SnapshotSpace> {
-  if (img.snapshots.length === 1 && img.snapshots[0] === sn) return { ...(await allSnapshotsSpace(img)), id: sn.idStr, name: sn.name };
-  const { exclusive, shared } = await exclusiveOf(img, await treeReferences(img, [await img.snapshotView(sn)]));
+export async function snapshotSpace(img: Qcow2Image, sn: Snapshot, isCancelled: IsCancelled = never): Promise<SnapshotSpace> {
+  if (img.snapshots.length === 1 && img.snapshots[0] === sn) return { ...(await allSnapshotsSpace(img, isCancelled)), id: sn.idStr, name: sn.name };
+  const { exclusive, shared } = await exclusiveOf(img, await treeReferences(img, [await img.snapshotView(sn)], isCancelled), isCancelled);
   return {
     id: sn.idStr,
     name: sn.name,
@@ -107,17 +120,17 @@ export async function snapshotSpace(img: Qcow2Image, sn: Snapshot): Promise<Snap
  * disk does not, plus the snapshot table itself (QEMU frees it when the last snapshot goes).
  * Reported as a SnapshotSpace with id and name '*'.
  */
-export async function allSnapshotsSpace(img: Qcow2Image): Promise<SnapshotSpace> {
+export async function allSnapshotsSpace(img: Qcow2Image, isCancelled: IsCancelled = never): Promise<SnapshotSpace> {
   const views: L1View[] = [];
   for (const sn of img.snapshots) views.push(await img.snapshotView(sn));
-  const refs = await treeReferences(img, views);
+  const refs = await treeReferences(img, views, isCancelled);
   const cs = img.clusterSize;
   if (img.snapshots.length > 0 && img.snapshotsSize > 0) {
     const first = Math.floor(img.header.snapshotsOffset / cs);
     const last = Math.floor((img.header.snapshotsOffset + img.snapshotsSize - 1) / cs);
     for (let c = first; c <= last; c++) refs.add(c);
   }
-  const { exclusive, shared } = await exclusiveOf(img, refs);
+  const { exclusive, shared } = await exclusiveOf(img, refs, isCancelled);
   return {
     id: '*',
     name: '*',

@@ -2,6 +2,7 @@
 // reads (up to BATCH_BYTES) into one reused buffer, handed out in the caller's order.
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import { readInto } from '../io/store.ts';
+import { entriesDecoded } from '../work-count.ts';
 // ---- batched table reads ---------------------------------------------------------------------------
 
 /** Largest single read when loading many tables: 4 MiB (docs/platform.md: big reads are what browsers do well). */
@@ -51,6 +52,7 @@ export async function* tablesInOrder(
       for (let k = i; k < j; k++, used += tableSize) at.set(uniq[k]!, used);
       i = j;
     }
+    entriesDecoded(((end - start) * tableSize) / 8);
     for (let k = start; k < end; k++) {
       const p = at.get(offsets[k]!);
       yield [k, p === undefined ? zero : scratch.subarray(p, p + tableSize)];

@@ -1,6 +1,7 @@
 // The internal snapshot table (docs/qcow2-format.md §1.8, §2.3): parse with QEMU's limits checked
 // before anything is allocated, keep unknown extra data verbatim, and encode as QEMU's
 // qcow2_write_snapshots does (extra_data_size = 24 + unknown, entries 8-aligned). Pure.
+import { entriesDecoded } from '../work-count.ts';
 import { QcowError } from '../errors.ts';
 import { alignUp, be16, be32, be64, decodeString, encodeString, put16, put32, put64 } from './bytes.ts';
 import * as C from './constants.ts';
@@ -60,6 +61,7 @@ export function parseSnapshotTable(
 ): SnapshotTableResult {
   const snapshots: Snapshot[] = [];
   let offset = tableOffset;
+  entriesDecoded(nb);
   for (let i = 0; i < nb; i++) {
     offset = alignUp(offset, 8);
     const entryOffset = offset;

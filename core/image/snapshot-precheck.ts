@@ -1,5 +1,5 @@
 // The pre-check of a writing snapshot operation (create, revert, delete, and each image of a
-// group): the structures the operation must trust are whole and inside the file, or it is refused
+// group), and its constant-time part for every guest write: the structures the operation must trust are whole and inside the file, or it is refused
 // before anything is read for planning or written. Those structures are the snapshot table (every
 // entry complete), every snapshot's L1 table and the active L1 table (cluster-aligned, inside the
 // file) and the refcount table and its blocks (inside the file, aligned). QEMU creates a snapshot
@@ -14,10 +14,7 @@ import type { Qcow2Image } from './qcow2-image.ts';
 /** Throw a one-line refusal naming the first damaged structure the operation `what` must trust. */
 export function precheckSnapshotOp(img: Qcow2Image, what: string): void {
   const damage = findWriteDamage(img);
-  if (!damage) return;
-  throw new QcowError('METADATA_CORRUPT', `Cannot ${what}: ${damage.message}; run 'check' on ${img.store.name} (check -r all repairs what it can)`, {
-    structure: damage.structure, offset: damage.offset, image: img.store.name, reason: 'precheck',
-  });
+  if (damage) refuse(img, what, damage);
 }
 
 export interface WriteDamage {
@@ -32,6 +29,31 @@ export interface WriteDamage {
  */
 export function findWriteDamage(img: Qcow2Image): WriteDamage | undefined {
   return snapshotTableDamage(img) ?? l1Damage(img) ?? refcountDamage(img);
+}
+
+/**
+ * The structures every guest write goes through, checked in constant time (a guest write may be
+ * one of many): the active L1 table and the refcount table whole inside the file, the L1 table
+ * cluster-aligned. A write through an L1 table past the end would write its entries there (the
+ * fuzz campaign of seed 20261206: an L1 moved 4 GiB past the end grew the file to 4 GiB).
+ */
+export function precheckGuestWrite(img: Qcow2Image): void {
+  const fileSize = img.store.size();
+  const h = img.header;
+  const l1 = h.l1TableOffset % img.clusterSize !== 0 ? 'is not cluster-aligned'
+    : h.l1Size > 0 && h.l1TableOffset + h.l1Size * 8 > fileSize ? `runs past the end of the file (${hex(fileSize)})` : undefined;
+  const damage: WriteDamage | undefined = l1
+    ? { structure: 'active L1 table', offset: h.l1TableOffset, message: `Active L1 table offset invalid: the active L1 table at ${hex(h.l1TableOffset)} ${l1}` }
+    : h.refcountTableOffset + h.refcountTableClusters * img.clusterSize > fileSize
+      ? { structure: 'refcount table', offset: h.refcountTableOffset, message: `the refcount table at ${hex(h.refcountTableOffset)} runs past the end of the file (${hex(fileSize)})` }
+      : undefined;
+  if (damage) refuse(img, 'write', damage);
+}
+
+function refuse(img: Qcow2Image, what: string, damage: WriteDamage): never {
+  throw new QcowError('METADATA_CORRUPT', `Cannot ${what}: ${damage.message}; run 'check' on ${img.store.name} (check -r all repairs what it can)`, {
+    structure: damage.structure, offset: damage.offset, image: img.store.name, reason: 'precheck',
+  });
 }
 
 function snapshotTableDamage(img: Qcow2Image): WriteDamage | undefined {

@@ -32,11 +32,16 @@ export function findSnapshot(img: Qcow2Image, ref: SnapshotRef): Snapshot | unde
   return img.snapshots.find((s) => (ref.id === undefined || s.idStr === ref.id) && (ref.name === undefined || s.name === ref.name));
 }
 
+/** A snapshot ID or name for a one-line message: control characters (a damaged table's bytes) as \xNN. */
+function printable(s: string): string {
+  return s.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 function describeRef(ref: SnapshotRef): string {
-  if (typeof ref === 'string') return `'${ref}'`;
+  if (typeof ref === 'string') return `'${printable(ref)}'`;
   const parts: string[] = [];
-  if (ref.id !== undefined) parts.push(`ID '${ref.id}'`);
-  if (ref.name !== undefined) parts.push(`name '${ref.name}'`);
+  if (ref.id !== undefined) parts.push(`ID '${printable(ref.id)}'`);
+  if (ref.name !== undefined) parts.push(`name '${printable(ref.name)}'`);
   return parts.join(' and ');
 }
 
@@ -255,7 +260,7 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
   precheckSnapshotOp(img, `revert to snapshot ${describeRef(ref)}`);
   const h = img.header;
   if (h.bitmaps && h.bitmaps.nbBitmaps > 0 && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n) {
-    throw new QcowError('NOT_SUPPORTED', `Cannot revert to snapshot '${sn.name}': Device has active dirty bitmaps`, {
+    throw new QcowError('NOT_SUPPORTED', `Cannot revert to snapshot '${printable(sn.name)}': Device has active dirty bitmaps`, {
       reason: 'dirty-bitmaps', image: img.store.name,
     });
   }
@@ -263,7 +268,7 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
   const newSize = Math.floor(sn.diskSize / 512) * 512;
   const sizeChanges = newSize !== img.virtualSize;
   if (sizeChanges && h.version < 3) {
-    throw new QcowError('NOT_SUPPORTED', `Cannot revert to snapshot '${sn.name}' (disk size ${sn.diskSize}): Can't resize a v2 image which has snapshots`, {
+    throw new QcowError('NOT_SUPPORTED', `Cannot revert to snapshot '${printable(sn.name)}' (disk size ${sn.diskSize}): Can't resize a v2 image which has snapshots`, {
       reason: 'v2-resize', image: img.store.name, diskSize: sn.diskSize, currentSize: img.virtualSize,
     });
   }

@@ -1,6 +1,7 @@
 // A bounded LRU of cluster-sized metadata tables (L2 tables, refcount blocks) keyed by host
 // offset, like QEMU's qcow2-cache: memory stays bounded whatever the image size. Entries are the
 // authoritative in-memory copy; writers update them in place and write them through.
+import { entriesDecoded } from '../work-count.ts';
 
 export class TableCache {
   private readonly map = new Map<number, Uint8Array>();
@@ -17,6 +18,7 @@ export class TableCache {
     const t = this.map.get(offset);
     if (t) {
       this.hits++;
+      entriesDecoded(t.length / 8);
       // refresh recency: Map keeps insertion order
       this.map.delete(offset);
       this.map.set(offset, t);

@@ -17,6 +17,7 @@
 //
 // Refcounts are written eagerly even on images with lazy_refcounts, so the dirty bit is never
 // set; a dirty image (written by QEMU with lazy refcounts) must be repaired before we write.
+import { precheckGuestWrite } from './snapshot-precheck.ts';
 import { QcowError, hex } from '../errors.ts';
 import { be32, put32 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
@@ -77,6 +78,7 @@ export function assertCanWrite(img: Qcow2Image, guestOffset: number, length: num
   if ((img.header.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n) {
     throw new QcowError('NOT_SUPPORTED', 'The image has persistent dirty bitmaps, which guest writes would make stale; writing it is not supported', { structure: 'header', offset: 88 });
   }
+  precheckGuestWrite(img);
   if (!Number.isSafeInteger(guestOffset) || !Number.isSafeInteger(length) || guestOffset < 0 || length < 0 ||
       guestOffset + length > img.virtualSize) {
     throw new QcowError('INVALID_ARGUMENT', `Write of ${length} bytes at guest offset ${guestOffset} is outside the virtual disk (${img.virtualSize} bytes)`, {

@@ -4,16 +4,22 @@
 // exception in a view, e.g. Svelte's each_key_duplicate on duplicate or empty snapshot ids), and
 // the tab still answers afterwards. Plus the image of issue 15: a qemu-made image with snapshots
 // cut short after its snapshot table starts opens read-only with the reason, and Snapshots renders.
-// The longest main-thread task (Long Tasks API) is recorded as an annotation, not asserted: the
-// house rules keep timings out of pass/fail tests.
+//
+// No main-thread task over 100 ms while opening, mapping and checking each image: asserted on the
+// CPU time of each task of the page's main thread (a Chromium trace, main-thread.ts says why not
+// its wall time: on the shared 2-core machine wall time is mostly waiting for a core). The Long
+// Tasks API's wall-clock figure is recorded beside it as an annotation. Besides the corpus, the
+// shapes that used to block the page for seconds: 20,000 check findings, an L1 table of 2 Mi
+// entries, and a snapshot table declaring 65,535 entries.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Page } from '@playwright/test';
+import type { Browser, Page } from '@playwright/test';
 import { applyMutations, type Mutation } from '../fuzz/mutator.ts';
 import { buildSeeds } from '../fuzz/seeds.ts';
-import { qemuImgOk, qemuIoOk, createImage, qemuCheck, poke } from '../helpers/qemu.ts';
+import { qemuImgOk, qemuIoOk, createImage, qemuCheck, poke, pokeU32, pokeU64 } from '../helpers/qemu.ts';
 import { SNAP, readHeader, readSnapshots } from '../helpers/qcow2-mini.ts';
 import { test, expect, openViaInput } from './fixtures.ts';
+import { startMainThreadTrace, stopMainThreadTrace, type MainThreadWork } from './main-thread.ts';
 
 interface Regression { name: string; seed: string; mutations: Mutation[] }
 const REGRESSIONS = JSON.parse(fs.readFileSync(path.resolve('tests/fuzz/regressions.json'), 'utf8')) as Regression[];
@@ -26,7 +32,10 @@ function pageErrors(page: Page): string[] {
   return errors;
 }
 
-/** Collect every main-thread task over 50 ms from page load on (read back by longestTask). */
+/** Longest task the page may run on its main thread, in CPU time (the issue's 100 ms). */
+const MAX_TASK_CPU_MS = 100;
+
+/** Record the Long Tasks API's entries (wall time) from page load on. */
 async function observeLongTasks(page: Page): Promise<void> {
   await page.addInitScript(() => {
     const w = window as unknown as { __longTasks: number[] };
@@ -37,25 +46,51 @@ async function observeLongTasks(page: Page): Promise<void> {
   });
 }
 
-async function longestTask(page: Page): Promise<number> {
-  return page.evaluate(() => Math.max(0, ...(window as unknown as { __longTasks: number[] }).__longTasks));
+/** Assert the page's own work per task, and annotate what the Long Tasks API saw. */
+async function expectResponsive(page: Page, work: MainThreadWork): Promise<void> {
+  const longTasks = await page.evaluate(() => (window as unknown as { __longTasks: number[] }).__longTasks);
+  test.info().annotations.push({
+    type: 'main thread',
+    description: `longest task ${work.longestCpu.cpuMs.toFixed(0)} ms CPU (${work.longestCpu.wallMs.toFixed(0)} ms wall); ` +
+      `${work.tasks.length} tasks, ${work.totalCpuMs.toFixed(0)} ms CPU in all; Long Tasks API: ${longTasks.length} over 50 ms wall, longest ${Math.max(0, ...longTasks).toFixed(0)} ms`,
+  });
+  expect(work.longestCpu.cpuMs, `longest main-thread task: ${work.longestCpu.top}`).toBeLessThan(MAX_TASK_CPU_MS);
 }
 
 /** Visit every view; in Cluster map and Check, start the job and wait until it ends (result or error). */
 async function visitEveryView(page: Page): Promise<void> {
   const rail = page.getByRole('navigation', { name: 'Views' });
+  const run = page.getByRole('button', { name: 'Run check' });
   for (const name of VIEWS) {
     await rail.getByRole('link', { name, exact: true }).click();
     await expect(page.getByRole('heading', { name, exact: true, level: 2 })).toBeVisible();
+    // the map job ends (a map or a one-line error): the busy app lets a check start again
+    if (name === 'Cluster map') await expect(run).toBeEnabled({ timeout: 60_000 });
     if (name === 'Check') {
-      const run = page.getByRole('button', { name: 'Run check' });
-      if (await run.isEnabled()) {
-        await run.click();
-        // the check ends: a verdict or a one-line error, and the button is back
-        await expect(run).toBeEnabled({ timeout: 30_000 });
-      }
+      await run.click();
+      // the check ends: a verdict or a one-line error, and the button is back
+      await expect(run).toBeEnabled({ timeout: 60_000 });
     }
   }
+}
+
+/** Open `file`, visit every view with the map and a check, under a trace; then the assertions. */
+async function openAndVisit(page: Page, browser: Browser, file: string, name: string): Promise<void> {
+  const errors = pageErrors(page);
+  await observeLongTasks(page);
+  await page.goto('/');
+  // from here on: opening, every view, the map and the check (not the app's own start)
+  await page.evaluate(() => ((window as unknown as { __longTasks: number[] }).__longTasks.length = 0));
+  await startMainThreadTrace(browser, page);
+  await page.getByLabel('Image file').setInputFiles(file);
+  await expect(page.getByRole('tab', { name })).toBeVisible({ timeout: 60_000 });
+  await visitEveryView(page);
+  const work = await stopMainThreadTrace(browser);
+  // the tab still answers: back to Header
+  await page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name: 'Header', exact: true }).click();
+  await expect(page.getByRole('heading', { name: 'Header', exact: true, level: 2 })).toBeVisible();
+  expect(errors).toEqual([]);
+  await expectResponsive(page, work);
 }
 
 test.describe('the fuzz regression set in every view', () => {
@@ -65,23 +100,47 @@ test.describe('the fuzz regression set in every view', () => {
   });
 
   for (const r of REGRESSIONS) {
-    test(r.name, async ({ page, tmp }) => {
-      const errors = pageErrors(page);
-      await observeLongTasks(page);
+    test(r.name, async ({ page, browser, tmp }) => {
       const seed = seeds.get(r.seed);
       expect(seed, `seed ${r.seed}`).toBeDefined();
       const file = path.join(tmp, `${r.name}.qcow2`);
       fs.writeFileSync(file, applyMutations(seed!, r.mutations));
-      await page.goto('/');
-      // from here on: opening, every view, the map and the check (not the app's own start)
-      await page.evaluate(() => ((window as unknown as { __longTasks: number[] }).__longTasks.length = 0));
-      await openViaInput(page, { path: file, name: `${r.name}.qcow2` });
-      await visitEveryView(page);
-      // the tab still answers: back to Header
-      await page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name: 'Header', exact: true }).click();
-      await expect(page.getByRole('heading', { name: 'Header', exact: true, level: 2 })).toBeVisible();
-      expect(errors).toEqual([]);
-      test.info().annotations.push({ type: 'longest main-thread task (ms)', description: String(await longestTask(page)) });
+      await openAndVisit(page, browser, file, `${r.name}.qcow2`);
+    });
+  }
+});
+
+/** Images whose size made the page work for seconds in one task (made by qemu-img, then damaged). */
+const HEAVY: Record<string, (file: string) => void> = {
+  // 8 MiB of data in 512-byte clusters, the refcount table's entries after the first zeroed: the
+  // check reports each of ~16,000 clusters (and keeps 20,000 findings)
+  'check-findings': (f) => {
+    createImage(f, '64M', { clusterSize: 512, refcountBits: 64 });
+    qemuIoOk(f, 'write -P 1 0 8M');
+    const h = readHeader(f);
+    for (let i = 1; i < 40; i++) pokeU64(f, h.refcountTableOffset + 8 * i, 0);
+  },
+  // a 64 GiB disk in 512-byte clusters: an active L1 table of 2 Mi entries
+  'l1-2Mi-entries': (f) => {
+    createImage(f, '64G', { clusterSize: 512 });
+    qemuIoOk(f, 'write -P 1 0 64k', 'write -P 2 60G 64k');
+  },
+  // nb_snapshots = 65535 over a table of one entry: 65,534 entries cut off by the end of the file
+  'snapshots-65535': (f) => {
+    createImage(f, '64M', { clusterSize: 512 });
+    qemuIoOk(f, 'write -P 1 0 1M');
+    qemuImgOk(['snapshot', '-c', 'base', f]);
+    pokeU32(f, 60, 65535);
+  },
+};
+
+test.describe('heavy hostile shapes in every view', () => {
+  for (const [name, make] of Object.entries(HEAVY)) {
+    test(name, async ({ page, browser, tmp }) => {
+      test.setTimeout(180_000);
+      const file = path.join(tmp, `${name}.qcow2`);
+      make(file);
+      await openAndVisit(page, browser, file, `${name}.qcow2`);
     });
   }
 });

@@ -1,5 +1,5 @@
 // The fuzz harness's deterministic work budget, in place of wall-clock deadlines: every step of a
-// case (open, map, check, a snapshot create, ...) may read, and allocate, only a stated multiple
+// case (open, map, check, a snapshot create, ...) may read, allocate and decode only a stated multiple
 // of the metadata the image itself declares, plus a constant. Going over fails the case on any
 // machine and under any load, at the read or allocation that goes over (so a runaway loop that
 // reads or allocates is stopped there, not killed later by a timer).
@@ -15,11 +15,17 @@
 //   bytes read per step  ≤ READ_FACTOR  · declared + STEP_CONSTANT_BYTES
 //   bytes allocated      ≤ ALLOC_FACTOR · declared + STEP_CONSTANT_BYTES
 //   reads and allocations (calls) ≤ CALLS_FACTOR · (declared / 512) + STEP_CONSTANT_CALLS
+//   entries decoded      ≤ ENTRY_FACTOR · (declared / 8) + STEP_CONSTANT_ENTRIES
+// Entries decoded are counted by the engine (core/work-count.ts): each table a batched scan hands
+// out and each cached L2 table or refcount block taken from a cache, at its bytes / 8, and each
+// snapshot table entry; declared / 8 is the number of 8-byte entries the image declares.
 // STEP_CONSTANT_BYTES covers an export's guest data (run-case.ts reads at most 16 MiB per view,
 // compressed clusters at most twice that) and a repair's new structures. The factors cover the
 // passes an operation makes over its metadata (a repair: check, rebuild, re-walk, double check).
-// Entries decoded are not counted: that needs a counter inside the engine's loops; a loop that
-// neither reads nor allocates is still caught by the pool's hard per-case timeout.
+// STEP_CONSTANT_ENTRIES covers a guest read's L2 lookups: each takes its L2 table from the cache,
+// counted whole (cluster / 8 entries per cluster read), so an export's 16 MiB per view count 2 Mi
+// entries whatever the cluster size, twice that for compressed clusters.
+import { countEntriesWith } from '../../core/work-count.ts';
 import { FuzzViolation } from './violation.ts';
 
 export const READ_FACTOR = 8;
@@ -27,6 +33,8 @@ export const ALLOC_FACTOR = 16;
 export const CALLS_FACTOR = 64;
 export const STEP_CONSTANT_BYTES = 48 * 1024 * 1024;
 export const STEP_CONSTANT_CALLS = 200_000;
+export const ENTRY_FACTOR = 16;
+export const STEP_CONSTANT_ENTRIES = 16 * 1024 * 1024;
 
 const MAX_L1_BYTES = 32 * 1024 * 1024; // QCOW_MAX_L1_SIZE
 const MAX_REFTABLE_BYTES = 8 * 1024 * 1024; // QCOW_MAX_REFTABLE_SIZE
@@ -46,6 +54,7 @@ export interface Budget {
   readBytes: number;
   allocBytes: number;
   calls: number;
+  entries: number;
   declared: Declared;
 }
 
@@ -95,6 +104,7 @@ export function budgetFor(b: Uint8Array): Budget {
     readBytes: READ_FACTOR * declared.bytes + STEP_CONSTANT_BYTES,
     allocBytes: ALLOC_FACTOR * declared.bytes + STEP_CONSTANT_BYTES,
     calls: CALLS_FACTOR * Math.ceil(declared.bytes / 512) + STEP_CONSTANT_CALLS,
+    entries: ENTRY_FACTOR * Math.ceil(declared.bytes / 8) + STEP_CONSTANT_ENTRIES,
     declared,
   };
 }
@@ -104,6 +114,7 @@ export interface Work {
   readBytes: number;
   allocBytes: number;
   calls: number;
+  entries: number;
 }
 
 /**
@@ -111,7 +122,7 @@ export interface Work {
  * typed-array allocations. One per thread (a worker runs one case at a time).
  */
 export class WorkMeter {
-  work: Work = { readBytes: 0, allocBytes: 0, calls: 0 };
+  work: Work = { readBytes: 0, allocBytes: 0, calls: 0, entries: 0 };
   private budget: Budget | null = null;
   private step = '';
   /** First overrun of the step (kept even if the engine catches the error and throws another). */
@@ -120,7 +131,7 @@ export class WorkMeter {
   start(step: string, budget: Budget | null): void {
     this.step = step;
     this.budget = budget;
-    this.work = { readBytes: 0, allocBytes: 0, calls: 0 };
+    this.work = { readBytes: 0, allocBytes: 0, calls: 0, entries: 0 };
     this.overrun = null;
   }
 
@@ -128,7 +139,7 @@ export class WorkMeter {
   share(): number {
     const b = this.budget;
     if (!b) return 0;
-    return Math.max(this.work.readBytes / b.readBytes, this.work.allocBytes / b.allocBytes, this.work.calls / b.calls);
+    return Math.max(this.work.readBytes / b.readBytes, this.work.allocBytes / b.allocBytes, this.work.calls / b.calls, this.work.entries / b.entries);
   }
 
   stop(): Work {
@@ -148,13 +159,19 @@ export class WorkMeter {
     this.check();
   }
 
+  chargeEntries(entries: number): void {
+    this.work.entries += entries;
+    this.check();
+  }
+
   private check(): void {
     const b = this.budget;
     if (!b || this.overrun) return;
     const w = this.work;
     const what = w.readBytes > b.readBytes ? `read ${w.readBytes} bytes (budget ${b.readBytes})`
       : w.allocBytes > b.allocBytes ? `allocated ${w.allocBytes} bytes (budget ${b.allocBytes})`
-      : w.calls > b.calls ? `made ${w.calls} reads and allocations (budget ${b.calls})` : null;
+      : w.calls > b.calls ? `made ${w.calls} reads and allocations (budget ${b.calls})`
+      : w.entries > b.entries ? `decoded ${w.entries} entries (budget ${b.entries})` : null;
     if (!what) return;
     const d = b.declared;
     this.overrun = new FuzzViolation('over-budget',
@@ -164,5 +181,6 @@ export class WorkMeter {
   }
 }
 
-/** The meter of this thread. */
+/** The meter of this thread; the engine's count of decoded entries goes to it. */
 export const meter = new WorkMeter();
+countEntriesWith((n) => meter.chargeEntries(n));

@@ -30,7 +30,8 @@ const longRun = env.FUZZ_ITERATIONS !== undefined || seconds > 0;
 const iterations = seconds > 0 ? Infinity : Number(env.FUZZ_ITERATIONS ?? FUZZ_DEFAULT_CASES);
 const runSeed = Number(env.FUZZ_SEED ?? 1);
 const save = env.FUZZ_SAVE === '1' || (longRun && env.FUZZ_SAVE !== '0');
-const caseTimeoutMs = Number(env.FUZZ_CASE_TIMEOUT_MS ?? 20_000);
+// A hang guard only (the work budget is the deterministic limit): wide enough for a loaded machine.
+const caseTimeoutMs = Number(env.FUZZ_CASE_TIMEOUT_MS ?? 60_000);
 
 let seeds: Seed[];
 let pool: FuzzPool;

@@ -1,7 +1,7 @@
 // Seed images for the fuzzer, made at test time by qemu-img and qemu-io (never committed): each
 // one exercises a different part of the format — snapshots, compressed clusters (zlib and zstd),
-// extended L2, a backing file, persistent bitmaps, a dirty lazy-refcounts image, v2, cluster
-// sizes 512 B..2 MiB and refcount widths 1..64 bits. Built once into a cache directory keyed by
+// extended L2, a backing file, persistent bitmaps, a dirty lazy-refcounts image, v2, many
+// snapshots, every cluster size 512 B..2 MiB and every refcount width 1..64 bits. Built once into a cache directory keyed by
 // the qemu-img version and this file's recipe version, so repeated runs skip the qemu calls.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { createImage, qemuImg, qemuImgOk, qemuIo, qemuIoOk } from '../helpers/qemu.ts';
 
 /** Bump when a recipe below changes (regression recipes hold offsets into these images). */
-const RECIPE_VERSION = 1;
+const RECIPE_VERSION = 2;
 
 export interface Seed {
   name: string;
@@ -117,6 +117,39 @@ export const SEED_RECIPES: SeedRecipe[] = [
       io(f, 'write -P 0x73 1M 32k');
       qemuImgOk(['snapshot', '-c', 'a', f]); // duplicate name: legal on disk
       qemuImgOk(['snapshot', '-d', 'a', f]); // deletes the first 'a': IDs 2 and 3 remain
+    },
+  },
+  {
+    // many snapshots (a snapshot table over several clusters), refcount width 32
+    name: 'v3-128k-rc32-many-snaps',
+    weight: 2,
+    build(f) {
+      createImage(f, '8M', { clusterSize: 131072, refcountBits: 32 });
+      io(f, 'write -P 0x81 0 256k');
+      for (let i = 0; i < 40; i++) {
+        qemuImgOk(['snapshot', '-c', `m${i}`, f]);
+        if (i % 8 === 0) io(f, `write -P 0x${(0x82 + i).toString(16)} ${(i % 4) * 128}k 64k`);
+      }
+    },
+  },
+  {
+    name: 'v3-256k-rc16-extl2',
+    weight: 2,
+    build(f) {
+      createImage(f, '16M', { clusterSize: 262144, extendedL2: true });
+      io(f, 'write -P 0x91 0 40k', 'write -c -P 0x92 1M 256k');
+      qemuImgOk(['snapshot', '-c', 'q', f]);
+      io(f, 'write -P 0x93 8k 8k');
+    },
+  },
+  {
+    name: 'v3-1m-rc32',
+    weight: 1,
+    build(f) {
+      createImage(f, '8M', { clusterSize: 1048576, refcountBits: 32 });
+      io(f, 'write -P 0x94 0 4k', 'write -c -P 0x95 3M 1M');
+      qemuImgOk(['snapshot', '-c', 'm', f]);
+      io(f, 'write -P 0x96 4k 4k');
     },
   },
   {

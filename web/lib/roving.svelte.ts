@@ -14,10 +14,16 @@ export interface ScrollsToIndex {
 export class RovingRows {
   /** Position of the row that is the Tab stop. */
   current = $state(0);
-  private readonly count: () => number;
+  private readonly total: () => number;
+  /** Rows the list shows at once, when it shows a window of them (RowList over WINDOW rows). */
+  shown = $state(Infinity);
 
   constructor(count: () => number) {
-    this.count = count;
+    this.total = count;
+  }
+
+  private count(): number {
+    return Math.min(this.total(), this.shown);
   }
 
   private active(): number {
