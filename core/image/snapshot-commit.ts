@@ -78,6 +78,11 @@ export interface CommitRequest {
    * that the settle can rewrite the old ones.
    */
   reserved?: ReadonlySet<number>;
+  /**
+   * First cluster the plan may allocate (the end of QEMU's file, for the settle: what the shadow
+   * state puts there is cut off afterwards, and the clusters QEMU leaves free keep their bytes).
+   */
+  allocFrom?: number;
 }
 
 interface Allocation {
@@ -133,7 +138,8 @@ export class ShadowCommit {
     this.img = img;
     this.request = request;
     this.overlay = new RefcountOverlay(img, img.commitRefblockBytes, (rb) => this.placeRefblock(rb, true));
-    this.appendCursor = Math.ceil(img.store.size() / img.clusterSize);
+    this.appendCursor = Math.max(Math.ceil(img.store.size() / img.clusterSize), request.allocFrom ?? 0);
+    this.cursor = Math.max(1, request.allocFrom ?? 1);
     const cb = img.clusterBits;
     const lp = Math.log2(this.overlay.per);
     this.geo = {

@@ -136,7 +136,10 @@ export class PlannedSnapshotOp {
   static async plan(img: Qcow2Image, operation: SnapshotOperation, snapshot: Snapshot, req: CommitRequest, qemu: QemuLayout | null = null): Promise<PlannedSnapshotOp> {
     const journal = new Journal(`snapshot ${operation} '${snapshot.name}' (ID ${snapshot.idStr})`);
     const lengthBefore = img.store.size();
-    if (qemu) req.reserved = qemu.reserved;
+    if (qemu) {
+      req.reserved = qemu.reserved;
+      req.allocFrom = Math.ceil(qemu.fileSizeAfter / img.clusterSize);
+    }
     let commit: ShadowCommit;
     try {
       commit = await withJournal(img, journal, () => ShadowCommit.plan(img, req));
