@@ -126,7 +126,7 @@ describe('snapshot operations survive a crash at any point', () => {
           n++;
         }
         expect(n).toBeGreaterThan(2);
-      }, 240_000);
+      }, 600_000);
     }
   }
 });

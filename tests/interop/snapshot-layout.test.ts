@@ -27,6 +27,8 @@ interface Config {
   opts: CreateOptions;
   size: number;
   compressed?: boolean;
+  /** At most this many snapshots at once (2-bit refcounts: qemu-img revert counts the new tree before dropping the old one, at most three references). */
+  maxSnapshots?: number;
   seed: number;
 }
 
@@ -38,7 +40,7 @@ const CONFIGS: Config[] = [
   { label: 'extended L2, 32 KiB clusters', opts: { clusterSize: 32768, extendedL2: true }, size: 4 * MiB, seed: 15 },
   { label: 'v2, 1 KiB clusters', opts: { compat: '0.10', clusterSize: 1024 }, size: 2 * MiB, seed: 16 },
   { label: 'compressed clusters, 64 KiB', opts: {}, size: 8 * MiB, compressed: true, seed: 17 },
-  { label: '2-bit refcounts', opts: { clusterSize: 4096, refcountBits: 2 }, size: 2 * MiB, seed: 18 },
+  { label: '2-bit refcounts', opts: { clusterSize: 4096, refcountBits: 2 }, size: 2 * MiB, maxSnapshots: 1, seed: 18 },
 ];
 
 function map(file: string): string {
@@ -94,7 +96,7 @@ describe('snapshot operations leave the file as qemu-img does', () => {
         const r = rand();
         const path: Path = (['image', 'group', 'ops'] as const)[step % 3]!;
         let label: string;
-        if (names.length === 0 || r < 0.3) {
+        if (names.length === 0 || (r < 0.3 && names.length < (cfg.maxSnapshots ?? 8))) {
           const name = `s${++n}`;
           qemuImgOk(['snapshot', '-c', name, q]);
           await ours(o, path, 'create', name);
