@@ -137,7 +137,8 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
   put32(b, 56, q.reftableClusters);
   put32(b, 60, plan.snapshots.length);
   put64(b, 64, plan.snapshotsOffset);
-  await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)', true);
+  // Not marked as the commit point: a reader sees the same disks and snapshots on either side.
+  await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
   await img.flush('settle durable');
   if (img.store.size() > q.fileSizeAfter) {
     await img.truncate(q.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
