@@ -4,8 +4,10 @@
 // cluster discarded in full, so it reads its backing file again). Crash-safe by order: while the
 // backing image is written the overlay still holds all of its data, so the overlay reads as before
 // whatever the backing image has received; the overlay is emptied only after the backing image is
-// flushed, each L2 table's discard being a crash-safe guest-level change (write.ts).
+// flushed, each L2 table's discard being a crash-safe guest-level change (write.ts), and then its
+// file reset as QEMU's make_completely_empty leaves it where that applies (make-empty.ts).
 import { growImage } from './grow.ts';
+import { resetEmptied } from './make-empty.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { assertCanWrite, discard, writeGuest, writeZeroes } from './write.ts';
 
@@ -43,5 +45,6 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image, opts: Co
   if (!opts.keep) {
     await discard(overlay, 0, overlay.virtualSize, { full: true });
     await overlay.flush('overlay emptied');
+    await resetEmptied(overlay);
   }
 }
