@@ -273,6 +273,9 @@ async function planSettle(
     const rbs = new Set<number>(byBlock.keys());
     for (let k = 0; k < img.reftable.length / 8; k++) if (reftableEntry(img.reftable, k) !== 0) rbs.add(k);
     for (const rb of [...rbs].sort((a, b) => a - b)) {
+      const at0 = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
+      const s1At = rb < img.reftable.length / 8 ? reftableEntry(img.reftable, rb) : 0;
+      if (!byBlock.has(rb) && at0 !== 0 && at0 === s1At) continue; // the same block, unchanged, in the same place
       const b = await block(rb);
       if (held > MAX_SETTLE_BLOCK_BYTES) return null;
       const at = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
