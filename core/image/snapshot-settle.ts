@@ -95,13 +95,19 @@ async function qemuFirstFit(img: Qcow2Image, sizes: readonly number[]): Promise<
   const per = refblockEntriesOf(img);
   const out: Array<{ offset: number; bytes: number }> = [];
   let next = 0;
+  // One refcount block at a time: the scan crosses millions of clusters on a big image.
+  let blockIndex = -1;
+  let block: Uint8Array | null = null;
   for (const bytes of sizes) {
     const n = Math.ceil(bytes / cs);
     let start = next;
     for (let run = 0; run < n;) {
       const c = next++;
       const rb = Math.floor(c / per);
-      const block = await loadRefblock(img, rb);
+      if (rb !== blockIndex) {
+        block = await loadRefblock(img, rb);
+        blockIndex = rb;
+      }
       if (!block) return null;
       if (getRefcount(block, c - rb * per, img.refcountOrder) !== 0) {
         run = 0;
@@ -310,7 +316,11 @@ async function planSettle(
         } else {
           const host = offsetOf(hi, lo);
           if (host === 0) continue;
-          want = (await ref(host / cs)) === 1;
+          // The refcount block is almost always loaded already: no await per entry then.
+          const c = host / cs;
+          const rb = Math.floor(c / per);
+          const b = blocks.has(rb) ? blocks.get(rb)! : await block(rb);
+          want = (b ? getRefcount(b, c - rb * per, order) : 0) === 1;
         }
         put32(t, j * es, withCopied(hi, want) >>> 0);
       }
