@@ -1,7 +1,7 @@
 // `qcowscope commit [-f qcow2] [-q] [-d] IMAGE`: qemu-img commit into the image's backing file
-// (qcow2): the overlay's clusters are written into it and, unless -d, the overlay is emptied;
+// (qcow2), grown first when smaller: the overlay's clusters are written into it and, unless -d, the overlay is emptied;
 // "Image committed." as qemu-img prints it. Engine: core/image/commit.ts.
-import { QcowError } from '../../core/errors.ts';
+import { QcowError, isQcowError } from '../../core/errors.ts';
 import { commitInto } from '../../core/image/commit.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { openImage, resolveBackingPath } from '../open.ts';
@@ -31,7 +31,13 @@ export const commitCmd: Command = {
     try {
       const base = await openImage(basePath, { writable: true });
       try {
-        await commitInto(overlay, base, { keep: values['keep-overlay'] === true });
+        try {
+          await commitInto(overlay, base, { keep: values['keep-overlay'] === true });
+        } catch (e) {
+          // qemu-img reports the commit job's failure by its errno only
+          if (isQcowError(e) && e.details.reason === 'v2-resize') throw cliError('Block job failed: Operation not supported');
+          throw e;
+        }
       } finally {
         await base.close();
       }

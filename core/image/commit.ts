@@ -4,8 +4,10 @@
 // cluster discarded in full, so it reads its backing file again). Crash-safe by order: while the
 // backing image is written the overlay still holds all of its data, so the overlay reads as before
 // whatever the backing image has received; the overlay is emptied only after the backing image is
-// flushed, each L2 table's discard being a crash-safe guest-level change (write.ts).
-import { QcowError } from '../errors.ts';
+// flushed, each L2 table's discard being a crash-safe guest-level change (write.ts), and then its
+// file reset as QEMU's make_completely_empty leaves it where that applies (make-empty.ts).
+import { growImage } from './grow.ts';
+import { resetEmptied } from './make-empty.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { assertCanWrite, discard, writeGuest, writeZeroes } from './write.ts';
 
@@ -21,17 +23,15 @@ export interface CommitOptions {
 /**
  * Commit `overlay` into `base`, its backing image opened for writing. `overlay` must be opened
  * without its backing chain (what it does not allocate then reads as absent). A backing image
- * smaller than the overlay is refused before anything is written: qemu-img grows it first, and
- * the engine cannot resize an image yet.
+ * smaller than the overlay is grown first, as qemu-img does (grow.ts).
  */
 export async function commitInto(overlay: Qcow2Image, base: Qcow2Image, opts: CommitOptions = {}): Promise<void> {
-  if (base.virtualSize < overlay.virtualSize) {
-    throw new QcowError('NOT_SUPPORTED', `commit: the backing file (${base.virtualSize} bytes) is smaller than the image (${overlay.virtualSize} bytes); growing it is not supported`, {});
-  }
   // what a guest write would refuse (persistent bitmaps, ...) is refused before anything is written
   assertCanWrite(base, 0, 0);
   if (!opts.keep) assertCanWrite(overlay, 0, 0);
   const size = overlay.virtualSize;
+  // QEMU's commit job grows a smaller backing file first (bdrv_co_truncate, preallocation off)
+  if (base.virtualSize < size) await growImage(base, size);
   for (let pos = 0; pos < size; pos += CHUNK) {
     const n = Math.min(CHUNK, size - pos);
     for (const e of await overlay.extents(pos, n)) {
@@ -45,5 +45,6 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image, opts: Co
   if (!opts.keep) {
     await discard(overlay, 0, overlay.virtualSize, { full: true });
     await overlay.flush('overlay emptied');
+    await resetEmptied(overlay);
   }
 }

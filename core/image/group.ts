@@ -77,6 +77,15 @@ export async function runGroup(
       forImage(e, p.img, k);
     }
   }
+  // 4. Every image published: each moves into QEMU's layout (a second header write each; no
+  //    rollback is needed past this point, and a crash leaves each image published either way).
+  for (const [k, p] of plans.entries()) {
+    try {
+      await p.settle();
+    } catch (e) {
+      forImage(e, p.img, k);
+    }
+  }
   return plans.map((p) => ({ snapshot: p.snapshot, journal: p.journal }));
 }
 

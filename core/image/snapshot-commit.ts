@@ -72,6 +72,17 @@ export interface CommitRequest {
   size?: number;
   /** Snapshots whose L1 tables are dropped, with their tables already read and validated. */
   removed: Array<{ snapshot: Snapshot; table: Uint8Array }>;
+  /**
+   * Clusters free now that the plan must not use (where QEMU's layout puts new structures, for
+   * the settle that follows: snapshot-settle.ts); their refcount blocks get new places too, so
+   * that the settle can rewrite the old ones.
+   */
+  reserved?: ReadonlySet<number>;
+  /**
+   * First cluster the plan may allocate (the end of QEMU's file, for the settle: what the shadow
+   * state puts there is cut off afterwards, and the clusters QEMU leaves free keep their bytes).
+   */
+  allocFrom?: number;
 }
 
 interface Allocation {
@@ -127,7 +138,8 @@ export class ShadowCommit {
     this.img = img;
     this.request = request;
     this.overlay = new RefcountOverlay(img, img.commitRefblockBytes, (rb) => this.placeRefblock(rb, true));
-    this.appendCursor = Math.ceil(img.store.size() / img.clusterSize);
+    this.appendCursor = Math.max(Math.ceil(img.store.size() / img.clusterSize), request.allocFrom ?? 0);
+    this.cursor = Math.max(1, request.allocFrom ?? 1);
     const cb = img.clusterBits;
     const lp = Math.log2(this.overlay.per);
     this.geo = {
@@ -274,20 +286,20 @@ export class ShadowCommit {
       if (h.nbSnapshots > 0) await this.addRange(h.snapshotsOffset, img.snapshotsSize, -1, 'snapshot table');
       this.newSnapshotsSize = size;
       this.newSnapshotsOffset = size > 0 ? (await this.alloc(Math.ceil(size / cs), 'snapshot table')).cluster * cs : 0;
-      let pos = this.newSnapshotsOffset;
-      for (const sn of req.snapshots) {
-        pos = alignUp(pos, 8);
-        sn.entryOffset = pos;
-        pos += C.SNAPSHOT_HEADER_SIZE + C.SNAPSHOT_EXTRA_KNOWN + sn.unknownExtraData.length + sn.idBytes.length + sn.nameBytes.length;
-        sn.extraDataSize = C.SNAPSHOT_EXTRA_KNOWN + sn.unknownExtraData.length;
-      }
-      this.newSnapshotTable = encodeSnapshotTable(req.snapshots);
+      this.newSnapshotTable = layoutSnapshotTable(req.snapshots, this.newSnapshotsOffset);
     } else {
       this.newSnapshotsOffset = h.snapshotsOffset;
       this.newSnapshotsSize = img.snapshotsSize;
     }
 
-    // 6. Refcount blocks and the refcount table, copied where they change.
+    // 6. Refcount blocks and the refcount table, copied where they change (and those counting
+    //    reserved clusters, which the settle rewrites in place).
+    for (const c of req.reserved ?? []) {
+      const rb = Math.floor(c / this.overlay.per);
+      await this.overlay.load(rb);
+      this.overlay.block(rb);
+      await this.trim([rb]);
+    }
     await this.placeRefcountStructures();
     this.oldCommitBytes = (await img.store.read(0, 72)).slice(this.commitStartFor(), 72);
   }
@@ -613,7 +625,8 @@ export class ShadowCommit {
           if (c >= end) break;
         }
         const idx = c - base;
-        const free = (!cur || getRefcount(cur, idx, order) === 0) && (!zero || ((zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0);
+        const free = (!cur || getRefcount(cur, idx, order) === 0) && (!zero || ((zero[idx >>> 3]! >>> (idx & 7)) & 1) !== 0)
+          && !this.request.reserved?.has(c);
         if (free && this.metadata.ownerOf(c) !== undefined) {
           throw new QcowError('METADATA_CORRUPT',
             `Preventing invalid allocation of ${what} at offset ${hex(c * this.cs)}: it holds metadata but its refcount is 0; run a check with repair`,
@@ -888,7 +901,22 @@ function copiedRun16(
   return n;
 }
 
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+/**
+ * Give each entry its offset in a table written at `tableOffset` (QEMU's extra data: the known 24
+ * bytes and what it did not know, kept) and encode the table.
+ */
+export function layoutSnapshotTable(snapshots: readonly Snapshot[], tableOffset: number): Uint8Array {
+  let pos = tableOffset;
+  for (const sn of snapshots) {
+    pos = alignUp(pos, 8);
+    sn.entryOffset = pos;
+    pos += C.SNAPSHOT_HEADER_SIZE + C.SNAPSHOT_EXTRA_KNOWN + sn.unknownExtraData.length + sn.idBytes.length + sn.nameBytes.length;
+    sn.extraDataSize = C.SNAPSHOT_EXTRA_KNOWN + sn.unknownExtraData.length;
+  }
+  return encodeSnapshotTable(snapshots);
+}
+
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;

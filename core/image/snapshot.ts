@@ -14,6 +14,7 @@ import type { Extent, Layer } from './layer.ts';
 import type { L1View, Qcow2Image } from './qcow2-image.ts';
 import { ShadowCommit, type CommitRequest } from './snapshot-commit.ts';
 import { precheckSnapshotOp } from './snapshot-precheck.ts';
+import { planQemuLayout, settleToQemuLayout, type QemuLayout } from './snapshot-settle.ts';
 
 /** QEMU's QEMUSnapshotInfo.name is 256 bytes with the NUL; qemu-img truncates longer names. We refuse them. */
 const MAX_SNAPSHOT_NAME_BYTES = 255;
@@ -129,12 +130,21 @@ export class PlannedSnapshotOp {
     readonly journal: Journal,
     /** The file's length before the operation: nothing it uses lies beyond. */
     private readonly lengthBefore: number,
+    /** Where QEMU would leave things (snapshot-settle.ts), null where the shadow layout stays. */
+    private readonly qemu: QemuLayout | null,
   ) {}
 
+  /** Whether the published operation was moved into QEMU's layout (settle()). */
+  settled = false;
+
   /** Plan `req` on `img`, its journal recording from the start. */
-  static async plan(img: Qcow2Image, operation: SnapshotOperation, snapshot: Snapshot, req: CommitRequest): Promise<PlannedSnapshotOp> {
+  static async plan(img: Qcow2Image, operation: SnapshotOperation, snapshot: Snapshot, req: CommitRequest, qemu: QemuLayout | null = null): Promise<PlannedSnapshotOp> {
     const journal = new Journal(`snapshot ${operation} '${snapshot.name}' (ID ${snapshot.idStr})`);
     const lengthBefore = img.store.size();
+    if (qemu) {
+      req.reserved = qemu.reserved;
+      req.allocFrom = Math.ceil(qemu.fileSizeAfter / img.clusterSize);
+    }
     let commit: ShadowCommit;
     try {
       commit = await withJournal(img, journal, () => ShadowCommit.plan(img, req));
@@ -142,7 +152,7 @@ export class PlannedSnapshotOp {
       await restoreLength(img, lengthBefore);
       throw e;
     }
-    return new PlannedSnapshotOp(img, operation, snapshot, commit, journal, lengthBefore);
+    return new PlannedSnapshotOp(img, operation, snapshot, commit, journal, lengthBefore, qemu);
   }
 
   /**
@@ -167,9 +177,19 @@ export class PlannedSnapshotOp {
     return this.withJournal(() => this.commit.commit());
   }
 
-  /** Undo a published operation exactly (only while nothing else was written to the image). */
+  /** Undo a published operation exactly (only before settle() and while nothing else was written to the image). */
   rollback(): Promise<void> {
+    if (this.settled) throw new QcowError('INTERNAL', 'rollback after the settle', {});
     return this.withJournal(() => this.commit.rollback());
+  }
+
+  /**
+   * Move the published operation into QEMU's layout (a second header write; the result stays
+   * as published where the settle's preconditions do not hold). No rollback after this.
+   */
+  async settle(): Promise<void> {
+    if (!this.qemu || !this.commit.committed || this.settled) return;
+    this.settled = await this.withJournal(() => settleToQemuLayout(this.img, this.commit, this.qemu!));
   }
 
   async run(): Promise<SnapshotOpResult> {
@@ -180,6 +200,7 @@ export class PlannedSnapshotOp {
       throw e;
     }
     await this.publish();
+    await this.settle();
     return { snapshot: this.snapshot, journal: this.journal };
   }
 }
@@ -250,7 +271,7 @@ export async function planCreate(img: Qcow2Image, name: string, opts: CreateOpti
     activeL1: img.l1Table.slice(),
     removed: [],
   };
-  return PlannedSnapshotOp.plan(img, 'create', sn, req);
+  return PlannedSnapshotOp.plan(img, 'create', sn, req, await planQemuLayout(img, { newL1Copy: sn, tableAfter: snapshots }));
 }
 
 /** Plan `snapshot -a ID_OR_NAME` (docs/qcow2-format.md §3.5). */
@@ -288,7 +309,9 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
     removed: [],
     ...(sizeChanges ? { size: sn.diskSize } : {}),
   };
-  return PlannedSnapshotOp.plan(img, 'revert', sn, req);
+  // QEMU resizes, or grows the L1 table, in steps of its own: those keep the shadow layout.
+  const qemu = !sizeChanges && l1Size === h.l1Size ? await planQemuLayout(img, {}) : null;
+  return PlannedSnapshotOp.plan(img, 'revert', sn, req, qemu);
 }
 
 /** Plan `snapshot -d` (docs/qcow2-format.md §3.6): by ID-or-name (a string), or by ID and/or name. */
@@ -305,7 +328,7 @@ export async function planDelete(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
     activeL1: img.l1Table.slice(),
     removed: [{ snapshot: sn, table }],
   };
-  return PlannedSnapshotOp.plan(img, 'delete', sn, req);
+  return PlannedSnapshotOp.plan(img, 'delete', sn, req, await planQemuLayout(img, { tableAfter: snapshots }));
 }
 
 // ---- one-image operations -----------------------------------------------------------------------

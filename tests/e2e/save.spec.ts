@@ -53,7 +53,7 @@ function byQemu(original: string, to: string): string {
   return to;
 }
 
-/** Our saved file and qemu-img's agree: clean, the same snapshots, the same disk in each. */
+/** Our saved file and qemu-img's agree: clean, the same snapshots, the same disk in each, the same length and map. */
 function judge(ours: string, theirs: string, tmp: string): void {
   const check = qemuCheck(ours);
   expect(check.exitCode, JSON.stringify(check)).toBe(0);
@@ -61,6 +61,9 @@ function judge(ours: string, theirs: string, tmp: string): void {
   expect(list(ours)).toEqual(list(theirs));
   const cmp = qemuImg(['compare', ours, theirs]);
   expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
+  // the file as qemu-img leaves it (core/image/snapshot-settle.ts): same length, same map
+  expect(fs.statSync(ours).size, 'length').toBe(fs.statSync(theirs).size);
+  expect(qemuImgOk(['map', '--output=json', ours]), 'map').toBe(qemuImgOk(['map', '--output=json', theirs]));
   for (const name of ['snapA', 'snapC']) {
     const a = path.join(tmp, `ours-${name}.raw`);
     const b = path.join(tmp, `theirs-${name}.raw`);

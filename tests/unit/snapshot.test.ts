@@ -1,5 +1,7 @@
-// Snapshot engine on memory stores (no QEMU): the shape of the journal (one commit write between
-// two flushes, every earlier write into clusters free in the old state), exact rollback, the
+// Snapshot engine on memory stores (no QEMU): the shape of the journal (the shadow commit's header
+// write between two flushes, every earlier write into clusters free in the old state; then the
+// settle into QEMU's layout, its writes where the published state does not look, its own header
+// write between flushes, the cut), exact rollback before the settle, the
 // read-only snapshot layer, lookup and ID rules, refusals that write nothing.
 import { describe, expect, it } from 'vitest';
 import { l1L2Offset } from '../../core/format/entries.ts';
@@ -65,24 +67,38 @@ describe('snapshot IDs and lookup', () => {
 
 describe('the shadow commit', () => {
   for (const op of ['create', 'revert', 'delete'] as const) {
-    it(`${op}: one commit write between two flushes, every earlier write into clusters free before`, async () => {
+    it(`${op}: two header writes between flushes; before the first (the commit point), writes only into clusters free before; before the second, only where the published state does not look`, async () => {
       const { store, img } = await image({ clusterSize: 4096, refcountBits: 4 });
       await createSnapshot(img, 'first');
       await writeGuest(img, 0, new Uint8Array(8192).fill(3));
       const old = await reopen(store);
       const plan = op === 'create' ? await planCreate(img, 'x') : op === 'revert' ? await planRevert(img, 'first') : await planDelete(img, 'first');
-      const { journal } = await plan.run();
-      const entries = journal.entries;
-      const commits = entries.filter((e) => e.commit);
-      expect(commits).toHaveLength(1);
-      const ci = entries.indexOf(commits[0]!);
-      expect(entries[ci - 1]!.kind).toBe('flush');
-      expect(entries[ci + 1]!.kind).toBe('flush');
-      expect(ci + 2).toBe(entries.length);
-      expect(commits[0]!.offset + commits[0]!.length).toBe(72);
-      const oldActiveL2 = new Set<number>();
-      for (let i = 0; i < old.l1Size; i++) oldActiveL2.add(l1L2Offset(old.l1Table, i));
-      for (const e of entries.slice(0, ci)) {
+      await plan.prepare();
+      await plan.publish();
+      const shadow = await reopen(store);
+      await plan.settle();
+      expect(plan.settled).toBe(true);
+      const entries = plan.journal.entries;
+      // the commit point, then the settle's header write (not a commit point: nothing a reader sees changes)
+      const commits = [...entries.filter((e) => e.commit), ...entries.filter((e) => /\(settle\)/.test(e.purpose))];
+      expect(commits).toHaveLength(2);
+      expect(entries.filter((e) => e.commit)).toHaveLength(1);
+      const [c1, c2] = commits.map((c) => entries.indexOf(c)) as [number, number];
+      expect(c2).toBeGreaterThan(c1);
+      for (const ci of [c1, c2]) {
+        expect(entries[ci - 1]!.kind).toBe('flush');
+        expect(entries[ci + 1]!.kind).toBe('flush');
+        expect(commits.every((c) => c.offset + c.length === 72)).toBe(true);
+      }
+      // after the second: at most the cut to QEMU's length, flushed
+      expect(entries.slice(c2 + 2).map((e) => e.kind).join(' ')).toMatch(/^(truncate flush)?$/);
+      const activeL2 = (i: Qcow2Image): Set<number> => {
+        const set = new Set<number>();
+        for (let k = 0; k < i.header.l1Size; k++) set.add(l1L2Offset(i.l1Table, k));
+        return set;
+      };
+      const oldActiveL2 = activeL2(old);
+      for (const e of entries.slice(0, c1)) {
         if (e.kind !== 'write') continue;
         if (/in place/.test(e.purpose)) {
           // a snapshot's L2 table getting stale COPIED bits cleared: never one the old active tree uses
@@ -94,17 +110,34 @@ describe('the shadow commit', () => {
           expect(await refcountOf(old, off), `${e.purpose} at ${off}`).toBe(0);
         }
       }
+      // the settle: into clusters the published state leaves free, or COPIED bits of tables
+      // only its snapshots use
+      const shadowActive = activeL2(shadow);
+      for (const e of entries.slice(c1 + 2, c2)) {
+        if (e.kind !== 'write') continue;
+        if (/COPIED bits|active L1 table in its place/.test(e.purpose)) {
+          expect(shadowActive.has(e.offset), e.purpose).toBe(false);
+          expect(e.offset).not.toBe(shadow.header.l1TableOffset);
+          if ((await refcountOf(shadow, e.offset)) === 0) continue;
+          expect(shadow.snapshots.some((sn) => sn.l1TableOffset === e.offset) || /COPIED bits/.test(e.purpose), e.purpose).toBe(true);
+          continue;
+        }
+        for (let off = e.offset; off < e.offset + e.length; off += img.clusterSize) {
+          expect(await refcountOf(shadow, off), `${e.purpose} at ${off}`).toBe(0);
+        }
+      }
     });
   }
 
-  it('rollback restores the previous state exactly', async () => {
+  it('rollback of a published (not yet settled) operation restores the previous state exactly', async () => {
     const { store, img } = await image();
     await createSnapshot(img, 'a');
     await writeGuest(img, 0, new Uint8Array(4096).fill(9));
     const header = store.bytes().slice(0, 72);
     const active = await img.read(0, 8 * MiB);
     const plan = await planRevert(img, 'a');
-    await plan.run();
+    await plan.prepare();
+    await plan.publish();
     expect((await img.read(0, 1))[0]).toBe(1);
     await plan.rollback();
     expect(Buffer.from(store.bytes().slice(0, 72)).equals(Buffer.from(header))).toBe(true);
@@ -112,6 +145,8 @@ describe('the shadow commit', () => {
     expect(Buffer.from(await again.read(0, 8 * MiB)).equals(Buffer.from(active))).toBe(true);
     expect(Buffer.from(await img.read(0, 8 * MiB)).equals(Buffer.from(active))).toBe(true);
     expect(again.snapshots.map((s) => s.name)).toEqual(['a']);
+    await plan.settle(); // nothing left to settle after a rollback
+    expect(plan.settled).toBe(false);
   });
 
   it('a refused operation writes nothing', async () => {
