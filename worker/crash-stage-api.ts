@@ -41,6 +41,11 @@ export interface CrashRehearsalDTO {
   broken: Partial<Record<RuleBreak, CrashEntryDTO[]>>;
   before: CrashHolds;
   after: CrashHolds;
+  /**
+   * Right after the commit write, when that differs from `after`: a snapshot operation publishes
+   * its result first where nothing else looks, then moves it to where QEMU keeps it (the settle).
+   */
+  published?: CrashHolds;
 }
 
 export interface CrashFindingDTO {

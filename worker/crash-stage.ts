@@ -68,6 +68,10 @@ async function holdsOf(store: ImageStore): Promise<CrashHolds> {
   }
 }
 
+function sameHolds(x: CrashHolds, y: CrashHolds): boolean {
+  return JSON.stringify(x) === JSON.stringify(y);
+}
+
 /** Rehearse `op` on the image in `base` (with its backing layer, if attached). */
 export async function crashRehearse(base: ImageStore, backing: Layer | null, op: CrashOperation): Promise<CrashRehearsalDTO> {
   const rehearsal = await rehearse(base, (s) => runOn(s, backing, op));
@@ -82,11 +86,17 @@ export async function crashRehearse(base: ImageStore, backing: Layer | null, op:
   }
   staged.set(id, { base, rehearsal, orders });
   for (const k of staged.keys()) if (staged.size > KEPT) staged.delete(k);
-  const steps = stepIndexes(rehearsal.entries).length;
+  const indexes = stepIndexes(rehearsal.entries);
+  const steps = indexes.length;
+  const holdsAt = async (stop: number) => holdsOf((await crashAt(base, rehearsal.entries, stop, true)).store);
+  const after = await holdsAt(steps);
+  // The first published state (right after the commit write), when the operation moves on from it.
+  const commitStop = indexes.findIndex((i) => rehearsal.entries[i]!.commit) + 1;
+  const published = commitStop > 0 && commitStop < steps ? await holdsAt(commitStop) : undefined;
   return {
     id, operation: rehearsal.operation, entries: entriesDTO(rehearsal.entries), broken,
-    before: await holdsOf((await crashAt(base, rehearsal.entries, 0, true)).store),
-    after: await holdsOf((await crashAt(base, rehearsal.entries, steps, true)).store),
+    before: await holdsAt(0), after,
+    ...(published && !sameHolds(published, after) ? { published } : {}),
   };
 }
 

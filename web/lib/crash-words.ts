@@ -53,6 +53,10 @@ function holdsText(r: CrashRehearsalDTO, h: CrashHolds, committed: boolean, hasC
   if (b && a && !sameTables(b, a)) {
     if (sameTables(h.tables, b)) return `The image as it was before the operation (${list}).`;
     if (sameTables(h.tables, a)) return `The image as it is after the operation (${list}).`;
+    const p = r.published?.tables;
+    if (p && sameTables(h.tables, p)) {
+      return `The image as it is after the operation, in the tables it first published (${list}); the move to where QEMU keeps them had not reached the disk.`;
+    }
     return `A mix of old and new: the header names the tables below (${list}).`;
   }
   if (!hasCommit) return `The image with the writes that reached the disk (${list}).`;
@@ -125,13 +129,17 @@ export function crashWords(r: CrashRehearsalDTO, entries: readonly CrashEntryDTO
       const missing = after.filter((x) => !onDisk.has(x));
       why.push(`The commit write (${c}) is on the disk: it made the change visible in one write of one sector, which a disk writes whole or not at all. ` +
         'The flush before it made sure everything it points at had reached the disk first.');
-      if (missing.length > 0) {
+      if (missing.length > 0 && s.leaks > 0) {
         why.push(`The refcount decreases after it (${stepsText(missing)}) are not on the disk: the clusters the operation stopped using are still counted. Leaks, never a lost reference: a refcount only comes down after its reference is gone.`);
+      } else if (missing.length > 0) {
+        why.push(`The refcount writes after it (${stepsText(missing)}) are not on the disk: they belong to the move of the tables to where QEMU keeps them, and the state the commit published is complete without them.`);
       }
     }
   }
   const b = r.before.tables;
   const a = r.after.tables;
-  const mixed = s.holds.tables && b && a && !sameTables(s.holds.tables, b) && !sameTables(s.holds.tables, a) ? mixedTables(s.holds.tables, b, a) : [];
+  const p = r.published?.tables;
+  const known = (t: NonNullable<typeof b>) => sameTables(t, b!) || sameTables(t, a!) || (p !== undefined && p !== null && sameTables(t, p));
+  const mixed = s.holds.tables && b && a && !known(s.holds.tables) ? mixedTables(s.holds.tables, b, a) : [];
   return { tone, headline, meaning, holds: holdsText(r, s.holds, committed, commitSteps.length > 0), tables: mixed, why };
 }
