@@ -3,6 +3,8 @@
 // decodes. Bit ranges of entries are derived from the masks in entries.ts and the feature bits in
 // constants.ts; the variable-length structures (header extensions, snapshot table entries,
 // bitmap directory entries) are laid out from the sizes their own fixed fields give. Pure.
+// The field lists are data of one shape on purpose (name, offset, size, role, explanation, as the
+// spec's tables give them): the duplicate-code scan's same-shape pairs between them are deliberate.
 import { alignUp, be16, be32 } from './bytes.ts';
 import * as C from './constants.ts';
 import {

@@ -32,6 +32,8 @@ const io = (file: string, ...cmds: string[]): void => {
   qemuIoOk(file, ...cmds);
 };
 
+// A catalogue: its entries share one shape on purpose (each is a different image recipe and its
+// expected result), so the duplicate-code scan's same-shape pairs inside it are deliberate.
 export const SEED_RECIPES: SeedRecipe[] = [
   {
     // the default layout (64 KiB clusters, refcount 16) with two snapshots, COW, zlib-compressed,
