@@ -31,3 +31,24 @@ export function valued(short?: string, multiple?: boolean): OptionSpec {
   if (multiple) spec.multiple = true;
   return spec;
 }
+
+/**
+ * getopt's reading of `-x VALUE` when VALUE starts with a dash (qemu-img takes `-r -1` and then
+ * refuses the number): such a pair is handed to node's parser as `-x-1`, which it reads alike.
+ */
+export function joinDashValues(args: string[], options: Command['options']): string[] {
+  const valued = new Set(Object.values(options).filter((o) => o.type === 'string' && o.short).map((o) => `-${o.short}`));
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') { out.push(...args.slice(i)); break; }
+    const next = args[i + 1];
+    if (valued.has(a) && next !== undefined && next.startsWith('-') && next.length > 1) {
+      out.push(a + next);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}

@@ -2,7 +2,7 @@
 // Errors print one line, `qcowscope: <message>`, never a stack trace unless QCOWSCOPE_DEBUG=1.
 import { parseArgs } from 'node:util';
 import { isQcowError, QcowError } from '../core/errors.ts';
-import type { Command } from './command.ts';
+import { joinDashValues, type Command } from './command.ts';
 import { info } from './commands/info.ts';
 import { map } from './commands/map.ts';
 import { snapshot } from './commands/snapshot.ts';
@@ -36,7 +36,7 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   try {
-    const { values, positionals } = parseArgs({ args: rest, options: { ...QEMU_IMG_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({ args: joinDashValues(rest, { ...QEMU_IMG_OPTIONS, ...cmd.options }), options: { ...QEMU_IMG_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true });
     if (values.format !== undefined && values.format !== 'qcow2') {
       throw new QcowError('NOT_SUPPORTED', `${verb}: only the qcow2 format is supported, not '${String(values.format)}'`);
     }

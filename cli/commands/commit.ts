@@ -95,7 +95,7 @@ export const commitCmd: Command = {
     try {
       const fmt = baseIsQcow2 ? 'qcow2' : await probeFormat(basePath);
       if (fmt === 'qcow2') {
-        const base = await openImage(basePath, { writable: true, noBacking: true });
+        const base = await openImage(basePath, { writable: true });
         try {
           await commitInto(overlay, qcow2Target(base), { keep, depth, onProgress: (d, t) => progress.update(d, t) });
         } finally {

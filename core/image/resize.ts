@@ -4,17 +4,22 @@
 // table in fresh clusters, refcounts first, written and flushed), then one header write names the
 // new size, L1 size and L1 offset (the commit point), flush, and only then is the old L1 freed.
 // A crash before the header write leaves the old image and a leaked table; after it, the grown
-// image and at worst the old table leaked.
+// image and at worst the old table leaked. As QEMU's bdrv_co_truncate, when the image's backing
+// file is longer than its old size the new area is then zeroed (zero clusters), so the backing
+// file does not show through it; a crash between the header write and the zeroing leaves that
+// area reading the backing file (QEMU's order has the same window).
 import { QcowError } from '../errors.ts';
 import { encodeHeader, sizeToL1, type Qcow2Header } from '../format/header.ts';
 import * as C from '../format/constants.ts';
 import { allocClusters, freeClusters } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
+import { writeZeroes } from './write.ts';
 
 /** Grow `img` to `newSize` bytes of guest disk (a multiple of 512); a smaller or equal size does nothing. */
 export async function growImage(img: Qcow2Image, newSize: number): Promise<void> {
   const h = img.header;
-  if (newSize <= h.size) return;
+  const oldSize = h.size;
+  if (newSize <= oldSize) return;
   if (img.bitmaps.length > 0) {
     throw new QcowError('NOT_SUPPORTED', 'Growing an image with persistent dirty bitmaps is not supported', {});
   }
@@ -43,4 +48,5 @@ export async function growImage(img: Qcow2Image, newSize: number): Promise<void>
     await freeClusters(img, oldL1.offset, img.clusterAlign(oldL1.bytes));
     await img.flush('old L1 table freed');
   }
+  if (img.backing && img.backing.virtualSize > oldSize) await writeZeroes(img, oldSize, newSize - oldSize);
 }

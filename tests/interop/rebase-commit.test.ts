@@ -130,6 +130,7 @@ describe('commit: the overlay folded into its backing file', () => {
       build(chain);
       expect(same(['commit'], chain)).toBe(0);
       expect(mapShape(o('top.qcow2')), 'emptied overlay').toEqual(mapShape(q('top.qcow2')));
+      expect(fs.statSync(o('top.qcow2')).size, 'emptied overlay, file size').toBe(fs.statSync(q('top.qcow2')).size);
       // the link under it next, kept with -d
       const below = chain[chain.length - 2]![0];
       if (chain.length > 2) {
@@ -166,19 +167,78 @@ describe('refusals: qemu-img\'s words and exit codes', () => {
 });
 
 describe('commit into a smaller backing file', () => {
-  it('is refused with nothing written (qemu-img would grow the backing file; we cannot resize yet)', () => {
-    build([
-      ['base.qcow2', '', ['write -P 1 0 1M']],
-      ['top.qcow2', '', ['write -P 2 0 64k']],
-    ]);
-    const f = path.join(w.dir, 'o', 'big.qcow2');
-    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', f, '16M']);
-    qemuIoOk(f, 'write -P 3 12M 64k');
-    const before = [fs.readFileSync(f), fs.readFileSync(o('base.qcow2'))];
-    const r = runCli(w.bin, ['commit', 'o/big.qcow2'], { cwd: w.dir });
-    expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/^qcowscope: commit: the backing file .* is smaller than the image/);
-    expect([fs.readFileSync(f), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
+  it('grows it to the overlay\'s size as qemu-img does (qcow2, one link and through -b)', () => {
+    const chain: Link[] = [
+      ['base.qcow2', 'cluster_size=4k', ['write -P 1 0 1M', 'write -c -P 7 7M 64k']],
+      ['mid.qcow2', '', ['write -P 2 2M 64k']],
+      ['top.qcow2', 'cluster_size=16k', ['write -P 3 3M 64k']],
+    ];
+    build(chain);
+    // a larger mid and top (qemu-img create with a bigger size, same chain)
+    for (const d of ['q', 'o']) {
+      for (const [name, size, below, io] of [['mid.qcow2', '12M', 'base.qcow2', 'write -P 4 10M 64k'], ['top.qcow2', '40M', 'mid.qcow2', 'write -P 5 30M 100k']] as const) {
+        const f = path.join(w.dir, d, name);
+        qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', below, '-F', 'qcow2', f, size]);
+        qemuIoOk(f, io, 'write -z 1M 64k');
+      }
+    }
+    expect(same(['commit', '-b', 'base.qcow2'], chain)).toBe(0);
+    expect(mapShape(o('base.qcow2'))).toEqual(mapShape(q('base.qcow2')));
+    expect(qemuInfoJson(o('base.qcow2'))['virtual-size']).toBe(qemuInfoJson(q('base.qcow2'))['virtual-size']);
+    expect(same(['commit'], chain)).toBe(0);
+    expect(mapShape(o('mid.qcow2'))).toEqual(mapShape(q('mid.qcow2')));
+    expect(fs.statSync(o('top.qcow2')).size, 'emptied overlay, file size').toBe(fs.statSync(q('top.qcow2')).size);
+  });
+
+  it('a raw backing file takes the data and grows (one link, and -b through a qcow2 link)', () => {
+    for (const step of [['commit'], ['commit', '-b', 'base.raw']]) {
+      for (const d of ['q', 'o']) {
+        const dir = path.join(w.dir, d);
+        fs.rmSync(dir, { recursive: true, force: true });
+        fs.mkdirSync(dir);
+        const raw = path.join(dir, 'base.raw');
+        fs.writeFileSync(raw, '');
+        fs.truncateSync(raw, 2 << 20);
+        const fd = fs.openSync(raw, 'r+');
+        fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 10);
+        fs.closeSync(fd);
+        qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', '-b', 'base.raw', '-F', 'raw', path.join(dir, 'mid.qcow2'), '3M']);
+        qemuIoOk(path.join(dir, 'mid.qcow2'), 'write -P 2 1M 64k', 'write -z 0 4k');
+        qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', path.join(dir, 'top.qcow2'), '6M']);
+        qemuIoOk(path.join(dir, 'top.qcow2'), 'write -P 3 2M 64k', 'write -z 4M 64k', 'write -P 4 5M 10k');
+      }
+      const file = step.length === 1 ? 'mid.qcow2' : 'top.qcow2';
+      expect(w.expectSame([...step, `q/${file}`], [`q/${file}`, `o/${file}`])).toBe(0);
+      expect(fs.readFileSync(o('base.raw')).equals(fs.readFileSync(q('base.raw'))), step.join(' ')).toBe(true);
+      for (const n of ['mid.qcow2', 'top.qcow2']) {
+        expect(qemuCheck(o(n)).exitCode).toBe(0);
+        expect(mapShape(o(n)), n).toEqual(mapShape(q(n)));
+        expect(fs.statSync(o(n)).size, n).toBe(fs.statSync(q(n)).size);
+      }
+    }
+  });
+});
+
+describe('commit -b, -r, -p: qemu-img\'s spelling', () => {
+  it('accepts them and refuses as qemu-img does', () => {
+    const chain = CHAINS['two links, 512 B under 2 MiB under 64 KiB clusters']!;
+    build(chain);
+    expect(same(['commit', '-b', 'mid.qcow2', '-r', '1M'], chain)).toBe(0);
+    expect(mapShape(o('mid.qcow2'))).toEqual(mapShape(q('mid.qcow2')));
+    expect(same(['commit', '-q', '-p', '-r', '0', '-b', 'base.qcow2'], chain)).toBe(0);
+    expect(mapShape(o('base.qcow2'))).toEqual(mapShape(q('base.qcow2')));
+    for (const bad of [['-b', 'nothere.qcow2'], ['-b', 'top.qcow2'], ['-r', 'xx'], ['-r', '-1']]) {
+      expect(w.expectSame(['commit', ...bad, 'q/top.qcow2'])).toBe(1);
+    }
+    // -p: qemu-img's progress line, then its last word; how often it repeats depends on timing
+    build(chain);
+    const r = runCli(w.bin, ['commit', '-p', 'o/top.qcow2'], { cwd: w.dir });
+    const qr = qemuImg(['commit', '-p', q('top.qcow2')]);
+    expect(r.status).toBe(qr.status);
+    const shape = (s: string): string[] => [...new Set(s.split('\r'))];
+    expect(shape(r.stdout)[0]).toBe(shape(qr.stdout)[0]);
+    expect(r.stdout.slice(r.stdout.lastIndexOf('(100.00/100%)'))).toBe(qr.stdout.slice(qr.stdout.lastIndexOf('(100.00/100%)')));
+    for (const [name] of chain) judge(name, 'commit -p');
   });
 });
 
