@@ -14,6 +14,8 @@ export interface Command {
   name: string;
   usage: string;
   options: Record<string, { type: 'boolean' | 'string'; short?: string; multiple?: boolean }>;
+  /** The formats its -f accepts (default: qcow2 only). */
+  formats?: readonly string[];
   /** Returns the process exit code. */
   run(ctx: CommandContext): Promise<number>;
 }

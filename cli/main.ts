@@ -37,7 +37,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     const { values, positionals } = parseArgs({ args: joinDashValues(rest, { ...QEMU_IMG_OPTIONS, ...cmd.options }), options: { ...QEMU_IMG_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true });
-    if (values.format !== undefined && values.format !== 'qcow2') {
+    if (values.format !== undefined && !(cmd.formats ?? ['qcow2']).includes(String(values.format))) {
       throw new QcowError('NOT_SUPPORTED', `${verb}: only the qcow2 format is supported, not '${String(values.format)}'`);
     }
     return await cmd.run({

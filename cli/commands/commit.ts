@@ -13,7 +13,7 @@ import { openImage, probeFormat, resolveBackingPath } from '../open.ts';
 import { NodeFileStore } from '../node-file-store.ts';
 import { flag, valued, type Command } from '../command.ts';
 import { cliError, cvtnum, usageExit } from '../qemu-options.ts';
-import { progressLine } from '../progress.ts';
+import { Progress } from '../progress.ts';
 
 /** The links of an opened chain, top first, each with the path QEMU opened it from. */
 function linksOf(top: Qcow2Image, file: string): Array<{ layer: Layer; path: string; backingFile?: string }> {
@@ -91,20 +91,27 @@ export const commitCmd: Command = {
     // the image itself writable only when it is emptied; the links above BASE read through it
     const overlay = keep ? chain : await openImage(file, { writable: true, noBacking: true });
     if (!keep) await chain.close();
-    const progress = progressLine(values.progress === true && values.quiet !== true, 1, (s) => process.stdout.write(s));
+    // qemu-img commit: progress in steps of 1%, from 0 to 100 (the block job's own steps in between)
+    const progress = new Progress(values.progress === true && values.quiet !== true, 1);
+    progress.print(0, 100);
+    let reported = 0;
+    const onProgress = (d: number, t: number): void => {
+      progress.print(((d - reported) / t) * 100, 100);
+      reported = d;
+    };
     try {
       const fmt = baseIsQcow2 ? 'qcow2' : await probeFormat(basePath);
       if (fmt === 'qcow2') {
         const base = await openImage(basePath, { writable: true });
         try {
-          await commitInto(overlay, qcow2Target(base), { keep, depth, onProgress: (d, t) => progress.update(d, t) });
+          await commitInto(overlay, qcow2Target(base), { keep, depth, onProgress });
         } finally {
           await base.close();
         }
       } else {
         const store = NodeFileStore.open(basePath, { writable: true });
         try {
-          await commitInto(overlay, rawTarget(store), { keep, depth, onProgress: (d, t) => progress.update(d, t) });
+          await commitInto(overlay, rawTarget(store), { keep, depth, onProgress });
         } finally {
           await store.close();
         }
@@ -112,7 +119,7 @@ export const commitCmd: Command = {
     } finally {
       await overlay.close();
     }
-    progress.update(1, 1);
+    progress.print(100, 0);
     progress.end();
     if (values.quiet !== true) out('Image committed.');
     return 0;
