@@ -27,7 +27,7 @@ export interface CommitOptions {
 export interface CommitTarget {
   readonly virtualSize: number;
   /** Refuse, before anything is written, what the target cannot take. */
-  assertWritable(): void;
+  precheck(): void;
   grow(size: number): Promise<void>;
   write(offset: number, data: Uint8Array): Promise<void>;
   writeZeroes(offset: number, length: number): Promise<void>;
@@ -37,7 +37,7 @@ export interface CommitTarget {
 export function qcow2Target(img: Qcow2Image): CommitTarget {
   return {
     get virtualSize() { return img.virtualSize; },
-    assertWritable: () => assertCanWrite(img, 0, 0),
+    precheck: () => assertCanWrite(img, 0, 0),
     grow: (size) => growImage(img, size),
     write: (offset, data) => writeGuest(img, offset, data),
     writeZeroes: (offset, length) => writeZeroes(img, offset, length),
@@ -49,7 +49,7 @@ export function qcow2Target(img: Qcow2Image): CommitTarget {
 export function rawTarget(store: ImageStore): CommitTarget {
   return {
     get virtualSize() { return store.size(); },
-    assertWritable: () => undefined,
+    precheck: () => undefined,
     grow: async (size) => { if (size > store.size()) await store.truncate(size); },
     write: (offset, data) => store.write(offset, data),
     writeZeroes: async (offset, length) => {
@@ -60,7 +60,7 @@ export function rawTarget(store: ImageStore): CommitTarget {
 }
 
 function isTarget(t: Qcow2Image | CommitTarget): t is CommitTarget {
-  return typeof (t as Partial<CommitTarget>).assertWritable === 'function';
+  return typeof (t as Partial<CommitTarget>).grow === 'function';
 }
 
 /**
@@ -71,7 +71,7 @@ function isTarget(t: Qcow2Image | CommitTarget): t is CommitTarget {
 export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitTarget, opts: CommitOptions = {}): Promise<void> {
   const target = isTarget(base) ? base : qcow2Target(base);
   // what a guest write would refuse (persistent bitmaps, ...) is refused before anything is written
-  target.assertWritable();
+  target.precheck();
   if (!opts.keep) assertCanWrite(overlay, 0, 0);
   const size = overlay.virtualSize;
   const depth = opts.depth ?? 1;
