@@ -71,6 +71,7 @@ const CASES: Array<[string, BitmapOp[]]> = [
   ['clear a bitmap with data', [{ op: 'clear', name: 'dirty' }]],
   ['disable and enable', [{ op: 'disable', name: 'dirty' }, { op: 'enable', name: 'quiet' }]],
   ['remove both (the extension goes)', [{ op: 'remove', name: 'dirty' }, { op: 'remove', name: 'quiet' }]],
+  ['merge a bitmap with data into another (new table and data clusters)', [{ op: 'merge', name: 'quiet', from: 'dirty' }]],
 ];
 
 describe('bitmap operations stopped at every write, or losing unflushed writes', () => {

@@ -22,14 +22,7 @@ function runSteps(make: (file: string) => void, steps: Array<[string[], string]>
   const o = path.join(w.dir, 'o.qcow2');
   make(q);
   fs.copyFileSync(q, o);
-  for (const [args, name] of steps) {
-    const step = `bitmap ${args.join(' ')} ${name}`;
-    w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
-    const check = qemuCheck(o);
-    expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
-    expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));
-    expect(qemuImg(['compare', q, o]).status, `${step}: qemu-img compare`).toBe(0);
-  }
+  for (const [args, name] of steps) runStep(args, name);
 }
 
 const SEQUENCE: Array<[string[], string]> = [
@@ -99,3 +92,106 @@ describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
     expect(bitmapsOf(v2)).toEqual([]);
   });
 });
+
+/** A bitmap's flags, granularity and bits, decoded from the file's bytes (independent of core/). */
+function bitsOf(file: string, name: string): [number, number, string] | null {
+  const b = fs.readFileSync(file);
+  const cs = 2 ** b.readUInt32BE(20);
+  const size = Number(b.readBigUInt64BE(24));
+  let pos = b.readUInt32BE(100);
+  for (;;) {
+    const type = b.readUInt32BE(pos);
+    if (type === 0) return null;
+    if (type === 0x23852875) break;
+    pos += 8 + Math.ceil(b.readUInt32BE(pos + 4) / 8) * 8;
+  }
+  let at = Number(b.readBigUInt64BE(pos + 8 + 16));
+  for (let i = 0; i < b.readUInt32BE(pos + 8); i++) {
+    const tableOffset = Number(b.readBigUInt64BE(at));
+    const tableSize = b.readUInt32BE(at + 8);
+    const flags = b.readUInt32BE(at + 12);
+    const gbits = b[at + 17]!;
+    const nameSize = b.readUInt16BE(at + 18);
+    if (b.subarray(at + 24, at + 24 + nameSize).toString('utf8') === name) {
+      const parts: Buffer[] = [];
+      for (let k = 0; k < tableSize; k++) {
+        const e = b.readBigUInt64BE(tableOffset + k * 8);
+        const off = Number(e & 0x00fffffffffffe00n);
+        parts.push(off ? b.subarray(off, off + cs) : Buffer.alloc(cs, e & 1n ? 0xff : 0));
+      }
+      const bytes = Math.ceil(Math.ceil(size / 2 ** gbits) / 8);
+      return [flags, gbits, Buffer.concat(parts).subarray(0, bytes).toString('hex')];
+    }
+    at += Math.ceil((24 + nameSize + b.readUInt32BE(at + 20)) / 8) * 8;
+  }
+  return null;
+}
+
+/** Bitmaps with bits: qemu-io's writes are recorded by the enabled ones and stored when it closes. */
+function withBits(clusterSize: string): (file: string) => void {
+  return (f) => {
+    image(`cluster_size=${clusterSize}`, '64M')(f);
+    qemuImgOk(['bitmap', '--add', '-g', '512', f, 'dirty']);
+    qemuImgOk(['bitmap', '--add', '-g', '1M', f, 'coarse']);
+    qemuImgOk(['bitmap', '--add', '--disable', f, 'quiet']);
+    qemuIoOk(f, 'write -P 2 5M 300k', 'write -P 3 50M 64k');
+    qemuImgOk(['bitmap', '--disable', f, 'dirty']);
+    qemuIoOk(f, 'write -P 4 60M 4k');
+  };
+}
+
+describe('bitmap --merge: the same bits as qemu-img\'s', () => {
+  const names = ['dirty', 'coarse', 'quiet', 'new'];
+  const sameBits = (step: string): void => {
+    for (const n of names) expect(bitsOf(path.join(w.dir, 'o.qcow2'), n), `${step}: ${n}`).toEqual(bitsOf(path.join(w.dir, 'q.qcow2'), n));
+  };
+  for (const cs of ['512', '64k', '2M']) {
+    it(`${cs} clusters: merges within the image, across granularities, in command-line order`, () => {
+      const steps: Array<[string[], string]> = [
+        [['--merge', 'dirty'], 'quiet'],
+        [['--merge', 'coarse'], 'dirty'],
+        [['--merge', 'dirty', '--merge', 'coarse', '--clear', '--merge=dirty'], 'coarse'],
+        [['--add', '-g', '4k', '--merge', 'quiet'], 'new'],
+      ];
+      runSteps(withBits(cs), []);
+      for (const [args, name] of steps) {
+        runStep(args, name);
+        sameBits(args.join(' '));
+      }
+    });
+  }
+
+  it('from another image (-b, -F), and qemu-img\'s refusals', () => {
+    withBits('4k')(path.join(w.dir, 'src.qcow2'));
+    image('', '16M')(path.join(w.dir, 'small.qcow2'));
+    qemuImgOk(['bitmap', '--add', path.join(w.dir, 'small.qcow2'), 's0']);
+    runSteps(withBits('64k'), []);
+    for (const [args, name] of [
+      [['--merge', 'dirty', '-b', 'src.qcow2', '-F', 'qcow2'], 'quiet'],
+      [['--merge', 'coarse', '-b', 'src.qcow2'], 'dirty'],
+      [['--merge', 'nope'], 'quiet'],
+      [['--merge', 'dirty'], 'nope'],
+      [['--merge', 'dirty', '-b', 'nothere.qcow2'], 'quiet'],
+      [['--merge', 'dirty', '-F', 'qcow2'], 'quiet'],
+      [['--add', '-b', 'src.qcow2'], 'zz'],
+      [['--merge', 's0', '-b', 'small.qcow2'], 'quiet'],
+      [['--merge', 's0', '-b', 'small.qcow2', '-F', 'raw'], 'quiet'],
+      [['--merge', 'dirty', '--add'], 'quiet'],
+      [['--merge', 'dirty', '--merge', 'nope'], 'coarse'],
+    ] as Array<[string[], string]>) {
+      runStep(args, name);
+      sameBits(args.join(' '));
+    }
+  });
+});
+
+/** One step on the copies runSteps made (q.qcow2 by qemu-img, o.qcow2 by us), judged as runSteps judges. */
+function runStep(args: string[], name: string): void {
+  const [q, o] = [path.join(w.dir, 'q.qcow2'), path.join(w.dir, 'o.qcow2')];
+  const step = `bitmap ${args.join(' ')} ${name}`;
+  w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
+  const check = qemuCheck(o);
+  expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
+  expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));
+  expect(qemuImg(['compare', q, o]).status, `${step}: qemu-img compare`).toBe(0);
+}
