@@ -25,6 +25,15 @@ export interface CliWorkDir {
   expectSame(args: string[], rename?: [string, string]): number | null;
 }
 
+/** A sparse raw file of `size` bytes with 300000 bytes of 9s at `at` and holes elsewhere. */
+export function sparseRaw(file: string, size: number, at: number): void {
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, size);
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, at);
+  fs.closeSync(fd);
+}
+
 export function useCliWorkDir(prefix: string): CliWorkDir {
   let dir = '';
   let bin = '';
@@ -53,12 +62,7 @@ export function useCliWorkDir(prefix: string): CliWorkDir {
       qemuIoOk(path.join(dir, name), ...cmds);
     },
     overRawWithHoles(name) {
-      const raw = path.join(dir, 'base.raw');
-      fs.writeFileSync(raw, '');
-      fs.truncateSync(raw, 16 << 20);
-      const fd = fs.openSync(raw, 'r+');
-      fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 20);
-      fs.closeSync(fd);
+      sparseRaw(path.join(dir, 'base.raw'), 16 << 20, 5 << 20);
       qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, name)]);
       w.io(name, 'write -P 1 0 64k');
       return name;

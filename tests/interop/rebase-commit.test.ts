@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
 import { qemuInfoJson, runCli } from './read-support.ts';
-import { useCliWorkDir } from './cli-oracle.ts';
+import { sparseRaw, useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-rebase-commit-');
 
@@ -196,12 +196,7 @@ describe('commit into a smaller backing file', () => {
         const dir = path.join(w.dir, d);
         fs.rmSync(dir, { recursive: true, force: true });
         fs.mkdirSync(dir);
-        const raw = path.join(dir, 'base.raw');
-        fs.writeFileSync(raw, '');
-        fs.truncateSync(raw, 2 << 20);
-        const fd = fs.openSync(raw, 'r+');
-        fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 10);
-        fs.closeSync(fd);
+        sparseRaw(path.join(dir, 'base.raw'), 2 << 20, 5 << 10);
         qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', '-b', 'base.raw', '-F', 'raw', path.join(dir, 'mid.qcow2'), '3M']);
         qemuIoOk(path.join(dir, 'mid.qcow2'), 'write -P 2 1M 64k', 'write -z 0 4k');
         qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', path.join(dir, 'top.qcow2'), '6M']);
