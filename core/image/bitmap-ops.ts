@@ -23,7 +23,11 @@ export type BitmapOp =
   | { op: 'add'; name: string; granularity?: number; disabled?: boolean }
   | { op: 'remove' | 'clear' | 'enable' | 'disable'; name: string }
   /** Set in `name` every bit set in `source`'s bitmap `from` (this image's when `source` is not given; null: a file without bitmaps). */
-  | { op: 'merge'; name: string; from: string; source?: Qcow2Image | null };
+  | { op: 'merge'; name: string; from: string; source?: Qcow2Image | null }
+  /** Mark the bitmap in use (QEMU does so for every bitmap of an image it opens for writing). */
+  | { op: 'in-use'; name: string }
+  /** Set the bits of the guest ranges written while the bitmap was in use if it is enabled, and clear in-use. */
+  | { op: 'written'; name: string; ranges: ReadonlyArray<readonly [number, number]> };
 
 type Entry = Omit<BitmapEntry, 'entryOffset'>;
 
@@ -126,6 +130,25 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
     }
     if (i < 0) { refusal = failed(op, `Dirty bitmap '${op.name}' not found`); break; }
     const e = entries[i]!;
+    if (op.op === 'in-use') {
+      e.flags |= BME_FLAG_IN_USE;
+      continue;
+    }
+    if (op.op === 'written') {
+      e.flags &= ~BME_FLAG_IN_USE;
+      if (!(e.flags & BME_FLAG_AUTO) || op.ranges.length === 0) continue;
+      const bits = fresh.has(e) ? content.get(e) ?? bitsFor(img.virtualSize, e.granularityBits) : await readBits(img, e);
+      const g = 2 ** e.granularityBits;
+      for (const [start, length] of op.ranges) {
+        for (let k = Math.floor(start / g); k <= Math.floor((start + length - 1) / g); k++) bits[k >> 3]! |= 1 << (k & 7);
+      }
+      if (!fresh.has(e)) {
+        dropped.push({ ...e });
+        fresh.add(e);
+      }
+      content.set(e, bits);
+      continue;
+    }
     if (op.op === 'merge') {
       const src = op.source;
       const se = src === null ? undefined : src ? src.bitmaps.find((b) => b.name === op.from) : entries.find((b) => b.name === op.from);

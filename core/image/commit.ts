@@ -5,8 +5,14 @@
 // then, unless kept, the overlay emptied (make-empty.ts, QEMU's bdrv_make_empty). Crash-safe by
 // order: while the backing file is written the overlay still holds all of its data, so the overlay
 // reads as before whatever the backing file has received; the overlay is emptied only after the
-// backing file is flushed, each step of that a crash-safe change of its own.
+// backing file is flushed, each step of that a crash-safe change of its own. Persistent bitmaps
+// of a qcow2 backing file are kept as QEMU keeps them: marked in use before the first write (a
+// crash then leaves them inconsistent, never silently stale), and stored afterwards with every
+// granule the commit wrote set in the enabled ones, in-use cleared.
+import { QcowError } from '../errors.ts';
+import { BME_FLAG_IN_USE } from '../format/bitmaps.ts';
 import type { ImageStore } from '../io/store.ts';
+import { changeBitmaps } from './bitmap-ops.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { assertCanWrite, writeGuest, writeZeroes } from './write.ts';
 import { growImage } from './resize.ts';
@@ -32,16 +38,41 @@ export interface CommitTarget {
   write(offset: number, data: Uint8Array): Promise<void>;
   writeZeroes(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
+  /** Before the first write: persistent bitmaps marked in use (QEMU's order). */
+  begin(): Promise<void>;
+  /** After the data is flushed: the guest ranges written, set in the enabled bitmaps. */
+  finish(written: ReadonlyArray<readonly [number, number]>): Promise<void>;
 }
 
 export function qcow2Target(img: Qcow2Image): CommitTarget {
   return {
     get virtualSize() { return img.virtualSize; },
-    precheck: () => assertCanWrite(img, 0, 0),
+    precheck: () => {
+      // persistent bitmaps are kept in step (begin/finish); one already in use cannot be
+      const inUse = img.bitmaps.find((b) => b.flags & BME_FLAG_IN_USE);
+      if (inUse) throw new QcowError('INVALID_ARGUMENT', `Bitmap '${inUse.name}' is inconsistent and cannot be used`, { bitmap: inUse.name });
+      const tracked = img.bitmapsTracked;
+      img.bitmapsTracked = true;
+      try {
+        assertCanWrite(img, 0, 0);
+      } finally {
+        img.bitmapsTracked = tracked;
+      }
+    },
     grow: (size) => growImage(img, size),
     write: (offset, data) => writeGuest(img, offset, data),
     writeZeroes: (offset, length) => writeZeroes(img, offset, length),
     flush: () => img.flush('committed data before the overlay is emptied'),
+    begin: async () => {
+      if (img.bitmaps.length === 0) return;
+      await changeBitmaps(img, img.bitmaps.map((b) => ({ op: 'in-use', name: b.name })));
+      img.bitmapsTracked = true;
+    },
+    finish: async (written) => {
+      if (!img.bitmapsTracked) return;
+      await changeBitmaps(img, img.bitmaps.map((b) => ({ op: 'written', name: b.name, ranges: written })));
+      img.bitmapsTracked = false;
+    },
   };
 }
 
@@ -56,6 +87,8 @@ export function rawTarget(store: ImageStore): CommitTarget {
       for (let pos = 0; pos < length; pos += CHUNK) await store.write(offset + pos, new Uint8Array(Math.min(CHUNK, length - pos)));
     },
     flush: () => store.flush(),
+    begin: async () => undefined,
+    finish: async () => undefined,
   };
 }
 
@@ -76,6 +109,8 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitT
   const size = overlay.virtualSize;
   const depth = opts.depth ?? 1;
   if (target.virtualSize < size) await target.grow(size);
+  await target.begin();
+  const written: Array<[number, number]> = [];
   for (let pos = 0; pos < size; pos += CHUNK) {
     const n = Math.min(CHUNK, size - pos);
     for (const e of await overlay.extents(pos, n)) {
@@ -84,11 +119,13 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitT
       const pastShortLink = !e.present && e.depth + 1 < depth;
       if (e.depth >= depth || (!e.present && !pastShortLink)) continue;
       // as QEMU's mirror: zeros are written as zeros only where the range holds no data
+      written.push([e.start, e.length]);
       if (e.zero && !e.data) await target.writeZeroes(e.start, e.length);
       else await target.write(e.start, await overlay.read(e.start, e.length));
     }
     opts.onProgress?.(pos + n, size);
   }
   await target.flush();
+  await target.finish(written);
   if (!opts.keep) await makeEmpty(overlay);
 }

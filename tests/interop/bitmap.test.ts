@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
 import { runCli } from './read-support.ts';
-import { useCliWorkDir } from './cli-oracle.ts';
+import { bitsOf, useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-bitmap-');
 
@@ -92,40 +92,6 @@ describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
     expect(bitmapsOf(v2)).toEqual([]);
   });
 });
-
-/** A bitmap's flags, granularity and bits, decoded from the file's bytes (independent of core/). */
-function bitsOf(file: string, name: string): [number, number, string] | null {
-  const b = fs.readFileSync(file);
-  const cs = 2 ** b.readUInt32BE(20);
-  const size = Number(b.readBigUInt64BE(24));
-  let pos = b.readUInt32BE(100);
-  for (;;) {
-    const type = b.readUInt32BE(pos);
-    if (type === 0) return null;
-    if (type === 0x23852875) break;
-    pos += 8 + Math.ceil(b.readUInt32BE(pos + 4) / 8) * 8;
-  }
-  let at = Number(b.readBigUInt64BE(pos + 8 + 16));
-  for (let i = 0; i < b.readUInt32BE(pos + 8); i++) {
-    const tableOffset = Number(b.readBigUInt64BE(at));
-    const tableSize = b.readUInt32BE(at + 8);
-    const flags = b.readUInt32BE(at + 12);
-    const gbits = b[at + 17]!;
-    const nameSize = b.readUInt16BE(at + 18);
-    if (b.subarray(at + 24, at + 24 + nameSize).toString('utf8') === name) {
-      const parts: Buffer[] = [];
-      for (let k = 0; k < tableSize; k++) {
-        const e = b.readBigUInt64BE(tableOffset + k * 8);
-        const off = Number(e & 0x00fffffffffffe00n);
-        parts.push(off ? b.subarray(off, off + cs) : Buffer.alloc(cs, e & 1n ? 0xff : 0));
-      }
-      const bytes = Math.ceil(Math.ceil(size / 2 ** gbits) / 8);
-      return [flags, gbits, Buffer.concat(parts).subarray(0, bytes).toString('hex')];
-    }
-    at += Math.ceil((24 + nameSize + b.readUInt32BE(at + 20)) / 8) * 8;
-  }
-  return null;
-}
 
 /** Bitmaps with bits: qemu-io's writes are recorded by the enabled ones and stored when it closes. */
 function withBits(clusterSize: string): (file: string) => void {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
 import { qemuInfoJson, runCli } from './read-support.ts';
-import { sparseRaw, useCliWorkDir } from './cli-oracle.ts';
+import { bitsOf, sparseRaw, useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-rebase-commit-');
 
@@ -256,7 +256,27 @@ describe('commit: an overlay with an internal snapshot', () => {
     expect(fs.readFileSync(o('s1.raw')).equals(fs.readFileSync(q('s1.raw')))).toBe(true);
   });
 
-  it('with a persistent bitmap: refused before anything is written (its bits would go stale)', () => {
+  it('into a backing file with persistent bitmaps: the enabled ones take the committed ranges, as qemu-img\'s', () => {
+    for (const [cs, g] of [['64k', '4k'], ['512', '1M'], ['2M', '512']]) {
+      const chain: Link[] = [
+        ['base.qcow2', `cluster_size=${cs}`, []],
+        ['top.qcow2', '', ['write -P 2 100k 10k', 'write -z 1M 64k', 'write -P 3 7M 3k']],
+      ];
+      build(chain);
+      for (const d of ['q', 'o']) {
+        const f = path.join(w.dir, d, 'base.qcow2');
+        qemuImgOk(['bitmap', '--add', '-g', g, f, 'on']);
+        qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
+        qemuIoOk(f, 'write -P 1 3M 10k');
+      }
+      expect(same(['commit'], chain)).toBe(0);
+      for (const n of ['on', 'off']) expect(bitsOf(o('base.qcow2'), n), `${cs}/${g}: ${n}`).toEqual(bitsOf(q('base.qcow2'), n));
+      expect(bitsOf(o('base.qcow2'), 'on')![2]).toMatch(/[1-9a-f]/);
+      expect(qemuInfoJson(o('base.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('base.qcow2'))['format-specific']);
+    }
+  });
+
+  it('with a persistent bitmap in the overlay: refused before anything is written (its bits would go stale)', () => {
     const chain: Link[] = [
       ['base.qcow2', '', ['write -P 1 0 1M']],
       ['top.qcow2', '', ['write -P 2 512k 64k']],
