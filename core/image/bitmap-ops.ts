@@ -136,16 +136,20 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
     }
     if (op.op === 'written') {
       e.flags &= ~BME_FLAG_IN_USE;
-      if (!(e.flags & BME_FLAG_AUTO) || op.ranges.length === 0) continue;
+      // an image grown meanwhile: every bitmap takes the new size (QEMU resizes them, new bits clear)
+      const tableSize = tableSizeFor(img.virtualSize, e.granularityBits, cs);
+      const mark = (e.flags & BME_FLAG_AUTO) !== 0 && op.ranges.length > 0;
+      if (!mark && tableSize === e.bitmapTableSize) continue;
       const bits = fresh.has(e) ? content.get(e) ?? bitsFor(img.virtualSize, e.granularityBits) : await readBits(img, e);
       const g = 2 ** e.granularityBits;
-      for (const [start, length] of op.ranges) {
+      for (const [start, length] of mark ? op.ranges : []) {
         for (let k = Math.floor(start / g); k <= Math.floor((start + length - 1) / g); k++) bits[k >> 3]! |= 1 << (k & 7);
       }
       if (!fresh.has(e)) {
-        dropped.push({ ...e });
+        dropped.push({ ...e }); // with the table size it was stored with
         fresh.add(e);
       }
+      e.bitmapTableSize = tableSize;
       content.set(e, bits);
       continue;
     }

@@ -108,8 +108,8 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitT
   if (!opts.keep) assertCanWrite(overlay, 0, 0);
   const size = overlay.virtualSize;
   const depth = opts.depth ?? 1;
-  if (target.virtualSize < size) await target.grow(size);
   await target.begin();
+  if (target.virtualSize < size) await target.grow(size);
   const written: Array<[number, number]> = [];
   for (let pos = 0; pos < size; pos += CHUNK) {
     const n = Math.min(CHUNK, size - pos);

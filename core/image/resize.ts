@@ -20,7 +20,8 @@ export async function growImage(img: Qcow2Image, newSize: number): Promise<void>
   const h = img.header;
   const oldSize = h.size;
   if (newSize <= oldSize) return;
-  if (img.bitmaps.length > 0) {
+  // persistent bitmaps only while a writer keeps them (marked in use; resized when it stores them)
+  if (img.bitmaps.length > 0 && !img.bitmapsTracked) {
     throw new QcowError('NOT_SUPPORTED', 'Growing an image with persistent dirty bitmaps is not supported', {});
   }
   if (h.nbSnapshots > 0 && h.version < 3) {

@@ -274,6 +274,16 @@ describe('commit: an overlay with an internal snapshot', () => {
       expect(bitsOf(o('base.qcow2'), 'on')![2]).toMatch(/[1-9a-f]/);
       expect(qemuInfoJson(o('base.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('base.qcow2'))['format-specific']);
     }
+    // an overlay larger than the backing file: the bitmaps grow with it (new bits clear)
+    for (const d of ['q', 'o']) {
+      const f = path.join(w.dir, d, 'big.qcow2');
+      qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', f, '300M']);
+      qemuIoOk(f, 'write -P 4 200M 3k', 'write -P 5 0 4k');
+    }
+    expect(w.expectSame(['commit', 'q/big.qcow2'], ['q/big.qcow2', 'o/big.qcow2'])).toBe(0);
+    judge('base.qcow2', 'commit big.qcow2');
+    for (const n of ['on', 'off']) expect(bitsOf(o('base.qcow2'), n), `grown: ${n}`).toEqual(bitsOf(q('base.qcow2'), n));
+    expect(qemuInfoJson(o('base.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('base.qcow2'))['format-specific']);
   });
 
   it('with a persistent bitmap in the overlay: refused before anything is written (its bits would go stale)', () => {
