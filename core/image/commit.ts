@@ -105,7 +105,10 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitT
   const target = isTarget(base) ? base : qcow2Target(base);
   // what a guest write would refuse (persistent bitmaps, ...) is refused before anything is written
   target.precheck();
-  if (!opts.keep) assertCanWrite(overlay, 0, 0);
+  // the overlay's own bitmaps: kept in use while it is emptied, their bits unchanged (QEMU's
+  // qcow2_make_empty discards below the layer that marks bitmaps)
+  const emptied = opts.keep ? undefined : qcow2Target(overlay);
+  emptied?.precheck();
   const size = overlay.virtualSize;
   const depth = opts.depth ?? 1;
   await target.begin();
@@ -127,5 +130,9 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitT
   }
   await target.flush();
   await target.finish(written);
-  if (!opts.keep) await makeEmpty(overlay);
+  if (emptied) {
+    await emptied.begin();
+    await makeEmpty(overlay);
+    await emptied.finish([]);
+  }
 }
