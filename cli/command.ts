@@ -14,6 +14,8 @@ export interface Command {
   name: string;
   usage: string;
   options: Record<string, { type: 'boolean' | 'string'; short?: string; multiple?: boolean }>;
+  /** The formats its -f accepts (default: qcow2 only). */
+  formats?: readonly string[];
   /** Returns the process exit code. */
   run(ctx: CommandContext): Promise<number>;
 }
@@ -30,4 +32,25 @@ export function valued(short?: string, multiple?: boolean): OptionSpec {
   const spec: OptionSpec = short === undefined ? { type: 'string' } : { type: 'string', short };
   if (multiple) spec.multiple = true;
   return spec;
+}
+
+/**
+ * getopt's reading of `-x VALUE` when VALUE starts with a dash (qemu-img takes `-r -1` and then
+ * refuses the number): such a pair is handed to node's parser as `-x-1`, which it reads alike.
+ */
+export function joinDashValues(args: string[], options: Command['options']): string[] {
+  const valued = new Set(Object.values(options).filter((o) => o.type === 'string' && o.short).map((o) => `-${o.short}`));
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') { out.push(...args.slice(i)); break; }
+    const next = args[i + 1];
+    if (valued.has(a) && next !== undefined && next.startsWith('-') && next.length > 1) {
+      out.push(a + next);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
 }

@@ -3,7 +3,7 @@
 // Errors print one line, `qcowscope: <message>`, never a stack trace unless QCOWSCOPE_DEBUG=1.
 import { parseArgs } from 'node:util';
 import { isQcowError, QcowError } from '../core/errors.ts';
-import type { Command } from './command.ts';
+import { joinDashValues, type Command } from './command.ts';
 import { VERBS } from './commands/registry.ts';
 
 /**
@@ -33,8 +33,8 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   try {
-    const { values, positionals } = parseArgs({ args: rest, options: { ...QEMU_IMG_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true });
-    if (values.format !== undefined && values.format !== 'qcow2') {
+    const { values, positionals } = parseArgs({ args: joinDashValues(rest, { ...QEMU_IMG_OPTIONS, ...cmd.options }), options: { ...QEMU_IMG_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true });
+    if (values.format !== undefined && !(cmd.formats ?? ['qcow2']).includes(String(values.format))) {
       throw new QcowError('NOT_SUPPORTED', `${verb}: only the qcow2 format is supported, not '${String(values.format)}'`);
     }
     return await cmd.run({

@@ -156,7 +156,8 @@ function firstNonZeroSector(a: Uint8Array): number {
 }
 
 export interface CompareSide {
-  image: Qcow2Image;
+  /** A qcow2 image with its chain, or a raw file (qemu-img compare -f raw / -F raw). */
+  image: Layer;
   /** Holes of the image's own file, when it is metadata-preallocated. */
   holes?: HoleMap;
 }
@@ -168,9 +169,17 @@ export interface CompareResult {
   lines: string[];
 }
 
+export interface CompareOptions {
+  strict?: boolean;
+  /** Each line as soon as qemu-img would print it (it also ends up in the result). */
+  onLine?: (line: string) => void;
+  /** After each chunk QEMU's loop steps over: its length and QEMU's progress base (the larger size). */
+  onChunk?: (chunk: number, progressBase: number) => void;
+}
+
 /** qemu-img compare [-s] of two opened images (their backing chains attached). */
-export async function compareImages(a: CompareSide, b: CompareSide, opts: { strict?: boolean } = {}): Promise<CompareResult> {
-  const cache = new Map<Qcow2Image, Promise<HoleMap | undefined>>([[a.image, Promise.resolve(a.holes)], [b.image, Promise.resolve(b.holes)]]);
+export async function compareImages(a: CompareSide, b: CompareSide, opts: CompareOptions = {}): Promise<CompareResult> {
+  const cache = new Map<Layer, Promise<HoleMap | undefined>>([[a.image, Promise.resolve(a.holes)], [b.image, Promise.resolve(b.holes)]]);
   const holesOf: HolesOf = (img) => {
     let h = cache.get(img);
     if (!h) {
@@ -180,9 +189,17 @@ export async function compareImages(a: CompareSide, b: CompareSide, opts: { stri
     return h;
   };
   const lines: string[] = [];
-  const differ = (line: string): CompareResult => ({ code: 1, lines: [...lines, line] });
+  const say = (line: string): void => {
+    lines.push(line);
+    opts.onLine?.(line);
+  };
+  const differ = (line: string): CompareResult => {
+    say(line);
+    return { code: 1, lines };
+  };
   const size1 = a.image.virtualSize;
   const size2 = b.image.virtualSize;
+  const progressBase = Math.max(size1, size2);
   const common = Math.min(size1, size2);
   if (opts.strict && size1 !== size2) return differ('Strict mode: Image size mismatch!');
   let offset = 0;
@@ -208,9 +225,10 @@ export async function compareImages(a: CompareSide, b: CompareSide, opts: { stri
       if (at >= 0) return differ(`Content mismatch at offset ${offset + at}!`);
     }
     offset += chunk;
+    opts.onChunk?.(chunk, progressBase);
   }
   if (size1 !== size2) {
-    lines.push('Warning: Image size mismatch!');
+    say('Warning: Image size mismatch!');
     const over = size1 > size2 ? a.image : b.image;
     const end = Math.max(size1, size2);
     while (offset < end) {
@@ -222,7 +240,9 @@ export async function compareImages(a: CompareSide, b: CompareSide, opts: { stri
         if (at >= 0) return differ(`Content mismatch at offset ${offset + at}!`);
       }
       offset += chunk;
+      opts.onChunk?.(chunk, progressBase);
     }
   }
-  return { code: 0, lines: [...lines, 'Images are identical.'] };
+  say('Images are identical.');
+  return { code: 0, lines };
 }

@@ -1,12 +1,14 @@
 // Persistent dirty bitmaps changed as `qemu-img bitmap` changes them: add (all clear, enabled
-// unless disabled), remove, clear, enable, disable. Crash-safe in QEMU's order (docs/architecture.md): the
+// unless disabled), remove, clear, enable, disable, merge (another bitmap's bits, of this image or
+// another one, set in this one: a new table and data clusters, as clear does). Crash-safe in QEMU's order (docs/architecture.md): the
 // new bitmap tables and the new directory go to freshly allocated clusters (refcounts first),
 // flush, then one header write publishes them (the bitmaps extension and its autoclear bit: the
 // commit point), flush, and only then are the old directory, the tables and data clusters no
 // longer referenced freed. A crash before the commit leaves the old bitmaps and leaked clusters;
 // after it, the new bitmaps and at worst leaks.
 import { QcowError } from '../errors.ts';
-import { bitmapTableEntryOffset } from '../format/entries.ts';
+import { bitmapTableEntryOffset, putEntry } from '../format/entries.ts';
+import { be32 } from '../format/bytes.ts';
 import {
   BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BT_DIRTY_TRACKING_BITMAP,
   dirEntrySize, encodeBitmapDirectory, parseBitmapDirectory, type BitmapEntry,
@@ -19,7 +21,13 @@ import type { Qcow2Image } from './qcow2-image.ts';
 
 export type BitmapOp =
   | { op: 'add'; name: string; granularity?: number; disabled?: boolean }
-  | { op: 'remove' | 'clear' | 'enable' | 'disable'; name: string };
+  | { op: 'remove' | 'clear' | 'enable' | 'disable'; name: string }
+  /** Set in `name` every bit set in `source`'s bitmap `from` (this image's when `source` is not given; null: a file without bitmaps). */
+  | { op: 'merge'; name: string; from: string; source?: Qcow2Image | null }
+  /** Mark the bitmap in use (QEMU does so for every bitmap of an image it opens for writing). */
+  | { op: 'in-use'; name: string }
+  /** Set the bits of the guest ranges written while the bitmap was in use if it is enabled, and clear in-use. */
+  | { op: 'written'; name: string; ranges: ReadonlyArray<readonly [number, number]> };
 
 type Entry = Omit<BitmapEntry, 'entryOffset'>;
 
@@ -36,6 +44,39 @@ function failed(op: BitmapOp, why: string): QcowError {
 function tableSizeFor(virtualSize: number, granularityBits: number, clusterSize: number): number {
   const bytes = Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8);
   return Math.max(1, Math.ceil(bytes / clusterSize));
+}
+
+/** An all-clear bitmap over `virtualSize` bytes: one bit per granule, granule 0 in bit 0 of byte 0. */
+function bitsFor(virtualSize: number, granularityBits: number): Uint8Array {
+  return new Uint8Array(Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8));
+}
+
+/** A stored bitmap's bits (a table entry of 0 reads as clear, the all-ones flag as set). */
+async function readBits(img: Qcow2Image, e: Entry): Promise<Uint8Array> {
+  const cs = img.clusterSize;
+  const bits = bitsFor(img.virtualSize, e.granularityBits);
+  const table = await img.store.read(e.bitmapTableOffset, e.bitmapTableSize * 8);
+  for (let k = 0; k < e.bitmapTableSize && k * cs < bits.length; k++) {
+    const n = Math.min(cs, bits.length - k * cs);
+    const off = bitmapTableEntryOffset(table, k);
+    if (off !== 0) bits.set((await img.store.read(off, cs)).subarray(0, n), k * cs);
+    else if (be32(table, k * 8 + 4) & 1) bits.fill(0xff, k * cs, k * cs + n);
+  }
+  return bits;
+}
+
+/** QEMU's hbitmap_merge across granularities: every guest range set in `src` set in `dst`. */
+function orInto(dst: Uint8Array, dstBits: number, src: Uint8Array, srcBits: number, virtualSize: number): void {
+  for (let byte = 0; byte < src.length; byte++) {
+    if (src[byte] === 0) continue;
+    for (let bit = 0; bit < 8; bit++) {
+      if (!(src[byte]! & (1 << bit))) continue;
+      const start = (byte * 8 + bit) * 2 ** srcBits;
+      if (start >= virtualSize) break;
+      const end = Math.min(virtualSize, start + 2 ** srcBits);
+      for (let g = Math.floor(start / 2 ** dstBits); g <= Math.floor((end - 1) / 2 ** dstBits); g++) dst[g >> 3]! |= 1 << (g & 7);
+    }
+  }
 }
 
 /** Host ranges a bitmap owns: its table and every data cluster the table points at. */
@@ -59,6 +100,8 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
   const entries: Entry[] = img.bitmaps.map(({ entryOffset: _o, ...e }) => ({ ...e }));
   /** New tables to allocate (all clear), by entry; ranges to free once the new directory is live. */
   const fresh = new Set<Entry>();
+  /** The bits of fresh entries that are not all clear (merge results). */
+  const content = new Map<Entry, Uint8Array>();
   const dropped: Entry[] = [];
   let refusal: QcowError | undefined;
   for (const op of ops) {
@@ -87,6 +130,50 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
     }
     if (i < 0) { refusal = failed(op, `Dirty bitmap '${op.name}' not found`); break; }
     const e = entries[i]!;
+    if (op.op === 'in-use') {
+      e.flags |= BME_FLAG_IN_USE;
+      continue;
+    }
+    if (op.op === 'written') {
+      e.flags &= ~BME_FLAG_IN_USE;
+      // an image grown meanwhile: every bitmap takes the new size (QEMU resizes them, new bits clear)
+      const tableSize = tableSizeFor(img.virtualSize, e.granularityBits, cs);
+      const mark = (e.flags & BME_FLAG_AUTO) !== 0 && op.ranges.length > 0;
+      if (!mark && tableSize === e.bitmapTableSize) continue;
+      const bits = fresh.has(e) ? content.get(e) ?? bitsFor(img.virtualSize, e.granularityBits) : await readBits(img, e);
+      const g = 2 ** e.granularityBits;
+      for (const [start, length] of mark ? op.ranges : []) {
+        for (let k = Math.floor(start / g); k <= Math.floor((start + length - 1) / g); k++) bits[k >> 3]! |= 1 << (k & 7);
+      }
+      if (!fresh.has(e)) {
+        dropped.push({ ...e }); // with the table size it was stored with
+        fresh.add(e);
+      }
+      e.bitmapTableSize = tableSize;
+      content.set(e, bits);
+      continue;
+    }
+    if (op.op === 'merge') {
+      const src = op.source;
+      const se = src === null ? undefined : src ? src.bitmaps.find((b) => b.name === op.from) : entries.find((b) => b.name === op.from);
+      if (!se) { refusal = failed(op, `Dirty bitmap '${op.from}' not found`); break; }
+      const bad = [e, se].find((b) => b.flags & BME_FLAG_IN_USE);
+      if (bad) { refusal = failed(op, `Bitmap '${bad.name}' is inconsistent and cannot be used`); break; }
+      const srcSize = (src ?? img).virtualSize; // src is not null here
+      if (srcSize !== img.virtualSize) {
+        refusal = failed(op, `Bitmaps are of different sizes (destination size is ${img.virtualSize}, source size is ${srcSize}) and can't be merged`);
+        break;
+      }
+      const srcBits = fresh.has(se as Entry) ? content.get(se as Entry) : await readBits(src ?? img, se);
+      const bits = fresh.has(e) ? content.get(e) ?? bitsFor(img.virtualSize, e.granularityBits) : await readBits(img, e);
+      if (srcBits) orInto(bits, e.granularityBits, srcBits, se.granularityBits, img.virtualSize);
+      if (!fresh.has(e)) {
+        dropped.push({ ...e });
+        fresh.add(e);
+      }
+      content.set(e, bits);
+      continue;
+    }
     if (op.op !== 'remove' && e.flags & BME_FLAG_IN_USE) {
       refusal = failed(op, `Bitmap '${op.name}' is inconsistent and cannot be used`);
       break;
@@ -96,6 +183,7 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
       if (fresh.has(e)) fresh.delete(e);
       else dropped.push(e);
     } else if (op.op === 'clear') {
+      content.delete(e);
       if (!fresh.has(e)) {
         dropped.push({ ...e });
         fresh.add(e);
@@ -108,11 +196,11 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
   }
   const changed = fresh.size > 0 || dropped.length > 0 ||
     entries.some((e, k) => e.flags !== img.bitmaps[k]?.flags) || entries.length !== img.bitmaps.length;
-  if (changed) await store(img, entries, fresh, dropped);
+  if (changed) await store(img, entries, fresh, content, dropped);
   if (refusal) throw refusal;
 }
 
-async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, dropped: Entry[]): Promise<void> {
+async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: Map<Entry, Uint8Array>, dropped: Entry[]): Promise<void> {
   const cs = img.clusterSize;
   const dirSize = entries.reduce((n, e) => n + dirEntrySize(e.name), 0);
   if (dirSize > C.MAX_BITMAP_DIRECTORY_SIZE) throw new QcowError('INVALID_ARGUMENT', 'Not enough space in the bitmap directory', {});
@@ -122,11 +210,23 @@ async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, dropp
   if (oldExt) toFree.push([oldExt.bitmapDirectoryOffset, Math.ceil(oldExt.bitmapDirectorySize / cs) * cs]);
   for (const e of dropped) toFree.push(...(await bitmapClusters(img, e)));
 
-  // 1. new tables (all entries 0: every granule clear) and the new directory, refcounts first
+  // 1. new bitmaps (QEMU's store_bitmap: the data clusters that are not all clear, then the
+  // table; entry 0 for a clear cluster) and the new directory, refcounts first
   for (const e of fresh) {
     const bytes = Math.ceil((e.bitmapTableSize * 8) / cs) * cs;
+    const table = new Uint8Array(bytes);
+    const bits = content.get(e);
+    for (let k = 0; bits && k < e.bitmapTableSize; k++) {
+      const chunk = bits.subarray(k * cs, (k + 1) * cs);
+      if (chunk.every((x) => x === 0)) continue;
+      const data = new Uint8Array(cs);
+      data.set(chunk);
+      const off = await allocClusters(img, 1, 'bitmap data');
+      await img.pwrite(off, data, 'bitmap data');
+      putEntry(table, k * 8, Math.floor(off / 2 ** 32), off % 2 ** 32);
+    }
     e.bitmapTableOffset = await allocClusters(img, bytes / cs, 'bitmap table');
-    await img.pwrite(e.bitmapTableOffset, new Uint8Array(bytes), 'bitmap table');
+    await img.pwrite(e.bitmapTableOffset, table, 'bitmap table');
   }
   let ext: Qcow2Header['bitmaps'];
   if (entries.length > 0) {

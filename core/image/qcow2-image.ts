@@ -104,6 +104,12 @@ export class Qcow2Image implements Layer {
   private snapsSize = 0;
   /** Persistent bitmaps (directory entries), when the image has a consistent bitmaps extension. */
   bitmaps: BitmapEntry[] = [];
+  /**
+   * Set while a writer keeps the persistent bitmaps in step with its writes (they are marked
+   * in-use on disk first, as QEMU does, and stored with the written ranges afterwards): guest
+   * writes are then allowed on an image with bitmaps (commit.ts).
+   */
+  bitmapsTracked = false;
   /** What the allocator knows about this image; dropped whenever the header or tables change. */
   readonly allocation = new AllocatorState();
   /** Error met while reading the snapshot table in check mode (open refuses it otherwise). */

@@ -75,7 +75,7 @@ export function assertCanWrite(img: Qcow2Image, guestOffset: number, length: num
   }
   if (img.hasDataFile) throw new QcowError('NOT_SUPPORTED', 'Writing images with an external data file is not supported', { structure: 'header', offset: 72 });
   if (img.header.cryptMethod !== 0) throw new QcowError('ENCRYPTED', 'Writing encrypted images is not supported', { structure: 'header', offset: 32 });
-  if ((img.header.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n) {
+  if ((img.header.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n && !img.bitmapsTracked) {
     throw new QcowError('NOT_SUPPORTED', 'The image has persistent dirty bitmaps, which guest writes would make stale; writing it is not supported', { structure: 'header', offset: 88 });
   }
   precheckGuestWrite(img);

@@ -71,6 +71,7 @@ const CASES: Array<[string, BitmapOp[]]> = [
   ['clear a bitmap with data', [{ op: 'clear', name: 'dirty' }]],
   ['disable and enable', [{ op: 'disable', name: 'dirty' }, { op: 'enable', name: 'quiet' }]],
   ['remove both (the extension goes)', [{ op: 'remove', name: 'dirty' }, { op: 'remove', name: 'quiet' }]],
+  ['merge a bitmap with data into another (new table and data clusters)', [{ op: 'merge', name: 'quiet', from: 'dirty' }]],
 ];
 
 describe('bitmap operations stopped at every write, or losing unflushed writes', () => {
@@ -92,6 +93,10 @@ describe('bitmap operations stopped at every write, or losing unflushed writes',
         // the list stays; the bitmap's dirty bits (its data clusters) are gone
         expect(bitmapDataClusters(orig, 'dirty')).toBeGreaterThan(0);
         expect(bitmapDataClusters(doneFile, 'dirty')).toBe(0);
+      } else if (ops.every((o) => o.op === 'merge')) {
+        // the list stays; the disabled bitmap takes the other's dirty bits (data clusters)
+        expect(bitmapDataClusters(orig, 'quiet')).toBe(0);
+        expect(bitmapDataClusters(doneFile, 'quiet')).toBeGreaterThan(0);
       } else {
         expect(after).not.toEqual(before);
       }
@@ -105,6 +110,8 @@ describe('bitmap operations stopped at every write, or losing unflushed writes',
         expect([0, 3], `${what}: check exit code\n${c.stderr}`).toContain(c.exitCode);
         const listed = bitmapsOf(f);
         expect([before, after], what).toContainEqual(listed);
+        // a merge is all or nothing: the target's bits as before (none) or as after
+        if (ops.every((o) => o.op === 'merge')) expect([0, bitmapDataClusters(doneFile, 'quiet')], what).toContain(bitmapDataClusters(f, 'quiet'));
         expect(qemuImg(['compare', orig, f]).status, `${what}: guest data`).toBe(0);
       };
       const states = await enumerateCrashStates(base, (s) => run(s, ops));

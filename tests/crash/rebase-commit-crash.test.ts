@@ -4,7 +4,7 @@
 // finds no corruption in any image (leaks allowed), the overlay names its old backing file or its
 // new one, and the overlay over its chain reads exactly as before (`qemu-img compare` with the
 // untouched original): rebase and commit never change what the overlay's guest sees.
-// Commit grows a smaller backing image, writes it, and the overlay only after the backing is flushed, so its
+// Commit writes the backing image first and the overlay only after the backing is flushed, so its
 // crash points are those of the backing image's store (overlay untouched) followed by those of the
 // overlay's store (backing image complete); both runs are enumerated.
 import * as fs from 'node:fs';
@@ -22,14 +22,16 @@ import { useTempDir } from '../helpers/temp-dir.ts';
 const tmp = useTempDir('qcowscope-rccrash-');
 
 /** orig/: base.qcow2 (CS) <- top.qcow2 (64 KiB clusters), and other.qcow2, a different disk. */
-function makeChain(cs: string, topSize?: string): Record<string, Uint8Array> {
+function makeChain(cs: string, topSize?: string, bitmap: false | 'base' | 'top' = false): Record<string, Uint8Array> {
   const d = tmp.file('orig');
   fs.mkdirSync(d);
   const f = (n: string): string => path.join(d, n);
   qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${cs}`, f('base.qcow2'), '4M']);
   qemuIoOk(f('base.qcow2'), 'write -P 1 0 1M', 'write -c -P 2 2M 128k', 'write -P 3 3M 5k');
+  if (bitmap === 'base') qemuImgOk(['bitmap', '--add', '-g', '4k', f('base.qcow2'), 'b0']);
   qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', f('top.qcow2'), ...(topSize ? [topSize] : [])]);
-  qemuIoOk(f('top.qcow2'), 'write -P 4 64k 100k', 'write -z 1M 64k', 'write -P 5 2M 64k', 'write -P 6 3584k 4k');
+  if (bitmap === 'top') qemuImgOk(['bitmap', '--add', '-g', '4k', f('top.qcow2'), 'b0']);
+  qemuIoOk(f('top.qcow2'), 'write -P 4 64k 100k', 'write -z 1M 64k', 'write -P 5 2M 64k', 'write -P 6 3584k 4k', ...(topSize ? ['write -P 7 6M 64k'] : []));
   qemuImgOk(['create', '-q', '-f', 'qcow2', f('other.qcow2'), '4M']);
   qemuIoOk(f('other.qcow2'), 'write -P 1 0 512k', 'write -P 9 3M 64k');
   return Object.fromEntries(['base.qcow2', 'top.qcow2', 'other.qcow2'].map((n) => [n, new Uint8Array(fs.readFileSync(f(n)))]));
@@ -108,10 +110,12 @@ describe('rebase stopped at every write, or losing unflushed writes', () => {
 });
 
 describe('commit stopped at every write, or losing unflushed writes', () => {
-  // the last: a backing file smaller than the overlay, grown first (its L1 table too)
-  for (const [cs, keep, topSize] of [['64k', false, undefined], ['512', false, undefined], ['64k', true, undefined], ['4k', false, '64M']] as const) {
-    it(`${keep ? '-d, ' : ''}base with ${cs} clusters${topSize ? `, overlay of ${topSize}` : ''}`, async () => {
-      const files = makeChain(cs, topSize);
+  // the last case: the overlay (8 MiB) is larger than its backing file, which is grown first
+  // and a persistent bitmap in the backing file (marked in use, then stored with the bits) or in
+  // the overlay (in use while it is emptied)
+  for (const [cs, keep, topSize, bitmap] of [['64k', false, undefined, false], ['512', false, undefined, false], ['64k', true, undefined, false], ['4k', false, '8M', false], ['64k', false, undefined, 'base'], ['64k', false, undefined, 'top']] as const) {
+    it(`${keep ? '-d, ' : ''}base with ${cs} clusters${topSize ? `, grown to ${topSize}` : ''}${bitmap ? `, a bitmap in ${bitmap}` : ''}`, async () => {
+      const files = makeChain(cs, topSize, bitmap);
       const top = files['top.qcow2']!;
       const base = files['base.qcow2']!;
       const links = ['base.qcow2'];

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
 import { runCli } from './read-support.ts';
-import { useCliWorkDir } from './cli-oracle.ts';
+import { bitsOf, useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-bitmap-');
 
@@ -22,14 +22,7 @@ function runSteps(make: (file: string) => void, steps: Array<[string[], string]>
   const o = path.join(w.dir, 'o.qcow2');
   make(q);
   fs.copyFileSync(q, o);
-  for (const [args, name] of steps) {
-    const step = `bitmap ${args.join(' ')} ${name}`;
-    w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
-    const check = qemuCheck(o);
-    expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
-    expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));
-    expect(qemuImg(['compare', q, o]).status, `${step}: qemu-img compare`).toBe(0);
-  }
+  for (const [args, name] of steps) runStep(args, name);
 }
 
 const SEQUENCE: Array<[string[], string]> = [
@@ -99,3 +92,72 @@ describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
     expect(bitmapsOf(v2)).toEqual([]);
   });
 });
+
+/** Bitmaps with bits: qemu-io's writes are recorded by the enabled ones and stored when it closes. */
+function withBits(clusterSize: string): (file: string) => void {
+  return (f) => {
+    image(`cluster_size=${clusterSize}`, '64M')(f);
+    qemuImgOk(['bitmap', '--add', '-g', '512', f, 'dirty']);
+    qemuImgOk(['bitmap', '--add', '-g', '1M', f, 'coarse']);
+    qemuImgOk(['bitmap', '--add', '--disable', f, 'quiet']);
+    qemuIoOk(f, 'write -P 2 5M 300k', 'write -P 3 50M 64k');
+    qemuImgOk(['bitmap', '--disable', f, 'dirty']);
+    qemuIoOk(f, 'write -P 4 60M 4k');
+  };
+}
+
+describe('bitmap --merge: the same bits as qemu-img\'s', () => {
+  const names = ['dirty', 'coarse', 'quiet', 'new'];
+  const sameBits = (step: string): void => {
+    for (const n of names) expect(bitsOf(path.join(w.dir, 'o.qcow2'), n), `${step}: ${n}`).toEqual(bitsOf(path.join(w.dir, 'q.qcow2'), n));
+  };
+  for (const cs of ['512', '64k', '2M']) {
+    it(`${cs} clusters: merges within the image, across granularities, in command-line order`, () => {
+      const steps: Array<[string[], string]> = [
+        [['--merge', 'dirty'], 'quiet'],
+        [['--merge', 'coarse'], 'dirty'],
+        [['--merge', 'dirty', '--merge', 'coarse', '--clear', '--merge=dirty'], 'coarse'],
+        [['--add', '-g', '4k', '--merge', 'quiet'], 'new'],
+      ];
+      runSteps(withBits(cs), []);
+      for (const [args, name] of steps) {
+        runStep(args, name);
+        sameBits(args.join(' '));
+      }
+    });
+  }
+
+  it('from another image (-b, -F), and qemu-img\'s refusals', () => {
+    withBits('4k')(path.join(w.dir, 'src.qcow2'));
+    image('', '16M')(path.join(w.dir, 'small.qcow2'));
+    qemuImgOk(['bitmap', '--add', path.join(w.dir, 'small.qcow2'), 's0']);
+    runSteps(withBits('64k'), []);
+    for (const [args, name] of [
+      [['--merge', 'dirty', '-b', 'src.qcow2', '-F', 'qcow2'], 'quiet'],
+      [['--merge', 'coarse', '-b', 'src.qcow2'], 'dirty'],
+      [['--merge', 'nope'], 'quiet'],
+      [['--merge', 'dirty'], 'nope'],
+      [['--merge', 'dirty', '-b', 'nothere.qcow2'], 'quiet'],
+      [['--merge', 'dirty', '-F', 'qcow2'], 'quiet'],
+      [['--add', '-b', 'src.qcow2'], 'zz'],
+      [['--merge', 's0', '-b', 'small.qcow2'], 'quiet'],
+      [['--merge', 's0', '-b', 'small.qcow2', '-F', 'raw'], 'quiet'],
+      [['--merge', 'dirty', '--add'], 'quiet'],
+      [['--merge', 'dirty', '--merge', 'nope'], 'coarse'],
+    ] as Array<[string[], string]>) {
+      runStep(args, name);
+      sameBits(args.join(' '));
+    }
+  });
+});
+
+/** One step on the copies runSteps made (q.qcow2 by qemu-img, o.qcow2 by us), judged as runSteps judges. */
+function runStep(args: string[], name: string): void {
+  const [q, o] = [path.join(w.dir, 'q.qcow2'), path.join(w.dir, 'o.qcow2')];
+  const step = `bitmap ${args.join(' ')} ${name}`;
+  w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
+  const check = qemuCheck(o);
+  expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
+  expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));
+  expect(qemuImg(['compare', q, o]).status, `${step}: qemu-img compare`).toBe(0);
+}

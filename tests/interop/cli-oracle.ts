@@ -25,6 +25,49 @@ export interface CliWorkDir {
   expectSame(args: string[], rename?: [string, string]): number | null;
 }
 
+/** A bitmap's flags, granularity and bits, decoded from the file's bytes (independent of core/). */
+export function bitsOf(file: string, name: string): [number, number, string] | null {
+  const b = fs.readFileSync(file);
+  const cs = 2 ** b.readUInt32BE(20);
+  const size = Number(b.readBigUInt64BE(24));
+  let pos = b.readUInt32BE(100);
+  for (;;) {
+    const type = b.readUInt32BE(pos);
+    if (type === 0) return null;
+    if (type === 0x23852875) break;
+    pos += 8 + Math.ceil(b.readUInt32BE(pos + 4) / 8) * 8;
+  }
+  let at = Number(b.readBigUInt64BE(pos + 8 + 16));
+  for (let i = 0; i < b.readUInt32BE(pos + 8); i++) {
+    const tableOffset = Number(b.readBigUInt64BE(at));
+    const tableSize = b.readUInt32BE(at + 8);
+    const flags = b.readUInt32BE(at + 12);
+    const gbits = b[at + 17]!;
+    const nameSize = b.readUInt16BE(at + 18);
+    if (b.subarray(at + 24, at + 24 + nameSize).toString('utf8') === name) {
+      const parts: Buffer[] = [];
+      for (let k = 0; k < tableSize; k++) {
+        const e = b.readBigUInt64BE(tableOffset + k * 8);
+        const off = Number(e & 0x00fffffffffffe00n);
+        parts.push(off ? b.subarray(off, off + cs) : Buffer.alloc(cs, e & 1n ? 0xff : 0));
+      }
+      const bytes = Math.ceil(Math.ceil(size / 2 ** gbits) / 8);
+      return [flags, gbits, Buffer.concat(parts).subarray(0, bytes).toString('hex')];
+    }
+    at += Math.ceil((24 + nameSize + b.readUInt32BE(at + 20)) / 8) * 8;
+  }
+  return null;
+}
+
+/** A sparse raw file of `size` bytes with 300000 bytes of 9s at `at` and holes elsewhere. */
+export function sparseRaw(file: string, size: number, at: number): void {
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, size);
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, at);
+  fs.closeSync(fd);
+}
+
 export function useCliWorkDir(prefix: string): CliWorkDir {
   let dir = '';
   let bin = '';
@@ -53,12 +96,7 @@ export function useCliWorkDir(prefix: string): CliWorkDir {
       qemuIoOk(path.join(dir, name), ...cmds);
     },
     overRawWithHoles(name) {
-      const raw = path.join(dir, 'base.raw');
-      fs.writeFileSync(raw, '');
-      fs.truncateSync(raw, 16 << 20);
-      const fd = fs.openSync(raw, 'r+');
-      fs.writeSync(fd, new Uint8Array(300000).fill(9), 0, 300000, 5 << 20);
-      fs.closeSync(fd);
+      sparseRaw(path.join(dir, 'base.raw'), 16 << 20, 5 << 20);
       qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', path.join(dir, name)]);
       w.io(name, 'write -P 1 0 64k');
       return name;

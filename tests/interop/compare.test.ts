@@ -148,3 +148,33 @@ describe('compare: options and refusals', () => {
     expect(expectSame(['-f', 'qcow2', '-F', 'qcow2', ref, other])).toBe(1);
   });
 });
+
+describe('compare -p, -f/-F raw', () => {
+  it('-p prints qemu-img\'s progress lines (the same chunks), none with -q or when an image is missing', () => {
+    const ref = reference();
+    const longer = create('p-longer.qcow2', '64M', 'cluster_size=4k');
+    io(longer, 'write -P 1 0 1M', 'write -P 2 5M 3k', 'write -P 3 20M 2M', 'write -P 4 39M 1M', 'write -z 50M 1M');
+    const top = w.chainOf3('32M');
+    for (const [a, b] of [[ref, longer], [longer, ref], [ref, ref], [top, convert(top, 'p-flat.qcow2', '-o', 'cluster_size=512')]] as const) {
+      expect(expectSame(['-p', a, b])).toBe(0);
+      expectSame(['-p', '-s', a, b]);
+    }
+    io(longer, 'write -P 5 60M 4k');
+    expect(expectSame(['-p', ref, longer])).toBe(1);
+    expect(expectSame(['-p', '-q', ref, longer])).toBe(1);
+    expect(expectSame(['-p', ref, 'missing.qcow2'])).toBe(2);
+  });
+
+  it('a raw file on either side, named by -f / -F or probed', () => {
+    const ref = reference();
+    qemuImgOk(['convert', '-O', 'raw', path.join(w.dir, ref), path.join(w.dir, 'ref.raw')]);
+    expect(expectSame(['-f', 'qcow2', '-F', 'raw', ref, 'ref.raw'])).toBe(0);
+    expect(expectSame(['-f', 'raw', '-F', 'qcow2', 'ref.raw', ref])).toBe(0);
+    expect(expectSame(['ref.raw', ref])).toBe(0);
+    expect(expectSame(['-p', ref, 'ref.raw'])).toBe(0);
+    // a qcow2 file read as raw: its bytes, not its guest disk
+    expect(expectSame(['-f', 'raw', ref, ref])).toBe(1);
+    // -F names the second image only
+    expect(expectSame(['-F', 'raw', ref, 'ref.raw'])).toBe(0);
+  });
+});

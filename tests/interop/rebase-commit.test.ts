@@ -3,15 +3,13 @@
 // qemu-io in two directories; the same command run by qemu-img in one and by us in the other, with
 // the same stdout, stderr and exit code; then every image of ours is clean for `qemu-img check`,
 // reads as qemu-img's result (`qemu-img compare`), names the same backing file and format
-// (`qemu-img info`), and, after commit, the emptied overlay maps as qemu-img's (`qemu-img map`). A
-// backing file smaller than the overlay is grown first as qemu-img grows it, and an emptied v3
-// overlay is reset to qemu-img's length.
+// (`qemu-img info`), and, after commit, the emptied overlay maps as qemu-img's (`qemu-img map`).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
 import { qemuInfoJson, runCli } from './read-support.ts';
-import { useCliWorkDir } from './cli-oracle.ts';
+import { bitsOf, sparseRaw, useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-rebase-commit-');
 
@@ -132,7 +130,7 @@ describe('commit: the overlay folded into its backing file', () => {
       build(chain);
       expect(same(['commit'], chain)).toBe(0);
       expect(mapShape(o('top.qcow2')), 'emptied overlay').toEqual(mapShape(q('top.qcow2')));
-      expect(fs.statSync(o('top.qcow2')).size, 'length of the emptied overlay').toBe(fs.statSync(q('top.qcow2')).size);
+      expect(fs.statSync(o('top.qcow2')).size, 'emptied overlay, file size').toBe(fs.statSync(q('top.qcow2')).size);
       // the link under it next, kept with -d
       const below = chain[chain.length - 2]![0];
       if (chain.length > 2) {
@@ -169,6 +167,54 @@ describe('refusals: qemu-img\'s words and exit codes', () => {
 });
 
 describe('commit into a smaller backing file', () => {
+  it('grows it to the overlay\'s size as qemu-img does (qcow2, one link and through -b)', () => {
+    const chain: Link[] = [
+      ['base.qcow2', 'cluster_size=4k', ['write -P 1 0 1M', 'write -c -P 7 7M 64k']],
+      ['mid.qcow2', '', ['write -P 2 2M 64k']],
+      ['top.qcow2', 'cluster_size=16k', ['write -P 3 3M 64k']],
+    ];
+    build(chain);
+    // a larger mid and top (qemu-img create with a bigger size, same chain)
+    for (const d of ['q', 'o']) {
+      for (const [name, size, below, io] of [['mid.qcow2', '12M', 'base.qcow2', 'write -P 4 10M 64k'], ['top.qcow2', '40M', 'mid.qcow2', 'write -P 5 30M 100k']] as const) {
+        const f = path.join(w.dir, d, name);
+        qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', below, '-F', 'qcow2', f, size]);
+        qemuIoOk(f, io, 'write -z 1M 64k');
+      }
+    }
+    expect(same(['commit', '-b', 'base.qcow2'], chain)).toBe(0);
+    expect(mapShape(o('base.qcow2'))).toEqual(mapShape(q('base.qcow2')));
+    expect(qemuInfoJson(o('base.qcow2'))['virtual-size']).toBe(qemuInfoJson(q('base.qcow2'))['virtual-size']);
+    expect(same(['commit'], chain)).toBe(0);
+    expect(mapShape(o('mid.qcow2'))).toEqual(mapShape(q('mid.qcow2')));
+    expect(fs.statSync(o('top.qcow2')).size, 'emptied overlay, file size').toBe(fs.statSync(q('top.qcow2')).size);
+  });
+
+  it('a raw backing file takes the data and grows (one link, and -b through a qcow2 link)', () => {
+    for (const step of [['commit'], ['commit', '-b', 'base.raw']]) {
+      for (const d of ['q', 'o']) {
+        const dir = path.join(w.dir, d);
+        fs.rmSync(dir, { recursive: true, force: true });
+        fs.mkdirSync(dir);
+        sparseRaw(path.join(dir, 'base.raw'), 2 << 20, 5 << 10);
+        qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', '-b', 'base.raw', '-F', 'raw', path.join(dir, 'mid.qcow2'), '3M']);
+        qemuIoOk(path.join(dir, 'mid.qcow2'), 'write -P 2 1M 64k', 'write -z 0 4k');
+        qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', path.join(dir, 'top.qcow2'), '6M']);
+        qemuIoOk(path.join(dir, 'top.qcow2'), 'write -P 3 2M 64k', 'write -z 4M 64k', 'write -P 4 5M 10k');
+      }
+      const file = step.length === 1 ? 'mid.qcow2' : 'top.qcow2';
+      expect(w.expectSame([...step, `q/${file}`], [`q/${file}`, `o/${file}`])).toBe(0);
+      expect(fs.readFileSync(o('base.raw')).equals(fs.readFileSync(q('base.raw'))), step.join(' ')).toBe(true);
+      for (const n of ['mid.qcow2', 'top.qcow2']) {
+        expect(qemuCheck(o(n)).exitCode).toBe(0);
+        expect(mapShape(o(n)), n).toEqual(mapShape(q(n)));
+        expect(fs.statSync(o(n)).size, n).toBe(fs.statSync(q(n)).size);
+      }
+    }
+  });
+});
+
+describe('commit into a smaller backing file: cluster sizes, a snapshot in it, v2', () => {
   // [label, base options, its snapshots]
   const cases: Array<[string, string, string[]]> = [
     ['64 KiB clusters', '', []],
@@ -205,6 +251,29 @@ describe('commit into a smaller backing file', () => {
   }
 });
 
+describe('commit -b, -r, -p: qemu-img\'s spelling', () => {
+  it('accepts them and refuses as qemu-img does', () => {
+    const chain = CHAINS['two links, 512 B under 2 MiB under 64 KiB clusters']!;
+    build(chain);
+    expect(same(['commit', '-b', 'mid.qcow2', '-r', '1M'], chain)).toBe(0);
+    expect(mapShape(o('mid.qcow2'))).toEqual(mapShape(q('mid.qcow2')));
+    expect(same(['commit', '-q', '-p', '-r', '0', '-b', 'base.qcow2'], chain)).toBe(0);
+    expect(mapShape(o('base.qcow2'))).toEqual(mapShape(q('base.qcow2')));
+    for (const bad of [['-b', 'nothere.qcow2'], ['-b', 'top.qcow2'], ['-r', 'xx'], ['-r', '-1']]) {
+      expect(w.expectSame(['commit', ...bad, 'q/top.qcow2'])).toBe(1);
+    }
+    // -p: qemu-img's progress line, then its last word; how often it repeats depends on timing
+    build(chain);
+    const r = runCli(w.bin, ['commit', '-p', 'o/top.qcow2'], { cwd: w.dir });
+    const qr = qemuImg(['commit', '-p', q('top.qcow2')]);
+    expect(r.status).toBe(qr.status);
+    const shape = (s: string): string[] => [...new Set(s.split('\r'))];
+    expect(shape(r.stdout)[0]).toBe(shape(qr.stdout)[0]);
+    expect(r.stdout.slice(r.stdout.lastIndexOf('(100.00/100%)'))).toBe(qr.stdout.slice(qr.stdout.lastIndexOf('(100.00/100%)')));
+    for (const [name] of chain) judge(name, 'commit -p');
+  });
+});
+
 describe('commit: an overlay with an internal snapshot', () => {
   it('keeps the snapshot\'s clusters and empties the active layer as qemu-img does', () => {
     const chain: Link[] = [
@@ -224,18 +293,53 @@ describe('commit: an overlay with an internal snapshot', () => {
     expect(fs.readFileSync(o('s1.raw')).equals(fs.readFileSync(q('s1.raw')))).toBe(true);
   });
 
-  it('with a persistent bitmap: refused before anything is written (its bits would go stale)', () => {
+  it('into a backing file with persistent bitmaps: the enabled ones take the committed ranges, as qemu-img\'s', () => {
+    for (const [cs, g] of [['64k', '4k'], ['512', '1M'], ['2M', '512']]) {
+      const chain: Link[] = [
+        ['base.qcow2', `cluster_size=${cs}`, []],
+        ['top.qcow2', '', ['write -P 2 100k 10k', 'write -z 1M 64k', 'write -P 3 7M 3k']],
+      ];
+      build(chain);
+      for (const d of ['q', 'o']) {
+        const f = path.join(w.dir, d, 'base.qcow2');
+        qemuImgOk(['bitmap', '--add', '-g', g, f, 'on']);
+        qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
+        qemuIoOk(f, 'write -P 1 3M 10k');
+      }
+      expect(same(['commit'], chain)).toBe(0);
+      for (const n of ['on', 'off']) expect(bitsOf(o('base.qcow2'), n), `${cs}/${g}: ${n}`).toEqual(bitsOf(q('base.qcow2'), n));
+      expect(bitsOf(o('base.qcow2'), 'on')![2]).toMatch(/[1-9a-f]/);
+      expect(qemuInfoJson(o('base.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('base.qcow2'))['format-specific']);
+    }
+    // an overlay larger than the backing file: the bitmaps grow with it (new bits clear)
+    for (const d of ['q', 'o']) {
+      const f = path.join(w.dir, d, 'big.qcow2');
+      qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', f, '300M']);
+      qemuIoOk(f, 'write -P 4 200M 3k', 'write -P 5 0 4k');
+    }
+    expect(w.expectSame(['commit', 'q/big.qcow2'], ['q/big.qcow2', 'o/big.qcow2'])).toBe(0);
+    judge('base.qcow2', 'commit big.qcow2');
+    for (const n of ['on', 'off']) expect(bitsOf(o('base.qcow2'), n), `grown: ${n}`).toEqual(bitsOf(q('base.qcow2'), n));
+    expect(qemuInfoJson(o('base.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('base.qcow2'))['format-specific']);
+  });
+
+  it('with persistent bitmaps in the overlay: emptied as qemu-img empties it, the bits kept', () => {
     const chain: Link[] = [
       ['base.qcow2', '', ['write -P 1 0 1M']],
-      ['top.qcow2', '', ['write -P 2 512k 64k']],
+      ['top.qcow2', '', []],
     ];
     build(chain);
-    qemuImgOk(['bitmap', '--add', o('top.qcow2'), 'b0']);
-    const before = [fs.readFileSync(o('top.qcow2')), fs.readFileSync(o('base.qcow2'))];
-    const r = runCli(w.bin, ['commit', 'o/top.qcow2'], { cwd: w.dir });
-    expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/persistent dirty bitmaps/);
-    expect([fs.readFileSync(o('top.qcow2')), fs.readFileSync(o('base.qcow2'))]).toEqual(before);
+    for (const d of ['q', 'o']) {
+      const f = path.join(w.dir, d, 'top.qcow2');
+      qemuImgOk(['bitmap', '--add', '-g', '4k', f, 'b0']);
+      qemuImgOk(['bitmap', '--add', '--disable', f, 'b1']);
+      qemuIoOk(f, 'write -P 2 512k 64k', 'write -P 3 3M 64k');
+    }
+    expect(same(['commit'], chain)).toBe(0);
+    expect(mapShape(o('top.qcow2'))).toEqual(mapShape(q('top.qcow2')));
+    for (const n of ['b0', 'b1']) expect(bitsOf(o('top.qcow2'), n), n).toEqual(bitsOf(q('top.qcow2'), n));
+    expect(bitsOf(o('top.qcow2'), 'b0')![2]).toMatch(/[1-9a-f]/);
+    expect(qemuInfoJson(o('top.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('top.qcow2'))['format-specific']);
   });
 });
 
