@@ -6,7 +6,7 @@
 // operation. Whether the damage is repairable at all is asked of qemu-img's own `check -r all`
 // on a copy: where it cannot repair, neither do we, and the operation stays refused.
 import * as fs from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { pokeU64, qemuCheck, qemuInfo, qemuIoOk, qemuImgOk, createImage, sha256, truncateFile, qemuSnapshotList } from '../helpers/qemu.ts';
 import { SNAP, readHeader, readSnapshots, reftableEntryPos } from '../helpers/qcow2-mini.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
@@ -83,9 +83,7 @@ describe('snapshot operations refuse a corrupt image before writing', () => {
   beforeAll(async () => {
     cli = await cliBundle();
   });
-  afterAll(() => {
-    if (cli) fs.rmSync(cli, { force: true });
-  });
+  // The bundle is the run's shared one (tests/helpers/global-setup.ts removes it at the end).
 
   for (const c of CASES) {
     it(c.name, () => {
