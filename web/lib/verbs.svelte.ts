@@ -3,7 +3,7 @@
 // they are held in the tab as pending changes (Save or "Download image"), as snapshot operations are.
 import type { CompareDTO, CompareSideRef, ImageSummary, MeasureDTO, VerbsDetails } from '../../worker/api.ts';
 import { engine, withJob } from './engine.ts';
-import { viewParams } from '../links/links.svelte.ts';
+import { askTranslation } from '../links/links.svelte.ts';
 import type { AppState, ImageTab } from './app.svelte.ts';
 
 export class Verbs {
@@ -60,8 +60,7 @@ export class Verbs {
 
   /** Follow a guest offset in the Translation view. */
   followInTranslation(offset: number): void {
-    const t = viewParams.translate;
-    viewParams.translate = { offset, through: '', seq: t.seq + 1, linked: true };
+    askTranslation(offset);
     this.#app.show('translate');
   }
 

@@ -17,6 +17,11 @@ export const viewParams = $state<{ translate: { offset: number | null; through: 
   translate: { offset: null, through: '', seq: 0, linked: false },
 });
 
+/** Ask Translation to follow `offset` (through a snapshot id, or '' for the active disk) once, over a selected L2 entry. */
+export function askTranslation(offset: number, through = ''): void {
+  viewParams.translate = { offset, through, seq: viewParams.translate.seq + 1, linked: true };
+}
+
 /**
  * Tabs of gallery images, by tab id: the gallery id, and for the lower files of a chain the file
  * name too (gallery:chain:base.qcow2). The demo is ImageTab.isDemo.
@@ -147,7 +152,7 @@ export async function applyAddress(app: AppState, a: Address): Promise<ImageTab 
   }
   if (!tab) return null;
   if (a.view && VIEWS.some((v) => v.id === a.view)) app.view = a.view as ViewName;
-  if (a.offset !== undefined) viewParams.translate = { offset: a.offset, through: a.through ?? '', seq: viewParams.translate.seq + 1, linked: true };
+  if (a.offset !== undefined) askTranslation(a.offset, a.through ?? '');
   app.select(a.sel ? await restoreSelection(app, tab, a.sel).catch(() => null) : null);
   return tab;
 }
