@@ -29,7 +29,7 @@ export interface ClusterAnnotationDTO {
   roles: FieldLayout['role'][];
 }
 
-export type { MeasureDTO, CompareDTO, CompareSideRef, BitmapDTO, VerbsDetails } from './verbs-api.ts';
+export type { MeasureDTO, CompareDTO, CompareSideRef, BitmapDTO, VerbsDetails, RebaseTarget, CompareOptionsDTO } from './verbs-api.ts';
 export type { QcowErrorCode, Translation, TranslationStep, TranslationResult, SnapshotSpace, DiffResult, DiffRange, ClusterUsers, ClusterUse };
 
 /** Opaque handle of an image opened in the worker. */

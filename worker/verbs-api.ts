@@ -1,4 +1,4 @@
-// The qemu-img verbs as the page reaches them (measure, compare, bitmaps, rebase -u, commit):
+// The qemu-img verbs as the page reaches them (measure, compare [-s], bitmaps, rebase [-u], commit [-d]):
 // types only, implemented by worker/verbs.ts and joined into EngineApi (worker/api.ts).
 import type { ImageId, ImageSummary, JobId, ProgressFn } from './api.ts';
 
@@ -19,12 +19,27 @@ export interface CompareSideRef {
   snapshotId?: string;
 }
 
+/** How to compare: qemu-img compare -s also requires equal sizes and equal block status. */
+export interface CompareOptionsDTO {
+  strict?: boolean;
+}
+
+/**
+ * Where an overlay's backing link goes (qemu-img rebase): an open image (`safe`: the overlay first
+ * takes the old chain's data wherever the new one reads differently; otherwise only the link, -u),
+ * a file name (only the link), or none (`standalone`: rebase -b "", the old chain's data copied in).
+ */
+export type RebaseTarget = { baseId: ImageId; safe?: boolean } | { name: string } | { standalone: true };
+
 /** qemu-img compare's verdict. */
 export interface CompareDTO {
   identical: boolean;
   /** qemu-img compare's lines, in order ("Images are identical.", "Content mismatch at offset N!", ...). */
   lines: string[];
-  /** The first differing byte offset (the start of its 512-byte sector), when there is one. */
+  /**
+   * The first differing byte offset (the start of its 512-byte sector), when there is one; in
+   * strict mode also the offset whose block status differs.
+   */
   mismatchOffset?: number;
   /** The two disks have different sizes (the longer one's tail was compared with zeros). */
   sizeMismatch: boolean;
@@ -53,21 +68,22 @@ export interface VerbsDetails {
 export interface VerbsApi {
   /** What a copy would need: qemu-img measure -O qcow2 of the active disk. */
   measure(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<MeasureDTO>;
-  /** qemu-img compare (not strict) of two open images, or an image and one of its snapshots. */
-  compare(a: CompareSideRef, b: CompareSideRef, jobId?: JobId, onProgress?: ProgressFn): Promise<CompareDTO>;
+  /** qemu-img compare [-s] of two open images, or an image and one of its snapshots. */
+  compare(a: CompareSideRef, b: CompareSideRef, opts: CompareOptionsDTO, jobId?: JobId, onProgress?: ProgressFn): Promise<CompareDTO>;
   details(id: ImageId): Promise<VerbsDetails>;
   /** qemu-img bitmap --remove (a stale in-use bitmap included): a change held in the tab. */
   removeBitmap(id: ImageId, name: string): Promise<ImageSummary>;
   /**
    * Point the overlay's backing link at another file: qemu-img rebase -u -b NAME -F qcow2. With
    * `baseId` the link names that open image and the overlay reads through it from now on (its
-   * link is rewritten only when it names another file).
+   * link is rewritten only when it names another file); with `safe` as qemu-img rebase -b NAME
+   * -F qcow2 (the old chain must be open). `standalone`: qemu-img rebase -b "".
    */
-  rebase(id: ImageId, target: { baseId: ImageId } | { name: string }): Promise<ImageSummary>;
+  rebase(id: ImageId, target: RebaseTarget, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary>;
   /**
-   * qemu-img commit: the overlay's clusters written into its backing file (the open image it
-   * reads through), then the overlay emptied. Both changes are held in their tabs. Returns the
-   * overlay's summary and the backing image's.
+   * qemu-img commit [-d]: the overlay's clusters written into its backing file (the open image it
+   * reads through), then, unless `keep`, the overlay emptied. The changes are held in their tabs.
+   * Returns the overlay's summary and the backing image's.
    */
-  commit(id: ImageId, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
+  commit(id: ImageId, keep: boolean, jobId?: JobId, onProgress?: ProgressFn): Promise<ImageSummary[]>;
 }

@@ -1,6 +1,6 @@
-// The qemu-img verbs in the worker (VerbsApi, worker/verbs-api.ts): measure, compare, the bitmap
-// directory and bitmap --remove, rebase -u onto an open image or a name, and commit into the open
-// backing image. The engine does the work (core/analysis/measure.ts, compare.ts,
+// The qemu-img verbs in the worker (VerbsApi, worker/verbs-api.ts): measure, compare [-s], the
+// bitmap directory and bitmap --remove, rebase (-u onto an open image or a name, safe onto an open
+// image, -b "" to make the image standalone), and commit [-d] into the open backing image. The engine does the work (core/analysis/measure.ts, compare.ts,
 // core/image/bitmap-ops.ts, rebase.ts, commit.ts); this module adds the worker's rules: writes
 // run serialised and all-or-nothing in the tab (engine.worker.ts's `serialised`), so every change
 // is held as pending until Save or "Download image", like a snapshot operation.
@@ -9,12 +9,12 @@ import { measure } from '../core/analysis/measure.ts';
 import { compareImages } from '../core/analysis/compare.ts';
 import { changeBitmaps } from '../core/image/bitmap-ops.ts';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE } from '../core/format/bitmaps.ts';
-import { setBackingLink } from '../core/image/rebase.ts';
+import { copyBackingDifferences, setBackingLink } from '../core/image/rebase.ts';
 import { commitInto } from '../core/image/commit.ts';
 import { Journal } from '../core/image/journal.ts';
 import type { Qcow2Image } from '../core/image/qcow2-image.ts';
 import type { ImageId, ImageSummary, JobId, ProgressFn } from './api.ts';
-import type { CompareSideRef, VerbsApi } from './verbs-api.ts';
+import type { CompareOptionsDTO, CompareSideRef, RebaseTarget, VerbsApi } from './verbs-api.ts';
 import { journalDTO, openAsBacking, openForWrite, type JobContext } from './engine-adapter.ts';
 import type { OpenImage } from './engine.worker.ts';
 
@@ -68,7 +68,16 @@ async function snapshotAsImage(q: Qcow2Image, snapshotId: string): Promise<Qcow2
   }) as Qcow2Image;
 }
 
-const MISMATCH = /^Content mismatch at offset (\d+)!$/;
+/** The lines that name the first difference (content; block status in strict mode). */
+const MISMATCH = /^(?:Content mismatch at offset|Strict mode: Offset) (\d+)(?: block status mismatch)?!$/;
+
+/** A long write's progress, under `phase`; a cancel stops it at the next step (nothing is kept). */
+function stepper(job: JobContext, phase: string, total: number): (done: number) => void {
+  return (done) => {
+    if (job.signal.aborted) throw new QcowError('CANCELLED', 'The operation was cancelled');
+    job.progress({ phase, done, total });
+  };
+}
 
 export function verbsApi(host: VerbsHost) {
   /** Stop reading through the old backing layer (a lender's or a file chosen in Header). */
@@ -90,12 +99,18 @@ export function verbsApi(host: VerbsHost) {
     base.borrowers.add(img);
   }
 
-  /** A write on one image, journaled, then its summary with the journal. */
-  async function journaledWrite(img: OpenImage, label: string, body: (w: Qcow2Image) => Promise<void>): Promise<ImageSummary> {
-    const journal = await host.serialised([img], async () => {
+  /** A write on one image, journaled (as a job when it has an id), then its summary with the journal. */
+  async function journaledWrite(
+    img: OpenImage,
+    label: string,
+    body: (w: Qcow2Image, job: JobContext) => Promise<void>,
+    jobId?: JobId,
+    onProgress?: ProgressFn,
+  ): Promise<ImageSummary> {
+    const journal = await host.serialised([img], () => host.runJob(jobId, onProgress, async (job) => {
       const w = await openForWrite(img.store, img.backing);
-      return journaled(w, label, () => body(w));
-    });
+      return journaled(w, label, () => body(w, job));
+    }));
     const s = await host.summaryOf(img);
     s.journal = journalDTO(journal);
     return s;
@@ -121,7 +136,7 @@ export function verbsApi(host: VerbsHost) {
       };
     },
 
-    async compare(a: CompareSideRef, b: CompareSideRef, jobId?: JobId, onProgress?: ProgressFn) {
+    async compare(a: CompareSideRef, b: CompareSideRef, opts: CompareOptionsDTO, jobId?: JobId, onProgress?: ProgressFn) {
       const sides: Qcow2Image[] = [];
       for (const ref of [a, b]) {
         const img = host.get(ref.id);
@@ -129,7 +144,8 @@ export function verbsApi(host: VerbsHost) {
         assertChainOpen(img, 'comparing it');
         sides.push(ref.snapshotId === undefined ? q : await snapshotAsImage(q, ref.snapshotId));
       }
-      const r = await host.runJob(jobId, onProgress, () => compareImages({ image: sides[0]! }, { image: sides[1]! }));
+      const strict = opts.strict === true;
+      const r = await host.runJob(jobId, onProgress, () => compareImages({ image: sides[0]! }, { image: sides[1]! }, { strict }));
       const m = r.lines.map((l) => MISMATCH.exec(l)).find((x) => x);
       return {
         identical: r.code === 0,
@@ -156,9 +172,22 @@ export function verbsApi(host: VerbsHost) {
       return journaledWrite(img, `bitmap --remove ${name}`, (w) => changeBitmaps(w, [{ op: 'remove', name }]));
     },
 
-    async rebase(id: ImageId, target: { baseId: ImageId } | { name: string }) {
+    async rebase(id: ImageId, target: RebaseTarget, jobId?: JobId, onProgress?: ProgressFn) {
       const img = host.get(id);
       whole(img, 'rebased');
+      if ('standalone' in target) {
+        // rebase -b "": what the old chain reads is copied in first, then the link goes
+        assertChainOpen(img, 'making it standalone');
+        const s = await journaledWrite(img, 'rebase -b ""', async (w, job) => {
+          await copyBackingDifferences(w, null, stepper(job, 'Copying the backing data', w.virtualSize));
+          await setBackingLink(w, null);
+        }, jobId, onProgress);
+        await queued([img], async () => {
+          await detachBacking(img);
+          await host.reopen(img);
+        });
+        return { ...(await host.summaryOf(img)), ...(s.journal ? { journal: s.journal } : {}) };
+      }
       if ('name' in target) {
         const name = target.name.trim();
         if (!name) throw new QcowError('INVALID_ARGUMENT', 'Name the new backing file');
@@ -176,7 +205,19 @@ export function verbsApi(host: VerbsHost) {
         if (b === img) throw new QcowError('INVALID_ARGUMENT', `${base.name} reads through ${img.name}: it cannot be its backing file`);
       }
       let journal;
-      if (img.engine.header().backingFile !== base.name) {
+      if (target.safe) {
+        // rebase -b BASE -F qcow2: the overlay keeps reading what it reads through its old chain
+        assertChainOpen(img, 'rebasing it safely (its data is what is kept)');
+        const newChain = await openAsBacking(base.store, base.backing);
+        try {
+          journal = (await journaledWrite(img, `rebase -b ${base.name} -F qcow2`, async (w, job) => {
+            await copyBackingDifferences(w, newChain, stepper(job, 'Copying where the backing files differ', w.virtualSize));
+            await setBackingLink(w, { file: base.name, format: 'qcow2' });
+          }, jobId, onProgress)).journal;
+        } finally {
+          await newChain.close().catch(() => {});
+        }
+      } else if (img.engine.header().backingFile !== base.name) {
         journal = (await journaledWrite(img, `rebase -u -b ${base.name} -F qcow2`, (w) => setBackingLink(w, { file: base.name, format: 'qcow2' }))).journal;
       }
       await queued([img, base], async () => {
@@ -186,36 +227,37 @@ export function verbsApi(host: VerbsHost) {
       return { ...(await host.summaryOf(img)), ...(journal ? { journal } : {}) };
     },
 
-    async commit(id: ImageId, jobId?: JobId, onProgress?: ProgressFn) {
+    async commit(id: ImageId, keep: boolean, jobId?: JobId, onProgress?: ProgressFn) {
       const ov = host.get(id);
       const base = ov.lender;
       if (!base || !host.has(base.id)) throw new QcowError('NOT_SUPPORTED', `The backing file of ${ov.name} is not open as an image: choose it under "Backing link" first`);
       whole(ov, 'committed');
       whole(base, 'committed into');
-      if (ov.borrowers.size) throw new QcowError('NOT_SUPPORTED', `${ov.name} is the backing file of ${[...ov.borrowers].map((b) => b.name).join(', ')}: emptying it would change what they read`);
+      // with -d the overlay reads the same disk after as before, so overlays reading it are unaffected
+      if (!keep && ov.borrowers.size) throw new QcowError('NOT_SUPPORTED', `${ov.name} is the backing file of ${[...ov.borrowers].map((b) => b.name).join(', ')}: emptying it would change what they read`);
       const others = [...base.borrowers].filter((b) => b !== ov);
       if (others.length) throw new QcowError('NOT_SUPPORTED', `${base.name} is also the backing file of ${others.map((b) => b.name).join(', ')}: committing would change what they read`);
       // The overlay's own reads through the base are what makes it read-only; the commit is the one
       // write that keeps them true (the overlay reads the same disk before and after).
       base.borrowers.delete(ov);
+      const label = `commit${keep ? ' -d' : ''} ${ov.name} into ${base.name}`;
       let journals: Journal[];
       try {
-        journals = await host.serialised([ov, base], () => host.runJob(jobId, onProgress, async (job) => {
-          const o = await openForWrite(ov.store, null);
+        const run = (group: OpenImage[]) => host.serialised(group, () => host.runJob(jobId, onProgress, async (job) => {
+          // -d: the overlay is only read, through its read-only view (its own clusters: depth 0)
+          const o = keep ? whole(ov, 'committed') : await openForWrite(ov.store, null);
           const b = await openForWrite(base.store, base.backing);
-          const jb = new Journal(`commit ${ov.name} into ${base.name}`);
+          const jb = new Journal(label);
           const jo = await journaled(o, `commit: ${ov.name} emptied`, async () => {
             b.journal = jb;
-            await commitInto(o, b, {
-              onProgress: (done) => {
-                if (job.signal.aborted) throw new QcowError('CANCELLED', 'The commit was cancelled');
-                job.progress({ phase: 'Committing', done, total: o.virtualSize });
-              },
-            });
+            const step = stepper(job, 'Committing', o.virtualSize);
+            await commitInto(o, b, { keep, onProgress: (done) => step(done) });
           });
           b.journal = null;
           return [jo, jb];
         }));
+        // -d writes only the base (the overlay's tab gets no change), in turn with the overlay's operations
+        journals = await (keep ? queued([ov], () => run([base])) : run([ov, base]));
       } finally {
         base.borrowers.add(ov);
       }
@@ -225,7 +267,9 @@ export function verbsApi(host: VerbsHost) {
         await host.reopen(ov);
       });
       const out = [await host.summaryOf(ov), await host.summaryOf(base)];
-      out.forEach((s, i) => (s.journal = journalDTO(journals[i]!)));
+      out.forEach((s, i) => {
+        if (!keep || i === 1) s.journal = journalDTO(journals[i]!);
+      });
       return out;
     },
   } satisfies VerbsApi;
