@@ -1,11 +1,12 @@
 // The qemu-img verbs on the page, each tried in Chromium on images qemu-img made and judged by
-// qemu-img: "What a copy would need" against `qemu-img measure`, Compare against `qemu-img
-// compare`, and bitmap removal, rebase -u and commit (changes held in the tab, then downloaded)
-// against `qemu-img check` and the same operation done by qemu-img (`compare`, `info`).
+// qemu-img: "What a copy would need" against `qemu-img measure`, Compare [-s] against `qemu-img
+// compare [-s]`, and bitmap removal, rebase (-u, safe, -b "") and commit [-d] (changes held in the
+// tab, then downloaded or saved) against `qemu-img check` and the same operation done by qemu-img
+// on a copy (`compare`, `info`, `map`).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Page } from '@playwright/test';
-import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIo, qemuIoOk } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIo, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
 import { test, expect, makeImage, openViaInput, openViaPicker, installPickerStub, readFromOpfs, downloadImage, showView, type Fixture } from './fixtures.ts';
 
 /** qemu-img compare's first line and exit code. */
@@ -21,6 +22,34 @@ async function figure(page: Page, key: string): Promise<number> {
 
 function fixture(dir: string, name: string): Fixture {
   return { path: path.join(dir, name), name };
+}
+
+/** Copies of `files` in a new folder `dir` (for qemu-img's reference operation); returns the folder. */
+function copiesIn(dir: string, ...files: Fixture[]): string {
+  fs.mkdirSync(dir);
+  for (const f of files) fs.copyFileSync(f.path, path.join(dir, f.name));
+  return dir;
+}
+
+/** qemu-img info's backing link of `file`. */
+function backingOf(file: string): { file?: string; format?: string } {
+  const info = JSON.parse(qemuImgOk(['info', '--output=json', file])) as Record<string, string | undefined>;
+  return { file: info['backing-filename'], format: info['backing-filename-format'] };
+}
+
+/** The ranges an image allocates itself (qemu-img map, depth 0), without host offsets. */
+function ownRanges(file: string): Array<[number, number, boolean, boolean]> {
+  return qemuMap(file).filter((e) => e.depth === 0 && e.present).map((e) => [e.start, e.length, e.data, e.zero]);
+}
+
+/** Read the open `overlay` through the open `base` (its link names it already); `ownFile`: a person's file (asks about VMs). */
+async function readThrough(page: Page, overlay: string, base: string, ownFile = false): Promise<void> {
+  await page.getByRole('tab', { name: overlay }).click();
+  await showView(page, 'Header');
+  await page.getByLabel('Read through the open image').selectOption({ label: base });
+  await page.getByRole('button', { name: 'Use as backing file' }).click();
+  if (ownFile) await page.getByRole('dialog').getByRole('button', { name: 'No VM is running: go on' }).click();
+  await expect(page.getByText(`It reads through ${base}, open here.`)).toBeVisible();
 }
 
 test('What a copy would need: the figures of qemu-img measure -O qcow2, bitmaps included', async ({ page, tmp }) => {
@@ -251,4 +280,167 @@ test('Commit into backing file: the overlay folded into its open backing image, 
   expect(snap(outDir).equals(snap(refDir))).toBe(true);
   const allocated = (file: string) => (JSON.parse(qemuImgOk(['map', '--output=json', file])) as Array<{ depth: number; data: boolean }>).filter((e) => e.depth === 0 && e.data).length;
   expect(allocated(path.join(outDir, 'top.qcow2'))).toBe(allocated(path.join(refDir, 'top.qcow2')));
+});
+
+test('Compare -s, and a snapshot whose first difference the active disk no longer holds, outlined on the map', async ({ page, tmp }) => {
+  const a = makeImage(tmp, 'a.qcow2');
+  const same = fixture(tmp, 'same.qcow2');
+  fs.copyFileSync(a.path, same.path);
+  // reads the same, allocated differently: a zero cluster where a.qcow2 allocates nothing
+  const zeroed = fixture(tmp, 'zeroed.qcow2');
+  fs.copyFileSync(a.path, zeroed.path);
+  qemuIoOk(zeroed.path, 'write -z 1M 64k');
+  // the same disk, 1 MiB longer (its tail reads zeros)
+  const bigger = fixture(tmp, 'bigger.qcow2');
+  qemuImgOk(['convert', '-O', 'qcow2', a.path, bigger.path]);
+  qemuImgOk(['resize', bigger.path, '+1M']);
+  const cases = ['same.qcow2', 'zeroed.qcow2', 'bigger.qcow2'].map((name) => ({
+    name,
+    loose: qemuCompare([a.path, path.join(tmp, name)]),
+    strict: qemuCompare(['-s', a.path, path.join(tmp, name)]),
+  }));
+  // the cases differ: identical both ways, identical only when not strict, sizes
+  expect(cases.map((c) => [c.loose.code, c.strict.code])).toEqual([[0, 0], [0, 1], [0, 1]]);
+
+  // The active disk of snapz reads zeros at 0 where snapA still holds its cluster.
+  const snapz = makeImage(tmp, 'snapz.qcow2');
+  const shared = qemuMap(snapz.path).find((e) => e.start === 0)!.offset!;
+  qemuIoOk(snapz.path, 'discard 0 64k');
+  const snapRaw = path.join(tmp, 'snapA.raw');
+  qemuConvertToRaw(snapz.path, snapRaw, { name: 'snapA' });
+  const snapRef = qemuCompare(['-f', 'qcow2', '-F', 'raw', snapz.path, snapRaw]);
+  expect(snapRef.line).toBe('Content mismatch at offset 0!');
+
+  await page.goto('/');
+  for (const f of [same, zeroed, bigger, snapz, a]) await openViaInput(page, f);
+  await page.getByRole('tab', { name: 'a.qcow2' }).click();
+  await showView(page, 'Diff');
+  const select = page.getByLabel('Other disk', { exact: true });
+  const strict = page.getByRole('checkbox', { name: 'Strict (-s)' });
+  for (const c of cases) {
+    for (const mode of ['loose', 'strict'] as const) {
+      await strict.setChecked(mode === 'strict');
+      await select.selectOption({ label: c.name });
+      await page.getByRole('button', { name: 'Compare the disks' }).click();
+      await expect(page.getByRole('status', { name: `Comparison of a.qcow2 and ${c.name}` }).locator('.verdict').last()).toHaveText(c[mode].line);
+    }
+  }
+  await strict.setChecked(false);
+  await page.getByRole('tab', { name: 'snapz.qcow2' }).click();
+  await showView(page, 'Diff');
+  await select.selectOption({ label: 'snapshot snapA (ID 1)' });
+  await page.getByRole('button', { name: 'Compare the disks' }).click();
+  const status = page.getByRole('status', { name: 'Comparison of snapz.qcow2 and snapshot snapA' });
+  await expect(status.locator('.verdict').last()).toHaveText(snapRef.line);
+  await expect(status).toContainText(`in snapz.qcow2 it reads as zeros; in snapshot snapA it is in host cluster ${shared / 65536}`);
+  await page.getByRole('button', { name: 'Show on the cluster map' }).click();
+  await expect(page.getByRole('list', { name: 'Legend' })).toContainText('First difference (guest 0x0)');
+  await page.screenshot({ path: '/tmp/verbspage-compare-map.png', fullPage: true });
+});
+
+test('safe rebase onto another open image: the overlay keeps its disk, as qemu-img rebase -b does', async ({ page, tmp }) => {
+  const old = makeImage(tmp, 'old.qcow2', {}, []);
+  const neu = makeImage(tmp, 'new.qcow2', {}, []);
+  qemuIoOk(neu.path, 'write -P 0x33 64k 64k', 'write -P 0x44 1M 192k', 'write -z 0 4k');
+  const ov = fixture(tmp, 'overlay.qcow2');
+  createImage(ov.path, undefined, { backing: 'old.qcow2' });
+  qemuIoOk(ov.path, 'write -P 0x5c 1M 64k');
+  const refDir = copiesIn(path.join(tmp, 'ref'), old, neu, ov);
+  qemuImgOk(['rebase', '-b', 'new.qcow2', '-F', 'qcow2', path.join(refDir, 'overlay.qcow2')]);
+
+  await page.goto('/');
+  for (const f of [old, neu, ov]) await openViaInput(page, f);
+  await readThrough(page, 'overlay.qcow2', 'old.qcow2');
+  await page.getByLabel('Read through the open image').selectOption({ label: 'new.qcow2' });
+  await page.getByRole('radio', { name: /Keep what this disk reads/ }).check();
+  await expect(page.locator('#backing-open-note')).toContainText('qemu-img rebase -b new.qcow2 -F qcow2');
+  await page.screenshot({ path: '/tmp/verbspage-backing.png', fullPage: true });
+  await page.getByRole('button', { name: 'Use as backing file' }).click();
+  await expect(page.locator('[data-field="backing-filename"]')).toHaveText('new.qcow2');
+  await expect(page.getByText('It reads through new.qcow2, open here.')).toBeVisible();
+
+  const outDir = copiesIn(path.join(tmp, 'out'), neu);
+  const out = await downloadImage(page, path.join(outDir, 'overlay.qcow2'), 'overlay.qcow2');
+  expect(qemuCheck(out).exitCode).toBe(0);
+  expect(backingOf(out)).toEqual({ file: 'new.qcow2', format: 'qcow2' });
+  // the same disk as before (through old.qcow2) and as qemu-img's, with the same clusters of its own
+  expect(qemuCompare([ov.path, out]).code).toBe(0);
+  expect(qemuCompare([path.join(refDir, 'overlay.qcow2'), out]).code).toBe(0);
+  expect(ownRanges(out)).toEqual(ownRanges(path.join(refDir, 'overlay.qcow2')));
+});
+
+test('Make standalone: the backing data copied in and the link removed, confirmed by keyboard, saved (rebase -b "")', async ({ page, tmp }) => {
+  const base = makeImage(tmp, 'base.qcow2', {}, []);
+  const ov = fixture(tmp, 'overlay.qcow2');
+  createImage(ov.path, undefined, { backing: 'base.qcow2' });
+  qemuIoOk(ov.path, 'write -P 0x5c 64k 64k', 'write -z 0 4k');
+  const refDir = copiesIn(path.join(tmp, 'ref'), base, ov);
+  qemuImgOk(['rebase', '-b', '', path.join(refDir, 'overlay.qcow2')]);
+
+  await installPickerStub(page);
+  await page.goto('/');
+  await openViaInput(page, base);
+  await openViaPicker(page, ov);
+  const button = page.getByRole('button', { name: 'Make standalone…' });
+  // its backing data is what is copied: not before the backing file is open
+  await expect(button).toBeDisabled();
+  await readThrough(page, 'overlay.qcow2', 'base.qcow2', true);
+  await button.focus();
+  await page.keyboard.press('Enter');
+  const dialog = page.getByRole('dialog', { name: 'Make overlay.qcow2 standalone?' });
+  await expect(dialog).toContainText('qemu-img rebase -b ""');
+  await page.keyboard.press('Escape');
+  await expect(dialog).toHaveCount(0);
+  await expect(button).toBeFocused();
+  await page.keyboard.press('Enter');
+  await dialog.getByRole('button', { name: 'Make standalone' }).focus();
+  await page.keyboard.press('Enter');
+  await expect(page.locator('[data-field="backing-filename"]')).toHaveCount(0);
+  await expect(page.getByRole('heading', { name: 'Header', level: 2 })).toBeFocused();
+  const bar = page.getByRole('group', { name: 'Unsaved changes' });
+  await expect(bar).toContainText('1 unsaved change');
+  await bar.getByRole('button', { name: 'Save', exact: true }).click();
+  await expect(bar).toHaveCount(0);
+
+  const out = path.join(tmp, 'out.qcow2'); // no base.qcow2 next to it: it reads nothing else
+  await readFromOpfs(page, ov.name, out);
+  expect(qemuCheck(out).exitCode).toBe(0);
+  expect(backingOf(out)).toEqual({});
+  expect(qemuCompare([ov.path, out]).code).toBe(0);
+  expect(qemuCompare([path.join(refDir, 'overlay.qcow2'), out]).code).toBe(0);
+  expect(ownRanges(out)).toEqual(ownRanges(path.join(refDir, 'overlay.qcow2')));
+});
+
+test('Commit into backing file with -d: the base takes the overlay\'s clusters, the overlay is kept, as qemu-img commit -d does', async ({ page, tmp }) => {
+  const base = makeImage(tmp, 'base.qcow2', {}, []);
+  const ov = fixture(tmp, 'top.qcow2');
+  createImage(ov.path, undefined, { backing: 'base.qcow2' });
+  qemuIoOk(ov.path, 'write -P 0xcd 64k 64k', 'write -P 0xee 5M 100k', 'write -z 0 4k');
+  const refDir = copiesIn(path.join(tmp, 'ref'), base, ov);
+  qemuImgOk(['commit', '-d', path.join(refDir, 'top.qcow2')]);
+
+  await page.goto('/');
+  await openViaInput(page, base);
+  await openViaInput(page, ov);
+  await readThrough(page, 'top.qcow2', 'base.qcow2');
+  await page.getByRole('checkbox', { name: /Keep the overlay's clusters/ }).check();
+  await expect(page.getByText('(qemu-img commit -d)')).toBeVisible();
+  await page.getByRole('button', { name: 'Commit into backing file' }).click();
+  const dialog = page.getByRole('dialog', { name: 'Commit top.qcow2 into base.qcow2?' });
+  await expect(dialog).toContainText('top.qcow2 keeps its clusters and reads as before');
+  await dialog.getByRole('button', { name: 'Commit' }).click();
+  await expect(page.getByRole('dialog')).toHaveCount(0);
+  await expect(page.getByRole('button', { name: 'Commit into backing file' })).toBeEnabled();
+
+  const outDir = path.join(tmp, 'out');
+  fs.mkdirSync(outDir);
+  await downloadImage(page, path.join(outDir, 'top.qcow2'), 'top.qcow2');
+  await downloadImage(page, path.join(outDir, 'base.qcow2'), 'base.qcow2');
+  // the overlay's file is untouched; the base is qemu-img's
+  expect(fs.readFileSync(path.join(outDir, 'top.qcow2')).equals(fs.readFileSync(ov.path))).toBe(true);
+  expect(qemuCheck(path.join(outDir, 'base.qcow2')).exitCode).toBe(0);
+  for (const f of ['base.qcow2', 'top.qcow2']) expect(qemuCompare([path.join(refDir, f), path.join(outDir, f)]).code).toBe(0);
+  expect(ownRanges(path.join(outDir, 'base.qcow2'))).toEqual(ownRanges(path.join(refDir, 'base.qcow2')));
+  // the base alone now reads what the overlay reads
+  expect(qemuCompare([path.join(outDir, 'top.qcow2'), path.join(outDir, 'base.qcow2')]).line).toBe('Images are identical.');
 });
