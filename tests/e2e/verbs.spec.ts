@@ -444,3 +444,28 @@ test('Commit into backing file with -d: the base takes the overlay\'s clusters, 
   // the base alone now reads what the overlay reads
   expect(qemuCompare([path.join(outDir, 'top.qcow2'), path.join(outDir, 'base.qcow2')]).line).toBe('Images are identical.');
 });
+
+test('Make standalone of a large overlay shows its progress and, cancelled halfway, leaves the image as it was', async ({ page, tmp }) => {
+  const base = fixture(tmp, 'base.qcow2');
+  createImage(base.path, '512M');
+  qemuIoOk(base.path, 'write -P 0x5a 0 256M');
+  const ov = fixture(tmp, 'overlay.qcow2');
+  createImage(ov.path, undefined, { backing: 'base.qcow2' });
+  qemuIoOk(ov.path, 'write -P 0x5c 1M 64k');
+
+  await page.goto('/');
+  await openViaInput(page, base);
+  await openViaInput(page, ov);
+  await readThrough(page, 'overlay.qcow2', 'base.qcow2');
+  await page.getByRole('button', { name: 'Make standalone…' }).click();
+  await page.getByRole('dialog', { name: 'Make overlay.qcow2 standalone?' }).getByRole('button', { name: 'Make standalone' }).click();
+  // Cancel once some of the disk, not all, is copied.
+  const progress = page.getByRole('progressbar', { name: 'Copying the backing data' });
+  await expect.poll(async () => Number(await progress.getAttribute('value')), { intervals: [20] }).toBeGreaterThan(0);
+  expect(Number(await progress.getAttribute('value'))).toBeLessThan(Number(await progress.getAttribute('max')));
+  await page.getByRole('status').getByRole('button', { name: 'Cancel' }).click();
+  await expect(page.getByRole('status').filter({ hasText: 'Cancelled' })).toBeVisible();
+  await expect(page.locator('[data-field="backing-filename"]')).toHaveText('base.qcow2');
+  const out = await downloadImage(page, path.join(tmp, 'out.qcow2'), 'overlay.qcow2');
+  expect(fs.readFileSync(out).equals(fs.readFileSync(ov.path))).toBe(true);
+});
