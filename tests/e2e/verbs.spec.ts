@@ -5,7 +5,7 @@
 // on a copy (`compare`, `info`, `map`).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Page } from '@playwright/test';
+import type { Locator, Page } from '@playwright/test';
 import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIo, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
 import { test, expect, makeImage, openViaInput, openViaPicker, installPickerStub, readFromOpfs, downloadImage, showView, type Fixture } from './fixtures.ts';
 
@@ -40,6 +40,35 @@ function backingOf(file: string): { file?: string; format?: string } {
 /** The ranges an image allocates itself (qemu-img map, depth 0), without host offsets. */
 function ownRanges(file: string): Array<[number, number, boolean, boolean]> {
   return qemuMap(file).filter((e) => e.depth === 0 && e.present).map((e) => [e.start, e.length, e.data, e.zero]);
+}
+
+/**
+ * A rebased overlay judged by qemu-img: clean, with the backing link `link`, the same disk as
+ * `before` (through its old chain) and as qemu-img's result `ref`, and the same ranges of its own.
+ */
+function expectRebasedAsQemu(out: string, before: string, ref: string, link: { file?: string; format?: string }): void {
+  expect(qemuCheck(out).exitCode).toBe(0);
+  expect(backingOf(out)).toEqual(link);
+  expect(qemuCompare([before, out]).code).toBe(0);
+  expect(qemuCompare([ref, out]).code).toBe(0);
+  expect(ownRanges(out)).toEqual(ownRanges(ref));
+}
+
+/**
+ * Open a confirmation from `button` by keyboard, Escape it (the focus goes back to the button),
+ * open it again and confirm with `confirm` by keyboard. `says`: text the dialog must show.
+ */
+async function confirmByKeyboard(page: Page, button: Locator, title: string, confirm: string, says = ''): Promise<void> {
+  await button.focus();
+  await page.keyboard.press('Enter');
+  const dialog = page.getByRole('dialog', { name: title });
+  await expect(dialog).toContainText(says);
+  await page.keyboard.press('Escape');
+  await expect(dialog).toHaveCount(0);
+  await expect(button).toBeFocused();
+  await page.keyboard.press('Enter');
+  await dialog.getByRole('button', { name: confirm }).focus();
+  await page.keyboard.press('Enter');
 }
 
 /** Read the open `overlay` through the open `base` (its link names it already); `ownFile`: a person's file (asks about VMs). */
@@ -245,17 +274,7 @@ test('Commit into backing file: the overlay folded into its open backing image, 
   await expect(page.getByText('It reads through base.qcow2, open here.')).toBeVisible();
   await compareWithBase(qemuCompare([ov.path, base.path]).line);
   // by keyboard: Escape cancels and gives the focus back; Enter on the dialog's button commits
-  const commitButton = page.getByRole('button', { name: 'Commit into backing file' });
-  await commitButton.focus();
-  await page.keyboard.press('Enter');
-  const dialog = page.getByRole('dialog', { name: 'Commit top.qcow2 into base.qcow2?' });
-  await expect(dialog).toBeVisible();
-  await page.keyboard.press('Escape');
-  await expect(dialog).toHaveCount(0);
-  await expect(commitButton).toBeFocused();
-  await page.keyboard.press('Enter');
-  await dialog.getByRole('button', { name: 'Commit' }).focus();
-  await page.keyboard.press('Enter');
+  await confirmByKeyboard(page, page.getByRole('button', { name: 'Commit into backing file' }), 'Commit top.qcow2 into base.qcow2?', 'Commit');
   await expect(page.getByRole('dialog')).toHaveCount(0);
   await expect(page.getByRole('button', { name: 'Commit into backing file' })).toBeEnabled();
   // the overlay now reads what the base holds
@@ -361,12 +380,7 @@ test('safe rebase onto another open image: the overlay keeps its disk, as qemu-i
 
   const outDir = copiesIn(path.join(tmp, 'out'), neu);
   const out = await downloadImage(page, path.join(outDir, 'overlay.qcow2'), 'overlay.qcow2');
-  expect(qemuCheck(out).exitCode).toBe(0);
-  expect(backingOf(out)).toEqual({ file: 'new.qcow2', format: 'qcow2' });
-  // the same disk as before (through old.qcow2) and as qemu-img's, with the same clusters of its own
-  expect(qemuCompare([ov.path, out]).code).toBe(0);
-  expect(qemuCompare([path.join(refDir, 'overlay.qcow2'), out]).code).toBe(0);
-  expect(ownRanges(out)).toEqual(ownRanges(path.join(refDir, 'overlay.qcow2')));
+  expectRebasedAsQemu(out, ov.path, path.join(refDir, 'overlay.qcow2'), { file: 'new.qcow2', format: 'qcow2' });
 });
 
 test('Make standalone: the backing data copied in and the link removed, confirmed by keyboard, saved (rebase -b "")', async ({ page, tmp }) => {
@@ -385,16 +399,7 @@ test('Make standalone: the backing data copied in and the link removed, confirme
   // its backing data is what is copied: not before the backing file is open
   await expect(button).toBeDisabled();
   await readThrough(page, 'overlay.qcow2', 'base.qcow2', true);
-  await button.focus();
-  await page.keyboard.press('Enter');
-  const dialog = page.getByRole('dialog', { name: 'Make overlay.qcow2 standalone?' });
-  await expect(dialog).toContainText('qemu-img rebase -b ""');
-  await page.keyboard.press('Escape');
-  await expect(dialog).toHaveCount(0);
-  await expect(button).toBeFocused();
-  await page.keyboard.press('Enter');
-  await dialog.getByRole('button', { name: 'Make standalone' }).focus();
-  await page.keyboard.press('Enter');
+  await confirmByKeyboard(page, button, 'Make overlay.qcow2 standalone?', 'Make standalone', 'qemu-img rebase -b ""');
   await expect(page.locator('[data-field="backing-filename"]')).toHaveCount(0);
   await expect(page.getByRole('heading', { name: 'Header', level: 2 })).toBeFocused();
   const bar = page.getByRole('group', { name: 'Unsaved changes' });
@@ -404,11 +409,7 @@ test('Make standalone: the backing data copied in and the link removed, confirme
 
   const out = path.join(tmp, 'out.qcow2'); // no base.qcow2 next to it: it reads nothing else
   await readFromOpfs(page, ov.name, out);
-  expect(qemuCheck(out).exitCode).toBe(0);
-  expect(backingOf(out)).toEqual({});
-  expect(qemuCompare([ov.path, out]).code).toBe(0);
-  expect(qemuCompare([path.join(refDir, 'overlay.qcow2'), out]).code).toBe(0);
-  expect(ownRanges(out)).toEqual(ownRanges(path.join(refDir, 'overlay.qcow2')));
+  expectRebasedAsQemu(out, ov.path, path.join(refDir, 'overlay.qcow2'), {});
 });
 
 test('Commit into backing file with -d: the base takes the overlay\'s clusters, the overlay is kept, as qemu-img commit -d does', async ({ page, tmp }) => {
