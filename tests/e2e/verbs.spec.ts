@@ -352,6 +352,7 @@ test('Compare -s, and a snapshot whose first difference the active disk no longe
   const status = page.getByRole('status', { name: 'Comparison of snapz.qcow2 and snapshot snapA' });
   await expect(status.locator('.verdict').last()).toHaveText(snapRef.line);
   await expect(status).toContainText(`in snapz.qcow2 it reads as zeros; in snapshot snapA it is in host cluster ${shared / 65536}`);
+  await page.locator('section[aria-labelledby="h-compare"]').screenshot({ path: '/tmp/verbspage-compare.png' });
   await page.getByRole('button', { name: 'Show on the cluster map' }).click();
   await expect(page.getByRole('list', { name: 'Legend' })).toContainText('First difference (guest 0x0)');
   await page.screenshot({ path: '/tmp/verbspage-compare-map.png', fullPage: true });
