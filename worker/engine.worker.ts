@@ -37,7 +37,7 @@ import { openGalleryFiles } from './gallery.ts';
 import { MemoryStore } from '../core/io/memory-store.ts';
 import { crashImage, crashRehearse, crashStop } from './crash-stage.ts';
 import type { CrashOperation } from './crash-stage-api.ts';
-import { verbsApi } from './verbs.ts';
+import { dropStaleLender, verbsApi } from './verbs.ts';
 import { annotationOf, fieldReadingOf } from './annotate.ts';
 import { cancelJob, runJob } from './jobs.ts';
 
@@ -523,7 +523,13 @@ const api = {
   },
 
   async discardChanges(id: ImageId) {
-    return handleStep(get(id), (s) => s.discardChanges());
+    const img = get(id);
+    return handleStep(img, async (s) => {
+      const link = img.engine.header().backingFile;
+      await s.discardChanges();
+      await reopen(img);
+      await dropStaleLender(img, link, reopen);
+    });
   },
 
   async keptChanges(id: ImageId, restore: boolean) {

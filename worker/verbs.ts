@@ -79,15 +79,28 @@ function stepper(job: JobContext, phase: string, total: number): (done: number) 
   };
 }
 
+/** Stop reading through the old backing layer (a lender's or a file chosen in Header). */
+async function detachBacking(img: OpenImage): Promise<void> {
+  await img.backing?.close().catch(() => {});
+  img.lender?.borrowers.delete(img);
+  img.lender = null;
+  img.backing = null;
+  img.backingName = null;
+}
+
+/**
+ * After the tab's changes were dropped (Discard) and the image reopened: an overlay whose link
+ * the dropped changes had rewritten (a rebase onto an open image) stops reading through that
+ * image, since the header names another file again (and a safe rebase's copied data is gone,
+ * so reading the new base would show another disk). `linkBefore`: the header's link before.
+ */
+export async function dropStaleLender(img: OpenImage, linkBefore: string | undefined, reopen: (img: OpenImage) => Promise<void>): Promise<void> {
+  if (!img.lender || img.engine.header().backingFile === linkBefore) return;
+  await detachBacking(img);
+  await reopen(img);
+}
+
 export function verbsApi(host: VerbsHost) {
-  /** Stop reading through the old backing layer (a lender's or a file chosen in Header). */
-  async function detachBacking(img: OpenImage): Promise<void> {
-    await img.backing?.close().catch(() => {});
-    img.lender?.borrowers.delete(img);
-    img.lender = null;
-    img.backing = null;
-    img.backingName = null;
-  }
 
   /** Read through the open image `base` from now on (it becomes read-only while lent). */
   async function lendTo(img: OpenImage, base: OpenImage): Promise<void> {

@@ -6,8 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Locator, Page } from '@playwright/test';
-import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIo, qemuIoOk, qemuMap } from '../helpers/qemu.ts';
-import { test, expect, makeImage, openViaInput, openViaPicker, installPickerStub, readFromOpfs, downloadImage, showView, type Fixture } from './fixtures.ts';
+import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuIo, qemuIoOk, qemuMap, sha256 } from '../helpers/qemu.ts';
+import { test, expect, makeImage, openViaInput, openViaPicker, installPickerStub, readFromOpfs, opfsSha256, downloadImage, showView, type Fixture } from './fixtures.ts';
 
 /** qemu-img compare's first line and exit code. */
 function qemuCompare(args: string[]): { line: string; code: number } {
@@ -470,4 +470,33 @@ test('Make standalone of a large overlay shows its progress and, cancelled halfw
   await expect(page.locator('[data-field="backing-filename"]')).toHaveText('base.qcow2');
   const out = await downloadImage(page, path.join(tmp, 'out.qcow2'), 'overlay.qcow2');
   expect(fs.readFileSync(out).equals(fs.readFileSync(ov.path))).toBe(true);
+});
+
+test('a safe rebase held in the tab, then discarded: the file as on disk, and the overlay no longer reads the new base', async ({ page, tmp }) => {
+  const old = makeImage(tmp, 'old.qcow2', {}, []);
+  const neu = makeImage(tmp, 'new.qcow2', {}, []);
+  qemuIoOk(neu.path, 'write -P 0x33 64k 64k');
+  const ov = fixture(tmp, 'overlay.qcow2');
+  createImage(ov.path, undefined, { backing: 'old.qcow2' });
+  const before = sha256(ov.path);
+
+  await installPickerStub(page);
+  await page.goto('/');
+  await openViaInput(page, old);
+  await openViaInput(page, neu);
+  await openViaPicker(page, ov);
+  await readThrough(page, 'overlay.qcow2', 'old.qcow2', true);
+  await page.getByLabel('Read through the open image').selectOption({ label: 'new.qcow2' });
+  await page.getByRole('radio', { name: 'Keep what this disk reads' }).check();
+  await page.getByRole('button', { name: 'Use as backing file' }).click();
+  await expect(page.getByText('It reads through new.qcow2, open here.')).toBeVisible();
+  const bar = page.getByRole('group', { name: 'Unsaved changes' });
+  await expect(bar).toContainText('1 unsaved change');
+  await bar.getByRole('button', { name: 'Discard changes' }).click();
+  await page.getByRole('dialog', { name: 'Discard changes?' }).getByRole('button', { name: 'Discard' }).click();
+  await expect(bar).toHaveCount(0);
+  await expect(page.locator('[data-field="backing-filename"]')).toHaveText('old.qcow2');
+  // the copied data went with the change: it does not read through new.qcow2 any more
+  await expect(page.getByText(/which is\s+not open/)).toBeVisible();
+  expect(await opfsSha256(page, ov.name)).toBe(before);
 });

@@ -169,6 +169,7 @@ export class Saving {
       const s = await this.app.run(`Discarding the changes to ${t.name}`, () => engine().discardChanges(t.id));
       if (s) t.update(s);
     }
+    await this.app.verbs.afterDiscard(tabs);
   }
 
   /** The save picker exists (Chromium). */

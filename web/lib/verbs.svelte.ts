@@ -66,6 +66,11 @@ export class Verbs {
     this.#app.show('translate');
   }
 
+  /** After Discard: an overlay may stop reading through an open image, which can be written again. */
+  async afterDiscard(discarded: ImageTab[]): Promise<void> {
+    await this.#refresh(this.#app.tabs.filter((t) => !discarded.includes(t)));
+  }
+
   async #refresh(tabs: ImageTab[], all = false): Promise<void> {
     for (const t of tabs) {
       const fresh: ImageSummary | undefined = await engine().summary(t.id).catch(() => undefined);
