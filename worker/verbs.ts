@@ -1,7 +1,8 @@
 // The qemu-img verbs in the worker (VerbsApi, worker/verbs-api.ts): measure, compare [-s], the
 // bitmap directory and bitmap --remove, rebase (-u onto an open image or a name, safe onto an open
-// image, -b "" to make the image standalone), and commit [-d] into the open backing image. The engine does the work (core/analysis/measure.ts, compare.ts,
-// core/image/bitmap-ops.ts, rebase.ts, commit.ts); this module adds the worker's rules: writes
+// image, -b "" to make the image standalone), and commit [-d] into the open backing image. The
+// engine does the work (core/analysis/measure.ts, compare.ts, core/image/bitmap-ops.ts,
+// rebase.ts, commit.ts: the calls the command line makes); this module adds the worker's rules: writes
 // run serialised and all-or-nothing in the tab (engine.worker.ts's `serialised`), so every change
 // is held as pending until Save or "Download image", like a snapshot operation.
 import { QcowError } from '../core/errors.ts';
@@ -101,7 +102,6 @@ export async function dropStaleLender(img: OpenImage, linkBefore: string | undef
 }
 
 export function verbsApi(host: VerbsHost) {
-
   /** Read through the open image `base` from now on (it becomes read-only while lent). */
   async function lendTo(img: OpenImage, base: OpenImage): Promise<void> {
     const layer = await openAsBacking(base.store, base.backing);
@@ -127,6 +127,15 @@ export function verbsApi(host: VerbsHost) {
     const s = await host.summaryOf(img);
     s.journal = journalDTO(journal);
     return s;
+  }
+
+  /** After a write that leaves nothing open to read through: the old layer dropped, the summary with `s`'s journal. */
+  async function detachedAfter(img: OpenImage, s: ImageSummary): Promise<ImageSummary> {
+    await queued([img], async () => {
+      await detachBacking(img);
+      await host.reopen(img);
+    });
+    return { ...(await host.summaryOf(img)), ...(s.journal ? { journal: s.journal } : {}) };
   }
 
   /** After `run`, serialised with the image's other operations. */
@@ -195,22 +204,14 @@ export function verbsApi(host: VerbsHost) {
           await copyBackingDifferences(w, null, stepper(job, 'Copying the backing data', w.virtualSize));
           await setBackingLink(w, null);
         }, jobId, onProgress);
-        await queued([img], async () => {
-          await detachBacking(img);
-          await host.reopen(img);
-        });
-        return { ...(await host.summaryOf(img)), ...(s.journal ? { journal: s.journal } : {}) };
+        return detachedAfter(img, s);
       }
       if ('name' in target) {
         const name = target.name.trim();
         if (!name) throw new QcowError('INVALID_ARGUMENT', 'Name the new backing file');
         const s = await journaledWrite(img, `rebase -u -b ${name} -F qcow2`, (w) => setBackingLink(w, { file: name, format: 'qcow2' }));
         // The link names a file that is not open here: nothing is read through the old one any more.
-        await queued([img], async () => {
-          await detachBacking(img);
-          await host.reopen(img);
-        });
-        return { ...(await host.summaryOf(img)), ...(s.journal ? { journal: s.journal } : {}) };
+        return detachedAfter(img, s);
       }
       const base = host.get(target.baseId);
       whole(base, 'a backing file');
