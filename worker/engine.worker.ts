@@ -225,9 +225,9 @@ async function register(name: string, kind: StoreKind, store: ImageStore, lender
 /** Before an operation on a handle store: its write session, and fresh engine objects if the file changed on disk. */
 async function beginWrite(img: OpenImage): Promise<void> {
   const store = img.store;
-  if (!(store instanceof HandleStore)) return;
+  if (!(store instanceof FileStore)) return;
   await store.beginWrite();
-  if (store.changedOnDisk) {
+  if (store instanceof HandleStore && store.changedOnDisk) {
     store.changedOnDisk = false;
     await reopen(img);
   }

@@ -3,6 +3,7 @@
 // counted by buffer, shared in-flight reads, invalidation and failed reads. (Its bytes are also
 // checked by the store contract through FileStore, tests/unit/stores.test.ts.)
 import { describe, expect, it } from 'vitest';
+import { OVERLAY_PAGE_SIZE, OverlayStore } from '../../core/io/overlay-store.ts';
 import { BlockCache, type RawSource } from '../../worker/stores/block-cache.ts';
 import { expectBytes } from '../helpers/bytes.ts';
 
@@ -104,5 +105,33 @@ describe('BlockCache', () => {
     src.failNext = true;
     await expect(cache.read(70 * KIB, 10)).rejects.toThrow('read failed');
     expectBytes(await cache.read(70 * KIB, 10), src.bytes.subarray(70 * KIB, 70 * KIB + 10));
+  });
+
+  it('under an overlay: the blocks an overlay page hides are dropped, and reads through the overlay never fetch them', async () => {
+    const size = MIB;
+    const src = new CountingSource(pattern(size));
+    const cache = new BlockCache(src, size);
+    const overlay = new OverlayStore(cache);
+    const model = src.bytes.slice();
+    expectBytes(await overlay.read(0, size), model);
+    expect(src.reads).toBe(1);
+    // a whole page, and part of another: both are pages of the overlay now
+    const whole = new Uint8Array(OVERLAY_PAGE_SIZE).fill(0x11);
+    await overlay.write(2 * OVERLAY_PAGE_SIZE, whole);
+    model.set(whole, 2 * OVERLAY_PAGE_SIZE);
+    await overlay.write(5 * OVERLAY_PAGE_SIZE + 10, Uint8Array.of(7, 7));
+    model.set([7, 7], 5 * OVERLAY_PAGE_SIZE + 10);
+    expect(src.reads).toBe(1);
+    // the overlay reads around its pages: nothing is fetched again
+    expectBytes(await overlay.read(0, size), model);
+    expectBytes(await overlay.read(2 * OVERLAY_PAGE_SIZE - 5, OVERLAY_PAGE_SIZE + 10), model.subarray(2 * OVERLAY_PAGE_SIZE - 5, 3 * OVERLAY_PAGE_SIZE + 5));
+    expect(src.reads).toBe(1);
+    // the cache no longer holds the hidden blocks (the file's bytes under them)
+    expectBytes(await cache.read(2 * OVERLAY_PAGE_SIZE, 16), src.bytes.subarray(2 * OVERLAY_PAGE_SIZE, 2 * OVERLAY_PAGE_SIZE + 16));
+    expect(src.reads).toBe(2);
+    expectBytes(await cache.read(5 * OVERLAY_PAGE_SIZE, 16), src.bytes.subarray(5 * OVERLAY_PAGE_SIZE, 5 * OVERLAY_PAGE_SIZE + 16));
+    expect(src.reads).toBe(3);
+    await cache.read(3 * OVERLAY_PAGE_SIZE, 16); // an untouched block is still cached
+    expect(src.reads).toBe(3);
   });
 });

@@ -106,6 +106,14 @@ export class BlockCache implements ByteSource {
     out.fill(0, end - offset);
   }
 
+  /** Drop the cached blocks wholly inside [offset, offset + length): their bytes are held elsewhere now (an overlay's page). */
+  forget(offset: number, length: number): void {
+    for (let b = Math.ceil(offset / this.blockSize), z = Math.floor((offset + length) / this.blockSize); b < z; b++) {
+      const data = this.blocks.get(b);
+      if (data) this.drop(b, data);
+    }
+  }
+
   /**
    * Fetch ranges into the cache ahead of use: the missing blocks, gathered GATHER_BYTES at a time
    * into one raw read each, PREFETCH_CONCURRENCY reads at a time. Stops at half the cache, so a

@@ -163,7 +163,7 @@ export class HandleStore extends FileStore {
    * as it now is when it changed on disk and nothing is pending (an operation planned on stale
    * tables would undo the other program's changes).
    */
-  async beginWrite(): Promise<void> {
+  override async beginWrite(): Promise<void> {
     if (this.closed) throw new QcowError('IO_ERROR', `${this.name} is closed`);
     if (!this.releaseLock) await this.acquireLock();
     await this.refreshIfChanged();
