@@ -26,6 +26,8 @@ export class TxStore implements ImageStore, Transactional {
   private pending: OverlayStore;
   /** Operations committed since the image was last saved (or opened): what "unsaved changes" counts. */
   changes = 0;
+  /** Moves whenever the image's bytes may have changed (a commit, a new committed image): what was read before is stale. */
+  version = 0;
 
   constructor(base: ImageStore) {
     this.committed = base;
@@ -42,6 +44,7 @@ export class TxStore implements ImageStore, Transactional {
     this.committed = base;
     this.pending = this.fresh();
     this.changes = 0;
+    this.version++;
     this.savedAs = undefined;
   }
 
@@ -114,6 +117,7 @@ export class TxStore implements ImageStore, Transactional {
     await this.base.flush();
     this.pending = this.fresh();
     this.changes++;
+    this.version++;
     this.savedAs = undefined;
   }
 
