@@ -134,4 +134,22 @@ describe('BlockCache', () => {
     await cache.read(3 * OVERLAY_PAGE_SIZE, 16); // an untouched block is still cached
     expect(src.reads).toBe(3);
   });
+
+  it('retargeted to a file written again: keeps the blocks of unchanged ranges, reads the changed ones and the new end from the new file', async () => {
+    const size = 10 * 64 * KIB + 100; // the last block is partial
+    const old = new CountingSource(pattern(size));
+    const cache = new BlockCache(old, size);
+    await cache.read(0, size);
+    expect(old.reads).toBe(1);
+    const bytes = pattern(size + 64 * KIB); // the file as saved: block 3 changed, and longer
+    bytes.fill(0x33, 3 * 64 * KIB, 4 * 64 * KIB);
+    bytes.fill(0x44, size - 10, size + 64 * KIB);
+    const now = new CountingSource(bytes);
+    cache.retarget(now, bytes.length, [[3 * 64 * KIB, 64 * KIB], [size - 10, 64 * KIB + 10]]);
+    expectBytes(await cache.read(64 * KIB, 2 * 64 * KIB), bytes.subarray(64 * KIB, 3 * 64 * KIB));
+    expect(now.reads).toBe(0);
+    expectBytes(await cache.read(0, bytes.length), bytes);
+    expect(now.reads).toBe(2); // block 3, and the blocks from the old partial one on
+    expect(old.reads).toBe(1);
+  });
 });

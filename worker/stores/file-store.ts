@@ -3,7 +3,7 @@
 // OverlayStore's pages, and "Download image" turns the overlay's segments into a Blob of File
 // slices + patch pages, so a 100 GiB image is saved without ever being held in memory.
 import { QcowError } from '../../core/errors.ts';
-import { OverlayStore, type PageMap, type Segment } from '../../core/io/overlay-store.ts';
+import { OVERLAY_PAGE_SIZE, OverlayStore, type PageMap, type Segment } from '../../core/io/overlay-store.ts';
 import { BlockCache, type RawSource } from './block-cache.ts';
 import { openScratchPages, type ScratchPages } from './scratch-pages.ts';
 import { TxStore } from './tx-store.ts';
@@ -70,16 +70,31 @@ export class FileStore extends TxStore {
     this.rebase(this.changed);
   }
 
+  /**
+   * Start again from `file` that now holds every change (a save wrote them): the changes are
+   * dropped, and the cached bytes of the ranges they did not touch are kept (no re-read).
+   */
+  protected resetSaved(file: File): void {
+    const size = this.size();
+    const changed = this.overlay.segments()
+      .filter((s) => s.kind !== 'source')
+      .map((s): [number, number] => [s.offset, s.kind === 'zeros' ? s.length : Math.min(OVERLAY_PAGE_SIZE, size - s.offset)]);
+    this.current = file;
+    this.cache.retarget(fileReader(file), file.size, changed);
+    this.changed = new OverlayStore(this.cache, this.name);
+    this.rebase(this.changed);
+  }
+
   /** Hold the changes in `overlay` from now on (over the same file; nothing is pending). */
   protected useOverlay(overlay: OverlayStore): void {
     this.changed = overlay;
     this.rebase(overlay);
   }
 
-  /** The same bytes as before, in a new File (the old one is unreadable once the file was written): the changes stay. */
+  /** The same bytes as before, in a new File (the old one is unreadable once the file was written): the changes and the cached bytes stay. */
   protected rebind(file: File): void {
     this.current = file;
-    this.cache.invalidate(file.size, fileReader(file));
+    this.cache.retarget(fileReader(file), file.size, []);
   }
 
   /** Scratch files for the changes (undefined: not tried yet; null: none, they stay in memory). */
