@@ -440,7 +440,7 @@ describe('FileStore: an operation over the block cache', () => {
   it('an operation\'s whole pages hide the cached file bytes under them, and are the image after commit', async () => {
     const P = OVERLAY_PAGE_SIZE;
     const init = pattern(8 * P + 123);
-    const store = new FileStore(new File([init], 'f.qcow2'));
+    const store = new FileStore(new File([init as Uint8Array<ArrayBuffer>], 'f.qcow2'));
     const m = new Model(init);
     expectBytes(await store.read(0, store.size()), m.bytes);
     const reads = store.cache.rawReads;
