@@ -21,7 +21,7 @@ import type {
   StoreKind,
 } from './api.ts';
 import {
-  backingBaseName, buildDemoStore, clusterKinds, journalDTO, openAsBacking, openDamaged, openForWrite, openImage,
+  backingBaseName, buildDemoStore, journalDTO, openAsBacking, openDamaged, openForWrite, openImage,
   openWithChosenBacking, type ClusterKinds, type EngineImage, type JobContext,
   layoutChanges,
 } from './engine-adapter.ts';
@@ -31,6 +31,7 @@ import type { Qcow2Image } from '../core/image/qcow2-image.ts';
 import { groupSnapshotOp, overlaysInMemory, snapshotOp, type SnapshotVerb } from '../core/ops/snapshot.ts';
 import { guestWrite } from '../core/ops/write.ts';
 import { FileStore } from './stores/file-store.ts';
+import { kindsAfter, kindsBefore } from './change-map.ts';
 import { HandleStore, saveAllOrNone } from './stores/handle-store.ts';
 import { TxStore, isTransactional } from './stores/tx-store.ts';
 import { openGalleryFiles } from './gallery.ts';
@@ -225,9 +226,9 @@ async function register(name: string, kind: StoreKind, store: ImageStore, lender
 /** Before an operation on a handle store: its write session, and fresh engine objects if the file changed on disk. */
 async function beginWrite(img: OpenImage): Promise<void> {
   const store = img.store;
-  if (!(store instanceof HandleStore)) return;
+  if (!(store instanceof FileStore)) return;
   await store.beginWrite();
-  if (store.changedOnDisk) {
+  if (store instanceof HandleStore && store.changedOnDisk) {
     store.changedOnDisk = false;
     await reopen(img);
   }
@@ -242,7 +243,7 @@ function assertWritable(img: OpenImage, repairing = false): void {
 async function summaryWithJournal(img: OpenImage, journal: Journal, before: ClusterKinds | null): Promise<ImageSummary> {
   const summary = await summaryOf(img);
   const dto = journalDTO(journal);
-  const after = before && (await clusterKinds(img.engine.image));
+  const after = before && (await kindsAfter(img.store, img.engine.image));
   if (before && after) dto.changes = layoutChanges(before, after);
   summary.journal = dto;
   return summary;
@@ -290,7 +291,7 @@ async function writeOp(img: OpenImage, op: (w: Qcow2Image) => Promise<Journal>):
   let before: ClusterKinds | null = null;
   const journal = await serialised([img], async () => {
     const w = await openForWrite(img.store, img.backing);
-    before = await clusterKinds(w);
+    before = await kindsBefore(img.store, w);
     return op(w);
   });
   return summaryWithJournal(img, journal, before);
@@ -474,7 +475,7 @@ const api = {
     const journals = await serialised(group, () => runJob(jobId, onProgress, async () => {
       const ws: Qcow2Image[] = [];
       for (const g of group) ws.push(await openForWrite(g.store, g.backing));
-      for (const w of ws) befores.push(await clusterKinds(w));
+      for (const [i, w] of ws.entries()) befores.push(await kindsBefore(group[i]!.store, w));
       // -a and -d take an ID or a name, the ID tried first, as qemu-img's do
       return groupSnapshotOp(ws, op, arg);
     }));

@@ -32,8 +32,8 @@ export const LAYOUT_KIND_NAMES = [
 ] as const;
 export type LayoutKindName = (typeof LAYOUT_KIND_NAMES)[number];
 
-/** A second owner of a cluster: shared variants where sharing is legal, else an overlap. */
-export function mergeOwner(prev: number, next: number): number {
+/** A second owner of a cluster: shared variants where sharing is legal, else an overlap (the rules, computed once per pair). */
+function mergeRule(prev: number, next: number): number {
   if (prev === Kind.Free) return next;
   const l2 = (k: number) => k === Kind.L2Active || k === Kind.L2Shared || k === Kind.L2Snapshot;
   const data = (k: number) => k === Kind.DataExclusive || k === Kind.DataShared || k === Kind.DataSnapshot || k === Kind.VmState;
@@ -45,7 +45,18 @@ export function mergeOwner(prev: number, next: number): number {
     return Kind.DataShared;
   }
   if (prev === Kind.Compressed && next === Kind.Compressed) return Kind.Compressed;
-  if (prev === Kind.SnapshotL1 && next === Kind.SnapshotL1) return Kind.Corrupt;
   return Kind.Corrupt;
 }
 
+const KINDS = LAYOUT_KIND_NAMES.length;
+/** mergeRule for every pair of kinds: the walk merges once per reference (millions on a large image). */
+const MERGED = (() => {
+  const t = new Uint8Array(KINDS * KINDS);
+  for (let a = 0; a < KINDS; a++) for (let b = 0; b < KINDS; b++) t[a * KINDS + b] = mergeRule(a, b);
+  return t;
+})();
+
+/** A second owner of a cluster: shared variants where sharing is legal, else an overlap. */
+export function mergeOwner(prev: number, next: number): number {
+  return MERGED[prev * KINDS + next]!;
+}

@@ -12,6 +12,8 @@ export interface ByteSource {
   read(offset: number, length: number): Promise<Uint8Array>;
   /** Optional: the same bytes as `read(offset, out.length)`, written into `out` (ImageStore.readInto). */
   readInto?(offset: number, out: Uint8Array): Promise<void>;
+  /** Optional: the overlay holds [offset, offset + length) from now on; a read cache may drop its copy. */
+  forget?(offset: number, length: number): void;
 }
 
 export type Segment =
@@ -26,6 +28,7 @@ export type Segment =
 export interface PageMap {
   readonly size: number;
   get(page: number): Uint8Array | undefined;
+  has(page: number): boolean;
   set(page: number, data: Uint8Array): void;
   delete(page: number): void;
   keys(): IterableIterator<number>;
@@ -86,25 +89,60 @@ export class OverlayStore implements ImageStore {
     const length = out.length;
     checkReadRange(this, offset, length);
     const end = Math.min(offset + length, this.length);
-    // Read the source part in one call (cheap in browsers only when few and large), then patch.
-    const srcEnd = Math.min(end, this.sourceLimit);
-    if (offset < srcEnd) {
-      const part = out.subarray(0, srcEnd - offset);
-      if (this.source.readInto) await this.source.readInto(offset, part);
-      else part.set(await this.source.read(offset, srcEnd - offset));
+    if (offset < end) {
+      // The source is read only where no page lies (its read cache drops what the pages hold,
+      // see forget), in one call per run of source bytes (cheap in browsers only when few and large).
+      let gap = offset;
+      if (this.pages.size > 0) {
+        const first = Math.floor(offset / OVERLAY_PAGE_SIZE);
+        const last = Math.floor((end - 1) / OVERLAY_PAGE_SIZE);
+        for (let p = first; p <= last; p++) {
+          if (!this.pages.has(p)) continue;
+          const pageStart = p * OVERLAY_PAGE_SIZE;
+          const a = Math.max(offset, pageStart);
+          const b = Math.min(end, pageStart + OVERLAY_PAGE_SIZE);
+          if (gap < a) await this.readPlain(gap, a, out, offset);
+          out.set(this.pages.get(p)!.subarray(a - pageStart, b - pageStart), a - offset);
+          gap = b;
+        }
+      }
+      if (gap < end) await this.readPlain(gap, end, out, offset);
     }
-    out.fill(0, Math.max(0, srcEnd - offset));
-    if (offset >= end || this.pages.size === 0) return;
-    const first = Math.floor(offset / OVERLAY_PAGE_SIZE);
-    const last = Math.floor((end - 1) / OVERLAY_PAGE_SIZE);
-    for (let p = first; p <= last; p++) {
-      const page = this.pages.get(p);
-      if (!page) continue;
-      const pageStart = p * OVERLAY_PAGE_SIZE;
-      const a = Math.max(offset, pageStart);
-      const b = Math.min(end, pageStart + OVERLAY_PAGE_SIZE);
-      out.set(page.subarray(a - pageStart, b - pageStart), a - offset);
+    out.fill(0, Math.max(0, end - offset));
+  }
+
+  /** [from, to) of the image where no page lies, into `out` (which starts at `base`): source bytes, zeros past sourceLimit. */
+  private async readPlain(from: number, to: number, out: Uint8Array, base: number): Promise<void> {
+    const srcTo = Math.min(to, this.sourceLimit);
+    if (from < srcTo) {
+      const part = out.subarray(from - base, srcTo - base);
+      if (this.source.readInto) await this.source.readInto(from, part);
+      else part.set(await this.source.read(from, srcTo - from));
     }
+    if (Math.max(from, srcTo) < to) out.fill(0, Math.max(from, srcTo) - base, to - base);
+  }
+
+  /** Whether pages hold every byte of [offset, offset + length) (nothing of it is read from the source). */
+  covers(offset: number, length: number): boolean {
+    if (length <= 0 || this.pages.size === 0) return length <= 0;
+    for (let p = Math.floor(offset / OVERLAY_PAGE_SIZE), last = Math.floor((offset + length - 1) / OVERLAY_PAGE_SIZE); p <= last; p++) {
+      if (!this.pages.has(p)) return false;
+    }
+    return true;
+  }
+
+  /**
+   * Take `data` (one whole page at a page boundary, or the last page's part at the end) as the
+   * page's content without copying it: the caller hands it over and never changes it again (a
+   * committed operation's pages, TxStore.commit). Anything else is written as write() does.
+   */
+  async adopt(offset: number, data: Uint8Array): Promise<void> {
+    if (offset % OVERLAY_PAGE_SIZE !== 0 || data.length !== OVERLAY_PAGE_SIZE) return this.write(offset, data);
+    checkRange(this, offset, data.length);
+    const p = offset / OVERLAY_PAGE_SIZE;
+    if (!this.pages.has(p)) this.source.forget?.(offset, OVERLAY_PAGE_SIZE);
+    this.pages.set(p, data);
+    if (offset + data.length > this.length) this.length = offset + data.length;
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -120,6 +158,7 @@ export class OverlayStore implements ImageStore {
         // of a page the cache lacks is a File read; a snapshot operation writes hundreds of pages).
         // read() returns a fresh array, safe to keep as the page.
         page = pos === pageStart && end >= pageStart + OVERLAY_PAGE_SIZE ? new Uint8Array(OVERLAY_PAGE_SIZE) : await this.read(pageStart, OVERLAY_PAGE_SIZE);
+        this.source.forget?.(pageStart, OVERLAY_PAGE_SIZE);
       }
       const n = Math.min(end, pageStart + OVERLAY_PAGE_SIZE) - pos;
       page.set(data.subarray(pos - offset, pos - offset + n), pos - pageStart);
@@ -130,6 +169,11 @@ export class OverlayStore implements ImageStore {
   }
 
   async flush(): Promise<void> {}
+
+  /** Passed down to the source (a read cache under an overlay over this one may drop what that overlay now holds). */
+  forget(offset: number, length: number): void {
+    this.source.forget?.(offset, length);
+  }
 
   async truncate(size: number): Promise<void> {
     checkRange(this, size, 0);

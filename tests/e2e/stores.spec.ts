@@ -39,8 +39,43 @@ test.beforeAll(async () => {
     import { OpfsStore } from './worker/stores/opfs-store.ts';
     import { OpfsPageMap, findPending, pendingKey } from './worker/stores/pending-pages.ts';
     import { SpillPageMap } from './worker/stores/spill-pages.ts';
+    import { openScratchPages } from './worker/stores/scratch-pages.ts';
+    import { FileStore } from './worker/stores/file-store.ts';
     import { OverlayStore } from './core/io/overlay-store.ts';
     Comlink.expose({
+      // A dropped file's scratch files: pages beyond the budget spilled; files in use stay when
+      // another opens, a crashed tab's are removed; closing removes them.
+      async scratch() {
+        const root = await navigator.storage.getDirectory();
+        const dir = await root.getDirectoryHandle('scratch-pages', { create: true });
+        const names = async () => { const n: string[] = []; for await (const k of (dir as any).keys()) n.push(k); return n.sort(); };
+        await (await (await dir.getFileHandle('crashed.op', { create: true })).createWritable()).close();
+        const page = (b: number) => new Uint8Array(65536).fill(b);
+        const a = (await openScratchPages(2 * 65536))!;
+        const afterFirst = await names();
+        for (let p = 0; p < 5; p++) a.held.set(p * 3, page(p + 1));
+        const b = (await openScratchPages(2 * 65536))!;
+        const both = (await names()).length;
+        const read = [0, 3, 6, 9, 12].map((p) => a.held.get(p)![65535]);
+        const spilled = a.held.spilled;
+        await a.close();
+        await b.close();
+        const closed = await names();
+        // a FileStore's changes through them
+        const bytes = new Uint8Array(300000).map((_, i) => i & 0xff);
+        const fs = new FileStore(new File([bytes], 'd.qcow2'));
+        await fs.beginWrite();
+        const inUse = (await names()).length;
+        await fs.write(65536, page(9));
+        await fs.write(200000, Uint8Array.of(1, 2));
+        await fs.commit();
+        const got = await fs.read(0, fs.size());
+        bytes.fill(9, 65536, 131072);
+        bytes.set([1, 2], 200000);
+        const same = got.every((v, i) => v === bytes[i]);
+        await fs.close();
+        return { afterFirst: afterFirst.length, crashedGone: !afterFirst.includes('crashed.op'), both, read, spilled, closed, inUse, same, after: await names() };
+      },
       // An operation's pages beyond a budget of 2 pages go to a scratch file: the overlay reads
       // what a plain byte array given the same writes holds.
       async spill() {
@@ -272,7 +307,7 @@ test('HandleStore: operations held in the tab, one atomic save (streamed or keep
   expect(r.saves).toBe(3);
 });
 
-test('OpfsStore (sync access handle), kept pending pages, and QcowError across the worker boundary, both ways', async ({ page }) => {
+test('OpfsStore (sync access handle), kept pending pages, scratch pages of a dropped file, and QcowError across the worker boundary, both ways', async ({ page }) => {
   await load(page);
   const r = await page.evaluate(async (workerSrc) => {
     const { Comlink, QcowError } = (globalThis as any).qs;
@@ -286,8 +321,10 @@ test('OpfsStore (sync access handle), kept pending pages, and QcowError across t
     const opfs = await remote.opfs();
     const pages = await remote.pages();
     const spill = await remote.spill();
+    const scratch = await remote.scratch();
     return {
       spill,
+      scratch,
       isQcow: thrown instanceof QcowError,
       code: thrown?.code,
       message: thrown?.message,
@@ -312,4 +349,5 @@ test('OpfsStore (sync access handle), kept pending pages, and QcowError across t
   expect(r.spill.most).toBe(2);
   expect(r.spill.spilled).toBeGreaterThan(2);
   expect(r.spill.cleared).toBe(0);
+  expect(r.scratch).toEqual({ afterFirst: 2, crashedGone: true, both: 4, read: [1, 2, 3, 4, 5], spilled: 3, closed: [], inUse: 2, same: true, after: [] });
 });

@@ -3,6 +3,7 @@
 // counted by buffer, shared in-flight reads, invalidation and failed reads. (Its bytes are also
 // checked by the store contract through FileStore, tests/unit/stores.test.ts.)
 import { describe, expect, it } from 'vitest';
+import { OVERLAY_PAGE_SIZE, OverlayStore } from '../../core/io/overlay-store.ts';
 import { BlockCache, type RawSource } from '../../worker/stores/block-cache.ts';
 import { expectBytes } from '../helpers/bytes.ts';
 
@@ -104,5 +105,51 @@ describe('BlockCache', () => {
     src.failNext = true;
     await expect(cache.read(70 * KIB, 10)).rejects.toThrow('read failed');
     expectBytes(await cache.read(70 * KIB, 10), src.bytes.subarray(70 * KIB, 70 * KIB + 10));
+  });
+
+  it('under an overlay: the blocks an overlay page hides are dropped, and reads through the overlay never fetch them', async () => {
+    const size = MIB;
+    const src = new CountingSource(pattern(size));
+    const cache = new BlockCache(src, size);
+    const overlay = new OverlayStore(cache);
+    const model = src.bytes.slice();
+    expectBytes(await overlay.read(0, size), model);
+    expect(src.reads).toBe(1);
+    // a whole page, and part of another: both are pages of the overlay now
+    const whole = new Uint8Array(OVERLAY_PAGE_SIZE).fill(0x11);
+    await overlay.write(2 * OVERLAY_PAGE_SIZE, whole);
+    model.set(whole, 2 * OVERLAY_PAGE_SIZE);
+    await overlay.write(5 * OVERLAY_PAGE_SIZE + 10, Uint8Array.of(7, 7));
+    model.set([7, 7], 5 * OVERLAY_PAGE_SIZE + 10);
+    expect(src.reads).toBe(1);
+    // the overlay reads around its pages: nothing is fetched again
+    expectBytes(await overlay.read(0, size), model);
+    expectBytes(await overlay.read(2 * OVERLAY_PAGE_SIZE - 5, OVERLAY_PAGE_SIZE + 10), model.subarray(2 * OVERLAY_PAGE_SIZE - 5, 3 * OVERLAY_PAGE_SIZE + 5));
+    expect(src.reads).toBe(1);
+    // the cache no longer holds the hidden blocks (the file's bytes under them)
+    expectBytes(await cache.read(2 * OVERLAY_PAGE_SIZE, 16), src.bytes.subarray(2 * OVERLAY_PAGE_SIZE, 2 * OVERLAY_PAGE_SIZE + 16));
+    expect(src.reads).toBe(2);
+    expectBytes(await cache.read(5 * OVERLAY_PAGE_SIZE, 16), src.bytes.subarray(5 * OVERLAY_PAGE_SIZE, 5 * OVERLAY_PAGE_SIZE + 16));
+    expect(src.reads).toBe(3);
+    await cache.read(3 * OVERLAY_PAGE_SIZE, 16); // an untouched block is still cached
+    expect(src.reads).toBe(3);
+  });
+
+  it('retargeted to a file written again: keeps the blocks of unchanged ranges, reads the changed ones and the new end from the new file', async () => {
+    const size = 10 * 64 * KIB + 100; // the last block is partial
+    const old = new CountingSource(pattern(size));
+    const cache = new BlockCache(old, size);
+    await cache.read(0, size);
+    expect(old.reads).toBe(1);
+    const bytes = pattern(size + 64 * KIB); // the file as saved: block 3 changed, and longer
+    bytes.fill(0x33, 3 * 64 * KIB, 4 * 64 * KIB);
+    bytes.fill(0x44, size - 10, size + 64 * KIB);
+    const now = new CountingSource(bytes);
+    cache.retarget(now, bytes.length, [[3 * 64 * KIB, 64 * KIB], [size - 10, 64 * KIB + 10]]);
+    expectBytes(await cache.read(64 * KIB, 2 * 64 * KIB), bytes.subarray(64 * KIB, 3 * 64 * KIB));
+    expect(now.reads).toBe(0);
+    expectBytes(await cache.read(0, bytes.length), bytes);
+    expect(now.reads).toBe(2); // block 3, and the blocks from the old partial one on
+    expect(old.reads).toBe(1);
   });
 });

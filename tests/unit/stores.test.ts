@@ -436,6 +436,36 @@ contract('NodeFileStore', {
   persisted: (s) => new Uint8Array(fs.readFileSync(nodePaths.get(s)!)),
 });
 
+describe('FileStore: an operation over the block cache', () => {
+  it('an operation\'s whole pages hide the cached file bytes under them, and are the image after commit', async () => {
+    const P = OVERLAY_PAGE_SIZE;
+    const init = pattern(8 * P + 123);
+    const store = new FileStore(new File([init as Uint8Array<ArrayBuffer>], 'f.qcow2'));
+    const m = new Model(init);
+    expectBytes(await store.read(0, store.size()), m.bytes);
+    const reads = store.cache.rawReads;
+    const page = pattern(P, 5);
+    await store.write(3 * P, page); // the running operation's page
+    m.write(3 * P, page);
+    await store.write(6 * P + 7, Uint8Array.of(1, 2, 3));
+    m.write(6 * P + 7, Uint8Array.of(1, 2, 3));
+    await store.commit();
+    page.fill(0); // the caller's buffer is not the image's
+    expectBytes(await store.read(0, store.size()), m.bytes);
+    expect(store.cache.rawReads).toBe(reads);
+    // the file's bytes under the whole page were dropped from the cache; the rest stayed
+    await store.cache.read(3 * P, 16);
+    expect(store.cache.rawReads).toBe(reads + 1);
+    await store.cache.read(4 * P, 16);
+    expect(store.cache.rawReads).toBe(reads + 1);
+    // a later operation writes over the adopted page: the image changes, nothing else
+    await store.write(3 * P + 1, Uint8Array.of(9));
+    m.write(3 * P + 1, Uint8Array.of(9));
+    await store.commit();
+    expectBytes(await store.read(0, store.size()), m.bytes);
+  });
+});
+
 describe('NodeFileStore: files', () => {
   it('a write above 2^32 makes a sparse file of the right length', async () => {
     const file = tempFileWith(new Uint8Array(0));

@@ -80,6 +80,29 @@ export class BlockCache implements ByteSource {
     if (raw) this.raw = raw;
   }
 
+  /**
+   * The same bytes, now from `raw` (a file written again: its old File is unreadable), except for
+   * the ranges in `changed` and everything from `size` on: the blocks of those go, the rest stay.
+   * Reads in flight from the old source are not cached.
+   */
+  retarget(raw: RawSource, size: number, changed: ReadonlyArray<readonly [offset: number, length: number]>): void {
+    this.generation++;
+    this.inflight.clear();
+    this.lastMissEnd = -1;
+    this.readahead = 1;
+    this.raw = raw;
+    this.sizeBytes = size;
+    const bs = this.blockSize;
+    for (const [o, l] of changed) {
+      for (let b = Math.floor(o / bs), z = Math.floor((o + l - 1) / bs); b <= z; b++) {
+        const data = this.blocks.get(b);
+        if (data) this.drop(b, data);
+      }
+    }
+    // the last block may have been partial, and nothing past the end is cached
+    for (const [b, data] of [...this.blocks]) if ((b + 1) * bs > size || b * bs + data.length < Math.min(size, (b + 1) * bs)) this.drop(b, data);
+  }
+
   async read(offset: number, length: number): Promise<Uint8Array> {
     const out = new Uint8Array(length);
     await this.readInto(offset, out);
@@ -104,6 +127,14 @@ export class BlockCache implements ByteSource {
       if (z > a) out.set(data.subarray(a - blockStart, z - blockStart), a - offset);
     }
     out.fill(0, end - offset);
+  }
+
+  /** Drop the cached blocks wholly inside [offset, offset + length): their bytes are held elsewhere now (an overlay's page). */
+  forget(offset: number, length: number): void {
+    for (let b = Math.ceil(offset / this.blockSize), z = Math.floor((offset + length) / this.blockSize); b < z; b++) {
+      const data = this.blocks.get(b);
+      if (data) this.drop(b, data);
+    }
   }
 
   /**

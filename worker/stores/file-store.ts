@@ -3,8 +3,9 @@
 // OverlayStore's pages, and "Download image" turns the overlay's segments into a Blob of File
 // slices + patch pages, so a 100 GiB image is saved without ever being held in memory.
 import { QcowError } from '../../core/errors.ts';
-import { OverlayStore, type Segment } from '../../core/io/overlay-store.ts';
+import { OVERLAY_PAGE_SIZE, OverlayStore, type PageMap, type Segment } from '../../core/io/overlay-store.ts';
 import { BlockCache, type RawSource } from './block-cache.ts';
+import { openScratchPages, type ScratchPages } from './scratch-pages.ts';
 import { TxStore } from './tx-store.ts';
 
 /** A Blob or File as the block cache's raw source: one slice per read, one Blob of slices per gathered read. */
@@ -69,21 +70,61 @@ export class FileStore extends TxStore {
     this.rebase(this.changed);
   }
 
+  /**
+   * Start again from `file` that now holds every change (a save wrote them): the changes are
+   * dropped, and the cached bytes of the ranges they did not touch are kept (no re-read).
+   */
+  protected resetSaved(file: File): void {
+    const size = this.size();
+    const changed = this.overlay.segments()
+      .filter((s) => s.kind !== 'source')
+      .map((s): [number, number] => [s.offset, s.kind === 'zeros' ? s.length : Math.min(OVERLAY_PAGE_SIZE, size - s.offset)]);
+    this.current = file;
+    this.cache.retarget(fileReader(file), file.size, changed);
+    this.changed = new OverlayStore(this.cache, this.name);
+    this.rebase(this.changed);
+  }
+
   /** Hold the changes in `overlay` from now on (over the same file; nothing is pending). */
   protected useOverlay(overlay: OverlayStore): void {
     this.changed = overlay;
     this.rebase(overlay);
   }
 
-  /** The same bytes as before, in a new File (the old one is unreadable once the file was written): the changes stay. */
+  /** The same bytes as before, in a new File (the old one is unreadable once the file was written): the changes and the cached bytes stay. */
   protected rebind(file: File): void {
     this.current = file;
-    this.cache.invalidate(file.size, fileReader(file));
+    this.cache.retarget(fileReader(file), file.size, []);
+  }
+
+  /** Scratch files for the changes (undefined: not tried yet; null: none, they stay in memory). */
+  private scratch: ScratchPages | null | undefined;
+
+  /**
+   * Before an operation changes the image: from the first change on, its pages beyond a memory
+   * budget go to scratch files in the private file system (scratch-pages.ts).
+   */
+  async beginWrite(): Promise<void> {
+    if (this.scratch !== undefined || !this.pristine) return;
+    this.scratch = await openScratchPages();
+    if (this.scratch) this.useOverlay(new OverlayStore(this.cache, this.name, this.scratch.held));
+  }
+
+  protected override operationPages(): PageMap | undefined {
+    this.scratch?.operation.clear();
+    return this.scratch?.operation;
+  }
+
+  override async close(): Promise<void> {
+    await this.scratch?.close();
+    this.scratch = null;
+    await super.close();
   }
 
   /** Warm the block cache with ranges a walk will read (see BlockCache.prefetch). */
   prefetch(ranges: Array<[number, number]>, signal?: AbortSignal): Promise<void> {
-    return this.cache.prefetch(ranges, signal);
+    // Ranges the changes hold whole are read from them, never from the file.
+    return this.cache.prefetch(ranges.filter(([o, l]) => !this.overlay.covers(o, l)), signal);
   }
 
   /** The image as it now is, as a Blob: untouched ranges are slices of the original File. */

@@ -146,6 +146,18 @@ export class HandleStore extends FileStore {
     this.reset(f);
   }
 
+  /** After a save: start again from the file, which now holds the changes (its cached bytes stay where unchanged). */
+  private async restartSaved(): Promise<void> {
+    // The file's first bytes are the image's as the tab sees it (read before the pages go).
+    const head = await this.read(0, Math.min(HEAD_BYTES, this.size()));
+    await this.pages?.drop();
+    this.pages = null;
+    this.opPages = null;
+    const f = await this.handle.getFile();
+    this.head = head;
+    this.resetSaved(f);
+  }
+
   /** Changes wait in the tab that the file does not have. */
   get unsaved(): boolean {
     return this.changes > 0 || !this.overlay.pristine;
@@ -163,7 +175,7 @@ export class HandleStore extends FileStore {
    * as it now is when it changed on disk and nothing is pending (an operation planned on stale
    * tables would undo the other program's changes).
    */
-  async beginWrite(): Promise<void> {
+  override async beginWrite(): Promise<void> {
     if (this.closed) throw new QcowError('IO_ERROR', `${this.name} is closed`);
     if (!this.releaseLock) await this.acquireLock();
     await this.refreshIfChanged();
@@ -249,7 +261,7 @@ export class HandleStore extends FileStore {
   /** After a save with `hold` whose group saved whole: start afresh from the file as saved. */
   async settle(): Promise<void> {
     this.held = false;
-    await this.restart();
+    await this.restartSaved();
   }
 
   /** A save with `hold` wrote the file and neither settle() nor putBack() ran yet. */
@@ -345,7 +357,7 @@ export class HandleStore extends FileStore {
     }
     this.saves++;
     if (opts.hold) this.held = true;
-    else await this.restart();
+    else await this.restartSaved();
   }
 
   /** Drop every change held in the tab and read the file as it now is on disk. */

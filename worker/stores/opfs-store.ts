@@ -20,14 +20,17 @@ export class OpfsStore implements ImageStore {
   readonly writable: boolean;
   private readonly handle: SyncHandle;
   private closed = false;
+  /** Flush on close (not for files removed right after: a flush is an fsync). */
+  private readonly flushOnClose: boolean;
 
-  private constructor(name: string, handle: SyncHandle, writable: boolean) {
+  private constructor(name: string, handle: SyncHandle, writable: boolean, flushOnClose: boolean) {
     this.name = name;
     this.handle = handle;
     this.writable = writable;
+    this.flushOnClose = flushOnClose;
   }
 
-  static async open(fileHandle: FileSystemFileHandle, opts: { writable?: boolean } = {}): Promise<OpfsStore> {
+  static async open(fileHandle: FileSystemFileHandle, opts: { writable?: boolean; flushOnClose?: boolean } = {}): Promise<OpfsStore> {
     const writable = opts.writable ?? true;
     const create = (fileHandle as unknown as {
       createSyncAccessHandle(o?: { mode: string }): Promise<SyncHandle>;
@@ -41,7 +44,7 @@ export class OpfsStore implements ImageStore {
     } catch (e) {
       throw new QcowError('IO_ERROR', `Cannot open ${fileHandle.name}: ${(e as Error).message}`);
     }
-    return new OpfsStore(fileHandle.name, h, writable);
+    return new OpfsStore(fileHandle.name, h, writable, opts.flushOnClose ?? true);
   }
 
   size(): number {
@@ -94,10 +97,10 @@ export class OpfsStore implements ImageStore {
     this.handle.truncate(size);
   }
 
-  async close(): Promise<void> {
+  async close(opts: { flush?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.writable) this.handle.flush();
+    if (this.writable && (opts.flush ?? this.flushOnClose)) this.handle.flush();
     this.handle.close();
   }
 }

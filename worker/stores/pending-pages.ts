@@ -118,6 +118,10 @@ export class OpfsPageMap implements PageMap {
     return readSlot(this.data, this.slots.get(page));
   }
 
+  has(page: number): boolean {
+    return this.slots.has(page);
+  }
+
   set(page: number, bytes: Uint8Array): void {
     const old = this.slots.get(page);
     let s: number;
@@ -157,17 +161,17 @@ export class OpfsPageMap implements PageMap {
   }
 
   /** Close the files, keeping them (a restore may follow). */
-  async close(): Promise<void> {
+  async close(flush = true): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.data.close();
-    await this.index.close();
-    await this.scratch.close();
+    await this.data.close({ flush });
+    await this.index.close({ flush });
+    await this.scratch.close({ flush: false });
   }
 
-  /** Close and remove the files: the changes were saved or dropped. */
+  /** Close and remove the files: the changes were saved or dropped (no flush: they go). */
   async drop(): Promise<void> {
-    await this.close();
+    await this.close(false);
     await dropPending(this.key);
   }
 }

@@ -43,6 +43,10 @@ export class SpillPageMap implements PageMap {
     return this.memory.get(page) ?? readSlot(this.scratch, this.slots.get(page));
   }
 
+  has(page: number): boolean {
+    return this.memory.has(page) || this.slots.has(page);
+  }
+
   set(page: number, data: Uint8Array): void {
     if (this.memory.has(page) || (!this.slots.has(page) && this.memory.size < this.budgetPages)) {
       this.memory.set(page, data);

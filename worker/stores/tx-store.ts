@@ -26,6 +26,8 @@ export class TxStore implements ImageStore, Transactional {
   private pending: OverlayStore;
   /** Operations committed since the image was last saved (or opened): what "unsaved changes" counts. */
   changes = 0;
+  /** Moves whenever the image's bytes may have changed (a commit, a new committed image): what was read before is stale. */
+  version = 0;
 
   constructor(base: ImageStore) {
     this.committed = base;
@@ -42,6 +44,7 @@ export class TxStore implements ImageStore, Transactional {
     this.committed = base;
     this.pending = this.fresh();
     this.changes = 0;
+    this.version++;
     this.savedAs = undefined;
   }
 
@@ -56,7 +59,14 @@ export class TxStore implements ImageStore, Transactional {
 
   private fresh(): OverlayStore {
     const base = this.base;
-    return new OverlayStore({ size: base.size(), read: (o, l) => base.read(o, l), readInto: (o, out) => readInto(base, o, out) }, base.name, this.operationPages());
+    const source = {
+      size: base.size(),
+      read: (o: number, l: number) => base.read(o, l),
+      readInto: (o: number, out: Uint8Array) => readInto(base, o, out),
+      // the operation's pages hide the cached file bytes under them (the committed image's cache)
+      forget: (o: number, l: number) => (base as Partial<OverlayStore>).forget?.(o, l),
+    };
+    return new OverlayStore(source, base.name, this.operationPages());
   }
 
   /** Where an operation's pending pages are held (a Map in memory unless a subclass says; emptied for each use). */
@@ -100,11 +110,14 @@ export class TxStore implements ImageStore, Transactional {
     const segs = this.pending.segments();
     const firstZero = segs.find((s) => s.kind === 'zeros' && s.offset < baseSize);
     if (firstZero) await this.base.truncate(firstZero.offset);
-    for (const s of segs) if (s.kind === 'patch') await this.base.write(s.offset, s.data);
+    // The pages are handed over, not copied: the pending overlay is dropped below.
+    const base = this.base;
+    for (const s of segs) if (s.kind === 'patch') await (base instanceof OverlayStore ? base.adopt(s.offset, s.data) : base.write(s.offset, s.data));
     if (this.base.size() !== size) await this.base.truncate(size);
     await this.base.flush();
     this.pending = this.fresh();
     this.changes++;
+    this.version++;
     this.savedAs = undefined;
   }
 
