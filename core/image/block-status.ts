@@ -3,7 +3,7 @@
 // qemu-img map merges them; and the file's holes (HoleMap) for metadata-preallocated images.
 import { be32 } from '../format/bytes.ts';
 import {
-  offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_ZERO_LO,
+  offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_ZERO_LO, sameRunEnd,
 } from '../format/entries.ts';
 import { checkDataAligned, mapInTable, zeroInV2Error } from './guest-read.ts';
 import { canMergeExtents, type Extent } from './layer.ts';
@@ -113,12 +113,11 @@ function piecesStandard(img: Qcow2Image, l2: Uint8Array, l2Offset: number, pos: 
       i++;
     } else if (hasOffset) {
       // the entries after it with the same words and the offset one cluster on each, while the
-      // offset stays inside its 56 bits (past them it would carry into the flags)
-      const next = (lo + cs) | 0;
-      const limit = Math.min(i1, i + (OFFSET_LIMIT - host) / cs);
-      i = sameRunEnd(dv, i + 1, limit, (hi + ((lo & ~next) >>> 31)) | 0, next, cs);
+      // offset stays inside its 56 bits (past them it would carry into the flags); the end is
+      // kept an int32 (a double there would make the whole loop count in doubles)
+      i = sameRunEnd(dv, i, (OFFSET_LIMIT - host) / cs >= i1 - i ? i1 : i + (OFFSET_LIMIT - host) / cs, cs);
     } else {
-      i = sameRunEnd(dv, i + 1, i1, hi, lo, 0); // the same words again
+      i = sameRunEnd(dv, i, i1, 0); // the same words again
     }
   }
   if (rKind >= 0) pushPiece(img, out, rKind, rI, i1, rHost, i0, pos, tableBase, spanEnd);
@@ -126,22 +125,6 @@ function piecesStandard(img: Qcow2Image, l2: Uint8Array, l2Offset: number, pos: 
 
 /** Host offsets end at 2^56 (bits 9-55 of an entry). */
 const OFFSET_LIMIT = 2 ** 56;
-
-/**
- * The first entry in [i, end) whose words differ from (hi, lo) moved on by `step` per entry
- * (0: the same words each time), or `end`. The hot loop of the map: small, so V8 optimises it
- * early, and branch-free apart from the exit (the carry into `hi` is arithmetic), so the
- * optimised code is never thrown away on a path it had not seen.
- */
-function sameRunEnd(dv: DataView, i: number, end: number, hi: number, lo: number, step: number): number {
-  for (; i < end; i++) {
-    if (dv.getInt32(i * 8) !== hi || dv.getInt32(i * 8 + 4) !== lo) return i;
-    const next = (lo + step) | 0;
-    hi = (hi + ((lo & ~next) >>> 31)) | 0; // carry out of the low word (step < 2^31)
-    lo = next;
-  }
-  return end;
-}
 
 /** One piece of `piecesStandard`: entries [iStart, iEnd) of kind `kind`, clipped to [pos, spanEnd). */
 function pushPiece(img: Qcow2Image, out: number[], kind: number, iStart: number, iEnd: number, rHost: number,
