@@ -180,7 +180,7 @@ function refblockMatches(block: Uint8Array, order: number, counts: Counts, base:
     case 4:
       if (counts instanceof Uint8Array) {
         // the IMRT still one byte wide: every on-disk refcount must be a zero byte, then the count
-        for (let i = pairsMatch(block, counts, base, count); i < count; i++) if (block[2 * i] !== 0 || block[2 * i + 1] !== counts[base + i]) return false;
+        for (let i = 2 * pairsMatch(block, counts, base, count); i < count; i++) if (block[2 * i] !== 0 || block[2 * i + 1] !== counts[base + i]) return false;
         return true;
       }
       for (let i = 0; i < count; i++) if (dv.getUint16(2 * i) !== counts[base + i]) return false;
@@ -199,8 +199,10 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 /**
  * refblockMatches for 16-bit refcounts and one-byte counts, two clusters per step on a
  * little-endian machine: the 32-bit word of two big-endian refcounts (0, c0, 0, c1) against the
- * 16-bit word of two counts (c0, c1). Returns how many leading clusters are known to match (the
- * caller's loop checks the rest, and finds the difference if there is one).
+ * 16-bit word of two counts (c0, c1). Returns how many leading pairs of clusters are known to
+ * match (the caller's loop checks the rest, and finds the difference if there is one). Nothing
+ * after the loop but the return: an operation there has no type feedback when V8 compiles the
+ * loop while it first runs, and sent the compiled loop back to the interpreter at every refblock.
  */
 function pairsMatch(block: Uint8Array, counts: Uint8Array, base: number, count: number): number {
   if (!LITTLE_ENDIAN || (block.byteOffset & 3) !== 0 || ((counts.byteOffset + base) & 1) !== 0) return 0;
@@ -212,7 +214,7 @@ function pairsMatch(block: Uint8Array, counts: Uint8Array, base: number, count: 
     const x = pairs[j]!;
     if ((words[j]! | 0) !== (((x & 0xff) << 8) | ((x & 0xff00) << 16))) break;
   }
-  return 2 * j;
+  return j;
 }
 
 /** The highest cluster with a reference (0 if none): what compareRefcounts finds when the refcounts match. */

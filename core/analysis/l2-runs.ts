@@ -100,7 +100,7 @@ const HIGHS = 0x80808080;
  * Add 1 to counts[c ..) while no count is 255 (which the caller's loop reports as an overflow):
  * from `c` up to a multiple of 4, then a word at a time. Returns the first cluster not counted.
  */
-function addOneBytes(counts: Uint8Array, c: number, last: number): number {
+export function addOneBytes(counts: Uint8Array, c: number, last: number): number {
   if ((counts.byteOffset & 3) !== 0) return c;
   for (; c < last && (c & 3) !== 0; c++) {
     if (counts[c] === 255) return c;

@@ -18,14 +18,14 @@ import { be32, be64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
   bitmapTableEntryInvalid, ClusterType, clusterType, compressedDescriptor, hasZeroFlag, isCopied, l1ReservedBits, l2StdReservedBits, L2E_FLAGS_56_62_HI,
-  offsetOf, OFFSET_MASK_HI, refcountTableOffset, refcountTableReservedBits, withCopied,
+  offsetOf, OFFSET_MASK_HI, refcountTableOffset, refcountTableReservedBits, sameRunEnd, withCopied,
 } from '../format/entries.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import {
   altHex, CheckAbort, FindingSink, hex64, MAX_REPEATS, strerror, type CheckCounters, type Finding,
 } from './findings.ts';
 import { Imrt, type Counts } from './imrt.ts';
-import { L2Runs, MAX_RUNS_PER_TABLE } from './l2-runs.ts';
+import { L2Runs, MAX_RUNS_PER_TABLE, addOneBytes } from './l2-runs.ts';
 import { Kind, LAYOUT_KIND_NAMES, mergeOwner } from './owners.ts';
 import { ReadBuffer, tablesInOrder } from './table-reads.ts';
 
@@ -656,6 +656,8 @@ function countPlainRun(
   const hiShift = 32 - clusterBits;
   const flagsHi = L2E_FLAGS_56_62_HI;
   const offHi = OFFSET_MASK_HI;
+  const cs = 1 << clusterBits;
+  const bytes = times === 1 && max === 255 && owners === null && counts instanceof Uint8Array ? counts : null;
   for (let i = start; i < n; i++) {
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
@@ -681,6 +683,21 @@ function countPlainRun(
         runCopied = startRun(runs, k, hi < 0 ? 1 : 0, expected);
       }
       expected = k + 1;
+    }
+    // the entries after it that go on with the next clusters, the same flags, inside the file:
+    // counted together (one-byte counts four at a time)
+    const stretchEnd = sameRunEnd(dv, i, Math.min(n, i + (limit - k)), cs);
+    if (stretchEnd > i + 1) {
+      const cEnd = k + (stretchEnd - i);
+      let c = bytes !== null ? addOneBytes(bytes, k + 1, cEnd) : k + 1;
+      for (; c < cEnd; c++) {
+        const rc = counts[c]!;
+        if (rc + times > max) return i + (c - k); // the overflow is reported by the caller
+        counts[c] = rc + times;
+        if (owners !== null) owners[c] = rc === 0 ? (times === 1 ? dataKind : mergeOwner(dataKind, dataKind)) : mergeOwner(owners[c]!, dataKind);
+      }
+      expected = cEnd;
+      i = stretchEnd - 1;
     }
   }
   return n;

@@ -3,7 +3,7 @@
 // qemu-img map merges them; and the file's holes (HoleMap) for metadata-preallocated images.
 import { be32 } from '../format/bytes.ts';
 import {
-  offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_ZERO_LO,
+  offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_ZERO_LO, sameRunEnd,
 } from '../format/entries.ts';
 import { checkDataAligned, mapInTable, zeroInV2Error } from './guest-read.ts';
 import { canMergeExtents, type Extent } from './layer.ts';
@@ -63,20 +63,15 @@ export async function walkExtents(img: Qcow2Image, view: L1View, start: number, 
 
 /**
  * Pieces of [pos, spanEnd) inside one standard L2 table: (kind, start, length, host) quadruples.
- * The same decisions (and errors) as `mapInTable`, decoded inline from the entry bytes.
+ * The same decisions (and errors) as `mapInTable`, decoded inline from the entry bytes. Only the
+ * first entry of each stretch of identical-looking entries is decoded here; `sameRunEnd` skips the
+ * rest (a few integer operations per entry, no branch that a short-lived process has not seen).
  */
 function piecesStandard(img: Qcow2Image, l2: Uint8Array, l2Offset: number, pos: number, spanEnd: number, out: number[]): void {
   const cs = img.clusterSize;
   const v3 = img.header.version >= 3;
   const dataFile = img.geometry.dataFile;
-  // The loop runs on int32 entry indices and int32 words only: offsets above 2^31 are doubles,
-  // slower to compare and (with `%`) a libm call each. The low word `lo` is kept signed; host
-  // offsets are compared as (hiOff, loOff) pairs. Alignment needs the low word only.
   const lowMask = offsetUnalignedMaskLo(cs);
-  const offHi = OFFSET_MASK_HI;
-  const offLo = OFFSET_MASK_LO;
-  const compressedHi = QCOW_OFLAG_COMPRESSED_HI;
-  const zeroLo = QCOW_OFLAG_ZERO_LO;
   const clusterIndex = Math.floor(pos / cs);
   const i0 = (clusterIndex % img.l2Entries) | 0;
   const tableBase = (clusterIndex - i0) * cs; // guest offset of entry 0
@@ -84,83 +79,61 @@ function piecesStandard(img: Qcow2Image, l2: Uint8Array, l2Offset: number, pos: 
   const dv = new DataView(l2.buffer, l2.byteOffset, l2.byteLength);
   let rKind = -1;
   let rI = 0; // first entry of the run
-  let rHi = 0; // host offset of that entry, as words
-  let rLo = 0;
-  // The raw words an entry must have to continue the current run unchanged: for data and
-  // preallocated zeros the previous entry's words with the offset one cluster on, for
-  // unallocated and plain zeros the previous entry's words again. Such an entry needs no
-  // decoding at all (same flags, offset still aligned and non-zero): two compares, which also
-  // keeps the loop cheap while it still runs unoptimized in a short-lived process.
-  let nHi = 0;
-  let nLo = 0;
-  let nValid = false;
-  let nStep = false; // whether the expected offset moves on by a cluster per entry
-  for (let i = i0; i < i1; i++) {
+  let rHost = 0; // host offset of that entry
+  for (let i = i0; i < i1;) {
     const hi = dv.getInt32(i * 8);
     const lo = dv.getInt32(i * 8 + 4);
-    if (nValid && hi === nHi && lo === nLo) {
-      if (nStep) {
-        const next = (lo + cs) | 0;
-        if (lo < 0 && next >= 0) {
-          nHi = hi + 1;
-          if ((nHi & offHi) === 0) nValid = false; // the offset would leave its 56 bits
-        }
-        nLo = next;
-      }
-      continue;
-    }
-    const hiOff = hi & offHi;
-    const loOff = lo & offLo;
+    const host = (hi & OFFSET_MASK_HI) * 4294967296 + ((lo & OFFSET_MASK_LO) >>> 0);
     let kind: number;
-    if ((hi & compressedHi) !== 0) {
+    if ((hi & QCOW_OFLAG_COMPRESSED_HI) !== 0) {
       kind = P_COMPRESSED;
-    } else if ((lo & zeroLo) !== 0) {
+    } else if ((lo & QCOW_OFLAG_ZERO_LO) !== 0) {
       if (!v3) throw zeroInV2Error(img, l2Offset, i, i * 8);
-      if (hiOff !== 0 || loOff !== 0) {
-        if ((lo & lowMask) !== 0) checkDataAligned(img, hiOff * 4294967296 + (loOff >>> 0), l2Offset, i, i * 8);
+      if (host !== 0) {
+        if ((lo & lowMask) !== 0) checkDataAligned(img, host, l2Offset, i, i * 8);
         kind = P_ZERO_AT;
       } else {
         kind = P_ZERO;
       }
-    } else if (hiOff === 0 && loOff === 0 && !(dataFile && hi < 0)) {
+    } else if (host === 0 && !(dataFile && hi < 0)) {
       kind = P_BACKING; // (hi < 0: QCOW_OFLAG_COPIED, a data-file cluster at offset 0)
     } else {
-      if ((lo & lowMask) !== 0) checkDataAligned(img, hiOff * 4294967296 + (loOff >>> 0), l2Offset, i, i * 8);
+      if ((lo & lowMask) !== 0) checkDataAligned(img, host, l2Offset, i, i * 8);
       kind = P_DATA;
     }
     const hasOffset = kind === P_DATA || kind === P_ZERO_AT;
     // an entry with other flags (COPIED) may still continue the run: same kind, offset one cluster on
-    if (kind !== rKind || (hasOffset && !(nValid && nStep && hiOff === (nHi & offHi) && loOff === (nLo & offLo)))) {
-      if (rKind >= 0) pushPiece(img, out, rKind, rI, i, rHi, rLo, i0, pos, tableBase, spanEnd);
+    if (kind !== rKind || (hasOffset && host !== rHost + (i - rI) * cs)) {
+      if (rKind >= 0) pushPiece(img, out, rKind, rI, i, rHost, i0, pos, tableBase, spanEnd);
       rKind = kind;
       rI = i;
-      rHi = hiOff;
-      rLo = loOff;
+      rHost = host;
     }
-    if (hasOffset) {
-      const next = (lo + cs) | 0;
-      nHi = lo < 0 && next >= 0 ? hi + 1 : hi;
-      nLo = next;
-      nValid = (nHi & offHi) !== 0 || hiOff === 0;
-      nStep = true;
+    if (kind === P_COMPRESSED) {
+      i++;
+    } else if (hasOffset) {
+      // the entries after it with the same words and the offset one cluster on each, while the
+      // offset stays inside its 56 bits (past them it would carry into the flags); the end is
+      // kept an int32 (a double there would make the whole loop count in doubles)
+      i = sameRunEnd(dv, i, (OFFSET_LIMIT - host) / cs >= i1 - i ? i1 : i + (OFFSET_LIMIT - host) / cs, cs);
     } else {
-      nHi = hi;
-      nLo = lo;
-      nValid = kind !== P_COMPRESSED;
-      nStep = false;
+      i = sameRunEnd(dv, i, i1, 0); // the same words again
     }
   }
-  if (rKind >= 0) pushPiece(img, out, rKind, rI, i1, rHi, rLo, i0, pos, tableBase, spanEnd);
+  if (rKind >= 0) pushPiece(img, out, rKind, rI, i1, rHost, i0, pos, tableBase, spanEnd);
 }
 
+/** Host offsets end at 2^56 (bits 9-55 of an entry). */
+const OFFSET_LIMIT = 2 ** 56;
+
 /** One piece of `piecesStandard`: entries [iStart, iEnd) of kind `kind`, clipped to [pos, spanEnd). */
-function pushPiece(img: Qcow2Image, out: number[], kind: number, iStart: number, iEnd: number, hiOff: number, loOff: number,
+function pushPiece(img: Qcow2Image, out: number[], kind: number, iStart: number, iEnd: number, rHost: number,
   i0: number, pos: number, tableBase: number, spanEnd: number): void {
   const cs = img.clusterSize;
   const s0 = tableBase + iStart * cs;
   const start = iStart === i0 ? pos : s0;
   const end = Math.min(spanEnd, tableBase + iEnd * cs);
-  const host = kind === P_DATA || kind === P_ZERO_AT ? hiOff * 4294967296 + (loOff >>> 0) + (start - s0) : 0;
+  const host = kind === P_DATA || kind === P_ZERO_AT ? rHost + (start - s0) : 0;
   out.push(kind, start, end - start, host);
 }
 
