@@ -133,7 +133,7 @@ function printReport(events: TraceEvent[], pid: number, tid: number, runs: Trace
     }
     const top = (m: Map<string, number>) => [...m].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.MAIN_THREAD_PROFILE_LINES ?? 12)).map(([k, v]) => `    ${v}\t${k}`).join('\n');
     const inside = events.filter((e) => e.pid === pid && e.tid === tid && e.ph === 'X' && e !== t && e.ts >= t.ts && e.ts < end)
-      .sort((a, b) => (b.tdur ?? 0) - (a.tdur ?? 0)).slice(0, 6)
+      .filter((e) => !e.name.startsWith('V8.GC_')).sort((a, b) => (b.tdur ?? 0) - (a.tdur ?? 0)).slice(0, 10)
       .map((e) => `${e.name}${e.args?.data?.url ? ' ' + (e.args.data.functionName ?? '') + '@' + e.args.data.url.split('/').pop() : ''} ${((e.tdur ?? 0) / 1000).toFixed(0)}`).join(', ');
     console.log(`task ${((t.tdur ?? 0) / 1000).toFixed(0)} ms CPU, ${((t.dur ?? 0) / 1000).toFixed(0)} ms wall: ${inside}`);
     if (PROFILE) console.log(`  ${count} samples, self:\n${top(self)}\n  total:\n${top(total)}`);
