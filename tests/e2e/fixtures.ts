@@ -2,7 +2,7 @@
 // dir (Playwright empties its own output folder), a page fixture that records every request, and
 // ways to hand an image to the app (file input, synthetic drop, a stubbed picker returning a real
 // OPFS handle, docs/platform.md).
-import { test as base, expect, type Page } from '@playwright/test';
+import { test as base, expect, type Download, type Page } from '@playwright/test';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createImage, makeTempDir, qemuImgOk, qemuIoOk, removeDir, type CreateOptions } from '../helpers/qemu.ts';
@@ -148,6 +148,11 @@ export async function openViaPicker(page: Page, f: Fixture): Promise<void> {
 
 /** Read a file back out of OPFS (to judge what a write through a handle did, with qemu-img), as a download. */
 export async function readFromOpfs(page: Page, name: string, to: string): Promise<void> {
+  await (await downloadFromOpfs(page, name)).saveAs(to);
+}
+
+/** A file of the page's private file system, downloaded (read it at download.path(); no copy). */
+export async function downloadFromOpfs(page: Page, name: string): Promise<Download> {
   const d = page.waitForEvent('download');
   await page.evaluate(async (name) => {
     const root = await navigator.storage.getDirectory();
@@ -159,7 +164,7 @@ export async function readFromOpfs(page: Page, name: string, to: string): Promis
     a.click();
     a.remove();
   }, name);
-  await (await d).saveAs(to);
+  return d;
 }
 
 /** "Download image" of the shown tab (or of `tab`, shown first), saved to `to`; returns `to`. */

@@ -28,6 +28,8 @@ export interface MainThreadWork {
   totalCpuMs: number;
 }
 
+interface ProfileNode { id: number; parent?: number; callFrame: { functionName?: string; url?: string; lineNumber?: number; columnNumber?: number } }
+
 interface TraceEvent {
   name: string;
   ph: string;
@@ -36,12 +38,21 @@ interface TraceEvent {
   ts: number;
   dur?: number;
   tdur?: number;
-  args?: { name?: string; data?: { frames?: Array<{ processId: number; url: string }>; functionName?: string; url?: string } };
+  id?: string;
+  args?: { name?: string; data?: { startTime?: number; cpuProfile?: { nodes?: ProfileNode[]; samples?: number[] }; timeDeltas?: number[]; frames?: Array<{ processId: number; url: string }>; functionName?: string; url?: string } };
 }
+
+/** Diagnosis aids, off in the tests: MAIN_THREAD_REPORT=N prints the N longest tasks (CPU) with
+ * the trace events under them; MAIN_THREAD_PROFILE=1 also samples the JS stacks and prints each
+ * one's heaviest functions (the sampling adds its own cost: measure without it). */
+const REPORT = Number(process.env.MAIN_THREAD_REPORT ?? 0);
+const PROFILE = REPORT > 0 && process.env.MAIN_THREAD_PROFILE === '1';
 
 /** Start recording the page's main-thread tasks (one recording per browser at a time). */
 export async function startMainThreadTrace(browser: Browser, page: Page): Promise<void> {
-  await browser.startTracing(page, { categories: ['devtools.timeline', 'disabled-by-default-devtools.timeline'] });
+  const categories = ['devtools.timeline', 'disabled-by-default-devtools.timeline'];
+  if (PROFILE) categories.push('disabled-by-default-v8.cpu_profiler');
+  await browser.startTracing(page, { categories });
 }
 
 /** Stop recording and summarise the page's main-thread tasks since startMainThreadTrace. */
@@ -74,10 +85,57 @@ export async function stopMainThreadTrace(browser: Browser): Promise<MainThreadW
       return `${e.name}${where} ${((e.tdur ?? 0) / 1000).toFixed(0)} ms`;
     }).join(', ');
   }
+  if (REPORT) printReport(events, pid, main.tid, runs);
   return {
     tasks,
     longestCpu: tasks[longest] ?? { wallMs: 0, cpuMs: 0, top: '' },
     longestWallMs: Math.max(0, ...tasks.map((t) => t.wallMs)),
     totalCpuMs: tasks.reduce((n, t) => n + t.cpuMs, 0),
   };
+}
+
+/** Print the REPORT longest tasks (CPU), with the functions their samples fell in (self and total). */
+function printReport(events: TraceEvent[], pid: number, tid: number, runs: TraceEvent[]): void {
+  const nodes = new Map<number, ProfileNode>();
+  const samples: Array<{ ts: number; node: number }> = [];
+  const profiles = events.filter((e) => e.pid === pid && e.tid === tid && e.name === 'Profile');
+  for (const p of profiles) {
+    let ts = p.args?.data?.startTime ?? 0;
+    for (const c of events.filter((e) => e.name === 'ProfileChunk' && e.id === p.id)) {
+      for (const n of c.args?.data?.cpuProfile?.nodes ?? []) nodes.set(n.id, n);
+      const ss = c.args?.data?.cpuProfile?.samples ?? [];
+      const ds = c.args?.data?.timeDeltas ?? [];
+      ss.forEach((node, i) => {
+        ts += ds[i] ?? 0;
+        samples.push({ ts, node });
+      });
+    }
+  }
+  const name = (n: ProfileNode) => `${n.callFrame.functionName || '(anon)'}@${(n.callFrame.url ?? '').split('/').pop()}:${(n.callFrame.lineNumber ?? 0) + 1}:${(n.callFrame.columnNumber ?? 0) + 1}`;
+  const sorted = [...runs].sort((a, b) => (b.tdur ?? 0) - (a.tdur ?? 0)).slice(0, REPORT);
+  for (const t of sorted) {
+    const end = t.ts + (t.dur ?? 0);
+    const self = new Map<string, number>();
+    const total = new Map<string, number>();
+    let count = 0;
+    for (const s of samples) {
+      if (s.ts < t.ts || s.ts >= end) continue;
+      count++;
+      let n = nodes.get(s.node);
+      if (n) self.set(name(n), (self.get(name(n)) ?? 0) + 1);
+      const seen = new Set<string>();
+      while (n) {
+        const k = name(n);
+        if (!seen.has(k)) total.set(k, (total.get(k) ?? 0) + 1);
+        seen.add(k);
+        n = n.parent === undefined ? undefined : nodes.get(n.parent);
+      }
+    }
+    const top = (m: Map<string, number>) => [...m].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.MAIN_THREAD_PROFILE_LINES ?? 12)).map(([k, v]) => `    ${v}\t${k}`).join('\n');
+    const inside = events.filter((e) => e.pid === pid && e.tid === tid && e.ph === 'X' && e !== t && e.ts >= t.ts && e.ts < end)
+      .filter((e) => !e.name.startsWith('V8.GC_')).sort((a, b) => (b.tdur ?? 0) - (a.tdur ?? 0)).slice(0, 10)
+      .map((e) => `${e.name}${e.args?.data?.url ? ' ' + (e.args.data.functionName ?? '') + '@' + e.args.data.url.split('/').pop() : ''} ${((e.tdur ?? 0) / 1000).toFixed(0)}`).join(', ');
+    console.log(`task ${((t.tdur ?? 0) / 1000).toFixed(0)} ms CPU, ${((t.dur ?? 0) / 1000).toFixed(0)} ms wall: ${inside}`);
+    if (PROFILE) console.log(`  ${count} samples, self:\n${top(self)}\n  total:\n${top(total)}`);
+  }
 }
