@@ -21,8 +21,10 @@
 // A crash at any write leaves the old state, the shadow state or QEMU's, each consistent and
 // without leaks. Any precondition the settle does not meet (a new refcount block or a longer L1
 // QEMU would allocate, bitmaps, an odd layout) leaves the shadow state: correct, only larger.
-import { be32, put32, put64 } from '../format/bytes.ts';
-import { encodeL1Entry, isCompressed, l1L2Offset, offsetOf, putEntry, withCopied } from '../format/entries.ts';
+import { put32, put64 } from '../format/bytes.ts';
+import {
+  compressedDescriptor, encodeL1Entry, l1L2Offset, OFFSET_MASK_HI, putEntry, QCOW_OFLAG_COMPRESSED_HI,
+} from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
@@ -102,13 +104,20 @@ async function qemuFirstFit(img: Qcow2Image, sizes: readonly number[]): Promise<
     const n = Math.ceil(bytes / cs);
     let start = next;
     for (let run = 0; run < n;) {
-      const c = next++;
-      const rb = Math.floor(c / per);
+      const rb = Math.floor(next / per);
       if (rb !== blockIndex) {
         block = await loadRefblock(img, rb);
         blockIndex = rb;
       }
       if (!block) return null;
+      if (run === 0) {
+        // skip the used clusters of this block at once
+        const i = firstZeroRefcount(block, next - rb * per, per, img.refcountOrder);
+        next = rb * per + i;
+        start = next;
+        if (i === per) continue;
+      }
+      const c = next++;
       if (getRefcount(block, c - rb * per, img.refcountOrder) !== 0) {
         run = 0;
         start = next;
@@ -119,6 +128,27 @@ async function qemuFirstFit(img: Qcow2Image, sizes: readonly number[]): Promise<
     out.push({ offset: start * cs, bytes });
   }
   return out;
+}
+
+/** The first index from `from` whose refcount is 0 (`per` if none): byte tests for widths of 8 bits and more. */
+function firstZeroRefcount(block: Uint8Array, from: number, per: number, order: number): number {
+  if (order < 3) {
+    let i = from;
+    while (i < per && getRefcount(block, i, order) !== 0) i++;
+    return i;
+  }
+  if (order === 4) {
+    // the default width: two bytes an entry
+    for (let i = from; i < per; i++) if ((block[2 * i]! | block[2 * i + 1]!) === 0) return i;
+    return per;
+  }
+  const w = 1 << (order - 3);
+  for (let i = from; i < per; i++) {
+    let any = 0;
+    for (let k = i * w, e = k + w; k < e; k++) any |= block[k]!;
+    if (any === 0) return i;
+  }
+  return per;
 }
 
 interface SettleWrite {
@@ -296,8 +326,12 @@ async function planSettle(
       writes.push({ offset: at, bytes: want.slice(), purpose: `refcount block ${rb} in its place` });
     }
 
-    // COPIED bits of the active tree from QEMU's refcounts.
-    const es = img.l2EntrySize;
+    // COPIED bits of the active tree. The shadow commit set them from its refcounts, which differ
+    // from QEMU's only on the clusters in `delta` (metadata: tables and blocks that move); no
+    // data entry of the active tree references those (checked below, else the shadow layout
+    // stays), so the bits it computed are QEMU's: a table it copied goes back to its place with
+    // the copy's bytes, a table it kept is right as it is. No per-entry refcount walk here.
+    const moved = deltaClusters(delta);
     const seen = new Set<number>();
     for (let i = 0; i < q.l1Size; i++) {
       const off = l1L2Offset(l1, i);
@@ -305,26 +339,10 @@ async function planSettle(
       putEntry(l1, i * 8, ...encodeL1Entry(off, (await ref(off / cs)) === 1));
       if (seen.has(off)) continue;
       seen.add(off);
-      const cur = (await img.store.read(off, cs)).slice();
-      const t = cur.slice();
-      for (let j = 0; j < img.l2Entries; j++) {
-        const hi = be32(t, j * es);
-        const lo = be32(t, j * es + 4);
-        let want: boolean;
-        if (isCompressed(hi)) {
-          want = false;
-        } else {
-          const host = offsetOf(hi, lo);
-          if (host === 0) continue;
-          // The refcount block is almost always loaded already: no await per entry then.
-          const c = host / cs;
-          const rb = Math.floor(c / per);
-          const b = blocks.has(rb) ? blocks.get(rb)! : await block(rb);
-          want = (b ? getRefcount(b, c - rb * per, order) : 0) === 1;
-        }
-        put32(t, j * es, withCopied(hi, want) >>> 0);
-      }
-      if (bytesEqual(t, cur)) continue;
+      const copy = commit.l2Copies.get(off);
+      const t = (await img.store.read(copy ?? off, cs)).slice();
+      if (referencesAny(t, img, moved)) return null;
+      if (copy === undefined) continue;
       if (s1Active.has(off)) return null; // an L2 table the published state uses actively
       writes.push({ offset: off, bytes: t, purpose: `L2 table at ${off}: COPIED bits as QEMU leaves them` });
     }
@@ -347,6 +365,43 @@ async function planSettle(
     throw e;
   }
   return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset };
+}
+
+/** The clusters whose refcount differs between the published state and QEMU's, as a bitmap by cluster index. */
+function deltaClusters(delta: ReadonlyMap<number, number>): Uint8Array {
+  let max = -1;
+  for (const [c, d] of delta) if (d !== 0) max = Math.max(max, c);
+  const bits = new Uint8Array((max >> 3) + 1);
+  for (const [c, d] of delta) if (d !== 0) bits[c >> 3]! |= 1 << (c & 7);
+  return bits;
+}
+
+/**
+ * Whether an entry of L2 table `t` reaches a cluster set in `bits` (compressed: any cluster its
+ * bytes touch). One pass over every active entry of a large image: integer words, no calls but
+ * for compressed entries.
+ */
+function referencesAny(t: Uint8Array, img: Qcow2Image, bits: Uint8Array): boolean {
+  const cs = img.clusterSize;
+  const cb = img.clusterBits;
+  const es = img.l2EntrySize;
+  const n = img.l2Entries;
+  const limit = bits.length * 8;
+  const hiMul = 2 ** (32 - cb); // cluster index = (hi offset bits) · 2^(32−cb) + lo >>> cb
+  const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+  for (let j = 0; j < n; j++) {
+    const hi = dv.getInt32(j * es);
+    const lo = dv.getInt32(j * es + 4);
+    if ((hi & QCOW_OFLAG_COMPRESSED_HI) === 0) {
+      const c = (hi & OFFSET_MASK_HI) * hiMul + (lo >>> cb);
+      if (c !== 0 && c < limit && ((bits[c >>> 3]! >> (c & 7)) & 1) !== 0) return true;
+      continue;
+    }
+    const d = compressedDescriptor(hi >>> 0, lo >>> 0, cb);
+    const last = Math.floor((d.hostOffset + d.compressedSize - 1) / cs);
+    for (let c = Math.floor(d.hostOffset / cs); c <= last && c < limit; c++) if ((bits[c >>> 3]! >> (c & 7)) & 1) return true;
+  }
+  return false;
 }
 
 /** A refcount QEMU's layout would put out of range: the shadow layout stays. */
