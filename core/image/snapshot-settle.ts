@@ -53,7 +53,8 @@ export interface QemuLayout {
 /**
  * QEMU's layout for an operation on `img` (its current state): `newL1Copy` for create (the
  * snapshot whose L1 QEMU copies), `tableAfter` the snapshot list when the table is rewritten.
- * Null where QEMU would allocate what the settle does not model (a refcount block, bitmaps).
+ * Null where QEMU would allocate what the settle does not model (a larger refcount table,
+ * bitmaps).
  */
 export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[] }): Promise<QemuLayout | null> {
   const h = img.header;
@@ -63,13 +64,25 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
   if (opts.newL1Copy) sizes.push(h.l1Size * 8);
   const tableBytes = opts.tableAfter ? snapshotTableSize(opts.tableAfter) : 0;
   if (tableBytes > 0) sizes.push(tableBytes);
-  const runs = await qemuFirstFit(img, sizes);
-  if (!runs) return null;
+  const alloc = new QemuAllocator(img);
+  const runs: Array<{ offset: number; bytes: number }> = [];
+  for (const bytes of sizes) {
+    const c = await alloc.alloc(Math.ceil(bytes / img.clusterSize));
+    if (c === null) return null;
+    runs.push({ offset: c * img.clusterSize, bytes });
+  }
   const reserved = new Set<number>();
   let fileSizeAfter = img.store.size();
   for (const r of runs) {
     for (let c = r.offset / img.clusterSize; c < (r.offset + r.bytes) / img.clusterSize; c++) reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, r.offset + r.bytes);
+  }
+  // Refcount blocks QEMU adds on the way, written whole, hooked into the refcount table in place.
+  const reftable = img.reftable.slice();
+  for (const [rb, c] of alloc.newBlocks) {
+    reserved.add(c);
+    fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
+    putEntry(reftable, rb * 8, ...encodeL1Entry(c * img.clusterSize, false));
   }
   const l1Moves = new Map<Snapshot, number>();
   if (opts.newL1Copy) l1Moves.set(opts.newL1Copy, runs.shift()!.offset);
@@ -79,7 +92,7 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     l1Size: h.l1Size,
     reftableOffset: h.refcountTableOffset,
     reftableClusters: h.refcountTableClusters,
-    reftable: img.reftable.slice(),
+    reftable,
     l1Moves,
     snapshotsOffset: tableBytes > 0 ? runs[0]!.offset : null,
     fileSizeAfter,
@@ -88,46 +101,95 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
 }
 
 /**
- * QEMU's alloc_clusters_noref from a fresh process (free_cluster_index 0), one run after the
- * other with nothing freed between. Null if a run reaches a cluster no refcount block counts
- * (QEMU would allocate a refcount block first).
+ * QEMU's cluster allocator (block/qcow2-refcount.c) from a fresh process, for allocations with
+ * nothing freed between: alloc_clusters_noref scans first fit from free_cluster_index (0 on open;
+ * a cluster no refcount block counts has refcount 0); qcow2_alloc_clusters then counts the run,
+ * and where a cluster of it has no refcount block, alloc_refcount_block takes the next free
+ * cluster for one (describing itself when it lies in the range it counts), hooks it into the
+ * refcount table and returns EAGAIN, which sends the search back to the run's start.
  */
-async function qemuFirstFit(img: Qcow2Image, sizes: readonly number[]): Promise<Array<{ offset: number; bytes: number }> | null> {
-  const cs = img.clusterSize;
-  const per = refblockEntriesOf(img);
-  const out: Array<{ offset: number; bytes: number }> = [];
-  let next = 0;
-  // One refcount block at a time: the scan crosses millions of clusters on a big image.
-  let blockIndex = -1;
-  let block: Uint8Array | null = null;
-  for (const bytes of sizes) {
-    const n = Math.ceil(bytes / cs);
-    let start = next;
-    for (let run = 0; run < n;) {
-      const rb = Math.floor(next / per);
-      if (rb !== blockIndex) {
-        block = await loadRefblock(img, rb);
-        blockIndex = rb;
+class QemuAllocator {
+  /** Refcount blocks added: reftable index → cluster. */
+  readonly newBlocks = new Map<number, number>();
+  /** Clusters allocated so far (runs and blocks). */
+  private readonly used = new Set<number>();
+  private fci = 0;
+  private readonly per: number;
+  private readonly entries: number;
+  private blockIndex = -1;
+  private block: Uint8Array | null = null;
+
+  constructor(private readonly img: Qcow2Image) {
+    this.per = refblockEntriesOf(img);
+    this.entries = img.reftable.length / 8;
+  }
+
+  private covered(rb: number): boolean {
+    return this.newBlocks.has(rb) || (rb < this.entries && reftableEntry(this.img.reftable, rb) !== 0);
+  }
+
+  /** qcow2_alloc_clusters for `n` clusters: the first cluster, or null where QEMU would grow the refcount table (or recurse deeper than one block). */
+  async alloc(n: number): Promise<number | null> {
+    for (let guard = 0; guard < 64; guard++) {
+      const start = await this.noref(n);
+      let again = false;
+      for (let c = start; c < start + n; c++) {
+        const rb = Math.floor(c / this.per);
+        if (this.covered(rb)) continue;
+        if (rb >= this.entries) return null; // qcow2_refcount_area: a new refcount table
+        const nb = await this.noref(1);
+        const nbBlock = Math.floor(nb / this.per);
+        if (nbBlock !== rb && !this.covered(nbBlock)) return null;
+        this.used.add(nb);
+        this.newBlocks.set(rb, nb);
+        this.fci = Math.min(this.fci, start); // EAGAIN: try the same clusters again
+        again = true;
+        break;
       }
-      if (!block) return null;
-      if (run === 0) {
-        // skip the used clusters of this block at once
-        const i = firstZeroRefcount(block, next - rb * per, per, img.refcountOrder);
-        next = rb * per + i;
-        start = next;
-        if (i === per) continue;
-      }
-      const c = next++;
-      if (getRefcount(block, c - rb * per, img.refcountOrder) !== 0) {
-        run = 0;
-        start = next;
-      } else {
-        run++;
+      if (!again) {
+        for (let c = start; c < start + n; c++) this.used.add(c);
+        return start;
       }
     }
-    out.push({ offset: start * cs, bytes });
+    return null;
   }
-  return out;
+
+  /** alloc_clusters_noref: the first run of `n` free clusters from free_cluster_index, which moves past it. */
+  private async noref(n: number): Promise<number> {
+    const per = this.per;
+    const order = this.img.refcountOrder;
+    let start = this.fci;
+    let next = this.fci;
+    for (let run = 0; run < n;) {
+      const rb = Math.floor(next / per);
+      let free: boolean;
+      if (!this.covered(rb) || this.newBlocks.has(rb)) {
+        free = !this.used.has(next);
+      } else {
+        if (rb !== this.blockIndex) {
+          this.block = await loadRefblock(this.img, rb);
+          this.blockIndex = rb;
+        }
+        const block = this.block!;
+        if (run === 0) {
+          // skip the used clusters of this block at once
+          const i = firstZeroRefcount(block, next - rb * per, per, order);
+          next = rb * per + i;
+          if (i === per) continue;
+        }
+        free = getRefcount(block, next - rb * per, order) === 0 && !this.used.has(next);
+      }
+      next++;
+      if (free) {
+        if (run === 0) start = next - 1;
+        run++;
+      } else {
+        run = 0;
+      }
+    }
+    this.fci = start + n;
+    return start;
+  }
 }
 
 /** The first index from `from` whose refcount is 0 (`per` if none): byte tests for widths of 8 bits and more. */
@@ -247,14 +309,14 @@ async function planSettle(
     add(s.l1TableOffset, s.l1Size * 8, -1);
     add(to, s.l1Size * 8, +1);
     snapshots[i]!.l1TableOffset = to;
-    writes.push({ offset: to, bytes: (await img.store.read(s.l1TableOffset, s.l1Size * 8)).slice(), purpose: `L1 table of snapshot '${s.name}' where QEMU puts its copy` });
+    writes.push({ offset: to, bytes: zeroTail(await img.store.read(s.l1TableOffset, s.l1Size * 8), to, cs, q.fileSizeAfter), purpose: `L1 table of snapshot '${s.name}' where QEMU puts its copy` });
   }
   let snapshotsOffset = h.snapshotsOffset;
   if (q.snapshotsOffset !== null && q.snapshotsOffset !== h.snapshotsOffset) {
     add(h.snapshotsOffset, img.snapshotsSize, -1);
     add(q.snapshotsOffset, img.snapshotsSize, +1);
     snapshotsOffset = q.snapshotsOffset;
-    writes.push({ offset: snapshotsOffset, bytes: layoutSnapshotTable(snapshots, snapshotsOffset), purpose: 'snapshot table where QEMU puts it' });
+    writes.push({ offset: snapshotsOffset, bytes: zeroTail(layoutSnapshotTable(snapshots, snapshotsOffset), snapshotsOffset, cs, q.fileSizeAfter), purpose: 'snapshot table where QEMU puts it' });
   } else if (q.l1Moves.size > 0) {
     return null;
   }
@@ -324,6 +386,14 @@ async function planSettle(
       if (bytesEqual(disk, want)) continue;
       if (!(await free(at, cs))) return null;
       writes.push({ offset: at, bytes: want.slice(), purpose: `refcount block ${rb} in its place` });
+    }
+
+    // QEMU's refcount table in its place (free now: the published state has its own copy), with
+    // the refcount blocks QEMU hooks in.
+    const rtDisk = await img.store.read(q.reftableOffset, q.reftable.length);
+    if (!bytesEqual(rtDisk, q.reftable)) {
+      if (!(await free(q.reftableOffset, q.reftable.length))) return null;
+      writes.push({ offset: q.reftableOffset, bytes: q.reftable.slice(), purpose: 'refcount table in its place, with the refcount blocks QEMU adds' });
     }
 
     // COPIED bits of the active tree. The shadow commit set them from its refcounts, which differ
@@ -402,6 +472,18 @@ function referencesAny(t: Uint8Array, img: Qcow2Image, bits: Uint8Array): boolea
     for (let c = Math.floor(d.hostOffset / cs); c <= last && c < limit; c++) if ((bits[c >>> 3]! >> (c & 7)) & 1) return true;
   }
   return false;
+}
+
+/**
+ * `bytes` written at `offset` as QEMU leaves its last cluster: zeros after them up to the cluster's
+ * end (QEMU punched a hole where it freed the cluster before, or it lay past the file's end), but
+ * not past the end of QEMU's file.
+ */
+function zeroTail(bytes: Uint8Array, offset: number, cs: number, fileEnd: number): Uint8Array {
+  const end = Math.min(Math.ceil((offset + bytes.length) / cs) * cs, Math.max(fileEnd, offset + bytes.length));
+  const out = new Uint8Array(end - offset);
+  out.set(bytes);
+  return out;
 }
 
 /** A refcount QEMU's layout would put out of range: the shadow layout stays. */
