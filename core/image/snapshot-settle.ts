@@ -27,6 +27,8 @@ import {
 } from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
+import * as C from '../format/constants.ts';
+import { refcountBlocksNeeded } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
@@ -48,6 +50,8 @@ export interface QemuLayout {
   fileSizeAfter: number;
   /** The clusters of QEMU's new structures: step 1 must leave them free. */
   reserved: Set<number>;
+  /** Clusters QEMU frees without punching a hole (the old refcount table when it grew): what it writes there keeps the old bytes after it. */
+  unpunched: Set<number>;
 }
 
 /**
@@ -77,8 +81,15 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     for (let c = r.offset / img.clusterSize; c < (r.offset + r.bytes) / img.clusterSize; c++) reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, r.offset + r.bytes);
   }
-  // Refcount blocks QEMU adds on the way, written whole, hooked into the refcount table in place.
-  const reftable = img.reftable.slice();
+  // Refcount blocks QEMU adds on the way, written whole, hooked into the refcount table in place
+  // (or into the larger one it wrote past them).
+  const grown = alloc.grownTable;
+  const reftable = new Uint8Array(grown ? grown.clusters * img.clusterSize : img.reftable.length);
+  reftable.set(img.reftable);
+  if (grown) {
+    for (let c = grown.cluster; c < grown.cluster + grown.clusters; c++) reserved.add(c);
+    fileSizeAfter = Math.max(fileSizeAfter, (grown.cluster + grown.clusters) * img.clusterSize);
+  }
   for (const [rb, c] of alloc.newBlocks) {
     reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
@@ -90,13 +101,14 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     fileSize: img.store.size(),
     l1TableOffset: h.l1TableOffset,
     l1Size: h.l1Size,
-    reftableOffset: h.refcountTableOffset,
-    reftableClusters: h.refcountTableClusters,
+    reftableOffset: grown ? grown.cluster * img.clusterSize : h.refcountTableOffset,
+    reftableClusters: grown ? grown.clusters : h.refcountTableClusters,
     reftable,
     l1Moves,
     snapshotsOffset: tableBytes > 0 ? runs[0]!.offset : null,
     fileSizeAfter,
     reserved,
+    unpunched: alloc.freedClusters(),
   };
 }
 
@@ -111,24 +123,34 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
 class QemuAllocator {
   /** Refcount blocks added: reftable index → cluster. */
   readonly newBlocks = new Map<number, number>();
-  /** Clusters allocated so far (runs and blocks). */
+  /** The refcount table QEMU grew (qcow2_refcount_area), if it did: first cluster and clusters. */
+  grownTable: { cluster: number; clusters: number } | null = null;
+  /** Clusters allocated so far (runs, blocks, a grown table). */
   private readonly used = new Set<number>();
+  /** Clusters freed meanwhile (the old refcount table after it grew). */
+  private readonly freed = new Set<number>();
   private fci = 0;
   private readonly per: number;
-  private readonly entries: number;
+  /** Entries of the image's refcount table, and of QEMU's (after growth). */
+  private readonly oldEntries: number;
+  private entries: number;
   private blockIndex = -1;
   private block: Uint8Array | null = null;
 
   constructor(private readonly img: Qcow2Image) {
     this.per = refblockEntriesOf(img);
-    this.entries = img.reftable.length / 8;
+    this.oldEntries = this.entries = img.reftable.length / 8;
   }
 
   private covered(rb: number): boolean {
-    return this.newBlocks.has(rb) || (rb < this.entries && reftableEntry(this.img.reftable, rb) !== 0);
+    return this.newBlocks.has(rb) || (rb < this.oldEntries && reftableEntry(this.img.reftable, rb) !== 0);
   }
 
-  /** qcow2_alloc_clusters for `n` clusters: the first cluster, or null where QEMU would grow the refcount table (or recurse deeper than one block). */
+  freedClusters(): Set<number> {
+    return new Set(this.freed);
+  }
+
+  /** qcow2_alloc_clusters for `n` clusters: the first cluster, or null where QEMU would do what is not modelled (recurse deeper than one block). */
   async alloc(n: number): Promise<number | null> {
     for (let guard = 0; guard < 64; guard++) {
       const start = await this.noref(n);
@@ -136,12 +158,12 @@ class QemuAllocator {
       for (let c = start; c < start + n; c++) {
         const rb = Math.floor(c / this.per);
         if (this.covered(rb)) continue;
-        if (rb >= this.entries) return null; // qcow2_refcount_area: a new refcount table
         const nb = await this.noref(1);
         const nbBlock = Math.floor(nb / this.per);
         if (nbBlock !== rb && !this.covered(nbBlock)) return null;
         this.used.add(nb);
         this.newBlocks.set(rb, nb);
+        if (rb >= this.entries && !this.growTable(rb, c, nb)) return null;
         this.fci = Math.min(this.fci, start); // EAGAIN: try the same clusters again
         again = true;
         break;
@@ -152,6 +174,36 @@ class QemuAllocator {
       }
     }
     return null;
+  }
+
+  /**
+   * qcow2_refcount_area from alloc_refcount_block: past everything counted so far, a refcount
+   * block for every range without one up to the new table's reach, then the table (half as large
+   * again as needed), all counted; the old table is freed (free_cluster_index falls back to it).
+   */
+  private growTable(rb: number, cluster: number, newBlock: number): boolean {
+    const cs = this.img.clusterSize;
+    const per = this.per;
+    const blocksUsed = Math.ceil(Math.max(cluster + 1, newBlock + 1) / per);
+    const start = blocksUsed * per;
+    const total = refcountBlocksNeeded(start, cs, this.img.refcountOrder, true);
+    let size = total + Math.ceil(total / 2);
+    size = Math.ceil(size / (cs / 8)) * (cs / 8);
+    if (size * 8 > C.MAX_REFTABLE_SIZE_BYTES || rb >= total || this.grownTable) return false;
+    let next = start;
+    for (let i = Math.floor(start / per); i < total; i++) {
+      if (this.covered(i)) continue;
+      this.newBlocks.set(i, next++);
+    }
+    const clusters = (size * 8) / cs;
+    this.grownTable = { cluster: next, clusters };
+    for (let c = start; c < next + clusters; c++) this.used.add(c);
+    const h = this.img.header;
+    const oldFirst = Math.floor(h.refcountTableOffset / cs);
+    for (let c = oldFirst; c < oldFirst + h.refcountTableClusters; c++) this.freed.add(c);
+    this.fci = Math.min(this.fci, oldFirst);
+    this.entries = size;
+    return true;
   }
 
   /** alloc_clusters_noref: the first run of `n` free clusters from free_cluster_index, which moves past it. */
@@ -171,13 +223,13 @@ class QemuAllocator {
           this.blockIndex = rb;
         }
         const block = this.block!;
-        if (run === 0) {
+        if (run === 0 && this.freed.size === 0) {
           // skip the used clusters of this block at once
           const i = firstZeroRefcount(block, next - rb * per, per, order);
           next = rb * per + i;
           if (i === per) continue;
         }
-        free = getRefcount(block, next - rb * per, order) === 0 && !this.used.has(next);
+        free = (getRefcount(block, next - rb * per, order) === 0 || this.freed.has(next)) && !this.used.has(next);
       }
       next++;
       if (free) {
@@ -238,7 +290,8 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
   // Not marked as the commit point: a reader sees the same disks and snapshots on either side.
   await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
   await img.flush('settle durable');
-  if (img.store.size() > q.fileSizeAfter) {
+  if (img.store.size() !== q.fileSizeAfter) {
+    // (longer: a refcount block of zeros QEMU writes last, which the file's zeros already hold)
     await img.truncate(q.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
     await img.flush('truncate durable');
   }
@@ -309,14 +362,14 @@ async function planSettle(
     add(s.l1TableOffset, s.l1Size * 8, -1);
     add(to, s.l1Size * 8, +1);
     snapshots[i]!.l1TableOffset = to;
-    writes.push({ offset: to, bytes: zeroTail(await img.store.read(s.l1TableOffset, s.l1Size * 8), to, cs, q.fileSizeAfter), purpose: `L1 table of snapshot '${s.name}' where QEMU puts its copy` });
+    writes.push({ offset: to, bytes: zeroTail(await img.store.read(s.l1TableOffset, s.l1Size * 8), to, cs, q), purpose: `L1 table of snapshot '${s.name}' where QEMU puts its copy` });
   }
   let snapshotsOffset = h.snapshotsOffset;
   if (q.snapshotsOffset !== null && q.snapshotsOffset !== h.snapshotsOffset) {
     add(h.snapshotsOffset, img.snapshotsSize, -1);
     add(q.snapshotsOffset, img.snapshotsSize, +1);
     snapshotsOffset = q.snapshotsOffset;
-    writes.push({ offset: snapshotsOffset, bytes: zeroTail(layoutSnapshotTable(snapshots, snapshotsOffset), snapshotsOffset, cs, q.fileSizeAfter), purpose: 'snapshot table where QEMU puts it' });
+    writes.push({ offset: snapshotsOffset, bytes: zeroTail(layoutSnapshotTable(snapshots, snapshotsOffset), snapshotsOffset, cs, q), purpose: 'snapshot table where QEMU puts it' });
   } else if (q.l1Moves.size > 0) {
     return null;
   }
@@ -370,6 +423,7 @@ async function planSettle(
   try {
     const rbs = new Set<number>(byBlock.keys());
     for (let k = 0; k < img.reftable.length / 8; k++) if (reftableEntry(img.reftable, k) !== 0) rbs.add(k);
+    for (let k = 0; k < q.reftable.length / 8; k++) if (reftableEntry(q.reftable, k) !== 0) rbs.add(k);
     for (const rb of [...rbs].sort((a, b) => a - b)) {
       const at0 = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
       const s1At = rb < img.reftable.length / 8 ? reftableEntry(img.reftable, rb) : 0;
@@ -476,11 +530,13 @@ function referencesAny(t: Uint8Array, img: Qcow2Image, bits: Uint8Array): boolea
 
 /**
  * `bytes` written at `offset` as QEMU leaves its last cluster: zeros after them up to the cluster's
- * end (QEMU punched a hole where it freed the cluster before, or it lay past the file's end), but
- * not past the end of QEMU's file.
+ * end where QEMU punched a hole when it freed the cluster before (or it lay past the file's end),
+ * never past the end of QEMU's file.
  */
-function zeroTail(bytes: Uint8Array, offset: number, cs: number, fileEnd: number): Uint8Array {
-  const end = Math.min(Math.ceil((offset + bytes.length) / cs) * cs, Math.max(fileEnd, offset + bytes.length));
+function zeroTail(bytes: Uint8Array, offset: number, cs: number, q: QemuLayout): Uint8Array {
+  const last = Math.floor((offset + bytes.length - 1) / cs);
+  if (q.unpunched.has(last)) return bytes.slice();
+  const end = Math.min((last + 1) * cs, Math.max(q.fileSizeAfter, offset + bytes.length));
   const out = new Uint8Array(end - offset);
   out.set(bytes);
   return out;
