@@ -19,8 +19,17 @@
 //      header write (bytes 36..72: active L1, refcount table, snapshot table), flushed; then the
 //      file is cut back to QEMU's length (what lies beyond is free in both states).
 // A crash at any write leaves the old state, the shadow state or QEMU's, each consistent and
-// without leaks. Any precondition the settle does not meet (a new refcount block or a longer L1
-// QEMU would allocate, bitmaps, an odd layout) leaves the shadow state: correct, only larger.
+// without leaks. QEMU's allocator is modelled with the refcount blocks it adds on the way and the
+// refcount table it grows (QemuAllocator). Any precondition the settle does not meet (a longer
+// L1 or a resize QEMU would make on revert, bitmaps QEMU rewrites on close, an odd layout) leaves
+// the shadow state: correct, only larger.
+//
+// Each active L2 table whose COPIED bits change is written twice, its copy in step 1 and its
+// place in step 2: the least any order can do. In the old state it is active with its bits set,
+// in QEMU's with them cleared, at the same place; no state between may have an active entry whose
+// bit disagrees with its refcount (a corruption by `qemu-img check`), so the active tree must be
+// elsewhere, on copies, while the place changes. The settle takes the bits from the copies the
+// shadow commit made rather than walking the tree again.
 import { put32, put64 } from '../format/bytes.ts';
 import {
   compressedDescriptor, encodeL1Entry, l1L2Offset, OFFSET_MASK_HI, putEntry, QCOW_OFLAG_COMPRESSED_HI,
@@ -447,7 +456,7 @@ async function planSettle(
     const rtDisk = await img.store.read(q.reftableOffset, q.reftable.length);
     if (!bytesEqual(rtDisk, q.reftable)) {
       if (!(await free(q.reftableOffset, q.reftable.length))) return null;
-      writes.push({ offset: q.reftableOffset, bytes: q.reftable.slice(), purpose: 'refcount table in its place, with the refcount blocks QEMU adds' });
+      writes.push({ offset: q.reftableOffset, bytes: q.reftable.slice(), purpose: 'refcount table where QEMU keeps it, with the refcount blocks QEMU adds' });
     }
 
     // COPIED bits of the active tree. The shadow commit set them from its refcounts, which differ

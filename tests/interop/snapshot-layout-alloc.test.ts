@@ -15,6 +15,7 @@ import { describe, expect, it } from 'vitest';
 import {
   createImage, fileSize, qemuCheck, qemuImgOk, qemuInfo, qemuIoOk, type CreateOptions,
 } from '../helpers/qemu.ts';
+import { imageEndingAt } from '../helpers/file-end.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { createSnapshot, deleteSnapshot } from '../../core/image/snapshot.ts';
 import { buildLayout, Kind } from '../../core/analysis/layout.ts';
@@ -53,26 +54,12 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
   /** A base image whose file ends `end` clusters from `boundary` (or with a little data when boundary is 0). */
   function baseImage(c: Case, end: number): string | null {
     const f = tmp.file(`base-${end}.qcow2`);
-    const make = (clusters: number): number => {
-      fs.rmSync(f, { force: true });
-      createImage(f, c.size, c.opts);
-      if (clusters > 0) qemuIoOk(f, `write -P 7 0 ${clusters * (c.opts.clusterSize ?? 65536)}`);
-      return Math.ceil(fileSize(f) / (c.opts.clusterSize ?? 65536));
-    };
     if (c.boundary === 0) {
-      make(5);
+      createImage(f, c.size, c.opts);
+      qemuIoOk(f, `write -P 7 0 ${5 * (c.opts.clusterSize ?? 65536)}`);
       return f;
     }
-    // The file grows with the data written from offset 0: search the data length for the end wanted.
-    const want = c.boundary + end;
-    let lo = 0;
-    let hi = want;
-    while (lo < hi) {
-      const mid = Math.floor((lo + hi) / 2);
-      if (make(mid) < want) lo = mid + 1;
-      else hi = mid;
-    }
-    return make(lo) === want ? f : null;
+    return imageEndingAt(f, c.boundary + end, c.size, c.opts) ? f : null;
   }
 
   for (const c of CASES) {
