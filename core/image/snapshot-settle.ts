@@ -539,12 +539,13 @@ function referencesAny(t: Uint8Array, img: Qcow2Image, bits: Uint8Array): boolea
 
 /**
  * `bytes` written at `offset` as QEMU leaves its last cluster: zeros after them up to the cluster's
- * end where QEMU punched a hole when it freed the cluster before (or it lay past the file's end),
- * never past the end of QEMU's file.
+ * end where QEMU punched a hole when it freed the cluster before, never past the end of QEMU's
+ * file (past the old end the file holds zeros already).
  */
 function zeroTail(bytes: Uint8Array, offset: number, cs: number, q: QemuLayout): Uint8Array {
   const last = Math.floor((offset + bytes.length - 1) / cs);
-  if (q.unpunched.has(last)) return bytes.slice();
+  // past the file's end as the operation found it: zeros already
+  if (q.unpunched.has(last) || last * cs >= q.fileSize) return bytes.slice();
   const end = Math.min((last + 1) * cs, Math.max(q.fileSizeAfter, offset + bytes.length));
   const out = new Uint8Array(end - offset);
   out.set(bytes);
