@@ -918,6 +918,15 @@ export function layoutSnapshotTable(snapshots: readonly Snapshot[], tableOffset:
 
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  let i = 0;
+  if (a.byteOffset % 4 === 0 && b.byteOffset % 4 === 0) {
+    // 32-bit words where both are aligned (tables and blocks: whole clusters)
+    const n = a.length >>> 2;
+    const wa = new Uint32Array(a.buffer, a.byteOffset, n);
+    const wb = new Uint32Array(b.buffer, b.byteOffset, n);
+    for (let k = 0; k < n; k++) if (wa[k] !== wb[k]) return false;
+    i = n * 4;
+  }
+  for (; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
 }

@@ -19,12 +19,25 @@
 //      header write (bytes 36..72: active L1, refcount table, snapshot table), flushed; then the
 //      file is cut back to QEMU's length (what lies beyond is free in both states).
 // A crash at any write leaves the old state, the shadow state or QEMU's, each consistent and
-// without leaks. Any precondition the settle does not meet (a new refcount block or a longer L1
-// QEMU would allocate, bitmaps, an odd layout) leaves the shadow state: correct, only larger.
-import { be32, put32, put64 } from '../format/bytes.ts';
-import { encodeL1Entry, isCompressed, l1L2Offset, offsetOf, putEntry, withCopied } from '../format/entries.ts';
+// without leaks. QEMU's allocator is modelled with the refcount blocks it adds on the way and the
+// refcount table it grows (QemuAllocator). Any precondition the settle does not meet (a longer
+// L1 or a resize QEMU would make on revert, bitmaps QEMU rewrites on close, an odd layout) leaves
+// the shadow state: correct, only larger.
+//
+// Each active L2 table whose COPIED bits change is written twice, its copy in step 1 and its
+// place in step 2: the least any order can do. In the old state it is active with its bits set,
+// in QEMU's with them cleared, at the same place; no state between may have an active entry whose
+// bit disagrees with its refcount (a corruption by `qemu-img check`), so the active tree must be
+// elsewhere, on copies, while the place changes. The settle takes the bits from the copies the
+// shadow commit made rather than walking the tree again.
+import { put32, put64 } from '../format/bytes.ts';
+import {
+  compressedDescriptor, encodeL1Entry, l1L2Offset, OFFSET_MASK_HI, putEntry, QCOW_OFLAG_COMPRESSED_HI,
+} from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
+import * as C from '../format/constants.ts';
+import { refcountBlocksNeeded } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
@@ -46,12 +59,15 @@ export interface QemuLayout {
   fileSizeAfter: number;
   /** The clusters of QEMU's new structures: step 1 must leave them free. */
   reserved: Set<number>;
+  /** Clusters QEMU frees without punching a hole (the old refcount table when it grew): what it writes there keeps the old bytes after it. */
+  unpunched: Set<number>;
 }
 
 /**
  * QEMU's layout for an operation on `img` (its current state): `newL1Copy` for create (the
  * snapshot whose L1 QEMU copies), `tableAfter` the snapshot list when the table is rewritten.
- * Null where QEMU would allocate what the settle does not model (a refcount block, bitmaps).
+ * Null where QEMU would allocate what the settle does not model (a larger refcount table,
+ * bitmaps).
  */
 export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[] }): Promise<QemuLayout | null> {
   const h = img.header;
@@ -61,13 +77,32 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
   if (opts.newL1Copy) sizes.push(h.l1Size * 8);
   const tableBytes = opts.tableAfter ? snapshotTableSize(opts.tableAfter) : 0;
   if (tableBytes > 0) sizes.push(tableBytes);
-  const runs = await qemuFirstFit(img, sizes);
-  if (!runs) return null;
+  const alloc = new QemuAllocator(img);
+  const runs: Array<{ offset: number; bytes: number }> = [];
+  for (const bytes of sizes) {
+    const c = await alloc.alloc(Math.ceil(bytes / img.clusterSize));
+    if (c === null) return null;
+    runs.push({ offset: c * img.clusterSize, bytes });
+  }
   const reserved = new Set<number>();
   let fileSizeAfter = img.store.size();
   for (const r of runs) {
     for (let c = r.offset / img.clusterSize; c < (r.offset + r.bytes) / img.clusterSize; c++) reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, r.offset + r.bytes);
+  }
+  // Refcount blocks QEMU adds on the way, written whole, hooked into the refcount table in place
+  // (or into the larger one it wrote past them).
+  const grown = alloc.grownTable;
+  const reftable = new Uint8Array(grown ? grown.clusters * img.clusterSize : img.reftable.length);
+  reftable.set(img.reftable);
+  if (grown) {
+    for (let c = grown.cluster; c < grown.cluster + grown.clusters; c++) reserved.add(c);
+    fileSizeAfter = Math.max(fileSizeAfter, (grown.cluster + grown.clusters) * img.clusterSize);
+  }
+  for (const [rb, c] of alloc.newBlocks) {
+    reserved.add(c);
+    fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
+    putEntry(reftable, rb * 8, ...encodeL1Entry(c * img.clusterSize, false));
   }
   const l1Moves = new Map<Snapshot, number>();
   if (opts.newL1Copy) l1Moves.set(opts.newL1Copy, runs.shift()!.offset);
@@ -75,50 +110,168 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     fileSize: img.store.size(),
     l1TableOffset: h.l1TableOffset,
     l1Size: h.l1Size,
-    reftableOffset: h.refcountTableOffset,
-    reftableClusters: h.refcountTableClusters,
-    reftable: img.reftable.slice(),
+    reftableOffset: grown ? grown.cluster * img.clusterSize : h.refcountTableOffset,
+    reftableClusters: grown ? grown.clusters : h.refcountTableClusters,
+    reftable,
     l1Moves,
     snapshotsOffset: tableBytes > 0 ? runs[0]!.offset : null,
     fileSizeAfter,
     reserved,
+    unpunched: alloc.freedClusters(),
   };
 }
 
 /**
- * QEMU's alloc_clusters_noref from a fresh process (free_cluster_index 0), one run after the
- * other with nothing freed between. Null if a run reaches a cluster no refcount block counts
- * (QEMU would allocate a refcount block first).
+ * QEMU's cluster allocator (block/qcow2-refcount.c) from a fresh process, for allocations with
+ * nothing freed between: alloc_clusters_noref scans first fit from free_cluster_index (0 on open;
+ * a cluster no refcount block counts has refcount 0); qcow2_alloc_clusters then counts the run,
+ * and where a cluster of it has no refcount block, alloc_refcount_block takes the next free
+ * cluster for one (describing itself when it lies in the range it counts), hooks it into the
+ * refcount table and returns EAGAIN, which sends the search back to the run's start.
  */
-async function qemuFirstFit(img: Qcow2Image, sizes: readonly number[]): Promise<Array<{ offset: number; bytes: number }> | null> {
-  const cs = img.clusterSize;
-  const per = refblockEntriesOf(img);
-  const out: Array<{ offset: number; bytes: number }> = [];
-  let next = 0;
-  // One refcount block at a time: the scan crosses millions of clusters on a big image.
-  let blockIndex = -1;
-  let block: Uint8Array | null = null;
-  for (const bytes of sizes) {
-    const n = Math.ceil(bytes / cs);
-    let start = next;
-    for (let run = 0; run < n;) {
-      const c = next++;
-      const rb = Math.floor(c / per);
-      if (rb !== blockIndex) {
-        block = await loadRefblock(img, rb);
-        blockIndex = rb;
+class QemuAllocator {
+  /** Refcount blocks added: reftable index → cluster. */
+  readonly newBlocks = new Map<number, number>();
+  /** The refcount table QEMU grew (qcow2_refcount_area), if it did: first cluster and clusters. */
+  grownTable: { cluster: number; clusters: number } | null = null;
+  /** Clusters allocated so far (runs, blocks, a grown table). */
+  private readonly used = new Set<number>();
+  /** Clusters freed meanwhile (the old refcount table after it grew). */
+  private readonly freed = new Set<number>();
+  private fci = 0;
+  private readonly per: number;
+  /** Entries of the image's refcount table, and of QEMU's (after growth). */
+  private readonly oldEntries: number;
+  private entries: number;
+  private blockIndex = -1;
+  private block: Uint8Array | null = null;
+
+  constructor(private readonly img: Qcow2Image) {
+    this.per = refblockEntriesOf(img);
+    this.oldEntries = this.entries = img.reftable.length / 8;
+  }
+
+  private covered(rb: number): boolean {
+    return this.newBlocks.has(rb) || (rb < this.oldEntries && reftableEntry(this.img.reftable, rb) !== 0);
+  }
+
+  freedClusters(): Set<number> {
+    return new Set(this.freed);
+  }
+
+  /** qcow2_alloc_clusters for `n` clusters: the first cluster, or null where QEMU would do what is not modelled (recurse deeper than one block). */
+  async alloc(n: number): Promise<number | null> {
+    for (let guard = 0; guard < 64; guard++) {
+      const start = await this.noref(n);
+      let again = false;
+      for (let c = start; c < start + n; c++) {
+        const rb = Math.floor(c / this.per);
+        if (this.covered(rb)) continue;
+        const nb = await this.noref(1);
+        const nbBlock = Math.floor(nb / this.per);
+        if (nbBlock !== rb && !this.covered(nbBlock)) return null;
+        this.used.add(nb);
+        this.newBlocks.set(rb, nb);
+        if (rb >= this.entries && !this.growTable(rb, c, nb)) return null;
+        this.fci = Math.min(this.fci, start); // EAGAIN: try the same clusters again
+        again = true;
+        break;
       }
-      if (!block) return null;
-      if (getRefcount(block, c - rb * per, img.refcountOrder) !== 0) {
-        run = 0;
-        start = next;
-      } else {
-        run++;
+      if (!again) {
+        for (let c = start; c < start + n; c++) this.used.add(c);
+        return start;
       }
     }
-    out.push({ offset: start * cs, bytes });
+    return null;
   }
-  return out;
+
+  /**
+   * qcow2_refcount_area from alloc_refcount_block: past everything counted so far, a refcount
+   * block for every range without one up to the new table's reach, then the table (half as large
+   * again as needed), all counted; the old table is freed (free_cluster_index falls back to it).
+   */
+  private growTable(rb: number, cluster: number, newBlock: number): boolean {
+    const cs = this.img.clusterSize;
+    const per = this.per;
+    const blocksUsed = Math.ceil(Math.max(cluster + 1, newBlock + 1) / per);
+    const start = blocksUsed * per;
+    const total = refcountBlocksNeeded(start, cs, this.img.refcountOrder, true);
+    let size = total + Math.ceil(total / 2);
+    size = Math.ceil(size / (cs / 8)) * (cs / 8);
+    if (size * 8 > C.MAX_REFTABLE_SIZE_BYTES || rb >= total || this.grownTable) return false;
+    let next = start;
+    for (let i = Math.floor(start / per); i < total; i++) {
+      if (this.covered(i)) continue;
+      this.newBlocks.set(i, next++);
+    }
+    const clusters = (size * 8) / cs;
+    this.grownTable = { cluster: next, clusters };
+    for (let c = start; c < next + clusters; c++) this.used.add(c);
+    const h = this.img.header;
+    const oldFirst = Math.floor(h.refcountTableOffset / cs);
+    for (let c = oldFirst; c < oldFirst + h.refcountTableClusters; c++) this.freed.add(c);
+    this.fci = Math.min(this.fci, oldFirst);
+    this.entries = size;
+    return true;
+  }
+
+  /** alloc_clusters_noref: the first run of `n` free clusters from free_cluster_index, which moves past it. */
+  private async noref(n: number): Promise<number> {
+    const per = this.per;
+    const order = this.img.refcountOrder;
+    let start = this.fci;
+    let next = this.fci;
+    for (let run = 0; run < n;) {
+      const rb = Math.floor(next / per);
+      let free: boolean;
+      if (!this.covered(rb) || this.newBlocks.has(rb)) {
+        free = !this.used.has(next);
+      } else {
+        if (rb !== this.blockIndex) {
+          this.block = await loadRefblock(this.img, rb);
+          this.blockIndex = rb;
+        }
+        const block = this.block!;
+        if (run === 0 && this.freed.size === 0) {
+          // skip the used clusters of this block at once
+          const i = firstZeroRefcount(block, next - rb * per, per, order);
+          next = rb * per + i;
+          if (i === per) continue;
+        }
+        free = (getRefcount(block, next - rb * per, order) === 0 || this.freed.has(next)) && !this.used.has(next);
+      }
+      next++;
+      if (free) {
+        if (run === 0) start = next - 1;
+        run++;
+      } else {
+        run = 0;
+      }
+    }
+    this.fci = start + n;
+    return start;
+  }
+}
+
+/** The first index from `from` whose refcount is 0 (`per` if none): byte tests for widths of 8 bits and more. */
+function firstZeroRefcount(block: Uint8Array, from: number, per: number, order: number): number {
+  if (order < 3) {
+    let i = from;
+    while (i < per && getRefcount(block, i, order) !== 0) i++;
+    return i;
+  }
+  if (order === 4) {
+    // the default width: two bytes an entry
+    for (let i = from; i < per; i++) if ((block[2 * i]! | block[2 * i + 1]!) === 0) return i;
+    return per;
+  }
+  const w = 1 << (order - 3);
+  for (let i = from; i < per; i++) {
+    let any = 0;
+    for (let k = i * w, e = k + w; k < e; k++) any |= block[k]!;
+    if (any === 0) return i;
+  }
+  return per;
 }
 
 interface SettleWrite {
@@ -146,7 +299,8 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
   // Not marked as the commit point: a reader sees the same disks and snapshots on either side.
   await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
   await img.flush('settle durable');
-  if (img.store.size() > q.fileSizeAfter) {
+  if (img.store.size() !== q.fileSizeAfter) {
+    // (longer: a refcount block of zeros QEMU writes last, which the file's zeros already hold)
     await img.truncate(q.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
     await img.flush('truncate durable');
   }
@@ -217,14 +371,14 @@ async function planSettle(
     add(s.l1TableOffset, s.l1Size * 8, -1);
     add(to, s.l1Size * 8, +1);
     snapshots[i]!.l1TableOffset = to;
-    writes.push({ offset: to, bytes: (await img.store.read(s.l1TableOffset, s.l1Size * 8)).slice(), purpose: `L1 table of snapshot '${s.name}' where QEMU puts its copy` });
+    writes.push({ offset: to, bytes: zeroTail(await img.store.read(s.l1TableOffset, s.l1Size * 8), to, cs, q), purpose: `L1 table of snapshot '${s.name}' where QEMU puts its copy` });
   }
   let snapshotsOffset = h.snapshotsOffset;
   if (q.snapshotsOffset !== null && q.snapshotsOffset !== h.snapshotsOffset) {
     add(h.snapshotsOffset, img.snapshotsSize, -1);
     add(q.snapshotsOffset, img.snapshotsSize, +1);
     snapshotsOffset = q.snapshotsOffset;
-    writes.push({ offset: snapshotsOffset, bytes: layoutSnapshotTable(snapshots, snapshotsOffset), purpose: 'snapshot table where QEMU puts it' });
+    writes.push({ offset: snapshotsOffset, bytes: zeroTail(layoutSnapshotTable(snapshots, snapshotsOffset), snapshotsOffset, cs, q), purpose: 'snapshot table where QEMU puts it' });
   } else if (q.l1Moves.size > 0) {
     return null;
   }
@@ -278,6 +432,7 @@ async function planSettle(
   try {
     const rbs = new Set<number>(byBlock.keys());
     for (let k = 0; k < img.reftable.length / 8; k++) if (reftableEntry(img.reftable, k) !== 0) rbs.add(k);
+    for (let k = 0; k < q.reftable.length / 8; k++) if (reftableEntry(q.reftable, k) !== 0) rbs.add(k);
     for (const rb of [...rbs].sort((a, b) => a - b)) {
       const at0 = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
       const s1At = rb < img.reftable.length / 8 ? reftableEntry(img.reftable, rb) : 0;
@@ -296,8 +451,20 @@ async function planSettle(
       writes.push({ offset: at, bytes: want.slice(), purpose: `refcount block ${rb} in its place` });
     }
 
-    // COPIED bits of the active tree from QEMU's refcounts.
-    const es = img.l2EntrySize;
+    // QEMU's refcount table in its place (free now: the published state has its own copy), with
+    // the refcount blocks QEMU hooks in.
+    const rtDisk = await img.store.read(q.reftableOffset, q.reftable.length);
+    if (!bytesEqual(rtDisk, q.reftable)) {
+      if (!(await free(q.reftableOffset, q.reftable.length))) return null;
+      writes.push({ offset: q.reftableOffset, bytes: q.reftable.slice(), purpose: 'refcount table where QEMU keeps it, with the refcount blocks QEMU adds' });
+    }
+
+    // COPIED bits of the active tree. The shadow commit set them from its refcounts, which differ
+    // from QEMU's only on the clusters in `delta` (metadata: tables and blocks that move); no
+    // data entry of the active tree references those (checked below, else the shadow layout
+    // stays), so the bits it computed are QEMU's: a table it copied goes back to its place with
+    // the copy's bytes, a table it kept is right as it is. No per-entry refcount walk here.
+    const moved = deltaClusters(delta);
     const seen = new Set<number>();
     for (let i = 0; i < q.l1Size; i++) {
       const off = l1L2Offset(l1, i);
@@ -305,26 +472,10 @@ async function planSettle(
       putEntry(l1, i * 8, ...encodeL1Entry(off, (await ref(off / cs)) === 1));
       if (seen.has(off)) continue;
       seen.add(off);
-      const cur = (await img.store.read(off, cs)).slice();
-      const t = cur.slice();
-      for (let j = 0; j < img.l2Entries; j++) {
-        const hi = be32(t, j * es);
-        const lo = be32(t, j * es + 4);
-        let want: boolean;
-        if (isCompressed(hi)) {
-          want = false;
-        } else {
-          const host = offsetOf(hi, lo);
-          if (host === 0) continue;
-          // The refcount block is almost always loaded already: no await per entry then.
-          const c = host / cs;
-          const rb = Math.floor(c / per);
-          const b = blocks.has(rb) ? blocks.get(rb)! : await block(rb);
-          want = (b ? getRefcount(b, c - rb * per, order) : 0) === 1;
-        }
-        put32(t, j * es, withCopied(hi, want) >>> 0);
-      }
-      if (bytesEqual(t, cur)) continue;
+      const copy = commit.l2Copies.get(off);
+      const t = (await img.store.read(copy ?? off, cs)).slice();
+      if (referencesAny(t, img, moved)) return null;
+      if (copy === undefined) continue;
       if (s1Active.has(off)) return null; // an L2 table the published state uses actively
       writes.push({ offset: off, bytes: t, purpose: `L2 table at ${off}: COPIED bits as QEMU leaves them` });
     }
@@ -347,6 +498,58 @@ async function planSettle(
     throw e;
   }
   return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset };
+}
+
+/** The clusters whose refcount differs between the published state and QEMU's, as a bitmap by cluster index. */
+function deltaClusters(delta: ReadonlyMap<number, number>): Uint8Array {
+  let max = -1;
+  for (const [c, d] of delta) if (d !== 0) max = Math.max(max, c);
+  const bits = new Uint8Array((max >> 3) + 1);
+  for (const [c, d] of delta) if (d !== 0) bits[c >> 3]! |= 1 << (c & 7);
+  return bits;
+}
+
+/**
+ * Whether an entry of L2 table `t` reaches a cluster set in `bits` (compressed: any cluster its
+ * bytes touch). One pass over every active entry of a large image: integer words, no calls but
+ * for compressed entries.
+ */
+function referencesAny(t: Uint8Array, img: Qcow2Image, bits: Uint8Array): boolean {
+  const cs = img.clusterSize;
+  const cb = img.clusterBits;
+  const es = img.l2EntrySize;
+  const n = img.l2Entries;
+  const limit = bits.length * 8;
+  const hiMul = 2 ** (32 - cb); // cluster index = (hi offset bits) · 2^(32−cb) + lo >>> cb
+  const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+  for (let j = 0; j < n; j++) {
+    const hi = dv.getInt32(j * es);
+    const lo = dv.getInt32(j * es + 4);
+    if ((hi & QCOW_OFLAG_COMPRESSED_HI) === 0) {
+      const c = (hi & OFFSET_MASK_HI) * hiMul + (lo >>> cb);
+      if (c !== 0 && c < limit && ((bits[c >>> 3]! >> (c & 7)) & 1) !== 0) return true;
+      continue;
+    }
+    const d = compressedDescriptor(hi >>> 0, lo >>> 0, cb);
+    const last = Math.floor((d.hostOffset + d.compressedSize - 1) / cs);
+    for (let c = Math.floor(d.hostOffset / cs); c <= last && c < limit; c++) if ((bits[c >>> 3]! >> (c & 7)) & 1) return true;
+  }
+  return false;
+}
+
+/**
+ * `bytes` written at `offset` as QEMU leaves its last cluster: zeros after them up to the cluster's
+ * end where QEMU punched a hole when it freed the cluster before, never past the end of QEMU's
+ * file (past the old end the file holds zeros already).
+ */
+function zeroTail(bytes: Uint8Array, offset: number, cs: number, q: QemuLayout): Uint8Array {
+  const last = Math.floor((offset + bytes.length - 1) / cs);
+  // past the file's end as the operation found it: zeros already
+  if (q.unpunched.has(last) || last * cs >= q.fileSize) return bytes.slice();
+  const end = Math.min((last + 1) * cs, Math.max(q.fileSizeAfter, offset + bytes.length));
+  const out = new Uint8Array(end - offset);
+  out.set(bytes);
+  return out;
 }
 
 /** A refcount QEMU's layout would put out of range: the shadow layout stays. */

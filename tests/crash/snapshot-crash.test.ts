@@ -19,6 +19,7 @@ import { MemoryStore } from '../../core/io/memory-store.ts';
 import { Qcow2Image, type OpenOptions } from '../../core/image/qcow2-image.ts';
 import { planCreate, planDelete, planRevert, type PlannedSnapshotOp } from '../../core/image/snapshot.ts';
 import { cliBundle } from '../helpers/cli.ts';
+import { imageEndingAt } from '../helpers/file-end.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
 import {
   createImage, makeTempDir, qemuCheck, qemuConvertToRaw, qemuImgOk, qemuInfo, qemuIoOk, qemuSnapshotCreate, removeDir,
@@ -67,12 +68,25 @@ function baseImage(dir: string, opts: Parameters<typeof createImage>[2]): Uint8A
   return new Uint8Array(fs.readFileSync(f));
 }
 
-const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions }> = [
+/** A base whose file ends at `clusters` clusters once snapshot 'first' exists (QEMU's next allocation crosses a refcount block's range). */
+function baseEndingAt(clusters: number, opts: NonNullable<Parameters<typeof createImage>[2]>) {
+  return (dir: string): Uint8Array => {
+    const f = path.join(dir, 'base.qcow2');
+    expect(imageEndingAt(f, clusters, 2 * MiB, opts, (x) => { qemuSnapshotCreate(x, 'first'); }), `a base ending at ${clusters} clusters`).toBe(true);
+    return new Uint8Array(fs.readFileSync(f));
+  };
+}
+
+const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions; base?: (dir: string) => Uint8Array; ops?: Op[] }> = [
   { label: '64 KiB clusters, 16-bit refcounts', opts: {} },
   { label: '4 KiB clusters, 4-bit refcounts', opts: { clusterSize: 4096, refcountBits: 4 as const } },
   { label: 'v2, 1 KiB clusters', opts: { clusterSize: 1024, compat: '0.10' as const } },
   // 512 B clusters: a refcount block counts 128 KiB of the file, and the operation keeps 4 blocks.
   { label: '512 B clusters, refcount blocks written early', opts: { clusterSize: 512 }, open: { commitRefblockBytes: 0 } },
+  // The settle then adds a refcount block where QEMU does (64-bit refcounts: 64 clusters a block),
+  // or grows the refcount table (64 blocks in its one cluster), and rewrites the table.
+  { label: 'a refcount block added (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, base: baseEndingAt(192, { clusterSize: 512, refcountBits: 64 }), ops: ['create', 'delete'] },
+  { label: 'the refcount table grown (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, base: baseEndingAt(4095, { clusterSize: 512, refcountBits: 64 }), ops: ['create'] },
 ];
 
 describe('snapshot operations survive a crash at any point', () => {
@@ -83,9 +97,9 @@ describe('snapshot operations survive a crash at any point', () => {
   afterAll(() => removeDir(dir));
 
   for (const cfg of CONFIGS) {
-    for (const op of ['create', 'revert', 'delete'] as const) {
+    for (const op of cfg.ops ?? (['create', 'revert', 'delete'] as const)) {
       it(`${op}, ${cfg.label}: stop at each write, drop any unflushed subset`, async () => {
-        const base = baseImage(dir, cfg.opts);
+        const base = cfg.base ? cfg.base(dir) : baseImage(dir, cfg.opts);
         const file = path.join(dir, 'state.qcow2');
         // Many crash points leave the same bytes (a dropped write that the next one rewrites, the
         // same subset reached twice): QEMU judges each distinct image once.

@@ -1,0 +1,141 @@
+// The file as qemu-img leaves it when a snapshot operation makes QEMU's allocator do more than
+// take the first free clusters (issue 16): a refcount block QEMU adds because the L1 copy or the
+// new snapshot table lands past what the refcount blocks count, a refcount table QEMU grows, and
+// several snapshots in a row (the table outgrowing its cluster), over cluster sizes and refcount
+// widths. Base images are made by qemu-io, their data length searched so that the file ends just
+// before, at or just after a refcount block's range. The same creates and deletes run through
+// qemu-img on one copy and our engine on the other (our snapshots get the date QEMU wrote, so the
+// snapshot tables are the same bytes); after every step the files have the same length, `qemu-img
+// map` and `snapshot -l` print the same, ours is clean by `qemu-img check`, and every cluster QEMU's
+// file uses holds the same bytes in ours (only clusters QEMU left free may differ: QEMU punches
+// holes where it frees, we leave the bytes; and the bytes around the snapshot table's entries and
+// after a snapshot's L1 table in its last cluster, see differingClusters).
+import * as fs from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import {
+  createImage, fileSize, qemuCheck, qemuImgOk, qemuInfo, qemuIoOk, type CreateOptions,
+} from '../helpers/qemu.ts';
+import { imageEndingAt } from '../helpers/file-end.ts';
+import { useTempDir } from '../helpers/temp-dir.ts';
+import { createSnapshot, deleteSnapshot } from '../../core/image/snapshot.ts';
+import { buildLayout, Kind } from '../../core/analysis/layout.ts';
+import { openImage } from '../../cli/open.ts';
+import { withImage } from './snapshot-model.ts';
+
+interface Case {
+  label: string;
+  opts: CreateOptions;
+  /** Virtual size of the image. */
+  size: number;
+  /** The file's end is searched near this many clusters (a refcount block's range boundary), and these offsets around it are taken. */
+  boundary: number;
+  ends: number[];
+  /** Snapshot steps: names to create, '-NAME' to delete. */
+  steps: string[];
+}
+
+const MiB = 1024 * 1024;
+const ROW = ['s1', 's2', 's3', '-s2', 's4', 's5', 's6', 's7', 's8', 's9', 's10', '-s1', 's11'];
+
+const CASES: Case[] = [
+  // 512 B clusters, 16-bit refcounts: a refcount block counts 256 clusters.
+  { label: '512 B clusters, 16-bit refcounts, refcount block 1 full', opts: { clusterSize: 512 }, size: MiB, boundary: 256, ends: [-2, -1, 0], steps: ROW },
+  // 64-bit refcounts: a block counts 64 clusters, the one-cluster refcount table 64 blocks (4096 clusters).
+  { label: '512 B clusters, 64-bit refcounts, refcount block full', opts: { clusterSize: 512, refcountBits: 64 }, size: MiB, boundary: 192, ends: [-1, 0], steps: ROW },
+  { label: '512 B clusters, 64-bit refcounts, refcount table full', opts: { clusterSize: 512, refcountBits: 64 }, size: 4 * MiB, boundary: 4096, ends: [-2, -1, 0], steps: ROW.slice(0, 5) },
+  { label: 'extended L2, 16 KiB clusters, 64-bit refcounts (2048 a block)', opts: { clusterSize: 16384, extendedL2: true, refcountBits: 64 }, size: 64 * MiB, boundary: 2048, ends: [-1, 0], steps: ROW.slice(0, 6) },
+  { label: '2 MiB clusters, 64-bit refcounts, several in a row', opts: { clusterSize: 2 * MiB, refcountBits: 64 }, size: 32 * MiB, boundary: 0, ends: [0], steps: ROW },
+  { label: '4 KiB clusters, 8-bit refcounts, several in a row', opts: { clusterSize: 4096, refcountBits: 8 }, size: 4 * MiB, boundary: 0, ends: [0], steps: ROW },
+];
+
+describe('snapshot create and delete allocate as qemu-img does', () => {
+  const tmp = useTempDir('qcowscope-snapalloc-');
+
+  /** A base image whose file ends `end` clusters from `boundary` (or with a little data when boundary is 0). */
+  function baseImage(c: Case, end: number): string | null {
+    const f = tmp.file(`base-${end}.qcow2`);
+    if (c.boundary === 0) {
+      createImage(f, c.size, c.opts);
+      qemuIoOk(f, `write -P 7 0 ${5 * (c.opts.clusterSize ?? 65536)}`);
+      return f;
+    }
+    return imageEndingAt(f, c.boundary + end, c.size, c.opts) ? f : null;
+  }
+
+  for (const c of CASES) {
+    it(c.label, async () => {
+      let tried = 0;
+      for (const end of c.ends) {
+        const base = baseImage(c, end);
+        if (!base) continue; // the file's growth steps over this end
+        tried++;
+        const q = tmp.file('qemu.qcow2');
+        const o = tmp.file('ours.qcow2');
+        fs.copyFileSync(base, q);
+        fs.copyFileSync(base, o);
+        const done: string[] = [];
+        for (const step of c.steps) {
+          if (step.startsWith('-')) {
+            qemuImgOk(['snapshot', '-d', step.slice(1), q]);
+            await withImage(o, (img) => deleteSnapshot(img, step.slice(1)));
+          } else {
+            qemuImgOk(['snapshot', '-c', step, q]);
+            const sn = qemuInfo(q).snapshots!.find((s) => s.name === step)!;
+            await withImage(o, (img) => createSnapshot(img, step, { dateSec: sn['date-sec'], dateNsec: sn['date-nsec'] }));
+          }
+          done.push(step);
+          const where = `file ending at ${c.boundary}${end >= 0 ? '+' : ''}${end} clusters, after ${done.join(' ')}`;
+          expect(fileSize(o), `length, ${where}`).toBe(fileSize(q));
+          expect(qemuImgOk(['map', '--output=json', o]), `map, ${where}`).toBe(qemuImgOk(['map', '--output=json', q]));
+          expect(qemuImgOk(['snapshot', '-l', o]), `snapshot -l, ${where}`).toBe(qemuImgOk(['snapshot', '-l', q]));
+          const chk = qemuCheck(o);
+          expect(chk.exitCode, `${where}: ${chk.stderr}`).toBe(0);
+          expect(chk.corruptions + chk.leaks + chk.checkErrors, where).toBe(0);
+          expect(await differingClusters(q, o), `clusters QEMU uses that differ, ${where}`).toEqual([]);
+        }
+      }
+      expect(tried, 'base images made').toBeGreaterThan(0);
+    }, 300_000);
+  }
+});
+
+/**
+ * Clusters that QEMU's file `q` uses (not free) whose bytes differ in `o`. In the snapshot table
+ * only the entries are compared (not the padding between them), and in the last cluster of each
+ * snapshot's L1 table only the table: QEMU writes only those bytes, leaving zeros around them
+ * where it punched a hole when it freed the cluster before and the old bytes where it did not
+ * (the old refcount table).
+ */
+async function differingClusters(q: string, o: string): Promise<number[]> {
+  const img = await openImage(q, { noBacking: true });
+  let kinds: Uint8Array;
+  let cs: number;
+  const masked: Array<[number, number]> = [];
+  const entries: Array<[number, number]> = [];
+  try {
+    kinds = (await buildLayout(img)).kinds;
+    cs = img.clusterSize;
+    const h = img.header;
+    if (img.snapshotsSize > 0) masked.push([h.snapshotsOffset, Math.ceil((h.snapshotsOffset + img.snapshotsSize) / cs) * cs]);
+    for (const sn of img.snapshots) {
+      entries.push([sn.entryOffset, sn.entryOffset + 40 + sn.extraDataSize + sn.idBytes.length + sn.nameBytes.length]);
+      const end = sn.l1TableOffset + sn.l1Size * 8;
+      masked.push([end, Math.ceil(end / cs) * cs]);
+    }
+  } finally {
+    await img.close();
+  }
+  const a = Buffer.from(fs.readFileSync(q));
+  const b = Buffer.from(fs.readFileSync(o));
+  const out: number[] = [];
+  for (const [from, to] of entries) if (!a.subarray(from, to).equals(b.subarray(from, to))) out.push(Math.floor(from / cs));
+  for (const [from, to] of masked) {
+    a.fill(0, from, Math.min(to, a.length));
+    b.fill(0, from, Math.min(to, b.length));
+  }
+  for (let c = 0; c < kinds.length; c++) {
+    if (kinds[c] === Kind.Free) continue;
+    if (!a.subarray(c * cs, (c + 1) * cs).equals(b.subarray(c * cs, (c + 1) * cs))) out.push(c);
+  }
+  return out;
+}
