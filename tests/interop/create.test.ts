@@ -1,7 +1,7 @@
 // Image creation (core/image/create.ts, `qcowscope create`) against `qemu-img create -f qcow2`:
 // for the same options the file is byte-identical, `qemu-img check` is clean and `qemu-img info`
 // agrees; wrong option combinations fail with qemu-img's messages and leave no file.
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,12 +10,23 @@ import { createImage as ourCreate } from '../../core/image/create.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { writeGuest } from '../../core/image/write.ts';
 import { isQcowError } from '../../core/errors.ts';
-import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, sha256 } from '../helpers/qemu.ts';
+import { makeTempDir, qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, removeDir, sha256 } from '../helpers/qemu.ts';
 import { runCliInProcess } from '../helpers/cli-in-process.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
 const tmp = useTempDir('qcowscope-create-');
 const ROOT = path.resolve(__dirname, '../..');
+/** The backing file several cases name: a plain 64 MiB image made by qemu-img once for the file, copied into each test's dir. */
+let baseDir = '';
+beforeAll(() => {
+  baseDir = makeTempDir('qcowscope-create-base-');
+  qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(baseDir, 'base.qcow2'), '64M']);
+});
+afterAll(() => removeDir(baseDir));
+function copyBase(dir: string): void {
+  fs.copyFileSync(path.join(baseDir, 'base.qcow2'), path.join(dir, 'base.qcow2'));
+}
+
 /** Our CLI, run in this process (tests/helpers/cli-in-process.ts), from `cwd`. */
 function cli(args: string[], cwd = ROOT): ReturnType<typeof runCliInProcess> {
   return runCliInProcess(args, { cwd });
@@ -74,7 +85,7 @@ describe('qcowscope create = qemu-img create, byte for byte', () => {
   for (const [name, o, size, extra = []] of CASES) {
     it(name, async () => {
       const dir = tmp.dir;
-      qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(dir, 'base.qcow2'), '64M']);
+      copyBase(dir);
       const args = [...(o ? ['-o', o] : []), ...extra];
       const q = path.join(dir, 'q.qcow2');
       const ours = path.join(dir, 'o.qcow2');
@@ -138,7 +149,7 @@ describe('refused options, with qemu-img\'s messages', () => {
   ];
   for (const [name, args, message] of REFUSED) {
     it(name, async () => {
-      qemuImgOk(['create', '-q', '-f', 'qcow2', tmp.file('base.qcow2'), '64M']);
+      copyBase(tmp.dir);
       const size = name === 'bad size' ? '1x' : name.startsWith('too large') ? '512G' : '64M';
       const q = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, 'q.qcow2', size], { cwd: tmp.dir, encoding: 'utf8' });
       expect(q.status).not.toBe(0);
@@ -178,7 +189,7 @@ describe('create prints what qemu-img create prints', () => {
   ];
   for (const [args, size] of RUNS) {
     it(`${args.join(' ')} ${size ?? '(no size)'}: the Formatting line, the error and the exit code`, async () => {
-      qemuImgOk(['create', '-q', '-f', 'qcow2', tmp.file('base.qcow2'), '64M']);
+      copyBase(tmp.dir);
       for (const f of ['x.qcow2', 'q.qcow2']) fs.rmSync(tmp.file(f), { force: true });
       const q = spawnSync('qemu-img', ['create', '-f', 'qcow2', ...args, 'x.qcow2', ...(size ? [size] : [])], { cwd: tmp.dir, encoding: 'utf8' });
       if (fs.existsSync(tmp.file('x.qcow2'))) fs.renameSync(tmp.file('x.qcow2'), tmp.file('q.qcow2'));
