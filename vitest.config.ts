@@ -58,6 +58,10 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     fileParallelism: true,
+    // Child processes, Vitest's default, said here because tests/helpers/cli-in-process.ts needs
+    // them: it runs the CLI from a test's working directory with process.chdir, which worker
+    // threads do not allow.
+    pool: 'forks',
     // Two files at a time even on 2 cores (Vitest's default is cores - 1, one file at a time
     // there): a test file spends much of its time waiting on the qemu-img and qemu-io processes
     // it starts, and the other file uses that core meanwhile. VITEST_WORKERS overrides.
