@@ -14,19 +14,19 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node';
 const SLOW_FIRST = [
   'tests/crash/snapshot-crash.test.ts',
   'tests/interop/read-varieties.test.ts',
-  'tests/crash/rebase-commit-crash.test.ts',
   'tests/interop/hostile.test.ts',
-  'tests/interop/create.test.ts',
   'tests/interop/check-damages.test.ts',
+  'tests/crash/rebase-commit-crash.test.ts',
+  'tests/interop/create.test.ts',
   'tests/interop/exact-answers.test.ts',
-  'tests/interop/read-snapshots.test.ts',
-  'tests/interop/rebase-commit.test.ts',
-  'tests/interop/measure.test.ts',
-  'tests/interop/read-backing.test.ts',
-  'tests/interop/bitmap.test.ts',
   'tests/fuzz/fuzz.test.ts',
-  'tests/interop/compare.test.ts',
+  'tests/interop/rebase-commit.test.ts',
+  'tests/interop/bitmap.test.ts',
+  'tests/interop/snapshot.test.ts',
   'tests/interop/snapshot-layout.test.ts',
+  'tests/interop/open-errors.test.ts',
+  'tests/crash/write-crash.test.ts',
+  'tests/interop/read-snapshots.test.ts',
 ];
 
 /** Vitest's order, with SLOW_FIRST's files moved to the front in that order. */
