@@ -8,6 +8,8 @@ export interface CommandContext {
   out: (text: string) => void;
   /** Print a diagnostic line to stderr. */
   err: (text: string) => void;
+  /** Print text to stdout as it is (no newline added: progress lines end in \r). */
+  write: (text: string) => void;
 }
 
 export interface Command {

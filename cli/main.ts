@@ -21,15 +21,27 @@ async function usage(): Promise<string> {
   return ['usage: qcowscope COMMAND [options]', '', ...commands.map((c) => `  qcowscope ${c.usage}`)].join('\n');
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** Where a run prints: the process's stdout and stderr, or a test's in-process runner. */
+export interface CliIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+const PROCESS_IO: CliIo = {
+  stdout: (t) => process.stdout.write(t),
+  stderr: (t) => process.stderr.write(t),
+};
+
+/** Run one command line; returns its exit code. Everything it prints goes through `io`. */
+export async function main(argv: string[], io: CliIo = PROCESS_IO): Promise<number> {
   const [verb, ...rest] = argv;
   if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
-    process.stdout.write((await usage()) + '\n');
+    io.stdout((await usage()) + '\n');
     return verb ? 0 : 1;
   }
   const cmd = await VERBS.find((v) => v.name === verb)?.load();
   if (!cmd) {
-    process.stderr.write(`qcowscope: unknown command '${verb}'\n${await usage()}\n`);
+    io.stderr(`qcowscope: unknown command '${verb}'\n${await usage()}\n`);
     return 1;
   }
   try {
@@ -41,11 +53,12 @@ export async function main(argv: string[]): Promise<number> {
       values: values as Record<string, string | boolean | undefined>,
       positionals,
       args: rest,
-      out: (t) => process.stdout.write(t + '\n'),
-      err: (t) => process.stderr.write(t + '\n'),
+      out: (t) => io.stdout(t + '\n'),
+      err: (t) => io.stderr(t + '\n'),
+      write: io.stdout,
     });
   } catch (e) {
-    if (process.env.QCOWSCOPE_DEBUG === '1') process.stderr.write(((e as Error).stack ?? String(e)) + '\n');
+    if (process.env.QCOWSCOPE_DEBUG === '1') io.stderr(((e as Error).stack ?? String(e)) + '\n');
     const msg = isQcowError(e) || (e instanceof Error && (e.name === 'UsageError' || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')))
       ? (e as Error).message
       : `internal error: ${(e as Error).message ?? String(e)}`;
@@ -54,7 +67,7 @@ export async function main(argv: string[]): Promise<number> {
     // (written as it is: QEMU's hints end with a newline or not)
     const [first, ...rest] = msg.split('\n');
     const hint = (e as { hint?: unknown }).hint;
-    process.stderr.write(`qcowscope: ${first}\n${typeof hint === 'string' ? hint : ''}${rest.map((l) => `qcowscope: ${l}\n`).join('')}`);
+    io.stderr(`qcowscope: ${first}\n${typeof hint === 'string' ? hint : ''}${rest.map((l) => `qcowscope: ${l}\n`).join('')}`);
     return 1;
   }
 }

@@ -2,7 +2,7 @@
 // whenever the progress has grown by more than the verb's minimum step since the last line (and
 // at 0 and 100), and a newline when the verb ends. The arithmetic is QEMU's, in single precision
 // (a float `current` advanced by `delta / 100 * max`), so the same steps print the same lines.
-// Without -p (or with -q) nothing is printed.
+// Without -p (or with -q) nothing is printed. It prints through the verb's stdout writer.
 const f32 = Math.fround;
 
 /** printf("%3.2f") of a float: to two decimals, an exact tie to even (as glibc rounds). */
@@ -21,7 +21,7 @@ export class Progress {
   constructor(
     private readonly enabled: boolean,
     private readonly minSkip: number,
-    private readonly write: (s: string) => void = (s) => process.stdout.write(s),
+    private readonly write: (s: string) => void,
   ) {}
 
   /** qemu_progress_print(delta, max). */

@@ -62,7 +62,7 @@ export const commitCmd: Command = {
     'rate-limit': valued('r'),
     cache: valued('t'),
   },
-  async run({ values, positionals, out }) {
+  async run({ values, positionals, out, write }) {
     const rate = values['rate-limit'] as string | undefined;
     if (rate !== undefined) cvtnum('rate limit', rate);
     if (positionals.length !== 1) throw usageExit('Expecting one image file name');
@@ -93,7 +93,7 @@ export const commitCmd: Command = {
     const overlay = keep ? chain : await openImage(file, { writable: true, noBacking: true });
     if (!keep) await chain.close();
     // qemu-img commit: progress in steps of 1%, from 0 to 100 (the block job's own steps in between)
-    const progress = new Progress(values.progress === true && values.quiet !== true, 1);
+    const progress = new Progress(values.progress === true && values.quiet !== true, 1, write);
     progress.print(0, 100);
     let reported = 0;
     const onProgress = (d: number, t: number): void => {

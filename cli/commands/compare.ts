@@ -48,11 +48,11 @@ export const compareCmd: Command = {
     progress: flag('p'),
     cache: valued('T'),
   },
-  async run({ values, positionals, out, err }) {
+  async run({ values, positionals, out, err, write }) {
     if (positionals.length !== 2) throw usageExit('Expecting two image file names');
     const quiet = values.quiet === true;
     // qemu-img: "Progress is not shown in Quiet mode"
-    const progress = new Progress(values.progress === true && !quiet, 2);
+    const progress = new Progress(values.progress === true && !quiet, 2, write);
     const second = values['second-format'] as string | undefined;
     const first = values.format as string | undefined;
     const [file1, file2] = positionals as [string, string];

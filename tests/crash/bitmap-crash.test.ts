@@ -9,7 +9,7 @@ import type { ImageStore } from '../../core/io/store.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { changeBitmaps, type BitmapOp } from '../../core/image/bitmap-ops.ts';
-import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
+import { enumerateCrashStates, enumerateDroppedStates, judgeEachDistinct } from '../helpers/crash-store.ts';
 import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
@@ -102,7 +102,7 @@ describe('bitmap operations stopped at every write, or losing unflushed writes',
       }
       expect(qemuCheck(doneFile).exitCode).toBe(0);
 
-      const judge = (bytes: Uint8Array, what: string): void => {
+      const judge = judgeEachDistinct((bytes, what) => {
         const f = tmp.file('state.qcow2');
         fs.writeFileSync(f, bytes);
         const c = qemuCheck(f);
@@ -113,7 +113,7 @@ describe('bitmap operations stopped at every write, or losing unflushed writes',
         // a merge is all or nothing: the target's bits as before (none) or as after
         if (ops.every((o) => o.op === 'merge')) expect([0, bitmapDataClusters(doneFile, 'quiet')], what).toContain(bitmapDataClusters(f, 'quiet'));
         expect(qemuImg(['compare', orig, f]).status, `${what}: guest data`).toBe(0);
-      };
+      });
       const states = await enumerateCrashStates(base, (s) => run(s, ops));
       expect(states.length).toBeGreaterThan(2);
       for (const s of states) judge(s.bytes, `stopped after ${s.writes} writes`);

@@ -12,7 +12,7 @@ import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { openImage } from '../../core/ops/open.ts';
 import { writeGuest } from '../../core/image/write.ts';
 import { runCheck } from '../../core/analysis/check.ts';
-import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
+import { enumerateCrashStates, enumerateDroppedStates, judgeEachDistinct } from '../helpers/crash-store.ts';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { createImage, qemuCheck, qemuConvertToRaw, qemuIo } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
@@ -59,7 +59,7 @@ describe('repair of a dirty image, then the write that needed it, stopped at eve
     expect(qemuCheck(tmp.file('after.qcow2')).exitCode).toBe(0);
     expect(after.subarray(2 * MiB, 2 * MiB + 65536).every((b) => b === 0xc3)).toBe(true);
 
-    const judge = (bytes: Uint8Array, label: string): void => {
+    const judge = judgeEachDistinct((bytes, label) => {
       const g = guest(bytes, 'state');
       for (let at = 0; at < g.length; at += 65536) {
         const unit = g.subarray(at, at + 65536);
@@ -75,7 +75,7 @@ describe('repair of a dirty image, then the write that needed it, stopped at eve
         const r = qemuCheck(f);
         expect({ label, corruptions: r.corruptions, checkErrors: r.checkErrors }).toEqual({ label, corruptions: 0, checkErrors: 0 });
       }
-    };
+    });
     for (const s of states) judge(s.bytes, `stopped after ${s.writes} writes`);
     const { states: dropped } = await enumerateDroppedStates(base, operation, { exhaustiveUpTo: 4, samples: 12 });
     for (const s of dropped()) judge(s.bytes, `epoch ${s.epoch}, landed ${s.mask.map((b) => (b ? 1 : 0)).join('')}`);
@@ -97,13 +97,13 @@ describe('check -r leaks stopped at every write', () => {
       };
       const states = await enumerateCrashStates(base, operation);
       expect(states.length).toBeGreaterThan(1);
-      const judge = (bytes: Uint8Array, label: string): void => {
+      const judge = judgeEachDistinct((bytes, label) => {
         expect(guest(bytes, 'state').equals(content), `${label}: guest content`).toBe(true);
         const r = qemuCheck(tmp.file('state.qcow2'));
         // never worse than the damaged image: no corruption that was not there, no more leaks
         expect(r.corruptions, `${label}: corruptions`).toBeLessThanOrEqual(damaged.corruptions);
         expect(r.leaks, `${label}: leaks`).toBeLessThanOrEqual(damaged.leaks);
-      };
+      });
       for (const s of states) judge(s.bytes, `stopped after ${s.writes} writes`);
       const last = states[states.length - 1]!;
       fs.writeFileSync(tmp.file('done.qcow2'), last.bytes);

@@ -16,7 +16,7 @@ import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { copyBackingDifferences, setBackingLink, type BackingLink } from '../../core/image/rebase.ts';
 import { commitInto } from '../../core/image/commit.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
-import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
+import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, sha256, sha256Bytes, type QemuCheckResult, type RunResult } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
 const tmp = useTempDir('qcowscope-rccrash-');
@@ -39,21 +39,53 @@ function makeChain(cs: string, topSize?: string, bitmap: false | 'base' | 'top' 
 
 const backingOf = (file: string): string | undefined => qemuInfo(file)['backing-filename'] as string | undefined;
 
-/** The images of one crash state written to state/, then judged (the overlay's guest data too, unless `linkOnly`). */
-function judge(files: Record<string, Uint8Array>, links: Array<string | undefined>, what: string, linkOnly = false): void {
+/** What QEMU says of one crash state: `qemu-img check` of each image, the overlay's backing link, and (unless `linkOnly`) `qemu-img compare` of the untouched original overlay with it. */
+interface Verdict {
+  checks: Array<[name: string, check: QemuCheckResult]>;
+  backing: string | undefined;
+  compare: RunResult | null;
+}
+
+// Many crash points leave the same bytes (a dropped write that the next one rewrites, the same
+// subset reached twice), and most states leave one or two of the three images untouched: QEMU is
+// asked once per distinct state, and base.qcow2 and other.qcow2, which have no backing file (their
+// check reads nothing else), are checked once per distinct content. The original overlay is part
+// of a state's key, so a verdict never crosses from one test's chain to another's.
+const verdicts = new Map<string, Verdict>();
+const standaloneChecks = new Map<string, QemuCheckResult>();
+
+function verdictOf(files: Record<string, Uint8Array>, linkOnly: boolean): Verdict {
+  const hashes = Object.entries(files).map(([n, b]) => [n, sha256Bytes(b)] as const);
+  const key = JSON.stringify([sha256(tmp.file('orig/top.qcow2')), linkOnly, hashes]);
+  const known = verdicts.get(key);
+  if (known) return known;
   const d = tmp.file('state');
   fs.rmSync(d, { recursive: true, force: true });
   fs.mkdirSync(d);
   for (const [n, b] of Object.entries(files)) fs.writeFileSync(path.join(d, n), b);
-  for (const n of Object.keys(files)) {
-    const c = qemuCheck(path.join(d, n));
+  const checks = hashes.map(([n, h]): [string, QemuCheckResult] => {
+    if (n === 'top.qcow2') return [n, qemuCheck(path.join(d, n))];
+    const k = `${n} ${h}`;
+    let c = standaloneChecks.get(k);
+    if (!c) standaloneChecks.set(k, (c = qemuCheck(path.join(d, n))));
+    return [n, c];
+  });
+  const top = path.join(d, 'top.qcow2');
+  const v: Verdict = { checks, backing: backingOf(top), compare: linkOnly ? null : qemuImg(['compare', tmp.file('orig/top.qcow2'), top]) };
+  verdicts.set(key, v);
+  return v;
+}
+
+/** The images of one crash state judged (the overlay's guest data too, unless `linkOnly`). */
+function judge(files: Record<string, Uint8Array>, links: Array<string | undefined>, what: string, linkOnly = false): void {
+  const v = verdictOf(files, linkOnly);
+  for (const [n, c] of v.checks) {
     expect(c.json?.corruptions ?? 0, `${what}: ${n}\n${c.stderr}`).toBe(0);
     expect([0, 3], `${what}: check ${n} exit code\n${c.stderr}`).toContain(c.exitCode);
   }
-  const top = path.join(d, 'top.qcow2');
-  expect(links, `${what}: backing link`).toContain(backingOf(top));
+  expect(links, `${what}: backing link`).toContain(v.backing);
   if (linkOnly) return;
-  const cmp = qemuImg(['compare', tmp.file('orig/top.qcow2'), top]);
+  const cmp = v.compare!;
   expect(cmp.status, `${what}: the overlay's guest data\n${cmp.stdout}${cmp.stderr}`).toBe(0);
 }
 

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { qemuCheck, qemuImg } from '../helpers/qemu.ts';
-import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
+import { enumerateCrashStates, enumerateDroppedStates, judgeEachDistinct } from '../helpers/crash-store.ts';
 import type { ImageStore } from '../../core/io/store.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { runCheck } from '../../core/analysis/check.ts';
@@ -51,7 +51,7 @@ describe('repair -r all survives a crash at every write', () => {
       // they read as COPIED with refcount 2 (QEMU's order too: refcounts first, then the flags).
       const raised = new Set([...before.stderr.matchAll(/^ERROR cluster (\d+) refcount=\d+ reference=\d+$/gm)].map((m) => Number(m[1])));
       const cs = 65536;
-      const judge = (bytes: Uint8Array, label: string): void => {
+      const judge = judgeEachDistinct((bytes, label) => {
         const f = tmp.file('state.qcow2');
         fs.writeFileSync(f, bytes);
         const c = qemuCheck(f);
@@ -66,7 +66,7 @@ describe('repair -r all survives a crash at every write', () => {
         const r = qemuCheck(f, 'all');
         expect([0, 3], `${label}: qemu-img check -r all`).toContain(r.exitCode);
         expect(qemuCheck(f).corruptions, `${label}: corruptions after qemu-img check -r all`).toBe(0);
-      };
+      });
       const states = await enumerateCrashStates(base, repairAll);
       expect(states.length).toBeGreaterThan(1);
       for (const s of states) judge(s.bytes, `stopped after ${s.writes} writes`);

@@ -13,7 +13,7 @@ import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { RawLayer, type Layer } from '../../core/image/layer.ts';
 import { openImage } from '../../cli/open.ts';
 import { discard, writeGuest, writeZeroes } from '../../core/image/write.ts';
-import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
+import { enumerateCrashStates, enumerateDroppedStates, judgeEachDistinct } from '../helpers/crash-store.ts';
 import {
   createImage, qemuCheck, qemuConvertToRaw, qemuImgOk, qemuIoOk, qemuSnapshotCreate, type CreateOptions,
 } from '../helpers/qemu.ts';
@@ -89,7 +89,7 @@ async function runCase(c: Case, opts: { dropped?: boolean } = {}): Promise<{ sta
   const before = guestRaw(base, tmp.dir, 'before');
   let after: Uint8Array | undefined;
   let count = 0;
-  const judge = (bytes: Uint8Array, label: string): void => {
+  const judgeBytes = judgeEachDistinct((bytes, label) => {
     const f = tmp.file('state.qcow2');
     fs.writeFileSync(f, bytes);
     const chk = qemuCheck(f);
@@ -98,6 +98,9 @@ async function runCase(c: Case, opts: { dropped?: boolean } = {}): Promise<{ sta
     expect([0, 3]).toContain(chk.exitCode);
     const got = guestRaw(bytes, tmp.dir, 'state');
     expect({ label, problem: oldOrNew(got, before, after!, unit) }).toEqual({ label, problem: null });
+  });
+  const judge = (bytes: Uint8Array, label: string): void => {
+    judgeBytes(bytes, label);
     count++;
   };
   const states = await enumerateCrashStates(base, operation);

@@ -11,9 +11,11 @@
 //   enumerateDroppedStates(base, op)  image bytes at each flush epoch for a set of write subsets
 //                                     (all of them when there are ≤ 10 pending writes, else a
 //                                     seeded random sample), lazily.
+//   judgeEachDistinct(judge)          a judge of crash states that skips bytes it already judged.
 //
 // Both treat the store's flush() as the only ordering barrier, exactly as the contract in
 // core/io/store.ts defines it. A truncate counts as one pending operation like a write.
+import { createHash } from 'node:crypto';
 import { QcowError } from '../../core/errors.ts';
 import { MemoryStore } from '../../core/io/memory-store.ts';
 import type { ImageStore } from '../../core/io/store.ts';
@@ -315,4 +317,21 @@ export function* subsetMasks(n: number, exhaustiveUpTo: number, samples: number,
     const m = emit(Array.from({ length: n }, () => rand() < 0.5));
     if (m) yield m;
   }
+}
+
+/**
+ * `judge` run once per distinct image: many crash points leave the same bytes (a dropped write
+ * that the next one rewrites, the same subset reached twice, a stop before the first write), and
+ * asking QEMU again about the same bytes gives the same answer. `judge` must depend on the bytes
+ * alone (and on what is fixed for the test); it throws on a bad state, so bytes met again passed
+ * their judgement already.
+ */
+export function judgeEachDistinct(judge: (bytes: Uint8Array, label: string) => void): (bytes: Uint8Array, label: string) => void {
+  const judged = new Set<string>();
+  return (bytes, label) => {
+    const key = createHash('sha256').update(bytes).digest('hex');
+    if (judged.has(key)) return;
+    judge(bytes, label);
+    judged.add(key);
+  };
 }

@@ -7,7 +7,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
-import { runCli } from './read-support.ts';
 import { bitsOf, useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-bitmap-');
@@ -17,12 +16,12 @@ function bitmapsOf(file: string): unknown {
 }
 
 /** Each step (bitmap arguments before IMAGE NAME, and the name) on both copies; both judged after each. */
-function runSteps(make: (file: string) => void, steps: Array<[string[], string]>): void {
+async function runSteps(make: (file: string) => void, steps: Array<[string[], string]>): Promise<void> {
   const q = path.join(w.dir, 'q.qcow2');
   const o = path.join(w.dir, 'o.qcow2');
   make(q);
   fs.copyFileSync(q, o);
-  for (const [args, name] of steps) runStep(args, name);
+  for (const [args, name] of steps) await runStep(args, name);
 }
 
 const SEQUENCE: Array<[string[], string]> = [
@@ -66,14 +65,14 @@ describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
     }],
   ];
   for (const [name, make] of images) {
-    it(name, () => {
+    it(name, async () => {
       const seq = name === 'with bitmaps qemu-img added' ? [[['--remove'], 'older'] as [string[], string], ...SEQUENCE.slice(1)] : SEQUENCE;
-      runSteps(make, seq);
+      await runSteps(make, seq);
     });
   }
 
-  it('refusals: v2 image, bad granularity, empty name, no action, -g without --add, missing name', () => {
-    runSteps(image('', '16M'), [
+  it('refusals: v2 image, bad granularity, empty name, no action, -g without --add, missing name', async () => {
+    await runSteps(image('', '16M'), [
       [['--add', '-g', '100'], 'g'],
       [['--add', '-g', 'x'], 'g'],
       [['--add'], ''],
@@ -85,7 +84,7 @@ describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
     const v2 = path.join(w.dir, 'v2.qcow2');
     qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', v2, '16M']);
     const rq = qemuImg(['bitmap', '--add', v2, 'b']);
-    const ro = runCli(w.bin, ['bitmap', '--add', v2, 'b']);
+    const ro = await w.run(['bitmap', '--add', v2, 'b']);
     expect(rq.status).toBe(1);
     expect(ro.status).toBe(1);
     expect(ro.stderr).toMatch(/^qcowscope: Operation add on bitmap b failed: .*Cannot store dirty bitmaps in qcow2 v2 files\n$/);
@@ -112,26 +111,26 @@ describe('bitmap --merge: the same bits as qemu-img\'s', () => {
     for (const n of names) expect(bitsOf(path.join(w.dir, 'o.qcow2'), n), `${step}: ${n}`).toEqual(bitsOf(path.join(w.dir, 'q.qcow2'), n));
   };
   for (const cs of ['512', '64k', '2M']) {
-    it(`${cs} clusters: merges within the image, across granularities, in command-line order`, () => {
+    it(`${cs} clusters: merges within the image, across granularities, in command-line order`, async () => {
       const steps: Array<[string[], string]> = [
         [['--merge', 'dirty'], 'quiet'],
         [['--merge', 'coarse'], 'dirty'],
         [['--merge', 'dirty', '--merge', 'coarse', '--clear', '--merge=dirty'], 'coarse'],
         [['--add', '-g', '4k', '--merge', 'quiet'], 'new'],
       ];
-      runSteps(withBits(cs), []);
+      await runSteps(withBits(cs), []);
       for (const [args, name] of steps) {
-        runStep(args, name);
+        await runStep(args, name);
         sameBits(args.join(' '));
       }
     });
   }
 
-  it('from another image (-b, -F), and qemu-img\'s refusals', () => {
+  it('from another image (-b, -F), and qemu-img\'s refusals', async () => {
     withBits('4k')(path.join(w.dir, 'src.qcow2'));
     image('', '16M')(path.join(w.dir, 'small.qcow2'));
     qemuImgOk(['bitmap', '--add', path.join(w.dir, 'small.qcow2'), 's0']);
-    runSteps(withBits('64k'), []);
+    await runSteps(withBits('64k'), []);
     for (const [args, name] of [
       [['--merge', 'dirty', '-b', 'src.qcow2', '-F', 'qcow2'], 'quiet'],
       [['--merge', 'coarse', '-b', 'src.qcow2'], 'dirty'],
@@ -145,17 +144,17 @@ describe('bitmap --merge: the same bits as qemu-img\'s', () => {
       [['--merge', 'dirty', '--add'], 'quiet'],
       [['--merge', 'dirty', '--merge', 'nope'], 'coarse'],
     ] as Array<[string[], string]>) {
-      runStep(args, name);
+      await runStep(args, name);
       sameBits(args.join(' '));
     }
   });
 });
 
 /** One step on the copies runSteps made (q.qcow2 by qemu-img, o.qcow2 by us), judged as runSteps judges. */
-function runStep(args: string[], name: string): void {
+async function runStep(args: string[], name: string): Promise<void> {
   const [q, o] = [path.join(w.dir, 'q.qcow2'), path.join(w.dir, 'o.qcow2')];
   const step = `bitmap ${args.join(' ')} ${name}`;
-  w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
+  await w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
   const check = qemuCheck(o);
   expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
   expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));

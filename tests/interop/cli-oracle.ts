@@ -1,17 +1,16 @@
 // One working directory per test file for comparing a CLI verb with qemu-img's on the same
-// command line: the bundled CLI, images made there by qemu-img and qemu-io, and the comparison
-// itself (stdout and exit code equal, stderr equal with qemu-img's name in it read as ours).
+// command line: images made there by qemu-img and qemu-io, our CLI run in the test's process
+// (tests/helpers/cli-in-process.ts), and the comparison itself (stdout and exit code equal, stderr
+// equal with qemu-img's name in it read as ours).
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, expect } from 'vitest';
 import { makeTempDir, qemuImgOk, qemuIoOk, removeDir } from '../helpers/qemu.ts';
-import { runCli } from './read-support.ts';
-import { cliBundle } from '../helpers/cli.ts';
+import { runCliInProcess } from '../helpers/cli-in-process.ts';
 
 export interface CliWorkDir {
   readonly dir: string;
-  readonly bin: string;
   /** `qemu-img create -f qcow2 [-o opts] [-b backing -F qcow2] NAME SIZE` in the directory; returns NAME. */
   create(name: string, size: string, opts?: string, backing?: string): string;
   /** qemu-io commands on an image of the directory. */
@@ -22,7 +21,9 @@ export interface CliWorkDir {
    *  top.qcow2 (topSize, 16 KiB clusters), each with data and zeros of its own and a shorter base; returns 'top.qcow2'. */
   chainOf3(topSize: string): string;
   /** qemu-img and qcowscope on the same arguments in the directory: the same exit code, stdout and stderr. Returns qemu-img's exit code. */
-  expectSame(args: string[], rename?: [string, string]): number | null;
+  expectSame(args: string[], rename?: [string, string]): Promise<number | null>;
+  /** qcowscope ARGS in the directory. */
+  run(args: string[]): ReturnType<typeof runCliInProcess>;
 }
 
 /** A bitmap's flags, granularity and bits, decoded from the file's bytes (independent of core/). */
@@ -70,9 +71,7 @@ export function sparseRaw(file: string, size: number, at: number): void {
 
 export function useCliWorkDir(prefix: string): CliWorkDir {
   let dir = '';
-  let bin = '';
-  beforeAll(async () => {
-    bin = await cliBundle();
+  beforeAll(() => {
     dir = makeTempDir(prefix);
     return () => {
       if (!process.env.QCOWSCOPE_KEEP_TMP) removeDir(dir);
@@ -81,9 +80,6 @@ export function useCliWorkDir(prefix: string): CliWorkDir {
   const w: CliWorkDir = {
     get dir() {
       return dir;
-    },
-    get bin() {
-      return bin;
     },
     create(name, size, opts = '', backing) {
       const args = ['create', '-q', '-f', 'qcow2'];
@@ -107,14 +103,17 @@ export function useCliWorkDir(prefix: string): CliWorkDir {
       w.io(w.create('top.qcow2', topSize, 'cluster_size=16k', 'mid.qcow2'), 'write -P 5 100k 10k', 'write -z 0 64k', 'write -P 6 30M 1M');
       return 'top.qcow2';
     },
-    expectSame(args, rename) {
+    async expectSame(args, rename) {
       const q = spawnSync('qemu-img', args, { encoding: 'utf8', cwd: dir });
       const ourArgs = rename ? args.map((a) => (a === rename[0] ? rename[1] : a)) : args;
-      const r = runCli(bin, ourArgs, { cwd: dir });
+      const r = await runCliInProcess(ourArgs, { cwd: dir });
       let stderr = q.stderr.replace(/qemu-img/g, 'qcowscope');
       if (rename) stderr = stderr.replaceAll(rename[0], rename[1]);
       expect({ status: r.status, stdout: r.stdout, stderr: r.stderr }, args.join(' ')).toEqual({ status: q.status, stdout: q.stdout, stderr });
       return q.status;
+    },
+    run(args) {
+      return runCliInProcess(args, { cwd: dir });
     },
   };
   return w;

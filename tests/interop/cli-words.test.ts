@@ -15,13 +15,13 @@ beforeAll(() => {
 });
 
 /** Both tools on `args`; no image named new.qcow2 left over from an earlier case. */
-function expectSame(args: string[]): number | null {
+async function expectSame(args: string[]): Promise<number | null> {
   fs.rmSync(path.join(w.dir, 'new.qcow2'), { force: true });
   return w.expectSame(args);
 }
 
 describe('check on an overlay whose backing file cannot be opened', () => {
-  it('missing, not qcow2, a directory, missing two links down: exit 1, qemu-img\'s words', () => {
+  it('missing, not qcow2, a directory, missing two links down: exit 1, qemu-img\'s words', async () => {
     const p = (n: string) => path.join(w.dir, n);
     qemuImgOk(['create', '-q', '-f', 'qcow2', p('gone.qcow2'), '16M']);
     qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', p('over-gone.qcow2')]);
@@ -33,16 +33,16 @@ describe('check on an overlay whose backing file cannot be opened', () => {
     fs.mkdirSync(p('a-dir'));
     qemuImgOk(['create', '-q', '-u', '-f', 'qcow2', '-b', 'a-dir', '-F', 'qcow2', p('over-dir.qcow2'), '16M']);
     for (const image of ['over-gone.qcow2', 'top.qcow2', 'over-garbage.qcow2', 'over-dir.qcow2']) {
-      expect(expectSame(['check', image])).toBe(1);
-      expectSame(['check', '--output=json', image]);
-      expectSame(['check', '-r', 'leaks', image]);
+      expect(await expectSame(['check', image])).toBe(1);
+      await expectSame(['check', '--output=json', image]);
+      await expectSame(['check', '-r', 'leaks', image]);
     }
   });
 
-  it('an overlay whose backing file is there is checked as before', () => {
+  it('an overlay whose backing file is there is checked as before', async () => {
     qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'ok.qcow2', '-F', 'qcow2', path.join(w.dir, 'over-ok.qcow2')]);
-    expect(expectSame(['check', 'over-ok.qcow2'])).toBe(0);
-    expectSame(['check', '--output=json', 'over-ok.qcow2']);
+    expect(await expectSame(['check', 'over-ok.qcow2'])).toBe(0);
+    await expectSame(['check', '--output=json', 'over-ok.qcow2']);
   });
 });
 
@@ -83,5 +83,5 @@ describe('messages qemu-img prints over several lines', () => {
     ['snapshot', '-l', 'ok.qcow2', 'ok.qcow2'],
     ['compare', 'ok.qcow2'],
   ];
-  for (const c of cases) it(c.join(' '), () => { expectSame(c); });
+  for (const c of cases) it(c.join(' '), async () => { await expectSame(c); });
 });

@@ -1,7 +1,7 @@
 // Image creation (core/image/create.ts, `qcowscope create`) against `qemu-img create -f qcow2`:
 // for the same options the file is byte-identical, `qemu-img check` is clean and `qemu-img info`
 // agrees; wrong option combinations fail with qemu-img's messages and leave no file.
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,18 +10,26 @@ import { createImage as ourCreate } from '../../core/image/create.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { writeGuest } from '../../core/image/write.ts';
 import { isQcowError } from '../../core/errors.ts';
-import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, sha256 } from '../helpers/qemu.ts';
-import { cliBundle } from '../helpers/cli.ts';
+import { makeTempDir, qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, removeDir, sha256 } from '../helpers/qemu.ts';
+import { runCliInProcess } from '../helpers/cli-in-process.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 
 const tmp = useTempDir('qcowscope-create-');
 const ROOT = path.resolve(__dirname, '../..');
-/** The CLI bundled from the current sources (tests/helpers/cli.ts). */
-const CLI = [await cliBundle()];
+/** The backing file several cases name: a plain 64 MiB image made by qemu-img once for the file, copied into each test's dir. */
+let baseDir = '';
+beforeAll(() => {
+  baseDir = makeTempDir('qcowscope-create-base-');
+  qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(baseDir, 'base.qcow2'), '64M']);
+});
+afterAll(() => removeDir(baseDir));
+function copyBase(dir: string): void {
+  fs.copyFileSync(path.join(baseDir, 'base.qcow2'), path.join(dir, 'base.qcow2'));
+}
 
-function cli(args: string[], cwd = ROOT): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8', cwd });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+/** Our CLI, run in this process (tests/helpers/cli-in-process.ts), from `cwd`. */
+function cli(args: string[], cwd = ROOT): ReturnType<typeof runCliInProcess> {
+  return runCliInProcess(args, { cwd });
 }
 
 /** [name, -o options (or ''), size (or '' with a backing file), extra args] */
@@ -75,16 +83,16 @@ const CASES: Array<[string, string, string, string[]?]> = [
 
 describe('qcowscope create = qemu-img create, byte for byte', () => {
   for (const [name, o, size, extra = []] of CASES) {
-    it(name, () => {
+    it(name, async () => {
       const dir = tmp.dir;
-      qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(dir, 'base.qcow2'), '64M']);
+      copyBase(dir);
       const args = [...(o ? ['-o', o] : []), ...extra];
       const q = path.join(dir, 'q.qcow2');
       const ours = path.join(dir, 'o.qcow2');
       // Same relative backing name in both headers: run both from the temp dir.
       const rq = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, 'q.qcow2', ...(size ? [size] : [])], { cwd: dir, encoding: 'utf8' });
       expect(rq.status, rq.stderr).toBe(0);
-      const r = cli(['create', '-q', ...args, 'o.qcow2', ...(size ? [size] : [])], dir);
+      const r = await cli(['create', '-q', ...args, 'o.qcow2', ...(size ? [size] : [])], dir);
       expect(r.status, r.stderr).toBe(0);
       expect(fs.statSync(ours).size).toBe(fs.statSync(q).size);
       expect(sha256(ours)).toBe(sha256(q));
@@ -101,7 +109,7 @@ describe('qcowscope create = qemu-img create, byte for byte', () => {
 
   it('created images take QEMU writes and ours', async () => {
     const f = tmp.file('w.qcow2');
-    const r = cli(['create', '-q', '-o', 'cluster_size=4096,refcount_bits=4', f, '16M']);
+    const r = await cli(['create', '-q', '-o', 'cluster_size=4096,refcount_bits=4', f, '16M']);
     expect(r.status, r.stderr).toBe(0);
     qemuIoOk(f, 'write -P 0x12 0 1M');
     const mem = new MemoryStore(new Uint8Array(fs.readFileSync(f)));
@@ -140,13 +148,13 @@ describe('refused options, with qemu-img\'s messages', () => {
     ['too large for the cluster size', ['-o', 'cluster_size=512'], /The image size is too large for file format 'qcow2' \(try using a larger cluster size\)/],
   ];
   for (const [name, args, message] of REFUSED) {
-    it(name, () => {
-      qemuImgOk(['create', '-q', '-f', 'qcow2', tmp.file('base.qcow2'), '64M']);
+    it(name, async () => {
+      copyBase(tmp.dir);
       const size = name === 'bad size' ? '1x' : name.startsWith('too large') ? '512G' : '64M';
       const q = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, 'q.qcow2', size], { cwd: tmp.dir, encoding: 'utf8' });
       expect(q.status).not.toBe(0);
       expect(q.stderr).toMatch(message);
-      const r = cli(['create', ...args, 'o.qcow2', size], tmp.dir);
+      const r = await cli(['create', ...args, 'o.qcow2', size], tmp.dir);
       expect(r.status).toBe(1);
       expect(r.stderr).toMatch(message);
       // qemu-img's lines, each with our prefix (its two-line size message included)
@@ -162,10 +170,10 @@ describe('refused options, with qemu-img\'s messages', () => {
     expect(mem.size()).toBe(0);
   });
 
-  it('qemu-img agrees that every created variant opens', () => {
+  it('qemu-img agrees that every created variant opens', async () => {
     for (const o of ['compat=0.10', 'extended_l2=on,cluster_size=2M', 'refcount_bits=64,cluster_size=512']) {
       const f = tmp.file('v.qcow2');
-      expect(cli(['create', '-q', '-o', o, f, '1G']).status).toBe(0);
+      expect((await cli(['create', '-q', '-o', o, f, '1G'])).status).toBe(0);
       expect(qemuImg(['check', f]).status).toBe(0);
     }
   });
@@ -180,12 +188,12 @@ describe('create prints what qemu-img create prints', () => {
     [[], '4P'], [[], '7E'], [[], '8E'], [[], '16E'], [[], '2P'], [['-o', 'compat=0.10,compression_type=zstd'], '64M'],
   ];
   for (const [args, size] of RUNS) {
-    it(`${args.join(' ')} ${size ?? '(no size)'}: the Formatting line, the error and the exit code`, () => {
-      qemuImgOk(['create', '-q', '-f', 'qcow2', tmp.file('base.qcow2'), '64M']);
+    it(`${args.join(' ')} ${size ?? '(no size)'}: the Formatting line, the error and the exit code`, async () => {
+      copyBase(tmp.dir);
       for (const f of ['x.qcow2', 'q.qcow2']) fs.rmSync(tmp.file(f), { force: true });
       const q = spawnSync('qemu-img', ['create', '-f', 'qcow2', ...args, 'x.qcow2', ...(size ? [size] : [])], { cwd: tmp.dir, encoding: 'utf8' });
       if (fs.existsSync(tmp.file('x.qcow2'))) fs.renameSync(tmp.file('x.qcow2'), tmp.file('q.qcow2'));
-      const r = cli(['create', ...args, 'x.qcow2', ...(size ? [size] : [])], tmp.dir);
+      const r = await cli(['create', ...args, 'x.qcow2', ...(size ? [size] : [])], tmp.dir);
       expect(r.status).toBe(q.status === 0 ? 0 : 1);
       expect(r.stdout).toBe(q.stdout);
       expect(r.stderr).toBe(q.stderr.replace(/^qemu-img: /, 'qcowscope: '));
@@ -194,10 +202,10 @@ describe('create prints what qemu-img create prints', () => {
     });
   }
 
-  it('sizes QEMU takes above 2^53 bytes (2 MiB clusters) are refused in one line, nothing written', () => {
+  it('sizes QEMU takes above 2^53 bytes (2 MiB clusters) are refused in one line, nothing written', async () => {
     const q = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', 'q.qcow2', '1.5E'], { cwd: tmp.dir, encoding: 'utf8' });
     expect(q.status).toBe(0);
-    const r = cli(['create', '-q', '-o', 'cluster_size=2M', 'big.qcow2', '1.5E'], tmp.dir);
+    const r = await cli(['create', '-q', '-o', 'cluster_size=2M', 'big.qcow2', '1.5E'], tmp.dir);
     expect(r.status).toBe(1);
     expect(r.stderr).toBe('qcowscope: big.qcow2: Virtual sizes above 8 PiB (2^53 bytes) are not supported by qcowscope\n');
     expect(fs.existsSync(tmp.file('big.qcow2'))).toBe(false);

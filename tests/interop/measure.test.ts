@@ -9,8 +9,8 @@ import { useCliWorkDir } from './cli-oracle.ts';
 
 const w = useCliWorkDir('qcowscope-measure-');
 const { create, io } = w;
-const expectSame = (args: string[]): void => {
-  w.expectSame(['measure', ...args]);
+const expectSame = async (args: string[]): Promise<void> => {
+  await w.expectSame(['measure', ...args]);
 };
 
 /** The targets every image is measured for. */
@@ -85,13 +85,13 @@ const IMAGES: Array<[string, () => string]> = [
 
 describe('measure an image: same output as qemu-img', () => {
   for (const [name, make] of IMAGES) {
-    it(name, () => {
+    it(name, async () => {
       const image = make();
-      for (const t of TARGETS) expectSame([...t, image]);
+      for (const t of TARGETS) await expectSame([...t, image]);
     });
   }
 
-  it('internal snapshots with -l (by name, by ID, by either, not found)', () => {
+  it('internal snapshots with -l (by name, by ID, by either, not found)', async () => {
     const f = create('snaps.qcow2', '32M');
     io(f, 'write -P 1 0 4M');
     qemuImgOk(['snapshot', '-c', 'one', path.join(w.dir, f)]);
@@ -100,10 +100,10 @@ describe('measure an image: same output as qemu-img', () => {
     io(f, 'write -P 3 20M 1M');
     qemuImgOk(['resize', '-q', path.join(w.dir, f), '48M']);
     for (const l of ['snapshot.name=one', 'snapshot.id=2', 'snapshot.id=1,snapshot.name=one', 'two', '1', 'snapshot.id=1,snapshot.name=two', 'nope', 'snapshot.bad=1']) {
-      expectSame(['-O', 'qcow2', '-l', l, f]);
-      expectSame(['--output=json', '-O', 'qcow2', '-o', 'cluster_size=1k', '-l', l, f]);
+      await expectSame(['-O', 'qcow2', '-l', l, f]);
+      await expectSame(['--output=json', '-O', 'qcow2', '-o', 'cluster_size=1k', '-l', l, f]);
     }
-    expectSame(['-O', 'qcow2', f]);
+    await expectSame(['-O', 'qcow2', f]);
   });
 });
 
@@ -125,14 +125,14 @@ describe('measure --size: same output as qemu-img', () => {
     ['--size', '1M', '-o', 'size=5M'],
   ];
   for (const c of cases) {
-    it(c.join(' '), () => {
-      expectSame(['-O', 'qcow2', ...c]);
-      expectSame(['--output=json', '-O', 'qcow2', ...c]);
+    it(c.join(' '), async () => {
+      await expectSame(['-O', 'qcow2', ...c]);
+      await expectSame(['--output=json', '-O', 'qcow2', ...c]);
     });
   }
-  it('raw target (the default)', () => {
-    expectSame(['--size', '1000']);
-    expectSame(['--output=json', '--size', '1G']);
+  it('raw target (the default)', async () => {
+    await expectSame(['--size', '1000']);
+    await expectSame(['--output=json', '--size', '1G']);
   });
 });
 
