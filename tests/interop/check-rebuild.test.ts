@@ -51,3 +51,36 @@ describe('refcount structure rebuild', () => {
     }, 60_000);
   }
 });
+
+// A refcount block 64 MiB past the end of a 64 KiB image (1-bit refcounts, 8 KiB clusters; the
+// fuzz campaign of seed 20261206). QEMU's -r all grows the file to hold the block, rebuilds the
+// refcount structures (which drop it) and leaves a 64 MiB file ending in zeros; ours reports the
+// same and rebuilds the same structures without growing the file to a block nobody keeps.
+describe('repair of a refcount block far past the end', () => {
+  const tmp = useTempDir('qcowscope-rebuild-far-');
+  it('rc1, 8 KiB clusters, refcount table entry 121 → 64 MiB: same report and image, file not grown', async () => {
+    const file = tmp.file('a.qcow2');
+    createImage(file, '4M', { clusterSize: 8192, refcountBits: 1 });
+    qemuIoOk(file, 'write -P 0x61 0 24k', 'write -c -P 0x62 64k 8k');
+    pokeU64(file, reftableEntryPos(readHeader(file), 121), 64n << 20n);
+    const before = fs.statSync(file).size;
+    const theirs = tmp.file('q.qcow2');
+    fs.copyFileSync(file, theirs);
+    const q = qemuCheck(theirs, 'all');
+    const img = await openImage(file, { checkMode: true, writable: true, noBacking: true });
+    const r = await runCheck(img, { repair: 'all' });
+    await img.close();
+    expect(q.exitCode).toBe(0);
+    expect(checkExitCode(r)).toBe(q.exitCode);
+    expect({ cf: r.corruptionsFixed, lf: r.leaksFixed, rebuilt: r.rebuilt }).toEqual({ cf: q.corruptionsFixed, lf: q.leaksFixed, rebuilt: true });
+    // QEMU's file holds the block it dropped; its image ends where ours does, and ours ends there
+    const qAfter = qemuCheck(theirs);
+    const oAfter = qemuCheck(file);
+    expect(oAfter.exitCode).toBe(0);
+    expect(oAfter.json?.['image-end-offset']).toBe(qAfter.json?.['image-end-offset']);
+    expect(fs.statSync(theirs).size).toBeGreaterThan(64 << 20);
+    expect(fs.statSync(file).size).toBe(oAfter.json?.['image-end-offset']);
+    expect(fs.statSync(file).size).toBeLessThan(before + (64 << 10));
+    expect(content(file).equals(content(theirs))).toBe(true);
+  }, 60_000);
+});
