@@ -25,6 +25,7 @@ import { be32, put32, put64 } from '../format/bytes.ts';
 import { encodeL1Entry, isCompressed, l1L2Offset, offsetOf, putEntry, withCopied } from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
+import { allocationLimit } from './alloc-limit.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
@@ -98,10 +99,13 @@ async function qemuFirstFit(img: Qcow2Image, sizes: readonly number[]): Promise<
   // One refcount block at a time: the scan crosses millions of clusters on a big image.
   let blockIndex = -1;
   let block: Uint8Array | null = null;
+  // Not far past the end (alloc-limit.ts): the shadow commit refuses there, naming the block.
+  const limit = allocationLimit(img, Math.ceil(img.store.size() / cs));
   for (const bytes of sizes) {
     const n = Math.ceil(bytes / cs);
     let start = next;
     for (let run = 0; run < n;) {
+      if (start > limit) return null;
       const c = next++;
       const rb = Math.floor(c / per);
       if (rb !== blockIndex) {
