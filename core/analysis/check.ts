@@ -10,6 +10,7 @@ import {
   ClusterType, clusterType, hasOffset, isCompressed, isCopied, offsetOf, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI,
   refcountTableOffset, withCopied,
 } from '../format/entries.ts';
+import { maxBytesPastEnd } from '../image/alloc-limit.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import {
   markCleanAndConsistent, markCorrupt, preWriteOverlapCheck, rebuildRefcountStructure,
@@ -30,9 +31,6 @@ import { hex } from '../errors.ts';
 export type { Finding, FindingKind } from './findings.ts';
 
 export type RepairMode = 'leaks' | 'all';
-
-/** How far past its end a repair may grow the file to keep a refcount block that lies there. */
-const MAX_REPAIR_FILE_GROWTH = 64 * 1024 * 1024;
 
 export interface CheckOptions {
   /** Repair while checking: 'leaks' (qemu-img check -r leaks) or 'all' (-r all). Needs a writable image. */
@@ -198,9 +196,11 @@ async function checkRefcounts(
     },
     async growFile(size) {
       // A refcount block left past the end by a crash sits a few clusters after it; one far
-      // beyond is a hostile offset. Refuse as a file system would (EFBIG): the walk then falls
-      // back to rebuilding the refcount structures, as QEMU's does when its resize fails.
-      if (size - img.store.size() > MAX_REPAIR_FILE_GROWTH) {
+      // beyond (farther than the allocators ever place anything: alloc-limit.ts) is a hostile
+      // offset. Refuse as a file system would (EFBIG): the walk then falls back to rebuilding the
+      // refcount structures, as QEMU's does when its resize fails. (QEMU grows the file; its
+      // rebuild may then put the new structures that far out: a 10 KiB image repaired to 61 MiB.)
+      if (size - img.store.size() > maxBytesPastEnd(img.store.size())) {
         throw new QcowError('IO_ERROR', `Refusing to grow ${img.store.name} to ${size} bytes for a refcount block past its end`, { errno: 'EFBIG', size });
       }
       // QEMU truncates the file up to the block at once; here the walk only counts as if it had

@@ -10,17 +10,27 @@ import { reftableEntry } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { refblockEntriesOf, reftableSize } from './refcount.ts';
 
-/** Clusters past the end an allocation may skip at least (crash leftovers), whatever the file size. */
+/** Bytes past the end an allocation may skip at least (crash leftovers), whatever the file size. */
 const MIN_SLACK_BYTES = 16 * 1024 * 1024;
 
 /**
+ * How far past the end of a file of `fileSize` bytes anything may be placed or kept: as far again
+ * as the file is long, at least 16 MiB. A repair keeps a refcount block past the end only this
+ * close (check.ts; farther, it rebuilds as QEMU does when its file cannot grow).
+ */
+export function maxBytesPastEnd(fileSize: number): number {
+  return Math.max(fileSize, MIN_SLACK_BYTES);
+}
+
+/**
  * The last cluster an allocation may start at when the file (or what the operation has placed
- * so far) ends at cluster `endCluster`: as many clusters again past it as the file has, at
- * least 16 MiB. Infinity with an external data file (its refcounts count the data file's clusters).
+ * so far) ends at cluster `endCluster` (maxBytesPastEnd after it). Infinity with an external
+ * data file (its refcounts count the data file's clusters).
  */
 export function allocationLimit(img: Qcow2Image, endCluster: number): number {
   if (img.hasDataFile) return Infinity;
-  return endCluster + Math.max(endCluster, Math.ceil(MIN_SLACK_BYTES / img.clusterSize));
+  const cs = img.clusterSize;
+  return endCluster + Math.ceil(maxBytesPastEnd(endCluster * cs) / cs);
 }
 
 /**
