@@ -162,11 +162,19 @@ async function checkRefcounts(
   }
   /** The file size the walk counts with after a refcount block past the end (0: none). */
   let grownTo = 0;
+  /**
+   * L2 tables whose cluster passed the overlap check (as active / inactive): the check is per
+   * cluster and the metadata does not move during the walk, so a table with thousands of entries
+   * to fix is checked once (each check visits every refcount table entry, as QEMU's does).
+   */
+  const overlapChecked = new Set<string>();
   const hooks: WalkRepairHooks = {
     async fixL2EntryByZero(l2Offset, table, l2Index, active) {
       const step = img.l2EntrySize;
       const at = l2Index * step;
-      const overlap = await preWriteOverlapCheck(img, l2Offset + at, step, active ? ['active L2 table'] : []);
+      const key = `${l2Offset}:${active}`;
+      const overlap = overlapChecked.has(key) ? null : await preWriteOverlapCheck(img, l2Offset + at, step, active ? ['active L2 table'] : []);
+      if (!overlap) overlapChecked.add(key);
       if (overlap) {
         sink.add({ kind: 'info', message: overlap });
         sink.add({ kind: 'check-error', message: 'ERROR: Overlap check failed' });

@@ -3,6 +3,7 @@
 // that the allocation guard (allocator.ts, snapshot-commit.ts), the writes' pre-write check
 // (write.ts) and the check's repairs (QEMU's qcow2_check_metadata_overlap, rebuild.ts) all ask.
 import { QcowError, hex } from '../errors.ts';
+import { entriesDecoded } from '../work-count.ts';
 import * as C from '../format/constants.ts';
 import { l1L2Offset } from '../format/entries.ts';
 import { reftableEntry } from '../format/refcount.ts';
@@ -25,6 +26,8 @@ function forEachMetadata(
   const h = img.header;
   const cs = img.clusterSize;
   const want = (s: MetadataSection): boolean => !skip.includes(s);
+  // the tables in memory it goes through, for a caller that budgets work (a walk per write is quadratic)
+  entriesDecoded((want('active L2 table') ? h.l1Size : 0) + (want('refcount block') ? reftableSize(img) : 0) + img.snapshots.length);
   // visit returns true to stop the walk
   if (want('qcow2_header') && visit('qcow2_header', 0, cs)) return;
   if (want('active L1 table') && visit('active L1 table', h.l1TableOffset, h.l1Size * 8)) return;
