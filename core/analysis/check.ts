@@ -10,6 +10,7 @@ import {
   ClusterType, clusterType, hasOffset, isCompressed, isCopied, offsetOf, OFFSET_MASK_HI, OFFSET_MASK_LO, QCOW_OFLAG_COMPRESSED_HI,
   refcountTableOffset, withCopied,
 } from '../format/entries.ts';
+import { maxBytesPastEnd } from '../image/alloc-limit.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import {
   markCleanAndConsistent, markCorrupt, preWriteOverlapCheck, rebuildRefcountStructure,
@@ -30,9 +31,6 @@ import { hex } from '../errors.ts';
 export type { Finding, FindingKind } from './findings.ts';
 
 export type RepairMode = 'leaks' | 'all';
-
-/** How far past its end a repair may grow the file to keep a refcount block that lies there. */
-const MAX_REPAIR_FILE_GROWTH = 64 * 1024 * 1024;
 
 export interface CheckOptions {
   /** Repair while checking: 'leaks' (qemu-img check -r leaks) or 'all' (-r all). Needs a writable image. */
@@ -162,11 +160,21 @@ async function checkRefcounts(
     sink.add({ kind: 'check-error', message: `ERROR the image file is too large to check (${nb} clusters)`, structure: 'image file' });
     throw new CheckAbort('EFBIG');
   }
+  /** The file size the walk counts with after a refcount block past the end (0: none). */
+  let grownTo = 0;
+  /**
+   * L2 tables whose cluster passed the overlap check (as active / inactive): the check is per
+   * cluster and the metadata does not move during the walk, so a table with thousands of entries
+   * to fix is checked once (each check visits every refcount table entry, as QEMU's does).
+   */
+  const overlapChecked = new Set<string>();
   const hooks: WalkRepairHooks = {
     async fixL2EntryByZero(l2Offset, table, l2Index, active) {
       const step = img.l2EntrySize;
       const at = l2Index * step;
-      const overlap = await preWriteOverlapCheck(img, l2Offset + at, step, active ? ['active L2 table'] : []);
+      const key = `${l2Offset}:${active}`;
+      const overlap = overlapChecked.has(key) ? null : await preWriteOverlapCheck(img, l2Offset + at, step, active ? ['active L2 table'] : []);
+      if (!overlap) overlapChecked.add(key);
       if (overlap) {
         sink.add({ kind: 'info', message: overlap });
         sink.add({ kind: 'check-error', message: 'ERROR: Overlap check failed' });
@@ -196,13 +204,19 @@ async function checkRefcounts(
     },
     async growFile(size) {
       // A refcount block left past the end by a crash sits a few clusters after it; one far
-      // beyond is a hostile offset, and growing the file there would allocate for nothing (a
-      // MemoryStore, a browser tab). Refuse as a file system would (EFBIG): the walk then falls
-      // back to rebuilding the refcount structures, as QEMU's does when its resize fails.
-      if (size - img.store.size() > MAX_REPAIR_FILE_GROWTH) {
+      // beyond (farther than the allocators ever place anything: alloc-limit.ts) is a hostile
+      // offset. Refuse as a file system would (EFBIG): the walk then falls back to rebuilding the
+      // refcount structures, as QEMU's does when its resize fails. (QEMU grows the file; its
+      // rebuild may then put the new structures that far out: a 10 KiB image repaired to 61 MiB.)
+      if (size - img.store.size() > maxBytesPastEnd(img.store.size())) {
         throw new QcowError('IO_ERROR', `Refusing to grow ${img.store.name} to ${size} bytes for a refcount block past its end`, { errno: 'EFBIG', size });
       }
-      await img.truncate(size, 'grow the file to hold a refcount block past its end');
+      // QEMU truncates the file up to the block at once; here the walk only counts as if it had
+      // (bytes past the end read as zeros either way). Nothing is allocated unless the block is
+      // still in use when the repair ends (growPending below): a rebuild drops it, and QEMU's
+      // file stays 64 MiB long for a 64 KiB image where ours ends with its last structure.
+      grownTo = Math.max(grownTo, size, img.store.size());
+      return grownTo;
     },
   };
   const walkOpts = { fixErrors, repair: fixErrors ? hooks : undefined, onProgress: opts.onProgress, isCancelled: opts.isCancelled };
@@ -269,6 +283,9 @@ async function checkRefcounts(
       cmp = await compareRefcounts(img, imrt, disk, res, { leaks: fixLeaks, errors: fixErrors }, writer, sink, opts);
     }
   }
+  // A refcount block past the end that the repair kept (no rebuild) is made real now, as QEMU's
+  // resize made it at once: the file ends where QEMU's does.
+  if (!rebuilt && grownTo > img.store.size()) await img.truncate(grownTo, 'grow the file to hold a refcount block past its end');
   // The walk's runs still describe the active L2 tables unless something was written since.
   const runs = fixLeaks || rebuilt ? null : walk.runs;
   await checkOflagCopied(img, res, fixLeaks, fixErrors, disk, writer, sink, runs, walk.readBuffer, opts.onProgress, opts.isCancelled);

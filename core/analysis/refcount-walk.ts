@@ -42,8 +42,11 @@ export interface FragStats {
 export interface WalkRepairHooks {
   /** Rewrite an unaligned preallocated-zero L2 entry as zero (QEMU's fix_l2_entry_by_zero). True if written. */
   fixL2EntryByZero(l2Offset: number, l2Table: Uint8Array, l2Index: number, active: boolean): Promise<boolean>;
-  /** Grow the file to `size` bytes (a refblock past the end of the file). Throws on failure. */
-  growFile(size: number): Promise<void>;
+  /**
+   * Let the walk treat the file as `size` bytes long (a refblock past the end of the file, which
+   * QEMU's repair grows the file to hold); returns the size the walk sees. Throws on failure.
+   */
+  growFile(size: number): Promise<number>;
 }
 
 export interface WalkOptions {
@@ -584,13 +587,12 @@ export class ReferenceWalk {
             why = strerror('EINVAL');
           } else {
             try {
-              await this.opts.repair.growFile(offset + cs);
+              this.fileSize = await this.opts.repair.growFile(offset + cs);
             } catch (e) {
               why = e instanceof QcowError && e.details.errno === 'EFBIG' ? strerror('EFBIG') : strerror('EINVAL');
             }
           }
           if (!why) {
-            this.fileSize = img.store.size();
             this.growTo(Math.ceil(this.fileSize / cs));
             if (cluster < this.imrt.size) {
               this.res.corruptions--;

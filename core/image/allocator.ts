@@ -19,6 +19,7 @@ import { encodeL1Entry, putEntry } from '../format/entries.ts';
 import { getRefcount, reftableEntry, setRefcount } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import type { AllocatorState } from './allocator-state.ts';
+import { allocationLimit, refuseFarAllocation } from './alloc-limit.ts';
 import { MetadataClusters } from './metadata.ts';
 import {
   checkRefcountDeltas, loadRefblock, refblockEntriesOf, reftableSize, type RefcountDeltas,
@@ -140,7 +141,7 @@ async function ensureRefblock(img: Qcow2Image, r: number, reserved: Reserved, on
   const s = stateOf(img);
   for (let guard = 0; !regionPresent(img, r); guard++) {
     if (guard > 64) throw new QcowError('INTERNAL', `could not place refcount block ${r}`, { reftableIndex: r });
-    const x = await findFree(img, 1, reserved);
+    const x = await findFree(img, 1, reserved, `refcount block ${r}`);
     s.freeClusterIndex = x + 1;
     const rx = Math.floor(x / per);
     if (rx !== r && !regionPresent(img, rx)) {
@@ -300,13 +301,17 @@ export async function reserveRefcountArea(img: Qcow2Image, startCluster: number,
 
 /**
  * First `n` contiguous free clusters from the free-cluster index (QEMU's alloc_clusters_noref):
- * refcount 0, not reserved. Clusters beyond what the reftable covers count as free.
+ * refcount 0, not reserved. Clusters beyond what the reftable covers count as free. A run that
+ * would start far past the end of the file (refcounts counting clusters the file does not have:
+ * alloc-limit.ts) is refused before anything is written, and the scan stops there.
  */
-async function findFree(img: Qcow2Image, n: number, reserved: Reserved): Promise<number> {
+async function findFree(img: Qcow2Image, n: number, reserved: Reserved, what: string): Promise<number> {
   const per = refblockEntriesOf(img);
   const order = img.refcountOrder;
   const maxCluster = Math.floor(MAX_CLUSTER_OFFSET / img.clusterSize);
   let c = stateOf(img).freeClusterIndex;
+  const endCluster = Math.max(Math.ceil(img.store.size() / img.clusterSize), c);
+  const limit = allocationLimit(img, endCluster);
   let runStart = c;
   let runLen = 0;
   for (;;) {
@@ -318,22 +323,26 @@ async function findFree(img: Qcow2Image, n: number, reserved: Reserved): Promise
       const take = Math.min(end - c, n - runLen);
       runLen += take;
       c += take;
-      if (runLen === n) return runStart;
+      if (runLen === n) break;
     } else {
       for (; c < end; c++) {
         const free = (!block || getRefcount(block, c - r * per, order) === 0) && !inReserved(reserved, c);
         if (free) {
           if (runLen === 0) runStart = c;
-          if (++runLen === n) return runStart;
+          if (++runLen === n) break;
         } else {
           runLen = 0;
         }
       }
+      if (runLen === n) break;
     }
+    if (c - runLen > limit) refuseFarAllocation(img, what, endCluster, limit);
     if (c > maxCluster) {
       throw new QcowError('IMAGE_TOO_BIG', `No room for ${n} clusters below the largest host offset`, { clusters: n });
     }
   }
+  if (runStart > limit) refuseFarAllocation(img, what, endCluster, limit);
+  return runStart;
 }
 
 /**
@@ -347,7 +356,7 @@ export async function allocClusters(img: Qcow2Image, n: number, what = 'cluster'
   const per = refblockEntriesOf(img);
   for (let attempt = 0; ; attempt++) {
     if (attempt > 1000) throw new QcowError('INTERNAL', 'cluster allocation did not converge', { clusters: n });
-    const start = await findFree(img, n, []);
+    const start = await findFree(img, n, [], what);
     assertNotMetadata(img, start, n, what);
     // QEMU finds the run, then meets the missing refcount block while counting it: the block goes
     // to the first free cluster after the run, the counts already made are rolled back and the

@@ -3,6 +3,7 @@
 // that the allocation guard (allocator.ts, snapshot-commit.ts), the writes' pre-write check
 // (write.ts) and the check's repairs (QEMU's qcow2_check_metadata_overlap, rebuild.ts) all ask.
 import { QcowError, hex } from '../errors.ts';
+import { entriesDecoded } from '../work-count.ts';
 import * as C from '../format/constants.ts';
 import { l1L2Offset } from '../format/entries.ts';
 import { reftableEntry } from '../format/refcount.ts';
@@ -25,6 +26,8 @@ function forEachMetadata(
   const h = img.header;
   const cs = img.clusterSize;
   const want = (s: MetadataSection): boolean => !skip.includes(s);
+  // the tables in memory it goes through, for a caller that budgets work (a walk per write is quadratic)
+  entriesDecoded((want('active L2 table') ? h.l1Size : 0) + (want('refcount block') ? reftableSize(img) : 0) + img.snapshots.length);
   // visit returns true to stop the walk
   if (want('qcow2_header') && visit('qcow2_header', 0, cs)) return;
   if (want('active L1 table') && visit('active L1 table', h.l1TableOffset, h.l1Size * 8)) return;
@@ -118,6 +121,68 @@ export function metadataOverlap(img: Qcow2Image, offset: number, size: number, i
     if (n > 0 && o < end && start < o + n) hit = section;
     return hit !== null;
   }, ignore);
+  return hit;
+}
+
+/** Where the refcount table or a refcount block lies on other metadata (refcountStructureOverlap). */
+export interface RefcountOverlap {
+  structure: 'refcount table' | 'refcount block';
+  /** The refcount block's reftable index. */
+  index?: number;
+  offset: number;
+  /** What else lives there. */
+  owner: MetadataSection;
+}
+
+/**
+ * The first refcount structure that lies on other metadata the in-memory structures know of
+ * (the header, an L1 table, an active L2 table, the snapshot table, the bitmap directory, the
+ * refcount table itself, another refcount block): its refcounts are then that structure's bytes,
+ * not refcounts. No reads; linear in the tables' sizes. Null if none (or if only a snapshot's L2
+ * table or guest data is hit, which needs reads; the allocators' limit catches what that does).
+ */
+export function refcountStructureOverlap(img: Qcow2Image): RefcountOverlap | null {
+  const cs = img.clusterSize;
+  const h = img.header;
+  const tableFirst = Math.floor(h.refcountTableOffset / cs);
+  const tableEnd = tableFirst + h.refcountTableClusters;
+  const blockAt = new Map<number, number>(); // cluster → reftable index
+  for (let r = 0; r < reftableSize(img); r++) {
+    const off = reftableEntry(img.reftable, r);
+    if (off === 0 || off % cs !== 0) continue;
+    const c = off / cs;
+    if (c >= tableFirst && c < tableEnd) return { structure: 'refcount block', index: r, offset: off, owner: 'refcount table' };
+    if (blockAt.has(c)) return { structure: 'refcount block', index: r, offset: off, owner: 'refcount block' };
+    blockAt.set(c, r);
+  }
+  const blocks = [...blockAt.keys()].sort((a, b) => a - b);
+  let hit: RefcountOverlap | null = null;
+  // the table first (a moved table is what makes every block wrong), then the blocks
+  forEachMetadata(img, (section, offset, bytes) => {
+    if (bytes <= 0 || Math.floor((offset + bytes - 1) / cs) < tableFirst || Math.floor(offset / cs) >= tableEnd) return false;
+    hit = { structure: 'refcount table', offset: h.refcountTableOffset, owner: section };
+    return true;
+  }, ['refcount table', 'refcount block']);
+  if (hit) return hit;
+  forEachMetadata(img, (section, offset, bytes) => {
+    if (bytes <= 0) return false;
+    const first = Math.floor(offset / cs);
+    const end = Math.floor((offset + bytes - 1) / cs) + 1;
+    // the lowest refcount block at or after `first`
+    let lo = 0;
+    let hi = blocks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (blocks[mid]! < first) lo = mid + 1;
+      else hi = mid;
+    }
+    const c = blocks[lo];
+    if (c !== undefined && c < end) {
+      hit = { structure: 'refcount block', index: blockAt.get(c)!, offset: c * cs, owner: section };
+      return true;
+    }
+    return false;
+  }, ['refcount table', 'refcount block']);
   return hit;
 }
 

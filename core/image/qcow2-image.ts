@@ -10,7 +10,7 @@ import { alignUp, qemuHex } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import { l2EntrySize, offsetOf, type L2Geometry } from '../format/entries.ts';
 import { be32 } from '../format/bytes.ts';
-import { parseHeader, sizeToL1, validateTable, l2EntriesOf, l2GeometryOf, type Qcow2Header } from '../format/header.ts';
+import { headerBytesNeeded, parseHeader, sizeToL1, validateTable, l2EntriesOf, l2GeometryOf, type Qcow2Header } from '../format/header.ts';
 import { parseSnapshotTable, type Snapshot } from '../format/snapshot-table.ts';
 import { parseBitmapDirectory, type BitmapEntry } from '../format/bitmaps.ts';
 import { TableCache } from './table-cache.ts';
@@ -153,7 +153,7 @@ export class Qcow2Image implements Layer {
     }
     const bits = be32(first, 20);
     const cs = bits >= C.MIN_CLUSTER_BITS && bits <= C.MAX_CLUSTER_BITS ? 2 ** bits : 4096;
-    const b = cs <= first.length ? first.subarray(0, cs) : await store.read(0, cs);
+    const b = cs <= first.length ? first.subarray(0, cs) : headerBytesNeeded(first, cs) <= first.length ? first : await store.read(0, cs);
     return parseHeader(b, store.name);
   }
 
@@ -211,10 +211,12 @@ export class Qcow2Image implements Layer {
   /** The active L1 and the refcount table, as the header places them. */
   private async loadTables(): Promise<void> {
     const h = this.hdr;
-    this.l1 = h.l1Size > 0 ? (await this.store.read(h.l1TableOffset, h.l1Size * 8)).slice() : new Uint8Array(0);
-    this.rt = h.refcountTableClusters > 0
-      ? (await this.store.read(h.refcountTableOffset, h.refcountTableClusters * this.clusterSize)).slice()
-      : new Uint8Array(0);
+    // read into arrays of their own (a read's result may be the store's view, and a copy of it
+    // was a second 2 MiB on 2 MiB clusters)
+    this.l1 = new Uint8Array(h.l1Size * 8);
+    if (h.l1Size > 0) await readInto(this.store, h.l1TableOffset, this.l1);
+    this.rt = new Uint8Array(h.refcountTableClusters * this.clusterSize);
+    if (h.refcountTableClusters > 0) await readInto(this.store, h.refcountTableOffset, this.rt);
   }
 
   /** Check mode: a snapshot table that cannot be read is noted in snapshotTableError, not thrown. */

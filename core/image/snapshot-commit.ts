@@ -45,6 +45,7 @@ import { getRefcount, reftableEntry } from '../format/refcount.ts';
 import { encodeSnapshotTable, snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { readInto } from '../io/store.ts';
 import type { Qcow2Image, TablesChange } from './qcow2-image.ts';
+import { allocationLimit, refuseFarAllocation } from './alloc-limit.ts';
 import { MetadataClusters } from './metadata.ts';
 import { RefcountOverlay } from './refcount-overlay.ts';
 import { reftableSize } from './refcount.ts';
@@ -603,7 +604,11 @@ export class ShadowCommit {
     let c = this.cursor;
     let runStart = c;
     let runLen = 0;
+    // never far past the end of the file (or of what this plan placed): alloc-limit.ts
+    const endCluster = Math.max(this.appendCursor, this.highWater);
+    const limit = allocationLimit(this.img, endCluster);
     for (;;) {
+      if (c - runLen > limit) refuseFarAllocation(this.img, what, endCluster, limit);
       if (c + count > maxCluster) {
         throw new QcowError('IMAGE_TOO_BIG', `No room for ${count} clusters below the largest host offset`, { clusters: count });
       }
@@ -635,6 +640,8 @@ export class ShadowCommit {
         if (free) {
           if (runLen === 0) runStart = c;
           if (++runLen === count) {
+            if (runStart > limit) refuseFarAllocation(this.img, what, endCluster, limit);
+            this.highWater = Math.max(this.highWater, runStart + count);
             for (let k = runStart; k < runStart + count; k++) {
               await ov.load(Math.floor(k / per));
               ov.set(k, refcount);
@@ -653,6 +660,8 @@ export class ShadowCommit {
 
   /** The first cluster past the file's end as the operation found it (or past the last early placement). */
   private appendCursor: number;
+  /** The first cluster past everything this plan allocated. */
+  private highWater = 0;
 
   /**
    * A cluster for a block written early, past the file's end as the operation found it. Early

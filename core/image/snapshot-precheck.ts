@@ -9,6 +9,7 @@ import { QcowError, hex } from '../errors.ts';
 import * as C from '../format/constants.ts';
 import { reftableEntry } from '../format/refcount.ts';
 import type { Snapshot } from '../format/snapshot-table.ts';
+import { refcountStructureOverlap } from './metadata.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 
 /** Throw a one-line refusal naming the first damaged structure the operation `what` must trust. */
@@ -122,6 +123,13 @@ function refcountDamage(img: Qcow2Image): WriteDamage | undefined {
     if (why) {
       return { structure: 'refcount block', offset: off, message: `refcount block ${i} at ${hex(off)} ${why}` };
     }
+  }
+  // On other metadata, its "refcounts" are that structure's bytes: an allocation trusting them
+  // lands anywhere (QEMU's snapshot writes 8 GiB past the end of such a file).
+  const o = refcountStructureOverlap(img);
+  if (o) {
+    const what = o.structure === 'refcount table' ? 'the refcount table' : `refcount block ${o.index}`;
+    return { structure: o.structure, offset: o.offset, message: `${what} at ${hex(o.offset)} overlaps with ${o.owner}` };
   }
   return undefined;
 }

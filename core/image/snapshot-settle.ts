@@ -37,6 +37,7 @@ import {
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import * as C from '../format/constants.ts';
+import { allocationLimit } from './alloc-limit.ts';
 import { refcountBlocksNeeded } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
@@ -145,10 +146,13 @@ class QemuAllocator {
   private entries: number;
   private blockIndex = -1;
   private block: Uint8Array | null = null;
+  /** Not far past the end (alloc-limit.ts): the shadow commit refuses there, naming the block. */
+  private readonly limit: number;
 
   constructor(private readonly img: Qcow2Image) {
     this.per = refblockEntriesOf(img);
     this.oldEntries = this.entries = img.reftable.length / 8;
+    this.limit = allocationLimit(img, Math.ceil(img.store.size() / img.clusterSize));
   }
 
   private covered(rb: number): boolean {
@@ -163,11 +167,13 @@ class QemuAllocator {
   async alloc(n: number): Promise<number | null> {
     for (let guard = 0; guard < 64; guard++) {
       const start = await this.noref(n);
+      if (start === null) return null;
       let again = false;
       for (let c = start; c < start + n; c++) {
         const rb = Math.floor(c / this.per);
         if (this.covered(rb)) continue;
         const nb = await this.noref(1);
+        if (nb === null) return null;
         const nbBlock = Math.floor(nb / this.per);
         if (nbBlock !== rb && !this.covered(nbBlock)) return null;
         this.used.add(nb);
@@ -215,13 +221,14 @@ class QemuAllocator {
     return true;
   }
 
-  /** alloc_clusters_noref: the first run of `n` free clusters from free_cluster_index, which moves past it. */
-  private async noref(n: number): Promise<number> {
+  /** alloc_clusters_noref: the first run of `n` free clusters from free_cluster_index, which moves past it; null past the allocation limit. */
+  private async noref(n: number): Promise<number | null> {
     const per = this.per;
     const order = this.img.refcountOrder;
     let start = this.fci;
     let next = this.fci;
     for (let run = 0; run < n;) {
+      if (next > this.limit) return null;
       const rb = Math.floor(next / per);
       let free: boolean;
       if (!this.covered(rb) || this.newBlocks.has(rb)) {

@@ -2,7 +2,7 @@
 // engine path in worker threads with a hard time limit (tests/fuzz/README.md).
 //   npm test       a bounded, deterministic run (FUZZ_DEFAULT_CASES cases, run seed 1)
 //   npm run fuzz   FUZZ_ITERATIONS cases (5000 by default there) or FUZZ_SECONDS of cases;
-//                  FUZZ_SEED picks another run seed; failing recipes are shrunk and appended to
+//                  FUZZ_SEED picks another run seed, FUZZ_OFFSET the first case (a slice); failing recipes are shrunk and appended to
 //                  regressions.json (FUZZ_SAVE=0 to not write it, FUZZ_SAVE=1 to write it in any run).
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { FuzzPool } from './pool.ts';
@@ -29,6 +29,8 @@ const seconds = Number(env.FUZZ_SECONDS ?? 0);
 const longRun = env.FUZZ_ITERATIONS !== undefined || seconds > 0;
 const iterations = seconds > 0 ? Infinity : Number(env.FUZZ_ITERATIONS ?? FUZZ_DEFAULT_CASES);
 const runSeed = Number(env.FUZZ_SEED ?? 1);
+/** First case index of the run (a slice of a long campaign: cases offset .. offset + iterations - 1). */
+const offset = Number(env.FUZZ_OFFSET ?? 0);
 const save = env.FUZZ_SAVE === '1' || (longRun && env.FUZZ_SAVE !== '0');
 // A hang guard only (the work budget is the deterministic limit): wide enough for a loaded machine.
 const caseTimeoutMs = Number(env.FUZZ_CASE_TIMEOUT_MS ?? 60_000);
@@ -76,10 +78,10 @@ describe('fuzz campaign', () => {
     const outcomes = new Map<string, number>();
     let most = { name: '', step: '', share: 0 };
     let ran = 0;
-    let index = 0;
+    let index = offset;
     const inFlight = new Set<Promise<void>>();
     const parallel = 8;
-    while (index < iterations && Date.now() < deadline) {
+    while (index - offset < iterations && Date.now() < deadline) {
       const c = gen.make(index++);
       const p = pool.run(c).then((r) => {
         ran++;
@@ -112,7 +114,7 @@ describe('fuzz campaign', () => {
     }
     if (save && found.length) saveRegressions(found);
     if (env.FUZZ_VERBOSE) console.log([...outcomes].sort().map(([k, v]) => `${String(v).padStart(6)}  ${k}`).join('\n'));
-    console.log(`fuzz: ${ran} cases (run seed ${runSeed}), ${failing.length} failing, ${groups.size} distinct findings${save && found.length ? ' saved to regressions.json' : ''}`);
+    console.log(`fuzz: ${ran} cases (run seed ${runSeed}, cases ${offset}..${offset + ran - 1}), ${failing.length} failing, ${groups.size} distinct findings${save && found.length ? ' saved to regressions.json' : ''}`);
     console.log(`fuzz: largest share of a step's work budget: ${most.share.toFixed(3)} (${most.step} in ${most.name})`);
     // Every finding fails the run, including those known and still being fixed (known-findings.json
     // only says who is on it): the budget is deterministic, so nothing here depends on load.

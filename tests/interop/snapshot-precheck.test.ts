@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pokeU64, qemuCheck, qemuInfo, qemuIoOk, qemuImgOk, createImage, sha256, truncateFile, qemuSnapshotList } from '../helpers/qemu.ts';
-import { SNAP, readHeader, readSnapshots, reftableEntryPos } from '../helpers/qcow2-mini.ts';
+import { SNAP, dataClusterOffset, readHeader, readSnapshots, reftableEntryPos } from '../helpers/qcow2-mini.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { runCli } from './read-support.ts';
 import { cliBundle } from '../helpers/cli.ts';
@@ -68,6 +68,18 @@ const CASES: Case[] = [
       pokeU64(f, pos, h.refcountTableOffset + 0x10200);
     },
     names: /refcount block 0 at 0x[0-9a-f]+200 is not cluster-aligned/,
+  },
+  {
+    // fuzz campaign of seed 20261206: every refcount reads 0x1111, so the first free cluster is
+    // 2 GiB on (qemu-img snapshot -c writes there); the allocation limit refuses
+    name: 'refcount block pointing at guest data (refcounts count 2 GiB past the end as in use)',
+    damage: (f) => pokeU64(f, reftableEntryPos(readHeader(f), 0), BigInt(dataClusterOffset(f))),
+    names: /refcount block 0 at 0x[0-9a-f]+ counts the clusters after the end of the file \(0x[0-9a-f]+\) as in use/,
+  },
+  {
+    name: "refcount table moved onto snapshot 1's L1 table",
+    damage: (f) => pokeU64(f, 48, readSnapshots(f)[0]!.l1TableOffset),
+    names: /the refcount table at 0x[0-9a-f]+ overlaps with inactive L1 table/,
   },
 ];
 

@@ -13,6 +13,7 @@ import {
   createImage, pokeU16, pokeU64, qemuCheck, qemuImgOk, qemuInfo, qemuIo, qemuIoOk, sha256,
 } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
+import { dataClusterOffset, readHeader, reftableEntryPos } from '../helpers/qcow2-mini.ts';
 
 const tmp = useTempDir('qcowscope-wref-');
 
@@ -82,6 +83,21 @@ describe('refused writes change nothing', () => {
     const e = await refused(f);
     expect(isQcowError(e) && e.code).toBe('METADATA_CORRUPT');
     expect((e as Error).message).toBe('Preventing invalid allocation of L2 table at offset 0');
+  });
+
+  it('refcount block pointing at guest data: no allocation 2 GiB past the end (qemu-io writes there)', async () => {
+    const f = tmp.file('a.qcow2');
+    createImage(f, '16M');
+    qemuIoOk(f, 'write -P 0x11 0 64k');
+    // refcounts read as 0x1111 for every cluster refcount block 0 covers (2 GiB)
+    pokeU64(f, reftableEntryPos(readHeader(f), 0), BigInt(dataClusterOffset(f)));
+    const e = await refused(f, {}, (img) => writeGuest(img, 1 << 20, new Uint8Array(4096).fill(1)));
+    expect(isQcowError(e) && e.code).toBe('METADATA_CORRUPT');
+    expect((e as Error).message).toMatch(/^Preventing invalid allocation of data cluster past 0x[0-9a-f]+: refcount block 0 at 0x50000 counts the clusters after the end of the file \(0x60000\) as in use; the refcounts are corrupt, run a check with repair$/);
+    const q = tmp.file('q.qcow2');
+    fs.copyFileSync(f, q);
+    qemuIo(['-c', 'write -P 1 1M 4k', q]);
+    expect(fs.statSync(q).size).toBeGreaterThan(2 ** 31);
   });
 
   it('L1 table refcount zeroed: the allocator will not hand it out', async () => {
