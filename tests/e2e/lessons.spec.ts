@@ -50,14 +50,14 @@ test('where does byte X live: from the start screen, each step in the live views
   await page.getByRole('dialog', { name: 'Lessons' }).getByRole('button', { name: 'Where does guest byte 0x48000 live?' }).click();
   await expect(bar(page).getByText('Step 1 of 4')).toBeVisible();
   await expect(page.getByRole('tab', { name: 'snapshots.qcow2' })).toBeVisible();
-  expect(await currentView(page)).toBe('Translation');
+  await expect.poll(() => currentView(page)).toBe('Translation');
   const host = await shownHostOffset(page);
   const file = await downloadImage(page, path.join(tmp, 'snapshots.qcow2'));
   expect(host).toBe(qemuHostOffset(file, 0x48000));
   await expect(page).toHaveURL(/#img=gallery:snapshots&view=translate&offset=0x48000&lesson=byte&step=1$/);
 
   await next(page, 2, 4);
-  expect(await currentView(page)).toBe('L1 table');
+  await expect.poll(() => currentView(page)).toBe('L1 table');
   await expect(inspector(page).getByRole('heading', { name: 'L1 entry 0' })).toBeVisible();
 
   await next(page, 3, 4);
@@ -67,7 +67,7 @@ test('where does byte X live: from the start screen, each step in the live views
   await expect(inspector(page).getByText(`0x${(host - (host % cs)).toString(16)}`, { exact: true })).toBeVisible();
 
   await next(page, 4, 4);
-  expect(await currentView(page)).toBe('Hex');
+  await expect.poll(() => currentView(page)).toBe('Hex');
   await expect(inspector(page).getByRole('heading', { name: `Host cluster ${Math.floor(host / cs)}` })).toBeVisible();
   await expect(page).toHaveURL(new RegExp(`sel=cluster:0x${(host - (host % cs)).toString(16)}&lesson=byte&step=4$`));
   // Keyboard: Back is a button in the guide; it returns to step 3.
@@ -80,7 +80,7 @@ test('what does snapshot S hold alone: the count and the outline equal what qemu
   // Opened from a lesson's link: the image is rebuilt in the page, the same for everyone.
   await page.goto('/#lesson=alone&step=1');
   await expect(bar(page).getByText('Step 1 of 3')).toBeVisible();
-  expect(await currentView(page)).toBe('Snapshots');
+  await expect.poll(() => currentView(page)).toBe('Snapshots');
   await expect(inspector(page).getByRole('heading', { name: /first/ })).toBeVisible();
   const alone = inspector(page).locator('dd').filter({ hasText: 'deleting it frees them' });
   const shown = Number(/^(\d+) cluster/.exec((await alone.textContent())!)![1]);
@@ -89,7 +89,7 @@ test('what does snapshot S hold alone: the count and the outline equal what qemu
   expect(shown).toBe(freed);
 
   await next(page, 2, 3);
-  expect(await currentView(page)).toBe('Cluster map');
+  await expect.poll(() => currentView(page)).toBe('Cluster map');
   await expect(page.getByRole('list', { name: 'Legend' }).getByText(`Held only by snapshot first ${freed}`)).toBeVisible();
 });
 
@@ -101,7 +101,7 @@ test('what did a snapshot create change: the journal’s before and after equal 
   await expect(page.getByRole('table', { name: 'Snapshots' }).getByRole('cell', { name: 'third', exact: true })).toBeVisible();
 
   await next(page, 2, 3);
-  expect(await currentView(page)).toBe('Journal');
+  await expect.poll(() => currentView(page)).toBe('Journal');
   // QEMU makes the same change to the same bytes.
   const after = path.join(tmp, 'after.qcow2');
   fs.copyFileSync(before, after);
@@ -122,7 +122,7 @@ test('what did a snapshot create change: the journal’s before and after equal 
 test('why is the file larger than its data: cluster size, the 2 MiB cluster of a 4 KiB write and the file size are qemu-img’s', async ({ page, tmp }) => {
   await page.goto('/#lesson=size&step=1');
   await expect(bar(page).getByText('Step 1 of 3')).toBeVisible();
-  expect(await currentView(page)).toBe('Header');
+  await expect.poll(() => currentView(page)).toBe('Header');
   await expect(inspector(page).getByRole('heading', { name: 'cluster_bits' })).toBeVisible();
   // The recipe made by QEMU: the same cluster size, data clusters and file size.
   const qdir = path.join(tmp, 'qemu');
@@ -138,7 +138,7 @@ test('why is the file larger than its data: cluster size, the 2 MiB cluster of a
   expect(host).toBe(qemuHostOffset(file, 32 * 1024 * 1024));
 
   await next(page, 3, 3);
-  expect(await currentView(page)).toBe('Cluster map');
+  await expect.poll(() => currentView(page)).toBe('Cluster map');
   const end = qemuCheck(qfile).json!['image-end-offset']!;
   await expect(page.getByText(`Why the file is ${end / 1024 / 1024} MiB`)).toBeVisible();
   expect(fs.statSync(file).size).toBe(end);
