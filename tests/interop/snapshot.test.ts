@@ -136,7 +136,7 @@ describe('internal snapshots vs qemu-img', () => {
         }
         m.verify(tmp.dir, `after step ${step} (${label})`);
       }
-    });
+    }, 180_000); // 25 steps of qemu-io and qemu-img runs: over 50 s on a loaded machine
   }
 
   it('reverts and deletes snapshots made by qemu-img (shared L2 tables, stale COPIED bits)', async () => {
