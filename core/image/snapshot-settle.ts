@@ -37,10 +37,13 @@ import {
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import * as C from '../format/constants.ts';
+import { encodeHeader, type Qcow2Header } from '../format/header.ts';
+import type { BitmapEntry } from '../format/bitmaps.ts';
 import { refcountBlocksNeeded } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
+import { bitmapWrites, loadQemuBitmaps, placeBitmaps, placementClusters, type QemuBitmaps } from './snapshot-settle-bitmaps.ts';
 
 /** QEMU's result of one operation, planned before it starts (from the state it finds). */
 export interface QemuLayout {
@@ -55,8 +58,16 @@ export interface QemuLayout {
   l1Moves: Map<Snapshot, number>;
   /** Where QEMU writes the snapshot table, when the operation rewrites it with entries. */
   snapshotsOffset: number | null;
-  /** The file's length after QEMU's operation. */
+  /** The file's length after QEMU's operation (with bitmaps: at most; the settle finds it). */
   fileSizeAfter: number;
+  /** The file's length after the operation's own allocations, before QEMU stores the bitmaps. */
+  fileSizeBase: number;
+  /**
+   * The bitmaps QEMU stores again on close; the clusters below its free index it skipped (free,
+   * yet never allocated after); the clusters they would take if the operation freed nothing
+   * (free before it: the shadow commit leaves them alone).
+   */
+  bitmaps: (QemuBitmaps & { skipped: Set<number>; freeBefore: Set<number> }) | null;
   /** The clusters of QEMU's new structures: step 1 must leave them free. */
   reserved: Set<number>;
   /** Clusters QEMU frees without punching a hole (the old refcount table when it grew): what it writes there keeps the old bytes after it. */
@@ -71,8 +82,10 @@ export interface QemuLayout {
  */
 export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[] }): Promise<QemuLayout | null> {
   const h = img.header;
-  // QEMU opening an image with bitmaps read-write rewrites their directory (more allocations).
-  if (h.bitmaps || h.l1Size === 0 || h.l1TableOffset === 0) return null;
+  if (h.l1Size === 0 || h.l1TableOffset === 0) return null;
+  // QEMU closing an image with bitmaps stores them again (snapshot-settle-bitmaps.ts).
+  const bitmaps = await loadQemuBitmaps(img);
+  if (bitmaps === null) return null;
   const sizes: number[] = [];
   if (opts.newL1Copy) sizes.push(h.l1Size * 8);
   const tableBytes = opts.tableAfter ? snapshotTableSize(opts.tableAfter) : 0;
@@ -83,6 +96,17 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     const c = await alloc.alloc(Math.ceil(bytes / img.clusterSize));
     if (c === null) return null;
     runs.push({ offset: c * img.clusterSize, bytes });
+  }
+  let bitmapGuess: { skipped: Set<number>; clusters: number[] } | null = null;
+  if (bitmaps) {
+    // Where the bitmaps would go if the operation freed nothing: the settle places them again
+    // on QEMU's refcounts after the operation (which may free lower clusters); these must stay
+    // free in the shadow commit. A refcount block they would need is not modelled.
+    const skipped = await alloc.skippedFree();
+    const blocks = alloc.newBlocks.size;
+    const p = await placeBitmaps(bitmaps, img.clusterSize, (n) => alloc.alloc(n));
+    if (!p || alloc.newBlocks.size !== blocks || alloc.grownTable) return null;
+    bitmapGuess = { skipped, clusters: placementClusters(p, bitmaps, img.clusterSize) };
   }
   const reserved = new Set<number>();
   let fileSizeAfter = img.store.size();
@@ -104,6 +128,11 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
     putEntry(reftable, rb * 8, ...encodeL1Entry(c * img.clusterSize, false));
   }
+  const fileSizeBase = fileSizeAfter;
+  for (const c of bitmapGuess?.clusters ?? []) {
+    reserved.add(c);
+    fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
+  }
   const l1Moves = new Map<Snapshot, number>();
   if (opts.newL1Copy) l1Moves.set(opts.newL1Copy, runs.shift()!.offset);
   return {
@@ -116,8 +145,10 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     l1Moves,
     snapshotsOffset: tableBytes > 0 ? runs[0]!.offset : null,
     fileSizeAfter,
+    fileSizeBase,
     reserved,
     unpunched: alloc.freedClusters(),
+    bitmaps: bitmaps && bitmapGuess ? { ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set(bitmapGuess.clusters) } : null,
   };
 }
 
@@ -153,6 +184,17 @@ class QemuAllocator {
 
   private covered(rb: number): boolean {
     return this.newBlocks.has(rb) || (rb < this.oldEntries && reftableEntry(this.img.reftable, rb) !== 0);
+  }
+
+  /** Clusters free before the operation that its allocations passed over (below the free index, not taken). */
+  async skippedFree(): Promise<Set<number>> {
+    const out = new Set<number>();
+    for (let c = 0; c < this.fci; c++) {
+      if (this.used.has(c)) continue;
+      const rb = Math.floor(c / this.per);
+      if (!this.covered(rb) || this.newBlocks.has(rb) || this.freed.has(c) || (await getClusterRefcount(this.img, c)) === 0) out.add(c);
+    }
+    return out;
   }
 
   freedClusters(): Set<number> {
@@ -289,27 +331,58 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
   if (!plan) return false;
   for (const w of plan.writes) await img.pwrite(w.offset, w.bytes, w.purpose);
   await img.flush('QEMU\'s layout on disk before the header points at it');
-  const b = new Uint8Array(72);
-  put32(b, 36, q.l1Size);
-  put64(b, 40, q.l1TableOffset);
-  put64(b, 48, q.reftableOffset);
-  put32(b, 56, q.reftableClusters);
-  put32(b, 60, plan.snapshots.length);
-  put64(b, 64, plan.snapshotsOffset);
-  // Not marked as the commit point: a reader sees the same disks and snapshots on either side.
-  await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
+  const header: Qcow2Header = {
+    ...img.header,
+    l1Size: q.l1Size,
+    l1TableOffset: q.l1TableOffset,
+    refcountTableOffset: q.reftableOffset,
+    refcountTableClusters: q.reftableClusters,
+    nbSnapshots: plan.snapshots.length,
+    snapshotsOffset: plan.snapshotsOffset,
+    ...(plan.bitmapsAfter && img.header.bitmaps
+      ? { bitmaps: { ...img.header.bitmaps, bitmapDirectoryOffset: plan.bitmapsAfter.directoryOffset } }
+      : {}),
+  };
+  // One write from byte 36: the tables, and the bitmaps extension when QEMU stored the bitmaps
+  // again (the old ones stay whole and counted until it lands; the new ones are counted by the
+  // refcount blocks it names). Not marked as the commit point: a reader sees the same disks,
+  // snapshots and bitmaps on either side.
+  let end = 72;
+  if (plan.bitmapsAfter) {
+    const now = await img.store.read(0, img.clusterSize);
+    const want = encodeHeader(header);
+    end = want.length;
+    while (end > 72 && want[end - 1] === now[end - 1]) end--;
+    await img.pwrite(36, want.slice(36, end), 'header: L1 table, refcount table, snapshot table and bitmap directory where QEMU keeps them (settle)');
+  } else {
+    const b = new Uint8Array(72);
+    put32(b, 36, q.l1Size);
+    put64(b, 40, q.l1TableOffset);
+    put64(b, 48, q.reftableOffset);
+    put32(b, 56, q.reftableClusters);
+    put32(b, 60, plan.snapshots.length);
+    put64(b, 64, plan.snapshotsOffset);
+    await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
+  }
   await img.flush('settle durable');
-  if (img.store.size() !== q.fileSizeAfter) {
+  // QEMU punches a hole where the old bitmap data was: zeros there too (free clusters now), so
+  // that what a later operation writes into part of them keeps QEMU's bytes after it.
+  for (const off of q.bitmaps && plan.bitmapsAfter ? q.bitmaps.oldData : []) {
+    if (off < plan.fileSizeAfter) await img.pwrite(off, new Uint8Array(img.clusterSize), 'old bitmap data cluster emptied, as QEMU\'s hole');
+  }
+  if (img.store.size() !== plan.fileSizeAfter) {
     // (longer: a refcount block of zeros QEMU writes last, which the file's zeros already hold)
-    await img.truncate(q.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
+    await img.truncate(plan.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
     await img.flush('truncate durable');
   }
+  if (plan.bitmapsAfter) img.bitmaps = plan.bitmapsAfter.entries;
   img.setTables({
     header: {
       l1TableOffset: q.l1TableOffset,
       refcountTableOffset: q.reftableOffset,
       refcountTableClusters: q.reftableClusters,
       snapshotsOffset: plan.snapshotsOffset,
+      ...(header.bitmaps ? { bitmaps: header.bitmaps } : {}),
     },
     l1Table: plan.l1,
     reftable: q.reftable.slice(),
@@ -327,7 +400,10 @@ const MAX_SETTLE_BLOCK_BYTES = 64 * 1024 * 1024;
 
 async function planSettle(
   img: Qcow2Image, commit: ShadowCommit, q: QemuLayout,
-): Promise<{ writes: SettleWrite[]; l1: Uint8Array; snapshots: Snapshot[]; snapshotsOffset: number } | null> {
+): Promise<{
+  writes: SettleWrite[]; l1: Uint8Array; snapshots: Snapshot[]; snapshotsOffset: number; fileSizeAfter: number;
+  bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null;
+} | null> {
   const h = img.header;
   const cs = img.clusterSize;
   const per = refblockEntriesOf(img);
@@ -387,6 +463,50 @@ async function planSettle(
   add(h.refcountTableOffset, h.refcountTableClusters * cs, -1);
   for (let k = 0; k < q.reftable.length / 8; k++) add(reftableEntry(q.reftable, k), cs, +1);
   add(q.reftableOffset, q.reftableClusters * cs, +1);
+
+  // The bitmaps QEMU stores again on close: first fit on its refcounts after the operation.
+  let fileSizeAfter = q.fileSizeAfter;
+  let bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null = null;
+  const bitmapPlaces: number[] = [];
+  if (q.bitmaps) {
+    const b = q.bitmaps;
+    const taken = new Set<number>();
+    const qemuFree = async (c: number): Promise<boolean> =>
+      !taken.has(c) && !b.skipped.has(c) && (await getClusterRefcount(img, c)) + (delta.get(c) ?? 0) === 0;
+    let fci = 0;
+    const p = await placeBitmaps(b, cs, async (n) => {
+      let start = fci;
+      for (let c = fci, run = 0; run < n; c++) {
+        if (await qemuFree(c)) run++;
+        else {
+          run = 0;
+          start = c + 1;
+        }
+      }
+      fci = start + n;
+      for (let c = start; c < start + n; c++) taken.add(c);
+      return start;
+    });
+    if (!p) return null;
+    bitmapPlaces.push(...placementClusters(p, b, cs));
+    fileSizeAfter = q.fileSizeBase;
+    for (const c of bitmapPlaces) {
+      const rb = Math.floor(c / per);
+      if (rb >= q.reftable.length / 8 || reftableEntry(q.reftable, rb) === 0) return null; // a refcount block QEMU would add
+      add(c * cs, cs, +1);
+    }
+    for (const [off, bytes] of b.old) add(off, bytes, -1);
+    const bw = await bitmapWrites(img, b, p);
+    for (const w of bw.writes) {
+      // A cluster free before the operation keeps the bytes QEMU left there (it frees old bitmap
+      // tables and directories without a hole); one the operation freed, QEMU punched.
+      const last = Math.floor((w.offset + w.bytes.length - 1) / cs);
+      const bytes = b.freeBefore.has(last) ? w.bytes : zeroTail(w.bytes, w.offset, cs, q);
+      fileSizeAfter = Math.max(fileSizeAfter, w.offset + w.bytes.length);
+      writes.push({ ...w, bytes });
+    }
+    bitmapsAfter = { entries: bw.entries, directoryOffset: p.directory };
+  }
 
   // QEMU's refcount blocks: the published ones with the changes.
   const byBlock = new Map<number, Array<[number, number]>>();
@@ -489,15 +609,16 @@ async function planSettle(
     }
     // New places must be free now and lie inside QEMU's file.
     for (const w of writes) {
-      if (w.offset + w.bytes.length > q.fileSizeAfter) return null;
+      if (w.offset + w.bytes.length > Math.max(fileSizeAfter, q.fileSizeBase)) return null;
     }
+    for (const c of bitmapPlaces) if (!(await free(c * cs, cs))) return null;
     for (const [, to] of q.l1Moves) if (!(await free(to, q.l1Size * 8))) return null;
     if (snapshotsOffset !== h.snapshotsOffset && !(await free(snapshotsOffset, img.snapshotsSize))) return null;
   } catch (e) {
     if (e instanceof SettleRefused) return null;
     throw e;
   }
-  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset };
+  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter };
 }
 
 /** The clusters whose refcount differs between the published state and QEMU's, as a bitmap by cluster index. */
