@@ -10,7 +10,7 @@
 // flag), with known flags and plain cluster entries; anything else keeps the shadow layout.
 import { be32 } from '../format/bytes.ts';
 import { bitmapTableEntryOffset, putEntry } from '../format/entries.ts';
-import { BME_FLAG_AUTO, encodeBitmapDirectory, type BitmapEntry } from '../format/bitmaps.ts';
+import { BME_FLAG_AUTO, BME_FLAG_IN_USE, encodeBitmapDirectory, type BitmapEntry } from '../format/bitmaps.ts';
 import * as C from '../format/constants.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 
@@ -121,4 +121,20 @@ export async function bitmapWrites(img: Qcow2Image, b: QemuBitmaps, p: BitmapPla
   }
   writes.push({ offset: p.directory, bytes: encodeBitmapDirectory(entries), purpose: 'bitmap directory where QEMU stores it on close' });
   return { writes, entries };
+}
+
+/**
+ * The old bitmap clusters, free once the new directory is named, left with QEMU's bytes (so that
+ * what a later operation writes into part of one keeps QEMU's bytes after it): zeros in the data
+ * clusters (QEMU punches a hole), and the old directory with every bitmap marked in use (QEMU
+ * marks them so in place when it opens the image for writing, and frees it without a hole).
+ */
+export async function leaveOldBitmapsAsQemu(img: Qcow2Image, b: QemuBitmaps, fileSize: number): Promise<void> {
+  for (const off of b.oldData) {
+    if (off < fileSize) await img.pwrite(off, new Uint8Array(img.clusterSize), 'old bitmap data cluster emptied, as QEMU\'s hole');
+  }
+  const dir = b.old[b.old.length - 1]![0];
+  const inUse = encodeBitmapDirectory(b.entries.map((e) => ({ ...e, flags: e.flags | BME_FLAG_IN_USE })));
+  if (dir < fileSize) await img.pwrite(dir, inUse, 'old bitmap directory marked in use, as QEMU leaves it');
+  await img.flush('old bitmaps as QEMU leaves them');
 }

@@ -43,7 +43,7 @@ import { refcountBlocksNeeded } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
-import { bitmapWrites, loadQemuBitmaps, placeBitmaps, placementClusters, type QemuBitmaps } from './snapshot-settle-bitmaps.ts';
+import { bitmapWrites, leaveOldBitmapsAsQemu, loadQemuBitmaps, placeBitmaps, placementClusters, type QemuBitmaps } from './snapshot-settle-bitmaps.ts';
 
 /** QEMU's result of one operation, planned before it starts (from the state it finds). */
 export interface QemuLayout {
@@ -365,11 +365,7 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
     await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
   }
   await img.flush('settle durable');
-  // QEMU punches a hole where the old bitmap data was: zeros there too (free clusters now), so
-  // that what a later operation writes into part of them keeps QEMU's bytes after it.
-  for (const off of q.bitmaps && plan.bitmapsAfter ? q.bitmaps.oldData : []) {
-    if (off < plan.fileSizeAfter) await img.pwrite(off, new Uint8Array(img.clusterSize), 'old bitmap data cluster emptied, as QEMU\'s hole');
-  }
+  if (q.bitmaps && plan.bitmapsAfter) await leaveOldBitmapsAsQemu(img, q.bitmaps, plan.fileSizeAfter);
   if (img.store.size() !== plan.fileSizeAfter) {
     // (longer: a refcount block of zeros QEMU writes last, which the file's zeros already hold)
     await img.truncate(plan.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
