@@ -5,7 +5,7 @@ import { getRefcount, reftableEntry } from '../format/refcount.ts';
 import * as C from '../format/constants.ts';
 import { refcountBlocksNeeded } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
+import { loadRefblock, refblockEntriesOf } from './refcount.ts';
 
 /**
  * QEMU's cluster allocator (block/qcow2-refcount.c) from a fresh process, for allocations with
@@ -24,6 +24,8 @@ export class QemuAllocator {
   private readonly used = new Set<number>();
   /** Clusters freed meanwhile (the old refcount table after it grew). */
   private readonly freed = new Set<number>();
+  /** Free clusters the searches passed (every cluster below the free index was searched once). */
+  private readonly passedFree = new Set<number>();
   private fci = 0;
   private readonly per: number;
   /** Entries of the image's refcount table, and of QEMU's (after growth). */
@@ -42,13 +44,9 @@ export class QemuAllocator {
   }
 
   /** Clusters free before the operation that its allocations passed over (below the free index, not taken). */
-  async skippedFree(): Promise<Set<number>> {
+  skippedFree(): Set<number> {
     const out = new Set<number>();
-    for (let c = 0; c < this.fci; c++) {
-      if (this.used.has(c)) continue;
-      const rb = Math.floor(c / this.per);
-      if (!this.covered(rb) || this.newBlocks.has(rb) || this.freed.has(c) || (await getClusterRefcount(this.img, c)) === 0) out.add(c);
-    }
+    for (const c of this.passedFree) if (c < this.fci && !this.used.has(c)) out.add(c);
     return out;
   }
 
@@ -139,6 +137,7 @@ export class QemuAllocator {
       }
       next++;
       if (free) {
+        this.passedFree.add(next - 1);
         if (run === 0) start = next - 1;
         run++;
       } else {

@@ -103,7 +103,7 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     // Where the bitmaps would go if the operation freed nothing: the settle places them again
     // on QEMU's refcounts after the operation (which may free lower clusters); these must stay
     // free in the shadow commit. A refcount block they would need is not modelled.
-    const skipped = await alloc.skippedFree();
+    const skipped = alloc.skippedFree();
     const blocks = alloc.newBlocks.size;
     const p = await placeBitmaps(bitmaps, img.clusterSize, (n) => alloc.alloc(n));
     if (!p || alloc.newBlocks.size !== blocks || alloc.grownTable) return null;
