@@ -32,7 +32,7 @@ interface Case {
   /** The file's end is searched near this many clusters (a refcount block's range boundary), and these offsets around it are taken. */
   boundary: number;
   ends: number[];
-  /** Snapshot steps: names to create, '-NAME' to delete. */
+  /** Snapshot steps: names to create, '-NAME' to delete, 'w OFFSET LENGTH' a guest write by qemu-io on both copies. */
   steps: string[];
   /** Persistent bitmaps made on the base by qemu-img / qemu-io (QEMU stores them again after each step). */
   bitmaps?: (file: string) => void;
@@ -86,6 +86,16 @@ const CASES: Case[] = [
       qemuIoOk(f, 'write -P 8 20M 2M');
     },
   },
+  {
+    // the data clusters a delete frees (copied on write meanwhile) come before the end of the file
+    label: 'bitmaps, deletes that free data clusters', opts: { clusterSize: 4096 }, size: 16 * MiB, boundary: 0, ends: [0],
+    steps: ['s1', 'w 0 128k', 's2', 'w 64k 128k', '-s1', 'w 12M 4k', '-s2', 's3'],
+    bitmaps: (f) => {
+      bitmap(f, 'fine', '--add', '-g', '512');
+      bitmap(f, 'coarse', '--add');
+      qemuIoOk(f, 'write -P 8 4M 64k');
+    },
+  },
 ];
 
 describe('snapshot create and delete allocate as qemu-img does', () => {
@@ -116,7 +126,11 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
         fs.copyFileSync(base, o);
         const done: string[] = [];
         for (const step of c.steps) {
-          if (step.startsWith('-')) {
+          if (step.startsWith('w ')) {
+            qemuIoOk(q, `write -P 9 ${step.slice(2)}`);
+            qemuIoOk(o, `write -P 9 ${step.slice(2)}`);
+            continue;
+          } else if (step.startsWith('-')) {
             qemuImgOk(['snapshot', '-d', step.slice(1), q]);
             await withImage(o, (img) => deleteSnapshot(img, step.slice(1)));
           } else {
@@ -148,9 +162,10 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
 /**
  * Clusters that QEMU's file `q` uses (not free) whose bytes differ in `o`. In the snapshot table
  * only the entries are compared (not the padding between them), and in the last cluster of each
- * snapshot's L1 table only the table: QEMU writes only those bytes, leaving zeros around them
- * where it punched a hole when it freed the cluster before and the old bytes where it did not
- * (the old refcount table).
+ * snapshot's L1 table, each bitmap table and the bitmap directory only the structure: QEMU writes
+ * only those bytes, leaving zeros around them where it punched a hole when it freed the cluster
+ * before and the old bytes where it did not (the old refcount table, old bitmap tables and
+ * directories).
  */
 async function differingClusters(q: string, o: string): Promise<number[]> {
   const img = await openImage(q, { noBacking: true });
@@ -168,6 +183,10 @@ async function differingClusters(q: string, o: string): Promise<number[]> {
       const end = sn.l1TableOffset + sn.l1Size * 8;
       masked.push([end, Math.ceil(end / cs) * cs]);
     }
+    // the same for each bitmap table and the bitmap directory (QEMU frees the old ones without a hole)
+    const partial: Array<[number, number]> = img.bitmaps.map((b) => [b.bitmapTableOffset, b.bitmapTableSize * 8]);
+    if (h.bitmaps && img.bitmaps.length > 0) partial.push([h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize]);
+    for (const [off, bytes] of partial) masked.push([off + bytes, Math.ceil((off + bytes) / cs) * cs]);
   } finally {
     await img.close();
   }
