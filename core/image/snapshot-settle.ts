@@ -20,9 +20,11 @@
 //      file is cut back to QEMU's length (what lies beyond is free in both states).
 // A crash at any write leaves the old state, the shadow state or QEMU's, each consistent and
 // without leaks. QEMU's allocator is modelled with the refcount blocks it adds on the way and the
-// refcount table it grows (QemuAllocator). Any precondition the settle does not meet (a longer
-// L1 or a resize QEMU would make on revert, bitmaps QEMU rewrites on close, an odd layout) leaves
-// the shadow state: correct, only larger.
+// refcount table it grows (qemu-allocator.ts). Persistent bitmaps, which QEMU stores anew when it
+// closes the image, are placed after the operation's allocations (snapshot-settle-bitmaps.ts) and
+// named by the same header write. Any precondition the settle does not meet (a longer L1 or a
+// resize QEMU would make on revert, bitmaps QEMU would not store the same way, a refcount block
+// only they need, an odd layout) leaves the shadow state: correct, only larger.
 //
 // Each active L2 table whose COPIED bits change is written twice, its copy in step 1 and its
 // place in step 2: the least any order can do. In the old state it is active with its bits set,
@@ -36,12 +38,14 @@ import {
 } from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
-import * as C from '../format/constants.ts';
+import { encodeHeader, type Qcow2Header } from '../format/header.ts';
+import type { BitmapEntry } from '../format/bitmaps.ts';
 import { allocationLimit } from './alloc-limit.ts';
-import { refcountBlocksNeeded } from './allocator.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
+import { QemuAllocator } from './qemu-allocator.ts';
+import { bitmapWrites, leaveOldBitmapsAsQemu, loadQemuBitmaps, placeBitmaps, placementClusters, type QemuBitmaps } from './snapshot-settle-bitmaps.ts';
 
 /** QEMU's result of one operation, planned before it starts (from the state it finds). */
 export interface QemuLayout {
@@ -56,8 +60,16 @@ export interface QemuLayout {
   l1Moves: Map<Snapshot, number>;
   /** Where QEMU writes the snapshot table, when the operation rewrites it with entries. */
   snapshotsOffset: number | null;
-  /** The file's length after QEMU's operation. */
+  /** The file's length after QEMU's operation (with bitmaps: at most; the settle finds it). */
   fileSizeAfter: number;
+  /** The file's length after the operation's own allocations, before QEMU stores the bitmaps. */
+  fileSizeBase: number;
+  /**
+   * The bitmaps QEMU stores again on close; the clusters below its free index it skipped (free,
+   * yet never allocated after); the clusters they would take if the operation freed nothing
+   * (free before it: the shadow commit leaves them alone).
+   */
+  bitmaps: (QemuBitmaps & { skipped: Set<number>; freeBefore: Set<number> }) | null;
   /** The clusters of QEMU's new structures: step 1 must leave them free. */
   reserved: Set<number>;
   /** Clusters QEMU frees without punching a hole (the old refcount table when it grew): what it writes there keeps the old bytes after it. */
@@ -72,8 +84,10 @@ export interface QemuLayout {
  */
 export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[] }): Promise<QemuLayout | null> {
   const h = img.header;
-  // QEMU opening an image with bitmaps read-write rewrites their directory (more allocations).
-  if (h.bitmaps || h.l1Size === 0 || h.l1TableOffset === 0) return null;
+  if (h.l1Size === 0 || h.l1TableOffset === 0) return null;
+  // QEMU closing an image with bitmaps stores them again (snapshot-settle-bitmaps.ts).
+  const bitmaps = await loadQemuBitmaps(img);
+  if (bitmaps === null) return null;
   const sizes: number[] = [];
   if (opts.newL1Copy) sizes.push(h.l1Size * 8);
   const tableBytes = opts.tableAfter ? snapshotTableSize(opts.tableAfter) : 0;
@@ -84,6 +98,17 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     const c = await alloc.alloc(Math.ceil(bytes / img.clusterSize));
     if (c === null) return null;
     runs.push({ offset: c * img.clusterSize, bytes });
+  }
+  let bitmapGuess: { skipped: Set<number>; clusters: number[] } | null = null;
+  if (bitmaps) {
+    // Where the bitmaps would go if the operation freed nothing: the settle places them again
+    // on QEMU's refcounts after the operation (which may free lower clusters); these must stay
+    // free in the shadow commit. A refcount block they would need is not modelled.
+    const skipped = alloc.skippedFree();
+    const blocks = alloc.newBlocks.size;
+    const p = await placeBitmaps(bitmaps, img.clusterSize, (n) => alloc.alloc(n));
+    if (!p || alloc.newBlocks.size !== blocks || alloc.grownTable) return null;
+    bitmapGuess = { skipped, clusters: placementClusters(p, bitmaps, img.clusterSize) };
   }
   const reserved = new Set<number>();
   let fileSizeAfter = img.store.size();
@@ -105,6 +130,11 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
     putEntry(reftable, rb * 8, ...encodeL1Entry(c * img.clusterSize, false));
   }
+  const fileSizeBase = fileSizeAfter;
+  for (const c of bitmapGuess?.clusters ?? []) {
+    reserved.add(c);
+    fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
+  }
   const l1Moves = new Map<Snapshot, number>();
   if (opts.newL1Copy) l1Moves.set(opts.newL1Copy, runs.shift()!.offset);
   return {
@@ -117,168 +147,11 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     l1Moves,
     snapshotsOffset: tableBytes > 0 ? runs[0]!.offset : null,
     fileSizeAfter,
+    fileSizeBase,
     reserved,
     unpunched: alloc.freedClusters(),
+    bitmaps: bitmaps && bitmapGuess ? { ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set(bitmapGuess.clusters) } : null,
   };
-}
-
-/**
- * QEMU's cluster allocator (block/qcow2-refcount.c) from a fresh process, for allocations with
- * nothing freed between: alloc_clusters_noref scans first fit from free_cluster_index (0 on open;
- * a cluster no refcount block counts has refcount 0); qcow2_alloc_clusters then counts the run,
- * and where a cluster of it has no refcount block, alloc_refcount_block takes the next free
- * cluster for one (describing itself when it lies in the range it counts), hooks it into the
- * refcount table and returns EAGAIN, which sends the search back to the run's start.
- */
-class QemuAllocator {
-  /** Refcount blocks added: reftable index → cluster. */
-  readonly newBlocks = new Map<number, number>();
-  /** The refcount table QEMU grew (qcow2_refcount_area), if it did: first cluster and clusters. */
-  grownTable: { cluster: number; clusters: number } | null = null;
-  /** Clusters allocated so far (runs, blocks, a grown table). */
-  private readonly used = new Set<number>();
-  /** Clusters freed meanwhile (the old refcount table after it grew). */
-  private readonly freed = new Set<number>();
-  private fci = 0;
-  private readonly per: number;
-  /** Entries of the image's refcount table, and of QEMU's (after growth). */
-  private readonly oldEntries: number;
-  private entries: number;
-  private blockIndex = -1;
-  private block: Uint8Array | null = null;
-  /** Not far past the end (alloc-limit.ts): the shadow commit refuses there, naming the block. */
-  private readonly limit: number;
-
-  constructor(private readonly img: Qcow2Image) {
-    this.per = refblockEntriesOf(img);
-    this.oldEntries = this.entries = img.reftable.length / 8;
-    this.limit = allocationLimit(img, Math.ceil(img.store.size() / img.clusterSize));
-  }
-
-  private covered(rb: number): boolean {
-    return this.newBlocks.has(rb) || (rb < this.oldEntries && reftableEntry(this.img.reftable, rb) !== 0);
-  }
-
-  freedClusters(): Set<number> {
-    return new Set(this.freed);
-  }
-
-  /** qcow2_alloc_clusters for `n` clusters: the first cluster, or null where QEMU would do what is not modelled (recurse deeper than one block). */
-  async alloc(n: number): Promise<number | null> {
-    for (let guard = 0; guard < 64; guard++) {
-      const start = await this.noref(n);
-      if (start === null) return null;
-      let again = false;
-      for (let c = start; c < start + n; c++) {
-        const rb = Math.floor(c / this.per);
-        if (this.covered(rb)) continue;
-        const nb = await this.noref(1);
-        if (nb === null) return null;
-        const nbBlock = Math.floor(nb / this.per);
-        if (nbBlock !== rb && !this.covered(nbBlock)) return null;
-        this.used.add(nb);
-        this.newBlocks.set(rb, nb);
-        if (rb >= this.entries && !this.growTable(rb, c, nb)) return null;
-        this.fci = Math.min(this.fci, start); // EAGAIN: try the same clusters again
-        again = true;
-        break;
-      }
-      if (!again) {
-        for (let c = start; c < start + n; c++) this.used.add(c);
-        return start;
-      }
-    }
-    return null;
-  }
-
-  /**
-   * qcow2_refcount_area from alloc_refcount_block: past everything counted so far, a refcount
-   * block for every range without one up to the new table's reach, then the table (half as large
-   * again as needed), all counted; the old table is freed (free_cluster_index falls back to it).
-   */
-  private growTable(rb: number, cluster: number, newBlock: number): boolean {
-    const cs = this.img.clusterSize;
-    const per = this.per;
-    const blocksUsed = Math.ceil(Math.max(cluster + 1, newBlock + 1) / per);
-    const start = blocksUsed * per;
-    const total = refcountBlocksNeeded(start, cs, this.img.refcountOrder, true);
-    let size = total + Math.ceil(total / 2);
-    size = Math.ceil(size / (cs / 8)) * (cs / 8);
-    if (size * 8 > C.MAX_REFTABLE_SIZE_BYTES || rb >= total || this.grownTable) return false;
-    let next = start;
-    for (let i = Math.floor(start / per); i < total; i++) {
-      if (this.covered(i)) continue;
-      this.newBlocks.set(i, next++);
-    }
-    const clusters = (size * 8) / cs;
-    this.grownTable = { cluster: next, clusters };
-    for (let c = start; c < next + clusters; c++) this.used.add(c);
-    const h = this.img.header;
-    const oldFirst = Math.floor(h.refcountTableOffset / cs);
-    for (let c = oldFirst; c < oldFirst + h.refcountTableClusters; c++) this.freed.add(c);
-    this.fci = Math.min(this.fci, oldFirst);
-    this.entries = size;
-    return true;
-  }
-
-  /** alloc_clusters_noref: the first run of `n` free clusters from free_cluster_index, which moves past it; null past the allocation limit. */
-  private async noref(n: number): Promise<number | null> {
-    const per = this.per;
-    const order = this.img.refcountOrder;
-    let start = this.fci;
-    let next = this.fci;
-    for (let run = 0; run < n;) {
-      if (next > this.limit) return null;
-      const rb = Math.floor(next / per);
-      let free: boolean;
-      if (!this.covered(rb) || this.newBlocks.has(rb)) {
-        free = !this.used.has(next);
-      } else {
-        if (rb !== this.blockIndex) {
-          this.block = await loadRefblock(this.img, rb);
-          this.blockIndex = rb;
-        }
-        const block = this.block!;
-        if (run === 0 && this.freed.size === 0) {
-          // skip the used clusters of this block at once
-          const i = firstZeroRefcount(block, next - rb * per, per, order);
-          next = rb * per + i;
-          if (i === per) continue;
-        }
-        free = (getRefcount(block, next - rb * per, order) === 0 || this.freed.has(next)) && !this.used.has(next);
-      }
-      next++;
-      if (free) {
-        if (run === 0) start = next - 1;
-        run++;
-      } else {
-        run = 0;
-      }
-    }
-    this.fci = start + n;
-    return start;
-  }
-}
-
-/** The first index from `from` whose refcount is 0 (`per` if none): byte tests for widths of 8 bits and more. */
-function firstZeroRefcount(block: Uint8Array, from: number, per: number, order: number): number {
-  if (order < 3) {
-    let i = from;
-    while (i < per && getRefcount(block, i, order) !== 0) i++;
-    return i;
-  }
-  if (order === 4) {
-    // the default width: two bytes an entry
-    for (let i = from; i < per; i++) if ((block[2 * i]! | block[2 * i + 1]!) === 0) return i;
-    return per;
-  }
-  const w = 1 << (order - 3);
-  for (let i = from; i < per; i++) {
-    let any = 0;
-    for (let k = i * w, e = k + w; k < e; k++) any |= block[k]!;
-    if (any === 0) return i;
-  }
-  return per;
 }
 
 interface SettleWrite {
@@ -296,27 +169,54 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
   if (!plan) return false;
   for (const w of plan.writes) await img.pwrite(w.offset, w.bytes, w.purpose);
   await img.flush('QEMU\'s layout on disk before the header points at it');
-  const b = new Uint8Array(72);
-  put32(b, 36, q.l1Size);
-  put64(b, 40, q.l1TableOffset);
-  put64(b, 48, q.reftableOffset);
-  put32(b, 56, q.reftableClusters);
-  put32(b, 60, plan.snapshots.length);
-  put64(b, 64, plan.snapshotsOffset);
-  // Not marked as the commit point: a reader sees the same disks and snapshots on either side.
-  await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
+  const header: Qcow2Header = {
+    ...img.header,
+    l1Size: q.l1Size,
+    l1TableOffset: q.l1TableOffset,
+    refcountTableOffset: q.reftableOffset,
+    refcountTableClusters: q.reftableClusters,
+    nbSnapshots: plan.snapshots.length,
+    snapshotsOffset: plan.snapshotsOffset,
+    ...(plan.bitmapsAfter && img.header.bitmaps
+      ? { bitmaps: { ...img.header.bitmaps, bitmapDirectoryOffset: plan.bitmapsAfter.directoryOffset } }
+      : {}),
+  };
+  // One write from byte 36: the tables, and the bitmaps extension when QEMU stored the bitmaps
+  // again (the old ones stay whole and counted until it lands; the new ones are counted by the
+  // refcount blocks it names). Not marked as the commit point: a reader sees the same disks,
+  // snapshots and bitmaps on either side.
+  let end = 72;
+  if (plan.bitmapsAfter) {
+    const now = await img.store.read(0, img.clusterSize);
+    const want = encodeHeader(header);
+    end = want.length;
+    while (end > 72 && want[end - 1] === now[end - 1]) end--;
+    await img.pwrite(36, want.slice(36, end), 'header: L1 table, refcount table, snapshot table and bitmap directory where QEMU keeps them (settle)');
+  } else {
+    const b = new Uint8Array(72);
+    put32(b, 36, q.l1Size);
+    put64(b, 40, q.l1TableOffset);
+    put64(b, 48, q.reftableOffset);
+    put32(b, 56, q.reftableClusters);
+    put32(b, 60, plan.snapshots.length);
+    put64(b, 64, plan.snapshotsOffset);
+    await img.pwrite(36, b.slice(36), 'header: L1 table, refcount table and snapshot table where QEMU keeps them (settle)');
+  }
   await img.flush('settle durable');
-  if (img.store.size() !== q.fileSizeAfter) {
+  if (q.bitmaps && plan.bitmapsAfter) await leaveOldBitmapsAsQemu(img, q.bitmaps, plan.fileSizeAfter);
+  if (img.store.size() !== plan.fileSizeAfter) {
     // (longer: a refcount block of zeros QEMU writes last, which the file's zeros already hold)
-    await img.truncate(q.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
+    await img.truncate(plan.fileSizeAfter, 'cut back to the length QEMU leaves (only free clusters lie beyond)');
     await img.flush('truncate durable');
   }
+  if (plan.bitmapsAfter) img.bitmaps = plan.bitmapsAfter.entries;
   img.setTables({
     header: {
       l1TableOffset: q.l1TableOffset,
       refcountTableOffset: q.reftableOffset,
       refcountTableClusters: q.reftableClusters,
       snapshotsOffset: plan.snapshotsOffset,
+      ...(header.bitmaps ? { bitmaps: header.bitmaps } : {}),
     },
     l1Table: plan.l1,
     reftable: q.reftable.slice(),
@@ -334,7 +234,10 @@ const MAX_SETTLE_BLOCK_BYTES = 64 * 1024 * 1024;
 
 async function planSettle(
   img: Qcow2Image, commit: ShadowCommit, q: QemuLayout,
-): Promise<{ writes: SettleWrite[]; l1: Uint8Array; snapshots: Snapshot[]; snapshotsOffset: number } | null> {
+): Promise<{
+  writes: SettleWrite[]; l1: Uint8Array; snapshots: Snapshot[]; snapshotsOffset: number; fileSizeAfter: number;
+  bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null;
+} | null> {
   const h = img.header;
   const cs = img.clusterSize;
   const per = refblockEntriesOf(img);
@@ -394,6 +297,53 @@ async function planSettle(
   add(h.refcountTableOffset, h.refcountTableClusters * cs, -1);
   for (let k = 0; k < q.reftable.length / 8; k++) add(reftableEntry(q.reftable, k), cs, +1);
   add(q.reftableOffset, q.reftableClusters * cs, +1);
+
+  // The bitmaps QEMU stores again on close: first fit on its refcounts after the operation.
+  let fileSizeAfter = q.fileSizeAfter;
+  let bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null = null;
+  const bitmapPlaces: number[] = [];
+  if (q.bitmaps) {
+    const b = q.bitmaps;
+    const taken = new Set<number>();
+    const qemuFree = async (c: number): Promise<boolean> =>
+      !taken.has(c) && !b.skipped.has(c) && (await getClusterRefcount(img, c)) + (delta.get(c) ?? 0) === 0;
+    let fci = 0;
+    // Not far past the end (alloc-limit.ts), as every allocation here.
+    const limit = allocationLimit(img, Math.ceil(img.store.size() / cs));
+    const p = await placeBitmaps(b, cs, async (n) => {
+      let start = fci;
+      for (let c = fci, run = 0; run < n; c++) {
+        if (c > limit) return null;
+        if (await qemuFree(c)) run++;
+        else {
+          run = 0;
+          start = c + 1;
+        }
+      }
+      fci = start + n;
+      for (let c = start; c < start + n; c++) taken.add(c);
+      return start;
+    });
+    if (!p) return null;
+    bitmapPlaces.push(...placementClusters(p, b, cs));
+    fileSizeAfter = q.fileSizeBase;
+    for (const c of bitmapPlaces) {
+      const rb = Math.floor(c / per);
+      if (rb >= q.reftable.length / 8 || reftableEntry(q.reftable, rb) === 0) return null; // a refcount block QEMU would add
+      add(c * cs, cs, +1);
+    }
+    for (const [off, bytes] of b.old) add(off, bytes, -1);
+    const bw = await bitmapWrites(img, b, p);
+    for (const w of bw.writes) {
+      // A cluster free before the operation keeps the bytes QEMU left there (it frees old bitmap
+      // tables and directories without a hole); one the operation freed, QEMU punched.
+      const last = Math.floor((w.offset + w.bytes.length - 1) / cs);
+      const bytes = b.freeBefore.has(last) ? w.bytes : zeroTail(w.bytes, w.offset, cs, q);
+      fileSizeAfter = Math.max(fileSizeAfter, w.offset + w.bytes.length);
+      writes.push({ ...w, bytes });
+    }
+    bitmapsAfter = { entries: bw.entries, directoryOffset: p.directory };
+  }
 
   // QEMU's refcount blocks: the published ones with the changes.
   const byBlock = new Map<number, Array<[number, number]>>();
@@ -496,15 +446,16 @@ async function planSettle(
     }
     // New places must be free now and lie inside QEMU's file.
     for (const w of writes) {
-      if (w.offset + w.bytes.length > q.fileSizeAfter) return null;
+      if (w.offset + w.bytes.length > Math.max(fileSizeAfter, q.fileSizeBase)) return null;
     }
+    for (const c of bitmapPlaces) if (!(await free(c * cs, cs))) return null;
     for (const [, to] of q.l1Moves) if (!(await free(to, q.l1Size * 8))) return null;
     if (snapshotsOffset !== h.snapshotsOffset && !(await free(snapshotsOffset, img.snapshotsSize))) return null;
   } catch (e) {
     if (e instanceof SettleRefused) return null;
     throw e;
   }
-  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset };
+  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter };
 }
 
 /** The clusters whose refcount differs between the published state and QEMU's, as a bitmap by cluster index. */

@@ -9,7 +9,9 @@
 // map` and `snapshot -l` print the same, ours is clean by `qemu-img check`, and every cluster QEMU's
 // file uses holds the same bytes in ours (only clusters QEMU left free may differ: QEMU punches
 // holes where it frees, we leave the bytes; and the bytes around the snapshot table's entries and
-// after a snapshot's L1 table in its last cluster, see differingClusters).
+// after a snapshot's L1 table in its last cluster, see differingClusters). Bases with persistent
+// bitmaps (qemu-img bitmap, dirty bits set by qemu-io) also compare `qemu-img info`'s bitmaps: QEMU
+// stores them again after each step, and so does our settle.
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
@@ -30,8 +32,15 @@ interface Case {
   /** The file's end is searched near this many clusters (a refcount block's range boundary), and these offsets around it are taken. */
   boundary: number;
   ends: number[];
-  /** Snapshot steps: names to create, '-NAME' to delete. */
+  /** Snapshot steps: names to create, '-NAME' to delete, 'w OFFSET LENGTH' a guest write by qemu-io on both copies. */
   steps: string[];
+  /** Persistent bitmaps made on the base by qemu-img / qemu-io (QEMU stores them again after each step). */
+  bitmaps?: (file: string) => void;
+}
+
+/** `qemu-img bitmap OPTIONS FILE NAME`. */
+function bitmap(file: string, name: string, ...options: string[]): void {
+  qemuImgOk(['bitmap', ...options, file, name]);
 }
 
 const MiB = 1024 * 1024;
@@ -46,6 +55,47 @@ const CASES: Case[] = [
   { label: 'extended L2, 16 KiB clusters, 64-bit refcounts (2048 a block)', opts: { clusterSize: 16384, extendedL2: true, refcountBits: 64 }, size: 64 * MiB, boundary: 2048, ends: [-1, 0], steps: ROW.slice(0, 6) },
   { label: '2 MiB clusters, 64-bit refcounts, several in a row', opts: { clusterSize: 2 * MiB, refcountBits: 64 }, size: 32 * MiB, boundary: 0, ends: [0], steps: ROW },
   { label: '4 KiB clusters, 8-bit refcounts, several in a row', opts: { clusterSize: 4096, refcountBits: 8 }, size: 4 * MiB, boundary: 0, ends: [0], steps: ROW },
+  // Persistent bitmaps: QEMU stores each again when it closes the image (new data clusters, a
+  // new table, then a new directory, after the operation's allocations) and frees the old ones.
+  {
+    label: 'a bitmap with dirty bits', opts: {}, size: 64 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s1', 's3', '-s2', '-s3'],
+    bitmaps: (f) => {
+      bitmap(f, 'b1', '--add');
+      qemuIoOk(f, 'write -P 8 4M 1M', 'write -P 9 60M 64k');
+    },
+  },
+  {
+    label: 'two bitmaps, one disabled, 4 KiB clusters', opts: { clusterSize: 4096 }, size: 16 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s1', 's3'],
+    bitmaps: (f) => {
+      bitmap(f, 'fine', '--add', '-g', '512');
+      bitmap(f, 'off', '--add');
+      qemuIoOk(f, 'write -P 8 1M 1M', 'write -P 9 15M 4k');
+      bitmap(f, 'off', '--disable');
+      qemuIoOk(f, 'write -P 10 8M 64k');
+    },
+  },
+  {
+    label: 'an empty bitmap, 512 B clusters', opts: { clusterSize: 512 }, size: MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s2', '-s1'],
+    bitmaps: (f) => bitmap(f, 'empty', '--add'),
+  },
+  {
+    label: 'bitmaps, create then delete', opts: {}, size: 32 * MiB, boundary: 0, ends: [0], steps: ['s1', '-s1'],
+    bitmaps: (f) => {
+      bitmap(f, 'empty', '--add', '--disable');
+      bitmap(f, 'coarse', '--add', '-g', '1M');
+      qemuIoOk(f, 'write -P 8 20M 2M');
+    },
+  },
+  {
+    // the data clusters a delete frees (copied on write meanwhile) come before the end of the file
+    label: 'bitmaps, deletes that free data clusters', opts: { clusterSize: 4096 }, size: 16 * MiB, boundary: 0, ends: [0],
+    steps: ['s1', 'w 0 128k', 's2', 'w 64k 128k', '-s1', 'w 12M 4k', '-s2', 's3'],
+    bitmaps: (f) => {
+      bitmap(f, 'fine', '--add', '-g', '512');
+      bitmap(f, 'coarse', '--add');
+      qemuIoOk(f, 'write -P 8 4M 64k');
+    },
+  },
 ];
 
 describe('snapshot create and delete allocate as qemu-img does', () => {
@@ -57,6 +107,7 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
     if (c.boundary === 0) {
       createImage(f, c.size, c.opts);
       qemuIoOk(f, `write -P 7 0 ${5 * (c.opts.clusterSize ?? 65536)}`);
+      c.bitmaps?.(f);
       return f;
     }
     return imageEndingAt(f, c.boundary + end, c.size, c.opts) ? f : null;
@@ -75,7 +126,11 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
         fs.copyFileSync(base, o);
         const done: string[] = [];
         for (const step of c.steps) {
-          if (step.startsWith('-')) {
+          if (step.startsWith('w ')) {
+            qemuIoOk(q, `write -P 9 ${step.slice(2)}`);
+            qemuIoOk(o, `write -P 9 ${step.slice(2)}`);
+            continue;
+          } else if (step.startsWith('-')) {
             qemuImgOk(['snapshot', '-d', step.slice(1), q]);
             await withImage(o, (img) => deleteSnapshot(img, step.slice(1)));
           } else {
@@ -88,6 +143,11 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
           expect(fileSize(o), `length, ${where}`).toBe(fileSize(q));
           expect(qemuImgOk(['map', '--output=json', o]), `map, ${where}`).toBe(qemuImgOk(['map', '--output=json', q]));
           expect(qemuImgOk(['snapshot', '-l', o]), `snapshot -l, ${where}`).toBe(qemuImgOk(['snapshot', '-l', q]));
+          if (c.bitmaps) {
+            const bitmaps = (f: string): unknown => (qemuInfo(f)['format-specific']?.data as { bitmaps?: unknown } | undefined)?.bitmaps;
+            expect(bitmaps(o), `bitmaps, ${where}`).toEqual(bitmaps(q));
+            expect(bitmaps(q), 'the base has bitmaps').toBeTruthy();
+          }
           const chk = qemuCheck(o);
           expect(chk.exitCode, `${where}: ${chk.stderr}`).toBe(0);
           expect(chk.corruptions + chk.leaks + chk.checkErrors, where).toBe(0);
@@ -102,9 +162,10 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
 /**
  * Clusters that QEMU's file `q` uses (not free) whose bytes differ in `o`. In the snapshot table
  * only the entries are compared (not the padding between them), and in the last cluster of each
- * snapshot's L1 table only the table: QEMU writes only those bytes, leaving zeros around them
- * where it punched a hole when it freed the cluster before and the old bytes where it did not
- * (the old refcount table).
+ * snapshot's L1 table, each bitmap table and the bitmap directory only the structure: QEMU writes
+ * only those bytes, leaving zeros around them where it punched a hole when it freed the cluster
+ * before and the old bytes where it did not (the old refcount table, old bitmap tables and
+ * directories).
  */
 async function differingClusters(q: string, o: string): Promise<number[]> {
   const img = await openImage(q, { noBacking: true });
@@ -122,6 +183,10 @@ async function differingClusters(q: string, o: string): Promise<number[]> {
       const end = sn.l1TableOffset + sn.l1Size * 8;
       masked.push([end, Math.ceil(end / cs) * cs]);
     }
+    // the same for each bitmap table and the bitmap directory (QEMU frees the old ones without a hole)
+    const partial: Array<[number, number]> = img.bitmaps.map((b) => [b.bitmapTableOffset, b.bitmapTableSize * 8]);
+    if (h.bitmaps && img.bitmaps.length > 0) partial.push([h.bitmaps.bitmapDirectoryOffset, h.bitmaps.bitmapDirectorySize]);
+    for (const [off, bytes] of partial) masked.push([off + bytes, Math.ceil((off + bytes) / cs) * cs]);
   } finally {
     await img.close();
   }
