@@ -90,3 +90,21 @@ test('the gallery: an example opens from the start screen with its commands, and
   await page.getByRole('button', { name: 'Run check' }).first().click();
   await expect(page.getByText(`${q.leaks} leaked clusters were found on the image.`)).toBeVisible();
 });
+
+test('a view link clicked as the page writes its own address: the clicked view is shown, and Back returns', async ({ page }) => {
+  await page.goto('/');
+  await expect(page.getByRole('heading', { name: 'Header', exact: true, level: 2 })).toBeVisible();
+  // The address written back for the view shown (as an image that has just opened settles on its
+  // view) lands in the same task as the click, before a hashchange could be handled.
+  await page.evaluate(() => {
+    const link = document.querySelector<HTMLAnchorElement>('nav[aria-label="Views"] a[href="#/snapshots"]')!;
+    const before = location.hash;
+    link.click();
+    history.replaceState(history.state, '', before || '#/header');
+  });
+  await expect(page.getByRole('heading', { name: 'Snapshots', exact: true, level: 2 })).toBeVisible();
+  await page.waitForTimeout(300);
+  await expect(page.getByRole('heading', { name: 'Snapshots', exact: true, level: 2 })).toBeVisible();
+  await page.goBack();
+  await expect(page.getByRole('heading', { name: 'Header', exact: true, level: 2 })).toBeVisible();
+});
