@@ -2,7 +2,7 @@
 // scroll sideways (wide tables scroll on their own), each view is reachable from the rail and
 // headed by its name, and text colours keep WCAG AA contrast against their backgrounds.
 import type { Page } from '@playwright/test';
-import { test, expect, showView } from './fixtures.ts';
+import { test, expect, makeImage, openViaInput, showView } from './fixtures.ts';
 
 const VIEWS = ['Header', 'Snapshots', 'L1 table', 'Refcount table', 'Cluster map', 'Translation', 'Diff', 'Hex', 'Playground', 'Journal', 'Crash stage', 'Check'];
 
@@ -53,3 +53,19 @@ for (const colorScheme of ['light', 'dark'] as const) {
     });
   }
 }
+
+test('long snapshot tags wrap in their column: the table stays in the view and every row keeps its buttons', async ({ page, tmp }) => {
+  await page.setViewportSize({ width: 1280, height: 800 });
+  const long = ['a'.repeat(100), `b-${'x'.repeat(60)}-${'y'.repeat(37)}`];
+  await page.goto('/');
+  await openViaInput(page, makeImage(tmp, 'tags.qcow2', {}, long));
+  await showView(page, 'Snapshots');
+  await expect(page.getByRole('row').filter({ hasText: long[0]! })).toHaveCount(1);
+  const overflow = await page.evaluate(() => document.getElementById('main')!.scrollWidth - document.getElementById('main')!.clientWidth);
+  expect(overflow, 'the Snapshots view scrolls sideways').toBeLessThanOrEqual(1);
+  const main = (await page.locator('#main').boundingBox())!;
+  for (const name of long) {
+    const del = (await page.getByRole('button', { name: `Delete ${name}` }).boundingBox())!;
+    expect(del.x + del.width, `Delete ${name.slice(0, 8)}… inside the view`).toBeLessThanOrEqual(main.x + main.width);
+  }
+});
