@@ -131,8 +131,9 @@ export function headerBytesNeeded(b: Uint8Array, clusterSize: number): number {
 }
 
 /**
- * Parse the header in `b` (at least the first cluster, or the whole file if smaller; bytes past
- * the end of the file must be zeros). Validates as QEMU's open does; throws QcowError.
+ * Parse the header in `b`: the first cluster (or the whole file if smaller; bytes past the end of
+ * the file must be zeros), or as many of its first bytes as headerBytesNeeded says suffice.
+ * Validates as QEMU's open does; throws QcowError.
  */
 export function parseHeader(b: Uint8Array, fileName = 'image'): Qcow2Header {
   if (b.length < C.QEMU_HEADER_LENGTH) {

@@ -132,9 +132,10 @@ export class OverlayStore implements ImageStore {
   }
 
   /**
-   * Take `data` (one whole page at a page boundary, or the last page's part at the end) as the
-   * page's content without copying it: the caller hands it over and never changes it again (a
-   * committed operation's pages, TxStore.commit). Anything else is written as write() does.
+   * Take `data` (one whole page at a page boundary) as the page's content without copying it: the
+   * caller hands it over and never changes it again (a committed operation's pages,
+   * TxStore.commit). Anything else (the last page's part at the end, an unaligned range) is
+   * written as write() does, copied.
    */
   async adopt(offset: number, data: Uint8Array): Promise<void> {
     if (offset % OVERLAY_PAGE_SIZE !== 0 || data.length !== OVERLAY_PAGE_SIZE) return this.write(offset, data);
