@@ -103,7 +103,8 @@ test('a view link clicked as the page writes its own address: the clicked view i
     history.replaceState(history.state, '', before || '#/header');
   });
   await expect(page.getByRole('heading', { name: 'Snapshots', exact: true, level: 2 })).toBeVisible();
-  await page.waitForTimeout(300);
+  // the hashchange the click queued has been handled by the next frames: the view stays
+  await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
   await expect(page.getByRole('heading', { name: 'Snapshots', exact: true, level: 2 })).toBeVisible();
   await page.goBack();
   await expect(page.getByRole('heading', { name: 'Header', exact: true, level: 2 })).toBeVisible();
