@@ -222,15 +222,18 @@ export function verbsApi(host: VerbsHost) {
       if (target.safe) {
         // rebase -b BASE -F qcow2: the overlay keeps reading what it reads through its old chain
         assertChainOpen(img, 'rebasing it safely (its data is what is kept)');
-        const newChain = await openAsBacking(base.store, base.backing);
-        try {
-          journal = (await journaledWrite(img, `rebase -b ${base.name} -F qcow2`, async (w, job) => {
-            await copyBackingDifferences(w, newChain, stepper(job, 'Copying where the backing files differ', w.virtualSize));
-            await setBackingLink(w, { file: base.name, format: 'qcow2' });
-          }, jobId, onProgress)).journal;
-        } finally {
-          await newChain.close().catch(() => {});
-        }
+        // in turn with the new base's own operations: nothing changes it while it is read
+        journal = await queued([base], async () => {
+          const newChain = await openAsBacking(base.store, base.backing);
+          try {
+            return (await journaledWrite(img, `rebase -b ${base.name} -F qcow2`, async (w, job) => {
+              await copyBackingDifferences(w, newChain, stepper(job, 'Copying where the backing files differ', w.virtualSize));
+              await setBackingLink(w, { file: base.name, format: 'qcow2' });
+            }, jobId, onProgress)).journal;
+          } finally {
+            await newChain.close().catch(() => {});
+          }
+        });
       } else if (img.engine.header().backingFile !== base.name) {
         journal = (await journaledWrite(img, `rebase -u -b ${base.name} -F qcow2`, (w) => setBackingLink(w, { file: base.name, format: 'qcow2' }))).journal;
       }
@@ -255,20 +258,22 @@ export function verbsApi(host: VerbsHost) {
       // write that keeps them true (the overlay reads the same disk before and after).
       base.borrowers.delete(ov);
       const label = `commit${keep ? ' -d' : ''} ${ov.name} into ${base.name}`;
-      let journals: Journal[];
+      let journals: readonly [Journal | null, Journal];
       try {
         const run = (group: OpenImage[]) => host.serialised(group, () => host.runJob(jobId, onProgress, async (job) => {
           // -d: the overlay is only read, through its read-only view (its own clusters: depth 0)
           const o = keep ? whole(ov, 'committed') : await openForWrite(ov.store, null);
           const b = await openForWrite(base.store, base.backing);
           const jb = new Journal(label);
-          const jo = await journaled(o, `commit: ${ov.name} emptied`, async () => {
+          const copy = async () => {
             b.journal = jb;
             const step = stepper(job, 'Committing', o.virtualSize);
             await commitInto(o, b, { keep, onProgress: (done) => step(done) });
-          });
+          };
+          // -d: the overlay is only read, so only the base's changes are journaled
+          const jo = keep ? (await copy(), null) : await journaled(o, `commit: ${ov.name} emptied`, copy);
           b.journal = null;
-          return [jo, jb];
+          return [jo, jb] as const;
         }));
         // -d writes only the base (the overlay's tab gets no change), in turn with the overlay's operations
         journals = await (keep ? queued([ov], () => run([base])) : run([ov, base]));
@@ -282,7 +287,8 @@ export function verbsApi(host: VerbsHost) {
       });
       const out = [await host.summaryOf(ov), await host.summaryOf(base)];
       out.forEach((s, i) => {
-        if (!keep || i === 1) s.journal = journalDTO(journals[i]!);
+        const j = journals[i];
+        if (j) s.journal = journalDTO(j);
       });
       return out;
     },
