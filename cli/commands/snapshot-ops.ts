@@ -8,11 +8,12 @@
 // are written and published here (FileOverlayTarget).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { QcowError } from '../../core/errors.ts';
+import { isQcowError, QcowError } from '../../core/errors.ts';
 import type { ImageStore } from '../../core/io/store.ts';
 import type { Journal } from '../../core/image/journal.ts';
 import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
-import { externalSnapshots as createOverlays, groupSnapshotOp, type OverlayTarget } from '../../core/ops/snapshot.ts';
+import { externalSnapshots as createOverlays, groupSnapshotOp, snapshotOp, type OverlayTarget } from '../../core/ops/snapshot.ts';
+import { findSnapshot } from '../../core/image/snapshot.ts';
 import { NodeFileStore } from '../node-file-store.ts';
 import { openImage } from '../open.ts';
 import type { CommandContext } from '../command.ts';
@@ -68,13 +69,35 @@ export async function snapshotOps(mode: 'create' | 'apply' | 'delete', arg: stri
   assertDistinctFiles(files);
   const imgs = await openAll(files);
   let journals: Journal[];
+  const verb = mode === 'apply' ? 'revert' : mode;
   try {
-    journals = await groupSnapshotOp(imgs, mode === 'apply' ? 'revert' : mode, arg);
+    // one image: qemu-img's own words on failure; a group (ours): the group's, naming the image
+    journals = imgs.length === 1 ? [await snapshotOp(imgs[0]!, verb, arg).catch((e: unknown) => { throw inQemuImgWords(e, mode, arg, imgs[0]!); })]
+      : await groupSnapshotOp(imgs, verb, arg);
   } finally {
     for (const i of imgs) await i.close();
   }
   if (ctx.values.journal) journals.forEach((j, i) => ctx.out(formatJournal(j, files[i]!)));
   return 0;
+}
+
+/**
+ * A failed snapshot -c / -a / -d as qemu-img words it: img_snapshot's "Could not create|apply|delete
+ * snapshot 'ARG': " before the reason, and the reasons QEMU gives (bdrv_snapshot_goto's "Failed to
+ * load snapshot: <errno>", the delete's "snapshot not found", the create's errno as "-95 (Operation
+ * not supported)"). Our own refusals (a damaged image QEMU would write to) keep their words after
+ * the same prefix.
+ */
+function inQemuImgWords(e: unknown, mode: 'create' | 'apply' | 'delete', arg: string, img: Qcow2Image): unknown {
+  if (!isQcowError(e)) return e;
+  const dataFile = e.details.reason === 'data-file';
+  let reason = e.message.replace(/^Cannot (create|revert to|delete) snapshot .*?: /s, '');
+  if (mode === 'apply' && e.code === 'SNAPSHOT_NOT_FOUND') reason = 'Failed to load snapshot: No such file or directory';
+  else if (mode === 'apply' && dataFile) reason = 'Failed to load snapshot: Operation not supported';
+  else if (mode === 'delete' && (e.code === 'SNAPSHOT_NOT_FOUND' || (dataFile && !findSnapshot(img, arg)))) reason = 'snapshot not found';
+  else if (mode === 'create' && dataFile) reason = '-95 (Operation not supported)';
+  const out = new QcowError(e.code, `Could not ${mode} snapshot '${arg}': ${reason}`, e.details);
+  return out;
 }
 
 // ---- external snapshots -------------------------------------------------------------------------

@@ -85,3 +85,28 @@ describe('messages qemu-img prints over several lines', () => {
   ];
   for (const c of cases) it(c.join(' '), async () => { await expectSame(c); });
 });
+
+describe('snapshot -c / -a / -d refused: qemu-img\'s "Could not … snapshot" words', () => {
+  it('a missing snapshot, active dirty bitmaps, an external data file; each file left as qemu-img leaves it', async () => {
+    const p = (n: string) => path.join(w.dir, n);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', p('snaps.qcow2'), '16M']);
+    qemuIoOk(p('snaps.qcow2'), 'write -P 1 0 64k');
+    qemuImgOk(['snapshot', '-c', 'one', p('snaps.qcow2')]);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', p('bitmaps.qcow2'), '16M']);
+    qemuImgOk(['snapshot', '-c', 's1', p('bitmaps.qcow2')]);
+    qemuImgOk(['bitmap', '--add', p('bitmaps.qcow2'), 'b0']);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', `data_file=${p('data.raw')}`, p('datafile.qcow2'), '16M']);
+    const cases: Array<[string, string[]]> = [
+      ['snaps.qcow2', ['-a', 'nope']], ['snaps.qcow2', ['-a', '']], ['snaps.qcow2', ['-a', '7']],
+      ['snaps.qcow2', ['-d', 'nope']], ['snaps.qcow2', ['-d', '7']],
+      ['bitmaps.qcow2', ['-a', 's1']],
+      ['datafile.qcow2', ['-c', 's']], ['datafile.qcow2', ['-a', 's']], ['datafile.qcow2', ['-d', 's']],
+    ];
+    for (const [image, args] of cases) {
+      for (const d of ['q', 'o']) fs.copyFileSync(p(image), p(`${d}-${image}`));
+      expect(await w.expectSame(['snapshot', ...args, `q-${image}`], [`q-${image}`, `o-${image}`]), `snapshot ${args.join(' ')} ${image}`).toBe(1);
+    }
+    // nothing written by our refusals
+    for (const image of ['snaps.qcow2', 'datafile.qcow2']) expect(fs.readFileSync(p(`o-${image}`)).equals(fs.readFileSync(p(image)))).toBe(true);
+  });
+});
