@@ -24,6 +24,8 @@ export function resolveBackingPath(imagePath: string, backing: string): string {
 export interface CliOpenOptions extends Omit<ImageOpenOptions, 'resolver' | 'backing'> {
   /** Don't open the backing chain (info, check and snapshot work without it). */
   noBacking?: boolean;
+  /** A missing external data file is no error (qemu-img info opens with BDRV_O_NO_IO); otherwise the open fails as QEMU's does. */
+  dataFileOptional?: boolean;
 }
 
 /** QEMU's file driver takes regular files (and block devices), never a directory. */
@@ -39,8 +41,12 @@ function refuseDirectory(file: string): void {
   }
 }
 
-/** Backing files and data files by path, as QEMU finds them (relative to the image naming them). */
-const fileResolver: BackingResolver = {
+/**
+ * Backing files and data files by path, as QEMU finds them: a backing file relative to the image
+ * naming it, a data file as its name is written (QEMU opens the header's name as it is, so a
+ * relative one is found from the current directory).
+ */
+const fileResolver = (dataFileOptional: boolean): BackingResolver => ({
   async backing(image, name, format) {
     const p = resolveBackingPath(image.name, name);
     if (!fs.existsSync(p)) {
@@ -65,11 +71,12 @@ const fileResolver: BackingResolver = {
       },
     };
   },
-  async dataFile(image, name, writable) {
-    const p = resolveBackingPath(image.name, name);
-    return fs.existsSync(p) ? NodeFileStore.open(p, { writable }) : null;
+  async dataFile(_image, name, writable) {
+    if (fs.existsSync(name)) return NodeFileStore.open(name, { writable });
+    if (dataFileOptional) return null;
+    throw new QcowError('DATA_FILE_REQUIRED', `Could not open '${name}': No such file or directory`, { structure: 'data file name', dataFile: name });
   },
-};
+});
 
 /**
  * Opens IMAGE as qemu-img -f qcow2 does (a dirty image opened writable is repaired first). A
@@ -78,12 +85,12 @@ const fileResolver: BackingResolver = {
  * <why>" for a failure in the backing chain.
  */
 export async function openImage(file: string, opts: CliOpenOptions = {}): Promise<Qcow2Image> {
-  const { noBacking, ...open } = opts;
+  const { noBacking, dataFileOptional, ...open } = opts;
   try {
     refuseDirectory(file);
     const store = NodeFileStore.open(file, { writable: !!open.writable });
     try {
-      return await openOp({ name: file, store }, { ...open, resolver: fileResolver, followBacking: !noBacking });
+      return await openOp({ name: file, store }, { ...open, resolver: fileResolver(!!dataFileOptional), followBacking: !noBacking });
     } catch (e) {
       await store.close();
       throw e;

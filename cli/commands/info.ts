@@ -39,7 +39,7 @@ export const info: Command = {
 
 /** One qcow2 image's info, and the next link of its backing chain (the file qemu-img opens). */
 async function qcow2Info(file: string): Promise<{ info: ImageInfo; next?: { file: string; format: string } }> {
-  const img = await openImage(file, { noBacking: true });
+  const img = await openImage(file, { noBacking: true, dataFileOptional: true });
   try {
     const h = img.header;
     const full = h.backingFile !== undefined ? resolveBackingPath(file, h.backingFile) : undefined;

@@ -3,6 +3,7 @@
 // messages qemu-img prints over several lines (cvtnum's size message, option-list type errors
 // with their hint, error_exit's help line, create's backing-file hints): the same stdout, the
 // same stderr line for line (our prefix and name in place of qemu-img's) and the same exit code.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -108,5 +109,22 @@ describe('snapshot -c / -a / -d refused: qemu-img\'s "Could not … snapshot" wo
     }
     // nothing written by our refusals
     for (const image of ['snaps.qcow2', 'datafile.qcow2']) expect(fs.readFileSync(p(`o-${image}`)).equals(fs.readFileSync(p(image)))).toBe(true);
+  });
+});
+
+describe('an external data file that cannot be opened', () => {
+  it('missing: every verb but info refuses as qemu-img does; a relative name is found from the current directory', async () => {
+    const p = (n: string) => path.join(w.dir, n);
+    fs.mkdirSync(p('df'), { recursive: true });
+    // made from inside df/: the header names the data file 'df-data.raw' (relative)
+    expect(spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'data_file=df-data.raw', 'df.qcow2', '16M'], { cwd: p('df') }).status).toBe(0);
+    expect(spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 3 0 64k', 'df.qcow2'], { cwd: p('df') }).status).toBe(0);
+    const verbs = [['info'], ['check'], ['map', '--output=json'], ['snapshot', '-l'], ['measure', '-O', 'qcow2'], ['compare', 'df/df.qcow2']];
+    // from w.dir, 'df-data.raw' is not there (it is in df/): qemu-img refuses all but info
+    for (const v of verbs) expect(await w.expectSame([...v, 'df/df.qcow2']), v.join(' ')).toBe(v[0] === 'info' ? 0 : v[0] === 'compare' ? 2 : 1);
+    // a data file of that name in the current directory is the one QEMU opens
+    fs.copyFileSync(p('df/df-data.raw'), p('df-data.raw'));
+    for (const v of verbs) expect(await w.expectSame([...v, 'df/df.qcow2']), `${v.join(' ')} (found)`).toBe(0);
+    fs.rmSync(p('df-data.raw'));
   });
 });
