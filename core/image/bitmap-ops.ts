@@ -226,15 +226,15 @@ async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, conte
       putEntry(table, k * 8, Math.floor(off / 2 ** 32), off % 2 ** 32);
     }
     e.bitmapTableOffset = await allocClusters(img, bytes / cs, 'bitmap table');
-    await img.pwrite(e.bitmapTableOffset, table, 'bitmap table');
+    // its own bytes only, as QEMU writes it (a table or directory at the end leaves the file
+    // length short of a whole cluster, the same length as QEMU's)
+    await img.pwrite(e.bitmapTableOffset, table.subarray(0, e.bitmapTableSize * 8), 'bitmap table');
   }
   let ext: Qcow2Header['bitmaps'];
   if (entries.length > 0) {
     const dir = encodeBitmapDirectory(entries);
-    const padded = new Uint8Array(Math.ceil(dir.length / cs) * cs);
-    padded.set(dir);
-    const dirOffset = await allocClusters(img, padded.length / cs, 'bitmap directory');
-    await img.pwrite(dirOffset, padded, 'bitmap directory');
+    const dirOffset = await allocClusters(img, Math.ceil(dir.length / cs), 'bitmap directory');
+    await img.pwrite(dirOffset, dir, 'bitmap directory');
     ext = { nbBitmaps: entries.length, reserved: 0, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset };
   }
   await img.flush('bitmap tables and directory before the header names them');

@@ -71,6 +71,17 @@ describe('bitmap: the same operations as qemu-img, judged by qemu-img', () => {
     });
   }
 
+  it('the first --add: the same file as qemu-img\'s, byte for byte (table and directory written at their own length)', async () => {
+    for (const [name, make] of images.slice(0, 4)) {
+      const [q, o] = [path.join(w.dir, 'q.qcow2'), path.join(w.dir, 'o.qcow2')];
+      make(q);
+      fs.copyFileSync(q, o);
+      await w.expectSame(['bitmap', '--add', '-g', '128k', 'q.qcow2', 'first'], ['q.qcow2', 'o.qcow2']);
+      expect(fs.statSync(o).size, `${name}: file length`).toBe(fs.statSync(q).size);
+      expect(fs.readFileSync(o).equals(fs.readFileSync(q)), `${name}: bytes`).toBe(true);
+    }
+  });
+
   it('refusals: v2 image, bad granularity, empty name, no action, -g without --add, missing name', async () => {
     await runSteps(image('', '16M'), [
       [['--add', '-g', '100'], 'g'],
