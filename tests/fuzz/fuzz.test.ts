@@ -55,7 +55,9 @@ describe('fuzz seeds', () => {
     for (const r of results) {
       expect(r.failures, r.name + '\n' + JSON.stringify(r.failures, null, 1)).toEqual([]);
       // an unmutated qemu-made image must open and read everywhere
-      const bad = r.steps.filter((s) => s.outcome !== 'ok' && !/^(snapshot (create|revert|delete)|guest write|zero and discard|repair all)/.test(s.step));
+      const bad = r.steps.filter((s) => s.outcome !== 'ok' && !/^(snapshot (create|revert|delete)|guest write|zero and discard|repair all)/.test(s.step) &&
+        // persistent bitmaps need a v3 image (qemu-img bitmap refuses a v2 one)
+        !(s.step === 'bitmap add and remove' && s.outcome === 'INVALID_ARGUMENT' && /seed v2-/.test(r.name)));
       expect(bad, r.name).toEqual([]);
     }
   }, 120_000);

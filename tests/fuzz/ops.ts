@@ -6,6 +6,7 @@ import type { ImageStore } from '../../core/io/store.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { createSnapshot, deleteSnapshot, revertSnapshot } from '../../core/image/snapshot.ts';
 import { discard, writeGuest, writeZeroes } from '../../core/image/write.ts';
+import { changeBitmaps } from '../../core/image/bitmap-ops.ts';
 
 export interface WriteOp {
   name: string;
@@ -60,4 +61,13 @@ export const writeOps: WriteOp[] = [
     },
   },
   { name: 'repair all', open: { checkMode: true }, run: (img) => runCheck(img, { repair: 'all' }) },
+  {
+    // qemu-img bitmap: a new bitmap stored beside those the image has, then the first one removed
+    name: 'bitmap add and remove',
+    run: async (img) => {
+      await changeBitmaps(img, [{ op: 'add', name: 'fuzz' }]);
+      const first = img.bitmaps[0];
+      if (first) await changeBitmaps(img, [{ op: 'remove', name: first.name }]);
+    },
+  },
 ];

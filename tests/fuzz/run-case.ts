@@ -9,6 +9,7 @@ import { MemoryStore } from '../../core/io/memory-store.ts';
 import { Qcow2Image, type L1View } from '../../core/image/qcow2-image.ts';
 import type { Layer } from '../../core/image/layer.ts';
 import { buildInfo } from '../../core/analysis/info.ts';
+import { measure } from '../../core/analysis/measure.ts';
 import { translate } from '../../core/analysis/translate.ts';
 import { diffViews } from '../../core/analysis/diff.ts';
 import { snapshotSpace } from '../../core/analysis/snapshot-space.ts';
@@ -118,6 +119,7 @@ export async function runCase(c: FuzzCase, seed: SeedBytes, opts: RunOptions = {
   if (img) {
     await step('info', async () => JSON.stringify(buildInfo(img, { filename: 'fuzz.qcow2' })));
     await step('map', async () => img.extents(0, img.virtualSize));
+    await step('measure', () => measure({ format: 'qcow2' }, { img, view: img.activeView() }));
     await step('export', () => exportView(img, img.activeView()));
     await step('translate', async () => {
       for (const off of [0, 65536, Math.floor(img.virtualSize / 2), Math.max(0, img.virtualSize - 1)]) await translate(img, img.activeView(), off);
