@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { isQcowError, QcowError } from '../core/errors.ts';
 import { joinDashValues, type Command } from './command.ts';
 import { VERBS } from './commands/registry.ts';
+import { cliError, usageExit } from './qemu-options.ts';
 
 /**
  * Options of qemu-img that every verb takes, so that its command lines work unchanged: `-f qcow2`
@@ -35,17 +36,20 @@ const PROCESS_IO: CliIo = {
 /** Run one command line; returns its exit code. Everything it prints goes through `io`. */
 export async function main(argv: string[], io: CliIo = PROCESS_IO): Promise<number> {
   const [verb, ...rest] = argv;
-  if (!verb || verb === '--help' || verb === '-h' || verb === 'help') {
+  if (verb === '--help' || verb === '-h' || verb === 'help') {
     io.stdout((await usage()) + '\n');
-    return verb ? 0 : 1;
-  }
-  const cmd = await VERBS.find((v) => v.name === verb)?.load();
-  if (!cmd) {
-    io.stderr(`qcowscope: unknown command '${verb}'\n${await usage()}\n`);
-    return 1;
+    return 0;
   }
   try {
-    const { values, positionals } = parseArgs({ args: joinDashValues(rest, { ...QEMU_IMG_OPTIONS, ...cmd.options }), options: { ...QEMU_IMG_OPTIONS, ...cmd.options }, allowPositionals: true, strict: true });
+    // qemu-img's words for a command line it cannot take
+    if (!verb) throw usageExit('Not enough arguments');
+    const cmd = await VERBS.find((v) => v.name === verb)?.load();
+    if (!cmd) throw usageExit(`Command not found: ${verb}`);
+    const options = { ...QEMU_IMG_OPTIONS, ...cmd.options };
+    const { values, positionals } = parseCommandLine(rest, options);
+    if (cmd.options.output !== undefined && values.output !== undefined && values.output !== 'json' && values.output !== 'human') {
+      throw cliError('--output must be used with human or json as argument.');
+    }
     if (values.format !== undefined && !(cmd.formats ?? ['qcow2']).includes(String(values.format))) {
       throw new QcowError('NOT_SUPPORTED', `${verb}: only the qcow2 format is supported, not '${String(values.format)}'`);
     }
@@ -69,5 +73,30 @@ export async function main(argv: string[], io: CliIo = PROCESS_IO): Promise<numb
     const hint = (e as { hint?: unknown }).hint;
     io.stderr(`qcowscope: ${first}\n${typeof hint === 'string' ? hint : ''}${rest.map((l) => `qcowscope: ${l}\n`).join('')}`);
     return 1;
+  }
+}
+
+/**
+ * parseArgs, its mistakes in qemu-img's words (getopt_long's, as qemu-img reports them): the
+ * argument as it was given, then the help hint.
+ */
+function parseCommandLine(rest: string[], options: Command['options']): ReturnType<typeof parseArgs<{ options: Command['options']; allowPositionals: true; strict: true }>> {
+  try {
+    return parseArgs({ args: joinDashValues(rest, options), options, allowPositionals: true, strict: true });
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const named = /'([^']*)'/.exec((e as Error).message)?.[1] ?? '';
+    // a flag given a value (--backing-chain=yes) is an option getopt does not know either
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && /does not take an argument/.test((e as Error).message))) {
+      const given = rest.find((a) => a === named || a.startsWith(`${named}=`) || (named.length === 2 && /^-[^-]/.test(a) && a.includes(named[1]!))) ?? named;
+      throw usageExit(`unrecognized option '${given}'`);
+    }
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && /argument missing/.test((e as Error).message)) {
+      // "Option '-f, --format <value>' argument missing": the form that was given
+      const forms = named.replace(/ <value>$/, '').split(', ');
+      const given = [...rest].reverse().find((a) => forms.includes(a)) ?? forms[forms.length - 1]!;
+      throw usageExit(`missing argument for option '${given}'`);
+    }
+    throw e;
   }
 }

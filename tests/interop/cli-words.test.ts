@@ -83,6 +83,20 @@ describe('messages qemu-img prints over several lines', () => {
     ['snapshot', '-l'],
     ['snapshot', '-l', 'ok.qcow2', 'ok.qcow2'],
     ['compare', 'ok.qcow2'],
+    // getopt's mistakes: the argument as given, then the help hint; a verb that is not there; none
+    ['info', '--bogus', 'ok.qcow2'],
+    ['check', '-Z', 'ok.qcow2'],
+    ['compare', '--bogus', 'ok.qcow2', 'ok.qcow2'],
+    ['info', '--backing-chain=yes', 'ok.qcow2'],
+    ['info', '-f'],
+    ['map', '--output'],
+    ['check', '-r'],
+    ['snapshot', '-c'],
+    ['bogus', 'ok.qcow2'],
+    [],
+    // --output takes human or json only
+    ['info', '--output=xml', 'ok.qcow2'],
+    ['map', '--output=JSON', 'ok.qcow2'],
   ];
   for (const c of cases) it(c.join(' '), async () => { await expectSame(c); });
 });
