@@ -2,6 +2,8 @@
 // (docs/qcow2-format.md §4.3) for the engine layer's check (core/ops/check.ts): per-item diagnostics
 // on stderr as they are found, the summary on stdout, 0 clean / 1 check not completed / 2
 // corruptions / 3 leaks only.
+import * as fs from 'node:fs';
+import { QCOW_MAGIC } from '../../core/format/constants.ts';
 import { toQemuJson } from '../../core/analysis/qemu-json.ts';
 import { checkExitCode, checkJson, checkReport, type CheckReport, type RepairMode } from '../../core/ops/check.ts';
 import { openImage } from '../open.ts';
@@ -29,6 +31,7 @@ function checkHuman(r: CheckReport): string {
 
 export const check: Command = {
   name: 'check',
+  formats: ['qcow2', 'raw'],
   usage: 'check [--json] [--repair leaks|all] IMAGE',
   options: {
     json: { type: 'boolean' },
@@ -49,6 +52,12 @@ export const check: Command = {
     const repair = repairArg as RepairMode | undefined;
     const json = isJson(values);
     const quiet = values.quiet === true;
+    // qemu-img takes a file that is not qcow2 as raw, which has no check: exit 63 (ENOTSUP)
+    const noChecks = () => {
+      err('qcowscope: This image format does not support checks');
+      return 63;
+    };
+    if (values.format === 'raw' || notQcow2(file)) return noChecks();
     // qemu-img check opens the backing chain too: an overlay whose backing file cannot be opened is not checked
     const img = await openImage(file, { checkMode: true, writable: repair !== undefined });
     try {
@@ -69,3 +78,18 @@ export const check: Command = {
     }
   },
 };
+
+/** A regular file whose first bytes are not qcow2's magic (an empty one too): what qemu-img probes as raw. */
+function notQcow2(file: string): boolean {
+  let fd: number | undefined;
+  try {
+    if (!fs.statSync(file).isFile()) return false;
+    fd = fs.openSync(file, 'r');
+    const b = Buffer.alloc(4);
+    return fs.readSync(fd, b, 0, 4, 0) < 4 || b.readUInt32BE(0) !== QCOW_MAGIC;
+  } catch {
+    return false; // the open reports it in qemu-img's words
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}

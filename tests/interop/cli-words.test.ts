@@ -142,3 +142,13 @@ describe('an external data file that cannot be opened', () => {
     fs.rmSync(p('df-data.raw'));
   });
 });
+
+describe('check on a file that is not qcow2', () => {
+  it('qemu-img takes it as raw, which has no check: the same words and exit 63', async () => {
+    fs.writeFileSync(path.join(w.dir, 'text.txt'), 'hello\n');
+    fs.writeFileSync(path.join(w.dir, 'empty.img'), '');
+    for (const args of [['check', 'text.txt'], ['check', 'empty.img'], ['check', '-f', 'raw', 'ok.qcow2'], ['check', '--output=json', 'text.txt']]) {
+      expect(await w.expectSame(args), args.join(' ')).toBe(63);
+    }
+  });
+});
