@@ -9,6 +9,7 @@ import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { createImage, qemuImg, qemuIoOk } from '../helpers/qemu.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const ROOT = path.resolve(__dirname, '../..');
 const CLI = [await cliBundle()];
@@ -18,7 +19,7 @@ function ours(args: string[], cwd: string) {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 function theirs(args: string[], cwd: string) {
-  const r = spawnSync('qemu-img', args, { encoding: 'utf8', cwd });
+  const r = spawnSmall('qemu-img', args, { cwd });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 const norm = (s: string) => s.replace(/^qemu-img: /gm, 'qcowscope: ');

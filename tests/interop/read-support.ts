@@ -6,6 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { qemuImg, qemuImgOk } from '../helpers/qemu.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -45,13 +46,13 @@ export function runCliOk(cli: string, args: string[], opts: { cwd?: string } = {
 
 /** `qemu-img info --output=json` run from `cwd` (so relative names print as given). */
 export function qemuInfoJson(file: string, cwd?: string): Record<string, unknown> {
-  const r = spawnSync('qemu-img', ['info', '--output=json', file], { encoding: 'utf8', cwd });
+  const r = spawnSmall('qemu-img', ['info', '--output=json', file], { cwd });
   if (r.status !== 0) throw new Error(`qemu-img info ${file}: ${r.stderr}`);
   return JSON.parse(r.stdout) as Record<string, unknown>;
 }
 
 export function qemuMapJson(file: string, cwd?: string): unknown[] {
-  const r = spawnSync('qemu-img', ['map', '--output=json', file], { encoding: 'utf8', cwd, maxBuffer: 256 << 20 });
+  const r = spawnSmall('qemu-img', ['map', '--output=json', file], { cwd });
   if (r.status !== 0) throw new Error(`qemu-img map ${file}: ${r.stderr}`);
   return JSON.parse(r.stdout) as unknown[];
 }
