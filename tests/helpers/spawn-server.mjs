@@ -3,7 +3,7 @@
 // so that Node starts it without a loader (Node 20 cannot run TypeScript itself).
 //
 // Protocol over two FIFOs, one request at a time: the client writes a 4-byte big-endian length
-// and that many bytes of JSON {cmd, args, cwd, env}; this process runs it with spawnSync and
+// and that many bytes of JSON {cmd, args, cwd, env, timeout}; this process runs it with spawnSync and
 // answers the same way with {status, signal, stdout, stderr, error}. End of file on the request
 // FIFO (the client exited) ends this process.
 import { spawnSync } from 'node:child_process';
@@ -34,8 +34,8 @@ for (;;) {
   if (head === null) break;
   const body = readFully(req, head.readUInt32BE(0));
   if (body === null) break;
-  const { cmd, args, cwd, env } = JSON.parse(body.toString('utf8'));
-  const r = spawnSync(cmd, args, { encoding: 'utf8', cwd, env, maxBuffer: 256 << 20 });
+  const { cmd, args, cwd, env, timeout } = JSON.parse(body.toString('utf8'));
+  const r = spawnSync(cmd, args, { encoding: 'utf8', cwd, env, timeout, maxBuffer: 256 << 20 });
   const answer = Buffer.from(JSON.stringify({
     status: r.status, signal: r.signal, stdout: r.stdout ?? '', stderr: r.stderr ?? '',
     error: r.error ? { message: r.error.message, code: r.error.code } : null,

@@ -92,15 +92,15 @@ function readFully(fd: number, n: number): Buffer {
   return buf;
 }
 
-/** spawnSync(cmd, args, { encoding: 'utf8', cwd, env, maxBuffer: 256 MiB }), made by the helper process. */
-export function spawnSmall(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): SpawnResult {
+/** spawnSync(cmd, args, { encoding: 'utf8', cwd, env, timeout, maxBuffer: 256 MiB }), made by the helper process. */
+export function spawnSmall(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {}): SpawnResult {
   if (channel === undefined) channel = startServer();
   const env = opts.env ?? process.env;
   if (channel === null) {
-    const r = spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd, env, maxBuffer: 256 << 20 });
+    const r = spawnSync(cmd, args, { encoding: 'utf8', cwd: opts.cwd, env, timeout: opts.timeout, maxBuffer: 256 << 20 });
     return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr, error: r.error };
   }
-  const body = Buffer.from(JSON.stringify({ cmd, args, cwd: opts.cwd, env }), 'utf8');
+  const body = Buffer.from(JSON.stringify({ cmd, args, cwd: opts.cwd, env, timeout: opts.timeout }), 'utf8');
   const head = Buffer.alloc(4);
   head.writeUInt32BE(body.length, 0);
   writeFully(channel.req, Buffer.concat([head, body]));

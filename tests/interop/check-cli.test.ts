@@ -2,7 +2,6 @@
 // and the repair report), the same per-item lines on stderr (qemu-img's "qemu-img: " prefix is
 // ours "qcowscope: "), the same exit codes, JSON with the same fields; opening failures exit 1.
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cliBundle } from '../helpers/cli.ts';
@@ -15,7 +14,7 @@ const ROOT = path.resolve(__dirname, '../..');
 const CLI = [await cliBundle()];
 
 function ours(args: string[], cwd: string) {
-  const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8', cwd });
+  const r = spawnSmall(process.execPath, [...CLI, ...args], { cwd });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 function theirs(args: string[], cwd: string) {

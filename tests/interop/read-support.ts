@@ -26,13 +26,7 @@ export function runCli(cli: string, args: string[], opts: { cwd?: string; timeou
   const env = { ...process.env };
   delete env.QCOWSCOPE_DEBUG;
   delete env.QCOWSCOPE_CRASH_AFTER_WRITES;
-  const r = spawnSync(process.execPath, [cli, ...args], {
-    encoding: 'utf8',
-    cwd: opts.cwd,
-    env,
-    timeout: opts.timeoutMs ?? 60_000,
-    maxBuffer: 256 << 20,
-  });
+  const r = spawnSmall(process.execPath, [cli, ...args], { cwd: opts.cwd, env, timeout: opts.timeoutMs ?? 60_000 });
   if (r.error && (r.error as NodeJS.ErrnoException).code !== 'ETIMEDOUT') throw r.error;
   return { status: r.status, signal: r.signal, stdout: r.stdout ?? '', stderr: r.stderr ?? '', ms: performance.now() - t0 };
 }
