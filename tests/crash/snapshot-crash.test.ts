@@ -10,7 +10,6 @@
 // during planning and read back. The CLI is run the same way with QCOWSCOPE_CRASH_AFTER_WRITES=K
 // for every K. A base with persistent bitmaps checks the settle's re-store of them (the bitmaps as
 // `qemu-img info` lists them are part of what a reader sees).
-import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -22,6 +21,7 @@ import { planCreate, planDelete, planRevert, type PlannedSnapshotOp } from '../.
 import { cliBundle } from '../helpers/cli.ts';
 import { imageEndingAt } from '../helpers/file-end.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 import {
   createImage, makeTempDir, qemuCheck, qemuConvertToRaw, qemuImgOk, qemuInfo, qemuIoOk, qemuSnapshotCreate, removeDir,
 } from '../helpers/qemu.ts';
@@ -239,8 +239,8 @@ describe('the CLI with QCOWSCOPE_CRASH_AFTER_WRITES', () => {
       let completed = false;
       for (let k = 0; k < 64 && !completed; k++) {
         fs.writeFileSync(file, base);
-        const r = spawnSync(process.execPath, [bundle, 'snapshot', ...args, file], {
-          encoding: 'utf8', env: { ...process.env, QCOWSCOPE_CRASH_AFTER_WRITES: String(k) },
+        const r = spawnSmall(process.execPath, [bundle, 'snapshot', ...args, file], {
+          env: { ...process.env, QCOWSCOPE_CRASH_AFTER_WRITES: String(k) },
         });
         if (r.status === 0) completed = true;
         else expect(r.status, `K=${k}: ${r.stderr}`).toBe(75);
