@@ -10,7 +10,6 @@
 // during planning and read back. The CLI is run the same way with QCOWSCOPE_CRASH_AFTER_WRITES=K
 // for every K. A base with persistent bitmaps checks the settle's re-store of them (the bitmaps as
 // `qemu-img info` lists them are part of what a reader sees).
-import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -22,6 +21,7 @@ import { planCreate, planDelete, planRevert, type PlannedSnapshotOp } from '../.
 import { cliBundle } from '../helpers/cli.ts';
 import { imageEndingAt } from '../helpers/file-end.ts';
 import { enumerateCrashStates, enumerateDroppedStates } from '../helpers/crash-store.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 import {
   createImage, makeTempDir, qemuCheck, qemuConvertToRaw, qemuImgOk, qemuInfo, qemuIoOk, qemuSnapshotCreate, removeDir,
 } from '../helpers/qemu.ts';
@@ -39,24 +39,50 @@ async function runOp(store: ImageStore, op: Op, open: OpenOptions = {}): Promise
   return p;
 }
 
+type Observation = { clean: boolean; check: string; state: string };
+
 /** What a reader sees, judged by QEMU: check result, snapshot list, active and snapshot contents. */
-function observe(file: string, dir: string): { clean: boolean; check: string; state: string } {
-  const chk = qemuCheck(file);
-  const clean = chk.exitCode === 0 && chk.corruptions === 0 && chk.leaks === 0 && chk.checkErrors === 0;
-  if (!clean) return { clean, check: `${chk.exitCode} ${chk.stderr}`, state: '' };
-  const info = qemuInfo(file);
-  const snaps = (info.snapshots ?? []).map((s) => [s.id, s.name]);
+function observe(file: string, dir: string): Observation {
+  return observeAll([file], dir)[0]!;
+}
+
+/**
+ * observe() for many files with fewer qemu-img processes: a check and an info each, the active
+ * disks of all clean files read by one `qemu-img convert` of them all (its output is their guest
+ * contents one after the other, each `virtual-size` long), then each snapshot as before (`convert
+ * -l` reads a snapshot of its first source only).
+ */
+function observeAll(files: string[], dir: string): Observation[] {
   const out = path.join(dir, 'o.raw');
-  const h = createHash('sha256');
-  // the bitmaps as `qemu-img info` lists them (names, granularity, flags: in-use after a crash would show)
-  h.update(JSON.stringify([info['virtual-size'], snaps, info['format-specific']?.data['bitmaps'] ?? null]));
-  qemuConvertToRaw(file, out);
-  h.update(fs.readFileSync(out));
-  for (const [id] of snaps) {
-    qemuConvertToRaw(file, out, { id: id! });
-    h.update(fs.readFileSync(out));
+  const results: Observation[] = [];
+  const clean: Array<{ i: number; file: string; info: ReturnType<typeof qemuInfo>; snaps: Array<Array<string | undefined>> }> = [];
+  for (const [i, file] of files.entries()) {
+    const chk = qemuCheck(file);
+    const ok = chk.exitCode === 0 && chk.corruptions === 0 && chk.leaks === 0 && chk.checkErrors === 0;
+    results.push({ clean: ok, check: ok ? '' : `${chk.exitCode} ${chk.stderr}`, state: '' });
+    if (!ok) continue;
+    const info = qemuInfo(file);
+    clean.push({ i, file, info, snaps: (info.snapshots ?? []).map((s) => [s.id, s.name]) });
   }
-  return { clean, check: '', state: h.digest('hex') };
+  if (clean.length === 0) return results;
+  qemuImgOk(['convert', '-O', 'raw', ...clean.map((c) => c.file), out]);
+  const actives = fs.readFileSync(out);
+  let at = 0;
+  for (const c of clean) {
+    const size = c.info['virtual-size'];
+    const h = createHash('sha256');
+    // the bitmaps as `qemu-img info` lists them (names, granularity, flags: in-use after a crash would show)
+    h.update(JSON.stringify([size, c.snaps, c.info['format-specific']?.data['bitmaps'] ?? null]));
+    h.update(actives.subarray(at, at + size));
+    at += size;
+    for (const [id] of c.snaps) {
+      qemuConvertToRaw(c.file, out, { id: id! });
+      h.update(fs.readFileSync(out));
+    }
+    results[c.i]!.state = h.digest('hex');
+  }
+  expect(at, 'the active disks read together').toBe(actives.length);
+  return results;
 }
 
 function baseImage(dir: string, opts: Parameters<typeof createImage>[2]): Uint8Array {
@@ -116,18 +142,31 @@ describe('snapshot operations survive a crash at any point', () => {
     for (const op of cfg.ops ?? (['create', 'revert', 'delete'] as const)) {
       it(`${op}, ${cfg.label}: stop at each write, drop any unflushed subset`, async () => {
         const base = cfg.base ? cfg.base(dir) : baseImage(dir, cfg.opts);
-        const file = path.join(dir, 'state.qcow2');
         // Many crash points leave the same bytes (a dropped write that the next one rewrites, the
-        // same subset reached twice): QEMU judges each distinct image once.
-        const seen = new Map<string, ReturnType<typeof observe>>();
-        const judge = (bytes: Uint8Array): ReturnType<typeof observe> => {
+        // same subset reached twice): QEMU judges each distinct image once. The distinct images
+        // are gathered first (each to its own file) and judged together (observeAll).
+        const seen = new Map<string, Observation>();
+        const pending = new Map<string, string>();
+        const keyOf = (bytes: Uint8Array): string => {
           const key = createHash('sha256').update(bytes).digest('hex');
-          let o = seen.get(key);
-          if (!o) {
-            fs.writeFileSync(file, bytes);
-            seen.set(key, (o = observe(file, dir)));
+          if (!seen.has(key) && !pending.has(key)) {
+            const f = path.join(dir, `state-${pending.size}.qcow2`);
+            fs.writeFileSync(f, bytes);
+            pending.set(key, f);
           }
-          return o;
+          return key;
+        };
+        const judgePending = (): void => {
+          const keys = [...pending.keys()];
+          const files = [...pending.values()];
+          observeAll(files, dir).forEach((o, i) => seen.set(keys[i]!, o));
+          for (const f of files) fs.rmSync(f);
+          pending.clear();
+        };
+        const judge = (bytes: Uint8Array): Observation => {
+          const key = keyOf(bytes);
+          judgePending();
+          return seen.get(key)!;
         };
         const before = judge(base);
         expect(before.clean).toBe(true);
@@ -144,10 +183,15 @@ describe('snapshot operations survive a crash at any point', () => {
         expect(states[states.length - 1]!.bytes.length, 'length as qemu-img leaves it').toBe(fs.statSync(qf).size);
         expect(after.state).not.toBe(before.state);
         expect(states.length).toBeGreaterThan(3);
+        const { states: dropped } = await enumerateDroppedStates(base, async (s) => { await runOp(s, op, cfg.open); }, { exhaustiveUpTo: 8, samples: 64 });
+        const stateKeys = states.map((st) => keyOf(st.bytes));
+        const droppedKeys: Array<{ epoch: number; mask: boolean[]; key: string }> = [];
+        for (const st of dropped()) droppedKeys.push({ epoch: st.epoch, mask: st.mask, key: keyOf(st.bytes) });
+        judgePending();
         let sawBefore = 0;
         let sawAfter = 0;
-        for (const st of states) {
-          const o = judge(st.bytes);
+        for (const [i, st] of states.entries()) {
+          const o = seen.get(stateKeys[i]!)!;
           expect(o.clean, `crash after ${st.writes} writes: ${o.check}`).toBe(true);
           expect([before.state, after.state], `crash after ${st.writes} writes`).toContain(o.state);
           if (o.state === before.state) sawBefore++;
@@ -155,10 +199,9 @@ describe('snapshot operations survive a crash at any point', () => {
         }
         expect(sawBefore).toBeGreaterThan(0);
         expect(sawAfter).toBeGreaterThan(0);
-        const { states: dropped } = await enumerateDroppedStates(base, async (s) => { await runOp(s, op, cfg.open); }, { exhaustiveUpTo: 8, samples: 64 });
         let n = 0;
-        for (const st of dropped()) {
-          const o = judge(st.bytes);
+        for (const { key, ...st } of droppedKeys) {
+          const o = seen.get(key)!;
           expect(o.clean, `epoch ${st.epoch}, mask ${st.mask.map(Number).join('')}: ${o.check}`).toBe(true);
           expect([before.state, after.state], `epoch ${st.epoch}, mask ${st.mask.map(Number).join('')}`).toContain(o.state);
           n++;
@@ -196,8 +239,8 @@ describe('the CLI with QCOWSCOPE_CRASH_AFTER_WRITES', () => {
       let completed = false;
       for (let k = 0; k < 64 && !completed; k++) {
         fs.writeFileSync(file, base);
-        const r = spawnSync(process.execPath, [bundle, 'snapshot', ...args, file], {
-          encoding: 'utf8', env: { ...process.env, QCOWSCOPE_CRASH_AFTER_WRITES: String(k) },
+        const r = spawnSmall(process.execPath, [bundle, 'snapshot', ...args, file], {
+          env: { ...process.env, QCOWSCOPE_CRASH_AFTER_WRITES: String(k) },
         });
         if (r.status === 0) completed = true;
         else expect(r.status, `K=${k}: ${r.stderr}`).toBe(75);

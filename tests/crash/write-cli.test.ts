@@ -1,12 +1,12 @@
 // `qcowscope write` killed before each of its writes (QCOWSCOPE_CRASH_AFTER_WRITES=K, exit 75):
 // the file on disk must always pass `qemu-img check` without corruption and read old or new data,
 // for a first write (new L2), a copy-on-write after a QEMU snapshot, and a zero write.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliBundle } from '../helpers/cli.ts';
 import { createImage, makeTempDir, qemuCheck, qemuConvertToRaw, qemuIoOk, qemuSnapshotCreate, removeDir } from '../helpers/qemu.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 let dir = '';
 let bundle = '';
@@ -42,7 +42,7 @@ describe('qcowscope write with QCOWSCOPE_CRASH_AFTER_WRITES', () => {
       setup(file);
       const base = fs.readFileSync(file);
       const before = raw(file);
-      const done = spawnSync(process.execPath, [bundle, 'write', ...args.map((a) => (a === '%F' ? file : a))], { encoding: 'utf8' });
+      const done = spawnSmall(process.execPath, [bundle, 'write', ...args.map((a) => (a === '%F' ? file : a))]);
       expect(done.status, done.stderr).toBe(0);
       const after = raw(file);
       expect(after.equals(before)).toBe(false);
@@ -50,8 +50,8 @@ describe('qcowscope write with QCOWSCOPE_CRASH_AFTER_WRITES', () => {
       let crashes = 0;
       for (let k = 0; k < 200 && !completed; k++) {
         fs.writeFileSync(file, base);
-        const r = spawnSync(process.execPath, [bundle, 'write', ...args.map((a) => (a === '%F' ? file : a))], {
-          encoding: 'utf8', env: { ...process.env, QCOWSCOPE_CRASH_AFTER_WRITES: String(k) },
+        const r = spawnSmall(process.execPath, [bundle, 'write', ...args.map((a) => (a === '%F' ? file : a))], {
+          env: { ...process.env, QCOWSCOPE_CRASH_AFTER_WRITES: String(k) },
         });
         if (r.status === 0) {
           completed = true;

@@ -3,7 +3,6 @@
 // failures as one `qcowscope: ...` line with no stack trace, finish within a time limit, leave the
 // file untouched for read-only verbs, and leave it untouched for writing verbs whenever the image
 // fails validation (info refuses it).
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -12,6 +11,7 @@ import { cliBundle } from '../helpers/cli.ts';
 import { CaseGenerator } from './campaign.ts';
 import { applyMutations, type FuzzCase } from './mutator.ts';
 import { buildSeeds, type Seed } from './seeds.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const CLI_CASES = Number(process.env.FUZZ_CLI_CASES ?? 6);
 const runSeed = Number(process.env.FUZZ_SEED ?? 1) + 1000;
@@ -39,7 +39,7 @@ interface VerbRun {
 }
 
 function runVerb(args: string[], allowed: number[]): VerbRun {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: VERB_TIMEOUT_MS, maxBuffer: 64 << 20, env: { ...process.env, QCOWSCOPE_DEBUG: '' } });
+  const r = spawnSmall(process.execPath, [cli, ...args], { timeout: VERB_TIMEOUT_MS, env: { ...process.env, QCOWSCOPE_DEBUG: '' } });
   const v: VerbRun = { args, status: r.status, stderr: r.stderr };
   if (r.error || r.signal) v.problem = `did not finish: ${r.error?.message ?? r.signal}`;
   else if (!allowed.includes(r.status!)) v.problem = `exit code ${r.status} (allowed ${allowed.join('/')})`;
@@ -80,7 +80,7 @@ describe('fuzz through the CLI', () => {
         runVerb(['check', '--json', file], [0, 1, 2, 3]),
         runVerb(['export', file, out], [0, 1]),
       ];
-      const list = ro[2]!.status === 0 ? safeJson(spawnSync(process.execPath, [cli, 'snapshot', '-l', '--json', file], { encoding: 'utf8' }).stdout) : [];
+      const list = ro[2]!.status === 0 ? safeJson(spawnSmall(process.execPath, [cli, 'snapshot', '-l', '--json', file]).stdout) : [];
       const ids = ((Array.isArray(list) ? list : []) as Array<{ id: string }>).map((sn) => String(sn.id)).filter((id) => id !== '' && !id.includes('\0') && !id.startsWith('-'));
       for (const id of ids.slice(0, 2)) {
         ro.push(runVerb(['export', '--snapshot', id, file, out], [0, 1]));

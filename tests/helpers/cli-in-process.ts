@@ -11,7 +11,38 @@
 // QCOWSCOPE_CRASH_AFTER_WRITES, whose hook would end the test process), and an exception out of
 // main() printed as cli/qcowscope.ts prints it. The engine keeps no state between commands (no
 // module-level caches: each verb opens its images and closes them).
+//
+// A command that never ends (a loop on a hostile image) cannot be stopped inside the process, and
+// a test timeout cannot interrupt synchronous code: a small watchdog process, armed for each call,
+// kills this test process after WATCHDOG_MS, so the run fails (Vitest reports the worker's death)
+// instead of hanging.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { main } from '../../cli/main.ts';
+
+/** Longer than any command of the tests takes on a loaded machine; a hang, not a slow run. */
+const WATCHDOG_MS = Number(process.env.QCOWSCOPE_CLI_WATCHDOG_MS ?? 5 * 60_000);
+
+const WATCHDOG = `
+let t;
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (d) => {
+  for (const line of d.split('\\n')) {
+    if (line === 'arm') { clearTimeout(t); t = setTimeout(() => { process.stderr.write('qcowscope tests: a CLI call ran ${WATCHDOG_MS / 1000} s; killing the test process\\n'); process.kill(${process.pid}, 'SIGKILL'); process.exit(1); }, ${WATCHDOG_MS}); }
+    else if (line === 'disarm') clearTimeout(t);
+  }
+});
+process.stdin.on('end', () => process.exit(0));
+`;
+
+let watchdog: ChildProcess | undefined;
+function signalWatchdog(what: 'arm' | 'disarm'): void {
+  if (!watchdog) {
+    watchdog = spawn(process.execPath, ['-e', WATCHDOG], { stdio: ['pipe', 'ignore', 'inherit'] });
+    watchdog.unref();
+    (watchdog.stdin as unknown as { unref(): void }).unref();
+  }
+  watchdog.stdin!.write(`${what}\n`);
+}
 
 export interface CliRun {
   status: number | null;
@@ -50,12 +81,14 @@ async function runOnce(args: string[], cwd: string | undefined): Promise<CliRun>
   for (const k of STRIPPED_ENV) delete process.env[k];
   if (cwd !== undefined) process.chdir(cwd);
   let status: number;
+  signalWatchdog('arm');
   try {
     status = await main([...args], { stdout: (t) => { stdout += t; }, stderr: (t) => { stderr += t; } });
   } catch (e) {
     stderr += `qcowscope: internal error: ${(e as Error).message}\n`;
     status = 1;
   } finally {
+    signalWatchdog('disarm');
     process.chdir(home);
     for (const [k, v] of savedEnv) if (v !== undefined) process.env[k] = v;
   }

@@ -16,7 +16,7 @@
 //   - `snapshot -d` looks a snapshot up by NAME only (`-a` takes an ID or a name).
 //   - qemu-io exits 1 when a `read -P` pattern check fails, but prints most other command errors
 //     with exit status 0: check `stderr`/`stdout` too.
-import { spawnSync } from 'node:child_process';
+import { spawnSmall } from './spawner.ts';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -31,12 +31,8 @@ export interface RunResult {
 }
 
 function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): RunResult {
-  const r = spawnSync(cmd, args, {
-    encoding: 'utf8',
-    cwd: opts.cwd,
-    env: opts.env ?? process.env,
-    maxBuffer: 256 << 20,
-  });
+  // started by a small helper process (spawner.ts says why)
+  const r = spawnSmall(cmd, args, opts);
   if (r.error) throw r.error; // binary missing: a setup problem, not a test result
   return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }

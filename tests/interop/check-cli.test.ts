@@ -2,23 +2,23 @@
 // and the repair report), the same per-item lines on stderr (qemu-img's "qemu-img: " prefix is
 // ours "qcowscope: "), the same exit codes, JSON with the same fields; opening failures exit 1.
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { makeDamagedImage } from '../helpers/corruptor.ts';
 import { createImage, qemuImg, qemuIoOk } from '../helpers/qemu.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const ROOT = path.resolve(__dirname, '../..');
 const CLI = [await cliBundle()];
 
 function ours(args: string[], cwd: string) {
-  const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8', cwd });
+  const r = spawnSmall(process.execPath, [...CLI, ...args], { cwd });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 function theirs(args: string[], cwd: string) {
-  const r = spawnSync('qemu-img', args, { encoding: 'utf8', cwd });
+  const r = spawnSmall('qemu-img', args, { cwd });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 const norm = (s: string) => s.replace(/^qemu-img: /gm, 'qcowscope: ');

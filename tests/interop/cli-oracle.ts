@@ -2,12 +2,12 @@
 // command line: images made there by qemu-img and qemu-io, our CLI run in the test's process
 // (tests/helpers/cli-in-process.ts), and the comparison itself (stdout and exit code equal, stderr
 // equal with qemu-img's name in it read as ours).
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, expect } from 'vitest';
 import { makeTempDir, qemuImgOk, qemuIoOk, removeDir } from '../helpers/qemu.ts';
 import { runCliInProcess } from '../helpers/cli-in-process.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 export interface CliWorkDir {
   readonly dir: string;
@@ -104,7 +104,7 @@ export function useCliWorkDir(prefix: string): CliWorkDir {
       return 'top.qcow2';
     },
     async expectSame(args, rename) {
-      const q = spawnSync('qemu-img', args, { encoding: 'utf8', cwd: dir });
+      const q = spawnSmall('qemu-img', args, { cwd: dir });
       const ourArgs = rename ? args.map((a) => (a === rename[0] ? rename[1] : a)) : args;
       const r = await runCliInProcess(ourArgs, { cwd: dir });
       let stderr = q.stderr.replace(/qemu-img/g, 'qcowscope');

@@ -2,7 +2,6 @@
 // for the same options the file is byte-identical, `qemu-img check` is clean and `qemu-img info`
 // agrees; wrong option combinations fail with qemu-img's messages and leave no file.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MemoryStore } from '../../core/io/memory-store.ts';
@@ -13,6 +12,7 @@ import { isQcowError } from '../../core/errors.ts';
 import { makeTempDir, qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk, qemuMap, removeDir, sha256 } from '../helpers/qemu.ts';
 import { runCliInProcess } from '../helpers/cli-in-process.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const tmp = useTempDir('qcowscope-create-');
 const ROOT = path.resolve(__dirname, '../..');
@@ -90,7 +90,7 @@ describe('qcowscope create = qemu-img create, byte for byte', () => {
       const q = path.join(dir, 'q.qcow2');
       const ours = path.join(dir, 'o.qcow2');
       // Same relative backing name in both headers: run both from the temp dir.
-      const rq = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, 'q.qcow2', ...(size ? [size] : [])], { cwd: dir, encoding: 'utf8' });
+      const rq = spawnSmall('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, 'q.qcow2', ...(size ? [size] : [])], { cwd: dir });
       expect(rq.status, rq.stderr).toBe(0);
       const r = await cli(['create', '-q', ...args, 'o.qcow2', ...(size ? [size] : [])], dir);
       expect(r.status, r.stderr).toBe(0);
@@ -151,7 +151,7 @@ describe('refused options, with qemu-img\'s messages', () => {
     it(name, async () => {
       copyBase(tmp.dir);
       const size = name === 'bad size' ? '1x' : name.startsWith('too large') ? '512G' : '64M';
-      const q = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, 'q.qcow2', size], { cwd: tmp.dir, encoding: 'utf8' });
+      const q = spawnSmall('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, 'q.qcow2', size], { cwd: tmp.dir });
       expect(q.status).not.toBe(0);
       expect(q.stderr).toMatch(message);
       const r = await cli(['create', ...args, 'o.qcow2', size], tmp.dir);
@@ -191,7 +191,7 @@ describe('create prints what qemu-img create prints', () => {
     it(`${args.join(' ')} ${size ?? '(no size)'}: the Formatting line, the error and the exit code`, async () => {
       copyBase(tmp.dir);
       for (const f of ['x.qcow2', 'q.qcow2']) fs.rmSync(tmp.file(f), { force: true });
-      const q = spawnSync('qemu-img', ['create', '-f', 'qcow2', ...args, 'x.qcow2', ...(size ? [size] : [])], { cwd: tmp.dir, encoding: 'utf8' });
+      const q = spawnSmall('qemu-img', ['create', '-f', 'qcow2', ...args, 'x.qcow2', ...(size ? [size] : [])], { cwd: tmp.dir });
       if (fs.existsSync(tmp.file('x.qcow2'))) fs.renameSync(tmp.file('x.qcow2'), tmp.file('q.qcow2'));
       const r = await cli(['create', ...args, 'x.qcow2', ...(size ? [size] : [])], tmp.dir);
       expect(r.status).toBe(q.status === 0 ? 0 : 1);
@@ -203,7 +203,7 @@ describe('create prints what qemu-img create prints', () => {
   }
 
   it('sizes QEMU takes above 2^53 bytes (2 MiB clusters) are refused in one line, nothing written', async () => {
-    const q = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', 'q.qcow2', '1.5E'], { cwd: tmp.dir, encoding: 'utf8' });
+    const q = spawnSmall('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=2M', 'q.qcow2', '1.5E'], { cwd: tmp.dir });
     expect(q.status).toBe(0);
     const r = await cli(['create', '-q', '-o', 'cluster_size=2M', 'big.qcow2', '1.5E'], tmp.dir);
     expect(r.status).toBe(1);

@@ -7,21 +7,17 @@
 //  - where QEMU writes to an image it has just judged corrupt (060: it detects an overlap, marks
 //    the image corrupt and fails), or creates a snapshot it then leaks (080, 112), we refuse
 //    before the first write: exit 1, one line, the file byte-identical (hash before/after).
-import { spawnSync } from 'node:child_process';
+// The CLI runs in this process (tests/helpers/cli-in-process.ts): the exit code, stdout and
+// stderr a `node qcowscope.mjs` process gives, without a Node start per command.
 import * as fs from 'node:fs';
-import { beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { DAMAGES, makeBase, makeDamagedImage, type BaseName } from '../helpers/corruptor.ts';
 import { HDR, SNAP, activeL2EntryPos, readHeader, readSnapshots, refcountLocation } from '../helpers/qcow2-mini.ts';
 import {
   createImage, peekU64, pokeU32, pokeU64, qemuCheck, qemuImg, qemuImgOk, qemuIo, sha256, writePattern,
 } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { cliBundle } from '../helpers/cli.ts';
-
-let cli: string;
-beforeAll(async () => {
-  cli = await cliBundle();
-}, 120_000);
+import { runCliInProcess } from '../helpers/cli-in-process.ts';
 
 const tmp = useTempDir('qcowscope-hostile-');
 
@@ -31,8 +27,8 @@ interface Run {
   stderr: string;
 }
 
-function qs(...args: string[]): Run {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60_000, maxBuffer: 256 << 20, env: { ...process.env, QCOWSCOPE_DEBUG: '' } });
+async function qs(...args: string[]): Promise<Run> {
+  const r = await runCliInProcess(args);
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -48,8 +44,8 @@ function expectOneLineError(r: Run, what: string, words?: string): void {
 }
 
 /** check's own stderr: diagnostics, then (exit 1) a last `qcowscope: ...` line; never a stack. */
-function checkExit(file: string, ...opts: string[]): number {
-  const r = qs('check', ...opts, file);
+async function checkExit(file: string, ...opts: string[]): Promise<number> {
+  const r = await qs('check', ...opts, file);
   expect(r.stderr).not.toMatch(/^\s+at /m);
   expect(r.stderr).not.toMatch(/internal error/i);
   if (r.status === 1) expect(r.stderr.trim().split('\n').pop()).toMatch(/^qcowscope: /);
@@ -61,7 +57,7 @@ function checkExit(file: string, ...opts: string[]): number {
 const RANK: Record<number, number> = { 0: 0, 3: 1, 2: 2, 1: 3 };
 
 /** Every verb on an image that fails validation: one-line error, file untouched. */
-function expectRefusedEverywhere(file: string, words: string): void {
+async function expectRefusedEverywhere(file: string, words: string): Promise<void> {
   const before = sha256(file);
   const out = file + '.raw';
   const verbs: string[][] = [
@@ -69,16 +65,16 @@ function expectRefusedEverywhere(file: string, words: string): void {
     ['snapshot', '-c', 'new', file], ['snapshot', '-d', '1', file], ['write', file, '0', '512'],
   ];
   for (const v of verbs) {
-    const r = qs(...v);
+    const r = await qs(...v);
     expectOneLineError(r, `qcowscope ${v.slice(0, -1).join(' ')}`, v[0] === 'info' ? words : undefined);
     expect(sha256(file), `qcowscope ${v.join(' ')} changed the file`).toBe(before);
   }
 }
 
 /** A writing verb on an image we must refuse to write: exit 1, one line, byte-identical file. */
-function expectWriteRefused(file: string, args: string[], words?: string): void {
+async function expectWriteRefused(file: string, args: string[], words?: string): Promise<void> {
   const before = sha256(file);
-  const r = qs(...args, file);
+  const r = await qs(...args, file);
   expectOneLineError(r, `qcowscope ${args.join(' ')}`, words);
   expect(sha256(file), `qcowscope ${args.join(' ')} changed the file`).toBe(before);
 }
@@ -115,16 +111,16 @@ function poke(file: string, pokes: OpenRecipe['pokes']): void {
 
 describe('080 and friends: images QEMU refuses to open', () => {
   const fromCorruptor = Object.entries(DAMAGES).filter(([, d]) => d.expect.openError !== undefined && d.expect.check.exitCode === 1);
-  test.each(fromCorruptor.map(([n]) => n))('%s (corruptor)', (name) => {
+  test.each(fromCorruptor.map(([n]) => n))('%s (corruptor)', async (name) => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage(name, file);
-    expectRefusedEverywhere(file, d.expect.openError!);
+    await expectRefusedEverywhere(file, d.expect.openError!);
     const before = sha256(file);
-    expect(checkExit(file)).toBe(d.expect.check.exitCode);
+    expect(await checkExit(file)).toBe(d.expect.check.exitCode);
     expect(sha256(file)).toBe(before);
   });
 
-  test.each(Object.keys(OPEN_RECIPES))('%s', (name) => {
+  test.each(Object.keys(OPEN_RECIPES))('%s', async (name) => {
     const r = OPEN_RECIPES[name]!;
     const file = tmp.file('img.qcow2');
     makeBase(file, r.base);
@@ -133,17 +129,17 @@ describe('080 and friends: images QEMU refuses to open', () => {
     const q = qemuImg(['info', file]);
     expect(q.status).toBe(1);
     expect(q.stderr).toContain(r.openError);
-    expectRefusedEverywhere(file, r.openError);
-    expect(checkExit(file)).toBe(1);
+    await expectRefusedEverywhere(file, r.openError);
+    expect(await checkExit(file)).toBe(1);
   });
 
-  test('refcount_table_clusters = 0: open refused, check (check mode) answers like qemu-img and -r all repairs', () => {
+  test('refcount_table_clusters = 0: open refused, check (check mode) answers like qemu-img and -r all repairs', async () => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage('reftable-clusters-zero', file);
-    expectRefusedEverywhere(file, 'Image does not contain a reference count table');
-    expect(checkExit(file)).toBe(d.expect.check.exitCode);
-    expect(RANK[checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
-    expect(qs('info', file).status).toBe(0);
+    await expectRefusedEverywhere(file, 'Image does not contain a reference count table');
+    expect(await checkExit(file)).toBe(d.expect.check.exitCode);
+    expect(RANK[await checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
+    expect((await qs('info', file)).status).toBe(0);
   });
 });
 
@@ -160,20 +156,20 @@ function qemuTripped(copy: string, run: () => { status: number | null; stdout: s
 const OPENABLE = Object.entries(DAMAGES).filter(([, d]) => d.expect.openError === undefined).map(([n]) => n);
 
 describe('writes and snapshots on damaged images (060 and the corruptor catalogue)', () => {
-  test.each(OPENABLE)('%s', (name) => {
+  test.each(OPENABLE)('%s', async (name) => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage(name, file);
     const before = sha256(file);
-    const info = qs('info', file);
+    const info = await qs('info', file);
     if (info.status !== 0) expectOneLineError(info, 'info');
-    expect(checkExit(file)).toBe(d.expect.check.exitCode);
+    expect(await checkExit(file)).toBe(d.expect.check.exitCode);
     expect(sha256(file), 'info/check changed the file').toBe(before);
 
     // a guest write: QEMU writes in place, detects overlaps with metadata, marks the image corrupt
     const q1 = tmp.file('qemu-write.qcow2');
     fs.copyFileSync(file, q1);
     const qemuRefusesWrite = qemuTripped(q1, () => qemuIo(['-f', 'qcow2', '-c', 'write -P 0x55 0 512', q1]));
-    const w = qs('write', '-P', '0x55', file, '0', '512');
+    const w = await qs('write', '-P', '0x55', file, '0', '512');
     if (qemuRefusesWrite || w.status !== 0) {
       expectOneLineError(w, `write (QEMU ${qemuRefusesWrite ? 'trips' : 'writes'})`);
       expect(sha256(file), 'a refused write changed the file').toBe(before);
@@ -186,7 +182,7 @@ describe('writes and snapshots on damaged images (060 and the corruptor catalogu
     const q2 = tmp.file('qemu-snap.qcow2');
     fs.copyFileSync(f2, q2);
     const qemuRefusesSnapshot = qemuTripped(q2, () => qemuImg(['snapshot', '-c', 'after-damage', q2]));
-    const c = qs('snapshot', '-c', 'after-damage', f2);
+    const c = await qs('snapshot', '-c', 'after-damage', f2);
     if (qemuRefusesSnapshot || c.status !== 0) {
       expectOneLineError(c, `snapshot -c (QEMU ${qemuRefusesSnapshot ? 'trips' : 'creates it'})`);
       expect(sha256(f2), 'a refused snapshot changed the file').toBe(h2);
@@ -196,7 +192,7 @@ describe('writes and snapshots on damaged images (060 and the corruptor catalogu
     if (d.expect.repairAll) {
       const f3 = tmp.file('img3.qcow2');
       makeDamagedImage(name, f3);
-      expect(RANK[checkExit(f3, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll.exitCode]!);
+      expect(RANK[await checkExit(f3, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll.exitCode]!);
     }
   });
 });
@@ -208,34 +204,34 @@ describe('080: snapshot L1 damage and huge L2 offsets', () => {
   test.each([
     ['snapshot-l1-offset-unaligned', 'Snapshot L1 table offset invalid'],
     ['snapshot-l1-size-huge', 'Snapshot L1 table too large'],
-  ])('%s: revert, delete and export refused untouched; list and check answer', (name, words) => {
+  ])('%s: revert, delete and export refused untouched; list and check answer', async (name, words) => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage(name, file);
-    expect(qs('snapshot', '-l', file).status).toBe(0);
-    expect(qs('info', file).status).toBe(0);
-    expectWriteRefused(file, ['snapshot', '-a', 'test'], words);
-    expectWriteRefused(file, ['snapshot', '-d', 'test'], words);
-    const r = qs('export', '--snapshot', 'test', file, file + '.raw');
+    expect((await qs('snapshot', '-l', file)).status).toBe(0);
+    expect((await qs('info', file)).status).toBe(0);
+    await expectWriteRefused(file, ['snapshot', '-a', 'test'], words);
+    await expectWriteRefused(file, ['snapshot', '-d', 'test'], words);
+    const r = await qs('export', '--snapshot', 'test', file, file + '.raw');
     expectOneLineError(r, 'export --snapshot', words);
-    expect(checkExit(file)).toBe(d.expect.check.exitCode);
-    expect(RANK[checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
+    expect(await checkExit(file)).toBe(d.expect.check.exitCode);
+    expect(RANK[await checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
   });
 
-  test('huge L2 offset (L2[0] = 0xBFFFFFFFFFFF0000): snapshot -c refused untouched where QEMU fails with "File too large" after allocating', () => {
+  test('huge L2 offset (L2[0] = 0xBFFFFFFFFFFF0000): snapshot -c refused untouched where QEMU fails with "File too large" after allocating', async () => {
     const file = tmp.file('img.qcow2');
     makeBase(file, 'data');
     pokeU64(file, activeL2EntryPos(file, 0, 0), 0xbfffffffffff0000n);
     expect(qemuImgOk(['snapshot', '-l', file])).toBe('');
-    expectWriteRefused(file, ['snapshot', '-c', 'test']);
+    await expectWriteRefused(file, ['snapshot', '-c', 'test']);
   });
 
-  test('L2[0] = 0x800000FFFFFF0000 (data cluster at 1 TiB): snapshot -c refused untouched, or made consistently', () => {
+  test('L2[0] = 0x800000FFFFFF0000 (data cluster at 1 TiB): snapshot -c refused untouched, or made consistently', async () => {
     const file = tmp.file('img.qcow2');
     makeBase(file, 'data');
     pokeU64(file, activeL2EntryPos(file, 0, 0), 0x800000ffffff0000n);
     const before = sha256(file);
     const qBefore = qemuCheck(file);
-    const r = qs('snapshot', '-c', 'test', file);
+    const r = await qs('snapshot', '-c', 'test', file);
     if (r.status !== 0) {
       expectOneLineError(r, 'snapshot -c');
       expect(sha256(file)).toBe(before);
@@ -246,15 +242,15 @@ describe('080: snapshot L1 damage and huge L2 offsets', () => {
     }
   });
 
-  test('table size limit: 65536 snapshots (entries past EOF) read fine, snapshot -c refused untouched', () => {
+  test('table size limit: 65536 snapshots (entries past EOF) read fine, snapshot -c refused untouched', async () => {
     const file = tmp.file('img.qcow2');
     makeBase(file, 'data');
     pokeU64(file, HDR.snapshotsOffset, 0x1000000);
     pokeU32(file, HDR.nbSnapshots, 0x10000);
-    const info = qs('info', '--json', file);
+    const info = await qs('info', '--json', file);
     // QEMU opens it (the entries read as zeros: v3 entries without extra data); so may we, or refuse in one line
     if (info.status !== 0) expectOneLineError(info, 'info');
-    expectWriteRefused(file, ['snapshot', '-c', 'test']);
+    await expectWriteRefused(file, ['snapshot', '-c', 'test']);
   });
 });
 
@@ -262,24 +258,24 @@ describe('080: snapshot L1 damage and huge L2 offsets', () => {
 // 112: refcount widths too narrow for another snapshot
 
 describe('112: refcount widths', () => {
-  test('refcount_bits=1: snapshot -c refused untouched (QEMU fails with EINVAL and leaks the L1 copy)', () => {
+  test('refcount_bits=1: snapshot -c refused untouched (QEMU fails with EINVAL and leaks the L1 copy)', async () => {
     const file = tmp.file('img.qcow2');
     makeBase(file, 'refcount1');
-    expectWriteRefused(file, ['snapshot', '-c', 'foo']);
-    expect(checkExit(file)).toBe(0);
+    await expectWriteRefused(file, ['snapshot', '-c', 'foo']);
+    expect(await checkExit(file)).toBe(0);
   });
 
-  test('refcount_bits=2: two snapshots, the third refused untouched', () => {
+  test('refcount_bits=2: two snapshots, the third refused untouched', async () => {
     const file = tmp.file('img.qcow2');
     createImage(file, 64 * 1024 * 1024, { refcountBits: 2 });
     writePattern(file, 0, 65536, 0x11);
-    expect(qs('snapshot', '-c', 'a', file).status).toBe(0);
-    expect(qs('snapshot', '-c', 'b', file).status).toBe(0);
-    expectWriteRefused(file, ['snapshot', '-c', 'c']);
+    expect((await qs('snapshot', '-c', 'a', file)).status).toBe(0);
+    expect((await qs('snapshot', '-c', 'b', file)).status).toBe(0);
+    await expectWriteRefused(file, ['snapshot', '-c', 'c']);
     expect(qemuCheck(file).exitCode).toBe(0);
   });
 
-  test('refcount_bits=64 with a refcount of 2^64-1: snapshot -c refused untouched', () => {
+  test('refcount_bits=64 with a refcount of 2^64-1: snapshot -c refused untouched', async () => {
     const file = tmp.file('img.qcow2');
     createImage(file, 64 * 1024 * 1024, { refcountBits: 64 });
     writePattern(file, 0, 65536, 0x11);
@@ -289,14 +285,14 @@ describe('112: refcount widths', () => {
     const loc = refcountLocation(file, data / h.clusterSize, h);
     pokeU64(file, loc.bytePos, 0xffffffffffffffffn);
     pokeU64(file, l2e, BigInt(data)); // COPIED cleared, as the refcount says shared
-    expectWriteRefused(file, ['snapshot', '-c', 'foo']);
+    await expectWriteRefused(file, ['snapshot', '-c', 'foo']);
   });
 
-  test('refcount_bits=1 with two references to one cluster: check reports the overflow like qemu-img', () => {
+  test('refcount_bits=1 with two references to one cluster: check reports the overflow like qemu-img', async () => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage('refcount-overflow-1bit', file);
-    expect(checkExit(file)).toBe(d.expect.check.exitCode);
-    expectWriteRefused(file, ['snapshot', '-c', 'foo']);
+    expect(await checkExit(file)).toBe(d.expect.check.exitCode);
+    await expectWriteRefused(file, ['snapshot', '-c', 'foo']);
   });
 });
 
@@ -304,43 +300,43 @@ describe('112: refcount widths', () => {
 // 261: snapshot extra data and table limits; 138: a reference at 32 PiB
 
 describe('261: snapshot extra data and table size', () => {
-  test('extra_data_size = 0x10000: open refused in QEMU\'s words, check -r all repairs', () => {
+  test('extra_data_size = 0x10000: open refused in QEMU\'s words, check -r all repairs', async () => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage('snapshot-extra-data-too-large', file);
-    expectRefusedEverywhere(file, 'Too much extra metadata in snapshot table entry 0');
-    expect(checkExit(file)).toBe(1);
-    expect(RANK[checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
-    expect(qs('info', file).status).toBe(0);
+    await expectRefusedEverywhere(file, 'Too much extra metadata in snapshot table entry 0');
+    expect(await checkExit(file)).toBe(1);
+    expect(RANK[await checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
+    expect((await qs('info', file)).status).toBe(0);
   });
 
-  test('v3 entry without disk size (extra_data_size 0): check finds it incomplete, -r all repairs', () => {
+  test('v3 entry without disk size (extra_data_size 0): check finds it incomplete, -r all repairs', async () => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage('snapshot-extra-data-incomplete', file);
-    expect(checkExit(file)).toBe(d.expect.check.exitCode);
-    expect(RANK[checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
+    expect(await checkExit(file)).toBe(d.expect.check.exitCode);
+    expect(RANK[await checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
   });
 
-  test('v2, nb_snapshots = 0x20000 zero entries at 1 MiB: open refused, check answers', () => {
+  test('v2, nb_snapshots = 0x20000 zero entries at 1 MiB: open refused, check answers', async () => {
     const file = tmp.file('img.qcow2');
     createImage(file, 64 * 1024 * 1024, { compat: '0.10' });
     pokeU64(file, HDR.snapshotsOffset, 0x100000);
     pokeU32(file, HDR.nbSnapshots, 0x20000);
     const q = qemuCheck(file);
-    expectRefusedEverywhere(file, 'Snapshot table too large');
-    expect(RANK[checkExit(file)]!).toBeLessThanOrEqual(RANK[q.exitCode]!);
+    await expectRefusedEverywhere(file, 'Snapshot table too large');
+    expect(RANK[await checkExit(file)]!).toBeLessThanOrEqual(RANK[q.exitCode]!);
   });
 });
 
 describe('138: a reference at 32 PiB', () => {
-  test('512-byte clusters, L2[0] at 2^55: reads answer, check as qemu-img, -r all no worse', () => {
+  test('512-byte clusters, L2[0] at 2^55: reads answer, check as qemu-img, -r all no worse', async () => {
     const file = tmp.file('img.qcow2');
     const d = makeDamagedImage('l2-entry-32pb', file);
     for (const v of [['info', file], ['map', '--json', file], ['export', file, file + '.raw']]) {
-      const r = qs(...v);
+      const r = await qs(...v);
       if (r.status !== 0) expectOneLineError(r, `qcowscope ${v[0]}`);
     }
-    expect(checkExit(file)).toBe(d.expect.check.exitCode);
-    expect(RANK[checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
+    expect(await checkExit(file)).toBe(d.expect.check.exitCode);
+    expect(RANK[await checkExit(file, '-r', 'all')]!).toBeLessThanOrEqual(RANK[d.expect.repairAll!.exitCode]!);
     expect(fs.statSync(file).size).toBeLessThan(1 << 30);
   });
 });

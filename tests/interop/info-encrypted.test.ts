@@ -2,11 +2,11 @@
 // backing file): the `encrypt` block decoded from the LUKS header and every other field, in JSON
 // and in the human form, byte for byte as qemu-img 7.2 prints them. No key is ever needed.
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir, qemuImgCreateEncrypted, qemuImgOk } from '../helpers/qemu.ts';
 import { cliBundle } from '../helpers/cli.ts';
 import { runCliOk } from './read-support.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const SECRET = ['--object', 'secret,id=s0,data=not-a-real-key'];
 const setups: Array<{ name: string; file: string; args: string[] }> = [
@@ -33,7 +33,7 @@ beforeAll(async () => {
 afterAll(() => removeDir(dir));
 
 function qemuImgText(args: string[]): string {
-  const r = spawnSync('qemu-img', args, { cwd: dir, encoding: 'utf8' });
+  const r = spawnSmall('qemu-img', args, { cwd: dir });
   if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }

@@ -1,8 +1,10 @@
 // Malformed images: every case of QEMU's iotest 080 (docs/qcow2-format.md §6) and every open-time
 // check of §2.1, made from good qemu-img images by poking bytes. For each: our CLI exits non-zero
 // with exactly one line on stderr, `qcowscope: <message>`, whose message contains QEMU's own text
-// (and qemu-img, on the same file, prints that text too), no stack trace, no hang (a generous
+// (and qemu-img, on the same file, prints that text too), no stack trace, no hang (Vitest's test
 // timeout; the time is measured and printed, never asserted), and the file's bytes unchanged.
+// The CLI runs in this process (tests/helpers/cli-in-process.ts: the same exit code and output
+// without a Node start per command); each base image is made by qemu-img once and copied.
 // Runtime corruptions met while reading (unaligned L2 table, unaligned data cluster, invalid
 // extended-L2 bitmap, zero cluster in a v2 image) fail reads the same way, naming the structure
 // and offset, while `info` still works.
@@ -15,17 +17,15 @@ import {
 import {
   EXT_FEATURE_TABLE, HDR, SNAP, activeL2EntryPos, extensionsEnd, l1EntryPos, readExtensions, readHeader, readSnapshots,
 } from '../helpers/qcow2-mini.ts';
-import { cliBundle } from '../helpers/cli.ts';
-import { compareFiles, qemuInfoJson, qemuMapJson, runCli, runCliOk, type CliResult } from './read-support.ts';
+import { runCliInProcess as runCli, runCliInProcessOk as runCliOk, type CliRun } from '../helpers/cli-in-process.ts';
+import { compareFiles, qemuInfoJson, qemuMapJson } from './read-support.ts';
 
 const MiB = 1024 * 1024;
 
-let cli = '';
 let dir = '';
 const timings: Array<[string, number]> = [];
 
-beforeAll(async () => {
-  cli = await cliBundle();
+beforeAll(() => {
   dir = makeTempDir('qcowscope-open-errors-');
 });
 afterAll(() => {
@@ -47,8 +47,20 @@ function bitmapDirectoryOffset(file: string): number {
 }
 
 let counter = 0;
+/** Each base as qemu-img made it, once per run (copied for every case: the cases only poke bytes). */
+const templates = new Map<Base, string>();
 function makeBase(base: Base): string {
+  let t = templates.get(base);
+  if (!t) {
+    t = path.join(dir, `base-${base}.qcow2`);
+    makeTemplate(base, t);
+    templates.set(base, t);
+  }
   const f = path.join(dir, `img-${++counter}.qcow2`);
+  fs.copyFileSync(t, f);
+  return f;
+}
+function makeTemplate(base: Base, f: string): void {
   switch (base) {
     case 'empty':
       createImage(f, 64 * MiB);
@@ -80,7 +92,6 @@ function makeBase(base: Base): string {
       qemuIoOk(f, 'write -P 0x11 0 64k');
       break;
   }
-  return f;
 }
 
 /** Add a header extension after the last one (the rest of cluster 0 is zeros: a new end marker). */
@@ -323,7 +334,7 @@ const OPEN_CASES: OpenCase[] = [
 ];
 
 /** The one-line error contract: non-zero exit, one line `qcowscope: <message>`, nothing on stdout, no stack. */
-function expectOneLineError(r: CliResult, message: string): void {
+function expectOneLineError(r: CliRun, message: string): void {
   expect(r.signal, 'killed (hang?)').toBeNull();
   expect(r.status).not.toBe(0);
   expect(r.stderr.endsWith('\n')).toBe(true);
@@ -337,14 +348,14 @@ function expectOneLineError(r: CliResult, message: string): void {
 
 describe('open-time validation: one line with QEMU\'s message, file untouched', () => {
   for (const c of OPEN_CASES) {
-    it(c.name, () => {
+    it(c.name, async () => {
       const f = makeBase(c.base);
       c.damage(f);
       const before = sha256(f);
       const q = qemuImg(c.qemuArgs ? c.qemuArgs(f) : ['info', '-f', 'qcow2', f]);
       expect(q.status, 'qemu-img refuses it too').not.toBe(0);
       expect(q.stderr, 'the message is QEMU\'s').toContain(c.message);
-      const r = runCli(cli, c.args ? c.args(f) : ['info', f], { timeoutMs: 5000 });
+      const r = await runCli(c.args ? c.args(f) : ['info', f]);
       timings.push([c.name, r.ms]);
       expectOneLineError(r, c.message);
       expect(sha256(f), 'file unchanged').toBe(before);
@@ -433,7 +444,7 @@ const READ_CASES: ReadCase[] = [
 
 describe('corruption met while reading: one line naming the structure and offset, info still works', () => {
   for (const c of READ_CASES) {
-    it(c.name, () => {
+    it(c.name, async () => {
       const f = makeBase(c.base);
       c.damage(f);
       const before = sha256(f);
@@ -441,16 +452,16 @@ describe('corruption met while reading: one line naming the structure and offset
       const q = qemuImg(qArgs);
       expect(q.status, 'qemu-img fails too').not.toBe(0);
       expect(q.stderr, 'the message is QEMU\'s').toContain(c.message);
-      const exp = runCli(cli, ['export', ...(c.snapshot ? ['--snapshot', c.snapshot] : []), f, f + '.raw'], { timeoutMs: 5000 });
+      const exp = await runCli(['export', ...(c.snapshot ? ['--snapshot', c.snapshot] : []), f, f + '.raw']);
       timings.push([`export: ${c.name}`, exp.ms]);
       expectOneLineError(exp, c.message);
       if (!c.snapshot) {
-        const m = runCli(cli, ['map', '--json', f], { timeoutMs: 5000 });
+        const m = await runCli(['map', '--json', f]);
         expect(qemuImg(['map', '-f', 'qcow2', '--output=json', f]).stderr).toContain(c.message);
         expectOneLineError(m, c.message);
       }
       // the header and tables are fine: info reads as qemu-img's does
-      expect(JSON.parse(runCliOk(cli, ['info', '--json', f]))).toEqual(qemuInfoJson(f));
+      expect(JSON.parse(await runCliOk(['info', '--json', f]))).toEqual(qemuInfoJson(f));
       expect(sha256(f), 'file unchanged').toBe(before);
       for (const x of [f, f + '.raw', f + '.qemu.raw']) fs.rmSync(x, { force: true });
     });
@@ -460,12 +471,12 @@ describe('corruption met while reading: one line naming the structure and offset
     ['huge L2 entry offset with reserved bits (iotest 080, 0xBFFFFFFFFFFF0000)', 0xbfffffffffff0000n],
     ['data cluster 1 TiB past the end of the file (iotest 080, 0x800000FFFFFF0000)', 0x800000ffffff0000n],
   ] as const) {
-    it(`${name}: reads as QEMU's do (zeros past the end of the file)`, () => {
+    it(`${name}: reads as QEMU's do (zeros past the end of the file)`, async () => {
       const f = makeBase('data');
       pokeU64(f, activeL2EntryPos(f, 0, 0), entry);
       const before = sha256(f);
-      expect(JSON.parse(runCliOk(cli, ['map', '--json', f]))).toEqual(qemuMapJson(f));
-      runCliOk(cli, ['export', f, f + '.raw']);
+      expect(JSON.parse(await runCliOk(['map', '--json', f]))).toEqual(qemuMapJson(f));
+      await runCliOk(['export', f, f + '.raw']);
       qemuImgOk(['convert', '-f', 'qcow2', '-O', 'raw', f, f + '.qemu.raw']);
       expect(compareFiles(f + '.raw', f + '.qemu.raw')).toBeNull();
       expect(sha256(f)).toBe(before);
@@ -489,12 +500,12 @@ describe('files that are not images: one line, as qemu-img -f qcow2 says it', ()
     ['a missing file', (d) => path.join(d, 'no-such-file'), 'No such file or directory'],
   ];
   for (const [name, make, message] of cases) {
-    it(name, () => {
+    it(name, async () => {
       const sub = fs.mkdtempSync(path.join(dir, 'not-'));
       const f = make(sub);
       expect(qemuImg(['info', '-f', 'qcow2', f]).stderr).toContain(message);
       for (const args of [['info', f], ['map', f], ['snapshot', '-l', f], ['export', f, path.join(sub, 'out.raw')]]) {
-        const r = runCli(cli, args, { timeoutMs: 5000 });
+        const r = await runCli(args);
         timings.push([`${args[0]}: ${name}`, r.ms]);
         expectOneLineError(r, message);
       }
@@ -503,7 +514,7 @@ describe('files that are not images: one line, as qemu-img -f qcow2 says it', ()
 });
 
 describe('open failures read as qemu-img -f qcow2 words them, backing chain included', () => {
-  it('missing file, directory, broken image, missing or broken backing file at depth 1 and 2', () => {
+  it('missing file, directory, broken image, missing or broken backing file at depth 1 and 2', async () => {
     const sub = fs.mkdtempSync(path.join(dir, 'words-'));
     const f = (n: string) => path.join(sub, n);
     fs.writeFileSync(f('empty'), '');
@@ -520,7 +531,7 @@ describe('open failures read as qemu-img -f qcow2 words them, backing chain incl
     for (const name of ['no-such-file', '', 'empty', 'broken.qcow2', 'over-gone.qcow2', 'top.qcow2', 'over-broken.qcow2']) {
       for (const verb of ['map', 'info']) {
         const q = qemuImg([verb, '-f', 'qcow2', f(name)]);
-        const o = runCli(cli, [verb, f(name)]);
+        const o = await runCli([verb, f(name)]);
         expect(o.status, `${verb} ${name}`).toBe(q.status);
         // info works without the backing file, as qemu-img info does
         if (q.status === 0) continue;
@@ -531,7 +542,7 @@ describe('open failures read as qemu-img -f qcow2 words them, backing chain incl
 });
 
 describe('info --backing-chain on broken chains reads as qemu-img', () => {
-  it('a missing link at depth 1 and 2, a missing raw backing file, a loop; -f raw refused', () => {
+  it('a missing link at depth 1 and 2, a missing raw backing file, a loop; -f raw refused', async () => {
     const sub = fs.mkdtempSync(path.join(dir, 'chain-'));
     const f = (n: string) => path.join(sub, n);
     createImage(f('gone.qcow2'), '1M');
@@ -545,14 +556,14 @@ describe('info --backing-chain on broken chains reads as qemu-img', () => {
     for (const name of ['over-gone.qcow2', 'top.qcow2', 'over-raw.qcow2', 'loop-a.qcow2']) {
       for (const json of [[], ['--output=json']]) {
         const q = qemuImg(['info', '--backing-chain', ...json, f(name)]);
-        const o = runCli(cli, ['info', '--backing-chain', ...json, f(name)]);
+        const o = await runCli(['info', '--backing-chain', ...json, f(name)]);
         expect(q.status, name).toBe(1);
         expect(o.status, name).toBe(1);
         expect(o.stdout, name).toBe('');
         expect(o.stderr, name).toBe(q.stderr.replace(/^qemu-img: /, 'qcowscope: '));
       }
     }
-    const raw = runCli(cli, ['info', '-f', 'raw', f('top.qcow2')]);
+    const raw = await runCli(['info', '-f', 'raw', f('top.qcow2')]);
     expect(raw.status).toBe(1);
     expect(raw.stderr).toMatch(/^qcowscope: info: only the qcow2 format is supported, not 'raw'\n$/);
   });

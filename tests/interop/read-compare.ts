@@ -3,17 +3,17 @@
 // `qemu-img info --output=json`, `qemu-img map --output=json` and `qemu-img convert -O raw
 // [-l snapshot.id=N]` on the same file, from the same working directory. Our CLI runs in the test's
 // process (tests/helpers/cli-in-process.ts); each qemu-img answer is asked for once per variety.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeDir } from '../helpers/qemu.ts';
 import { runCliInProcess as runCli, runCliInProcessOk as runCliOk } from '../helpers/cli-in-process.ts';
 import { compareFiles, qemuExport, qemuMapJson } from './read-support.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 /** qemu-img's stdout, run from `cwd` (it must succeed). */
 function qemuImgText(args: string[], cwd: string): string {
-  const r = spawnSync('qemu-img', args, { encoding: 'utf8', cwd });
+  const r = spawnSmall('qemu-img', args, { cwd });
   if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }
@@ -53,7 +53,7 @@ export function compareVarieties(varieties: Variety[]): void {
       });
 
       it('map (human form) prints what qemu-img map prints: stdout, stderr and exit code', async () => {
-        const q = spawnSync('qemu-img', ['map', image], { encoding: 'utf8', cwd: dir });
+        const q = spawnSmall('qemu-img', ['map', image], { cwd: dir });
         const o = await runCli(['map', image], { cwd: dir });
         expect(o.stdout).toBe(q.stdout);
         expect(o.stderr).toBe(q.stderr.replace(/^qemu-img: /, 'qcowscope: '));
@@ -65,7 +65,7 @@ export function compareVarieties(varieties: Variety[]): void {
         for (const range of [['--start-offset=1000', `--max-length=${Math.floor(size / 3)}`], [`--start-offset=${Math.floor(size / 2) + 512}`],
           ['--max-length=1'], [`--start-offset=${size + 4096}`]]) {
           for (const form of [['--output=json'], []]) {
-            const q = spawnSync('qemu-img', ['map', ...form, ...range, image], { encoding: 'utf8', cwd: dir });
+            const q = spawnSmall('qemu-img', ['map', ...form, ...range, image], { cwd: dir });
             const o = await runCli(['map', ...form, ...range, image], { cwd: dir });
             expect(o.stdout, range.join(' ')).toBe(q.stdout);
             expect(o.status, range.join(' ')).toBe(q.status);

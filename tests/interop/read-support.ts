@@ -6,6 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { qemuImg, qemuImgOk } from '../helpers/qemu.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -25,13 +26,7 @@ export function runCli(cli: string, args: string[], opts: { cwd?: string; timeou
   const env = { ...process.env };
   delete env.QCOWSCOPE_DEBUG;
   delete env.QCOWSCOPE_CRASH_AFTER_WRITES;
-  const r = spawnSync(process.execPath, [cli, ...args], {
-    encoding: 'utf8',
-    cwd: opts.cwd,
-    env,
-    timeout: opts.timeoutMs ?? 60_000,
-    maxBuffer: 256 << 20,
-  });
+  const r = spawnSmall(process.execPath, [cli, ...args], { cwd: opts.cwd, env, timeout: opts.timeoutMs ?? 60_000 });
   if (r.error && (r.error as NodeJS.ErrnoException).code !== 'ETIMEDOUT') throw r.error;
   return { status: r.status, signal: r.signal, stdout: r.stdout ?? '', stderr: r.stderr ?? '', ms: performance.now() - t0 };
 }
@@ -45,13 +40,13 @@ export function runCliOk(cli: string, args: string[], opts: { cwd?: string } = {
 
 /** `qemu-img info --output=json` run from `cwd` (so relative names print as given). */
 export function qemuInfoJson(file: string, cwd?: string): Record<string, unknown> {
-  const r = spawnSync('qemu-img', ['info', '--output=json', file], { encoding: 'utf8', cwd });
+  const r = spawnSmall('qemu-img', ['info', '--output=json', file], { cwd });
   if (r.status !== 0) throw new Error(`qemu-img info ${file}: ${r.stderr}`);
   return JSON.parse(r.stdout) as Record<string, unknown>;
 }
 
 export function qemuMapJson(file: string, cwd?: string): unknown[] {
-  const r = spawnSync('qemu-img', ['map', '--output=json', file], { encoding: 'utf8', cwd, maxBuffer: 256 << 20 });
+  const r = spawnSmall('qemu-img', ['map', '--output=json', file], { cwd });
   if (r.status !== 0) throw new Error(`qemu-img map ${file}: ${r.stderr}`);
   return JSON.parse(r.stdout) as unknown[];
 }

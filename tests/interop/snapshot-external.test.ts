@@ -1,7 +1,6 @@
 // External snapshots: `qcowscope snapshot --external OVERLAY IMAGE...` makes overlays whose
 // backing file is the image; QEMU reads and writes them, reading through the chain works in
 // qemu-img and in our engine, and for a group, a failure leaves no overlay behind.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -15,13 +14,14 @@ import {
 } from '../helpers/qemu.ts';
 import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const MiB = 1024 * 1024;
 // Absolute loader path: some runs use another working directory.
 const CLI = [await cliBundle()];
 
 function cli(args: string[], cwd?: string): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8', cwd });
+  const r = spawnSmall(process.execPath, [...CLI, ...args], { cwd });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

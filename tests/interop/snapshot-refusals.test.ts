@@ -14,12 +14,13 @@ import { readHeader } from '../helpers/qcow2-mini.ts';
 import { cliBundle } from '../helpers/cli.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
 import { ImageModel, withImage } from './snapshot-model.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const MiB = 1024 * 1024;
 const CLI = [await cliBundle()];
 
 function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [...CLI, ...args], { encoding: 'utf8' });
+  const r = spawnSmall(process.execPath, [...CLI, ...args]);
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
