@@ -8,11 +8,12 @@
 // in large coalesced reads (up to 4 MiB) into one reused buffer, common entries are counted by
 // module-level loops on int32 words with no objects per entry, counts live in typed arrays (a
 // byte per cluster until one passes 255), active L2 tables are kept as runs of host clusters for
-// the snapshots that share them, and the on-disk refcounts are compared refblock by refblock.
+// the snapshots that share them, an L2 table named by several L1 entries is walked once and its
+// record replayed (l2-replay.ts), and the on-disk refcounts are compared refblock by refblock.
 // BENCHMARKS.md says what each of these saved and how it was measured.
 // Over 600 lines on purpose: ReferenceWalk is one object whose passes (L1/L2 trees, bitmaps,
 // refblocks) share its counts and findings, and its int32 hot loop (countPlainRun) must be a
-// module function beside it; findings, the IMRT, batched reads and L2 runs have their own files.
+// module function beside it; findings, the IMRT, batched reads, L2 runs and records have their own files.
 import { QcowError, hex } from '../errors.ts';
 import { be32, be64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
@@ -110,11 +111,11 @@ export class ReferenceWalk {
   }
 
   /**
-   * How many references the structure being walked stands for. A table referenced k times (the
-   * same L2 table from several L1 entries, the same L1 table from several snapshots) is walked
-   * once with times = k instead of k times: counts, counters and overflow are as if walked k
-   * times, so a hostile image cannot make the walk quadratic. (Only the order of its repeated
-   * messages differs from QEMU's.) Repairs walk every reference (times stays 1).
+   * How many references the structure being walked stands for. An L1 table shared by k snapshots
+   * (same offset and size) is walked once with times = k instead of k times, and so is a busy L2
+   * table's record replayed for all its later references (walkL1): counts, counters and overflow
+   * are as if walked k times, so a hostile image cannot make the walk quadratic. (Only the order
+   * of the repeated messages differs from QEMU's.) Repairs walk every snapshot (times stays 1).
    */
   private times = 1;
 
