@@ -21,6 +21,7 @@ import {
   bitmapTableEntryInvalid, ClusterType, clusterType, compressedDescriptor, hasZeroFlag, isCopied, l1ReservedBits, l2StdReservedBits, L2E_FLAGS_56_62_HI,
   offsetOf, OFFSET_MASK_HI, refcountTableOffset, refcountTableReservedBits, sameRunEnd, withCopied,
 } from '../format/entries.ts';
+import { usedReftableIndices } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
 import { readInto } from '../io/store.ts';
 import { entriesDecoded } from '../work-count.ts';
@@ -661,12 +662,10 @@ export class ReferenceWalk {
     const img = this.img;
     const cs = this.cs;
     const rt = img.reftable;
-    const n = rt.length / 8;
     const fix = !!this.opts.fixErrors;
-    for (let i = 0; i < n; i++) {
+    for (const i of usedReftableIndices(rt)) {
       const hi = be32(rt, i * 8);
       const lo = be32(rt, i * 8 + 4);
-      if (hi === 0 && lo === 0) continue;
       const at = img.header.refcountTableOffset + i * 8;
       if (refcountTableReservedBits(lo)) {
         this.corruption(`ERROR refcount table entry ${i} has reserved bits set`, { structure: 'refcount table', hostOffset: at });
