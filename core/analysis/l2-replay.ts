@@ -6,7 +6,7 @@
 import type { Finding } from './findings.ts';
 import type { FragStats } from './refcount-walk.ts';
 
-/** A log's steps: (offset, size, kind) per reference counted; kind FINDING: `offset` indexes `findings`. */
+/** A log's steps: (offset, size, kind, repeats) per reference counted; kind FINDING: `offset` indexes `findings`. */
 const FINDING = -1;
 
 /**
@@ -15,7 +15,7 @@ const FINDING = -1;
  * are found and reported again where a walk of the table would find them.
  */
 export class L2Log {
-  /** (offset, size, kind) triples: a reference counted, or (index, 0, FINDING) a finding reported. */
+  /** (offset, size, kind, repeats): a reference counted `repeats` times, or (index, 0, FINDING, 1) a finding reported. */
   readonly steps: number[] = [];
   readonly findings: Finding[] = [];
   /** Corruptions the table itself added (not those of `inc`, which its replay counts again). */
@@ -23,37 +23,44 @@ export class L2Log {
   readonly frag: FragStats = { totalClusters: 0, allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0 };
 
   /**
-   * A reference to [offset, offset+size). Whole clusters that follow the last reference of the
-   * same kind, all inside the file (`inFile`), are merged into it: counting them together touches
-   * the same clusters in the same order, with the same checks, as counting them one by one.
+   * A reference to [offset, offset+size). A whole cluster inside the file (`inFile`) that follows
+   * the last reference of the same kind is merged into it, and one that repeats the last reference
+   * (many entries naming one cluster) adds to its repeats: counting them together touches the same
+   * clusters in the same order, with the same checks, as counting them one by one.
    */
   inc(offset: number, size: number, kind: number, cs: number, inFile: boolean): void {
     const s = this.steps;
     const n = s.length;
-    if (inFile && size === cs && offset % cs === 0 && n > 0 && s[n - 1] === kind && s[n - 3]! + s[n - 2]! === offset && s[n - 3]! % cs === 0) {
-      s[n - 2] = s[n - 2]! + size;
-      return;
+    if (inFile && size === cs && offset % cs === 0 && n > 0 && s[n - 2] === kind && s[n - 4]! % cs === 0) {
+      if (s[n - 1] === 1 && s[n - 4]! + s[n - 3]! === offset) {
+        s[n - 3] = s[n - 3]! + size;
+        return;
+      }
+      if (s[n - 4] === offset && s[n - 3] === cs) {
+        s[n - 1] = s[n - 1]! + 1;
+        return;
+      }
     }
-    s.push(offset, size, kind);
+    s.push(offset, size, kind, 1);
   }
 
   finding(f: Finding): void {
-    this.steps.push(this.findings.length, 0, FINDING);
+    this.steps.push(this.findings.length, 0, FINDING, 1);
     this.findings.push(f);
   }
 
-  /** Replay: `inc` for every reference and `report` for every finding, in the order walked. */
-  replay(inc: (offset: number, size: number, kind: number) => void, report: (f: Finding) => void): void {
+  /** Replay: `inc` for every reference (with its repeats) and `report` for every finding, in the order walked. */
+  replay(inc: (offset: number, size: number, kind: number, repeats: number) => void, report: (f: Finding) => void): void {
     const s = this.steps;
-    for (let q = 0; q < s.length; q += 3) {
+    for (let q = 0; q < s.length; q += 4) {
       const kind = s[q + 2]!;
       if (kind === FINDING) report(this.findings[s[q]!]!);
-      else inc(s[q]!, s[q + 1]!, kind);
+      else inc(s[q]!, s[q + 1]!, kind, s[q + 3]!);
     }
   }
 
   /** Work a replay does (for the work budget): its steps. */
   get size(): number {
-    return this.steps.length / 3;
+    return this.steps.length / 4;
   }
 }

@@ -388,7 +388,20 @@ export class ReferenceWalk {
     entriesDecoded(log.size);
   }
 
-  private readonly incBound = (offset: number, size: number, kind: number): void => this.inc(offset, size, kind);
+  /** A recorded reference counted `repeats` times (one cluster inside the file when repeats > 1). */
+  private readonly incBound = (offset: number, size: number, kind: number, repeats: number): void => {
+    if (repeats === 1) return this.inc(offset, size, kind);
+    const k = offset / this.cs;
+    const times = this.times;
+    if (k < this.imrt.size && this.imrt.counts[k]! + times * repeats <= this.imrt.max) {
+      // no overflow: one count of all the repeats (an overflow is reported one by one, below)
+      this.times = times * repeats;
+      this.inc(offset, size, kind);
+      this.times = times;
+      return;
+    }
+    for (let r = 0; r < repeats; r++) this.inc(offset, size, kind);
+  };
   private readonly reportBound = (f: Finding): void => this.report(f);
 
   /** The record of the L2 walk going on, when its table has more references (see walkL1). */
