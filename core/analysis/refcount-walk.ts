@@ -8,11 +8,12 @@
 // in large coalesced reads (up to 4 MiB) into one reused buffer, common entries are counted by
 // module-level loops on int32 words with no objects per entry, counts live in typed arrays (a
 // byte per cluster until one passes 255), active L2 tables are kept as runs of host clusters for
-// the snapshots that share them, and the on-disk refcounts are compared refblock by refblock.
+// the snapshots that share them, an L2 table named by several L1 entries is walked once and its
+// record replayed (l2-replay.ts), and the on-disk refcounts are compared refblock by refblock.
 // BENCHMARKS.md says what each of these saved and how it was measured.
 // Over 600 lines on purpose: ReferenceWalk is one object whose passes (L1/L2 trees, bitmaps,
 // refblocks) share its counts and findings, and its int32 hot loop (countPlainRun) must be a
-// module function beside it; findings, the IMRT, batched reads and L2 runs have their own files.
+// module function beside it; findings, the IMRT, batched reads, L2 runs and records have their own files.
 import { QcowError, hex } from '../errors.ts';
 import { be32, be64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
@@ -20,16 +21,26 @@ import {
   bitmapTableEntryInvalid, ClusterType, clusterType, compressedDescriptor, hasZeroFlag, isCopied, l1ReservedBits, l2StdReservedBits, L2E_FLAGS_56_62_HI,
   offsetOf, OFFSET_MASK_HI, refcountTableOffset, refcountTableReservedBits, sameRunEnd, withCopied,
 } from '../format/entries.ts';
+import { usedReftableIndices } from '../format/refcount.ts';
 import type { Qcow2Image } from '../image/qcow2-image.ts';
+import { readInto } from '../io/store.ts';
+import { entriesDecoded } from '../work-count.ts';
 import {
   altHex, CheckAbort, FindingSink, hex64, MAX_REPEATS, strerror, type CheckCounters, type Finding,
 } from './findings.ts';
 import { Imrt, type Counts } from './imrt.ts';
+import { L2Log } from './l2-replay.ts';
 import { L2Runs, MAX_RUNS_PER_TABLE, addOneBytes } from './l2-runs.ts';
 import { Kind, LAYOUT_KIND_NAMES, mergeOwner } from './owners.ts';
 import { ReadBuffer, tablesInOrder } from './table-reads.ts';
 
 // ---- the walk -----------------------------------------------------------------------------------
+
+/**
+ * Steps of an L2 walk's record (L2Log) replayed at every later reference when only checking; a
+ * longer record is replayed once for all of them (see walkL1). Linear in the L1 size either way.
+ */
+const REPLAY_MAX = 256;
 
 export interface FragStats {
   totalClusters: number;
@@ -101,21 +112,23 @@ export class ReferenceWalk {
   }
 
   /**
-   * How many references the structure being walked stands for. A table referenced k times (the
-   * same L2 table from several L1 entries, the same L1 table from several snapshots) is walked
-   * once with times = k instead of k times: counts, counters and overflow are as if walked k
-   * times, so a hostile image cannot make the walk quadratic. (Only the order of its repeated
-   * messages differs from QEMU's.) Repairs walk every reference (times stays 1).
+   * How many references the structure being walked stands for. An L1 table shared by k snapshots
+   * (same offset and size) is walked once with times = k instead of k times, and so is a busy L2
+   * table's record replayed for all its later references (walkL1): counts, counters and overflow
+   * are as if walked k times, so a hostile image cannot make the walk quadratic. (Only the order
+   * of the repeated messages differs from QEMU's.) Repairs walk every snapshot (times stays 1).
    */
   private times = 1;
 
   private corruption(message: string, extra: Partial<Finding> = {}): void {
     this.res.corruptions += this.times;
+    if (this.rec !== null) this.rec.corruptions++;
     this.report({ kind: 'corruption', message, ...extra });
   }
 
   /** Add a finding once per reference walked (at most MAX_REPEATS copies; counters stay exact). */
   private report(f: Finding): void {
+    if (this.rec !== null) this.rec.finding(f);
     const n = Math.min(this.times, MAX_REPEATS);
     for (let i = 0; i < n; i++) this.sink.add(f);
   }
@@ -131,6 +144,18 @@ export class ReferenceWalk {
   inc(offset: number, size: number, kind: number): void {
     if (size <= 0) return;
     const cs = this.cs;
+    const rec = this.rec;
+    if (rec !== null) {
+      // recorded as a reference; what counting it reports is not (a replay counts it again)
+      rec.inc(offset, size, kind, cs, offset + size - this.fileSize < cs);
+      this.rec = null;
+      try {
+        this.inc(offset, size, kind);
+      } finally {
+        this.rec = rec;
+      }
+      return;
+    }
     if (offset + size - this.fileSize >= cs) {
       this.corruption(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset ${hex(offset)} size ${hex(size)}`,
         { hostOffset: offset, structure: LAYOUT_KIND_NAMES[kind] });
@@ -222,7 +247,16 @@ export class ReferenceWalk {
     await this.checkRefblocks();
   }
 
-  /** QEMU's check_refcounts_l1 (+ check_refcounts_l2 for every L2 table). */
+  /**
+   * QEMU's check_refcounts_l1 (+ check_refcounts_l2 for every L2 table), entry by entry in QEMU's
+   * order. A table named by several entries is read and walked at its first reference and its
+   * walk recorded (L2Log); each later reference replays the record, which adds the same counts
+   * and messages in the same place as walking the table again. Only when checking, a record of
+   * more than REPLAY_MAX steps is replayed once for all the later references at the first (with
+   * their multiplicity: a hostile L1 of 4 Mi entries naming one busy table stays linear; only the
+   * order of its repeated messages differs from QEMU's). A repair that writes an L2 entry drops
+   * every record (the tables may have changed), and the next reference reads its table again.
+   */
   private async walkL1(l1Offset: number, l1Size: number, active: boolean, inMemory?: Uint8Array): Promise<void> {
     if (l1Size === 0) return;
     const img = this.img;
@@ -237,64 +271,143 @@ export class ReferenceWalk {
       const hi = be32(l1, i * 8);
       const lo = be32(l1, i * 8 + 4);
       if (hi === 0 && lo === 0) continue;
+      indices.push(i);
+      offsets.push(offsetOf(hi, lo));
+    }
+    // References left per table (per vmState: its data clusters are counted as VM state or not).
+    const left = [new Map<number, number>(), new Map<number, number>()];
+    for (let k = 0; k < offsets.length; k++) {
+      const m = left[indices[k]! >= vmIndex ? 1 : 0]!;
+      m.set(offsets[k]!, (m.get(offsets[k]!) ?? 0) + 1);
+    }
+    // Tables the active walk kept as runs are counted from them, without reading them again.
+    const runs = this.runs;
+    const isKept = (o: number): boolean => runs !== null && !active && runs.has(o);
+    // The tables read at their first reference, in order (others, if needed, are read alone).
+    const planned = new Uint8Array(offsets.length);
+    const toRead: number[] = [];
+    {
+      const firsts = [new Set<number>(), new Set<number>()];
+      for (let k = 0; k < offsets.length; k++) {
+        const f = firsts[indices[k]! >= vmIndex ? 1 : 0]!;
+        const o = offsets[k]!;
+        if (f.has(o)) continue;
+        f.add(o);
+        if (isKept(o)) continue;
+        planned[k] = 1;
+        toRead.push(o);
+      }
+    }
+    const tables = tablesInOrder(img, toRead, cs, this.readBuffer)[Symbol.asyncIterator]();
+    // After a table's first reference: its record, or null when every reference is counted.
+    const memo = [new Map<number, L2Log | null>(), new Map<number, L2Log | null>()];
+    const repairing = !!this.opts.fixErrors;
+    const outer = this.times;
+    for (let k = 0; k < offsets.length; k++) {
+      this.cancelled();
+      const i = indices[k]!;
+      const l2Offset = offsets[k]!;
+      const hi = be32(l1, i * 8);
+      const lo = be32(l1, i * 8 + 4);
       if (l1ReservedBits(hi, lo)) {
         this.corruption(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`, { structure: active ? 'active L1 table' : 'snapshot L1 table', table: active ? 'active L1' : hex(l1Offset), l1Index: i, hostOffset: l1Offset + i * 8 });
       }
-      const l2Offset = offsetOf(hi, lo);
       this.inc(l2Offset, cs, active ? Kind.L2Active : Kind.L2Snapshot);
       if (l2Offset % cs !== 0) {
         this.corruption(`ERROR l2_offset=${l2Offset.toString(16)}: Table is not cluster aligned; L1 entry corrupted`, { structure: 'L1 table', l1Index: i, hostOffset: l2Offset });
       }
-      indices.push(i);
-      offsets.push(l2Offset);
-    }
-    const tableBytes = cs;
-    // An L2 table referenced from several entries of this L1 is walked once with its multiplicity.
-    const outer = this.times;
-    let mult: number[] | null = null;
-    if (!this.opts.fixErrors && new Set(offsets).size !== offsets.length) {
-      const count = new Map<number, number>();
-      for (const o of offsets) count.set(o, (count.get(o) ?? 0) + 1);
-      const ui: number[] = [];
-      const uo: number[] = [];
-      mult = [];
-      for (let k = 0; k < offsets.length; k++) {
-        const n = count.get(offsets[k]!)!;
-        if (n === 0) continue;
-        count.set(offsets[k]!, 0);
-        ui.push(indices[k]!);
-        uo.push(offsets[k]!);
-        mult.push(n);
-      }
-      indices.length = 0;
-      indices.push(...ui);
-      offsets.length = 0;
-      offsets.push(...uo);
-    }
-    // Tables the active walk kept as runs are counted from them, without reading them again.
-    const runs = this.runs;
-    const kept = runs && !active ? offsets.map((o) => runs.has(o)) : null;
-    const tables = tablesInOrder(img, kept ? offsets.filter((_, k) => !kept[k]) : offsets, tableBytes, this.readBuffer)[Symbol.asyncIterator]();
-    for (let k = 0; k < offsets.length; k++) {
-      this.cancelled();
-      const l2Offset = offsets[k]!;
-      const vmState = indices[k]! >= vmIndex;
-      this.times = outer * (mult ? mult[k]! : 1);
-      if (kept?.[k]) {
-        if (!runs!.count(l2Offset, this.imrt.counts, this.imrt.storeMax, this.times)) {
-          await this.walkL2(l2Offset, await img.store.read(l2Offset, tableBytes), active, vmState);
-        }
-      } else {
-        const table = (await tables.next()).value![1];
-        const slow = this.slowEntries;
-        await this.walkL2(l2Offset, table, active, vmState);
-        // every entry plain: countPlainRun gathered its runs in one call; the last ends where the next cluster would be
-        if (active && runs && this.slowEntries === slow) runs.keep(l2Offset, this.runBuf, this.fragNext[0]!);
-      }
-      this.times = outer;
       if (((k + 1) & 63) === 0) this.opts.onProgress?.(active ? 'Active L2 tables' : 'Snapshot L2 tables', k + 1, offsets.length);
+      const vm = i >= vmIndex ? 1 : 0;
+      const refs = left[vm]!;
+      const rest = refs.get(l2Offset)! - 1; // references after this one
+      refs.set(l2Offset, rest);
+      const seen = memo[vm]!.get(l2Offset);
+      if (seen === null) continue;
+      if (seen !== undefined) {
+        this.replay(seen, outer);
+        continue;
+      }
+      if (isKept(l2Offset)) {
+        // every reference at once: a kept table has no messages, only counts (or an overflow, walked)
+        this.times = outer * (rest + 1);
+        if (!runs!.count(l2Offset, this.imrt.counts, this.imrt.storeMax, this.times)) await this.walkL2(l2Offset, await this.readTable(l2Offset), active, vm === 1);
+        this.times = outer;
+        memo[vm]!.set(l2Offset, null);
+        continue;
+      }
+      const table = planned[k] ? (await tables.next()).value![1] : await this.readTable(l2Offset);
+      const log = rest > 0 ? new L2Log() : null;
+      const frag0 = log ? { ...this.frag } : null;
+      const slow = this.slowEntries;
+      const fixes = this.fixesTried;
+      this.rec = log;
+      try {
+        await this.walkL2(l2Offset, table, active, vm === 1);
+      } finally {
+        this.rec = null;
+      }
+      // every entry plain: countPlainRun gathered its runs in one call; the last ends where the next cluster would be
+      if (active && runs && this.slowEntries === slow) runs.keep(l2Offset, this.runBuf, this.fragNext[0]!);
+      if (this.fixesTried !== fixes) {
+        // the repair wrote to the file: the tables recorded so far may have changed
+        memo[0]!.clear();
+        memo[1]!.clear();
+        continue;
+      }
+      if (!log || !frag0) continue;
+      log.frag.allocatedClusters = (this.frag.allocatedClusters - frag0.allocatedClusters) / outer;
+      log.frag.fragmentedClusters = (this.frag.fragmentedClusters - frag0.fragmentedClusters) / outer;
+      log.frag.compressedClusters = (this.frag.compressedClusters - frag0.compressedClusters) / outer;
+      if (repairing || log.size <= REPLAY_MAX) {
+        memo[vm]!.set(l2Offset, log);
+      } else {
+        this.replay(log, outer * rest);
+        memo[vm]!.set(l2Offset, null);
+      }
     }
   }
+
+  /** A table read alone (zeros at or past the end of the file, as tablesInOrder reads it). */
+  private async readTable(offset: number): Promise<Uint8Array> {
+    const t = new Uint8Array(this.cs);
+    if (offset < this.img.store.size() && offset + this.cs <= Number.MAX_SAFE_INTEGER) await readInto(this.img.store, offset, t);
+    entriesDecoded(this.cs / 8);
+    return t;
+  }
+
+  /** Add a recorded L2 walk again, `times` references at once. */
+  private replay(log: L2Log, times: number): void {
+    const saved = this.times;
+    this.times = times;
+    log.replay(this.incBound, this.reportBound);
+    this.res.corruptions += log.corruptions * times;
+    this.frag.allocatedClusters += log.frag.allocatedClusters * times;
+    this.frag.fragmentedClusters += log.frag.fragmentedClusters * times;
+    this.frag.compressedClusters += log.frag.compressedClusters * times;
+    this.times = saved;
+    entriesDecoded(log.size);
+  }
+
+  /** A recorded reference counted `repeats` times (one cluster inside the file when repeats > 1). */
+  private readonly incBound = (offset: number, size: number, kind: number, repeats: number): void => {
+    if (repeats === 1) return this.inc(offset, size, kind);
+    const k = offset / this.cs;
+    const times = this.times;
+    if (k < this.imrt.size && this.imrt.counts[k]! + times * repeats <= this.imrt.max) {
+      // no overflow: one count of all the repeats (an overflow is reported one by one, below)
+      this.times = times * repeats;
+      this.inc(offset, size, kind);
+      this.times = times;
+      return;
+    }
+    for (let r = 0; r < repeats; r++) this.inc(offset, size, kind);
+  };
+  private readonly reportBound = (f: Finding): void => this.report(f);
+
+  /** The record of the L2 walk going on, when its table has more references (see walkL1). */
+  private rec: L2Log | null = null;
+  /** Entries the repair was asked to rewrite so far (a walk that asked for one is not recorded). */
+  private fixesTried = 0;
 
   /** QEMU's check_refcounts_l2 on one table already in memory. */
   private async walkL2(l2Offset: number, table: Uint8Array, active: boolean, vmState: boolean): Promise<void> {
@@ -303,6 +416,7 @@ export class ReferenceWalk {
     const state = { next: 0 };
     let i = this.scanL2(l2Offset, table, active, vmState, 0, state);
     while (i >= 0) {
+      this.fixesTried++;
       const fixed = await this.opts.repair!.fixL2EntryByZero(l2Offset, table, i, active);
       if (fixed) {
         this.res.corruptions--;
@@ -331,7 +445,8 @@ export class ReferenceWalk {
    */
   private scanL2(l2Offset: number, table: Uint8Array, active: boolean, vmState: boolean, start: number, state: { next: number }): number {
     const g = this.img.geometry;
-    const fast = !g.extendedL2 && !g.dataFile;
+    // a walk being recorded takes every entry through countEntry, which reports each reference to inc
+    const fast = !g.extendedL2 && !g.dataFile && this.rec === null;
     const step = g.extendedL2 ? 16 : 8;
     const n = this.img.l2Entries;
     const frag = active ? this.frag : null;
@@ -468,6 +583,7 @@ export class ReferenceWalk {
         }
         if (offset % cs !== 0) {
           this.res.corruptions += times;
+          if (this.rec !== null) this.rec.corruptions++;
           const containsData = ext ? bmAlloc !== 0 : !hasZeroFlag(lo);
           if (!containsData) {
             const fix = !!this.opts.fixErrors;
@@ -559,12 +675,10 @@ export class ReferenceWalk {
     const img = this.img;
     const cs = this.cs;
     const rt = img.reftable;
-    const n = rt.length / 8;
     const fix = !!this.opts.fixErrors;
-    for (let i = 0; i < n; i++) {
+    for (const i of usedReftableIndices(rt)) {
       const hi = be32(rt, i * 8);
       const lo = be32(rt, i * 8 + 4);
-      if (hi === 0 && lo === 0) continue;
       const at = img.header.refcountTableOffset + i * 8;
       if (refcountTableReservedBits(lo)) {
         this.corruption(`ERROR refcount table entry ${i} has reserved bits set`, { structure: 'refcount table', hostOffset: at });

@@ -22,6 +22,23 @@ export function reftableEntry(table: Uint8Array, index: number): number {
   return offsetOf(be32(table, index * 8), be32(table, index * 8 + 4));
 }
 
+/**
+ * Indices of the refcount table entries that are not all zero, in order: a table of one 2 MiB
+ * cluster has 256 Ki entries, mostly empty, and decoding each one (reftableEntry) cost the
+ * snapshot operations on 2 MiB clusters more than their writes. Tested a word pair at a time.
+ */
+export function usedReftableIndices(table: Uint8Array, end = Math.floor(table.length / 8)): number[] {
+  const out: number[] = [];
+  const n = Math.min(end, Math.floor(table.length / 8));
+  if (table.byteOffset % 4 === 0) {
+    const w = new Uint32Array(table.buffer, table.byteOffset, n * 2); // zero whatever the byte order
+    for (let i = 0; i < n; i++) if ((w[2 * i]! | w[2 * i + 1]!) !== 0) out.push(i);
+  } else {
+    for (let i = 0; i < n; i++) if ((be32(table, i * 8) | be32(table, i * 8 + 4)) !== 0) out.push(i);
+  }
+  return out;
+}
+
 export function reftableReservedBits(table: Uint8Array, index: number): boolean {
   return refcountTableReservedBits(be32(table, index * 8 + 4));
 }

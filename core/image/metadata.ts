@@ -6,7 +6,7 @@ import { QcowError, hex } from '../errors.ts';
 import { entriesDecoded } from '../work-count.ts';
 import * as C from '../format/constants.ts';
 import { l1L2Offset } from '../format/entries.ts';
-import { reftableEntry } from '../format/refcount.ts';
+import { reftableEntry, usedReftableIndices } from '../format/refcount.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { reftableSize } from './refcount.ts';
 
@@ -39,7 +39,7 @@ function forEachMetadata(
   }
   if (want('refcount table') && visit('refcount table', h.refcountTableOffset, h.refcountTableClusters * cs)) return;
   if (want('refcount block')) {
-    for (let r = 0; r < reftableSize(img); r++) {
+    for (const r of usedReftableIndices(img.reftable, reftableSize(img))) {
       const off = reftableEntry(img.reftable, r);
       if (off !== 0 && visit('refcount block', off, cs)) return;
     }
@@ -147,7 +147,7 @@ export function refcountStructureOverlap(img: Qcow2Image): RefcountOverlap | nul
   const tableFirst = Math.floor(h.refcountTableOffset / cs);
   const tableEnd = tableFirst + h.refcountTableClusters;
   const blockAt = new Map<number, number>(); // cluster → reftable index
-  for (let r = 0; r < reftableSize(img); r++) {
+  for (const r of usedReftableIndices(img.reftable, reftableSize(img))) {
     const off = reftableEntry(img.reftable, r);
     if (off === 0 || off % cs !== 0) continue;
     const c = off / cs;

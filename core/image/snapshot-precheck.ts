@@ -7,7 +7,7 @@
 // structure and its offset and says to run check; `check -r all` repairs what it can.
 import { QcowError, hex } from '../errors.ts';
 import * as C from '../format/constants.ts';
-import { reftableEntry } from '../format/refcount.ts';
+import { reftableEntry, usedReftableIndices } from '../format/refcount.ts';
 import type { Snapshot } from '../format/snapshot-table.ts';
 import { refcountStructureOverlap } from './metadata.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
@@ -115,8 +115,7 @@ function refcountDamage(img: Qcow2Image): WriteDamage | undefined {
       message: `the refcount table at ${hex(h.refcountTableOffset)} runs past the end of the file (${hex(fileSize)})`,
     };
   }
-  const entries = Math.floor(img.reftable.length / 8);
-  for (let i = 0; i < entries; i++) {
+  for (const i of usedReftableIndices(img.reftable)) {
     const off = reftableEntry(img.reftable, i);
     if (off === 0) continue;
     const why = off % cs !== 0 ? 'is not cluster-aligned' : off + cs > fileSize ? `lies past the end of the file (${hex(fileSize)})` : undefined;

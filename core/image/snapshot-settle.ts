@@ -36,7 +36,7 @@ import { put32, put64 } from '../format/bytes.ts';
 import {
   compressedDescriptor, encodeL1Entry, l1L2Offset, OFFSET_MASK_HI, putEntry, QCOW_OFLAG_COMPRESSED_HI,
 } from '../format/entries.ts';
-import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/refcount.ts';
+import { getRefcount, refcountMax, reftableEntry, setRefcount, usedReftableIndices } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import type { BitmapEntry } from '../format/bitmaps.ts';
@@ -293,9 +293,11 @@ async function planSettle(
     return null;
   }
   // Refcount blocks and table: the published ones go, the old ones come back.
-  for (let k = 0; k < img.reftable.length / 8; k++) add(reftableEntry(img.reftable, k), cs, -1);
+  const usedS1 = usedReftableIndices(img.reftable);
+  const usedQ = usedReftableIndices(q.reftable);
+  for (const k of usedS1) add(reftableEntry(img.reftable, k), cs, -1);
   add(h.refcountTableOffset, h.refcountTableClusters * cs, -1);
-  for (let k = 0; k < q.reftable.length / 8; k++) add(reftableEntry(q.reftable, k), cs, +1);
+  for (const k of usedQ) add(reftableEntry(q.reftable, k), cs, +1);
   add(q.reftableOffset, q.reftableClusters * cs, +1);
 
   // The bitmaps QEMU stores again on close: first fit on its refcounts after the operation.
@@ -388,8 +390,8 @@ async function planSettle(
 
   try {
     const rbs = new Set<number>(byBlock.keys());
-    for (let k = 0; k < img.reftable.length / 8; k++) if (reftableEntry(img.reftable, k) !== 0) rbs.add(k);
-    for (let k = 0; k < q.reftable.length / 8; k++) if (reftableEntry(q.reftable, k) !== 0) rbs.add(k);
+    for (const k of usedS1) if (reftableEntry(img.reftable, k) !== 0) rbs.add(k);
+    for (const k of usedQ) if (reftableEntry(q.reftable, k) !== 0) rbs.add(k);
     for (const rb of [...rbs].sort((a, b) => a - b)) {
       const at0 = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
       const s1At = rb < img.reftable.length / 8 ? reftableEntry(img.reftable, rb) : 0;

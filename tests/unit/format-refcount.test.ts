@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   decodeRefblock, getRefcount, refblockEntries, refcountBits, refcountMax, reftableEntry, reftableRaw, reftableReservedBits,
-  setRefcount,
+  setRefcount, usedReftableIndices,
 } from '../../core/format/refcount.ts';
 import { seededRandom } from '../helpers/random.ts';
 
@@ -95,5 +95,23 @@ describe('reftable entries', () => {
     expect([0, 1, 2, 3].map((i) => reftableReservedBits(t, i))).toEqual([false, false, true, false]);
     expect(reftableRaw(t, 2)).toBe(2 ** 48 + 0x30100);
     expect(reftableEntry(t, 3)).toBe(0);
+  });
+
+  it('used entries: every entry with any bit set (reserved bits alone too), aligned or not, up to a bound', () => {
+    const rand = seededRandom(15);
+    for (const shift of [0, 3]) {
+      const buf = new Uint8Array(8 * 4096 + shift);
+      const t = buf.subarray(shift);
+      const want: number[] = [];
+      for (let i = 0; i < 4096; i++) {
+        const r = rand();
+        if (r < 0.9) continue;
+        // one random byte of the entry set: offsets, high bits, or only reserved bit 0
+        t[i * 8 + Math.floor(rand() * 8)] = 1 + Math.floor(rand() * 255);
+        want.push(i);
+      }
+      expect(usedReftableIndices(t)).toEqual(want);
+      expect(usedReftableIndices(t, 1000)).toEqual(want.filter((i) => i < 1000));
+    }
   });
 });

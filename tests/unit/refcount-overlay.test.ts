@@ -9,7 +9,7 @@ import { createImage } from '../../core/image/create.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { loadRefblock } from '../../core/image/refcount.ts';
 import { RefcountOverlay } from '../../core/image/refcount-overlay.ts';
-import { writeGuest } from '../../core/image/write.ts';
+import { discard, writeGuest } from '../../core/image/write.ts';
 
 const MiB = 1024 * 1024;
 
@@ -71,5 +71,29 @@ describe('refcount overlay beyond its budget', () => {
     ov.frozen = true;
     await ov.load(rb + 20);
     expect(() => ov.set((rb + 20) * ov.per, 1)).toThrow(/after the refcount structures were placed/);
+  });
+
+  it('zeros on disk of a block with every mix of used and free entries (16-bit refcounts)', async () => {
+    const store = new MemoryStore();
+    await createImage(store, { size: 8 * MiB, clusterSize: 512 });
+    const img = await Qcow2Image.open(store, { writable: true });
+    // 2048 guest clusters written, then some discarded in a pattern: groups of eight host clusters
+    // all used, all free, or mixed
+    await writeGuest(img, 0, new Uint8Array(1 * MiB).fill(1));
+    const pattern = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    for (let c = 0; c < 2048; c++) if (!pattern[c % pattern.length]) await discard(img, c * 512, 512);
+    const cs = img.clusterSize;
+    let next = Math.ceil(store.size() / cs) + 16;
+    const ov: RefcountOverlay = new RefcountOverlay(img, 0, async (rb) => {
+      ov.homes.set(rb, next++ * cs);
+    });
+    for (const rb of [0, 1, 3, 5]) {
+      const onDisk = await loadRefblock(img, rb);
+      await ov.load(rb);
+      ov.block(rb); // the first change notes the zeros on disk
+      const want = [...Array(ov.per).keys()].map((i) => (onDisk && getRefcount(onDisk, i, ov.order) !== 0 ? 0 : 1));
+      expect(want.includes(0) && want.includes(1)).toBe(true);
+      expect([...Array(ov.per).keys()].map((i) => bit(ov.zeroBits(rb), i))).toEqual(want);
+    }
   });
 });
