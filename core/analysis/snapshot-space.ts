@@ -4,7 +4,7 @@
 import { getRefcount } from '../format/refcount.ts';
 import type { Snapshot } from '../format/snapshot-table.ts';
 import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
-import { loadRefblock, refblockEntriesOf } from '../image/refcount.ts';
+import { readRefblockInto, refblockEntriesOf } from '../image/refcount.ts';
 import { walkTree } from './tree-walk.ts';
 import { QcowError } from '../errors.ts';
 
@@ -73,12 +73,15 @@ async function exclusiveOf(img: Qcow2Image, refs: References, isCancelled: IsCan
   const exclusive: number[] = [];
   let shared = 0;
   let blockIndex = -1;
+  // One pass over the refcount blocks in order, each read into one buffer (not cached: at 256 GiB
+  // they are 8 MiB, read once here).
+  const buffer = new Uint8Array(img.clusterSize);
   let block: Uint8Array | null = null;
   for (const [c, n] of refs.entries()) {
     const bi = Math.floor(c / per);
     if (bi !== blockIndex) {
       stopIf(isCancelled);
-      block = await loadRefblock(img, bi);
+      block = (await readRefblockInto(img, bi, buffer)) ? buffer : null;
       blockIndex = bi;
     }
     const rc = block ? getRefcount(block, c % per, img.refcountOrder) : 0;

@@ -12,9 +12,14 @@ export type TreeRef =
   /** Guest cluster `l1Index * l2Entries + l2Index` is stored here (zero-alloc: preallocated, reads as zeros). */
   | { kind: 'data' | 'zero-alloc' | 'compressed'; l1Index: number; l2Index: number };
 
-/** Call `visit` for each host cluster reference of `view`'s tree, in L1 then L2 order. */
+/**
+ * Call `visit` for each host cluster reference of `view`'s tree, in L1 then L2 order. The L2 tables
+ * are scanned, not cached (img.scanL2, into this walk's own buffer): a walk over every tree of a
+ * 256 GiB image would otherwise fill the image's L2 cache (32 MiB) with tables read once.
+ */
 export async function walkTree(img: Qcow2Image, view: L1View, visit: (cluster: number, ref: TreeRef) => void, includeL1 = true): Promise<void> {
   const cs = img.clusterSize;
+  const buffer = new Uint8Array(cs);
   if (includeL1 && view.size > 0) {
     const first = Math.floor(view.offset / cs);
     const last = Math.floor((view.offset + view.size * 8 - 1) / cs);
@@ -24,7 +29,7 @@ export async function walkTree(img: Qcow2Image, view: L1View, visit: (cluster: n
     const l2Offset = offsetOf(be32(view.table, i * 8), be32(view.table, i * 8 + 4));
     if (l2Offset === 0 || l2Offset % cs !== 0) continue;
     visit(l2Offset / cs, { kind: 'l2', l1Index: i });
-    const l2 = await img.readL2(l2Offset);
+    const l2 = await img.scanL2(l2Offset, buffer);
     for (let j = 0; j < img.l2Entries; j++) {
       const at = j * img.l2EntrySize;
       const hi = be32(l2, at);

@@ -393,13 +393,14 @@ export class Qcow2Image implements Layer {
    * store's bytes in a buffer reused by every scan of this image, not cached — a walk over every
    * table of a big image would only evict the tables in use, memory stays at one table, and no
    * fresh memory is touched per table (dearer than the read). Valid until the next scanL2 or write.
+   * A walk that may run beside another on the same image passes its own cluster-sized `into`.
    */
-  async scanL2(l2Offset: number): Promise<Uint8Array> {
+  async scanL2(l2Offset: number, into?: Uint8Array): Promise<Uint8Array> {
     const cached = this.l2Cache.get(l2Offset);
     if (cached) return cached;
-    this.scanBuffer ??= new Uint8Array(this.clusterSize);
-    await readInto(this.store, l2Offset, this.scanBuffer);
-    return this.scanBuffer;
+    const buf = into ?? (this.scanBuffer ??= new Uint8Array(this.clusterSize));
+    await readInto(this.store, l2Offset, buf);
+    return buf;
   }
 
   private scanBuffer: Uint8Array | null = null;

@@ -40,6 +40,7 @@ import { getRefcount, refcountMax, reftableEntry, setRefcount, usedReftableIndic
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import type { BitmapEntry } from '../format/bitmaps.ts';
+import { readInto } from '../io/store.ts';
 import { allocationLimit } from './alloc-limit.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
@@ -156,9 +157,13 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
 
 interface SettleWrite {
   offset: number;
-  bytes: Uint8Array;
+  /** The bytes, or the place of a cluster whose bytes are written (read when the write is made: an L2 table copy, not held in memory meanwhile). */
+  bytes: Uint8Array | { copyOf: number };
   purpose: string;
 }
+
+/** Bytes a settle write puts down. */
+const lengthOf = (w: SettleWrite, cs: number): number => (w.bytes instanceof Uint8Array ? w.bytes.length : cs);
 
 /**
  * Move the published result of `commit` into QEMU's layout `q` (see the top of the file).
@@ -167,7 +172,12 @@ interface SettleWrite {
 export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, q: QemuLayout): Promise<boolean> {
   const plan = await planSettle(img, commit, q);
   if (!plan) return false;
-  for (const w of plan.writes) await img.pwrite(w.offset, w.bytes, w.purpose);
+  // Stores copy or write the bytes before pwrite resolves: one buffer serves every copied cluster.
+  const buffer = new Uint8Array(img.clusterSize);
+  for (const w of plan.writes) {
+    if (!(w.bytes instanceof Uint8Array)) await readInto(img.store, w.bytes.copyOf, buffer);
+    await img.pwrite(w.offset, w.bytes instanceof Uint8Array ? w.bytes : buffer, w.purpose);
+  }
   await img.flush('QEMU\'s layout on disk before the header points at it');
   const header: Qcow2Header = {
     ...img.header,
@@ -357,6 +367,8 @@ async function planSettle(
     l.push([c - rb * per, d]);
   }
   const blocks = new Map<number, Uint8Array | null>();
+  /** One cluster read for a comparison, reused. */
+  const disk = new Uint8Array(cs);
   let held = 0;
   const block = async (rb: number): Promise<Uint8Array | null> => {
     if (blocks.has(rb)) return blocks.get(rb)!;
@@ -404,10 +416,11 @@ async function planSettle(
         continue;
       }
       const want = b ?? new Uint8Array(cs);
-      const disk = await img.store.read(at, cs);
+      await readInto(img.store, at, disk);
       if (bytesEqual(disk, want)) continue;
       if (!(await free(at, cs))) return null;
-      writes.push({ offset: at, bytes: want.slice(), purpose: `refcount block ${rb} in its place` });
+      // A changed block is this plan's own copy (held in `blocks`, never changed again); an unchanged one is the image's cached block.
+      writes.push({ offset: at, bytes: byBlock.has(rb) || !b ? want : want.slice(), purpose: `refcount block ${rb} in its place` });
     }
 
     // QEMU's refcount table in its place (free now: the published state has its own copy), with
@@ -432,11 +445,13 @@ async function planSettle(
       if (seen.has(off)) continue;
       seen.add(off);
       const copy = commit.l2Copies.get(off);
-      const t = (await img.store.read(copy ?? off, cs)).slice();
-      if (referencesAny(t, img, moved)) return null;
+      await readInto(img.store, copy ?? off, disk);
+      if (referencesAny(disk, img, moved)) return null;
       if (copy === undefined) continue;
       if (s1Active.has(off)) return null; // an L2 table the published state uses actively
-      writes.push({ offset: off, bytes: t, purpose: `L2 table at ${off}: COPIED bits as QEMU leaves them` });
+      // The copy's bytes are read again when written (a 256 GiB image has 32 MiB of them): its
+      // cluster stays as it is until then, the settle writes only to clusters free now.
+      writes.push({ offset: off, bytes: { copyOf: copy }, purpose: `L2 table at ${off}: COPIED bits as QEMU leaves them` });
     }
     // The active L1 in its place (free now, or the L1 table of the snapshot QEMU copies elsewhere).
     const l1Bytes = l1.subarray(0, q.l1Size * 8);
@@ -448,7 +463,7 @@ async function planSettle(
     }
     // New places must be free now and lie inside QEMU's file.
     for (const w of writes) {
-      if (w.offset + w.bytes.length > Math.max(fileSizeAfter, q.fileSizeBase)) return null;
+      if (w.offset + lengthOf(w, cs) > Math.max(fileSizeAfter, q.fileSizeBase)) return null;
     }
     for (const c of bitmapPlaces) if (!(await free(c * cs, cs))) return null;
     for (const [, to] of q.l1Moves) if (!(await free(to, q.l1Size * 8))) return null;

@@ -32,6 +32,11 @@ export interface PageMap {
   set(page: number, data: Uint8Array): void;
   delete(page: number): void;
   keys(): IterableIterator<number>;
+  /**
+   * Optional: hold a copy of `data` (one whole page) as the page; the caller keeps its buffer. A
+   * map that writes the page out at once (a scratch file) then allocates nothing for it.
+   */
+  setCopy?(page: number, data: Uint8Array): void;
 }
 
 /** Overlay page size: small enough that a metadata write copies little, large enough to keep the map small. */
@@ -153,6 +158,15 @@ export class OverlayStore implements ImageStore {
     while (pos < end) {
       const p = Math.floor(pos / OVERLAY_PAGE_SIZE);
       const pageStart = p * OVERLAY_PAGE_SIZE;
+      const n = Math.min(end, pageStart + OVERLAY_PAGE_SIZE) - pos;
+      if (n === OVERLAY_PAGE_SIZE && this.pages.setCopy) {
+        // A whole page to a map that copies it itself: no page of our own (a snapshot operation on
+        // a big image writes hundreds of MiB of whole tables, mostly straight to scratch files).
+        if (!this.pages.has(p)) this.source.forget?.(pageStart, OVERLAY_PAGE_SIZE);
+        this.pages.setCopy(p, data.subarray(pos - offset, pos - offset + n));
+        pos += n;
+        continue;
+      }
       let page = this.pages.get(p);
       if (!page) {
         // A write over the whole page needs nothing of what it held: no read (in a browser a read
@@ -161,7 +175,6 @@ export class OverlayStore implements ImageStore {
         page = pos === pageStart && end >= pageStart + OVERLAY_PAGE_SIZE ? new Uint8Array(OVERLAY_PAGE_SIZE) : await this.read(pageStart, OVERLAY_PAGE_SIZE);
         this.source.forget?.(pageStart, OVERLAY_PAGE_SIZE);
       }
-      const n = Math.min(end, pageStart + OVERLAY_PAGE_SIZE) - pos;
       page.set(data.subarray(pos - offset, pos - offset + n), pos - pageStart);
       this.pages.set(p, page);
       pos += n;

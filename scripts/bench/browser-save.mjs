@@ -54,6 +54,22 @@ function image(dir, size) {
   return file;
 }
 
+/**
+ * BENCH_SAVE_META=1: a `meta-SIZE` image opened through the handle path is saved too (no copies
+ * to compare with: each would write SIZE again). The save writes SIZE of zeros: it needs that much
+ * free disk, which the run samples (`diskMiB`: the most the file system's free space fell).
+ */
+const SAVE_META = !!process.env.BENCH_SAVE_META;
+
+/** How far the free space of the file system holding `dir` falls below where it was, sampled each second until stop(). */
+function diskUse(dir) {
+  const free = () => { const s = fs.statfsSync(dir); return s.bavail * s.bsize; };
+  const start = free();
+  let low = start;
+  const timer = setInterval(() => { low = Math.min(low, free()); }, 1000);
+  return { stop: () => { clearInterval(timer); low = Math.min(low, free()); return (start - low) / 2 ** 20; } };
+}
+
 /** In the page: when the last click happened, and when a condition on the page first held after it. */
 const WATCH = `
 window.__lastClick = 0;
@@ -104,6 +120,9 @@ export async function runSaveBench({ root, dir, sizes }) {
   }
   return out;
 }
+
+/** BENCH_MEM_TRACE=1: each step's start on stderr (`mark <ms mod 10^6> <step>`), beside renderer-memory.mjs's samples (`mem <ms> <MiB>`). */
+const mark = (what) => process.env.BENCH_MEM_TRACE && process.stderr.write(`mark ${Date.now() % 1e6} ${what}\n`);
 
 /** Run a step, naming it in its error. */
 async function step(name, body) {
@@ -186,12 +205,15 @@ async function oneSize(ctx, url, file, meta) {
     await page.evaluate(() => delete window.showOpenFilePicker);
     await page.locator('#open-image').setInputFiles(file);
   }
+  mark('open');
   await page.getByRole('tab', { name: path.basename(source === 'handle' ? 'bench.qcow2' : file) }).waitFor();
+  mark('opened');
   await page.getByRole('navigation', { name: 'Views' }).getByRole('link', { name: 'Snapshots', exact: true }).click();
   const bar = page.getByRole('group', { name: 'Unsaved changes' });
   /** ms from the last click to `cond` holding on the page. */
   const timed = async (cond, clicks) => {
     await page.evaluate(`window.__watch(${cond})`);
+    mark('op');
     await clicks();
     await page.waitForFunction(() => window.__doneAt > 0, null, { polling: 10 });
     return page.evaluate(() => {
@@ -208,7 +230,9 @@ async function oneSize(ctx, url, file, meta) {
   const counted = page.getByTestId('all-snapshots-space').filter({ hasNotText: 'Counting' });
   const settled = async () => {
     const t = Date.now();
+    mark('settle');
     await counted.waitFor();
+    mark('settled');
     return Date.now() - t;
   };
   r.settleMs = [await settled()];
@@ -234,7 +258,7 @@ async function oneSize(ctx, url, file, meta) {
   r.startMiB = pend.startMiB;
   let alert = await page.getByRole('alert').textContent({ timeout: 100 }).catch(() => null);
   if (alert) throw new Error(`the app said: ${alert}`);
-  if (meta) {
+  if (meta && !SAVE_META) {
     // No save: it would write the whole logical size. Drop the changes (and their private files).
     if (source === 'handle') {
       await bar.getByRole('button', { name: 'Discard changes' }).click();
@@ -244,15 +268,18 @@ async function oneSize(ctx, url, file, meta) {
     return r;
   }
   const saveMem = sampleRenderers(pids);
+  const disk = meta ? diskUse(path.dirname(file)) : null;
   r.saveMs = await timed(`() => !document.querySelector('[aria-label="Unsaved changes"]')`, async () => {
     await bar.getByRole('button', { name: 'Save', exact: true }).click();
     // over 1 GiB the cost is said first (web/lib/saving.svelte.ts COSTLY_SAVE_BYTES): timed from its answer
     if (size > 2 ** 30) await page.getByRole('button', { name: 'Rewrite and save' }).click();
   });
   r.saveMiB = saveMem.stop().peakMiB;
+  if (disk) r.diskMiB = disk.stop();
   alert = await page.getByRole('alert').textContent({ timeout: 100 }).catch(() => null);
   if (alert) throw new Error(`the app said: ${alert}`);
-  Object.assign(r, await copies(page));
+  // A metadata-preallocated image's copies would each write its whole logical size again.
+  if (!meta) Object.assign(r, await copies(page));
   return r;
 }
 
@@ -271,5 +298,6 @@ export function saveTable(b) {
       lines.push(`| ${r.size} | ${r.source} | ${(r.fileSize / 2 ** 20).toFixed(0)} MiB | ${s(r.createMs)} | ${s(r.revertMs)} | ${s(r.deleteMs)} | ${s(Math.max(...r.settleMs))} | ${m(r.startMiB)} | ${m(r.pendingMiB)} | ${s(r.saveMs)} | ${m(r.saveMiB)} | ${s(r.keepBeforeMs)}, ${s(r.keepMs)} | ${s(r.streamMs)} | ${keep ? (r.saveMs / keep).toFixed(2) : '—'} |`);
     }
   }
+  for (const r of b.results) if (r.diskMiB !== undefined) lines.push(`${r.size}: the save took ${(r.diskMiB / 1024).toFixed(1)} GiB of free disk at most (file system free space, sampled each second)`);
   return lines.join('\n');
 }

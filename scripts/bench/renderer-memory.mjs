@@ -4,6 +4,8 @@
 // tab's peak memory. Linux only.
 import * as fs from 'node:fs';
 
+const TRACE = !!process.env.BENCH_MEM_TRACE;
+
 /** Descendants of `root` (pids), from /proc/<pid>/stat. */
 function descendants(root) {
   const kids = new Map();
@@ -73,6 +75,7 @@ export function sampleRenderers(before, everyMs = 20) {
     if (tab.length !== 1 && n++ % 10 === 0) tab = renderers().filter((p) => !before.has(p) && runsWorker(p));
     if (tab.length !== 1) return;
     const now = rssKiB(tab[0]);
+    if (TRACE) process.stderr.write(`mem ${Date.now() % 1e6} ${(now / 1024).toFixed(0)}\n`);
     first ||= now;
     peak = Math.max(peak, now);
   };

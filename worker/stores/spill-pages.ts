@@ -60,6 +60,14 @@ export class SpillPageMap implements PageMap {
     this.scratch.writeSync(s * OVERLAY_PAGE_SIZE, data.length === OVERLAY_PAGE_SIZE ? data : padded(data));
   }
 
+  /** A copy of a whole page: into its memory page or a fresh one within the budget, else straight from `data` to its slot. */
+  setCopy(page: number, data: Uint8Array): void {
+    const held = this.memory.get(page);
+    if (held) held.set(data);
+    else if (!this.slots.has(page) && this.memory.size < this.budgetPages) this.memory.set(page, data.slice());
+    else this.set(page, data);
+  }
+
   delete(page: number): void {
     if (!this.memory.delete(page)) this.slots.delete(page); // its slot is left unused until clear()
   }
