@@ -213,7 +213,7 @@ async function checkRefcounts(
       }
       // QEMU truncates the file up to the block at once; here the walk only counts as if it had
       // (bytes past the end read as zeros either way). Nothing is allocated unless the block is
-      // still in use when the repair ends (growPending below): a rebuild drops it, and QEMU's
+      // still in use when the repair ends (grownTo below): a rebuild drops it, and QEMU's
       // file stays 64 MiB long for a 64 KiB image where ours ends with its last structure.
       grownTo = Math.max(grownTo, size, img.store.size());
       return grownTo;
