@@ -40,11 +40,10 @@ import { getRefcount, refcountMax, reftableEntry, setRefcount } from '../format/
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import type { BitmapEntry } from '../format/bitmaps.ts';
-import { allocationLimit } from './alloc-limit.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
-import { QemuAllocator } from './qemu-allocator.ts';
+import { QemuAllocator, type RefcountView } from './qemu-allocator.ts';
 import { bitmapWrites, leaveOldBitmapsAsQemu, loadQemuBitmaps, placeBitmaps, placementClusters, type QemuBitmaps } from './snapshot-settle-bitmaps.ts';
 
 /** QEMU's result of one operation, planned before it starts (from the state it finds). */
@@ -304,34 +303,14 @@ async function planSettle(
   const bitmapPlaces: number[] = [];
   if (q.bitmaps) {
     const b = q.bitmaps;
-    const taken = new Set<number>();
-    const qemuFree = async (c: number): Promise<boolean> =>
-      !taken.has(c) && !b.skipped.has(c) && (await getClusterRefcount(img, c)) + (delta.get(c) ?? 0) === 0;
-    let fci = 0;
-    // Not far past the end (alloc-limit.ts), as every allocation here.
-    const limit = allocationLimit(img, Math.ceil(img.store.size() / cs));
-    const p = await placeBitmaps(b, cs, async (n) => {
-      let start = fci;
-      for (let c = fci, run = 0; run < n; c++) {
-        if (c > limit) return null;
-        if (await qemuFree(c)) run++;
-        else {
-          run = 0;
-          start = c + 1;
-        }
-      }
-      fci = start + n;
-      for (let c = start; c < start + n; c++) taken.add(c);
-      return start;
-    });
-    if (!p) return null;
+    // QEMU's allocator (qemu-allocator.ts) on QEMU's refcounts after the operation: the published
+    // ones with the changes so far; one that would add a refcount block leaves the shadow layout.
+    const alloc = new QemuAllocator(img, settleRefcounts(img, q, delta, b.skipped));
+    const p = await placeBitmaps(b, cs, (n) => alloc.alloc(n));
+    if (!p || alloc.newBlocks.size > 0 || alloc.grownTable) return null;
     bitmapPlaces.push(...placementClusters(p, b, cs));
     fileSizeAfter = q.fileSizeBase;
-    for (const c of bitmapPlaces) {
-      const rb = Math.floor(c / per);
-      if (rb >= q.reftable.length / 8 || reftableEntry(q.reftable, rb) === 0) return null; // a refcount block QEMU would add
-      add(c * cs, cs, +1);
-    }
+    for (const c of bitmapPlaces) add(c * cs, cs, +1);
     for (const [off, bytes] of b.old) add(off, bytes, -1);
     const bw = await bitmapWrites(img, b, p);
     for (const w of bw.writes) {
@@ -346,14 +325,7 @@ async function planSettle(
   }
 
   // QEMU's refcount blocks: the published ones with the changes.
-  const byBlock = new Map<number, Array<[number, number]>>();
-  for (const [c, d] of delta) {
-    if (d === 0) continue;
-    const rb = Math.floor(c / per);
-    let l = byBlock.get(rb);
-    if (!l) byBlock.set(rb, (l = []));
-    l.push([c - rb * per, d]);
-  }
+  const byBlock = changesByBlock(delta, per);
   const blocks = new Map<number, Uint8Array | null>();
   let held = 0;
   const block = async (rb: number): Promise<Uint8Array | null> => {
@@ -456,6 +428,47 @@ async function planSettle(
     throw e;
   }
   return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter };
+}
+
+/**
+ * QEMU's refcounts after the operation, for its allocator: QEMU's refcount table; each block the
+ * published one with the changes `delta` (published → QEMU's) applied; the clusters its free
+ * index passed (`skipped`) not to be taken.
+ */
+function settleRefcounts(img: Qcow2Image, q: QemuLayout, delta: ReadonlyMap<number, number>, skipped: ReadonlySet<number>): RefcountView {
+  const per = refblockEntriesOf(img);
+  const order = img.refcountOrder;
+  const max = Math.min(refcountMax(order), Number.MAX_SAFE_INTEGER);
+  const byBlock = changesByBlock(delta, per);
+  return {
+    reftable: q.reftable,
+    unavailable: skipped,
+    block: async (rb) => {
+      const s1 = await loadRefblock(img, rb);
+      const changes = byBlock.get(rb);
+      if (!changes) return s1;
+      const b = s1 ? s1.slice() : new Uint8Array(img.clusterSize);
+      for (const [idx, d] of changes) {
+        const v = getRefcount(b, idx, order) + d;
+        // out of range: in use here (the settle refuses when it writes the block)
+        setRefcount(b, idx, order, v === 0 ? 0 : Math.min(Math.max(v, 1), max));
+      }
+      return b;
+    },
+  };
+}
+
+/** The non-zero changes of `delta` by refcount block (`per` entries a block): [index in the block, change]. */
+function changesByBlock(delta: ReadonlyMap<number, number>, per: number): Map<number, Array<[number, number]>> {
+  const byBlock = new Map<number, Array<[number, number]>>();
+  for (const [c, d] of delta) {
+    if (d === 0) continue;
+    const rb = Math.floor(c / per);
+    let l = byBlock.get(rb);
+    if (!l) byBlock.set(rb, (l = []));
+    l.push([c - rb * per, d]);
+  }
+  return byBlock;
 }
 
 /** The clusters whose refcount differs between the published state and QEMU's, as a bitmap by cluster index. */
