@@ -66,7 +66,8 @@ export interface QemuLayout {
   /**
    * The bitmaps QEMU stores again on close; the clusters below its free index it skipped (free,
    * yet never allocated after); the clusters they would take if the operation freed nothing
-   * (free before it: the shadow commit leaves them alone).
+   * (free before it: the shadow commit leaves them alone), with the refcount blocks QEMU would
+   * add for them (reserved, not in `reftable`: the settle finds the ones QEMU adds).
    */
   bitmaps: (QemuBitmaps & { skipped: Set<number>; freeBefore: Set<number> }) | null;
   /** The clusters of QEMU's new structures: step 1 must leave them free. */
@@ -98,16 +99,18 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     if (c === null) return null;
     runs.push({ offset: c * img.clusterSize, bytes });
   }
-  let bitmapGuess: { skipped: Set<number>; clusters: number[] } | null = null;
+  let bitmapGuess: { skipped: Set<number>; clusters: number[]; blocks: Map<number, number> } | null = null;
   if (bitmaps) {
     // Where the bitmaps would go if the operation freed nothing: the settle places them again
     // on QEMU's refcounts after the operation (which may free lower clusters); these must stay
-    // free in the shadow commit. A refcount block they would need is not modelled.
+    // free in the shadow commit, and so must a refcount block they need (QEMU adds it as for any
+    // allocation; the settle adds the ones its placement needs). A grown table is not modelled.
     const skipped = alloc.skippedFree();
-    const blocks = alloc.newBlocks.size;
+    const before = new Set(alloc.newBlocks.keys());
     const p = await placeBitmaps(bitmaps, img.clusterSize, (n) => alloc.alloc(n));
-    if (!p || alloc.newBlocks.size !== blocks || alloc.grownTable) return null;
-    bitmapGuess = { skipped, clusters: placementClusters(p, bitmaps, img.clusterSize) };
+    if (!p || alloc.grownTable) return null;
+    const blocks = new Map([...alloc.newBlocks].filter(([rb]) => !before.has(rb)));
+    bitmapGuess = { skipped, clusters: placementClusters(p, bitmaps, img.clusterSize), blocks };
   }
   const reserved = new Set<number>();
   let fileSizeAfter = img.store.size();
@@ -126,11 +129,12 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
   }
   for (const [rb, c] of alloc.newBlocks) {
     reserved.add(c);
+    if (bitmapGuess?.blocks.has(rb)) continue; // the settle finds QEMU's blocks for the bitmaps
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
     putEntry(reftable, rb * 8, ...encodeL1Entry(c * img.clusterSize, false));
   }
   const fileSizeBase = fileSizeAfter;
-  for (const c of bitmapGuess?.clusters ?? []) {
+  for (const c of [...(bitmapGuess?.clusters ?? []), ...(bitmapGuess?.blocks.values() ?? [])]) {
     reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
   }
@@ -149,7 +153,7 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     fileSizeBase,
     reserved,
     unpunched: alloc.freedClusters(),
-    bitmaps: bitmaps && bitmapGuess ? { ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set(bitmapGuess.clusters) } : null,
+    bitmaps: bitmaps && bitmapGuess ? { ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set([...bitmapGuess.clusters, ...bitmapGuess.blocks.values()]) } : null,
   };
 }
 
@@ -218,7 +222,7 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
       ...(header.bitmaps ? { bitmaps: header.bitmaps } : {}),
     },
     l1Table: plan.l1,
-    reftable: q.reftable.slice(),
+    reftable: plan.reftable,
     snapshots: plan.snapshots,
     snapshotsSize: img.snapshotsSize,
   });
@@ -236,6 +240,8 @@ async function planSettle(
 ): Promise<{
   writes: SettleWrite[]; l1: Uint8Array; snapshots: Snapshot[]; snapshotsOffset: number; fileSizeAfter: number;
   bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null;
+  /** QEMU's refcount table: the plan's with the blocks QEMU adds for the bitmaps. */
+  reftable: Uint8Array;
 } | null> {
   const h = img.header;
   const cs = img.clusterSize;
@@ -296,6 +302,8 @@ async function planSettle(
   add(h.refcountTableOffset, h.refcountTableClusters * cs, -1);
   for (let k = 0; k < q.reftable.length / 8; k++) add(reftableEntry(q.reftable, k), cs, +1);
   add(q.reftableOffset, q.reftableClusters * cs, +1);
+  // QEMU's refcount table after the operation, and the blocks it adds storing the bitmaps
+  const reftable = q.reftable.slice();
 
   // The bitmaps QEMU stores again on close: first fit on its refcounts after the operation.
   let fileSizeAfter = q.fileSizeAfter;
@@ -304,12 +312,18 @@ async function planSettle(
   if (q.bitmaps) {
     const b = q.bitmaps;
     // QEMU's allocator (qemu-allocator.ts) on QEMU's refcounts after the operation: the published
-    // ones with the changes so far; one that would add a refcount block leaves the shadow layout.
+    // ones with the changes so far. The refcount blocks it adds on the way (alloc_refcount_block,
+    // written whole) join QEMU's refcount table; a table it would grow leaves the shadow layout.
     const alloc = new QemuAllocator(img, settleRefcounts(img, q, delta, b.skipped));
     const p = await placeBitmaps(b, cs, (n) => alloc.alloc(n));
-    if (!p || alloc.newBlocks.size > 0 || alloc.grownTable) return null;
+    if (!p || alloc.grownTable) return null;
     bitmapPlaces.push(...placementClusters(p, b, cs));
     fileSizeAfter = q.fileSizeBase;
+    for (const [rb, c] of alloc.newBlocks) {
+      putEntry(reftable, rb * 8, ...encodeL1Entry(c * cs, false));
+      bitmapPlaces.push(c); // counted with the bitmaps' clusters below
+      fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * cs);
+    }
     for (const c of bitmapPlaces) add(c * cs, cs, +1);
     for (const [off, bytes] of b.old) add(off, bytes, -1);
     const bw = await bitmapWrites(img, b, p);
@@ -361,14 +375,14 @@ async function planSettle(
   try {
     const rbs = new Set<number>(byBlock.keys());
     for (let k = 0; k < img.reftable.length / 8; k++) if (reftableEntry(img.reftable, k) !== 0) rbs.add(k);
-    for (let k = 0; k < q.reftable.length / 8; k++) if (reftableEntry(q.reftable, k) !== 0) rbs.add(k);
+    for (let k = 0; k < reftable.length / 8; k++) if (reftableEntry(reftable, k) !== 0) rbs.add(k);
     for (const rb of [...rbs].sort((a, b) => a - b)) {
-      const at0 = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
+      const at0 = rb < reftable.length / 8 ? reftableEntry(reftable, rb) : 0;
       const s1At = rb < img.reftable.length / 8 ? reftableEntry(img.reftable, rb) : 0;
       if (!byBlock.has(rb) && at0 !== 0 && at0 === s1At) continue; // the same block, unchanged, in the same place
       const b = await block(rb);
       if (held > MAX_SETTLE_BLOCK_BYTES) return null;
-      const at = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
+      const at = rb < reftable.length / 8 ? reftableEntry(reftable, rb) : 0;
       if (at === 0) {
         if (b && b.some((x) => x !== 0)) return null; // QEMU's table has no block there
         continue;
@@ -382,10 +396,10 @@ async function planSettle(
 
     // QEMU's refcount table in its place (free now: the published state has its own copy), with
     // the refcount blocks QEMU hooks in.
-    const rtDisk = await img.store.read(q.reftableOffset, q.reftable.length);
-    if (!bytesEqual(rtDisk, q.reftable)) {
-      if (!(await free(q.reftableOffset, q.reftable.length))) return null;
-      writes.push({ offset: q.reftableOffset, bytes: q.reftable.slice(), purpose: 'refcount table where QEMU keeps it, with the refcount blocks QEMU adds' });
+    const rtDisk = await img.store.read(q.reftableOffset, reftable.length);
+    if (!bytesEqual(rtDisk, reftable)) {
+      if (!(await free(q.reftableOffset, reftable.length))) return null;
+      writes.push({ offset: q.reftableOffset, bytes: reftable.slice(), purpose: 'refcount table where QEMU keeps it, with the refcount blocks QEMU adds' });
     }
 
     // COPIED bits of the active tree. The shadow commit set them from its refcounts, which differ
@@ -427,7 +441,7 @@ async function planSettle(
     if (e instanceof SettleRefused) return null;
     throw e;
   }
-  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter };
+  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter, reftable };
 }
 
 /**

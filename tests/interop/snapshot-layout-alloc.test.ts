@@ -96,6 +96,25 @@ const CASES: Case[] = [
       qemuIoOk(f, 'write -P 8 4M 64k');
     },
   },
+  // The bitmaps QEMU stores on close cross into a refcount block's range: QEMU adds the block
+  // (alloc_refcount_block) on the way, as for the operation's own allocations.
+  {
+    label: 'bitmaps that need a new refcount block (512 B clusters, 16-bit refcounts)', opts: { clusterSize: 512 }, size: MiB, boundary: 256, ends: [-3, -2, -1],
+    steps: ['s1', 's2', '-s1', 's3', '-s2'],
+    bitmaps: (f) => {
+      bitmap(f, 'fine', '--add', '-g', '512');
+      qemuIoOk(f, 'write -P 8 600k 8k');
+    },
+  },
+  {
+    label: 'bitmaps that need a new refcount block (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, size: MiB, boundary: 192, ends: [-4, -3, -2, -1],
+    steps: ['s1', '-s1', 's2', 's3'],
+    bitmaps: (f) => {
+      bitmap(f, 'fine', '--add', '-g', '512');
+      bitmap(f, 'off', '--add', '--disable');
+      qemuIoOk(f, 'write -P 8 600k 8k');
+    },
+  },
 ];
 
 describe('snapshot create and delete allocate as qemu-img does', () => {
@@ -110,7 +129,7 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
       c.bitmaps?.(f);
       return f;
     }
-    return imageEndingAt(f, c.boundary + end, c.size, c.opts) ? f : null;
+    return imageEndingAt(f, c.boundary + end, c.size, c.opts, c.bitmaps) ? f : null;
   }
 
   for (const c of CASES) {
