@@ -70,7 +70,7 @@ export interface QemuLayout {
    * add for them (reserved, not in `reftable`: the settle finds the ones QEMU adds).
    */
   bitmaps: (QemuBitmaps & { skipped: Set<number>; freeBefore: Set<number> }) | null;
-  /** The clusters of QEMU's new structures: step 1 must leave them free. */
+  /** The clusters of QEMU's new structures (step 1 must leave them free), and the old bitmaps (QEMU frees them): their refcount blocks move in step 1. */
   reserved: Set<number>;
   /** Clusters QEMU frees without punching a hole (the old refcount table when it grew): what it writes there keeps the old bytes after it. */
   unpunched: Set<number>;
@@ -137,6 +137,12 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
   for (const c of [...(bitmapGuess?.clusters ?? []), ...(bitmapGuess?.blocks.values() ?? [])]) {
     reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
+  }
+  // The old bitmaps, which QEMU frees after storing them anew: in use now (the shadow commit
+  // cannot take them), reserved so that the refcount blocks counting them get new places and the
+  // settle can rewrite the old ones in place.
+  for (const [off, bytes] of bitmaps?.old ?? []) {
+    for (let c = Math.floor(off / img.clusterSize); c <= Math.floor((off + bytes - 1) / img.clusterSize); c++) reserved.add(c);
   }
   const l1Moves = new Map<Snapshot, number>();
   if (opts.newL1Copy) l1Moves.set(opts.newL1Copy, runs.shift()!.offset);

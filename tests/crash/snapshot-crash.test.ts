@@ -71,10 +71,14 @@ function baseImage(dir: string, opts: Parameters<typeof createImage>[2]): Uint8A
 }
 
 /** A base whose file ends at `clusters` clusters once snapshot 'first' exists (QEMU's next allocation crosses a refcount block's range). */
-function baseEndingAt(clusters: number, opts: NonNullable<Parameters<typeof createImage>[2]>) {
+function baseEndingAt(clusters: number, opts: NonNullable<Parameters<typeof createImage>[2]>, then: (file: string) => void = () => {}) {
   return (dir: string): Uint8Array => {
     const f = path.join(dir, 'base.qcow2');
-    expect(imageEndingAt(f, clusters, 2 * MiB, opts, (x) => { qemuSnapshotCreate(x, 'first'); }), `a base ending at ${clusters} clusters`).toBe(true);
+    const make = (x: string): void => {
+      qemuSnapshotCreate(x, 'first');
+      then(x);
+    };
+    expect(imageEndingAt(f, clusters, 2 * MiB, opts, make), `a base ending at ${clusters} clusters`).toBe(true);
     return new Uint8Array(fs.readFileSync(f));
   };
 }
@@ -103,6 +107,17 @@ const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; o
   { label: 'the refcount table grown (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, base: baseEndingAt(4095, { clusterSize: 512, refcountBits: 64 }), ops: ['create'] },
   // The settle stores the bitmaps again as QEMU does on close (revert: QEMU refuses with bitmaps).
   { label: 'a base with bitmaps (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseWithBitmaps({ clusterSize: 4096 }), ops: ['create', 'delete'] },
+  // The bitmaps stored again cross into a refcount block's range (create: QEMU adds the block on
+  // the way), and the delete frees the old ones in a block the operation itself does not change.
+  {
+    label: 'bitmaps at a refcount block\'s range (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 },
+    base: baseEndingAt(256, { clusterSize: 512, refcountBits: 64 }, (f) => {
+      qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'dirty']);
+      qemuImgOk(['bitmap', '--add', '--disable', f, 'empty']);
+      qemuIoOk(f, 'write -P 6 1M 64k', 'write -P 7 1536k 4k');
+    }),
+    ops: ['create', 'delete'],
+  },
 ];
 
 describe('snapshot operations survive a crash at any point', () => {

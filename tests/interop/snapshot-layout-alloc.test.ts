@@ -115,6 +115,18 @@ const CASES: Case[] = [
       qemuIoOk(f, 'write -P 8 600k 8k');
     },
   },
+  {
+    // a snapshot made before the bitmaps: its delete frees the old bitmaps in a refcount block's
+    // range that the delete itself does not change
+    label: 'bitmaps after a snapshot, at a refcount block\'s range (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, size: 2 * MiB,
+    boundary: 256, ends: [-1, 0, 2], steps: ['-first', 's1', 's2', '-s1'],
+    bitmaps: (f) => {
+      qemuImgOk(['snapshot', '-c', 'first', f]);
+      bitmap(f, 'dirty', '--add', '-g', '4096');
+      bitmap(f, 'empty', '--add', '--disable');
+      qemuIoOk(f, 'write -P 6 1M 64k', 'write -P 7 1536k 4k');
+    },
+  },
 ];
 
 describe('snapshot create and delete allocate as qemu-img does', () => {
