@@ -95,6 +95,20 @@ function baseWithBitmaps(opts: NonNullable<Parameters<typeof createImage>[2]>) {
   };
 }
 
+/** A base whose first bitmap a crash left in use (qemu-io killed after opening it), and a second one QEMU stores again. */
+function baseWithStaleBitmap(opts: NonNullable<Parameters<typeof createImage>[2]>) {
+  return (dir: string): Uint8Array => {
+    const f = path.join(dir, 'base.qcow2');
+    fs.writeFileSync(f, baseImage(dir, opts));
+    qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'stale']);
+    const r = spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 6 1M 64k', '-c', 'sigraise 9', f]);
+    expect(r.signal, 'qemu-io killed itself').toBe('SIGKILL');
+    qemuImgOk(['bitmap', '--add', f, 'fresh']);
+    qemuIoOk(f, 'write -P 7 3M 4k');
+    return new Uint8Array(fs.readFileSync(f));
+  };
+}
+
 const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions; base?: (dir: string) => Uint8Array; ops?: Op[] }> = [
   { label: '64 KiB clusters, 16-bit refcounts', opts: {} },
   { label: '4 KiB clusters, 4-bit refcounts', opts: { clusterSize: 4096, refcountBits: 4 as const } },
@@ -118,6 +132,8 @@ const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; o
     }),
     ops: ['create', 'delete'],
   },
+  // A bitmap in use stays as it is; the other is stored again, in a new directory.
+  { label: 'a bitmap in use and one not (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseWithStaleBitmap({ clusterSize: 4096 }), ops: ['create', 'delete'] },
 ];
 
 describe('snapshot operations survive a crash at any point', () => {

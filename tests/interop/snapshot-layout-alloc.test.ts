@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
-  createImage, fileSize, qemuCheck, qemuImgOk, qemuInfo, qemuIoOk, type CreateOptions,
+  createImage, fileSize, qemuCheck, qemuImgOk, qemuInfo, qemuIo, qemuIoOk, type CreateOptions,
 } from '../helpers/qemu.ts';
 import { imageEndingAt } from '../helpers/file-end.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
@@ -41,6 +41,12 @@ interface Case {
 /** `qemu-img bitmap OPTIONS FILE NAME`. */
 function bitmap(file: string, name: string, ...options: string[]): void {
   qemuImgOk(['bitmap', ...options, file, name]);
+}
+
+/** Bitmaps left in use as a crash leaves them: qemu-io opens the image (marking them in use), writes, and kills itself. */
+function leaveInUse(file: string, write: string): void {
+  const r = qemuIo(['-f', 'qcow2', '-c', write, '-c', 'sigraise 9', file]);
+  if (r.signal !== 'SIGKILL') throw new Error(`qemu-io was expected to die by SIGKILL: ${r.status} ${r.stderr}`);
 }
 
 const MiB = 1024 * 1024;
@@ -125,6 +131,25 @@ const CASES: Case[] = [
       bitmap(f, 'dirty', '--add', '-g', '4096');
       bitmap(f, 'empty', '--add', '--disable');
       qemuIoOk(f, 'write -P 6 1M 64k', 'write -P 7 1536k 4k');
+    },
+  },
+  // Bitmaps in use (a crash left them): QEMU neither loads nor stores them, and writes nothing
+  // for bitmaps when all are in use; the others it stores again as ever, in a new directory.
+  {
+    label: 'bitmaps all in use', opts: {}, size: 64 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s1', 's3', '-s2'],
+    bitmaps: (f) => {
+      bitmap(f, 'b1', '--add');
+      bitmap(f, 'b2', '--add', '--disable');
+      leaveInUse(f, 'write -P 8 4M 64k');
+    },
+  },
+  {
+    label: 'bitmaps in use and not, 4 KiB clusters', opts: { clusterSize: 4096 }, size: 16 * MiB, boundary: 0, ends: [0], steps: ['s1', 'w 1M 8k', 's2', '-s1', 's3'],
+    bitmaps: (f) => {
+      bitmap(f, 'stale', '--add', '-g', '512');
+      leaveInUse(f, 'write -P 8 4M 64k');
+      bitmap(f, 'fresh', '--add');
+      qemuIoOk(f, 'write -P 8 8M 64k');
     },
   },
 ];
