@@ -57,6 +57,12 @@ export interface QemuLayout {
   reftable: Uint8Array;
   /** Snapshots whose L1 table QEMU writes to a new place (create: the new snapshot's copy). */
   l1Moves: Map<Snapshot, number>;
+  /**
+   * Revert: the L1 table of the snapshot reverted to (offset, entries). QEMU counts its tree up
+   * once more (qcow2_update_snapshot_refcount, +1) and writes the table back in place with every
+   * COPIED bit cleared (the refcounts are at least 2 then).
+   */
+  revertedL1: { offset: number; size: number } | null;
   /** Where QEMU writes the snapshot table, when the operation rewrites it with entries. */
   snapshotsOffset: number | null;
   /** The file's length after QEMU's operation (with bitmaps: at most; the settle finds it). */
@@ -82,7 +88,9 @@ export interface QemuLayout {
  * Null where QEMU would allocate what the settle does not model (a larger refcount table,
  * bitmaps).
  */
-export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[] }): Promise<QemuLayout | null> {
+export async function planQemuLayout(
+  img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[]; revertTo?: Snapshot },
+): Promise<QemuLayout | null> {
   const h = img.header;
   if (h.l1Size === 0 || h.l1TableOffset === 0) return null;
   // QEMU closing an image with bitmaps stores them again (snapshot-settle-bitmaps.ts).
@@ -154,6 +162,7 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     reftableClusters: grown ? grown.clusters : h.refcountTableClusters,
     reftable,
     l1Moves,
+    revertedL1: opts.revertTo ? { offset: opts.revertTo.l1TableOffset, size: opts.revertTo.l1Size } : null,
     snapshotsOffset: tableBytes > 0 ? runs[0]!.offset : null,
     fileSizeAfter,
     fileSizeBase,
@@ -286,6 +295,19 @@ async function planSettle(
   // Snapshot L1 tables QEMU puts elsewhere, and the snapshot table.
   const snapshots = img.snapshots.map((s) => ({ ...s }));
   const writes: SettleWrite[] = [];
+  // The reverted-to snapshot's L1 table, in place, as QEMU leaves it (only COPIED bits change:
+  // nothing reads them in a snapshot's table).
+  if (q.revertedL1 && q.revertedL1.size > 0) {
+    const t = (await img.store.read(q.revertedL1.offset, q.revertedL1.size * 8)).slice();
+    let changed = false;
+    for (let i = 0; i < t.length; i += 8) {
+      if (t[i]! & 0x80) {
+        t[i] = t[i]! & 0x7f; // bit 63: QCOW_OFLAG_COPIED
+        changed = true;
+      }
+    }
+    if (changed) writes.push({ offset: q.revertedL1.offset, bytes: t, purpose: 'L1 table of the snapshot reverted to: COPIED bits cleared, as QEMU leaves it' });
+  }
   for (const [i, s] of img.snapshots.entries()) {
     const to = q.l1Moves.get(s);
     if (to === undefined) continue;

@@ -109,6 +109,17 @@ function baseWithStaleBitmap(opts: NonNullable<Parameters<typeof createImage>[2]
   };
 }
 
+/** The usual base shrunk after its snapshots (qemu-img resize --shrink): reverting to 'first' grows the disk within the L1 it has. */
+function baseShrunk(opts: NonNullable<Parameters<typeof createImage>[2]>) {
+  return (dir: string): Uint8Array => {
+    const f = path.join(dir, 'base.qcow2');
+    fs.writeFileSync(f, baseImage(dir, opts));
+    qemuImgOk(['resize', '--shrink', f, '2M']);
+    qemuIoOk(f, 'write -P 8 1M 64k');
+    return new Uint8Array(fs.readFileSync(f));
+  };
+}
+
 const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions; base?: (dir: string) => Uint8Array; ops?: Op[] }> = [
   { label: '64 KiB clusters, 16-bit refcounts', opts: {} },
   { label: '4 KiB clusters, 4-bit refcounts', opts: { clusterSize: 4096, refcountBits: 4 as const } },
@@ -132,6 +143,9 @@ const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; o
     }),
     ops: ['create', 'delete'],
   },
+  // Revert to a larger snapshot: QEMU only rewrites the size (and clears the COPIED bits of the
+  // snapshot's L1 table in place, as on every revert).
+  { label: 'revert growing the disk (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseShrunk({ clusterSize: 4096 }), ops: ['revert'] },
   // A bitmap in use stays as it is; the other is stored again, in a new directory.
   { label: 'a bitmap in use and one not (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseWithStaleBitmap({ clusterSize: 4096 }), ops: ['create', 'delete'] },
 ];

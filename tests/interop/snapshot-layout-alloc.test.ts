@@ -19,7 +19,7 @@ import {
 } from '../helpers/qemu.ts';
 import { imageEndingAt } from '../helpers/file-end.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { createSnapshot, deleteSnapshot } from '../../core/image/snapshot.ts';
+import { createSnapshot, deleteSnapshot, revertSnapshot } from '../../core/image/snapshot.ts';
 import { buildLayout, Kind } from '../../core/analysis/layout.ts';
 import { openImage } from '../../cli/open.ts';
 import { withImage } from './snapshot-model.ts';
@@ -32,7 +32,10 @@ interface Case {
   /** The file's end is searched near this many clusters (a refcount block's range boundary), and these offsets around it are taken. */
   boundary: number;
   ends: number[];
-  /** Snapshot steps: names to create, '-NAME' to delete, 'w OFFSET LENGTH' a guest write by qemu-io on both copies. */
+  /**
+   * Snapshot steps: names to create, '-NAME' to delete, 'a NAME' to revert, 'w OFFSET LENGTH' a
+   * guest write by qemu-io and 'r SIZE' a resize by qemu-img (--shrink) on both copies.
+   */
   steps: string[];
   /** Persistent bitmaps made on the base by qemu-img / qemu-io (QEMU stores them again after each step). */
   bitmaps?: (file: string) => void;
@@ -152,9 +155,15 @@ const CASES: Case[] = [
       qemuIoOk(f, 'write -P 8 8M 64k');
     },
   },
+  // Revert to a snapshot of a larger size: QEMU truncates first, which only rewrites the size when
+  // the L1 table already reaches it (QEMU never shortens it), then reverts as ever.
+  {
+    label: 'revert to a snapshot of a larger size', opts: {}, size: 64 * 1024 * MiB, boundary: 0, ends: [0],
+    steps: ['w 40G 64k', 'big', 'r 1G', 'w 0 128k', 'a big', 'w 30G 64k', 's2', 'r 2G', 'a big', '-s2', 'a big'],
+  },
 ];
 
-describe('snapshot create and delete allocate as qemu-img does', () => {
+describe('snapshot create, revert and delete allocate as qemu-img does', () => {
   const tmp = useTempDir('qcowscope-snapalloc-');
 
   /** A base image whose file ends `end` clusters from `boundary` (or with a little data when boundary is 0). */
@@ -186,6 +195,12 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
             qemuIoOk(q, `write -P 9 ${step.slice(2)}`);
             qemuIoOk(o, `write -P 9 ${step.slice(2)}`);
             continue;
+          } else if (step.startsWith('r ')) {
+            for (const f of [q, o]) qemuImgOk(['resize', '--shrink', f, step.slice(2)]);
+            continue;
+          } else if (step.startsWith('a ')) {
+            qemuImgOk(['snapshot', '-a', step.slice(2), q]);
+            await withImage(o, (img) => revertSnapshot(img, step.slice(2)));
           } else if (step.startsWith('-')) {
             qemuImgOk(['snapshot', '-d', step.slice(1), q]);
             await withImage(o, (img) => deleteSnapshot(img, step.slice(1)));
