@@ -9,6 +9,20 @@ import type { Qcow2Image } from './qcow2-image.ts';
 import { loadRefblock, refblockEntriesOf } from './refcount.ts';
 
 /**
+ * The refcounts the allocator searches: by default the image's own; the settle's placement of
+ * the bitmaps QEMU stores on close (snapshot-settle.ts) gives it QEMU's refcounts after the
+ * operation, which are the published ones plus the settle's changes.
+ */
+export interface RefcountView {
+  /** The refcount table: which ranges have a refcount block. */
+  reftable: Uint8Array;
+  /** Refcount block `rb` (a range the table covers; null reads as all zeros). */
+  block(rb: number): Promise<Uint8Array | null>;
+  /** Clusters with refcount 0 that QEMU would not take (passed over by an earlier search). */
+  unavailable?: ReadonlySet<number>;
+}
+
+/**
  * QEMU's cluster allocator (block/qcow2-refcount.c) from a fresh process, for allocations with
  * nothing freed between: alloc_clusters_noref scans first fit from free_cluster_index (0 on open;
  * a cluster no refcount block counts has refcount 0); qcow2_alloc_clusters then counts the run,
@@ -29,22 +43,30 @@ export class QemuAllocator {
   private readonly passedFree = new Set<number>();
   private fci = 0;
   private readonly per: number;
+  private readonly view: RefcountView;
+  private readonly unavailable: ReadonlySet<number>;
   /** Entries of the image's refcount table, and of QEMU's (after growth). */
   private readonly oldEntries: number;
   private entries: number;
   private blockIndex = -1;
-  private block: Uint8Array | null = null;
-  /** Not far past the end (alloc-limit.ts): the shadow commit refuses there, naming the block. */
+  private block: Uint8Array = new Uint8Array(0);
+  /**
+   * The one allocation limit of QEMU's layout (alloc-limit.ts): not far past the end of the file
+   * as it is now. Past it, alloc() answers null and the shadow layout stays (the shadow commit
+   * refuses there, naming the block).
+   */
   private readonly limit: number;
 
-  constructor(private readonly img: Qcow2Image) {
+  constructor(private readonly img: Qcow2Image, view?: RefcountView) {
+    this.view = view ?? { reftable: img.reftable, block: (rb) => loadRefblock(img, rb) };
+    this.unavailable = this.view.unavailable ?? new Set();
     this.per = refblockEntriesOf(img);
-    this.oldEntries = this.entries = img.reftable.length / 8;
+    this.oldEntries = this.entries = this.view.reftable.length / 8;
     this.limit = allocationLimit(img, Math.ceil(img.store.size() / img.clusterSize));
   }
 
   private covered(rb: number): boolean {
-    return this.newBlocks.has(rb) || (rb < this.oldEntries && reftableEntry(this.img.reftable, rb) !== 0);
+    return this.newBlocks.has(rb) || (rb < this.oldEntries && reftableEntry(this.view.reftable, rb) !== 0);
   }
 
   /** Clusters free before the operation that its allocations passed over (below the free index, not taken). */
@@ -127,20 +149,20 @@ export class QemuAllocator {
       const rb = Math.floor(next / per);
       let free: boolean;
       if (!this.covered(rb) || this.newBlocks.has(rb)) {
-        free = !this.used.has(next);
+        free = !this.used.has(next) && !this.unavailable.has(next);
       } else {
         if (rb !== this.blockIndex) {
-          this.block = await loadRefblock(this.img, rb);
+          this.block = (await this.view.block(rb)) ?? new Uint8Array(this.img.clusterSize);
           this.blockIndex = rb;
         }
-        const block = this.block!;
+        const block = this.block;
         if (run === 0 && this.freed.size === 0) {
           // skip the used clusters of this block at once
           const i = firstZeroRefcount(block, next - rb * per, per, order);
           next = rb * per + i;
           if (i === per) continue;
         }
-        free = (getRefcount(block, next - rb * per, order) === 0 || this.freed.has(next)) && !this.used.has(next);
+        free = (getRefcount(block, next - rb * per, order) === 0 || this.freed.has(next)) && !this.used.has(next) && !this.unavailable.has(next);
       }
       next++;
       if (free) {

@@ -74,9 +74,9 @@ export interface CommitRequest {
   /** Snapshots whose L1 tables are dropped, with their tables already read and validated. */
   removed: Array<{ snapshot: Snapshot; table: Uint8Array }>;
   /**
-   * Clusters free now that the plan must not use (where QEMU's layout puts new structures, for
-   * the settle that follows: snapshot-settle.ts); their refcount blocks get new places too, so
-   * that the settle can rewrite the old ones.
+   * Clusters the plan must not use (where QEMU's layout puts new structures, for the settle that
+   * follows: snapshot-settle.ts; or in use, whose refcount the settle changes); their refcount
+   * blocks get new places too, so that the settle can rewrite the old ones.
    */
   reserved?: ReadonlySet<number>;
   /**

@@ -6,8 +6,10 @@
 // extension names the new directory (update_header_sync); only then are the old directory,
 // tables and data clusters freed. All of it comes after the operation's own allocations, first
 // fit as the rest of QEMU's allocator (snapshot-settle.ts models it). Verified on qemu-img 7.2
-// (docs/architecture.md). Only bitmaps QEMU stores again are modelled: consistent (no in-use
-// flag), with known flags and plain cluster entries; anything else keeps the shadow layout.
+// (docs/architecture.md). A bitmap marked in use (inconsistent, left by a crash) QEMU neither
+// loads nor stores: its table and data stay where they are and its entry keeps its flags; when
+// every bitmap is in use, QEMU writes nothing for them (no directory either). Only known flags
+// and plain cluster entries are modelled; anything else keeps the shadow layout.
 import { be32 } from '../format/bytes.ts';
 import { bitmapTableEntryOffset, putEntry } from '../format/entries.ts';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, encodeBitmapDirectory, type BitmapEntry } from '../format/bitmaps.ts';
@@ -17,6 +19,8 @@ import type { Qcow2Image } from './qcow2-image.ts';
 /** The bitmaps as found, with their tables: what QEMU stores again. */
 export interface QemuBitmaps {
   entries: BitmapEntry[];
+  /** Whether QEMU stores each again (not in use); an in-use one stays as it is. */
+  stored: boolean[];
   tables: Uint8Array[];
   directorySize: number;
   /** Old data clusters, tables and directory (freed after the new ones are named), as [offset, bytes]. */
@@ -32,7 +36,7 @@ export interface BitmapPlacement {
   directory: number;
 }
 
-/** The image's bitmaps when QEMU's rewrite of them is modelled; undefined without bitmaps, null when not modelled. */
+/** The image's bitmaps when QEMU's rewrite of them is modelled; undefined without bitmaps (or none QEMU stores), null when not modelled. */
 export async function loadQemuBitmaps(img: Qcow2Image): Promise<QemuBitmaps | null | undefined> {
   const h = img.header;
   if (!h.bitmaps) return undefined;
@@ -41,8 +45,14 @@ export async function loadQemuBitmaps(img: Qcow2Image): Promise<QemuBitmaps | nu
   const tables: Uint8Array[] = [];
   const old: Array<[number, number]> = [];
   const oldData: number[] = [];
+  const stored: boolean[] = [];
   for (const e of img.bitmaps) {
-    if ((e.flags & ~BME_FLAG_AUTO) !== 0) return null; // in use (inconsistent), or more than QEMU writes back
+    if ((e.flags & ~(BME_FLAG_AUTO | BME_FLAG_IN_USE)) !== 0) return null; // more than QEMU writes back
+    stored.push((e.flags & BME_FLAG_IN_USE) === 0);
+    if (!stored[stored.length - 1]) {
+      tables.push(new Uint8Array(0)); // stays as it is
+      continue;
+    }
     const t = await img.store.read(e.bitmapTableOffset, e.bitmapTableSize * 8);
     for (let i = 0; i < e.bitmapTableSize; i++) {
       const off = bitmapTableEntryOffset(t, i);
@@ -58,10 +68,11 @@ export async function loadQemuBitmaps(img: Qcow2Image): Promise<QemuBitmaps | nu
     tables.push(t.slice());
     old.push([e.bitmapTableOffset, e.bitmapTableSize * 8]);
   }
+  if (!stored.includes(true)) return undefined; // QEMU has nothing to write
   const directorySize = h.bitmaps.bitmapDirectorySize;
   if (encodeBitmapDirectory(img.bitmaps).length !== directorySize) return null;
   old.push([h.bitmaps.bitmapDirectoryOffset, directorySize]);
-  return { entries: img.bitmaps.map((e) => ({ ...e })), tables, directorySize, old, oldData };
+  return { entries: img.bitmaps.map((e) => ({ ...e })), stored, tables, directorySize, old, oldData };
 }
 
 /** QEMU's allocations for storing the bitmaps, in its order, through `alloc` (clusters → first cluster, null: not modelled). */
@@ -71,6 +82,11 @@ export async function placeBitmaps(b: QemuBitmaps, cs: number, alloc: (clusters:
   for (const [k, e] of b.entries.entries()) {
     const t = b.tables[k]!;
     const d: number[] = [];
+    if (!b.stored[k]) {
+      data.push(d);
+      tables.push(e.bitmapTableOffset);
+      continue;
+    }
     for (let i = 0; i < e.bitmapTableSize; i++) {
       if (bitmapTableEntryOffset(t, i) === 0) {
         d.push(0);
@@ -97,7 +113,9 @@ export function placementClusters(p: BitmapPlacement, b: QemuBitmaps, cs: number
     for (let c = off / cs; c < Math.ceil((off + bytes) / cs); c++) out.push(c);
   };
   for (const d of p.data) for (const off of d) if (off !== 0) run(off, cs);
-  p.tables.forEach((off, k) => run(off, b.entries[k]!.bitmapTableSize * 8));
+  p.tables.forEach((off, k) => {
+    if (b.stored[k]) run(off, b.entries[k]!.bitmapTableSize * 8);
+  });
   run(p.directory, b.directorySize);
   return out;
 }
@@ -108,6 +126,10 @@ export async function bitmapWrites(img: Qcow2Image, b: QemuBitmaps, p: BitmapPla
   const writes: Array<{ offset: number; bytes: Uint8Array; purpose: string }> = [];
   const entries: BitmapEntry[] = [];
   for (const [k, e] of b.entries.entries()) {
+    if (!b.stored[k]) {
+      entries.push({ ...e });
+      continue;
+    }
     const old = b.tables[k]!;
     const t = new Uint8Array(old.length);
     for (let i = 0; i < e.bitmapTableSize; i++) {

@@ -41,11 +41,10 @@ import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import type { BitmapEntry } from '../format/bitmaps.ts';
 import { readInto } from '../io/store.ts';
-import { allocationLimit } from './alloc-limit.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { getClusterRefcount, loadRefblock, refblockEntriesOf } from './refcount.ts';
 import { bytesEqual, layoutSnapshotTable, type ShadowCommit } from './snapshot-commit.ts';
-import { QemuAllocator } from './qemu-allocator.ts';
+import { QemuAllocator, type RefcountView } from './qemu-allocator.ts';
 import { bitmapWrites, leaveOldBitmapsAsQemu, loadQemuBitmaps, placeBitmaps, placementClusters, type QemuBitmaps } from './snapshot-settle-bitmaps.ts';
 
 /** QEMU's result of one operation, planned before it starts (from the state it finds). */
@@ -59,6 +58,12 @@ export interface QemuLayout {
   reftable: Uint8Array;
   /** Snapshots whose L1 table QEMU writes to a new place (create: the new snapshot's copy). */
   l1Moves: Map<Snapshot, number>;
+  /**
+   * Revert: the L1 table of the snapshot reverted to (offset, entries). QEMU counts its tree up
+   * once more (qcow2_update_snapshot_refcount, +1) and writes the table back in place with every
+   * COPIED bit cleared (the refcounts are at least 2 then).
+   */
+  revertedL1: { offset: number; size: number } | null;
   /** Where QEMU writes the snapshot table, when the operation rewrites it with entries. */
   snapshotsOffset: number | null;
   /** The file's length after QEMU's operation (with bitmaps: at most; the settle finds it). */
@@ -68,10 +73,11 @@ export interface QemuLayout {
   /**
    * The bitmaps QEMU stores again on close; the clusters below its free index it skipped (free,
    * yet never allocated after); the clusters they would take if the operation freed nothing
-   * (free before it: the shadow commit leaves them alone).
+   * (free before it: the shadow commit leaves them alone), with the refcount blocks QEMU would
+   * add for them (reserved, not in `reftable`: the settle finds the ones QEMU adds).
    */
   bitmaps: (QemuBitmaps & { skipped: Set<number>; freeBefore: Set<number> }) | null;
-  /** The clusters of QEMU's new structures: step 1 must leave them free. */
+  /** The clusters of QEMU's new structures (step 1 must leave them free), and the old bitmaps (QEMU frees them): their refcount blocks move in step 1. */
   reserved: Set<number>;
   /** Clusters QEMU frees without punching a hole (the old refcount table when it grew): what it writes there keeps the old bytes after it. */
   unpunched: Set<number>;
@@ -83,7 +89,9 @@ export interface QemuLayout {
  * Null where QEMU would allocate what the settle does not model (a larger refcount table,
  * bitmaps).
  */
-export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[] }): Promise<QemuLayout | null> {
+export async function planQemuLayout(
+  img: Qcow2Image, opts: { newL1Copy?: Snapshot; tableAfter?: readonly Snapshot[]; revertTo?: Snapshot },
+): Promise<QemuLayout | null> {
   const h = img.header;
   if (h.l1Size === 0 || h.l1TableOffset === 0) return null;
   // QEMU closing an image with bitmaps stores them again (snapshot-settle-bitmaps.ts).
@@ -100,16 +108,18 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     if (c === null) return null;
     runs.push({ offset: c * img.clusterSize, bytes });
   }
-  let bitmapGuess: { skipped: Set<number>; clusters: number[] } | null = null;
+  let bitmapGuess: { skipped: Set<number>; clusters: number[]; blocks: Map<number, number> } | null = null;
   if (bitmaps) {
     // Where the bitmaps would go if the operation freed nothing: the settle places them again
     // on QEMU's refcounts after the operation (which may free lower clusters); these must stay
-    // free in the shadow commit. A refcount block they would need is not modelled.
+    // free in the shadow commit, and so must a refcount block they need (QEMU adds it as for any
+    // allocation; the settle adds the ones its placement needs). A grown table is not modelled.
     const skipped = alloc.skippedFree();
-    const blocks = alloc.newBlocks.size;
+    const before = new Set(alloc.newBlocks.keys());
     const p = await placeBitmaps(bitmaps, img.clusterSize, (n) => alloc.alloc(n));
-    if (!p || alloc.newBlocks.size !== blocks || alloc.grownTable) return null;
-    bitmapGuess = { skipped, clusters: placementClusters(p, bitmaps, img.clusterSize) };
+    if (!p || alloc.grownTable) return null;
+    const blocks = new Map([...alloc.newBlocks].filter(([rb]) => !before.has(rb)));
+    bitmapGuess = { skipped, clusters: placementClusters(p, bitmaps, img.clusterSize), blocks };
   }
   const reserved = new Set<number>();
   let fileSizeAfter = img.store.size();
@@ -128,13 +138,20 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
   }
   for (const [rb, c] of alloc.newBlocks) {
     reserved.add(c);
+    if (bitmapGuess?.blocks.has(rb)) continue; // the settle finds QEMU's blocks for the bitmaps
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
     putEntry(reftable, rb * 8, ...encodeL1Entry(c * img.clusterSize, false));
   }
   const fileSizeBase = fileSizeAfter;
-  for (const c of bitmapGuess?.clusters ?? []) {
+  for (const c of [...(bitmapGuess?.clusters ?? []), ...(bitmapGuess?.blocks.values() ?? [])]) {
     reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
+  }
+  // The old bitmaps, which QEMU frees after storing them anew: in use now (the shadow commit
+  // cannot take them), reserved so that the refcount blocks counting them get new places and the
+  // settle can rewrite the old ones in place.
+  for (const [off, bytes] of bitmaps?.old ?? []) {
+    for (let c = Math.floor(off / img.clusterSize); c <= Math.floor((off + bytes - 1) / img.clusterSize); c++) reserved.add(c);
   }
   const l1Moves = new Map<Snapshot, number>();
   if (opts.newL1Copy) l1Moves.set(opts.newL1Copy, runs.shift()!.offset);
@@ -146,12 +163,13 @@ export async function planQemuLayout(img: Qcow2Image, opts: { newL1Copy?: Snapsh
     reftableClusters: grown ? grown.clusters : h.refcountTableClusters,
     reftable,
     l1Moves,
+    revertedL1: opts.revertTo ? { offset: opts.revertTo.l1TableOffset, size: opts.revertTo.l1Size } : null,
     snapshotsOffset: tableBytes > 0 ? runs[0]!.offset : null,
     fileSizeAfter,
     fileSizeBase,
     reserved,
     unpunched: alloc.freedClusters(),
-    bitmaps: bitmaps && bitmapGuess ? { ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set(bitmapGuess.clusters) } : null,
+    bitmaps: bitmaps && bitmapGuess ? { ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set([...bitmapGuess.clusters, ...bitmapGuess.blocks.values()]) } : null,
   };
 }
 
@@ -229,7 +247,7 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
       ...(header.bitmaps ? { bitmaps: header.bitmaps } : {}),
     },
     l1Table: plan.l1,
-    reftable: q.reftable.slice(),
+    reftable: plan.reftable,
     snapshots: plan.snapshots,
     snapshotsSize: img.snapshotsSize,
   });
@@ -247,6 +265,8 @@ async function planSettle(
 ): Promise<{
   writes: SettleWrite[]; l1: Uint8Array; snapshots: Snapshot[]; snapshotsOffset: number; fileSizeAfter: number;
   bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null;
+  /** QEMU's refcount table: the plan's with the blocks QEMU adds for the bitmaps. */
+  reftable: Uint8Array;
 } | null> {
   const h = img.header;
   const cs = img.clusterSize;
@@ -285,6 +305,19 @@ async function planSettle(
   // Snapshot L1 tables QEMU puts elsewhere, and the snapshot table.
   const snapshots = img.snapshots.map((s) => ({ ...s }));
   const writes: SettleWrite[] = [];
+  // The reverted-to snapshot's L1 table, in place, as QEMU leaves it (only COPIED bits change:
+  // nothing reads them in a snapshot's table).
+  if (q.revertedL1 && q.revertedL1.size > 0) {
+    const t = (await img.store.read(q.revertedL1.offset, q.revertedL1.size * 8)).slice();
+    let changed = false;
+    for (let i = 0; i < t.length; i += 8) {
+      if (t[i]! & 0x80) {
+        t[i] = t[i]! & 0x7f; // bit 63: QCOW_OFLAG_COPIED
+        changed = true;
+      }
+    }
+    if (changed) writes.push({ offset: q.revertedL1.offset, bytes: t, purpose: 'L1 table of the snapshot reverted to: COPIED bits cleared, as QEMU leaves it' });
+  }
   for (const [i, s] of img.snapshots.entries()) {
     const to = q.l1Moves.get(s);
     if (to === undefined) continue;
@@ -309,6 +342,8 @@ async function planSettle(
   add(h.refcountTableOffset, h.refcountTableClusters * cs, -1);
   for (const k of usedQ) add(reftableEntry(q.reftable, k), cs, +1);
   add(q.reftableOffset, q.reftableClusters * cs, +1);
+  // QEMU's refcount table after the operation, and the blocks it adds storing the bitmaps
+  const reftable = q.reftable.slice();
 
   // The bitmaps QEMU stores again on close: first fit on its refcounts after the operation.
   let fileSizeAfter = q.fileSizeAfter;
@@ -316,34 +351,20 @@ async function planSettle(
   const bitmapPlaces: number[] = [];
   if (q.bitmaps) {
     const b = q.bitmaps;
-    const taken = new Set<number>();
-    const qemuFree = async (c: number): Promise<boolean> =>
-      !taken.has(c) && !b.skipped.has(c) && (await getClusterRefcount(img, c)) + (delta.get(c) ?? 0) === 0;
-    let fci = 0;
-    // Not far past the end (alloc-limit.ts), as every allocation here.
-    const limit = allocationLimit(img, Math.ceil(img.store.size() / cs));
-    const p = await placeBitmaps(b, cs, async (n) => {
-      let start = fci;
-      for (let c = fci, run = 0; run < n; c++) {
-        if (c > limit) return null;
-        if (await qemuFree(c)) run++;
-        else {
-          run = 0;
-          start = c + 1;
-        }
-      }
-      fci = start + n;
-      for (let c = start; c < start + n; c++) taken.add(c);
-      return start;
-    });
-    if (!p) return null;
+    // QEMU's allocator (qemu-allocator.ts) on QEMU's refcounts after the operation: the published
+    // ones with the changes so far. The refcount blocks it adds on the way (alloc_refcount_block,
+    // written whole) join QEMU's refcount table; a table it would grow leaves the shadow layout.
+    const alloc = new QemuAllocator(img, settleRefcounts(img, q, delta, b.skipped));
+    const p = await placeBitmaps(b, cs, (n) => alloc.alloc(n));
+    if (!p || alloc.grownTable) return null;
     bitmapPlaces.push(...placementClusters(p, b, cs));
     fileSizeAfter = q.fileSizeBase;
-    for (const c of bitmapPlaces) {
-      const rb = Math.floor(c / per);
-      if (rb >= q.reftable.length / 8 || reftableEntry(q.reftable, rb) === 0) return null; // a refcount block QEMU would add
-      add(c * cs, cs, +1);
+    for (const [rb, c] of alloc.newBlocks) {
+      putEntry(reftable, rb * 8, ...encodeL1Entry(c * cs, false));
+      bitmapPlaces.push(c); // counted with the bitmaps' clusters below
+      fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * cs);
     }
+    for (const c of bitmapPlaces) add(c * cs, cs, +1);
     for (const [off, bytes] of b.old) add(off, bytes, -1);
     const bw = await bitmapWrites(img, b, p);
     for (const w of bw.writes) {
@@ -358,14 +379,7 @@ async function planSettle(
   }
 
   // QEMU's refcount blocks: the published ones with the changes.
-  const byBlock = new Map<number, Array<[number, number]>>();
-  for (const [c, d] of delta) {
-    if (d === 0) continue;
-    const rb = Math.floor(c / per);
-    let l = byBlock.get(rb);
-    if (!l) byBlock.set(rb, (l = []));
-    l.push([c - rb * per, d]);
-  }
+  const byBlock = changesByBlock(delta, per);
   const blocks = new Map<number, Uint8Array | null>();
   /** One cluster read for a comparison, reused. */
   const disk = new Uint8Array(cs);
@@ -402,15 +416,16 @@ async function planSettle(
 
   try {
     const rbs = new Set<number>(byBlock.keys());
+    // QEMU's table with the blocks the bitmaps' placement added (not only q.reftable's)
     for (const k of usedS1) if (reftableEntry(img.reftable, k) !== 0) rbs.add(k);
-    for (const k of usedQ) if (reftableEntry(q.reftable, k) !== 0) rbs.add(k);
+    for (const k of usedReftableIndices(reftable)) if (reftableEntry(reftable, k) !== 0) rbs.add(k);
     for (const rb of [...rbs].sort((a, b) => a - b)) {
-      const at0 = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
+      const at0 = rb < reftable.length / 8 ? reftableEntry(reftable, rb) : 0;
       const s1At = rb < img.reftable.length / 8 ? reftableEntry(img.reftable, rb) : 0;
       if (!byBlock.has(rb) && at0 !== 0 && at0 === s1At) continue; // the same block, unchanged, in the same place
       const b = await block(rb);
       if (held > MAX_SETTLE_BLOCK_BYTES) return null;
-      const at = rb < q.reftable.length / 8 ? reftableEntry(q.reftable, rb) : 0;
+      const at = rb < reftable.length / 8 ? reftableEntry(reftable, rb) : 0;
       if (at === 0) {
         if (b && b.some((x) => x !== 0)) return null; // QEMU's table has no block there
         continue;
@@ -425,10 +440,10 @@ async function planSettle(
 
     // QEMU's refcount table in its place (free now: the published state has its own copy), with
     // the refcount blocks QEMU hooks in.
-    const rtDisk = await img.store.read(q.reftableOffset, q.reftable.length);
-    if (!bytesEqual(rtDisk, q.reftable)) {
-      if (!(await free(q.reftableOffset, q.reftable.length))) return null;
-      writes.push({ offset: q.reftableOffset, bytes: q.reftable.slice(), purpose: 'refcount table where QEMU keeps it, with the refcount blocks QEMU adds' });
+    const rtDisk = await img.store.read(q.reftableOffset, reftable.length);
+    if (!bytesEqual(rtDisk, reftable)) {
+      if (!(await free(q.reftableOffset, reftable.length))) return null;
+      writes.push({ offset: q.reftableOffset, bytes: reftable.slice(), purpose: 'refcount table where QEMU keeps it, with the refcount blocks QEMU adds' });
     }
 
     // COPIED bits of the active tree. The shadow commit set them from its refcounts, which differ
@@ -472,7 +487,48 @@ async function planSettle(
     if (e instanceof SettleRefused) return null;
     throw e;
   }
-  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter };
+  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter, reftable };
+}
+
+/**
+ * QEMU's refcounts after the operation, for its allocator: QEMU's refcount table; each block the
+ * published one with the changes `delta` (published → QEMU's) applied; the clusters its free
+ * index passed (`skipped`) not to be taken.
+ */
+function settleRefcounts(img: Qcow2Image, q: QemuLayout, delta: ReadonlyMap<number, number>, skipped: ReadonlySet<number>): RefcountView {
+  const per = refblockEntriesOf(img);
+  const order = img.refcountOrder;
+  const max = Math.min(refcountMax(order), Number.MAX_SAFE_INTEGER);
+  const byBlock = changesByBlock(delta, per);
+  return {
+    reftable: q.reftable,
+    unavailable: skipped,
+    block: async (rb) => {
+      const s1 = await loadRefblock(img, rb);
+      const changes = byBlock.get(rb);
+      if (!changes) return s1;
+      const b = s1 ? s1.slice() : new Uint8Array(img.clusterSize);
+      for (const [idx, d] of changes) {
+        const v = getRefcount(b, idx, order) + d;
+        // out of range: in use here (the settle refuses when it writes the block)
+        setRefcount(b, idx, order, v === 0 ? 0 : Math.min(Math.max(v, 1), max));
+      }
+      return b;
+    },
+  };
+}
+
+/** The non-zero changes of `delta` by refcount block (`per` entries a block): [index in the block, change]. */
+function changesByBlock(delta: ReadonlyMap<number, number>, per: number): Map<number, Array<[number, number]>> {
+  const byBlock = new Map<number, Array<[number, number]>>();
+  for (const [c, d] of delta) {
+    if (d === 0) continue;
+    const rb = Math.floor(c / per);
+    let l = byBlock.get(rb);
+    if (!l) byBlock.set(rb, (l = []));
+    l.push([c - rb * per, d]);
+  }
+  return byBlock;
 }
 
 /** The clusters whose refcount differs between the published state and QEMU's, as a bitmap by cluster index. */

@@ -297,8 +297,11 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
     throw new QcowError('TABLE_TOO_LARGE', 'Active L1 table too large', { structure: 'Active L1 table', diskSize: sn.diskSize });
   }
   // QEMU keeps the current L1 length when it is longer (zero padding); a size change takes the
-  // length the new size needs, or the snapshot's if longer (it may hold VM state beyond).
-  const l1Size = sizeChanges ? Math.max(sn.l1Size, sizeToL1(h, newSize)) : Math.max(sn.l1Size, h.l1Size);
+  // length the new size needs, or the snapshot's if longer (it may hold VM state beyond). Growing,
+  // QEMU truncates first (qcow2_co_truncate: the L1 grows only where the new size needs more), so
+  // it keeps a longer L1 too.
+  const grows = sizeChanges && newSize > img.virtualSize;
+  const l1Size = sizeChanges && !grows ? Math.max(sn.l1Size, sizeToL1(h, newSize)) : Math.max(sn.l1Size, h.l1Size, grows ? sizeToL1(h, newSize) : 0);
   const activeL1 = new Uint8Array(l1Size * 8);
   activeL1.set(table.subarray(0, Math.min(table.length, activeL1.length)));
   const req: CommitRequest = {
@@ -309,8 +312,9 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
     removed: [],
     ...(sizeChanges ? { size: sn.diskSize } : {}),
   };
-  // QEMU resizes, or grows the L1 table, in steps of its own: those keep the shadow layout.
-  const qemu = !sizeChanges && l1Size === h.l1Size ? await planQemuLayout(img, {}) : null;
+  // QEMU shrinks (discarding past the new end), or grows the L1 table, in steps of its own: those
+  // keep the shadow layout. Growing the size within the L1 it has only rewrites the header's size.
+  const qemu = (!sizeChanges || grows) && l1Size === h.l1Size ? await planQemuLayout(img, { revertTo: sn }) : null;
   return PlannedSnapshotOp.plan(img, 'revert', sn, req, qemu);
 }
 

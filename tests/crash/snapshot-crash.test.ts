@@ -97,10 +97,14 @@ function baseImage(dir: string, opts: Parameters<typeof createImage>[2]): Uint8A
 }
 
 /** A base whose file ends at `clusters` clusters once snapshot 'first' exists (QEMU's next allocation crosses a refcount block's range). */
-function baseEndingAt(clusters: number, opts: NonNullable<Parameters<typeof createImage>[2]>) {
+function baseEndingAt(clusters: number, opts: NonNullable<Parameters<typeof createImage>[2]>, then: (file: string) => void = () => {}) {
   return (dir: string): Uint8Array => {
     const f = path.join(dir, 'base.qcow2');
-    expect(imageEndingAt(f, clusters, 2 * MiB, opts, (x) => { qemuSnapshotCreate(x, 'first'); }), `a base ending at ${clusters} clusters`).toBe(true);
+    const make = (x: string): void => {
+      qemuSnapshotCreate(x, 'first');
+      then(x);
+    };
+    expect(imageEndingAt(f, clusters, 2 * MiB, opts, make), `a base ending at ${clusters} clusters`).toBe(true);
     return new Uint8Array(fs.readFileSync(f));
   };
 }
@@ -117,6 +121,31 @@ function baseWithBitmaps(opts: NonNullable<Parameters<typeof createImage>[2]>) {
   };
 }
 
+/** A base whose first bitmap a crash left in use (qemu-io killed after opening it), and a second one QEMU stores again. */
+function baseWithStaleBitmap(opts: NonNullable<Parameters<typeof createImage>[2]>) {
+  return (dir: string): Uint8Array => {
+    const f = path.join(dir, 'base.qcow2');
+    fs.writeFileSync(f, baseImage(dir, opts));
+    qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'stale']);
+    const r = spawnSmall('qemu-io', ['-f', 'qcow2', '-c', 'write -P 6 1M 64k', '-c', 'sigraise 9', f]);
+    expect(r.signal, 'qemu-io killed itself').toBe('SIGKILL');
+    qemuImgOk(['bitmap', '--add', f, 'fresh']);
+    qemuIoOk(f, 'write -P 7 3M 4k');
+    return new Uint8Array(fs.readFileSync(f));
+  };
+}
+
+/** The usual base shrunk after its snapshots (qemu-img resize --shrink): reverting to 'first' grows the disk within the L1 it has. */
+function baseShrunk(opts: NonNullable<Parameters<typeof createImage>[2]>) {
+  return (dir: string): Uint8Array => {
+    const f = path.join(dir, 'base.qcow2');
+    fs.writeFileSync(f, baseImage(dir, opts));
+    qemuImgOk(['resize', '--shrink', f, '2M']);
+    qemuIoOk(f, 'write -P 8 1M 64k');
+    return new Uint8Array(fs.readFileSync(f));
+  };
+}
+
 const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions; base?: (dir: string) => Uint8Array; ops?: Op[] }> = [
   { label: '64 KiB clusters, 16-bit refcounts', opts: {} },
   { label: '4 KiB clusters, 4-bit refcounts', opts: { clusterSize: 4096, refcountBits: 4 as const } },
@@ -129,6 +158,22 @@ const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; o
   { label: 'the refcount table grown (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, base: baseEndingAt(4095, { clusterSize: 512, refcountBits: 64 }), ops: ['create'] },
   // The settle stores the bitmaps again as QEMU does on close (revert: QEMU refuses with bitmaps).
   { label: 'a base with bitmaps (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseWithBitmaps({ clusterSize: 4096 }), ops: ['create', 'delete'] },
+  // The bitmaps stored again cross into a refcount block's range (create: QEMU adds the block on
+  // the way), and the delete frees the old ones in a block the operation itself does not change.
+  {
+    label: 'bitmaps at a refcount block\'s range (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 },
+    base: baseEndingAt(256, { clusterSize: 512, refcountBits: 64 }, (f) => {
+      qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'dirty']);
+      qemuImgOk(['bitmap', '--add', '--disable', f, 'empty']);
+      qemuIoOk(f, 'write -P 6 1M 64k', 'write -P 7 1536k 4k');
+    }),
+    ops: ['create', 'delete'],
+  },
+  // Revert to a larger snapshot: QEMU only rewrites the size (and clears the COPIED bits of the
+  // snapshot's L1 table in place, as on every revert).
+  { label: 'revert growing the disk (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseShrunk({ clusterSize: 4096 }), ops: ['revert'] },
+  // A bitmap in use stays as it is; the other is stored again, in a new directory.
+  { label: 'a bitmap in use and one not (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseWithStaleBitmap({ clusterSize: 4096 }), ops: ['create', 'delete'] },
 ];
 
 describe('snapshot operations survive a crash at any point', () => {

@@ -15,11 +15,11 @@
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
-  createImage, fileSize, qemuCheck, qemuImgOk, qemuInfo, qemuIoOk, type CreateOptions,
+  createImage, fileSize, qemuCheck, qemuImgOk, qemuInfo, qemuIo, qemuIoOk, type CreateOptions,
 } from '../helpers/qemu.ts';
 import { imageEndingAt } from '../helpers/file-end.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { createSnapshot, deleteSnapshot } from '../../core/image/snapshot.ts';
+import { createSnapshot, deleteSnapshot, revertSnapshot } from '../../core/image/snapshot.ts';
 import { buildLayout, Kind } from '../../core/analysis/layout.ts';
 import { openImage } from '../../cli/open.ts';
 import { withImage } from './snapshot-model.ts';
@@ -32,7 +32,10 @@ interface Case {
   /** The file's end is searched near this many clusters (a refcount block's range boundary), and these offsets around it are taken. */
   boundary: number;
   ends: number[];
-  /** Snapshot steps: names to create, '-NAME' to delete, 'w OFFSET LENGTH' a guest write by qemu-io on both copies. */
+  /**
+   * Snapshot steps: names to create, '-NAME' to delete, 'a NAME' to revert, 'w OFFSET LENGTH' a
+   * guest write by qemu-io and 'r SIZE' a resize by qemu-img (--shrink) on both copies.
+   */
   steps: string[];
   /** Persistent bitmaps made on the base by qemu-img / qemu-io (QEMU stores them again after each step). */
   bitmaps?: (file: string) => void;
@@ -41,6 +44,12 @@ interface Case {
 /** `qemu-img bitmap OPTIONS FILE NAME`. */
 function bitmap(file: string, name: string, ...options: string[]): void {
   qemuImgOk(['bitmap', ...options, file, name]);
+}
+
+/** Bitmaps left in use as a crash leaves them: qemu-io opens the image (marking them in use), writes, and kills itself. */
+function leaveInUse(file: string, write: string): void {
+  const r = qemuIo(['-f', 'qcow2', '-c', write, '-c', 'sigraise 9', file]);
+  if (r.signal !== 'SIGKILL') throw new Error(`qemu-io was expected to die by SIGKILL: ${r.status} ${r.stderr}`);
 }
 
 const MiB = 1024 * 1024;
@@ -96,9 +105,65 @@ const CASES: Case[] = [
       qemuIoOk(f, 'write -P 8 4M 64k');
     },
   },
+  // The bitmaps QEMU stores on close cross into a refcount block's range: QEMU adds the block
+  // (alloc_refcount_block) on the way, as for the operation's own allocations.
+  {
+    label: 'bitmaps that need a new refcount block (512 B clusters, 16-bit refcounts)', opts: { clusterSize: 512 }, size: MiB, boundary: 256, ends: [-3, -2, -1],
+    steps: ['s1', 's2', '-s1', 's3', '-s2'],
+    bitmaps: (f) => {
+      bitmap(f, 'fine', '--add', '-g', '512');
+      qemuIoOk(f, 'write -P 8 600k 8k');
+    },
+  },
+  {
+    label: 'bitmaps that need a new refcount block (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, size: MiB, boundary: 192, ends: [-4, -3, -2, -1],
+    steps: ['s1', '-s1', 's2', 's3'],
+    bitmaps: (f) => {
+      bitmap(f, 'fine', '--add', '-g', '512');
+      bitmap(f, 'off', '--add', '--disable');
+      qemuIoOk(f, 'write -P 8 600k 8k');
+    },
+  },
+  {
+    // a snapshot made before the bitmaps: its delete frees the old bitmaps in a refcount block's
+    // range that the delete itself does not change
+    label: 'bitmaps after a snapshot, at a refcount block\'s range (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, size: 2 * MiB,
+    boundary: 256, ends: [-1, 0, 2], steps: ['-first', 's1', 's2', '-s1'],
+    bitmaps: (f) => {
+      qemuImgOk(['snapshot', '-c', 'first', f]);
+      bitmap(f, 'dirty', '--add', '-g', '4096');
+      bitmap(f, 'empty', '--add', '--disable');
+      qemuIoOk(f, 'write -P 6 1M 64k', 'write -P 7 1536k 4k');
+    },
+  },
+  // Bitmaps in use (a crash left them): QEMU neither loads nor stores them, and writes nothing
+  // for bitmaps when all are in use; the others it stores again as ever, in a new directory.
+  {
+    label: 'bitmaps all in use', opts: {}, size: 64 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s1', 's3', '-s2'],
+    bitmaps: (f) => {
+      bitmap(f, 'b1', '--add');
+      bitmap(f, 'b2', '--add', '--disable');
+      leaveInUse(f, 'write -P 8 4M 64k');
+    },
+  },
+  {
+    label: 'bitmaps in use and not, 4 KiB clusters', opts: { clusterSize: 4096 }, size: 16 * MiB, boundary: 0, ends: [0], steps: ['s1', 'w 1M 8k', 's2', '-s1', 's3'],
+    bitmaps: (f) => {
+      bitmap(f, 'stale', '--add', '-g', '512');
+      leaveInUse(f, 'write -P 8 4M 64k');
+      bitmap(f, 'fresh', '--add');
+      qemuIoOk(f, 'write -P 8 8M 64k');
+    },
+  },
+  // Revert to a snapshot of a larger size: QEMU truncates first, which only rewrites the size when
+  // the L1 table already reaches it (QEMU never shortens it), then reverts as ever.
+  {
+    label: 'revert to a snapshot of a larger size', opts: {}, size: 64 * 1024 * MiB, boundary: 0, ends: [0],
+    steps: ['w 40G 64k', 'big', 'r 1G', 'w 0 128k', 'a big', 'w 30G 64k', 's2', 'r 2G', 'a big', '-s2', 'a big'],
+  },
 ];
 
-describe('snapshot create and delete allocate as qemu-img does', () => {
+describe('snapshot create, revert and delete allocate as qemu-img does', () => {
   const tmp = useTempDir('qcowscope-snapalloc-');
 
   /** A base image whose file ends `end` clusters from `boundary` (or with a little data when boundary is 0). */
@@ -110,7 +175,7 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
       c.bitmaps?.(f);
       return f;
     }
-    return imageEndingAt(f, c.boundary + end, c.size, c.opts) ? f : null;
+    return imageEndingAt(f, c.boundary + end, c.size, c.opts, c.bitmaps) ? f : null;
   }
 
   for (const c of CASES) {
@@ -130,6 +195,12 @@ describe('snapshot create and delete allocate as qemu-img does', () => {
             qemuIoOk(q, `write -P 9 ${step.slice(2)}`);
             qemuIoOk(o, `write -P 9 ${step.slice(2)}`);
             continue;
+          } else if (step.startsWith('r ')) {
+            for (const f of [q, o]) qemuImgOk(['resize', '--shrink', f, step.slice(2)]);
+            continue;
+          } else if (step.startsWith('a ')) {
+            qemuImgOk(['snapshot', '-a', step.slice(2), q]);
+            await withImage(o, (img) => revertSnapshot(img, step.slice(2)));
           } else if (step.startsWith('-')) {
             qemuImgOk(['snapshot', '-d', step.slice(1), q]);
             await withImage(o, (img) => deleteSnapshot(img, step.slice(1)));
