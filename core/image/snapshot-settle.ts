@@ -16,15 +16,17 @@
 //      or only a snapshot's (whose COPIED bits nothing reads).
 //   2. the settle: QEMU's state written into clusters the published state does not use (or uses
 //      only as a snapshot's tables, changing only COPIED bits), flushed, published by a second
-//      header write (bytes 36..72: active L1, refcount table, snapshot table), flushed; then the
+//      header write (bytes 36..72: active L1, refcount table, snapshot table, and the bitmaps
+//      extension when QEMU stores the bitmaps again), flushed; then the
 //      file is cut back to QEMU's length (what lies beyond is free in both states).
 // A crash at any write leaves the old state, the shadow state or QEMU's, each consistent and
 // without leaks. QEMU's allocator is modelled with the refcount blocks it adds on the way and the
 // refcount table it grows (qemu-allocator.ts). Persistent bitmaps, which QEMU stores anew when it
 // closes the image, are placed after the operation's allocations (snapshot-settle-bitmaps.ts) and
-// named by the same header write. Any precondition the settle does not meet (a longer L1 or a
-// resize QEMU would make on revert, bitmaps QEMU would not store the same way, a refcount block
-// only they need, an odd layout) leaves the shadow state: correct, only larger.
+// named by the same header write (bytes 36 to the end of the bitmaps extension: past the first
+// sector when clusters are over 4 KiB, see docs/architecture.md on what a torn write there would
+// leave). Any precondition the settle does not meet (a resize QEMU would make on a shrinking
+// revert, an odd layout) leaves the shadow state: correct, only larger.
 //
 // Each active L2 table whose COPIED bits change is written twice, its copy in step 1 and its
 // place in step 2: the least any order can do. In the old state it is active with its bits set,
@@ -535,8 +537,9 @@ function changesByBlock(delta: ReadonlyMap<number, number>, per: number): Map<nu
 function deltaClusters(delta: ReadonlyMap<number, number>): Uint8Array {
   let max = -1;
   for (const [c, d] of delta) if (d !== 0) max = Math.max(max, c);
-  const bits = new Uint8Array((max >> 3) + 1);
-  for (const [c, d] of delta) if (d !== 0) bits[c >> 3]! |= 1 << (c & 7);
+  // arithmetic, not >>: a cluster index may pass 2^31 (a 1 TiB file of 512-byte clusters)
+  const bits = new Uint8Array(Math.floor(max / 8) + 1);
+  for (const [c, d] of delta) if (d !== 0) bits[Math.floor(c / 8)]! |= 1 << (c % 8);
   return bits;
 }
 

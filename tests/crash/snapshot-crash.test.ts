@@ -158,6 +158,9 @@ const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; o
   { label: 'the refcount table grown (512 B clusters, 64-bit refcounts)', opts: { clusterSize: 512, refcountBits: 64 }, base: baseEndingAt(4095, { clusterSize: 512, refcountBits: 64 }), ops: ['create'] },
   // The settle stores the bitmaps again as QEMU does on close (revert: QEMU refuses with bitmaps).
   { label: 'a base with bitmaps (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseWithBitmaps({ clusterSize: 4096 }), ops: ['create', 'delete'] },
+  // 64 KiB clusters: the bitmaps extension lies past the header's first sector (after the feature
+  // table), so the settle publishes in three writes, each within a sector
+  { label: 'a base with bitmaps (64 KiB clusters, the extension past the first sector)', opts: {}, base: baseWithBitmaps({}), ops: ['create'] },
   // The bitmaps stored again cross into a refcount block's range (create: QEMU adds the block on
   // the way), and the delete frees the old ones in a block the operation itself does not change.
   {
