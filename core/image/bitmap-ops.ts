@@ -40,6 +40,11 @@ function failed(op: BitmapOp, why: string): QcowError {
   return new QcowError('INVALID_ARGUMENT', `Operation ${op.op} on bitmap ${op.name} failed: ${why}`, { bitmap: op.name });
 }
 
+/** QEMU's refusal of a bitmap left in use (bdrv_dirty_bitmap_check), with the hint it appends. */
+function inconsistent(op: BitmapOp, name: string): QcowError {
+  return Object.assign(failed(op, `Bitmap '${name}' is inconsistent and cannot be used`), { hint: 'Try block-dirty-bitmap-remove to delete this bitmap from disk\n' });
+}
+
 /** Entries in the bitmap table of a bitmap over `virtualSize` bytes (one bit per granule). */
 function tableSizeFor(virtualSize: number, granularityBits: number, clusterSize: number): number {
   const bytes = Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8);
@@ -158,7 +163,7 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
       const se = src === null ? undefined : src ? src.bitmaps.find((b) => b.name === op.from) : entries.find((b) => b.name === op.from);
       if (!se) { refusal = failed(op, `Dirty bitmap '${op.from}' not found`); break; }
       const bad = [e, se].find((b) => b.flags & BME_FLAG_IN_USE);
-      if (bad) { refusal = failed(op, `Bitmap '${bad.name}' is inconsistent and cannot be used`); break; }
+      if (bad) { refusal = inconsistent(op, bad.name); break; }
       const srcSize = (src ?? img).virtualSize; // src is not null here
       if (srcSize !== img.virtualSize) {
         refusal = failed(op, `Bitmaps are of different sizes (destination size is ${img.virtualSize}, source size is ${srcSize}) and can't be merged`);
@@ -175,7 +180,7 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
       continue;
     }
     if (op.op !== 'remove' && e.flags & BME_FLAG_IN_USE) {
-      refusal = failed(op, `Bitmap '${op.name}' is inconsistent and cannot be used`);
+      refusal = inconsistent(op, op.name);
       break;
     }
     if (op.op === 'remove') {

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
 import { bitsOf, useCliWorkDir } from './cli-oracle.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const w = useCliWorkDir('qcowscope-bitmap-');
 
@@ -115,6 +116,23 @@ function withBits(clusterSize: string): (file: string) => void {
     qemuIoOk(f, 'write -P 4 60M 4k');
   };
 }
+
+describe('bitmaps a crash left in use', () => {
+  it('refused as qemu-img refuses them (its hint included), removable, and the others stored as QEMU stores them', async () => {
+    await runSteps((f) => {
+      image('', '64M', 'write -P 1 0 1M')(f);
+      qemuImgOk(['bitmap', '--add', f, 'stale']);
+      // qemu-io opens the image for writing (every bitmap marked in use) and is killed before it stores them again
+      const r = spawnSmall('qemu-io', ['-f', 'qcow2', '-c', 'write -P 6 1M 64k', '-c', 'sigraise 9', f]);
+      expect(r.signal, 'qemu-io killed itself').toBe('SIGKILL');
+      qemuImgOk(['bitmap', '--add', f, 'fresh']);
+    }, [
+      [['--clear'], 'stale'], [['--enable'], 'stale'], [['--disable'], 'stale'],
+      [['--merge', 'stale'], 'fresh'], [['--merge', 'fresh'], 'stale'],
+      [['--clear'], 'fresh'], [['--remove'], 'stale'], [['--add'], 'stale'],
+    ]);
+  });
+});
 
 describe('bitmap --merge: the same bits as qemu-img\'s', () => {
   const names = ['dirty', 'coarse', 'quiet', 'new'];
