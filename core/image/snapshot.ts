@@ -277,8 +277,9 @@ export async function planCreate(img: Qcow2Image, name: string, opts: CreateOpti
 /** Plan `snapshot -a ID_OR_NAME` (docs/qcow2-format.md §3.5). */
 export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<PlannedSnapshotOp> {
   assertCanModify(img, `revert to snapshot ${describeRef(ref)}`);
-  const sn = requireSnapshot(img, ref);
+  // the damage first: a snapshot table cut short may not list the snapshot asked for
   precheckSnapshotOp(img, `revert to snapshot ${describeRef(ref)}`);
+  const sn = requireSnapshot(img, ref);
   const h = img.header;
   if (h.bitmaps && h.bitmaps.nbBitmaps > 0 && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) !== 0n) {
     throw new QcowError('NOT_SUPPORTED', `Cannot revert to snapshot '${printable(sn.name)}': Device has active dirty bitmaps`, {
@@ -321,8 +322,8 @@ export async function planRevert(img: Qcow2Image, ref: SnapshotRef): Promise<Pla
 /** Plan `snapshot -d` (docs/qcow2-format.md §3.6): by ID-or-name (a string), or by ID and/or name. */
 export async function planDelete(img: Qcow2Image, ref: SnapshotRef): Promise<PlannedSnapshotOp> {
   assertCanModify(img, `delete snapshot ${describeRef(ref)}`);
-  const sn = requireSnapshot(img, ref);
   precheckSnapshotOp(img, `delete snapshot ${describeRef(ref)}`);
+  const sn = requireSnapshot(img, ref);
   const table = await readSnapshotL1(img, sn);
   const snapshots = cloneSnapshots(img.snapshots.filter((s) => s !== sn));
   const req: CommitRequest = {
