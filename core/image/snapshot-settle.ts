@@ -23,9 +23,10 @@
 // without leaks. QEMU's allocator is modelled with the refcount blocks it adds on the way and the
 // refcount table it grows (qemu-allocator.ts). Persistent bitmaps, which QEMU stores anew when it
 // closes the image, are placed after the operation's allocations (snapshot-settle-bitmaps.ts) and
-// named by the same header write (bytes 36 to the end of the bitmaps extension: past the first
-// sector when clusters are over 4 KiB, see docs/architecture.md on what a torn write there would
-// leave). Any precondition the settle does not meet (a resize QEMU would make on a shrinking
+// named by the same header write; where the bitmaps extension lies past the header's first
+// sector (clusters over 4 KiB), by two sector writes with the old bitmaps counted until the
+// second has landed, then freed (leaks between, never a refcount below its references; see
+// docs/architecture.md). Any precondition the settle does not meet (a resize QEMU would make on a shrinking
 // revert, an odd layout) leaves the shadow state: correct, only larger.
 //
 // Each active L2 table whose COPIED bits change is written twice, its copy in step 1 and its
@@ -183,6 +184,9 @@ interface SettleWrite {
 }
 
 /** Bytes a settle write puts down. */
+/** A write within one 512-byte sector lands whole or not at all (DESIGN.md's crash model). */
+const SECTOR = 512;
+
 const lengthOf = (w: SettleWrite, cs: number): number => (w.bytes instanceof Uint8Array ? w.bytes.length : cs);
 
 /**
@@ -221,7 +225,18 @@ export async function settleToQemuLayout(img: Qcow2Image, commit: ShadowCommit, 
     const want = encodeHeader(header);
     end = want.length;
     while (end > 72 && want[end - 1] === now[end - 1]) end--;
-    await img.pwrite(36, want.slice(36, end), 'header: L1 table, refcount table, snapshot table and bitmap directory where QEMU keeps them (settle)');
+    if (!plan.split) {
+      await img.pwrite(36, want.slice(36, end), 'header: L1 table, refcount table, snapshot table and bitmap directory where QEMU keeps them (settle)');
+    } else {
+      // Two sectors, each written whole: the tables (the old bitmaps still named, and counted by
+      // the new refcount blocks), then the directory (the old bitmaps now counted, unnamed: a
+      // leak), then their clusters freed in place.
+      await img.pwrite(36, want.slice(36, SECTOR), 'header: L1 table, refcount table and snapshot table where QEMU keeps them, the old bitmaps still named (settle)');
+      await img.flush('tables durable before the bitmap directory moves');
+      if (end > SECTOR) await img.pwrite(SECTOR, want.slice(SECTOR, end), 'header: bitmap directory where QEMU stores it (settle)');
+      await img.flush('new bitmap directory durable before the old bitmaps are freed');
+      for (const w of plan.late) await img.pwrite(w.offset, w.bytes as Uint8Array, w.purpose);
+    }
   } else {
     const b = new Uint8Array(72);
     put32(b, 36, q.l1Size);
@@ -269,6 +284,13 @@ async function planSettle(
   bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null;
   /** QEMU's refcount table: the plan's with the blocks QEMU adds for the bitmaps. */
   reftable: Uint8Array;
+  /**
+   * The bitmaps extension lies past the header's first sector: published in two sector writes
+   * (tables, then directory) with the old bitmaps still counted, then `late`: the refcount blocks
+   * with the old bitmaps' clusters freed, in place.
+   */
+  split: boolean;
+  late: SettleWrite[];
 } | null> {
   const h = img.header;
   const cs = img.clusterSize;
@@ -351,6 +373,10 @@ async function planSettle(
   let fileSizeAfter = q.fileSizeAfter;
   let bitmapsAfter: { entries: BitmapEntry[]; directoryOffset: number } | null = null;
   const bitmapPlaces: number[] = [];
+  let split = false;
+  /** With `split`: the old bitmaps' clusters, counted until the header names the new directory. */
+  const oldBitmapClusters = new Set<number>();
+  const late: SettleWrite[] = [];
   if (q.bitmaps) {
     const b = q.bitmaps;
     // QEMU's allocator (qemu-allocator.ts) on QEMU's refcounts after the operation: the published
@@ -368,6 +394,16 @@ async function planSettle(
     }
     for (const c of bitmapPlaces) add(c * cs, cs, +1);
     for (const [off, bytes] of b.old) add(off, bytes, -1);
+    // Where the directory's offset lies past the header's first sector, one write cannot publish
+    // the tables and the directory together without the risk of landing in part.
+    if (img.header.bitmaps) {
+      const now = encodeHeader(img.header);
+      const next = encodeHeader({ ...img.header, bitmaps: { ...img.header.bitmaps, bitmapDirectoryOffset: p.directory } });
+      let last = Math.max(now.length, next.length) - 1;
+      while (last >= 0 && now[last] === next[last]) last--;
+      split = last >= SECTOR;
+    }
+    if (split) for (const [off, bytes] of b.old) for (let c = Math.floor(off / cs); c <= Math.floor((off + bytes - 1) / cs); c++) oldBitmapClusters.add(c);
     const bw = await bitmapWrites(img, b, p);
     for (const w of bw.writes) {
       // A cluster free before the operation keeps the bytes QEMU left there (it frees old bitmap
@@ -430,14 +466,23 @@ async function planSettle(
       const at = rb < reftable.length / 8 ? reftableEntry(reftable, rb) : 0;
       if (at === 0) {
         if (b && b.some((x) => x !== 0)) return null; // QEMU's table has no block there
+        for (const c of oldBitmapClusters) if (Math.floor(c / per) === rb) return null; // nor for the old bitmaps to stay counted
         continue;
       }
-      const want = b ?? new Uint8Array(cs);
+      const final = b ?? new Uint8Array(cs);
+      // split: first with the old bitmaps still counted, their clusters freed once unpublished
+      let want = final;
+      for (const c of oldBitmapClusters) {
+        if (Math.floor(c / per) !== rb) continue;
+        if (want === final) want = final.slice();
+        setRefcount(want, c - rb * per, order, getRefcount(want, c - rb * per, order) + 1);
+      }
+      if (want !== final) late.push({ offset: at, bytes: final, purpose: `refcount block ${rb}: the old bitmaps' clusters freed` });
       await readInto(img.store, at, disk);
       if (bytesEqual(disk, want)) continue;
       if (!(await free(at, cs))) return null;
       // A changed block is this plan's own copy (held in `blocks`, never changed again); an unchanged one is the image's cached block.
-      writes.push({ offset: at, bytes: byBlock.has(rb) || !b ? want : want.slice(), purpose: `refcount block ${rb} in its place` });
+      writes.push({ offset: at, bytes: want !== final || byBlock.has(rb) || !b ? want : want.slice(), purpose: `refcount block ${rb} in its place` });
     }
 
     // QEMU's refcount table in its place (free now: the published state has its own copy), with
@@ -489,7 +534,7 @@ async function planSettle(
     if (e instanceof SettleRefused) return null;
     throw e;
   }
-  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter, reftable };
+  return { writes, l1: l1.slice(0, q.l1Size * 8), snapshots, snapshotsOffset, fileSizeAfter, bitmapsAfter, reftable, split, late };
 }
 
 /**

@@ -39,7 +39,7 @@ async function runOp(store: ImageStore, op: Op, open: OpenOptions = {}): Promise
   return p;
 }
 
-type Observation = { clean: boolean; check: string; state: string };
+type Observation = { clean: boolean; check: string; state: string; leaksOnly?: boolean };
 
 /** What a reader sees, judged by QEMU: check result, snapshot list, active and snapshot contents. */
 function observe(file: string, dir: string): Observation {
@@ -59,8 +59,9 @@ function observeAll(files: string[], dir: string): Observation[] {
   for (const [i, file] of files.entries()) {
     const chk = qemuCheck(file);
     const ok = chk.exitCode === 0 && chk.corruptions === 0 && chk.leaks === 0 && chk.checkErrors === 0;
-    results.push({ clean: ok, check: ok ? '' : `${chk.exitCode} ${chk.stderr}`, state: '' });
-    if (!ok) continue;
+    const leaksOnly = chk.exitCode === 3 && chk.corruptions === 0 && chk.leaks > 0 && chk.checkErrors === 0;
+    results.push({ clean: ok, check: ok ? '' : `${chk.exitCode} ${chk.stderr}`, state: '', ...(leaksOnly ? { leaksOnly } : {}) });
+    if (!ok && !leaksOnly) continue;
     const info = qemuInfo(file);
     clean.push({ i, file, info, snaps: (info.snapshots ?? []).map((s) => [s.id, s.name]) });
   }
@@ -146,7 +147,12 @@ function baseShrunk(opts: NonNullable<Parameters<typeof createImage>[2]>) {
   };
 }
 
-const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions; base?: (dir: string) => Uint8Array; ops?: Op[] }> = [
+/**
+ * `leaks`: where the settle publishes the bitmaps past the header's first sector, in two sector
+ * writes: between them and until the old bitmaps' refcounts are dropped, their clusters (or the
+ * new ones') leak, as DESIGN.md allows; never a corruption, and the state is before or after.
+ */
+const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; open?: OpenOptions; base?: (dir: string) => Uint8Array; ops?: Op[]; leaks?: true }> = [
   { label: '64 KiB clusters, 16-bit refcounts', opts: {} },
   { label: '4 KiB clusters, 4-bit refcounts', opts: { clusterSize: 4096, refcountBits: 4 as const } },
   { label: 'v2, 1 KiB clusters', opts: { clusterSize: 1024, compat: '0.10' as const } },
@@ -160,7 +166,7 @@ const CONFIGS: Array<{ label: string; opts: Parameters<typeof createImage>[2]; o
   { label: 'a base with bitmaps (4 KiB clusters)', opts: { clusterSize: 4096 }, base: baseWithBitmaps({ clusterSize: 4096 }), ops: ['create', 'delete'] },
   // 64 KiB clusters: the bitmaps extension lies past the header's first sector (after the feature
   // table), so the settle publishes in three writes, each within a sector
-  { label: 'a base with bitmaps (64 KiB clusters, the extension past the first sector)', opts: {}, base: baseWithBitmaps({}), ops: ['create'] },
+  { label: 'a base with bitmaps (64 KiB clusters, the extension past the first sector)', opts: {}, base: baseWithBitmaps({}), ops: ['create', 'delete'], leaks: true },
   // The bitmaps stored again cross into a refcount block's range (create: QEMU adds the block on
   // the way), and the delete frees the old ones in a block the operation itself does not change.
   {
@@ -240,7 +246,7 @@ describe('snapshot operations survive a crash at any point', () => {
         let sawAfter = 0;
         for (const [i, st] of states.entries()) {
           const o = seen.get(stateKeys[i]!)!;
-          expect(o.clean, `crash after ${st.writes} writes: ${o.check}`).toBe(true);
+          expect(o.clean || (cfg.leaks === true && o.leaksOnly === true), `crash after ${st.writes} writes: ${o.check}`).toBe(true);
           expect([before.state, after.state], `crash after ${st.writes} writes`).toContain(o.state);
           if (o.state === before.state) sawBefore++;
           else sawAfter++;
@@ -250,7 +256,7 @@ describe('snapshot operations survive a crash at any point', () => {
         let n = 0;
         for (const { key, ...st } of droppedKeys) {
           const o = seen.get(key)!;
-          expect(o.clean, `epoch ${st.epoch}, mask ${st.mask.map(Number).join('')}: ${o.check}`).toBe(true);
+          expect(o.clean || (cfg.leaks === true && o.leaksOnly === true), `epoch ${st.epoch}, mask ${st.mask.map(Number).join('')}: ${o.check}`).toBe(true);
           expect([before.state, after.state], `epoch ${st.epoch}, mask ${st.mask.map(Number).join('')}`).toContain(o.state);
           n++;
         }

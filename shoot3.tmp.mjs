@@ -1,0 +1,13 @@
+import { chromium } from '@playwright/test';
+const b = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu'] });
+const p = await b.newPage({ viewport: process.env.PHONE ? { width: 390, height: 844 } : { width: 1440, height: 900 } });
+p.on('pageerror', (e) => console.log('pageerror', e.message));
+await p.goto('http://127.0.0.1:4189/');
+await p.getByLabel('Image file').setInputFiles(['/tmp/shots/iu/i.qcow2']);
+await p.getByRole('tab', { name: 'i.qcow2' }).waitFor();
+await p.waitForTimeout(1500);
+const h = await p.getByRole('heading', { name: /bitmap/i }).first();
+await h.scrollIntoViewIfNeeded();
+await p.waitForTimeout(500);
+await p.screenshot({ path: '/tmp/shots/bitmaps.png' });
+await b.close();
