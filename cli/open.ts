@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QcowError } from '../core/errors.ts';
 import type { Qcow2Image } from '../core/image/qcow2-image.ts';
+import { RawLayer } from '../core/image/layer.ts';
 import { openImage as openOp, probeFormat as probeStoreFormat, type BackingResolver, type ImageOpenOptions } from '../core/ops/open.ts';
 import { NodeFileStore } from './node-file-store.ts';
 import { dataSegments, holeMapFor, startSegmentScan, type SegmentScan } from './holes.ts';
@@ -109,6 +110,16 @@ export async function openImageScanning(file: string): Promise<{ img: Qcow2Image
     scan.cancel();
     throw e;
   }
+}
+
+/** A raw file as qemu-img opens one (`-f raw`, or probed): its data segments are its data. */
+export function openRaw(file: string): RawLayer {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch {
+    throw new QcowError('IO_ERROR', `Could not open '${file}': Could not open '${file}': No such file or directory`, { path: file });
+  }
+  return new RawLayer(NodeFileStore.open(file), () => dataSegments(file));
 }
 
 /** Bytes the file occupies on disk, as qemu-img's actual-size. */

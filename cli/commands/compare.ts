@@ -6,10 +6,9 @@
 import * as fs from 'node:fs';
 import { QcowError, isQcowError } from '../../core/errors.ts';
 import { compareImages, type CompareSide } from '../../core/analysis/compare.ts';
-import { RawLayer, type Layer } from '../../core/image/layer.ts';
-import { openImage, probeFormat } from '../open.ts';
-import { NodeFileStore } from '../node-file-store.ts';
-import { dataSegments, holeMapFor, startSegmentScan } from '../holes.ts';
+import type { Layer } from '../../core/image/layer.ts';
+import { openImage, openRaw, probeFormat } from '../open.ts';
+import { holeMapFor, startSegmentScan } from '../holes.ts';
 import { flag, valued, type Command } from '../command.ts';
 import { usageExit } from '../qemu-options.ts';
 import { Progress } from '../progress.ts';
@@ -18,14 +17,7 @@ import { Progress } from '../progress.ts';
 async function openSide(file: string, given: string | undefined): Promise<CompareSide> {
   // no format: probed, as qemu-img probes it (a missing file is reported by the qcow2 open)
   const fmt = given ?? (fs.existsSync(file) ? await probeFormat(file) : 'qcow2');
-  if (fmt === 'raw') {
-    try {
-      fs.accessSync(file, fs.constants.R_OK);
-    } catch {
-      throw new QcowError('IO_ERROR', `Could not open '${file}': Could not open '${file}': No such file or directory`, { path: file });
-    }
-    return { image: new RawLayer(NodeFileStore.open(file), () => dataSegments(file)) };
-  }
+  if (fmt === 'raw') return { image: openRaw(file) };
   if (fmt !== 'qcow2') throw new QcowError('NOT_SUPPORTED', `compare: only the qcow2 and raw formats are supported, not '${fmt}'`);
   const scan = startSegmentScan(file);
   try {

@@ -6,7 +6,8 @@
 import { QcowError } from '../../core/errors.ts';
 import { formatMeasure, measure, type MeasureSource, type MeasureTarget } from '../../core/analysis/measure.ts';
 import { findSnapshot, type SnapshotRef } from '../../core/image/snapshot.ts';
-import { openImage } from '../open.ts';
+import * as fs from 'node:fs';
+import { openImage, openRaw, probeFormat } from '../open.ts';
 import { holeMapFor, startSegmentScan } from '../holes.ts';
 import type { Command } from '../command.ts';
 import { isJson, usageError } from './info.ts';
@@ -46,6 +47,7 @@ function parseTargetOptions(text: string, format: 'qcow2' | 'raw', into: Measure
 
 export const measureCmd: Command = {
   name: 'measure',
+  formats: ['qcow2', 'raw'],
   usage: 'measure [--output=json|human] [-O qcow2|raw] [-o OPTIONS] [-l snapshot.name=NAME|snapshot.id=ID] (--size SIZE | IMAGE)',
   options: {
     output: { type: 'string' },
@@ -80,17 +82,23 @@ export const measureCmd: Command = {
     if (file !== undefined && size !== undefined) throw usageError('--size N cannot be used together with a filename.');
     if (file === undefined && size === undefined) throw usageError('Either --size N or one filename must be specified.');
 
-    const scan = file !== undefined ? startSegmentScan(file) : undefined;
+    // a file that is not qcow2 is measured as raw, as qemu-img probes it (-f raw says so)
+    const fmt = file === undefined ? undefined : (values.format as string | undefined) ?? (fs.existsSync(file) ? await probeFormat(file) : 'qcow2');
+    const raw = fmt === 'raw' ? openRaw(file!) : undefined;
+    const scan = file !== undefined && !raw ? startSegmentScan(file) : undefined;
     let img;
     try {
-      img = file !== undefined ? await openImage(file) : undefined;
+      img = file !== undefined && !raw ? await openImage(file) : undefined;
     } catch (e) {
       scan?.cancel();
       throw e;
     }
     try {
       let source: MeasureSource | undefined;
-      if (img) {
+      if (raw) {
+        if (ref !== undefined) throw new QcowError('NOT_SUPPORTED', 'Failed to load snapshot: Block format \'raw\' used by device \'\' does not support temporarily loading internal snapshots');
+        source = { raw };
+      } else if (img) {
         let view = img.activeView();
         if (ref !== undefined) {
           const sn = findSnapshot(img, ref);
@@ -112,6 +120,7 @@ export const measureCmd: Command = {
     } finally {
       scan?.cancel();
       await img?.close();
+      await raw?.store.close();
     }
   },
 };

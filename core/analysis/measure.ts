@@ -6,6 +6,7 @@
 import { QcowError } from '../errors.ts';
 import type { L1View, Qcow2Image } from '../image/qcow2-image.ts';
 import type { HoleMap } from '../image/block-status.ts';
+import type { RawLayer } from '../image/layer.ts';
 import { refcountBlocksNeeded } from '../image/allocator.ts';
 import * as C from '../format/constants.ts';
 import { toQemuJson } from './qemu-json.ts';
@@ -31,11 +32,14 @@ export interface MeasureTarget {
 }
 
 /** The image being measured: its active disk or a snapshot, holes of its file if known. */
-export interface MeasureSource {
+export type MeasureSource = {
   img: Qcow2Image;
   view: L1View;
   holes?: HoleMap;
-}
+} | {
+  /** A raw file (qemu-img's probe of a file that is not qcow2): its data segments are its data. */
+  raw: RawLayer;
+};
 
 /** qemu-img's BlockMeasureInfo. */
 export interface MeasureInfo {
@@ -97,18 +101,27 @@ function persistentBitmapsSize(img: Qcow2Image, clusterSize: number): bigint {
  * target's cluster boundaries).
  */
 async function requiredDataBytes(src: MeasureSource, clusterSize: number): Promise<bigint> {
-  const { img, view } = src;
-  const size = img.virtualSize;
   let clusters = 0;
   let next = 0; // first target cluster not yet counted
-  await img.walkExtents({ ...view, virtualSize: size }, 0, size, (e) => {
+  const count = (e: { start: number; length: number; zero: boolean; data: boolean; present: boolean }): void => {
     if (e.zero || !e.data || !e.present) return;
     const first = Math.max(next, Math.floor(e.start / clusterSize));
     const end = Math.ceil((e.start + e.length) / clusterSize);
     if (end > first) clusters += end - first;
     next = Math.max(next, end);
-  }, src.holes);
+  };
+  if ('raw' in src) {
+    for (const e of await src.raw.extents(0, src.raw.virtualSize)) count(e);
+  } else {
+    const { img, view } = src;
+    await img.walkExtents({ ...view, virtualSize: img.virtualSize }, 0, img.virtualSize, count, src.holes);
+  }
   return BigInt(clusters) * BigInt(clusterSize);
+}
+
+/** The disk size of a measure's source. */
+function sourceSize(src: MeasureSource): number {
+  return 'raw' in src ? src.raw.virtualSize : src.img.virtualSize;
 }
 
 /** QEMU's qcow2_measure option checks, in its order; returns the settings that count. */
@@ -138,7 +151,7 @@ function qcow2Settings(t: MeasureTarget): { clusterSize: number; version: number
 export async function measure(target: MeasureTarget, source?: MeasureSource): Promise<MeasureInfo> {
   if (target.format === 'raw') {
     // raw_measure: a raw copy is as large as the disk, whatever it holds
-    const size = source ? BigInt(source.img.virtualSize) : roundUp(target.size ?? 0n, 512n);
+    const size = source ? BigInt(sourceSize(source)) : roundUp(target.size ?? 0n, 512n);
     return { required: size, fullyAllocated: size };
   }
   const s = qcow2Settings(target);
@@ -149,7 +162,7 @@ export async function measure(target: MeasureTarget, source?: MeasureSource): Pr
   if (l2Tables * 8n > BigInt(C.MAX_L1_SIZE_BYTES)) throw bad('The image size is too large (try using a larger cluster size)');
   let required = 0n;
   if (source) {
-    virtualSize = roundUp(BigInt(source.img.virtualSize), cs);
+    virtualSize = roundUp(BigInt(sourceSize(source)), cs);
     // with a backing file of its own the copy may share nothing with the source's chain: QEMU
     // assumes every cluster is written
     required = target.backingFile ? virtualSize : await requiredDataBytes(source, s.clusterSize);
@@ -157,7 +170,7 @@ export async function measure(target: MeasureTarget, source?: MeasureSource): Pr
   if (s.prealloc === 'full' || s.prealloc === 'falloc') required = virtualSize;
   const fullyAllocated = qcow2PreallocSize(virtualSize, s.clusterSize, s.refcountOrder, s.extendedL2);
   const info: MeasureInfo = { required: fullyAllocated - virtualSize + required, fullyAllocated };
-  if (s.version >= 3 && source && source.img.header.version >= 3) info.bitmaps = persistentBitmapsSize(source.img, s.clusterSize);
+  if (s.version >= 3 && source && !('raw' in source) && source.img.header.version >= 3) info.bitmaps = persistentBitmapsSize(source.img, s.clusterSize);
   return info;
 }
 

@@ -60,11 +60,17 @@ export class RawLayer implements Layer {
     this.store = store;
     this.segmentsSource = segments;
   }
+  /** The file's length in whole 512-byte sectors, as QEMU's block layer sees a raw file. */
   get virtualSize(): number {
-    return this.store.size();
+    return Math.ceil(this.store.size() / 512) * 512;
   }
-  read(guestOffset: number, length: number): Promise<Uint8Array> {
-    return this.store.read(guestOffset, length);
+  /** Bytes past the end of the file, in its last sector, read as zeros. */
+  async read(guestOffset: number, length: number): Promise<Uint8Array> {
+    const fileEnd = this.store.size();
+    if (guestOffset + length <= fileEnd) return this.store.read(guestOffset, length);
+    const out = new Uint8Array(length);
+    if (guestOffset < fileEnd) out.set(await this.store.read(guestOffset, fileEnd - guestOffset));
+    return out;
   }
   async extents(start: number, length: number): Promise<Extent[]> {
     const end = Math.min(start + length, this.virtualSize);

@@ -177,4 +177,18 @@ describe('compare -p, -f/-F raw', () => {
     // -F names the second image only
     expect(await expectSame(['-F', 'raw', ref, 'ref.raw'])).toBe(0);
   });
+
+  it('raw files of lengths not a multiple of 512: QEMU sees whole sectors, the tail reads as zeros', async () => {
+    const p = (n: string) => path.join(w.dir, n);
+    for (const [name, size] of [['odd1.raw', 10_000_001], ['odd2.raw', 10_000_300], ['odd3.raw', 10_000_385]] as const) {
+      fs.writeFileSync(p(name), '');
+      fs.truncateSync(p(name), size);
+    }
+    fs.writeSync(fs.openSync(p('odd1.raw'), 'r+'), 'x', 10_000_000);
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'odd1.raw', '-F', 'raw', p('over-odd.qcow2')]);
+    for (const pair of [['odd1.raw', 'odd2.raw'], ['odd2.raw', 'odd3.raw'], ['over-odd.qcow2', 'odd1.raw']]) {
+      await expectSame(pair);
+      await expectSame(['-s', ...pair]);
+    }
+  });
 });

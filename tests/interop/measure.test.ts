@@ -2,6 +2,7 @@
 // sizes 512 B-2 MiB, compressed zlib and zstd, extended L2, snapshots with -l, backing chains,
 // bitmaps added by `qemu-img bitmap`, metadata preallocation, v2) and on --size alone: the same
 // stdout byte for byte (human and JSON), the same stderr (prefix aside) and the same exit code.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'vitest';
 import { qemuImgOk } from '../helpers/qemu.ts';
@@ -104,6 +105,30 @@ describe('measure an image: same output as qemu-img', () => {
       await expectSame(['--output=json', '-O', 'qcow2', '-o', 'cluster_size=1k', '-l', l, f]);
     }
     await expectSame(['-O', 'qcow2', f]);
+  });
+});
+
+describe('measure a raw file (qemu-img probes a file that is not qcow2 as raw): same output as qemu-img', () => {
+  it('sparse, dense, odd-sized and empty raw files, probed and with -f raw, into qcow2 and raw', async () => {
+    const p = (n: string) => path.join(w.dir, n);
+    // sparse: data at 1 MiB and 40 MiB of a 64 MiB file; odd: one byte of data in a file of 10,000,001 bytes
+    fs.writeFileSync(p('sparse.raw'), '');
+    fs.truncateSync(p('sparse.raw'), 64 << 20);
+    const fd = fs.openSync(p('sparse.raw'), 'r+');
+    fs.writeSync(fd, Buffer.alloc(1 << 20, 3), 0, 1 << 20, 1 << 20);
+    fs.writeSync(fd, Buffer.alloc(4096, 4), 0, 4096, 40 << 20);
+    fs.closeSync(fd);
+    fs.writeFileSync(p('odd.raw'), '');
+    fs.truncateSync(p('odd.raw'), 10_000_001);
+    fs.writeSync(fs.openSync(p('odd.raw'), 'r+'), 'x', 5_000_000);
+    fs.writeFileSync(p('dense.raw'), Buffer.alloc(3 << 20, 7));
+    fs.writeFileSync(p('empty.raw'), '');
+    for (const f of ['sparse.raw', 'odd.raw', 'dense.raw', 'empty.raw']) {
+      for (const t of TARGETS) await expectSame([...t, f]);
+      await expectSame(['-f', 'raw', '-O', 'qcow2', f]);
+      await expectSame(['-O', 'qcow2', '-l', 'snap', f]);
+    }
+    await expectSame(['-f', 'raw', '-O', 'qcow2', create('q.qcow2', '8M')]);
   });
 });
 
