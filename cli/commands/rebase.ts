@@ -5,11 +5,9 @@
 // its refusal of a new backing file without -F, which comes after the copy as in QEMU.
 import * as fs from 'node:fs';
 import { QcowError } from '../../core/errors.ts';
-import { RawLayer, type Layer } from '../../core/image/layer.ts';
+import type { Layer } from '../../core/image/layer.ts';
 import { copyBackingDifferences, setBackingLink } from '../../core/image/rebase.ts';
-import { openImage, probeFormat, resolveBackingPath } from '../open.ts';
-import { NodeFileStore } from '../node-file-store.ts';
-import { dataSegments } from '../holes.ts';
+import { openImage, openRaw, probeFormat, resolveBackingPath } from '../open.ts';
 import type { Command } from '../command.ts';
 import { cliError, usageExit } from '../qemu-options.ts';
 
@@ -57,10 +55,46 @@ async function openNewBacking(file: string, name: string, format: string | undef
   if (!fs.existsSync(p)) throw cliError(`${prefix}Could not open '${p}': No such file or directory`);
   const fmt = format ?? (await probeFormat(p));
   try {
-    if (fmt === 'qcow2') return await openImage(p);
-    if (fmt === 'raw') return new RawLayer(NodeFileStore.open(p), () => dataSegments(p));
+    if (fmt === 'qcow2') {
+      await refuseChainThrough(file, p, prefix);
+      return await openImage(p);
+    }
+    if (fmt === 'raw') return openRaw(p);
   } catch (e) {
     throw e instanceof QcowError ? e.prefixed(prefix) : e;
   }
   throw new QcowError('NOT_SUPPORTED', `${prefix}Backing file format '${fmt}' is not supported`, { format: fmt });
+}
+
+/**
+ * QEMU opens the new backing chain while the image is open for writing: a chain that reaches the
+ * image itself (rebasing a file onto its own overlay) fails on the image's lock, in these words,
+ * one "Could not open backing file: " per link on the way. Without it the rebase would write a
+ * backing loop.
+ */
+async function refuseChainThrough(file: string, first: string, prefix: string): Promise<void> {
+  const self = fs.statSync(file);
+  const seen = new Set<string>();
+  let cur = first;
+  for (let depth = 0; depth < 64; depth++) {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(cur);
+    } catch {
+      return; // the open reports a missing file in its own words
+    }
+    if (st.dev === self.dev && st.ino === self.ino) {
+      throw cliError(`${prefix}${'Could not open backing file: '.repeat(depth)}Failed to get shared "write" lock`, `Is another process using the image [${cur}]?\n`);
+    }
+    const key = `${st.dev}:${st.ino}`;
+    if (seen.has(key) || (await probeFormat(cur)) !== 'qcow2') return;
+    seen.add(key);
+    const link = await openImage(cur, { noBacking: true, dataFileOptional: true }).then(async (i) => {
+      const name = i.header.backingFile;
+      await i.close();
+      return name;
+    }, () => undefined);
+    if (link === undefined) return;
+    cur = resolveBackingPath(cur, link);
+  }
 }

@@ -168,6 +168,13 @@ describe('refusals: qemu-img\'s words and exit codes', () => {
     expect(await same(['commit'], chain, 'base.qcow2')).toBe(1);
     expect(await w.expectSame(['commit'])).toBe(1);
     expect(await w.expectSame(['commit', 'nothing.qcow2'])).toBe(1);
+    // a safe rebase onto a chain that reaches the image itself (its own overlay, or itself):
+    // QEMU fails on the image's lock; the file is left as it was, no backing loop written
+    for (const onto of ['top.qcow2', 'base.qcow2']) {
+      const before = fs.readFileSync(path.join(w.dir, 'q', 'base.qcow2'));
+      expect(await w.expectSame(['rebase', '-b', onto, '-F', 'qcow2', 'q/base.qcow2'])).toBe(1);
+      expect(fs.readFileSync(path.join(w.dir, 'q', 'base.qcow2')).equals(before), `rebase onto ${onto}: base untouched`).toBe(true);
+    }
     // safe rebase without -F: the data is copied, then the link is refused (qemu-img 7.2)
     for (const d of ['q', 'o']) qemuImgOk(['create', '-q', '-f', 'qcow2', path.join(w.dir, d, 'other.qcow2'), '8M']);
     expect(await same(['rebase', '-b', 'other.qcow2'], chain)).toBe(1);
