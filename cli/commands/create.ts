@@ -61,13 +61,15 @@ function parseCreateOptions(text: string, into: CliCreateOptions): void {
 
 export const create: Command = {
   name: 'create',
-  usage: 'create [-o cluster_size=N,refcount_bits=N,compat=0.10|1.1,lazy_refcounts=on,extended_l2=on,compression_type=zstd,preallocation=metadata|falloc|full] [-b BACKING -F qcow2|raw] IMAGE [SIZE]',
+  usage: 'create [-o cluster_size=N,refcount_bits=N,compat=0.10|1.1,lazy_refcounts=on,extended_l2=on,compression_type=zstd,preallocation=metadata|falloc|full] [-u] [-b BACKING -F qcow2|raw] IMAGE [SIZE]',
   options: {
     options: { type: 'string', short: 'o', multiple: true },
     backing: { type: 'string', short: 'b' },
     'backing-format': { type: 'string', short: 'F' },
     format: { type: 'string', short: 'f' },
     quiet: { type: 'boolean', short: 'q' },
+    // -u: the backing file is not opened (it may not exist yet); the size must then be given
+    unsafe: { type: 'boolean', short: 'u' },
   },
   async run({ values, positionals, out }) {
     const [file, sizeArg] = positionals;
@@ -87,7 +89,9 @@ export const create: Command = {
     if (typeof values['backing-format'] === 'string') o.backingFormat = values['backing-format'];
     if (sizeArg !== undefined && o.sizeOpt !== undefined) throw usageError(`${file}: The image size must be specified only once`);
     let size = sizeArg !== undefined ? parseSize(sizeArg) : o.sizeOpt;
-    if (o.backingFile !== undefined) {
+    if (o.backingFile !== undefined && values.unsafe === true) {
+      if (o.backingFormat === undefined) throw usageError(`${file}: Backing file specified without backing format`);
+    } else if (o.backingFile !== undefined) {
       if (o.backingFormat === undefined) {
         // qemu-img opens the backing file first, and names the format it detects
         const p = openableBacking(file, o.backingFile);

@@ -186,6 +186,9 @@ describe('create prints what qemu-img create prints', () => {
     [['-o', 'extended_l2=on,compression_type=zstd'], '1.5G'], [['-o', 'size=3M'], '64M'], [['-o', 'size=3M'], undefined],
     [['-o', 'compat=0.10,lazy_refcounts=on'], '64M'], [['-o', 'cluster_size=3000'], '64M'], [['-o', 'refcount_bits=3'], '64M'],
     [[], '4P'], [[], '7E'], [[], '8E'], [[], '16E'], [[], '2P'], [['-o', 'compat=0.10,compression_type=zstd'], '64M'],
+    // -u: the backing file is not opened (it may not be there yet), so the size must be given
+    [['-u', '-b', 'missing.qcow2', '-F', 'qcow2'], '1G'], [['-u', '-b', 'missing.qcow2', '-F', 'qcow2'], undefined],
+    [['-u', '-b', 'base.qcow2', '-F', 'qcow2'], undefined], [['-u', '-b', 'missing.qcow2'], '1G'], [['-u', '-b', 'base.qcow2', '-F', 'qcow2'], '5M'],
   ];
   for (const [args, size] of RUNS) {
     it(`${args.join(' ')} ${size ?? '(no size)'}: the Formatting line, the error and the exit code`, async () => {
