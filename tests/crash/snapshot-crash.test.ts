@@ -110,42 +110,39 @@ function baseEndingAt(clusters: number, opts: NonNullable<Parameters<typeof crea
   };
 }
 
-/** The usual base with two persistent bitmaps, one with dirty bits set by qemu-io, one empty and disabled. */
-function baseWithBitmaps(opts: NonNullable<Parameters<typeof createImage>[2]>) {
+type BaseOpts = NonNullable<Parameters<typeof createImage>[2]>;
+
+/** The usual base, then `then` run on it by QEMU's tools (as base.qcow2 in the test's directory). */
+function baseThen(opts: BaseOpts, then: (f: string) => void) {
   return (dir: string): Uint8Array => {
     const f = path.join(dir, 'base.qcow2');
     fs.writeFileSync(f, baseImage(dir, opts));
-    qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'dirty']);
-    qemuImgOk(['bitmap', '--add', '--disable', f, 'empty']);
-    qemuIoOk(f, 'write -P 6 1M 64k', 'write -P 7 3M 4k');
+    then(f);
     return new Uint8Array(fs.readFileSync(f));
   };
 }
+
+/** The usual base with two persistent bitmaps, one with dirty bits set by qemu-io, one empty and disabled. */
+const baseWithBitmaps = (opts: BaseOpts) => baseThen(opts, (f) => {
+  qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'dirty']);
+  qemuImgOk(['bitmap', '--add', '--disable', f, 'empty']);
+  qemuIoOk(f, 'write -P 6 1M 64k', 'write -P 7 3M 4k');
+});
 
 /** A base whose first bitmap a crash left in use (qemu-io killed after opening it), and a second one QEMU stores again. */
-function baseWithStaleBitmap(opts: NonNullable<Parameters<typeof createImage>[2]>) {
-  return (dir: string): Uint8Array => {
-    const f = path.join(dir, 'base.qcow2');
-    fs.writeFileSync(f, baseImage(dir, opts));
-    qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'stale']);
-    const r = spawnSmall('qemu-io', ['-f', 'qcow2', '-c', 'write -P 6 1M 64k', '-c', 'sigraise 9', f]);
-    expect(r.signal, 'qemu-io killed itself').toBe('SIGKILL');
-    qemuImgOk(['bitmap', '--add', f, 'fresh']);
-    qemuIoOk(f, 'write -P 7 3M 4k');
-    return new Uint8Array(fs.readFileSync(f));
-  };
-}
+const baseWithStaleBitmap = (opts: BaseOpts) => baseThen(opts, (f) => {
+  qemuImgOk(['bitmap', '--add', '-g', '4096', f, 'stale']);
+  const r = spawnSmall('qemu-io', ['-f', 'qcow2', '-c', 'write -P 6 1M 64k', '-c', 'sigraise 9', f]);
+  expect(r.signal, 'qemu-io killed itself').toBe('SIGKILL');
+  qemuImgOk(['bitmap', '--add', f, 'fresh']);
+  qemuIoOk(f, 'write -P 7 3M 4k');
+});
 
 /** The usual base shrunk after its snapshots (qemu-img resize --shrink): reverting to 'first' grows the disk within the L1 it has. */
-function baseShrunk(opts: NonNullable<Parameters<typeof createImage>[2]>) {
-  return (dir: string): Uint8Array => {
-    const f = path.join(dir, 'base.qcow2');
-    fs.writeFileSync(f, baseImage(dir, opts));
-    qemuImgOk(['resize', '--shrink', f, '2M']);
-    qemuIoOk(f, 'write -P 8 1M 64k');
-    return new Uint8Array(fs.readFileSync(f));
-  };
-}
+const baseShrunk = (opts: BaseOpts) => baseThen(opts, (f) => {
+  qemuImgOk(['resize', '--shrink', f, '2M']);
+  qemuIoOk(f, 'write -P 8 1M 64k');
+});
 
 /**
  * `leaks`: where the settle publishes the bitmaps past the header's first sector, in two sector
