@@ -27,6 +27,8 @@ export interface CliOpenOptions extends Omit<ImageOpenOptions, 'resolver' | 'bac
   noBacking?: boolean;
   /** A missing external data file is no error (qemu-img info opens with BDRV_O_NO_IO); otherwise the open fails as QEMU's does. */
   dataFileOptional?: boolean;
+  /** Errors as the open reports them, without "Could not open 'IMAGE': " (create names the new image instead). */
+  unprefixed?: boolean;
 }
 
 /** QEMU's file driver takes regular files (and block devices), never a directory. */
@@ -86,18 +88,18 @@ const fileResolver = (dataFileOptional: boolean): BackingResolver => ({
  * <why>" for a failure in the backing chain.
  */
 export async function openImage(file: string, opts: CliOpenOptions = {}): Promise<Qcow2Image> {
-  const { noBacking, dataFileOptional, ...open } = opts;
+  const { noBacking, dataFileOptional, unprefixed, ...open } = opts;
   try {
     refuseDirectory(file);
     const store = NodeFileStore.open(file, { writable: !!open.writable });
     try {
-      return await openOp({ name: file, store }, { ...open, resolver: fileResolver(!!dataFileOptional), followBacking: !noBacking });
+      return await openOp({ name: file, store }, { ...open, resolver: fileResolver(!!dataFileOptional), followBacking: !noBacking, refuseEncrypted: !dataFileOptional });
     } catch (e) {
       await store.close();
       throw e;
     }
   } catch (e) {
-    throw e instanceof QcowError ? e.prefixed(`Could not open '${file}': `) : e;
+    throw e instanceof QcowError && !unprefixed ? e.prefixed(`Could not open '${file}': `) : e;
   }
 }
 

@@ -148,7 +148,14 @@ async function backingVirtualSize(imagePath: string, backing: string, format: st
   const p = openableBacking(imagePath, backing);
   if (format === 'raw') return fs.statSync(p).size;
   if (format !== 'qcow2') throw new QcowError('NOT_SUPPORTED', `Backing file format '${format}' is not supported`, { format });
-  const img = await openImage(p, { noBacking: true });
+  // QEMU opens it with its chain but without I/O (BDRV_O_NO_IO): a missing data file or a missing
+  // key is no error there, a broken chain is, reported under the new image's name
+  let img: Awaited<ReturnType<typeof openImage>>;
+  try {
+    img = await openImage(p, { dataFileOptional: true, unprefixed: true });
+  } catch (e) {
+    throw e instanceof QcowError ? withHint(e.prefixed(`${imagePath}: `), 'Could not open backing image.\n') : e;
+  }
   try {
     return img.virtualSize;
   } finally {

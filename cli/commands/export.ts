@@ -42,10 +42,21 @@ export const exportCmd: Command = {
     const { img, scan } = await openImageScanning(file);
     try {
       const exp = await rawExport(img, { snapshot: ref, holes: await holeMapFor(img, file, scan) });
-      const fd = fs.openSync(output, 'w');
+      const fd = openOutput(output);
       try {
-        fs.ftruncateSync(fd, exp.size);
-        await exp.run((pos, bytes) => writeNonZero(fd, bytes, pos));
+        if (fs.fstatSync(fd).isFile()) {
+          fs.ftruncateSync(fd, exp.size);
+          await exp.run((pos, bytes) => writeNonZero(fd, bytes, pos));
+        } else {
+          // a device or a pipe: every byte, zeros too, in guest order (no truncate, no seek)
+          let written = 0;
+          await exp.run((pos, bytes) => {
+            written = writeZeros(fd, written, pos);
+            fs.writeSync(fd, bytes);
+            written += bytes.length;
+          });
+          writeZeros(fd, written, exp.size);
+        }
       } finally {
         fs.closeSync(fd);
       }
@@ -56,6 +67,23 @@ export const exportCmd: Command = {
     return 0;
   },
 };
+
+/** The output file opened for writing, or qemu-img's words for why it cannot be. */
+function openOutput(output: string): number {
+  try {
+    return fs.openSync(output, 'w');
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === 'EISDIR' ? 'Is a directory' : (e as NodeJS.ErrnoException).code === 'EACCES' ? 'Permission denied' : (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'No such file or directory' : (e as Error).message;
+    throw new QcowError('IO_ERROR', `${output}: error while converting raw: Could not create '${output}': ${why}`, { path: output });
+  }
+}
+
+/** Zeros written in sequence from `from` up to `to`; returns `to`. */
+function writeZeros(fd: number, from: number, to: number): number {
+  const zeros = new Uint8Array(Math.min(ZERO_BLOCK * 16, Math.max(0, to - from)));
+  for (let p = from; p < to; p += zeros.length) fs.writeSync(fd, zeros, 0, Math.min(zeros.length, to - p));
+  return Math.max(from, to);
+}
 
 /** Zero blocks are not written (the output stays sparse, as qemu-img convert's does). */
 const ZERO_BLOCK = 64 * 1024;

@@ -41,7 +41,7 @@ function assertDistinctFiles(files: string[]): void {
 async function openAll(files: string[]): Promise<Qcow2Image[]> {
   const imgs: Qcow2Image[] = [];
   try {
-    for (const f of files) imgs.push(await openImage(f, { writable: true, noBacking: true }));
+    for (const f of files) imgs.push(await openImage(f, { writable: true })); // with its chain, as qemu-img snapshot opens it
   } catch (e) {
     for (const i of imgs) await i.close();
     throw e;

@@ -28,7 +28,7 @@ export const snapshot: Command = {
     if (modes[0] === 'external') return externalSnapshots(values.external as string[], positionals, ctx);
     if (modes.length === 0 || modes[0] === 'list') {
       if (positionals.length !== 1) throw usageExit('Expecting one image file name');
-      const img = await openImage(positionals[0]!, { noBacking: true });
+      const img = await openImage(positionals[0]!); // with its chain, as qemu-img snapshot -l opens it
       try {
         const list = img.snapshots.map(snapshotInfo);
         if (isJson(values)) out(JSON.stringify(list, null, 4));

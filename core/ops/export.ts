@@ -47,6 +47,9 @@ export async function rawExport(img: Qcow2Image, opts: RawExportOptions = {}): P
   if (img.header.backingFile !== undefined && !img.backing) {
     throw new QcowError('NOT_SUPPORTED', `${img.store.name} has a backing file (${img.header.backingFile}), which is not open here: its raw disk cannot be exported`);
   }
+  if (img.header.cryptMethod !== 0) {
+    throw new QcowError('ENCRYPTED', `${img.store.name} is encrypted: its guest data cannot be exported without the key, which qcowscope never takes`, { structure: 'header', offset: 32 });
+  }
   let view = img.activeView();
   if (opts.snapshot !== undefined) {
     const sn = findSnapshot(img, opts.snapshot);
@@ -61,7 +64,7 @@ export async function rawExport(img: Qcow2Image, opts: RawExportOptions = {}): P
 async function copyData(
   img: Qcow2Image, view: L1View, size: number, opts: RawExportOptions, data: (pos: number, bytes: Uint8Array) => void | Promise<void>,
 ): Promise<void> {
-  const plain = !img.hasDataFile && img.header.cryptMethod === 0;
+  const plain = !img.hasDataFile;
   const window = WINDOW_CLUSTERS * img.clusterSize;
   for (let w = 0; w < size; w += window) {
     const extents: Extent[] = [];

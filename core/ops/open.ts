@@ -53,6 +53,12 @@ export interface ImageOpenOptions extends Omit<OpenOptions, 'backing' | 'dataFil
    * anything is written (qcow2_do_open); default true. Check mode never does (BDRV_O_CHECK).
    */
   repairDirty?: boolean;
+  /**
+   * Refuse an encrypted image anywhere in the chain, as qemu-img does without the key (which
+   * qcowscope never takes): every verb that reads or writes through the image fails; only the
+   * layout can be shown (qemu-img info opens without I/O).
+   */
+  refuseEncrypted?: boolean;
 }
 
 /**
@@ -61,12 +67,13 @@ export interface ImageOpenOptions extends Omit<OpenOptions, 'backing' | 'dataFil
  * closes every store of its chain.
  */
 export async function openImage(top: ChainLink, opts: ImageOpenOptions = {}): Promise<Qcow2Image> {
-  const { resolver, backing: given, repairDirty = true, followBacking = true, ...open } = opts;
+  const { resolver, backing: given, repairDirty = true, followBacking = true, refuseEncrypted = false, ...open } = opts;
   let img: Qcow2Image;
   if (given !== undefined || !resolver) {
+    if (refuseEncrypted) refuseIfEncrypted(await Qcow2Image.readHeader(top.store));
     img = await Qcow2Image.open(top.store, { ...open, backing: given ?? null });
   } else {
-    img = await openLink(top, open, resolver, followBacking ? 0 : -1);
+    img = await openLink(top, open, resolver, followBacking ? 0 : -1, refuseEncrypted);
   }
   if (repairDirty && img.writable && !img.checkMode && img.isDirty) {
     try {
@@ -81,12 +88,13 @@ export async function openImage(top: ChainLink, opts: ImageOpenOptions = {}): Pr
 }
 
 /** Open one link of a chain, `depth` below the first (-1: the first, without its backing chain). */
-async function openLink(link: ChainLink, opts: OpenOptions, resolver: BackingResolver, depth: number): Promise<Qcow2Image> {
+async function openLink(link: ChainLink, opts: OpenOptions, resolver: BackingResolver, depth: number, refuseEncrypted: boolean): Promise<Qcow2Image> {
   const header = await Qcow2Image.readHeader(link.store);
+  if (refuseEncrypted) refuseIfEncrypted(header);
   let backing: Layer | null = null;
   let dataFile: ImageStore | null = null;
   try {
-    if (header.backingFile !== undefined && depth >= 0) backing = await openBacking(link, header.backingFile, header.backingFormat, resolver, depth + 1);
+    if (header.backingFile !== undefined && depth >= 0) backing = await openBacking(link, header.backingFile, header.backingFormat, resolver, depth + 1, refuseEncrypted);
     if (header.dataFile !== undefined && resolver.dataFile) dataFile = await resolver.dataFile(link, header.dataFile, !!opts.writable);
     return await Qcow2Image.open(link.store, { ...opts, backing, dataFile });
   } catch (e) {
@@ -96,7 +104,7 @@ async function openLink(link: ChainLink, opts: OpenOptions, resolver: BackingRes
   }
 }
 
-async function openBacking(image: ChainLink, name: string, format: string | undefined, resolver: BackingResolver, depth: number): Promise<Layer> {
+async function openBacking(image: ChainLink, name: string, format: string | undefined, resolver: BackingResolver, depth: number, refuseEncrypted: boolean): Promise<Layer> {
   if (depth > MAX_BACKING_CHAIN_DEPTH) {
     throw new QcowError('BACKING_CHAIN_TOO_DEEP', `Backing chain of '${image.name}' is deeper than ${MAX_BACKING_CHAIN_DEPTH} images`, { structure: 'backing file name' });
   }
@@ -106,7 +114,7 @@ async function openBacking(image: ChainLink, name: string, format: string | unde
     if (fmt === 'qcow2') {
       let img: Qcow2Image;
       try {
-        img = await openLink(file, {}, resolver, depth);
+        img = await openLink(file, {}, resolver, depth, refuseEncrypted);
       } catch (e) {
         throw e instanceof QcowError ? e.prefixed('Could not open backing file: ') : e;
       }
@@ -118,6 +126,13 @@ async function openBacking(image: ChainLink, name: string, format: string | unde
   } catch (e) {
     await file.store.close().catch(() => {});
     throw e;
+  }
+}
+
+/** QEMU's crypto open without a key-secret (crypto/block-luks.c, block-qcow.c). */
+function refuseIfEncrypted(header: { cryptMethod: number }): void {
+  if (header.cryptMethod !== 0) {
+    throw new QcowError('ENCRYPTED', "Parameter 'encrypt.key-secret' is required for cipher", { structure: 'header', offset: 32 });
   }
 }
 

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { useTempDir } from '../helpers/temp-dir.ts';
-import { createImage, qemuCheck, qemuConvertToRaw, qemuImg, qemuImgOk, qemuInfo, qemuIo, qemuIoOk } from '../helpers/qemu.ts';
+import { createImage, qemuCheck, qemuConvertToRaw, qemuImgCreateEncrypted, qemuImg, qemuImgOk, qemuInfo, qemuIo, qemuIoOk } from '../helpers/qemu.ts';
 import { NodeFileStore } from '../../cli/node-file-store.ts';
 import { openImage as openFile } from '../../cli/open.ts';
 import { openForWrite, openImage as openView, openWithChosenBacking } from '../../worker/engine-adapter.ts';
@@ -176,6 +176,24 @@ describe('raw export has one home', () => {
     try {
       const blob = await view.exportRaw('1', { signal: new AbortController().signal, progress: () => {} });
       expect(Buffer.from(await blob.arrayBuffer()).equals(Buffer.from(expected))).toBe(true);
+    } finally {
+      await view.close();
+    }
+  });
+});
+
+describe('an encrypted image, without its key', () => {
+  it('the page opens it but will not export ciphertext as a disk; the command line refuses it as qemu-img convert does', async () => {
+    const f = tmp.file('enc.qcow2');
+    qemuImgCreateEncrypted(['-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=k', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', f, '4M']);
+    const q = qemuImg(['convert', '-O', 'raw', f, tmp.file('q.raw')]);
+    expect(q.status).toBe(1);
+    expect(q.stderr).toContain("Parameter 'encrypt.key-secret' is required for cipher");
+    expect(await main(['export', f, tmp.file('o.raw')])).toBe(1);
+    expect(fs.existsSync(tmp.file('o.raw'))).toBe(false);
+    const view = await openView(NodeFileStore.open(f));
+    try {
+      await expect(view.exportRaw(null, { signal: new AbortController().signal, progress: () => {} })).rejects.toThrow(/encrypted/);
     } finally {
       await view.close();
     }
