@@ -1,18 +1,22 @@
-// The one set of esbuild settings for the CLI bundle (cli/qcowscope.ts to one .mjs file): used by
-// scripts/build-cli.mjs for dist/cli/qcowscope.mjs and by the tests, which bundle the current
-// sources into a private temp file (tests/helpers/cli.ts), so they run what `npm run build` ships.
+// The one set of esbuild settings for the CLI bundle: used by scripts/build-cli.mjs for
+// dist/cli/qcowscope.mjs and by the tests, which bundle the current sources into a private temp
+// directory (tests/helpers/cli.ts), so they run what `npm run build` ships.
 //
 // Start-up is part of every command's time (`npm run bench` times whole processes), so the
-// bundle avoids two costs that Node charges an ES module before main() runs:
+// bundle avoids the costs that Node charges before main() runs:
+// - Node's ES module loader resolves, reads and links each module, and compiles it again in every
+//   process (Node 20 has no compile cache). The engine is therefore one CommonJS script,
+//   `<name>.engine.cjs`, run by a small launcher (cli/launch.ts, the `.mjs` file) through V8's
+//   code cache, one per verb: a run deserializes what the last run of its verb compiled. Each
+//   verb stays a dynamic import (cli/commands/registry.ts), which the bundle turns into a module
+//   evaluated on first use.
 // - `import ... from 'node:fs'` builds the module's ESM facade, which reads every export,
 //   including lazy getters (fs.promises, ReadStream...) that load streams and more. Builtins are
-//   therefore taken with require() (through createRequire, in the banner), which reads nothing.
+//   therefore taken with require() (the launcher's through createRequire, in the banner).
 // - fflate and fzstd build their tables when their module is evaluated; only compressed
 //   clusters need them. They are bundled as CommonJS behind stubs that load them on first call.
-// - Compiling code costs about 4 ms per 100 kB: each verb is a dynamic import
-//   (cli/commands/registry.ts), split into its own chunk (chunks/ beside the entry file), so a
-//   command compiles its own code and what it shares, not every other verb's.
 import { build } from 'esbuild';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { builtinModules } from 'node:module';
 import * as path from 'node:path';
@@ -62,29 +66,33 @@ const lazyPlugin = {
 };
 
 /**
- * Bundle cli/qcowscope.ts into `outfile`, its chunks into `chunks/` beside it (replaced). `lazy:
- * false` leaves builtins and the decompressors as plain imports (to measure what the start-up
- * plugin saves); `minify` shrinks the files.
+ * Bundle the command line into `outfile` (the launcher, cli/launch.ts) and `<name>.engine.cjs`
+ * beside it (cli/qcowscope.ts and everything it uses, one CommonJS script that the launcher runs
+ * through V8's code cache). `lazy: false` leaves builtins and the decompressors as plain imports
+ * (to measure what the start-up plugin saves); `minify` shrinks the files.
  */
 export async function bundleCli(outfile, { lazy = true, minify = false } = {}) {
   const outdir = path.dirname(path.resolve(outfile));
   const name = path.basename(outfile).replace(/\.m?js$/, '');
-  fs.rmSync(path.join(outdir, 'chunks'), { recursive: true, force: true });
+  const engineName = `${name}.engine.cjs`;
+  const engine = path.join(outdir, engineName);
+  fs.rmSync(path.join(outdir, 'chunks'), { recursive: true, force: true }); // the split bundle of earlier builds
+  const common = { bundle: true, platform: 'node', target: 'node20', sourcemap: false, minify, logLevel: 'warning', plugins: lazy ? [lazyPlugin] : [] };
+  await build({ ...common, entryPoints: [path.join(ROOT, 'cli/qcowscope.ts')], outfile: engine, format: 'cjs' });
+  // the launcher wraps it in a function: no hashbang line inside
+  const source = fs.readFileSync(engine, 'utf8').replace(/^#!.*\n/, '');
+  fs.writeFileSync(engine, source);
+  const hash = createHash('sha256').update(source).digest('hex').slice(0, 16);
+  // the verbs, for the launcher's cache names (a mistyped verb shares the cache of none)
+  const verbs = [...fs.readFileSync(path.join(ROOT, 'cli/commands/registry.ts'), 'utf8').matchAll(/name: '([a-z]+)'/g)].map((m) => m[1]);
   await build({
-    entryPoints: { [name]: path.join(ROOT, 'cli/qcowscope.ts') },
-    outdir,
-    splitting: true,
-    chunkNames: 'chunks/[name]-[hash]',
-    outExtension: { '.js': '.mjs' },
-    bundle: true,
-    platform: 'node',
+    ...common,
+    entryPoints: [path.join(ROOT, 'cli/launch.ts')],
+    outfile: path.resolve(outfile),
     format: 'esm',
-    target: 'node20',
-    sourcemap: false,
-    minify,
-    plugins: lazy ? [lazyPlugin] : [],
     banner: { js: REQUIRE_BANNER },
-    logLevel: 'warning',
+    define: { QCOWSCOPE_ENGINE: JSON.stringify(engineName), QCOWSCOPE_ENGINE_HASH: JSON.stringify(hash), QCOWSCOPE_VERBS: JSON.stringify(verbs) },
   });
+  fs.chmodSync(outfile, 0o755);
   return outfile;
 }
