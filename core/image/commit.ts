@@ -6,15 +6,12 @@
 // order: while the backing file is written the overlay still holds all of its data, so the overlay
 // reads as before whatever the backing file has received; the overlay is emptied only after the
 // backing file is flushed, each step of that a crash-safe change of its own. Persistent bitmaps
-// of a qcow2 backing file are kept as QEMU keeps them: marked in use before the first write (a
-// crash then leaves them inconsistent, never silently stale), and stored afterwards with every
-// granule the commit wrote set in the enabled ones, in-use cleared.
+// of a qcow2 backing file are kept as QEMU keeps them (bitmap-tracking.ts).
 import { QcowError } from '../errors.ts';
-import { BME_FLAG_IN_USE } from '../format/bitmaps.ts';
 import type { ImageStore } from '../io/store.ts';
-import { changeBitmaps } from './bitmap-ops.ts';
+import { assertCanWriteTracked, beginTrackedWrites, finishTrackedWrites } from './bitmap-tracking.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { assertCanWrite, writeGuest, writeZeroes } from './write.ts';
+import { writeGuest, writeZeroes } from './write.ts';
 import { growImage } from './resize.ts';
 import { makeEmpty } from './make-empty.ts';
 
@@ -47,32 +44,13 @@ export interface CommitTarget {
 export function qcow2Target(img: Qcow2Image): CommitTarget {
   return {
     get virtualSize() { return img.virtualSize; },
-    precheck: () => {
-      // persistent bitmaps are kept in step (begin/finish); one already in use cannot be
-      const inUse = img.bitmaps.find((b) => b.flags & BME_FLAG_IN_USE);
-      if (inUse) throw new QcowError('INVALID_ARGUMENT', `Bitmap '${inUse.name}' is inconsistent and cannot be used`, { bitmap: inUse.name });
-      const tracked = img.bitmapsTracked;
-      img.bitmapsTracked = true;
-      try {
-        assertCanWrite(img, 0, 0);
-      } finally {
-        img.bitmapsTracked = tracked;
-      }
-    },
+    precheck: () => assertCanWriteTracked(img),
     grow: (size) => growImage(img, size),
     write: (offset, data) => writeGuest(img, offset, data),
     writeZeroes: (offset, length) => writeZeroes(img, offset, length),
     flush: () => img.flush('committed data before the overlay is emptied'),
-    begin: async () => {
-      if (img.bitmaps.length === 0) return;
-      await changeBitmaps(img, img.bitmaps.map((b) => ({ op: 'in-use', name: b.name })));
-      img.bitmapsTracked = true;
-    },
-    finish: async (written) => {
-      if (!img.bitmapsTracked) return;
-      await changeBitmaps(img, img.bitmaps.map((b) => ({ op: 'written', name: b.name, ranges: written })));
-      img.bitmapsTracked = false;
-    },
+    begin: () => beginTrackedWrites(img),
+    finish: (written) => finishTrackedWrites(img, written),
   };
 }
 

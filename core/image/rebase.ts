@@ -5,12 +5,15 @@
 // allocate, the old chain's data wherever the new chain reads differently (QEMU's img_rebase
 // loop, compared 512 bytes at a time), through ordinary guest writes (crash-safe, docs/architecture.md §3);
 // only then is the link changed, so a crash at any point leaves the overlay reading as before.
+// The overlay's persistent bitmaps follow the copy as QEMU's do (bitmap-tracking.ts): in use while
+// it runs, then every granule it wrote set in the enabled ones.
 import { QcowError } from '../errors.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import { MAX_BACKING_FILE_NAME } from '../format/constants.ts';
 import type { Layer } from './layer.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
-import { assertCanWrite, writeGuest } from './write.ts';
+import { assertCanWriteTracked, beginTrackedWrites, finishTrackedWrites } from './bitmap-tracking.ts';
+import { writeGuest } from './write.ts';
 
 /** The new link: a file name and its format, or none (a standalone image). */
 export type BackingLink = { file: string; format: string } | null;
@@ -36,28 +39,44 @@ const SECTOR = 512;
  * differently. The caller changes the link afterwards with setBackingLink.
  */
 export async function copyBackingDifferences(img: Qcow2Image, newChain: Layer | null, onProgress?: (done: number) => void): Promise<void> {
-  assertCanWrite(img, 0, 0); // refused up front, not after part of the copy
+  assertCanWriteTracked(img); // refused up front, not after part of the copy
   const size = img.virtualSize;
   const oldChain = img.backing;
+  const written: Array<[number, number]> = [];
+  let begun = false;
+  const write = async (offset: number, data: Uint8Array): Promise<void> => {
+    if (!begun) {
+      await beginTrackedWrites(img); // only when something is written, as QEMU stores nothing otherwise
+      begun = true;
+    }
+    await writeGuest(img, offset, data);
+    written.push([offset, data.length]);
+  };
   for (let pos = 0; pos < size; pos += IO_BUF_SIZE) {
     const n = Math.min(IO_BUF_SIZE, size - pos);
     for (const e of await img.extents(pos, n)) {
       if (e.depth === 0 && e.present) continue; // the overlay's own data stays
       if (!e.zero) {
-        await copyRange(img, oldChain, newChain, e.start, e.length);
+        await copyRange(write, oldChain, newChain, e.start, e.length);
         continue;
       }
       // the old chain reads zeros here: only where the new one may not is there anything to compare
       if (!newChain) continue;
       for (const ne of await newChain.extents(e.start, e.length)) {
-        if (!ne.zero) await copyRange(img, oldChain, newChain, ne.start, ne.length);
+        if (!ne.zero) await copyRange(write, oldChain, newChain, ne.start, ne.length);
       }
     }
     onProgress?.(pos + n);
   }
+  if (begun) {
+    await img.flush('rebased data before the bitmaps name it');
+    await finishTrackedWrites(img, written);
+  }
 }
 
-async function copyRange(img: Qcow2Image, oldChain: Layer | null, newChain: Layer | null, start: number, length: number): Promise<void> {
+async function copyRange(
+  write: (offset: number, data: Uint8Array) => Promise<void>, oldChain: Layer | null, newChain: Layer | null, start: number, length: number,
+): Promise<void> {
   const oldBytes = oldChain && start < oldChain.virtualSize ? await oldChain.read(start, length) : new Uint8Array(length);
   const newBytes = newChain && start < newChain.virtualSize ? await newChain.read(start, length) : new Uint8Array(length);
   // runs of differing sectors, each written as one guest write
@@ -67,7 +86,7 @@ async function copyRange(img: Qcow2Image, oldChain: Layer | null, newChain: Laye
     if (differs && runStart < 0) runStart = off;
     if (!differs && runStart >= 0) {
       const end = Math.min(off, length);
-      await writeGuest(img, start + runStart, oldBytes.subarray(runStart, end));
+      await write(start + runStart, oldBytes.subarray(runStart, end));
       runStart = -1;
     }
   }

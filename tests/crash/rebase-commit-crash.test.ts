@@ -115,16 +115,18 @@ async function commitRun(overlayStore: ImageStore, baseStore: ImageStore, keep: 
 const DROPPED = { exhaustiveUpTo: 5, samples: 10 };
 
 describe('rebase stopped at every write, or losing unflushed writes', () => {
-  const cases: Array<[string, BackingLink, boolean, string]> = [
+  const cases: Array<[string, BackingLink, boolean, string, ('top' | false)?]> = [
     ['-u onto another image', { file: 'other.qcow2', format: 'qcow2' }, false, '64k'],
     ['-u -b ""', null, false, '64k'],
     ['safe onto a different disk', { file: 'other.qcow2', format: 'qcow2' }, true, '64k'],
     ['safe onto a different disk, 4 KiB clusters under', { file: 'other.qcow2', format: 'qcow2' }, true, '4k'],
     ['safe -b "" (standalone)', null, true, '64k'],
+    // the overlay's bitmap marked in use, the data copied, then stored with the copied ranges set
+    ['safe -b "" (standalone), a bitmap in the overlay', null, true, '64k', 'top'],
   ];
-  for (const [name, link, safe, cs] of cases) {
+  for (const [name, link, safe, cs, bitmap] of cases) {
     it(name, async () => {
-      const files = makeChain(cs);
+      const files = makeChain(cs, undefined, bitmap ?? false);
       const links = ['base.qcow2', link?.file];
       // an unsafe link change leaves the data as the new chain reads it: judged by the link only
       const states = await enumerateCrashStates(files['top.qcow2']!, (s) => rebaseRun(s, files, link, safe));

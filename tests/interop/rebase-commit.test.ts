@@ -362,6 +362,30 @@ describe('commit: an overlay with an internal snapshot', () => {
   });
 });
 
+describe('safe rebase of an overlay with persistent bitmaps', () => {
+  it('the enabled bitmaps take the copied ranges, as qemu-img\'s (rebase -b "" and onto the first link)', async () => {
+    for (const [cs, g, target] of [['64k', '4k', ''], ['512', '1M', 'base.qcow2'], ['2M', '512', '']] as const) {
+      const chain: Link[] = [
+        ['base.qcow2', `cluster_size=${cs}`, ['write -P 1 0 1M', `write -c -P 6 2M ${cs}`]],
+        ['mid.qcow2', '', ['write -P 2 700k 200k', 'write -P 7 6M 70k']],
+        ['top.qcow2', `cluster_size=${cs}`, ['write -P 3 10k 1k']],
+      ];
+      build(chain);
+      for (const d of ['q', 'o']) {
+        const f = path.join(w.dir, d, 'top.qcow2');
+        qemuImgOk(['bitmap', '--add', '-g', g, f, 'on']);
+        qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
+        qemuIoOk(f, 'write -P 4 3M 10k');
+      }
+      const args = target ? ['rebase', '-b', target, '-F', 'qcow2'] : ['rebase', '-b', ''];
+      expect(await same(args, chain), `${cs}/${g}`).toBe(0);
+      for (const n of ['on', 'off']) expect(bitsOf(o('top.qcow2'), n), `${cs}/${g}: ${n}`).toEqual(bitsOf(q('top.qcow2'), n));
+      expect(bitsOf(o('top.qcow2'), 'on')![2]).toMatch(/[1-9a-f]/);
+      expect(qemuInfoJson(o('top.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('top.qcow2'))['format-specific']);
+    }
+  });
+});
+
 describe('safe rebase over a raw backing file with holes', () => {
   it('rebase -b "" copies the raw file\'s data, not its holes', async () => {
     w.overRawWithHoles('rq.qcow2');
