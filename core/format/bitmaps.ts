@@ -9,8 +9,8 @@ export const BME_FLAG_IN_USE = 1 << 0;
 export const BME_FLAG_AUTO = 1 << 1;
 /** QEMU's BME_RESERVED_FLAGS: everything but in_use and auto (extra_data_compatible included). */
 const BME_RESERVED_FLAGS = 0xfffffffc;
-const BME_MAX_TABLE_SIZE = 0x8000000;
-const BME_MAX_PHYS_SIZE = 0x20000000;
+export const BME_MAX_TABLE_SIZE = 0x8000000;
+export const BME_MAX_PHYS_SIZE = 0x20000000;
 const BME_MIN_GRANULARITY_BITS = 9;
 const BME_MAX_GRANULARITY_BITS = 31;
 export const BME_MAX_NAME_SIZE = 1023;

@@ -10,7 +10,7 @@ import { QcowError } from '../errors.ts';
 import { bitmapTableEntryOffset, putEntry } from '../format/entries.ts';
 import { be32 } from '../format/bytes.ts';
 import {
-  BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BT_DIRTY_TRACKING_BITMAP,
+  BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BME_MAX_PHYS_SIZE, BME_MAX_TABLE_SIZE, BT_DIRTY_TRACKING_BITMAP,
   dirEntrySize, encodeBitmapDirectory, parseBitmapDirectory, type BitmapEntry,
 } from '../format/bitmaps.ts';
 import * as C from '../format/constants.ts';
@@ -54,6 +54,31 @@ function tableSizeFor(virtualSize: number, granularityBits: number, clusterSize:
 /** An all-clear bitmap over `virtualSize` bytes: one bit per granule, granule 0 in bit 0 of byte 0. */
 function bitsFor(virtualSize: number, granularityBits: number): Uint8Array {
   return new Uint8Array(Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8));
+}
+
+/**
+ * QEMU's name for the image's node in messages (bdrv_get_device_or_node_name): qemu-img's image
+ * is the second node it makes, named by id_generate as "#block" + 1 + two random digits.
+ */
+function nodeName(): string {
+  return `#block1${String(Math.floor(Math.random() * 100)).padStart(2, '0')}`;
+}
+
+/**
+ * Why a new bitmap cannot be stored in the image, in QEMU's order and words
+ * (qcow2_co_can_store_new_dirty_bitmap and check_constraints_on_bitmap), or undefined.
+ */
+function persistentRefusal(img: Qcow2Image, entries: readonly Entry[], name: string, granularity: number): string | undefined {
+  if (img.header.version < 3) return 'Cannot store dirty bitmaps in qcow2 v2 files';
+  const bytes = Math.ceil(Math.ceil(img.virtualSize / granularity) / 8);
+  if (bytes > BME_MAX_PHYS_SIZE || Math.ceil(bytes / img.clusterSize) > BME_MAX_TABLE_SIZE) {
+    return 'Too much space will be occupied by the bitmap. Use larger granularity';
+  }
+  if (encodeString(name).length > BME_MAX_NAME_SIZE) return `Name length exceeds maximum (${BME_MAX_NAME_SIZE} characters)`;
+  if (entries.length >= C.MAX_BITMAPS) return 'Maximum number of persistent bitmaps is already reached';
+  const dirSize = entries.reduce((n, e) => n + dirEntrySize(e.name), 0) + dirEntrySize(name);
+  if (dirSize > C.MAX_BITMAP_DIRECTORY_SIZE) return 'Not enough space in the bitmap directory';
+  return undefined;
 }
 
 /** A stored bitmap's bits (a table entry of 0 reads as clear, the all-ones flag as set). */
@@ -118,12 +143,8 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
         refusal = failed(op, 'Granularity must be power of 2 and at least 512');
         break;
       }
-      if (img.header.version < 3) {
-        refusal = failed(op, `Can't make bitmap '${op.name}' persistent: Cannot store dirty bitmaps in qcow2 v2 files`);
-        break;
-      }
-      if (encodeString(op.name).length > BME_MAX_NAME_SIZE) { refusal = failed(op, `Can't make bitmap '${op.name}' persistent: Name is too long`); break; }
-      if (entries.length + 1 > C.MAX_BITMAPS) { refusal = failed(op, 'Maximum number of persistent bitmaps is already reached'); break; }
+      const cannot = persistentRefusal(img, entries, op.name, g);
+      if (cannot) { refusal = failed(op, `Can't make bitmap '${op.name}' persistent in '${nodeName()}': ${cannot}`); break; }
       const bits = Math.log2(g);
       const e: Entry = {
         bitmapTableOffset: 0, bitmapTableSize: tableSizeFor(img.virtualSize, bits, cs),
