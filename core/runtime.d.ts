@@ -1,5 +1,5 @@
-// The few globals core/ may use beyond ECMAScript: the WHATWG Encoding API, which browsers, Web
-// Workers and Node all provide. core/ is compiled without the DOM and Node libraries
+// The few globals core/ may use beyond ECMAScript: the WHATWG Encoding API and the High Resolution
+// Time API's clock, which browsers, Web Workers and Node all provide. core/ is compiled without the DOM and Node libraries
 // (tsconfig.core.json), so anything else from either runtime is a compile error; this file is
 // only part of that config (the browser and Node configs take these names from their own libs).
 
@@ -18,3 +18,6 @@ declare var TextEncoder: {
   prototype: TextEncoder;
   new (): TextEncoder;
 };
+
+/** High Resolution Time: milliseconds since the time origin, with a fraction (snapshot timestamps). */
+declare var performance: { readonly timeOrigin: number; now(): number };

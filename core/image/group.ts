@@ -18,7 +18,7 @@
 import { QcowError, isQcowError } from '../errors.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import {
-  planCreate, planDelete, planRevert, type CreateOptions, type PlannedSnapshotOp, type SnapshotOpResult, type SnapshotRef,
+  planCreate, planDelete, planRevert, snapshotTimestamp, type CreateOptions, type PlannedSnapshotOp, type SnapshotOpResult, type SnapshotRef,
 } from './snapshot.ts';
 
 /** Re-throw an image's error with the image named (same code, details kept). */
@@ -91,8 +91,7 @@ export async function runGroup(
 
 export function groupCreate(imgs: readonly Qcow2Image[], name: string, opts: CreateOptions = {}): Promise<SnapshotOpResult[]> {
   // One timestamp for the whole group, as QEMU's savevm gives every device the same one.
-  const now = Date.now();
-  const o: CreateOptions = { dateSec: Math.floor(now / 1000), dateNsec: (now % 1000) * 1_000_000, ...opts };
+  const o: CreateOptions = { ...snapshotTimestamp(), ...opts };
   return runGroup(imgs, (img) => planCreate(img, name, o));
 }
 

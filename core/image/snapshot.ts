@@ -20,6 +20,13 @@ import { planQemuLayout, settleToQemuLayout, type QemuLayout } from './snapshot-
 const MAX_SNAPSHOT_NAME_BYTES = 255;
 
 /** A snapshot given by ID-or-name (a string: the ID first, then the name), or by ID and/or name. */
+
+/** The wall clock as QEMU stamps a snapshot (g_get_real_time: microseconds; date_nsec a multiple of 1000). */
+export function snapshotTimestamp(): { dateSec: number; dateNsec: number } {
+  const us = Math.floor((performance.timeOrigin + performance.now()) * 1000);
+  return { dateSec: Math.floor(us / 1_000_000), dateNsec: (us % 1_000_000) * 1000 };
+}
+
 export type SnapshotRef = string | { id?: string; name?: string };
 
 /**
@@ -249,15 +256,15 @@ export async function planCreate(img: Qcow2Image, name: string, opts: CreateOpti
     });
   }
   precheckSnapshotOp(img, `create snapshot '${name}'`);
-  const now = Date.now();
+  const now = snapshotTimestamp();
   const sn = makeSnapshot({
     // The current active L1 becomes the snapshot's; the active tree moves to a new L1.
     l1TableOffset: img.header.l1TableOffset,
     l1Size: img.header.l1Size,
     idStr: nextSnapshotId(img.snapshots),
     name,
-    dateSec: opts.dateSec ?? Math.floor(now / 1000),
-    dateNsec: opts.dateNsec ?? (now % 1000) * 1_000_000,
+    dateSec: opts.dateSec ?? now.dateSec,
+    dateNsec: opts.dateNsec ?? now.dateNsec,
     vmClockNsec: opts.vmClockNsec ?? 0,
     vmStateSize: 0,
     diskSize: img.virtualSize,
