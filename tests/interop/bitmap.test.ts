@@ -180,7 +180,7 @@ describe('bitmap --merge: the same bits as qemu-img\'s', () => {
 });
 
 /** One step on the copies runSteps made (q.qcow2 by qemu-img, o.qcow2 by us), judged as runSteps judges. */
-async function runStep(args: string[], name: string): Promise<void> {
+async function runStep(args: string[], name: string, layout = true): Promise<void> {
   const [q, o] = [path.join(w.dir, 'q.qcow2'), path.join(w.dir, 'o.qcow2')];
   const step = `bitmap ${args.join(' ')} ${name}`;
   await w.expectSame(['bitmap', ...args, 'q.qcow2', name], ['q.qcow2', 'o.qcow2']);
@@ -188,4 +188,19 @@ async function runStep(args: string[], name: string): Promise<void> {
   expect(check.exitCode, `${step}: qemu-img check\n${check.stderr}`).toBe(0);
   expect(bitmapsOf(o), step).toEqual(bitmapsOf(q));
   expect(qemuImg(['compare', q, o]).status, `${step}: qemu-img compare`).toBe(0);
+  if (layout) expectSameLayout(q, o, step);
+}
+
+/**
+ * qemu-img's layout (core/image/bitmap-ops.ts): the same file length, `qemu-img map`, `qemu-img
+ * info` (its actual-size aside: QEMU punches holes where it frees bitmap data clusters, we zero
+ * them) and, as the clusters QEMU frees keep the bytes it leaves there, the same bytes.
+ */
+function expectSameLayout(q: string, o: string, step: string): void {
+  expect(fs.statSync(o).size, `${step}: file length`).toBe(fs.statSync(q).size);
+  const map = (f: string): string => qemuImgOk(['map', '--output=json', f]);
+  expect(map(o), `${step}: qemu-img map`).toBe(map(q));
+  const info = (f: string): unknown => ({ ...qemuInfo(f), filename: '', 'actual-size': 0 });
+  expect(info(o), `${step}: qemu-img info`).toEqual(info(q));
+  expect(fs.readFileSync(o).equals(fs.readFileSync(q)), `${step}: the same bytes`).toBe(true);
 }
