@@ -7,10 +7,11 @@
 // longer referenced freed. A crash before the commit leaves the old bitmaps and leaked clusters;
 // after it, the new bitmaps and at worst leaks.
 //
-// Where it is modelled (every bitmap consistent, known flags), the result has qemu-img's layout:
-// QEMU opens the image, changes the bitmaps in memory (a remove also stores a directory without
-// the removed bitmap right away, and frees it), and on close stores every bitmap again, first fit
-// (docs/architecture.md, "Bitmap verbs"). Each of those two stores is one commit as above.
+// Where it is modelled (known flags and plain entries: loadQemuBitmaps), the file is the one
+// qemu-img leaves: QEMU opens the image, changes the bitmaps in memory (a remove also stores a
+// directory without the removed bitmap right away, and frees it), and on close stores every
+// consistent bitmap again, first fit (docs/architecture.md, "Bitmap verbs"). Each of those two
+// stores is one commit as above.
 import { QcowError } from '../errors.ts';
 import { bitmapTableEntryOffset, putEntry } from '../format/entries.ts';
 import { be32 } from '../format/bytes.ts';
