@@ -60,19 +60,37 @@ function tableSizeFor(virtualSize: number, granularityBits: number, clusterSize:
 
 /** An all-clear bitmap over `virtualSize` bytes: one bit per granule, granule 0 in bit 0 of byte 0. */
 function bitsFor(virtualSize: number, granularityBits: number): Uint8Array {
-  return new Uint8Array(Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8));
+  return new Uint8Array(bitsLength(virtualSize, granularityBits));
 }
 
-/** A stored bitmap's bits (a table entry of 0 reads as clear, the all-ones flag as set). */
+/** The bytes of a bitmap's bits. */
+function bitsLength(virtualSize: number, granularityBits: number): number {
+  return Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8);
+}
+
+/**
+ * Cluster `k` of a stored bitmap's bits (`table` its table, `length` the bits' bytes): a table
+ * entry of 0 reads as clear (null), the all-ones flag as set; past the bits' end, zeros.
+ */
+async function storedCluster(img: Qcow2Image, table: Uint8Array, k: number, length: number): Promise<Uint8Array | null> {
+  const cs = img.clusterSize;
+  const n = Math.max(0, Math.min(cs, length - k * cs));
+  const off = bitmapTableEntryOffset(table, k);
+  if (off === 0 && !(be32(table, k * 8 + 4) & 1)) return null;
+  const out = new Uint8Array(cs);
+  if (off !== 0) out.set((await img.store.read(off, cs)).subarray(0, n));
+  else out.fill(0xff, 0, n);
+  return out;
+}
+
+/** A stored bitmap's bits. */
 async function readBits(img: Qcow2Image, e: Entry): Promise<Uint8Array> {
   const cs = img.clusterSize;
   const bits = bitsFor(img.virtualSize, e.granularityBits);
   const table = await img.store.read(e.bitmapTableOffset, e.bitmapTableSize * 8);
   for (let k = 0; k < e.bitmapTableSize && k * cs < bits.length; k++) {
-    const n = Math.min(cs, bits.length - k * cs);
-    const off = bitmapTableEntryOffset(table, k);
-    if (off !== 0) bits.set((await img.store.read(off, cs)).subarray(0, n), k * cs);
-    else if (be32(table, k * 8 + 4) & 1) bits.fill(0xff, k * cs, k * cs + n);
+    const c = await storedCluster(img, table, k, bits.length);
+    if (c) bits.set(c.subarray(0, Math.min(cs, bits.length - k * cs)), k * cs);
   }
   return bits;
 }
@@ -246,12 +264,9 @@ function removedFirst(img: Qcow2Image, entries: Entry[], removed: Entry[]): bool
  */
 async function storeAsQemu(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: Map<Entry, Uint8Array>, removed: Entry | undefined): Promise<void> {
   const consistent = (e: Entry): boolean => (e.flags & BME_FLAG_IN_USE) === 0;
-  // every stored bitmap's bits, read before anything moves
-  const bits = new Map<Entry, Uint8Array>();
-  for (const e of entries) {
-    const b = fresh.has(e) ? content.get(e) : consistent(e) ? await readBits(img, e) : undefined;
-    if (b) bits.set(e, b);
-  }
+  // the bitmaps not changed are copied where they are (their clusters stay until the end)
+  const bits = new Map<Entry, Uint8Array | Entry>(content);
+  for (const e of entries) if (!fresh.has(e) && consistent(e)) bits.set(e, { ...e });
   const strip = ({ entryOffset: _o, ...e }: BitmapEntry): Entry => ({ ...e });
   if (removed) {
     const found = await asQemuLeftThem(img);
@@ -275,7 +290,12 @@ async function asQemuLeftThem(img: Qcow2Image): Promise<QemuBitmaps> {
   return { entries: img.bitmaps, stored: img.bitmaps.map(() => false), tables: [], directorySize: dir?.bitmapDirectorySize ?? 0, old, oldData: [] };
 }
 
-async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: Map<Entry, Uint8Array>, dropped: Entry[]): Promise<void> {
+/**
+ * Store `entries`: the `fresh` ones in new clusters with their `content` (bits, or the stored
+ * bitmap to copy cluster by cluster; none: all clear), the others as they are; then the old
+ * directory and the `dropped` bitmaps freed.
+ */
+async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: ReadonlyMap<Entry, Uint8Array | Entry>, dropped: Entry[]): Promise<void> {
   const cs = img.clusterSize;
   const dirSize = entries.reduce((n, e) => n + dirEntrySize(e.name), 0);
   if (dirSize > C.MAX_BITMAP_DIRECTORY_SIZE) throw new QcowError('INVALID_ARGUMENT', 'Not enough space in the bitmap directory', {});
@@ -292,11 +312,17 @@ async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, conte
     const bytes = Math.ceil((e.bitmapTableSize * 8) / cs) * cs;
     const table = new Uint8Array(bytes);
     const bits = content.get(e);
+    const length = bitsLength(img.virtualSize, e.granularityBits);
+    const copied = bits && !(bits instanceof Uint8Array) ? await img.store.read(bits.bitmapTableOffset, bits.bitmapTableSize * 8) : null;
     for (let k = 0; bits && k < e.bitmapTableSize; k++) {
-      const chunk = bits.subarray(k * cs, (k + 1) * cs);
-      if (chunk.every((x) => x === 0)) continue;
-      const data = new Uint8Array(cs);
-      data.set(chunk);
+      let data: Uint8Array | null;
+      if (copied) {
+        data = await storedCluster(img, copied, k, length);
+      } else {
+        data = new Uint8Array(cs);
+        data.set((bits as Uint8Array).subarray(k * cs, (k + 1) * cs));
+      }
+      if (!data || data.every((x) => x === 0)) continue;
       const off = await allocClusters(img, 1, 'bitmap data');
       await img.pwrite(off, data, 'bitmap data');
       putEntry(table, k * 8, Math.floor(off / 2 ** 32), off % 2 ** 32);
