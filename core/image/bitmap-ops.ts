@@ -128,8 +128,7 @@ async function bitmapClusters(img: Qcow2Image, e: Entry): Promise<Array<[number,
 export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<void> {
   const cs = img.clusterSize;
   // QEMU's layout where it is modelled (loadQemuBitmaps): not for commit's in-use/written marks
-  const qemu = ops.some((op) => op.op === 'in-use' || op.op === 'written') ? null : await loadQemuBitmaps(img);
-  const asQemu = qemu !== null;
+  const asQemu = !ops.some((op) => op.op === 'in-use' || op.op === 'written') && (await loadQemuBitmaps(img)) !== null;
   /** The bitmaps removed, as they were found. */
   const removed: Entry[] = [];
   const entries: Entry[] = img.bitmaps.map(({ entryOffset: _o, ...e }) => ({ ...e }));
