@@ -61,15 +61,23 @@ export const bitmapCmd: Command = {
     const img = await openImage(file, { writable: true, noBacking: true });
     let source: Qcow2Image | undefined;
     try {
-      if (srcFile !== undefined) {
-        // a raw source file has no bitmaps: every --merge from it finds none
-        source = srcFmt === 'raw' ? undefined : await openImage(srcFile, { noBacking: true });
-      }
       const ops: BitmapOp[] = order.map(({ op, from }) => {
         if (op === 'add') return { op, name, granularity };
         if (op === 'merge') return { op, name, from: from ?? '', source: srcFmt === 'raw' ? null : source };
         return { op, name };
       });
+      if (srcFile !== undefined && srcFmt !== 'raw') {
+        // a raw source file has no bitmaps: every --merge from it finds none
+        try {
+          source = await openImage(srcFile, { noBacking: true });
+        } catch (e) {
+          // qemu-img opens it at the first --merge: the operations before it take effect, and
+          // closing the image stores its bitmaps again all the same
+          await changeBitmaps(img, ops.slice(0, ops.findIndex((o) => o.op === 'merge')));
+          throw e;
+        }
+        for (const o of ops) if (o.op === 'merge') o.source = source;
+      }
       await changeBitmaps(img, ops);
     } finally {
       await source?.close();

@@ -6,6 +6,12 @@
 // commit point), flush, and only then are the old directory, the tables and data clusters no
 // longer referenced freed. A crash before the commit leaves the old bitmaps and leaked clusters;
 // after it, the new bitmaps and at worst leaks.
+//
+// Where it is modelled (known flags and plain entries: loadQemuBitmaps), the file is the one
+// qemu-img leaves: QEMU opens the image, changes the bitmaps in memory (a remove also stores a
+// directory without the removed bitmap right away, and frees it), and on close stores every
+// consistent bitmap again, first fit (docs/architecture.md, "Bitmap verbs"). Each of those two
+// stores is one commit as above.
 import { QcowError } from '../errors.ts';
 import { bitmapTableEntryOffset, putEntry } from '../format/entries.ts';
 import { be32 } from '../format/bytes.ts';
@@ -17,6 +23,7 @@ import * as C from '../format/constants.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import { encodeString } from '../format/bytes.ts';
 import { allocClusters, freeClusters } from './allocator.ts';
+import { leaveOldBitmapsAsQemu, loadQemuBitmaps, type QemuBitmaps } from './snapshot-settle-bitmaps.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 
 export type BitmapOp =
@@ -53,7 +60,7 @@ function tableSizeFor(virtualSize: number, granularityBits: number, clusterSize:
 
 /** An all-clear bitmap over `virtualSize` bytes: one bit per granule, granule 0 in bit 0 of byte 0. */
 function bitsFor(virtualSize: number, granularityBits: number): Uint8Array {
-  return new Uint8Array(Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8));
+  return new Uint8Array(bitsLength(virtualSize, granularityBits));
 }
 
 /**
@@ -81,16 +88,34 @@ function persistentRefusal(img: Qcow2Image, entries: readonly Entry[], name: str
   return undefined;
 }
 
-/** A stored bitmap's bits (a table entry of 0 reads as clear, the all-ones flag as set). */
+/** The bytes of a bitmap's bits. */
+function bitsLength(virtualSize: number, granularityBits: number): number {
+  return Math.ceil(Math.ceil(virtualSize / 2 ** granularityBits) / 8);
+}
+
+/**
+ * Cluster `k` of a stored bitmap's bits (`table` its table, `length` the bits' bytes): a table
+ * entry of 0 reads as clear (null), the all-ones flag as set; past the bits' end, zeros.
+ */
+async function storedCluster(img: Qcow2Image, table: Uint8Array, k: number, length: number): Promise<Uint8Array | null> {
+  const cs = img.clusterSize;
+  const n = Math.max(0, Math.min(cs, length - k * cs));
+  const off = bitmapTableEntryOffset(table, k);
+  if (off === 0 && !(be32(table, k * 8 + 4) & 1)) return null;
+  const out = new Uint8Array(cs);
+  if (off !== 0) out.set((await img.store.read(off, cs)).subarray(0, n));
+  else out.fill(0xff, 0, n);
+  return out;
+}
+
+/** A stored bitmap's bits. */
 async function readBits(img: Qcow2Image, e: Entry): Promise<Uint8Array> {
   const cs = img.clusterSize;
   const bits = bitsFor(img.virtualSize, e.granularityBits);
   const table = await img.store.read(e.bitmapTableOffset, e.bitmapTableSize * 8);
   for (let k = 0; k < e.bitmapTableSize && k * cs < bits.length; k++) {
-    const n = Math.min(cs, bits.length - k * cs);
-    const off = bitmapTableEntryOffset(table, k);
-    if (off !== 0) bits.set((await img.store.read(off, cs)).subarray(0, n), k * cs);
-    else if (be32(table, k * 8 + 4) & 1) bits.fill(0xff, k * cs, k * cs + n);
+    const c = await storedCluster(img, table, k, bits.length);
+    if (c) bits.set(c.subarray(0, Math.min(cs, bits.length - k * cs)), k * cs);
   }
   return bits;
 }
@@ -127,6 +152,10 @@ async function bitmapClusters(img: Qcow2Image, e: Entry): Promise<Array<[number,
  */
 export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<void> {
   const cs = img.clusterSize;
+  // QEMU's layout where it is modelled (loadQemuBitmaps): not for commit's in-use/written marks
+  const asQemu = !ops.some((op) => op.op === 'in-use' || op.op === 'written') && (await loadQemuBitmaps(img)) !== null;
+  /** The bitmaps removed, as they were found. */
+  const removed: Entry[] = [];
   const entries: Entry[] = img.bitmaps.map(({ entryOffset: _o, ...e }) => ({ ...e }));
   /** New tables to allocate (all clear), by entry; ranges to free once the new directory is live. */
   const fresh = new Set<Entry>();
@@ -205,6 +234,8 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
       break;
     }
     if (op.op === 'remove') {
+      const found = img.bitmaps.find((b) => b.name === op.name);
+      if (found && !removed.some((r) => r.name === op.name)) removed.push(found);
       entries.splice(i, 1);
       if (fresh.has(e)) fresh.delete(e);
       else dropped.push(e);
@@ -222,11 +253,69 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
   }
   const changed = fresh.size > 0 || dropped.length > 0 ||
     entries.some((e, k) => e.flags !== img.bitmaps[k]?.flags) || entries.length !== img.bitmaps.length;
-  if (changed) await store(img, entries, fresh, content, dropped);
+  if (asQemu && removedFirst(img, entries, removed)) await storeAsQemu(img, entries, fresh, content, removed[0]);
+  else if (changed) await store(img, entries, fresh, content, dropped);
   if (refusal) throw refusal;
 }
 
-async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: Map<Entry, Uint8Array>, dropped: Entry[]): Promise<void> {
+const listing = (e: Entry): string => `${e.name}/${e.flags}/${e.granularityBits}`;
+
+/**
+ * Whether QEMU's two stores (the remove's, then the close's) each leave a state the operation
+ * may crash into: at most one bitmap removed from the file, and the bitmaps after the whole
+ * operation listed as after the remove alone (a crash between the two stores lists them so).
+ */
+function removedFirst(img: Qcow2Image, entries: Entry[], removed: Entry[]): boolean {
+  if (removed.length === 0) return true;
+  if (removed.length > 1) return false;
+  const kept = img.bitmaps.filter((b) => b.name !== removed[0]!.name);
+  return kept.length === entries.length && kept.every((b, k) => listing(b) === listing(entries[k]!));
+}
+
+/**
+ * qemu-img bitmap's layout: the removed bitmap (if any) goes first in a store of its own (QEMU's
+ * qcow2_co_remove_persistent_dirty_bitmap: the directory without it, first fit, then its old
+ * directory, table and data freed); then every bitmap is stored again in directory order
+ * (qcow2_store_persistent_dirty_bitmaps on close), first fit from the lowest free cluster, the
+ * old ones freed after the header names the new directory. A bitmap a crash left in use QEMU
+ * neither loads nor stores: its table and entry stay; with nothing else to store, nothing is
+ * written. The clusters QEMU frees keep its bytes (leaveOldBitmapsAsQemu): data zeroed as by its
+ * punched hole, the old directory as QEMU marked it in use on open.
+ */
+async function storeAsQemu(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: Map<Entry, Uint8Array>, removed: Entry | undefined): Promise<void> {
+  const consistent = (e: Entry): boolean => (e.flags & BME_FLAG_IN_USE) === 0;
+  // the bitmaps not changed are copied where they are (their clusters stay until the end)
+  const bits = new Map<Entry, Uint8Array | Entry>(content);
+  for (const e of entries) if (!fresh.has(e) && consistent(e)) bits.set(e, { ...e });
+  const strip = ({ entryOffset: _o, ...e }: BitmapEntry): Entry => ({ ...e });
+  if (removed) {
+    const found = await asQemuLeftThem(img);
+    const data = (await bitmapClusters(img, removed)).slice(1).map(([off]) => off);
+    await store(img, img.bitmaps.filter((b) => b.name !== removed.name).map(strip), new Set(), new Map(), [removed]);
+    await leaveOldBitmapsAsQemu(img, { ...found, oldData: data }, img.store.size());
+  }
+  const stored = entries.filter(consistent);
+  if (stored.length === 0) return;
+  const now = await asQemuLeftThem(img);
+  await store(img, entries, new Set(stored), bits, img.bitmaps.filter(consistent).map(strip));
+  if (now.entries.length > 0) await leaveOldBitmapsAsQemu(img, now, img.store.size());
+}
+
+/** The bitmaps as found (loadQemuBitmaps), also when QEMU stores none of them (all in use, or none). */
+async function asQemuLeftThem(img: Qcow2Image): Promise<QemuBitmaps> {
+  const b = await loadQemuBitmaps(img);
+  if (b) return b;
+  const dir = img.header.bitmaps;
+  const old: Array<[number, number]> = dir ? [[dir.bitmapDirectoryOffset, dir.bitmapDirectorySize]] : [];
+  return { entries: img.bitmaps, stored: img.bitmaps.map(() => false), tables: [], directorySize: dir?.bitmapDirectorySize ?? 0, old, oldData: [] };
+}
+
+/**
+ * Store `entries`: the `fresh` ones in new clusters with their `content` (bits, or the stored
+ * bitmap to copy cluster by cluster; none: all clear), the others as they are; then the old
+ * directory and the `dropped` bitmaps freed.
+ */
+async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: ReadonlyMap<Entry, Uint8Array | Entry>, dropped: Entry[]): Promise<void> {
   const cs = img.clusterSize;
   const dirSize = entries.reduce((n, e) => n + dirEntrySize(e.name), 0);
   if (dirSize > C.MAX_BITMAP_DIRECTORY_SIZE) throw new QcowError('INVALID_ARGUMENT', 'Not enough space in the bitmap directory', {});
@@ -238,15 +327,22 @@ async function store(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, conte
 
   // 1. new bitmaps (QEMU's store_bitmap: the data clusters that are not all clear, then the
   // table; entry 0 for a clear cluster) and the new directory, refcounts first
-  for (const e of fresh) {
+  for (const e of entries) {
+    if (!fresh.has(e)) continue;
     const bytes = Math.ceil((e.bitmapTableSize * 8) / cs) * cs;
     const table = new Uint8Array(bytes);
     const bits = content.get(e);
+    const length = bitsLength(img.virtualSize, e.granularityBits);
+    const copied = bits && !(bits instanceof Uint8Array) ? await img.store.read(bits.bitmapTableOffset, bits.bitmapTableSize * 8) : null;
     for (let k = 0; bits && k < e.bitmapTableSize; k++) {
-      const chunk = bits.subarray(k * cs, (k + 1) * cs);
-      if (chunk.every((x) => x === 0)) continue;
-      const data = new Uint8Array(cs);
-      data.set(chunk);
+      let data: Uint8Array | null;
+      if (copied) {
+        data = await storedCluster(img, copied, k, length);
+      } else {
+        data = new Uint8Array(cs);
+        data.set((bits as Uint8Array).subarray(k * cs, (k + 1) * cs));
+      }
+      if (!data || data.every((x) => x === 0)) continue;
       const off = await allocClusters(img, 1, 'bitmap data');
       await img.pwrite(off, data, 'bitmap data');
       putEntry(table, k * 8, Math.floor(off / 2 ** 32), off % 2 ** 32);

@@ -9,7 +9,8 @@
 // (docs/architecture.md). A bitmap marked in use (inconsistent, left by a crash) QEMU neither
 // loads nor stores: its table and data stay where they are and its entry keeps its flags; when
 // every bitmap is in use, QEMU writes nothing for them (no directory either). Only known flags
-// and plain cluster entries are modelled; anything else keeps the shadow layout.
+// and plain cluster entries are modelled; anything else keeps the shadow layout. The bitmap verbs
+// (bitmap-ops.ts) take what QEMU finds and leaves from here too.
 import { be32 } from '../format/bytes.ts';
 import { bitmapTableEntryOffset, putEntry } from '../format/entries.ts';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, encodeBitmapDirectory, type BitmapEntry } from '../format/bitmaps.ts';

@@ -12,6 +12,7 @@ import { changeBitmaps, type BitmapOp } from '../../core/image/bitmap-ops.ts';
 import { enumerateCrashStates, enumerateDroppedStates, judgeEachDistinct } from '../helpers/crash-store.ts';
 import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
 import { useTempDir } from '../helpers/temp-dir.ts';
+import { spawnSmall } from '../helpers/spawner.ts';
 
 const tmp = useTempDir('qcowscope-bcrash-');
 
@@ -56,6 +57,14 @@ function makeImage(file: string, clusterSize: string): void {
   qemuIoOk(file, 'write -P 2 5M 300k', 'write -P 3 50M 64k');
 }
 
+/** makeImage, then qemu-io killed while it had the image open for writing: every bitmap left in use, then one more added. */
+function makeStaleImage(file: string, clusterSize: string): void {
+  makeImage(file, clusterSize);
+  const r = spawnSmall('qemu-io', ['-f', 'qcow2', '-c', 'write -P 6 1M 64k', '-c', 'sigraise 9', file]);
+  expect(r.signal, 'qemu-io killed itself').toBe('SIGKILL');
+  qemuImgOk(['bitmap', '--add', file, 'fresh']);
+}
+
 async function run(store: ImageStore, ops: BitmapOp[]): Promise<void> {
   const img = await Qcow2Image.open(store, { writable: true });
   try {
@@ -65,23 +74,26 @@ async function run(store: ImageStore, ops: BitmapOp[]): Promise<void> {
   }
 }
 
-const CASES: Array<[string, BitmapOp[]]> = [
+const CASES: Array<[string, BitmapOp[], ((file: string, clusterSize: string) => void)?]> = [
   ['add', [{ op: 'add', name: 'new', granularity: 4096 }]],
   ['remove a bitmap with data', [{ op: 'remove', name: 'dirty' }]],
   ['clear a bitmap with data', [{ op: 'clear', name: 'dirty' }]],
   ['disable and enable', [{ op: 'disable', name: 'dirty' }, { op: 'enable', name: 'quiet' }]],
   ['remove both (the extension goes)', [{ op: 'remove', name: 'dirty' }, { op: 'remove', name: 'quiet' }]],
   ['merge a bitmap with data into another (new table and data clusters)', [{ op: 'merge', name: 'quiet', from: 'dirty' }]],
+  // two stores as qemu-img's: the stale bitmap's removal, then the one not in use stored again
+  ['remove a bitmap a crash left in use', [{ op: 'remove', name: 'dirty' }], makeStaleImage],
 ];
 
 describe('bitmap operations stopped at every write, or losing unflushed writes', () => {
   // every operation with 64 KiB clusters; with 512-byte ones (tables and directory over several
-  // clusters) the two that allocate and free the most
-  const runs = [...CASES.map((c) => ['64k', ...c] as const), ...CASES.filter(([n]) => n.startsWith('add') || n.startsWith('clear')).map((c) => ['512', ...c] as const)];
-  for (const [cs, name, ops] of runs) {
+  // clusters) the two that allocate and free the most, and a remove (two stores, as qemu-img's:
+  // the directory without the bitmap, then every bitmap again where the freed clusters were)
+  const runs = [...CASES.map((c) => ['64k', ...c] as const), ...CASES.filter(([n]) => /^(add|clear|remove a bitmap with)/.test(n)).map((c) => ['512', ...c] as const)];
+  for (const [cs, name, ops, make] of runs) {
     it(`${name} (${cs} clusters)`, async () => {
       const orig = tmp.file('orig.qcow2');
-      makeImage(orig, cs);
+      (make ?? makeImage)(orig, cs);
       const base = new Uint8Array(fs.readFileSync(orig));
       const before = bitmapsOf(orig);
       const doneFile = tmp.file('done.qcow2');
