@@ -147,13 +147,33 @@ async function bitmapClusters(img: Qcow2Image, e: Entry): Promise<Array<[number,
 }
 
 /**
+ * Mark every bitmap in use where its directory entry is, as QEMU does when it opens an image for
+ * writing (update_ext_header_and_dir_in_place): only flag words change, so a write that lands in
+ * part leaves each entry either marked or as it was; flushed before anything else is written.
+ * False (nothing written) where the directory is not as QEMU would rewrite it in place.
+ */
+export async function markInUseInPlace(img: Qcow2Image): Promise<boolean> {
+  const ext = img.header.bitmaps;
+  if (!ext || (img.header.autoclearFeatures & C.AUTOCLEAR_BITMAPS) === 0n || img.bitmaps.length === 0 || img.bitmaps.length !== ext.nbBitmaps) return false;
+  const entries = img.bitmaps.map(({ entryOffset: _o, ...e }) => ({ ...e, flags: e.flags | BME_FLAG_IN_USE }));
+  const dir = encodeBitmapDirectory(entries);
+  if (dir.length !== ext.bitmapDirectorySize) return false;
+  await img.pwrite(ext.bitmapDirectoryOffset, dir, 'bitmap directory: every bitmap in use, in place');
+  await img.flush('bitmaps in use before guest writes');
+  img.bitmaps = parseBitmapDirectory(dir, entries.length, img.clusterSize, img.virtualSize, ext.bitmapDirectoryOffset);
+  return true;
+}
+
+/**
  * Apply `ops` in order to the image's bitmaps and store the result. As with qemu-img, the
  * operations before a refused one still take effect; the refusal is thrown after they are stored.
  */
-export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<void> {
+export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[], opts: { inUseOurs?: boolean } = {}): Promise<void> {
   const cs = img.clusterSize;
-  // QEMU's layout where it is modelled (loadQemuBitmaps): not for commit's in-use/written marks
-  const asQemu = !ops.some((op) => op.op === 'in-use' || op.op === 'written') && (await loadQemuBitmaps(img)) !== null;
+  // QEMU's layout where it is modelled (loadQemuBitmaps): not for in-use marks (markInUseInPlace
+  // is QEMU's), and for the written ranges only after our own marks
+  const asQemu = !ops.some((op) => op.op === 'in-use') && (opts.inUseOurs === true || !ops.some((op) => op.op === 'written')) &&
+    (await loadQemuBitmaps(img, opts)) !== null;
   /** The bitmaps removed, as they were found. */
   const removed: Entry[] = [];
   const entries: Entry[] = img.bitmaps.map(({ entryOffset: _o, ...e }) => ({ ...e }));
@@ -253,7 +273,7 @@ export async function changeBitmaps(img: Qcow2Image, ops: BitmapOp[]): Promise<v
   }
   const changed = fresh.size > 0 || dropped.length > 0 ||
     entries.some((e, k) => e.flags !== img.bitmaps[k]?.flags) || entries.length !== img.bitmaps.length;
-  if (asQemu && removedFirst(img, entries, removed)) await storeAsQemu(img, entries, fresh, content, removed[0]);
+  if (asQemu && removedFirst(img, entries, removed)) await storeAsQemu(img, entries, fresh, content, removed[0], opts.inUseOurs === true);
   else if (changed) await store(img, entries, fresh, content, dropped);
   if (refusal) throw refusal;
 }
@@ -282,7 +302,9 @@ function removedFirst(img: Qcow2Image, entries: Entry[], removed: Entry[]): bool
  * written. The clusters QEMU frees keep its bytes (leaveOldBitmapsAsQemu): data zeroed as by its
  * punched hole, the old directory as QEMU marked it in use on open.
  */
-async function storeAsQemu(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: Map<Entry, Uint8Array>, removed: Entry | undefined): Promise<void> {
+async function storeAsQemu(
+  img: Qcow2Image, entries: Entry[], fresh: Set<Entry>, content: Map<Entry, Uint8Array>, removed: Entry | undefined, inUseOurs: boolean,
+): Promise<void> {
   const consistent = (e: Entry): boolean => (e.flags & BME_FLAG_IN_USE) === 0;
   // the bitmaps not changed are copied where they are (their clusters stay until the end)
   const bits = new Map<Entry, Uint8Array | Entry>(content);
@@ -296,14 +318,14 @@ async function storeAsQemu(img: Qcow2Image, entries: Entry[], fresh: Set<Entry>,
   }
   const stored = entries.filter(consistent);
   if (stored.length === 0) return;
-  const now = await asQemuLeftThem(img);
-  await store(img, entries, new Set(stored), bits, img.bitmaps.filter(consistent).map(strip));
+  const now = await asQemuLeftThem(img, inUseOurs);
+  await store(img, entries, new Set(stored), bits, img.bitmaps.filter((b) => inUseOurs || consistent(b)).map(strip));
   if (now.entries.length > 0) await leaveOldBitmapsAsQemu(img, now, img.store.size());
 }
 
 /** The bitmaps as found (loadQemuBitmaps), also when QEMU stores none of them (all in use, or none). */
-async function asQemuLeftThem(img: Qcow2Image): Promise<QemuBitmaps> {
-  const b = await loadQemuBitmaps(img);
+async function asQemuLeftThem(img: Qcow2Image, inUseOurs = false): Promise<QemuBitmaps> {
+  const b = await loadQemuBitmaps(img, { inUseOurs });
   if (b) return b;
   const dir = img.header.bitmaps;
   const old: Array<[number, number]> = dir ? [[dir.bitmapDirectoryOffset, dir.bitmapDirectorySize]] : [];

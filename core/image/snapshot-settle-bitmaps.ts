@@ -37,8 +37,12 @@ export interface BitmapPlacement {
   directory: number;
 }
 
-/** The image's bitmaps when QEMU's rewrite of them is modelled; undefined without bitmaps (or none QEMU stores), null when not modelled. */
-export async function loadQemuBitmaps(img: Qcow2Image): Promise<QemuBitmaps | null | undefined> {
+/**
+ * The image's bitmaps when QEMU's rewrite of them is modelled; undefined without bitmaps (or none
+ * QEMU stores), null when not modelled. `inUseOurs`: the in-use flags are the ones this process
+ * set (QEMU loaded those bitmaps consistent and stores them all).
+ */
+export async function loadQemuBitmaps(img: Qcow2Image, opts: { inUseOurs?: boolean } = {}): Promise<QemuBitmaps | null | undefined> {
   const h = img.header;
   if (!h.bitmaps) return undefined;
   if ((h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) === 0n || img.bitmaps.length === 0 || img.bitmaps.length !== h.bitmaps.nbBitmaps) return null;
@@ -49,7 +53,7 @@ export async function loadQemuBitmaps(img: Qcow2Image): Promise<QemuBitmaps | nu
   const stored: boolean[] = [];
   for (const e of img.bitmaps) {
     if ((e.flags & ~(BME_FLAG_AUTO | BME_FLAG_IN_USE)) !== 0) return null; // more than QEMU writes back
-    stored.push((e.flags & BME_FLAG_IN_USE) === 0);
+    stored.push(opts.inUseOurs === true || (e.flags & BME_FLAG_IN_USE) === 0);
     if (!stored[stored.length - 1]) {
       tables.push(new Uint8Array(0)); // stays as it is
       continue;

@@ -382,6 +382,9 @@ describe('safe rebase of an overlay with persistent bitmaps', () => {
       for (const n of ['on', 'off']) expect(bitsOf(o('top.qcow2'), n), `${cs}/${g}: ${n}`).toEqual(bitsOf(q('top.qcow2'), n));
       expect(bitsOf(o('top.qcow2'), 'on')![2]).toMatch(/[1-9a-f]/);
       expect(qemuInfoJson(o('top.qcow2'))['format-specific']).toEqual(qemuInfoJson(q('top.qcow2'))['format-specific']);
+      // QEMU's layout: bitmaps marked in use where they are, the data written, then every bitmap stored again
+      expect(qemuMap(o('top.qcow2')), `${cs}/${g}: map`).toEqual(qemuMap(q('top.qcow2')));
+      expect(fs.readFileSync(o('top.qcow2')).equals(fs.readFileSync(q('top.qcow2'))), `${cs}/${g}: the same bytes as qemu-img's`).toBe(true);
     }
   });
 });
