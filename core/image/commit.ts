@@ -9,6 +9,7 @@
 // of a qcow2 backing file are kept as QEMU keeps them (bitmap-tracking.ts).
 import { QcowError } from '../errors.ts';
 import type { ImageStore } from '../io/store.ts';
+import type { Extent } from './layer.ts';
 import { assertCanWriteTracked, beginTrackedWrites, finishTrackedWrites } from './bitmap-tracking.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { writeGuest, writeZeroes } from './write.ts';
@@ -39,6 +40,12 @@ export interface CommitTarget {
   begin(): Promise<void>;
   /** After the data is flushed: the guest ranges written, set in the enabled bitmaps. */
   finish(written: ReadonlyArray<readonly [number, number]>): Promise<void>;
+  /**
+   * A qcow2 target, for QEMU's mirror (mirrorInto): its cluster size, and its own guest bytes and
+   * status (through its backing chain) where nothing above it allocates. A raw target has none:
+   * the ranges the overlay allocates are written as they are.
+   */
+  readonly mirror?: { clusterSize: number; read(offset: number, length: number): Promise<Uint8Array>; extents(offset: number, length: number): Promise<Extent[]> };
 }
 
 export function qcow2Target(img: Qcow2Image): CommitTarget {
@@ -47,10 +54,12 @@ export function qcow2Target(img: Qcow2Image): CommitTarget {
     precheck: () => assertCanWriteTracked(img),
     grow: (size) => growImage(img, size),
     write: (offset, data) => writeGuest(img, offset, data),
-    writeZeroes: (offset, length) => writeZeroes(img, offset, length),
+    // the mirror of qemu-img commit writes zeros with BDRV_REQ_MAY_UNMAP (its unmap is on)
+    writeZeroes: (offset, length) => writeZeroes(img, offset, length, { unmap: true }),
     flush: () => img.flush('committed data before the overlay is emptied'),
     begin: () => beginTrackedWrites(img),
     finish: (written) => finishTrackedWrites(img, written),
+    mirror: { clusterSize: img.clusterSize, read: (o, n) => img.read(o, n), extents: (o, n) => img.extents(o, n) },
   };
 }
 
@@ -92,19 +101,20 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitT
   await target.begin();
   if (target.virtualSize < size) await target.grow(size);
   const written: Array<[number, number]> = [];
-  for (let pos = 0; pos < size; pos += CHUNK) {
-    const n = Math.min(CHUNK, size - pos);
-    for (const e of await overlay.extents(pos, n)) {
-      // a link above the target that is shorter than the offset reads zeros there: QEMU counts
-      // them as allocated in that link (bdrv_co_common_block_status_above), so they are written
-      const pastShortLink = !e.present && e.depth + 1 < depth;
-      if (e.depth >= depth || (!e.present && !pastShortLink)) continue;
-      // as QEMU's mirror: zeros are written as zeros only where the range holds no data
-      written.push([e.start, e.length]);
-      if (e.zero && !e.data) await target.writeZeroes(e.start, e.length);
-      else await target.write(e.start, await overlay.read(e.start, e.length));
+  if (target.mirror) {
+    await mirrorInto(overlay, target, target.mirror, depth, written, opts.onProgress);
+  } else {
+    for (let pos = 0; pos < size; pos += CHUNK) {
+      const n = Math.min(CHUNK, size - pos);
+      for (const e of await overlay.extents(pos, n)) {
+        if (!allocatedAbove(e, depth)) continue;
+        // as QEMU's mirror: zeros are written as zeros only where the range holds no data
+        written.push([e.start, e.length]);
+        if (e.zero && !e.data) await target.writeZeroes(e.start, e.length);
+        else await target.write(e.start, await overlay.read(e.start, e.length));
+      }
+      opts.onProgress?.(pos + n, size);
     }
-    opts.onProgress?.(pos + n, size);
   }
   await target.flush();
   await target.finish(written);
@@ -112,5 +122,82 @@ export async function commitInto(overlay: Qcow2Image, base: Qcow2Image | CommitT
     await emptied.begin();
     await makeEmpty(overlay);
     await emptied.finish([]);
+  }
+}
+
+/**
+ * Whether an extent of the overlay's view lies in a link above the target. A link above it that
+ * is shorter than the offset reads zeros there: QEMU counts them as allocated in that link
+ * (bdrv_co_common_block_status_above), so they are written.
+ */
+function allocatedAbove(e: Extent, depth: number): boolean {
+  const pastShortLink = !e.present && e.depth + 1 < depth;
+  return e.depth < depth && (e.present || pastShortLink);
+}
+
+/** QEMU's mirror: at most this many bytes per copy (MAX_IO_BYTES), and its granularity's bounds. */
+const MIRROR_MAX_IO = 1024 * 1024;
+
+/**
+ * The commit as QEMU's mirror job makes it (block/mirror.c, which qemu-img commit runs): every
+ * chunk of the target's granularity (its cluster size within 4 KiB-64 KiB) that the links above
+ * the target allocate any part of is dirty; each run of dirty chunks is then taken from its start
+ * by the status of the whole chain there (the links above, else the target's own): data is copied
+ * (at most 1 MiB at a time); a stretch without data at least one chunk long is written as zeros
+ * (whole chunks, where they are whole clusters of the target), and a shorter one is copied with
+ * its chunk as data. So the target's allocation is QEMU's, chunk for chunk, and the guest reads
+ * the same. (QEMU runs several copies at once: which cluster each takes may still differ.)
+ */
+async function mirrorInto(
+  overlay: Qcow2Image, target: CommitTarget, mirror: NonNullable<CommitTarget['mirror']>, depth: number,
+  written: Array<[number, number]>, onProgress?: (done: number, total: number) => void,
+): Promise<void> {
+  const size = overlay.virtualSize;
+  const g = Math.min(65536, Math.max(4096, mirror.clusterSize));
+  // the dirty chunks, as sorted disjoint runs
+  const runs: Array<[number, number]> = [];
+  for (let pos = 0; pos < size; pos += CHUNK) {
+    for (const e of await overlay.extents(pos, Math.min(CHUNK, size - pos))) {
+      if (!allocatedAbove(e, depth)) continue;
+      const start = Math.floor(e.start / g) * g;
+      const end = Math.min(size, Math.ceil((e.start + e.length) / g) * g);
+      const last = runs.at(-1);
+      if (last && start <= last[1]) last[1] = Math.max(last[1], end);
+      else runs.push([start, end]);
+    }
+  }
+  /** The chain's status at `offset` (over at most `length` bytes): above the target, else the target's. */
+  const status = async (offset: number, length: number): Promise<{ data: boolean; zero: boolean; length: number }> => {
+    const e = (await overlay.extents(offset, length))[0]!;
+    if (allocatedAbove(e, depth)) return { data: e.data, zero: e.zero, length: e.length };
+    const t = (await mirror.extents(offset, Math.min(length, e.length)))[0]!;
+    return { data: t.data, zero: t.zero && !t.data, length: Math.min(e.length, t.length) };
+  };
+  /** The chain's bytes: the links above where they allocate, the target's own elsewhere. */
+  const read = async (offset: number, length: number): Promise<Uint8Array> => {
+    const out = new Uint8Array(length);
+    for (const e of await overlay.extents(offset, length)) {
+      const bytes = allocatedAbove(e, depth) ? await overlay.read(e.start, e.length) : await mirror.read(e.start, e.length);
+      out.set(bytes, e.start - offset);
+    }
+    return out;
+  };
+  for (const [runStart, runEnd] of runs) {
+    for (let offset = runStart; offset < runEnd;) {
+      const st = await status(offset, runEnd - offset);
+      let io = st.data ? Math.min(st.length, MIRROR_MAX_IO) : st.length;
+      io -= io % g;
+      let zero = false;
+      if (io < g) io = g;
+      else if (!st.data && offset % mirror.clusterSize === 0 && (offset + io) % mirror.clusterSize === 0) zero = true;
+      io = Math.min(io, size - offset);
+      if (zero && st.zero) await target.writeZeroes(offset, io);
+      else if (!zero) await target.write(offset, await read(offset, io));
+      // (a stretch neither data nor zeros is discarded by QEMU: below a target without a
+      // backing file there is none, and a discard of what reads as before changes nothing)
+      written.push([offset, io]);
+      offset += io;
+    }
+    onProgress?.(runEnd, size);
   }
 }

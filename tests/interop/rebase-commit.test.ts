@@ -362,6 +362,36 @@ describe('commit: an overlay with an internal snapshot', () => {
   });
 });
 
+describe('commit: the backing file allocated chunk for chunk as by QEMU\'s mirror', () => {
+  // base cluster size, base writes, overlay cluster size, overlay writes
+  const cases: Array<[string, string[], string, string[]]> = [
+    ['512', [], '64k', ['write -P 5 343040 512']], // the overlay's whole cluster, in 4 KiB chunks
+    ['512', [], '64k', ['write -z 343040 512']], // a zero cluster: zeros
+    ['512', ['write -P 1 339968 1024'], '64k', ['write -P 5 343040 512']],
+    ['4k', [], '512', ['write -P 5 343040 512', 'write -P 6 1M 3k']], // a sector: its 4 KiB chunk as data
+    ['512', [], '512', ['write -z 343040 512', 'write -z 2M 64k']], // a zero sector: its chunk as data; 64 KiB of zeros as zeros
+    ['1k', ['write -P 1 0 1M'], '4k', ['write -z 327680 65536', 'write -P 2 700k 2k']], // zeros over data: unmapped
+    ['64k', ['write -P 1 0 1M'], '512', ['write -z 1024 1000', 'write -P 3 200k 1k']],
+    ['2M', [], '512', ['write -z 343040 512', 'write -P 4 3M 512']],
+    ['64k', [], '64k', ['write -P 7 100k 10k']],
+  ];
+  it('every dirty chunk copied, zeroed or left as QEMU does', async () => {
+    for (const [bcs, bio, tcs, tio] of cases) {
+      const chain: Link[] = [['base.qcow2', `cluster_size=${bcs}`, bio], ['top.qcow2', `cluster_size=${tcs}`, tio]];
+      build(chain);
+      expect(await same(['commit'], chain)).toBe(0);
+      const what = `base ${bcs} [${bio.join('; ')}], top ${tcs} [${tio.join('; ')}]`;
+      expect(mapShape(o('base.qcow2')), what).toEqual(mapShape(q('base.qcow2')));
+      expect(fs.statSync(o('base.qcow2')).size, `${what}: length`).toBe(fs.statSync(q('base.qcow2')).size);
+    }
+    // an extended-L2 overlay: subclusters, not clusters, are what it allocates
+    const chain: Link[] = [['base.qcow2', 'cluster_size=4k', ['write -P 1 0 64k']], ['top.qcow2', 'extended_l2=on', ['write -P 2 2k 1k', 'write -z 72k 4k']]];
+    build(chain);
+    expect(await same(['commit'], chain)).toBe(0);
+    expect(mapShape(o('base.qcow2'))).toEqual(mapShape(q('base.qcow2')));
+  });
+});
+
 describe('safe rebase of an overlay with persistent bitmaps', () => {
   it('the enabled bitmaps take the copied ranges, as qemu-img\'s (rebase -b "" and onto the first link)', async () => {
     for (const [cs, g, target] of [['64k', '4k', ''], ['512', '1M', 'base.qcow2'], ['2M', '512', '']] as const) {
