@@ -281,6 +281,25 @@ export function encodeL2Entry(hostOffset: number, flags: { copied?: boolean; zer
 }
 
 /**
+ * The first entry at or after `from` (below `n`) of an L2 table whose first eight bytes are not
+ * all zero; `w` is the table as 32-bit words, `wordsPerEntry` 2 (standard) or 4 (extended L2).
+ * The walks over the entries of a table call it on an empty entry: a loop this small is optimised
+ * by V8 on its first long run, so a mostly empty table (2 MiB clusters: 256 Ki entries, a few in
+ * use) costs them little even in a fresh process. An entry with only flag bits is not skipped.
+ */
+export function nextUsedEntry(w: Uint32Array, from: number, n: number, wordsPerEntry: number): number {
+  const end = n * wordsPerEntry;
+  let i = from * wordsPerEntry;
+  while (i < end && (w[i]! | w[i + 1]!) === 0) i += wordsPerEntry;
+  return i < end ? i / wordsPerEntry : n;
+}
+
+/** `t` as 32-bit words for nextUsedEntry (null where the bytes are not 4-byte aligned). */
+export function entryWords(t: Uint8Array): Uint32Array | null {
+  return t.byteOffset % 4 === 0 && t.byteLength % 4 === 0 ? new Uint32Array(t.buffer, t.byteOffset, t.byteLength / 4) : null;
+}
+
+/**
  * The end of the stretch of entries that starts at standard L2 entry `i` of `dv`: the first entry
  * after `i` (below `end`) whose words are not entry i's moved on by `step` per entry (0: the same
  * words each time), or `end`. The offset moves on through the whole 64-bit entry: the caller keeps

@@ -38,7 +38,7 @@ import { QcowError, hex } from '../errors.ts';
 import { alignUp, put32, put64 } from '../format/bytes.ts';
 import * as C from '../format/constants.ts';
 import {
-  compressedDescriptor, encodeL1Entry, l1L2Offset, offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, putEntry,
+  compressedDescriptor, encodeL1Entry, entryWords, l1L2Offset, nextUsedEntry, offsetOf, offsetUnalignedMaskLo, OFFSET_MASK_HI, OFFSET_MASK_LO, putEntry,
   QCOW_OFLAG_COMPRESSED_HI, QCOW_OFLAG_COPIED_HI, withCopied,
 } from '../format/entries.ts';
 import { getRefcount, reftableEntry } from '../format/refcount.ts';
@@ -379,13 +379,18 @@ export class ShadowCommit {
     const { fast, cb, alignMask, rbHiMul, rbShift, idxMask } = this.geo;
     const sixteen = fast && ov.order === 4;
     const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+    const w = entryWords(t);
     let lastRb = -1;
     let zero: Uint8Array | null = null;
     let blk: Uint8Array | null = null;
     let blkDv: DataView | null = null;
     for (let j = from; j < n; j++) {
+      if (w !== null && (w[j * (es >>> 2)]! | w[j * (es >>> 2) + 1]!) === 0) {
+        j = nextUsedEntry(w, j + 1, n, es >>> 2) - 1;
+        continue;
+      }
       if (sixteen && blkDv !== null) {
-        j = addRefRun16(dv, j, n, es, lastRb, zero!, blkDv, d, ov.max, cb, alignMask, rbHiMul, rbShift, idxMask);
+        j = addRefRun16(dv, j, n, es, lastRb, zero!, blkDv, d, ov.max, cb, alignMask, rbHiMul, rbShift, idxMask, w);
         if (j >= n) break;
       }
       const at = j * es;
@@ -486,6 +491,7 @@ export class ShadowCommit {
     const { fast, cb, rbHiMul, rbShift, idxMask } = this.geo;
     const sixteen = fast && ov.order === 4;
     const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+    const w = entryWords(t);
     const flips = this.flips;
     flips[0] = 0;
     let changed = this.passChanged;
@@ -493,8 +499,12 @@ export class ShadowCommit {
     let cur: Uint8Array | null = null;
     let curDv: DataView | null = null;
     for (let j = from; j < n; j++) {
+      if (w !== null && (w[j * (es >>> 2)]! | w[j * (es >>> 2) + 1]!) === 0) {
+        j = nextUsedEntry(w, j + 1, n, es >>> 2) - 1;
+        continue;
+      }
       if (sixteen && curDv !== null) {
-        j = copiedRun16(dv, j, n, es, lastRb, curDv, fix === true, cb, rbHiMul, rbShift, idxMask, flips);
+        j = copiedRun16(dv, j, n, es, lastRb, curDv, fix === true, cb, rbHiMul, rbShift, idxMask, flips, w);
         if (flips[0]! > 0) changed = true;
         if (j >= n) break;
       }
@@ -868,11 +878,15 @@ export class ShadowCommit {
 /** applyEntries' common entry: ±d on a data cluster of refcount block `rb` (blk: the block, changed in place; zero: its zeros on disk). */
 function addRefRun16(
   dv: DataView, start: number, n: number, es: number, rb: number, zero: Uint8Array, blk: DataView, d: number, max: number,
-  cb: number, alignMask: number, rbHiMul: number, rbShift: number, idxMask: number,
+  cb: number, alignMask: number, rbHiMul: number, rbShift: number, idxMask: number, w: Uint32Array | null,
 ): number {
   for (let j = start; j < n; j++) {
     const hi = dv.getInt32(j * es);
     const lo = dv.getInt32(j * es + 4);
+    if ((hi | lo) === 0 && w !== null) {
+      j = nextUsedEntry(w, j + 1, n, es >>> 2) - 1;
+      continue;
+    }
     if ((hi & HI_COMPRESSED) !== 0) return j;
     const hiO = hi & HI_OFFSET;
     if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;
@@ -892,11 +906,15 @@ function addRefRun16(
  */
 function copiedRun16(
   dv: DataView, start: number, n: number, es: number, rb: number, cur: DataView, fix: boolean,
-  cb: number, rbHiMul: number, rbShift: number, idxMask: number, flips: Int32Array,
+  cb: number, rbHiMul: number, rbShift: number, idxMask: number, flips: Int32Array, w: Uint32Array | null,
 ): number {
   for (let j = start; j < n; j++) {
     const hi = dv.getInt32(j * es);
     const lo = dv.getInt32(j * es + 4);
+    if ((hi | lo) === 0 && w !== null) {
+      j = nextUsedEntry(w, j + 1, n, es >>> 2) - 1;
+      continue;
+    }
     if ((hi & HI_COMPRESSED) !== 0) return j;
     const hiO = hi & HI_OFFSET;
     if (hiO === 0 && (lo & LO_OFFSET) === 0) continue;

@@ -37,7 +37,7 @@
 // shadow commit made rather than walking the tree again.
 import { put32, put64 } from '../format/bytes.ts';
 import {
-  compressedDescriptor, encodeL1Entry, l1L2Offset, OFFSET_MASK_HI, putEntry, QCOW_OFLAG_COMPRESSED_HI,
+  compressedDescriptor, encodeL1Entry, entryWords, l1L2Offset, nextUsedEntry, OFFSET_MASK_HI, putEntry, QCOW_OFLAG_COMPRESSED_HI,
 } from '../format/entries.ts';
 import { getRefcount, refcountMax, reftableEntry, setRefcount, usedReftableIndices } from '../format/refcount.ts';
 import { snapshotTableSize, type Snapshot } from '../format/snapshot-table.ts';
@@ -601,9 +601,14 @@ function referencesAny(t: Uint8Array, img: Qcow2Image, bits: Uint8Array): boolea
   const limit = bits.length * 8;
   const hiMul = 2 ** (32 - cb); // cluster index = (hi offset bits) · 2^(32−cb) + lo >>> cb
   const dv = new DataView(t.buffer, t.byteOffset, t.byteLength);
+  const w = entryWords(t);
   for (let j = 0; j < n; j++) {
     const hi = dv.getInt32(j * es);
     const lo = dv.getInt32(j * es + 4);
+    if ((hi | lo) === 0 && w !== null) {
+      j = nextUsedEntry(w, j + 1, n, es >>> 2) - 1;
+      continue;
+    }
     if ((hi & QCOW_OFLAG_COMPRESSED_HI) === 0) {
       const c = (hi & OFFSET_MASK_HI) * hiMul + (lo >>> cb);
       if (c !== 0 && c < limit && ((bits[c >>> 3]! >> (c & 7)) & 1) !== 0) return true;
