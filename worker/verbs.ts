@@ -10,7 +10,7 @@ import { measure } from '../core/analysis/measure.ts';
 import { compareImages } from '../core/analysis/compare.ts';
 import { changeBitmaps } from '../core/image/bitmap-ops.ts';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE } from '../core/format/bitmaps.ts';
-import { copyBackingDifferences, setBackingLink } from '../core/image/rebase.ts';
+import { rebaseImage } from '../core/image/rebase.ts';
 import { commitInto } from '../core/image/commit.ts';
 import { Journal } from '../core/image/journal.ts';
 import type { Qcow2Image } from '../core/image/qcow2-image.ts';
@@ -201,15 +201,14 @@ export function verbsApi(host: VerbsHost) {
         // rebase -b "": what the old chain reads is copied in first, then the link goes
         assertChainOpen(img, 'making it standalone');
         const s = await journaledWrite(img, 'rebase -b ""', async (w, job) => {
-          await copyBackingDifferences(w, null, stepper(job, 'Copying the backing data', w.virtualSize));
-          await setBackingLink(w, null);
+          await rebaseImage(w, null, { copyFrom: null, onProgress: stepper(job, 'Copying the backing data', w.virtualSize) });
         }, jobId, onProgress);
         return detachedAfter(img, s);
       }
       if ('name' in target) {
         const name = target.name.trim();
         if (!name) throw new QcowError('INVALID_ARGUMENT', 'Name the new backing file');
-        const s = await journaledWrite(img, `rebase -u -b ${name} -F qcow2`, (w) => setBackingLink(w, { file: name, format: 'qcow2' }));
+        const s = await journaledWrite(img, `rebase -u -b ${name} -F qcow2`, (w) => rebaseImage(w, { file: name, format: 'qcow2' }));
         // The link names a file that is not open here: nothing is read through the old one any more.
         return detachedAfter(img, s);
       }
@@ -227,15 +226,16 @@ export function verbsApi(host: VerbsHost) {
           const newChain = await openAsBacking(base.store, base.backing);
           try {
             return (await journaledWrite(img, `rebase -b ${base.name} -F qcow2`, async (w, job) => {
-              await copyBackingDifferences(w, newChain, stepper(job, 'Copying where the backing files differ', w.virtualSize));
-              await setBackingLink(w, { file: base.name, format: 'qcow2' });
+              await rebaseImage(w, { file: base.name, format: 'qcow2' }, {
+                copyFrom: newChain, onProgress: stepper(job, 'Copying where the backing files differ', w.virtualSize),
+              });
             }, jobId, onProgress)).journal;
           } finally {
             await newChain.close().catch(() => {});
           }
         });
       } else if (img.engine.header().backingFile !== base.name) {
-        journal = (await journaledWrite(img, `rebase -u -b ${base.name} -F qcow2`, (w) => setBackingLink(w, { file: base.name, format: 'qcow2' }))).journal;
+        journal = (await journaledWrite(img, `rebase -u -b ${base.name} -F qcow2`, (w) => rebaseImage(w, { file: base.name, format: 'qcow2' }))).journal;
       }
       await queued([img, base], async () => {
         await lendTo(img, base);

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { isQcowError } from '../../core/errors.ts';
+import { storeBitmapsAgain } from '../../core/image/bitmap-tracking.ts';
 import { commitInto, qcow2Target, rawTarget } from '../../core/image/commit.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import type { Layer } from '../../core/image/layer.ts';
@@ -108,6 +109,15 @@ export const commitCmd: Command = {
       throw e;
     } finally {
       await overlay.close();
+    }
+    if (keep && chain.bitmaps.length > 0) {
+      // qemu-img opens the image read-write even with -d: its bitmaps are stored again on close
+      const top = await openImage(file, { writable: true, noBacking: true });
+      try {
+        await storeBitmapsAgain(top);
+      } finally {
+        await top.close();
+      }
     }
     progress.print(100, 0);
     progress.end();

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { QcowError } from '../../core/errors.ts';
 import type { Layer } from '../../core/image/layer.ts';
-import { copyBackingDifferences, setBackingLink } from '../../core/image/rebase.ts';
+import { rebaseImage } from '../../core/image/rebase.ts';
 import { openImage, openRaw, probeFormat, resolveBackingPath } from '../open.ts';
 import type { Command } from '../command.ts';
 import { cliError, usageExit } from '../qemu-options.ts';
@@ -33,13 +33,11 @@ export const rebaseCmd: Command = {
     let newChain: Layer | null = null;
     try {
       if (!unsafe && backing !== '') newChain = await openNewBacking(file, backing!, format);
-      if (!unsafe) await copyBackingDifferences(img, newChain);
-      if (backing === undefined || backing === '') {
-        await setBackingLink(img, null);
-      } else {
-        if (format === undefined) throw cliError(`Could not change the backing file to '${backing}': backing format must be specified`);
-        await setBackingLink(img, { file: backing, format });
-      }
+      const standalone = backing === undefined || backing === '';
+      // without a format qemu-img refuses the new link, after the copy
+      const link = standalone ? null : format === undefined ? undefined : { file: backing!, format };
+      await rebaseImage(img, link, unsafe ? {} : { copyFrom: newChain });
+      if (link === undefined) throw cliError(`Could not change the backing file to '${backing}': backing format must be specified`);
     } finally {
       await newChain?.close();
       await img.close();

@@ -5,13 +5,13 @@
 // allocate, the old chain's data wherever the new chain reads differently (QEMU's img_rebase
 // loop, compared 512 bytes at a time), through ordinary guest writes (crash-safe, docs/architecture.md §3);
 // only then is the link changed, so a crash at any point leaves the overlay reading as before.
-// The overlay's persistent bitmaps follow the copy as QEMU's do (bitmap-tracking.ts): in use while
-// it runs, then every granule it wrote set in the enabled ones.
+// The overlay's persistent bitmaps go as QEMU's go (rebaseImage).
 import { QcowError } from '../errors.ts';
 import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import { MAX_BACKING_FILE_NAME } from '../format/constants.ts';
 import type { Layer } from './layer.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
+import { BME_FLAG_IN_USE } from '../format/bitmaps.ts';
 import { assertCanWriteTracked, beginTrackedWrites, finishTrackedWrites } from './bitmap-tracking.ts';
 import { writeGuest } from './write.ts';
 
@@ -34,21 +34,35 @@ const IO_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
 
 /**
+ * qemu-img rebase on an opened image: in safe mode (`copyFrom` given: the new chain, null for
+ * none) first the copy (copyBackingDifferences), then the new link. The persistent bitmaps go as
+ * QEMU's go through its read-write open and close, in safe and unsafe mode alike: marked in use in
+ * place first, then stored again with the copied ranges set in the enabled ones (bitmap-tracking.ts),
+ * and the link written last (the order whose bytes are qemu-img's, compared on its images). Bitmaps a crash left in use are refused by the copy, and left alone by a
+ * link change (nothing is written that they would miss).
+ */
+export async function rebaseImage(
+  img: Qcow2Image, link: BackingLink | undefined, opts: { copyFrom?: Layer | null; onProgress?: (done: number) => void } = {},
+): Promise<void> {
+  const safe = opts.copyFrom !== undefined;
+  if (safe) assertCanWriteTracked(img); // refused up front, not after part of the copy
+  const track = img.bitmaps.length > 0 && !img.bitmaps.some((b) => b.flags & BME_FLAG_IN_USE);
+  if (track) await beginTrackedWrites(img);
+  const written = safe ? await copyBackingDifferences(img, opts.copyFrom!, opts.onProgress) : [];
+  if (track) await finishTrackedWrites(img, written);
+  if (link !== undefined) await setBackingLink(img, link); // undefined: qemu-img refuses the link after the copy
+}
+
+/**
  * Safe rebase's copy: where `img` (whose `backing` is the old chain) allocates nothing, the old
  * chain's bytes are written into it wherever `newChain` (null: none, reads zeros) reads
- * differently. The caller changes the link afterwards with setBackingLink.
+ * differently, then flushed. Returns the guest ranges written.
  */
-export async function copyBackingDifferences(img: Qcow2Image, newChain: Layer | null, onProgress?: (done: number) => void): Promise<void> {
-  assertCanWriteTracked(img); // refused up front, not after part of the copy
+async function copyBackingDifferences(img: Qcow2Image, newChain: Layer | null, onProgress?: (done: number) => void): Promise<Array<[number, number]>> {
   const size = img.virtualSize;
   const oldChain = img.backing;
   const written: Array<[number, number]> = [];
-  let begun = false;
   const write = async (offset: number, data: Uint8Array): Promise<void> => {
-    if (!begun) {
-      await beginTrackedWrites(img); // only when something is written, as QEMU stores nothing otherwise
-      begun = true;
-    }
     await writeGuest(img, offset, data);
     written.push([offset, data.length]);
   };
@@ -68,10 +82,8 @@ export async function copyBackingDifferences(img: Qcow2Image, newChain: Layer | 
     }
     onProgress?.(pos + n);
   }
-  if (begun) {
-    await img.flush('rebased data before the bitmaps name it');
-    await finishTrackedWrites(img, written);
-  }
+  if (written.length > 0) await img.flush('rebased data before the link changes');
+  return written;
 }
 
 async function copyRange(

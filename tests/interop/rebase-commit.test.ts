@@ -419,6 +419,26 @@ describe('safe rebase of an overlay with persistent bitmaps', () => {
   });
 });
 
+describe('bitmaps of an image qemu-img only opens read-write', () => {
+  it('rebase -u and commit -d store them again as QEMU does on close: the same bytes, the same map', async () => {
+    const chain: Link[] = [['base.qcow2', '', ['write -P 1 0 1M']], ['top.qcow2', '', ['write -P 3 10k 1k']]];
+    for (const args of [['rebase', '-u', '-b', 'base.qcow2', '-F', 'qcow2'], ['rebase', '-u', '-b', ''], ['rebase', '-b', 'base.qcow2', '-F', 'qcow2'], ['commit', '-d']]) {
+      build(chain);
+      for (const d of ['q', 'o']) {
+        const f = path.join(w.dir, d, 'top.qcow2');
+        qemuImgOk(['bitmap', '--add', '-g', '4k', f, 'on']);
+        qemuIoOk(f, 'write -P 4 3M 10k');
+        qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
+      }
+      expect(await same(args, chain), args.join(' ')).toBe(0);
+      expect(qemuMap(o('top.qcow2')), `${args.join(' ')}: map`).toEqual(qemuMap(q('top.qcow2')));
+      for (const n of ['on', 'off']) expect(bitsOf(o('top.qcow2'), n), `${args.join(' ')}: ${n}`).toEqual(bitsOf(q('top.qcow2'), n));
+      expect(fs.statSync(o('top.qcow2')).size, `${args.join(' ')}: length`).toBe(fs.statSync(q('top.qcow2')).size);
+      if (args[0] === 'rebase') expect(fs.readFileSync(o('top.qcow2')).equals(fs.readFileSync(q('top.qcow2'))), `${args.join(' ')}: bytes`).toBe(true);
+    }
+  });
+});
+
 describe('safe rebase over a raw backing file with holes', () => {
   it('rebase -b "" copies the raw file\'s data, not its holes', async () => {
     w.overRawWithHoles('rq.qcow2');
