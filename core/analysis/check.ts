@@ -311,6 +311,8 @@ async function compareRefcounts(
   let rebuild = false;
   let signalled = false;
   let wrote = false;
+  /** Clusters a leak repair left unused (refcount 0). */
+  const freed: number[] = [];
   for (let i = 0; i < n; i++) {
     if ((i & 0xfffff) === 0 && i > 0) {
       opts.onProgress?.('Comparing refcounts', i, n);
@@ -347,6 +349,7 @@ async function compareRefcounts(
     if (fixKind && await writer.set(i, r2)) {
       dc[i] = r2;
       wrote = true;
+      if (fixKind === 'leak' && r2 === 0) freed.push(i);
       if (fixKind === 'leak') res.leaksFixed++;
       else res.corruptionsFixed++;
       continue;
@@ -355,7 +358,30 @@ async function compareRefcounts(
     else res.leaks++;
   }
   if (wrote) await writer.flush('repair');
+  if (freed.length > 0) await emptyFreedClusters(img, freed);
   return { highest, rebuild };
+}
+
+/**
+ * QEMU discards a cluster whose refcount a leak repair drops to 0 (update_refcount with
+ * QCOW2_DISCARD_ALWAYS): its file then reads zeros there, and so does ours, written once the
+ * refcounts are (nothing refers to those clusters, so a crash at any point is harmless).
+ */
+async function emptyFreedClusters(img: Qcow2Image, clusters: readonly number[]): Promise<void> {
+  const cs = img.clusterSize;
+  const end = img.store.size();
+  const zeros = new Uint8Array(Math.min(cs * 64, Math.max(cs, 1 << 20)));
+  for (let k = 0; k < clusters.length;) {
+    let n = 1;
+    while (k + n < clusters.length && clusters[k + n] === clusters[k]! + n) n++;
+    const from = clusters[k]! * cs;
+    const to = Math.min(end, (clusters[k]! + n) * cs);
+    for (let at = from; at < to; at += zeros.length) {
+      await img.pwrite(at, zeros.subarray(0, Math.min(zeros.length, to - at)), 'leaked cluster emptied, as QEMU\'s discard leaves it');
+    }
+    k += n;
+  }
+  await img.flush('leaked clusters emptied');
 }
 
 /** QEMU's check_oflag_copied over the active tree: COPIED ⇔ refcount 1, both directions. */
