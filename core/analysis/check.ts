@@ -365,23 +365,37 @@ async function compareRefcounts(
 /**
  * QEMU discards a cluster whose refcount a leak repair drops to 0 (update_refcount with
  * QCOW2_DISCARD_ALWAYS): its file then reads zeros there, and so does ours, written once the
- * refcounts are (nothing refers to those clusters, so a crash at any point is harmless).
+ * refcounts are (nothing refers to those clusters, so a crash at any point is harmless). Only
+ * clusters that do not read as zeros already are written: a hole stays a hole (the file's
+ * allocated size is what QEMU's metadata-preallocation guess, and so `qemu-img map`, goes by).
  */
 async function emptyFreedClusters(img: Qcow2Image, clusters: readonly number[]): Promise<void> {
   const cs = img.clusterSize;
   const end = img.store.size();
-  const zeros = new Uint8Array(Math.min(cs * 64, Math.max(cs, 1 << 20)));
+  const chunk = Math.max(cs, Math.floor((1 << 20) / cs) * cs);
+  const zeros = new Uint8Array(chunk);
+  let wrote = false;
   for (let k = 0; k < clusters.length;) {
     let n = 1;
     while (k + n < clusters.length && clusters[k + n] === clusters[k]! + n) n++;
-    const from = clusters[k]! * cs;
     const to = Math.min(end, (clusters[k]! + n) * cs);
-    for (let at = from; at < to; at += zeros.length) {
-      await img.pwrite(at, zeros.subarray(0, Math.min(zeros.length, to - at)), 'leaked cluster emptied, as QEMU\'s discard leaves it');
+    for (let at = clusters[k]! * cs; at < to; at += chunk) {
+      const bytes = await img.store.read(at, Math.min(chunk, to - at));
+      // runs of clusters with a non-zero byte, written as zeros
+      for (let c = 0; c < bytes.length;) {
+        const dirty = (i: number): boolean => bytes.subarray(i, i + cs).some((x) => x !== 0);
+        if (!dirty(c)) { c += cs; continue; }
+        let e = c + cs;
+        while (e < bytes.length && dirty(e)) e += cs;
+        const len = Math.min(e, bytes.length) - c;
+        await img.pwrite(at + c, zeros.subarray(0, len), 'leaked cluster emptied, as QEMU\'s discard leaves it');
+        wrote = true;
+        c = e;
+      }
     }
     k += n;
   }
-  await img.flush('leaked clusters emptied');
+  if (wrote) await img.flush('leaked clusters emptied');
 }
 
 /** QEMU's check_oflag_copied over the active tree: COPIED ⇔ refcount 1, both directions. */

@@ -90,10 +90,12 @@ describe('check -r on an image with bitmaps survives a crash at every write', ()
   // (checkReport): at every stop the bitmaps are listed and hold the bits they held, the guest
   // content is kept, and no error is found that the image did not have (leaks allowed)
   const cases: Array<[string, 'leaks' | 'all', (file: string) => void]> = [
-    ['leaked clusters, -r leaks', 'leaks', (file) => {
+    ['leaked clusters holding data (emptied by the repair), -r leaks', 'leaks', (file) => {
       const n = Math.ceil(fs.statSync(file).size / 65536);
-      truncateFile(file, (n + 1) * 65536);
+      truncateFile(file, n * 65536);
+      fs.appendFileSync(file, Buffer.alloc(2 * 65536, 0x55));
       setRefcount(file, n, 1);
+      setRefcount(file, n + 1, 1);
     }],
     ['a data cluster with refcount 0, -r all rebuilds the refcounts', 'all', (file) => setRefcount(file, dataClusterOffset(file) / 65536, 0)],
   ];
