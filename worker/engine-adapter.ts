@@ -521,7 +521,8 @@ function findingDTO(f: Finding): CheckFindingDTO {
 async function check(store: ImageStore, job: JobContext, filename: string, repair?: 'leaks' | 'all'): Promise<CheckReportDTO> {
   const budgeted = new BudgetedStore(store, repair ? 'repair' : 'check');
   const img = await openOp(link(budgeted), { checkMode: true, writable: repair !== undefined });
-  budgeted.setBudget(img);
+  // a repair also reads the leaked clusters it frees (to empty those that are not): at most the file
+  budgeted.setBudget(img, repair ? store.size() : 0);
   await prefetchMetadata(img, job.signal);
   const r = await checkReport(img, {
     ...(repair ? { repair } : {}),

@@ -11,7 +11,8 @@
 // A check reads each of these once or twice (a repair: a few passes); prefetching reads go to the
 // store below (its cache), and are charged when the engine reads them. A raw export also reads
 // guest data: its budget adds twice the file's size (each host cluster read once, compressed
-// clusters at most twice), so tables that name the same clusters over and over stop it.
+// clusters at most twice), so tables that name the same clusters over and over stop it. A repair
+// adds the file's size once (it reads the leaked clusters it frees, to empty them as QEMU does).
 import { QcowError } from '../core/errors.ts';
 import type { ImageStore } from '../core/io/store.ts';
 import { ForwardingStore } from '../core/io/forwarding-store.ts';

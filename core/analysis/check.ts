@@ -311,6 +311,8 @@ async function compareRefcounts(
   let rebuild = false;
   let signalled = false;
   let wrote = false;
+  /** Clusters a leak repair left unused (refcount 0). */
+  const freed: number[] = [];
   for (let i = 0; i < n; i++) {
     if ((i & 0xfffff) === 0 && i > 0) {
       opts.onProgress?.('Comparing refcounts', i, n);
@@ -347,6 +349,7 @@ async function compareRefcounts(
     if (fixKind && await writer.set(i, r2)) {
       dc[i] = r2;
       wrote = true;
+      if (fixKind === 'leak' && r2 === 0) freed.push(i);
       if (fixKind === 'leak') res.leaksFixed++;
       else res.corruptionsFixed++;
       continue;
@@ -355,7 +358,44 @@ async function compareRefcounts(
     else res.leaks++;
   }
   if (wrote) await writer.flush('repair');
+  if (freed.length > 0) await emptyFreedClusters(img, freed);
   return { highest, rebuild };
+}
+
+/**
+ * QEMU discards a cluster whose refcount a leak repair drops to 0 (update_refcount with
+ * QCOW2_DISCARD_ALWAYS): its file then reads zeros there, and so does ours, written once the
+ * refcounts are (nothing refers to those clusters, so a crash at any point is harmless). Only
+ * clusters that do not read as zeros already are written: a hole stays a hole (the file's
+ * allocated size is what QEMU's metadata-preallocation guess, and so `qemu-img map`, goes by).
+ */
+async function emptyFreedClusters(img: Qcow2Image, clusters: readonly number[]): Promise<void> {
+  const cs = img.clusterSize;
+  const end = img.store.size();
+  const chunk = Math.max(cs, Math.floor((1 << 20) / cs) * cs);
+  const zeros = new Uint8Array(chunk);
+  let wrote = false;
+  for (let k = 0; k < clusters.length;) {
+    let n = 1;
+    while (k + n < clusters.length && clusters[k + n] === clusters[k]! + n) n++;
+    const to = Math.min(end, (clusters[k]! + n) * cs);
+    for (let at = clusters[k]! * cs; at < to; at += chunk) {
+      const bytes = await img.store.read(at, Math.min(chunk, to - at));
+      // runs of clusters with a non-zero byte, written as zeros
+      for (let c = 0; c < bytes.length;) {
+        const dirty = (i: number): boolean => bytes.subarray(i, i + cs).some((x) => x !== 0);
+        if (!dirty(c)) { c += cs; continue; }
+        let e = c + cs;
+        while (e < bytes.length && dirty(e)) e += cs;
+        const len = Math.min(e, bytes.length) - c;
+        await img.pwrite(at + c, zeros.subarray(0, len), 'leaked cluster emptied, as QEMU\'s discard leaves it');
+        wrote = true;
+        c = e;
+      }
+    }
+    k += n;
+  }
+  if (wrote) await img.flush('leaked clusters emptied');
 }
 
 /** QEMU's check_oflag_copied over the active tree: COPIED ⇔ refcount 1, both directions. */

@@ -165,6 +165,16 @@ export async function markInUseInPlace(img: Qcow2Image): Promise<boolean> {
 }
 
 /**
+ * What QEMU does with the bitmaps of an image it opened for writing and then closes without
+ * changing them (qemu-img check -r): every consistent bitmap stored again, first fit, the old
+ * clusters freed (storeAsQemu); nothing where QEMU's layout is not modelled. Not marked in use
+ * first: nothing written meanwhile touches guest data, so a crash leaves them consistent.
+ */
+export async function storeBitmapsAsOnClose(img: Qcow2Image): Promise<void> {
+  if (img.bitmaps.length > 0) await changeBitmaps(img, []);
+}
+
+/**
  * Apply `ops` in order to the image's bitmaps and store the result. As with qemu-img, the
  * operations before a refused one still take effect; the refusal is thrown after they are stored.
  */

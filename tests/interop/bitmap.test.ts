@@ -3,11 +3,13 @@
 // added), each step with the same exit code and stderr; after each step our copy is clean for
 // `qemu-img check`, lists the same bitmaps in `qemu-img info` (names, granularity, flags, order)
 // and holds the same guest data (`qemu-img compare`); and, as qemu-img leaves it, the same file
-// (length, `qemu-img map`, `qemu-img info` but for actual-size, bytes).
+// (length, `qemu-img map`, `qemu-img info` but for actual-size, bytes). So too `check -r` on an
+// image with bitmaps, which qemu-img stores again when it closes the image.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
+import { poke, qemuCheck, qemuImg, qemuImgOk, qemuInfo, qemuIoOk } from '../helpers/qemu.ts';
+import { dataClusterOffset, getRefcount, setRefcount } from '../helpers/qcow2-mini.ts';
 import { bitsOf, useCliWorkDir } from './cli-oracle.ts';
 import { spawnSmall } from '../helpers/spawner.ts';
 
@@ -264,3 +266,93 @@ function expectSameLayout(q: string, o: string, step: string): void {
   expect(info(o), `${step}: qemu-img info`).toEqual(info(q));
   expect(fs.readFileSync(o).equals(fs.readFileSync(q)), `${step}: the same bytes`).toBe(true);
 }
+
+describe('check -r on an image with bitmaps: qemu-img stores them all again on close', () => {
+  /** Bitmaps qemu-img added (one enabled, dirtied by qemu-io's writes, one disabled), and data. */
+  function withBitmaps(clusterSize: string, f: string): void {
+    image(`cluster_size=${clusterSize}`, '16M', 'write -P 1 0 100k')(f);
+    qemuImgOk(['bitmap', '--add', f, 'b0']);
+    qemuImgOk(['bitmap', '--add', '-g', '4k', '--disable', f, 'off']);
+    qemuIoOk(f, 'write -P 2 1M 64k', 'write -P 3 5M 4k');
+  }
+
+  /** Leaks as an interrupted write leaves them: a free cluster inside the file and one appended, both holding data. */
+  function leak(f: string): void {
+    const cs = 2 ** fs.readFileSync(f).readUInt32BE(20);
+    const n = Math.ceil(fs.statSync(f).size / cs);
+    let inside = -1;
+    for (let i = 1; i < n && inside < 0; i++) if (getRefcount(f, i) === 0n) inside = i;
+    fs.appendFileSync(f, Buffer.alloc(n * cs - fs.statSync(f).size)); // the file ends on a cluster boundary
+    fs.appendFileSync(f, Buffer.alloc(cs, 0x55));
+    for (const i of inside > 0 ? [inside, n] : [n]) {
+      setRefcount(f, i, 1);
+      if (i < n) poke(f, i * cs, Buffer.alloc(cs, 0x66));
+    }
+  }
+
+  /** Set a bitmap's in-use flag in its directory entry, as a crash of a writer leaves it. */
+  function markInUse(f: string, name: string): void {
+    const b = fs.readFileSync(f);
+    let pos = b.readUInt32BE(100);
+    while (b.readUInt32BE(pos) !== 0x23852875) pos += 8 + Math.ceil(b.readUInt32BE(pos + 4) / 8) * 8;
+    let at = Number(b.readBigUInt64BE(pos + 8 + 16));
+    for (let i = 0; i < b.readUInt32BE(pos + 8); i++) {
+      const nameSize = b.readUInt16BE(at + 18);
+      if (b.subarray(at + 24, at + 24 + nameSize).toString('utf8') === name) {
+        const flags = Buffer.alloc(4);
+        flags.writeUInt32BE(b.readUInt32BE(at + 12) | 1);
+        poke(f, at + 12, flags);
+        return;
+      }
+      at += Math.ceil((24 + nameSize + b.readUInt32BE(at + 20)) / 8) * 8;
+    }
+    throw new Error(`no bitmap ${name}`);
+  }
+
+  const cases: Array<[string, boolean, boolean]> = [['nothing to repair', false, false], ['leaked clusters', true, false],
+    ['leaked clusters and a bitmap a crash left in use (QEMU neither loads nor stores it)', true, true]];
+  for (const cs of ['512', '64k', '2M']) {
+    for (const [what, leaky, inUse] of cases) {
+      it(`${cs} clusters, ${what}: -r leaks and -r all leave qemu-img's file`, async () => {
+        const base = path.join(w.dir, 'base.qcow2');
+        fs.rmSync(base, { force: true });
+        withBitmaps(cs, base);
+        if (leaky) leak(base);
+        if (inUse) markInUse(base, 'b0');
+        expect(qemuCheck(base).exitCode).toBe(leaky ? 3 : 0);
+        for (const mode of ['leaks', 'all']) {
+          const [q, o] = [path.join(w.dir, 'q.qcow2'), path.join(w.dir, 'o.qcow2')];
+          fs.copyFileSync(base, q);
+          fs.copyFileSync(base, o);
+          await w.expectSame(['check', '-r', mode, 'q.qcow2'], ['q.qcow2', 'o.qcow2']);
+          expect(qemuCheck(o).exitCode).toBe(0);
+          expect(bitmapsOf(o)).toEqual(bitmapsOf(q));
+          for (const n of ['b0', 'off']) expect(bitsOf(o, n), `${cs} -r ${mode}: ${n}`).toEqual(bitsOf(q, n));
+          expectSameLayout(q, o, `${cs} check -r ${mode}`);
+        }
+      });
+    }
+  }
+
+  it('a rebuild needed: -r leaks leaves the bitmaps (qemu-img 7.2 stores them over a guest cluster), -r all stores them as qemu-img', async () => {
+    // a data cluster with refcount 0: -r leaks cannot repair it (the check fails); qemu-img still
+    // stores the bitmaps on close, first fit, and the first free cluster is that data cluster
+    const base = path.join(w.dir, 'base.qcow2');
+    fs.rmSync(base, { force: true });
+    withBitmaps('64k', base);
+    setRefcount(base, dataClusterOffset(base) / 65536, 0);
+    const [q, o] = [path.join(w.dir, 'q.qcow2'), path.join(w.dir, 'o.qcow2')];
+    fs.copyFileSync(base, q);
+    fs.copyFileSync(base, o);
+    expect(await w.expectSame(['check', '-r', 'leaks', 'q.qcow2'], ['q.qcow2', 'o.qcow2'])).toBe(1);
+    expect(fs.readFileSync(o).equals(fs.readFileSync(base)), 'ours: the file as it was').toBe(true);
+    // the oracle's own result, for the record of why we differ
+    expect(qemuImg(['compare', base, q]).status, 'qemu-img: guest data overwritten').toBe(1);
+    // -r all rebuilds the refcounts first: then the bitmaps are stored again as qemu-img stores them
+    fs.copyFileSync(base, q);
+    fs.copyFileSync(base, o);
+    expect(await w.expectSame(['check', '-r', 'all', 'q.qcow2'], ['q.qcow2', 'o.qcow2'])).toBe(0);
+    expect(qemuImg(['compare', base, o]).status).toBe(0);
+    expectSameLayout(q, o, 'check -r all with a rebuild');
+  });
+});
