@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { isQcowError } from '../../core/errors.ts';
-import { storeBitmapsAgain } from '../../core/image/bitmap-tracking.ts';
+import { storeBitmapsAsOnClose } from '../../core/image/bitmap-ops.ts';
 import { commitInto, qcow2Target, rawTarget } from '../../core/image/commit.ts';
 import { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import type { Layer } from '../../core/image/layer.ts';
@@ -114,7 +114,7 @@ export const commitCmd: Command = {
       // qemu-img opens the image read-write even with -d: its bitmaps are stored again on close
       const top = await openImage(file, { writable: true, noBacking: true });
       try {
-        await storeBitmapsAgain(top);
+        await storeBitmapsAsOnClose(top);
       } finally {
         await top.close();
       }

@@ -35,14 +35,3 @@ export async function finishTrackedWrites(img: Qcow2Image, written: ReadonlyArra
   await changeBitmaps(img, img.bitmaps.map((b) => ({ op: 'written', name: b.name, ranges: written })), { inUseOurs: true });
   img.bitmapsTracked = false;
 }
-
-/**
- * What QEMU's read-write open and close alone do to an image's bitmaps (qemu-img commit -d on the
- * overlay it does not change): marked in use in place, then all stored again. Nothing when a crash
- * left one in use (QEMU stores only the others: not modelled) or there are none.
- */
-export async function storeBitmapsAgain(img: Qcow2Image): Promise<void> {
-  if (img.bitmaps.length === 0 || img.bitmaps.some((b) => b.flags & BME_FLAG_IN_USE)) return;
-  await beginTrackedWrites(img);
-  await finishTrackedWrites(img, []);
-}
