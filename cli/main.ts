@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { isQcowError, QcowError } from '../core/errors.ts';
 import { joinDashValues, type Command } from './command.ts';
 import { VERBS } from './commands/registry.ts';
+import { setOpenWarningSink } from './open.ts';
 import { cliError, usageExit } from './qemu-options.ts';
 
 /**
@@ -53,6 +54,7 @@ export async function main(argv: string[], io: CliIo = PROCESS_IO): Promise<numb
     if (values.format !== undefined && !(cmd.formats ?? ['qcow2']).includes(String(values.format))) {
       throw new QcowError('NOT_SUPPORTED', `${verb}: only the qcow2 format is supported, not '${String(values.format)}'`);
     }
+    setOpenWarningSink(io.stderr);
     return await cmd.run({
       values: values as Record<string, string | boolean | undefined>,
       positionals,

@@ -4,8 +4,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QcowError } from '../core/errors.ts';
-import type { Qcow2Image } from '../core/image/qcow2-image.ts';
-import { RawLayer } from '../core/image/layer.ts';
+import { Qcow2Image } from '../core/image/qcow2-image.ts';
+import { RawLayer, type Layer } from '../core/image/layer.ts';
 import { openImage as openOp, probeFormat as probeStoreFormat, type BackingResolver, type ImageOpenOptions } from '../core/ops/open.ts';
 import { NodeFileStore } from './node-file-store.ts';
 import { dataSegments, holeMapFor, startSegmentScan, type SegmentScan } from './holes.ts';
@@ -81,6 +81,25 @@ const fileResolver = (dataFileOptional: boolean): BackingResolver => ({
   },
 });
 
+/** Where open warnings go: the run's stderr (main.ts sets it for each command line). */
+let warningSink: (text: string) => void = (t) => process.stderr.write(t);
+
+export function setOpenWarningSink(sink: (text: string) => void): void {
+  warningSink = sink;
+}
+
+/**
+ * qemu-img's warnings at open, for each link of the chain from the top, in its words: the stale
+ * bitmaps' hint ends without a newline, as QEMU prints it (error_printf).
+ */
+function printOpenWarnings(img: Qcow2Image): void {
+  for (let link: Layer | null = img; link instanceof Qcow2Image; link = link.backing) {
+    for (const w of link.openWarnings) {
+      warningSink(`qcowscope: warning: ${w}\nSome clusters may be leaked, run 'qcowscope check -r' on the image file to fix.`);
+    }
+  }
+}
+
 /**
  * Opens IMAGE as qemu-img -f qcow2 does (a dirty image opened writable is repaired first). A
  * failure reads as qemu-img's does: "Could not open 'IMAGE': <why>", where <why> is the file
@@ -93,7 +112,9 @@ export async function openImage(file: string, opts: CliOpenOptions = {}): Promis
     refuseDirectory(file);
     const store = NodeFileStore.open(file, { writable: !!open.writable });
     try {
-      return await openOp({ name: file, store }, { ...open, resolver: fileResolver(!!dataFileOptional), followBacking: !noBacking, refuseEncrypted: !dataFileOptional });
+      const img = await openOp({ name: file, store }, { refuseEncrypted: !dataFileOptional, ...open, resolver: fileResolver(!!dataFileOptional), followBacking: !noBacking });
+      printOpenWarnings(img);
+      return img;
     } catch (e) {
       await store.close();
       throw e;

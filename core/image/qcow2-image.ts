@@ -123,6 +123,8 @@ export class Qcow2Image implements Layer {
   writable: boolean;
   readonly checkMode: boolean;
   readonly messages: string[] = [];
+  /** What QEMU warns of when it opens the image (warn_report in qcow2_do_open), in its words. */
+  readonly openWarnings: string[] = [];
   private readonly onMessage?: (m: string) => void;
 
   private constructor(store: ImageStore, header: Qcow2Header, opts: OpenOptions) {
@@ -197,6 +199,9 @@ export class Qcow2Image implements Layer {
     }
     if ((h.autoclearFeatures & C.AUTOCLEAR_DATA_FILE_RAW) !== 0n && !this.geometry.dataFile) {
       throw new QcowError('DATA_FILE_REQUIRED', 'data-file-raw requires a data file', { structure: 'header', offset: 88 });
+    }
+    if (h.bitmaps && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) === 0n) {
+      this.openWarnings.push('a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent');
     }
     await this.loadTables();
     if (this.checkMode) {

@@ -4,11 +4,14 @@
 // link fails, and the repair QEMU makes when it opens a dirty image for writing.
 import { QcowError } from '../errors.ts';
 import { be32 } from '../format/bytes.ts';
+import * as C from '../format/constants.ts';
 import { MAX_BACKING_CHAIN_DEPTH, QCOW_MAGIC } from '../format/constants.ts';
+import { encodeHeader, type Qcow2Header } from '../format/header.ts';
 import type { ImageStore } from '../io/store.ts';
 import { RawLayer, type DataSegments, type Layer } from '../image/layer.ts';
 import { Qcow2Image, type OpenOptions } from '../image/qcow2-image.ts';
 import { checkImage } from '../analysis/check.ts';
+import { findWriteDamage } from '../image/snapshot-precheck.ts';
 
 export { MAX_BACKING_CHAIN_DEPTH };
 
@@ -75,6 +78,8 @@ export async function openImage(top: ChainLink, opts: ImageOpenOptions = {}): Pr
   } else {
     img = await openLink(top, open, resolver, followBacking ? 0 : -1, refuseEncrypted);
   }
+  // (not on an image a write could not trust: nothing is written to it before it is repaired)
+  if (img.writable && !img.isCorrupt && (img.checkMode || !findWriteDamage(img))) await clearAutoclearAsQemu(img);
   if (repairDirty && img.writable && !img.checkMode && img.isDirty) {
     try {
       await repairDirtyImage(img);
@@ -134,6 +139,22 @@ function refuseIfEncrypted(header: { cryptMethod: number }): void {
   if (header.cryptMethod !== 0) {
     throw new QcowError('ENCRYPTED', "Parameter 'encrypt.key-secret' is required for cipher", { structure: 'header', offset: 32 });
   }
+}
+
+/**
+ * QEMU's header update on a writable open (qcow2_do_open): autoclear bits it does not know are
+ * cleared, and a bitmaps extension whose autoclear bit a program without bitmap support cleared is
+ * dropped (its clusters are leaks for check -r). One header write, flushed; nothing otherwise.
+ */
+async function clearAutoclearAsQemu(img: Qcow2Image): Promise<void> {
+  const h = img.header;
+  const staleBitmaps = h.bitmaps !== undefined && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) === 0n;
+  if (!staleBitmaps && (h.autoclearFeatures & ~C.AUTOCLEAR_MASK) === 0n) return;
+  const next: Qcow2Header = { ...h, autoclearFeatures: h.autoclearFeatures & C.AUTOCLEAR_MASK };
+  if (staleBitmaps) delete next.bitmaps;
+  await img.pwrite(0, encodeHeader(next), 'header: what QEMU clears on a writable open', true);
+  await img.flush('header: autoclear bits cleared');
+  img.setTables({ header: { ...next, bitmaps: next.bitmaps } });
 }
 
 /**

@@ -190,3 +190,27 @@ describe('snapshot and create open the backing chain, as qemu-img does', () => {
     expect(await expectSame(['create', '-f', 'qcow2', '-b', 'df-gone.qcow2', '-F', 'qcow2', 'new.qcow2'])).toBe(0);
   });
 });
+
+describe('bitmaps a program without bitmap support left (the autoclear bit cleared)', () => {
+  it('every verb warns as qemu-img does, through the chain; a writable open drops the extension as QEMU does', async () => {
+    const p = (n: string) => path.join(w.dir, n);
+    const stale = (f: string): void => {
+      qemuImgOk(['create', '-q', '-f', 'qcow2', p(f), '16M']);
+      qemuImgOk(['bitmap', '--add', p(f), 'b']);
+      const b = fs.readFileSync(p(f));
+      b[95] = b[95]! & ~1; // autoclear_features bit 0
+      fs.writeFileSync(p(f), b);
+    };
+    stale('stale.qcow2');
+    stale('stale-base.qcow2');
+    qemuImgOk(['create', '-q', '-f', 'qcow2', '-b', 'stale-base.qcow2', '-F', 'qcow2', p('over-stale.qcow2')]);
+    for (const args of [['info', 'stale.qcow2'], ['check', 'stale.qcow2'], ['map', '--output=json', 'stale.qcow2'], ['snapshot', '-l', 'stale.qcow2'],
+      ['measure', '-O', 'qcow2', 'stale.qcow2'], ['info', '--backing-chain', 'over-stale.qcow2'], ['map', 'over-stale.qcow2']]) {
+      await expectSame(args);
+    }
+    // check -r all: the extension dropped, its clusters repaired as leaks, the same file
+    fs.copyFileSync(p('stale.qcow2'), p('stale-o.qcow2'));
+    expect(await w.expectSame(['check', '-r', 'all', 'stale.qcow2'], ['stale.qcow2', 'stale-o.qcow2'])).toBe(0);
+    expect(fs.readFileSync(p('stale-o.qcow2')).equals(fs.readFileSync(p('stale.qcow2')))).toBe(true);
+  });
+});
