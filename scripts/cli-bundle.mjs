@@ -78,21 +78,29 @@ export async function bundleCli(outfile, { lazy = true, minify = false } = {}) {
   const engine = path.join(outdir, engineName);
   fs.rmSync(path.join(outdir, 'chunks'), { recursive: true, force: true }); // the split bundle of earlier builds
   const common = { bundle: true, platform: 'node', target: 'node20', sourcemap: false, minify, logLevel: 'warning', plugins: lazy ? [lazyPlugin] : [] };
-  await build({ ...common, entryPoints: [path.join(ROOT, 'cli/qcowscope.ts')], outfile: engine, format: 'cjs' });
+  const built = await build({ ...common, entryPoints: [path.join(ROOT, 'cli/qcowscope.ts')], outfile: engine, format: 'cjs', write: false });
   // the launcher wraps it in a function: no hashbang line inside
-  const source = fs.readFileSync(engine, 'utf8').replace(/^#!.*\n/, '');
-  fs.writeFileSync(engine, source);
+  const source = built.outputFiles[0].text.replace(/^#!.*\n/, '');
+  writeWhole(engine, source);
   const hash = createHash('sha256').update(source).digest('hex').slice(0, 16);
   // the verbs, for the launcher's cache names (a mistyped verb shares the cache of none)
   const verbs = [...fs.readFileSync(path.join(ROOT, 'cli/commands/registry.ts'), 'utf8').matchAll(/name: '([a-z]+)'/g)].map((m) => m[1]);
-  await build({
+  const launcher = await build({
     ...common,
     entryPoints: [path.join(ROOT, 'cli/launch.ts')],
     outfile: path.resolve(outfile),
     format: 'esm',
     banner: { js: REQUIRE_BANNER },
     define: { QCOWSCOPE_ENGINE: JSON.stringify(engineName), QCOWSCOPE_ENGINE_HASH: JSON.stringify(hash), QCOWSCOPE_VERBS: JSON.stringify(verbs) },
+    write: false,
   });
-  fs.chmodSync(outfile, 0o755);
+  writeWhole(path.resolve(outfile), launcher.outputFiles[0].text, 0o755);
   return outfile;
+}
+
+/** Write a file under a temporary name, then rename it: a command run meanwhile reads the old file or the new one, never part of one. */
+function writeWhole(file, text, mode = 0o644) {
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, text, { mode });
+  fs.renameSync(tmp, file);
 }
