@@ -61,6 +61,16 @@ function backingOf(file: string): unknown {
   return [i['backing-filename'], i['backing-filename-format']];
 }
 
+/** In q/ and o/ alike: bitmaps `on` (granularity G, enabled) and `off` (disabled) added to FILE, then qemu-io's WRITE, which `on` records. */
+function withBitmaps(file: string, g: string, write: string): void {
+  for (const d of ['q', 'o']) {
+    const f = path.join(w.dir, d, file);
+    qemuImgOk(['bitmap', '--add', '-g', g, f, 'on']);
+    qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
+    qemuIoOk(f, write);
+  }
+}
+
 /** Our o/FILE judged against qemu-img's q/FILE. */
 function judge(file: string, step: string): void {
   const c = qemuCheck(o(file));
@@ -319,12 +329,7 @@ describe('commit: an overlay with an internal snapshot', () => {
         ['top.qcow2', '', ['write -P 2 100k 10k', 'write -z 1M 64k', 'write -P 3 7M 3k']],
       ];
       build(chain);
-      for (const d of ['q', 'o']) {
-        const f = path.join(w.dir, d, 'base.qcow2');
-        qemuImgOk(['bitmap', '--add', '-g', g, f, 'on']);
-        qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
-        qemuIoOk(f, 'write -P 1 3M 10k');
-      }
+      withBitmaps('base.qcow2', g, 'write -P 1 3M 10k');
       expect(await same(['commit'], chain)).toBe(0);
       for (const n of ['on', 'off']) expect(bitsOf(o('base.qcow2'), n), `${cs}/${g}: ${n}`).toEqual(bitsOf(q('base.qcow2'), n));
       expect(bitsOf(o('base.qcow2'), 'on')![2]).toMatch(/[1-9a-f]/);
@@ -401,12 +406,7 @@ describe('safe rebase of an overlay with persistent bitmaps', () => {
         ['top.qcow2', `cluster_size=${cs}`, ['write -P 3 10k 1k']],
       ];
       build(chain);
-      for (const d of ['q', 'o']) {
-        const f = path.join(w.dir, d, 'top.qcow2');
-        qemuImgOk(['bitmap', '--add', '-g', g, f, 'on']);
-        qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
-        qemuIoOk(f, 'write -P 4 3M 10k');
-      }
+      withBitmaps('top.qcow2', g, 'write -P 4 3M 10k');
       const args = target ? ['rebase', '-b', target, '-F', 'qcow2'] : ['rebase', '-b', ''];
       expect(await same(args, chain), `${cs}/${g}`).toBe(0);
       for (const n of ['on', 'off']) expect(bitsOf(o('top.qcow2'), n), `${cs}/${g}: ${n}`).toEqual(bitsOf(q('top.qcow2'), n));
@@ -424,12 +424,7 @@ describe('bitmaps of an image qemu-img only opens read-write', () => {
     const chain: Link[] = [['base.qcow2', '', ['write -P 1 0 1M']], ['top.qcow2', '', ['write -P 3 10k 1k']]];
     for (const args of [['rebase', '-u', '-b', 'base.qcow2', '-F', 'qcow2'], ['rebase', '-u', '-b', ''], ['rebase', '-b', 'base.qcow2', '-F', 'qcow2'], ['commit', '-d']]) {
       build(chain);
-      for (const d of ['q', 'o']) {
-        const f = path.join(w.dir, d, 'top.qcow2');
-        qemuImgOk(['bitmap', '--add', '-g', '4k', f, 'on']);
-        qemuIoOk(f, 'write -P 4 3M 10k');
-        qemuImgOk(['bitmap', '--add', '--disable', f, 'off']);
-      }
+      withBitmaps('top.qcow2', '4k', 'write -P 4 3M 10k');
       expect(await same(args, chain), args.join(' ')).toBe(0);
       expect(qemuMap(o('top.qcow2')), `${args.join(' ')}: map`).toEqual(qemuMap(q('top.qcow2')));
       for (const n of ['on', 'off']) expect(bitsOf(o('top.qcow2'), n), `${args.join(' ')}: ${n}`).toEqual(bitsOf(q('top.qcow2'), n));
