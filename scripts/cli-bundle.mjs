@@ -77,6 +77,7 @@ export async function bundleCli(outfile, { lazy = true, minify = false } = {}) {
   const engineName = `${name}.engine.cjs`;
   const engine = path.join(outdir, engineName);
   fs.rmSync(path.join(outdir, 'chunks'), { recursive: true, force: true }); // the split bundle of earlier builds
+  fs.mkdirSync(outdir, { recursive: true });
   const common = { bundle: true, platform: 'node', target: 'node20', sourcemap: false, minify, logLevel: 'warning', plugins: lazy ? [lazyPlugin] : [] };
   const built = await build({ ...common, entryPoints: [path.join(ROOT, 'cli/qcowscope.ts')], outfile: engine, format: 'cjs', write: false });
   // the launcher wraps it in a function: no hashbang line inside
