@@ -85,7 +85,7 @@ export async function snapshotOps(mode: 'create' | 'apply' | 'delete', arg: stri
  * A failed snapshot -c / -a / -d as qemu-img words it: img_snapshot's "Could not create|apply|delete
  * snapshot 'ARG': " before the reason, and the reasons QEMU gives (bdrv_snapshot_goto's "Failed to
  * load snapshot: <errno>", the delete's "snapshot not found", the create's errno as "-95 (Operation
- * not supported)"). Our own refusals (a damaged image QEMU would write to) keep their words after
+ * not supported)" or, for a refcount past its width's maximum, "-22 (Invalid argument)"). Our own refusals (a damaged image QEMU would write to) keep their words after
  * the same prefix.
  */
 function inQemuImgWords(e: unknown, mode: 'create' | 'apply' | 'delete', arg: string, img: Qcow2Image): unknown {
@@ -96,6 +96,9 @@ function inQemuImgWords(e: unknown, mode: 'create' | 'apply' | 'delete', arg: st
   else if (mode === 'apply' && dataFile) reason = 'Failed to load snapshot: Operation not supported';
   else if (mode === 'delete' && (e.code === 'SNAPSHOT_NOT_FOUND' || (dataFile && !findSnapshot(img, arg)))) reason = 'snapshot not found';
   else if (mode === 'create' && dataFile) reason = '-95 (Operation not supported)';
+  // a refcount past refcount_bits' maximum: QEMU's update_refcount answers EINVAL
+  else if (mode === 'create' && e.code === 'REFCOUNT_OVERFLOW') reason = '-22 (Invalid argument)';
+  else if (mode === 'apply' && e.code === 'REFCOUNT_OVERFLOW') reason = 'Failed to load snapshot: Invalid argument';
   const out = new QcowError(e.code, `Could not ${mode} snapshot '${arg}': ${reason}`, e.details);
   return out;
 }

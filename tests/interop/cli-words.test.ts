@@ -124,6 +124,19 @@ describe('snapshot -c / -a / -d refused: qemu-img\'s "Could not … snapshot" wo
     // nothing written by our refusals
     for (const image of ['snaps.qcow2', 'datafile.qcow2']) expect(fs.readFileSync(p(`o-${image}`)).equals(fs.readFileSync(p(image)))).toBe(true);
   });
+
+  it('a refcount past refcount_bits\' maximum: create refused in qemu-img\'s words, the file untouched (qemu-img leaks a cluster)', async () => {
+    const p = (n: string) => path.join(w.dir, n);
+    for (const bits of ['1', '2']) {
+      const image = `rb${bits}.qcow2`;
+      qemuImgOk(['create', '-q', '-f', 'qcow2', '-o', `refcount_bits=${bits}`, p(image), '1M']);
+      qemuIoOk(p(image), 'write -P 1 0 64k');
+      if (bits === '2') for (const n of ['s1', 's2']) qemuImgOk(['snapshot', '-c', n, p(image)]); // refcount 3, the most two bits hold
+      for (const d of ['q', 'o']) fs.copyFileSync(p(image), p(`${d}-${image}`));
+      expect(await w.expectSame(['snapshot', '-c', 'more', `q-${image}`], [`q-${image}`, `o-${image}`]), image).toBe(1);
+      expect(fs.readFileSync(p(`o-${image}`)).equals(fs.readFileSync(p(image))), `${image} untouched`).toBe(true);
+    }
+  });
 });
 
 describe('an external data file that cannot be opened', () => {
