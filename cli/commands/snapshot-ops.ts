@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { isQcowError, QcowError } from '../../core/errors.ts';
 import type { ImageStore } from '../../core/io/store.ts';
+import { storeBitmapsAsOnClose } from '../../core/image/bitmap-ops.ts';
 import type { Journal } from '../../core/image/journal.ts';
 import type { Qcow2Image } from '../../core/image/qcow2-image.ts';
 import { externalSnapshots as createOverlays, groupSnapshotOp, snapshotOp, type OverlayTarget } from '../../core/ops/snapshot.ts';
@@ -72,13 +73,26 @@ export async function snapshotOps(mode: 'create' | 'apply' | 'delete', arg: stri
   const verb = mode === 'apply' ? 'revert' : mode;
   try {
     // one image: qemu-img's own words on failure; a group (ours): the group's, naming the image
-    journals = imgs.length === 1 ? [await snapshotOp(imgs[0]!, verb, arg).catch((e: unknown) => { throw inQemuImgWords(e, mode, arg, imgs[0]!); })]
+    journals = imgs.length === 1 ? [await snapshotOp(imgs[0]!, verb, arg).catch(async (e: unknown) => {
+      await storeBitmapsAsQemuAfterRefusal(e, imgs[0]!);
+      throw inQemuImgWords(e, mode, arg, imgs[0]!);
+    })]
       : await groupSnapshotOp(imgs, verb, arg);
   } finally {
     for (const i of imgs) await i.close();
   }
   if (ctx.values.journal) journals.forEach((j, i) => ctx.out(formatJournal(j, files[i]!)));
   return 0;
+}
+
+/**
+ * qemu-img refuses a revert on an image with bitmaps, or a snapshot it cannot find, after its
+ * writable open: closing the image then stores the bitmaps again (bitmap-ops.ts), so the file
+ * changes as qemu-img's does. Our own refusals of a damaged image leave it untouched.
+ */
+async function storeBitmapsAsQemuAfterRefusal(e: unknown, img: Qcow2Image): Promise<void> {
+  if (!isQcowError(e) || !(e.code === 'SNAPSHOT_NOT_FOUND' || e.details.reason === 'dirty-bitmaps')) return;
+  await storeBitmapsAsOnClose(img).catch(() => undefined); // the refusal is what the command reports
 }
 
 /**
