@@ -80,7 +80,7 @@ export class QemuAllocator {
     return new Set(this.freed);
   }
 
-  /** qcow2_alloc_clusters for `n` clusters: the first cluster, or null where QEMU would do what is not modelled (recurse deeper than one block). */
+  /** qcow2_alloc_clusters for `n` clusters: the first cluster, or null where QEMU would do what is not modelled (recurse deeper than two blocks). */
   async alloc(n: number): Promise<number | null> {
     for (let guard = 0; guard < 64; guard++) {
       const start = await this.noref(n);
@@ -92,7 +92,20 @@ export class QemuAllocator {
         const nb = await this.noref(1);
         if (nb === null) return null;
         const nbBlock = Math.floor(nb / this.per);
-        if (nbBlock !== rb && !this.covered(nbBlock)) return null;
+        if (nbBlock !== rb && !this.covered(nbBlock)) {
+          // Described by a range without a block either: update_refcount(nb) first needs one
+          // there, and alloc_refcount_block takes the next free cluster for it, which describes
+          // itself when it lies in that range (deeper is not modelled). Its EAGAIN ends this
+          // attempt too, nb left free: the search starts again.
+          const nb2 = await this.noref(1);
+          if (nb2 === null || Math.floor(nb2 / this.per) !== nbBlock) return null;
+          this.used.add(nb2);
+          this.newBlocks.set(nbBlock, nb2);
+          if (nbBlock >= this.entries && !this.growTable(nbBlock, nb, nb2)) return null;
+          this.fci = Math.min(this.fci, start);
+          again = true;
+          break;
+        }
         this.used.add(nb);
         this.newBlocks.set(rb, nb);
         if (rb >= this.entries && !this.growTable(rb, c, nb)) return null;

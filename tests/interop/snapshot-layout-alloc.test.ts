@@ -64,6 +64,10 @@ const CASES: Case[] = [
   { label: 'extended L2, 16 KiB clusters, 64-bit refcounts (2048 a block)', opts: { clusterSize: 16384, extendedL2: true, refcountBits: 64 }, size: 64 * MiB, boundary: 2048, ends: [-1, 0], steps: ROW.slice(0, 6) },
   { label: '2 MiB clusters, 64-bit refcounts, several in a row', opts: { clusterSize: 2 * MiB, refcountBits: 64 }, size: 32 * MiB, boundary: 0, ends: [0], steps: ROW },
   { label: '4 KiB clusters, 8-bit refcounts, several in a row', opts: { clusterSize: 4096, refcountBits: 8 }, size: 4 * MiB, boundary: 0, ends: [0], steps: ROW },
+  // An L1 copy of hundreds of clusters past every refcount block: the block for its first range
+  // lands in another range without one, which QEMU's allocator gives a block first (recursing).
+  { label: '512 B clusters, a 1000 MiB disk (an L1 of 500 clusters)', opts: { clusterSize: 512 }, size: 1000 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s1', 's3'] },
+  { label: '512 B clusters, 64-bit refcounts, a 200 MiB disk (an L1 of 100 clusters)', opts: { clusterSize: 512, refcountBits: 64 }, size: 200 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s1', 's3'] },
   // Persistent bitmaps: QEMU stores each again when it closes the image (new data clusters, a
   // new table, then a new directory, after the operation's allocations) and frees the old ones.
   {
