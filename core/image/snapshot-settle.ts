@@ -111,18 +111,24 @@ export async function planQemuLayout(
     if (c === null) return null;
     runs.push({ offset: c * img.clusterSize, bytes });
   }
-  let bitmapGuess: { skipped: Set<number>; clusters: number[]; blocks: Map<number, number> } | null = null;
+  let bitmapGuess: { skipped: Set<number>; again: number[]; clusters: number[]; blocks: Map<number, number> } | null = null;
   if (bitmaps) {
     // Where the bitmaps would go if the operation freed nothing: the settle places them again
     // on QEMU's refcounts after the operation (which may free lower clusters); these must stay
     // free in the shadow commit, and so must a refcount block they need (QEMU adds it as for any
     // allocation; the settle adds the ones its placement needs). A grown table is not modelled.
     const skipped = alloc.skippedFree();
+    // QEMU's free index falls back to the lowest cluster the operation frees (the old snapshot
+    // table, a deleted snapshot's L1 table): the clusters it skipped from there on are searched
+    // again when it stores the bitmaps, so they stay free in the shadow commit as well
+    const from = lowestFreed(img, opts);
+    const again = [...skipped].filter((c) => c >= from);
+    for (const c of again) skipped.delete(c);
     const before = new Set(alloc.newBlocks.keys());
     const p = await placeBitmaps(bitmaps, img.clusterSize, (n) => alloc.alloc(n));
     if (!p || alloc.grownTable) return null;
     const blocks = new Map([...alloc.newBlocks].filter(([rb]) => !before.has(rb)));
-    bitmapGuess = { skipped, clusters: placementClusters(p, bitmaps, img.clusterSize), blocks };
+    bitmapGuess = { skipped, again, clusters: placementClusters(p, bitmaps, img.clusterSize), blocks };
   }
   const reserved = new Set<number>();
   let fileSizeAfter = img.store.size();
@@ -150,6 +156,7 @@ export async function planQemuLayout(
     reserved.add(c);
     fileSizeAfter = Math.max(fileSizeAfter, (c + 1) * img.clusterSize);
   }
+  for (const c of bitmapGuess?.again ?? []) reserved.add(c);
   // The old bitmaps, which QEMU frees after storing them anew: in use now (the shadow commit
   // cannot take them), reserved so that the refcount blocks counting them get new places and the
   // settle can rewrite the old ones in place.
@@ -172,8 +179,20 @@ export async function planQemuLayout(
     fileSizeBase,
     reserved,
     unpunched: alloc.freedClusters(),
-    bitmaps: bitmaps && bitmapGuess ? { ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set([...bitmapGuess.clusters, ...bitmapGuess.blocks.values()]) } : null,
+    bitmaps: bitmaps && bitmapGuess ? {
+      ...bitmaps, skipped: bitmapGuess.skipped, freeBefore: new Set([...bitmapGuess.clusters, ...bitmapGuess.blocks.values(), ...bitmapGuess.again]),
+    } : null,
   };
+}
+
+/** The lowest cluster QEMU's operation frees in its own steps (the old snapshot table, a deleted snapshot's L1 table), or Infinity. */
+function lowestFreed(img: Qcow2Image, opts: { tableAfter?: readonly Snapshot[] }): number {
+  if (!opts.tableAfter) return Infinity;
+  const cs = img.clusterSize;
+  let m = img.header.snapshotsOffset !== 0 && img.snapshotsSize > 0 ? Math.floor(img.header.snapshotsOffset / cs) : Infinity;
+  const kept = new Set(opts.tableAfter.map((s) => s.idStr));
+  for (const s of img.snapshots) if (!kept.has(s.idStr) && s.l1TableOffset !== 0) m = Math.min(m, Math.floor(s.l1TableOffset / cs));
+  return m;
 }
 
 interface SettleWrite {

@@ -88,6 +88,29 @@ const CASES: Case[] = [
     },
   },
   {
+    // an L1 copy of 7 clusters passes the holes the last store of the bitmaps left; the old
+    // snapshot table QEMU frees lies below them, so its store of the bitmaps fills them
+    label: 'bitmaps into the holes below the free index (1 KiB clusters, an L1 of 7 clusters)', opts: { clusterSize: 1024, refcountBits: 32 },
+    size: 100 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2', 's3', '-s1', 's4'],
+    bitmaps: (f) => {
+      bitmap(f, 'b0', '--add', '-g', '4096');
+      qemuIoOk(f, 'write -P 8 0 4k', 'write -P 9 50M 64k');
+    },
+  },
+  {
+    // the snapshot table lies below the holes the bitmaps left when qemu-img bitmap stored them
+    // again: the create frees it, QEMU's free index falls back there, and its store fills them
+    label: 'bitmaps into the holes above the old snapshot table (1 KiB clusters)', opts: { clusterSize: 1024, refcountBits: 32 },
+    size: 100 * MiB, boundary: 0, ends: [0], steps: ['s1', 's2'],
+    bitmaps: (f) => {
+      qemuImgOk(['snapshot', '-c', 's0', f]);
+      bitmap(f, 'b0', '--add', '-g', '4096');
+      qemuIoOk(f, 'write -P 8 0 4k');
+      bitmap(f, 'b0', '--disable'); // stored again at the end: holes where they were
+      qemuIoOk(f, 'write -P 9 50M 4k');
+    },
+  },
+  {
     label: 'an empty bitmap, 512 B clusters', opts: { clusterSize: 512 }, size: MiB, boundary: 0, ends: [0], steps: ['s1', 's2', '-s2', '-s1'],
     bitmaps: (f) => bitmap(f, 'empty', '--add'),
   },
