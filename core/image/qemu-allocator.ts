@@ -28,7 +28,9 @@ export interface RefcountView {
  * a cluster no refcount block counts has refcount 0); qcow2_alloc_clusters then counts the run,
  * and where a cluster of it has no refcount block, alloc_refcount_block takes the next free
  * cluster for one (describing itself when it lies in the range it counts), hooks it into the
- * refcount table and returns EAGAIN, which sends the search back to the run's start.
+ * refcount table and returns EAGAIN, which sends the search back to the run's start. When that
+ * cluster lies in another range without a block, QEMU gives that range its block first (the next
+ * free cluster, describing itself) and starts again; anything deeper is not modelled.
  */
 export class QemuAllocator {
   /** Refcount blocks added: reftable index → cluster. */
