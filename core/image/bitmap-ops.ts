@@ -77,7 +77,7 @@ function nodeName(): string {
  */
 function persistentRefusal(img: Qcow2Image, entries: readonly Entry[], name: string, granularity: number): string | undefined {
   if (img.header.version < 3) return 'Cannot store dirty bitmaps in qcow2 v2 files';
-  const bytes = Math.ceil(Math.ceil(img.virtualSize / granularity) / 8);
+  const bytes = bitsLength(img.virtualSize, Math.log2(granularity));
   if (bytes > BME_MAX_PHYS_SIZE || Math.ceil(bytes / img.clusterSize) > BME_MAX_TABLE_SIZE) {
     return 'Too much space will be occupied by the bitmap. Use larger granularity';
   }

@@ -9,7 +9,7 @@
 // of a qcow2 backing file are kept as QEMU keeps them (bitmap-tracking.ts).
 import { QcowError } from '../errors.ts';
 import type { ImageStore } from '../io/store.ts';
-import type { Extent } from './layer.ts';
+import { canMergeExtents, type Extent, type Layer } from './layer.ts';
 import { assertCanWriteTracked, beginTrackedWrites, finishTrackedWrites } from './bitmap-tracking.ts';
 import type { Qcow2Image } from './qcow2-image.ts';
 import { writeGuest, writeZeroes } from './write.ts';
@@ -45,7 +45,11 @@ export interface CommitTarget {
    * status (through its backing chain) where nothing above it allocates. A raw target has none:
    * the ranges the overlay allocates are written as they are.
    */
-  readonly mirror?: { clusterSize: number; read(offset: number, length: number): Promise<Uint8Array>; extents(offset: number, length: number): Promise<Extent[]> };
+  readonly mirror?: {
+    clusterSize: number; read(offset: number, length: number): Promise<Uint8Array>; extents(offset: number, length: number): Promise<Extent[]>;
+    /** Where the L2 table holding `offset` ends (QEMU's block status answers within one). */
+    tableEnd(offset: number): number;
+  };
 }
 
 export function qcow2Target(img: Qcow2Image): CommitTarget {
@@ -59,7 +63,10 @@ export function qcow2Target(img: Qcow2Image): CommitTarget {
     flush: () => img.flush('committed data before the overlay is emptied'),
     begin: () => beginTrackedWrites(img),
     finish: (written) => finishTrackedWrites(img, written),
-    mirror: { clusterSize: img.clusterSize, read: (o, n) => img.read(o, n), extents: (o, n) => img.extents(o, n) },
+    mirror: {
+      clusterSize: img.clusterSize, read: (o, n) => img.read(o, n), extents: (o, n) => img.extents(o, n),
+      tableEnd: (o) => (Math.floor(o / img.l2Span) + 1) * img.l2Span,
+    },
   };
 }
 
@@ -139,6 +146,26 @@ function allocatedAbove(e: Extent, depth: number): boolean {
 const MIRROR_MAX_IO = 1024 * 1024;
 
 /**
+ * The first extent `layer` reports from `offset` over `length`, asked for a window of
+ * MIRROR_MAX_IO at a time: a copy takes at most that much of a stretch with data, so only a
+ * stretch without data is followed into the next windows while it goes on (canMergeExtents).
+ * Each step of a long dirty run then looks at its own window, not at the whole rest of the run.
+ */
+async function firstExtent(layer: { extents(offset: number, length: number): Promise<Extent[]> }, offset: number, length: number): Promise<Extent> {
+  const end = offset + length;
+  let asked = Math.min(end, offset + MIRROR_MAX_IO);
+  const e = { ...(await layer.extents(offset, asked - offset))[0]! };
+  while (!e.data && e.start + e.length === asked && asked < end) {
+    const next = Math.min(end, asked + MIRROR_MAX_IO);
+    const n = (await layer.extents(asked, next - asked))[0]!;
+    if (!canMergeExtents(e, n)) break;
+    e.length += n.length;
+    asked = next;
+  }
+  return e;
+}
+
+/**
  * The commit as QEMU's mirror job makes it (block/mirror.c, which qemu-img commit runs): every
  * chunk of the target's granularity (its cluster size within 4 KiB-64 KiB) that the links above
  * the target allocate any part of is dirty; each run of dirty chunks is then taken from its start
@@ -167,11 +194,20 @@ async function mirrorInto(
     }
   }
   /** The chain's status at `offset` (over at most `length` bytes): above the target, else the target's. */
+  // QEMU's qcow2 block status answers within one L2 table of each layer it looks at
+  const spans: number[] = [];
+  for (let l: Layer | null = overlay; l !== null && 'l2Span' in l; l = (l as Qcow2Image).backing) spans.push((l as Qcow2Image).l2Span);
+  const tableEnd = (offset: number, layers: number): number => {
+    let end = Infinity;
+    for (const span of spans.slice(0, layers)) end = Math.min(end, (Math.floor(offset / span) + 1) * span);
+    return end;
+  };
   const status = async (offset: number, length: number): Promise<{ data: boolean; zero: boolean; length: number }> => {
-    const e = (await overlay.extents(offset, length))[0]!;
-    if (allocatedAbove(e, depth)) return { data: e.data, zero: e.zero, length: e.length };
-    const t = (await mirror.extents(offset, Math.min(length, e.length)))[0]!;
-    return { data: t.data, zero: t.zero && !t.data, length: Math.min(e.length, t.length) };
+    const e = await firstExtent(overlay, offset, length);
+    if (allocatedAbove(e, depth)) return { data: e.data, zero: e.zero, length: Math.min(e.length, tableEnd(offset, e.depth + 1) - offset) };
+    const t = await firstExtent(mirror, offset, Math.min(length, e.length));
+    const end = Math.min(tableEnd(offset, depth), mirror.tableEnd(offset));
+    return { data: t.data, zero: t.zero && !t.data, length: Math.min(e.length, t.length, end - offset) };
   };
   /** The chain's bytes: the links above where they allocate, the target's own elsewhere. */
   const read = async (offset: number, length: number): Promise<Uint8Array> => {

@@ -78,8 +78,7 @@ export async function openImage(top: ChainLink, opts: ImageOpenOptions = {}): Pr
   } else {
     img = await openLink(top, open, resolver, followBacking ? 0 : -1, refuseEncrypted);
   }
-  // (not on an image a write could not trust: nothing is written to it before it is repaired)
-  if (img.writable && !img.isCorrupt && (img.checkMode || !findWriteDamage(img))) await clearAutoclearAsQemu(img);
+  if (img.writable) await clearAutoclearAsQemu(img);
   if (repairDirty && img.writable && !img.checkMode && img.isDirty) {
     try {
       await repairDirtyImage(img);
@@ -150,6 +149,8 @@ async function clearAutoclearAsQemu(img: Qcow2Image): Promise<void> {
   const h = img.header;
   const staleBitmaps = h.bitmaps !== undefined && (h.autoclearFeatures & C.AUTOCLEAR_BITMAPS) === 0n;
   if (!staleBitmaps && (h.autoclearFeatures & ~C.AUTOCLEAR_MASK) === 0n) return;
+  // not on an image a write could not trust: nothing is written to it before it is repaired
+  if (img.isCorrupt || (!img.checkMode && findWriteDamage(img))) return;
   const next: Qcow2Header = { ...h, autoclearFeatures: h.autoclearFeatures & C.AUTOCLEAR_MASK };
   if (staleBitmaps) delete next.bitmaps;
   await img.pwrite(0, encodeHeader(next), 'header: what QEMU clears on a writable open', true);

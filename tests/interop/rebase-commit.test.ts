@@ -378,6 +378,8 @@ describe('commit: the backing file allocated chunk for chunk as by QEMU\'s mirro
     ['1k', ['write -P 1 0 1M'], '4k', ['write -z 327680 65536', 'write -P 2 700k 2k']], // zeros over data: unmapped
     ['64k', ['write -P 1 0 1M'], '512', ['write -z 1024 1000', 'write -P 3 200k 1k']],
     ['2M', [], '512', ['write -z 343040 512', 'write -P 4 3M 512']],
+    ['2M', [], '512', ['write -z 0 4M']], // zeros past one L2 table of the overlay's (32 KiB): copied as data, as QEMU's block status stops there
+    ['64k', [], '1k', ['write -z 0 3M']],
     ['64k', [], '64k', ['write -P 7 100k 10k']],
   ];
   it('every dirty chunk copied, zeroed or left as QEMU does', async () => {
